@@ -1,0 +1,189 @@
+//! Credentials for `jwt` tools: RFC 9068 JWT access tokens (`typ: at+jwt`),
+//! bound to the run key (RFC 9449 §6.1 `cnf.jkt`), naming the run as actor
+//! (RFC 8693 §4.1 `act`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::UnixTime;
+use crate::error::{Error, Result, malformed};
+use crate::jose::CompactJws;
+use crate::keys::{BrokerKeys, SigningKey};
+
+/// Longest credential accepted back (introspection, revocation).
+pub const MAX_CREDENTIAL_LEN: usize = 8192;
+
+/// The actor claim (RFC 8693 §4.1): who is acting; nested `act` for earlier actors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The acting party (the run's SPIFFE ID).
+    pub sub: String,
+    /// The actor before this one, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub act: Option<Box<Actor>>,
+}
+
+/// Confirmation claim (RFC 7800, RFC 9449 §6.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// Thumbprint of the key the token is bound to.
+    pub jkt: String,
+}
+
+/// The claims of a credential (RFC 9068 §2.2 plus Mandate's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer: the broker.
+    pub iss: String,
+    /// The tool's audience URI.
+    pub aud: String,
+    /// The principal when acting on someone's behalf, else the agent's SPIFFE ID.
+    pub sub: String,
+    /// The acting run.
+    pub act: Actor,
+    /// The agent's SPIFFE ID (RFC 9068 §2.2).
+    pub client_id: String,
+    /// Space-separated actions.
+    pub scope: String,
+    /// Unique id: what revocation names.
+    pub jti: String,
+    /// Issued at.
+    pub iat: UnixTime,
+    /// Expiry.
+    pub exp: UnixTime,
+    /// Key binding.
+    pub cnf: Confirmation,
+    /// Tenant.
+    pub tenant: String,
+    /// Run id.
+    pub run: String,
+    /// Agent name.
+    pub agent: String,
+    /// Task.
+    pub task: String,
+    /// Grant, when acting under one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grant: Option<String>,
+}
+
+impl AccessClaims {
+    /// Every id this credential can be revoked by.
+    pub fn revocation_keys(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("cred:{}", self.jti),
+            format!("tenant:{}", self.tenant),
+            format!("agent:{}/{}", self.tenant, self.agent),
+            format!("run:{}", self.run),
+        ];
+        if self.sub != self.client_id {
+            v.push(format!("principal:{}/{}", self.tenant, self.sub));
+        }
+        if let Some(g) = &self.grant {
+            v.push(format!("grant:{g}"));
+        }
+        v
+    }
+}
+
+/// Signs a credential with `key` (RFC 9068 §2.1: `typ: at+jwt`, `kid`).
+pub fn sign(key: &SigningKey, claims: &AccessClaims) -> Result<String> {
+    let payload = serde_json::to_value(claims).map_err(|e| Error::Crypto(e.to_string()))?;
+    Ok(key.sign_jws(&json!({"typ": "at+jwt", "kid": key.kid()}), &payload))
+}
+
+/// Verifies a credential this broker issued: allow-listed `alg`, known
+/// `kid`, signature, `typ`, issuer, and (unless `allow_expired`) expiry.
+pub fn verify(
+    keys: &BrokerKeys,
+    issuer: &str,
+    token: &str,
+    now: UnixTime,
+    allow_expired: bool,
+) -> Result<AccessClaims> {
+    let jws = CompactJws::parse("credential", token, MAX_CREDENTIAL_LEN)?;
+    if jws.header_str("typ") != Some("at+jwt") {
+        return Err(malformed("credential", "header `typ` must be `at+jwt`"));
+    }
+    let kid = jws
+        .header_str("kid")
+        .ok_or_else(|| malformed("credential", "header has no `kid`"))?;
+    let key = keys
+        .jwt_key_by_kid(kid)
+        .ok_or(Error::BadSignature { what: "credential" })?;
+    key.public()
+        .verify("credential", jws.alg, jws.signing_input.as_bytes(), &jws.signature)?;
+    let claims: AccessClaims = serde_json::from_slice(&jws.payload)
+        .map_err(|e| malformed("credential", format!("claims: {e}")))?;
+    if claims.iss != issuer {
+        return Err(malformed("credential", "issued by another broker"));
+    }
+    if !allow_expired && claims.exp < now {
+        return Err(Error::Expired {
+            what: "credential",
+            expired_at: claims.exp,
+            now,
+        });
+    }
+    Ok(claims)
+}
+
+/// The claims as JSON (for introspection responses).
+pub fn to_json(c: &AccessClaims) -> Value {
+    serde_json::to_value(c).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::{Alg, b64};
+    use rand::rngs::OsRng;
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: "http://b".into(),
+            aud: "https://api.example".into(),
+            sub: "alice".into(),
+            act: Actor { sub: "spiffe://x/run/1".into(), act: None },
+            client_id: "spiffe://x".into(),
+            scope: "read".into(),
+            jti: "j1".into(),
+            iat: 100,
+            exp: 200,
+            cnf: Confirmation { jkt: "k".into() },
+            tenant: "t".into(),
+            run: "r".into(),
+            agent: "a".into(),
+            task: "x".into(),
+            grant: None,
+        }
+    }
+
+    #[test]
+    fn credential_round_trips_with_both_algorithms() {
+        let keys = BrokerKeys::generate(&mut OsRng);
+        for alg in [Alg::EdDSA, Alg::ES256] {
+            let t = sign(keys.jwt_key(alg), &claims()).unwrap();
+            assert_eq!(verify(&keys, "http://b", &t, 150, false).unwrap(), claims());
+            assert!(matches!(verify(&keys, "http://b", &t, 201, false), Err(Error::Expired { .. })));
+            assert!(verify(&keys, "http://other", &t, 150, false).is_err());
+        }
+    }
+
+    #[test]
+    fn credential_with_hs256_or_unknown_kid_is_refused() {
+        let keys = BrokerKeys::generate(&mut OsRng);
+        let t = sign(&keys.jwt_eddsa, &claims()).unwrap();
+        let parts: Vec<&str> = t.split('.').collect();
+        let h = b64(json!({"alg":"HS256","typ":"at+jwt","kid":keys.jwt_eddsa.kid()}).to_string().as_bytes());
+        assert!(matches!(
+            verify(&keys, "http://b", &format!("{h}.{}.{}", parts[1], parts[2]), 150, false),
+            Err(Error::UnsupportedAlgorithm { .. })
+        ));
+        let other = BrokerKeys::generate(&mut OsRng);
+        let t2 = sign(&other.jwt_eddsa, &claims()).unwrap();
+        assert_eq!(
+            verify(&keys, "http://b", &t2, 150, false),
+            Err(Error::BadSignature { what: "credential" })
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! DPoP proof checks (RFC 9449 §4.3) and a bounded replay cache for proof
+//! `jti`s (§11.1). Pure: the caller passes the request's method and URI, the
+//! time, and the key thumbprint the proof must match.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::jose::{CompactJws, PublicJwk, b64};
+use crate::UnixTime;
+
+/// Longest DPoP proof accepted.
+pub const MAX_PROOF_LEN: usize = 4096;
+
+/// What the request looked like, and what the proof must match.
+#[derive(Debug, Clone)]
+pub struct ProofExpectations<'a> {
+    /// HTTP method of the request (`POST`).
+    pub method: &'a str,
+    /// The request URI as the server publishes it (no query, no fragment).
+    pub uri: &'a str,
+    /// Time of the check.
+    pub now: UnixTime,
+    /// Oldest acceptable `iat`, as seconds before `now`.
+    pub max_age: u64,
+    /// How far in the future `iat` may be (clock skew).
+    pub max_skew: u64,
+    /// The key thumbprint the proof must be signed with (the mandate's `cnf`).
+    pub jkt: Option<&'a str>,
+    /// An access token presented with the proof: then `ath` must match (§4.3 step 12).
+    pub access_token: Option<&'a str>,
+}
+
+/// A proof that passed every check but replay (which needs state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedProof {
+    /// RFC 7638 thumbprint of the proof's key.
+    pub jkt: String,
+    /// The proof's unique id.
+    pub jti: String,
+    /// The proof's issue time.
+    pub iat: UnixTime,
+}
+
+fn refuse<T>(why: impl Into<String>) -> Result<T> {
+    Err(Error::DpopProof(why.into()))
+}
+
+/// Normalises an HTTP URI for `htu` comparison: scheme and host lower-cased,
+/// default port dropped, query and fragment removed (RFC 9449 §4.3 step 9,
+/// RFC 3986 §6.2.2 and §6.2.3).
+pub fn normalize_htu(uri: &str) -> Option<String> {
+    let uri = uri.split(['?', '#']).next()?;
+    let (scheme, rest) = uri.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let mut authority = authority.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return None,
+    };
+    if authority.ends_with(default_port) {
+        authority.truncate(authority.len() - default_port.len());
+    }
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
+/// Checks a DPoP proof against RFC 9449 §4.3, steps 2 to 9, 11, 12 and the
+/// key binding. Replay (step 10's `jti` uniqueness) is the caller's, with
+/// [`ReplayCache`].
+pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<VerifiedProof> {
+    // Steps 2 and 5: a well-formed JWS with an asymmetric algorithm we support.
+    let jws = CompactJws::parse("DPoP proof", proof, MAX_PROOF_LEN).map_err(|e| match e {
+        Error::UnsupportedAlgorithm { alg, .. } => {
+            Error::DpopProof(format!("algorithm `{alg}` is not accepted; sign with EdDSA or ES256"))
+        }
+        other => Error::DpopProof(other.to_string()),
+    })?;
+    // Step 4: typ.
+    if jws.header_str("typ") != Some("dpop+jwt") {
+        return refuse("header `typ` must be `dpop+jwt`");
+    }
+    // Steps 3 and 7: a public JWK in the header.
+    let jwk = jws
+        .header
+        .get("jwk")
+        .ok_or_else(|| Error::DpopProof("header has no `jwk`".into()))?;
+    let key = PublicJwk::from_json(jwk).map_err(|e| Error::DpopProof(e.to_string()))?;
+    // Step 6: the signature, with the header's key, and the key's own algorithm.
+    key.verify("DPoP proof", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
+        .map_err(|e| Error::DpopProof(e.to_string()))?;
+    let claims = jws.claims("DPoP proof").map_err(|e| Error::DpopProof(e.to_string()))?;
+    let str_claim = |name: &str| -> Result<&str> {
+        match claims.get(name) {
+            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(_) => refuse(format!("claim `{name}` must be a string")),
+            None => refuse(format!("claim `{name}` is missing")),
+        }
+    };
+    let jti = str_claim("jti")?;
+    if jti.is_empty() || jti.len() > 128 {
+        return refuse("claim `jti` must be 1 to 128 characters");
+    }
+    // Step 8: htm.
+    if str_claim("htm")? != exp.method {
+        return refuse(format!("`htm` does not match the request method `{}`", exp.method));
+    }
+    // Step 9: htu, ignoring query and fragment.
+    let htu = str_claim("htu")?;
+    match (normalize_htu(htu), normalize_htu(exp.uri)) {
+        (Some(a), Some(b)) if a == b => {}
+        _ => return refuse(format!("`htu` does not match the request URI `{}`", exp.uri)),
+    }
+    // Step 11: iat within the window.
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::DpopProof("claim `iat` must be a number of seconds".into()))?;
+    if iat > exp.now + exp.max_skew {
+        return Err(Error::DpopProof(format!(
+            "proof is dated {}s in the future; check the client's clock",
+            iat - exp.now
+        )));
+    }
+    if iat + exp.max_age < exp.now {
+        return Err(Error::DpopProof(format!(
+            "proof is {}s old; proofs are accepted for {}s, make a fresh one per request",
+            exp.now - iat,
+            exp.max_age
+        )));
+    }
+    // Step 12: ath, when an access token is presented.
+    if let Some(at) = exp.access_token {
+        let want = b64(&Sha256::digest(at.as_bytes()));
+        match claims.get("ath").and_then(Value::as_str) {
+            Some(ath) if crate::secret::ct_eq(ath.as_bytes(), want.as_bytes()) => {}
+            _ => return refuse("`ath` does not match the presented access token"),
+        }
+    }
+    let jkt = key.thumbprint();
+    if let Some(want) = exp.jkt {
+        if !crate::secret::ct_eq(jkt.as_bytes(), want.as_bytes()) {
+            return refuse("proof is not signed by the key the mandate is bound to (`cnf.jkt`)");
+        }
+    }
+    Ok(VerifiedProof {
+        jkt,
+        jti: jti.to_owned(),
+        iat,
+    })
+}
+
+/// Remembers proof ids until they are too old to be accepted anyway, so a
+/// replayed proof is refused (RFC 9449 §11.1). Bounded: when full, it refuses
+/// new proofs rather than forget one that could still be replayed (fail closed).
+#[derive(Debug)]
+pub struct ReplayCache {
+    seen: HashMap<[u8; 32], UnixTime>,
+    order: VecDeque<([u8; 32], UnixTime)>,
+    capacity: usize,
+}
+
+/// Why a proof id was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The same proof id was seen before.
+    Replayed,
+    /// The cache is full of ids that may still be replayed.
+    Full,
+}
+
+impl ReplayCache {
+    /// A cache holding at most `capacity` live ids.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Records `(jkt, jti)`, which stays until `forget_after`; refuses a repeat.
+    pub fn check_and_insert(
+        &mut self,
+        jkt: &str,
+        jti: &str,
+        forget_after: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), ReplayError> {
+        while let Some((k, t)) = self.order.front() {
+            if *t >= now {
+                break;
+            }
+            if self.seen.get(k) == Some(t) {
+                self.seen.remove(k);
+            }
+            self.order.pop_front();
+        }
+        let mut h = Sha256::new();
+        h.update(jkt.as_bytes());
+        h.update([0]);
+        h.update(jti.as_bytes());
+        let key: [u8; 32] = h.finalize().into();
+        if self.seen.contains_key(&key) {
+            return Err(ReplayError::Replayed);
+        }
+        if self.seen.len() >= self.capacity {
+            return Err(ReplayError::Full);
+        }
+        self.seen.insert(key, forget_after);
+        self.order.push_back((key, forget_after));
+        Ok(())
+    }
+
+    /// Number of live ids.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::Alg;
+    use crate::keys::SigningKey;
+    use rand::rngs::OsRng;
+    use serde_json::json;
+
+    const URI: &str = "http://127.0.0.1:8407/oauth/token";
+
+    fn proof(k: &SigningKey, claims: Value) -> String {
+        k.sign_jws(&json!({"typ":"dpop+jwt","jwk":k.public().to_json()}), &claims)
+    }
+
+    fn exp<'a>(now: u64, jkt: Option<&'a str>) -> ProofExpectations<'a> {
+        ProofExpectations {
+            method: "POST",
+            uri: URI,
+            now,
+            max_age: 60,
+            max_skew: 5,
+            jkt,
+            access_token: None,
+        }
+    }
+
+    #[test]
+    fn valid_proofs_verify_for_both_algorithms() {
+        for alg in [Alg::EdDSA, Alg::ES256] {
+            let k = SigningKey::generate(alg, &mut OsRng);
+            let jkt = k.kid();
+            let p = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+            let v = verify_proof(&p, &exp(1000, Some(&jkt))).unwrap();
+            assert_eq!(v.jkt, jkt);
+        }
+    }
+
+    #[test]
+    fn dpop_wrong_key_is_refused() {
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let other = SigningKey::generate(Alg::EdDSA, &mut OsRng).kid();
+        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        let e = verify_proof(&p, &exp(1000, Some(&other))).unwrap_err();
+        assert!(e.to_string().contains("cnf.jkt"), "{e}");
+    }
+
+    #[test]
+    fn dpop_htm_and_htu_mismatch_are_refused() {
+        let k = SigningKey::generate(Alg::ES256, &mut OsRng);
+        let p = proof(&k, json!({"jti":"a","htm":"GET","htu":URI,"iat":1000}));
+        assert!(verify_proof(&p, &exp(1000, None)).unwrap_err().to_string().contains("htm"));
+        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":"http://evil.example/oauth/token","iat":1000}));
+        assert!(verify_proof(&p, &exp(1000, None)).unwrap_err().to_string().contains("htu"));
+        // Query and fragment are ignored; default port and case are normalised.
+        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":"HTTP://127.0.0.1:8407/oauth/token?x=1","iat":1000}));
+        assert!(verify_proof(&p, &exp(1000, None)).is_ok());
+    }
+
+    #[test]
+    fn dpop_too_old_or_from_the_future_is_refused() {
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let old = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":900}));
+        assert!(verify_proof(&old, &exp(1000, None)).unwrap_err().to_string().contains("old"));
+        let future = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1010}));
+        assert!(verify_proof(&future, &exp(1000, None)).unwrap_err().to_string().contains("future"));
+        let skewed = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1004}));
+        assert!(verify_proof(&skewed, &exp(1000, None)).is_ok());
+    }
+
+    #[test]
+    fn dpop_alg_none_hmac_and_wrong_typ_are_refused() {
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let good = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        let parts: Vec<&str> = good.split('.').collect();
+        for alg in ["none", "HS256"] {
+            let h = b64(json!({"typ":"dpop+jwt","alg":alg,"jwk":k.public().to_json()}).to_string().as_bytes());
+            let t = format!("{h}.{}.{}", parts[1], parts[2]);
+            let e = verify_proof(&t, &exp(1000, None)).unwrap_err();
+            assert!(e.to_string().contains("not accepted"), "{e}");
+        }
+        let wrong_typ = k.sign_jws(&json!({"typ":"JWT","jwk":k.public().to_json()}), &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        assert!(verify_proof(&wrong_typ, &exp(1000, None)).unwrap_err().to_string().contains("typ"));
+        // A key in the header that did not sign the proof.
+        let other = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let swapped = other.sign_jws(&json!({"typ":"dpop+jwt","jwk":k.public().to_json()}), &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        assert!(verify_proof(&swapped, &exp(1000, None)).unwrap_err().to_string().contains("signature"));
+    }
+
+    #[test]
+    fn dpop_ath_must_match_presented_token() {
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let ath = b64(&Sha256::digest(b"tok"));
+        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000,"ath":ath}));
+        let mut e = exp(1000, None);
+        e.access_token = Some("tok");
+        assert!(verify_proof(&p, &e).is_ok());
+        e.access_token = Some("other");
+        assert!(verify_proof(&p, &e).is_err());
+    }
+
+    #[test]
+    fn dpop_jti_replay_is_refused_until_it_would_expire() {
+        let mut c = ReplayCache::new(2);
+        assert!(c.check_and_insert("k", "1", 1060, 1000).is_ok());
+        assert_eq!(c.check_and_insert("k", "1", 1060, 1001), Err(ReplayError::Replayed));
+        assert!(c.check_and_insert("other-key", "1", 1060, 1001).is_ok());
+        assert_eq!(c.check_and_insert("k", "2", 1060, 1001), Err(ReplayError::Full));
+        // After the window, old ids are forgotten and room returns.
+        assert!(c.check_and_insert("k", "3", 1200, 1100).is_ok());
+        assert_eq!(c.len(), 1);
+    }
+}

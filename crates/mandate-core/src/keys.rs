@@ -1,0 +1,206 @@
+//! Signing keys: the broker's (mandate root, JWT EdDSA, JWT ES256) and the
+//! JWKS (RFC 7517 §5) that publishes their public halves.
+
+use ed25519_dalek::Signer as _;
+use rand_core::{CryptoRng, RngCore};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::jose::{Alg, PublicJwk, b64};
+use crate::secret::Secret;
+
+/// A private signing key for JWS. `Debug` never shows the private half.
+#[derive(Clone)]
+pub enum SigningKey {
+    /// Ed25519 (`EdDSA`).
+    Ed25519(ed25519_dalek::SigningKey),
+    /// ECDSA P-256 (`ES256`).
+    P256(p256::ecdsa::SigningKey),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}, kid={})", self.alg().as_str(), self.kid())
+    }
+}
+
+impl SigningKey {
+    /// A fresh key for `alg`.
+    pub fn generate(alg: Alg, rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        match alg {
+            Alg::EdDSA => SigningKey::Ed25519(ed25519_dalek::SigningKey::generate(rng)),
+            Alg::ES256 => SigningKey::P256(p256::ecdsa::SigningKey::random(rng)),
+        }
+    }
+
+    /// From the raw private scalar / seed (32 bytes for both algorithms).
+    pub fn from_bytes(alg: Alg, bytes: &[u8]) -> Result<Self> {
+        let bad = || Error::Malformed {
+            what: "private key",
+            reason: format!("not a valid {} private key", alg.as_str()),
+        };
+        match alg {
+            Alg::EdDSA => {
+                let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+                Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)))
+            }
+            Alg::ES256 => p256::ecdsa::SigningKey::from_slice(bytes)
+                .map(SigningKey::P256)
+                .map_err(|_| bad()),
+        }
+    }
+
+    /// The raw private key bytes, for sealing at rest.
+    pub fn to_secret(&self) -> Secret {
+        match self {
+            SigningKey::Ed25519(k) => Secret::new(k.to_bytes().to_vec()),
+            SigningKey::P256(k) => Secret::new(k.to_bytes().to_vec()),
+        }
+    }
+
+    /// The JWS algorithm.
+    pub fn alg(&self) -> Alg {
+        match self {
+            SigningKey::Ed25519(_) => Alg::EdDSA,
+            SigningKey::P256(_) => Alg::ES256,
+        }
+    }
+
+    /// The public key.
+    pub fn public(&self) -> PublicJwk {
+        match self {
+            SigningKey::Ed25519(k) => PublicJwk::Ed25519(k.verifying_key()),
+            SigningKey::P256(k) => PublicJwk::P256(*k.verifying_key()),
+        }
+    }
+
+    /// The key id: the RFC 7638 thumbprint of the public key, so a `kid`
+    /// can never name two different keys.
+    pub fn kid(&self) -> String {
+        self.public().thumbprint()
+    }
+
+    /// Signs `input`; ES256 signatures are R ‖ S (RFC 7518 §3.4).
+    pub fn sign(&self, input: &[u8]) -> Vec<u8> {
+        match self {
+            SigningKey::Ed25519(k) => k.sign(input).to_bytes().to_vec(),
+            SigningKey::P256(k) => {
+                let sig: p256::ecdsa::Signature = k.sign(input);
+                sig.to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// Signs a JWT: `header` gets `alg` (and the caller supplies `typ`, `kid`).
+    pub fn sign_jws(&self, header: &Value, payload: &Value) -> String {
+        let mut h = header.clone();
+        if let Some(o) = h.as_object_mut() {
+            o.insert("alg".into(), Value::String(self.alg().as_str().into()));
+        }
+        let mut out = b64(h.to_string().as_bytes());
+        out.push('.');
+        out.push_str(&b64(payload.to_string().as_bytes()));
+        let sig = self.sign(out.as_bytes());
+        out.push('.');
+        out.push_str(&b64(&sig));
+        out
+    }
+
+    /// The public JWK with `kid`, `alg` and `use: sig`, for a JWKS.
+    pub fn public_jwk(&self) -> Value {
+        let mut v = self.public().to_json();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("kid".into(), json!(self.kid()));
+            o.insert("alg".into(), json!(self.alg().as_str()));
+            o.insert("use".into(), json!("sig"));
+        }
+        v
+    }
+}
+
+/// The broker's keys: one Ed25519 root for mandates (Biscuit) and one key per
+/// JWS algorithm for credentials.
+#[derive(Clone)]
+pub struct BrokerKeys {
+    /// Signs mandates (Biscuit authority blocks).
+    pub mandate_root: SigningKey,
+    /// Signs `EdDSA` credentials.
+    pub jwt_eddsa: SigningKey,
+    /// Signs `ES256` credentials.
+    pub jwt_es256: SigningKey,
+}
+
+impl std::fmt::Debug for BrokerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerKeys")
+            .field("mandate_root", &self.mandate_root)
+            .field("jwt_eddsa", &self.jwt_eddsa)
+            .field("jwt_es256", &self.jwt_es256)
+            .finish()
+    }
+}
+
+impl BrokerKeys {
+    /// Fresh keys.
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        BrokerKeys {
+            mandate_root: SigningKey::generate(Alg::EdDSA, rng),
+            jwt_eddsa: SigningKey::generate(Alg::EdDSA, rng),
+            jwt_es256: SigningKey::generate(Alg::ES256, rng),
+        }
+    }
+
+    /// The credential signing key for `alg`.
+    pub fn jwt_key(&self, alg: Alg) -> &SigningKey {
+        match alg {
+            Alg::EdDSA => &self.jwt_eddsa,
+            Alg::ES256 => &self.jwt_es256,
+        }
+    }
+
+    /// The credential key with this `kid`, if any.
+    pub fn jwt_key_by_kid(&self, kid: &str) -> Option<&SigningKey> {
+        [&self.jwt_eddsa, &self.jwt_es256]
+            .into_iter()
+            .find(|k| k.kid() == kid)
+    }
+
+    /// The JWKS document (RFC 7517 §5) with the credential keys.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [self.jwt_eddsa.public_jwk(), self.jwt_es256.public_jwk()] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::CompactJws;
+    use rand::rngs::OsRng;
+
+    #[test]
+    fn signed_jws_verifies_with_its_public_jwk() {
+        for alg in [Alg::EdDSA, Alg::ES256] {
+            let k = SigningKey::generate(alg, &mut OsRng);
+            let t = k.sign_jws(&json!({"typ":"JWT"}), &json!({"a":1}));
+            let jws = CompactJws::parse("t", &t, 4096).unwrap();
+            assert_eq!(jws.alg, alg);
+            let jwk = PublicJwk::from_json(&k.public_jwk()).unwrap();
+            jwk.verify("t", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
+                .unwrap();
+            let other = SigningKey::generate(alg, &mut OsRng).public();
+            assert!(other
+                .verify("t", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
+                .is_err());
+            let back = SigningKey::from_bytes(alg, k.to_secret().expose()).unwrap();
+            assert_eq!(back.kid(), k.kid());
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_private_keys() {
+        let k = BrokerKeys::generate(&mut OsRng);
+        let s = format!("{k:?}");
+        let secret = k.jwt_eddsa.to_secret();
+        assert!(!s.contains(&b64(secret.expose())));
+    }
+}

@@ -1,0 +1,40 @@
+//! # mandate-core
+//!
+//! The pure core of Mandate, an identity and credential broker for AI agents.
+//!
+//! This crate owns the *meaning* of everything the broker decides:
+//!
+//! - [`ids`]: tenants, agents, runs and their SPIFFE-style identities;
+//! - [`capability`]: `tool:action` capability patterns and their intersection;
+//! - [`keys`] and [`jose`]: signing keys, JWKs (RFC 7517), thumbprints (RFC 7638)
+//!   and compact JWS with an explicit algorithm allow-list (no `none`, no HMAC);
+//! - [`mandate`]: the run's Biscuit token (mint and verify);
+//! - [`credential`]: RFC 9068-shaped JWT access tokens;
+//! - [`dpop`]: RFC 9449 proof-of-possession checks;
+//! - [`policy`]: the Cedar schema and exchange decisions;
+//! - [`audit`]: audit events and their hash chain;
+//! - [`secret`]: secret types and authenticated encryption at rest.
+//!
+//! It must not do IO: no files, no sockets, no clock, no global randomness.
+//! Time (`now`, in seconds since the Unix epoch) and random number generators
+//! are passed in, so every expiry, skew and replay rule is testable with fixed
+//! inputs.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod capability;
+pub mod credential;
+pub mod dpop;
+pub mod error;
+pub mod ids;
+pub mod jose;
+pub mod keys;
+pub mod mandate;
+pub mod policy;
+pub mod secret;
+
+pub use error::Error;
+
+/// Seconds since the Unix epoch. The core never reads a clock: callers pass this in.
+pub type UnixTime = u64;

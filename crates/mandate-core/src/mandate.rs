@@ -1,0 +1,331 @@
+//! Mandates: the run's token, a Biscuit v3 (<https://doc.biscuitsec.org>)
+//! whose authority block, signed by the broker's root key, states who runs,
+//! on whose behalf, for which task, within which limits, until when, and the
+//! thumbprint (RFC 7638) of the run's key.
+//!
+//! Authority block facts (all strings unless noted):
+//!
+//! ```text
+//! mandate_version(1);          issuer($url);       tenant($t);
+//! agent($name);  agent_id($spiffe);   run($id);  run_id($spiffe);
+//! principal($p); grant($g);           (both optional: on-behalf-of runs only)
+//! task($text);   capability($tool, $action);      (one fact per capability)
+//! cnf_jkt($thumbprint);  issued_at($int);  expires_at($int);
+//! check if time($t), $t <= <expiry date>;
+//! ```
+//!
+//! The authorizer only trusts facts from the authority block (Biscuit's
+//! default scope), so a later block can never add a capability.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use biscuit_auth::builder::{Fact, Term};
+use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey};
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+
+use crate::capability::{Capability, CapabilitySet};
+use crate::error::{Error, Result, malformed};
+use crate::keys::SigningKey;
+use crate::{UnixTime, jose};
+
+/// Longest mandate accepted (bytes of base64).
+pub const MAX_MANDATE_LEN: usize = 16 * 1024;
+
+/// What a mandate states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MandateClaims {
+    /// The broker that issued it (its `issuer` URL).
+    pub issuer: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Agent name.
+    pub agent: String,
+    /// Agent SPIFFE ID.
+    pub agent_id: String,
+    /// Run id.
+    pub run: String,
+    /// Run SPIFFE ID.
+    pub run_id: String,
+    /// Principal on whose behalf the run acts, if any.
+    pub principal: Option<String>,
+    /// Grant under which it acts, if any.
+    pub grant: Option<String>,
+    /// Task description.
+    pub task: String,
+    /// Capabilities (grant ∩ envelope).
+    pub capabilities: CapabilitySet,
+    /// RFC 7638 thumbprint of the run's public key.
+    pub cnf_jkt: String,
+    /// Issue time.
+    pub issued_at: UnixTime,
+    /// Expiry.
+    pub expires_at: UnixTime,
+}
+
+impl MandateClaims {
+    /// Every id this mandate can be revoked by (DESIGN "revocation as data"):
+    /// the run, its agent, principal, grant and tenant.
+    pub fn revocation_keys(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("tenant:{}", self.tenant),
+            format!("agent:{}/{}", self.tenant, self.agent),
+            format!("run:{}", self.run),
+        ];
+        if let Some(p) = &self.principal {
+            v.push(format!("principal:{}/{}", self.tenant, p));
+        }
+        if let Some(g) = &self.grant {
+            v.push(format!("grant:{g}"));
+        }
+        v
+    }
+}
+
+/// The broker's mandate root key as a Biscuit key pair.
+pub fn root_keypair(key: &SigningKey) -> Result<KeyPair> {
+    let secret = key.to_secret();
+    let pk = PrivateKey::from_bytes(secret.expose(), biscuit_auth::Algorithm::Ed25519)
+        .map_err(|e| Error::Crypto(format!("mandate root key: {e}")))?;
+    Ok(KeyPair::from(&pk))
+}
+
+/// The public half of the root key, for verification.
+pub fn root_public(key: &SigningKey) -> Result<PublicKey> {
+    Ok(root_keypair(key)?.public())
+}
+
+fn s(v: &str) -> Term {
+    Term::Str(v.to_owned())
+}
+
+fn fact(name: &str, terms: Vec<Term>) -> Fact {
+    Fact::new(name.to_owned(), terms)
+}
+
+/// Mints a mandate, signed with the broker's root key.
+pub fn mint(
+    root: &KeyPair,
+    claims: &MandateClaims,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<String> {
+    let mut build = || -> std::result::Result<String, biscuit_auth::error::Token> {
+        let mut b = Biscuit::builder()
+            .fact(fact("mandate_version", vec![Term::Integer(1)]))?
+            .fact(fact("issuer", vec![s(&claims.issuer)]))?
+            .fact(fact("tenant", vec![s(&claims.tenant)]))?
+            .fact(fact("agent", vec![s(&claims.agent)]))?
+            .fact(fact("agent_id", vec![s(&claims.agent_id)]))?
+            .fact(fact("run", vec![s(&claims.run)]))?
+            .fact(fact("run_id", vec![s(&claims.run_id)]))?
+            .fact(fact("task", vec![s(&claims.task)]))?
+            .fact(fact("cnf_jkt", vec![s(&claims.cnf_jkt)]))?
+            .fact(fact("issued_at", vec![Term::Integer(claims.issued_at as i64)]))?
+            .fact(fact("expires_at", vec![Term::Integer(claims.expires_at as i64)]))?;
+        if let Some(p) = &claims.principal {
+            b = b.fact(fact("principal", vec![s(p)]))?;
+        }
+        if let Some(g) = &claims.grant {
+            b = b.fact(fact("grant", vec![s(g)]))?;
+        }
+        for c in &claims.capabilities.0 {
+            b = b.fact(fact("capability", vec![s(&c.tool), s(&c.action)]))?;
+        }
+        let mut params = HashMap::new();
+        params.insert("exp".to_owned(), Term::Date(claims.expires_at));
+        b = b.code_with_params("check if time($t), $t <= {exp}", params, HashMap::new())?;
+        let token = b.build_with_rng(root, biscuit_auth::datalog::SymbolTable::new(), rng)?;
+        token.to_base64()
+    };
+    build().map_err(|e| Error::Crypto(format!("could not mint mandate: {e}")))
+}
+
+/// SHA-256 of the token text: the key of the verification cache.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Limits for the Datalog run. Biscuit's default of 1 ms time-outs on noisy
+/// machines (see DEPS.md), so the limit is explicit and generous in time but
+/// tight in facts and iterations.
+pub fn authorizer_limits() -> AuthorizerLimits {
+    AuthorizerLimits {
+        max_facts: 512,
+        max_iterations: 64,
+        max_time: Duration::from_millis(50),
+    }
+}
+
+fn map_token_err(e: biscuit_auth::error::Token) -> Error {
+    use biscuit_auth::error::{Format, Token};
+    match e {
+        Token::Format(Format::Signature(_)) | Token::Format(Format::UnknownPublicKey) => {
+            Error::BadSignature { what: "mandate" }
+        }
+        Token::Format(f) => malformed("mandate", f.to_string()),
+        Token::Base64(_) => malformed("mandate", "not base64"),
+        Token::FailedLogic(l) => malformed("mandate", format!("a check failed: {l}")),
+        Token::RunLimit(l) => malformed("mandate", format!("Datalog limits reached: {l}")),
+        other => malformed("mandate", other.to_string()),
+    }
+}
+
+/// Verifies a mandate's signature chain, its checks at `now`, and returns its
+/// claims. Mandates with attenuation blocks are refused for now (offline
+/// attenuation comes with the delegation work).
+pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateClaims> {
+    if token.len() > MAX_MANDATE_LEN {
+        return Err(malformed("mandate", format!("longer than {MAX_MANDATE_LEN} bytes")));
+    }
+    let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
+    if biscuit.block_count() != 1 {
+        return Err(malformed(
+            "mandate",
+            "attenuated mandates (more than one block) are not accepted by this broker version",
+        ));
+    }
+    let run = || -> std::result::Result<MandateClaims, biscuit_auth::error::Token> {
+        let mut a = AuthorizerBuilder::new()
+            .fact(fact("time", vec![Term::Date(now)]))?
+            .policy("allow if true")?
+            .set_limits(authorizer_limits())
+            .build(&biscuit)?;
+        let one = |a: &mut biscuit_auth::Authorizer, rule: &str| -> std::result::Result<Option<String>, biscuit_auth::error::Token> {
+            let v: Vec<(String,)> = a.query(rule)?;
+            Ok(v.into_iter().next().map(|t| t.0))
+        };
+        let int = |a: &mut biscuit_auth::Authorizer, rule: &str| -> std::result::Result<Option<i64>, biscuit_auth::error::Token> {
+            let v: Vec<(i64,)> = a.query(rule)?;
+            Ok(v.into_iter().next().map(|t| t.0))
+        };
+        let expires_at = int(&mut a, "data($x) <- expires_at($x)")?.unwrap_or(0);
+        // Check expiry in code first, for a precise error; the Datalog check enforces it too.
+        if (expires_at as u64) < now {
+            return Err(biscuit_auth::error::Token::ConversionError(format!("expired:{expires_at}")));
+        }
+        a.authorize()?;
+        let req = |v: Option<String>, name: &str| {
+            v.ok_or_else(|| biscuit_auth::error::Token::ConversionError(format!("missing `{name}` fact")))
+        };
+        let caps: Vec<(String, String)> = a.query("data($t, $a) <- capability($t, $a)")?;
+        Ok(MandateClaims {
+            issuer: req(one(&mut a, "data($x) <- issuer($x)")?, "issuer")?,
+            tenant: req(one(&mut a, "data($x) <- tenant($x)")?, "tenant")?,
+            agent: req(one(&mut a, "data($x) <- agent($x)")?, "agent")?,
+            agent_id: req(one(&mut a, "data($x) <- agent_id($x)")?, "agent_id")?,
+            run: req(one(&mut a, "data($x) <- run($x)")?, "run")?,
+            run_id: req(one(&mut a, "data($x) <- run_id($x)")?, "run_id")?,
+            principal: one(&mut a, "data($x) <- principal($x)")?,
+            grant: one(&mut a, "data($x) <- grant($x)")?,
+            task: req(one(&mut a, "data($x) <- task($x)")?, "task")?,
+            cnf_jkt: req(one(&mut a, "data($x) <- cnf_jkt($x)")?, "cnf_jkt")?,
+            issued_at: int(&mut a, "data($x) <- issued_at($x)")?.unwrap_or(0) as u64,
+            expires_at: expires_at as u64,
+            capabilities: CapabilitySet(
+                caps.into_iter()
+                    .map(|(tool, action)| Capability { tool, action })
+                    .collect::<BTreeSet<_>>(),
+            ),
+        })
+    };
+    run().map_err(|e| match e {
+        biscuit_auth::error::Token::ConversionError(m) if m.starts_with("expired:") => Error::Expired {
+            what: "mandate",
+            expired_at: m[8..].parse().unwrap_or(0),
+            now,
+        },
+        biscuit_auth::error::Token::ConversionError(m) => malformed("mandate", m),
+        e => map_token_err(e),
+    })
+}
+
+/// Base64url of the token digest, for logs and audit (never the token itself).
+pub fn token_fingerprint(token: &str) -> String {
+    jose::b64(&token_digest(token)[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::Alg;
+    use rand::rngs::OsRng;
+
+    fn claims(now: u64) -> MandateClaims {
+        MandateClaims {
+            issuer: "http://127.0.0.1:8407".into(),
+            tenant: "acme".into(),
+            agent: "bot".into(),
+            agent_id: "spiffe://mandate.local/tenant/acme/agent/bot".into(),
+            run: "run_1".into(),
+            run_id: "spiffe://mandate.local/tenant/acme/agent/bot/run/run_1".into(),
+            principal: Some("alice@example.com".into()),
+            grant: Some("grt_1".into()),
+            task: "triage issue #42".into(),
+            capabilities: CapabilitySet::parse(&["github:read", "crm:*"]).unwrap(),
+            cnf_jkt: "abc".into(),
+            issued_at: now,
+            expires_at: now + 900,
+        }
+    }
+
+    #[test]
+    fn minted_mandate_verifies_and_round_trips_claims() {
+        let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let kp = root_keypair(&key).unwrap();
+        let now = 1_800_000_000;
+        let c = claims(now);
+        let t = mint(&kp, &c, &mut OsRng).unwrap();
+        assert_eq!(verify(&kp.public(), &t, now + 10).unwrap(), c);
+    }
+
+    #[test]
+    fn mandate_from_another_broker_is_refused() {
+        let now = 1_800_000_000;
+        let ours = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let theirs = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let t = mint(&theirs, &claims(now), &mut OsRng).unwrap();
+        assert_eq!(
+            verify(&ours.public(), &t, now),
+            Err(Error::BadSignature { what: "mandate" })
+        );
+    }
+
+    #[test]
+    fn expired_mandate_is_refused() {
+        let now = 1_800_000_000;
+        let kp = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let t = mint(&kp, &claims(now), &mut OsRng).unwrap();
+        assert!(matches!(
+            verify(&kp.public(), &t, now + 901),
+            Err(Error::Expired { what: "mandate", .. })
+        ));
+    }
+
+    #[test]
+    fn forged_mandate_is_refused() {
+        let now = 1_800_000_000;
+        let kp = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let t = mint(&kp, &claims(now), &mut OsRng).unwrap();
+        // Flip one character in the middle of the signed payload.
+        let mut bytes = t.into_bytes();
+        let i = bytes.len() / 2;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(bytes).unwrap();
+        assert!(verify(&kp.public(), &forged, now).is_err());
+        assert!(verify(&kp.public(), "not-a-token", now).is_err());
+    }
+
+    #[test]
+    fn appended_block_is_refused_and_adds_nothing() {
+        let now = 1_800_000_000;
+        let kp = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let t = mint(&kp, &claims(now), &mut OsRng).unwrap();
+        let b = Biscuit::from_base64(&t, kp.public()).unwrap();
+        let blk = biscuit_auth::BlockBuilder::new()
+            .fact("capability(\"bank\", \"transfer\")")
+            .unwrap();
+        let t2 = b.append(blk).unwrap().to_base64().unwrap();
+        assert!(verify(&kp.public(), &t2, now).is_err());
+    }
+}

@@ -1,0 +1,417 @@
+//! Policy: Cedar (<https://docs.cedarpolicy.com>) decides every exchange.
+//!
+//! The schema ships with Mandate (`schema/mandate.cedarschema`); policies are
+//! validated against it in strict mode when loaded, and a refusal names the
+//! line and column. Each requested action is one Cedar request with
+//! `principal` = the run (a member of its agent), `action` =
+//! `Mandate::Action::"exchange"`, `resource` = the tool, and the context
+//! documented in the schema.
+
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, EntityUid, Policy, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use serde_json::{Value, json};
+
+use crate::UnixTime;
+use crate::error::{Error, Result};
+
+/// The schema text shipped with Mandate.
+pub const SCHEMA_SRC: &str = include_str!("../../../schema/mandate.cedarschema");
+
+/// Longest policy file accepted.
+pub const MAX_POLICY_LEN: usize = 64 * 1024;
+
+/// A policy that failed to load, with where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+    }
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let upto = &src[..offset.min(src.len())];
+    let line = upto.matches('\n').count() + 1;
+    let col = upto.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn problems(src: &str, d: &dyn Diagnostic, message: String) -> PolicyProblem {
+    let offset = d
+        .labels()
+        .and_then(|mut l| l.next())
+        .map(|l| l.offset())
+        .unwrap_or(0);
+    let (line, column) = line_col(src, offset);
+    let mut message = message;
+    if let Some(help) = d.help() {
+        message.push_str(&format!(" ({help})"));
+    }
+    PolicyProblem { line, column, message }
+}
+
+/// The policy engine: the parsed schema and a validator.
+pub struct Engine {
+    schema: Schema,
+    authorizer: Authorizer,
+    exchange: EntityUid,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("policy::Engine")
+    }
+}
+
+/// A tenant's compiled policies.
+#[derive(Debug, Clone, Default)]
+pub struct TenantPolicies {
+    set: PolicySet,
+    count: usize,
+}
+
+impl TenantPolicies {
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    /// True when there are none (every exchange is then denied).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// One policy as stored: its id and its source text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// `<set name>/<@id or index>`.
+    pub id: String,
+    /// The policy's Cedar text.
+    pub text: String,
+}
+
+/// Everything the policy needs to know about one exchange.
+#[derive(Debug, Clone)]
+pub struct ExchangeFacts<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Time of the request.
+    pub now: UnixTime,
+    /// Agent name, owner, purpose.
+    pub agent: &'a str,
+    /// Agent owner.
+    pub agent_owner: &'a str,
+    /// Agent purpose.
+    pub agent_purpose: &'a str,
+    /// Run id.
+    pub run: &'a str,
+    /// Task.
+    pub task: &'a str,
+    /// Principal, when acting on someone's behalf.
+    pub principal: Option<&'a str>,
+    /// Grant, when acting under one.
+    pub grant: Option<&'a str>,
+    /// Tool name.
+    pub tool: &'a str,
+    /// Tool audience.
+    pub tool_audience: &'a str,
+    /// Tool labels.
+    pub tool_labels: &'a [String],
+    /// Tool risk.
+    pub tool_risk: &'a str,
+    /// Tool provider.
+    pub tool_provider: &'a str,
+    /// Requested actions.
+    pub actions: &'a [String],
+}
+
+/// The decision for one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// True when every requested action is permitted.
+    pub allowed: bool,
+    /// Policies that decided (the permits that allowed, or the forbids that refused).
+    pub policies: Vec<String>,
+    /// When refused: which action, and why, in words a human can act on.
+    pub reason: Option<String>,
+}
+
+impl Engine {
+    /// Parses the shipped schema.
+    pub fn new() -> Result<Self> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_SRC)
+            .map_err(|e| Error::Policy(format!("shipped schema does not parse: {e}")))?;
+        let exchange = EntityUid::from_str(r#"Mandate::Action::"exchange""#)
+            .map_err(|e| Error::Policy(e.to_string()))?;
+        Ok(Self {
+            schema,
+            authorizer: Authorizer::new(),
+            exchange,
+        })
+    }
+
+    /// Parses and validates a policy file. Policies are named
+    /// `<name>/<@id annotation>` or `<name>/<index>`.
+    pub fn parse_policies(&self, name: &str, src: &str) -> std::result::Result<Vec<StoredPolicy>, Vec<PolicyProblem>> {
+        if src.len() > MAX_POLICY_LEN {
+            return Err(vec![PolicyProblem {
+                line: 1,
+                column: 1,
+                message: format!("policy file is longer than {MAX_POLICY_LEN} bytes"),
+            }]);
+        }
+        let parsed = PolicySet::from_str(src).map_err(|errs| {
+            errs.iter()
+                .map(|e| problems(src, e, e.to_string()))
+                .collect::<Vec<_>>()
+        })?;
+        let result = Validator::new(self.schema.clone()).validate(&parsed, ValidationMode::Strict);
+        let errs: Vec<PolicyProblem> = result
+            .validation_errors()
+            .map(|e| problems(src, e, e.to_string()))
+            .collect();
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let mut out = Vec::new();
+        let mut policies: Vec<&Policy> = parsed.policies().collect();
+        policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+        for (i, p) in policies.into_iter().enumerate() {
+            let local = p.annotation("id").map(str::to_owned).unwrap_or_else(|| i.to_string());
+            out.push(StoredPolicy {
+                id: format!("{name}/{local}"),
+                text: p.to_string(),
+            });
+        }
+        let mut ids: Vec<&str> = out.iter().map(|p| p.id.as_str()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(vec![PolicyProblem {
+                line: 1,
+                column: 1,
+                message: "two policies share one `@id`".into(),
+            }]);
+        }
+        Ok(out)
+    }
+
+    /// Compiles a tenant's stored policies.
+    pub fn compile(&self, stored: &[StoredPolicy]) -> Result<TenantPolicies> {
+        let mut set = PolicySet::new();
+        for p in stored {
+            let id = PolicyId::new(&p.id);
+            let policy = Policy::parse(Some(id), &p.text)
+                .map_err(|e| Error::Policy(format!("stored policy `{}` does not parse: {e}", p.id)))?;
+            set.add(policy)
+                .map_err(|e| Error::Policy(format!("stored policy `{}`: {e}", p.id)))?;
+        }
+        Ok(TenantPolicies {
+            set,
+            count: stored.len(),
+        })
+    }
+
+    fn uid(ty: &str, id: &str) -> Value {
+        json!({"type": format!("Mandate::{ty}"), "id": id})
+    }
+
+    fn entities(&self, f: &ExchangeFacts<'_>) -> Result<Entities> {
+        let mut list = vec![
+            json!({"uid": Self::uid("Tenant", f.tenant), "attrs": {}, "parents": []}),
+            json!({"uid": Self::uid("Agent", f.agent),
+                   "attrs": {"tenant": f.tenant, "owner": f.agent_owner, "purpose": f.agent_purpose},
+                   "parents": [Self::uid("Tenant", f.tenant)]}),
+            json!({"uid": Self::uid("Run", f.run),
+                   "attrs": {"tenant": f.tenant, "agent": f.agent, "task": f.task},
+                   "parents": [Self::uid("Agent", f.agent)]}),
+            json!({"uid": Self::uid("Tool", f.tool),
+                   "attrs": {"tenant": f.tenant, "audience": f.tool_audience, "labels": f.tool_labels,
+                             "risk": f.tool_risk, "provider": f.tool_provider},
+                   "parents": [Self::uid("Tenant", f.tenant)]}),
+        ];
+        if let Some(p) = f.principal {
+            list.push(json!({"uid": Self::uid("Principal", p), "attrs": {"tenant": f.tenant},
+                             "parents": [Self::uid("Tenant", f.tenant)]}));
+        }
+        Entities::from_json_value(Value::Array(list), Some(&self.schema))
+            .map_err(|e| Error::Policy(format!("could not build policy entities: {e}")))
+    }
+
+    /// Decides an exchange: every requested action must be permitted.
+    pub fn decide(&self, policies: &TenantPolicies, f: &ExchangeFacts<'_>) -> Result<Verdict> {
+        if policies.is_empty() {
+            return Ok(Verdict {
+                allowed: false,
+                policies: vec![],
+                reason: Some(format!(
+                    "tenant `{}` has no policies, so nothing is permitted; load one with `mandate policy add`",
+                    f.tenant
+                )),
+            });
+        }
+        let entities = self.entities(f)?;
+        let principal = EntityUid::from_str(&format!("Mandate::Run::{}", quote(f.run)))
+            .map_err(|e| Error::Policy(e.to_string()))?;
+        let resource = EntityUid::from_str(&format!("Mandate::Tool::{}", quote(f.tool)))
+            .map_err(|e| Error::Policy(e.to_string()))?;
+        let mut decided_by = Vec::new();
+        for action in f.actions {
+            let mut ctx = json!({
+                "tenant": f.tenant, "time": f.now, "action": action, "actions": f.actions,
+                "tool_labels": f.tool_labels, "on_behalf": f.principal.is_some(), "task": f.task,
+            });
+            if let (Some(p), Some(o)) = (f.principal, ctx.as_object_mut()) {
+                o.insert("principal".into(), json!({"__entity": Self::uid("Principal", p)}));
+            }
+            if let (Some(g), Some(o)) = (f.grant, ctx.as_object_mut()) {
+                o.insert("grant".into(), json!(g));
+            }
+            let context = Context::from_json_value(ctx, Some((&self.schema, &self.exchange)))
+                .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
+            let request = Request::new(
+                principal.clone(),
+                self.exchange.clone(),
+                resource.clone(),
+                context,
+                Some(&self.schema),
+            )
+            .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
+            let resp = self.authorizer.is_authorized(&request, &policies.set, &entities);
+            let reasons: Vec<String> = resp.diagnostics().reason().map(|id| id.to_string()).collect();
+            if resp.decision() == Decision::Deny {
+                let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+                let reason = if !reasons.is_empty() {
+                    format!(
+                        "action `{action}` on tool `{}` is forbidden by policy {}",
+                        f.tool,
+                        reasons.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+                    )
+                } else if !errors.is_empty() {
+                    format!(
+                        "action `{action}` on tool `{}` is denied because a policy failed to evaluate: {}",
+                        f.tool,
+                        errors.join("; ")
+                    )
+                } else {
+                    format!(
+                        "no policy of tenant `{}` permits action `{action}` on tool `{}` for agent `{}`; an admin must add a permit policy",
+                        f.tenant, f.tool, f.agent
+                    )
+                };
+                return Ok(Verdict {
+                    allowed: false,
+                    policies: reasons,
+                    reason: Some(reason),
+                });
+            }
+            for r in reasons {
+                if !decided_by.contains(&r) {
+                    decided_by.push(r);
+                }
+            }
+        }
+        Ok(Verdict {
+            allowed: true,
+            policies: decided_by,
+            reason: None,
+        })
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASELINE: &str = include_str!("../../../examples/policies/baseline.cedar");
+
+    fn facts<'a>(labels: &'a [String], actions: &'a [String], risk: &'a str, principal: Option<&'a str>) -> ExchangeFacts<'a> {
+        ExchangeFacts {
+            tenant: "acme",
+            now: 1_800_000_000,
+            agent: "bot",
+            agent_owner: "alice",
+            agent_purpose: "triage",
+            run: "run_1",
+            task: "t",
+            principal,
+            grant: principal.map(|_| "grt_1"),
+            tool: "crm",
+            tool_audience: "https://crm.example",
+            tool_labels: labels,
+            tool_risk: risk,
+            tool_provider: "jwt",
+            actions,
+        }
+    }
+
+    #[test]
+    fn baseline_permits_and_forbid_names_itself() {
+        let e = Engine::new().unwrap();
+        let p = e.compile(&e.parse_policies("baseline", BASELINE).unwrap()).unwrap();
+        let labels = vec!["pii".to_string()];
+        let actions = vec!["read".to_string()];
+        let v = e.decide(&p, &facts(&labels, &actions, "low", Some("alice"))).unwrap();
+        assert!(v.allowed, "{v:?}");
+        assert_eq!(v.policies, vec!["baseline/allow-registered-tools"]);
+        let v = e.decide(&p, &facts(&labels, &actions, "critical", None)).unwrap();
+        assert!(!v.allowed);
+        assert_eq!(v.policies, vec!["baseline/no-critical-tools-without-a-principal"]);
+        assert!(v.reason.unwrap().contains("forbidden by policy"));
+    }
+
+    #[test]
+    fn no_policies_deny_with_a_hint() {
+        let e = Engine::new().unwrap();
+        let v = e
+            .decide(&TenantPolicies::default(), &facts(&[], &["read".into()], "low", None))
+            .unwrap();
+        assert!(!v.allowed);
+        assert!(v.reason.unwrap().contains("mandate policy add"));
+    }
+
+    #[test]
+    fn policies_can_use_labels_and_agent_membership() {
+        let e = Engine::new().unwrap();
+        let src = r#"
+            permit (principal in Mandate::Agent::"bot", action == Mandate::Action::"exchange", resource)
+            when { !(context.tool_labels.contains("money")) && context.action == "read" };
+        "#;
+        let p = e.compile(&e.parse_policies("p", src).unwrap()).unwrap();
+        let read = vec!["read".to_string()];
+        let write = vec!["read".to_string(), "write".to_string()];
+        assert!(e.decide(&p, &facts(&[], &read, "low", None)).unwrap().allowed);
+        let v = e.decide(&p, &facts(&[], &write, "low", None)).unwrap();
+        assert!(!v.allowed && v.reason.unwrap().contains("`write`"));
+        let money = vec!["money".to_string()];
+        assert!(!e.decide(&p, &facts(&money, &read, "low", None)).unwrap().allowed);
+    }
+
+    #[test]
+    fn invalid_policy_is_refused_with_line_and_column() {
+        let e = Engine::new().unwrap();
+        let syntax = "permit (principal, action, resource)\nwhen { context.tenant == };";
+        let errs = e.parse_policies("bad", syntax).unwrap_err();
+        assert_eq!(errs[0].line, 2, "{errs:?}");
+        let unknown_attr = "permit (principal, action == Mandate::Action::\"exchange\", resource)\n  when { resource.colour == \"red\" };";
+        let errs = e.parse_policies("bad", unknown_attr).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].column > 1), (2, true), "{errs:?}");
+        assert!(errs[0].message.contains("colour"), "{errs:?}");
+    }
+}
