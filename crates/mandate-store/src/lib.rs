@@ -1,1 +1,123 @@
-//! placeholder
+//! # mandate-store
+//!
+//! Persistence for the Mandate broker, behind the [`Store`] trait, with the
+//! embedded SQLite (WAL) backend in [`sqlite`].
+//!
+//! Writes are *entries*: an optional [`Mutation`] and the audit events that
+//! record it. A batch of entries is committed in one transaction (group
+//! commit) with a savepoint per entry, so a failed mutation leaves neither
+//! its change nor its events behind, and an event is durable before the
+//! broker acts on it. Audit events are hash-chained here, at commit time,
+//! because only the committer knows the previous hash.
+//!
+//! This crate does not decide anything: validation and policy live in
+//! `mandate-core` and the server.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod records;
+pub mod sqlite;
+
+pub use records::*;
+
+use mandate_core::audit::{ChainBreak, ChainedEvent, EventBody};
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// Something referenced does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(String),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+            if f.code == rusqlite::ErrorCode::ConstraintViolation {
+                return StoreError::Conflict(msg.clone().unwrap_or_else(|| "row".into()));
+            }
+        }
+        StoreError::Db(e.to_string())
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One unit of a group commit: a change and the events that record it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The change, if any (a denial records events only).
+    pub mutation: Option<Mutation>,
+    /// Audit events, chained in order.
+    pub events: Vec<EventBody>,
+}
+
+/// What an entry's commit produced.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The chained events, with their sequence numbers and hashes.
+    pub events: Vec<ChainedEvent>,
+    /// Sequence number of a revocation this entry wrote.
+    pub revocation_seq: Option<u64>,
+}
+
+/// Filters for audit queries; `None` matches anything.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AuditFilter {
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Agent name.
+    pub agent: Option<String>,
+    /// Run id.
+    pub run: Option<String>,
+    /// Principal.
+    pub principal: Option<String>,
+    /// Tool name.
+    pub tool: Option<String>,
+    /// `allow`, `deny` or `ok`.
+    pub decision: Option<String>,
+    /// Event type.
+    pub event_type: Option<String>,
+    /// Only events at or after this time (ms).
+    pub since_ms: Option<u64>,
+    /// Only events with a greater sequence number.
+    pub after_seq: Option<u64>,
+    /// At most this many (newest first when unset `after_seq`).
+    pub limit: Option<u32>,
+}
+
+/// Result of re-verifying the whole audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events that verified.
+    pub verified: u64,
+    /// The first event that did not, if any.
+    pub first_break: Option<ChainBreak>,
+}
+
+/// The storage backend.
+pub trait Store: Send + Sync {
+    /// Everything the broker keeps in memory, read at start.
+    fn load(&self) -> Result<Snapshot>;
+    /// Commits a batch in one transaction; one result per entry, in order.
+    /// Only one caller (the broker's writer task) may call this at a time.
+    fn commit(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>>;
+    /// Audit events matching `filter`, in sequence order.
+    fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedEvent>>;
+    /// Recomputes the audit hash chain from the first event.
+    fn audit_verify(&self) -> Result<VerifyReport>;
+    /// Runs, newest first, optionally of one tenant and/or agent.
+    fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>>;
+    /// One run.
+    fn get_run(&self, id: &str) -> Result<Option<Run>>;
+}

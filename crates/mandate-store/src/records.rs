@@ -1,0 +1,278 @@
+//! The records the broker stores. Plain data; the API serialises them as JSON.
+
+use serde::{Deserialize, Serialize};
+
+use mandate_core::policy::StoredPolicy;
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Name (slug).
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A human or upstream service on whose behalf agents act.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Tenant.
+    pub tenant: String,
+    /// Id (often an e-mail address).
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: String,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A registered agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Tenant.
+    pub tenant: String,
+    /// Name (slug).
+    pub name: String,
+    /// Owner (a person or team accountable for it); mandatory.
+    pub owner: String,
+    /// What it is for.
+    #[serde(default)]
+    pub purpose: String,
+    /// The most it may ever be granted (`tool:action` patterns).
+    pub envelope: Vec<String>,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A registered downstream system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Tenant.
+    pub tenant: String,
+    /// Name (slug).
+    pub name: String,
+    /// Audience URI: the credential's `aud`, and what `resource` names.
+    pub audience: String,
+    /// Actions the tool understands.
+    pub actions: Vec<String>,
+    /// Data labels (`pii`, `external_send`, `money`, ...).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `low`, `medium`, `high` or `critical`.
+    pub risk: String,
+    /// Longest credential lifetime (seconds).
+    pub max_ttl_secs: u64,
+    /// Credential provider: `jwt`.
+    pub provider: String,
+    /// JWS algorithm for credentials: `EdDSA` or `ES256`.
+    pub alg: String,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A principal's delegation to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Id (`grt_...`).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Who delegates.
+    pub principal: String,
+    /// To which agent.
+    pub agent: String,
+    /// What (`tool:action` patterns).
+    pub capabilities: Vec<String>,
+    /// For which task.
+    pub task: String,
+    /// Until when (seconds).
+    pub expires_at: u64,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A named set of Cedar policies of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySetRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// Set name (a file's name, usually).
+    pub name: String,
+    /// The policies, with ids `<name>/<id>`.
+    pub policies: Vec<PolicyText>,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// One stored policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyText {
+    /// Id.
+    pub id: String,
+    /// Cedar text.
+    pub text: String,
+}
+
+impl From<StoredPolicy> for PolicyText {
+    fn from(p: StoredPolicy) -> Self {
+        PolicyText { id: p.id, text: p.text }
+    }
+}
+
+impl From<&PolicyText> for StoredPolicy {
+    fn from(p: &PolicyText) -> Self {
+        StoredPolicy {
+            id: p.id.clone(),
+            text: p.text.clone(),
+        }
+    }
+}
+
+/// One execution of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Id (`run_...`).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Agent.
+    pub agent: String,
+    /// Principal, when on someone's behalf.
+    pub principal: Option<String>,
+    /// Grant, when on someone's behalf.
+    pub grant: Option<String>,
+    /// Task.
+    pub task: String,
+    /// Capabilities of its mandate.
+    pub capabilities: Vec<String>,
+    /// Thumbprint of the run key.
+    pub jkt: String,
+    /// Start (ms).
+    pub started_ms: u64,
+    /// Mandate expiry (seconds).
+    pub expires_at: u64,
+    /// End (ms), when ended explicitly.
+    pub ended_ms: Option<u64>,
+}
+
+/// A signing key, sealed under the master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// `EdDSA` or `ES256`.
+    pub alg: String,
+    /// `mandate` or `jwt`.
+    pub purpose: String,
+    /// ChaCha20-Poly1305 sealed private key.
+    pub sealed: Vec<u8>,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A revocation: an id that is refused from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Sequence number in the revocation log (0 before commit).
+    pub seq: u64,
+    /// The revoked id: `cred:<jti>`, `run:<id>`, `agent:<t>/<name>`,
+    /// `principal:<t>/<id>`, `grant:<id>` or `tenant:<t>`.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+    /// When (ms).
+    pub time_ms: u64,
+    /// Until when it matters (seconds; 0 = forever). A credential's
+    /// revocation can be forgotten after the credential expires.
+    pub until: u64,
+}
+
+/// An admin credential, stored as the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Public id (the token's prefix).
+    pub id: String,
+    /// SHA-256 of the whole token.
+    pub hash: Vec<u8>,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+/// A change to the broker's state.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    /// Create a tenant.
+    CreateTenant(Tenant),
+    /// Create a principal.
+    CreatePrincipal(Principal),
+    /// Create an agent.
+    CreateAgent(Agent),
+    /// Create a tool.
+    CreateTool(Tool),
+    /// Create a grant.
+    CreateGrant(Grant),
+    /// Create or replace a named policy set.
+    PutPolicySet(PolicySetRecord),
+    /// Remove a named policy set.
+    DeletePolicySet {
+        /// Tenant.
+        tenant: String,
+        /// Set name.
+        name: String,
+    },
+    /// Record a run.
+    StartRun(Run),
+    /// Mark a run ended.
+    EndRun {
+        /// Run id.
+        id: String,
+        /// End (ms).
+        ended_ms: u64,
+    },
+    /// Add a revocation.
+    Revoke(Revocation),
+    /// Store a sealed key.
+    PutKey(KeyRecord),
+    /// Store an admin credential.
+    PutAdminToken(AdminToken),
+    /// Set a metadata value.
+    PutMeta {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+}
+
+/// Everything the broker keeps in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Tenants.
+    pub tenants: Vec<Tenant>,
+    /// Principals.
+    pub principals: Vec<Principal>,
+    /// Agents.
+    pub agents: Vec<Agent>,
+    /// Tools.
+    pub tools: Vec<Tool>,
+    /// Grants.
+    pub grants: Vec<Grant>,
+    /// Policy sets.
+    pub policy_sets: Vec<PolicySetRecord>,
+    /// Revocations still in force.
+    pub revocations: Vec<Revocation>,
+    /// Keys.
+    pub keys: Vec<KeyRecord>,
+    /// Admin credentials.
+    pub admin_tokens: Vec<AdminToken>,
+    /// Metadata.
+    pub meta: Vec<(String, String)>,
+    /// Last audit event (seq, hash).
+    pub audit_head: (u64, String),
+}
