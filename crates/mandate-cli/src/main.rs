@@ -1,1 +1,775 @@
-fn main() {}
+//! `mandate`: run the broker, register tenants, agents, tools, grants and
+//! policies, start runs, revoke, and read the audit trail.
+#![forbid(unsafe_code)]
+
+mod client;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use client::{CliError, Client, enc};
+use output::{print_audit, print_table};
+
+/// Mandate: identities and short-lived, scoped credentials for AI agents.
+#[derive(Parser)]
+#[command(name = "mandate", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Broker URL.
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_URL",
+        default_value = "http://127.0.0.1:8407"
+    )]
+    url: String,
+    /// File holding the admin credential (the broker writes it on first start).
+    #[arg(long, global = true, env = "MANDATE_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the broker (embedded SQLite; creates keys and an admin credential on first start).
+    Serve(ServeArgs),
+    /// Tenants: isolation boundaries.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Principals: the humans (or services) agents act for.
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Agents: registered non-human identities.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Tools: downstream systems that receive credentials.
+    #[command(subcommand)]
+    Tool(ToolCmd),
+    /// Grants: a principal's delegation to an agent.
+    #[command(subcommand)]
+    Grant(GrantCmd),
+    /// Cedar policies of a tenant.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Runs: executions of an agent, each with its own mandate.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// Revoke a credential, run, agent, principal, grant or tenant.
+    Revoke(RevokeArgs),
+    /// List and verify the audit trail.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MANDATE_LISTEN", default_value = "127.0.0.1:8407")]
+    listen: SocketAddr,
+    /// Public base URL of the broker (the `iss` of its tokens; DPoP `htu` is checked against it).
+    #[arg(long, env = "MANDATE_ISSUER")]
+    issuer: Option<String>,
+    /// Data directory (SQLite database).
+    #[arg(long, env = "MANDATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Master key file (0600; created on first start). MANDATE_MASTER_KEY (base64url, 32 bytes) takes precedence.
+    #[arg(long, env = "MANDATE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// SPIFFE trust domain for agent and run identities.
+    #[arg(long, env = "MANDATE_TRUST_DOMAIN", default_value = "mandate.local")]
+    trust_domain: String,
+    /// Default mandate lifetime in seconds.
+    #[arg(long, default_value_t = 900)]
+    mandate_ttl: u64,
+    /// Longest mandate lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    mandate_max_ttl: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 65536)]
+    max_body: usize,
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        /// Name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+enum PrincipalCmd {
+    /// Create a principal.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Id, e.g. an e-mail address.
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List principals of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Register an agent.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Name.
+        name: String,
+        /// Person or team accountable for it (mandatory).
+        #[arg(long)]
+        owner: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        purpose: String,
+        /// The most it may ever be granted, as `tool:action` (repeat; `*` allowed on either side).
+        #[arg(long = "envelope", required = true)]
+        envelope: Vec<String>,
+    },
+    /// List agents of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolCmd {
+    /// Register a tool.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Name.
+        name: String,
+        /// Audience URI (the credential's `aud`).
+        #[arg(long)]
+        audience: String,
+        /// An action the tool understands (repeat).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// A data label such as pii, external_send, money (repeat).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// low, medium, high or critical.
+        #[arg(long, default_value = "low")]
+        risk: String,
+        /// Longest credential lifetime in seconds.
+        #[arg(long, default_value_t = 300)]
+        max_ttl: u64,
+        /// Credential signature algorithm: EdDSA or ES256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
+    /// List tools of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantCmd {
+    /// A principal delegates capabilities to an agent for a task.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        agent: String,
+        /// A capability `tool:action` (repeat).
+        #[arg(long = "cap", required = true)]
+        caps: Vec<String>,
+        #[arg(long)]
+        task: String,
+        /// Lifetime in seconds (default one day).
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// List grants of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Load a Cedar policy file (validated against the Mandate schema).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// The .cedar file.
+        file: PathBuf,
+        /// Set name (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List policy sets of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a policy set.
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunCmd {
+    /// Start a run and print its mandate.
+    Start {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        agent: String,
+        /// Act on behalf of this principal (needs --grant).
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        grant: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        /// Mandate lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// The run's public key as a JWK: a file path, or the JSON itself.
+        #[arg(long)]
+        jwk: String,
+    },
+    /// List runs.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// End a run: its mandate and credentials are refused from now on.
+    End { id: String },
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only"])))]
+struct RevokeArgs {
+    /// A credential, by its `jti`.
+    #[arg(long)]
+    credential: Option<String>,
+    /// A credential, by the token itself.
+    #[arg(long)]
+    token: Option<String>,
+    /// A run.
+    #[arg(long)]
+    run: Option<String>,
+    /// An agent (with --tenant).
+    #[arg(long)]
+    agent: Option<String>,
+    /// A principal (with --tenant).
+    #[arg(long)]
+    principal: Option<String>,
+    /// A grant.
+    #[arg(long)]
+    grant: Option<String>,
+    /// The tenant of --agent or --principal.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A whole tenant: everything under it is refused.
+    #[arg(long = "whole-tenant", id = "tenant_only")]
+    tenant_only: Option<String>,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AuditArgs {
+    #[command(subcommand)]
+    verify: Option<AuditSub>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long)]
+    tool: Option<String>,
+    /// allow, deny or ok.
+    #[arg(long)]
+    decision: Option<String>,
+    /// Event type, e.g. token.exchange.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only events newer than this: 30s, 15m, 24h, 7d.
+    #[arg(long)]
+    since: Option<String>,
+    /// Most events to show.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+#[derive(Subcommand)]
+enum AuditSub {
+    /// Recompute the hash chain and name the first event that does not fit.
+    Verify,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MANDATE_CONFIG_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".config"))
+        .join("mandate")
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".local/share"))
+        .join("mandate")
+}
+
+fn parse_duration(s: &str) -> Result<u64, CliError> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        CliError(format!(
+            "`{s}` is not a duration; use e.g. 30s, 15m, 24h, 7d"
+        ))
+    })?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(CliError(format!(
+                "`{s}` has an unknown unit; use s, m, h or d"
+            )));
+        }
+    };
+    Ok(n * mult)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<(), CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg_dir = config_dir();
+    let mut cfg =
+        mandate_server::Config::new(a.listen, a.data_dir.unwrap_or_else(data_dir), &cfg_dir);
+    if let Some(i) = a.issuer {
+        cfg.issuer = i.trim_end_matches('/').to_owned();
+    }
+    if let Ok(k) = std::env::var("MANDATE_MASTER_KEY") {
+        cfg.master_key = mandate_server::boot::MasterKeySource::Env(
+            mandate_core::secret::Secret::new(k.into_bytes()),
+        );
+    } else if let Some(f) = a.master_key_file {
+        cfg.master_key = mandate_server::boot::MasterKeySource::File(f);
+    }
+    if let Ok(f) = std::env::var("MANDATE_ADMIN_TOKEN_FILE") {
+        cfg.admin_token_file = PathBuf::from(f);
+    }
+    cfg.trust_domain = a.trust_domain;
+    cfg.mandate_ttl = a.mandate_ttl;
+    cfg.mandate_max_ttl = a.mandate_max_ttl;
+    cfg.max_body = a.max_body;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(mandate_server::serve(cfg, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))
+    .map_err(|e| CliError(e.to_string()))
+}
+
+fn show(json_out: bool, v: &Value, cols: &[&str]) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print_table(v, cols);
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let token_file = cli
+        .token_file
+        .clone()
+        .or_else(|| Some(config_dir().join("admin.token")));
+    let c = || Client::new(cli.url.clone(), token_file.clone());
+    let j = cli.json;
+    match cli.cmd {
+        Cmd::Serve(a) => serve(a)?,
+        Cmd::Tenant(TenantCmd::Create { name, description }) => {
+            let v = c().post(
+                "/v1/tenants",
+                &json!({"name": name, "description": description}),
+            )?;
+            show(j, &v, &["name", "description"]);
+        }
+        Cmd::Tenant(TenantCmd::List) => show(j, &c().get("/v1/tenants")?, &["name", "description"]),
+        Cmd::Principal(PrincipalCmd::Create { tenant, id, name }) => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/principals", enc(&tenant)),
+                &json!({"id": id, "display_name": name}),
+            )?;
+            show(j, &v, &["tenant", "id", "display_name"]);
+        }
+        Cmd::Principal(PrincipalCmd::List { tenant }) => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/principals", enc(&tenant)))?,
+            &["id", "display_name"],
+        ),
+        Cmd::Agent(AgentCmd::Create {
+            tenant,
+            name,
+            owner,
+            purpose,
+            envelope,
+        }) => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/agents", enc(&tenant)),
+                &json!({"name": name, "owner": owner, "purpose": purpose, "envelope": envelope}),
+            )?;
+            show(j, &v, &["name", "owner", "spiffe_id", "envelope"]);
+        }
+        Cmd::Agent(AgentCmd::List { tenant }) => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/agents", enc(&tenant)))?,
+            &["name", "owner", "purpose", "envelope"],
+        ),
+        Cmd::Tool(ToolCmd::Create {
+            tenant,
+            name,
+            audience,
+            actions,
+            labels,
+            risk,
+            max_ttl,
+            alg,
+        }) => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/tools", enc(&tenant)),
+                &json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
+                        "risk": risk, "max_ttl_secs": max_ttl, "alg": alg}),
+            )?;
+            show(
+                j,
+                &v,
+                &[
+                    "name",
+                    "audience",
+                    "actions",
+                    "labels",
+                    "risk",
+                    "max_ttl_secs",
+                ],
+            );
+        }
+        Cmd::Tool(ToolCmd::List { tenant }) => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/tools", enc(&tenant)))?,
+            &[
+                "name",
+                "audience",
+                "actions",
+                "labels",
+                "risk",
+                "max_ttl_secs",
+            ],
+        ),
+        Cmd::Grant(GrantCmd::Create {
+            tenant,
+            principal,
+            agent,
+            caps,
+            task,
+            expires_in,
+        }) => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/grants", enc(&tenant)),
+                &json!({"principal": principal, "agent": agent, "capabilities": caps, "task": task, "expires_in_secs": expires_in}),
+            )?;
+            show(
+                j,
+                &v,
+                &[
+                    "id",
+                    "principal",
+                    "agent",
+                    "capabilities",
+                    "task",
+                    "expires_at",
+                ],
+            );
+        }
+        Cmd::Grant(GrantCmd::List { tenant }) => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/grants", enc(&tenant)))?,
+            &[
+                "id",
+                "principal",
+                "agent",
+                "capabilities",
+                "task",
+                "expires_at",
+            ],
+        ),
+        Cmd::Policy(PolicyCmd::Add { tenant, file, name }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
+            let name = name.unwrap_or_else(|| {
+                file.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let v = c().put_text(
+                &format!("/v1/tenants/{}/policies/{}", enc(&tenant), enc(&name)),
+                &text,
+            )?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                let ids: Vec<&str> = v["policies"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["id"].as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "loaded policy set `{name}` into tenant `{tenant}`: {}",
+                    ids.join(", ")
+                );
+            }
+        }
+        Cmd::Policy(PolicyCmd::List { tenant }) => {
+            let v = c().get(&format!("/v1/tenants/{}/policies", enc(&tenant)))?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                for set in v.as_array().into_iter().flatten() {
+                    for p in set["policies"].as_array().into_iter().flatten() {
+                        println!(
+                            "// {}\n{}\n",
+                            p["id"].as_str().unwrap_or(""),
+                            p["text"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Policy(PolicyCmd::Remove { tenant, name }) => {
+            c().delete(&format!(
+                "/v1/tenants/{}/policies/{}",
+                enc(&tenant),
+                enc(&name)
+            ))?;
+            if !j {
+                println!("removed policy set `{name}` from tenant `{tenant}`");
+            }
+        }
+        Cmd::Run(RunCmd::Start {
+            tenant,
+            agent,
+            principal,
+            grant,
+            task,
+            ttl,
+            jwk,
+        }) => {
+            let text = if jwk.trim_start().starts_with('{') {
+                jwk
+            } else {
+                std::fs::read_to_string(&jwk)
+                    .map_err(|e| CliError(format!("cannot read JWK file {jwk}: {e}")))?
+            };
+            let jwk: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError(format!("the JWK is not JSON: {e}")))?;
+            let v = c().post(
+                "/v1/runs",
+                &json!({"tenant": tenant, "agent": agent, "principal": principal, "grant": grant,
+                        "task": task, "ttl_secs": ttl, "jwk": jwk}),
+            )?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!("run        {}", v["run"].as_str().unwrap_or(""));
+                println!("identity   {}", v["run_id"].as_str().unwrap_or(""));
+                println!(
+                    "expires at {}",
+                    output::time_s(v["expires_at"].as_u64().unwrap_or(0))
+                );
+                println!("capabilities {}", output::cell(&v["capabilities"]));
+                println!(
+                    "mandate (give it only to the run; it is bound to the run's key):\n{}",
+                    v["mandate"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Cmd::Run(RunCmd::List { tenant, agent }) => {
+            let mut q = String::from("/v1/runs?limit=100");
+            if let Some(t) = tenant {
+                q.push_str(&format!("&tenant={}", enc(&t)));
+            }
+            if let Some(a) = agent {
+                q.push_str(&format!("&agent={}", enc(&a)));
+            }
+            show(
+                j,
+                &c().get(&q)?,
+                &[
+                    "id",
+                    "tenant",
+                    "agent",
+                    "principal",
+                    "task",
+                    "expires_at",
+                    "ended_ms",
+                ],
+            );
+        }
+        Cmd::Run(RunCmd::End { id }) => {
+            let v = c().post(&format!("/v1/runs/{}/end", enc(&id)), &json!({}))?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!("run {id} ended; its mandate and credentials are refused from now on");
+            }
+        }
+        Cmd::Revoke(r) => {
+            let body = if let Some(id) = r.credential {
+                json!({"kind": "credential", "id": id})
+            } else if let Some(t) = r.token {
+                json!({"kind": "credential", "token": t})
+            } else if let Some(id) = r.run {
+                json!({"kind": "run", "id": id})
+            } else if let Some(id) = r.agent {
+                let t = r
+                    .tenant
+                    .ok_or_else(|| CliError("--agent needs --tenant".into()))?;
+                json!({"kind": "agent", "tenant": t, "id": id})
+            } else if let Some(id) = r.principal {
+                let t = r
+                    .tenant
+                    .ok_or_else(|| CliError("--principal needs --tenant".into()))?;
+                json!({"kind": "principal", "tenant": t, "id": id})
+            } else if let Some(id) = r.grant {
+                json!({"kind": "grant", "id": id})
+            } else if let Some(t) = r.tenant_only {
+                json!({"kind": "tenant", "id": t})
+            } else {
+                return Err(CliError(
+                    "say what to revoke (see `mandate revoke --help`)".into(),
+                ));
+            };
+            let mut body = body;
+            if let Some(reason) = r.reason {
+                body["reason"] = json!(reason);
+            }
+            let v = c().post("/v1/revocations", &body)?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!(
+                    "revoked {}: refused from now on",
+                    v["revoked"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Cmd::Audit(a) => {
+            if let Some(AuditSub::Verify) = a.verify {
+                let v = c().get("/v1/audit/verify")?;
+                let ok = v["ok"].as_bool().unwrap_or(false);
+                if j {
+                    show(j, &v, &[]);
+                } else if ok {
+                    println!("audit chain intact: {} events verified", v["verified"]);
+                } else {
+                    println!(
+                        "audit chain BROKEN at event {}: {} ({} events before it verified)",
+                        v["first_bad"]["seq"],
+                        v["first_bad"]["reason"].as_str().unwrap_or(""),
+                        v["verified"]
+                    );
+                }
+                if !ok {
+                    return Err(CliError("the audit trail does not verify".into()));
+                }
+                return Ok(());
+            }
+            let mut q = format!("/v1/audit?limit={}", a.limit);
+            for (k, v) in [
+                ("tenant", &a.tenant),
+                ("agent", &a.agent),
+                ("run", &a.run),
+                ("principal", &a.principal),
+                ("tool", &a.tool),
+                ("decision", &a.decision),
+                ("type", &a.event_type),
+            ] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", enc(v)));
+                }
+            }
+            if let Some(s) = &a.since {
+                let secs = parse_duration(s)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                q.push_str(&format!("&since_ms={}", now.saturating_sub(secs * 1000)));
+            }
+            let v = c().get(&q)?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                print_audit(&v);
+            }
+        }
+    }
+    Ok(())
+}

@@ -141,7 +141,13 @@ impl Default for ChainVerifier {
 
 impl ChainVerifier {
     /// Checks the next event. `body_json` is the body exactly as stored.
-    pub fn next(&mut self, seq: u64, prev_hash: &str, hash: &str, body_json: &[u8]) -> Result<(), ChainBreak> {
+    pub fn next(
+        &mut self,
+        seq: u64,
+        prev_hash: &str,
+        hash: &str,
+        body_json: &[u8],
+    ) -> Result<(), ChainBreak> {
         let brk = |reason: String| ChainBreak { seq, reason };
         if seq != self.expected_seq {
             return Err(ChainBreak {
@@ -150,11 +156,15 @@ impl ChainVerifier {
             });
         }
         if prev_hash != self.prev_hash {
-            return Err(brk("its prev_hash does not match the previous event's hash".into()));
+            return Err(brk(
+                "its prev_hash does not match the previous event's hash".into(),
+            ));
         }
         let want = chain_hash(prev_hash, seq, body_json);
         if want != hash {
-            return Err(brk("its content does not match its hash (the event was altered)".into()));
+            return Err(brk(
+                "its content does not match its hash (the event was altered)".into(),
+            ));
         }
         // Canonical form: a body that re-serialises differently was edited by hand.
         let parsed: EventBody = serde_json::from_slice(body_json)

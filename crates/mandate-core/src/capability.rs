@@ -32,7 +32,8 @@ impl Capability {
             .split_once(':')
             .ok_or_else(|| bad("must be `tool:action` (either side may be `*`)"))?;
         if tool != "*" {
-            crate::ids::check_slug("tool", tool).map_err(|_| bad("tool part is not a valid tool name"))?;
+            crate::ids::check_slug("tool", tool)
+                .map_err(|_| bad("tool part is not a valid tool name"))?;
         }
         check_action(action).map_err(|_| bad("action part is not a valid action name"))?;
         Ok(Self {
@@ -119,8 +120,9 @@ impl CapabilitySet {
         }
         let all: Vec<Capability> = out.iter().cloned().collect();
         out.retain(|c| {
-            !all.iter()
-                .any(|w| w != c && w.allows(&c.tool, &c.action) && (w.tool == "*" || w.action == "*"))
+            !all.iter().any(|w| {
+                w != c && w.allows(&c.tool, &c.action) && (w.tool == "*" || w.action == "*")
+            })
         });
         CapabilitySet(out)
     }
@@ -176,7 +178,14 @@ mod tests {
 
     #[test]
     fn malformed_capabilities_are_refused() {
-        for bad in ["github", ":read", "GitHub:read", "github:", "github:READ", "a b:c"] {
+        for bad in [
+            "github",
+            ":read",
+            "GitHub:read",
+            "github:",
+            "github:READ",
+            "a b:c",
+        ] {
             assert!(Capability::parse(bad).is_err(), "{bad}");
         }
     }

@@ -110,8 +110,12 @@ pub fn verify(
     let key = keys
         .jwt_key_by_kid(kid)
         .ok_or(Error::BadSignature { what: "credential" })?;
-    key.public()
-        .verify("credential", jws.alg, jws.signing_input.as_bytes(), &jws.signature)?;
+    key.public().verify(
+        "credential",
+        jws.alg,
+        jws.signing_input.as_bytes(),
+        &jws.signature,
+    )?;
     let claims: AccessClaims = serde_json::from_slice(&jws.payload)
         .map_err(|e| malformed("credential", format!("claims: {e}")))?;
     if claims.iss != issuer {
@@ -143,7 +147,10 @@ mod tests {
             iss: "http://b".into(),
             aud: "https://api.example".into(),
             sub: "alice".into(),
-            act: Actor { sub: "spiffe://x/run/1".into(), act: None },
+            act: Actor {
+                sub: "spiffe://x/run/1".into(),
+                act: None,
+            },
             client_id: "spiffe://x".into(),
             scope: "read".into(),
             jti: "j1".into(),
@@ -164,7 +171,10 @@ mod tests {
         for alg in [Alg::EdDSA, Alg::ES256] {
             let t = sign(keys.jwt_key(alg), &claims()).unwrap();
             assert_eq!(verify(&keys, "http://b", &t, 150, false).unwrap(), claims());
-            assert!(matches!(verify(&keys, "http://b", &t, 201, false), Err(Error::Expired { .. })));
+            assert!(matches!(
+                verify(&keys, "http://b", &t, 201, false),
+                Err(Error::Expired { .. })
+            ));
             assert!(verify(&keys, "http://other", &t, 150, false).is_err());
         }
     }
@@ -174,9 +184,19 @@ mod tests {
         let keys = BrokerKeys::generate(&mut OsRng);
         let t = sign(&keys.jwt_eddsa, &claims()).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
-        let h = b64(json!({"alg":"HS256","typ":"at+jwt","kid":keys.jwt_eddsa.kid()}).to_string().as_bytes());
+        let h = b64(
+            json!({"alg":"HS256","typ":"at+jwt","kid":keys.jwt_eddsa.kid()})
+                .to_string()
+                .as_bytes(),
+        );
         assert!(matches!(
-            verify(&keys, "http://b", &format!("{h}.{}.{}", parts[1], parts[2]), 150, false),
+            verify(
+                &keys,
+                "http://b",
+                &format!("{h}.{}.{}", parts[1], parts[2]),
+                150,
+                false
+            ),
             Err(Error::UnsupportedAlgorithm { .. })
         ));
         let other = BrokerKeys::generate(&mut OsRng);

@@ -7,9 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::UnixTime;
 use crate::error::{Error, Result};
 use crate::jose::{CompactJws, PublicJwk, b64};
-use crate::UnixTime;
 
 /// Longest DPoP proof accepted.
 pub const MAX_PROOF_LEN: usize = 4096;
@@ -80,9 +80,9 @@ pub fn normalize_htu(uri: &str) -> Option<String> {
 pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<VerifiedProof> {
     // Steps 2 and 5: a well-formed JWS with an asymmetric algorithm we support.
     let jws = CompactJws::parse("DPoP proof", proof, MAX_PROOF_LEN).map_err(|e| match e {
-        Error::UnsupportedAlgorithm { alg, .. } => {
-            Error::DpopProof(format!("algorithm `{alg}` is not accepted; sign with EdDSA or ES256"))
-        }
+        Error::UnsupportedAlgorithm { alg, .. } => Error::DpopProof(format!(
+            "algorithm `{alg}` is not accepted; sign with EdDSA or ES256"
+        )),
         other => Error::DpopProof(other.to_string()),
     })?;
     // Step 4: typ.
@@ -96,9 +96,16 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
         .ok_or_else(|| Error::DpopProof("header has no `jwk`".into()))?;
     let key = PublicJwk::from_json(jwk).map_err(|e| Error::DpopProof(e.to_string()))?;
     // Step 6: the signature, with the header's key, and the key's own algorithm.
-    key.verify("DPoP proof", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
+    key.verify(
+        "DPoP proof",
+        jws.alg,
+        jws.signing_input.as_bytes(),
+        &jws.signature,
+    )
+    .map_err(|e| Error::DpopProof(e.to_string()))?;
+    let claims = jws
+        .claims("DPoP proof")
         .map_err(|e| Error::DpopProof(e.to_string()))?;
-    let claims = jws.claims("DPoP proof").map_err(|e| Error::DpopProof(e.to_string()))?;
     let str_claim = |name: &str| -> Result<&str> {
         match claims.get(name) {
             Some(Value::String(s)) => Ok(s.as_str()),
@@ -112,13 +119,21 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
     }
     // Step 8: htm.
     if str_claim("htm")? != exp.method {
-        return refuse(format!("`htm` does not match the request method `{}`", exp.method));
+        return refuse(format!(
+            "`htm` does not match the request method `{}`",
+            exp.method
+        ));
     }
     // Step 9: htu, ignoring query and fragment.
     let htu = str_claim("htu")?;
     match (normalize_htu(htu), normalize_htu(exp.uri)) {
         (Some(a), Some(b)) if a == b => {}
-        _ => return refuse(format!("`htu` does not match the request URI `{}`", exp.uri)),
+        _ => {
+            return refuse(format!(
+                "`htu` does not match the request URI `{}`",
+                exp.uri
+            ));
+        }
     }
     // Step 11: iat within the window.
     let iat = claims
@@ -243,7 +258,10 @@ mod tests {
     const URI: &str = "http://127.0.0.1:8407/oauth/token";
 
     fn proof(k: &SigningKey, claims: Value) -> String {
-        k.sign_jws(&json!({"typ":"dpop+jwt","jwk":k.public().to_json()}), &claims)
+        k.sign_jws(
+            &json!({"typ":"dpop+jwt","jwk":k.public().to_json()}),
+            &claims,
+        )
     }
 
     fn exp<'a>(now: u64, jkt: Option<&'a str>) -> ProofExpectations<'a> {
@@ -282,11 +300,27 @@ mod tests {
     fn dpop_htm_and_htu_mismatch_are_refused() {
         let k = SigningKey::generate(Alg::ES256, &mut OsRng);
         let p = proof(&k, json!({"jti":"a","htm":"GET","htu":URI,"iat":1000}));
-        assert!(verify_proof(&p, &exp(1000, None)).unwrap_err().to_string().contains("htm"));
-        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":"http://evil.example/oauth/token","iat":1000}));
-        assert!(verify_proof(&p, &exp(1000, None)).unwrap_err().to_string().contains("htu"));
+        assert!(
+            verify_proof(&p, &exp(1000, None))
+                .unwrap_err()
+                .to_string()
+                .contains("htm")
+        );
+        let p = proof(
+            &k,
+            json!({"jti":"a","htm":"POST","htu":"http://evil.example/oauth/token","iat":1000}),
+        );
+        assert!(
+            verify_proof(&p, &exp(1000, None))
+                .unwrap_err()
+                .to_string()
+                .contains("htu")
+        );
         // Query and fragment are ignored; default port and case are normalised.
-        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":"HTTP://127.0.0.1:8407/oauth/token?x=1","iat":1000}));
+        let p = proof(
+            &k,
+            json!({"jti":"a","htm":"POST","htu":"HTTP://127.0.0.1:8407/oauth/token?x=1","iat":1000}),
+        );
         assert!(verify_proof(&p, &exp(1000, None)).is_ok());
     }
 
@@ -294,9 +328,19 @@ mod tests {
     fn dpop_too_old_or_from_the_future_is_refused() {
         let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
         let old = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":900}));
-        assert!(verify_proof(&old, &exp(1000, None)).unwrap_err().to_string().contains("old"));
+        assert!(
+            verify_proof(&old, &exp(1000, None))
+                .unwrap_err()
+                .to_string()
+                .contains("old")
+        );
         let future = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1010}));
-        assert!(verify_proof(&future, &exp(1000, None)).unwrap_err().to_string().contains("future"));
+        assert!(
+            verify_proof(&future, &exp(1000, None))
+                .unwrap_err()
+                .to_string()
+                .contains("future")
+        );
         let skewed = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1004}));
         assert!(verify_proof(&skewed, &exp(1000, None)).is_ok());
     }
@@ -307,24 +351,47 @@ mod tests {
         let good = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
         let parts: Vec<&str> = good.split('.').collect();
         for alg in ["none", "HS256"] {
-            let h = b64(json!({"typ":"dpop+jwt","alg":alg,"jwk":k.public().to_json()}).to_string().as_bytes());
+            let h = b64(
+                json!({"typ":"dpop+jwt","alg":alg,"jwk":k.public().to_json()})
+                    .to_string()
+                    .as_bytes(),
+            );
             let t = format!("{h}.{}.{}", parts[1], parts[2]);
             let e = verify_proof(&t, &exp(1000, None)).unwrap_err();
             assert!(e.to_string().contains("not accepted"), "{e}");
         }
-        let wrong_typ = k.sign_jws(&json!({"typ":"JWT","jwk":k.public().to_json()}), &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
-        assert!(verify_proof(&wrong_typ, &exp(1000, None)).unwrap_err().to_string().contains("typ"));
+        let wrong_typ = k.sign_jws(
+            &json!({"typ":"JWT","jwk":k.public().to_json()}),
+            &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}),
+        );
+        assert!(
+            verify_proof(&wrong_typ, &exp(1000, None))
+                .unwrap_err()
+                .to_string()
+                .contains("typ")
+        );
         // A key in the header that did not sign the proof.
         let other = SigningKey::generate(Alg::EdDSA, &mut OsRng);
-        let swapped = other.sign_jws(&json!({"typ":"dpop+jwt","jwk":k.public().to_json()}), &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
-        assert!(verify_proof(&swapped, &exp(1000, None)).unwrap_err().to_string().contains("signature"));
+        let swapped = other.sign_jws(
+            &json!({"typ":"dpop+jwt","jwk":k.public().to_json()}),
+            &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}),
+        );
+        assert!(
+            verify_proof(&swapped, &exp(1000, None))
+                .unwrap_err()
+                .to_string()
+                .contains("signature")
+        );
     }
 
     #[test]
     fn dpop_ath_must_match_presented_token() {
         let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
         let ath = b64(&Sha256::digest(b"tok"));
-        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000,"ath":ath}));
+        let p = proof(
+            &k,
+            json!({"jti":"a","htm":"POST","htu":URI,"iat":1000,"ath":ath}),
+        );
         let mut e = exp(1000, None);
         e.access_token = Some("tok");
         assert!(verify_proof(&p, &e).is_ok());
@@ -336,9 +403,15 @@ mod tests {
     fn dpop_jti_replay_is_refused_until_it_would_expire() {
         let mut c = ReplayCache::new(2);
         assert!(c.check_and_insert("k", "1", 1060, 1000).is_ok());
-        assert_eq!(c.check_and_insert("k", "1", 1060, 1001), Err(ReplayError::Replayed));
+        assert_eq!(
+            c.check_and_insert("k", "1", 1060, 1001),
+            Err(ReplayError::Replayed)
+        );
         assert!(c.check_and_insert("other-key", "1", 1060, 1001).is_ok());
-        assert_eq!(c.check_and_insert("k", "2", 1060, 1001), Err(ReplayError::Full));
+        assert_eq!(
+            c.check_and_insert("k", "2", 1060, 1001),
+            Err(ReplayError::Full)
+        );
         // After the window, old ids are forgotten and room returns.
         assert!(c.check_and_insert("k", "3", 1200, 1100).is_ok());
         assert_eq!(c.len(), 1);

@@ -78,7 +78,10 @@ impl PublicJwk {
         let s = |k: &str| o.get(k).and_then(Value::as_str);
         match (s("kty"), s("crv")) {
             (Some("OKP"), Some("Ed25519")) => {
-                let x = unb64("JWK", s("x").ok_or_else(|| malformed("JWK", "missing `x`"))?)?;
+                let x = unb64(
+                    "JWK",
+                    s("x").ok_or_else(|| malformed("JWK", "missing `x`"))?,
+                )?;
                 let x: [u8; 32] = x
                     .try_into()
                     .map_err(|_| malformed("JWK", "Ed25519 `x` must be 32 bytes"))?;
@@ -90,8 +93,14 @@ impl PublicJwk {
                 Ok(PublicJwk::Ed25519(key))
             }
             (Some("EC"), Some("P-256")) => {
-                let x = unb64("JWK", s("x").ok_or_else(|| malformed("JWK", "missing `x`"))?)?;
-                let y = unb64("JWK", s("y").ok_or_else(|| malformed("JWK", "missing `y`"))?)?;
+                let x = unb64(
+                    "JWK",
+                    s("x").ok_or_else(|| malformed("JWK", "missing `x`"))?,
+                )?;
+                let y = unb64(
+                    "JWK",
+                    s("y").ok_or_else(|| malformed("JWK", "missing `y`"))?,
+                )?;
                 if x.len() != 32 || y.len() != 32 {
                     return Err(malformed("JWK", "P-256 coordinates must be 32 bytes"));
                 }
@@ -182,7 +191,8 @@ impl PublicJwk {
                 // RFC 7518 §3.4: the signature is R ‖ S, 64 bytes, not DER.
                 let sig = p256::ecdsa::Signature::from_slice(sig)
                     .map_err(|_| Error::BadSignature { what })?;
-                k.verify(input, &sig).map_err(|_| Error::BadSignature { what })
+                k.verify(input, &sig)
+                    .map_err(|_| Error::BadSignature { what })
             }
             _ => Err(Error::UnsupportedAlgorithm {
                 what,
@@ -216,7 +226,8 @@ impl<'a> CompactJws<'a> {
             return Err(malformed(what, format!("longer than {max_len} bytes")));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed(what, "not a compact JWS (three base64url parts)"));
         };
@@ -230,7 +241,10 @@ impl<'a> CompactJws<'a> {
         let alg = Alg::parse(what, alg)?;
         if let Some(crit) = header.get("crit") {
             // RFC 7515 §4.1.11: we understand no extensions, so any `crit` is fatal.
-            return Err(malformed(what, format!("unsupported critical header {crit}")));
+            return Err(malformed(
+                what,
+                format!("unsupported critical header {crit}"),
+            ));
         }
         let payload = unb64(what, p)?;
         let signature = unb64(what, s)?;
@@ -248,7 +262,8 @@ impl<'a> CompactJws<'a> {
 
     /// The payload as a JSON object.
     pub fn claims(&self, what: &'static str) -> Result<Map<String, Value>> {
-        serde_json::from_slice(&self.payload).map_err(|_| malformed(what, "payload is not a JSON object"))
+        serde_json::from_slice(&self.payload)
+            .map_err(|_| malformed(what, "payload is not a JSON object"))
     }
 
     /// A string header member.
@@ -267,7 +282,10 @@ mod tests {
         let jwk = serde_json::json!({"kty":"OKP","crv":"Ed25519",
             "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
         let k = PublicJwk::from_json(&jwk).unwrap();
-        assert_eq!(k.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            k.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 
     #[test]
@@ -276,7 +294,10 @@ mod tests {
             let h = b64(format!("{{\"alg\":\"{alg}\"}}").as_bytes());
             let tok = format!("{h}.{}.{}", b64(b"{}"), b64(b"sig"));
             assert!(
-                matches!(CompactJws::parse("test", &tok, 4096), Err(Error::UnsupportedAlgorithm { .. })),
+                matches!(
+                    CompactJws::parse("test", &tok, 4096),
+                    Err(Error::UnsupportedAlgorithm { .. })
+                ),
                 "{alg}"
             );
         }

@@ -42,7 +42,9 @@ impl SigningKey {
         match alg {
             Alg::EdDSA => {
                 let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-                Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)))
+                Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
+                    &seed,
+                )))
             }
             Alg::ES256 => p256::ecdsa::SigningKey::from_slice(bytes)
                 .map(SigningKey::P256)
@@ -188,9 +190,11 @@ mod tests {
             jwk.verify("t", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
                 .unwrap();
             let other = SigningKey::generate(alg, &mut OsRng).public();
-            assert!(other
-                .verify("t", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
-                .is_err());
+            assert!(
+                other
+                    .verify("t", jws.alg, jws.signing_input.as_bytes(), &jws.signature)
+                    .is_err()
+            );
             let back = SigningKey::from_bytes(alg, k.to_secret().expose()).unwrap();
             assert_eq!(back.kid(), k.kid());
         }

@@ -121,8 +121,14 @@ pub fn mint(
             .fact(fact("run_id", vec![s(&claims.run_id)]))?
             .fact(fact("task", vec![s(&claims.task)]))?
             .fact(fact("cnf_jkt", vec![s(&claims.cnf_jkt)]))?
-            .fact(fact("issued_at", vec![Term::Integer(claims.issued_at as i64)]))?
-            .fact(fact("expires_at", vec![Term::Integer(claims.expires_at as i64)]))?;
+            .fact(fact(
+                "issued_at",
+                vec![Term::Integer(claims.issued_at as i64)],
+            ))?
+            .fact(fact(
+                "expires_at",
+                vec![Term::Integer(claims.expires_at as i64)],
+            ))?;
         if let Some(p) = &claims.principal {
             b = b.fact(fact("principal", vec![s(p)]))?;
         }
@@ -176,7 +182,10 @@ fn map_token_err(e: biscuit_auth::error::Token) -> Error {
 /// attenuation comes with the delegation work).
 pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateClaims> {
     if token.len() > MAX_MANDATE_LEN {
-        return Err(malformed("mandate", format!("longer than {MAX_MANDATE_LEN} bytes")));
+        return Err(malformed(
+            "mandate",
+            format!("longer than {MAX_MANDATE_LEN} bytes"),
+        ));
     }
     let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
     if biscuit.block_count() != 1 {
@@ -191,22 +200,30 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             .policy("allow if true")?
             .set_limits(authorizer_limits())
             .build(&biscuit)?;
-        let one = |a: &mut biscuit_auth::Authorizer, rule: &str| -> std::result::Result<Option<String>, biscuit_auth::error::Token> {
+        let one = |a: &mut biscuit_auth::Authorizer,
+                   rule: &str|
+         -> std::result::Result<Option<String>, biscuit_auth::error::Token> {
             let v: Vec<(String,)> = a.query(rule)?;
             Ok(v.into_iter().next().map(|t| t.0))
         };
-        let int = |a: &mut biscuit_auth::Authorizer, rule: &str| -> std::result::Result<Option<i64>, biscuit_auth::error::Token> {
+        let int = |a: &mut biscuit_auth::Authorizer,
+                   rule: &str|
+         -> std::result::Result<Option<i64>, biscuit_auth::error::Token> {
             let v: Vec<(i64,)> = a.query(rule)?;
             Ok(v.into_iter().next().map(|t| t.0))
         };
         let expires_at = int(&mut a, "data($x) <- expires_at($x)")?.unwrap_or(0);
         // Check expiry in code first, for a precise error; the Datalog check enforces it too.
         if (expires_at as u64) < now {
-            return Err(biscuit_auth::error::Token::ConversionError(format!("expired:{expires_at}")));
+            return Err(biscuit_auth::error::Token::ConversionError(format!(
+                "expired:{expires_at}"
+            )));
         }
         a.authorize()?;
         let req = |v: Option<String>, name: &str| {
-            v.ok_or_else(|| biscuit_auth::error::Token::ConversionError(format!("missing `{name}` fact")))
+            v.ok_or_else(|| {
+                biscuit_auth::error::Token::ConversionError(format!("missing `{name}` fact"))
+            })
         };
         let caps: Vec<(String, String)> = a.query("data($t, $a) <- capability($t, $a)")?;
         Ok(MandateClaims {
@@ -230,11 +247,13 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
         })
     };
     run().map_err(|e| match e {
-        biscuit_auth::error::Token::ConversionError(m) if m.starts_with("expired:") => Error::Expired {
-            what: "mandate",
-            expired_at: m[8..].parse().unwrap_or(0),
-            now,
-        },
+        biscuit_auth::error::Token::ConversionError(m) if m.starts_with("expired:") => {
+            Error::Expired {
+                what: "mandate",
+                expired_at: m[8..].parse().unwrap_or(0),
+                now,
+            }
+        }
         biscuit_auth::error::Token::ConversionError(m) => malformed("mandate", m),
         e => map_token_err(e),
     })
@@ -298,7 +317,10 @@ mod tests {
         let t = mint(&kp, &claims(now), &mut OsRng).unwrap();
         assert!(matches!(
             verify(&kp.public(), &t, now + 901),
-            Err(Error::Expired { what: "mandate", .. })
+            Err(Error::Expired {
+                what: "mandate",
+                ..
+            })
         ));
     }
 

@@ -10,8 +10,8 @@
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, Policy, PolicyId, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    Authorizer, Context, Decision, Entities, EntityUid, Policy, PolicyId, PolicySet, Request,
+    Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde_json::{Value, json};
@@ -38,14 +38,23 @@ pub struct PolicyProblem {
 
 impl std::fmt::Display for PolicyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
     }
 }
 
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let upto = &src[..offset.min(src.len())];
     let line = upto.matches('\n').count() + 1;
-    let col = upto.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = upto
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -60,7 +69,11 @@ fn problems(src: &str, d: &dyn Diagnostic, message: String) -> PolicyProblem {
     if let Some(help) = d.help() {
         message.push_str(&format!(" ({help})"));
     }
-    PolicyProblem { line, column, message }
+    PolicyProblem {
+        line,
+        column,
+        message,
+    }
 }
 
 /// The policy engine: the parsed schema and a validator.
@@ -165,7 +178,11 @@ impl Engine {
 
     /// Parses and validates a policy file. Policies are named
     /// `<name>/<@id annotation>` or `<name>/<index>`.
-    pub fn parse_policies(&self, name: &str, src: &str) -> std::result::Result<Vec<StoredPolicy>, Vec<PolicyProblem>> {
+    pub fn parse_policies(
+        &self,
+        name: &str,
+        src: &str,
+    ) -> std::result::Result<Vec<StoredPolicy>, Vec<PolicyProblem>> {
         if src.len() > MAX_POLICY_LEN {
             return Err(vec![PolicyProblem {
                 line: 1,
@@ -188,9 +205,18 @@ impl Engine {
         }
         let mut out = Vec::new();
         let mut policies: Vec<&Policy> = parsed.policies().collect();
-        policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
         for (i, p) in policies.into_iter().enumerate() {
-            let local = p.annotation("id").map(str::to_owned).unwrap_or_else(|| i.to_string());
+            let local = p
+                .annotation("id")
+                .map(str::to_owned)
+                .unwrap_or_else(|| i.to_string());
             out.push(StoredPolicy {
                 id: format!("{name}/{local}"),
                 text: p.to_string(),
@@ -213,8 +239,9 @@ impl Engine {
         let mut set = PolicySet::new();
         for p in stored {
             let id = PolicyId::new(&p.id);
-            let policy = Policy::parse(Some(id), &p.text)
-                .map_err(|e| Error::Policy(format!("stored policy `{}` does not parse: {e}", p.id)))?;
+            let policy = Policy::parse(Some(id), &p.text).map_err(|e| {
+                Error::Policy(format!("stored policy `{}` does not parse: {e}", p.id))
+            })?;
             set.add(policy)
                 .map_err(|e| Error::Policy(format!("stored policy `{}`: {e}", p.id)))?;
         }
@@ -243,8 +270,10 @@ impl Engine {
                    "parents": [Self::uid("Tenant", f.tenant)]}),
         ];
         if let Some(p) = f.principal {
-            list.push(json!({"uid": Self::uid("Principal", p), "attrs": {"tenant": f.tenant},
-                             "parents": [Self::uid("Tenant", f.tenant)]}));
+            list.push(
+                json!({"uid": Self::uid("Principal", p), "attrs": {"tenant": f.tenant},
+                             "parents": [Self::uid("Tenant", f.tenant)]}),
+            );
         }
         Entities::from_json_value(Value::Array(list), Some(&self.schema))
             .map_err(|e| Error::Policy(format!("could not build policy entities: {e}")))
@@ -274,7 +303,10 @@ impl Engine {
                 "tool_labels": f.tool_labels, "on_behalf": f.principal.is_some(), "task": f.task,
             });
             if let (Some(p), Some(o)) = (f.principal, ctx.as_object_mut()) {
-                o.insert("principal".into(), json!({"__entity": Self::uid("Principal", p)}));
+                o.insert(
+                    "principal".into(),
+                    json!({"__entity": Self::uid("Principal", p)}),
+                );
             }
             if let (Some(g), Some(o)) = (f.grant, ctx.as_object_mut()) {
                 o.insert("grant".into(), json!(g));
@@ -289,15 +321,26 @@ impl Engine {
                 Some(&self.schema),
             )
             .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
-            let resp = self.authorizer.is_authorized(&request, &policies.set, &entities);
-            let reasons: Vec<String> = resp.diagnostics().reason().map(|id| id.to_string()).collect();
+            let resp = self
+                .authorizer
+                .is_authorized(&request, &policies.set, &entities);
+            let reasons: Vec<String> = resp
+                .diagnostics()
+                .reason()
+                .map(|id| id.to_string())
+                .collect();
             if resp.decision() == Decision::Deny {
-                let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+                let errors: Vec<String> =
+                    resp.diagnostics().errors().map(|e| e.to_string()).collect();
                 let reason = if !reasons.is_empty() {
                     format!(
                         "action `{action}` on tool `{}` is forbidden by policy {}",
                         f.tool,
-                        reasons.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+                        reasons
+                            .iter()
+                            .map(|r| format!("`{r}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 } else if !errors.is_empty() {
                     format!(
@@ -341,7 +384,12 @@ mod tests {
 
     const BASELINE: &str = include_str!("../../../examples/policies/baseline.cedar");
 
-    fn facts<'a>(labels: &'a [String], actions: &'a [String], risk: &'a str, principal: Option<&'a str>) -> ExchangeFacts<'a> {
+    fn facts<'a>(
+        labels: &'a [String],
+        actions: &'a [String],
+        risk: &'a str,
+        principal: Option<&'a str>,
+    ) -> ExchangeFacts<'a> {
         ExchangeFacts {
             tenant: "acme",
             now: 1_800_000_000,
@@ -364,15 +412,24 @@ mod tests {
     #[test]
     fn baseline_permits_and_forbid_names_itself() {
         let e = Engine::new().unwrap();
-        let p = e.compile(&e.parse_policies("baseline", BASELINE).unwrap()).unwrap();
+        let p = e
+            .compile(&e.parse_policies("baseline", BASELINE).unwrap())
+            .unwrap();
         let labels = vec!["pii".to_string()];
         let actions = vec!["read".to_string()];
-        let v = e.decide(&p, &facts(&labels, &actions, "low", Some("alice"))).unwrap();
+        let v = e
+            .decide(&p, &facts(&labels, &actions, "low", Some("alice")))
+            .unwrap();
         assert!(v.allowed, "{v:?}");
         assert_eq!(v.policies, vec!["baseline/allow-registered-tools"]);
-        let v = e.decide(&p, &facts(&labels, &actions, "critical", None)).unwrap();
+        let v = e
+            .decide(&p, &facts(&labels, &actions, "critical", None))
+            .unwrap();
         assert!(!v.allowed);
-        assert_eq!(v.policies, vec!["baseline/no-critical-tools-without-a-principal"]);
+        assert_eq!(
+            v.policies,
+            vec!["baseline/no-critical-tools-without-a-principal"]
+        );
         assert!(v.reason.unwrap().contains("forbidden by policy"));
     }
 
@@ -380,7 +437,10 @@ mod tests {
     fn no_policies_deny_with_a_hint() {
         let e = Engine::new().unwrap();
         let v = e
-            .decide(&TenantPolicies::default(), &facts(&[], &["read".into()], "low", None))
+            .decide(
+                &TenantPolicies::default(),
+                &facts(&[], &["read".into()], "low", None),
+            )
             .unwrap();
         assert!(!v.allowed);
         assert!(v.reason.unwrap().contains("mandate policy add"));
@@ -396,11 +456,19 @@ mod tests {
         let p = e.compile(&e.parse_policies("p", src).unwrap()).unwrap();
         let read = vec!["read".to_string()];
         let write = vec!["read".to_string(), "write".to_string()];
-        assert!(e.decide(&p, &facts(&[], &read, "low", None)).unwrap().allowed);
+        assert!(
+            e.decide(&p, &facts(&[], &read, "low", None))
+                .unwrap()
+                .allowed
+        );
         let v = e.decide(&p, &facts(&[], &write, "low", None)).unwrap();
         assert!(!v.allowed && v.reason.unwrap().contains("`write`"));
         let money = vec!["money".to_string()];
-        assert!(!e.decide(&p, &facts(&money, &read, "low", None)).unwrap().allowed);
+        assert!(
+            !e.decide(&p, &facts(&money, &read, "low", None))
+                .unwrap()
+                .allowed
+        );
     }
 
     #[test]

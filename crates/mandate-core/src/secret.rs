@@ -89,7 +89,13 @@ impl MasterKey {
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| Error::Crypto("encryption failed".into()))?;
         let mut out = Vec::with_capacity(1 + 12 + ct.len());
         out.push(SEALED_VERSION);
@@ -126,7 +132,10 @@ mod tests {
         let k = MasterKey::generate(&mut OsRng);
         let sealed = k.seal(&mut OsRng, b"kid-1", b"hello").unwrap();
         assert_eq!(k.open("key", b"kid-1", &sealed).unwrap().expose(), b"hello");
-        assert!(matches!(k.open("key", b"kid-2", &sealed), Err(Error::Decrypt { .. })));
+        assert!(matches!(
+            k.open("key", b"kid-2", &sealed),
+            Err(Error::Decrypt { .. })
+        ));
         let other = MasterKey::generate(&mut OsRng);
         assert!(other.open("key", b"kid-1", &sealed).is_err());
         let mut altered = sealed.clone();

@@ -121,7 +121,10 @@ pub struct PolicyText {
 
 impl From<StoredPolicy> for PolicyText {
     fn from(p: StoredPolicy) -> Self {
-        PolicyText { id: p.id, text: p.text }
+        PolicyText {
+            id: p.id,
+            text: p.text,
+        }
     }
 }
 

@@ -98,7 +98,9 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 impl SqliteStore {
@@ -107,16 +109,20 @@ impl SqliteStore {
         let writer = open_conn(path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
-            writer.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+            ))?;
         } else if version != 1 {
             return Err(StoreError::Corrupt(format!(
                 "database schema version {version} is newer than this broker understands (1)"
             )));
         }
         let head = writer
-            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
             .optional()?
             .unwrap_or((0, audit::GENESIS.to_owned()));
         let reader = open_conn(path)?;
@@ -220,7 +226,11 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
     Ok(None)
 }
 
-fn append_event(tx: &Connection, head: &mut (u64, String), body: EventBody) -> Result<ChainedEvent> {
+fn append_event(
+    tx: &Connection,
+    head: &mut (u64, String),
+    body: EventBody,
+) -> Result<ChainedEvent> {
     let json = audit::canonical(&body);
     let seq = head.0 + 1;
     let hash = audit::chain_hash(&head.1, seq, &json);
@@ -279,21 +289,36 @@ impl Store for SqliteStore {
         s.tenants = c
             .prepare("SELECT name, description, created_ms FROM tenants")?
             .query_map([], |r| {
-                Ok(Tenant { name: r.get(0)?, description: r.get(1)?, created_ms: r.get::<_, i64>(2)? as u64 })
+                Ok(Tenant {
+                    name: r.get(0)?,
+                    description: r.get(1)?,
+                    created_ms: r.get::<_, i64>(2)? as u64,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.principals = c
             .prepare("SELECT tenant, id, display_name, created_ms FROM principals")?
             .query_map([], |r| {
-                Ok(Principal { tenant: r.get(0)?, id: r.get(1)?, display_name: r.get(2)?, created_ms: r.get::<_, i64>(3)? as u64 })
+                Ok(Principal {
+                    tenant: r.get(0)?,
+                    id: r.get(1)?,
+                    display_name: r.get(2)?,
+                    created_ms: r.get::<_, i64>(3)? as u64,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.agents = c
-            .prepare("SELECT tenant, name, owner, purpose, envelope, spiffe_id, created_ms FROM agents")?
+            .prepare(
+                "SELECT tenant, name, owner, purpose, envelope, spiffe_id, created_ms FROM agents",
+            )?
             .query_map([], |r| {
                 Ok(Agent {
-                    tenant: r.get(0)?, name: r.get(1)?, owner: r.get(2)?, purpose: r.get(3)?,
-                    envelope: from_json(&r.get::<_, String>(4)?)?, spiffe_id: r.get(5)?,
+                    tenant: r.get(0)?,
+                    name: r.get(1)?,
+                    owner: r.get(2)?,
+                    purpose: r.get(3)?,
+                    envelope: from_json(&r.get::<_, String>(4)?)?,
+                    spiffe_id: r.get(5)?,
                     created_ms: r.get::<_, i64>(6)? as u64,
                 })
             })?
@@ -323,7 +348,9 @@ impl Store for SqliteStore {
             .prepare("SELECT tenant, name, policies, created_ms FROM policy_sets")?
             .query_map([], |r| {
                 Ok(PolicySetRecord {
-                    tenant: r.get(0)?, name: r.get(1)?, policies: from_json(&r.get::<_, String>(2)?)?,
+                    tenant: r.get(0)?,
+                    name: r.get(1)?,
+                    policies: from_json(&r.get::<_, String>(2)?)?,
                     created_ms: r.get::<_, i64>(3)? as u64,
                 })
             })?
@@ -332,8 +359,11 @@ impl Store for SqliteStore {
             .prepare("SELECT seq, key, reason, time_ms, until FROM revocations ORDER BY seq")?
             .query_map([], |r| {
                 Ok(Revocation {
-                    seq: r.get::<_, i64>(0)? as u64, key: r.get(1)?, reason: r.get(2)?,
-                    time_ms: r.get::<_, i64>(3)? as u64, until: r.get::<_, i64>(4)? as u64,
+                    seq: r.get::<_, i64>(0)? as u64,
+                    key: r.get(1)?,
+                    reason: r.get(2)?,
+                    time_ms: r.get::<_, i64>(3)? as u64,
+                    until: r.get::<_, i64>(4)? as u64,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -341,7 +371,10 @@ impl Store for SqliteStore {
             .prepare("SELECT kid, alg, purpose, sealed, created_ms FROM keys ORDER BY created_ms")?
             .query_map([], |r| {
                 Ok(KeyRecord {
-                    kid: r.get(0)?, alg: r.get(1)?, purpose: r.get(2)?, sealed: r.get(3)?,
+                    kid: r.get(0)?,
+                    alg: r.get(1)?,
+                    purpose: r.get(2)?,
+                    sealed: r.get(3)?,
                     created_ms: r.get::<_, i64>(4)? as u64,
                 })
             })?
@@ -349,7 +382,11 @@ impl Store for SqliteStore {
         s.admin_tokens = c
             .prepare("SELECT id, hash, created_ms FROM admin_tokens")?
             .query_map([], |r| {
-                Ok(AdminToken { id: r.get(0)?, hash: r.get(1)?, created_ms: r.get::<_, i64>(2)? as u64 })
+                Ok(AdminToken {
+                    id: r.get(0)?,
+                    hash: r.get(1)?,
+                    created_ms: r.get::<_, i64>(2)? as u64,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.meta = c
@@ -377,7 +414,10 @@ impl Store for SqliteStore {
                 for body in entry.events {
                     events.push(append_event(&sp, &mut head, body)?);
                 }
-                Ok(Committed { events, revocation_seq })
+                Ok(Committed {
+                    events,
+                    revocation_seq,
+                })
             })();
             match outcome {
                 Ok(done) => {
@@ -421,7 +461,10 @@ impl Store for SqliteStore {
         let limit = f.limit.unwrap_or(1000).min(100_000);
         if let Some(s) = f.after_seq {
             args.push((s as i64).into());
-            sql.push_str(&format!(" AND seq > ?{} ORDER BY seq ASC LIMIT {limit}", args.len()));
+            sql.push_str(&format!(
+                " AND seq > ?{} ORDER BY seq ASC LIMIT {limit}",
+                args.len()
+            ));
         } else {
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
         }
@@ -435,7 +478,8 @@ impl Store for SqliteStore {
 
     fn audit_verify(&self) -> Result<VerifyReport> {
         let c = lock(&self.reader);
-        let mut stmt = c.prepare("SELECT seq, prev_hash, hash, body FROM audit ORDER BY seq ASC")?;
+        let mut stmt =
+            c.prepare("SELECT seq, prev_hash, hash, body FROM audit ORDER BY seq ASC")?;
         let mut rows = stmt.query([])?;
         let mut v = ChainVerifier::default();
         while let Some(r) = rows.next()? {
@@ -444,10 +488,16 @@ impl Store for SqliteStore {
             let hash: String = r.get(2)?;
             let body: String = r.get(3)?;
             if let Err(b) = v.next(seq, &prev, &hash, body.as_bytes()) {
-                return Ok(VerifyReport { verified: v.count(), first_break: Some(b) });
+                return Ok(VerifyReport {
+                    verified: v.count(),
+                    first_break: Some(b),
+                });
             }
         }
-        Ok(VerifyReport { verified: v.count(), first_break: None })
+        Ok(VerifyReport {
+            verified: v.count(),
+            first_break: None,
+        })
     }
 
     fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>> {
@@ -464,9 +514,12 @@ impl Store for SqliteStore {
 
     fn get_run(&self, id: &str) -> Result<Option<Run>> {
         let c = lock(&self.reader);
-        Ok(c
-            .query_row(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), params![id], row_run)
-            .optional()?)
+        Ok(c.query_row(
+            &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
+            params![id],
+            row_run,
+        )
+        .optional()?)
     }
 }
 
@@ -475,21 +528,38 @@ mod tests {
     use super::*;
 
     fn tmp() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("mandate-store-test-{}-{}", std::process::id(), rand_suffix()));
+        let d = std::env::temp_dir().join(format!(
+            "mandate-store-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d.join("mandate.db")
     }
 
     fn rand_suffix() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     }
 
     fn ev(t: &str, tenant: &str) -> EventBody {
-        EventBody { time_ms: 5, event_type: t.into(), decision: "ok".into(), tenant: Some(tenant.into()), ..Default::default() }
+        EventBody {
+            time_ms: 5,
+            event_type: t.into(),
+            decision: "ok".into(),
+            tenant: Some(tenant.into()),
+            ..Default::default()
+        }
     }
 
     fn tenant(name: &str) -> Mutation {
-        Mutation::CreateTenant(Tenant { name: name.into(), description: String::new(), created_ms: 1 })
+        Mutation::CreateTenant(Tenant {
+            name: name.into(),
+            description: String::new(),
+            created_ms: 1,
+        })
     }
 
     #[test]
@@ -498,9 +568,18 @@ mod tests {
         let s = SqliteStore::open(&p).unwrap();
         let r = s
             .commit(vec![
-                Entry { mutation: Some(tenant("a")), events: vec![ev("tenant.create", "a")] },
-                Entry { mutation: Some(tenant("a")), events: vec![ev("tenant.create", "a")] },
-                Entry { mutation: None, events: vec![ev("note", "a")] },
+                Entry {
+                    mutation: Some(tenant("a")),
+                    events: vec![ev("tenant.create", "a")],
+                },
+                Entry {
+                    mutation: Some(tenant("a")),
+                    events: vec![ev("tenant.create", "a")],
+                },
+                Entry {
+                    mutation: None,
+                    events: vec![ev("note", "a")],
+                },
             ])
             .unwrap();
         assert!(r[0].is_ok());
@@ -508,7 +587,13 @@ mod tests {
         assert_eq!(r[2].as_ref().unwrap().events[0].seq, 2);
         let snap = s.load().unwrap();
         assert_eq!(snap.tenants.len(), 1);
-        assert_eq!(s.audit_verify().unwrap(), VerifyReport { verified: 2, first_break: None });
+        assert_eq!(
+            s.audit_verify().unwrap(),
+            VerifyReport {
+                verified: 2,
+                first_break: None
+            }
+        );
     }
 
     #[test]
@@ -516,18 +601,41 @@ mod tests {
         let p = tmp();
         {
             let s = SqliteStore::open(&p).unwrap();
-            s.commit(vec![Entry { mutation: Some(tenant("a")), events: vec![ev("x", "a"), ev("y", "a")] }]).unwrap();
+            s.commit(vec![Entry {
+                mutation: Some(tenant("a")),
+                events: vec![ev("x", "a"), ev("y", "a")],
+            }])
+            .unwrap();
         }
         let s = SqliteStore::open(&p).unwrap();
-        s.commit(vec![Entry { mutation: None, events: vec![ev("z", "a")] }]).unwrap();
+        s.commit(vec![Entry {
+            mutation: None,
+            events: vec![ev("z", "a")],
+        }])
+        .unwrap();
         assert_eq!(s.audit_verify().unwrap().verified, 3);
-        assert_eq!(s.audit_query(&AuditFilter { tenant: Some("a".into()), ..Default::default() }).unwrap().len(), 3);
+        assert_eq!(
+            s.audit_query(&AuditFilter {
+                tenant: Some("a".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            3
+        );
         // The table refuses edits...
         let c = Connection::open(&p).unwrap();
-        assert!(c.execute("UPDATE audit SET body = 'x' WHERE seq = 2", []).is_err());
+        assert!(
+            c.execute("UPDATE audit SET body = 'x' WHERE seq = 2", [])
+                .is_err()
+        );
         // ...and an edit that gets around the trigger is caught by the chain.
         c.execute_batch("DROP TRIGGER audit_no_update").unwrap();
-        c.execute("UPDATE audit SET body = replace(body, '\"y\"', '\"w\"') WHERE seq = 2", []).unwrap();
+        c.execute(
+            "UPDATE audit SET body = replace(body, '\"y\"', '\"w\"') WHERE seq = 2",
+            [],
+        )
+        .unwrap();
         let rep = s.audit_verify().unwrap();
         assert_eq!(rep.verified, 1);
         assert_eq!(rep.first_break.unwrap().seq, 2);

@@ -1,0 +1,131 @@
+//! A small blocking HTTP client for the admin API.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// Talks to one broker with the admin credential.
+pub(crate) struct Client {
+    pub(crate) url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// A failed call, already phrased for a human.
+#[derive(Debug)]
+pub(crate) struct CliError(pub(crate) String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Client {
+    pub(crate) fn new(url: String, token_file: Option<PathBuf>) -> Self {
+        let token = token_file
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.trim().to_owned());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
+    }
+
+    fn auth(&self) -> Result<String, CliError> {
+        self.token.as_ref().map(|t| format!("Bearer {t}")).ok_or_else(|| {
+            CliError("no admin credential found: start the broker once (it writes one), or pass --token-file / set MANDATE_ADMIN_TOKEN_FILE".into())
+        })
+    }
+
+    fn finish(
+        &self,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, CliError> {
+        let mut r = r.map_err(|e| CliError(format!("cannot reach the broker at {}: {e}; is `mandate serve` running? (set --url or MANDATE_URL)", self.url)))?;
+        let status = r.status();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            Ok(v)
+        } else {
+            let code = v.get("error").and_then(Value::as_str).unwrap_or("error");
+            let desc = v
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let mut msg = format!("the broker refused ({} {code}): {desc}", status.as_u16());
+            if let Some(problems) = v.get("problems").and_then(Value::as_array) {
+                for p in problems {
+                    msg.push_str(&format!(
+                        "\n  line {}, column {}: {}",
+                        p.get("line").and_then(Value::as_u64).unwrap_or(0),
+                        p.get("column").and_then(Value::as_u64).unwrap_or(0),
+                        p.get("message").and_then(Value::as_str).unwrap_or("")
+                    ));
+                }
+            }
+            Err(CliError(msg))
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> Result<Value, CliError> {
+        let r = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", &self.auth()?)
+            .call();
+        self.finish(r)
+    }
+
+    pub(crate) fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &self.auth()?)
+            .send_json(body);
+        self.finish(r)
+    }
+
+    pub(crate) fn put_text(&self, path: &str, text: &str) -> Result<Value, CliError> {
+        let r = self
+            .agent
+            .put(format!("{}{path}", self.url))
+            .header("Authorization", &self.auth()?)
+            .header("Content-Type", "text/plain")
+            .send(text);
+        self.finish(r)
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> Result<Value, CliError> {
+        let r = self
+            .agent
+            .delete(format!("{}{path}", self.url))
+            .header("Authorization", &self.auth()?)
+            .call();
+        self.finish(r)
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,132 @@
+//! Readable tables.
+
+use serde_json::Value;
+
+/// A JSON value as one table cell.
+pub(crate) fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+pub(crate) fn time_s(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Prints objects (or one object) as a table with `cols`.
+pub(crate) fn print_table(v: &Value, cols: &[&str]) {
+    let rows: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    print_rows(cols, &cells);
+}
+
+fn print_rows(cols: &[&str], cells: &[Vec<String>]) {
+    let mut w: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+    for r in cells {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count().min(60));
+        }
+    }
+    let line = |r: Vec<String>| {
+        let parts: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let c: String = if c.chars().count() > 60 {
+                    c.chars().take(59).chain(['…']).collect()
+                } else {
+                    c.clone()
+                };
+                format!("{c:<width$}", width = w[i])
+            })
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(cols.iter().map(|c| c.to_uppercase()).collect());
+    for r in cells {
+        line(r.clone());
+    }
+}
+
+/// Prints audit events.
+pub(crate) fn print_audit(v: &Value) {
+    let cols = [
+        "seq",
+        "time",
+        "type",
+        "decision",
+        "tenant",
+        "agent",
+        "run",
+        "principal",
+        "tool",
+        "actions",
+        "detail",
+    ];
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let detail = e["reason"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| {
+                    e["credential_id"]
+                        .as_str()
+                        .map(|c| format!("credential {c}"))
+                })
+                .unwrap_or_else(|| cell(&e["policies"]));
+            vec![
+                cell(&e["seq"]),
+                time_s(e["time_ms"].as_u64().unwrap_or(0) / 1000),
+                cell(&e["event_type"]),
+                cell(&e["decision"]),
+                cell(&e["tenant"]),
+                cell(&e["agent"]),
+                cell(&e["run"]),
+                cell(&e["principal"]),
+                cell(&e["tool"]),
+                cell(&e["actions"]),
+                detail,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("(no events)");
+    } else {
+        print_rows(&cols, &rows);
+    }
+}

@@ -1,0 +1,312 @@
+//! Starting the broker: directories, master key, signing keys, the bootstrap
+//! admin credential, and the in-memory state.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand_core::OsRng;
+use sha2::{Digest, Sha256};
+
+use mandate_core::audit::EventBody;
+use mandate_core::jose::Alg;
+use mandate_core::keys::{BrokerKeys, SigningKey};
+use mandate_core::secret::{MasterKey, Secret};
+use mandate_store::sqlite::SqliteStore;
+use mandate_store::{AdminToken, Entry, KeyRecord, Mutation, Store};
+
+use crate::state::AppState;
+
+/// A start-up failure, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BootError(pub String);
+
+/// Where the master key comes from.
+#[derive(Clone)]
+pub enum MasterKeySource {
+    /// Base64url of 32 bytes, from `MANDATE_MASTER_KEY`.
+    Env(Secret),
+    /// A file (mode 0600), created on first start if absent.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for MasterKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterKeySource::Env(_) => f.write_str("Env([redacted])"),
+            MasterKeySource::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// Broker configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Public base URL (`iss`; DPoP `htu` is checked against it).
+    pub issuer: String,
+    /// Directory of the SQLite database.
+    pub data_dir: PathBuf,
+    /// Master key.
+    pub master_key: MasterKeySource,
+    /// Where the bootstrap admin credential is written (mode 0600).
+    pub admin_token_file: PathBuf,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Default mandate lifetime (seconds).
+    pub mandate_ttl: u64,
+    /// Longest mandate lifetime (seconds).
+    pub mandate_max_ttl: u64,
+    /// DPoP proofs older than this are refused (seconds).
+    pub dpop_max_age: u64,
+    /// Allowed clock skew for DPoP `iat` in the future (seconds).
+    pub dpop_max_skew: u64,
+    /// Largest request body (bytes).
+    pub max_body: usize,
+}
+
+impl Config {
+    /// Defaults for listening on `listen` with data in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, config_dir: &Path) -> Self {
+        Config {
+            listen,
+            issuer: format!("http://{listen}"),
+            data_dir,
+            master_key: MasterKeySource::File(config_dir.join("master.key")),
+            admin_token_file: config_dir.join("admin.token"),
+            trust_domain: "mandate.local".into(),
+            mandate_ttl: 900,
+            mandate_max_ttl: 3600,
+            dpop_max_age: 60,
+            dpop_max_skew: 5,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), BootError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)
+            .map_err(|e| BootError(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| BootError(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| BootError(format!("cannot write {}: {e}", path.display())))
+}
+
+fn read_private(path: &Path) -> Result<Secret, BootError> {
+    let meta = fs::metadata(path)
+        .map_err(|e| BootError(format!("cannot read {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(BootError(format!(
+            "{} is readable by other users (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| BootError(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Secret::new(text.trim().as_bytes().to_vec()))
+}
+
+fn decode_master(b64: &[u8], from: &str) -> Result<MasterKey, BootError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| BootError(format!("the master key in {from} is not base64url")))?;
+    let secret = Secret::new(bytes);
+    MasterKey::from_bytes(secret.expose())
+        .map_err(|_| BootError(format!("the master key in {from} must be 32 bytes")))
+}
+
+fn master_key(cfg: &Config, first_start: bool) -> Result<MasterKey, BootError> {
+    match &cfg.master_key {
+        MasterKeySource::Env(s) => decode_master(s.expose(), "MANDATE_MASTER_KEY"),
+        MasterKeySource::File(path) => {
+            let data = cfg.data_dir.canonicalize().unwrap_or(cfg.data_dir.clone());
+            let parent = path
+                .parent()
+                .map(|p| p.canonicalize().unwrap_or(p.to_path_buf()));
+            if parent.as_deref().is_some_and(|p| p.starts_with(&data)) {
+                return Err(BootError(format!(
+                    "the master key file {} is inside the data directory {}; keep it elsewhere so a copy of the data is not a copy of the key",
+                    path.display(),
+                    cfg.data_dir.display()
+                )));
+            }
+            if path.exists() {
+                decode_master(read_private(path)?.expose(), &path.display().to_string())
+            } else if first_start {
+                let k = MasterKey::generate(&mut OsRng);
+                write_private(
+                    path,
+                    format!("{}\n", URL_SAFE_NO_PAD.encode(k.expose())).as_bytes(),
+                )?;
+                tracing::info!("created master key {}", path.display());
+                Ok(k)
+            } else {
+                Err(BootError(format!(
+                    "the master key file {} is missing but the data directory has keys sealed under it; restore the file or set MANDATE_MASTER_KEY",
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
+fn seal_key(mk: &MasterKey, key: &SigningKey, purpose: &str) -> Result<KeyRecord, BootError> {
+    let kid = key.kid();
+    let aad = format!("{kid}|{purpose}");
+    let sealed = mk
+        .seal(&mut OsRng, aad.as_bytes(), key.to_secret().expose())
+        .map_err(|e| BootError(e.to_string()))?;
+    Ok(KeyRecord {
+        kid,
+        alg: key.alg().as_str().into(),
+        purpose: purpose.into(),
+        sealed,
+        created_ms: crate::now_ms(),
+    })
+}
+
+fn unseal_key(mk: &MasterKey, rec: &KeyRecord) -> Result<SigningKey, BootError> {
+    let aad = format!("{}|{}", rec.kid, rec.purpose);
+    let secret = mk.open("signing key", aad.as_bytes(), &rec.sealed).map_err(|_| {
+        BootError("cannot decrypt the signing keys: the master key is not the one they were sealed with (check MANDATE_MASTER_KEY or the master key file)".into())
+    })?;
+    let alg = Alg::parse("stored key", &rec.alg).map_err(|e| BootError(e.to_string()))?;
+    SigningKey::from_bytes(alg, secret.expose()).map_err(|e| BootError(e.to_string()))
+}
+
+/// SHA-256 of an admin token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Opens the store, loads or creates keys and the admin credential, and
+/// builds the shared state (starting the writer).
+pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
+    mandate_core::ids::check_trust_domain(&cfg.trust_domain)
+        .map_err(|e| BootError(e.to_string()))?;
+    fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        BootError(format!(
+            "cannot create data directory {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    let _ = fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700));
+    let db = cfg.data_dir.join("mandate.db");
+    let store = SqliteStore::open(&db)
+        .map_err(|e| BootError(format!("cannot open {}: {e}", db.display())))?;
+    let snap = store.load().map_err(|e| BootError(e.to_string()))?;
+    let first_start = snap.keys.is_empty();
+    let mk = master_key(&cfg, first_start)?;
+    let mut boot_entries = Vec::new();
+    let keys = if first_start {
+        let keys = BrokerKeys::generate(&mut OsRng);
+        for (k, purpose) in [
+            (&keys.mandate_root, "mandate"),
+            (&keys.jwt_eddsa, "jwt"),
+            (&keys.jwt_es256, "jwt"),
+        ] {
+            boot_entries.push(Entry {
+                mutation: Some(Mutation::PutKey(seal_key(&mk, k, purpose)?)),
+                events: vec![],
+            });
+        }
+        boot_entries.push(Entry {
+            mutation: None,
+            events: vec![EventBody {
+                time_ms: crate::now_ms(),
+                event_type: "broker.init".into(),
+                decision: "ok".into(),
+                actor: Some("broker".into()),
+                details: serde_json::json!({
+                    "mandate_kid": keys.mandate_root.kid(),
+                    "jwt_kids": [keys.jwt_eddsa.kid(), keys.jwt_es256.kid()],
+                }),
+                ..Default::default()
+            }],
+        });
+        keys
+    } else {
+        let find = |purpose: &str, alg: &str| {
+            snap.keys
+                .iter()
+                .rev()
+                .find(|k| k.purpose == purpose && k.alg == alg)
+                .ok_or_else(|| {
+                    BootError(format!(
+                        "stored keys are incomplete: no {purpose} {alg} key"
+                    ))
+                })
+        };
+        BrokerKeys {
+            mandate_root: unseal_key(&mk, find("mandate", "EdDSA")?)?,
+            jwt_eddsa: unseal_key(&mk, find("jwt", "EdDSA")?)?,
+            jwt_es256: unseal_key(&mk, find("jwt", "ES256")?)?,
+        }
+    };
+    let mut admin_hashes: Vec<Vec<u8>> = snap.admin_tokens.iter().map(|t| t.hash.clone()).collect();
+    let mut new_admin_token = None;
+    if snap.admin_tokens.is_empty() {
+        let secret = Secret::random(&mut OsRng, 32);
+        let token = format!("mandate_admin_{}", URL_SAFE_NO_PAD.encode(secret.expose()));
+        let hash = token_hash(&token);
+        admin_hashes.push(hash.clone());
+        boot_entries.push(Entry {
+            mutation: Some(Mutation::PutAdminToken(AdminToken {
+                id: "bootstrap".into(),
+                hash,
+                created_ms: crate::now_ms(),
+            })),
+            events: vec![EventBody {
+                time_ms: crate::now_ms(),
+                event_type: "admin_token.create".into(),
+                decision: "ok".into(),
+                actor: Some("broker".into()),
+                details: serde_json::json!({"id": "bootstrap", "file": cfg.admin_token_file.display().to_string()}),
+                ..Default::default()
+            }],
+        });
+        new_admin_token = Some(token);
+    }
+    if let Some(token) = &new_admin_token {
+        if cfg.admin_token_file.exists() {
+            fs::remove_file(&cfg.admin_token_file).map_err(|e| {
+                BootError(format!(
+                    "cannot replace stale {}: {e}",
+                    cfg.admin_token_file.display()
+                ))
+            })?;
+        }
+        write_private(&cfg.admin_token_file, format!("{token}\n").as_bytes())?;
+        tracing::info!(
+            "wrote the bootstrap admin credential to {}",
+            cfg.admin_token_file.display()
+        );
+    }
+    if !boot_entries.is_empty() {
+        for r in store
+            .commit(boot_entries)
+            .map_err(|e| BootError(e.to_string()))?
+        {
+            r.map_err(|e| BootError(format!("cannot store initial keys: {e}")))?;
+        }
+    }
+    let snap = store.load().map_err(|e| BootError(e.to_string()))?;
+    AppState::new(cfg, Arc::new(store), keys, snap, admin_hashes)
+}

@@ -1,0 +1,138 @@
+//! The one place where refusals become HTTP responses, shaped as RFC 6749
+//! §5.2 errors (`error`, `error_description`), extended by RFC 8693 §2.2.2
+//! (`invalid_target`) and RFC 9449 §5 (`invalid_dpop_proof`).
+//! Descriptions are lower case, say what to do, and never carry a secret or
+//! another tenant's data.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The error codes we send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// RFC 6749 §5.2.
+    InvalidRequest,
+    /// RFC 6749 §5.2: the mandate is bad, expired or revoked.
+    InvalidGrant,
+    /// RFC 6749 §5.2.
+    UnsupportedGrantType,
+    /// RFC 6749 §5.2: an action is not within the run's reach.
+    InvalidScope,
+    /// RFC 8693 §2.2.2: unknown tool.
+    InvalidTarget,
+    /// RFC 9449 §5.
+    InvalidDpopProof,
+    /// Policy said no.
+    AccessDenied,
+    /// Missing or bad admin credential (RFC 6750 §3.1 `invalid_token`).
+    Unauthorized,
+    /// Authenticated but not allowed.
+    Forbidden,
+    /// No such object.
+    NotFound,
+    /// Already exists.
+    Conflict,
+    /// Body too large.
+    TooLarge,
+    /// Our fault.
+    ServerError,
+}
+
+impl Code {
+    fn parts(self) -> (StatusCode, &'static str) {
+        match self {
+            Code::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Code::InvalidGrant => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            Code::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            Code::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            Code::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),
+            Code::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
+            Code::AccessDenied => (StatusCode::FORBIDDEN, "access_denied"),
+            Code::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Code::Forbidden => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Code::Conflict => (StatusCode::CONFLICT, "conflict"),
+            Code::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Code::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        self.parts().1
+    }
+}
+
+/// A refusal.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Code.
+    pub code: Code,
+    /// What went wrong and what to do.
+    pub description: String,
+}
+
+impl ApiError {
+    /// A refusal with `code`.
+    pub fn new(code: Code, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
+    }
+}
+
+/// Shorthand constructors.
+pub fn err(code: Code, description: impl Into<String>) -> ApiError {
+    ApiError::new(code, description)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.code.parts();
+        let mut resp = (
+            status,
+            axum::Json(json!({"error": code, "error_description": self.description})),
+        )
+            .into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.code == Code::Unauthorized {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"mandate\", error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<mandate_store::StoreError> for ApiError {
+    fn from(e: mandate_store::StoreError) -> Self {
+        match e {
+            mandate_store::StoreError::Conflict(m) => {
+                err(Code::Conflict, format!("{m} already exists"))
+            }
+            mandate_store::StoreError::NotFound(m) => err(Code::NotFound, format!("{m} not found")),
+            other => {
+                tracing::error!("store error: {other}");
+                err(
+                    Code::ServerError,
+                    "the broker could not store this; see the broker's log",
+                )
+            }
+        }
+    }
+}
+
+impl From<crate::writer::WriteError> for ApiError {
+    fn from(e: crate::writer::WriteError) -> Self {
+        match e {
+            crate::writer::WriteError::Store(s) => s.into(),
+            crate::writer::WriteError::Closed => {
+                err(Code::ServerError, "the broker is shutting down; retry")
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The in-memory view of the broker's state: loaded from the store at start
+//! and updated after each successful commit, so the hot path (token
+//! exchange) reads memory only. Revocation is a set of revoked ids checked
+//! in O(1) per id (DESIGN: "revocation as data").
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use mandate_core::policy::{Engine, StoredPolicy, TenantPolicies};
+use mandate_store::{
+    Agent, Grant, Mutation, PolicySetRecord, Principal, Revocation, Snapshot, Tenant, Tool,
+};
+
+/// Tenants, agents, tools, grants, policies and revocations.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Tenants by name.
+    pub tenants: BTreeMap<String, Tenant>,
+    /// Principals by (tenant, id).
+    pub principals: BTreeMap<(String, String), Principal>,
+    /// Agents by (tenant, name).
+    pub agents: BTreeMap<(String, String), Agent>,
+    /// Tools by (tenant, name).
+    pub tools: BTreeMap<(String, String), Tool>,
+    /// Grants by id.
+    pub grants: BTreeMap<String, Grant>,
+    /// Policy sets by (tenant, name).
+    pub policy_sets: BTreeMap<(String, String), PolicySetRecord>,
+    /// Compiled policies per tenant.
+    pub compiled: HashMap<String, Arc<TenantPolicies>>,
+    /// Revoked ids.
+    pub revoked: HashSet<String>,
+    /// Last revocation sequence number.
+    pub revocation_seq: u64,
+}
+
+impl Registry {
+    /// Builds the registry from a snapshot.
+    pub fn from_snapshot(snap: Snapshot, engine: &Engine, now: u64) -> Result<Self, String> {
+        let mut r = Registry::default();
+        for t in snap.tenants {
+            r.tenants.insert(t.name.clone(), t);
+        }
+        for p in snap.principals {
+            r.principals.insert((p.tenant.clone(), p.id.clone()), p);
+        }
+        for a in snap.agents {
+            r.agents.insert((a.tenant.clone(), a.name.clone()), a);
+        }
+        for t in snap.tools {
+            r.tools.insert((t.tenant.clone(), t.name.clone()), t);
+        }
+        for g in snap.grants {
+            r.grants.insert(g.id.clone(), g);
+        }
+        let tenants: Vec<String> = snap.policy_sets.iter().map(|p| p.tenant.clone()).collect();
+        for p in snap.policy_sets {
+            r.policy_sets.insert((p.tenant.clone(), p.name.clone()), p);
+        }
+        for t in tenants {
+            r.recompile(&t, engine)?;
+        }
+        for rev in snap.revocations {
+            r.revocation_seq = r.revocation_seq.max(rev.seq);
+            if rev.until == 0 || rev.until >= now {
+                r.revoked.insert(rev.key);
+            }
+        }
+        Ok(r)
+    }
+
+    fn recompile(&mut self, tenant: &str, engine: &Engine) -> Result<(), String> {
+        let stored: Vec<StoredPolicy> = self
+            .policy_sets
+            .range((tenant.to_owned(), String::new())..)
+            .take_while(|((t, _), _)| t == tenant)
+            .flat_map(|(_, set)| set.policies.iter().map(StoredPolicy::from))
+            .collect();
+        let compiled = engine.compile(&stored).map_err(|e| e.to_string())?;
+        self.compiled.insert(tenant.to_owned(), Arc::new(compiled));
+        Ok(())
+    }
+
+    /// Applies a committed mutation.
+    pub fn apply(&mut self, m: &Mutation, engine: &Engine, revocation_seq: Option<u64>) {
+        match m {
+            Mutation::CreateTenant(t) => {
+                self.tenants.insert(t.name.clone(), t.clone());
+            }
+            Mutation::CreatePrincipal(p) => {
+                self.principals
+                    .insert((p.tenant.clone(), p.id.clone()), p.clone());
+            }
+            Mutation::CreateAgent(a) => {
+                self.agents
+                    .insert((a.tenant.clone(), a.name.clone()), a.clone());
+            }
+            Mutation::CreateTool(t) => {
+                self.tools
+                    .insert((t.tenant.clone(), t.name.clone()), t.clone());
+            }
+            Mutation::CreateGrant(g) => {
+                self.grants.insert(g.id.clone(), g.clone());
+            }
+            Mutation::PutPolicySet(p) => {
+                self.policy_sets
+                    .insert((p.tenant.clone(), p.name.clone()), p.clone());
+                if let Err(e) = self.recompile(&p.tenant, engine) {
+                    tracing::error!("policies of tenant {} no longer compile: {e}", p.tenant);
+                }
+            }
+            Mutation::DeletePolicySet { tenant, name } => {
+                self.policy_sets.remove(&(tenant.clone(), name.clone()));
+                if let Err(e) = self.recompile(tenant, engine) {
+                    tracing::error!("policies of tenant {tenant} no longer compile: {e}");
+                }
+            }
+            Mutation::Revoke(Revocation { key, .. }) => {
+                self.revoked.insert(key.clone());
+                if let Some(s) = revocation_seq {
+                    self.revocation_seq = self.revocation_seq.max(s);
+                }
+            }
+            Mutation::StartRun(_)
+            | Mutation::EndRun { .. }
+            | Mutation::PutKey(_)
+            | Mutation::PutAdminToken(_)
+            | Mutation::PutMeta { .. } => {}
+        }
+    }
+
+    /// The first of `keys` that is revoked, if any.
+    pub fn first_revoked<'a>(&self, keys: &'a [String]) -> Option<&'a str> {
+        keys.iter()
+            .find(|k| self.revoked.contains(*k))
+            .map(String::as_str)
+    }
+
+    /// A tool by name or audience URI within a tenant.
+    pub fn find_tool(&self, tenant: &str, name_or_audience: &str) -> Option<&Tool> {
+        self.tools
+            .get(&(tenant.to_owned(), name_or_audience.to_owned()))
+            .or_else(|| {
+                self.tools
+                    .range((tenant.to_owned(), String::new())..)
+                    .take_while(|((t, _), _)| t == tenant)
+                    .map(|(_, tool)| tool)
+                    .find(|tool| tool.audience == name_or_audience)
+            })
+    }
+
+    /// Whether some other tenant has a tool with this name or audience (for
+    /// the audit trail only: the caller is told nothing about it).
+    pub fn tool_elsewhere(&self, tenant: &str, name_or_audience: &str) -> Option<String> {
+        self.tools
+            .values()
+            .find(|t| {
+                t.tenant != tenant && (t.name == name_or_audience || t.audience == name_or_audience)
+            })
+            .map(|t| t.tenant.clone())
+    }
+}

@@ -1,0 +1,167 @@
+//! HTTP routes. [`oauth`] holds the standard endpoints an agent and a tool
+//! talk to; [`admin`] the registration, run, revocation and audit API.
+
+pub mod admin;
+pub mod oauth;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use rand_core::{OsRng, RngCore};
+
+use crate::error::{ApiError, Code, err};
+use crate::state::AppState;
+
+/// Shared state as the handlers see it.
+pub type S = Arc<AppState>;
+
+/// The whole API.
+pub fn router(state: S) -> Router {
+    let max = state.config.max_body;
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/jwks.json", get(oauth::jwks))
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/introspect", post(oauth::introspect))
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/v1/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/v1/tenants/{tenant}/principals",
+            post(admin::create_principal).get(admin::list_principals),
+        )
+        .route(
+            "/v1/tenants/{tenant}/agents",
+            post(admin::create_agent).get(admin::list_agents),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tools",
+            post(admin::create_tool).get(admin::list_tools),
+        )
+        .route(
+            "/v1/tenants/{tenant}/grants",
+            post(admin::create_grant).get(admin::list_grants),
+        )
+        .route("/v1/tenants/{tenant}/policies", get(admin::list_policies))
+        .route(
+            "/v1/tenants/{tenant}/policies/{name}",
+            put(admin::put_policies).delete(admin::delete_policies),
+        )
+        .route("/v1/runs", post(admin::start_run).get(admin::list_runs))
+        .route("/v1/runs/{id}/end", post(admin::end_run))
+        .route(
+            "/v1/revocations",
+            post(admin::revoke).get(admin::list_revocations),
+        )
+        .route("/v1/audit", get(admin::audit_query))
+        .route("/v1/audit/verify", get(admin::audit_verify))
+        .fallback(|| async {
+            err(
+                Code::NotFound,
+                "no such endpoint; see /.well-known/oauth-authorization-server and the README",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max))
+        .with_state(state)
+}
+
+/// The request body, or an RFC-shaped refusal (413 when over the limit).
+pub fn body(b: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            err(
+                Code::TooLarge,
+                format!("the request body is larger than {max} bytes"),
+            )
+        } else {
+            err(
+                Code::InvalidRequest,
+                format!("could not read the request body: {}", e.body_text()),
+            )
+        }
+    })
+}
+
+/// Parses a JSON body into `T` with an error a human can act on.
+pub fn json_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(|e| {
+        err(
+            Code::InvalidRequest,
+            format!("the JSON body is not valid: {e}"),
+        )
+    })
+}
+
+/// Checks the admin bearer credential (constant-time against each stored hash).
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| err(Code::Unauthorized, "this endpoint needs an admin credential: send `Authorization: Bearer <token>` (the broker wrote one to its admin token file on first start)"))?;
+    let token = auth
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| {
+            err(
+                Code::Unauthorized,
+                "use the Bearer scheme: `Authorization: Bearer <admin token>`",
+            )
+        })?
+        .trim();
+    let hash = crate::boot::token_hash(token);
+    let mut ok = false;
+    for h in &state.admin_hashes {
+        ok |= mandate_core::secret::ct_eq(h, &hash);
+    }
+    if ok {
+        Ok(())
+    } else if token.starts_with("mandate_admin_") {
+        Err(err(
+            Code::Unauthorized,
+            "the admin credential is not valid for this broker",
+        ))
+    } else {
+        Err(err(
+            Code::Forbidden,
+            "this credential is not an admin credential; admin endpoints need the broker's admin token",
+        ))
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (Trace Context §3.2), or a fresh one.
+pub fn correlation_id(headers: &HeaderMap) -> String {
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        if parts.len() >= 4
+            && parts[0].len() == 2
+            && parts[0] != "ff"
+            && parts[1].len() == 32
+            && parts[1]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            && parts[1] != "00000000000000000000000000000000"
+            && parts[2].len() == 16
+        {
+            return parts[1].to_owned();
+        }
+    }
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The client address as text.
+pub fn client(addr: Option<SocketAddr>) -> Option<String> {
+    addr.map(|a| a.ip().to_string())
+}

@@ -1,0 +1,560 @@
+//! The OAuth endpoints: server metadata (RFC 8414), JWKS (RFC 7517), token
+//! exchange (RFC 8693) with DPoP (RFC 9449), introspection (RFC 7662) and
+//! revocation (RFC 7009).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use rand_core::OsRng;
+use serde_json::{Value, json};
+
+use mandate_core::audit::EventBody;
+use mandate_core::capability::check_action;
+use mandate_core::credential::{self, AccessClaims, Actor, Confirmation};
+use mandate_core::dpop::{self, ProofExpectations, ReplayError};
+use mandate_core::ids::random_id;
+use mandate_core::jose::Alg;
+use mandate_core::mandate::MandateClaims;
+use mandate_core::policy::ExchangeFacts;
+use mandate_store::{Entry, Mutation, Revocation};
+
+use super::{S, body, client, correlation_id, require_admin};
+use crate::error::{ApiError, Code, err};
+use crate::form::Form;
+
+/// RFC 8693 §3 grant type.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Our subject token type: a Mandate mandate.
+pub const TOKEN_TYPE_MANDATE: &str = "urn:mandate:params:oauth:token-type:mandate";
+/// RFC 8693 §3 issued token type.
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 §3 JWT token type.
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// RFC 8414 authorization server metadata.
+pub async fn metadata(State(s): State<S>) -> Json<Value> {
+    let iss = s.config.issuer.trim_end_matches('/');
+    Json(json!({
+        "issuer": iss,
+        "token_endpoint": s.token_endpoint,
+        "jwks_uri": format!("{iss}/jwks.json"),
+        "introspection_endpoint": format!("{iss}/oauth/introspect"),
+        "revocation_endpoint": format!("{iss}/oauth/revoke"),
+        "grant_types_supported": [GRANT_TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "dpop_signing_alg_values_supported": ["EdDSA", "ES256"],
+        "response_types_supported": [],
+        "mandate_subject_token_types_supported": [TOKEN_TYPE_MANDATE],
+        "mandate_admin_api": format!("{iss}/v1"),
+    }))
+}
+
+/// The credential signing keys.
+pub async fn jwks(State(s): State<S>) -> Response {
+    let mut r = Json(s.keys.jwks()).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+/// What an exchange learned before it was decided, for the audit event.
+#[derive(Default)]
+struct Seen {
+    mandate: Option<std::sync::Arc<MandateClaims>>,
+    tool: Option<String>,
+    actions: Vec<String>,
+    policies: Vec<String>,
+    audit_reason: Option<String>,
+}
+
+fn require_form_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.split(';').next().map(str::trim) != Some("application/x-www-form-urlencoded") {
+        return Err(err(
+            Code::InvalidRequest,
+            "send the parameters as `application/x-www-form-urlencoded` (RFC 6749 §4.1.3)",
+        ));
+    }
+    Ok(())
+}
+
+fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut it = headers.get_all(name).iter();
+    let first = it.next();
+    if it.next().is_some() {
+        return Err(err(
+            Code::InvalidDpopProof,
+            format!("send exactly one `{name}` header"),
+        ));
+    }
+    first
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                err(
+                    Code::InvalidDpopProof,
+                    format!("the `{name}` header is not ASCII"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// RFC 8693 token exchange: a mandate and a DPoP proof in, a credential out.
+pub async fn token(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let now = crate::now_secs();
+    let mut seen = Seen::default();
+    let outcome = exchange(&s, &headers, raw, now, &mut seen);
+    let m = seen.mandate.as_deref();
+    let mut ev = EventBody {
+        time_ms: crate::now_ms(),
+        event_type: "token.exchange".into(),
+        tenant: m.map(|m| m.tenant.clone()),
+        agent: m.map(|m| m.agent.clone()),
+        run: m.map(|m| m.run.clone()),
+        principal: m.and_then(|m| m.principal.clone()),
+        task: m.map(|m| m.task.clone()),
+        tool: seen.tool.clone(),
+        actions: seen.actions.clone(),
+        policies: seen.policies.clone(),
+        correlation_id: Some(correlation_id(&headers)),
+        client_addr: client(Some(addr)),
+        ..Default::default()
+    };
+    match outcome {
+        Ok((token, claims)) => {
+            ev.decision = "allow".into();
+            ev.credential_id = Some(claims.jti.clone());
+            ev.credential_exp = Some(claims.exp);
+            ev.details = json!({"grant": claims.grant, "aud": claims.aud});
+            // The event is durable before the credential leaves the broker.
+            if let Err(e) = s
+                .commit(Entry {
+                    mutation: None,
+                    events: vec![ev],
+                })
+                .await
+            {
+                return e.into_response();
+            }
+            let mut r = Json(json!({
+                "access_token": token,
+                "issued_token_type": TOKEN_TYPE_ACCESS,
+                "token_type": "DPoP",
+                "expires_in": claims.exp.saturating_sub(now),
+                "scope": claims.scope,
+            }))
+            .into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => {
+            ev.decision = "deny".into();
+            ev.reason = Some(
+                seen.audit_reason
+                    .unwrap_or_else(|| format!("{}: {}", e.code.as_str(), e.description)),
+            );
+            if let Err(we) = s
+                .commit(Entry {
+                    mutation: None,
+                    events: vec![ev],
+                })
+                .await
+            {
+                return we.into_response();
+            }
+            e.into_response()
+        }
+    }
+}
+
+fn exchange(
+    s: &S,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+    now: u64,
+    seen: &mut Seen,
+) -> Result<(String, AccessClaims), ApiError> {
+    let raw = body(raw, s.config.max_body)?;
+    require_form_content_type(headers)?;
+    let form = Form::parse(&raw)?;
+    match form.req("grant_type")? {
+        GRANT_TOKEN_EXCHANGE => {}
+        other => {
+            return Err(err(
+                Code::UnsupportedGrantType,
+                format!(
+                    "grant type `{}` is not supported; use `{GRANT_TOKEN_EXCHANGE}`",
+                    other.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+    }
+    if form.opt("actor_token").is_some() {
+        return Err(err(
+            Code::InvalidRequest,
+            "`actor_token` is not accepted: the mandate already names the actor",
+        ));
+    }
+    if let Some(t) = form.opt("requested_token_type") {
+        if t != TOKEN_TYPE_ACCESS && t != TOKEN_TYPE_JWT {
+            return Err(err(
+                Code::InvalidRequest,
+                format!("`requested_token_type` must be `{TOKEN_TYPE_ACCESS}`"),
+            ));
+        }
+    }
+    let subject = form.req("subject_token")?;
+    if form.req("subject_token_type")? != TOKEN_TYPE_MANDATE {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`subject_token_type` must be `{TOKEN_TYPE_MANDATE}`"),
+        ));
+    }
+    let target = match (form.opt("resource"), form.opt("audience")) {
+        (Some(r), Some(a)) if r != a => {
+            return Err(err(
+                Code::InvalidTarget,
+                "`resource` and `audience` name different tools; send one",
+            ));
+        }
+        (Some(t), _) | (None, Some(t)) => t.to_owned(),
+        (None, None) => {
+            return Err(err(
+                Code::InvalidTarget,
+                "name the tool with `resource` (its audience URI) or `audience` (its name)",
+            ));
+        }
+    };
+    let scope = form.req("scope").map_err(|_| {
+        err(
+            Code::InvalidScope,
+            "`scope` is required: the tool actions you need, separated by spaces",
+        )
+    })?;
+    let mut actions: Vec<String> = Vec::new();
+    for a in scope.split(' ').filter(|a| !a.is_empty()) {
+        check_action(a).map_err(|e| err(Code::InvalidScope, e.to_string()))?;
+        if a == "*" {
+            return Err(err(Code::InvalidScope, "ask for named actions, not `*`"));
+        }
+        if !actions.iter().any(|x| x == a) {
+            actions.push(a.to_owned());
+        }
+    }
+    if actions.is_empty() || actions.len() > 16 {
+        return Err(err(Code::InvalidScope, "ask for 1 to 16 actions"));
+    }
+    seen.actions = actions.clone();
+    let proof = single_header(headers, "dpop")?.ok_or_else(|| {
+        err(
+            Code::InvalidDpopProof,
+            "a DPoP proof (RFC 9449) signed by the run key is required in the `DPoP` header",
+        )
+    })?;
+
+    // The mandate: signature, checks, expiry (cached per token).
+    let claims = s
+        .verify_mandate(subject, now)
+        .map_err(|e| err(Code::InvalidGrant, e.to_string()))?;
+    seen.mandate = Some(claims.clone());
+    seen.tool = Some(target.clone());
+    {
+        let reg = s.reg();
+        if let Some(k) = reg.first_revoked(&claims.revocation_keys()) {
+            seen.audit_reason = Some(format!("revoked: {k}"));
+            return Err(err(
+                Code::InvalidGrant,
+                format!(
+                    "the mandate has been revoked ({}); start a new run",
+                    k.split(':').next().unwrap_or("run")
+                ),
+            ));
+        }
+    }
+
+    // The proof of possession, bound to the mandate's key.
+    let verified = dpop::verify_proof(
+        proof,
+        &ProofExpectations {
+            method: "POST",
+            uri: &s.token_endpoint,
+            now,
+            max_age: s.config.dpop_max_age,
+            max_skew: s.config.dpop_max_skew,
+            jkt: Some(&claims.cnf_jkt),
+            access_token: None,
+        },
+    )
+    .map_err(|e| err(Code::InvalidDpopProof, e.to_string()))?;
+    {
+        let mut replay = s
+            .replay
+            .lock()
+            .map_err(|_| err(Code::ServerError, "replay cache unavailable"))?;
+        let forget_after = verified.iat + s.config.dpop_max_age + s.config.dpop_max_skew;
+        match replay.check_and_insert(&verified.jkt, &verified.jti, forget_after, now) {
+            Ok(()) => {}
+            Err(ReplayError::Replayed) => {
+                return Err(err(
+                    Code::InvalidDpopProof,
+                    "this DPoP proof was already used (`jti` replayed); make a fresh proof for every request",
+                ));
+            }
+            Err(ReplayError::Full) => {
+                return Err(err(
+                    Code::InvalidDpopProof,
+                    "the broker is at its limit of live DPoP proofs; retry shortly",
+                ));
+            }
+        }
+    }
+
+    let reg = s.reg();
+    // Tenant isolation in code, before any policy runs.
+    let Some(tool) = reg.find_tool(&claims.tenant, &target).cloned() else {
+        seen.audit_reason = Some(match reg.tool_elsewhere(&claims.tenant, &target) {
+            Some(other) => format!("tenant mismatch: tool belongs to tenant `{other}`"),
+            None => "unknown tool".into(),
+        });
+        return Err(err(
+            Code::InvalidTarget,
+            format!(
+                "no tool `{}` is registered in tenant `{}`",
+                target.chars().take(120).collect::<String>(),
+                claims.tenant
+            ),
+        ));
+    };
+    seen.tool = Some(tool.name.clone());
+    let Some(agent) = reg
+        .agents
+        .get(&(claims.tenant.clone(), claims.agent.clone()))
+        .cloned()
+    else {
+        return Err(err(
+            Code::InvalidGrant,
+            format!("agent `{}` is no longer registered", claims.agent),
+        ));
+    };
+    for a in &actions {
+        if !tool.actions.iter().any(|x| x == a) {
+            return Err(err(
+                Code::InvalidScope,
+                format!(
+                    "tool `{}` has no action `{a}`; its actions are: {}",
+                    tool.name,
+                    tool.actions.join(", ")
+                ),
+            ));
+        }
+        if !claims.capabilities.allows(&tool.name, a) {
+            return Err(err(
+                Code::InvalidScope,
+                format!(
+                    "action `{a}` on tool `{}` is not granted to this run; its capabilities are: {} (a new grant is needed)",
+                    tool.name,
+                    claims.capabilities.to_strings().join(", ")
+                ),
+            ));
+        }
+    }
+    let policies = reg
+        .compiled
+        .get(&claims.tenant)
+        .cloned()
+        .unwrap_or_default();
+    drop(reg);
+    let verdict = s
+        .engine
+        .decide(
+            &policies,
+            &ExchangeFacts {
+                tenant: &claims.tenant,
+                now,
+                agent: &claims.agent,
+                agent_owner: &agent.owner,
+                agent_purpose: &agent.purpose,
+                run: &claims.run,
+                task: &claims.task,
+                principal: claims.principal.as_deref(),
+                grant: claims.grant.as_deref(),
+                tool: &tool.name,
+                tool_audience: &tool.audience,
+                tool_labels: &tool.labels,
+                tool_risk: &tool.risk,
+                tool_provider: &tool.provider,
+                actions: &actions,
+            },
+        )
+        .map_err(|e| err(Code::ServerError, format!("policy evaluation failed: {e}")))?;
+    seen.policies = verdict.policies.clone();
+    if !verdict.allowed {
+        return Err(err(
+            Code::AccessDenied,
+            verdict.reason.unwrap_or_else(|| "denied by policy".into()),
+        ));
+    }
+
+    let exp = claims.expires_at.min(now + tool.max_ttl_secs);
+    let access = AccessClaims {
+        iss: s.config.issuer.clone(),
+        aud: tool.audience.clone(),
+        sub: claims
+            .principal
+            .clone()
+            .unwrap_or_else(|| claims.agent_id.clone()),
+        act: Actor {
+            sub: claims.run_id.clone(),
+            act: None,
+        },
+        client_id: claims.agent_id.clone(),
+        scope: actions.join(" "),
+        jti: random_id(&mut OsRng, "cred_"),
+        iat: now,
+        exp,
+        cnf: Confirmation {
+            jkt: claims.cnf_jkt.clone(),
+        },
+        tenant: claims.tenant.clone(),
+        run: claims.run.clone(),
+        agent: claims.agent.clone(),
+        task: claims.task.clone(),
+        grant: claims.grant.clone(),
+    };
+    let alg = Alg::parse("tool", &tool.alg).unwrap_or(Alg::EdDSA);
+    let token = credential::sign(s.keys.jwt_key(alg), &access)
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    Ok((token, access))
+}
+
+/// What a presented token turned out to be.
+enum Presented {
+    Credential(AccessClaims),
+    Mandate(std::sync::Arc<MandateClaims>),
+}
+
+fn identify(s: &S, token: &str, now: u64, allow_expired: bool) -> Option<Presented> {
+    if token.matches('.').count() == 2 {
+        credential::verify(&s.keys, &s.config.issuer, token, now, allow_expired)
+            .ok()
+            .map(Presented::Credential)
+    } else {
+        s.verify_mandate(token, now).ok().map(Presented::Mandate)
+    }
+}
+
+/// RFC 7662 introspection (admin bearer required, §2.1).
+pub async fn introspect(
+    State(s): State<S>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let raw = body(raw, s.config.max_body)?;
+    require_form_content_type(&headers)?;
+    let form = Form::parse(&raw)?;
+    let token = form.req("token")?;
+    let now = crate::now_secs();
+    let inactive = Json(json!({"active": false}));
+    let reg = s.reg();
+    Ok(match identify(&s, token, now, false) {
+        Some(Presented::Credential(c)) => {
+            if reg.first_revoked(&c.revocation_keys()).is_some() {
+                inactive
+            } else {
+                let mut v = credential::to_json(&c);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("active".into(), json!(true));
+                    o.insert("token_type".into(), json!("DPoP"));
+                }
+                Json(v)
+            }
+        }
+        Some(Presented::Mandate(m)) => {
+            if reg.first_revoked(&m.revocation_keys()).is_some() {
+                inactive
+            } else {
+                Json(json!({
+                    "active": true, "token_type": TOKEN_TYPE_MANDATE, "iss": m.issuer, "sub": m.run_id,
+                    "client_id": m.agent_id, "exp": m.expires_at, "iat": m.issued_at, "tenant": m.tenant,
+                    "run": m.run, "agent": m.agent, "principal": m.principal, "grant": m.grant, "task": m.task,
+                    "scope": m.capabilities.to_strings().join(" "), "cnf": {"jkt": m.cnf_jkt},
+                }))
+            }
+        }
+        None => inactive,
+    })
+}
+
+/// RFC 7009 revocation: the holder of a credential or mandate may revoke it.
+/// Answers 200 for unknown or invalid tokens too (§2.2).
+pub async fn revoke(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = body(raw, s.config.max_body)?;
+    require_form_content_type(&headers)?;
+    let form = Form::parse(&raw)?;
+    let token = form.req("token")?;
+    let now = crate::now_secs();
+    let (key, until, tenant, run, agent) = match identify(&s, token, now, true) {
+        Some(Presented::Credential(c)) => {
+            (format!("cred:{}", c.jti), c.exp, c.tenant, c.run, c.agent)
+        }
+        Some(Presented::Mandate(m)) => (
+            format!("run:{}", m.run),
+            0,
+            m.tenant.clone(),
+            m.run.clone(),
+            m.agent.clone(),
+        ),
+        None => return Ok(axum::http::StatusCode::OK.into_response()),
+    };
+    let ev = EventBody {
+        time_ms: crate::now_ms(),
+        event_type: "revoke".into(),
+        decision: "ok".into(),
+        tenant: Some(tenant),
+        agent: Some(agent),
+        run: Some(run),
+        credential_id: key.strip_prefix("cred:").map(str::to_owned),
+        actor: Some("token holder (RFC 7009)".into()),
+        correlation_id: Some(correlation_id(&headers)),
+        client_addr: client(Some(addr)),
+        details: json!({"revoked": key}),
+        ..Default::default()
+    };
+    let rev = Revocation {
+        seq: 0,
+        key,
+        reason: "revoked by its holder".into(),
+        time_ms: crate::now_ms(),
+        until,
+    };
+    s.commit(Entry {
+        mutation: Some(Mutation::Revoke(rev)),
+        events: vec![ev],
+    })
+    .await?;
+    Ok(axum::http::StatusCode::OK.into_response())
+}

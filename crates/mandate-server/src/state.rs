@@ -1,0 +1,157 @@
+//! The broker's shared state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use biscuit_auth::{KeyPair, PublicKey};
+use mandate_core::dpop::ReplayCache;
+use mandate_core::keys::BrokerKeys;
+use mandate_core::mandate::{self, MandateClaims};
+use mandate_core::policy::Engine;
+use mandate_store::{Committed, Entry, Snapshot, Store};
+
+use crate::boot::{BootError, Config};
+use crate::error::ApiError;
+use crate::registry::Registry;
+use crate::writer::Writer;
+
+/// Verified mandates by token digest, until they expire (DESIGN: "do not pay
+/// for the same verification twice"). Bounded.
+#[derive(Debug, Default)]
+pub struct MandateCache {
+    map: HashMap<[u8; 32], Arc<MandateClaims>>,
+}
+
+const MANDATE_CACHE_CAP: usize = 100_000;
+
+impl MandateCache {
+    /// A cached, still-unexpired verification.
+    pub fn get(&self, digest: &[u8; 32], now: u64) -> Option<Arc<MandateClaims>> {
+        self.map
+            .get(digest)
+            .filter(|c| c.expires_at >= now)
+            .cloned()
+    }
+    /// Remembers a verification.
+    pub fn put(&mut self, digest: [u8; 32], claims: Arc<MandateClaims>, now: u64) {
+        if self.map.len() >= MANDATE_CACHE_CAP {
+            self.map.retain(|_, c| c.expires_at >= now);
+            if self.map.len() >= MANDATE_CACHE_CAP {
+                self.map.clear();
+            }
+        }
+        self.map.insert(digest, claims);
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// Configuration.
+    pub config: Config,
+    /// Storage (reads; writes go through [`AppState::writer`]).
+    pub store: Arc<dyn Store>,
+    /// Signing keys.
+    pub keys: BrokerKeys,
+    /// Mandate root key pair.
+    pub root: KeyPair,
+    /// Mandate root public key.
+    pub root_public: PublicKey,
+    /// Cedar.
+    pub engine: Engine,
+    /// In-memory registry.
+    pub registry: RwLock<Registry>,
+    /// The writer.
+    pub writer: Writer,
+    /// DPoP `jti` replay cache.
+    pub replay: Mutex<ReplayCache>,
+    /// Verified mandates.
+    pub mandates: Mutex<MandateCache>,
+    /// SHA-256 of each admin credential.
+    pub admin_hashes: Vec<Vec<u8>>,
+    /// The token endpoint URL (DPoP `htu`).
+    pub token_endpoint: String,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Upper bound on live DPoP proof ids remembered.
+const REPLAY_CAP: usize = 1_000_000;
+
+impl AppState {
+    /// Builds the state and starts the writer.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        keys: BrokerKeys,
+        snap: Snapshot,
+        admin_hashes: Vec<Vec<u8>>,
+    ) -> Result<Arc<Self>, BootError> {
+        let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
+        let registry =
+            Registry::from_snapshot(snap, &engine, crate::now_secs()).map_err(BootError)?;
+        let root =
+            mandate::root_keypair(&keys.mandate_root).map_err(|e| BootError(e.to_string()))?;
+        let root_public = root.public();
+        let writer = Writer::start(Arc::clone(&store));
+        let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
+        Ok(Arc::new(AppState {
+            config,
+            store,
+            keys,
+            root,
+            root_public,
+            engine,
+            registry: RwLock::new(registry),
+            writer,
+            replay: Mutex::new(ReplayCache::new(REPLAY_CAP)),
+            mandates: Mutex::new(MandateCache::default()),
+            admin_hashes,
+            token_endpoint,
+        }))
+    }
+
+    /// Reads the registry.
+    pub fn reg(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits `entry` durably, then applies its mutation to the registry.
+    pub async fn commit(&self, entry: Entry) -> Result<Committed, ApiError> {
+        let mutation = entry.mutation.clone();
+        let done = self.writer.write(entry).await?;
+        if let Some(m) = mutation {
+            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            reg.apply(&m, &self.engine, done.revocation_seq);
+        }
+        Ok(done)
+    }
+
+    /// Verifies a mandate, using the cache.
+    pub fn verify_mandate(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<MandateClaims>, mandate_core::Error> {
+        let digest = mandate::token_digest(token);
+        if let Some(c) = self.mandates.lock().ok().and_then(|m| m.get(&digest, now)) {
+            return Ok(c);
+        }
+        let claims = Arc::new(mandate::verify(&self.root_public, token, now)?);
+        if claims.issuer != self.config.issuer {
+            return Err(mandate_core::Error::Malformed {
+                what: "mandate",
+                reason: "it was issued for another broker address".into(),
+            });
+        }
+        if let Ok(mut m) = self.mandates.lock() {
+            m.put(digest, Arc::clone(&claims), now);
+        }
+        Ok(claims)
+    }
+}
