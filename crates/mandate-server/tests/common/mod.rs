@@ -1,0 +1,203 @@
+//! A real broker on a loopback port, and a client that speaks to it as an agent would.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mandate_core::jose::{Alg, b64};
+use mandate_core::keys::SigningKey;
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+
+pub struct Broker {
+    pub url: String,
+    pub admin: String,
+    pub dir: PathBuf,
+    pub state: Arc<mandate_server::AppState>,
+    _rt: tokio::runtime::Runtime,
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let d = std::env::temp_dir().join(format!("mandate-test-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Broker {
+    pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, |_| {})
+    }
+
+    pub fn start_with(tag: &str, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
+        let dir = tempdir(tag);
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let mut cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
+        tweak(&mut cfg);
+        let admin_file = cfg.admin_token_file.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let state = mandate_server::boot::boot(cfg).unwrap();
+        let app = mandate_server::routes::router(Arc::clone(&state));
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        });
+        let admin = std::fs::read_to_string(admin_file).unwrap().trim().to_owned();
+        Broker { url: format!("http://{addr}"), admin, dir, state, _rt: rt }
+    }
+
+    pub fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    }
+
+    pub fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.admin))
+            .send_json(&body)
+            .unwrap();
+        read(r)
+    }
+
+    pub fn admin_put_text(&self, path: &str, text: &str) -> (u16, Value) {
+        let r = Self::agent()
+            .put(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.admin))
+            .send(text)
+            .unwrap();
+        read(r)
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = Self::agent()
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.admin))
+            .call()
+            .unwrap();
+        read(r)
+    }
+
+    /// Tenant `acme` with principal alice, agent `triage` (envelope crm:*, github:read),
+    /// tools crm (read, write; pii) and github (read, push), a grant of crm:read and
+    /// github:read, and the baseline policies. Returns the grant id.
+    pub fn seed(&self, tenant: &str) -> String {
+        assert_eq!(self.admin_post("/v1/tenants", json!({"name": tenant})).0, 201);
+        assert_eq!(self.admin_post(&format!("/v1/tenants/{tenant}/principals"), json!({"id": "alice@example.com"})).0, 201);
+        let (s, v) = self.admin_post(
+            &format!("/v1/tenants/{tenant}/agents"),
+            json!({"name": "triage", "owner": "team-ops", "envelope": ["crm:*", "github:read"]}),
+        );
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = self.admin_post(
+            &format!("/v1/tenants/{tenant}/tools"),
+            json!({"name": "crm", "audience": format!("https://crm.{tenant}.example"), "actions": ["read", "write"], "labels": ["pii"]}),
+        );
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = self.admin_post(
+            &format!("/v1/tenants/{tenant}/tools"),
+            json!({"name": "github", "audience": format!("https://github.{tenant}.example"), "actions": ["read", "push"], "alg": "ES256"}),
+        );
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = self.admin_post(
+            &format!("/v1/tenants/{tenant}/grants"),
+            json!({"principal": "alice@example.com", "agent": "triage", "capabilities": ["crm:read", "github:*"], "task": "triage tickets"}),
+        );
+        assert_eq!(s, 201, "{v}");
+        let grant = v["id"].as_str().unwrap().to_owned();
+        let (s, v) = self.admin_put_text(
+            &format!("/v1/tenants/{tenant}/policies/baseline"),
+            include_str!("../../../../examples/policies/baseline.cedar"),
+        );
+        assert_eq!(s, 200, "{v}");
+        grant
+    }
+
+    /// Starts a run for `triage` on alice's behalf; returns (run id, mandate, run key).
+    pub fn start_run(&self, tenant: &str, grant: &str, alg: Alg) -> (String, String, SigningKey) {
+        let key = SigningKey::generate(alg, &mut OsRng);
+        let (s, v) = self.admin_post(
+            "/v1/runs",
+            json!({"tenant": tenant, "agent": "triage", "principal": "alice@example.com", "grant": grant,
+                   "jwk": key.public().to_json()}),
+        );
+        assert_eq!(s, 201, "{v}");
+        (v["run"].as_str().unwrap().to_owned(), v["mandate"].as_str().unwrap().to_owned(), key)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth/token", self.url)
+    }
+
+    pub fn proof(&self, key: &SigningKey) -> String {
+        proof_with(key, json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now()}))
+    }
+
+    /// A token exchange with a raw form body and optional DPoP header.
+    pub fn exchange_raw(&self, body: &str, dpop: Option<&str>) -> (u16, Value) {
+        let mut req = Self::agent()
+            .post(self.token_url())
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        if let Some(p) = dpop {
+            req = req.header("DPoP", p);
+        }
+        read(req.send(body).unwrap())
+    }
+
+    pub fn exchange(&self, mandate: &str, key: &SigningKey, audience: &str, scope: &str) -> (u16, Value) {
+        self.exchange_raw(&form(mandate, audience, scope), Some(&self.proof(key)))
+    }
+
+    pub fn audit(&self, query: &str) -> Vec<Value> {
+        let (s, v) = self.admin_get(&format!("/v1/audit?{query}"));
+        assert_eq!(s, 200);
+        v.as_array().unwrap().clone()
+    }
+}
+
+pub fn form(mandate: &str, audience: &str, scope: &str) -> String {
+    format!(
+        "grant_type={}&subject_token={}&subject_token_type={}&audience={}&scope={}",
+        enc("urn:ietf:params:oauth:grant-type:token-exchange"),
+        enc(mandate),
+        enc("urn:mandate:params:oauth:token-type:mandate"),
+        enc(audience),
+        enc(scope)
+    )
+}
+
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+pub fn proof_with(key: &SigningKey, claims: Value) -> String {
+    key.sign_jws(&json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}), &claims)
+}
+
+pub fn jti() -> String {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut OsRng, &mut b);
+    b64(&b)
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn read(mut r: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Asserts an RFC-shaped error with `code` whose description contains `needle`.
+pub fn assert_refused(got: &(u16, Value), status: u16, code: &str, needle: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error"], code, "{}", got.1);
+    let d = got.1["error_description"].as_str().unwrap_or("");
+    assert!(d.contains(needle), "description `{d}` lacks `{needle}`");
+}
