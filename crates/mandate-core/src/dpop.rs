@@ -162,10 +162,10 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
         }
     }
     let jkt = key.thumbprint();
-    if let Some(want) = exp.jkt {
-        if !crate::secret::ct_eq(jkt.as_bytes(), want.as_bytes()) {
-            return refuse("proof is not signed by the key the mandate is bound to (`cnf.jkt`)");
-        }
+    if let Some(want) = exp.jkt
+        && !crate::secret::ct_eq(jkt.as_bytes(), want.as_bytes())
+    {
+        return refuse("proof is not signed by the key the mandate is bound to (`cnf.jkt`)");
     }
     Ok(VerifiedProof {
         jkt,

@@ -138,7 +138,7 @@ mod tests {
         ));
         let other = MasterKey::generate(&mut OsRng);
         assert!(other.open("key", b"kid-1", &sealed).is_err());
-        let mut altered = sealed.clone();
+        let mut altered = sealed;
         let last = altered.len() - 1;
         altered[last] ^= 1;
         assert!(k.open("key", b"kid-1", &altered).is_err());

@@ -19,7 +19,10 @@ fn exchange_issues_a_bound_credential_and_audits_it_first() {
         let (s, v) = b.exchange(&mandate, &key, "crm", "read");
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["token_type"], "DPoP");
-        assert_eq!(v["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
+        assert_eq!(
+            v["issued_token_type"],
+            "urn:ietf:params:oauth:token-type:access_token"
+        );
         assert_eq!(v["scope"], "read");
         let exp_in = v["expires_in"].as_u64().unwrap();
         assert!(exp_in > 0 && exp_in <= 300, "{exp_in}");
@@ -27,24 +30,44 @@ fn exchange_issues_a_bound_credential_and_audits_it_first() {
         let c = credential::verify(&b.state.keys, &b.url, token, now(), false).unwrap();
         assert_eq!(c.aud, "https://crm.acme.example");
         assert_eq!(c.sub, "alice@example.com");
-        assert!(c.act.sub.ends_with(&format!("/agent/triage/run/{run}")), "{}", c.act.sub);
-        assert_eq!(c.client_id, "spiffe://mandate.local/tenant/acme/agent/triage");
+        assert!(
+            c.act.sub.ends_with(&format!("/agent/triage/run/{run}")),
+            "{}",
+            c.act.sub
+        );
+        assert_eq!(
+            c.client_id,
+            "spiffe://mandate.local/tenant/acme/agent/triage"
+        );
         assert_eq!(c.cnf.jkt, key.kid());
-        assert_eq!((c.tenant.as_str(), c.run.as_str(), c.task.as_str()), ("acme", run.as_str(), "triage tickets"));
+        assert_eq!(
+            (c.tenant.as_str(), c.run.as_str(), c.task.as_str()),
+            ("acme", run.as_str(), "triage tickets")
+        );
         // The event was durable before the response: it is in the trail now.
         let events = b.audit(&format!("run={run}&type=token.exchange"));
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["decision"], "allow");
         assert_eq!(events[0]["credential_id"], c.jti.as_str());
         assert_eq!(events[0]["principal"], "alice@example.com");
-        assert_eq!(events[0]["policies"], json!(["baseline/allow-registered-tools"]));
+        assert_eq!(
+            events[0]["policies"],
+            json!(["baseline/allow-registered-tools"])
+        );
     }
     // The ES256 tool gets an ES256 credential.
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
     let (s, v) = b.exchange(&mandate, &key, "https://github.acme.example", "read");
     assert_eq!(s, 200, "{v}");
-    let header = v["access_token"].as_str().unwrap().split('.').next().unwrap().to_owned();
-    let header: serde_json::Value = serde_json::from_slice(&mandate_core::jose::unb64("h", &header).unwrap()).unwrap();
+    let header = v["access_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let header: serde_json::Value =
+        serde_json::from_slice(&mandate_core::jose::unb64("h", &header).unwrap()).unwrap();
     assert_eq!(header["alg"], "ES256");
     assert_eq!(header["typ"], "at+jwt");
 }
@@ -58,8 +81,18 @@ fn forged_mandate_is_refused() {
     let i = bytes.len() / 2;
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(bytes).unwrap();
-    assert_refused(&b.exchange(&forged, &key, "crm", "read"), 400, "invalid_grant", "mandate");
-    assert_refused(&b.exchange("garbage", &key, "crm", "read"), 400, "invalid_grant", "malformed mandate");
+    assert_refused(
+        &b.exchange(&forged, &key, "crm", "read"),
+        400,
+        "invalid_grant",
+        "mandate",
+    );
+    assert_refused(
+        &b.exchange("garbage", &key, "crm", "read"),
+        400,
+        "invalid_grant",
+        "malformed mandate",
+    );
 }
 
 #[test]
@@ -69,7 +102,12 @@ fn mandate_from_another_broker_is_refused() {
     ours.seed("acme");
     let grant = theirs.seed("acme");
     let (_, mandate, key) = theirs.start_run("acme", &grant, Alg::EdDSA);
-    assert_refused(&ours.exchange(&mandate, &key, "crm", "read"), 400, "invalid_grant", "signature does not verify");
+    assert_refused(
+        &ours.exchange(&mandate, &key, "crm", "read"),
+        400,
+        "invalid_grant",
+        "signature does not verify",
+    );
 }
 
 #[test]
@@ -94,7 +132,10 @@ fn revoked_run_agent_principal_grant_and_tenant_are_refused() {
     let grant = b.seed("acme");
     let cases = [
         ("run", json!({"kind": "run"})),
-        ("agent", json!({"kind": "agent", "tenant": "acme", "id": "triage"})),
+        (
+            "agent",
+            json!({"kind": "agent", "tenant": "acme", "id": "triage"}),
+        ),
     ];
     for (what, body) in cases {
         let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
@@ -105,7 +146,12 @@ fn revoked_run_agent_principal_grant_and_tenant_are_refused() {
         }
         let (s, v) = b.admin_post("/v1/revocations", body);
         assert_eq!(s, 200, "{v}");
-        assert_refused(&b.exchange(&mandate, &key, "crm", "read"), 400, "invalid_grant", "revoked");
+        assert_refused(
+            &b.exchange(&mandate, &key, "crm", "read"),
+            400,
+            "invalid_grant",
+            "revoked",
+        );
     }
     // Agent revoked: new runs cannot start either.
     let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
@@ -116,7 +162,10 @@ fn revoked_run_agent_principal_grant_and_tenant_are_refused() {
     assert_refused(&got, 403, "insufficient_scope", "agent:acme/triage");
 
     for (tenant, body) in [
-        ("p", json!({"kind": "principal", "tenant": "p", "id": "alice@example.com"})),
+        (
+            "p",
+            json!({"kind": "principal", "tenant": "p", "id": "alice@example.com"}),
+        ),
         ("g", json!({"kind": "grant"})),
         ("t", json!({"kind": "tenant", "id": "t"})),
     ] {
@@ -127,7 +176,12 @@ fn revoked_run_agent_principal_grant_and_tenant_are_refused() {
             body["id"] = json!(grant);
         }
         assert_eq!(b.admin_post("/v1/revocations", body).0, 200);
-        assert_refused(&b.exchange(&mandate, &key, "crm", "read"), 400, "invalid_grant", "revoked");
+        assert_refused(
+            &b.exchange(&mandate, &key, "crm", "read"),
+            400,
+            "invalid_grant",
+            "revoked",
+        );
     }
 }
 
@@ -136,14 +190,19 @@ fn revoked_credential_is_inactive_at_introspection() {
     let b = Broker::start("introspect");
     let grant = b.seed("acme");
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
-    let token = b.exchange(&mandate, &key, "crm", "read").1["access_token"].as_str().unwrap().to_owned();
+    let token = b.exchange(&mandate, &key, "crm", "read").1["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let introspect = |t: &str| {
-        read(Broker::agent()
-            .post(format!("{}/oauth/introspect", b.url))
-            .header("Authorization", &format!("Bearer {}", b.admin))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(format!("token={}", enc(t)))
-            .unwrap())
+        read(
+            Broker::agent()
+                .post(format!("{}/oauth/introspect", b.url))
+                .header("Authorization", &format!("Bearer {}", b.admin))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(format!("token={}", enc(t)))
+                .unwrap(),
+        )
     };
     let (s, v) = introspect(&token);
     assert_eq!((s, v["active"].clone()), (200, json!(true)), "{v}");
@@ -161,7 +220,12 @@ fn revoked_credential_is_inactive_at_introspection() {
     let parts: Vec<&str> = token.split('.').collect();
     let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"at+jwt"}"#), parts[1]);
     assert_eq!(introspect(&none).1, json!({"active": false}));
-    let hs = format!("{}.{}.{}", b64(br#"{"alg":"HS256","typ":"at+jwt"}"#), parts[1], parts[2]);
+    let hs = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"HS256","typ":"at+jwt"}"#),
+        parts[1],
+        parts[2]
+    );
     assert_eq!(introspect(&hs).1, json!({"active": false}));
     // Introspection needs the admin credential.
     let r = Broker::agent()
@@ -185,7 +249,12 @@ fn dpop_signed_by_the_wrong_key_is_refused() {
     let grant = b.seed("acme");
     let (_, mandate, _key) = b.start_run("acme", &grant, Alg::EdDSA);
     let thief = SigningKey::generate(Alg::EdDSA, &mut OsRng);
-    assert_refused(&b.exchange(&mandate, &thief, "crm", "read"), 400, "invalid_dpop_proof", "cnf.jkt");
+    assert_refused(
+        &b.exchange(&mandate, &thief, "crm", "read"),
+        400,
+        "invalid_dpop_proof",
+        "cnf.jkt",
+    );
 }
 
 #[test]
@@ -193,7 +262,12 @@ fn dpop_missing_or_duplicated_is_refused() {
     let b = Broker::start("dpop-missing");
     let grant = b.seed("acme");
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
-    assert_refused(&b.exchange_raw(&form(&mandate, "crm", "read"), None), 400, "invalid_dpop_proof", "required");
+    assert_refused(
+        &b.exchange_raw(&form(&mandate, "crm", "read"), None),
+        400,
+        "invalid_dpop_proof",
+        "required",
+    );
     let r = Broker::agent()
         .post(b.token_url())
         .header("Content-Type", "application/x-www-form-urlencoded")
@@ -210,8 +284,16 @@ fn dpop_jti_replay_is_refused() {
     let grant = b.seed("acme");
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
     let p = b.proof(&key);
-    assert_eq!(b.exchange_raw(&form(&mandate, "crm", "read"), Some(&p)).0, 200);
-    assert_refused(&b.exchange_raw(&form(&mandate, "crm", "read"), Some(&p)), 400, "invalid_dpop_proof", "already used");
+    assert_eq!(
+        b.exchange_raw(&form(&mandate, "crm", "read"), Some(&p)).0,
+        200
+    );
+    assert_refused(
+        &b.exchange_raw(&form(&mandate, "crm", "read"), Some(&p)),
+        400,
+        "invalid_dpop_proof",
+        "already used",
+    );
 }
 
 #[test]
@@ -221,15 +303,38 @@ fn dpop_htm_htu_and_time_mismatches_are_refused() {
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::ES256);
     let f = form(&mandate, "crm", "read");
     let cases = [
-        (json!({"jti": jti(), "htm": "GET", "htu": b.token_url(), "iat": now()}), "htm"),
-        (json!({"jti": jti(), "htm": "POST", "htu": "http://elsewhere.example/oauth/token", "iat": now()}), "htu"),
-        (json!({"jti": jti(), "htm": "POST", "htu": format!("{}/v1/runs", b.url), "iat": now()}), "htu"),
-        (json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now() - 600}), "old"),
-        (json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now() + 600}), "future"),
-        (json!({"htm": "POST", "htu": b.token_url(), "iat": now()}), "jti"),
+        (
+            json!({"jti": jti(), "htm": "GET", "htu": b.token_url(), "iat": now()}),
+            "htm",
+        ),
+        (
+            json!({"jti": jti(), "htm": "POST", "htu": "http://elsewhere.example/oauth/token", "iat": now()}),
+            "htu",
+        ),
+        (
+            json!({"jti": jti(), "htm": "POST", "htu": format!("{}/v1/runs", b.url), "iat": now()}),
+            "htu",
+        ),
+        (
+            json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now() - 600}),
+            "old",
+        ),
+        (
+            json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now() + 600}),
+            "future",
+        ),
+        (
+            json!({"htm": "POST", "htu": b.token_url(), "iat": now()}),
+            "jti",
+        ),
     ];
     for (claims, needle) in cases {
-        assert_refused(&b.exchange_raw(&f, Some(&proof_with(&key, claims))), 400, "invalid_dpop_proof", needle);
+        assert_refused(
+            &b.exchange_raw(&f, Some(&proof_with(&key, claims))),
+            400,
+            "invalid_dpop_proof",
+            needle,
+        );
     }
 }
 
@@ -241,17 +346,48 @@ fn dpop_alg_none_and_hs256_confusion_are_refused() {
     let good = b.proof(&key);
     let parts: Vec<&str> = good.split('.').collect();
     let jwk = key.public().to_json();
-    let none = format!("{}.{}.", b64(json!({"typ": "dpop+jwt", "alg": "none", "jwk": jwk}).to_string().as_bytes()), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"typ": "dpop+jwt", "alg": "none", "jwk": jwk})
+            .to_string()
+            .as_bytes()),
+        parts[1]
+    );
     let f = form(&mandate, "crm", "read");
-    assert_refused(&b.exchange_raw(&f, Some(&none)), 400, "invalid_dpop_proof", "not accepted");
+    assert_refused(
+        &b.exchange_raw(&f, Some(&none)),
+        400,
+        "invalid_dpop_proof",
+        "not accepted",
+    );
     // HS256 "signed" with the public key bytes as the HMAC secret.
-    let hs = format!("{}.{}.{}", b64(json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk}).to_string().as_bytes()), parts[1], parts[2]);
-    assert_refused(&b.exchange_raw(&f, Some(&hs)), 400, "invalid_dpop_proof", "not accepted");
+    let hs = format!(
+        "{}.{}.{}",
+        b64(json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk})
+            .to_string()
+            .as_bytes()),
+        parts[1],
+        parts[2]
+    );
+    assert_refused(
+        &b.exchange_raw(&f, Some(&hs)),
+        400,
+        "invalid_dpop_proof",
+        "not accepted",
+    );
     // A proof carrying a private key is refused.
-    let mut leaky = jwk.clone();
+    let mut leaky = jwk;
     leaky["d"] = json!(b64(key.to_secret().expose()));
-    let p = key.sign_jws(&json!({"typ": "dpop+jwt", "jwk": leaky}), &json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now()}));
-    assert_refused(&b.exchange_raw(&f, Some(&p)), 400, "invalid_dpop_proof", "private key");
+    let p = key.sign_jws(
+        &json!({"typ": "dpop+jwt", "jwk": leaky}),
+        &json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now()}),
+    );
+    assert_refused(
+        &b.exchange_raw(&f, Some(&p)),
+        400,
+        "invalid_dpop_proof",
+        "private key",
+    );
 }
 
 #[test]
@@ -266,12 +402,25 @@ fn wrong_tenant_is_refused_without_leaking_and_audited() {
     // Word for word what a tool that exists nowhere gets: nothing reveals globex's tool.
     let unknown = b.exchange(&mandate, &key, "https://nowhere.example", "read");
     assert_eq!(
-        got.1["error_description"].as_str().unwrap().replace("https://crm.globex.example", "X"),
-        unknown.1["error_description"].as_str().unwrap().replace("https://nowhere.example", "X")
+        got.1["error_description"]
+            .as_str()
+            .unwrap()
+            .replace("https://crm.globex.example", "X"),
+        unknown.1["error_description"]
+            .as_str()
+            .unwrap()
+            .replace("https://nowhere.example", "X")
     );
     let ev = b.audit(&format!("run={run}&decision=deny"));
     assert_eq!(ev.len(), 2);
-    assert!(ev[0]["reason"].as_str().unwrap().contains("tenant mismatch"), "{}", ev[0]);
+    assert!(
+        ev[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tenant mismatch"),
+        "{}",
+        ev[0]
+    );
     assert_eq!(ev[1]["reason"], "unknown tool");
     // A run cannot name another tenant's grant.
     let key2 = SigningKey::generate(Alg::EdDSA, &mut OsRng);
@@ -287,11 +436,36 @@ fn action_not_granted_and_unknown_tool_or_action_are_refused() {
     let b = Broker::start("scope");
     let grant = b.seed("acme");
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
-    assert_refused(&b.exchange(&mandate, &key, "crm", "write"), 400, "invalid_scope", "not granted");
-    assert_refused(&b.exchange(&mandate, &key, "crm", "read delete"), 400, "invalid_scope", "has no action `delete`");
-    assert_refused(&b.exchange(&mandate, &key, "billing", "read"), 400, "invalid_target", "no tool `billing`");
-    assert_refused(&b.exchange(&mandate, &key, "crm", "*"), 400, "invalid_scope", "named actions");
-    assert_refused(&b.exchange(&mandate, &key, "crm", "READ!"), 400, "invalid_scope", "action");
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "write"),
+        400,
+        "invalid_scope",
+        "not granted",
+    );
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "read delete"),
+        400,
+        "invalid_scope",
+        "has no action `delete`",
+    );
+    assert_refused(
+        &b.exchange(&mandate, &key, "billing", "read"),
+        400,
+        "invalid_target",
+        "no tool `billing`",
+    );
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "*"),
+        400,
+        "invalid_scope",
+        "named actions",
+    );
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "READ!"),
+        400,
+        "invalid_scope",
+        "action",
+    );
 }
 
 #[test]
@@ -301,12 +475,24 @@ fn policy_denial_names_the_rule() {
     let forbid = r#"@id("no-pii-writes-or-reads-today")
 forbid (principal, action == Mandate::Action::"exchange", resource)
 when { context.tool_labels.contains("pii") };"#;
-    assert_eq!(b.admin_put_text("/v1/tenants/acme/policies/guard", forbid).0, 200);
+    assert_eq!(
+        b.admin_put_text("/v1/tenants/acme/policies/guard", forbid)
+            .0,
+        200
+    );
     let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
     let got = b.exchange(&mandate, &key, "crm", "read");
-    assert_refused(&got, 403, "access_denied", "guard/no-pii-writes-or-reads-today");
+    assert_refused(
+        &got,
+        403,
+        "access_denied",
+        "guard/no-pii-writes-or-reads-today",
+    );
     let ev = b.audit(&format!("run={run}"));
-    assert_eq!(ev.last().unwrap()["policies"], json!(["guard/no-pii-writes-or-reads-today"]));
+    assert_eq!(
+        ev.last().unwrap()["policies"],
+        json!(["guard/no-pii-writes-or-reads-today"])
+    );
     // github has no pii label: still allowed.
     assert_eq!(b.exchange(&mandate, &key, "github", "read").0, 200);
 }
@@ -315,10 +501,19 @@ when { context.tool_labels.contains("pii") };"#;
 fn invalid_policy_is_refused_with_line_and_column() {
     let b = Broker::start("policy-bad");
     b.seed("acme");
-    let (s, v) = b.admin_put_text("/v1/tenants/acme/policies/bad", "permit (principal, action, resource)\n  when { resource.colour == \"red\" };");
+    let (s, v) = b.admin_put_text(
+        "/v1/tenants/acme/policies/bad",
+        "permit (principal, action, resource)\n  when { resource.colour == \"red\" };",
+    );
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["problems"][0]["line"], 2);
-    assert!(v["error_description"].as_str().unwrap().contains("line 2, column"), "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("line 2, column"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -328,14 +523,63 @@ fn malformed_and_duplicated_form_fields_are_refused() {
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
     let good = form(&mandate, "crm", "read");
     let p = || Some(b.proof(&key));
-    assert_refused(&b.exchange_raw(&format!("{good}&scope=write"), p().as_deref()), 400, "invalid_request", "more than once");
-    assert_refused(&b.exchange_raw(&good.replace("token-exchange", "client_credentials"), p().as_deref()), 400, "unsupported_grant_type", "token-exchange");
-    assert_refused(&b.exchange_raw(&good.replace("token-type%3Amandate", "token-type%3Ajwt"), p().as_deref()), 400, "invalid_request", "subject_token_type");
-    assert_refused(&b.exchange_raw(&format!("{good}&audience2=x").replace("audience=crm", "resource=https%3A%2F%2Fgithub.acme.example&audience=crm"), p().as_deref()), 400, "invalid_target", "different tools");
-    assert_refused(&b.exchange_raw("grant_type=%zz", p().as_deref()), 400, "invalid_request", "percent-encoding");
-    assert_refused(&b.exchange_raw("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange", p().as_deref()), 400, "invalid_request", "subject_token");
+    assert_refused(
+        &b.exchange_raw(&format!("{good}&scope=write"), p().as_deref()),
+        400,
+        "invalid_request",
+        "more than once",
+    );
+    assert_refused(
+        &b.exchange_raw(
+            &good.replace("token-exchange", "client_credentials"),
+            p().as_deref(),
+        ),
+        400,
+        "unsupported_grant_type",
+        "token-exchange",
+    );
+    assert_refused(
+        &b.exchange_raw(
+            &good.replace("token-type%3Amandate", "token-type%3Ajwt"),
+            p().as_deref(),
+        ),
+        400,
+        "invalid_request",
+        "subject_token_type",
+    );
+    assert_refused(
+        &b.exchange_raw(
+            &format!("{good}&audience2=x").replace(
+                "audience=crm",
+                "resource=https%3A%2F%2Fgithub.acme.example&audience=crm",
+            ),
+            p().as_deref(),
+        ),
+        400,
+        "invalid_target",
+        "different tools",
+    );
+    assert_refused(
+        &b.exchange_raw("grant_type=%zz", p().as_deref()),
+        400,
+        "invalid_request",
+        "percent-encoding",
+    );
+    assert_refused(
+        &b.exchange_raw(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
+            p().as_deref(),
+        ),
+        400,
+        "invalid_request",
+        "subject_token",
+    );
     // JSON is not a form.
-    let r = Broker::agent().post(b.token_url()).header("DPoP", &b.proof(&key)).send_json(&json!({"grant_type": "x"})).unwrap();
+    let r = Broker::agent()
+        .post(b.token_url())
+        .header("DPoP", &b.proof(&key))
+        .send_json(json!({"grant_type": "x"}))
+        .unwrap();
     assert_refused(&read(r), 400, "invalid_request", "x-www-form-urlencoded");
 }
 
@@ -344,8 +588,16 @@ fn oversized_bodies_are_refused() {
     let b = Broker::start_with("big", |c| c.max_body = 16 * 1024);
     b.seed("acme");
     let big = "a=".to_owned() + &"x".repeat(20 * 1024);
-    assert_refused(&b.exchange_raw(&big, None), 413, "invalid_request", "larger than 16384 bytes");
-    let (s, v) = b.admin_post("/v1/tenants", json!({"name": "x", "description": "y".repeat(20 * 1024)}));
+    assert_refused(
+        &b.exchange_raw(&big, None),
+        413,
+        "invalid_request",
+        "larger than 16384 bytes",
+    );
+    let (s, v) = b.admin_post(
+        "/v1/tenants",
+        json!({"name": "x", "description": "y".repeat(20 * 1024)}),
+    );
     assert_eq!(s, 413, "{v}");
 }
 
@@ -354,19 +606,42 @@ fn admin_endpoints_refuse_unauthenticated_and_non_admin_callers() {
     let b = Broker::start("authz");
     let grant = b.seed("acme");
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
-    let credential = b.exchange(&mandate, &key, "crm", "read").1["access_token"].as_str().unwrap().to_owned();
+    let credential = b.exchange(&mandate, &key, "crm", "read").1["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let call = |auth: Option<String>| {
         let mut r = Broker::agent().post(format!("{}/v1/tenants", b.url));
         if let Some(a) = auth {
             r = r.header("Authorization", &a);
         }
-        read(r.send_json(&json!({"name": "evil"})).unwrap())
+        read(r.send_json(json!({"name": "evil"})).unwrap())
     };
     assert_refused(&call(None), 401, "invalid_token", "admin credential");
-    assert_refused(&call(Some("Basic YWRtaW46YWRtaW4=".into())), 401, "invalid_token", "Bearer");
-    assert_refused(&call(Some(format!("Bearer {credential}"))), 403, "insufficient_scope", "not an admin credential");
-    assert_refused(&call(Some(format!("Bearer {mandate}"))), 403, "insufficient_scope", "not an admin credential");
-    assert_refused(&call(Some("Bearer mandate_admin_guess".into())), 401, "invalid_token", "not valid");
+    assert_refused(
+        &call(Some("Basic YWRtaW46YWRtaW4=".into())),
+        401,
+        "invalid_token",
+        "Bearer",
+    );
+    assert_refused(
+        &call(Some(format!("Bearer {credential}"))),
+        403,
+        "insufficient_scope",
+        "not an admin credential",
+    );
+    assert_refused(
+        &call(Some(format!("Bearer {mandate}"))),
+        403,
+        "insufficient_scope",
+        "not an admin credential",
+    );
+    assert_refused(
+        &call(Some("Bearer mandate_admin_guess".into())),
+        401,
+        "invalid_token",
+        "not valid",
+    );
     let (s, _) = b.admin_get("/v1/tenants");
     assert_eq!(s, 200);
     assert!(!b.state.reg().tenants.contains_key("evil"));
@@ -376,26 +651,66 @@ fn admin_endpoints_refuse_unauthenticated_and_non_admin_callers() {
 fn registration_input_is_validated() {
     let b = Broker::start("reg");
     b.seed("acme");
-    assert_refused(&b.admin_post("/v1/tenants", json!({"name": "Bad Name"})), 400, "invalid_request", "tenant");
-    assert_refused(&b.admin_post("/v1/tenants", json!({"name": "acme"})), 409, "conflict", "already exists");
-    assert_refused(&b.admin_post("/v1/tenants", json!({"name": "x", "colour": "red"})), 400, "invalid_request", "colour");
     assert_refused(
-        &b.admin_post("/v1/tenants/acme/agents", json!({"name": "a2", "owner": " ", "envelope": ["crm:read"]})),
-        400, "invalid_request", "owner",
+        &b.admin_post("/v1/tenants", json!({"name": "Bad Name"})),
+        400,
+        "invalid_request",
+        "tenant",
     );
     assert_refused(
-        &b.admin_post("/v1/tenants/acme/agents", json!({"name": "a2", "owner": "x", "envelope": ["crm"]})),
-        400, "invalid_request", "tool:action",
+        &b.admin_post("/v1/tenants", json!({"name": "acme"})),
+        409,
+        "conflict",
+        "already exists",
     );
     assert_refused(
-        &b.admin_post("/v1/tenants/acme/tools", json!({"name": "t2", "audience": "not a uri", "actions": ["read"]})),
-        400, "invalid_request", "absolute URI",
+        &b.admin_post("/v1/tenants", json!({"name": "x", "colour": "red"})),
+        400,
+        "invalid_request",
+        "colour",
     );
     assert_refused(
-        &b.admin_post("/v1/tenants/acme/tools", json!({"name": "t2", "audience": "https://t2", "actions": ["read"], "alg": "HS256"})),
-        400, "invalid_request", "HS256",
+        &b.admin_post(
+            "/v1/tenants/acme/agents",
+            json!({"name": "a2", "owner": " ", "envelope": ["crm:read"]}),
+        ),
+        400,
+        "invalid_request",
+        "owner",
     );
-    assert_refused(&b.admin_post("/v1/tenants/nope/agents", json!({})), 404, "not_found", "tenant `nope`");
+    assert_refused(
+        &b.admin_post(
+            "/v1/tenants/acme/agents",
+            json!({"name": "a2", "owner": "x", "envelope": ["crm"]}),
+        ),
+        400,
+        "invalid_request",
+        "tool:action",
+    );
+    assert_refused(
+        &b.admin_post(
+            "/v1/tenants/acme/tools",
+            json!({"name": "t2", "audience": "not a uri", "actions": ["read"]}),
+        ),
+        400,
+        "invalid_request",
+        "absolute URI",
+    );
+    assert_refused(
+        &b.admin_post(
+            "/v1/tenants/acme/tools",
+            json!({"name": "t2", "audience": "https://t2", "actions": ["read"], "alg": "HS256"}),
+        ),
+        400,
+        "invalid_request",
+        "HS256",
+    );
+    assert_refused(
+        &b.admin_post("/v1/tenants/nope/agents", json!({})),
+        404,
+        "not_found",
+        "tenant `nope`",
+    );
     assert_refused(
         &b.admin_post("/v1/tenants/acme/grants", json!({"principal": "bob", "agent": "triage", "capabilities": ["crm:read"], "task": "x"})),
         404, "not_found", "principal `bob`",
@@ -404,7 +719,15 @@ fn registration_input_is_validated() {
     let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
     let mut jwk = key.public().to_json();
     jwk["d"] = json!(b64(key.to_secret().expose()));
-    assert_refused(&b.admin_post("/v1/runs", json!({"tenant": "acme", "agent": "triage", "jwk": jwk})), 400, "invalid_request", "private key");
+    assert_refused(
+        &b.admin_post(
+            "/v1/runs",
+            json!({"tenant": "acme", "agent": "triage", "jwk": jwk}),
+        ),
+        400,
+        "invalid_request",
+        "private key",
+    );
 }
 
 #[test]
@@ -420,7 +743,12 @@ fn capabilities_are_grant_meet_envelope() {
     // grant: crm:read, github:* ; envelope: crm:*, github:read
     assert_eq!(v["capabilities"], json!(["crm:read", "github:read"]));
     let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
-    assert_refused(&b.exchange(&mandate, &key, "github", "push"), 400, "invalid_scope", "not granted");
+    assert_refused(
+        &b.exchange(&mandate, &key, "github", "push"),
+        400,
+        "invalid_scope",
+        "not granted",
+    );
 }
 
 #[test]
@@ -434,7 +762,11 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(s.commit(mandate_store::Entry {
             mutation: Some(mandate_store::Mutation::Revoke(mandate_store::Revocation {
-                seq: 0, key: "agent:acme/x".into(), reason: "test".into(), time_ms: 1, until: 0,
+                seq: 0,
+                key: "agent:acme/x".into(),
+                reason: "test".into(),
+                time_ms: 1,
+                until: 0,
             })),
             events: vec![],
         }))
@@ -446,15 +778,25 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
     let s = mandate_server::boot::boot(cfg.clone()).unwrap();
     assert_eq!(s.keys.jwt_eddsa.kid(), kid);
     assert!(s.reg().revoked.contains(&revoked));
-    assert_eq!(std::fs::read_to_string(&cfg.admin_token_file).unwrap(), admin_before);
+    assert_eq!(
+        std::fs::read_to_string(&cfg.admin_token_file).unwrap(),
+        admin_before
+    );
     assert!(s.store.audit_verify().unwrap().first_break.is_none());
     s.writer.shutdown();
     // The wrong master key is refused with a clear message.
     std::fs::remove_file(dir.join("config/master.key")).unwrap();
-    let e = mandate_server::boot::boot(cfg.clone()).unwrap_err().to_string();
-    assert!(e.contains("master key file") && e.contains("missing"), "{e}");
+    let e = mandate_server::boot::boot(cfg.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("master key file") && e.contains("missing"),
+        "{e}"
+    );
     let mut wrong = cfg;
-    wrong.master_key = mandate_server::boot::MasterKeySource::Env(mandate_core::secret::Secret::new(b64(&[9u8; 32]).into_bytes()));
+    wrong.master_key = mandate_server::boot::MasterKeySource::Env(
+        mandate_core::secret::Secret::new(b64(&[9u8; 32]).into_bytes()),
+    );
     let e = mandate_server::boot::boot(wrong).unwrap_err().to_string();
     assert!(e.contains("cannot decrypt the signing keys"), "{e}");
 }
@@ -465,10 +807,13 @@ fn master_key_file_with_loose_permissions_or_inside_data_is_refused() {
     let dir = tempdir("perms");
     let listen: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let cfg = mandate_server::Config::new(listen, dir.join("data"), &dir.join("config"));
-    mandate_server::boot::boot(cfg.clone()).unwrap().writer.shutdown();
+    mandate_server::boot::boot(cfg.clone())
+        .unwrap()
+        .writer
+        .shutdown();
     let key = dir.join("config/master.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = mandate_server::boot::boot(cfg.clone()).unwrap_err().to_string();
+    let e = mandate_server::boot::boot(cfg).unwrap_err().to_string();
     assert!(e.contains("chmod 600"), "{e}");
     let mut inside = mandate_server::Config::new(listen, dir.join("data2"), &dir.join("data2"));
     inside.admin_token_file = dir.join("cfg2/admin.token");
@@ -485,7 +830,10 @@ fn traceparent_becomes_the_correlation_id() {
         .post(b.token_url())
         .header("Content-Type", "application/x-www-form-urlencoded")
         .header("DPoP", &b.proof(&key))
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .send(form(&mandate, "crm", "read"))
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);

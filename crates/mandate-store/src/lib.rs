@@ -41,10 +41,10 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        if let rusqlite::Error::SqliteFailure(f, msg) = &e {
-            if f.code == rusqlite::ErrorCode::ConstraintViolation {
-                return StoreError::Conflict(msg.clone().unwrap_or_else(|| "row".into()));
-            }
+        if let rusqlite::Error::SqliteFailure(f, msg) = &e
+            && f.code == rusqlite::ErrorCode::ConstraintViolation
+        {
+            return StoreError::Conflict(msg.clone().unwrap_or_else(|| "row".into()));
         }
         StoreError::Db(e.to_string())
     }

@@ -1085,13 +1085,13 @@ pub async fn audit_query(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    if let Some(d) = &q.decision {
-        if !["allow", "deny", "ok"].contains(&d.as_str()) {
-            return Err(err(
-                Code::InvalidRequest,
-                "`decision` must be `allow`, `deny` or `ok`",
-            ));
-        }
+    if let Some(d) = &q.decision
+        && !["allow", "deny", "ok"].contains(&d.as_str())
+    {
+        return Err(err(
+            Code::InvalidRequest,
+            "`decision` must be `allow`, `deny` or `ok`",
+        ));
     }
     let f = AuditFilter {
         tenant: q.tenant,

@@ -213,13 +213,14 @@ fn exchange(
             "`actor_token` is not accepted: the mandate already names the actor",
         ));
     }
-    if let Some(t) = form.opt("requested_token_type") {
-        if t != TOKEN_TYPE_ACCESS && t != TOKEN_TYPE_JWT {
-            return Err(err(
-                Code::InvalidRequest,
-                format!("`requested_token_type` must be `{TOKEN_TYPE_ACCESS}`"),
-            ));
-        }
+    if let Some(t) = form.opt("requested_token_type")
+        && t != TOKEN_TYPE_ACCESS
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`requested_token_type` must be `{TOKEN_TYPE_ACCESS}`"),
+        ));
     }
     let subject = form.req("subject_token")?;
     if form.req("subject_token_type")? != TOKEN_TYPE_MANDATE {
@@ -447,7 +448,7 @@ fn exchange(
 
 /// What a presented token turned out to be.
 enum Presented {
-    Credential(AccessClaims),
+    Credential(Box<AccessClaims>),
     Mandate(std::sync::Arc<MandateClaims>),
 }
 
@@ -455,7 +456,7 @@ fn identify(s: &S, token: &str, now: u64, allow_expired: bool) -> Option<Present
     if token.matches('.').count() == 2 {
         credential::verify(&s.keys, &s.config.issuer, token, now, allow_expired)
             .ok()
-            .map(Presented::Credential)
+            .map(|c| Presented::Credential(Box::new(c)))
     } else {
         s.verify_mandate(token, now).ok().map(Presented::Mandate)
     }
@@ -480,7 +481,7 @@ pub async fn introspect(
             if reg.first_revoked(&c.revocation_keys()).is_some() {
                 inactive
             } else {
-                let mut v = credential::to_json(&c);
+                let mut v = credential::to_json(c.as_ref());
                 if let Some(o) = v.as_object_mut() {
                     o.insert("active".into(), json!(true));
                     o.insert("token_type".into(), json!("DPoP"));

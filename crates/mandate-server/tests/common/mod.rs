@@ -1,5 +1,5 @@
 //! A real broker on a loopback port, and a client that speaks to it as an agent would.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +19,10 @@ pub struct Broker {
 }
 
 pub fn tempdir(tag: &str) -> PathBuf {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let d = std::env::temp_dir().join(format!("mandate-test-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -38,19 +41,37 @@ impl Broker {
         let mut cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
         tweak(&mut cfg);
         let admin_file = cfg.admin_token_file.clone();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let state = mandate_server::boot::boot(cfg).unwrap();
         let app = mandate_server::routes::router(Arc::clone(&state));
         rt.spawn(async move {
             let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .unwrap();
         });
-        let admin = std::fs::read_to_string(admin_file).unwrap().trim().to_owned();
-        Broker { url: format!("http://{addr}"), admin, dir, state, _rt: rt }
+        let admin = std::fs::read_to_string(admin_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Broker {
+            url: format!("http://{addr}"),
+            admin,
+            dir,
+            state,
+            _rt: rt,
+        }
     }
 
     pub fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder().http_status_as_error(false).build().into()
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into()
     }
 
     pub fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -84,8 +105,18 @@ impl Broker {
     /// tools crm (read, write; pii) and github (read, push), a grant of crm:read and
     /// github:read, and the baseline policies. Returns the grant id.
     pub fn seed(&self, tenant: &str) -> String {
-        assert_eq!(self.admin_post("/v1/tenants", json!({"name": tenant})).0, 201);
-        assert_eq!(self.admin_post(&format!("/v1/tenants/{tenant}/principals"), json!({"id": "alice@example.com"})).0, 201);
+        assert_eq!(
+            self.admin_post("/v1/tenants", json!({"name": tenant})).0,
+            201
+        );
+        assert_eq!(
+            self.admin_post(
+                &format!("/v1/tenants/{tenant}/principals"),
+                json!({"id": "alice@example.com"})
+            )
+            .0,
+            201
+        );
         let (s, v) = self.admin_post(
             &format!("/v1/tenants/{tenant}/agents"),
             json!({"name": "triage", "owner": "team-ops", "envelope": ["crm:*", "github:read"]}),
@@ -124,7 +155,11 @@ impl Broker {
                    "jwk": key.public().to_json()}),
         );
         assert_eq!(s, 201, "{v}");
-        (v["run"].as_str().unwrap().to_owned(), v["mandate"].as_str().unwrap().to_owned(), key)
+        (
+            v["run"].as_str().unwrap().to_owned(),
+            v["mandate"].as_str().unwrap().to_owned(),
+            key,
+        )
     }
 
     pub fn token_url(&self) -> String {
@@ -132,7 +167,10 @@ impl Broker {
     }
 
     pub fn proof(&self, key: &SigningKey) -> String {
-        proof_with(key, json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now()}))
+        proof_with(
+            key,
+            json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now()}),
+        )
     }
 
     /// A token exchange with a raw form body and optional DPoP header.
@@ -146,7 +184,13 @@ impl Broker {
         read(req.send(body).unwrap())
     }
 
-    pub fn exchange(&self, mandate: &str, key: &SigningKey, audience: &str, scope: &str) -> (u16, Value) {
+    pub fn exchange(
+        &self,
+        mandate: &str,
+        key: &SigningKey,
+        audience: &str,
+        scope: &str,
+    ) -> (u16, Value) {
         self.exchange_raw(&form(mandate, audience, scope), Some(&self.proof(key)))
     }
 
@@ -170,12 +214,21 @@ pub fn form(mandate: &str, audience: &str, scope: &str) -> String {
 
 pub fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
 pub fn proof_with(key: &SigningKey, claims: Value) -> String {
-    key.sign_jws(&json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}), &claims)
+    key.sign_jws(
+        &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
+        &claims,
+    )
 }
 
 pub fn jti() -> String {
@@ -185,13 +238,19 @@ pub fn jti() -> String {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn read(mut r: ureq::http::Response<ureq::Body>) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Asserts an RFC-shaped error with `code` whose description contains `needle`.

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test Mandate has, installing what they need:
+#   1. unit tests of the pure core and the store, and integration tests that
+#      start real brokers on loopback and drive them over HTTP (cargo nextest,
+#      or cargo test where nextest is missing);
+#   2. the end-to-end story: the real `mandate` binary, its CLI, and an
+#      independent JOSE implementation (Python joserfc, installed into a venv)
+#      that makes the run keys and DPoP proofs and verifies the issued JWTs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
+venv=${MANDATE_VENV:-$HOME/.cache/mandate-venv}
+
+echo "==> Python test dependencies ($venv)"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+echo "==> build"
+cargo build --workspace --all-targets
+
+echo "==> Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+echo "==> end-to-end tests (real binary, independent JOSE)"
+MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/e2e

@@ -1,0 +1,247 @@
+"""End-to-end: the real `mandate` binary, driven over HTTP and through its CLI.
+
+Keys and DPoP proofs are made, and the issued JWT is verified against the
+broker's JWKS, by joserfc, a JOSE implementation we did not write.
+"""
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet, OKPKey
+
+BIN = os.environ.get("MANDATE_BIN") or str(
+    Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[2] / "target")) / "debug" / "mandate"
+)
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+MANDATE_TYPE = "urn:mandate:params:oauth:token-type:mandate"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        MANDATE_CONFIG_DIR=str(tmp_path / "config"),
+        MANDATE_DATA_DIR=str(tmp_path / "data"),
+        MANDATE_URL=f"http://127.0.0.1:{port}",
+        RUST_LOG="warn",
+    )
+    env.pop("MANDATE_MASTER_KEY", None)
+    env.pop("MANDATE_ADMIN_TOKEN_FILE", None)
+    proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("broker did not start: " + proc.stdout.read().decode())
+
+    class B:
+        pass
+
+    b = B()
+    b.url, b.env, b.proc, b.dir = url, env, proc, tmp_path
+    b.admin = (tmp_path / "config" / "admin.token").read_text().strip()
+
+    def cli(*args, check=True):
+        r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise AssertionError(f"mandate {' '.join(args)} failed: {r.stderr}{r.stdout}")
+        return r
+
+    b.cli = cli
+    yield b
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def http(method, url, data=None, headers=None):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+            return r.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def dpop(key, alg, url):
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
+    claims = {"jti": str(uuid.uuid4()), "htm": "POST", "htu": url, "iat": int(time.time())}
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+def exchange(b, mandate, key, alg, audience, scope):
+    meta = http("GET", b.url + "/.well-known/oauth-authorization-server")[1]
+    form = urllib.parse.urlencode({
+        "grant_type": TOKEN_EXCHANGE, "subject_token": mandate, "subject_token_type": MANDATE_TYPE,
+        "resource": audience, "scope": scope,
+    }).encode()
+    return http("POST", meta["token_endpoint"], form, {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "DPoP": dpop(key, alg, meta["token_endpoint"]),
+    })
+
+
+def register(b, tenant):
+    b.cli("tenant", "create", tenant)
+    b.cli("principal", "create", "--tenant", tenant, "alice@example.com")
+    b.cli("agent", "create", "--tenant", tenant, "support-bot", "--owner", "team-support",
+          "--purpose", "answers tickets", "--envelope", "crm:*", "--envelope", "mail:send")
+    b.cli("tool", "create", "--tenant", tenant, "crm", "--audience", f"https://crm.{tenant}.example",
+          "--action", "read", "--action", "write", "--label", "pii", "--max-ttl", "120")
+    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", tenant, "--principal", "alice@example.com",
+                             "--agent", "support-bot", "--cap", "crm:read", "--task", "answer ticket 42").stdout)
+    b.cli("policy", "add", "--tenant", tenant, str(ROOT / "examples" / "policies" / "baseline.cedar"))
+    return grant["id"]
+
+
+def start_run(b, tenant, grant, key):
+    out = b.cli("--json", "run", "start", "--tenant", tenant, "--agent", "support-bot",
+                "--principal", "alice@example.com", "--grant", grant,
+                "--jwk", json.dumps(key.as_dict(private=False))).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("alg,make_key", [
+    ("EdDSA", lambda: OKPKey.generate_key("Ed25519")),
+    ("ES256", lambda: ECKey.generate_key("P-256")),
+])
+def test_the_whole_story(broker, alg, make_key):
+    b = broker
+    grant = register(b, "acme")
+    register(b, "globex")
+    key = make_key()
+    run = start_run(b, "acme", grant, key)
+    assert run["capabilities"] == ["crm:read"]
+
+    # Exchange: a DPoP-bound JWT for the crm tool.
+    status, tok = exchange(b, run["mandate"], key, alg, "https://crm.acme.example", "read")
+    assert status == 200, tok
+    assert tok["token_type"] == "DPoP" and tok["scope"] == "read"
+    assert 0 < tok["expires_in"] <= 120
+
+    # Verify it with joserfc against the published JWKS.
+    meta = http("GET", b.url + "/.well-known/oauth-authorization-server")[1]
+    jwks = KeySet.import_key_set(http("GET", meta["jwks_uri"])[1])
+    decoded = jwt.decode(tok["access_token"], jwks, algorithms=["EdDSA", "ES256"])
+    assert decoded.header["typ"] == "at+jwt"
+    claims = decoded.claims
+    jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": meta["issuer"]},
+        aud={"essential": True, "value": "https://crm.acme.example"},
+        exp={"essential": True},
+    ).validate(claims)
+    assert claims["sub"] == "alice@example.com"
+    assert claims["act"]["sub"] == run["run_id"]
+    assert claims["client_id"] == run["agent_id"]
+    assert claims["cnf"]["jkt"] == key.thumbprint()
+    assert claims["tenant"] == "acme" and claims["run"] == run["run"] and claims["task"] == "answer ticket 42"
+    assert claims["exp"] <= run["expires_at"]
+
+    # A credential for another tenant's tool is refused.
+    status, err = exchange(b, run["mandate"], key, alg, "https://crm.globex.example", "read")
+    assert status == 400 and err["error"] == "invalid_target", err
+
+    # A stolen mandate without the run key is useless.
+    thief = OKPKey.generate_key("Ed25519")
+    status, err = exchange(b, run["mandate"], thief, "EdDSA", "https://crm.acme.example", "read")
+    assert status == 400 and err["error"] == "invalid_dpop_proof", err
+
+    # Revoke the run: refused from then on.
+    b.cli("revoke", "--run", run["run"], "--reason", "e2e")
+    status, err = exchange(b, run["mandate"], key, alg, "https://crm.acme.example", "read")
+    assert status == 400 and err["error"] == "invalid_grant" and "revoked" in err["error_description"], err
+
+    # The trail shows allow, deny and revoke, filterable, and verifies.
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"]).stdout)
+    kinds = [(e["event_type"], e["decision"]) for e in events]
+    assert ("run.start", "allow") in kinds
+    assert ("token.exchange", "allow") in kinds
+    assert kinds.count(("token.exchange", "deny")) == 3
+    assert ("revoke", "ok") in kinds
+    allowed = [e for e in events if e["event_type"] == "token.exchange" and e["decision"] == "allow"][0]
+    assert allowed["credential_id"] == claims["jti"]
+    assert allowed["agent"] == "support-bot" and allowed["principal"] == "alice@example.com"
+    denials = json.loads(b.cli("--json", "audit", "--decision", "deny", "--tenant", "acme").stdout)
+    assert len(denials) == 3
+    table = b.cli("audit", "--run", run["run"]).stdout
+    assert "token.exchange" in table and "SEQ" in table
+    assert "intact" in b.cli("audit", "verify").stdout
+
+    # Alter one event in the SQLite file: `audit verify` names it.
+    target = allowed["seq"]
+    db = sqlite3.connect(b.dir / "data" / "mandate.db")
+    db.execute("DROP TRIGGER audit_no_update")
+    db.execute("UPDATE audit SET body = replace(body, 'alice@example.com', 'mallory@example.com') WHERE seq = ?", (target,))
+    db.commit()
+    db.close()
+    r = b.cli("audit", "verify", check=False)
+    assert r.returncode != 0
+    assert f"BROKEN at event {target}" in r.stdout, r.stdout
+    v = json.loads(b.cli("--json", "audit", "verify", check=False).stdout)
+    assert v["ok"] is False and v["first_bad"]["seq"] == target
+
+
+def test_restart_keeps_everything(broker):
+    b = broker
+    grant = register(b, "acme")
+    key = OKPKey.generate_key("Ed25519")
+    run = start_run(b, "acme", grant, key)
+    kid_before = http("GET", b.url + "/jwks.json")[1]["keys"][0]["kid"]
+    b.proc.terminate()
+    b.proc.wait(timeout=10)
+    port = b.url.rsplit(":", 1)[1]
+    b.proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}"], env=b.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(b.url + "/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    assert http("GET", b.url + "/jwks.json")[1]["keys"][0]["kid"] == kid_before
+    status, tok = exchange(b, run["mandate"], key, "EdDSA", "https://crm.acme.example", "read")
+    assert status == 200, tok
+    assert "intact" in b.cli("audit", "verify").stdout
+
+
+def test_cli_errors_are_actionable(broker):
+    b = broker
+    r = b.cli("tenant", "create", "Bad Name", check=False)
+    assert r.returncode != 0 and "invalid tenant" in r.stderr
+    bad = b.dir / "bad.cedar"
+    b.cli("tenant", "create", "acme")
+    bad.write_text('permit (principal, action, resource)\nwhen { resource.colour == "red" };\n')
+    r = b.cli("policy", "add", "--tenant", "acme", str(bad), check=False)
+    assert r.returncode != 0 and "line 2, column" in r.stderr, r.stderr
+    env = dict(b.env, MANDATE_ADMIN_TOKEN_FILE=str(b.dir / "nope"))
+    r = subprocess.run([BIN, "tenant", "list"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "admin credential" in r.stderr
+    r = subprocess.run([BIN, "tenant", "list"], env=dict(b.env, MANDATE_URL="http://127.0.0.1:9"),
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "cannot reach the broker" in r.stderr
+    for verb in ["serve", "tenant", "agent", "tool", "grant", "policy", "run", "revoke", "audit"]:
+        assert subprocess.run([BIN, verb, "--help"], capture_output=True).returncode == 0
