@@ -1,0 +1,184 @@
+//! `mandate-bench`: the W1 harness's helpers (see `bench/w1.sh` and ../shared/BENCH.md).
+//!
+//! - `prep`: registers a tenant, agent, tool and policy on a running broker,
+//!   starts a run, and writes the exchange body and pools of never-used DPoP
+//!   proofs (one per request) for wrk;
+//! - `ceiling`: a hello-world axum server answering a fixed JSON body;
+//! - `floor`: the signature work one exchange cannot avoid (verify the
+//!   mandate's signature, verify the DPoP proof, sign the JWT), in a loop.
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use ed25519_dalek::Signer as _;
+use mandate_core::jose::{Alg, b64};
+use mandate_core::keys::SigningKey;
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "mandate-bench", about = "W1 load harness helpers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Register what the load needs and write the body and proof pools.
+    Prep {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Proofs in the warm-up pool.
+        #[arg(long, default_value_t = 100_000)]
+        warm: usize,
+        /// Proofs in the counted pool.
+        #[arg(long, default_value_t = 400_000)]
+        count: usize,
+    },
+    /// Hello-world axum server.
+    Ceiling {
+        #[arg(long, default_value = "127.0.0.1:8499")]
+        listen: std::net::SocketAddr,
+    },
+    /// The crypto floor: exchanges/s if only the unavoidable signatures cost.
+    Floor {
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
+}
+
+fn main() -> Result<(), String> {
+    match Cli::parse().cmd {
+        Cmd::Prep { url, admin_token_file, out, warm, count } => prep(&url, &admin_token_file, &out, warm, count),
+        Cmd::Ceiling { listen } => ceiling(listen),
+        Cmd::Floor { iterations } => {
+            floor(iterations);
+            Ok(())
+        }
+    }
+}
+
+fn post(agent: &ureq::Agent, url: &str, admin: &str, body: Value) -> Result<Value, String> {
+    let mut r = agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {admin}"))
+        .send_json(&body)
+        .map_err(|e| e.to_string())?;
+    let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("{url}: {} {text}", r.status()));
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn prep(url: &str, token_file: &PathBuf, out: &PathBuf, warm: usize, count: usize) -> Result<(), String> {
+    let admin = std::fs::read_to_string(token_file).map_err(|e| e.to_string())?.trim().to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    post(&agent, &format!("{url}/v1/tenants"), &admin, json!({"name": "bench"}))?;
+    post(&agent, &format!("{url}/v1/tenants/bench/principals"), &admin, json!({"id": "alice@example.com"}))?;
+    post(&agent, &format!("{url}/v1/tenants/bench/agents"), &admin, json!({"name": "loader", "owner": "bench", "envelope": ["api:*"]}))?;
+    post(&agent, &format!("{url}/v1/tenants/bench/tools"), &admin, json!({"name": "api", "audience": "urn:api", "actions": ["read", "write"]}))?;
+    let grant = post(
+        &agent,
+        &format!("{url}/v1/tenants/bench/grants"),
+        &admin,
+        json!({"principal": "alice@example.com", "agent": "loader", "capabilities": ["api:read"], "task": "load"}),
+    )?;
+    let policy = "@id(\"allow\")\npermit (principal, action == Mandate::Action::\"exchange\", resource);\n";
+    let mut r = agent
+        .put(format!("{url}/v1/tenants/bench/policies/bench"))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .send(policy)
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("policy: {}", r.body_mut().read_to_string().unwrap_or_default()));
+    }
+    let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+    let run = post(
+        &agent,
+        &format!("{url}/v1/runs"),
+        &admin,
+        json!({"tenant": "bench", "agent": "loader", "principal": "alice@example.com",
+               "grant": grant["id"], "ttl_secs": 3600, "jwk": key.public().to_json()}),
+    )?;
+    let mandate = run["mandate"].as_str().ok_or("no mandate")?;
+    let body = format!(
+        "grant_type={}&subject_token={}&subject_token_type={}&resource=urn%3Aapi&scope=read",
+        enc("urn:ietf:params:oauth:grant-type:token-exchange"),
+        enc(mandate),
+        enc("urn:mandate:params:oauth:token-type:mandate")
+    );
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("body.txt"), &body).map_err(|e| e.to_string())?;
+    let htu = run["token_endpoint"].as_str().ok_or("no token endpoint")?.to_owned();
+    let header = json!({"typ": "dpop+jwt", "jwk": key.public().to_json()});
+    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for (name, n) in [("proofs-warm.txt", warm), ("proofs-count.txt", count)] {
+        let f = std::fs::File::create(out.join(name)).map_err(|e| e.to_string())?;
+        let mut w = std::io::BufWriter::new(f);
+        for _ in 0..n {
+            let mut j = [0u8; 16];
+            OsRng.fill_bytes(&mut j);
+            let p = key.sign_jws(&header, &json!({"jti": b64(&j), "htm": "POST", "htu": htu, "iat": iat}));
+            writeln!(w, "{p}").map_err(|e| e.to_string())?;
+        }
+    }
+    eprintln!("prepared {warm} + {count} proofs in {}", out.display());
+    Ok(())
+}
+
+fn ceiling(listen: std::net::SocketAddr) -> Result<(), String> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(|| async { axum::Json(json!({"access_token": "x", "token_type": "DPoP", "expires_in": 300})) })
+                .get(|| async { "ok" }),
+        );
+        let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| e.to_string())?;
+        axum::serve(l, app).await.map_err(|e| e.to_string())
+    })
+}
+
+fn floor(iterations: u32) {
+    // One exchange's unavoidable signature work: verify the mandate's authority
+    // signature (Ed25519), verify the DPoP proof (Ed25519), sign the JWT (Ed25519).
+    let broker = ed25519_dalek::SigningKey::generate(&mut OsRng);
+    let run = ed25519_dalek::SigningKey::generate(&mut OsRng);
+    let jwt = ed25519_dalek::SigningKey::generate(&mut OsRng);
+    let mandate_msg = vec![7u8; 400];
+    let proof_msg = vec![9u8; 300];
+    let claims_msg = vec![3u8; 600];
+    let mandate_sig = broker.sign(&mandate_msg);
+    let proof_sig = run.sign(&proof_msg);
+    let (bv, rv) = (broker.verifying_key(), run.verifying_key());
+    let start = Instant::now();
+    for _ in 0..iterations {
+        assert!(bv.verify_strict(&mandate_msg, &mandate_sig).is_ok());
+        assert!(rv.verify_strict(&proof_msg, &proof_sig).is_ok());
+        std::hint::black_box(jwt.sign(&claims_msg));
+    }
+    let per = start.elapsed().as_secs_f64() / f64::from(iterations);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "crypto floor: {:.1} us per exchange on one core; {:.0} exchanges/s on {cores} cores",
+        per * 1e6,
+        cores as f64 / per
+    );
+}
