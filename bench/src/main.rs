@@ -59,7 +59,13 @@ enum Cmd {
 
 fn main() -> Result<(), String> {
     match Cli::parse().cmd {
-        Cmd::Prep { url, admin_token_file, out, warm, count } => prep(&url, &admin_token_file, &out, warm, count),
+        Cmd::Prep {
+            url,
+            admin_token_file,
+            out,
+            warm,
+            count,
+        } => prep(&url, &admin_token_file, &out, warm, count),
         Cmd::Ceiling { listen } => ceiling(listen),
         Cmd::Floor { iterations } => {
             floor(iterations);
@@ -83,31 +89,73 @@ fn post(agent: &ureq::Agent, url: &str, admin: &str, body: Value) -> Result<Valu
 
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
-fn prep(url: &str, token_file: &PathBuf, out: &PathBuf, warm: usize, count: usize) -> Result<(), String> {
-    let admin = std::fs::read_to_string(token_file).map_err(|e| e.to_string())?.trim().to_owned();
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    post(&agent, &format!("{url}/v1/tenants"), &admin, json!({"name": "bench"}))?;
-    post(&agent, &format!("{url}/v1/tenants/bench/principals"), &admin, json!({"id": "alice@example.com"}))?;
-    post(&agent, &format!("{url}/v1/tenants/bench/agents"), &admin, json!({"name": "loader", "owner": "bench", "envelope": ["api:*"]}))?;
-    post(&agent, &format!("{url}/v1/tenants/bench/tools"), &admin, json!({"name": "api", "audience": "urn:api", "actions": ["read", "write"]}))?;
+fn prep(
+    url: &str,
+    token_file: &PathBuf,
+    out: &PathBuf,
+    warm: usize,
+    count: usize,
+) -> Result<(), String> {
+    let admin = std::fs::read_to_string(token_file)
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    post(
+        &agent,
+        &format!("{url}/v1/tenants"),
+        &admin,
+        json!({"name": "bench"}),
+    )?;
+    post(
+        &agent,
+        &format!("{url}/v1/tenants/bench/principals"),
+        &admin,
+        json!({"id": "alice@example.com"}),
+    )?;
+    post(
+        &agent,
+        &format!("{url}/v1/tenants/bench/agents"),
+        &admin,
+        json!({"name": "loader", "owner": "bench", "envelope": ["api:*"]}),
+    )?;
+    post(
+        &agent,
+        &format!("{url}/v1/tenants/bench/tools"),
+        &admin,
+        json!({"name": "api", "audience": "urn:api", "actions": ["read", "write"]}),
+    )?;
     let grant = post(
         &agent,
         &format!("{url}/v1/tenants/bench/grants"),
         &admin,
         json!({"principal": "alice@example.com", "agent": "loader", "capabilities": ["api:read"], "task": "load"}),
     )?;
-    let policy = "@id(\"allow\")\npermit (principal, action == Mandate::Action::\"exchange\", resource);\n";
+    let policy =
+        "@id(\"allow\")\npermit (principal, action == Mandate::Action::\"exchange\", resource);\n";
     let mut r = agent
         .put(format!("{url}/v1/tenants/bench/policies/bench"))
         .header("Authorization", &format!("Bearer {admin}"))
         .send(policy)
         .map_err(|e| e.to_string())?;
     if !r.status().is_success() {
-        return Err(format!("policy: {}", r.body_mut().read_to_string().unwrap_or_default()));
+        return Err(format!(
+            "policy: {}",
+            r.body_mut().read_to_string().unwrap_or_default()
+        ));
     }
     let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
     let run = post(
@@ -126,16 +174,25 @@ fn prep(url: &str, token_file: &PathBuf, out: &PathBuf, warm: usize, count: usiz
     );
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     std::fs::write(out.join("body.txt"), &body).map_err(|e| e.to_string())?;
-    let htu = run["token_endpoint"].as_str().ok_or("no token endpoint")?.to_owned();
+    let htu = run["token_endpoint"]
+        .as_str()
+        .ok_or("no token endpoint")?
+        .to_owned();
     let header = json!({"typ": "dpop+jwt", "jwk": key.public().to_json()});
-    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for (name, n) in [("proofs-warm.txt", warm), ("proofs-count.txt", count)] {
         let f = std::fs::File::create(out.join(name)).map_err(|e| e.to_string())?;
         let mut w = std::io::BufWriter::new(f);
         for _ in 0..n {
             let mut j = [0u8; 16];
             OsRng.fill_bytes(&mut j);
-            let p = key.sign_jws(&header, &json!({"jti": b64(&j), "htm": "POST", "htu": htu, "iat": iat}));
+            let p = key.sign_jws(
+                &header,
+                &json!({"jti": b64(&j), "htm": "POST", "htu": htu, "iat": iat}),
+            );
             writeln!(w, "{p}").map_err(|e| e.to_string())?;
         }
     }
@@ -148,10 +205,14 @@ fn ceiling(listen: std::net::SocketAddr) -> Result<(), String> {
     rt.block_on(async {
         let app = axum::Router::new().route(
             "/",
-            axum::routing::post(|| async { axum::Json(json!({"access_token": "x", "token_type": "DPoP", "expires_in": 300})) })
-                .get(|| async { "ok" }),
+            axum::routing::post(|| async {
+                axum::Json(json!({"access_token": "x", "token_type": "DPoP", "expires_in": 300}))
+            })
+            .get(|| async { "ok" }),
         );
-        let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| e.to_string())?;
         axum::serve(l, app).await.map_err(|e| e.to_string())
     })
 }
@@ -175,7 +236,9 @@ fn floor(iterations: u32) {
         std::hint::black_box(jwt.sign(&claims_msg));
     }
     let per = start.elapsed().as_secs_f64() / f64::from(iterations);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "crypto floor: {:.1} us per exchange on one core; {:.0} exchanges/s on {cores} cores",
         per * 1e6,

@@ -9,12 +9,13 @@
 
 use std::str::FromStr;
 
+use std::collections::{HashMap, HashSet};
+
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, Policy, PolicyId, PolicySet, Request,
-    Schema, ValidationMode, Validator,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
+    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
-use serde_json::{Value, json};
 
 use crate::UnixTime;
 use crate::error::{Error, Result};
@@ -81,6 +82,16 @@ pub struct Engine {
     schema: Schema,
     authorizer: Authorizer,
     exchange: EntityUid,
+    types: Types,
+    validate_requests: bool,
+}
+
+struct Types {
+    tenant: EntityTypeName,
+    principal: EntityTypeName,
+    agent: EntityTypeName,
+    run: EntityTypeName,
+    tool: EntityTypeName,
 }
 
 impl std::fmt::Debug for Engine {
@@ -169,10 +180,28 @@ impl Engine {
             .map_err(|e| Error::Policy(format!("shipped schema does not parse: {e}")))?;
         let exchange = EntityUid::from_str(r#"Mandate::Action::"exchange""#)
             .map_err(|e| Error::Policy(e.to_string()))?;
+        let ty = |n: &str| EntityTypeName::from_str(n).map_err(|e| Error::Policy(e.to_string()));
         Ok(Self {
             schema,
             authorizer: Authorizer::new(),
             exchange,
+            types: Types {
+                tenant: ty("Mandate::Tenant")?,
+                principal: ty("Mandate::Principal")?,
+                agent: ty("Mandate::Agent")?,
+                run: ty("Mandate::Run")?,
+                tool: ty("Mandate::Tool")?,
+            },
+            validate_requests: false,
+        })
+    }
+
+    /// An engine that also validates every entity and request against the
+    /// schema (slower; for tests and debugging).
+    pub fn new_validating() -> Result<Self> {
+        Ok(Self {
+            validate_requests: true,
+            ..Self::new()?
         })
     }
 
@@ -251,31 +280,78 @@ impl Engine {
         })
     }
 
-    fn uid(ty: &str, id: &str) -> Value {
-        json!({"type": format!("Mandate::{ty}"), "id": id})
+    fn uid(&self, ty: &EntityTypeName, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
     }
 
+    fn entity(
+        uid: EntityUid,
+        attrs: Vec<(&str, RestrictedExpression)>,
+        parent: Option<EntityUid>,
+    ) -> Result<Entity> {
+        Entity::new(
+            uid,
+            attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<HashMap<_, _>>(),
+            parent.into_iter().collect::<HashSet<_>>(),
+        )
+        .map_err(|e| Error::Policy(format!("could not build policy entities: {e}")))
+    }
+
+    // Built with Cedar's Rust API rather than its JSON form: the JSON parser
+    // dominated the exchange's profile (see BENCHMARKS.md).
     fn entities(&self, f: &ExchangeFacts<'_>) -> Result<Entities> {
+        let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let set = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|x| RestrictedExpression::new_string(x.clone())),
+            )
+        };
+        let tenant = self.uid(&self.types.tenant, f.tenant);
+        let agent = self.uid(&self.types.agent, f.agent);
         let mut list = vec![
-            json!({"uid": Self::uid("Tenant", f.tenant), "attrs": {}, "parents": []}),
-            json!({"uid": Self::uid("Agent", f.agent),
-                   "attrs": {"tenant": f.tenant, "owner": f.agent_owner, "purpose": f.agent_purpose},
-                   "parents": [Self::uid("Tenant", f.tenant)]}),
-            json!({"uid": Self::uid("Run", f.run),
-                   "attrs": {"tenant": f.tenant, "agent": f.agent, "task": f.task},
-                   "parents": [Self::uid("Agent", f.agent)]}),
-            json!({"uid": Self::uid("Tool", f.tool),
-                   "attrs": {"tenant": f.tenant, "audience": f.tool_audience, "labels": f.tool_labels,
-                             "risk": f.tool_risk, "provider": f.tool_provider},
-                   "parents": [Self::uid("Tenant", f.tenant)]}),
+            Self::entity(tenant.clone(), vec![], None)?,
+            Self::entity(
+                agent.clone(),
+                vec![
+                    ("tenant", str_(f.tenant)),
+                    ("owner", str_(f.agent_owner)),
+                    ("purpose", str_(f.agent_purpose)),
+                ],
+                Some(tenant.clone()),
+            )?,
+            Self::entity(
+                self.uid(&self.types.run, f.run),
+                vec![
+                    ("tenant", str_(f.tenant)),
+                    ("agent", str_(f.agent)),
+                    ("task", str_(f.task)),
+                ],
+                Some(agent),
+            )?,
+            Self::entity(
+                self.uid(&self.types.tool, f.tool),
+                vec![
+                    ("tenant", str_(f.tenant)),
+                    ("audience", str_(f.tool_audience)),
+                    ("labels", set(f.tool_labels)),
+                    ("risk", str_(f.tool_risk)),
+                    ("provider", str_(f.tool_provider)),
+                ],
+                Some(tenant.clone()),
+            )?,
         ];
         if let Some(p) = f.principal {
-            list.push(
-                json!({"uid": Self::uid("Principal", p), "attrs": {"tenant": f.tenant},
-                             "parents": [Self::uid("Tenant", f.tenant)]}),
-            );
+            list.push(Self::entity(
+                self.uid(&self.types.principal, p),
+                vec![("tenant", str_(f.tenant))],
+                Some(tenant),
+            )?);
         }
-        Entities::from_json_value(Value::Array(list), Some(&self.schema))
+        Entities::from_entities(list, self.validate_requests.then_some(&self.schema))
             .map_err(|e| Error::Policy(format!("could not build policy entities: {e}")))
     }
 
@@ -292,33 +368,52 @@ impl Engine {
             });
         }
         let entities = self.entities(f)?;
-        let principal = EntityUid::from_str(&format!("Mandate::Run::{}", quote(f.run)))
-            .map_err(|e| Error::Policy(e.to_string()))?;
-        let resource = EntityUid::from_str(&format!("Mandate::Tool::{}", quote(f.tool)))
-            .map_err(|e| Error::Policy(e.to_string()))?;
+        let principal = self.uid(&self.types.run, f.run);
+        let resource = self.uid(&self.types.tool, f.tool);
+        let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let strings = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|a| RestrictedExpression::new_string(a.clone())),
+            )
+        };
         let mut decided_by = Vec::new();
         for action in f.actions {
-            let mut ctx = json!({
-                "tenant": f.tenant, "time": f.now, "action": action, "actions": f.actions,
-                "tool_labels": f.tool_labels, "on_behalf": f.principal.is_some(), "task": f.task,
-            });
-            if let (Some(p), Some(o)) = (f.principal, ctx.as_object_mut()) {
-                o.insert(
-                    "principal".into(),
-                    json!({"__entity": Self::uid("Principal", p)}),
-                );
+            let mut pairs = vec![
+                ("tenant".to_owned(), str_(f.tenant)),
+                (
+                    "time".to_owned(),
+                    RestrictedExpression::new_long(i64::try_from(f.now).unwrap_or(i64::MAX)),
+                ),
+                ("action".to_owned(), str_(action)),
+                ("actions".to_owned(), strings(f.actions)),
+                ("tool_labels".to_owned(), strings(f.tool_labels)),
+                (
+                    "on_behalf".to_owned(),
+                    RestrictedExpression::new_bool(f.principal.is_some()),
+                ),
+                ("task".to_owned(), str_(f.task)),
+            ];
+            if let Some(p) = f.principal {
+                pairs.push((
+                    "principal".to_owned(),
+                    RestrictedExpression::new_entity_uid(self.uid(&self.types.principal, p)),
+                ));
             }
-            if let (Some(g), Some(o)) = (f.grant, ctx.as_object_mut()) {
-                o.insert("grant".into(), json!(g));
+            if let Some(g) = f.grant {
+                pairs.push(("grant".to_owned(), str_(g)));
             }
-            let context = Context::from_json_value(ctx, Some((&self.schema, &self.exchange)))
+            let context = Context::from_pairs(pairs)
                 .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
+            // Not re-validated against the schema per request: policies were
+            // validated when loaded, and `request_matches_the_schema` checks
+            // that this code builds requests of the schema's shape.
             let request = Request::new(
                 principal.clone(),
                 self.exchange.clone(),
                 resource.clone(),
                 context,
-                Some(&self.schema),
+                self.validate_requests.then_some(&self.schema),
             )
             .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
             let resp = self
@@ -374,10 +469,6 @@ impl Engine {
     }
 }
 
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +522,22 @@ mod tests {
             vec!["baseline/no-critical-tools-without-a-principal"]
         );
         assert!(v.reason.unwrap().contains("forbidden by policy"));
+    }
+
+    #[test]
+    fn request_matches_the_schema() {
+        let e = Engine::new_validating().unwrap();
+        let p = e
+            .compile(&e.parse_policies("baseline", BASELINE).unwrap())
+            .unwrap();
+        let labels = vec!["pii".to_string(), "money".to_string()];
+        let actions = vec!["read".to_string(), "write".to_string()];
+        for principal in [Some("alice@example.com"), None] {
+            let v = e
+                .decide(&p, &facts(&labels, &actions, "high", principal))
+                .unwrap();
+            assert!(v.allowed, "{v:?}");
+        }
     }
 
     #[test]

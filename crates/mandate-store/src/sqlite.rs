@@ -235,9 +235,10 @@ fn append_event(
     let seq = head.0 + 1;
     let hash = audit::chain_hash(&head.1, seq, &json);
     let text = String::from_utf8(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, prev_hash, hash, body, time_ms, event_type, decision, tenant, agent, run, principal, tool)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")?
+    .execute(
         params![seq as i64, head.1, hash, text, body.time_ms as i64, body.event_type, body.decision,
                 body.tenant, body.agent, body.run, body.principal, body.tool],
     )?;
