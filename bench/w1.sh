@@ -11,8 +11,9 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; ex
 cargo build --release -q -p mandate-cli -p mandate-bench
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d /tmp/mandate-w1.XXXXXX)
+echo "work dir: $work"
 port=18471
-export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=warn
+export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RUST_LOG:-warn}
 cleanup() { kill "${broker:-}" "${ceil:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 

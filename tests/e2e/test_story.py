@@ -73,8 +73,8 @@ def broker(tmp_path):
 
     b.cli = cli
     yield b
-    proc.terminate()
-    proc.wait(timeout=10)
+    b.proc.terminate()
+    b.proc.wait(timeout=10)
 
 
 def http(method, url, data=None, headers=None):
@@ -205,13 +205,11 @@ def test_the_whole_story(broker, alg, make_key):
     assert v["ok"] is False and v["first_bad"]["seq"] == target
 
 
-def test_restart_keeps_everything(broker):
-    b = broker
-    grant = register(b, "acme")
-    key = OKPKey.generate_key("Ed25519")
-    run = start_run(b, "acme", grant, key)
-    kid_before = http("GET", b.url + "/jwks.json")[1]["keys"][0]["kid"]
-    b.proc.terminate()
+def restart(b, kill=False):
+    if kill:
+        b.proc.kill()
+    else:
+        b.proc.terminate()
     b.proc.wait(timeout=10)
     port = b.url.rsplit(":", 1)[1]
     b.proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}"], env=b.env,
@@ -219,9 +217,19 @@ def test_restart_keeps_everything(broker):
     for _ in range(100):
         try:
             urllib.request.urlopen(b.url + "/healthz", timeout=1)
-            break
+            return
         except OSError:
             time.sleep(0.1)
+    raise RuntimeError("broker did not restart")
+
+
+def test_restart_keeps_everything(broker):
+    b = broker
+    grant = register(b, "acme")
+    key = OKPKey.generate_key("Ed25519")
+    run = start_run(b, "acme", grant, key)
+    kid_before = http("GET", b.url + "/jwks.json")[1]["keys"][0]["kid"]
+    restart(b)
     assert http("GET", b.url + "/jwks.json")[1]["keys"][0]["kid"] == kid_before
     status, tok = exchange(b, run["mandate"], key, "EdDSA", "https://crm.acme.example", "read")
     assert status == 200, tok
@@ -245,3 +253,52 @@ def test_cli_errors_are_actionable(broker):
     assert r.returncode != 0 and "cannot reach the broker" in r.stderr
     for verb in ["serve", "tenant", "agent", "tool", "grant", "policy", "run", "revoke", "audit"]:
         assert subprocess.run([BIN, verb, "--help"], capture_output=True).returncode == 0
+
+
+def test_kill_9_under_load_loses_no_credentials_event(broker):
+    """Every credential a client received has its audit event, even when the
+    broker is killed with SIGKILL in the middle of the load."""
+    import base64
+    import threading
+
+    b = broker
+    grant = register(b, "acme")
+    key = OKPKey.generate_key("Ed25519")
+    run = start_run(b, "acme", grant, key)
+    endpoint = b.url + "/oauth/token"
+    form = urllib.parse.urlencode({
+        "grant_type": TOKEN_EXCHANGE, "subject_token": run["mandate"], "subject_token_type": MANDATE_TYPE,
+        "audience": "crm", "scope": "read",
+    }).encode()
+    received, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                status, tok = http("POST", endpoint, form, {
+                    "Content-Type": "application/x-www-form-urlencoded", "DPoP": dpop(key, "EdDSA", endpoint)})
+            except OSError:
+                continue
+            if status == 200:
+                payload = tok["access_token"].split(".")[1]
+                claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+                received.append(claims["jti"])
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 20
+    while len(received) < 200 and time.time() < deadline:
+        time.sleep(0.05)
+    b.proc.kill()  # SIGKILL, mid-load
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert len(received) >= 200, "the load did not get going"
+    restart(b)
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"], "--type", "token.exchange",
+                              "--decision", "allow", "--limit", "100000").stdout)
+    audited = {e["credential_id"] for e in events}
+    missing = [j for j in received if j not in audited]
+    assert not missing, f"{len(missing)} credentials were returned without an audit event"
+    assert "intact" in b.cli("audit", "verify").stdout

@@ -43,10 +43,11 @@ impl Alg {
             Alg::ES256 => "ES256",
         }
     }
-    /// Parses an `alg` value, refusing anything but `EdDSA` and `ES256`.
+    /// Parses an `alg` value, refusing anything but `EdDSA` (or its
+    /// fully-specified name `Ed25519`, RFC 9864 §2.2) and `ES256`.
     pub fn parse(what: &'static str, alg: &str) -> Result<Self> {
         match alg {
-            "EdDSA" => Ok(Alg::EdDSA),
+            "EdDSA" | "Ed25519" => Ok(Alg::EdDSA),
             "ES256" => Ok(Alg::ES256),
             other => Err(Error::UnsupportedAlgorithm {
                 what,
@@ -307,6 +308,12 @@ mod tests {
             CompactJws::parse("test", &unsigned, 4096),
             Err(Error::BadSignature { .. })
         ));
+    }
+
+    #[test]
+    fn fully_specified_ed25519_is_eddsa() {
+        assert_eq!(Alg::parse("t", "Ed25519").unwrap(), Alg::EdDSA);
+        assert!(Alg::parse("t", "Ed448").is_err());
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl Writer {
             .name("mandate-writer".into())
             .spawn(move || {
                 let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+                let (mut batches, mut entries, mut busy) = (0u64, 0u64, std::time::Duration::ZERO);
                 while let Some(first) = rx.blocking_recv() {
                     batch.push(first);
                     while batch.len() < MAX_BATCH {
@@ -55,8 +56,21 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    let (entries, replies): (Vec<Entry>, Vec<_>) = batch.drain(..).unzip();
-                    match store.commit(entries) {
+                    let (todo, replies): (Vec<Entry>, Vec<_>) = batch.drain(..).unzip();
+                    batches += 1;
+                    entries += todo.len() as u64;
+                    let t0 = std::time::Instant::now();
+                    let result = store.commit(todo);
+                    busy += t0.elapsed();
+                    if batches % 1000 == 0 {
+                        tracing::debug!(
+                            batches,
+                            avg_batch = entries as f64 / batches as f64,
+                            avg_commit_us = busy.as_micros() as f64 / batches as f64,
+                            "group commit"
+                        );
+                    }
+                    match result {
                         Ok(results) => {
                             for (r, reply) in results.into_iter().zip(replies) {
                                 let _ = reply.send(r.map_err(WriteError::Store));

@@ -49,7 +49,7 @@ pub async fn metadata(State(s): State<S>) -> Json<Value> {
         "token_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
         "revocation_endpoint_auth_methods_supported": ["none"],
-        "dpop_signing_alg_values_supported": ["EdDSA", "ES256"],
+        "dpop_signing_alg_values_supported": ["EdDSA", "Ed25519", "ES256"],
         "response_types_supported": [],
         "mandate_subject_token_types_supported": [TOKEN_TYPE_MANDATE],
         "mandate_admin_api": format!("{iss}/v1"),
