@@ -12,6 +12,15 @@ pub(crate) fn cell(v: &Value) -> String {
     }
 }
 
+/// A cell, with `*_at` (seconds) and `*_ms` (milliseconds) columns shown as UTC times.
+fn timed_cell(col: &str, v: &Value) -> String {
+    match v.as_u64() {
+        Some(n) if col.ends_with("_at") => time_s(n),
+        Some(n) if col.ends_with("_ms") => time_s(n / 1000),
+        _ => cell(v),
+    }
+}
+
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC).
 pub(crate) fn time_s(secs: u64) -> String {
     let days = (secs / 86400) as i64;
@@ -47,7 +56,7 @@ pub(crate) fn print_table(v: &Value, cols: &[&str]) {
     }
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .map(|r| cols.iter().map(|c| timed_cell(c, &r[*c])).collect())
         .collect();
     print_rows(cols, &cells);
 }

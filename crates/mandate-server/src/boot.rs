@@ -92,9 +92,12 @@ impl Config {
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), BootError> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         fs::create_dir_all(dir)
             .map_err(|e| BootError(format!("cannot create {}: {e}", dir.display())))?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     }
     let mut f = fs::OpenOptions::new()
         .write(true)
