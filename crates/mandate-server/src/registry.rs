@@ -115,14 +115,17 @@ impl Registry {
                     tracing::error!("policies of tenant {tenant} no longer compile: {e}");
                 }
             }
-            Mutation::Revoke(Revocation { key, .. }) => {
+            Mutation::Revoke(Revocation { key, .. })
+            | Mutation::EndRun {
+                revocation: Revocation { key, .. },
+                ..
+            } => {
                 self.revoked.insert(key.clone());
                 if let Some(s) = revocation_seq {
                     self.revocation_seq = self.revocation_seq.max(s);
                 }
             }
             Mutation::StartRun(_)
-            | Mutation::EndRun { .. }
             | Mutation::PutKey(_)
             | Mutation::PutAdminToken(_)
             | Mutation::PutMeta { .. } => {}

@@ -841,3 +841,43 @@ fn traceparent_becomes_the_correlation_id() {
     assert_eq!(ev[0]["correlation_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(ev[0]["client_addr"], "127.0.0.1");
 }
+
+#[test]
+fn ended_run_is_refused_and_cannot_end_twice() {
+    let b = Broker::start("end");
+    let grant = b.seed("acme");
+    let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    let (s, v) = b.admin_post(&format!("/v1/runs/{run}/end"), json!({}));
+    assert_eq!(s, 200, "{v}");
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "read"),
+        400,
+        "invalid_grant",
+        "revoked",
+    );
+    assert_refused(
+        &b.admin_post(&format!("/v1/runs/{run}/end"), json!({})),
+        409,
+        "conflict",
+        "already ended",
+    );
+    assert_refused(
+        &b.admin_post("/v1/runs/run_nope/end", json!({})),
+        404,
+        "not_found",
+        "run `run_nope`",
+    );
+    let (_, runs) = b.admin_get("/v1/runs?tenant=acme");
+    assert!(runs[0]["ended_ms"].as_u64().is_some(), "{runs}");
+    // Survives a restart: the revocation was committed with the end.
+    assert!(
+        b.state
+            .store
+            .load()
+            .unwrap()
+            .revocations
+            .iter()
+            .any(|r| r.key == format!("run:{run}"))
+    );
+}

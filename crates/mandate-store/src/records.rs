@@ -231,12 +231,14 @@ pub enum Mutation {
     },
     /// Record a run.
     StartRun(Run),
-    /// Mark a run ended.
+    /// Mark a run ended and revoke it, in one step.
     EndRun {
         /// Run id.
         id: String,
         /// End (ms).
         ended_ms: u64,
+        /// The revocation of `run:<id>`.
+        revocation: Revocation,
     },
     /// Add a revocation.
     Revoke(Revocation),

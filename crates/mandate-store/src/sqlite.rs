@@ -188,7 +188,11 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 params![r.id, r.tenant, r.agent, r.principal, r.grant, r.task, json(&r.capabilities), r.jkt, r.started_ms as i64, r.expires_at as i64, r.ended_ms.map(|x| x as i64)],
             )?;
         }
-        Mutation::EndRun { id, ended_ms } => {
+        Mutation::EndRun {
+            id,
+            ended_ms,
+            revocation,
+        } => {
             let n = tx.execute(
                 "UPDATE runs SET ended_ms = ?2 WHERE id = ?1 AND ended_ms IS NULL",
                 params![id, *ended_ms as i64],
@@ -196,6 +200,7 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("active run `{id}`")));
             }
+            return apply(tx, &Mutation::Revoke(revocation.clone()));
         }
         Mutation::Revoke(r) => {
             tx.execute(

@@ -864,15 +864,7 @@ pub async fn end_run(
     ev.agent = Some(run.agent.clone());
     ev.run = Some(id.clone());
     ev.principal = run.principal.clone();
-    s.commit(Entry {
-        mutation: Some(Mutation::EndRun {
-            id: id.clone(),
-            ended_ms: crate::now_ms(),
-        }),
-        events: vec![ev],
-    })
-    .await?;
-    let rev = Revocation {
+    let revocation = Revocation {
         seq: 0,
         key: format!("run:{id}"),
         reason: "run ended".into(),
@@ -880,8 +872,12 @@ pub async fn end_run(
         until: run.expires_at,
     };
     s.commit(Entry {
-        mutation: Some(Mutation::Revoke(rev)),
-        events: vec![],
+        mutation: Some(Mutation::EndRun {
+            id: id.clone(),
+            ended_ms: crate::now_ms(),
+            revocation,
+        }),
+        events: vec![ev],
     })
     .await?;
     Ok(Json(json!({"run": id, "ended": true})))
