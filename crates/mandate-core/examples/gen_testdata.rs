@@ -203,7 +203,7 @@ fn main() {
         "typ",
         "typ JWT",
     );
-    let valid = proof(&run_key, h.clone(), c.clone());
+    let valid = proof(&run_key, h, c.clone());
     let parts: Vec<&str> = valid.split('.').collect();
     let with_alg = |alg: &str| {
         b64(
@@ -232,11 +232,7 @@ fn main() {
     leaky["d"] = json!(b64(run_key.to_secret().expose()));
     put(
         "dpop_private_jwk.txt",
-        proof(
-            &run_key,
-            json!({"typ": "dpop+jwt", "jwk": leaky}),
-            c.clone(),
-        ),
+        proof(&run_key, json!({"typ": "dpop+jwt", "jwk": leaky}), c),
         "dpop",
         NOW,
         "private key",
