@@ -337,6 +337,23 @@ enum AuditSub {
     Verify,
 }
 
+const TOOL_COLS: &[&str] = &[
+    "name",
+    "audience",
+    "actions",
+    "labels",
+    "risk",
+    "max_ttl_secs",
+];
+const GRANT_COLS: &[&str] = &[
+    "id",
+    "principal",
+    "agent",
+    "capabilities",
+    "task",
+    "expires_at",
+];
+
 fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -499,30 +516,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 &json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
                         "risk": risk, "max_ttl_secs": max_ttl, "alg": alg}),
             )?;
-            show(
-                j,
-                &v,
-                &[
-                    "name",
-                    "audience",
-                    "actions",
-                    "labels",
-                    "risk",
-                    "max_ttl_secs",
-                ],
-            );
+            show(j, &v, TOOL_COLS);
         }
         Cmd::Tool(ToolCmd::List { tenant }) => show(
             j,
             &c().get(&format!("/v1/tenants/{}/tools", enc(&tenant)))?,
-            &[
-                "name",
-                "audience",
-                "actions",
-                "labels",
-                "risk",
-                "max_ttl_secs",
-            ],
+            TOOL_COLS,
         ),
         Cmd::Grant(GrantCmd::Create {
             tenant,
@@ -536,30 +535,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 &format!("/v1/tenants/{}/grants", enc(&tenant)),
                 &json!({"principal": principal, "agent": agent, "capabilities": caps, "task": task, "expires_in_secs": expires_in}),
             )?;
-            show(
-                j,
-                &v,
-                &[
-                    "id",
-                    "principal",
-                    "agent",
-                    "capabilities",
-                    "task",
-                    "expires_at",
-                ],
-            );
+            show(j, &v, GRANT_COLS);
         }
         Cmd::Grant(GrantCmd::List { tenant }) => show(
             j,
             &c().get(&format!("/v1/tenants/{}/grants", enc(&tenant)))?,
-            &[
-                "id",
-                "principal",
-                "agent",
-                "capabilities",
-                "task",
-                "expires_at",
-            ],
+            GRANT_COLS,
         ),
         Cmd::Policy(PolicyCmd::Add { tenant, file, name }) => {
             let text = std::fs::read_to_string(&file)

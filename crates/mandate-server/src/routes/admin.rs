@@ -68,6 +68,18 @@ fn need_tenant(s: &S, tenant: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Lists what a tenant has, for an admin.
+fn of_tenant(
+    s: &S,
+    headers: &HeaderMap,
+    tenant: &str,
+    pick: impl FnOnce(&crate::registry::Registry) -> Value,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(s, headers)?;
+    need_tenant(s, tenant)?;
+    Ok(Json(pick(&s.reg())))
+}
+
 fn short(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(80).collect()
 }
@@ -175,15 +187,14 @@ pub async fn list_principals(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    need_tenant(&s, &tenant)?;
-    let reg = s.reg();
-    Ok(Json(json!(
-        reg.principals
-            .values()
-            .filter(|p| p.tenant == tenant)
-            .collect::<Vec<_>>()
-    )))
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.principals
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 // ---------- agents ----------
@@ -261,15 +272,14 @@ pub async fn list_agents(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    need_tenant(&s, &tenant)?;
-    let reg = s.reg();
-    Ok(Json(json!(
-        reg.agents
-            .values()
-            .filter(|a| a.tenant == tenant)
-            .collect::<Vec<_>>()
-    )))
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.agents
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 // ---------- tools ----------
@@ -412,15 +422,14 @@ pub async fn list_tools(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    need_tenant(&s, &tenant)?;
-    let reg = s.reg();
-    Ok(Json(json!(
-        reg.tools
-            .values()
-            .filter(|t| t.tenant == tenant)
-            .collect::<Vec<_>>()
-    )))
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.tools
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 // ---------- grants ----------
@@ -522,15 +531,14 @@ pub async fn list_grants(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    need_tenant(&s, &tenant)?;
-    let reg = s.reg();
-    Ok(Json(json!(
-        reg.grants
-            .values()
-            .filter(|g| g.tenant == tenant)
-            .collect::<Vec<_>>()
-    )))
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.grants
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 // ---------- policies ----------
@@ -612,15 +620,14 @@ pub async fn list_policies(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    need_tenant(&s, &tenant)?;
-    let reg = s.reg();
-    Ok(Json(json!(
-        reg.policy_sets
-            .values()
-            .filter(|p| p.tenant == tenant)
-            .collect::<Vec<_>>()
-    )))
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.policy_sets
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 // ---------- runs ----------
