@@ -31,6 +31,10 @@ pub struct ProofExpectations<'a> {
     pub jkt: Option<&'a str>,
     /// An access token presented with the proof: then `ath` must match (§4.3 step 12).
     pub access_token: Option<&'a str>,
+    /// The bound key, already parsed, if the caller has it: when the proof's
+    /// `jwk` is this key, it is not parsed (and its point not decompressed)
+    /// again. Any other key is parsed and then fails the `jkt` check.
+    pub known_key: Option<&'a PublicJwk>,
 }
 
 /// A proof that passed every check but replay (which needs state).
@@ -42,6 +46,8 @@ pub struct VerifiedProof {
     pub jti: String,
     /// The proof's issue time.
     pub iat: UnixTime,
+    /// The proof's public key.
+    pub key: PublicJwk,
 }
 
 fn refuse<T>(why: impl Into<String>) -> Result<T> {
@@ -94,7 +100,14 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
         .header
         .get("jwk")
         .ok_or_else(|| Error::DpopProof("header has no `jwk`".into()))?;
-    let key = PublicJwk::from_json(jwk).map_err(|e| Error::DpopProof(e.to_string()))?;
+    let parsed;
+    let key = match exp.known_key {
+        Some(k) if k.same_as_json(jwk) => k,
+        _ => {
+            parsed = PublicJwk::from_json(jwk).map_err(|e| Error::DpopProof(e.to_string()))?;
+            &parsed
+        }
+    };
     // Step 6: the signature, with the header's key, and the key's own algorithm.
     key.verify(
         "DPoP proof",
@@ -171,6 +184,7 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
         jkt,
         jti: jti.to_owned(),
         iat,
+        key: key.clone(),
     })
 }
 
@@ -273,6 +287,7 @@ mod tests {
             max_skew: 5,
             jkt,
             access_token: None,
+            known_key: None,
         }
     }
 
@@ -382,6 +397,32 @@ mod tests {
                 .to_string()
                 .contains("signature")
         );
+    }
+
+    #[test]
+    fn known_key_is_used_only_when_it_is_the_proofs_key() {
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let other = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let known = k.public();
+        let jkt = k.kid();
+        let mut e = exp(1000, Some(&jkt));
+        e.known_key = Some(&known);
+        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        assert!(verify_proof(&p, &e).is_ok());
+        // A proof by another key with the known key's thumbprint expected: refused.
+        let p = proof(&other, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        assert!(
+            verify_proof(&p, &e)
+                .unwrap_err()
+                .to_string()
+                .contains("cnf.jkt")
+        );
+        // The other key's JWK in the header but signed by the known key: refused.
+        let swapped = k.sign_jws(
+            &json!({"typ":"dpop+jwt","jwk":other.public().to_json()}),
+            &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}),
+        );
+        assert!(verify_proof(&swapped, &e).is_err());
     }
 
     #[test]

@@ -125,6 +125,18 @@ impl PublicJwk {
         }
     }
 
+    /// Whether `v` is a JWK of exactly this key (compares the defining
+    /// members as text, without parsing the point).
+    pub fn same_as_json(&self, v: &Value) -> bool {
+        let Some(o) = v.as_object() else { return false };
+        if o.contains_key("d") {
+            return false;
+        }
+        self.required_members()
+            .iter()
+            .all(|(k, want)| o.get(*k).and_then(Value::as_str) == Some(want.as_str()))
+    }
+
     /// The JWS algorithm this key verifies.
     pub fn alg(&self) -> Alg {
         match self {

@@ -20,6 +20,9 @@ use miette::Diagnostic;
 use crate::UnixTime;
 use crate::error::{Error, Result};
 
+/// Cedar entities of one exchange (see [`Engine::entities`]).
+pub use cedar_policy::Entities as PolicyEntities;
+
 /// The schema text shipped with Mandate.
 pub const SCHEMA_SRC: &str = include_str!("../../../schema/mandate.cedarschema");
 
@@ -302,7 +305,10 @@ impl Engine {
 
     // Built with Cedar's Rust API rather than its JSON form: the JSON parser
     // dominated the exchange's profile (see BENCHMARKS.md).
-    fn entities(&self, f: &ExchangeFacts<'_>) -> Result<Entities> {
+    /// The entities of an exchange (tenant, agent, run, tool, principal).
+    /// They depend only on the run, the tool and their registrations, so a
+    /// caller may keep them and pass them to [`Engine::decide_with`].
+    pub fn entities(&self, f: &ExchangeFacts<'_>) -> Result<Entities> {
         let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
@@ -357,6 +363,17 @@ impl Engine {
 
     /// Decides an exchange: every requested action must be permitted.
     pub fn decide(&self, policies: &TenantPolicies, f: &ExchangeFacts<'_>) -> Result<Verdict> {
+        self.decide_with(policies, f, &self.entities(f)?)
+    }
+
+    /// [`Engine::decide`] with entities the caller built (and perhaps cached)
+    /// with [`Engine::entities`] for the same facts.
+    pub fn decide_with(
+        &self,
+        policies: &TenantPolicies,
+        f: &ExchangeFacts<'_>,
+        entities: &Entities,
+    ) -> Result<Verdict> {
         if policies.is_empty() {
             return Ok(Verdict {
                 allowed: false,
@@ -367,7 +384,6 @@ impl Engine {
                 )),
             });
         }
-        let entities = self.entities(f)?;
         let principal = self.uid(&self.types.run, f.run);
         let resource = self.uid(&self.types.tool, f.tool);
         let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
@@ -418,7 +434,7 @@ impl Engine {
             .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
             let resp = self
                 .authorizer
-                .is_authorized(&request, &policies.set, &entities);
+                .is_authorized(&request, &policies.set, entities);
             let reasons: Vec<String> = resp
                 .diagnostics()
                 .reason()

@@ -72,6 +72,7 @@ fn every_sample_gets_its_verdict() {
                     max_skew: 5,
                     jkt: Some(jkt),
                     access_token: None,
+                    known_key: None,
                 },
             )
             .map(|_| ())

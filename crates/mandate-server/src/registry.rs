@@ -32,6 +32,8 @@ pub struct Registry {
     pub revoked: HashSet<String>,
     /// Last revocation sequence number.
     pub revocation_seq: u64,
+    /// Bumped by every change, so caches derived from the registry know when they are stale.
+    pub generation: u64,
 }
 
 impl Registry {
@@ -83,6 +85,7 @@ impl Registry {
 
     /// Applies a committed mutation.
     pub fn apply(&mut self, m: &Mutation, engine: &Engine, revocation_seq: Option<u64>) {
+        self.generation += 1;
         match m {
             Mutation::CreateTenant(t) => {
                 self.tenants.insert(t.name.clone(), t.clone());

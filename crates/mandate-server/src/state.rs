@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use biscuit_auth::{KeyPair, PublicKey};
 use mandate_core::dpop::ReplayCache;
+use mandate_core::jose::PublicJwk;
 use mandate_core::keys::BrokerKeys;
 use mandate_core::mandate::{self, MandateClaims};
 use mandate_core::policy::Engine;
@@ -70,6 +71,10 @@ pub struct AppState {
     pub admin_hashes: Vec<Vec<u8>>,
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
+    /// Run public keys already parsed, by thumbprint (bounded).
+    pub run_keys: Mutex<HashMap<String, PublicJwk>>,
+    /// Cedar entities per (run, tool), valid for one registry generation (bounded).
+    pub policy_entities: Mutex<EntityCache>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -79,6 +84,12 @@ impl std::fmt::Debug for AppState {
             .finish_non_exhaustive()
     }
 }
+
+/// Cedar entities by (run, tool), with the registry generation they were built at.
+pub type EntityCache = HashMap<(String, String), (u64, Arc<mandate_core::policy::PolicyEntities>)>;
+
+/// Upper bound on entries of the small per-run caches.
+const CACHE_CAP: usize = 100_000;
 
 /// Upper bound on live DPoP proof ids remembered.
 const REPLAY_CAP: usize = 1_000_000;
@@ -113,6 +124,8 @@ impl AppState {
             mandates: Mutex::new(MandateCache::default()),
             admin_hashes,
             token_endpoint,
+            run_keys: Mutex::new(HashMap::new()),
+            policy_entities: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -130,6 +143,43 @@ impl AppState {
             reg.apply(&m, &self.engine, done.revocation_seq);
         }
         Ok(done)
+    }
+
+    /// Remembers a run's parsed public key.
+    pub fn remember_run_key(&self, jkt: &str, key: PublicJwk) {
+        if let Ok(mut m) = self.run_keys.lock() {
+            if m.len() >= CACHE_CAP {
+                m.clear();
+            }
+            m.insert(jkt.to_owned(), key);
+        }
+    }
+
+    /// The Cedar entities of an exchange, built once per (run, tool) and
+    /// registry generation.
+    pub fn policy_entities(
+        &self,
+        generation: u64,
+        facts: &mandate_core::policy::ExchangeFacts<'_>,
+    ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
+        let key = (facts.run.to_owned(), facts.tool.to_owned());
+        if let Some((g, e)) = self
+            .policy_entities
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+            && g == generation
+        {
+            return Ok(e);
+        }
+        let e = Arc::new(self.engine.entities(facts)?);
+        if let Ok(mut m) = self.policy_entities.lock() {
+            if m.len() >= CACHE_CAP {
+                m.clear();
+            }
+            m.insert(key, (generation, Arc::clone(&e)));
+        }
+        Ok(e)
     }
 
     /// Verifies a mandate, using the cache.

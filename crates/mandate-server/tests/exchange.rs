@@ -881,3 +881,30 @@ fn ended_run_is_refused_and_cannot_end_twice() {
             .any(|r| r.key == format!("run:{run}"))
     );
 }
+
+#[test]
+fn policy_change_takes_effect_at_once() {
+    let b = Broker::start("policy-live");
+    let grant = b.seed("acme");
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    let forbid = "@id(\"freeze\")\nforbid (principal, action, resource);";
+    assert_eq!(
+        b.admin_put_text("/v1/tenants/acme/policies/freeze", forbid)
+            .0,
+        200
+    );
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "read"),
+        403,
+        "access_denied",
+        "freeze/freeze",
+    );
+    let r = Broker::agent()
+        .delete(format!("{}/v1/tenants/acme/policies/freeze", b.url))
+        .header("Authorization", &format!("Bearer {}", b.admin))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+}

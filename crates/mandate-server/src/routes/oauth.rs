@@ -292,6 +292,11 @@ fn exchange(
     }
 
     // The proof of possession, bound to the mandate's key.
+    let known = s
+        .run_keys
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&claims.cnf_jkt).cloned());
     let verified = dpop::verify_proof(
         proof,
         &ProofExpectations {
@@ -302,9 +307,13 @@ fn exchange(
             max_skew: s.config.dpop_max_skew,
             jkt: Some(&claims.cnf_jkt),
             access_token: None,
+            known_key: known.as_ref(),
         },
     )
     .map_err(|e| err(Code::InvalidDpopProof, e.to_string()))?;
+    if known.is_none() {
+        s.remember_run_key(&verified.jkt, verified.key.clone());
+    }
     {
         let mut replay = s
             .replay
@@ -382,29 +391,28 @@ fn exchange(
         .get(&claims.tenant)
         .cloned()
         .unwrap_or_default();
+    let generation = reg.generation;
     drop(reg);
+    let facts = ExchangeFacts {
+        tenant: &claims.tenant,
+        now,
+        agent: &claims.agent,
+        agent_owner: &agent.owner,
+        agent_purpose: &agent.purpose,
+        run: &claims.run,
+        task: &claims.task,
+        principal: claims.principal.as_deref(),
+        grant: claims.grant.as_deref(),
+        tool: &tool.name,
+        tool_audience: &tool.audience,
+        tool_labels: &tool.labels,
+        tool_risk: &tool.risk,
+        tool_provider: &tool.provider,
+        actions: &actions,
+    };
     let verdict = s
-        .engine
-        .decide(
-            &policies,
-            &ExchangeFacts {
-                tenant: &claims.tenant,
-                now,
-                agent: &claims.agent,
-                agent_owner: &agent.owner,
-                agent_purpose: &agent.purpose,
-                run: &claims.run,
-                task: &claims.task,
-                principal: claims.principal.as_deref(),
-                grant: claims.grant.as_deref(),
-                tool: &tool.name,
-                tool_audience: &tool.audience,
-                tool_labels: &tool.labels,
-                tool_risk: &tool.risk,
-                tool_provider: &tool.provider,
-                actions: &actions,
-            },
-        )
+        .policy_entities(generation, &facts)
+        .and_then(|entities| s.engine.decide_with(&policies, &facts, &entities))
         .map_err(|e| err(Code::ServerError, format!("policy evaluation failed: {e}")))?;
     seen.policies = verdict.policies.clone();
     if !verdict.allowed {
