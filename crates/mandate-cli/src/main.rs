@@ -441,7 +441,20 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError(format!("cannot start the runtime: {e}")))?;
     rt.block_on(mandate_server::serve(cfg, async {
-        let _ = tokio::signal::ctrl_c().await;
+        // Stop on Ctrl-C or SIGTERM (systemd, kill): queued audit writes commit first.
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
     }))
     .map_err(|e| CliError(e.to_string()))
 }
