@@ -22,6 +22,8 @@ pub struct Registry {
     pub agents: BTreeMap<(String, String), Agent>,
     /// Tools by (tenant, name).
     pub tools: BTreeMap<(String, String), Tool>,
+    /// Tool names by (tenant, audience).
+    pub tools_by_audience: HashMap<(String, String), String>,
     /// Grants by id.
     pub grants: BTreeMap<String, Grant>,
     /// Policy sets by (tenant, name).
@@ -50,7 +52,7 @@ impl Registry {
             r.agents.insert((a.tenant.clone(), a.name.clone()), a);
         }
         for t in snap.tools {
-            r.tools.insert((t.tenant.clone(), t.name.clone()), t);
+            r.add_tool(t);
         }
         for g in snap.grants {
             r.grants.insert(g.id.clone(), g);
@@ -98,10 +100,7 @@ impl Registry {
                 self.agents
                     .insert((a.tenant.clone(), a.name.clone()), a.clone());
             }
-            Mutation::CreateTool(t) => {
-                self.tools
-                    .insert((t.tenant.clone(), t.name.clone()), t.clone());
-            }
+            Mutation::CreateTool(t) => self.add_tool(t.clone()),
             Mutation::CreateGrant(g) => {
                 self.grants.insert(g.id.clone(), g.clone());
             }
@@ -142,17 +141,19 @@ impl Registry {
             .map(String::as_str)
     }
 
+    fn add_tool(&mut self, t: Tool) {
+        self.tools_by_audience
+            .insert((t.tenant.clone(), t.audience.clone()), t.name.clone());
+        self.tools.insert((t.tenant.clone(), t.name.clone()), t);
+    }
+
     /// A tool by name or audience URI within a tenant.
     pub fn find_tool(&self, tenant: &str, name_or_audience: &str) -> Option<&Tool> {
-        self.tools
-            .get(&(tenant.to_owned(), name_or_audience.to_owned()))
-            .or_else(|| {
-                self.tools
-                    .range((tenant.to_owned(), String::new())..)
-                    .take_while(|((t, _), _)| t == tenant)
-                    .map(|(_, tool)| tool)
-                    .find(|tool| tool.audience == name_or_audience)
-            })
+        let key = (tenant.to_owned(), name_or_audience.to_owned());
+        self.tools.get(&key).or_else(|| {
+            let name = self.tools_by_audience.get(&key)?;
+            self.tools.get(&(tenant.to_owned(), name.clone()))
+        })
     }
 
     /// Whether some other tenant has a tool with this name or audience (for
