@@ -214,6 +214,14 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
     let db = cfg.data_dir.join("mandate.db");
     let store = SqliteStore::open(&db)
         .map_err(|e| BootError(format!("cannot open {}: {e}", db.display())))?;
+    // The database holds no secrets in clear, but it is nobody else's business.
+    for f in [
+        db.clone(),
+        cfg.data_dir.join("mandate.db-wal"),
+        cfg.data_dir.join("mandate.db-shm"),
+    ] {
+        let _ = fs::set_permissions(f, fs::Permissions::from_mode(0o600));
+    }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
     let first_start = snap.keys.is_empty();
     let mk = master_key(&cfg, first_start)?;

@@ -908,3 +908,29 @@ fn policy_change_takes_effect_at_once() {
     assert_eq!(r.status().as_u16(), 204);
     assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
 }
+
+#[test]
+fn secrets_and_data_are_private_on_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = Broker::start("modes");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&b.dir.join("config/admin.token")), 0o600);
+    assert_eq!(mode(&b.dir.join("config/master.key")), 0o600);
+    assert_eq!(mode(&b.dir.join("config")), 0o700);
+    assert_eq!(mode(&b.dir.join("data")), 0o700);
+    assert_eq!(mode(&b.dir.join("data/mandate.db")), 0o600);
+    // The master key is not in the data directory, and no key material is stored in clear.
+    let secret = b.state.keys.jwt_eddsa.to_secret();
+    for f in ["mandate.db", "mandate.db-wal"] {
+        let bytes = std::fs::read(b.dir.join("data").join(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(32).any(|w| w == secret.expose()),
+            "{f} holds a key in clear"
+        );
+    }
+    let wal = std::fs::read(b.dir.join("data/mandate.db-wal")).unwrap();
+    assert!(
+        wal.len() > 4096,
+        "the check above must have read the keys' rows"
+    );
+}
