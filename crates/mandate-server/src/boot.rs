@@ -216,7 +216,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         .map_err(|e| BootError(format!("cannot open {}: {e}", db.display())))?;
     // The database holds no secrets in clear, but it is nobody else's business.
     for f in [
-        db.clone(),
+        db,
         cfg.data_dir.join("mandate.db-wal"),
         cfg.data_dir.join("mandate.db-shm"),
     ] {
