@@ -9,7 +9,7 @@ use mandate_core::jose::PublicJwk;
 use mandate_core::keys::BrokerKeys;
 use mandate_core::mandate::{self, MandateClaims};
 use mandate_core::policy::Engine;
-use mandate_store::{Committed, Entry, Snapshot, Store};
+use mandate_store::{Committed, Entry, Mutation, Snapshot, Store};
 
 use crate::boot::{BootError, Config};
 use crate::error::ApiError;
@@ -73,6 +73,8 @@ pub struct AppState {
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
     pub run_keys: Mutex<HashMap<String, PublicJwk>>,
+    /// Live revocations, for the feed's subscribers.
+    pub revocations: tokio::sync::broadcast::Sender<mandate_store::Revocation>,
     /// Cedar entities per (run, tool), valid for one registry generation (bounded).
     pub policy_entities: Mutex<EntityCache>,
 }
@@ -125,6 +127,7 @@ impl AppState {
             admin_hashes,
             token_endpoint,
             run_keys: Mutex::new(HashMap::new()),
+            revocations: tokio::sync::broadcast::channel(4096).0,
             policy_entities: Mutex::new(HashMap::new()),
         }))
     }
@@ -139,8 +142,19 @@ impl AppState {
         let mutation = entry.mutation.clone();
         let done = self.writer.write(entry).await?;
         if let Some(m) = mutation {
-            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-            reg.apply(&m, &self.engine, done.revocation_seq);
+            {
+                let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+                reg.apply(&m, &self.engine, done.revocation_seq);
+            }
+            let revoked = match m {
+                Mutation::Revoke(r) | Mutation::EndRun { revocation: r, .. } => Some(r),
+                _ => None,
+            };
+            if let (Some(mut r), Some(seq)) = (revoked, done.revocation_seq) {
+                r.seq = seq;
+                // No subscribers is fine: the log is in the store.
+                let _ = self.revocations.send(r);
+            }
         }
         Ok(done)
     }

@@ -120,4 +120,7 @@ pub trait Store: Send + Sync {
     fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>>;
     /// One run.
     fn get_run(&self, id: &str) -> Result<Option<Run>>;
+    /// Revocations with a sequence number above `after`, in order: the
+    /// revocation feed's log, so a verifier that reconnects misses nothing.
+    fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Revocation>>;
 }

@@ -518,6 +518,23 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Revocation>> {
+        let c = lock(&self.reader);
+        let out = c
+            .prepare_cached("SELECT seq, key, reason, time_ms, until FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+            .query_map(params![after as i64, limit as i64], |r| {
+                Ok(Revocation {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    key: r.get(1)?,
+                    reason: r.get(2)?,
+                    time_ms: r.get::<_, i64>(3)? as u64,
+                    until: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(out)
+    }
+
     fn get_run(&self, id: &str) -> Result<Option<Run>> {
         let c = lock(&self.reader);
         Ok(c.query_row(

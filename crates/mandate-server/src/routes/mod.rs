@@ -2,6 +2,7 @@
 //! talk to; [`admin`] the registration, run, revocation and audit API.
 
 pub mod admin;
+pub mod feed;
 pub mod oauth;
 
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub fn router(state: S) -> Router {
             "/v1/revocations",
             post(admin::revoke).get(admin::list_revocations),
         )
+        .route("/v1/revocations/log", get(feed::log))
+        .route("/v1/revocations/feed", get(feed::feed))
         .route("/v1/audit", get(admin::audit_query))
         .route("/v1/audit/verify", get(admin::audit_verify))
         .fallback(|| async {

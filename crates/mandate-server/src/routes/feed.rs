@@ -1,0 +1,140 @@
+//! The revocation feed: the append-only, sequence-numbered log of
+//! revocations (DESIGN "revocation as data"). A verifier polls
+//! `GET /v1/revocations/log?after=N` or subscribes to
+//! `GET /v1/revocations/feed` (Server-Sent Events, `id` = sequence number);
+//! on reconnect it sends `Last-Event-ID` and gets everything it missed, then
+//! live events. Reading needs the admin credential until verifier
+//! credentials exist.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use mandate_store::Revocation;
+
+use super::{S, require_admin};
+use crate::error::{ApiError, Code, err};
+
+/// Query of the feed endpoints.
+#[derive(Deserialize)]
+pub struct FeedQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// Page size when catching up from the store.
+const PAGE: u32 = 1000;
+
+/// `GET /v1/revocations/log?after=N&limit=M`: revocations after `N`, oldest first.
+pub async fn log(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let (after, limit) = (
+        q.after.unwrap_or(0),
+        q.limit.unwrap_or(PAGE).clamp(1, 10 * PAGE),
+    );
+    let store = Arc::clone(&s.store);
+    let items = tokio::task::spawn_blocking(move || store.revocations_after(after, limit))
+        .await
+        .map_err(|_| err(Code::ServerError, "could not read the revocation log"))??;
+    let head = s.reg().revocation_seq;
+    Ok(Json(json!({"head": head, "revocations": items})))
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    err(
+                        Code::InvalidRequest,
+                        "`Last-Event-ID` must be a revocation sequence number",
+                    )
+                })
+        })
+        .transpose()
+}
+
+struct Follow {
+    s: S,
+    last: u64,
+    rx: tokio::sync::broadcast::Receiver<Revocation>,
+    backlog: VecDeque<Revocation>,
+    catch_up: bool,
+}
+
+fn event(r: &Revocation) -> Event {
+    Event::default()
+        .id(r.seq.to_string())
+        .event("revocation")
+        .json_data(r)
+        .unwrap_or_else(|_| Event::default().comment("unencodable revocation"))
+}
+
+/// `GET /v1/revocations/feed`: Server-Sent Events from `Last-Event-ID` (or
+/// `?after=N`, default 0), then live.
+pub async fn feed(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    require_admin(&s, &headers)?;
+    let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
+    // Subscribe before reading the log, so nothing falls between the two.
+    let rx = s.revocations.subscribe();
+    let st = Follow {
+        s,
+        last: after,
+        rx,
+        backlog: VecDeque::new(),
+        catch_up: true,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(r) = st.backlog.pop_front() {
+                if r.seq <= st.last {
+                    continue;
+                }
+                st.last = r.seq;
+                return Some((Ok(event(&r)), st));
+            }
+            if st.catch_up {
+                let store = Arc::clone(&st.s.store);
+                let last = st.last;
+                match tokio::task::spawn_blocking(move || store.revocations_after(last, PAGE)).await
+                {
+                    Ok(Ok(page)) => {
+                        st.catch_up = page.len() == PAGE as usize;
+                        st.backlog.extend(page);
+                        continue;
+                    }
+                    // End the stream; the client reconnects with Last-Event-ID.
+                    _ => return None,
+                }
+            }
+            match st.rx.recv().await {
+                Ok(r) if r.seq == st.last + 1 => st.backlog.push_back(r),
+                Ok(r) if r.seq > st.last => st.catch_up = true,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => st.catch_up = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,150 @@
+//! The revocation feed: the log after N, and Server-Sent Events that resume
+//! from `Last-Event-ID` without missing an entry.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use mandate_core::jose::Alg;
+use serde_json::{Value, json};
+
+/// Opens the SSE feed and forwards each event's (id, data) to a channel.
+fn subscribe(b: &Broker, last_event_id: Option<u64>) -> mpsc::Receiver<(u64, Value)> {
+    let mut req = Broker::agent()
+        .get(format!("{}/v1/revocations/feed", b.url))
+        .header("Authorization", &format!("Bearer {}", b.admin));
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", &id.to_string());
+    }
+    let resp = req.call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(resp.into_body().into_reader());
+        let (mut id, mut data) = (0u64, String::new());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim());
+            } else if line.is_empty() && !data.is_empty() {
+                if tx.send((id, serde_json::from_str(&data).unwrap())).is_err() {
+                    return;
+                }
+                data.clear();
+            }
+        }
+    });
+    rx
+}
+
+fn next(rx: &mpsc::Receiver<(u64, Value)>) -> (u64, Value) {
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("no revocation event within 5 s")
+}
+
+#[test]
+fn revocation_log_returns_everything_after_n() {
+    let b = Broker::start("log");
+    let grant = b.seed("acme");
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let (run, _, _) = b.start_run("acme", &grant, Alg::EdDSA);
+        assert_eq!(
+            b.admin_post("/v1/revocations", json!({"kind": "run", "id": run}))
+                .0,
+            200
+        );
+        runs.push(run);
+    }
+    let (s, v) = b.admin_get("/v1/revocations/log?after=0");
+    assert_eq!(s, 200, "{v}");
+    let items = v["revocations"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[2]["key"], format!("run:{}", runs[2]));
+    assert_eq!(v["head"], items[2]["seq"]);
+    let first = items[0]["seq"].as_u64().unwrap();
+    let (_, v) = b.admin_get(&format!("/v1/revocations/log?after={first}"));
+    assert_eq!(v["revocations"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn feed_streams_live_and_resumes_after_a_drop_without_missing_an_entry() {
+    let b = Broker::start("feed");
+    let grant = b.seed("acme");
+    let rx = subscribe(&b, None);
+    let (run_a, _, _) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(
+        b.admin_post("/v1/revocations", json!({"kind": "run", "id": run_a}))
+            .0,
+        200
+    );
+    let (id_a, ev) = next(&rx);
+    assert_eq!(ev["key"], format!("run:{run_a}"));
+    drop(rx); // the verifier goes away...
+    let (run_b, _, _) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (run_c, _, _) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(
+        b.admin_post("/v1/revocations", json!({"kind": "run", "id": run_b}))
+            .0,
+        200
+    );
+    assert_eq!(
+        b.admin_post(&format!("/v1/runs/{run_c}/end"), json!({})).0,
+        200
+    );
+    // ...and comes back: it gets what it missed, in order, then live events.
+    let rx = subscribe(&b, Some(id_a));
+    let (id_b, ev) = next(&rx);
+    assert_eq!(
+        (id_b, ev["key"].clone()),
+        (id_a + 1, json!(format!("run:{run_b}")))
+    );
+    let (id_c, ev) = next(&rx);
+    assert_eq!(
+        (id_c, ev["key"].clone()),
+        (id_a + 2, json!(format!("run:{run_c}")))
+    );
+    assert_eq!(
+        b.admin_post(
+            "/v1/revocations",
+            json!({"kind": "agent", "tenant": "acme", "id": "triage"})
+        )
+        .0,
+        200
+    );
+    let (id_d, ev) = next(&rx);
+    assert_eq!(
+        (id_d, ev["key"].clone()),
+        (id_c + 1, json!("agent:acme/triage"))
+    );
+}
+
+#[test]
+fn feed_refuses_strangers_and_bad_resume_points() {
+    let b = Broker::start("feed-auth");
+    let r = Broker::agent()
+        .get(format!("{}/v1/revocations/feed", b.url))
+        .call()
+        .unwrap();
+    assert_refused(&read(r), 401, "invalid_token", "admin credential");
+    let r = Broker::agent()
+        .get(format!("{}/v1/revocations/feed", b.url))
+        .header("Authorization", &format!("Bearer {}", b.admin))
+        .header("Last-Event-ID", "yesterday")
+        .call()
+        .unwrap();
+    assert_refused(&read(r), 400, "invalid_request", "Last-Event-ID");
+}
