@@ -1,6 +1,7 @@
 //! The revocation feed: the log after N, and Server-Sent Events that resume
 //! from `Last-Event-ID` without missing an entry.
 
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::io::{BufRead, BufReader};
