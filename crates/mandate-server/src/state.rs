@@ -138,9 +138,29 @@ impl AppState {
     }
 
     /// Commits `entry` durably, then applies its mutation to the registry.
+    ///
+    /// A revocation is refused in memory *before* it is queued (fail closed),
+    /// and forgotten again only if its commit fails; so any exchange whose
+    /// event commits after a revocation's sees it when it checks again.
     pub async fn commit(&self, entry: Entry) -> Result<Committed, ApiError> {
         let mutation = entry.mutation.clone();
-        let done = self.writer.write(entry).await?;
+        let early = match &mutation {
+            Some(Mutation::Revoke(r)) | Some(Mutation::EndRun { revocation: r, .. }) => {
+                let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+                reg.revoked.insert(r.key.clone()).then(|| r.key.clone())
+            }
+            _ => None,
+        };
+        let done = match self.writer.write(entry).await {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(k) = early {
+                    let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+                    reg.revoked.remove(&k);
+                }
+                return Err(e.into());
+            }
+        };
         if let Some(m) = mutation {
             {
                 let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());

@@ -934,3 +934,60 @@ fn secrets_and_data_are_private_on_disk() {
         "the check above must have read the keys' rows"
     );
 }
+
+#[test]
+fn no_credential_is_returned_after_its_revocation_committed() {
+    let b = std::sync::Arc::new(Broker::start("race"));
+    let grant = b.seed("acme");
+    let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (b, got, mandate, key) = (b.clone(), got.clone(), mandate.clone(), key.clone());
+            std::thread::spawn(move || {
+                for _ in 0..400 {
+                    let (s, v) = b.exchange(&mandate, &key, "crm", "read");
+                    if s != 200 {
+                        assert_eq!(v["error"], "invalid_grant", "{v}");
+                        return;
+                    }
+                    let c = credential::verify(
+                        &b.state.keys,
+                        &b.url,
+                        v["access_token"].as_str().unwrap(),
+                        now(),
+                        false,
+                    )
+                    .unwrap();
+                    got.lock().unwrap().push(c.jti);
+                }
+            })
+        })
+        .collect();
+    while got.lock().unwrap().len() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        b.admin_post("/v1/revocations", json!({"kind": "run", "id": run}))
+            .0,
+        200
+    );
+    for t in threads {
+        t.join().unwrap();
+    }
+    let events = b.audit(&format!("run={run}&limit=10000"));
+    let revoked_at = events.iter().find(|e| e["event_type"] == "revoke").unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let got = got.lock().unwrap();
+    for jti in got.iter() {
+        let e = events
+            .iter()
+            .find(|e| e["credential_id"] == jti.as_str() && e["event_type"] == "token.exchange")
+            .unwrap();
+        assert!(
+            e["seq"].as_u64().unwrap() < revoked_at,
+            "credential {jti} was returned after the revocation"
+        );
+    }
+}

@@ -144,6 +144,7 @@ pub async fn token(
             ev.credential_exp = Some(claims.exp);
             ev.details = json!({"grant": claims.grant, "aud": claims.aud});
             // The event is durable before the credential leaves the broker.
+            let withheld = ev.clone();
             if let Err(e) = s
                 .commit(Entry {
                     mutation: None,
@@ -152,6 +153,31 @@ pub async fn token(
                 .await
             {
                 return e.into_response();
+            }
+            // A revocation committed while this exchange was in flight wins:
+            // the credential is not returned, and the trail says so.
+            let keys = claims.revocation_keys();
+            let revoked = s.reg().first_revoked(&keys).map(str::to_owned);
+            if let Some(k) = revoked {
+                let mut w = withheld;
+                w.time_ms = crate::now_ms();
+                w.event_type = "token.withheld".into();
+                w.decision = "deny".into();
+                w.reason = Some(format!("revoked while the exchange was in flight: {k}"));
+                if let Err(e) = s
+                    .commit(Entry {
+                        mutation: None,
+                        events: vec![w],
+                    })
+                    .await
+                {
+                    return e.into_response();
+                }
+                return err(
+                    Code::InvalidGrant,
+                    "the mandate has been revoked; start a new run",
+                )
+                .into_response();
             }
             let mut r = Json(json!({
                 "access_token": token,
