@@ -50,6 +50,18 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8499")]
         listen: std::net::SocketAddr,
     },
+    /// Revocation feed delivery: N SSE subscribers, R revocations; time from
+    /// the revoke call until every subscriber has the event.
+    Feed {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 100)]
+        revocations: usize,
+    },
     /// The crypto floor: exchanges/s if only the unavoidable signatures cost.
     Floor {
         #[arg(long, default_value_t = 20_000)]
@@ -67,6 +79,12 @@ fn main() -> Result<(), String> {
             count,
         } => prep(&url, &admin_token_file, &out, warm, count),
         Cmd::Ceiling { listen } => ceiling(listen),
+        Cmd::Feed {
+            url,
+            admin_token_file,
+            subscribers,
+            revocations,
+        } => feed(&url, &admin_token_file, subscribers, revocations),
         Cmd::Floor { iterations } => {
             floor(iterations);
             Ok(())
@@ -244,4 +262,94 @@ fn floor(iterations: u32) {
         per * 1e6,
         cores as f64 / per
     );
+}
+
+fn feed(
+    url: &str,
+    token_file: &PathBuf,
+    subscribers: usize,
+    revocations: usize,
+) -> Result<(), String> {
+    use std::io::BufRead as _;
+    use std::sync::mpsc;
+    let admin = std::fs::read_to_string(token_file)
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    // Start from the current head so old revocations are not replayed.
+    let head = {
+        let mut r = agent
+            .get(format!("{url}/v1/revocations/log?after=0&limit=1"))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let v: Value =
+            serde_json::from_str(&r.body_mut().read_to_string().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        v["head"].as_u64().unwrap_or(0)
+    };
+    let (tx, rx) = mpsc::channel::<(usize, String, Instant)>();
+    for i in 0..subscribers {
+        let resp = agent
+            .get(format!("{url}/v1/revocations/feed?after={head}"))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let reader = std::io::BufReader::new(resp.into_body().into_reader());
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if let Some(d) = line.strip_prefix("data:") {
+                    let v: Value = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                    let key = v["key"].as_str().unwrap_or("").to_owned();
+                    if tx.send((i, key, Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut lat = Vec::with_capacity(revocations);
+    for n in 0..revocations {
+        let key = format!("bench-{n}-{}", std::process::id());
+        let start = Instant::now();
+        let mut r = agent
+            .post(format!("{url}/v1/revocations"))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .send_json(json!({"kind": "credential", "id": key}))
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(r.body_mut().read_to_string().unwrap_or_default());
+        }
+        let want = format!("cred:{key}");
+        let mut seen = vec![false; subscribers];
+        let mut left = subscribers;
+        let mut last = start;
+        while left > 0 {
+            let (i, k, at) = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .map_err(|_| format!("revocation {n}: {left} subscribers never got it"))?;
+            if k == want && !seen[i] {
+                seen[i] = true;
+                left -= 1;
+                last = last.max(at);
+            }
+        }
+        lat.push(last.duration_since(start).as_secs_f64() * 1e3);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "feed delivery, {subscribers} subscribers, {revocations} revocations: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (from the revoke call until every subscriber had the event)",
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    Ok(())
 }
