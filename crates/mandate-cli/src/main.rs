@@ -94,6 +94,19 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 65536)]
     max_body: usize,
+    /// Refuse DPoP proofs older than this many seconds.
+    #[arg(long, default_value_t = 60)]
+    dpop_max_age: u64,
+    /// Accept DPoP proofs dated up to this many seconds in the future (clock skew).
+    #[arg(long, default_value_t = 5)]
+    dpop_skew: u64,
+    /// Require server-provided DPoP nonces (RFC 9449 §8): clients retry once
+    /// with the nonce from the `DPoP-Nonce` header.
+    #[arg(long)]
+    dpop_nonce: bool,
+    /// How often DPoP nonces rotate, in seconds.
+    #[arg(long, default_value_t = 60)]
+    dpop_nonce_period: u64,
 }
 
 #[derive(Subcommand)]
@@ -436,6 +449,10 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     cfg.mandate_ttl = a.mandate_ttl;
     cfg.mandate_max_ttl = a.mandate_max_ttl;
     cfg.max_body = a.max_body;
+    cfg.dpop_max_age = a.dpop_max_age;
+    cfg.dpop_max_skew = a.dpop_skew;
+    cfg.dpop_nonce = a.dpop_nonce;
+    cfg.dpop_nonce_period = a.dpop_nonce_period;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -35,6 +35,66 @@ pub struct ProofExpectations<'a> {
     /// `jwk` is this key, it is not parsed (and its point not decompressed)
     /// again. Any other key is parsed and then fails the `jkt` check.
     pub known_key: Option<&'a PublicJwk>,
+    /// When set, the proof must carry a current server nonce (RFC 9449 §8).
+    pub nonces: Option<&'a NonceIssuer>,
+}
+
+/// Server-provided DPoP nonces (RFC 9449 §8), stateless: a nonce is the
+/// time slot it was made in and an HMAC-SHA-256 of that slot under a broker
+/// secret. A nonce is accepted in its own slot and the next, so nonces rotate
+/// every `period` seconds and each lives between one and two periods.
+pub struct NonceIssuer {
+    key: crate::secret::Secret,
+    period: u64,
+}
+
+impl std::fmt::Debug for NonceIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NonceIssuer(period={}s)", self.period)
+    }
+}
+
+impl NonceIssuer {
+    /// Nonces under `key`, rotating every `period` seconds (at least 1).
+    pub fn new(key: crate::secret::Secret, period: u64) -> Self {
+        Self {
+            key,
+            period: period.max(1),
+        }
+    }
+
+    fn mac(&self, slot: u64) -> [u8; 32] {
+        use hmac::Mac as _;
+        #[allow(clippy::expect_used)]
+        let mut m = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(self.key.expose())
+            .expect("HMAC takes keys of any length");
+        m.update(b"mandate-dpop-nonce\0");
+        m.update(&slot.to_be_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// The nonce to hand out now.
+    pub fn current(&self, now: UnixTime) -> String {
+        let slot = now / self.period;
+        let mut raw = slot.to_be_bytes().to_vec();
+        raw.extend_from_slice(&self.mac(slot)[..16]);
+        b64(&raw)
+    }
+
+    /// Whether `nonce` was made by this issuer in this slot or the previous one.
+    pub fn is_current(&self, nonce: &str, now: UnixTime) -> bool {
+        let Ok(raw) = crate::jose::unb64("nonce", nonce) else {
+            return false;
+        };
+        if raw.len() != 24 {
+            return false;
+        }
+        let mut slot = [0u8; 8];
+        slot.copy_from_slice(&raw[..8]);
+        let slot = u64::from_be_bytes(slot);
+        let cur = now / self.period;
+        (slot == cur || slot + 1 == cur) && crate::secret::ct_eq(&raw[8..], &self.mac(slot)[..16])
+    }
 }
 
 /// A proof that passed every check but replay (which needs state).
@@ -146,6 +206,22 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
                 "`htu` does not match the request URI `{}`",
                 exp.uri
             ));
+        }
+    }
+    // Step 10: the server's nonce, when it requires one (§8).
+    if let Some(n) = exp.nonces {
+        match claims.get("nonce").and_then(Value::as_str) {
+            Some(v) if n.is_current(v, exp.now) => {}
+            Some(_) => {
+                return Err(Error::DpopNonce(
+                    "the DPoP nonce is stale or not ours; retry with the nonce in the `DPoP-Nonce` response header".into(),
+                ));
+            }
+            None => {
+                return Err(Error::DpopNonce(
+                    "this broker requires a DPoP nonce; retry with the nonce in the `DPoP-Nonce` response header".into(),
+                ));
+            }
         }
     }
     // Step 11: iat within the window.
@@ -288,6 +364,7 @@ mod tests {
             jkt,
             access_token: None,
             known_key: None,
+            nonces: None,
         }
     }
 
@@ -423,6 +500,37 @@ mod tests {
             &json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}),
         );
         assert!(verify_proof(&swapped, &e).is_err());
+    }
+
+    #[test]
+    fn server_nonces_rotate_and_are_required_when_enabled() {
+        let n = NonceIssuer::new(crate::secret::Secret::new(vec![1; 32]), 60);
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let mut e = exp(6000, None);
+        e.nonces = Some(&n);
+        let without = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":6000}));
+        assert!(
+            matches!(verify_proof(&without, &e), Err(Error::DpopNonce(m)) if m.contains("requires"))
+        );
+        let nonce = n.current(6000);
+        let with = proof(
+            &k,
+            json!({"jti":"a","htm":"POST","htu":URI,"iat":6000,"nonce":nonce}),
+        );
+        assert!(verify_proof(&with, &e).is_ok());
+        // Valid through the next slot, stale after.
+        assert!(n.is_current(&nonce, 6000 + 60) && !n.is_current(&nonce, 6000 + 120));
+        e.now = 6000 + 120;
+        let late = proof(
+            &k,
+            json!({"jti":"a","htm":"POST","htu":URI,"iat":6120,"nonce":nonce}),
+        );
+        assert!(matches!(verify_proof(&late, &e), Err(Error::DpopNonce(m)) if m.contains("stale")));
+        // Another broker's nonce, or a forged one, is not ours.
+        let other = NonceIssuer::new(crate::secret::Secret::new(vec![2; 32]), 60);
+        assert!(!n.is_current(&other.current(6000), 6000));
+        assert!(!n.is_current("AAAAAAAAAGQAAAAAAAAAAAAAAAAAAAAA", 6000));
+        assert!(!n.is_current("not base64!", 6000));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Error {
     /// A DPoP proof that does not satisfy RFC 9449 §4.3.
     #[error("DPoP proof refused: {0}")]
     DpopProof(String),
+    /// A DPoP proof without the server's current nonce (RFC 9449 §8).
+    #[error("{0}")]
+    DpopNonce(String),
     /// A name or identifier that is not allowed.
     #[error("invalid {what} `{value}`: {reason}")]
     InvalidName {

@@ -73,6 +73,7 @@ fn every_sample_gets_its_verdict() {
                     jkt: Some(jkt),
                     access_token: None,
                     known_key: None,
+                    nonces: None,
                 },
             )
             .map(|_| ())

@@ -68,6 +68,10 @@ pub struct Config {
     pub dpop_max_age: u64,
     /// Allowed clock skew for DPoP `iat` in the future (seconds).
     pub dpop_max_skew: u64,
+    /// Require server-provided DPoP nonces (RFC 9449 §8).
+    pub dpop_nonce: bool,
+    /// How often DPoP nonces rotate (seconds); each lives one to two periods.
+    pub dpop_nonce_period: u64,
     /// Largest request body (bytes).
     pub max_body: usize,
 }
@@ -86,6 +90,8 @@ impl Config {
             mandate_max_ttl: 3600,
             dpop_max_age: 60,
             dpop_max_skew: 5,
+            dpop_nonce: false,
+            dpop_nonce_period: 60,
             max_body: 64 * 1024,
         }
     }

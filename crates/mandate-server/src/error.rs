@@ -23,6 +23,8 @@ pub enum Code {
     InvalidTarget,
     /// RFC 9449 §5.
     InvalidDpopProof,
+    /// RFC 9449 §8: retry with the nonce in the `DPoP-Nonce` header.
+    UseDpopNonce,
     /// Policy said no.
     AccessDenied,
     /// Missing or bad admin credential (RFC 6750 §3.1 `invalid_token`).
@@ -48,6 +50,7 @@ impl Code {
             Code::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
             Code::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),
             Code::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
+            Code::UseDpopNonce => (StatusCode::BAD_REQUEST, "use_dpop_nonce"),
             Code::AccessDenied => (StatusCode::FORBIDDEN, "access_denied"),
             Code::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Code::Forbidden => (StatusCode::FORBIDDEN, "insufficient_scope"),

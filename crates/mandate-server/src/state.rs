@@ -73,6 +73,8 @@ pub struct AppState {
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
     pub run_keys: Mutex<HashMap<String, PublicJwk>>,
+    /// DPoP nonce issuer, when nonces are required.
+    pub nonces: Option<mandate_core::dpop::NonceIssuer>,
     /// Live revocations, for the feed's subscribers.
     pub revocations: tokio::sync::broadcast::Sender<mandate_store::Revocation>,
     /// Cedar entities per (run, tool), valid for one registry generation (bounded).
@@ -113,6 +115,12 @@ impl AppState {
         let root_public = root.public();
         let writer = Writer::start(Arc::clone(&store));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
+        let nonces = config.dpop_nonce.then(|| {
+            mandate_core::dpop::NonceIssuer::new(
+                mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32),
+                config.dpop_nonce_period,
+            )
+        });
         Ok(Arc::new(AppState {
             config,
             store,
@@ -126,6 +134,7 @@ impl AppState {
             mandates: Mutex::new(MandateCache::default()),
             admin_hashes,
             token_endpoint,
+            nonces,
             run_keys: Mutex::new(HashMap::new()),
             revocations: tokio::sync::broadcast::channel(4096).0,
             policy_entities: Mutex::new(HashMap::new()),

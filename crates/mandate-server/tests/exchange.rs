@@ -991,3 +991,79 @@ fn no_credential_is_returned_after_its_revocation_committed() {
         );
     }
 }
+
+#[test]
+fn dpop_nonce_is_required_when_enabled_and_rotates() {
+    let b = Broker::start_with("nonce", |c| {
+        c.dpop_nonce = true;
+        c.dpop_nonce_period = 2;
+    });
+    let grant = b.seed("acme");
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let send = |proof: String| {
+        let r = Broker::agent()
+            .post(b.token_url())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("DPoP", &proof)
+            .send(form(&mandate, "crm", "read"))
+            .unwrap();
+        let nonce = r
+            .headers()
+            .get("dpop-nonce")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (read(r), nonce)
+    };
+    // No nonce: refused with `use_dpop_nonce` and told which one to use.
+    let (got, nonce) = send(b.proof(&key));
+    assert_refused(&got, 400, "use_dpop_nonce", "DPoP-Nonce");
+    let nonce = nonce.expect("a DPoP-Nonce header");
+    // With it: a credential, and the next nonce.
+    let claims = |n: &str| json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now(), "nonce": n});
+    let (got, next) = send(proof_with(&key, claims(&nonce)));
+    assert_eq!(got.0, 200, "{}", got.1);
+    assert!(next.is_some());
+    // A made-up nonce is refused; one two periods old is stale.
+    assert_refused(
+        &send(proof_with(&key, claims("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))).0,
+        400,
+        "use_dpop_nonce",
+        "stale or not ours",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(4100));
+    assert_refused(
+        &send(proof_with(&key, claims(&nonce))).0,
+        400,
+        "use_dpop_nonce",
+        "stale or not ours",
+    );
+}
+
+#[test]
+fn dpop_clock_skew_is_configurable() {
+    let b = Broker::start_with("skew", |c| {
+        c.dpop_max_skew = 0;
+        c.dpop_max_age = 10;
+    });
+    let grant = b.seed("acme");
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let f = form(&mandate, "crm", "read");
+    let at = |iat: u64| {
+        proof_with(
+            &key,
+            json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": iat}),
+        )
+    };
+    assert_refused(
+        &b.exchange_raw(&f, Some(&at(now() + 3))),
+        400,
+        "invalid_dpop_proof",
+        "future",
+    );
+    assert_refused(
+        &b.exchange_raw(&f, Some(&at(now() - 30))),
+        400,
+        "invalid_dpop_proof",
+        "accepted for 10s",
+    );
+    assert_eq!(b.exchange_raw(&f, Some(&at(now()))).0, 200);
+}

@@ -118,6 +118,22 @@ pub async fn token(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let mut resp = token_inner(&s, addr, headers, raw).await;
+    // RFC 9449 §8.1, §8.2: every answer carries the nonce to use next.
+    if let Some(n) = &s.nonces
+        && let Ok(v) = HeaderValue::from_str(&n.current(crate::now_secs()))
+    {
+        resp.headers_mut().insert("dpop-nonce", v);
+    }
+    resp
+}
+
+async fn token_inner(
+    s: &S,
+    addr: SocketAddr,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
     let now = crate::now_secs();
     let mut seen = Seen::default();
     let outcome = exchange(&s, &headers, raw, now, &mut seen);
@@ -334,9 +350,13 @@ fn exchange(
             jkt: Some(&claims.cnf_jkt),
             access_token: None,
             known_key: known.as_ref(),
+            nonces: s.nonces.as_ref(),
         },
     )
-    .map_err(|e| err(Code::InvalidDpopProof, e.to_string()))?;
+    .map_err(|e| match e {
+        mandate_core::Error::DpopNonce(m) => err(Code::UseDpopNonce, m),
+        other => err(Code::InvalidDpopProof, other.to_string()),
+    })?;
     if known.is_none() {
         s.remember_run_key(&verified.jkt, verified.key.clone());
     }
