@@ -136,7 +136,7 @@ async fn token_inner(
 ) -> Response {
     let now = crate::now_secs();
     let mut seen = Seen::default();
-    let outcome = exchange(&s, &headers, raw, now, &mut seen);
+    let outcome = exchange(s, &headers, raw, now, &mut seen);
     let m = seen.mandate.as_deref();
     let mut ev = EventBody {
         time_ms: crate::now_ms(),
