@@ -1,0 +1,283 @@
+//! # mandate-verify
+//!
+//! For tool owners: verify a Mandate credential (an RFC 9068 JWT access token)
+//! offline, with the broker's JWKS, and the DPoP proof (RFC 9449) that must
+//! come with it on every request:
+//!
+//! - signature by a key of the JWKS (EdDSA or ES256 only; `none` and HMAC are
+//!   refused before any key is chosen), `typ: at+jwt`;
+//! - `iss`, `aud`, `exp` and `iat` with a leeway;
+//! - the proof: signed by the key the credential is bound to (`cnf.jkt`), for
+//!   this method and URI, fresh, with `ath` = the hash of this credential, and
+//!   never seen before (replay cache);
+//! - revocation: none of the ids the credential can be revoked by (itself,
+//!   its run, agent, principal, grant, tenant) is in the revoked set, which the
+//!   caller keeps current from the broker's revocation feed.
+//!
+//! It does no IO and reads no clock: the caller passes the JWKS, the time and
+//! the revocations in. Fetching, the feed client and a tower middleware build
+//! on this (see the issue tracker).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use mandate_core::UnixTime;
+use mandate_core::credential::AccessClaims;
+use mandate_core::dpop::{self, ProofExpectations, ReplayCache, ReplayError};
+use mandate_core::jose::{CompactJws, PublicJwk};
+use serde_json::Value;
+
+/// Why a request was refused. Messages say what is wrong, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The credential is not a well-formed JWT of an accepted algorithm.
+    #[error("credential refused: {0}")]
+    Malformed(String),
+    /// Its `kid` is not in the JWKS: fetch the JWKS again, then retry once.
+    #[error("credential signed with unknown key `{0}`; refresh the JWKS")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("credential signature does not verify")]
+    BadSignature,
+    /// Another issuer or audience.
+    #[error("credential is for {what} `{got}`, not `{want}`")]
+    WrongParty {
+        /// `iss` or `aud`.
+        what: &'static str,
+        /// What the credential says.
+        got: String,
+        /// What this verifier expects.
+        want: String,
+    },
+    /// Expired, or issued in the future.
+    #[error("credential is not valid now: {0}")]
+    NotValidNow(String),
+    /// Revoked.
+    #[error("credential has been revoked ({0})")]
+    Revoked(String),
+    /// The DPoP proof is missing or wrong.
+    #[error("{0}")]
+    Proof(String),
+}
+
+/// Who is calling, as the credential says and the proof confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Tenant.
+    pub tenant: String,
+    /// Agent name and SPIFFE ID.
+    pub agent: String,
+    /// Agent SPIFFE ID (`client_id`).
+    pub agent_id: String,
+    /// Run id.
+    pub run: String,
+    /// On whose behalf (`sub`): the principal, or the agent's SPIFFE ID.
+    pub subject: String,
+    /// The actor chain, innermost (current) first (RFC 8693 §4.1).
+    pub actors: Vec<String>,
+    /// Granted actions.
+    pub scopes: Vec<String>,
+    /// Task.
+    pub task: String,
+    /// Credential id.
+    pub jti: String,
+    /// Expiry.
+    pub exp: UnixTime,
+}
+
+/// The request a credential arrived with.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `Authorization: DPoP <credential>`.
+    pub credential: &'a str,
+    /// The `DPoP` header.
+    pub proof: Option<&'a str>,
+    /// HTTP method.
+    pub method: &'a str,
+    /// The request URI as the tool publishes it.
+    pub uri: &'a str,
+}
+
+/// Verifies credentials for one tool (one audience) of one broker (issuer).
+pub struct Verifier {
+    issuer: String,
+    audience: String,
+    keys: HashMap<String, PublicJwk>,
+    revoked: HashSet<String>,
+    leeway: u64,
+    proof_max_age: u64,
+    replay: Mutex<ReplayCache>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("keys", &self.keys.len())
+            .field("revoked", &self.revoked.len())
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier for credentials of `issuer` addressed to `audience`.
+    pub fn new(issuer: &str, audience: &str) -> Self {
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            audience: audience.to_owned(),
+            keys: HashMap::new(),
+            revoked: HashSet::new(),
+            leeway: 5,
+            proof_max_age: 60,
+            replay: Mutex::new(ReplayCache::new(1_000_000)),
+        }
+    }
+
+    /// Clock leeway for `exp`, `iat` and proof times (default 5 s).
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        self.leeway = secs;
+        self
+    }
+
+    /// Replaces the keys with a JWKS document (RFC 7517 §5). Keys without a
+    /// `kid`, private keys and unsupported key types are skipped; returns how
+    /// many keys were loaded.
+    pub fn set_jwks(&mut self, jwks: &Value) -> usize {
+        self.keys = jwks["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| Some((k["kid"].as_str()?.to_owned(), PublicJwk::from_json(k).ok()?)))
+            .collect();
+        self.keys.len()
+    }
+
+    /// Records a revoked id from the broker's feed (`cred:…`, `run:…`, ...).
+    pub fn revoke(&mut self, key: &str) {
+        self.revoked.insert(key.to_owned());
+    }
+
+    /// Verifies a request's credential and proof at `now`.
+    pub fn verify(&self, req: &Request<'_>, now: UnixTime) -> Result<Identity, VerifyError> {
+        let jws = CompactJws::parse("credential", req.credential, 8192)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        if jws.header_str("typ") != Some("at+jwt") {
+            return Err(VerifyError::Malformed(
+                "header `typ` must be `at+jwt`".into(),
+            ));
+        }
+        let kid = jws
+            .header_str("kid")
+            .ok_or_else(|| VerifyError::Malformed("header has no `kid`".into()))?;
+        let key = self
+            .keys
+            .get(kid)
+            .ok_or_else(|| VerifyError::UnknownKey(kid.chars().take(64).collect()))?;
+        key.verify(
+            "credential",
+            jws.alg,
+            jws.signing_input.as_bytes(),
+            &jws.signature,
+        )
+        .map_err(|_| VerifyError::BadSignature)?;
+        let c: AccessClaims = serde_json::from_slice(&jws.payload)
+            .map_err(|e| VerifyError::Malformed(format!("claims: {e}")))?;
+        if c.iss.trim_end_matches('/') != self.issuer {
+            return Err(VerifyError::WrongParty {
+                what: "issuer",
+                got: c.iss,
+                want: self.issuer.clone(),
+            });
+        }
+        if c.aud != self.audience {
+            return Err(VerifyError::WrongParty {
+                what: "audience",
+                got: c.aud,
+                want: self.audience.clone(),
+            });
+        }
+        if c.exp + self.leeway < now {
+            return Err(VerifyError::NotValidNow(format!("expired at {}", c.exp)));
+        }
+        if c.iat > now + self.leeway {
+            return Err(VerifyError::NotValidNow(
+                "issued in the future; check the clock".into(),
+            ));
+        }
+        if let Some(k) = c
+            .revocation_keys()
+            .into_iter()
+            .find(|k| self.revoked.contains(k))
+        {
+            return Err(VerifyError::Revoked(
+                k.split(':').next().unwrap_or("credential").to_owned(),
+            ));
+        }
+        let proof = req.proof.ok_or_else(|| {
+            VerifyError::Proof(
+                "a DPoP proof signed by the run key is required (`DPoP` header)".into(),
+            )
+        })?;
+        let p = dpop::verify_proof(
+            proof,
+            &ProofExpectations {
+                method: req.method,
+                uri: req.uri,
+                now,
+                max_age: self.proof_max_age,
+                max_skew: self.leeway,
+                jkt: Some(&c.cnf.jkt),
+                access_token: Some(req.credential),
+                known_key: None,
+                nonces: None,
+            },
+        )
+        .map_err(|e| VerifyError::Proof(e.to_string()))?;
+        let mut replay = self
+            .replay
+            .lock()
+            .map_err(|_| VerifyError::Proof("replay cache unavailable".into()))?;
+        match replay.check_and_insert(
+            &p.jkt,
+            &p.jti,
+            p.iat + self.proof_max_age + self.leeway,
+            now,
+        ) {
+            Ok(()) => {}
+            Err(ReplayError::Replayed) => {
+                return Err(VerifyError::Proof("DPoP proof replayed".into()));
+            }
+            Err(ReplayError::Full) => {
+                return Err(VerifyError::Proof(
+                    "too many live DPoP proofs; retry".into(),
+                ));
+            }
+        }
+        let mut actors = Vec::new();
+        let mut a = Some(&c.act);
+        while let Some(x) = a {
+            actors.push(x.sub.clone());
+            a = x.act.as_deref();
+        }
+        Ok(Identity {
+            tenant: c.tenant,
+            agent: c.agent,
+            agent_id: c.client_id,
+            run: c.run,
+            subject: c.sub,
+            actors,
+            scopes: c
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            task: c.task,
+            jti: c.jti,
+            exp: c.exp,
+        })
+    }
+}
