@@ -68,6 +68,21 @@ fn need_tenant(s: &S, tenant: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Commits a registration with its event and answers 201 with the record.
+async fn created<T: serde::Serialize>(
+    s: &S,
+    m: Mutation,
+    ev: EventBody,
+    record: &T,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    s.commit(Entry {
+        mutation: Some(m),
+        events: vec![ev],
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
 /// Lists what a tenant has, for an admin.
 fn of_tenant(
     s: &S,
@@ -118,12 +133,7 @@ pub async fn create_tenant(
         created_ms: crate::now_ms(),
     };
     let ev = Ctx::new(&headers, addr).event("tenant.create", Some(&t.name));
-    s.commit(Entry {
-        mutation: Some(Mutation::CreateTenant(t.clone())),
-        events: vec![ev],
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    created(&s, Mutation::CreateTenant(t.clone()), ev, &t).await
 }
 
 /// `GET /v1/tenants`
@@ -173,12 +183,7 @@ pub async fn create_principal(
     };
     let mut ev = Ctx::new(&headers, addr).event("principal.create", Some(&tenant));
     ev.principal = Some(p.id.clone());
-    s.commit(Entry {
-        mutation: Some(Mutation::CreatePrincipal(p.clone())),
-        events: vec![ev],
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(p))))
+    created(&s, Mutation::CreatePrincipal(p.clone()), ev, &p).await
 }
 
 /// `GET /v1/tenants/{tenant}/principals`
@@ -258,12 +263,7 @@ pub async fn create_agent(
     let mut ev = Ctx::new(&headers, addr).event("agent.create", Some(&tenant));
     ev.agent = Some(a.name.clone());
     ev.details = json!({"owner": a.owner, "envelope": a.envelope});
-    s.commit(Entry {
-        mutation: Some(Mutation::CreateAgent(a.clone())),
-        events: vec![ev],
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(a))))
+    created(&s, Mutation::CreateAgent(a.clone()), ev, &a).await
 }
 
 /// `GET /v1/tenants/{tenant}/agents`
@@ -408,12 +408,7 @@ pub async fn create_tool(
     ev.tool = Some(t.name.clone());
     ev.details =
         json!({"audience": t.audience, "actions": t.actions, "labels": t.labels, "risk": t.risk});
-    s.commit(Entry {
-        mutation: Some(Mutation::CreateTool(t.clone())),
-        events: vec![ev],
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    created(&s, Mutation::CreateTool(t.clone()), ev, &t).await
 }
 
 /// `GET /v1/tenants/{tenant}/tools`
@@ -517,12 +512,7 @@ pub async fn create_grant(
     ev.agent = Some(g.agent.clone());
     ev.task = Some(g.task.clone());
     ev.details = json!({"grant": g.id, "capabilities": g.capabilities, "expires_at": g.expires_at});
-    s.commit(Entry {
-        mutation: Some(Mutation::CreateGrant(g.clone())),
-        events: vec![ev],
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(g))))
+    created(&s, Mutation::CreateGrant(g.clone()), ev, &g).await
 }
 
 /// `GET /v1/tenants/{tenant}/grants`
