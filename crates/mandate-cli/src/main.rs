@@ -64,6 +64,9 @@ enum Cmd {
     Run(RunCmd),
     /// Revoke a credential, run, agent, principal, grant or tenant.
     Revoke(RevokeArgs),
+    /// Look inside tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// List and verify the audit trail.
     Audit(AuditArgs),
 }
@@ -281,6 +284,16 @@ enum RunCmd {
     },
     /// End a run: its mandate and credentials are refused from now on.
     End { id: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Show what a mandate or credential says (broker → agent → run, principal,
+    /// capabilities, expiry, key binding) and whether it verifies now.
+    Inspect {
+        /// The token, or `-` to read it from standard input.
+        token: String,
+    },
 }
 
 #[derive(Args)]
@@ -729,6 +742,29 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     "revoked {}: refused from now on",
                     v["revoked"].as_str().unwrap_or("")
                 );
+            }
+        }
+        Cmd::Token(TokenCmd::Inspect { token }) => {
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| {
+                    CliError(format!("cannot read the token from standard input: {e}"))
+                })?;
+                t.trim().to_owned()
+            } else {
+                token
+            };
+            let v = c().post("/v1/tokens/inspect", &json!({"token": token}))?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                output::print_inspection(&v);
+            }
+            if !v["verifies"].as_bool().unwrap_or(false) {
+                return Err(CliError(format!(
+                    "the token does not verify: {}",
+                    v["reason"].as_str().unwrap_or("unknown reason")
+                )));
             }
         }
         Cmd::Audit(a) => {

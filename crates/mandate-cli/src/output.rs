@@ -139,3 +139,42 @@ pub(crate) fn print_audit(v: &Value) {
         print_rows(&cols, &rows);
     }
 }
+
+/// Prints a token inspection as a small tree.
+pub(crate) fn print_inspection(v: &Value) {
+    let verdict = if v["verifies"].as_bool().unwrap_or(false) {
+        "verifies now".to_owned()
+    } else {
+        format!("does NOT verify: {}", v["reason"].as_str().unwrap_or("?"))
+    };
+    println!("{} — {verdict}", cell(&v["kind"]));
+    let hops = v["chain"].as_array().cloned().unwrap_or_default();
+    for (i, h) in hops.iter().enumerate() {
+        println!(
+            "{}{:<7} {}",
+            "  ".repeat(i + 1),
+            cell(&h["hop"]),
+            cell(&h["id"])
+        );
+    }
+    for (label, key) in [
+        ("principal", "principal"),
+        ("grant", "grant"),
+        ("tenant", "tenant"),
+        ("task", "task"),
+        ("tool", "tool"),
+        ("actions", "actions"),
+        ("capabilities", "capabilities"),
+        ("credential", "jti"),
+    ] {
+        if !v[key].is_null() {
+            println!("{label:<13}{}", cell(&v[key]));
+        }
+    }
+    if let Some(t) = v["expires_at"].as_u64() {
+        println!("{:<13}{}", "expires", time_s(t));
+    }
+    if let Some(k) = v["key_binding"]["jkt"].as_str() {
+        println!("{:<13}jkt {k}", "bound to");
+    }
+}

@@ -1067,3 +1067,58 @@ fn dpop_clock_skew_is_configurable() {
     );
     assert_eq!(b.exchange_raw(&f, Some(&at(now()))).0, 200);
 }
+
+#[test]
+fn token_inspect_shows_the_chain_and_why_it_fails() {
+    let b = Broker::start("inspect");
+    let grant = b.seed("acme");
+    let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let cred = b.exchange(&mandate, &key, "crm", "read").1["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inspect = |t: &str| b.admin_post("/v1/tokens/inspect", json!({"token": t}));
+    let (s, v) = inspect(&mandate);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["kind"].clone(), v["verifies"].clone()),
+        (json!("mandate"), json!(true))
+    );
+    assert_eq!(
+        v["chain"][2]["id"].as_str().unwrap(),
+        format!("spiffe://mandate.local/tenant/acme/agent/triage/run/{run}")
+    );
+    assert_eq!(v["capabilities"], json!(["crm:read", "github:read"]));
+    assert_eq!(v["key_binding"]["jkt"], key.kid().as_str());
+    let (_, v) = inspect(&cred);
+    assert_eq!(
+        (v["kind"].clone(), v["verifies"].clone()),
+        (json!("credential"), json!(true))
+    );
+    assert_eq!(v["principal"], "alice@example.com");
+    assert_eq!(v["tool"], "https://crm.acme.example");
+    b.admin_post("/v1/revocations", json!({"kind": "run", "id": run}));
+    let (_, v) = inspect(&cred);
+    assert_eq!(v["verifies"], false);
+    assert_eq!(v["reason"], format!("revoked: run:{run}"));
+    let (_, v) = inspect(&mandate);
+    assert_eq!(v["verifies"], false);
+    let (_, v) = inspect("garbage");
+    assert_eq!(
+        (v["kind"].clone(), v["verifies"].clone()),
+        (json!("unknown"), json!(false))
+    );
+    let parts: Vec<&str> = cred.split('.').collect();
+    let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"at+jwt"}"#), parts[1]);
+    let (_, v) = inspect(&none);
+    assert!(
+        v["reason"].as_str().unwrap().contains("not accepted"),
+        "{v}"
+    );
+    // Admin only.
+    let r = Broker::agent()
+        .post(format!("{}/v1/tokens/inspect", b.url))
+        .send_json(json!({"token": mandate}))
+        .unwrap();
+    assert_refused(&read(r), 401, "invalid_token", "admin credential");
+}

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod feed;
+pub mod inspect;
 pub mod oauth;
 
 use std::net::SocketAddr;
@@ -68,6 +69,7 @@ pub fn router(state: S) -> Router {
         )
         .route("/v1/revocations/log", get(feed::log))
         .route("/v1/revocations/feed", get(feed::feed))
+        .route("/v1/tokens/inspect", post(inspect::inspect))
         .route("/v1/audit", get(admin::audit_query))
         .route("/v1/audit/verify", get(admin::audit_verify))
         .fallback(|| async {
