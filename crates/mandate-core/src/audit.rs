@@ -82,9 +82,7 @@ pub struct ChainedEvent {
     pub body: EventBody,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::ids::hex;
 
 /// The canonical bytes of a body: serde_json of the struct (fixed field
 /// order; `details` maps are sorted because serde_json's map is a BTreeMap).

@@ -87,8 +87,37 @@ impl AccessClaims {
 
 /// Signs a credential with `key` (RFC 9068 §2.1: `typ: at+jwt`, `kid`).
 pub fn sign(key: &SigningKey, claims: &AccessClaims) -> Result<String> {
-    let payload = serde_json::to_value(claims).map_err(|e| Error::Crypto(e.to_string()))?;
-    Ok(key.sign_jws(&json!({"typ": "at+jwt", "kid": key.kid()}), &payload))
+    Signer::new(key.clone()).sign(claims)
+}
+
+/// A credential signer with its protected header encoded once (the hot
+/// path signs thousands of credentials with the same key).
+#[derive(Debug, Clone)]
+pub struct Signer {
+    key: SigningKey,
+    header_b64: String,
+}
+
+impl Signer {
+    /// A signer for `key`.
+    pub fn new(key: SigningKey) -> Self {
+        let header = json!({"alg": key.alg().as_str(), "typ": "at+jwt", "kid": key.kid()});
+        let header_b64 = crate::jose::b64(header.to_string().as_bytes());
+        Self { key, header_b64 }
+    }
+
+    /// Signs `claims`.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String> {
+        let payload = serde_json::to_vec(claims).map_err(|e| Error::Crypto(e.to_string()))?;
+        let mut out = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 100);
+        out.push_str(&self.header_b64);
+        out.push('.');
+        out.push_str(&crate::jose::b64(&payload));
+        let sig = self.key.sign(out.as_bytes());
+        out.push('.');
+        out.push_str(&crate::jose::b64(&sig));
+        Ok(out)
+    }
 }
 
 /// Verifies a credential this broker issued: allow-listed `alg`, known

@@ -86,8 +86,17 @@ pub fn random_id(rng: &mut (impl RngCore + CryptoRng), prefix: &str) -> String {
     rng.fill_bytes(&mut b);
     let mut s = String::with_capacity(prefix.len() + 32);
     s.push_str(prefix);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
+    s.push_str(&hex(&b));
+    s
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
     }
     s
 }

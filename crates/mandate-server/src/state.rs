@@ -73,6 +73,8 @@ pub struct AppState {
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
     pub run_keys: Mutex<HashMap<String, PublicJwk>>,
+    /// Credential signers (EdDSA, ES256), headers encoded once.
+    pub signers: [mandate_core::credential::Signer; 2],
     /// DPoP nonce issuer, when nonces are required.
     pub nonces: Option<mandate_core::dpop::NonceIssuer>,
     /// Live revocations, for the feed's subscribers.
@@ -121,6 +123,10 @@ impl AppState {
                 config.dpop_nonce_period,
             )
         });
+        let signers = [
+            mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
+            mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
+        ];
         Ok(Arc::new(AppState {
             config,
             store,
@@ -134,6 +140,7 @@ impl AppState {
             mandates: Mutex::new(MandateCache::default()),
             admin_hashes,
             token_endpoint,
+            signers,
             nonces,
             run_keys: Mutex::new(HashMap::new()),
             revocations: tokio::sync::broadcast::channel(4096).0,

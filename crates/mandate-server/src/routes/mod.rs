@@ -163,7 +163,7 @@ pub fn correlation_id(headers: &HeaderMap) -> String {
     }
     let mut b = [0u8; 16];
     OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    mandate_core::ids::hex(&b)
 }
 
 /// The client address as text.

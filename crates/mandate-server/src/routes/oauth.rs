@@ -495,7 +495,12 @@ fn exchange(
         grant: claims.grant.clone(),
     };
     let alg = Alg::parse("tool", &tool.alg).unwrap_or(Alg::EdDSA);
-    let token = credential::sign(s.keys.jwt_key(alg), &access)
+    let signer = match alg {
+        Alg::EdDSA => &s.signers[0],
+        Alg::ES256 => &s.signers[1],
+    };
+    let token = signer
+        .sign(&access)
         .map_err(|e| err(Code::ServerError, e.to_string()))?;
     Ok((token, access))
 }
