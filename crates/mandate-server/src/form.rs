@@ -110,6 +110,20 @@ mod tests {
         assert!(e.description.contains("more than once"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn form_parser_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = Form::parse(&body);
+        }
+
+        #[test]
+        fn encoded_fields_round_trip(k in "[a-z_]{1,12}", v in ".{0,40}") {
+            let enc: String = v.bytes().map(|b| format!("%{b:02X}")).collect();
+            let f = Form::parse(format!("{k}={enc}").as_bytes()).unwrap();
+            proptest::prop_assert_eq!(f.opt(&k), if v.is_empty() { None } else { Some(v.as_str()) });
+        }
+    }
+
     #[test]
     fn fields_decode() {
         let f = Form::parse(b"a=x+y%21&b=&c").unwrap();
