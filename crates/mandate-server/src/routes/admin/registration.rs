@@ -1,0 +1,524 @@
+//! Registrations: tenants, principals, agents, tools, grants and Cedar policies.
+
+use super::*;
+
+// ---------- tenants ----------
+
+/// Request body or query of an admin endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// `POST /v1/tenants`
+pub async fn create_tenant(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    let req: NewTenant = json_body(&body(raw, s.config.max_body)?)?;
+    ids::check_slug("tenant", &req.name).map_err(bad)?;
+    ids::check_text("description", &req.description, 1024).map_err(bad)?;
+    if s.reg().tenants.contains_key(&req.name) {
+        return Err(err(
+            Code::Conflict,
+            format!("tenant `{}` already exists", req.name),
+        ));
+    }
+    let t = Tenant {
+        name: req.name.clone(),
+        description: req.description,
+        created_ms: crate::now_ms(),
+    };
+    let ev = Ctx::new(&headers, addr).event("tenant.create", Some(&t.name));
+    created(&s, Mutation::CreateTenant(t.clone()), ev, &t).await
+}
+
+/// `GET /v1/tenants`
+pub async fn list_tenants(State(s): State<S>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    Ok(Json(json!(s.reg().tenants.values().collect::<Vec<_>>())))
+}
+
+// ---------- principals ----------
+
+/// Request body or query of an admin endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPrincipal {
+    id: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// `POST /v1/tenants/{tenant}/principals`
+pub async fn create_principal(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let req: NewPrincipal = json_body(&body(raw, s.config.max_body)?)?;
+    ids::check_principal(&req.id).map_err(bad)?;
+    ids::check_text("display name", &req.display_name, 256).map_err(bad)?;
+    if s.reg()
+        .principals
+        .contains_key(&(tenant.clone(), req.id.clone()))
+    {
+        return Err(err(
+            Code::Conflict,
+            format!("principal `{}` already exists in tenant `{tenant}`", req.id),
+        ));
+    }
+    let p = Principal {
+        tenant: tenant.clone(),
+        id: req.id,
+        display_name: req.display_name,
+        created_ms: crate::now_ms(),
+    };
+    let mut ev = Ctx::new(&headers, addr).event("principal.create", Some(&tenant));
+    ev.principal = Some(p.id.clone());
+    created(&s, Mutation::CreatePrincipal(p.clone()), ev, &p).await
+}
+
+/// `GET /v1/tenants/{tenant}/principals`
+pub async fn list_principals(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.principals
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+// ---------- agents ----------
+
+/// Request body or query of an admin endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    name: String,
+    owner: String,
+    #[serde(default)]
+    purpose: String,
+    envelope: Vec<String>,
+}
+
+/// `POST /v1/tenants/{tenant}/agents`
+pub async fn create_agent(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let req: NewAgent = json_body(&body(raw, s.config.max_body)?)?;
+    ids::check_slug("agent", &req.name).map_err(bad)?;
+    if req.owner.trim().is_empty() {
+        return Err(err(
+            Code::InvalidRequest,
+            "an agent needs an `owner`: the person or team accountable for it",
+        ));
+    }
+    ids::check_text("owner", &req.owner, 256).map_err(bad)?;
+    ids::check_text("purpose", &req.purpose, 1024).map_err(bad)?;
+    if req.envelope.len() > 256 {
+        return Err(err(
+            Code::InvalidRequest,
+            "an envelope may hold at most 256 capabilities",
+        ));
+    }
+    let env = CapabilitySet::parse(&req.envelope).map_err(bad)?;
+    if s.reg()
+        .agents
+        .contains_key(&(tenant.clone(), req.name.clone()))
+    {
+        return Err(err(
+            Code::Conflict,
+            format!("agent `{}` already exists in tenant `{tenant}`", req.name),
+        ));
+    }
+    let a = Agent {
+        spiffe_id: agent_spiffe_id(&s.config.trust_domain, &tenant, &req.name),
+        tenant: tenant.clone(),
+        name: req.name,
+        owner: req.owner,
+        purpose: req.purpose,
+        envelope: env.to_strings(),
+        created_ms: crate::now_ms(),
+    };
+    let mut ev = Ctx::new(&headers, addr).event("agent.create", Some(&tenant));
+    ev.agent = Some(a.name.clone());
+    ev.details = json!({"owner": a.owner, "envelope": a.envelope});
+    created(&s, Mutation::CreateAgent(a.clone()), ev, &a).await
+}
+
+/// `GET /v1/tenants/{tenant}/agents`
+pub async fn list_agents(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.agents
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+// ---------- tools ----------
+
+/// Request body or query of an admin endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTool {
+    name: String,
+    audience: String,
+    actions: Vec<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    risk: Option<String>,
+    #[serde(default)]
+    max_ttl_secs: Option<u64>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+}
+
+/// Longest credential lifetime a tool may ask for.
+const TOOL_MAX_TTL: u64 = 3600;
+
+/// `POST /v1/tenants/{tenant}/tools`
+pub async fn create_tool(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let req: NewTool = json_body(&body(raw, s.config.max_body)?)?;
+    ids::check_slug("tool", &req.name).map_err(bad)?;
+    let aud_ok = (req.audience.starts_with("https://")
+        || req.audience.starts_with("http://")
+        || req.audience.starts_with("urn:"))
+        && req.audience.len() <= 512
+        && !req
+            .audience
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if !aud_ok {
+        return Err(err(
+            Code::InvalidRequest,
+            "`audience` must be an absolute URI (https://..., or urn:...) of at most 512 characters",
+        ));
+    }
+    if req.actions.is_empty() || req.actions.len() > 64 {
+        return Err(err(Code::InvalidRequest, "a tool needs 1 to 64 `actions`"));
+    }
+    for a in &req.actions {
+        check_action(a).map_err(bad)?;
+        if a == "*" {
+            return Err(err(
+                Code::InvalidRequest,
+                "tool actions must be named; `*` is only for capabilities",
+            ));
+        }
+    }
+    for l in &req.labels {
+        ids::check_slug("label", l).map_err(bad)?;
+    }
+    let risk = req.risk.unwrap_or_else(|| "low".into());
+    if !["low", "medium", "high", "critical"].contains(&risk.as_str()) {
+        return Err(err(
+            Code::InvalidRequest,
+            "`risk` must be `low`, `medium`, `high` or `critical`",
+        ));
+    }
+    let ttl = req.max_ttl_secs.unwrap_or(300);
+    if ttl == 0 || ttl > TOOL_MAX_TTL {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`max_ttl_secs` must be 1 to {TOOL_MAX_TTL}"),
+        ));
+    }
+    let provider = req.provider.unwrap_or_else(|| "jwt".into());
+    if provider != "jwt" {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "provider `{}` is not supported by this broker; use `jwt`",
+                short(&provider)
+            ),
+        ));
+    }
+    let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
+    {
+        let reg = s.reg();
+        if reg.tools.contains_key(&(tenant.clone(), req.name.clone())) {
+            return Err(err(
+                Code::Conflict,
+                format!("tool `{}` already exists in tenant `{tenant}`", req.name),
+            ));
+        }
+        if reg.find_tool(&tenant, &req.audience).is_some() {
+            return Err(err(
+                Code::Conflict,
+                format!(
+                    "another tool of tenant `{tenant}` already has audience `{}`",
+                    req.audience
+                ),
+            ));
+        }
+    }
+    let mut actions = req.actions;
+    actions.dedup();
+    let t = Tool {
+        tenant: tenant.clone(),
+        name: req.name,
+        audience: req.audience,
+        actions,
+        labels: req.labels,
+        risk,
+        max_ttl_secs: ttl,
+        provider,
+        alg: alg.as_str().into(),
+        created_ms: crate::now_ms(),
+    };
+    let mut ev = Ctx::new(&headers, addr).event("tool.create", Some(&tenant));
+    ev.tool = Some(t.name.clone());
+    ev.details =
+        json!({"audience": t.audience, "actions": t.actions, "labels": t.labels, "risk": t.risk});
+    created(&s, Mutation::CreateTool(t.clone()), ev, &t).await
+}
+
+/// `GET /v1/tenants/{tenant}/tools`
+pub async fn list_tools(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.tools
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+// ---------- grants ----------
+
+/// Request body or query of an admin endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGrant {
+    principal: String,
+    agent: String,
+    capabilities: Vec<String>,
+    task: String,
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+/// Longest grant (30 days).
+const GRANT_MAX_SECS: u64 = 30 * 24 * 3600;
+
+/// `POST /v1/tenants/{tenant}/grants`
+pub async fn create_grant(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let req: NewGrant = json_body(&body(raw, s.config.max_body)?)?;
+    let caps = CapabilitySet::parse(&req.capabilities).map_err(bad)?;
+    if caps.is_empty() {
+        return Err(err(
+            Code::InvalidRequest,
+            "a grant needs at least one capability (`tool:action`)",
+        ));
+    }
+    ids::check_text("task", &req.task, 1024).map_err(bad)?;
+    {
+        let reg = s.reg();
+        if !reg
+            .principals
+            .contains_key(&(tenant.clone(), req.principal.clone()))
+        {
+            return Err(err(
+                Code::NotFound,
+                format!(
+                    "principal `{}` not found in tenant `{tenant}`",
+                    short(&req.principal)
+                ),
+            ));
+        }
+        if !reg
+            .agents
+            .contains_key(&(tenant.clone(), req.agent.clone()))
+        {
+            return Err(err(
+                Code::NotFound,
+                format!(
+                    "agent `{}` not found in tenant `{tenant}`",
+                    short(&req.agent)
+                ),
+            ));
+        }
+    }
+    let secs = req.expires_in_secs.unwrap_or(24 * 3600);
+    if secs == 0 || secs > GRANT_MAX_SECS {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`expires_in_secs` must be 1 to {GRANT_MAX_SECS}"),
+        ));
+    }
+    let g = Grant {
+        id: random_id(&mut OsRng, "grt_"),
+        tenant: tenant.clone(),
+        principal: req.principal,
+        agent: req.agent,
+        capabilities: caps.to_strings(),
+        task: req.task,
+        expires_at: crate::now_secs() + secs,
+        created_ms: crate::now_ms(),
+    };
+    let mut ev = Ctx::new(&headers, addr).event("grant.create", Some(&tenant));
+    ev.principal = Some(g.principal.clone());
+    ev.agent = Some(g.agent.clone());
+    ev.task = Some(g.task.clone());
+    ev.details = json!({"grant": g.id, "capabilities": g.capabilities, "expires_at": g.expires_at});
+    created(&s, Mutation::CreateGrant(g.clone()), ev, &g).await
+}
+
+/// `GET /v1/tenants/{tenant}/grants`
+pub async fn list_grants(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.grants
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+// ---------- policies ----------
+
+/// `PUT /v1/tenants/{tenant}/policies/{name}` with the Cedar text as body.
+pub async fn put_policies(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, axum::response::Response> {
+    use axum::response::IntoResponse;
+    require_admin(&s, &headers).map_err(IntoResponse::into_response)?;
+    need_tenant(&s, &tenant).map_err(IntoResponse::into_response)?;
+    ids::check_slug("policy set", &name).map_err(|e| bad(e).into_response())?;
+    let raw = body(raw, s.config.max_body).map_err(IntoResponse::into_response)?;
+    let src = std::str::from_utf8(&raw)
+        .map_err(|_| err(Code::InvalidRequest, "the policy text is not UTF-8").into_response())?;
+    let policies = match s.engine.parse_policies(&name, src) {
+        Ok(p) => p,
+        Err(problems) => {
+            let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+            let list: Vec<Value> = problems
+                .iter()
+                .map(|p| json!({"line": p.line, "column": p.column, "message": p.message}))
+                .collect();
+            return Err((
+                StatusCode::BAD_REQUEST,
+                Json(json!({
+                    "error": "invalid_request",
+                    "error_description": format!("policy `{name}` is not valid against the Mandate schema: {first}"),
+                    "problems": list,
+                })),
+            )
+                .into_response());
+        }
+    };
+    let rec = PolicySetRecord {
+        tenant: tenant.clone(),
+        name: name.clone(),
+        policies: policies.into_iter().map(PolicyText::from).collect(),
+        created_ms: crate::now_ms(),
+    };
+    let mut ev = Ctx::new(&headers, addr).event("policy.put", Some(&tenant));
+    ev.policies = rec.policies.iter().map(|p| p.id.clone()).collect();
+    ev.details = json!({"set": name});
+    s.commit(Entry {
+        mutation: Some(Mutation::PutPolicySet(rec.clone())),
+        events: vec![ev],
+    })
+    .await
+    .map_err(IntoResponse::into_response)?;
+    Ok(Json(json!(rec)))
+}
+
+/// `DELETE /v1/tenants/{tenant}/policies/{name}`
+pub async fn delete_policies(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let mut ev = Ctx::new(&headers, addr).event("policy.delete", Some(&tenant));
+    ev.details = json!({"set": name});
+    s.commit(Entry {
+        mutation: Some(Mutation::DeletePolicySet { tenant, name }),
+        events: vec![ev],
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/tenants/{tenant}/policies`
+pub async fn list_policies(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    of_tenant(&s, &headers, &tenant, |reg| {
+        json!(
+            reg.policy_sets
+                .values()
+                .filter(|x| x.tenant == tenant)
+                .collect::<Vec<_>>()
+        )
+    })
+}
