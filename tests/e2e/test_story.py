@@ -35,6 +35,21 @@ def free_port():
 
 @pytest.fixture
 def broker(tmp_path):
+    b = start_broker(tmp_path)
+    yield b
+    b.proc.terminate()
+    b.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def nonce_broker(tmp_path):
+    b = start_broker(tmp_path, "--dpop-nonce")
+    yield b
+    b.proc.terminate()
+    b.proc.wait(timeout=10)
+
+
+def start_broker(tmp_path, *extra):
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -45,7 +60,7 @@ def broker(tmp_path):
     )
     env.pop("MANDATE_MASTER_KEY", None)
     env.pop("MANDATE_ADMIN_TOKEN_FILE", None)
-    proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}"], env=env,
+    proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -72,9 +87,7 @@ def broker(tmp_path):
         return r
 
     b.cli = cli
-    yield b
-    b.proc.terminate()
-    b.proc.wait(timeout=10)
+    return b
 
 
 def http(method, url, data=None, headers=None):
@@ -302,3 +315,40 @@ def test_kill_9_under_load_loses_no_credentials_event(broker):
     missing = [j for j in received if j not in audited]
     assert not missing, f"{len(missing)} credentials were returned without an audit event"
     assert "intact" in b.cli("audit", "verify").stdout
+
+
+def test_dpop_nonce_round_trip_with_an_independent_client(nonce_broker):
+    """With `--dpop-nonce`, a client written with joserfc follows RFC 9449 §8:
+    refused with `use_dpop_nonce`, it retries with the `DPoP-Nonce` it was given."""
+    b = nonce_broker
+    grant = register(b, "acme")
+    key = ECKey.generate_key("P-256")
+    run = start_run(b, "acme", grant, key)
+    endpoint = b.url + "/oauth/token"
+    form = urllib.parse.urlencode({
+        "grant_type": TOKEN_EXCHANGE, "subject_token": run["mandate"], "subject_token_type": MANDATE_TYPE,
+        "resource": "https://crm.acme.example", "scope": "read",
+    }).encode()
+
+    def attempt(nonce=None):
+        claims = {"jti": str(uuid.uuid4()), "htm": "POST", "htu": endpoint, "iat": int(time.time())}
+        if nonce:
+            claims["nonce"] = nonce
+        proof = jwt.encode({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}, claims, key,
+                           algorithms=["ES256"])
+        req = urllib.request.Request(endpoint, data=form, method="POST", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "DPoP": proof})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read()), r.headers.get("DPoP-Nonce")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read()), e.headers.get("DPoP-Nonce")
+
+    status, body, nonce = attempt()
+    assert status == 400 and body["error"] == "use_dpop_nonce", body
+    assert nonce
+    status, body, next_nonce = attempt(nonce)
+    assert status == 200, body
+    assert body["token_type"] == "DPoP" and next_nonce
+    status, body, _ = attempt("made-up")
+    assert status == 400 and body["error"] == "use_dpop_nonce", body
