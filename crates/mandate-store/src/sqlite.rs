@@ -267,6 +267,16 @@ fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEvent> {
     })
 }
 
+fn row_revocation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
+    Ok(Revocation {
+        seq: r.get::<_, i64>(0)? as u64,
+        key: r.get(1)?,
+        reason: r.get(2)?,
+        time_ms: r.get::<_, i64>(3)? as u64,
+        until: r.get::<_, i64>(4)? as u64,
+    })
+}
+
 fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
     Ok(Run {
         id: r.get(0)?,
@@ -363,15 +373,7 @@ impl Store for SqliteStore {
             .collect::<rusqlite::Result<_>>()?;
         s.revocations = c
             .prepare("SELECT seq, key, reason, time_ms, until FROM revocations ORDER BY seq")?
-            .query_map([], |r| {
-                Ok(Revocation {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    key: r.get(1)?,
-                    reason: r.get(2)?,
-                    time_ms: r.get::<_, i64>(3)? as u64,
-                    until: r.get::<_, i64>(4)? as u64,
-                })
-            })?
+            .query_map([], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         s.keys = c
             .prepare("SELECT kid, alg, purpose, sealed, created_ms FROM keys ORDER BY created_ms")?
@@ -522,15 +524,7 @@ impl Store for SqliteStore {
         let c = lock(&self.reader);
         let out = c
             .prepare_cached("SELECT seq, key, reason, time_ms, until FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
-            .query_map(params![after as i64, limit as i64], |r| {
-                Ok(Revocation {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    key: r.get(1)?,
-                    reason: r.get(2)?,
-                    time_ms: r.get::<_, i64>(3)? as u64,
-                    until: r.get::<_, i64>(4)? as u64,
-                })
-            })?
+            .query_map(params![after as i64, limit as i64], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(out)
     }
