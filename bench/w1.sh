@@ -4,24 +4,10 @@
 # BENCHMARKS.md records it. Needs wrk (Debian) and node/npm (for the peer).
 #   bash bench/w1.sh            # all baselines
 #   SKIP_PEER=1 bash bench/w1.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
-cargo build --release -q -p mandate-cli -p mandate-bench
-bin=$CARGO_TARGET_DIR/release
-work=$(mktemp -d /tmp/mandate-w1.XXXXXX)
-echo "work dir: $work"
 port=18471
-export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RUST_LOG:-warn}
-cleanup() { kill "${broker:-}" "${ceil:-}" 2>/dev/null || true; }
-trap cleanup EXIT
-
+source "$(dirname "$0")/lib.sh"
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(date -u +%F)"
-
-"$bin/mandate" serve --listen 127.0.0.1:$port >"$work/broker.log" 2>&1 &
-broker=$!
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done
 "$bin/mandate-bench" prep --url http://127.0.0.1:$port --admin-token-file "$work/config/admin.token" --out "$work"
 
 cpu() { awk '{print $14+$15}' /proc/$broker/stat; }

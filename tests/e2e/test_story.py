@@ -106,12 +106,17 @@ def dpop(key, alg, url):
     return jwt.encode(header, claims, key, algorithms=[alg])
 
 
+def token_form(mandate, scope="read", **target):
+    """The RFC 8693 form body; `target` is `resource=...` or `audience=...`."""
+    return urllib.parse.urlencode({
+        "grant_type": TOKEN_EXCHANGE, "subject_token": mandate, "subject_token_type": MANDATE_TYPE,
+        **target, "scope": scope,
+    }).encode()
+
+
 def exchange(b, mandate, key, alg, audience, scope):
     meta = http("GET", b.url + "/.well-known/oauth-authorization-server")[1]
-    form = urllib.parse.urlencode({
-        "grant_type": TOKEN_EXCHANGE, "subject_token": mandate, "subject_token_type": MANDATE_TYPE,
-        "resource": audience, "scope": scope,
-    }).encode()
+    form = token_form(mandate, scope, resource=audience)
     return http("POST", meta["token_endpoint"], form, {
         "Content-Type": "application/x-www-form-urlencoded",
         "DPoP": dpop(key, alg, meta["token_endpoint"]),
@@ -279,10 +284,7 @@ def test_kill_9_under_load_loses_no_credentials_event(broker):
     key = OKPKey.generate_key("Ed25519")
     run = start_run(b, "acme", grant, key)
     endpoint = b.url + "/oauth/token"
-    form = urllib.parse.urlencode({
-        "grant_type": TOKEN_EXCHANGE, "subject_token": run["mandate"], "subject_token_type": MANDATE_TYPE,
-        "audience": "crm", "scope": "read",
-    }).encode()
+    form = token_form(run["mandate"], audience="crm")
     received, stop = [], threading.Event()
 
     def load():
@@ -325,10 +327,7 @@ def test_dpop_nonce_round_trip_with_an_independent_client(nonce_broker):
     key = ECKey.generate_key("P-256")
     run = start_run(b, "acme", grant, key)
     endpoint = b.url + "/oauth/token"
-    form = urllib.parse.urlencode({
-        "grant_type": TOKEN_EXCHANGE, "subject_token": run["mandate"], "subject_token_type": MANDATE_TYPE,
-        "resource": "https://crm.acme.example", "scope": "read",
-    }).encode()
+    form = token_form(run["mandate"], resource="https://crm.acme.example")
 
     def attempt(nonce=None):
         claims = {"jti": str(uuid.uuid4()), "htm": "POST", "htu": endpoint, "iat": int(time.time())}

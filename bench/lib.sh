@@ -1,0 +1,14 @@
+# Shared by the bench scripts: build, and start a release broker on $port in
+# a fresh work directory ($work); the broker ($broker) stops when the script exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
+cargo build --release -q -p mandate-cli -p mandate-bench
+bin=$CARGO_TARGET_DIR/release
+work=$(mktemp -d /tmp/mandate-bench.XXXXXX)
+echo "work dir: $work"
+export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RUST_LOG:-warn}
+"$bin/mandate" serve --listen 127.0.0.1:$port >"$work/broker.log" 2>&1 &
+broker=$!
+trap 'kill ${broker:-} ${ceil:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done
