@@ -907,6 +907,13 @@ fn policy_change_takes_effect_at_once() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
     assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    // Removing it again: nothing to remove.
+    let r = Broker::agent()
+        .delete(format!("{}/v1/tenants/acme/policies/freeze", b.url))
+        .header("Authorization", &format!("Bearer {}", b.admin))
+        .call()
+        .unwrap();
+    assert_refused(&read(r), 404, "not_found", "policy set `freeze`");
 }
 
 #[test]
