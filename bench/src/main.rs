@@ -391,7 +391,7 @@ fn verify_bench(iterations: u32) {
         jti: "cred_1".into(),
         iat: now,
         exp: now + 300,
-        cnf: Confirmation { jkt: run_key.kid() },
+        cnf: Some(Confirmation { jkt: run_key.kid() }),
         tenant: "t".into(),
         run: "r".into(),
         agent: "a".into(),

@@ -252,7 +252,7 @@ fn main() {
         jti: "cred_1".into(),
         iat: NOW,
         exp: NOW + 300,
-        cnf: Confirmation { jkt: run_key.kid() },
+        cnf: Some(Confirmation { jkt: run_key.kid() }),
         tenant: "acme".into(),
         run: "run_1".into(),
         agent: "triage".into(),

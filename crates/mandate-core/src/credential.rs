@@ -51,8 +51,11 @@ pub struct AccessClaims {
     pub iat: UnixTime,
     /// Expiry.
     pub exp: UnixTime,
-    /// Key binding.
-    pub cnf: Confirmation,
+    /// Key binding. Absent only on the broker's proxy credentials, which
+    /// unchanged SDKs present as bearer tokens, and which only the broker's
+    /// proxy accepts (their `aud` is the proxy).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cnf: Option<Confirmation>,
     /// Tenant.
     pub tenant: String,
     /// Run id.
@@ -185,7 +188,7 @@ mod tests {
             jti: "j1".into(),
             iat: 100,
             exp: 200,
-            cnf: Confirmation { jkt: "k".into() },
+            cnf: Some(Confirmation { jkt: "k".into() }),
             tenant: "t".into(),
             run: "r".into(),
             agent: "a".into(),

@@ -33,6 +33,7 @@ pub mod keys;
 pub mod mandate;
 pub mod policy;
 pub mod secret;
+pub mod tooling;
 
 pub use error::Error;
 

@@ -74,6 +74,8 @@ pub struct Config {
     pub dpop_nonce_period: u64,
     /// Largest request body (bytes).
     pub max_body: usize,
+    /// Largest request body the proxy forwards (bytes).
+    pub proxy_max_body: usize,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
             dpop_nonce: false,
             dpop_nonce_period: 60,
             max_body: 64 * 1024,
+            proxy_max_body: 10 * 1024 * 1024,
         }
     }
 }
@@ -325,5 +328,5 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
     }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
-    AppState::new(cfg, Arc::new(store), keys, snap, admin_hashes)
+    AppState::new(cfg, Arc::new(store), keys, snap, admin_hashes, mk)
 }

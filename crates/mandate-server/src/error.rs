@@ -39,6 +39,12 @@ pub enum Code {
     TooLarge,
     /// Our fault.
     ServerError,
+    /// The proxy could not reach the upstream (RFC 9110 §15.6.3).
+    BadGateway,
+    /// The upstream did not answer in time (RFC 9110 §15.6.5).
+    GatewayTimeout,
+    /// A system the broker depends on is down; retry later (RFC 6749 §4.1.2.1).
+    Unavailable,
 }
 
 impl Code {
@@ -58,7 +64,15 @@ impl Code {
             Code::Conflict => (StatusCode::CONFLICT, "conflict"),
             Code::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
             Code::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            Code::BadGateway => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            Code::GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        self.parts().0
     }
 
     /// The wire name.

@@ -14,9 +14,11 @@
 pub mod boot;
 pub mod error;
 pub mod form;
+pub mod pg;
 pub mod registry;
 pub mod routes;
 pub mod state;
+pub mod upstream;
 pub mod writer;
 
 pub use boot::Config;
@@ -41,6 +43,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts the broker's background tasks (the lease reaper); needs a Tokio runtime.
+pub fn start_background(state: &Arc<AppState>) {
+    tokio::spawn(pg::reaper(Arc::clone(state)));
+}
+
 /// Boots the broker from `config` and serves until `shutdown` resolves.
 pub async fn serve(
     config: Config,
@@ -51,6 +58,7 @@ pub async fn serve(
         .map_err(|e| boot::BootError(format!("cannot listen on {}: {e}", config.listen)))?;
     let state = boot::boot(config)?;
     let app = routes::router(Arc::clone(&state));
+    start_background(&state);
     tracing::info!(issuer = %state.config.issuer, "mandate broker listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     axum::serve(
         listener,

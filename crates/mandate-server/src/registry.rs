@@ -128,6 +128,9 @@ impl Registry {
                 }
             }
             Mutation::StartRun(_)
+            | Mutation::PutToolSecret(_)
+            | Mutation::CreateLease(_)
+            | Mutation::DropLease { .. }
             | Mutation::PutKey(_)
             | Mutation::PutAdminToken(_)
             | Mutation::PutMeta { .. } => {}

@@ -8,7 +8,8 @@ use mandate_core::dpop::ReplayCache;
 use mandate_core::jose::PublicJwk;
 use mandate_core::keys::BrokerKeys;
 use mandate_core::mandate::{self, MandateClaims};
-use mandate_core::policy::Engine;
+use mandate_core::policy::{Engine, ExchangeFacts, TenantPolicies, Verdict};
+use mandate_core::secret::{MasterKey, Secret};
 use mandate_store::{Committed, Entry, Mutation, Snapshot, Store};
 
 use crate::boot::{BootError, Config};
@@ -81,6 +82,19 @@ pub struct AppState {
     pub revocations: tokio::sync::broadcast::Sender<mandate_store::Revocation>,
     /// Cedar entities per (run, tool), valid for one registry generation (bounded).
     pub policy_entities: Mutex<EntityCache>,
+    /// The master key: seals tool secrets set while running.
+    pub master: MasterKey,
+    /// Tool secrets, opened, by (tenant, tool), with a version that changes when one is set.
+    pub secrets: RwLock<HashMap<(String, String), (u64, Arc<Secret>)>>,
+    /// The proxy's upstream client.
+    pub http: crate::upstream::Upstream,
+    /// The `postgres` provider's admin connections.
+    pub pg: crate::pg::Postgres,
+}
+
+/// AAD binding a sealed tool secret to its tool.
+pub fn tool_secret_aad(tenant: &str, tool: &str) -> String {
+    format!("tool-secret:{tenant}/{tool}")
 }
 
 impl std::fmt::Debug for AppState {
@@ -108,8 +122,20 @@ impl AppState {
         keys: BrokerKeys,
         snap: Snapshot,
         admin_hashes: Vec<Vec<u8>>,
+        master: MasterKey,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
+        let mut secrets = HashMap::new();
+        for (i, t) in snap.tool_secrets.iter().enumerate() {
+            let aad = tool_secret_aad(&t.tenant, &t.tool);
+            let secret = master
+                .open("tool secret", aad.as_bytes(), &t.sealed)
+                .map_err(|e| BootError(format!("tool `{}/{}`: {e}", t.tenant, t.tool)))?;
+            secrets.insert(
+                (t.tenant.clone(), t.tool.clone()),
+                (i as u64 + 1, Arc::new(secret)),
+            );
+        }
         let registry =
             Registry::from_snapshot(snap, &engine, crate::now_secs()).map_err(BootError)?;
         let root =
@@ -145,6 +171,10 @@ impl AppState {
             run_keys: Mutex::new(HashMap::new()),
             revocations: tokio::sync::broadcast::channel(4096).0,
             policy_entities: Mutex::new(HashMap::new()),
+            master,
+            secrets: RwLock::new(secrets),
+            http: crate::upstream::client(),
+            pg: crate::pg::Postgres::default(),
         }))
     }
 
@@ -193,6 +223,47 @@ impl AppState {
             }
         }
         Ok(done)
+    }
+
+    /// A tool's opened secret.
+    pub fn tool_secret(&self, tenant: &str, tool: &str) -> Option<Arc<Secret>> {
+        self.tool_secret_versioned(tenant, tool).map(|(_, s)| s)
+    }
+
+    /// A tool's opened secret and its version.
+    pub fn tool_secret_versioned(&self, tenant: &str, tool: &str) -> Option<(u64, Arc<Secret>)> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.to_owned(), tool.to_owned()))
+            .cloned()
+    }
+
+    /// Makes a newly stored secret current.
+    pub fn set_tool_secret(&self, tenant: &str, tool: &str, secret: Secret) {
+        let mut m = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        let version = m.values().map(|(v, _)| *v).max().unwrap_or(0) + 1;
+        m.insert(
+            (tenant.to_owned(), tool.to_owned()),
+            (version, Arc::new(secret)),
+        );
+    }
+
+    /// Asks the tenant's policies about `facts`.
+    pub fn decide(
+        &self,
+        generation: u64,
+        policies: &TenantPolicies,
+        facts: &ExchangeFacts<'_>,
+    ) -> Result<Verdict, ApiError> {
+        self.policy_entities(generation, facts)
+            .and_then(|entities| self.engine.decide_with(policies, facts, &entities))
+            .map_err(|e| {
+                crate::error::err(
+                    crate::error::Code::ServerError,
+                    format!("policy evaluation failed: {e}"),
+                )
+            })
     }
 
     /// Remembers a run's parsed public key.

@@ -39,7 +39,7 @@ fn exchange_issues_a_bound_credential_and_audits_it_first() {
             c.client_id,
             "spiffe://mandate.local/tenant/acme/agent/triage"
         );
-        assert_eq!(c.cnf.jkt, key.kid());
+        assert_eq!(c.cnf.as_ref().unwrap().jkt, key.kid());
         assert_eq!(
             (c.tenant.as_str(), c.run.as_str(), c.task.as_str()),
             ("acme", run.as_str(), "triage tickets")

@@ -123,4 +123,6 @@ pub trait Store: Send + Sync {
     /// Revocations with a sequence number above `after`, in order: the
     /// revocation feed's log, so a verifier that reconnects misses nothing.
     fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Revocation>>;
+    /// Leases whose role has not been dropped yet.
+    fn live_leases(&self) -> Result<Vec<Lease>>;
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use mandate_core::policy::StoredPolicy;
+use mandate_core::tooling::{EnvSpec, PostgresSpec, ProxySpec};
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,12 +69,105 @@ pub struct Tool {
     pub risk: String,
     /// Longest credential lifetime (seconds).
     pub max_ttl_secs: u64,
-    /// Credential provider: `jwt`.
+    /// Credential provider: `jwt`, `proxy` or `postgres`.
     pub provider: String,
     /// JWS algorithm for credentials: `EdDSA` or `ES256`.
     pub alg: String,
     /// Creation time (ms).
     pub created_ms: u64,
+    /// The `proxy` provider's upstream, routes and key injection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+    /// The `postgres` provider's database and role mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+    /// Variables `mandate exec` sets for its child.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvSpec>,
+}
+
+/// What a tool's `config` column holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ToolConfig {
+    /// See [`Tool::proxy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+    /// See [`Tool::postgres`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+    /// See [`Tool::env`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvSpec>,
+}
+
+/// A tool's upstream secret (the `proxy` provider's API key, the `postgres`
+/// provider's admin connection string), sealed under the master key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ToolSecret {
+    /// Tenant.
+    pub tenant: String,
+    /// Tool.
+    pub tool: String,
+    /// ChaCha20-Poly1305 sealed secret (AAD: `tool-secret:<tenant>/<tool>`).
+    pub sealed: Vec<u8>,
+    /// When it was set (ms).
+    pub updated_ms: u64,
+}
+
+impl std::fmt::Debug for ToolSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolSecret")
+            .field("tenant", &self.tenant)
+            .field("tool", &self.tool)
+            .field("sealed", &"[sealed]")
+            .finish()
+    }
+}
+
+/// A dynamic database role the broker created and must drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Id: the credential's `jti`.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Tool.
+    pub tool: String,
+    /// Run.
+    pub run: String,
+    /// Agent.
+    pub agent: String,
+    /// Principal, when on someone's behalf.
+    pub principal: Option<String>,
+    /// Grant, when on someone's behalf.
+    pub grant: Option<String>,
+    /// The database role name.
+    pub role: String,
+    /// Expiry (seconds).
+    pub expires_at: u64,
+    /// Creation (ms).
+    pub created_ms: u64,
+    /// When the role was dropped (ms).
+    pub dropped_ms: Option<u64>,
+}
+
+impl Lease {
+    /// Every id that revokes this lease.
+    pub fn revocation_keys(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("cred:{}", self.id),
+            format!("tenant:{}", self.tenant),
+            format!("agent:{}/{}", self.tenant, self.agent),
+            format!("run:{}", self.run),
+        ];
+        if let Some(p) = &self.principal {
+            v.push(format!("principal:{}/{p}", self.tenant));
+        }
+        if let Some(g) = &self.grant {
+            v.push(format!("grant:{g}"));
+        }
+        v
+    }
 }
 
 /// A principal's delegation to an agent.
@@ -244,6 +338,17 @@ pub enum Mutation {
     Revoke(Revocation),
     /// Store a sealed key.
     PutKey(KeyRecord),
+    /// Set (or replace) a tool's sealed upstream secret.
+    PutToolSecret(ToolSecret),
+    /// Record a database role before it is created.
+    CreateLease(Lease),
+    /// Mark a lease's role dropped.
+    DropLease {
+        /// Lease id.
+        id: String,
+        /// When (ms).
+        dropped_ms: u64,
+    },
     /// Store an admin credential.
     PutAdminToken(AdminToken),
     /// Set a metadata value.
@@ -274,6 +379,8 @@ pub struct Snapshot {
     pub revocations: Vec<Revocation>,
     /// Keys.
     pub keys: Vec<KeyRecord>,
+    /// Sealed tool secrets.
+    pub tool_secrets: Vec<ToolSecret>,
     /// Admin credentials.
     pub admin_tokens: Vec<AdminToken>,
     /// Metadata.

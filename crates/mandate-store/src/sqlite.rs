@@ -65,6 +65,22 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#;
 
+/// Version 2: provider configuration, sealed tool secrets, database leases.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE tools ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE tool_secrets (
+  tenant TEXT NOT NULL, tool TEXT NOT NULL, sealed BLOB NOT NULL, updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, tool), FOREIGN KEY (tenant, tool) REFERENCES tools (tenant, name));
+CREATE TABLE leases (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, tool TEXT NOT NULL, run TEXT NOT NULL,
+  agent TEXT NOT NULL, principal TEXT, grant_id TEXT, role TEXT NOT NULL UNIQUE,
+  expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL, dropped_ms INTEGER);
+CREATE INDEX leases_live ON leases (dropped_ms) WHERE dropped_ms IS NULL;
+"#;
+
+/// The schema version this code writes.
+const SCHEMA_VERSION: i64 = 2;
+
 /// The SQLite store.
 pub struct SqliteStore {
     writer: Mutex<Connection>,
@@ -108,14 +124,20 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
         let writer = open_conn(path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version == 0 {
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this broker understands ({SCHEMA_VERSION})"
+            )));
+        }
+        if version < 1 {
             writer.execute_batch(&format!(
                 "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
             ))?;
-        } else if version != 1 {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {version} is newer than this broker understands (1)"
-            )));
+        }
+        if version < 2 {
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+            ))?;
         }
         let head = writer
             .query_row(
@@ -156,8 +178,9 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::CreateTool(t) => {
             tx.execute(
-                "INSERT INTO tools (tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider, t.alg, t.created_ms as i64],
+                "INSERT INTO tools (tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms, config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider, t.alg, t.created_ms as i64,
+                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
             )?;
         }
         Mutation::CreateGrant(g) => {
@@ -214,6 +237,28 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 "INSERT INTO keys (kid, alg, purpose, sealed, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![k.kid, k.alg, k.purpose, k.sealed, k.created_ms as i64],
             )?;
+        }
+        Mutation::PutToolSecret(t) => {
+            tx.execute(
+                "INSERT INTO tool_secrets (tenant, tool, sealed, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, tool) DO UPDATE SET sealed = excluded.sealed, updated_ms = excluded.updated_ms",
+                params![t.tenant, t.tool, t.sealed, t.updated_ms as i64],
+            )?;
+        }
+        Mutation::CreateLease(l) => {
+            tx.execute(
+                "INSERT INTO leases (id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)",
+                params![l.id, l.tenant, l.tool, l.run, l.agent, l.principal, l.grant, l.role, l.expires_at as i64, l.created_ms as i64],
+            )?;
+        }
+        Mutation::DropLease { id, dropped_ms } => {
+            let n = tx.execute(
+                "UPDATE leases SET dropped_ms = ?2 WHERE id = ?1 AND dropped_ms IS NULL",
+                params![id, *dropped_ms as i64],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("live lease `{id}`")));
+            }
         }
         Mutation::PutAdminToken(t) => {
             tx.execute(
@@ -340,13 +385,15 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.tools = c
-            .prepare("SELECT tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms FROM tools")?
+            .prepare("SELECT tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms, config FROM tools")?
             .query_map([], |r| {
+                let config: ToolConfig = from_json(&r.get::<_, String>(10)?)?;
                 Ok(Tool {
                     tenant: r.get(0)?, name: r.get(1)?, audience: r.get(2)?,
                     actions: from_json(&r.get::<_, String>(3)?)?, labels: from_json(&r.get::<_, String>(4)?)?,
                     risk: r.get(5)?, max_ttl_secs: r.get::<_, i64>(6)? as u64, provider: r.get(7)?,
                     alg: r.get(8)?, created_ms: r.get::<_, i64>(9)? as u64,
+                    proxy: config.proxy, postgres: config.postgres, env: config.env,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -384,6 +431,17 @@ impl Store for SqliteStore {
                     purpose: r.get(2)?,
                     sealed: r.get(3)?,
                     created_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        s.tool_secrets = c
+            .prepare("SELECT tenant, tool, sealed, updated_ms FROM tool_secrets")?
+            .query_map([], |r| {
+                Ok(ToolSecret {
+                    tenant: r.get(0)?,
+                    tool: r.get(1)?,
+                    sealed: r.get(2)?,
+                    updated_ms: r.get::<_, i64>(3)? as u64,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -527,6 +585,22 @@ impl Store for SqliteStore {
             .query_map(params![after as i64, limit as i64], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(out)
+    }
+
+    fn live_leases(&self) -> Result<Vec<Lease>> {
+        let c = lock(&self.reader);
+        let v = c
+            .prepare("SELECT id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms FROM leases WHERE dropped_ms IS NULL ORDER BY created_ms")?
+            .query_map([], |r| {
+                Ok(Lease {
+                    id: r.get(0)?, tenant: r.get(1)?, tool: r.get(2)?, run: r.get(3)?, agent: r.get(4)?,
+                    principal: r.get(5)?, grant: r.get(6)?, role: r.get(7)?,
+                    expires_at: r.get::<_, i64>(8)? as u64, created_ms: r.get::<_, i64>(9)? as u64,
+                    dropped_ms: r.get::<_, Option<i64>>(10)?.map(|x| x as u64),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
     }
 
     fn get_run(&self, id: &str) -> Result<Option<Run>> {

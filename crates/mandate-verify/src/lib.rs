@@ -216,6 +216,11 @@ impl Verifier {
                 k.split(':').next().unwrap_or("credential").to_owned(),
             ));
         }
+        let Some(cnf) = &c.cnf else {
+            return Err(VerifyError::Proof(
+                "the credential is not bound to a key (no `cnf`): it is a proxy credential, valid only at the broker's proxy".into(),
+            ));
+        };
         let proof = req.proof.ok_or_else(|| {
             VerifyError::Proof(
                 "a DPoP proof signed by the run key is required (`DPoP` header)".into(),
@@ -229,7 +234,7 @@ impl Verifier {
                 now,
                 max_age: self.proof_max_age,
                 max_skew: self.leeway,
-                jkt: Some(&c.cnf.jkt),
+                jkt: Some(&cnf.jkt),
                 access_token: Some(req.credential),
                 known_key: None,
                 nonces: None,

@@ -53,9 +53,9 @@ fn claims(f: &Fixture) -> AccessClaims {
         jti: "cred_1".into(),
         iat: NOW,
         exp: NOW + 300,
-        cnf: Confirmation {
+        cnf: Some(Confirmation {
             jkt: f.run_key.kid(),
-        },
+        }),
         tenant: "acme".into(),
         run: "run_1".into(),
         agent: "bot".into(),

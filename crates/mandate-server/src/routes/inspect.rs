@@ -62,7 +62,7 @@ pub async fn inspect(
                         "chain": chain, "principal": if c.sub != c.client_id { Some(&c.sub) } else { None },
                         "tenant": c.tenant, "tool": c.aud, "actions": c.scope.split(' ').collect::<Vec<_>>(),
                         "task": c.task, "grant": c.grant, "jti": c.jti, "issued_at": c.iat, "expires_at": c.exp,
-                        "key_binding": {"jkt": c.cnf.jkt},
+                        "key_binding": c.cnf.as_ref().map(|k| json!({"jkt": k.jkt})),
                     })
                 }
             },

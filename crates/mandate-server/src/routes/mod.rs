@@ -5,6 +5,7 @@ pub mod admin;
 pub mod feed;
 pub mod inspect;
 pub mod oauth;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use rand_core::{OsRng, RngCore};
 
 use crate::error::{ApiError, Code, err};
@@ -72,6 +73,12 @@ pub fn router(state: S) -> Router {
         .route("/v1/tokens/inspect", post(inspect::inspect))
         .route("/v1/audit", get(admin::audit_query))
         .route("/v1/audit/verify", get(admin::audit_verify))
+        .route(
+            "/v1/tenants/{tenant}/tools/{name}/secret",
+            put(admin::set_tool_secret),
+        )
+        .route("/proxy/{tool}", any(proxy::forward))
+        .route("/proxy/{tool}/{*rest}", any(proxy::forward))
         .fallback(|| async {
             err(
                 Code::NotFound,

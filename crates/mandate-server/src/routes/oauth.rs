@@ -21,7 +21,7 @@ use mandate_core::ids::random_id;
 use mandate_core::jose::Alg;
 use mandate_core::mandate::MandateClaims;
 use mandate_core::policy::ExchangeFacts;
-use mandate_store::{Entry, Mutation, Revocation};
+use mandate_store::{Entry, Lease, Mutation, Revocation, Tool};
 
 use super::{S, body, client, correlation_id, require_admin};
 use crate::error::{ApiError, Code, err};
@@ -35,6 +35,19 @@ pub const TOKEN_TYPE_MANDATE: &str = "urn:mandate:params:oauth:token-type:mandat
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// RFC 8693 §3 JWT token type.
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Our issued token type for the `postgres` provider: a connection URI
+/// (RFC 8693 §3 lets a server define its own token type URIs).
+pub const TOKEN_TYPE_POSTGRES: &str = "urn:mandate:params:oauth:token-type:postgres-uri";
+
+/// What an allowed exchange produced before it is recorded.
+struct Issued {
+    claims: AccessClaims,
+    /// The signed JWT (`jwt` and `proxy` providers).
+    token: Option<String>,
+    tool: Tool,
+    /// Roles a `postgres` credential joins.
+    pg_roles: Vec<String>,
+}
 
 /// RFC 8414 authorization server metadata.
 pub async fn metadata(State(s): State<S>) -> Json<Value> {
@@ -154,16 +167,44 @@ async fn token_inner(
         ..Default::default()
     };
     match outcome {
-        Ok((token, claims)) => {
+        Ok(issued) => {
+            let claims = &issued.claims;
             ev.decision = "allow".into();
             ev.credential_id = Some(claims.jti.clone());
             ev.credential_exp = Some(claims.exp);
-            ev.details = json!({"grant": claims.grant, "aud": claims.aud});
+            ev.details =
+                json!({"grant": claims.grant, "aud": claims.aud, "provider": issued.tool.provider});
+            // A database credential is a role the broker must drop later:
+            // the lease is recorded with the event, before the role exists.
+            let pg = if issued.tool.provider == "postgres" {
+                let lease = Lease {
+                    id: claims.jti.clone(),
+                    tenant: claims.tenant.clone(),
+                    tool: issued.tool.name.clone(),
+                    run: claims.run.clone(),
+                    agent: claims.agent.clone(),
+                    principal: (claims.sub != claims.client_id).then(|| claims.sub.clone()),
+                    grant: claims.grant.clone(),
+                    role: format!(
+                        "mandate_{}_{}",
+                        claims.run.trim_start_matches("run_"),
+                        &claims.jti.trim_start_matches("cred_")[..6]
+                    ),
+                    expires_at: claims.exp,
+                    created_ms: crate::now_ms(),
+                    dropped_ms: None,
+                };
+                ev.details["role"] = json!(lease.role);
+                ev.details["roles"] = json!(issued.pg_roles);
+                Some(lease)
+            } else {
+                None
+            };
             // The event is durable before the credential leaves the broker.
             let withheld = ev.clone();
             if let Err(e) = s
                 .commit(Entry {
-                    mutation: None,
+                    mutation: pg.clone().map(Mutation::CreateLease),
                     events: vec![ev],
                 })
                 .await
@@ -174,6 +215,7 @@ async fn token_inner(
             // the credential is not returned, and the trail says so.
             let keys = claims.revocation_keys();
             let revoked = s.reg().first_revoked(&keys).map(str::to_owned);
+            let mut failure = withheld.clone();
             if let Some(k) = revoked {
                 let mut w = withheld;
                 w.time_ms = crate::now_ms();
@@ -195,14 +237,66 @@ async fn token_inner(
                 )
                 .into_response();
             }
-            let mut r = Json(json!({
-                "access_token": token,
+            let mut body = json!({
                 "issued_token_type": TOKEN_TYPE_ACCESS,
                 "token_type": "DPoP",
                 "expires_in": claims.exp.saturating_sub(now),
                 "scope": claims.scope,
-            }))
-            .into_response();
+                "credential_id": claims.jti,
+            });
+            match (issued.tool.provider.as_str(), pg, &issued.token) {
+                ("postgres", Some(lease), _) => {
+                    let Some(spec) = &issued.tool.postgres else {
+                        return err(Code::ServerError, "the tool has no database settings")
+                            .into_response();
+                    };
+                    let password = password();
+                    if let Err(e) =
+                        s.pg.create_role(s, &lease, &password, &issued.pg_roles)
+                            .await
+                    {
+                        // Nothing half-made stays: the lease is revoked, so the
+                        // reaper drops the role if the server made it after all.
+                        failure.time_ms = crate::now_ms();
+                        failure.event_type = "token.failed".into();
+                        failure.decision = "error".into();
+                        failure.reason = Some(e.0.clone());
+                        let _ = s
+                            .commit(Entry {
+                                mutation: Some(Mutation::Revoke(Revocation {
+                                    seq: 0,
+                                    key: format!("cred:{}", lease.id),
+                                    reason: "database role could not be created".into(),
+                                    time_ms: crate::now_ms(),
+                                    until: lease.expires_at,
+                                })),
+                                events: vec![failure],
+                            })
+                            .await;
+                        return err(
+                            Code::Unavailable,
+                            format!("{}; no credential was issued, retry later", e.0),
+                        )
+                        .into_response();
+                    }
+                    body["access_token"] = json!(format!(
+                        "postgresql://{}:{}@{}:{}/{}",
+                        lease.role, password, spec.host, spec.port, spec.database
+                    ));
+                    body["issued_token_type"] = json!(TOKEN_TYPE_POSTGRES);
+                    body["token_type"] = json!("N_A");
+                }
+                ("proxy", _, Some(token)) => {
+                    body["access_token"] = json!(token);
+                    body["token_type"] = json!("Bearer");
+                    body["proxy_url"] = json!(super::admin::proxy_url(s, &issued.tool.name));
+                }
+                (_, _, Some(token)) => body["access_token"] = json!(token),
+                _ => {
+                    return err(Code::ServerError, "no credential was made").into_response();
+                }
+            }
+            let mut r = Json(body).into_response();
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
@@ -227,13 +321,19 @@ async fn token_inner(
     }
 }
 
+/// A random database password (URL-safe, so it fits a connection URI).
+fn password() -> String {
+    let s = mandate_core::secret::Secret::random(&mut OsRng, 24);
+    mandate_core::jose::b64(s.expose())
+}
+
 fn exchange(
     s: &S,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
     now: u64,
     seen: &mut Seen,
-) -> Result<(String, AccessClaims), ApiError> {
+) -> Result<Issued, ApiError> {
     let raw = body(raw, s.config.max_body)?;
     require_form_content_type(headers)?;
     let form = Form::parse(&raw)?;
@@ -432,6 +532,24 @@ fn exchange(
             ));
         }
     }
+    let mut pg_roles: Vec<String> = Vec::new();
+    if let Some(spec) = &tool.postgres {
+        for a in &actions {
+            let role = spec.roles.get(a).ok_or_else(|| {
+                err(
+                    Code::InvalidScope,
+                    format!(
+                        "action `{a}` of tool `{}` maps to no database role; ask for one of: {}",
+                        tool.name,
+                        spec.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+            if !pg_roles.contains(role) {
+                pg_roles.push(role.clone());
+            }
+        }
+    }
     let policies = reg
         .compiled
         .get(&claims.tenant)
@@ -456,10 +574,7 @@ fn exchange(
         tool_provider: &tool.provider,
         actions: &actions,
     };
-    let verdict = s
-        .policy_entities(generation, &facts)
-        .and_then(|entities| s.engine.decide_with(&policies, &facts, &entities))
-        .map_err(|e| err(Code::ServerError, format!("policy evaluation failed: {e}")))?;
+    let verdict = s.decide(generation, &policies, &facts)?;
     seen.policies = verdict.policies.clone();
     if !verdict.allowed {
         return Err(err(
@@ -485,24 +600,43 @@ fn exchange(
         jti: random_id(&mut OsRng, "cred_"),
         iat: now,
         exp,
-        cnf: Confirmation {
+        cnf: Some(Confirmation {
             jkt: claims.cnf_jkt.clone(),
-        },
+        }),
         tenant: claims.tenant.clone(),
         run: claims.run.clone(),
         agent: claims.agent.clone(),
         task: claims.task.clone(),
         grant: claims.grant.clone(),
     };
-    let alg = Alg::parse("tool", &tool.alg).unwrap_or(Alg::EdDSA);
-    let signer = match alg {
-        Alg::EdDSA => &s.signers[0],
-        Alg::ES256 => &s.signers[1],
+    let mut access = access;
+    let token = match tool.provider.as_str() {
+        "postgres" => None,
+        provider => {
+            // Proxy credentials go where an API key goes, through SDKs that
+            // cannot make DPoP proofs: bearer tokens, good only at the
+            // broker's proxy for this tool, for minutes, until the run ends.
+            if provider == "proxy" {
+                access.cnf = None;
+            }
+            let alg = Alg::parse("tool", &tool.alg).unwrap_or(Alg::EdDSA);
+            let signer = match alg {
+                Alg::EdDSA => &s.signers[0],
+                Alg::ES256 => &s.signers[1],
+            };
+            Some(
+                signer
+                    .sign(&access)
+                    .map_err(|e| err(Code::ServerError, e.to_string()))?,
+            )
+        }
     };
-    let token = signer
-        .sign(&access)
-        .map_err(|e| err(Code::ServerError, e.to_string()))?;
-    Ok((token, access))
+    Ok(Issued {
+        claims: access,
+        token,
+        tool,
+        pg_roles,
+    })
 }
 
 /// What a presented token turned out to be.

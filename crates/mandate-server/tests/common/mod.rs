@@ -48,7 +48,9 @@ impl Broker {
             .unwrap();
         let state = mandate_server::boot::boot(cfg).unwrap();
         let app = mandate_server::routes::router(Arc::clone(&state));
+        let bg = Arc::clone(&state);
         rt.spawn(async move {
+            mandate_server::start_background(&bg);
             let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
             axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
                 .await

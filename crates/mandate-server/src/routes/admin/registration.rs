@@ -192,7 +192,8 @@ pub async fn list_agents(
 #[serde(deny_unknown_fields)]
 pub struct NewTool {
     name: String,
-    audience: String,
+    #[serde(default)]
+    audience: Option<String>,
     actions: Vec<String>,
     #[serde(default)]
     labels: Vec<String>,
@@ -204,6 +205,12 @@ pub struct NewTool {
     provider: Option<String>,
     #[serde(default)]
     alg: Option<String>,
+    #[serde(default)]
+    proxy: Option<ProxySpec>,
+    #[serde(default)]
+    postgres: Option<PostgresSpec>,
+    #[serde(default)]
+    env: Vec<EnvSpec>,
 }
 
 /// Longest credential lifetime a tool may ask for.
@@ -221,12 +228,43 @@ pub async fn create_tool(
     need_tenant(&s, &tenant)?;
     let req: NewTool = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("tool", &req.name).map_err(bad)?;
-    let aud_ok = (req.audience.starts_with("https://")
-        || req.audience.starts_with("http://")
-        || req.audience.starts_with("urn:"))
-        && req.audience.len() <= 512
-        && !req
-            .audience
+    let provider = req.provider.clone().unwrap_or_else(|| "jwt".into());
+    if !PROVIDERS.contains(&provider.as_str()) {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "provider `{}` is not supported; use one of: {}",
+                short(&provider),
+                PROVIDERS.join(", ")
+            ),
+        ));
+    }
+    // A proxy tool's credentials are only good at the broker's proxy for it,
+    // so that is its audience; a database tool is named by a URN.
+    let audience = match (&req.audience, provider.as_str()) {
+        (Some(a), "jwt") => a.clone(),
+        (None, "jwt") => {
+            return Err(err(
+                Code::InvalidRequest,
+                "a `jwt` tool needs an `audience`: the URI its credentials are for",
+            ));
+        }
+        (Some(_), _) => {
+            return Err(err(
+                Code::InvalidRequest,
+                format!(
+                    "a `{provider}` tool's audience is set by the broker; leave `audience` out"
+                ),
+            ));
+        }
+        (None, "proxy") => proxy_url(&s, &req.name),
+        (None, _) => format!("urn:mandate:postgres:{tenant}:{}", req.name),
+    };
+    let aud_ok = (audience.starts_with("https://")
+        || audience.starts_with("http://")
+        || audience.starts_with("urn:"))
+        && audience.len() <= 512
+        && !audience
             .chars()
             .any(|c| c.is_whitespace() || c.is_control());
     if !aud_ok {
@@ -264,16 +302,30 @@ pub async fn create_tool(
             format!("`max_ttl_secs` must be 1 to {TOOL_MAX_TTL}"),
         ));
     }
-    let provider = req.provider.unwrap_or_else(|| "jwt".into());
-    if provider != "jwt" {
-        return Err(err(
-            Code::InvalidRequest,
-            format!(
-                "provider `{}` is not supported by this broker; use `jwt`",
-                short(&provider)
-            ),
-        ));
+    match (provider.as_str(), &req.proxy, &req.postgres) {
+        ("jwt", None, None) => {}
+        ("proxy", Some(p), None) => p.validate(&req.actions).map_err(bad)?,
+        ("postgres", None, Some(p)) => p.validate(&req.actions).map_err(bad)?,
+        ("proxy", None, _) => {
+            return Err(err(
+                Code::InvalidRequest,
+                "a `proxy` tool needs `proxy`: its upstream, routes and how to inject the key",
+            ));
+        }
+        ("postgres", _, None) => {
+            return Err(err(
+                Code::InvalidRequest,
+                "a `postgres` tool needs `postgres`: host, database and the roles each action maps to",
+            ));
+        }
+        _ => {
+            return Err(err(
+                Code::InvalidRequest,
+                format!("a `{provider}` tool takes only its own provider's settings"),
+            ));
+        }
     }
+    check_env(&req.env).map_err(bad)?;
     let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
     {
         let reg = s.reg();
@@ -283,13 +335,10 @@ pub async fn create_tool(
                 format!("tool `{}` already exists in tenant `{tenant}`", req.name),
             ));
         }
-        if reg.find_tool(&tenant, &req.audience).is_some() {
+        if reg.find_tool(&tenant, &audience).is_some() {
             return Err(err(
                 Code::Conflict,
-                format!(
-                    "another tool of tenant `{tenant}` already has audience `{}`",
-                    req.audience
-                ),
+                format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
             ));
         }
     }
@@ -298,7 +347,7 @@ pub async fn create_tool(
     let t = Tool {
         tenant: tenant.clone(),
         name: req.name,
-        audience: req.audience,
+        audience,
         actions,
         labels: req.labels,
         risk,
@@ -306,12 +355,101 @@ pub async fn create_tool(
         provider,
         alg: alg.as_str().into(),
         created_ms: crate::now_ms(),
+        proxy: req.proxy,
+        postgres: req.postgres,
+        env: req.env,
     };
     let mut ev = Ctx::new(&headers, addr).event("tool.create", Some(&tenant));
     ev.tool = Some(t.name.clone());
-    ev.details =
-        json!({"audience": t.audience, "actions": t.actions, "labels": t.labels, "risk": t.risk});
+    ev.details = json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
+        "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env});
     created(&s, Mutation::CreateTool(t.clone()), ev, &t).await
+}
+
+/// The broker's proxy URL for a tool.
+pub fn proxy_url(s: &S, tool: &str) -> String {
+    format!("{}/proxy/{tool}", s.config.issuer.trim_end_matches('/'))
+}
+
+/// Longest tool secret accepted.
+const MAX_SECRET: usize = 8192;
+
+/// `PUT /v1/tenants/{tenant}/tools/{name}/secret`: sets the upstream key
+/// (proxy) or admin connection string (postgres). The body is the secret;
+/// it is sealed under the master key and never returned by any endpoint.
+pub async fn set_tool_secret(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let raw = body(raw, s.config.max_body)?;
+    let tool = s
+        .reg()
+        .tools
+        .get(&(tenant.clone(), name.clone()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!("tool `{}` not found in tenant `{tenant}`", short(&name)),
+            )
+        })?;
+    if tool.provider == "jwt" {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("tool `{name}` uses the `jwt` provider, which holds no upstream secret"),
+        ));
+    }
+    // Trailing newlines come from files and `echo`; they are never part of a key.
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| err(Code::InvalidRequest, "the secret must be UTF-8 text"))?
+        .trim_end_matches(['\n', '\r']);
+    if text.is_empty() || text.len() > MAX_SECRET {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("the secret must be 1 to {MAX_SECRET} bytes"),
+        ));
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return Err(err(
+            Code::InvalidRequest,
+            "the secret holds control characters (it goes into an HTTP header or a connection string)",
+        ));
+    }
+    if tool.provider == "postgres" && text.parse::<tokio_postgres::Config>().is_err() {
+        return Err(err(
+            Code::InvalidRequest,
+            "the admin connection string is not valid (`postgresql://user:password@host:port/database`)",
+        ));
+    }
+    let secret = mandate_core::secret::Secret::new(text.as_bytes().to_vec());
+    let aad = crate::state::tool_secret_aad(&tenant, &name);
+    let sealed = s
+        .master
+        .seal(&mut OsRng, aad.as_bytes(), secret.expose())
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    let updated_ms = crate::now_ms();
+    let mut ev = Ctx::new(&headers, addr).event("tool.secret.set", Some(&tenant));
+    ev.tool = Some(name.clone());
+    ev.details = json!({"bytes": secret.expose().len()});
+    s.commit(Entry {
+        mutation: Some(Mutation::PutToolSecret(ToolSecret {
+            tenant: tenant.clone(),
+            tool: name.clone(),
+            sealed,
+            updated_ms,
+        })),
+        events: vec![ev],
+    })
+    .await?;
+    s.set_tool_secret(&tenant, &name, secret);
+    Ok(Json(
+        json!({"tenant": tenant, "tool": name, "secret_set": true, "updated_ms": updated_ms}),
+    ))
 }
 
 /// `GET /v1/tenants/{tenant}/tools`
@@ -325,6 +463,18 @@ pub async fn list_tools(
             reg.tools
                 .values()
                 .filter(|x| x.tenant == tenant)
+                .map(|t| {
+                    let mut v = json!(t);
+                    if t.provider != "jwt"
+                        && let Some(o) = v.as_object_mut()
+                    {
+                        o.insert(
+                            "secret_set".into(),
+                            json!(s.tool_secret(&tenant, &t.name).is_some()),
+                        );
+                    }
+                    v
+                })
                 .collect::<Vec<_>>()
         )
     })
