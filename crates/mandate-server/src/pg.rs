@@ -33,8 +33,11 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// tool's admin connection string changes.
 #[derive(Default)]
 pub struct Postgres {
-    admins: tokio::sync::Mutex<HashMap<(String, String), (u64, Arc<Client>)>>,
+    admins: tokio::sync::Mutex<HashMap<ToolKey, (u64, Arc<Client>)>>,
 }
+
+/// (tenant, tool).
+type ToolKey = (String, String);
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

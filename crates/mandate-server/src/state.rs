@@ -85,12 +85,15 @@ pub struct AppState {
     /// The master key: seals tool secrets set while running.
     pub master: MasterKey,
     /// Tool secrets, opened, by (tenant, tool), with a version that changes when one is set.
-    pub secrets: RwLock<HashMap<(String, String), (u64, Arc<Secret>)>>,
+    pub secrets: RwLock<HashMap<ToolKey, (u64, Arc<Secret>)>>,
     /// The proxy's upstream client.
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
     pub pg: crate::pg::Postgres,
 }
+
+/// (tenant, tool).
+pub type ToolKey = (String, String);
 
 /// AAD binding a sealed tool secret to its tool.
 pub fn tool_secret_aad(tenant: &str, tool: &str) -> String {

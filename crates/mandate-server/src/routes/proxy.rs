@@ -281,7 +281,7 @@ fn proxy_token<'a>(
         .map_err(|_| err(Code::ServerError, "the tool's inject header is invalid"))?;
     let mut found: Vec<(&'a str, HeaderName)> = Vec::new();
     let sources = [
-        (inject_name.clone(), Some(inject)),
+        (inject_name, Some(inject)),
         (header::AUTHORIZATION, None),
         (header::PROXY_AUTHORIZATION, None),
     ];
@@ -376,7 +376,7 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
     // Which tenant is the token's; the tool is looked up in that tenant only.
     // The inject format is needed to find the token, so first find a token
     // in the usual places to learn the tenant.
-    let probe = first_token_anywhere(&parts.headers).ok_or_else(|| {
+    let probe = first_token_anywhere(&parts.headers)?.ok_or_else(|| {
         err(
             Code::Unauthorized,
             "send the proxy credential where the tool's API key goes (as `mandate exec` sets it up)",
@@ -583,18 +583,34 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
     })
 }
 
-/// Any bearer-like credential, before the tool (and so its key format) is known.
-fn first_token_anywhere(h: &HeaderMap) -> Option<&str> {
-    for name in [header::AUTHORIZATION, header::PROXY_AUTHORIZATION] {
-        if let Some(t) = h.get(&name).and_then(|v| v.to_str().ok()).and_then(bearer) {
-            return Some(t);
-        }
-    }
-    // A key header of another shape (`x-api-key: <token>`): a value that is a JWS.
-    h.iter()
+/// The credential, before the tool (and so its key format) is known: a
+/// bearer token, or a key header of another shape (`x-api-key: <token>`)
+/// whose value is a JWS. Two different ones are refused.
+fn first_token_anywhere(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut found: Option<&str> = None;
+    let bearers = [header::AUTHORIZATION, header::PROXY_AUTHORIZATION]
+        .into_iter()
+        .flat_map(|n| h.get_all(n).iter())
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(bearer);
+    let jws = h
+        .iter()
         .filter_map(|(_, v)| v.to_str().ok())
         .map(str::trim)
-        .find(|v| v.starts_with("eyJ") && v.matches('.').count() == 2)
+        .filter(|v| v.starts_with("eyJ") && v.matches('.').count() == 2);
+    for t in bearers.chain(jws) {
+        match found {
+            Some(f) if f != t => {
+                return Err(err(
+                    Code::InvalidRequest,
+                    "the request carries two different credentials; send one",
+                ));
+            }
+            Some(_) => {}
+            None => found = Some(t),
+        }
+    }
+    Ok(found)
 }
 
 fn verify_token(s: &S, token: &str, now: u64) -> Result<AccessClaims, ApiError> {

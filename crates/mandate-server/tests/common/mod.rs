@@ -34,7 +34,15 @@ impl Broker {
     }
 
     pub fn start_with(tag: &str, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
-        let dir = tempdir(tag);
+        Self::start_in(tempdir(tag), tweak)
+    }
+
+    /// A broker on the data of an earlier one (a restart).
+    pub fn start_again(dir: &std::path::Path) -> Self {
+        Self::start_in(dir.to_owned(), |_| {})
+    }
+
+    pub fn start_in(dir: PathBuf, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();

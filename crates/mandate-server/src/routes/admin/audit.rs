@@ -28,11 +28,11 @@ pub async fn audit_query(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
     if let Some(d) = &q.decision
-        && !["allow", "deny", "ok"].contains(&d.as_str())
+        && !["allow", "deny", "ok", "error"].contains(&d.as_str())
     {
         return Err(err(
             Code::InvalidRequest,
-            "`decision` must be `allow`, `deny` or `ok`",
+            "`decision` must be `allow`, `deny`, `ok` or `error`",
         ));
     }
     let f = AuditFilter {
