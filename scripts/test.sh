@@ -6,6 +6,8 @@
 #   2. the end-to-end story: the real `mandate` binary, its CLI, and an
 #      independent JOSE implementation (Python joserfc, installed into a venv)
 #      that makes the run keys and DPoP proofs and verifies the issued JWTs.
+#   The postgres provider's tests need a real PostgreSQL server: scripts/pg.sh
+#   installs Debian's `postgresql` if missing and starts one on 127.0.0.1:54329.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+echo "==> PostgreSQL for the postgres provider's tests"
+MANDATE_TEST_PG=$(scripts/pg.sh)
+export MANDATE_TEST_PG
 
 echo "==> build"
 cargo build --workspace --all-targets

@@ -483,7 +483,7 @@ fn refusals_say_why_and_are_audited() {
     );
 
     let denials: Vec<Value> =
-        f.b.audit("event_type=proxy.call&decision=deny&limit=100")
+        f.b.audit("type=proxy.call&decision=deny&limit=100")
             .into_iter()
             .collect();
     assert!(denials.len() >= 14, "{}", denials.len());
@@ -520,7 +520,7 @@ fn upstream_down_or_slow_is_a_clear_gateway_error_and_audited() {
     );
     assert_refused(&(got.0, got.1), 504, "upstream_timeout", "within 300 ms");
     assert!(t.elapsed() < Duration::from_secs(2));
-    let errors = f.b.audit("event_type=proxy.result&decision=error&limit=10");
+    let errors = f.b.audit("type=proxy.result&decision=error&limit=10");
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors.iter().any(|e| e["details"]["status"] == 502));
     assert!(errors.iter().any(|e| e["details"]["status"] == 504));

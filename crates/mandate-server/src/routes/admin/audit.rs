@@ -6,6 +6,7 @@ use super::*;
 
 /// Request body or query of an admin endpoint.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     tenant: Option<String>,
     agent: Option<String>,
