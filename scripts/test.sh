@@ -6,6 +6,8 @@
 #   2. the end-to-end story: the real `mandate` binary, its CLI, and an
 #      independent JOSE implementation (Python joserfc, installed into a venv)
 #      that makes the run keys and DPoP proofs and verifies the issued JWTs.
+#   `mandate exec` and the proxy are shown with the official `resend` Node SDK
+#   sending through the proxy to `resend-local` (both from npm, pinned).
 #   The postgres provider's tests need a real PostgreSQL server: scripts/pg.sh
 #   installs Debian's `postgresql` if missing and starts one on 127.0.0.1:54329.
 set -euo pipefail
@@ -13,12 +15,22 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
 venv=${MANDATE_VENV:-$HOME/.cache/mandate-venv}
+node_dir=${MANDATE_NODE_DIR:-$HOME/.cache/mandate-node}
 
 echo "==> Python test dependencies ($venv)"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+echo "==> Node test dependencies: the official Resend SDK and resend-local ($node_dir)"
+# Pinned: the SDK an agent would use, and an emulator of the Resend API as its upstream.
+if [ ! -f "$node_dir/node_modules/resend/package.json" ] || [ ! -f "$node_dir/node_modules/resend-local/package.json" ]; then
+  mkdir -p "$node_dir"
+  [ -f "$node_dir/package.json" ] || echo '{"name": "mandate-e2e-node", "private": true}' > "$node_dir/package.json"
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund resend@6.38.0 resend-local@0.0.7)
+fi
+export MANDATE_NODE_DIR=$node_dir
 
 echo "==> PostgreSQL for the postgres provider's tests"
 MANDATE_TEST_PG=$(scripts/pg.sh)

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod exec;
 mod output;
 
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the broker (embedded SQLite; creates keys and an admin credential on first start).
@@ -64,6 +67,8 @@ enum Cmd {
     Run(RunCmd),
     /// Revoke a credential, run, agent, principal, grant or tenant.
     Revoke(RevokeArgs),
+    /// Run a command as an agent run: it gets short-lived credentials, never a static secret.
+    Exec(ExecCli),
     /// Look inside tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -168,17 +173,98 @@ enum AgentCmd {
     },
 }
 
+#[derive(Args)]
+#[command(
+    after_help = "The child gets MANDATE_AGENT_SOCK (a 0600 Unix socket: GET /v1/identity, \
+POST /v1/credentials {\"tool\",\"actions\"}, POST /v1/dpop {\"method\",\"url\",\"access_token\"}) \
+and the environment variables each --tool's registration names. It never sees the run key, \
+the mandate or the admin credential's path. Exit code and signals pass through; when the \
+child exits, the run ends and its credentials are revoked."
+)]
+struct ExecCli {
+    #[arg(long, env = "MANDATE_TENANT")]
+    tenant: String,
+    /// The registered agent this run is of.
+    #[arg(long)]
+    agent: String,
+    /// Act on this principal's behalf (needs --grant).
+    #[arg(long = "on-behalf-of")]
+    on_behalf_of: Option<String>,
+    /// The principal's grant to the agent.
+    #[arg(long)]
+    grant: Option<String>,
+    /// What the run is for (recorded with every credential).
+    #[arg(long)]
+    task: Option<String>,
+    /// A tool the command uses; its registration's environment variables are set (repeat).
+    #[arg(long = "tool")]
+    tools: Vec<String>,
+    /// Mandate lifetime in seconds (the broker's default when unset).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Print nothing of its own on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ToolCmd {
     /// Register a tool.
+    #[command(
+        after_help = "Providers: `jwt` (default; DPoP-bound JWTs for tools that verify them), \
+`proxy` (the broker's proxy injects a stored key: --upstream, --route, --inject-header, --inject-format), \
+`postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role). \
+Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
+    )]
     Create {
         #[arg(long)]
         tenant: String,
         /// Name.
         name: String,
-        /// Audience URI (the credential's `aud`).
+        /// Audience URI (the credential's `aud`); `jwt` tools only.
         #[arg(long)]
-        audience: String,
+        audience: Option<String>,
+        /// Credential provider: jwt, proxy or postgres.
+        #[arg(long, default_value = "jwt")]
+        provider: String,
+        /// JSON file with `proxy` or `postgres` settings and `env`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// proxy: the upstream base URL.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat).
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// proxy: the header the upstream key goes in.
+        #[arg(long, default_value = "Authorization")]
+        inject_header: String,
+        /// proxy: its value, with {secret} for the key.
+        #[arg(long, default_value = "Bearer {secret}")]
+        inject_format: String,
+        /// proxy: longest wait for the upstream (ms).
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        /// postgres: host agents connect to.
+        #[arg(long)]
+        pg_host: Option<String>,
+        /// postgres: port.
+        #[arg(long, default_value_t = 5432)]
+        pg_port: u16,
+        /// postgres: database.
+        #[arg(long)]
+        pg_database: Option<String>,
+        /// postgres: `action=role`: a credential for the action joins the role (repeat).
+        #[arg(long = "pg-role")]
+        pg_roles: Vec<String>,
+        /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {audience}, {broker}; repeat).
+        #[arg(long = "env")]
+        env: Vec<String>,
         /// An action the tool understands (repeat).
         #[arg(long = "action", required = true)]
         actions: Vec<String>,
@@ -199,6 +285,18 @@ enum ToolCmd {
     List {
         #[arg(long)]
         tenant: String,
+    },
+    /// Store a tool's upstream key (proxy) or admin connection string
+    /// (postgres): read from stdin or --file, never echoed, sealed at rest,
+    /// never returned by any API.
+    SetSecret {
+        #[arg(long)]
+        tenant: String,
+        /// Tool name.
+        name: String,
+        /// Read the secret from this file instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -365,6 +463,7 @@ enum AuditSub {
 
 const TOOL_COLS: &[&str] = &[
     "name",
+    "provider",
     "audience",
     "actions",
     "labels",
@@ -489,6 +588,14 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     .map_err(|e| CliError(e.to_string()))
 }
 
+/// `POST /emails=send` → a route.
+fn parse_route(r: &str) -> Result<Value, CliError> {
+    let bad = || CliError(format!("--route `{r}`: write it as `METHOD /path=action`"));
+    let (lhs, action) = r.rsplit_once('=').ok_or_else(bad)?;
+    let (method, path) = lhs.trim().split_once(' ').ok_or_else(bad)?;
+    Ok(json!({"method": method.trim(), "path": path.trim(), "action": action.trim()}))
+}
+
 fn show(json_out: bool, v: &Value, cols: &[&str]) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -548,18 +655,117 @@ fn run(cli: Cli) -> Result<(), CliError> {
             tenant,
             name,
             audience,
+            provider,
+            config,
+            upstream,
+            routes,
+            inject_header,
+            inject_format,
+            timeout_ms,
+            pg_host,
+            pg_port,
+            pg_database,
+            pg_roles,
+            env,
             actions,
             labels,
             risk,
             max_ttl,
             alg,
         }) => {
-            let v = c().post(
-                &format!("/v1/tenants/{}/tools", enc(&tenant)),
-                &json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
-                        "risk": risk, "max_ttl_secs": max_ttl, "alg": alg}),
-            )?;
+            let mut body = json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
+                        "risk": risk, "max_ttl_secs": max_ttl, "alg": alg, "provider": provider});
+            if let Some(f) = config {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                let extra: Value = serde_json::from_str(&text)
+                    .map_err(|e| CliError(format!("{} is not JSON: {e}", f.display())))?;
+                let Value::Object(extra) = extra else {
+                    return Err(CliError(format!("{} must hold a JSON object", f.display())));
+                };
+                for (k, v) in extra {
+                    body[k] = v;
+                }
+            }
+            if let Some(u) = upstream {
+                let routes = routes
+                    .iter()
+                    .map(|r| parse_route(r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                body["proxy"] = json!({"upstream": u, "routes": routes, "timeout_ms": timeout_ms,
+                    "inject": {"header": inject_header, "format": inject_format}});
+            }
+            if let Some(db) = pg_database {
+                let mut roles = serde_json::Map::new();
+                for r in &pg_roles {
+                    let (a, role) = r.split_once('=').ok_or_else(|| {
+                        CliError(format!("--pg-role `{r}`: write it as action=role"))
+                    })?;
+                    roles.insert(a.to_owned(), json!(role));
+                }
+                body["postgres"] = json!({"host": pg_host.unwrap_or_else(|| "127.0.0.1".into()),
+                    "port": pg_port, "database": db, "roles": roles});
+            }
+            if !env.is_empty() {
+                let vars = env
+                    .iter()
+                    .map(|e| {
+                        e.split_once('=')
+                            .map(|(n, v)| json!({"name": n, "value": v}))
+                            .ok_or_else(|| {
+                                CliError(format!("--env `{e}`: write it as NAME=template"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                body["env"] = json!(vars);
+            }
+            if let Some(o) = body.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+            let v = c().post(&format!("/v1/tenants/{}/tools", enc(&tenant)), &body)?;
             show(j, &v, TOOL_COLS);
+        }
+        Cmd::Tool(ToolCmd::SetSecret { tenant, name, file }) => {
+            let secret = match file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?,
+                None => {
+                    use std::io::{IsTerminal, Read};
+                    if std::io::stdin().is_terminal() {
+                        eprintln!(
+                            "paste the secret, then press Enter and Ctrl-D (it is not shown):"
+                        );
+                    }
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
+                    s
+                }
+            };
+            let v = c().put_text(
+                &format!("/v1/tenants/{}/tools/{}/secret", enc(&tenant), enc(&name)),
+                &secret,
+            )?;
+            show(j, &v, &["tenant", "tool", "secret_set"]);
+        }
+        Cmd::Exec(a) => {
+            let code = exec::exec(
+                c(),
+                &cli.url,
+                exec::ExecArgs {
+                    tenant: a.tenant,
+                    agent: a.agent,
+                    principal: a.on_behalf_of,
+                    grant: a.grant,
+                    task: a.task,
+                    tools: a.tools,
+                    ttl: a.ttl,
+                    quiet: a.quiet,
+                    command: a.command,
+                },
+            )?;
+            std::process::exit(i32::from(code));
         }
         Cmd::Tool(ToolCmd::List { tenant }) => show(
             j,

@@ -745,8 +745,22 @@ pub async fn revoke(
         time_ms: crate::now_ms(),
         until,
     };
+    // A run's holder revoking its mandate ends the run (what `mandate exec`
+    // does when its child exits).
+    let mutation = match rev.key.strip_prefix("run:") {
+        Some(id) => match s.store.get_run(id)? {
+            Some(r) if r.ended_ms.is_none() => Mutation::EndRun {
+                id: id.to_owned(),
+                ended_ms: crate::now_ms(),
+                revocation: rev,
+            },
+            Some(_) => return Ok(axum::http::StatusCode::OK.into_response()),
+            None => Mutation::Revoke(rev),
+        },
+        None => Mutation::Revoke(rev),
+    };
     s.commit(Entry {
-        mutation: Some(Mutation::Revoke(rev)),
+        mutation: Some(mutation),
         events: vec![ev],
     })
     .await?;

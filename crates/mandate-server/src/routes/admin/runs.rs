@@ -21,6 +21,10 @@ pub struct NewRun {
     #[serde(default)]
     capabilities: Option<Vec<String>>,
     jwk: Value,
+    /// Tools the run will use (for `mandate exec`): answered with what the
+    /// run may do there and the environment variables they set up.
+    #[serde(default)]
+    tools: Vec<String>,
 }
 
 /// `POST /v1/runs`: starts a run and returns its mandate.
@@ -125,6 +129,47 @@ pub async fn start_run(
             "this run would hold no capabilities: the grant and the agent's envelope do not overlap",
         ));
     }
+    if req.tools.len() > 32 {
+        return Err(err(Code::InvalidRequest, "name at most 32 `tools`"));
+    }
+    let mut tools = Vec::new();
+    {
+        let reg = s.reg();
+        for name in &req.tools {
+            let t = reg
+                .tools
+                .get(&(req.tenant.clone(), name.clone()))
+                .ok_or_else(|| {
+                    err(
+                        Code::NotFound,
+                        format!(
+                            "tool `{}` not found in tenant `{}`",
+                            short(name),
+                            req.tenant
+                        ),
+                    )
+                })?;
+            let actions: Vec<&String> = t
+                .actions
+                .iter()
+                .filter(|a| caps.allows(&t.name, a))
+                .collect();
+            if actions.is_empty() {
+                return Err(err(
+                    Code::Forbidden,
+                    format!(
+                        "this run would hold no action of tool `{name}`; its capabilities are: {}",
+                        caps.to_strings().join(", ")
+                    ),
+                ));
+            }
+            tools.push(json!({
+                "name": t.name, "provider": t.provider, "audience": t.audience, "actions": actions,
+                "env": t.env,
+                "proxy_url": (t.provider == "proxy").then(|| super::proxy_url(&s, &t.name)),
+            }));
+        }
+    }
     let max = s.config.mandate_max_ttl;
     let ttl = req.ttl_secs.unwrap_or(s.config.mandate_ttl);
     if ttl == 0 || ttl > max {
@@ -197,6 +242,7 @@ pub async fn start_run(
             "expires_at": expires_at,
             "capabilities": run.capabilities,
             "token_endpoint": s.token_endpoint,
+            "tools": tools,
         })),
     ))
 }

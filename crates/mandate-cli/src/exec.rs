@@ -1,0 +1,552 @@
+//! `mandate exec`: run a command as an agent run, so that no static secret
+//! (and not even the run's own key or mandate) ever reaches it.
+//!
+//! The wrapper starts a run with a key it generates and keeps, then runs the
+//! command as a child with:
+//! - `MANDATE_AGENT_SOCK`: a Unix socket (in a 0700 directory, mode 0600)
+//!   serving a small HTTP API, on the model of ssh-agent and the SPIFFE
+//!   Workload API: `GET /v1/identity`, `POST /v1/credentials` (a fresh,
+//!   cached, refreshed credential for a tool and actions; the wrapper does
+//!   the DPoP work) and `POST /v1/dpop` (a DPoP proof signed by the run key
+//!   for a request the child makes to a `jwt` tool; the key never leaves);
+//! - for each `--tool`, the environment variables its registration names
+//!   (e.g. an API key variable set to a short-lived proxy credential and a
+//!   base-URL variable set to the broker's proxy), so unchanged SDKs work.
+//!
+//! The exit code passes through; signals are forwarded; when the child
+//! exits the run ends, which revokes every credential it got.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use mandate_core::jose::{Alg, b64};
+use mandate_core::keys::SigningKey;
+use mandate_core::tooling::{EnvSpec, EnvValues};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::client::{CliError, Client, enc};
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const MANDATE_TYPE: &str = "urn:mandate:params:oauth:token-type:mandate";
+
+/// Variables the child never inherits: they would hand it the wrapper's authority.
+const WITHHELD_ENV: [&str; 3] = [
+    "MANDATE_ADMIN_TOKEN_FILE",
+    "MANDATE_MASTER_KEY",
+    "MANDATE_JOIN_TOKEN",
+];
+
+/// What `mandate exec` was asked to do.
+pub(crate) struct ExecArgs {
+    pub tenant: String,
+    pub agent: String,
+    pub principal: Option<String>,
+    pub grant: Option<String>,
+    pub task: Option<String>,
+    pub tools: Vec<String>,
+    pub ttl: Option<u64>,
+    pub quiet: bool,
+    pub command: Vec<String>,
+}
+
+/// A credential the wrapper holds for the child.
+#[derive(Clone)]
+struct Held {
+    body: Value,
+    issued: u64,
+    expires: u64,
+}
+
+/// The run, as the wrapper holds it.
+struct RunAgent {
+    http: ureq::Agent,
+    token_endpoint: String,
+    mandate: String,
+    key: SigningKey,
+    nonce: Mutex<Option<String>>,
+    held: Mutex<HashMap<(String, String), Held>>,
+    identity: Value,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random_b64(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    b64(&b)
+}
+
+impl RunAgent {
+    /// A DPoP proof (RFC 9449 §4.2) by the run key.
+    fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
+        let mut claims = json!({"jti": random_b64(16), "htm": method, "htu": url, "iat": now()});
+        if let Some(n) = self.nonce.lock().ok().and_then(|n| n.clone()) {
+            claims["nonce"] = json!(n);
+        }
+        if let Some(t) = access_token {
+            claims["ath"] = json!(b64(&Sha256::digest(t.as_bytes())));
+        }
+        self.key.sign_jws(
+            &json!({"typ": "dpop+jwt", "jwk": self.key.public().to_json()}),
+            &claims,
+        )
+    }
+
+    /// RFC 8693 exchange of the mandate for a credential, retrying once
+    /// with the broker's DPoP nonce when it asks for one (RFC 9449 §8).
+    fn exchange(&self, tool: &str, actions: &[String]) -> Result<Value, CliError> {
+        let form = format!(
+            "grant_type={}&subject_token={}&subject_token_type={}&audience={}&scope={}",
+            enc(TOKEN_EXCHANGE),
+            enc(&self.mandate),
+            enc(MANDATE_TYPE),
+            enc(tool),
+            enc(&actions.join(" "))
+        );
+        for _ in 0..2 {
+            let mut r = self
+                .http
+                .post(&self.token_endpoint)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("DPoP", &self.proof("POST", &self.token_endpoint, None))
+                .send(&form)
+                .map_err(|e| CliError(format!("cannot reach the broker: {e}")))?;
+            if let Some(n) = r.headers().get("dpop-nonce").and_then(|v| v.to_str().ok())
+                && let Ok(mut slot) = self.nonce.lock()
+            {
+                *slot = Some(n.to_owned());
+            }
+            let status = r.status().as_u16();
+            let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+            if status == 200 {
+                return Ok(v);
+            }
+            if v["error"] != "use_dpop_nonce" {
+                return Err(CliError(format!(
+                    "the broker refused a credential for `{tool}`: {}",
+                    v["error_description"].as_str().unwrap_or("no reason given")
+                )));
+            }
+        }
+        Err(CliError(
+            "the broker kept asking for a new DPoP nonce".into(),
+        ))
+    }
+
+    /// A credential for (tool, actions): the held one while more than a
+    /// third of its life is left, else a fresh one.
+    fn credential(&self, tool: &str, actions: &[String]) -> Result<Value, CliError> {
+        let mut sorted = actions.to_vec();
+        sorted.sort();
+        let key = (tool.to_owned(), sorted.join(" "));
+        let t = now();
+        if let Some(h) = self.held.lock().ok().and_then(|m| m.get(&key).cloned())
+            && fresh(&h, t)
+        {
+            let mut body = h.body;
+            body["expires_in"] = json!(h.expires.saturating_sub(t));
+            return Ok(body);
+        }
+        let body = self.exchange(tool, actions)?;
+        let life = body["expires_in"].as_u64().unwrap_or(0);
+        if let Ok(mut m) = self.held.lock() {
+            m.insert(
+                key,
+                Held {
+                    body: body.clone(),
+                    issued: t,
+                    expires: t + life,
+                },
+            );
+        }
+        Ok(body)
+    }
+
+    /// Renews every held credential that is past two thirds of its life.
+    fn refresh(&self) {
+        let t = now();
+        let stale: Vec<(String, String)> = self
+            .held
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, h)| !fresh(h, t) && h.expires > t)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (tool, actions) in stale {
+            let actions: Vec<String> = actions.split(' ').map(str::to_owned).collect();
+            if let Ok(mut m) = self.held.lock() {
+                m.remove(&(tool.clone(), actions.join(" ")));
+            }
+            if let Err(e) = self.credential(&tool, &actions) {
+                eprintln!("mandate exec: cannot refresh the credential for `{tool}`: {e}");
+            }
+        }
+    }
+}
+
+fn fresh(h: &Held, t: u64) -> bool {
+    let life = h.expires.saturating_sub(h.issued);
+    h.expires > t && h.expires - t > life / 3
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRequest {
+    tool: String,
+    #[serde(default)]
+    actions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofRequest {
+    method: String,
+    url: String,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn refused(status: StatusCode, why: impl Into<String>) -> Reply {
+    (
+        status,
+        Json(json!({"error": "refused", "error_description": why.into()})),
+    )
+}
+
+async fn identity(State(a): State<Arc<RunAgent>>) -> Json<Value> {
+    Json(a.identity.clone())
+}
+
+async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {
+    let req: CredentialRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!("send JSON {{\"tool\": ..., \"actions\": [...]}}: {e}"),
+            );
+        }
+    };
+    let actions = if req.actions.is_empty() {
+        // All the run may do with the tool, as the broker listed at start.
+        a.identity["tools"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == req.tool))
+            .and_then(|t| t["actions"].as_array())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        req.actions
+    };
+    if actions.is_empty() {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            format!("name the `actions` you need on `{}`", req.tool),
+        );
+    }
+    let tool = req.tool.clone();
+    match tokio::task::spawn_blocking(move || a.credential(&tool, &actions)).await {
+        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
+        Ok(Err(e)) => refused(StatusCode::FORBIDDEN, e.0),
+        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "the wrapper failed"),
+    }
+}
+
+async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {
+    let req: ProofRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!("send JSON {{\"method\": ..., \"url\": ..., \"access_token\": ...}}: {e}"),
+            );
+        }
+    };
+    if req.method.is_empty()
+        || !req.method.bytes().all(|b| b.is_ascii_uppercase())
+        || !(req.url.starts_with("https://") || req.url.starts_with("http://"))
+    {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "`method` must be an upper-case HTTP method and `url` an http(s) URL",
+        );
+    }
+    let proof = a.proof(&req.method, &req.url, req.access_token.as_deref());
+    (StatusCode::OK, Json(json!({"dpop": proof})))
+}
+
+/// A private directory for the socket: $XDG_RUNTIME_DIR or the temp dir.
+fn socket_dir(run: &str) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("mandate-{run}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn env_for(
+    tool: &Value,
+    agent: &RunAgent,
+    broker: &str,
+) -> Result<Vec<(String, String)>, CliError> {
+    let name = tool["name"].as_str().unwrap_or("");
+    let specs: Vec<EnvSpec> = serde_json::from_value(tool["env"].clone()).unwrap_or_default();
+    if specs.is_empty() {
+        return Ok(vec![]);
+    }
+    let actions: Vec<String> = serde_json::from_value(tool["actions"].clone()).unwrap_or_default();
+    let credential = if specs.iter().any(EnvSpec::needs_credential) {
+        let v = agent.credential(name, &actions)?;
+        v["access_token"].as_str().unwrap_or("").to_owned()
+    } else {
+        String::new()
+    };
+    let values = EnvValues {
+        credential: &credential,
+        proxy_url: tool["proxy_url"].as_str().unwrap_or(""),
+        audience: tool["audience"].as_str().unwrap_or(""),
+        broker,
+    };
+    Ok(specs
+        .iter()
+        .map(|e| (e.name.clone(), e.render(&values)))
+        .collect())
+}
+
+/// Runs `mandate exec`; returns the child's exit code.
+pub(crate) fn exec(admin: Client, url: &str, a: ExecArgs) -> Result<u8, CliError> {
+    let Some((program, args)) = a.command.split_first() else {
+        return Err(CliError(
+            "name the command to run after `--`: mandate exec --agent A -- COMMAND ARGS".into(),
+        ));
+    };
+    let key = SigningKey::generate(Alg::EdDSA, &mut rand_core::OsRng);
+    let started = admin.post(
+        "/v1/runs",
+        &json!({
+            "tenant": a.tenant, "agent": a.agent, "principal": a.principal, "grant": a.grant,
+            "task": a.task, "ttl_secs": a.ttl, "jwk": key.public().to_json(), "tools": a.tools,
+        }),
+    )?;
+    let run = started["run"].as_str().unwrap_or_default().to_owned();
+    let agent = Arc::new(RunAgent {
+        http: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into(),
+        token_endpoint: started["token_endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        mandate: started["mandate"].as_str().unwrap_or_default().to_owned(),
+        key,
+        nonce: Mutex::new(None),
+        held: Mutex::new(HashMap::new()),
+        identity: json!({
+            "run": run, "run_id": started["run_id"], "agent_id": started["agent_id"],
+            "tenant": a.tenant, "agent": a.agent, "principal": a.principal,
+            "expires_at": started["expires_at"], "capabilities": started["capabilities"],
+            "tools": started["tools"],
+        }),
+    });
+    let outcome = supervise(&agent, url, &run, program, args, a.quiet);
+    // Whatever happened, the run ends: every credential it got is refused from now on.
+    let ended = end_run(&agent);
+    if !a.quiet {
+        match &ended {
+            Ok(()) => eprintln!("mandate exec: run {run} ended; its credentials are revoked"),
+            Err(e) => eprintln!("mandate exec: could not end run {run}: {e}"),
+        }
+    }
+    let code = outcome?;
+    ended?;
+    Ok(code)
+}
+
+/// RFC 7009 revocation of the mandate by its holder: the broker ends the run.
+fn end_run(agent: &RunAgent) -> Result<(), CliError> {
+    let revoke = agent
+        .token_endpoint
+        .replace("/oauth/token", "/oauth/revoke");
+    let r = agent
+        .http
+        .post(&revoke)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(&format!("token={}", enc(&agent.mandate)))
+        .map_err(|e| CliError(format!("cannot reach the broker: {e}")))?;
+    if r.status().as_u16() == 200 {
+        Ok(())
+    } else {
+        Err(CliError(format!("the broker answered {}", r.status())))
+    }
+}
+
+fn supervise(
+    agent: &Arc<RunAgent>,
+    url: &str,
+    run: &str,
+    program: &str,
+    args: &[String],
+    quiet: bool,
+) -> Result<u8, CliError> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let tools = agent.identity["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for t in &tools {
+        env.extend(env_for(t, agent, url)?);
+    }
+    let dir = socket_dir(run)?;
+    let sock = dir.join("agent.sock");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(e.to_string()))?;
+    let result = rt.block_on(async {
+        let listener = bind_private(&sock)?;
+        let app = axum::Router::new()
+            .route("/v1/identity", get(identity))
+            .route("/v1/credentials", post(credentials))
+            .route("/v1/dpop", post(dpop))
+            .with_state(Arc::clone(agent));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let refresher = Arc::clone(agent);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let a = Arc::clone(&refresher);
+                let _ = tokio::task::spawn_blocking(move || a.refresh()).await;
+            }
+        });
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
+        for v in WITHHELD_ENV {
+            cmd.env_remove(v);
+        }
+        cmd.env("MANDATE_AGENT_SOCK", &sock).env("MANDATE_RUN", run);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| CliError(format!("cannot run `{program}`: {e}")))?;
+        if !quiet {
+            let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+            eprintln!(
+                "mandate exec: run {run} started (tools: {}); agent socket {}",
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
+                sock.display()
+            );
+        }
+        forward_signals_until_exit(&mut child).await
+    });
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_dir(&dir);
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+fn bind_private(sock: &Path) -> Result<tokio::net::UnixListener, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = tokio::net::UnixListener::bind(sock)
+        .map_err(|e| CliError(format!("cannot listen on {}: {e}", sock.display())))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| CliError(format!("cannot restrict {}: {e}", sock.display())))?;
+    Ok(l)
+}
+
+/// Waits for the child, passing on the signals a supervisor receives.
+/// SIGINT from a terminal already reached the child (same process group),
+/// so it is passed on only when stdin is not a terminal.
+async fn forward_signals_until_exit(child: &mut tokio::process::Child) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
+    use tokio::signal::unix::{SignalKind, signal};
+    let pid = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32));
+    let kinds = [
+        (SignalKind::terminate(), rustix::process::Signal::TERM),
+        (SignalKind::hangup(), rustix::process::Signal::HUP),
+        (SignalKind::quit(), rustix::process::Signal::QUIT),
+        (SignalKind::user_defined1(), rustix::process::Signal::USR1),
+        (SignalKind::user_defined2(), rustix::process::Signal::USR2),
+        (SignalKind::interrupt(), rustix::process::Signal::INT),
+    ];
+    let tty = std::io::stdin().is_terminal();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (kind, sig) in kinds {
+        if sig == rustix::process::Signal::INT && tty {
+            // Still listen, so the wrapper itself is not killed by it.
+            if let Ok(mut s) = signal(kind) {
+                tokio::spawn(async move { while s.recv().await.is_some() {} });
+            }
+            continue;
+        }
+        if let Ok(mut s) = signal(kind) {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|e| CliError(format!("waiting for the command failed: {e}")))?;
+                use std::os::unix::process::ExitStatusExt;
+                return Ok(match (status.code(), status.signal()) {
+                    (Some(c), _) => c as u8,
+                    (None, Some(s)) => 128u8.saturating_add(s as u8),
+                    _ => 1,
+                });
+            }
+            Some(sig) = rx.recv() => {
+                if let Some(pid) = pid {
+                    let _ = rustix::process::kill_process(pid, sig);
+                }
+            }
+        }
+    }
+}

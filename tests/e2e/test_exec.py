@@ -1,0 +1,178 @@
+"""End-to-end: `mandate exec`, the proxy provider and a real third-party
+client. The official `resend` Node SDK sends an email through the broker's
+proxy to `resend-local` (an emulator of the Resend API) standing in for the
+upstream; the SDK only ever sees a short-lived proxy credential.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from test_story import BIN, ROOT, free_port, http, start_broker
+
+NODE_DIR = os.environ.get("MANDATE_NODE_DIR", str(Path.home() / ".cache" / "mandate-node"))
+HERE = Path(__file__).resolve().parent
+REAL_KEY = "re_live_" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = start_broker(tmp_path)
+    yield b
+    b.proc.terminate()
+    b.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def resend_local():
+    starter = Path(NODE_DIR) / "node_modules" / "resend-local" / "dist" / "starter.js"
+    if not starter.exists():
+        pytest.fail(f"resend-local is not installed in {NODE_DIR}; scripts/test.sh installs it")
+    port = free_port()
+    proc = subprocess.Popen(["node", str(starter), "-p", str(port)], cwd=NODE_DIR,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/dashboard-api/emails", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("resend-local did not start")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def setup(b, upstream):
+    b.cli("tenant", "create", "acme")
+    b.cli("principal", "create", "--tenant", "acme", "alice@example.com")
+    b.cli("policy", "add", "--tenant", "acme", str(ROOT / "examples" / "policies" / "baseline.cedar"))
+    b.cli("agent", "create", "--tenant", "acme", "mailer", "--owner", "team-growth",
+          "--envelope", "resend:*")
+    b.cli("tool", "create", "--tenant", "acme", "resend", "--provider", "proxy",
+          "--action", "send", "--action", "read", "--label", "external_send",
+          "--upstream", upstream,
+          "--route", "POST /emails=send", "--route", "GET /emails/*=read",
+          "--env", "RESEND_API_KEY={credential}", "--env", "RESEND_BASE_URL={proxy_url}")
+    r = subprocess.run([BIN, "tool", "set-secret", "--tenant", "acme", "resend"], env=b.env,
+                       input=REAL_KEY + "\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert REAL_KEY not in r.stdout + r.stderr
+    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal",
+                             "alice@example.com", "--agent", "mailer", "--cap", "resend:send",
+                             "--task", "send the weekly report").stdout)
+    return grant["id"]
+
+
+def wait_file(p, proc, timeout=30):
+    t = time.time()
+    while not p.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"mandate exec ended ({proc.returncode}) before {p.name}: {err}{out}")
+        assert time.time() - t < timeout, f"{p.name} did not appear"
+        time.sleep(0.05)
+
+
+def test_resend_sdk_sends_through_exec_and_the_proxy(broker, resend_local, tmp_path):
+    grant = setup(broker, resend_local)
+    work = tmp_path / "work"
+    work.mkdir()
+    subject = "weekly report " + uuid.uuid4().hex[:8]
+    env = dict(broker.env, MANDATE_NODE_DIR=NODE_DIR)
+    env["MANDATE_ADMIN_TOKEN_FILE"] = str(broker.dir / "config" / "admin.token")
+    proc = subprocess.Popen(
+        [BIN, "exec", "--tenant", "acme", "--agent", "mailer", "--on-behalf-of", "alice@example.com",
+         "--grant", grant, "--tool", "resend", "--", "node", str(HERE / "send_email.mjs"), str(work), subject],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_file(work / "pid", proc)
+    pid = int((work / "pid").read_text())
+    child_env = dict(
+        kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv
+    )
+    cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+    # The child has a proxy credential and the proxy URL, never the key,
+    # the admin credential's path, the mandate or the run key.
+    assert REAL_KEY not in "".join(child_env.values()) + cmdline
+    assert child_env["RESEND_BASE_URL"] == f"{broker.url}/proxy/resend"
+    assert child_env["RESEND_API_KEY"].count(".") == 2
+    assert "MANDATE_ADMIN_TOKEN_FILE" not in child_env
+    sock = Path(child_env["MANDATE_AGENT_SOCK"])
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    assert oct(sock.parent.stat().st_mode & 0o777) == "0o700"
+    run_id = child_env["MANDATE_RUN"]
+
+    (work / "go").write_text("1")
+    wait_file(work / "sent", proc)
+    # The email arrived at the upstream.
+    _, emails = http("GET", resend_local + "/dashboard-api/emails")
+    assert any(e["subject"] == subject for e in emails["emails"]), emails
+    # The trail shows the call, by whom, for whom.
+    trail = json.loads(broker.cli("--json", "audit", "--run", run_id).stdout)
+    calls = [e for e in trail if e["event_type"] == "proxy.call"]
+    assert calls and calls[0]["decision"] == "allow"
+    assert calls[0]["agent"] == "mailer" and calls[0]["principal"] == "alice@example.com"
+    assert calls[0]["details"]["path"] == "/emails"
+    assert REAL_KEY not in json.dumps(trail)
+
+    # Revoke the run: the same call is refused by the proxy at once.
+    broker.cli("revoke", "--run", run_id)
+    (work / "again").write_text("1")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 7, err  # the child's exit code passes through
+    assert REAL_KEY not in out + err
+    result = json.loads((work / "out.json").read_text())
+    assert result["first"]["error"] is None, result["first"]
+    assert result["second"]["data"] is None
+    assert "revoked" in json.dumps(result["second"]["error"]), result["second"]
+    # The agent socket: identity, a credential for the run's actions, a proof; refusals.
+    ident = result["identity"]["body"]
+    assert ident["run"] == run_id and ident["principal"] == "alice@example.com"
+    assert "mandate" not in json.dumps(ident).lower().replace("mandate.local", "")
+    assert result["credential"]["status"] == 200
+    assert result["credential"]["body"]["token_type"] == "Bearer"
+    assert result["proof"]["body"]["dpop"].count(".") == 2
+    assert result["bad"]["status"] == 403
+    assert "delete" in result["bad"]["body"]["error_description"]
+    # The run ended when the child exited.
+    runs = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)
+    assert [r for r in runs if r["id"] == run_id][0]["ended_ms"] is not None
+
+
+def test_exec_forwards_signals_and_ends_the_run(broker, resend_local, tmp_path):
+    grant = setup(broker, resend_local)
+    env = dict(broker.env)
+    env["MANDATE_ADMIN_TOKEN_FILE"] = str(broker.dir / "config" / "admin.token")
+    marker = tmp_path / "trapped"
+    script = f"trap 'echo term > {marker}; exit 42' TERM; while true; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        [BIN, "exec", "--tenant", "acme", "--agent", "mailer", "--on-behalf-of", "alice@example.com",
+         "--grant", grant, "--tool", "resend", "--", "sh", "-c", script],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert marker.read_text().strip() == "term", err
+    assert proc.returncode == 42, err
+    runs = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)
+    assert all(r["ended_ms"] is not None for r in runs), runs
+
+
+def test_exec_refuses_unknown_tools_and_missing_commands(broker, resend_local):
+    grant = setup(broker, resend_local)
+    r = broker.cli("exec", "--tenant", "acme", "--agent", "mailer", "--on-behalf-of", "alice@example.com",
+                   "--grant", grant, "--tool", "nope", "--", "true", check=False)
+    assert r.returncode != 0 and "tool `nope` not found" in r.stderr
+    r = broker.cli("exec", "--tenant", "acme", "--agent", "mailer", check=False)
+    assert r.returncode != 0 and "COMMAND" in r.stderr.upper()
+    r = broker.cli("exec", "--tenant", "acme", "--agent", "ghost", "--", "true", check=False)
+    assert r.returncode != 0 and "agent `ghost` not found" in r.stderr
