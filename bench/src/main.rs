@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(long, default_value_t = 400_000)]
         count: usize,
     },
-    /// Hello-world axum server.
+    /// Hello-world axum server (also the proxy benchmark's upstream: `POST /emails`).
     Ceiling {
         #[arg(long, default_value = "127.0.0.1:8499")]
         listen: std::net::SocketAddr,
@@ -231,13 +231,33 @@ fn prep(
 fn ceiling(listen: std::net::SocketAddr) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let app = axum::Router::new().route(
-            "/",
-            axum::routing::post(|| async {
-                axum::Json(json!({"access_token": "x", "token_type": "DPoP", "expires_in": 300}))
-            })
-            .get(|| async { "ok" }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::post(|| async {
+                    axum::Json(
+                        json!({"access_token": "x", "token_type": "DPoP", "expires_in": 300}),
+                    )
+                })
+                .get(|| async { "ok" }),
+            )
+            // A stand-in for an upstream API call (the proxy benchmark's upstream).
+            .route(
+                "/emails",
+                // `?ms=N`: the upstream takes N ms to answer, like a real API.
+                axum::routing::post(
+                    |q: axum::extract::Query<std::collections::HashMap<String, u64>>| async move {
+                        if let Some(ms) = q.get("ms") {
+                            tokio::time::sleep(std::time::Duration::from_millis((*ms).min(10_000)))
+                                .await;
+                        }
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(json!({"id": "49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"})),
+                        )
+                    },
+                ),
+            );
         let l = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| e.to_string())?;

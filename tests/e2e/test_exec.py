@@ -88,8 +88,13 @@ def test_resend_sdk_sends_through_exec_and_the_proxy(broker, resend_local, tmp_p
     work = tmp_path / "work"
     work.mkdir()
     subject = "weekly report " + uuid.uuid4().hex[:8]
-    env = dict(broker.env, MANDATE_NODE_DIR=NODE_DIR)
-    env["MANDATE_ADMIN_TOKEN_FILE"] = str(broker.dir / "config" / "admin.token")
+    # On the agent host: a one-time join token, not the admin credential.
+    join = tmp_path / "join.token"
+    broker.cli("agent", "join-token", "--tenant", "acme", "mailer", "--principal", "alice@example.com",
+               "--grant", grant, "--ttl", "5m", "--out", str(join))
+    assert oct(join.stat().st_mode & 0o777) == "0o600"
+    env = dict(broker.env, MANDATE_NODE_DIR=NODE_DIR, MANDATE_JOIN_TOKEN_FILE=str(join))
+    env["MANDATE_ADMIN_TOKEN_FILE"] = str(tmp_path / "no-admin-credential-here")
     proc = subprocess.Popen(
         [BIN, "exec", "--tenant", "acme", "--agent", "mailer", "--on-behalf-of", "alice@example.com",
          "--grant", grant, "--tool", "resend", "--", "node", str(HERE / "send_email.mjs"), str(work), subject],
@@ -106,6 +111,7 @@ def test_resend_sdk_sends_through_exec_and_the_proxy(broker, resend_local, tmp_p
     assert child_env["RESEND_BASE_URL"] == f"{broker.url}/proxy/resend"
     assert child_env["RESEND_API_KEY"].count(".") == 2
     assert "MANDATE_ADMIN_TOKEN_FILE" not in child_env
+    assert "MANDATE_JOIN_TOKEN_FILE" not in child_env
     sock = Path(child_env["MANDATE_AGENT_SOCK"])
     assert oct(sock.stat().st_mode & 0o777) == "0o600"
     assert oct(sock.parent.stat().st_mode & 0o777) == "0o700"
@@ -146,6 +152,11 @@ def test_resend_sdk_sends_through_exec_and_the_proxy(broker, resend_local, tmp_p
     # The run ended when the child exited.
     runs = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)
     assert [r for r in runs if r["id"] == run_id][0]["ended_ms"] is not None
+    # The join token is spent.
+    r = subprocess.run([BIN, "exec", "--tenant", "acme", "--agent", "mailer", "--on-behalf-of",
+                        "alice@example.com", "--grant", grant, "--", "true"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "already used" in r.stderr, r.stderr
 
 
 def test_exec_forwards_signals_and_ends_the_run(broker, resend_local, tmp_path):

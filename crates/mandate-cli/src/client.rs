@@ -22,6 +22,13 @@ impl std::fmt::Display for CliError {
 }
 
 impl Client {
+    /// A client that authenticates with `token` (a join token).
+    pub(crate) fn with_token(url: String, token: String) -> Self {
+        let mut c = Self::new(url, None);
+        c.token = Some(token);
+        c
+    }
+
     pub(crate) fn new(url: String, token_file: Option<PathBuf>) -> Self {
         let token = token_file
             .and_then(|p| std::fs::read_to_string(p).ok())

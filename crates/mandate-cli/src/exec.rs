@@ -41,7 +41,7 @@ const MANDATE_TYPE: &str = "urn:mandate:params:oauth:token-type:mandate";
 const WITHHELD_ENV: [&str; 3] = [
     "MANDATE_ADMIN_TOKEN_FILE",
     "MANDATE_MASTER_KEY",
-    "MANDATE_JOIN_TOKEN",
+    "MANDATE_JOIN_TOKEN_FILE",
 ];
 
 /// What `mandate exec` was asked to do.
@@ -342,14 +342,14 @@ fn env_for(
 }
 
 /// Runs `mandate exec`; returns the child's exit code.
-pub(crate) fn exec(admin: Client, url: &str, a: ExecArgs) -> Result<u8, CliError> {
+pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliError> {
     let Some((program, args)) = a.command.split_first() else {
         return Err(CliError(
             "name the command to run after `--`: mandate exec --agent A -- COMMAND ARGS".into(),
         ));
     };
     let key = SigningKey::generate(Alg::EdDSA, &mut rand_core::OsRng);
-    let started = admin.post(
+    let started = starter.post(
         "/v1/runs",
         &json!({
             "tenant": a.tenant, "agent": a.agent, "principal": a.principal, "grant": a.grant,

@@ -171,6 +171,27 @@ enum AgentCmd {
         #[arg(long)]
         tenant: String,
     },
+    /// A one-time, short-lived join token that starts one run of the agent
+    /// (for `mandate exec --join-token-file` on an agent host, instead of the
+    /// admin credential).
+    JoinToken {
+        #[arg(long)]
+        tenant: String,
+        /// Agent name.
+        name: String,
+        /// Lifetime (e.g. 10m, 1h; at most 24h).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        /// The run must act for this principal (with --grant).
+        #[arg(long)]
+        principal: Option<String>,
+        /// The grant the run must use.
+        #[arg(long)]
+        grant: Option<String>,
+        /// Write the token to this file (created 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -196,6 +217,10 @@ struct ExecCli {
     /// What the run is for (recorded with every credential).
     #[arg(long)]
     task: Option<String>,
+    /// Start the run with this one-time join token (from `mandate agent join-token`)
+    /// instead of the admin credential; the file is read once and may be deleted after.
+    #[arg(long, env = "MANDATE_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
     /// A tool the command uses; its registration's environment variables are set (repeat).
     #[arg(long = "tool")]
     tools: Vec<String>,
@@ -749,9 +774,54 @@ fn run(cli: Cli) -> Result<(), CliError> {
             )?;
             show(j, &v, &["tenant", "tool", "secret_set"]);
         }
+        Cmd::Agent(AgentCmd::JoinToken {
+            tenant,
+            name,
+            ttl,
+            principal,
+            grant,
+            out,
+        }) => {
+            let v = c().post(
+                &format!(
+                    "/v1/tenants/{}/agents/{}/join-tokens",
+                    enc(&tenant),
+                    enc(&name)
+                ),
+                &json!({"ttl_secs": parse_duration(&ttl)?, "principal": principal, "grant": grant}),
+            )?;
+            let token = v["token"].as_str().unwrap_or_default();
+            match out {
+                Some(path) => {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+                    writeln!(f, "{token}")
+                        .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+                    let mut shown = v.clone();
+                    shown["token"] = json!(format!("(written to {})", path.display()));
+                    show(j, &shown, &["id", "agent", "expires_at", "token"]);
+                }
+                None if j => show(j, &v, &[]),
+                None => println!("{token}"),
+            }
+        }
         Cmd::Exec(a) => {
+            let starter = match &a.join_token_file {
+                Some(f) => {
+                    let t = std::fs::read_to_string(f)
+                        .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                    Client::with_token(cli.url.clone(), t.trim().to_owned())
+                }
+                None => c(),
+            };
             let code = exec::exec(
-                c(),
+                starter,
                 &cli.url,
                 exec::ExecArgs {
                     tenant: a.tenant,

@@ -131,6 +131,8 @@ impl Registry {
             | Mutation::PutToolSecret(_)
             | Mutation::CreateLease(_)
             | Mutation::DropLease { .. }
+            | Mutation::CreateJoinToken(_)
+            | Mutation::UseJoinToken { .. }
             | Mutation::PutKey(_)
             | Mutation::PutAdminToken(_)
             | Mutation::PutMeta { .. } => {}

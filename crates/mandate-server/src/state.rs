@@ -17,32 +17,44 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::writer::Writer;
 
-/// Verified mandates by token digest, until they expire (DESIGN: "do not pay
-/// for the same verification twice"). Bounded.
-#[derive(Debug, Default)]
-pub struct MandateCache {
-    map: HashMap<[u8; 32], Arc<MandateClaims>>,
+/// Verified tokens by digest, until they expire (DESIGN: "do not pay for
+/// the same verification twice"). Bounded. Revocation is checked on every
+/// use, outside the cache.
+#[derive(Debug)]
+pub struct VerifiedCache<T> {
+    map: HashMap<[u8; 32], (u64, Arc<T>)>,
 }
 
-const MANDATE_CACHE_CAP: usize = 100_000;
+impl<T> Default for VerifiedCache<T> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+}
 
-impl MandateCache {
+/// Verified mandates.
+pub type MandateCache = VerifiedCache<MandateClaims>;
+
+const VERIFIED_CACHE_CAP: usize = 100_000;
+
+impl<T> VerifiedCache<T> {
     /// A cached, still-unexpired verification.
-    pub fn get(&self, digest: &[u8; 32], now: u64) -> Option<Arc<MandateClaims>> {
+    pub fn get(&self, digest: &[u8; 32], now: u64) -> Option<Arc<T>> {
         self.map
             .get(digest)
-            .filter(|c| c.expires_at >= now)
-            .cloned()
+            .filter(|(exp, _)| *exp >= now)
+            .map(|(_, c)| Arc::clone(c))
     }
-    /// Remembers a verification.
-    pub fn put(&mut self, digest: [u8; 32], claims: Arc<MandateClaims>, now: u64) {
-        if self.map.len() >= MANDATE_CACHE_CAP {
-            self.map.retain(|_, c| c.expires_at >= now);
-            if self.map.len() >= MANDATE_CACHE_CAP {
+    /// Remembers a verification that holds until `exp`.
+    pub fn put(&mut self, digest: [u8; 32], exp: u64, claims: Arc<T>, now: u64) {
+        if self.map.len() >= VERIFIED_CACHE_CAP {
+            self.map.retain(|_, (e, _)| *e >= now);
+            if self.map.len() >= VERIFIED_CACHE_CAP {
                 self.map.clear();
             }
         }
-        self.map.insert(digest, claims);
+        self.map.insert(digest, (exp, claims));
     }
 }
 
@@ -68,6 +80,8 @@ pub struct AppState {
     pub replay: Mutex<ReplayCache>,
     /// Verified mandates.
     pub mandates: Mutex<MandateCache>,
+    /// Verified proxy credentials.
+    pub proxy_credentials: Mutex<VerifiedCache<mandate_core::credential::AccessClaims>>,
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
     /// The token endpoint URL (DPoP `htu`).
@@ -167,6 +181,7 @@ impl AppState {
             writer,
             replay: Mutex::new(ReplayCache::new(REPLAY_CAP)),
             mandates: Mutex::new(MandateCache::default()),
+            proxy_credentials: Mutex::new(VerifiedCache::default()),
             admin_hashes,
             token_endpoint,
             signers,
@@ -324,7 +339,7 @@ impl AppState {
             });
         }
         if let Ok(mut m) = self.mandates.lock() {
-            m.put(digest, Arc::clone(&claims), now);
+            m.put(digest, claims.expires_at, Arc::clone(&claims), now);
         }
         Ok(claims)
     }

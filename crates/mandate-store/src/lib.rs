@@ -125,4 +125,6 @@ pub trait Store: Send + Sync {
     fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Revocation>>;
     /// Leases whose role has not been dropped yet.
     fn live_leases(&self) -> Result<Vec<Lease>>;
+    /// A join token by id.
+    fn join_token(&self, id: &str) -> Result<Option<JoinToken>>;
 }

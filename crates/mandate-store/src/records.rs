@@ -301,6 +301,43 @@ pub struct AdminToken {
     pub created_ms: u64,
 }
 
+/// A one-time, short-lived credential that starts one run of one agent
+/// (what `mandate exec` uses on an agent host instead of the admin
+/// credential). Only the SHA-256 of the token is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// Public id (part of the token).
+    pub id: String,
+    /// SHA-256 of the whole token.
+    pub hash: Vec<u8>,
+    /// Tenant.
+    pub tenant: String,
+    /// The agent it starts a run of.
+    pub agent: String,
+    /// The principal the run must act for, if any.
+    pub principal: Option<String>,
+    /// The grant the run must use, if any.
+    pub grant: Option<String>,
+    /// Expiry (seconds).
+    pub expires_at: u64,
+    /// Creation (ms).
+    pub created_ms: u64,
+    /// When it was used (ms).
+    pub used_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("agent", &self.agent)
+            .field("expires_at", &self.expires_at)
+            .field("used_ms", &self.used_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A change to the broker's state.
 #[derive(Debug, Clone)]
 pub enum Mutation {
@@ -342,6 +379,15 @@ pub enum Mutation {
     PutToolSecret(ToolSecret),
     /// Record a database role before it is created.
     CreateLease(Lease),
+    /// Store a join token.
+    CreateJoinToken(JoinToken),
+    /// Consume a join token (fails if it was used already).
+    UseJoinToken {
+        /// Token id.
+        id: String,
+        /// When (ms).
+        used_ms: u64,
+    },
     /// Mark a lease's role dropped.
     DropLease {
         /// Lease id.

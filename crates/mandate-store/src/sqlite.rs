@@ -76,6 +76,10 @@ CREATE TABLE leases (
   agent TEXT NOT NULL, principal TEXT, grant_id TEXT, role TEXT NOT NULL UNIQUE,
   expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL, dropped_ms INTEGER);
 CREATE INDEX leases_live ON leases (dropped_ms) WHERE dropped_ms IS NULL;
+CREATE TABLE join_tokens (
+  id TEXT PRIMARY KEY, hash BLOB NOT NULL, tenant TEXT NOT NULL, agent TEXT NOT NULL,
+  principal TEXT, grant_id TEXT, expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+  used_ms INTEGER);
 "#;
 
 /// The schema version this code writes.
@@ -250,6 +254,21 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 "INSERT INTO leases (id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)",
                 params![l.id, l.tenant, l.tool, l.run, l.agent, l.principal, l.grant, l.role, l.expires_at as i64, l.created_ms as i64],
             )?;
+        }
+        Mutation::CreateJoinToken(j) => {
+            tx.execute(
+                "INSERT INTO join_tokens (id, hash, tenant, agent, principal, grant_id, expires_at, created_ms, used_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+                params![j.id, j.hash, j.tenant, j.agent, j.principal, j.grant, j.expires_at as i64, j.created_ms as i64],
+            )?;
+        }
+        Mutation::UseJoinToken { id, used_ms } => {
+            let n = tx.execute(
+                "UPDATE join_tokens SET used_ms = ?2 WHERE id = ?1 AND used_ms IS NULL",
+                params![id, *used_ms as i64],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("unused join token `{id}`")));
+            }
         }
         Mutation::DropLease { id, dropped_ms } => {
             let n = tx.execute(
@@ -601,6 +620,22 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(v)
+    }
+
+    fn join_token(&self, id: &str) -> Result<Option<JoinToken>> {
+        let c = lock(&self.reader);
+        Ok(c.query_row(
+            "SELECT id, hash, tenant, agent, principal, grant_id, expires_at, created_ms, used_ms FROM join_tokens WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok(JoinToken {
+                    id: r.get(0)?, hash: r.get(1)?, tenant: r.get(2)?, agent: r.get(3)?,
+                    principal: r.get(4)?, grant: r.get(5)?, expires_at: r.get::<_, i64>(6)? as u64,
+                    created_ms: r.get::<_, i64>(7)? as u64, used_ms: r.get::<_, Option<i64>>(8)?.map(|x| x as u64),
+                })
+            },
+        )
+        .optional()?)
     }
 
     fn get_run(&self, id: &str) -> Result<Option<Run>> {

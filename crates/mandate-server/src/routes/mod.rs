@@ -63,6 +63,10 @@ pub fn router(state: S) -> Router {
             put(admin::put_policies).delete(admin::delete_policies),
         )
         .route("/v1/runs", post(admin::start_run).get(admin::list_runs))
+        .route(
+            "/v1/tenants/{tenant}/agents/{agent}/join-tokens",
+            post(admin::create_join_token),
+        )
         .route("/v1/runs/{id}/end", post(admin::end_run))
         .route(
             "/v1/revocations",

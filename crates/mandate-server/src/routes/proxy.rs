@@ -613,7 +613,16 @@ fn first_token_anywhere(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(found)
 }
 
-fn verify_token(s: &S, token: &str, now: u64) -> Result<AccessClaims, ApiError> {
+fn verify_token(s: &S, token: &str, now: u64) -> Result<Arc<AccessClaims>, ApiError> {
+    let digest = mandate_core::mandate::token_digest(token);
+    if let Some(c) = s
+        .proxy_credentials
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&digest, now))
+    {
+        return Ok(c);
+    }
     let c =
         credential::verify(&s.keys, &s.config.issuer, token, now, false).map_err(|e| match e {
             mandate_core::Error::Expired { .. } => err(
@@ -630,6 +639,10 @@ fn verify_token(s: &S, token: &str, now: u64) -> Result<AccessClaims, ApiError> 
             Code::Unauthorized,
             "this is a key-bound credential for a tool, not a proxy credential",
         ));
+    }
+    let c = Arc::new(c);
+    if let Ok(mut m) = s.proxy_credentials.lock() {
+        m.put(digest, c.exp.saturating_sub(1), Arc::clone(&c), now);
     }
     Ok(c)
 }

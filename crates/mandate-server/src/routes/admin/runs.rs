@@ -27,15 +27,163 @@ pub struct NewRun {
     tools: Vec<String>,
 }
 
-/// `POST /v1/runs`: starts a run and returns its mandate.
+/// Prefix of join tokens.
+pub const JOIN_PREFIX: &str = "mandate_join_";
+
+/// Longest join token lifetime.
+const JOIN_MAX_TTL: u64 = 86_400;
+
+/// Request body of `POST /v1/tenants/{t}/agents/{a}/join-tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinToken {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    grant: Option<String>,
+}
+
+/// `POST /v1/tenants/{t}/agents/{a}/join-tokens`: a one-time, short-lived
+/// credential that starts one run of this agent (and no other call). The
+/// token is in this answer only; the broker keeps its SHA-256.
+pub async fn create_join_token(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, agent)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    let req: NewJoinToken = json_body(&body(raw, s.config.max_body)?)?;
+    if !s
+        .reg()
+        .agents
+        .contains_key(&(tenant.clone(), agent.clone()))
+    {
+        return Err(err(
+            Code::NotFound,
+            format!("agent `{}` not found in tenant `{tenant}`", short(&agent)),
+        ));
+    }
+    if req.principal.is_some() != req.grant.is_some() {
+        return Err(err(
+            Code::InvalidRequest,
+            "to act on someone's behalf, give both `principal` and `grant`",
+        ));
+    }
+    let ttl = req.ttl_secs.unwrap_or(600);
+    if ttl == 0 || ttl > JOIN_MAX_TTL {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`ttl_secs` must be 1 to {JOIN_MAX_TTL}"),
+        ));
+    }
+    let id = random_id(&mut OsRng, "")[..16].to_owned();
+    let secret = mandate_core::secret::Secret::random(&mut OsRng, 32);
+    let token = format!(
+        "{JOIN_PREFIX}{id}_{}",
+        mandate_core::jose::b64(secret.expose())
+    );
+    let expires_at = crate::now_secs() + ttl;
+    let j = JoinToken {
+        id: id.clone(),
+        hash: crate::boot::token_hash(&token),
+        tenant: tenant.clone(),
+        agent: agent.clone(),
+        principal: req.principal,
+        grant: req.grant,
+        expires_at,
+        created_ms: crate::now_ms(),
+        used_ms: None,
+    };
+    let mut ev = Ctx::new(&headers, addr).event("join_token.create", Some(&tenant));
+    ev.agent = Some(agent.clone());
+    ev.principal = j.principal.clone();
+    ev.credential_id = Some(id.clone());
+    ev.credential_exp = Some(expires_at);
+    s.commit(Entry {
+        mutation: Some(Mutation::CreateJoinToken(j)),
+        events: vec![ev],
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"id": id, "token": token, "tenant": tenant, "agent": agent, "expires_at": expires_at}),
+        ),
+    ))
+}
+
+/// Who starts a run: the admin, or the holder of a join token.
+fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(rest) = token.and_then(|t| t.strip_prefix(JOIN_PREFIX)) else {
+        require_admin(s, headers)?;
+        return Ok(None);
+    };
+    let invalid = || {
+        err(
+            Code::Unauthorized,
+            "the join token is not valid for this broker",
+        )
+    };
+    let (id, _) = rest.split_once('_').ok_or_else(invalid)?;
+    let j = s.store.join_token(id)?.ok_or_else(invalid)?;
+    let hash = crate::boot::token_hash(token.unwrap_or_default());
+    if !mandate_core::secret::ct_eq(&j.hash, &hash) {
+        return Err(invalid());
+    }
+    if j.used_ms.is_some() {
+        return Err(err(
+            Code::Unauthorized,
+            "this join token was already used; a join token starts one run, ask an admin for a new one",
+        ));
+    }
+    if j.expires_at <= crate::now_secs() {
+        return Err(err(
+            Code::Unauthorized,
+            "this join token has expired; ask an admin for a new one",
+        ));
+    }
+    Ok(Some(j))
+}
+
+/// `POST /v1/runs`: starts a run and returns its mandate. Takes the admin
+/// credential or a join token for exactly this agent (and principal, grant).
 pub async fn start_run(
     State(s): State<S>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
+    let join = run_starter(&s, &headers)?;
     let req: NewRun = json_body(&body(raw, s.config.max_body)?)?;
+    if let Some(j) = &join
+        && (j.tenant != req.tenant
+            || j.agent != req.agent
+            || j.principal != req.principal
+            || j.grant != req.grant)
+    {
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "this join token starts a run of agent `{}` in tenant `{}`{} only",
+                j.agent,
+                j.tenant,
+                match (&j.principal, &j.grant) {
+                    (Some(p), Some(g)) => format!(" for `{p}` under grant `{g}`"),
+                    _ => " on no one's behalf".into(),
+                }
+            ),
+        ));
+    }
     need_tenant(&s, &req.tenant)?;
     let key = PublicJwk::from_json(&req.jwk)
         .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
@@ -226,6 +374,30 @@ pub async fn start_run(
     ev.decision = "allow".into();
     ev.credential_exp = Some(expires_at);
     ev.details = json!({"capabilities": run.capabilities, "grant": claims.grant, "jkt": claims.cnf_jkt, "run_id": claims.run_id});
+    if let Some(j) = &join {
+        // Consumed first and once: of two concurrent uses, one wins.
+        ev.actor = Some(format!("join token {}", j.id));
+        let mut used = ev.clone();
+        used.event_type = "join_token.use".into();
+        s.commit(Entry {
+            mutation: Some(Mutation::UseJoinToken {
+                id: j.id.clone(),
+                used_ms: crate::now_ms(),
+            }),
+            events: vec![used],
+        })
+        .await
+        .map_err(|e| {
+            if e.code == Code::NotFound {
+                err(
+                    Code::Unauthorized,
+                    "this join token was already used; a join token starts one run, ask an admin for a new one",
+                )
+            } else {
+                e
+            }
+        })?;
+    }
     s.commit(Entry {
         mutation: Some(Mutation::StartRun(run.clone())),
         events: vec![ev],
