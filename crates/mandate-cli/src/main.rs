@@ -102,6 +102,9 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 65536)]
     max_body: usize,
+    /// Largest request body the proxy forwards (bytes).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    proxy_max_body: usize,
     /// Refuse DPoP proofs older than this many seconds.
     #[arg(long, default_value_t = 60)]
     dpop_max_age: u64,
@@ -586,6 +589,7 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     cfg.mandate_ttl = a.mandate_ttl;
     cfg.mandate_max_ttl = a.mandate_max_ttl;
     cfg.max_body = a.max_body;
+    cfg.proxy_max_body = a.proxy_max_body;
     cfg.dpop_max_age = a.dpop_max_age;
     cfg.dpop_max_skew = a.dpop_skew;
     cfg.dpop_nonce = a.dpop_nonce;

@@ -25,6 +25,18 @@ fn upstream(rt_handle: &tokio::runtime::Runtime) -> SocketAddr {
         if uri.path() == "/slow" {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
+        if uri.path() == "/emails/big" {
+            // 3 MiB in 48 chunks, streamed.
+            let chunks = (0..48).map(|i| {
+                Ok::<_, std::io::Error>(Bytes::from(vec![b'a' + (i % 26) as u8; 64 * 1024]))
+            });
+            return axum::response::Response::builder()
+                .header("x-upstream", "yes")
+                .body(axum::body::Body::from_stream(futures_util::stream::iter(
+                    chunks,
+                )))
+                .unwrap();
+        }
         let hs: serde_json::Map<String, Value> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("?"))))
@@ -46,6 +58,7 @@ fn upstream(rt_handle: &tokio::runtime::Runtime) -> SocketAddr {
                 "headers": hs, "body_len": body.len(),
             })),
         )
+            .into_response()
     }
     let app = axum::Router::new().fallback(echo);
     rt_handle.spawn(async move {
@@ -596,5 +609,44 @@ fn proxy_tool_registrations_are_checked() {
         400,
         "invalid_request",
         "not supported",
+    );
+}
+
+#[test]
+fn large_bodies_stream_both_ways() {
+    let f = fixture("proxy-stream", |_| {});
+    let (run, token) = f.credential("email", "send read");
+    let auth = bearer(&token);
+    let a = [("Authorization", auth.as_str())];
+    let body = vec![b'z'; 2 * 1024 * 1024];
+    let (s, v, _) = f.call("POST", "/proxy/email/emails", &a, Some(&body));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["body_len"], body.len());
+    let req = ureq::http::Request::builder()
+        .method("GET")
+        .uri(format!("{}/proxy/email/emails/big", f.b.url))
+        .header("Authorization", auth.as_str());
+    let mut r = Broker::agent().run(req.body(()).unwrap()).unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers().get("x-upstream").unwrap(), "yes");
+    let got = r
+        .body_mut()
+        .with_config()
+        .limit(16 * 1024 * 1024)
+        .read_to_vec()
+        .unwrap();
+    assert_eq!(got.len(), 48 * 64 * 1024);
+    assert_eq!(&got[64 * 1024..64 * 1024 + 3], b"bbb");
+    std::thread::sleep(Duration::from_millis(300));
+    let results = f.b.audit(&format!("run={run}&type=proxy.result"));
+    assert!(
+        results
+            .iter()
+            .any(|e| e["details"]["request_bytes"] == body.len())
+    );
+    assert!(
+        results
+            .iter()
+            .any(|e| e["details"]["response_bytes"] == got.len())
     );
 }
