@@ -7,7 +7,11 @@
 //! - [`writer`]: the single audit/state writer with group commit;
 //! - [`registry`]: the in-memory view of tenants, agents, tools, grants,
 //!   policies and revocations, loaded at start and updated after each commit;
-//! - [`routes`]: the OAuth endpoints (RFC 8414, 8693, 7662, 7009, JWKS) and the admin API;
+//! - [`routes`]: the OAuth endpoints (RFC 8414, 8693, 7662, 7009, JWKS), the
+//!   admin API, and the `proxy` provider's data path (`/proxy/{tool}/...`);
+//! - [`upstream`]: the proxy's HTTP client (rustls, pooled);
+//! - [`pg`]: the `postgres` provider: a role per credential, and the reaper
+//!   that drops it on expiry or revocation (also after a restart);
 //! - [`error`]: the one place where errors become RFC-shaped responses.
 #![forbid(unsafe_code)]
 
