@@ -14,19 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from test_story import BIN, ROOT, free_port, http, start_broker
+from test_story import BIN, ROOT, broker, free_port, http  # noqa: F401 (broker is a fixture)
 
 NODE_DIR = os.environ.get("MANDATE_NODE_DIR", str(Path.home() / ".cache" / "mandate-node"))
 HERE = Path(__file__).resolve().parent
 REAL_KEY = "re_live_" + uuid.uuid4().hex
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = start_broker(tmp_path)
-    yield b
-    b.proc.terminate()
-    b.proc.wait(timeout=10)
 
 
 @pytest.fixture

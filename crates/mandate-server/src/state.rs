@@ -284,6 +284,27 @@ impl AppState {
             })
     }
 
+    /// Asks the tenant's policies and refuses with `access_denied` unless
+    /// they allow; the deciding policy ids go to `decided_by` either way.
+    pub fn enforce(
+        &self,
+        generation: u64,
+        policies: &TenantPolicies,
+        facts: &ExchangeFacts<'_>,
+        decided_by: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
+        let verdict = self.decide(generation, policies, facts)?;
+        *decided_by = verdict.policies;
+        if verdict.allowed {
+            Ok(())
+        } else {
+            Err(crate::error::err(
+                crate::error::Code::AccessDenied,
+                verdict.reason.unwrap_or_else(|| "denied by policy".into()),
+            ))
+        }
+    }
+
     /// Remembers a run's parsed public key.
     pub fn remember_run_key(&self, jkt: &str, key: PublicJwk) {
         if let Ok(mut m) = self.run_keys.lock() {

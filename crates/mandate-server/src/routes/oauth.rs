@@ -574,14 +574,7 @@ fn exchange(
         tool_provider: &tool.provider,
         actions: &actions,
     };
-    let verdict = s.decide(generation, &policies, &facts)?;
-    seen.policies = verdict.policies.clone();
-    if !verdict.allowed {
-        return Err(err(
-            Code::AccessDenied,
-            verdict.reason.unwrap_or_else(|| "denied by policy".into()),
-        ));
-    }
+    s.enforce(generation, &policies, &facts, &mut seen.policies)?;
 
     let exp = claims.expires_at.min(now + tool.max_ttl_secs);
     let access = AccessClaims {

@@ -495,14 +495,7 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
         tool_provider: &tool.provider,
         actions: &actions,
     };
-    let verdict = s.decide(generation, &policies, &facts)?;
-    ev.policies = verdict.policies.clone();
-    if !verdict.allowed {
-        return Err(err(
-            Code::AccessDenied,
-            verdict.reason.unwrap_or_else(|| "denied by policy".into()),
-        ));
-    }
+    s.enforce(generation, &policies, &facts, &mut ev.policies)?;
 
     let secret = s.tool_secret(&tool.tenant, &tool.name).ok_or_else(|| {
         err(
