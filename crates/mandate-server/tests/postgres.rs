@@ -342,3 +342,34 @@ fn a_down_admin_connection_is_a_clear_error_and_leaves_no_role() {
         "not valid",
     );
 }
+
+#[test]
+fn revoking_one_credential_drops_only_its_role() {
+    let db = Db::new();
+    let b = broker("pg-one", &db, 300);
+    let (run_id, mandate, key) = run(&b);
+    let read = credential(&b, &mandate, &key, "db", "read");
+    let write = credential(&b, &mandate, &key, "db", "write");
+    assert_eq!(db.roles(&role_prefix(&run_id)).len(), 2);
+    let (s, v) = b.admin_post(
+        "/v1/revocations",
+        json!({"kind": "credential", "id": read["credential_id"]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    wait_until("one role dropped", Duration::from_secs(5), || {
+        db.roles(&role_prefix(&run_id)).len() == 1
+    });
+    db.rt.block_on(async {
+        assert!(
+            connect(read["access_token"].as_str().unwrap())
+                .await
+                .is_err()
+        );
+        let c = connect(write["access_token"].as_str().unwrap())
+            .await
+            .unwrap();
+        c.execute("INSERT INTO items VALUES (3, 'three')", &[])
+            .await
+            .unwrap();
+    });
+}
