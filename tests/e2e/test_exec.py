@@ -179,3 +179,18 @@ def test_exec_refuses_unknown_tools_and_missing_commands(broker, resend_local):
     assert r.returncode != 0 and "COMMAND" in r.stderr.upper()
     r = broker.cli("exec", "--tenant", "acme", "--agent", "ghost", "--", "true", check=False)
     assert r.returncode != 0 and "agent `ghost` not found" in r.stderr
+
+
+def test_kill_switch_asks_before_it_revokes_everything(broker):
+    broker.cli("tenant", "create", "acme")
+    r = broker.cli("revoke", "--everything", check=False)
+    assert r.returncode != 0 and "--yes" in r.stderr
+    _, log = http("GET", broker.url + "/v1/revocations/log?after=0",
+                  headers={"Authorization": "Bearer " + broker.admin})
+    assert log["revocations"] == []
+    r = broker.cli("revoke", "--tenant", "acme", "--all")
+    assert "revoked tenant:acme" in r.stdout
+    r = broker.cli("--json", "revoke", "--everything", "--yes", "--reason", "incident 7")
+    assert json.loads(r.stdout)["revoked"].startswith("everything:")
+    trail = json.loads(broker.cli("--json", "audit", "--type", "revoke").stdout)
+    assert any(e["reason"] == "incident 7" for e in trail)

@@ -423,7 +423,7 @@ enum TokenCmd {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only", "all", "everything"])))]
 struct RevokeArgs {
     /// A credential, by its `jti`.
     #[arg(long)]
@@ -449,6 +449,17 @@ struct RevokeArgs {
     /// A whole tenant: everything under it is refused.
     #[arg(long = "whole-tenant", id = "tenant_only")]
     tenant_only: Option<String>,
+    /// With --tenant: the whole tenant (same as --whole-tenant).
+    #[arg(long, requires = "tenant")]
+    all: bool,
+    /// The kill switch: every mandate and credential of every tenant and
+    /// provider issued until now (runs started afterwards work). Asks to
+    /// confirm unless --yes.
+    #[arg(long)]
+    everything: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
     /// Why (recorded in the audit trail).
     #[arg(long)]
     reason: Option<String>,
@@ -1003,8 +1014,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 json!({"kind": "principal", "tenant": t, "id": id})
             } else if let Some(id) = r.grant {
                 json!({"kind": "grant", "id": id})
-            } else if let Some(t) = r.tenant_only {
+            } else if let Some(t) = r.tenant_only.or(if r.all { r.tenant } else { None }) {
                 json!({"kind": "tenant", "id": t})
+            } else if r.everything {
+                if !r.yes {
+                    use std::io::{BufRead, IsTerminal, Write};
+                    if !std::io::stdin().is_terminal() {
+                        return Err(CliError(
+                            "`--everything` revokes every credential of every tenant: add --yes to confirm".into(),
+                        ));
+                    }
+                    eprint!(
+                        "This revokes every mandate and credential of every tenant. Type `everything` to confirm: "
+                    );
+                    let _ = std::io::stderr().flush();
+                    let mut line = String::new();
+                    let _ = std::io::stdin().lock().read_line(&mut line);
+                    if line.trim() != "everything" {
+                        return Err(CliError("not confirmed; nothing was revoked".into()));
+                    }
+                }
+                json!({"kind": "everything"})
             } else {
                 return Err(CliError(
                     "say what to revoke (see `mandate revoke --help`)".into(),

@@ -235,7 +235,7 @@ pub async fn reap_once(s: &Arc<AppState>) -> usize {
             Some("expired".to_owned())
         } else {
             s.reg()
-                .first_revoked(&l.revocation_keys())
+                .refused(&l.revocation_keys(), l.created_ms / 1000)
                 .map(|k| format!("revoked: {k}"))
         };
         let Some(why) = why else { continue };

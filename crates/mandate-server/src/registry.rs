@@ -11,6 +11,10 @@ use mandate_store::{
     Agent, Grant, Mutation, PolicySetRecord, Principal, Revocation, Snapshot, Tenant, Tool,
 };
 
+/// Prefix of the kill switch's revocation id: `everything:<unix seconds>`
+/// refuses every mandate and credential issued at or before that second.
+pub const EVERYTHING: &str = "everything:";
+
 /// Tenants, agents, tools, grants, policies and revocations.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -32,6 +36,8 @@ pub struct Registry {
     pub compiled: HashMap<String, Arc<TenantPolicies>>,
     /// Revoked ids.
     pub revoked: HashSet<String>,
+    /// The kill switch: everything issued at or before this time (seconds) is refused.
+    pub revoked_before: u64,
     /// Last revocation sequence number.
     pub revocation_seq: u64,
     /// Bumped by every change, so caches derived from the registry know when they are stale.
@@ -67,7 +73,7 @@ impl Registry {
         for rev in snap.revocations {
             r.revocation_seq = r.revocation_seq.max(rev.seq);
             if rev.until == 0 || rev.until >= now {
-                r.revoked.insert(rev.key);
+                r.add_revoked(&rev.key);
             }
         }
         Ok(r)
@@ -122,7 +128,7 @@ impl Registry {
                 revocation: Revocation { key, .. },
                 ..
             } => {
-                self.revoked.insert(key.clone());
+                self.add_revoked(key);
                 if let Some(s) = revocation_seq {
                     self.revocation_seq = self.revocation_seq.max(s);
                 }
@@ -137,6 +143,27 @@ impl Registry {
             | Mutation::PutAdminToken(_)
             | Mutation::PutMeta { .. } => {}
         }
+    }
+
+    /// Records a revoked id; `everything:<T>` moves the kill-switch time.
+    /// Returns whether it was new.
+    pub fn add_revoked(&mut self, key: &str) -> bool {
+        if let Some(t) = key
+            .strip_prefix(EVERYTHING)
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            self.revoked_before = self.revoked_before.max(t);
+        }
+        self.revoked.insert(key.to_owned())
+    }
+
+    /// Why a token issued at `issued_at` with these revocation ids is
+    /// refused, if it is: the first revoked id, or the kill switch.
+    pub fn refused(&self, keys: &[String], issued_at: u64) -> Option<String> {
+        if issued_at <= self.revoked_before {
+            return Some(format!("{EVERYTHING}{}", self.revoked_before));
+        }
+        self.first_revoked(keys).map(str::to_owned)
     }
 
     /// The first of `keys` that is revoked, if any.

@@ -211,7 +211,7 @@ impl AppState {
         let early = match &mutation {
             Some(Mutation::Revoke(r)) | Some(Mutation::EndRun { revocation: r, .. }) => {
                 let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-                reg.revoked.insert(r.key.clone()).then(|| r.key.clone())
+                reg.add_revoked(&r.key).then(|| r.key.clone())
             }
             _ => None,
         };

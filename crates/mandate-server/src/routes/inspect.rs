@@ -39,7 +39,7 @@ pub async fn inspect(
             match credential::verify(&s.keys, &s.config.issuer, token, now, true) {
                 Err(e) => json!({"kind": "credential", "verifies": false, "reason": e.to_string()}),
                 Ok(c) => {
-                    let (ok, reason) = match (c.exp < now, reg.first_revoked(&c.revocation_keys()))
+                    let (ok, reason) = match (c.exp < now, reg.refused(&c.revocation_keys(), c.iat))
                     {
                         (_, Some(k)) => (false, Some(format!("revoked: {k}"))),
                         (true, None) => (false, Some(format!("expired at {}", c.exp))),
@@ -74,7 +74,10 @@ pub async fn inspect(
         Err(e) => json!({"kind": "unknown", "verifies": false,
                          "reason": format!("neither a credential nor a mandate of this broker: {e}")}),
         Ok(m) => {
-            let (ok, reason) = match (m.expires_at < now, reg.first_revoked(&m.revocation_keys())) {
+            let (ok, reason) = match (
+                m.expires_at < now,
+                reg.refused(&m.revocation_keys(), m.issued_at),
+            ) {
                 (_, Some(k)) => (false, Some(format!("revoked: {k}"))),
                 (true, None) => (false, Some(format!("expired at {}", m.expires_at))),
                 (false, None) => (true, None),

@@ -214,7 +214,7 @@ async fn token_inner(
             // A revocation committed while this exchange was in flight wins:
             // the credential is not returned, and the trail says so.
             let keys = claims.revocation_keys();
-            let revoked = s.reg().first_revoked(&keys).map(str::to_owned);
+            let revoked = s.reg().refused(&keys, claims.iat);
             let mut failure = withheld.clone();
             if let Some(k) = revoked {
                 let mut w = withheld;
@@ -421,7 +421,7 @@ fn exchange(
     seen.tool = Some(target.clone());
     {
         let reg = s.reg();
-        if let Some(k) = reg.first_revoked(&claims.revocation_keys()) {
+        if let Some(k) = reg.refused(&claims.revocation_keys(), claims.issued_at) {
             seen.audit_reason = Some(format!("revoked: {k}"));
             return Err(err(
                 Code::InvalidGrant,
@@ -664,7 +664,7 @@ pub async fn introspect(
     let reg = s.reg();
     Ok(match identify(&s, token, now, false) {
         Some(Presented::Credential(c)) => {
-            if reg.first_revoked(&c.revocation_keys()).is_some() {
+            if reg.refused(&c.revocation_keys(), c.iat).is_some() {
                 inactive
             } else {
                 let mut v = credential::to_json(c.as_ref());
@@ -676,7 +676,7 @@ pub async fn introspect(
             }
         }
         Some(Presented::Mandate(m)) => {
-            if reg.first_revoked(&m.revocation_keys()).is_some() {
+            if reg.refused(&m.revocation_keys(), m.issued_at).is_some() {
                 inactive
             } else {
                 Json(json!({

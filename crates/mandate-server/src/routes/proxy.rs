@@ -429,7 +429,7 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
             ),
         ));
     }
-    if let Some(k) = reg.first_revoked(&claims.revocation_keys()) {
+    if let Some(k) = reg.refused(&claims.revocation_keys(), claims.iat) {
         ev.reason = Some(format!("revoked: {k}"));
         return Err(err(
             Code::Unauthorized,

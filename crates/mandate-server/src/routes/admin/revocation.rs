@@ -134,11 +134,20 @@ pub async fn revoke(
                 ev.tenant = Some(t.clone());
                 (format!("tenant:{t}"), 0)
             }
+            "everything" => {
+                // The kill switch: every mandate and credential issued until
+                // now, of every tenant and provider. New runs may start.
+                // Forgettable once the longest mandate issued before has expired.
+                (
+                    format!("{}{now}", crate::registry::EVERYTHING),
+                    now + s.config.mandate_max_ttl,
+                )
+            }
             other => {
                 return Err(err(
                     Code::InvalidRequest,
                     format!(
-                        "cannot revoke a `{}`; kinds are credential, run, agent, principal, grant, tenant",
+                        "cannot revoke a `{}`; kinds are credential, run, agent, principal, grant, tenant, everything",
                         short(other)
                     ),
                 ));
