@@ -69,6 +69,9 @@ enum Cmd {
     Revoke(RevokeArgs),
     /// Run a command as an agent run: it gets short-lived credentials, never a static secret.
     Exec(ExecCli),
+    /// Feed credentials: for tools' verifiers, read the revocation feed and nothing else.
+    #[command(subcommand)]
+    FeedToken(FeedTokenCmd),
     /// Look inside tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -325,6 +328,16 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
         /// Read the secret from this file instead of stdin.
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedTokenCmd {
+    /// A new feed credential (shown once; the broker keeps its hash).
+    Create {
+        /// Write it to this file (created 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -628,6 +641,31 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     .map_err(|e| CliError(e.to_string()))
 }
 
+/// Prints a newly made credential, or writes it to a new 0600 file.
+fn emit_token(j: bool, v: &Value, out: Option<PathBuf>, cols: &[&str]) -> Result<(), CliError> {
+    let token = v["token"].as_str().unwrap_or_default();
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+            writeln!(f, "{token}")
+                .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+            let mut shown = v.clone();
+            shown["token"] = json!(format!("(written to {})", path.display()));
+            show(j, &shown, cols);
+        }
+        None if j => show(j, v, &[]),
+        None => println!("{token}"),
+    }
+    Ok(())
+}
+
 /// `POST /emails=send` → a route.
 fn parse_route(r: &str) -> Result<Value, CliError> {
     let bad = || CliError(format!("--route `{r}`: write it as `METHOD /path=action`"));
@@ -805,26 +843,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 ),
                 &json!({"ttl_secs": parse_duration(&ttl)?, "principal": principal, "grant": grant}),
             )?;
-            let token = v["token"].as_str().unwrap_or_default();
-            match out {
-                Some(path) => {
-                    use std::io::Write;
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
-                    writeln!(f, "{token}")
-                        .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
-                    let mut shown = v.clone();
-                    shown["token"] = json!(format!("(written to {})", path.display()));
-                    show(j, &shown, &["id", "agent", "expires_at", "token"]);
-                }
-                None if j => show(j, &v, &[]),
-                None => println!("{token}"),
-            }
+            emit_token(j, &v, out, &["id", "agent", "expires_at", "token"])?;
+        }
+        Cmd::FeedToken(FeedTokenCmd::Create { out }) => {
+            let v = c().post("/v1/feed-tokens", &json!({}))?;
+            emit_token(j, &v, out, &["id", "token"])?;
         }
         Cmd::Exec(a) => {
             let starter = match &a.join_token_file {

@@ -203,6 +203,9 @@ fn unseal_key(mk: &MasterKey, rec: &KeyRecord) -> Result<SigningKey, BootError> 
     SigningKey::from_bytes(alg, secret.expose()).map_err(|e| BootError(e.to_string()))
 }
 
+/// Id prefix of feed-reader credentials in the admin credential table.
+pub const FEED_ID_PREFIX: &str = "feed_";
+
 /// SHA-256 of an admin token.
 pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -280,9 +283,15 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             jwt_es256: unseal_key(&mk, find("jwt", "ES256")?)?,
         }
     };
-    let mut admin_hashes: Vec<Vec<u8>> = snap.admin_tokens.iter().map(|t| t.hash.clone()).collect();
+    // Feed-reader credentials live in the same table, ids prefixed `feed_`.
+    let mut admin_hashes: Vec<Vec<u8>> = snap
+        .admin_tokens
+        .iter()
+        .filter(|t| !t.id.starts_with(FEED_ID_PREFIX))
+        .map(|t| t.hash.clone())
+        .collect();
     let mut new_admin_token = None;
-    if snap.admin_tokens.is_empty() {
+    if admin_hashes.is_empty() {
         let secret = Secret::random(&mut OsRng, 32);
         let token = format!("mandate_admin_{}", URL_SAFE_NO_PAD.encode(secret.expose()));
         let hash = token_hash(&token);

@@ -84,6 +84,8 @@ pub struct AppState {
     pub proxy_credentials: Mutex<VerifiedCache<mandate_core::credential::AccessClaims>>,
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
+    /// SHA-256 of each feed-reader credential (revocation log and feed only).
+    pub feed_hashes: RwLock<Vec<Vec<u8>>>,
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
@@ -142,6 +144,12 @@ impl AppState {
         master: MasterKey,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
+        let feed_hashes: Vec<Vec<u8>> = snap
+            .admin_tokens
+            .iter()
+            .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
+            .map(|t| t.hash.clone())
+            .collect();
         let mut secrets = HashMap::new();
         for (i, t) in snap.tool_secrets.iter().enumerate() {
             let aad = tool_secret_aad(&t.tenant, &t.tool);
@@ -183,6 +191,7 @@ impl AppState {
             mandates: Mutex::new(MandateCache::default()),
             proxy_credentials: Mutex::new(VerifiedCache::default()),
             admin_hashes,
+            feed_hashes: RwLock::new(feed_hashes),
             token_endpoint,
             signers,
             nonces,

@@ -149,3 +149,52 @@ fn feed_refuses_strangers_and_bad_resume_points() {
         .unwrap();
     assert_refused(&read(r), 400, "invalid_request", "Last-Event-ID");
 }
+
+#[test]
+fn a_feed_credential_reads_the_feed_and_nothing_else() {
+    let b = Broker::start("feed-token");
+    b.seed("acme");
+    let (s, v) = b.admin_post("/v1/feed-tokens", serde_json::json!({}));
+    assert_eq!(s, 201, "{v}");
+    let t = v["token"].as_str().unwrap().to_owned();
+    assert!(t.starts_with("mandate_feed_"));
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = Broker::agent().get(format!("{}{path}", b.url));
+        if let Some(t) = token {
+            r = r.header("Authorization", &format!("Bearer {t}"));
+        }
+        read(r.call().unwrap())
+    };
+    let (s, v) = get("/v1/revocations/log?after=0", Some(&t));
+    assert_eq!(s, 200, "{v}");
+    assert_refused(
+        &get("/v1/tenants", Some(&t)),
+        403,
+        "insufficient_scope",
+        "not an admin credential",
+    );
+    assert_refused(
+        &get("/v1/revocations/log", Some("mandate_feed_forged")),
+        401,
+        "invalid_token",
+        "not valid",
+    );
+    assert_refused(
+        &get("/v1/revocations/log", None),
+        401,
+        "invalid_token",
+        "feed credential",
+    );
+    // Still valid after a restart.
+    let dir = b.dir.clone();
+    drop(b);
+    let b = Broker::start_again(&dir);
+    let r = read(
+        Broker::agent()
+            .get(format!("{}/v1/revocations/log?after=0", b.url))
+            .header("Authorization", &format!("Bearer {t}"))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+}

@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use mandate_store::Revocation;
 
-use super::{S, require_admin};
+use super::{S, require_admin, require_feed_reader};
 use crate::error::{ApiError, Code, err};
 
 /// Query of the feed endpoints.
@@ -40,7 +40,7 @@ pub async fn log(
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_feed_reader(&s, &headers)?;
     let (after, limit) = (
         q.after.unwrap_or(0),
         q.limit.unwrap_or(PAGE).clamp(1, 10 * PAGE),
@@ -93,7 +93,7 @@ pub async fn feed(
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_feed_reader(&s, &headers)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
     // Subscribe before reading the log, so nothing falls between the two.
     let rx = s.revocations.subscribe();
@@ -137,4 +137,55 @@ pub async fn feed(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `POST /v1/feed-tokens`: a credential that can read the revocation log and
+/// feed, and nothing else, for a tool's verifiers. Shown once; stored hashed.
+pub async fn create_feed_token(
+    State(s): State<S>,
+    axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    let secret = mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32);
+    let token = format!(
+        "{}{}",
+        super::FEED_TOKEN_PREFIX,
+        mandate_core::jose::b64(secret.expose())
+    );
+    let id = format!(
+        "{}{}",
+        crate::boot::FEED_ID_PREFIX,
+        &mandate_core::ids::random_id(&mut rand_core::OsRng, "")[..12]
+    );
+    let hash = crate::boot::token_hash(&token);
+    let ev = mandate_core::audit::EventBody {
+        time_ms: crate::now_ms(),
+        event_type: "feed_token.create".into(),
+        decision: "ok".into(),
+        actor: Some("admin".into()),
+        credential_id: Some(id.clone()),
+        correlation_id: Some(super::correlation_id(&headers)),
+        client_addr: super::client(Some(addr)),
+        ..Default::default()
+    };
+    s.commit(mandate_store::Entry {
+        mutation: Some(mandate_store::Mutation::PutAdminToken(
+            mandate_store::AdminToken {
+                id: id.clone(),
+                hash: hash.clone(),
+                created_ms: crate::now_ms(),
+            },
+        )),
+        events: vec![ev],
+    })
+    .await?;
+    s.feed_hashes
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(hash);
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(serde_json::json!({"id": id, "token": token})),
+    ))
 }

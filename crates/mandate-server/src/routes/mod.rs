@@ -73,6 +73,7 @@ pub fn router(state: S) -> Router {
             post(admin::revoke).get(admin::list_revocations),
         )
         .route("/v1/revocations/log", get(feed::log))
+        .route("/v1/feed-tokens", post(feed::create_feed_token))
         .route("/v1/revocations/feed", get(feed::feed))
         .route("/v1/tokens/inspect", post(inspect::inspect))
         .route("/v1/audit", get(admin::audit_query))
@@ -152,6 +153,47 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
             Code::Forbidden,
             "this credential is not an admin credential; admin endpoints need the broker's admin token",
         ))
+    }
+}
+
+/// Prefix of feed-reader credentials.
+pub const FEED_TOKEN_PREFIX: &str = "mandate_feed_";
+
+/// Checks for a credential that may read the revocation log and feed: the
+/// admin credential or a feed-reader credential (what verifiers hold).
+pub fn require_feed_reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t) if t.starts_with(FEED_TOKEN_PREFIX) => {
+            let hash = crate::boot::token_hash(t);
+            let mut ok = false;
+            for h in state
+                .feed_hashes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                ok |= mandate_core::secret::ct_eq(h, &hash);
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err(err(
+                    Code::Unauthorized,
+                    "the feed credential is not valid for this broker",
+                ))
+            }
+        }
+        _ => require_admin(state, headers).map_err(|mut e| {
+            if e.code == Code::Unauthorized && token.is_none() {
+                e.description = "the revocation feed needs a feed credential (`mandate feed-token create`) or the admin credential: send `Authorization: Bearer <token>`".into();
+            }
+            e
+        }),
     }
 }
 
