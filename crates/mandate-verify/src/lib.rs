@@ -14,11 +14,17 @@
 //!   its run, agent, principal, grant, tenant) is in the revoked set, which the
 //!   caller keeps current from the broker's revocation feed.
 //!
-//! It does no IO and reads no clock: the caller passes the JWKS, the time and
-//! the revocations in. Fetching, the feed client and a tower middleware build
-//! on this (see the issue tracker).
+//! [`Verifier`] does no IO and reads no clock: the caller passes the JWKS,
+//! the time and the revocations in. [`live::Live`] (feature `live`, on by
+//! default) does the IO: it fetches the broker's metadata and JWKS (again
+//! when a credential names an unknown `kid`), and keeps the revocations
+//! current from the broker's feed (Server-Sent Events, resumed from the last
+//! event id, with the log polled when the stream is down).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+#[cfg(feature = "live")]
+pub mod live;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -106,6 +112,7 @@ pub struct Verifier {
     audience: String,
     keys: HashMap<String, PublicJwk>,
     revoked: HashSet<String>,
+    revoked_before: u64,
     leeway: u64,
     proof_max_age: u64,
     replay: Mutex<ReplayCache>,
@@ -130,6 +137,7 @@ impl Verifier {
             audience: audience.to_owned(),
             keys: HashMap::new(),
             revoked: HashSet::new(),
+            revoked_before: 0,
             leeway: 5,
             proof_max_age: 60,
             replay: Mutex::new(ReplayCache::new(1_000_000)),
@@ -156,7 +164,15 @@ impl Verifier {
     }
 
     /// Records a revoked id from the broker's feed (`cred:…`, `run:…`, ...).
+    /// `everything:<T>` (the broker's kill switch) refuses every credential
+    /// issued at or before `T`.
     pub fn revoke(&mut self, key: &str) {
+        if let Some(t) = key
+            .strip_prefix("everything:")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            self.revoked_before = self.revoked_before.max(t);
+        }
         self.revoked.insert(key.to_owned());
     }
 
@@ -206,6 +222,9 @@ impl Verifier {
             return Err(VerifyError::NotValidNow(
                 "issued in the future; check the clock".into(),
             ));
+        }
+        if c.iat <= self.revoked_before {
+            return Err(VerifyError::Revoked("everything".into()));
         }
         if let Some(k) = c
             .revocation_keys()

@@ -1,0 +1,321 @@
+//! `Live` against a real broker: JWKS from the metadata, revocations from the
+//! feed, a feed connection dropped (through a TCP relay we cut) while a run
+//! is revoked, and the kill switch.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mandate_core::jose::{Alg, b64};
+use mandate_core::keys::SigningKey;
+use mandate_verify::live::{Live, LiveConfig};
+use mandate_verify::{Request, VerifyError};
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+
+const AUD: &str = "https://crm.acme.example";
+const URI: &str = "https://crm.acme.example/contacts";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+struct Env {
+    url: String,
+    admin: String,
+    http: ureq::Agent,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Env {
+    fn start() -> Env {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("mandate-live-{}-{n}", std::process::id()));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
+        let admin_file = cfg.admin_token_file.clone();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let state = mandate_server::boot::boot(cfg).unwrap();
+        let app = mandate_server::routes::router(Arc::clone(&state));
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .unwrap();
+        });
+        let e = Env {
+            url: format!("http://{addr}"),
+            admin: std::fs::read_to_string(admin_file)
+                .unwrap()
+                .trim()
+                .to_owned(),
+            http: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            rt,
+        };
+        e.post("/v1/tenants", json!({"name": "acme"}));
+        e.post(
+            "/v1/tenants/acme/agents",
+            json!({"name": "bot", "owner": "ops", "envelope": ["crm:read"]}),
+        );
+        e.post(
+            "/v1/tenants/acme/tools",
+            json!({"name": "crm", "audience": AUD, "actions": ["read"]}),
+        );
+        let r = e
+            .http
+            .put(format!("{}/v1/tenants/acme/policies/p", e.url))
+            .header("Authorization", &format!("Bearer {}", e.admin))
+            .send("permit (principal, action, resource);")
+            .unwrap();
+        assert!(r.status().is_success());
+        e
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let mut r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.admin))
+            .send_json(&body)
+            .unwrap();
+        assert!(r.status().is_success(), "{path}");
+        r.body_mut().read_json().unwrap()
+    }
+
+    /// A run and a credential for crm:read: (run id, credential, run key).
+    fn credential(&self) -> (String, String, SigningKey) {
+        let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let run = self.post(
+            "/v1/runs",
+            json!({"tenant": "acme", "agent": "bot", "jwk": key.public().to_json()}),
+        );
+        let token_url = format!("{}/oauth/token", self.url);
+        let dpop = key.sign_jws(
+            &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
+            &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "POST", "htu": token_url, "iat": now()}),
+        );
+        let form = format!(
+            "grant_type={}&subject_token={}&subject_token_type={}&audience=crm&scope=read",
+            enc("urn:ietf:params:oauth:grant-type:token-exchange"),
+            enc(run["mandate"].as_str().unwrap()),
+            enc("urn:mandate:params:oauth:token-type:mandate")
+        );
+        let mut r = self
+            .http
+            .post(&token_url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("DPoP", &dpop)
+            .send(form)
+            .unwrap();
+        let tok: Value = r.body_mut().read_json().unwrap();
+        (
+            run["run"].as_str().unwrap().to_owned(),
+            tok["access_token"].as_str().unwrap().to_owned(),
+            key,
+        )
+    }
+}
+
+fn check(
+    live: &Live,
+    rt: &tokio::runtime::Runtime,
+    cred: &str,
+    key: &SigningKey,
+) -> Result<(), VerifyError> {
+    let proof = key.sign_jws(
+        &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
+        &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "GET", "htu": URI, "iat": now(),
+                "ath": b64(&mandate_core::mandate::token_digest(cred))}),
+    );
+    let req = Request {
+        credential: cred,
+        proof: Some(&proof),
+        method: "GET",
+        uri: URI,
+    };
+    rt.block_on(live.verify(&req, now())).map(|_| ())
+}
+
+fn wait_refused(
+    live: &Live,
+    rt: &tokio::runtime::Runtime,
+    cred: &str,
+    key: &SigningKey,
+    limit: Duration,
+) -> VerifyError {
+    let t = Instant::now();
+    loop {
+        if let Err(e) = check(live, rt, cred, key) {
+            return e;
+        }
+        assert!(t.elapsed() < limit, "still accepted after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP relay to the broker that the test can cut (dropping every
+/// connection and refusing new ones) and restore.
+fn relay(rt: &tokio::runtime::Runtime, to: &str) -> (String, Arc<AtomicBool>) {
+    let up = Arc::new(AtomicBool::new(true));
+    let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let target = to.trim_start_matches("http://").to_owned();
+    let (u, c) = (Arc::clone(&up), Arc::clone(&conns));
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        loop {
+            let (mut inbound, _) = l.accept().await.unwrap();
+            if !u.load(Ordering::SeqCst) {
+                continue; // dropped: refused
+            }
+            let target = target.clone();
+            c.lock().unwrap().push(tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            }));
+        }
+    });
+    let (u, c) = (Arc::clone(&up), conns);
+    let switch = Arc::new(AtomicBool::new(true));
+    let s = Arc::clone(&switch);
+    rt.spawn(async move {
+        loop {
+            let want = s.load(Ordering::SeqCst);
+            if !want && u.load(Ordering::SeqCst) {
+                u.store(false, Ordering::SeqCst);
+                for h in c.lock().unwrap().drain(..) {
+                    h.abort();
+                }
+            } else if want {
+                u.store(true, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    (format!("http://{addr}"), switch)
+}
+
+fn feed_token(e: &Env) -> String {
+    e.post("/v1/feed-tokens", json!({}))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn revocations_reach_the_verifier_over_the_feed() {
+    let e = Env::start();
+    let live =
+        e.rt.block_on(Live::start(LiveConfig {
+            broker: e.url.clone(),
+            audience: AUD.into(),
+            feed_token: feed_token(&e),
+        }))
+        .unwrap();
+    let (run, cred, key) = e.credential();
+    check(&live, &e.rt, &cred, &key).unwrap();
+    let t = Instant::now();
+    e.post("/v1/revocations", json!({"kind": "run", "id": run}));
+    let why = wait_refused(&live, &e.rt, &cred, &key, Duration::from_secs(2));
+    assert_eq!(why, VerifyError::Revoked("run".into()));
+    eprintln!("refused {:?} after the revoke call", t.elapsed());
+    assert!(live.is_streaming());
+
+    // The kill switch reaches it too.
+    let (_, cred2, key2) = e.credential();
+    check(&live, &e.rt, &cred2, &key2).unwrap();
+    e.post("/v1/revocations", json!({"kind": "everything"}));
+    let why = wait_refused(&live, &e.rt, &cred2, &key2, Duration::from_secs(2));
+    assert_eq!(why, VerifyError::Revoked("everything".into()));
+    assert_eq!(live.ignored_events(), 0);
+}
+
+#[test]
+fn a_dropped_feed_misses_nothing() {
+    let e = Env::start();
+    let (via, switch) = relay(&e.rt, &e.url);
+    // The verifier reaches the broker only through the relay; the broker's
+    // issuer is still its own address (from the metadata).
+    let live =
+        e.rt.block_on(Live::start(LiveConfig {
+            broker: via,
+            audience: AUD.into(),
+            feed_token: feed_token(&e),
+        }))
+        .unwrap();
+    let (run, cred, key) = e.credential();
+    check(&live, &e.rt, &cred, &key).unwrap();
+    let t = Instant::now();
+    while !live.is_streaming() {
+        assert!(t.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Cut the connection; revoke while the verifier cannot hear; restore.
+    switch.store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    while live.is_streaming() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the stream did not notice the cut"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    e.post("/v1/revocations", json!({"kind": "run", "id": run}));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        check(&live, &e.rt, &cred, &key).is_ok(),
+        "it cannot know yet"
+    );
+    switch.store(true, Ordering::SeqCst);
+    let why = wait_refused(&live, &e.rt, &cred, &key, Duration::from_secs(10));
+    assert_eq!(why, VerifyError::Revoked("run".into()));
+}
+
+#[test]
+fn a_bad_feed_credential_or_broker_is_a_clear_error() {
+    let e = Env::start();
+    let err =
+        e.rt.block_on(Live::start(LiveConfig {
+            broker: e.url.clone(),
+            audience: AUD.into(),
+            feed_token: "mandate_feed_forged".into(),
+        }))
+        .unwrap_err();
+    assert!(err.0.contains("401"), "{err}");
+    let err =
+        e.rt.block_on(Live::start(LiveConfig {
+            broker: "http://127.0.0.1:1".into(),
+            audience: AUD.into(),
+            feed_token: "x".into(),
+        }))
+        .unwrap_err();
+    assert!(err.0.contains("127.0.0.1:1"), "{err}");
+}
