@@ -8,6 +8,8 @@
 //!   mandate's signature, verify the DPoP proof, sign the JWT), in a loop.
 #![forbid(unsafe_code)]
 
+mod w3;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -68,6 +70,17 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
     },
+    /// W3: revoke → every subscribed verifier (mandate-verify live) refuses.
+    W3 {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        verifiers: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
     /// The crypto floor: exchanges/s if only the unavoidable signatures cost.
     Floor {
         #[arg(long, default_value_t = 20_000)]
@@ -91,6 +104,12 @@ fn main() -> Result<(), String> {
             subscribers,
             revocations,
         } => feed(&url, &admin_token_file, subscribers, revocations),
+        Cmd::W3 {
+            url,
+            admin_token_file,
+            verifiers,
+            rounds,
+        } => w3::w3(&url, &admin_token_file, verifiers, rounds),
         Cmd::Verify { iterations } => {
             verify_bench(iterations);
             Ok(())
