@@ -25,6 +25,8 @@
 
 #[cfg(feature = "live")]
 pub mod live;
+#[cfg(feature = "axum")]
+pub mod middleware;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

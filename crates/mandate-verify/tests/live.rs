@@ -319,3 +319,80 @@ fn a_bad_feed_credential_or_broker_is_a_clear_error() {
         .unwrap_err();
     assert!(err.0.contains("127.0.0.1:1"), "{err}");
 }
+
+#[test]
+fn the_middleware_puts_the_identity_in_the_request_or_refuses() {
+    use axum::{Extension, Json, Router, middleware, routing::get};
+    use mandate_verify::Identity;
+    use mandate_verify::middleware::{MandateAuth, require_mandate};
+    let e = Env::start();
+    let live =
+        e.rt.block_on(Live::start(LiveConfig {
+            broker: e.url.clone(),
+            audience: AUD.into(),
+            feed_token: feed_token(&e),
+        }))
+        .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let tool = format!("http://{}", l.local_addr().unwrap());
+    let app = Router::new()
+        .route(
+            "/contacts",
+            get(|Extension(who): Extension<Identity>| async move {
+                Json(json!({"agent": who.agent, "run": who.run, "scopes": who.scopes}))
+            }),
+        )
+        .layer(middleware::from_fn_with_state(
+            MandateAuth::new(live, "https://crm.acme.example"),
+            require_mandate,
+        ));
+    e.rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        axum::serve(l, app).await.unwrap();
+    });
+    let (run, cred, key) = e.credential();
+    let call = |with_auth: bool| {
+        let mut r = e.http.get(format!("{tool}/contacts"));
+        if with_auth {
+            let proof = key.sign_jws(
+                &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
+                &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "GET", "htu": URI, "iat": now(),
+                        "ath": b64(&mandate_core::mandate::token_digest(&cred))}),
+            );
+            r = r
+                .header("Authorization", &format!("DPoP {cred}"))
+                .header("DPoP", &proof);
+        }
+        let mut resp = r.call().unwrap();
+        let status = resp.status().as_u16();
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = resp.body_mut().read_json().unwrap();
+        (status, body, www)
+    };
+    let (s, v, _) = call(true);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["agent"], "bot");
+    assert_eq!(v["run"], run);
+    assert_eq!(v["scopes"], json!(["read"]));
+    let (s, v, www) = call(false);
+    assert_eq!(s, 401, "{v}");
+    assert!(www.unwrap().starts_with("DPoP "));
+    e.post("/v1/revocations", json!({"kind": "run", "id": run}));
+    let t = Instant::now();
+    loop {
+        let (s, v, _) = call(true);
+        if s == 401 {
+            assert!(
+                v["error_description"].as_str().unwrap().contains("revoked"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
