@@ -13,7 +13,9 @@ use mandate_verify::live::{Live, LiveConfig};
 use rand::rngs::OsRng;
 use serde_json::json;
 
-use super::{enc, post};
+use mandate_core::client::{dpop_proof, exchange_form};
+
+use super::post;
 
 const AUD: &str = "urn:w3:crm";
 const URI: &str = "https://crm.w3.example/x";
@@ -25,12 +27,12 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+fn jti() -> String {
+    b64(&rand::random::<[u8; 12]>())
+}
+
 fn proof(key: &SigningKey, cred: &str) -> String {
-    key.sign_jws(
-        &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
-        &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "GET", "htu": URI, "iat": now(),
-                "ath": b64(&mandate_core::mandate::token_digest(cred))}),
-    )
+    dpop_proof(key, "GET", URI, now(), &jti(), None, Some(cred))
 }
 
 async fn accepts(live: &Live, key: &SigningKey, cred: &str) -> bool {
@@ -119,16 +121,8 @@ pub(crate) fn w3(
             json!({"tenant": tenant, "agent": "bot", "jwk": key.public().to_json()}),
         )?;
         let token_url = format!("{url}/oauth/token");
-        let dpop = key.sign_jws(
-            &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
-            &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "POST", "htu": token_url, "iat": now()}),
-        );
-        let form = format!(
-            "grant_type={}&subject_token={}&subject_token_type={}&audience=crm&scope=read",
-            enc("urn:ietf:params:oauth:grant-type:token-exchange"),
-            enc(run["mandate"].as_str().unwrap_or_default()),
-            enc("urn:mandate:params:oauth:token-type:mandate")
-        );
+        let dpop = dpop_proof(&key, "POST", &token_url, now(), &jti(), None, None);
+        let form = exchange_form(run["mandate"].as_str().unwrap_or_default(), "crm", "read");
         let mut r = http
             .post(&token_url)
             .header("Content-Type", "application/x-www-form-urlencoded")

@@ -30,12 +30,8 @@ use mandate_core::keys::SigningKey;
 use mandate_core::tooling::{EnvSpec, EnvValues};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::client::{CliError, Client, enc};
-
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const MANDATE_TYPE: &str = "urn:mandate:params:oauth:token-type:mandate";
 
 /// Variables the child never inherits: they would hand it the wrapper's authority.
 const WITHHELD_ENV: [&str; 3] = [
@@ -92,30 +88,22 @@ fn random_b64(n: usize) -> String {
 impl RunAgent {
     /// A DPoP proof (RFC 9449 §4.2) by the run key.
     fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
-        let mut claims = json!({"jti": random_b64(16), "htm": method, "htu": url, "iat": now()});
-        if let Some(n) = self.nonce.lock().ok().and_then(|n| n.clone()) {
-            claims["nonce"] = json!(n);
-        }
-        if let Some(t) = access_token {
-            claims["ath"] = json!(b64(&Sha256::digest(t.as_bytes())));
-        }
-        self.key.sign_jws(
-            &json!({"typ": "dpop+jwt", "jwk": self.key.public().to_json()}),
-            &claims,
+        let nonce = self.nonce.lock().ok().and_then(|n| n.clone());
+        mandate_core::client::dpop_proof(
+            &self.key,
+            method,
+            url,
+            now(),
+            &random_b64(16),
+            nonce.as_deref(),
+            access_token,
         )
     }
 
     /// RFC 8693 exchange of the mandate for a credential, retrying once
     /// with the broker's DPoP nonce when it asks for one (RFC 9449 §8).
     fn exchange(&self, tool: &str, actions: &[String]) -> Result<Value, CliError> {
-        let form = format!(
-            "grant_type={}&subject_token={}&subject_token_type={}&audience={}&scope={}",
-            enc(TOKEN_EXCHANGE),
-            enc(&self.mandate),
-            enc(MANDATE_TYPE),
-            enc(tool),
-            enc(&actions.join(" "))
-        );
+        let form = mandate_core::client::exchange_form(&self.mandate, tool, &actions.join(" "));
         for _ in 0..2 {
             let mut r = self
                 .http

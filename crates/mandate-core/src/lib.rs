@@ -24,6 +24,7 @@
 
 pub mod audit;
 pub mod capability;
+pub mod client;
 pub mod credential;
 pub mod dpop;
 pub mod error;

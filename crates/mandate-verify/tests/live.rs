@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mandate_core::client::{dpop_proof, exchange_form};
 use mandate_core::jose::{Alg, b64};
 use mandate_core::keys::SigningKey;
 use mandate_verify::live::{Live, LiveConfig};
@@ -25,16 +26,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+fn jti() -> String {
+    b64(&rand::random::<[u8; 12]>())
+}
+
+/// A proof for `GET URI` with `cred`.
+fn call_proof(key: &SigningKey, cred: &str) -> String {
+    dpop_proof(key, "GET", URI, now(), &jti(), None, Some(cred))
 }
 
 struct Env {
@@ -115,16 +113,8 @@ impl Env {
             json!({"tenant": "acme", "agent": "bot", "jwk": key.public().to_json()}),
         );
         let token_url = format!("{}/oauth/token", self.url);
-        let dpop = key.sign_jws(
-            &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
-            &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "POST", "htu": token_url, "iat": now()}),
-        );
-        let form = format!(
-            "grant_type={}&subject_token={}&subject_token_type={}&audience=crm&scope=read",
-            enc("urn:ietf:params:oauth:grant-type:token-exchange"),
-            enc(run["mandate"].as_str().unwrap()),
-            enc("urn:mandate:params:oauth:token-type:mandate")
-        );
+        let dpop = dpop_proof(&key, "POST", &token_url, now(), &jti(), None, None);
+        let form = exchange_form(run["mandate"].as_str().unwrap(), "crm", "read");
         let mut r = self
             .http
             .post(&token_url)
@@ -147,11 +137,7 @@ fn check(
     cred: &str,
     key: &SigningKey,
 ) -> Result<(), VerifyError> {
-    let proof = key.sign_jws(
-        &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
-        &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "GET", "htu": URI, "iat": now(),
-                "ath": b64(&mandate_core::mandate::token_digest(cred))}),
-    );
+    let proof = call_proof(key, cred);
     let req = Request {
         credential: cred,
         proof: Some(&proof),
@@ -355,11 +341,7 @@ fn the_middleware_puts_the_identity_in_the_request_or_refuses() {
     let call = |with_auth: bool| {
         let mut r = e.http.get(format!("{tool}/contacts"));
         if with_auth {
-            let proof = key.sign_jws(
-                &json!({"typ": "dpop+jwt", "jwk": key.public().to_json()}),
-                &json!({"jti": b64(&rand::random::<[u8; 12]>()), "htm": "GET", "htu": URI, "iat": now(),
-                        "ath": b64(&mandate_core::mandate::token_digest(&cred))}),
-            );
+            let proof = call_proof(&key, &cred);
             r = r
                 .header("Authorization", &format!("DPoP {cred}"))
                 .header("DPoP", &proof);
@@ -395,4 +377,58 @@ fn the_middleware_puts_the_identity_in_the_request_or_refuses() {
         assert!(t.elapsed() < Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The offline `Verifier` alone: JWKS and revocations fetched by the caller.
+#[test]
+fn the_offline_verifier_with_a_jwks_and_log_fetched_by_hand() {
+    use mandate_verify::Verifier;
+    let e = Env::start();
+    let (run, cred, key) = e.credential();
+    let get = |url: &str, auth: bool| -> Value {
+        let mut r = e.http.get(url);
+        if auth {
+            r = r.header("Authorization", &format!("Bearer {}", e.admin));
+        }
+        r.call().unwrap().body_mut().read_json().unwrap()
+    };
+    let meta = get(
+        &format!("{}/.well-known/oauth-authorization-server", e.url),
+        false,
+    );
+    let mut v = Verifier::new(meta["issuer"].as_str().unwrap(), AUD);
+    assert_eq!(
+        v.set_jwks(&get(meta["jwks_uri"].as_str().unwrap(), false)),
+        2
+    );
+    let p = call_proof(&key, &cred);
+    let req = Request {
+        credential: &cred,
+        proof: Some(&p),
+        method: "GET",
+        uri: URI,
+    };
+    let id = v.verify(&req, now()).unwrap();
+    assert_eq!(
+        (id.tenant.as_str(), id.agent.as_str(), id.run.as_str()),
+        ("acme", "bot", run.as_str())
+    );
+    e.post("/v1/revocations", json!({"kind": "run", "id": run}));
+    for r in get(&format!("{}/v1/revocations/log?after=0", e.url), true)["revocations"]
+        .as_array()
+        .unwrap()
+    {
+        v.revoke(r["key"].as_str().unwrap());
+    }
+    let p = call_proof(&key, &cred);
+    let req = Request {
+        credential: &cred,
+        proof: Some(&p),
+        method: "GET",
+        uri: URI,
+    };
+    assert_eq!(
+        v.verify(&req, now()),
+        Err(VerifyError::Revoked("run".into()))
+    );
 }
