@@ -134,17 +134,7 @@ fn post(agent: &ureq::Agent, url: &str, admin: &str, body: Value) -> Result<Valu
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+use mandate_core::client::form_encode as enc;
 
 fn prep(
     url: &str,

@@ -125,14 +125,4 @@ impl Client {
 }
 
 /// Percent-encodes a path segment or query value.
-pub(crate) fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use mandate_core::client::form_encode as enc;
