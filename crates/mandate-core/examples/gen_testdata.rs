@@ -46,6 +46,7 @@ fn main() {
         cnf_jkt: run_key.kid(),
         issued_at: NOW,
         expires_at: NOW + 900,
+        ancestors: vec![],
     };
     let mut samples: Vec<Value> = Vec::new();
     let mut put = |name: &str, text: String, kind: &str, now: u64, expect: &str, about: &str| {

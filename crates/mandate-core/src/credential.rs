@@ -78,6 +78,15 @@ impl AccessClaims {
             format!("agent:{}/{}", self.tenant, self.agent),
             format!("run:{}", self.run),
         ];
+        // A delegated run's credential dies with any run it descends from:
+        // the nested `act` chain (RFC 8693 §4.1) names them.
+        let mut earlier = self.act.act.as_deref();
+        while let Some(a) = earlier {
+            if let Some((_, id)) = a.sub.rsplit_once("/run/") {
+                v.push(format!("run:{id}"));
+            }
+            earlier = a.act.as_deref();
+        }
         if self.sub != self.client_id {
             v.push(format!("principal:{}/{}", self.tenant, self.sub));
         }

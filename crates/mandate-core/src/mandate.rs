@@ -12,6 +12,7 @@
 //! task($text);   capability($tool, $action);      (one fact per capability)
 //! cnf_jkt($thumbprint);  issued_at($int);  expires_at($int);
 //! check if time($t), $t <= <expiry date>;
+//! parent_run($depth, $run, $run_spiffe);  (delegated runs: 1 = parent, 2 = its parent, ...)
 //! ```
 //!
 //! The authorizer only trusts facts from the authority block (Biscuit's
@@ -62,6 +63,9 @@ pub struct MandateClaims {
     pub issued_at: UnixTime,
     /// Expiry.
     pub expires_at: UnixTime,
+    /// For a delegated run: the runs it descends from, parent first, as
+    /// (run id, run SPIFFE ID).
+    pub ancestors: Vec<(String, String)>,
 }
 
 impl MandateClaims {
@@ -73,6 +77,10 @@ impl MandateClaims {
             format!("agent:{}/{}", self.tenant, self.agent),
             format!("run:{}", self.run),
         ];
+        // Revoking any ancestor revokes this run.
+        for (run, _) in &self.ancestors {
+            v.push(format!("run:{run}"));
+        }
         if let Some(p) = &self.principal {
             v.push(format!("principal:{}/{}", self.tenant, p));
         }
@@ -137,6 +145,12 @@ pub fn mint(
         }
         for c in &claims.capabilities.0 {
             b = b.fact(fact("capability", vec![s(&c.tool), s(&c.action)]))?;
+        }
+        for (depth, (run, run_id)) in claims.ancestors.iter().enumerate() {
+            b = b.fact(fact(
+                "parent_run",
+                vec![Term::Integer(depth as i64 + 1), s(run), s(run_id)],
+            ))?;
         }
         let mut params = HashMap::new();
         params.insert("exp".to_owned(), Term::Date(claims.expires_at));
@@ -226,6 +240,18 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             })
         };
         let caps: Vec<(String, String)> = a.query("data($t, $a) <- capability($t, $a)")?;
+        let mut parents: Vec<(i64, String, String)> =
+            a.query("data($d, $r, $i) <- parent_run($d, $r, $i)")?;
+        parents.sort();
+        if parents
+            .iter()
+            .enumerate()
+            .any(|(i, (d, _, _))| *d != i as i64 + 1)
+        {
+            return Err(biscuit_auth::error::Token::ConversionError(
+                "the `parent_run` chain has a gap".into(),
+            ));
+        }
         Ok(MandateClaims {
             issuer: req(one(&mut a, "data($x) <- issuer($x)")?, "issuer")?,
             tenant: req(one(&mut a, "data($x) <- tenant($x)")?, "tenant")?,
@@ -239,6 +265,7 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             cnf_jkt: req(one(&mut a, "data($x) <- cnf_jkt($x)")?, "cnf_jkt")?,
             issued_at: int(&mut a, "data($x) <- issued_at($x)")?.unwrap_or(0) as u64,
             expires_at: expires_at as u64,
+            ancestors: parents.into_iter().map(|(_, r, i)| (r, i)).collect(),
             capabilities: CapabilitySet(
                 caps.into_iter()
                     .map(|(tool, action)| Capability { tool, action })
@@ -285,6 +312,7 @@ mod tests {
             cnf_jkt: "abc".into(),
             issued_at: now,
             expires_at: now + 900,
+            ancestors: vec![],
         }
     }
 

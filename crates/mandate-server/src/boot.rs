@@ -76,6 +76,10 @@ pub struct Config {
     pub max_body: usize,
     /// Largest request body the proxy forwards (bytes).
     pub proxy_max_body: usize,
+    /// Longest chain of delegated runs below a root run.
+    pub max_delegation_depth: usize,
+    /// Most runs one run may delegate to.
+    pub max_children: u64,
 }
 
 impl Config {
@@ -96,6 +100,8 @@ impl Config {
             dpop_nonce_period: 60,
             max_body: 64 * 1024,
             proxy_max_body: 10 * 1024 * 1024,
+            max_delegation_depth: 4,
+            max_children: 16,
         }
     }
 }

@@ -314,6 +314,32 @@ impl AppState {
         }
     }
 
+    /// Refuses a DPoP proof seen before (RFC 9449 §11.1), remembering this
+    /// one until it would be too old anyway.
+    pub fn first_use_of_proof(
+        &self,
+        proof: &mandate_core::dpop::VerifiedProof,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        use crate::error::{Code, err};
+        let mut replay = self
+            .replay
+            .lock()
+            .map_err(|_| err(Code::ServerError, "replay cache unavailable"))?;
+        let forget_after = proof.iat + self.config.dpop_max_age + self.config.dpop_max_skew;
+        match replay.check_and_insert(&proof.jkt, &proof.jti, forget_after, now) {
+            Ok(()) => Ok(()),
+            Err(mandate_core::dpop::ReplayError::Replayed) => Err(err(
+                Code::InvalidDpopProof,
+                "this DPoP proof was already used (`jti` replayed); make a fresh proof for every request",
+            )),
+            Err(mandate_core::dpop::ReplayError::Full) => Err(err(
+                Code::InvalidDpopProof,
+                "the broker is at its limit of live DPoP proofs; retry shortly",
+            )),
+        }
+    }
+
     /// Remembers a run's parsed public key.
     pub fn remember_run_key(&self, jkt: &str, key: PublicJwk) {
         if let Ok(mut m) = self.run_keys.lock() {

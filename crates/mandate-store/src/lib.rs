@@ -123,6 +123,8 @@ pub trait Store: Send + Sync {
     /// Revocations with a sequence number above `after`, in order: the
     /// revocation feed's log, so a verifier that reconnects misses nothing.
     fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Revocation>>;
+    /// How many runs were delegated from `parent`.
+    fn count_children(&self, parent: &str) -> Result<u64>;
     /// Leases whose role has not been dropped yet.
     fn live_leases(&self) -> Result<Vec<Lease>>;
     /// A join token by id.

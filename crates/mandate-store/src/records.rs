@@ -256,6 +256,9 @@ pub struct Run {
     pub expires_at: u64,
     /// End (ms), when ended explicitly.
     pub ended_ms: Option<u64>,
+    /// The run it was delegated from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// A signing key, sealed under the master key.

@@ -76,6 +76,8 @@ CREATE TABLE leases (
   agent TEXT NOT NULL, principal TEXT, grant_id TEXT, role TEXT NOT NULL UNIQUE,
   expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL, dropped_ms INTEGER);
 CREATE INDEX leases_live ON leases (dropped_ms) WHERE dropped_ms IS NULL;
+ALTER TABLE runs ADD COLUMN parent TEXT;
+CREATE INDEX runs_by_parent ON runs (parent) WHERE parent IS NOT NULL;
 CREATE TABLE join_tokens (
   id TEXT PRIMARY KEY, hash BLOB NOT NULL, tenant TEXT NOT NULL, agent TEXT NOT NULL,
   principal TEXT, grant_id TEXT, expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL,
@@ -211,8 +213,8 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::StartRun(r) => {
             tx.execute(
-                "INSERT INTO runs (id, tenant, agent, principal, grant_id, task, capabilities, jkt, started_ms, expires_at, ended_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![r.id, r.tenant, r.agent, r.principal, r.grant, r.task, json(&r.capabilities), r.jkt, r.started_ms as i64, r.expires_at as i64, r.ended_ms.map(|x| x as i64)],
+                "INSERT INTO runs (id, tenant, agent, principal, grant_id, task, capabilities, jkt, started_ms, expires_at, ended_ms, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![r.id, r.tenant, r.agent, r.principal, r.grant, r.task, json(&r.capabilities), r.jkt, r.started_ms as i64, r.expires_at as i64, r.ended_ms.map(|x| x as i64), r.parent],
             )?;
         }
         Mutation::EndRun {
@@ -354,10 +356,11 @@ fn row_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
         started_ms: r.get::<_, i64>(8)? as u64,
         expires_at: r.get::<_, i64>(9)? as u64,
         ended_ms: r.get::<_, Option<i64>>(10)?.map(|x| x as u64),
+        parent: r.get(11)?,
     })
 }
 
-const RUN_COLS: &str = "id, tenant, agent, principal, grant_id, task, capabilities, jkt, started_ms, expires_at, ended_ms";
+const RUN_COLS: &str = "id, tenant, agent, principal, grant_id, task, capabilities, jkt, started_ms, expires_at, ended_ms, parent";
 
 impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot> {
@@ -604,6 +607,16 @@ impl Store for SqliteStore {
             .query_map(params![after as i64, limit as i64], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(out)
+    }
+
+    fn count_children(&self, parent: &str) -> Result<u64> {
+        let c = lock(&self.reader);
+        let n: i64 = c.query_row(
+            "SELECT count(*) FROM runs WHERE parent = ?1",
+            params![parent],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
     }
 
     fn live_leases(&self) -> Result<Vec<Lease>> {

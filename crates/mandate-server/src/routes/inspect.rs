@@ -82,9 +82,19 @@ pub async fn inspect(
                 (true, None) => (false, Some(format!("expired at {}", m.expires_at))),
                 (false, None) => (true, None),
             };
+            // broker → the root run → ... → the parent → this agent and run.
+            let mut chain = vec![json!({"hop": "broker", "id": m.issuer})];
+            chain.extend(
+                m.ancestors
+                    .iter()
+                    .rev()
+                    .map(|(_, id)| json!({"hop": "run", "id": id})),
+            );
+            chain.push(json!({"hop": "agent", "id": m.agent_id}));
+            chain.push(json!({"hop": "run", "id": m.run_id}));
             json!({
                 "kind": "mandate", "verifies": ok, "reason": reason,
-                "chain": [{"hop": "broker", "id": m.issuer}, {"hop": "agent", "id": m.agent_id}, {"hop": "run", "id": m.run_id}],
+                "chain": chain, "depth": m.ancestors.len(),
                 "principal": m.principal, "grant": m.grant, "tenant": m.tenant, "task": m.task,
                 "capabilities": m.capabilities.to_strings(), "issued_at": m.issued_at, "expires_at": m.expires_at,
                 "key_binding": {"jkt": m.cnf_jkt},

@@ -68,6 +68,7 @@ pub fn router(state: S) -> Router {
             post(admin::create_join_token),
         )
         .route("/v1/runs/{id}/end", post(admin::end_run))
+        .route("/v1/runs/delegate", post(admin::delegate))
         .route(
             "/v1/revocations",
             post(admin::revoke).get(admin::list_revocations),

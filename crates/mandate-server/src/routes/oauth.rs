@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use mandate_core::audit::EventBody;
 use mandate_core::capability::check_action;
 use mandate_core::credential::{self, AccessClaims, Actor, Confirmation};
-use mandate_core::dpop::{self, ProofExpectations, ReplayError};
+use mandate_core::dpop::{self, ProofExpectations};
 use mandate_core::ids::random_id;
 use mandate_core::jose::Alg;
 use mandate_core::mandate::MandateClaims;
@@ -460,28 +460,7 @@ fn exchange(
     if known.is_none() {
         s.remember_run_key(&verified.jkt, verified.key.clone());
     }
-    {
-        let mut replay = s
-            .replay
-            .lock()
-            .map_err(|_| err(Code::ServerError, "replay cache unavailable"))?;
-        let forget_after = verified.iat + s.config.dpop_max_age + s.config.dpop_max_skew;
-        match replay.check_and_insert(&verified.jkt, &verified.jti, forget_after, now) {
-            Ok(()) => {}
-            Err(ReplayError::Replayed) => {
-                return Err(err(
-                    Code::InvalidDpopProof,
-                    "this DPoP proof was already used (`jti` replayed); make a fresh proof for every request",
-                ));
-            }
-            Err(ReplayError::Full) => {
-                return Err(err(
-                    Code::InvalidDpopProof,
-                    "the broker is at its limit of live DPoP proofs; retry shortly",
-                ));
-            }
-        }
-    }
+    s.first_use_of_proof(&verified, now)?;
 
     let reg = s.reg();
     // Tenant isolation in code, before any policy runs.
@@ -584,9 +563,19 @@ fn exchange(
             .principal
             .clone()
             .unwrap_or_else(|| claims.agent_id.clone()),
-        act: Actor {
-            sub: claims.run_id.clone(),
-            act: None,
+        act: {
+            // RFC 8693 §4.1: the current actor first, earlier ones nested.
+            let mut earlier = None;
+            for (_, run_id) in claims.ancestors.iter().rev() {
+                earlier = Some(Box::new(Actor {
+                    sub: run_id.clone(),
+                    act: earlier,
+                }));
+            }
+            Actor {
+                sub: claims.run_id.clone(),
+                act: earlier,
+            }
         },
         client_id: claims.agent_id.clone(),
         scope: actions.join(" "),

@@ -350,6 +350,7 @@ pub async fn start_run(
         cnf_jkt: key.thumbprint(),
         issued_at: now,
         expires_at,
+        ancestors: vec![],
     };
     let token = mandate::mint(&s.root, &claims, &mut OsRng)
         .map_err(|e| err(Code::ServerError, e.to_string()))?;
@@ -365,6 +366,7 @@ pub async fn start_run(
         started_ms: crate::now_ms(),
         expires_at,
         ended_ms: None,
+        parent: None,
     };
     let mut ev = Ctx::new(&headers, addr).event("run.start", Some(&req.tenant));
     ev.agent = Some(agent.name.clone());
@@ -478,4 +480,202 @@ pub async fn end_run(
     })
     .await?;
     Ok(Json(json!({"run": id, "ended": true})))
+}
+
+/// Request body of `POST /v1/runs/delegate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewChild {
+    mandate: String,
+    agent: String,
+    jwk: Value,
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    task: Option<String>,
+}
+
+/// `POST /v1/runs/delegate`: a run starts a child run for a sub-agent with
+/// its own key. Authenticated by the parent's mandate and a DPoP proof by the
+/// parent's key. The child gets at most the parent's capabilities (∩ the
+/// sub-agent's envelope ∩ what is asked), expires no later, inherits tenant,
+/// principal and grant, and names its ancestors, so revoking any of them
+/// revokes it.
+pub async fn delegate(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
+    let now = crate::now_secs();
+    let parent = s
+        .verify_mandate(&req.mandate, now)
+        .map_err(|e| err(Code::InvalidGrant, e.to_string()))?;
+    if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
+        return Err(err(
+            Code::InvalidGrant,
+            format!(
+                "the parent run has been revoked ({}); it cannot delegate",
+                k.split(':').next().unwrap_or("run")
+            ),
+        ));
+    }
+    let proof = headers
+        .get("dpop")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            err(
+                Code::InvalidDpopProof,
+                "a DPoP proof signed by the parent run's key is required in the `DPoP` header",
+            )
+        })?;
+    let url = format!("{}/v1/runs/delegate", s.config.issuer.trim_end_matches('/'));
+    let verified = mandate_core::dpop::verify_proof(
+        proof,
+        &mandate_core::dpop::ProofExpectations {
+            method: "POST",
+            uri: &url,
+            now,
+            max_age: s.config.dpop_max_age,
+            max_skew: s.config.dpop_max_skew,
+            jkt: Some(&parent.cnf_jkt),
+            access_token: None,
+            known_key: None,
+            nonces: None,
+        },
+    )
+    .map_err(|e| err(Code::InvalidDpopProof, e.to_string()))?;
+    s.first_use_of_proof(&verified, now)?;
+    let depth = parent.ancestors.len() + 1;
+    if depth > s.config.max_delegation_depth {
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "delegation depth {depth} is over this broker's limit of {}",
+                s.config.max_delegation_depth
+            ),
+        ));
+    }
+    let children = s.store.count_children(&parent.run)?;
+    if children >= s.config.max_children {
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "run `{}` has already delegated {children} runs, this broker's limit",
+                parent.run
+            ),
+        ));
+    }
+    let agent = s
+        .reg()
+        .agents
+        .get(&(parent.tenant.clone(), req.agent.clone()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!(
+                    "agent `{}` not found in tenant `{}`",
+                    short(&req.agent),
+                    parent.tenant
+                ),
+            )
+        })?;
+    let key = PublicJwk::from_json(&req.jwk)
+        .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
+    if key.thumbprint() == parent.cnf_jkt {
+        return Err(err(
+            Code::InvalidRequest,
+            "a sub-agent's run needs its own key, not its parent's",
+        ));
+    }
+    let mut caps = parent
+        .capabilities
+        .intersect(&CapabilitySet::parse(&agent.envelope).map_err(bad)?);
+    if let Some(narrow) = &req.capabilities {
+        caps = CapabilitySet::parse(narrow).map_err(bad)?.intersect(&caps);
+    }
+    if caps.is_empty() {
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "the child run would hold no capabilities: the parent holds {}",
+                parent.capabilities.to_strings().join(", ")
+            ),
+        ));
+    }
+    let ttl = req.ttl_secs.unwrap_or(s.config.mandate_ttl);
+    if ttl == 0 || ttl > s.config.mandate_max_ttl {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`ttl_secs` must be 1 to {}", s.config.mandate_max_ttl),
+        ));
+    }
+    let expires_at = parent.expires_at.min(now + ttl);
+    let task = req.task.unwrap_or_else(|| parent.task.clone());
+    ids::check_text("task", &task, 1024).map_err(bad)?;
+    let run_id = random_id(&mut OsRng, "run_");
+    let mut ancestors = vec![(parent.run.clone(), parent.run_id.clone())];
+    ancestors.extend(parent.ancestors.iter().cloned());
+    let claims = MandateClaims {
+        issuer: s.config.issuer.clone(),
+        tenant: parent.tenant.clone(),
+        agent: agent.name.clone(),
+        agent_id: agent.spiffe_id.clone(),
+        run: run_id.clone(),
+        run_id: run_spiffe_id(&s.config.trust_domain, &parent.tenant, &agent.name, &run_id),
+        principal: parent.principal.clone(),
+        grant: parent.grant.clone(),
+        task: task.clone(),
+        capabilities: caps.clone(),
+        cnf_jkt: key.thumbprint(),
+        issued_at: now,
+        expires_at,
+        ancestors,
+    };
+    let token = mandate::mint(&s.root, &claims, &mut OsRng)
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    let run = Run {
+        id: run_id.clone(),
+        tenant: parent.tenant.clone(),
+        agent: agent.name.clone(),
+        principal: claims.principal.clone(),
+        grant: claims.grant.clone(),
+        task: task.clone(),
+        capabilities: caps.to_strings(),
+        jkt: claims.cnf_jkt.clone(),
+        started_ms: crate::now_ms(),
+        expires_at,
+        ended_ms: None,
+        parent: Some(parent.run.clone()),
+    };
+    let chain: Vec<&str> = claims.ancestors.iter().map(|(r, _)| r.as_str()).collect();
+    let mut ev = Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
+    ev.actor = Some(parent.run_id.clone());
+    ev.agent = Some(agent.name.clone());
+    ev.run = Some(run_id.clone());
+    ev.principal = claims.principal.clone();
+    ev.task = Some(task);
+    ev.decision = "allow".into();
+    ev.credential_exp = Some(expires_at);
+    ev.details = json!({"parent": parent.run, "ancestors": chain, "depth": depth,
+        "capabilities": run.capabilities, "parent_capabilities": parent.capabilities.to_strings()});
+    s.commit(Entry {
+        mutation: Some(Mutation::StartRun(run.clone())),
+        events: vec![ev],
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "run": run_id, "run_id": claims.run_id, "agent_id": claims.agent_id, "mandate": token,
+            "subject_token_type": crate::routes::oauth::TOKEN_TYPE_MANDATE,
+            "expires_at": expires_at, "capabilities": run.capabilities,
+            "parent": parent.run, "ancestors": chain, "depth": depth,
+            "token_endpoint": s.token_endpoint,
+        })),
+    ))
 }

@@ -1,0 +1,262 @@
+//! Online delegation (issue 4 §1): a run starts child runs for sub-agents
+//! with their own keys; each hop holds less or the same, never more; the
+//! credential's `act` chain leads back to the human; revoking a parent
+//! revokes every descendant at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use mandate_core::client::dpop_proof;
+use mandate_core::jose::Alg;
+use mandate_core::keys::SigningKey;
+use serde_json::{Value, json};
+
+fn delegate_with(b: &Broker, mandate: &str, signer: &SigningKey, body: Value) -> (u16, Value) {
+    let url = format!("{}/v1/runs/delegate", b.url);
+    let proof = dpop_proof(signer, "POST", &url, now(), &jti(), None, None);
+    let mut body = body;
+    body["mandate"] = json!(mandate);
+    read(
+        Broker::agent()
+            .post(&url)
+            .header("DPoP", &proof)
+            .send_json(&body)
+            .unwrap(),
+    )
+}
+
+/// Delegates to `agent`; returns (run, mandate, key).
+fn delegate(
+    b: &Broker,
+    mandate: &str,
+    key: &SigningKey,
+    agent: &str,
+    caps: Option<Value>,
+) -> (String, String, SigningKey) {
+    let child = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let mut body = json!({"agent": agent, "jwk": child.public().to_json()});
+    if let Some(c) = caps {
+        body["capabilities"] = c;
+    }
+    let (s, v) = delegate_with(b, mandate, key, body);
+    assert_eq!(s, 201, "{v}");
+    (
+        v["run"].as_str().unwrap().to_owned(),
+        v["mandate"].as_str().unwrap().to_owned(),
+        child,
+    )
+}
+
+fn setup(tag: &str, tweak: impl FnOnce(&mut mandate_server::Config)) -> (Broker, String) {
+    let b = Broker::start_with(tag, tweak);
+    let grant = b.seed("acme");
+    for (name, env) in [
+        ("researcher", json!(["crm:*"])),
+        ("summarizer", json!(["crm:read"])),
+    ] {
+        let (s, v) = b.admin_post(
+            "/v1/tenants/acme/agents",
+            json!({"name": name, "owner": "team-ops", "envelope": env}),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    (b, grant)
+}
+
+fn introspect(b: &Broker, token: &str) -> Value {
+    read(
+        Broker::agent()
+            .post(format!("{}/oauth/introspect", b.url))
+            .header("Authorization", &format!("Bearer {}", b.admin))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(format!("token={}", enc(token)))
+            .unwrap(),
+    )
+    .1
+}
+
+#[test]
+fn three_levels_narrow_carry_the_chain_and_die_with_the_root() {
+    let (b, grant) = setup("deleg-3", |_| {});
+    let (root, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    // Asking for more than the parent holds gets the intersection.
+    let (child, m1, k1) = delegate(
+        &b,
+        &m0,
+        &k0,
+        "researcher",
+        Some(json!(["crm:*", "github:read"])),
+    );
+    let (grandchild, m2, k2) = delegate(&b, &m1, &k1, "summarizer", None);
+
+    let (s, v) = b.exchange(&m2, &k2, "crm", "read");
+    assert_eq!(s, 200, "{v}");
+    let cred = v["access_token"].as_str().unwrap().to_owned();
+    let c = introspect(&b, &cred);
+    assert_eq!(c["active"], true);
+    assert_eq!(c["sub"], "alice@example.com");
+    assert!(
+        c["act"]["sub"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/run/{grandchild}"))
+    );
+    assert!(
+        c["act"]["act"]["sub"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/run/{child}"))
+    );
+    assert!(
+        c["act"]["act"]["act"]["sub"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/run/{root}"))
+    );
+    assert!(c["act"]["act"]["act"].get("act").is_none());
+    // Never more: the grandchild cannot reach what the root holds but the chain narrowed away.
+    assert_refused(
+        &b.exchange(&m2, &k2, "github", "read"),
+        400,
+        "invalid_scope",
+        "not granted",
+    );
+    assert_refused(
+        &b.exchange(&m1, &k1, "crm", "write"),
+        400,
+        "invalid_scope",
+        "not granted",
+    );
+
+    // Inspecting the grandchild's mandate shows the whole chain.
+    let (s, v) = b.admin_post("/v1/tokens/inspect", json!({"token": m2}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["depth"], 2);
+    let hops: Vec<&str> = v["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        hops[1].ends_with(&format!("/run/{root}")) && hops[2].ends_with(&format!("/run/{child}")),
+        "{hops:?}"
+    );
+    assert!(hops[4].ends_with(&format!("/run/{grandchild}")), "{hops:?}");
+
+    // Revoking the root revokes every descendant, at once.
+    let (s, v) = b.admin_post("/v1/revocations", json!({"kind": "run", "id": root}));
+    assert_eq!(s, 200, "{v}");
+    for (m, k) in [(&m1, &k1), (&m2, &k2)] {
+        assert_refused(
+            &b.exchange(m, k, "crm", "read"),
+            400,
+            "invalid_grant",
+            "revoked",
+        );
+    }
+    assert_eq!(introspect(&b, &cred)["active"], false);
+    let (s, _) = delegate_with(
+        &b,
+        &m1,
+        &k1,
+        json!({"agent": "summarizer", "jwk": k2.public().to_json()}),
+    );
+    assert_eq!(s, 400);
+    let evs = b.audit("type=run.delegate");
+    assert_eq!(evs.len(), 2);
+    assert_eq!(
+        evs.iter().find(|e| e["run"] == grandchild).unwrap()["details"]["ancestors"],
+        json!([child, root])
+    );
+}
+
+#[test]
+fn delegation_refusals_say_why() {
+    let (b, grant) = setup("deleg-refuse", |c| {
+        c.max_delegation_depth = 2;
+        c.max_children = 2;
+    });
+    let (_, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    let child = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let body = |agent: &str| json!({"agent": agent, "jwk": child.public().to_json()});
+    // Proof by a key that is not the parent's; the parent's own key for the child.
+    assert_refused(
+        &delegate_with(&b, &m0, &child, body("researcher")),
+        400,
+        "invalid_dpop_proof",
+        "cnf.jkt",
+    );
+    let mut same = body("researcher");
+    same["jwk"] = k0.public().to_json();
+    assert_refused(
+        &delegate_with(&b, &m0, &k0, same),
+        400,
+        "invalid_request",
+        "its own key",
+    );
+    // Nothing in common; an unknown sub-agent; a forged mandate; too long a life.
+    let mut disjoint = body("researcher");
+    disjoint["capabilities"] = json!(["github:push"]);
+    assert_refused(
+        &delegate_with(&b, &m0, &k0, disjoint),
+        403,
+        "insufficient_scope",
+        "no capabilities",
+    );
+    assert_refused(
+        &delegate_with(&b, &m0, &k0, body("ghost")),
+        404,
+        "not_found",
+        "agent `ghost`",
+    );
+    assert_refused(
+        &delegate_with(&b, "garbage", &k0, body("researcher")),
+        400,
+        "invalid_grant",
+        "mandate",
+    );
+    let mut long = body("researcher");
+    long["ttl_secs"] = json!(999_999);
+    assert_refused(
+        &delegate_with(&b, &m0, &k0, long),
+        400,
+        "invalid_request",
+        "ttl_secs",
+    );
+    // A replayed proof.
+    let url = format!("{}/v1/runs/delegate", b.url);
+    let proof = dpop_proof(&k0, "POST", &url, now(), &jti(), None, None);
+    let send = || {
+        let mut v = body("researcher");
+        v["mandate"] = json!(m0);
+        read(
+            Broker::agent()
+                .post(&url)
+                .header("DPoP", &proof)
+                .send_json(&v)
+                .unwrap(),
+        )
+    };
+    assert_eq!(send().0, 201);
+    assert_refused(&send(), 400, "invalid_dpop_proof", "already used");
+    // Expiry never beyond the parent's; depth and fan-out bounded.
+    let (_, m1, k1) = delegate(&b, &m0, &k0, "researcher", None);
+    let c1 = introspect(&b, &m1);
+    let c0 = introspect(&b, &m0);
+    assert!(c1["exp"].as_u64().unwrap() <= c0["exp"].as_u64().unwrap());
+    let (_, m2, k2) = delegate(&b, &m1, &k1, "summarizer", None);
+    assert_refused(
+        &delegate_with(&b, &m2, &k2, body("summarizer")),
+        403,
+        "insufficient_scope",
+        "depth 3",
+    );
+    assert_refused(
+        &delegate_with(&b, &m0, &k0, body("researcher")),
+        403,
+        "insufficient_scope",
+        "limit",
+    );
+}
