@@ -666,6 +666,39 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_data() {
+        let path = tmp();
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+            ))
+            .unwrap();
+            c.execute_batch(
+                "INSERT INTO tenants VALUES ('acme', '', 1);
+                 INSERT INTO agents VALUES ('acme', 'bot', 'ops', '', '[]', 'spiffe://x', 1);
+                 INSERT INTO tools (tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms)
+                   VALUES ('acme', 'crm', 'https://crm', '[\"read\"]', '[]', 'low', 300, 'jwt', 'EdDSA', 1);
+                 INSERT INTO runs (id, tenant, agent, principal, grant_id, task, capabilities, jkt, started_ms, expires_at, ended_ms)
+                   VALUES ('run_1', 'acme', 'bot', NULL, NULL, 't', '[]', 'k', 1, 2, NULL);",
+            )
+            .unwrap();
+        }
+        let st = SqliteStore::open(&path).unwrap();
+        let snap = st.load().unwrap();
+        assert_eq!(snap.tools.len(), 1);
+        assert!(snap.tools[0].proxy.is_none() && snap.tools[0].env.is_empty());
+        let run = st.get_run("run_1").unwrap().unwrap();
+        assert_eq!(run.parent, None);
+        assert_eq!(st.count_children("run_1").unwrap(), 0);
+        assert!(st.live_leases().unwrap().is_empty());
+        drop(st);
+        // Opening again is a no-op.
+        let st = SqliteStore::open(&path).unwrap();
+        assert_eq!(st.load().unwrap().tools.len(), 1);
+    }
+
     fn tmp() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!(
             "mandate-store-test-{}-{}",
