@@ -108,6 +108,10 @@ struct ServeArgs {
     /// Largest request body the proxy forwards (bytes).
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     proxy_max_body: usize,
+    /// Make new credential signing keys at start (the previous ones stay in
+    /// the JWKS, so credentials they signed still verify).
+    #[arg(long)]
+    rotate_keys: bool,
     /// Refuse DPoP proofs older than this many seconds.
     #[arg(long, default_value_t = 60)]
     dpop_max_age: u64,
@@ -614,6 +618,7 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     cfg.mandate_max_ttl = a.mandate_max_ttl;
     cfg.max_body = a.max_body;
     cfg.proxy_max_body = a.proxy_max_body;
+    cfg.rotate_keys = a.rotate_keys;
     cfg.dpop_max_age = a.dpop_max_age;
     cfg.dpop_max_skew = a.dpop_skew;
     cfg.dpop_nonce = a.dpop_nonce;

@@ -28,6 +28,7 @@ fn main() {
         mandate_root: key(1, Alg::EdDSA),
         jwt_eddsa: key(2, Alg::EdDSA),
         jwt_es256: key(3, Alg::ES256),
+        retired: vec![],
     };
     let other_root = key(4, Alg::EdDSA);
     let run_key = key(5, Alg::EdDSA);

@@ -130,6 +130,9 @@ pub struct BrokerKeys {
     pub jwt_eddsa: SigningKey,
     /// Signs `ES256` credentials.
     pub jwt_es256: SigningKey,
+    /// Earlier credential keys, still published and accepted until the
+    /// credentials they signed have expired (key rotation).
+    pub retired: Vec<SigningKey>,
 }
 
 impl std::fmt::Debug for BrokerKeys {
@@ -149,6 +152,7 @@ impl BrokerKeys {
             mandate_root: SigningKey::generate(Alg::EdDSA, rng),
             jwt_eddsa: SigningKey::generate(Alg::EdDSA, rng),
             jwt_es256: SigningKey::generate(Alg::ES256, rng),
+            retired: Vec::new(),
         }
     }
 
@@ -164,12 +168,19 @@ impl BrokerKeys {
     pub fn jwt_key_by_kid(&self, kid: &str) -> Option<&SigningKey> {
         [&self.jwt_eddsa, &self.jwt_es256]
             .into_iter()
+            .chain(self.retired.iter())
             .find(|k| k.kid() == kid)
     }
 
-    /// The JWKS document (RFC 7517 §5) with the credential keys.
+    /// The JWKS document (RFC 7517 §5) with the credential keys, current
+    /// ones first, then retired ones.
     pub fn jwks(&self) -> Value {
-        json!({ "keys": [self.jwt_eddsa.public_jwk(), self.jwt_es256.public_jwk()] })
+        let keys: Vec<Value> = [&self.jwt_eddsa, &self.jwt_es256]
+            .into_iter()
+            .chain(self.retired.iter())
+            .map(SigningKey::public_jwk)
+            .collect();
+        json!({ "keys": keys })
     }
 }
 

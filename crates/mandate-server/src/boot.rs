@@ -80,6 +80,9 @@ pub struct Config {
     pub max_delegation_depth: usize,
     /// Most runs one run may delegate to.
     pub max_children: u64,
+    /// Make new credential signing keys at start; the previous ones stay
+    /// published (and accepted) so credentials they signed still verify.
+    pub rotate_keys: bool,
 }
 
 impl Config {
@@ -102,6 +105,7 @@ impl Config {
             proxy_max_body: 10 * 1024 * 1024,
             max_delegation_depth: 4,
             max_children: 16,
+            rotate_keys: false,
         }
     }
 }
@@ -209,6 +213,9 @@ fn unseal_key(mk: &MasterKey, rec: &KeyRecord) -> Result<SigningKey, BootError> 
     SigningKey::from_bytes(alg, secret.expose()).map_err(|e| BootError(e.to_string()))
 }
 
+/// How many earlier credential keys stay published after rotations.
+const RETIRED_KEPT: usize = 4;
+
 /// Id prefix of feed-reader credentials in the admin credential table.
 pub const FEED_ID_PREFIX: &str = "feed_";
 
@@ -283,11 +290,53 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
                     ))
                 })
         };
-        BrokerKeys {
+        let mut keys = BrokerKeys {
             mandate_root: unseal_key(&mk, find("mandate", "EdDSA")?)?,
             jwt_eddsa: unseal_key(&mk, find("jwt", "EdDSA")?)?,
             jwt_es256: unseal_key(&mk, find("jwt", "ES256")?)?,
+            retired: Vec::new(),
+        };
+        // Earlier credential keys stay published (newest first, at most
+        // RETIRED_KEPT) so credentials they signed still verify.
+        let current = [keys.jwt_eddsa.kid(), keys.jwt_es256.kid()];
+        for rec in snap.keys.iter().rev().filter(|k| k.purpose == "jwt") {
+            if !current.contains(&rec.kid) && keys.retired.len() < RETIRED_KEPT {
+                keys.retired.push(unseal_key(&mk, rec)?);
+            }
         }
+        if cfg.rotate_keys {
+            let fresh = BrokerKeys::generate(&mut OsRng);
+            let mut retired = vec![keys.jwt_eddsa.clone(), keys.jwt_es256.clone()];
+            retired.extend(keys.retired.drain(..));
+            retired.truncate(RETIRED_KEPT);
+            for k in [&fresh.jwt_eddsa, &fresh.jwt_es256] {
+                boot_entries.push(Entry {
+                    mutation: Some(Mutation::PutKey(seal_key(&mk, k, "jwt")?)),
+                    events: vec![],
+                });
+            }
+            boot_entries.push(Entry {
+                mutation: None,
+                events: vec![EventBody {
+                    time_ms: crate::now_ms(),
+                    event_type: "keys.rotate".into(),
+                    decision: "ok".into(),
+                    actor: Some("broker (--rotate-keys)".into()),
+                    details: serde_json::json!({
+                        "jwt_kids": [fresh.jwt_eddsa.kid(), fresh.jwt_es256.kid()],
+                        "retired": retired.iter().map(SigningKey::kid).collect::<Vec<_>>(),
+                    }),
+                    ..Default::default()
+                }],
+            });
+            keys = BrokerKeys {
+                jwt_eddsa: fresh.jwt_eddsa,
+                jwt_es256: fresh.jwt_es256,
+                retired,
+                ..keys
+            };
+        }
+        keys
     };
     // Feed-reader credentials live in the same table, ids prefixed `feed_`.
     let mut admin_hashes: Vec<Vec<u8>> = snap

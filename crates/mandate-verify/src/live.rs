@@ -165,7 +165,8 @@ impl Live {
             seq: AtomicU64::new(0),
             streaming: AtomicBool::new(false),
             ignored: AtomicU64::new(0),
-            last_jwks: Mutex::new(Some(Instant::now())),
+            // The first unknown kid may refetch at once; later ones are rate-limited.
+            last_jwks: Mutex::new(None),
         });
         live.catch_up().await?;
         tokio::spawn(Arc::clone(&live).follow());

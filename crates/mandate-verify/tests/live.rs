@@ -39,7 +39,30 @@ struct Env {
     url: String,
     admin: String,
     http: ureq::Agent,
+    /// The test's own runtime (verifiers, relays).
     rt: tokio::runtime::Runtime,
+    /// The broker's runtime: dropped to stop it.
+    srv: Option<tokio::runtime::Runtime>,
+    dir: std::path::PathBuf,
+    addr: SocketAddr,
+}
+
+/// Boots a broker on `dir` listening on `addr` in its own runtime.
+fn serve(dir: &std::path::Path, addr: SocketAddr, rotate: bool) -> tokio::runtime::Runtime {
+    let mut cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
+    cfg.rotate_keys = rotate;
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = mandate_server::boot::boot(cfg).unwrap();
+    let app = mandate_server::routes::router(Arc::clone(&state));
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap();
+    });
+    rt
 }
 
 impl Env {
@@ -49,20 +72,12 @@ impl Env {
             .unwrap()
             .as_nanos();
         let dir = std::env::temp_dir().join(format!("mandate-live-{}-{n}", std::process::id()));
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
-        let cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
-        let admin_file = cfg.admin_token_file.clone();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let state = mandate_server::boot::boot(cfg).unwrap();
-        let app = mandate_server::routes::router(Arc::clone(&state));
-        rt.spawn(async move {
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
-            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .unwrap();
-        });
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let srv = serve(&dir, addr, false);
+        let admin_file = dir.join("config").join("admin.token");
         let e = Env {
             url: format!("http://{addr}"),
             admin: std::fs::read_to_string(admin_file)
@@ -73,7 +88,10 @@ impl Env {
                 .http_status_as_error(false)
                 .build()
                 .into(),
-            rt,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            srv: Some(srv),
+            dir,
+            addr,
         };
         e.post("/v1/tenants", json!({"name": "acme"}));
         e.post(
@@ -431,4 +449,55 @@ fn the_offline_verifier_with_a_jwks_and_log_fetched_by_hand() {
         v.verify(&req, now()),
         Err(VerifyError::Revoked("run".into()))
     );
+}
+
+impl Env {
+    /// Stops the broker and starts it again on the same address and data.
+    fn restart(&mut self, rotate: bool) {
+        if let Some(rt) = self.srv.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        self.srv = Some(serve(&self.dir, self.addr, rotate));
+    }
+}
+
+#[test]
+fn rotated_keys_are_fetched_on_an_unknown_kid_and_old_credentials_still_verify() {
+    let mut e = Env::start();
+    let live =
+        e.rt.block_on(Live::start(LiveConfig {
+            broker: e.url.clone(),
+            audience: AUD.into(),
+            feed_token: feed_token(&e),
+        }))
+        .unwrap();
+    let (_, old_cred, old_key) = e.credential();
+    check(&live, &e.rt, &old_cred, &old_key).unwrap();
+    e.restart(true);
+    let (run, new_cred, new_key) = e.credential();
+    let kid = |t: &str| -> String {
+        let h: Value = serde_json::from_slice(
+            &mandate_core::jose::unb64("header", t.split('.').next().unwrap()).unwrap(),
+        )
+        .unwrap();
+        h["kid"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(kid(&old_cred), kid(&new_cred), "the broker did not rotate");
+    // The new kid is unknown to the verifier: it fetches the JWKS again.
+    check(&live, &e.rt, &new_cred, &new_key).unwrap();
+    check(&live, &e.rt, &old_cred, &old_key).unwrap();
+    // And the feed follows the restarted broker.
+    e.post("/v1/revocations", json!({"kind": "run", "id": run}));
+    let why = wait_refused(&live, &e.rt, &new_cred, &new_key, Duration::from_secs(10));
+    assert_eq!(why, VerifyError::Revoked("run".into()));
+    let trail: Value = e
+        .http
+        .get(format!("{}/v1/audit?type=keys.rotate", e.url))
+        .header("Authorization", &format!("Bearer {}", e.admin))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(trail.as_array().unwrap().len(), 1);
 }
