@@ -307,7 +307,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         if cfg.rotate_keys {
             let fresh = BrokerKeys::generate(&mut OsRng);
             let mut retired = vec![keys.jwt_eddsa.clone(), keys.jwt_es256.clone()];
-            retired.extend(keys.retired.drain(..));
+            retired.append(&mut keys.retired);
             retired.truncate(RETIRED_KEPT);
             for k in [&fresh.jwt_eddsa, &fresh.jwt_es256] {
                 boot_entries.push(Entry {
