@@ -65,7 +65,7 @@ enum Cmd {
     /// Runs: executions of an agent, each with its own mandate.
     #[command(subcommand)]
     Run(RunCmd),
-    /// Revoke a credential, run, agent, principal, grant or tenant.
+    /// Revoke a credential, run, agent, principal, grant, tenant, or everything (the kill switch).
     Revoke(RevokeArgs),
     /// Run a command as an agent run: it gets short-lived credentials, never a static secret.
     Exec(ExecCli),
