@@ -121,6 +121,20 @@ fn main() -> Result<(), String> {
     }
 }
 
+/// The admin credential from `token_file`, and an HTTP client that reports
+/// error statuses instead of failing on them.
+fn admin_client(token_file: &std::path::Path) -> Result<(String, ureq::Agent), String> {
+    let admin = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("{}: {e}", token_file.display()))?
+        .trim()
+        .to_owned();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    Ok((admin, agent))
+}
+
 fn post(agent: &ureq::Agent, url: &str, admin: &str, body: Value) -> Result<Value, String> {
     let mut r = agent
         .post(url)
@@ -138,19 +152,12 @@ use mandate_core::client::form_encode as enc;
 
 fn prep(
     url: &str,
-    token_file: &PathBuf,
+    token_file: &std::path::Path,
     out: &PathBuf,
     warm: usize,
     count: usize,
 ) -> Result<(), String> {
-    let admin = std::fs::read_to_string(token_file)
-        .map_err(|e| e.to_string())?
-        .trim()
-        .to_owned();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let (admin, agent) = admin_client(token_file)?;
     post(
         &agent,
         &format!("{url}/v1/tenants"),
@@ -305,20 +312,13 @@ fn floor(iterations: u32) {
 
 fn feed(
     url: &str,
-    token_file: &PathBuf,
+    token_file: &std::path::Path,
     subscribers: usize,
     revocations: usize,
 ) -> Result<(), String> {
     use std::io::BufRead as _;
     use std::sync::mpsc;
-    let admin = std::fs::read_to_string(token_file)
-        .map_err(|e| e.to_string())?
-        .trim()
-        .to_owned();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let (admin, agent) = admin_client(token_file)?;
     // Start from the current head so old revocations are not replayed.
     let head = {
         let mut r = agent

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use mandate_core::client::{dpop_proof, exchange_form};
 
-use super::post;
+use super::{admin_client, post};
 
 const AUD: &str = "urn:w3:crm";
 const URI: &str = "https://crm.w3.example/x";
@@ -57,14 +57,7 @@ pub(crate) fn w3(
     verifiers: usize,
     rounds: usize,
 ) -> Result<(), String> {
-    let admin = std::fs::read_to_string(token_file)
-        .map_err(|e| e.to_string())?
-        .trim()
-        .to_owned();
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let (admin, http) = admin_client(token_file)?;
     let tenant = format!("w3-{verifiers}");
     let p =
         |path: &str, body: serde_json::Value| post(&http, &format!("{url}{path}"), &admin, body);

@@ -41,6 +41,8 @@ out.identity = await sock("GET", "/v1/identity");
 out.credential = await sock("POST", "/v1/credentials", { tool: "resend", actions: ["send"] });
 out.proof = await sock("POST", "/v1/dpop", { method: "GET", url: "https://tool.example/x" });
 out.bad = await sock("POST", "/v1/credentials", { tool: "resend", actions: ["delete"] });
+out.badProof = await sock("POST", "/v1/dpop", { method: "get", url: "ftp://x" });
+out.badBody = await sock("POST", "/v1/credentials", { tool: "resend", extra: 1 });
 const resend = new Resend(process.env.RESEND_API_KEY);
 out.first = await resend.emails.send({
   from: "agent@mandate.test", to: ["ops@example.com"], subject, html: "<p>sent through the proxy</p>",

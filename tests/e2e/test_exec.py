@@ -141,6 +141,10 @@ def test_resend_sdk_sends_through_exec_and_the_proxy(broker, resend_local, tmp_p
     assert result["proof"]["body"]["dpop"].count(".") == 2
     assert result["bad"]["status"] == 403
     assert "delete" in result["bad"]["body"]["error_description"]
+    assert result["badProof"]["status"] == 400
+    assert "upper-case HTTP method" in result["badProof"]["body"]["error_description"]
+    assert result["badBody"]["status"] == 400
+    assert "unknown field" in result["badBody"]["body"]["error_description"]
     # The run ended when the child exited.
     runs = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)
     assert [r for r in runs if r["id"] == run_id][0]["ended_ms"] is not None

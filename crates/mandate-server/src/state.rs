@@ -340,6 +340,18 @@ impl AppState {
         }
     }
 
+    /// Commits audit events that change nothing else (a decision, a denial).
+    pub async fn record(
+        &self,
+        events: Vec<mandate_core::audit::EventBody>,
+    ) -> Result<Committed, ApiError> {
+        self.commit(Entry {
+            mutation: None,
+            events,
+        })
+        .await
+    }
+
     /// Remembers a run's parsed public key.
     pub fn remember_run_key(&self, jkt: &str, key: PublicJwk) {
         if let Ok(mut m) = self.run_keys.lock() {

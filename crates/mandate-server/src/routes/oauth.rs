@@ -222,13 +222,7 @@ async fn token_inner(
                 w.event_type = "token.withheld".into();
                 w.decision = "deny".into();
                 w.reason = Some(format!("revoked while the exchange was in flight: {k}"));
-                if let Err(e) = s
-                    .commit(Entry {
-                        mutation: None,
-                        events: vec![w],
-                    })
-                    .await
-                {
+                if let Err(e) = s.record(vec![w]).await {
                     return e.into_response();
                 }
                 return err(
@@ -307,13 +301,7 @@ async fn token_inner(
                 seen.audit_reason
                     .unwrap_or_else(|| format!("{}: {}", e.code.as_str(), e.description)),
             );
-            if let Err(we) = s
-                .commit(Entry {
-                    mutation: None,
-                    events: vec![ev],
-                })
-                .await
-            {
+            if let Err(we) = s.record(vec![ev]).await {
                 return we.into_response();
             }
             e.into_response()

@@ -26,7 +26,7 @@ use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
 use mandate_core::policy::ExchangeFacts;
 use mandate_core::tooling::{HOP_BY_HOP, InjectSpec, check_request_path};
-use mandate_store::{Entry, Tool};
+use mandate_store::Tool;
 
 use super::{S, client, correlation_id};
 use crate::error::{ApiError, Code, err};
@@ -68,13 +68,7 @@ pub async fn forward(
     };
     ev.decision = "allow".into();
     // The decision is durable before the upstream acts on the request.
-    if let Err(e) = s
-        .commit(Entry {
-            mutation: None,
-            events: vec![ev.clone()],
-        })
-        .await
-    {
+    if let Err(e) = s.record(vec![ev.clone()]).await {
         return e.into_response();
     }
 
@@ -194,13 +188,7 @@ impl Drop for Outcome {
         let s = Arc::clone(&self.s);
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
-                if let Err(e) = s
-                    .commit(Entry {
-                        mutation: None,
-                        events: vec![ev],
-                    })
-                    .await
-                {
+                if let Err(e) = s.record(vec![ev]).await {
                     tracing::error!("cannot record a proxy call's outcome: {}", e.description);
                 }
             });
@@ -222,13 +210,7 @@ fn merge(into: &mut serde_json::Value, more: serde_json::Value) {
 }
 
 async fn audited(s: &S, ev: EventBody, e: ApiError) -> Response {
-    if let Err(we) = s
-        .commit(Entry {
-            mutation: None,
-            events: vec![ev],
-        })
-        .await
-    {
+    if let Err(we) = s.record(vec![ev]).await {
         return we.into_response();
     }
     e.into_response()

@@ -27,6 +27,40 @@ pub struct NewRun {
     tools: Vec<String>,
 }
 
+/// Mints the mandate of `claims` and makes the run record (its parent is
+/// the first ancestor) and the audit event that records it.
+fn issue(
+    s: &S,
+    claims: &MandateClaims,
+    ctx: Ctx,
+    event_type: &str,
+) -> Result<(String, Run, EventBody), ApiError> {
+    let token = mandate::mint(&s.root, claims, &mut OsRng)
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    let run = Run {
+        id: claims.run.clone(),
+        tenant: claims.tenant.clone(),
+        agent: claims.agent.clone(),
+        principal: claims.principal.clone(),
+        grant: claims.grant.clone(),
+        task: claims.task.clone(),
+        capabilities: claims.capabilities.to_strings(),
+        jkt: claims.cnf_jkt.clone(),
+        started_ms: crate::now_ms(),
+        expires_at: claims.expires_at,
+        ended_ms: None,
+        parent: claims.ancestors.first().map(|(r, _)| r.clone()),
+    };
+    let mut ev = ctx.event(event_type, Some(&claims.tenant));
+    ev.agent = Some(claims.agent.clone());
+    ev.run = Some(claims.run.clone());
+    ev.principal = claims.principal.clone();
+    ev.task = Some(claims.task.clone());
+    ev.decision = "allow".into();
+    ev.credential_exp = Some(claims.expires_at);
+    Ok((token, run, ev))
+}
+
 /// Prefix of join tokens.
 pub const JOIN_PREFIX: &str = "mandate_join_";
 
@@ -352,29 +386,7 @@ pub async fn start_run(
         expires_at,
         ancestors: vec![],
     };
-    let token = mandate::mint(&s.root, &claims, &mut OsRng)
-        .map_err(|e| err(Code::ServerError, e.to_string()))?;
-    let run = Run {
-        id: run_id.clone(),
-        tenant: req.tenant.clone(),
-        agent: agent.name.clone(),
-        principal: claims.principal.clone(),
-        grant: claims.grant.clone(),
-        task: task.clone(),
-        capabilities: caps.to_strings(),
-        jkt: claims.cnf_jkt.clone(),
-        started_ms: crate::now_ms(),
-        expires_at,
-        ended_ms: None,
-        parent: None,
-    };
-    let mut ev = Ctx::new(&headers, addr).event("run.start", Some(&req.tenant));
-    ev.agent = Some(agent.name.clone());
-    ev.run = Some(run_id.clone());
-    ev.principal = claims.principal.clone();
-    ev.task = Some(task);
-    ev.decision = "allow".into();
-    ev.credential_exp = Some(expires_at);
+    let (token, run, mut ev) = issue(&s, &claims, Ctx::new(&headers, addr), "run.start")?;
     ev.details = json!({"capabilities": run.capabilities, "grant": claims.grant, "jkt": claims.cnf_jkt, "run_id": claims.run_id});
     if let Some(j) = &join {
         // Consumed first and once: of two concurrent uses, one wins.
@@ -636,31 +648,9 @@ pub async fn delegate(
         expires_at,
         ancestors,
     };
-    let token = mandate::mint(&s.root, &claims, &mut OsRng)
-        .map_err(|e| err(Code::ServerError, e.to_string()))?;
-    let run = Run {
-        id: run_id.clone(),
-        tenant: parent.tenant.clone(),
-        agent: agent.name.clone(),
-        principal: claims.principal.clone(),
-        grant: claims.grant.clone(),
-        task: task.clone(),
-        capabilities: caps.to_strings(),
-        jkt: claims.cnf_jkt.clone(),
-        started_ms: crate::now_ms(),
-        expires_at,
-        ended_ms: None,
-        parent: Some(parent.run.clone()),
-    };
+    let (token, run, mut ev) = issue(&s, &claims, Ctx::new(&headers, addr), "run.delegate")?;
     let chain: Vec<&str> = claims.ancestors.iter().map(|(r, _)| r.as_str()).collect();
-    let mut ev = Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
     ev.actor = Some(parent.run_id.clone());
-    ev.agent = Some(agent.name.clone());
-    ev.run = Some(run_id.clone());
-    ev.principal = claims.principal.clone();
-    ev.task = Some(task);
-    ev.decision = "allow".into();
-    ev.credential_exp = Some(expires_at);
     ev.details = json!({"parent": parent.run, "ancestors": chain, "depth": depth,
         "capabilities": run.capabilities, "parent_capabilities": parent.capabilities.to_strings()});
     s.commit(Entry {
