@@ -45,9 +45,12 @@ fn main() {
         task: "triage".into(),
         capabilities: CapabilitySet::parse(&["crm:read"]).unwrap(),
         cnf_jkt: run_key.kid(),
+        run_jkt: run_key.kid(),
         issued_at: NOW,
         expires_at: NOW + 900,
         ancestors: vec![],
+        hops: vec![],
+        resource_prefix: None,
     };
     let mut samples: Vec<Value> = Vec::new();
     let mut put = |name: &str, text: String, kind: &str, now: u64, expect: &str, about: &str| {
@@ -114,8 +117,8 @@ fn main() {
         extra,
         "mandate",
         NOW,
-        "more than one block",
-        "a block appended that tries to add a capability",
+        "not signed by the holder's key",
+        "a plain block appended (not signed by the holder) that tries to add a capability",
     );
     put(
         "mandate_truncated.txt",

@@ -92,6 +92,13 @@ pub fn check_action(action: &str) -> Result<()> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CapabilitySet(pub BTreeSet<Capability>);
 
+impl serde::Serialize for CapabilitySet {
+    /// As a list of `tool:action` strings.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| c.to_string()))
+    }
+}
+
 impl CapabilitySet {
     /// Parses a list of `tool:action` strings.
     pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self> {

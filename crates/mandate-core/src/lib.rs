@@ -9,6 +9,7 @@
 //! - [`keys`] and [`jose`]: signing keys, JWKs (RFC 7517), thumbprints (RFC 7638)
 //!   and compact JWS with an explicit algorithm allow-list (no `none`, no HMAC);
 //! - [`mandate`]: the run's Biscuit token (mint and verify);
+//! - [`attenuation`]: offline narrowing and hand-over of a mandate by its holders;
 //! - [`credential`]: RFC 9068-shaped JWT access tokens;
 //! - [`dpop`]: RFC 9449 proof-of-possession checks;
 //! - [`policy`]: the Cedar schema and exchange decisions;
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attenuation;
 pub mod audit;
 pub mod capability;
 pub mod client;

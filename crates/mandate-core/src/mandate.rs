@@ -26,6 +26,7 @@ use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, Privat
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 
+use crate::attenuation::{self, Hop};
 use crate::capability::{Capability, CapabilitySet};
 use crate::error::{Error, Result, malformed};
 use crate::keys::SigningKey;
@@ -57,8 +58,11 @@ pub struct MandateClaims {
     pub task: String,
     /// Capabilities (grant ∩ envelope).
     pub capabilities: CapabilitySet,
-    /// RFC 7638 thumbprint of the run's public key.
+    /// RFC 7638 thumbprint of the key that must prove possession: the run's
+    /// key, or for an attenuated mandate the key its last block names.
     pub cnf_jkt: String,
+    /// RFC 7638 thumbprint of the run's own key (the authority block's).
+    pub run_jkt: String,
     /// Issue time.
     pub issued_at: UnixTime,
     /// Expiry.
@@ -66,6 +70,10 @@ pub struct MandateClaims {
     /// For a delegated run: the runs it descends from, parent first, as
     /// (run id, run SPIFFE ID).
     pub ancestors: Vec<(String, String)>,
+    /// Offline attenuation blocks, in order (empty for a mandate as minted).
+    pub hops: Vec<Hop>,
+    /// Credentials limited to paths under this prefix (set by attenuation).
+    pub resource_prefix: Option<String>,
 }
 
 impl MandateClaims {
@@ -112,7 +120,8 @@ fn fact(name: &str, terms: Vec<Term>) -> Fact {
     Fact::new(name.to_owned(), terms)
 }
 
-/// Mints a mandate, signed with the broker's root key.
+/// Mints a mandate, signed with the broker's root key. `cnf_jkt` is the run
+/// key; `hops` and `resource_prefix` must be empty (they come from holders).
 pub fn mint(
     root: &KeyPair,
     claims: &MandateClaims,
@@ -128,7 +137,7 @@ pub fn mint(
             .fact(fact("run", vec![s(&claims.run)]))?
             .fact(fact("run_id", vec![s(&claims.run_id)]))?
             .fact(fact("task", vec![s(&claims.task)]))?
-            .fact(fact("cnf_jkt", vec![s(&claims.cnf_jkt)]))?
+            .fact(fact("cnf_jkt", vec![s(&claims.run_jkt)]))?
             .fact(fact(
                 "issued_at",
                 vec![Term::Integer(claims.issued_at as i64)],
@@ -191,9 +200,11 @@ fn map_token_err(e: biscuit_auth::error::Token) -> Error {
     }
 }
 
-/// Verifies a mandate's signature chain, its checks at `now`, and returns its
-/// claims. Mandates with attenuation blocks are refused for now (offline
-/// attenuation comes with the delegation work).
+/// Verifies a mandate's signature chain, its checks at `now` (with only
+/// `time` known: request-dependent checks are written `check all` and hold
+/// vacuously here; [`authorize_use`] runs them with the request), the hop
+/// chain of its attenuation blocks, and returns its effective claims:
+/// capabilities, expiry and key binding after every block's narrowing.
 pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateClaims> {
     if token.len() > MAX_MANDATE_LEN {
         return Err(malformed(
@@ -202,12 +213,6 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
         ));
     }
     let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
-    if biscuit.block_count() != 1 {
-        return Err(malformed(
-            "mandate",
-            "attenuated mandates (more than one block) are not accepted by this broker version",
-        ));
-    }
     let run = || -> std::result::Result<MandateClaims, biscuit_auth::error::Token> {
         let mut a = AuthorizerBuilder::new()
             .fact(fact("time", vec![Term::Date(now)]))?
@@ -226,7 +231,15 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             let v: Vec<(i64,)> = a.query(rule)?;
             Ok(v.into_iter().next().map(|t| t.0))
         };
-        let expires_at = int(&mut a, "data($x) <- expires_at($x)")?.unwrap_or(0);
+        let mut expires_at = int(&mut a, "data($x) <- expires_at($x)")?.unwrap_or(0);
+        let run_jkt = one(&mut a, "data($x) <- cnf_jkt($x)")?.ok_or_else(|| {
+            biscuit_auth::error::Token::ConversionError("missing `cnf_jkt` fact".into())
+        })?;
+        let hops = attenuation::read_hops(&biscuit, &run_jkt)
+            .map_err(|e| biscuit_auth::error::Token::ConversionError(e.to_string()))?;
+        if let Some(t) = hops.iter().filter_map(|h| h.narrowing.not_after).min() {
+            expires_at = expires_at.min(t as i64);
+        }
         // Check expiry in code first, for a precise error; the Datalog check enforces it too.
         if (expires_at as u64) < now {
             return Err(biscuit_auth::error::Token::ConversionError(format!(
@@ -240,6 +253,12 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             })
         };
         let caps: Vec<(String, String)> = a.query("data($t, $a) <- capability($t, $a)")?;
+        let granted = CapabilitySet(
+            caps.into_iter()
+                .map(|(tool, action)| Capability { tool, action })
+                .collect::<BTreeSet<_>>(),
+        );
+        let effect = attenuation::apply(&granted, expires_at as u64, &run_jkt, &hops);
         let mut parents: Vec<(i64, String, String)> =
             a.query("data($d, $r, $i) <- parent_run($d, $r, $i)")?;
         parents.sort();
@@ -262,15 +281,14 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             principal: one(&mut a, "data($x) <- principal($x)")?,
             grant: one(&mut a, "data($x) <- grant($x)")?,
             task: req(one(&mut a, "data($x) <- task($x)")?, "task")?,
-            cnf_jkt: req(one(&mut a, "data($x) <- cnf_jkt($x)")?, "cnf_jkt")?,
+            cnf_jkt: effect.holder,
+            run_jkt,
             issued_at: int(&mut a, "data($x) <- issued_at($x)")?.unwrap_or(0) as u64,
             expires_at: expires_at as u64,
             ancestors: parents.into_iter().map(|(_, r, i)| (r, i)).collect(),
-            capabilities: CapabilitySet(
-                caps.into_iter()
-                    .map(|(tool, action)| Capability { tool, action })
-                    .collect::<BTreeSet<_>>(),
-            ),
+            capabilities: effect.capabilities,
+            hops,
+            resource_prefix: effect.resource_prefix,
         })
     };
     run().map_err(|e| match e {
@@ -281,7 +299,54 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
                 now,
             }
         }
-        biscuit_auth::error::Token::ConversionError(m) => malformed("mandate", m),
+        biscuit_auth::error::Token::ConversionError(m) => match m.strip_prefix("malformed mandate: ") {
+            Some(r) => malformed("mandate", r.to_owned()),
+            None => malformed("mandate", m),
+        },
+        e => map_token_err(e),
+    })
+}
+
+/// Runs every check of an attenuated mandate against one use: `request`
+/// facts for the tool and each action, `uses(block, n)` for the uses counted
+/// so far of each block with a use limit, and `resource` if a path is known.
+/// Returns why it is refused, in words, if a check fails.
+pub fn authorize_use(
+    root: &PublicKey,
+    token: &str,
+    now: UnixTime,
+    tool: &str,
+    actions: &[String],
+    uses: &[(usize, u64)],
+    resource: Option<&str>,
+) -> Result<()> {
+    let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
+    let run = || -> std::result::Result<(), biscuit_auth::error::Token> {
+        let mut b = AuthorizerBuilder::new().fact(fact("time", vec![Term::Date(now)]))?;
+        for a in actions {
+            b = b.fact(fact("request", vec![s(tool), s(a)]))?;
+        }
+        for (block, n) in uses {
+            b = b.fact(fact(
+                "uses",
+                vec![Term::Integer(*block as i64), Term::Integer(*n as i64)],
+            ))?;
+        }
+        if let Some(r) = resource {
+            b = b.fact(fact("resource", vec![s(r)]))?;
+        }
+        let mut a = b
+            .policy("allow if true")?
+            .set_limits(authorizer_limits())
+            .build(&biscuit)?;
+        a.authorize()?;
+        Ok(())
+    };
+    run().map_err(|e| match e {
+        biscuit_auth::error::Token::FailedLogic(l) => Error::Malformed {
+            what: "mandate",
+            reason: format!("its attenuation does not allow this use: {l}"),
+        },
         e => map_token_err(e),
     })
 }
@@ -310,9 +375,12 @@ mod tests {
             task: "triage issue #42".into(),
             capabilities: CapabilitySet::parse(&["github:read", "crm:*"]).unwrap(),
             cnf_jkt: "abc".into(),
+            run_jkt: "abc".into(),
             issued_at: now,
             expires_at: now + 900,
             ancestors: vec![],
+            hops: vec![],
+            resource_prefix: None,
         }
     }
 

@@ -382,9 +382,12 @@ pub async fn start_run(
         task: task.clone(),
         capabilities: caps.clone(),
         cnf_jkt: key.thumbprint(),
+        run_jkt: key.thumbprint(),
         issued_at: now,
         expires_at,
         ancestors: vec![],
+        hops: vec![],
+        resource_prefix: None,
     };
     let (token, run, mut ev) = issue(&s, &claims, Ctx::new(&headers, addr), "run.start")?;
     ev.details = json!({"capabilities": run.capabilities, "grant": claims.grant, "jkt": claims.cnf_jkt, "run_id": claims.run_id});
@@ -561,6 +564,12 @@ pub async fn delegate(
     )
     .map_err(|e| err(Code::InvalidDpopProof, e.to_string()))?;
     s.first_use_of_proof(&verified, now)?;
+    if !parent.hops.is_empty() {
+        return Err(err(
+            Code::InvalidRequest,
+            "an attenuated mandate cannot start child runs (its use limits and hops would not carry over); delegate from the run's own mandate, or hand this one on offline with `mandate token attenuate`",
+        ));
+    }
     let depth = parent.ancestors.len() + 1;
     if depth > s.config.max_delegation_depth {
         return Err(err(
@@ -644,9 +653,12 @@ pub async fn delegate(
         task: task.clone(),
         capabilities: caps.clone(),
         cnf_jkt: key.thumbprint(),
+        run_jkt: key.thumbprint(),
         issued_at: now,
         expires_at,
         ancestors,
+        hops: vec![],
+        resource_prefix: None,
     };
     let (token, run, mut ev) = issue(&s, &claims, Ctx::new(&headers, addr), "run.delegate")?;
     let chain: Vec<&str> = claims.ancestors.iter().map(|(r, _)| r.as_str()).collect();
