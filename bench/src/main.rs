@@ -426,6 +426,7 @@ fn verify_bench(iterations: u32) {
         agent: "a".into(),
         task: "bench".into(),
         grant: None,
+        path_prefix: None,
     };
     let Ok(token) = credential::sign(&keys.jwt_eddsa, &claims) else {
         return;

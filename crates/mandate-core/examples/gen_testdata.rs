@@ -263,6 +263,7 @@ fn main() {
         agent: "triage".into(),
         task: "triage".into(),
         grant: Some("grt_1".into()),
+        path_prefix: None,
     };
     let cred = credential::sign(&keys.jwt_eddsa, &access).unwrap();
     put(

@@ -116,7 +116,10 @@ fn s(v: &str) -> Term {
 }
 
 /// The block for `n`, at position `index`.
-fn block(index: usize, n: &Narrowing) -> std::result::Result<BlockBuilder, biscuit_auth::error::Token> {
+fn block(
+    index: usize,
+    n: &Narrowing,
+) -> std::result::Result<BlockBuilder, biscuit_auth::error::Token> {
     let mut b = BlockBuilder::new();
     let fact = |name: &str, terms: Vec<Term>| biscuit_auth::builder::Fact::new(name.into(), terms);
     let p = |k: &str, v: Term| HashMap::from([(k.to_owned(), v)]);
@@ -177,10 +180,16 @@ fn check_narrowing(n: &Narrowing) -> Result<()> {
     if let Some(l) = &n.next_holder_name
         && (l.is_empty() || l.len() > 128 || l.chars().any(char::is_control))
     {
-        return Err(malformed("next holder name", "1 to 128 printable characters"));
+        return Err(malformed(
+            "next holder name",
+            "1 to 128 printable characters",
+        ));
     }
     if let Some(p) = &n.resource_prefix
-        && (!p.starts_with('/') || p.len() > 512 || p.contains("..") || p.chars().any(char::is_control))
+        && (!p.starts_with('/')
+            || p.len() > 512
+            || p.contains("..")
+            || p.chars().any(char::is_control))
     {
         return Err(malformed(
             "resource prefix",
@@ -207,7 +216,8 @@ pub fn attenuate(token: &str, holder: &SigningKey, n: &Narrowing) -> Result<Stri
     if token.len() > crate::mandate::MAX_MANDATE_LEN {
         return Err(malformed("mandate", "too long"));
     }
-    let t = UnverifiedBiscuit::from_base64(token).map_err(|e| malformed("mandate", e.to_string()))?;
+    let t =
+        UnverifiedBiscuit::from_base64(token).map_err(|e| malformed("mandate", e.to_string()))?;
     if t.block_count() > MAX_HOPS {
         return Err(malformed(
             "mandate",
@@ -217,9 +227,11 @@ pub fn attenuate(token: &str, holder: &SigningKey, n: &Narrowing) -> Result<Stri
     let go = || -> std::result::Result<String, biscuit_auth::error::Token> {
         let b = block(t.block_count(), n)?;
         let req = t.third_party_request()?;
-        let signed = req.create_block(&biscuit_private(holder).map_err(|_| {
-            biscuit_auth::error::Token::ConversionError("holder key".into())
-        })?, b)?;
+        let signed = req.create_block(
+            &biscuit_private(holder)
+                .map_err(|_| biscuit_auth::error::Token::ConversionError("holder key".into()))?,
+            b,
+        )?;
         t.append_third_party(&signed.serialize()?)?.to_base64()
     };
     let out = go().map_err(|e| Error::Crypto(format!("could not attenuate the mandate: {e}")))?;
@@ -279,20 +291,21 @@ pub(crate) fn read_hops(b: &Biscuit, run_jkt: &str) -> Result<Vec<Hop>> {
             .code(&src)
             .map_err(|e| bad(format!("unreadable Datalog: {e}")))?;
         if !parsed.rules.is_empty() || !parsed.scopes.is_empty() {
-            return Err(bad("rules and scopes are not accepted, only facts and checks".into()));
+            return Err(bad(
+                "rules and scopes are not accepted, only facts and checks".into(),
+            ));
         }
         let mut n = Narrowing::default();
         let mut only = BTreeSet::new();
-        let set_once = |slot: &mut Option<String>, v: Option<&str>, what: &str| {
-            match (slot.is_some(), v) {
+        let set_once =
+            |slot: &mut Option<String>, v: Option<&str>, what: &str| match (slot.is_some(), v) {
                 (false, Some(v)) => {
                     *slot = Some(v.to_owned());
                     Ok(())
                 }
                 (true, _) => Err(bad(format!("`{what}` is stated twice"))),
                 (_, None) => Err(bad(format!("`{what}` must be a string"))),
-            }
-        };
+            };
         for f in &parsed.facts {
             let terms = &f.predicate.terms;
             match (f.predicate.name.as_str(), terms.len()) {
@@ -314,9 +327,9 @@ pub(crate) fn read_hops(b: &Biscuit, run_jkt: &str) -> Result<Vec<Hop>> {
                     );
                 }
                 ("not_after", 1) => {
-                    let t = int_term(&terms[0]).filter(|t| *t >= 0).ok_or_else(|| {
-                        bad("`not_after` takes a non-negative integer".into())
-                    })?;
+                    let t = int_term(&terms[0])
+                        .filter(|t| *t >= 0)
+                        .ok_or_else(|| bad("`not_after` takes a non-negative integer".into()))?;
                     n.not_after = Some(n.not_after.map_or(t as u64, |x| x.min(t as u64)));
                 }
                 ("max_uses", 1) => {

@@ -67,6 +67,11 @@ pub struct AccessClaims {
     /// Grant, when acting under one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub grant: Option<String>,
+    /// Paths under which the credential may be used, when a holder narrowed
+    /// its mandate to a resource prefix (the broker's proxy enforces it;
+    /// other tools should).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path_prefix: Option<String>,
 }
 
 impl AccessClaims {
@@ -203,6 +208,7 @@ mod tests {
             agent: "a".into(),
             task: "x".into(),
             grant: None,
+            path_prefix: None,
         }
     }
 

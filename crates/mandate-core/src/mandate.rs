@@ -299,10 +299,12 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
                 now,
             }
         }
-        biscuit_auth::error::Token::ConversionError(m) => match m.strip_prefix("malformed mandate: ") {
-            Some(r) => malformed("mandate", r.to_owned()),
-            None => malformed("mandate", m),
-        },
+        biscuit_auth::error::Token::ConversionError(m) => {
+            match m.strip_prefix("malformed mandate: ") {
+                Some(r) => malformed("mandate", r.to_owned()),
+                None => malformed("mandate", m),
+            }
+        }
         e => map_token_err(e),
     })
 }

@@ -1,11 +1,11 @@
 //! Offline attenuation: narrowing only, hop keys proven, the chain tamper-evident.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 use biscuit_auth::format::schema;
 use mandate_core::Error;
 use mandate_core::attenuation::{Narrowing, attenuate};
 use mandate_core::capability::CapabilitySet;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE;
 use mandate_core::jose::Alg;
 use mandate_core::keys::SigningKey;
 use mandate_core::mandate::{self, MandateClaims};
@@ -67,10 +67,19 @@ fn hand_to(next: &SigningKey, c: &[&str]) -> Narrowing {
 fn a_hop_narrows_and_hands_over_to_the_next_key() {
     let f = fixture();
     let sub = SigningKey::generate(Alg::ES256, &mut OsRng);
-    let t = attenuate(&f.token, &f.run_key, &hand_to(&sub, &["github:read", "crm:read"])).unwrap();
+    let t = attenuate(
+        &f.token,
+        &f.run_key,
+        &hand_to(&sub, &["github:read", "crm:read"]),
+    )
+    .unwrap();
     let c = mandate::verify(&f.root.public(), &t, NOW).unwrap();
     assert_eq!(c.capabilities.to_strings(), ["crm:read", "github:read"]);
-    assert_eq!(c.cnf_jkt, sub.kid(), "the next holder must prove possession");
+    assert_eq!(
+        c.cnf_jkt,
+        sub.kid(),
+        "the next holder must prove possession"
+    );
     assert_eq!(c.run_jkt, f.run_key.kid());
     assert_eq!(c.hops.len(), 1);
     assert_eq!(c.hops[0].signed_by, f.run_key.kid());
@@ -131,18 +140,28 @@ fn a_block_that_tries_to_add_a_capability_changes_nothing() {
         biscuit_auth::Algorithm::Ed25519,
     )
     .unwrap();
-    let signed = b.third_party_request().unwrap().create_block(&key, blk).unwrap();
+    let signed = b
+        .third_party_request()
+        .unwrap()
+        .create_block(&key, blk)
+        .unwrap();
     let forged = b
         .append_third_party(&signed.serialize().unwrap())
         .unwrap()
         .to_base64()
         .unwrap();
-    let e = mandate::verify(&root, &forged, NOW).unwrap_err().to_string();
+    let e = mandate::verify(&root, &forged, NOW)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown fact `capability`"), "{e}");
 
     // A plain (first-party) block, signed by nobody's key, is refused.
     let plain = b
-        .append(biscuit_auth::builder::BlockBuilder::new().fact("only(\"github\", \"read\")").unwrap())
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .fact("only(\"github\", \"read\")")
+                .unwrap(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
@@ -157,12 +176,16 @@ fn a_hop_signed_by_the_wrong_key_is_refused() {
     let thief = SigningKey::generate(Alg::EdDSA, &mut OsRng);
     // The first block must be signed by the run key.
     let e = attenuate(&f.token, &thief, &hand_to(&thief, &["github:read"])).unwrap();
-    let err = mandate::verify(&f.root.public(), &e, NOW).unwrap_err().to_string();
+    let err = mandate::verify(&f.root.public(), &e, NOW)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("signed by key"), "{err}");
     // Handed to `sub`: only `sub` may sign the next block.
     let t = attenuate(&f.token, &f.run_key, &hand_to(&sub, &["github:read"])).unwrap();
     let by_thief = attenuate(&t, &thief, &hand_to(&thief, &["github:read"])).unwrap();
-    let err = mandate::verify(&f.root.public(), &by_thief, NOW).unwrap_err().to_string();
+    let err = mandate::verify(&f.root.public(), &by_thief, NOW)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("held by key {}", sub.kid())), "{err}");
     // Nor may the run key take it back once handed on.
     let by_run = attenuate(&t, &f.run_key, &Narrowing::default()).unwrap();
@@ -182,7 +205,12 @@ fn reordered_removed_or_altered_blocks_are_refused() {
     let f = fixture();
     let k1 = SigningKey::generate(Alg::EdDSA, &mut OsRng);
     let k2 = SigningKey::generate(Alg::EdDSA, &mut OsRng);
-    let t = attenuate(&f.token, &f.run_key, &hand_to(&k1, &["github:read", "crm:read"])).unwrap();
+    let t = attenuate(
+        &f.token,
+        &f.run_key,
+        &hand_to(&k1, &["github:read", "crm:read"]),
+    )
+    .unwrap();
     let t = attenuate(&t, &k1, &hand_to(&k2, &["github:read"])).unwrap();
     let root = f.root.public();
     assert!(mandate::verify(&root, &t, NOW).is_ok());
@@ -224,21 +252,58 @@ fn use_limits_and_resource_prefixes_are_checked_in_datalog() {
     .unwrap();
     let root = f.root.public();
     let a = ["read".to_owned()];
-    assert!(mandate::authorize_use(&root, &t, NOW, "github", &a, &[(1, 1)], Some("/repos/acme/x")).is_ok());
+    assert!(
+        mandate::authorize_use(
+            &root,
+            &t,
+            NOW,
+            "github",
+            &a,
+            &[(1, 1)],
+            Some("/repos/acme/x")
+        )
+        .is_ok()
+    );
     let e = mandate::authorize_use(&root, &t, NOW, "github", &a, &[(1, 2)], None).unwrap_err();
     assert!(e.to_string().contains("does not allow this use"), "{e}");
-    assert!(mandate::authorize_use(&root, &t, NOW, "github", &a, &[(1, 0)], Some("/repos/other/x")).is_err());
+    assert!(
+        mandate::authorize_use(
+            &root,
+            &t,
+            NOW,
+            "github",
+            &a,
+            &[(1, 0)],
+            Some("/repos/other/x")
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn bad_narrowing_is_refused_before_signing() {
     let f = fixture();
     for n in [
-        Narrowing { max_uses: Some(0), ..Default::default() },
-        Narrowing { resource_prefix: Some("repos".into()), ..Default::default() },
-        Narrowing { resource_prefix: Some("/a/../b".into()), ..Default::default() },
-        Narrowing { next_holder: Some("not-a-thumbprint".into()), ..Default::default() },
-        Narrowing { capabilities: Some(CapabilitySet::default()), ..Default::default() },
+        Narrowing {
+            max_uses: Some(0),
+            ..Default::default()
+        },
+        Narrowing {
+            resource_prefix: Some("repos".into()),
+            ..Default::default()
+        },
+        Narrowing {
+            resource_prefix: Some("/a/../b".into()),
+            ..Default::default()
+        },
+        Narrowing {
+            next_holder: Some("not-a-thumbprint".into()),
+            ..Default::default()
+        },
+        Narrowing {
+            capabilities: Some(CapabilitySet::default()),
+            ..Default::default()
+        },
     ] {
         assert!(attenuate(&f.token, &f.run_key, &n).is_err(), "{n:?}");
     }

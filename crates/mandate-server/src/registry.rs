@@ -93,8 +93,20 @@ impl Registry {
 
     /// Applies a committed mutation.
     pub fn apply(&mut self, m: &Mutation, engine: &Engine, revocation_seq: Option<u64>) {
+        match m {
+            // Use counts live in the store only; they change no decision input.
+            Mutation::CountUses { .. } => return,
+            Mutation::Batch(all) => {
+                for m in all {
+                    self.apply(m, engine, revocation_seq);
+                }
+                return;
+            }
+            _ => {}
+        }
         self.generation += 1;
         match m {
+            Mutation::CountUses { .. } | Mutation::Batch(_) => {}
             Mutation::CreateTenant(t) => {
                 self.tenants.insert(t.name.clone(), t.clone());
             }

@@ -129,4 +129,6 @@ pub trait Store: Send + Sync {
     fn live_leases(&self) -> Result<Vec<Lease>>;
     /// A join token by id.
     fn join_token(&self, id: &str) -> Result<Option<JoinToken>>;
+    /// How many times each attenuation block has been used (0 if never).
+    fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>>;
 }

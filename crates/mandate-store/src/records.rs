@@ -400,6 +400,16 @@ pub enum Mutation {
     },
     /// Store an admin credential.
     PutAdminToken(AdminToken),
+    /// Several mutations, all or none.
+    Batch(Vec<Mutation>),
+    /// Count one use of each attenuation block (block id, limit); fails,
+    /// changing nothing, if any block has reached its limit.
+    CountUses {
+        /// (block id, use limit).
+        blocks: Vec<(String, u64)>,
+        /// When the counts can be forgotten (the mandate's expiry).
+        until: u64,
+    },
     /// Set a metadata value.
     PutMeta {
         /// Key.

@@ -84,8 +84,13 @@ CREATE TABLE join_tokens (
   used_ms INTEGER);
 "#;
 
+/// Version 3: use counts of attenuated mandates' blocks.
+const SCHEMA_V3: &str = r#"
+CREATE TABLE block_uses (block TEXT PRIMARY KEY, uses INTEGER NOT NULL, until INTEGER NOT NULL);
+"#;
+
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -143,6 +148,11 @@ impl SqliteStore {
         if version < 2 {
             writer.execute_batch(&format!(
                 "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+            ))?;
+        }
+        if version < 3 {
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
             ))?;
         }
         let head = writer
@@ -286,6 +296,25 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 "INSERT INTO admin_tokens (id, hash, created_ms) VALUES (?1, ?2, ?3)",
                 params![t.id, t.hash, t.created_ms as i64],
             )?;
+        }
+        Mutation::Batch(all) => {
+            for m in all {
+                apply(tx, m)?;
+            }
+        }
+        Mutation::CountUses { blocks, until } => {
+            for (block, limit) in blocks {
+                let n = tx.execute(
+                    "INSERT INTO block_uses (block, uses, until) VALUES (?1, 1, ?3)
+                     ON CONFLICT (block) DO UPDATE SET uses = uses + 1 WHERE uses < ?2",
+                    params![block, *limit as i64, *until as i64],
+                )?;
+                if n == 0 || *limit == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "use limit ({limit}) of attenuation block {block}: reached"
+                    )));
+                }
+            }
         }
         Mutation::PutMeta { key, value } => {
             tx.execute(
@@ -649,6 +678,19 @@ impl Store for SqliteStore {
             },
         )
         .optional()?)
+    }
+
+    fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>> {
+        let c = lock(&self.reader);
+        let mut q = c.prepare_cached("SELECT uses FROM block_uses WHERE block = ?1")?;
+        blocks
+            .iter()
+            .map(|b| {
+                Ok(q.query_row(params![b], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .unwrap_or(0) as u64)
+            })
+            .collect()
     }
 
     fn get_run(&self, id: &str) -> Result<Option<Run>> {

@@ -61,6 +61,7 @@ fn claims(f: &Fixture) -> AccessClaims {
         agent: "bot".into(),
         task: "sync contacts".into(),
         grant: Some("grt_1".into()),
+        path_prefix: None,
     }
 }
 

@@ -19,7 +19,7 @@ use mandate_core::credential::{self, AccessClaims, Actor, Confirmation};
 use mandate_core::dpop::{self, ProofExpectations};
 use mandate_core::ids::random_id;
 use mandate_core::jose::Alg;
-use mandate_core::mandate::MandateClaims;
+use mandate_core::mandate::{self, MandateClaims};
 use mandate_core::policy::ExchangeFacts;
 use mandate_store::{Entry, Lease, Mutation, Revocation, Tool};
 
@@ -47,6 +47,10 @@ struct Issued {
     tool: Tool,
     /// Roles a `postgres` credential joins.
     pg_roles: Vec<String>,
+    /// Use-limited attenuation blocks to count (block id, limit).
+    count_uses: Vec<(String, u64)>,
+    /// Expiry of the mandate (when the counts can be forgotten).
+    mandate_exp: u64,
 }
 
 /// RFC 8414 authorization server metadata.
@@ -174,6 +178,13 @@ async fn token_inner(
             ev.credential_exp = Some(claims.exp);
             ev.details =
                 json!({"grant": claims.grant, "aud": claims.aud, "provider": issued.tool.provider});
+            if let Some(m) = seen.mandate.as_deref().filter(|m| !m.hops.is_empty()) {
+                ev.details["hops"] = json!(m.hops);
+                ev.details["holder"] = json!(m.cnf_jkt);
+                if let Some(p) = &m.resource_prefix {
+                    ev.details["path_prefix"] = json!(p);
+                }
+            }
             // A database credential is a role the broker must drop later:
             // the lease is recorded with the event, before the role exists.
             let pg = if issued.tool.provider == "postgres" {
@@ -202,13 +213,40 @@ async fn token_inner(
             };
             // The event is durable before the credential leaves the broker.
             let withheld = ev.clone();
+            let mut mutations: Vec<Mutation> =
+                pg.clone().map(Mutation::CreateLease).into_iter().collect();
+            if !issued.count_uses.is_empty() {
+                mutations.push(Mutation::CountUses {
+                    blocks: issued.count_uses.clone(),
+                    until: issued.mandate_exp,
+                });
+            }
+            let mutation = match mutations.len() {
+                0 | 1 => mutations.pop(),
+                _ => Some(Mutation::Batch(mutations)),
+            };
             if let Err(e) = s
                 .commit(Entry {
-                    mutation: pg.clone().map(Mutation::CreateLease),
+                    mutation,
                     events: vec![ev],
                 })
                 .await
             {
+                if e.code == Code::Conflict && !issued.count_uses.is_empty() {
+                    // Another exchange took the last use first.
+                    let mut w = withheld;
+                    w.decision = "deny".into();
+                    w.credential_id = None;
+                    w.reason = Some("use limit of an attenuation block reached".into());
+                    if let Err(e) = s.record(vec![w]).await {
+                        return e.into_response();
+                    }
+                    return err(
+                        Code::InvalidGrant,
+                        "an attenuation block's use limit was reached; ask the holder before you for a new mandate",
+                    )
+                    .into_response();
+                }
                 return e.into_response();
             }
             // A revocation committed while this exchange was in flight wins:
@@ -499,6 +537,47 @@ fn exchange(
             ));
         }
     }
+    // An attenuated mandate: every block's checks run against this use
+    // (what is asked, and how often each use-limited block was used).
+    let mut count_uses = Vec::new();
+    if !claims.hops.is_empty() {
+        let limited: Vec<_> = claims
+            .hops
+            .iter()
+            .filter_map(|h| h.narrowing.max_uses.map(|n| (h, n)))
+            .collect();
+        let ids: Vec<String> = limited.iter().map(|(h, _)| h.block_id.clone()).collect();
+        let counts = s.store.block_uses(&ids)?;
+        let uses: Vec<(usize, u64)> = limited
+            .iter()
+            .zip(&counts)
+            .map(|((h, _), c)| (h.index, *c))
+            .collect();
+        if let Some(((h, n), _)) = limited.iter().zip(&counts).find(|((_, n), c)| **c >= *n) {
+            seen.audit_reason = Some(format!("use limit of attenuation block {}", h.index));
+            return Err(err(
+                Code::InvalidGrant,
+                format!(
+                    "attenuation block {} allows {n} uses and all have been made; ask the holder before it for a new mandate",
+                    h.index
+                ),
+            ));
+        }
+        mandate::authorize_use(
+            &s.root_public,
+            subject,
+            now,
+            &tool.name,
+            &actions,
+            &uses,
+            None,
+        )
+        .map_err(|e| err(Code::InvalidScope, e.to_string()))?;
+        count_uses = limited
+            .iter()
+            .map(|(h, n)| (h.block_id.clone(), *n))
+            .collect();
+    }
     let mut pg_roles: Vec<String> = Vec::new();
     if let Some(spec) = &tool.postgres {
         for a in &actions {
@@ -551,20 +630,7 @@ fn exchange(
             .principal
             .clone()
             .unwrap_or_else(|| claims.agent_id.clone()),
-        act: {
-            // RFC 8693 §4.1: the current actor first, earlier ones nested.
-            let mut earlier = None;
-            for (_, run_id) in claims.ancestors.iter().rev() {
-                earlier = Some(Box::new(Actor {
-                    sub: run_id.clone(),
-                    act: earlier,
-                }));
-            }
-            Actor {
-                sub: claims.run_id.clone(),
-                act: earlier,
-            }
-        },
+        act: act_chain(&claims),
         client_id: claims.agent_id.clone(),
         scope: actions.join(" "),
         jti: random_id(&mut OsRng, "cred_"),
@@ -578,6 +644,7 @@ fn exchange(
         agent: claims.agent.clone(),
         task: claims.task.clone(),
         grant: claims.grant.clone(),
+        path_prefix: claims.resource_prefix.clone(),
     };
     let mut access = access;
     let token = match tool.provider.as_str() {
@@ -606,8 +673,37 @@ fn exchange(
         token,
         tool,
         pg_roles,
+        count_uses,
+        mandate_exp: claims.expires_at,
     })
 }
+
+/// The RFC 8693 §4.1 actor chain, current actor first: each holder a block
+/// handed the mandate to (by RFC 9278 JWK thumbprint URI), then the run,
+/// then the runs it was delegated from.
+fn act_chain(claims: &MandateClaims) -> Actor {
+    let mut chain = None;
+    for (_, run_id) in claims.ancestors.iter().rev() {
+        chain = Some(Box::new(Actor {
+            sub: run_id.clone(),
+            act: chain,
+        }));
+    }
+    let mut current = Actor {
+        sub: claims.run_id.clone(),
+        act: chain,
+    };
+    for h in claims.hops.iter().filter(|h| h.holder != h.signed_by) {
+        current = Actor {
+            sub: format!("{JKT_URN}{}", h.holder),
+            act: Some(Box::new(current)),
+        };
+    }
+    current
+}
+
+/// RFC 9278 §3: JWK Thumbprint URI prefix for SHA-256 thumbprints.
+pub const JKT_URN: &str = "urn:ietf:params:oauth:jwk-thumbprint:sha-256:";
 
 /// What a presented token turned out to be.
 enum Presented {

@@ -447,6 +447,20 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
             ),
         ));
     }
+    // A holder narrowed its mandate to paths under a prefix (the path is
+    // already free of dot segments and encoded slashes).
+    if let Some(prefix) = &claims.path_prefix
+        && !upstream_path.starts_with(prefix.as_str())
+    {
+        ev.reason = Some(format!("outside path prefix {prefix}"));
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "`{}` is outside `{prefix}`, the only paths this credential may reach",
+                upstream_path.chars().take(128).collect::<String>()
+            ),
+        ));
+    }
     let agent = reg
         .agents
         .get(&(claims.tenant.clone(), claims.agent.clone()))

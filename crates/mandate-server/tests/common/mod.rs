@@ -44,6 +44,31 @@ impl Broker {
 
     pub fn start_in(dir: PathBuf, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(std_listener, dir, tweak)
+    }
+
+    /// Stops this broker and starts it again on the same address and data
+    /// (mandates name the broker's address, so they stay valid).
+    #[allow(dead_code)]
+    pub fn restart(self) -> Self {
+        let addr: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
+        let dir = self.dir.clone();
+        drop(self);
+        let l = (0..50)
+            .find_map(|_| {
+                std::net::TcpListener::bind(addr)
+                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(100)))
+                    .ok()
+            })
+            .expect("the old address is free again");
+        Self::start_on(l, dir, |_| {})
+    }
+
+    fn start_on(
+        std_listener: std::net::TcpListener,
+        dir: PathBuf,
+        tweak: impl FnOnce(&mut mandate_server::Config),
+    ) -> Self {
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let mut cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
