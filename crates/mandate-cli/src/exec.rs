@@ -8,7 +8,10 @@
 //!   Workload API: `GET /v1/identity`, `POST /v1/credentials` (a fresh,
 //!   cached, refreshed credential for a tool and actions; the wrapper does
 //!   the DPoP work) and `POST /v1/dpop` (a DPoP proof signed by the run key
-//!   for a request the child makes to a `jwt` tool; the key never leaves);
+//!   for a request the child makes to a `jwt` tool; the key never leaves)
+//!   and `POST /v1/attenuate` (the run's mandate narrowed and handed to a
+//!   sub-agent's key, signed by the run key: the sub-agent gets less, and
+//!   only it can use what it gets);
 //! - for each `--tool`, the environment variables its registration names
 //!   (e.g. an API key variable set to a short-lived proxy credential and a
 //!   base-URL variable set to the broker's proxy), so unchanged SDKs work.
@@ -72,7 +75,7 @@ struct RunAgent {
     identity: Value,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -210,6 +213,23 @@ struct ProofRequest {
     access_token: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttenuateRequest {
+    /// RFC 7638 thumbprint of the sub-agent's key.
+    to: String,
+    #[serde(default)]
+    to_name: Option<String>,
+    #[serde(default)]
+    only: Vec<String>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    uses: Option<u64>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+}
+
 type Reply = (StatusCode, Json<Value>);
 
 fn refused(status: StatusCode, why: impl Into<String>) -> Reply {
@@ -283,6 +303,43 @@ async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply 
     }
     let proof = a.proof(&req.method, &req.url, req.access_token.as_deref());
     (StatusCode::OK, Json(json!({"dpop": proof})))
+}
+
+async fn attenuate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {
+    let req: AttenuateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "send JSON {{\"to\": <key thumbprint>, \"only\": [\"tool:action\"], \"ttl_secs\", \"uses\", \"path_prefix\", \"to_name\"}}: {e}"
+                ),
+            );
+        }
+    };
+    let capabilities = if req.only.is_empty() {
+        None
+    } else {
+        match mandate_core::capability::CapabilitySet::parse(&req.only) {
+            Ok(c) => Some(c),
+            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("`only`: {e}")),
+        }
+    };
+    let n = mandate_core::attenuation::Narrowing {
+        capabilities,
+        not_after: req.ttl_secs.map(|t| now() + t),
+        max_uses: req.uses,
+        resource_prefix: req.path_prefix,
+        next_holder: Some(req.to),
+        next_holder_name: req.to_name,
+    };
+    match mandate_core::attenuation::attenuate(&a.mandate, &a.key, &n) {
+        Ok(m) => (
+            StatusCode::OK,
+            Json(json!({"mandate": m, "holder": n.next_holder, "signed_by": a.key.kid()})),
+        ),
+        Err(e) => refused(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 /// A private directory for the socket: $XDG_RUNTIME_DIR or the temp dir.
@@ -427,6 +484,7 @@ fn supervise(
             .route("/v1/identity", get(identity))
             .route("/v1/credentials", post(credentials))
             .route("/v1/dpop", post(dpop))
+            .route("/v1/attenuate", post(attenuate))
             .with_state(Arc::clone(agent));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

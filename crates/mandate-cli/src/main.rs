@@ -4,6 +4,7 @@
 
 mod client;
 mod exec;
+mod offline;
 mod output;
 
 use std::net::SocketAddr;
@@ -72,9 +73,12 @@ enum Cmd {
     /// Feed credentials: for tools' verifiers, read the revocation feed and nothing else.
     #[command(subcommand)]
     FeedToken(FeedTokenCmd),
-    /// Look inside tokens.
+    /// Look inside tokens, and narrow a mandate offline.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Holder keys (private JWK files) for offline attenuation.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// List and verify the audit trail.
     Audit(AuditArgs),
 }
@@ -437,6 +441,17 @@ enum TokenCmd {
         /// The token, or `-` to read it from standard input.
         token: String,
     },
+    /// Narrow a mandate without calling the broker, and optionally hand it to
+    /// another key (a sub-agent): appends a Biscuit block signed by the key
+    /// that holds it now. Prints the new mandate. Needs no broker.
+    Attenuate(offline::Attenuate),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Make a key pair; writes the private JWK to a new 0600 file and prints
+    /// the public JWK and its RFC 7638 thumbprint (what `--to` names).
+    Generate(offline::KeyGenerate),
 }
 
 #[derive(Args)]
@@ -558,7 +573,7 @@ fn data_dir() -> PathBuf {
         .join("mandate")
 }
 
-fn parse_duration(s: &str) -> Result<u64, CliError> {
+pub(crate) fn parse_duration(s: &str) -> Result<u64, CliError> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| {
         CliError(format!(
@@ -1080,6 +1095,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     "revoked {}: refused from now on",
                     v["revoked"].as_str().unwrap_or("")
                 );
+            }
+        }
+        Cmd::Key(KeyCmd::Generate(a)) => {
+            let v = offline::key_generate(a)?;
+            show(j, &v, &["file", "alg", "jkt"]);
+        }
+        Cmd::Token(TokenCmd::Attenuate(a)) => {
+            let v = offline::attenuate_cmd(a, exec::now())?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!("{}", v["mandate"].as_str().unwrap_or_default());
             }
         }
         Cmd::Token(TokenCmd::Inspect { token }) => {

@@ -150,8 +150,27 @@ pub(crate) fn print_inspection(v: &Value) {
     println!("{} — {verdict}", cell(&v["kind"]));
     let hops = v["chain"].as_array().cloned().unwrap_or_default();
     for (i, h) in hops.iter().enumerate() {
+        let mut extra = String::new();
+        if let Some(n) = h["name"].as_str() {
+            extra.push_str(&format!(" ({n})"));
+        }
+        for (label, key) in [
+            ("only", "capabilities"),
+            ("uses ≤", "max_uses"),
+            ("paths", "path_prefix"),
+        ] {
+            if !h[key].is_null() {
+                extra.push_str(&format!(" {label} {}", cell(&h[key])));
+            }
+        }
+        if let Some(t) = h["not_after"].as_u64() {
+            extra.push_str(&format!(" until {}", time_s(t)));
+        }
+        if let Some(k) = h["signed_by"].as_str() {
+            extra.push_str(&format!(" [signed by key {k}]"));
+        }
         println!(
-            "{}{:<7} {}",
+            "{}{:<8} {}{extra}",
             "  ".repeat(i + 1),
             cell(&h["hop"]),
             cell(&h["id"])
@@ -165,6 +184,7 @@ pub(crate) fn print_inspection(v: &Value) {
         ("tool", "tool"),
         ("actions", "actions"),
         ("capabilities", "capabilities"),
+        ("paths", "path_prefix"),
         ("credential", "jti"),
     ] {
         if !v[key].is_null() {

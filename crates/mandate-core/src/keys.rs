@@ -108,6 +108,50 @@ impl SigningKey {
         out
     }
 
+    /// The private JWK (RFC 7517 §4, RFC 8037 §2 for Ed25519, RFC 7518
+    /// §6.2.2 for P-256), as text to write to a key file. Wrapped in a
+    /// [`Secret`] so it is zeroized and never printed by `Debug`.
+    pub fn to_private_jwk(&self) -> Secret {
+        let mut v = self.public_jwk();
+        v["d"] = json!(b64(self.to_secret().expose()));
+        Secret::new(v.to_string().into_bytes())
+    }
+
+    /// Reads a private JWK (Ed25519 or P-256), checking that its public
+    /// members match the private key.
+    pub fn from_private_jwk(text: &[u8]) -> Result<Self> {
+        let bad = |reason: &str| Error::Malformed {
+            what: "private key file",
+            reason: reason.to_owned(),
+        };
+        let v: Value =
+            serde_json::from_slice(text).map_err(|_| bad("not a JSON Web Key (RFC 7517)"))?;
+        let d = v
+            .get("d")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no private key (`d`); this is a public key"))?;
+        let alg = match (
+            v.get("kty").and_then(Value::as_str),
+            v.get("crv").and_then(Value::as_str),
+        ) {
+            (Some("OKP"), Some("Ed25519")) => Alg::EdDSA,
+            (Some("EC"), Some("P-256")) => Alg::ES256,
+            _ => return Err(bad("use an Ed25519 (OKP) or P-256 (EC) key")),
+        };
+        let secret = Secret::new(
+            crate::jose::unb64("private key file", d).map_err(|_| bad("`d` is not base64url"))?,
+        );
+        let key = Self::from_bytes(alg, secret.expose())?;
+        let mut public = v.clone();
+        if let Some(o) = public.as_object_mut() {
+            o.remove("d");
+        }
+        if !key.public().same_as_json(&public) {
+            return Err(bad("its public members do not match its private key"));
+        }
+        Ok(key)
+    }
+
     /// The public JWK with `kid`, `alg` and `use: sig`, for a JWKS.
     pub fn public_jwk(&self) -> Value {
         let mut v = self.public().to_json();
@@ -209,6 +253,21 @@ mod tests {
             let back = SigningKey::from_bytes(alg, k.to_secret().expose()).unwrap();
             assert_eq!(back.kid(), k.kid());
         }
+    }
+
+    #[test]
+    fn private_jwk_round_trips_and_mismatches_are_refused() {
+        for alg in [Alg::EdDSA, Alg::ES256] {
+            let k = SigningKey::generate(alg, &mut OsRng);
+            let text = k.to_private_jwk();
+            let back = SigningKey::from_private_jwk(text.expose()).unwrap();
+            assert_eq!(back.kid(), k.kid());
+            let mut v: Value = serde_json::from_slice(text.expose()).unwrap();
+            v["x"] = SigningKey::generate(alg, &mut OsRng).public().to_json()["x"].clone();
+            assert!(SigningKey::from_private_jwk(v.to_string().as_bytes()).is_err());
+            assert!(SigningKey::from_private_jwk(k.public_jwk().to_string().as_bytes()).is_err());
+        }
+        assert!(SigningKey::from_private_jwk(b"garbage").is_err());
     }
 
     #[test]

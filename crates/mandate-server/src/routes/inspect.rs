@@ -91,13 +91,25 @@ pub async fn inspect(
                     .map(|(_, id)| json!({"hop": "run", "id": id})),
             );
             chain.push(json!({"hop": "agent", "id": m.agent_id}));
-            chain.push(json!({"hop": "run", "id": m.run_id}));
+            chain.push(json!({"hop": "run", "id": m.run_id, "key": m.run_jkt}));
+            // Offline hops: who signed each block, what it narrowed, to whom.
+            for h in &m.hops {
+                let n = &h.narrowing;
+                chain.push(json!({
+                    "hop": if h.holder != h.signed_by { "holder" } else { "narrowed" },
+                    "id": format!("{}{}", crate::routes::oauth::JKT_URN, h.holder),
+                    "name": n.next_holder_name, "signed_by": h.signed_by, "block": h.index,
+                    "capabilities": n.capabilities, "not_after": n.not_after,
+                    "max_uses": n.max_uses, "path_prefix": n.resource_prefix,
+                }));
+            }
             json!({
                 "kind": "mandate", "verifies": ok, "reason": reason,
                 "chain": chain, "depth": m.ancestors.len(),
                 "principal": m.principal, "grant": m.grant, "tenant": m.tenant, "task": m.task,
                 "capabilities": m.capabilities.to_strings(), "issued_at": m.issued_at, "expires_at": m.expires_at,
-                "key_binding": {"jkt": m.cnf_jkt},
+                "key_binding": {"jkt": m.cnf_jkt}, "run_key": m.run_jkt,
+                "attenuations": m.hops.len(), "path_prefix": m.resource_prefix,
             })
         }
     }))

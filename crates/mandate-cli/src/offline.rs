@@ -1,0 +1,137 @@
+//! Verbs that need no broker: holder keys and offline attenuation.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use mandate_core::attenuation::{Narrowing, attenuate};
+use mandate_core::capability::CapabilitySet;
+use mandate_core::jose::{Alg, PublicJwk};
+use mandate_core::keys::SigningKey;
+use serde_json::{Value, json};
+
+use crate::client::CliError;
+
+/// `mandate key generate`.
+#[derive(Args)]
+pub(crate) struct KeyGenerate {
+    /// Algorithm: EdDSA (Ed25519) or ES256 (P-256).
+    #[arg(long, default_value = "EdDSA")]
+    alg: String,
+    /// Write the private key (a JWK) to this new file, mode 0600.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `mandate token attenuate`.
+#[derive(Args)]
+pub(crate) struct Attenuate {
+    /// The mandate to narrow, or `-` to read it from standard input.
+    mandate: String,
+    /// The private key (JWK file) of whoever holds the mandate now: the run's
+    /// key, or the key the last block handed it to.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Hand the mandate to this key: a JWK file (public or private), or an
+    /// RFC 7638 thumbprint. Only that key can use the result.
+    #[arg(long)]
+    to: Option<String>,
+    /// A label for the next holder, shown in the audit trail and by inspect.
+    #[arg(long, requires = "to")]
+    to_name: Option<String>,
+    /// Keep only these capabilities (`tool:action`; repeat).
+    #[arg(long = "only", value_name = "TOOL:ACTION")]
+    only: Vec<String>,
+    /// Expire sooner: e.g. 5m, 1h.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// At most this many credential exchanges with the result (counted by the broker).
+    #[arg(long)]
+    uses: Option<u64>,
+    /// Credentials reach only paths under this prefix (e.g. /repos/acme/).
+    #[arg(long)]
+    path_prefix: Option<String>,
+}
+
+fn read_text(what: &str, path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+pub(crate) fn read_key(path: &Path) -> Result<SigningKey, CliError> {
+    let text = mandate_core::secret::Secret::new(read_text("key file", path)?);
+    SigningKey::from_private_jwk(text.expose()).map_err(|e| {
+        CliError(format!(
+            "{}: {e}; make one with `mandate key generate --out FILE`",
+            path.display()
+        ))
+    })
+}
+
+pub(crate) fn key_generate(a: KeyGenerate) -> Result<Value, CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let alg =
+        Alg::parse("--alg", &a.alg).map_err(|e| CliError(format!("{e}; use EdDSA or ES256")))?;
+    let key = SigningKey::generate(alg, &mut rand_core::OsRng);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&a.out)
+        .map_err(|e| CliError(format!("cannot create {}: {e}", a.out.display())))?;
+    f.write_all(key.to_private_jwk().expose())
+        .and_then(|_| f.write_all(b"\n"))
+        .map_err(|e| CliError(format!("cannot write {}: {e}", a.out.display())))?;
+    Ok(json!({"file": a.out, "alg": alg.as_str(), "jkt": key.kid(), "jwk": key.public().to_json()}))
+}
+
+/// The next holder: a thumbprint as given, or the thumbprint of a JWK file.
+fn next_holder(to: &str) -> Result<String, CliError> {
+    let p = Path::new(to);
+    if !p.exists() {
+        return Ok(to.to_owned());
+    }
+    let text = mandate_core::secret::Secret::new(read_text("key file", p)?);
+    let mut v: Value = serde_json::from_slice(text.expose())
+        .map_err(|_| CliError(format!("{to}: not a JSON Web Key")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("d");
+    }
+    PublicJwk::from_json(&v)
+        .map(|k| k.thumbprint())
+        .map_err(|e| CliError(format!("{to}: {e}")))
+}
+
+pub(crate) fn attenuate_cmd(a: Attenuate, now: u64) -> Result<Value, CliError> {
+    let token = if a.mandate == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| CliError(format!("cannot read the mandate from standard input: {e}")))?;
+        t.trim().to_owned()
+    } else {
+        a.mandate.clone()
+    };
+    let key = read_key(&a.key_file)?;
+    let capabilities = if a.only.is_empty() {
+        None
+    } else {
+        Some(CapabilitySet::parse(&a.only).map_err(|e| CliError(format!("--only: {e}")))?)
+    };
+    let not_after = match &a.ttl {
+        Some(t) => Some(now + crate::parse_duration(t)?),
+        None => None,
+    };
+    let n = Narrowing {
+        capabilities,
+        not_after,
+        max_uses: a.uses,
+        resource_prefix: a.path_prefix.clone(),
+        next_holder: a.to.as_deref().map(next_holder).transpose()?,
+        next_holder_name: a.to_name.clone(),
+    };
+    let out = attenuate(&token, &key, &n).map_err(|e| CliError(e.to_string()))?;
+    Ok(json!({
+        "mandate": out, "signed_by": key.kid(),
+        "holder": n.next_holder.clone().unwrap_or_else(|| key.kid()),
+        "narrowing": n,
+    }))
+}
