@@ -12,6 +12,7 @@
 //! - [`attenuation`]: offline narrowing and hand-over of a mandate by its holders;
 //! - [`credential`]: RFC 9068-shaped JWT access tokens;
 //! - [`dpop`]: RFC 9449 proof-of-possession checks;
+//! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
 //! - [`audit`]: audit events and their hash chain;
 //! - [`secret`]: secret types and authenticated encryption at rest.
@@ -30,6 +31,7 @@ pub mod client;
 pub mod credential;
 pub mod dpop;
 pub mod error;
+pub mod httpsig;
 pub mod ids;
 pub mod jose;
 pub mod keys;
