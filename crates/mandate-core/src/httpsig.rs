@@ -98,7 +98,9 @@ impl<'a> Parser<'a> {
             _ => return Err(bad("a structured field key must start with a-z or *")),
         }
         while let Some(c) = self.peek() {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.' | b'*')
+            if c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, b'_' | b'-' | b'.' | b'*')
             {
                 self.i += 1;
             } else {
@@ -565,7 +567,11 @@ pub fn select(
             ("keyid", Bare::Str(s)) => found.keyid = Some(s.clone()),
             ("tag", Bare::Str(s)) => found.tag = Some(s.clone()),
             ("alg", Bare::Str(_)) => {}
-            (k, _) => return Err(bad(format!("signature parameter `{k}` is unknown or mistyped"))),
+            (k, _) => {
+                return Err(bad(format!(
+                    "signature parameter `{k}` is unknown or mistyped"
+                )));
+            }
         }
     }
     let base = signature_base(msg, items, &serialize_inner_list(items, params))?;
@@ -633,7 +639,11 @@ pub fn verify_request(
     let expires = found
         .expires
         .ok_or_else(|| bad("the signature needs an `expires` parameter"))?;
-    if found.nonce.as_deref().is_none_or(|n| n.len() < 8 || n.len() > 128) {
+    if found
+        .nonce
+        .as_deref()
+        .is_none_or(|n| n.len() < 8 || n.len() > 128)
+    {
         return Err(bad("the signature needs a `nonce` of 8 to 128 characters"));
     }
     let now = policy.now as i64;
@@ -760,7 +770,12 @@ pub fn check_content_digest(field: &str, body: &[u8]) -> Result<()> {
 /// The `Signature-Key` field value for `key` under `label` (scheme `hwk`).
 pub fn signature_key_field(label: &str, key: &PublicJwk) -> String {
     let jwk = key.to_json();
-    let s = |k: &str| jwk.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let s = |k: &str| {
+        jwk.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let mut params: Params = vec![
         ("kty".into(), Bare::Str(s("kty"))),
         ("crv".into(), Bare::Str(s("crv"))),

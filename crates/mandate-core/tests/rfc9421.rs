@@ -17,13 +17,19 @@ fn der_tail(pem_b64: &str, n: usize) -> Vec<u8> {
 fn ed25519_private() -> SigningKey {
     SigningKey::from_bytes(
         Alg::EdDSA,
-        &der_tail("MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF", 32),
+        &der_tail(
+            "MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF",
+            32,
+        ),
     )
     .unwrap()
 }
 
 fn ed25519_public() -> PublicJwk {
-    let x = der_tail("MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=", 32);
+    let x = der_tail(
+        "MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=",
+        32,
+    );
     PublicJwk::Ed25519(ed25519_dalek::VerifyingKey::from_bytes(&x.try_into().unwrap()).unwrap())
 }
 
@@ -37,7 +43,10 @@ fn p256_public() -> PublicJwk {
 }
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// B.2 test-request.
@@ -64,7 +73,8 @@ const B26_SIG: &str = "sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u
 #[test]
 fn b_2_6_ed25519_request_verifies_and_signs_to_the_same_bytes() {
     let msg = test_request();
-    let found = httpsig::verify_signature(&msg, B26_INPUT, B26_SIG, None, &ed25519_public()).unwrap();
+    let found =
+        httpsig::verify_signature(&msg, B26_INPUT, B26_SIG, None, &ed25519_public()).unwrap();
     assert_eq!(found.keyid.as_deref(), Some("test-key-ed25519"));
     assert_eq!(found.created, Some(1618884473));
     // The signature base, exactly as printed in the RFC.
@@ -81,7 +91,14 @@ fn b_2_6_ed25519_request_verifies_and_signs_to_the_same_bytes() {
         &ed25519_private(),
         &SignParams {
             label: "sig-b26",
-            components: &["date", "@method", "@path", "@authority", "content-type", "content-length"],
+            components: &[
+                "date",
+                "@method",
+                "@path",
+                "@authority",
+                "content-type",
+                "content-length",
+            ],
             created: 1618884473,
             expires: None,
             nonce: None,
@@ -112,8 +129,11 @@ fn b_2_4_ecdsa_p256_response_verifies() {
     let input = r#"sig-b24=("@status" "content-type" "content-digest" "content-length");created=1618884473;keyid="test-key-ecc-p256""#;
     let sig = "sig-b24=:wNmSUAhwb5LxtOtOpNa6W5xj067m5hFrj0XQ4fvpaCLx0NKocgPquLgyahnzDnDAUy5eCdlYUEkLIj+32oiasw==:";
     httpsig::verify_signature(&msg, input, sig, None, &p256_public()).unwrap();
-    httpsig::check_content_digest(&msg.header("content-digest").unwrap(), b"{\"message\": \"good dog\"}")
-        .unwrap();
+    httpsig::check_content_digest(
+        &msg.header("content-digest").unwrap(),
+        b"{\"message\": \"good dog\"}",
+    )
+    .unwrap();
     // Any change to a covered component breaks it.
     let mut m2 = msg.clone();
     m2.status = Some(201);
@@ -131,12 +151,20 @@ fn policy(now: u64) -> Policy<'static> {
     }
 }
 
-fn signed(key: &SigningKey, now: u64, components: &[&str], nonce: Option<&str>) -> (Message, String, String) {
+fn signed(
+    key: &SigningKey,
+    now: u64,
+    components: &[&str],
+    nonce: Option<&str>,
+) -> (Message, String, String) {
     let body = b"grant_type=x";
     let msg = Message::request(
         "POST",
         "http://127.0.0.1:8407/oauth/token",
-        h(&[("content-digest", &httpsig::content_digest(body)), ("content-type", "application/x-www-form-urlencoded")]),
+        h(&[
+            ("content-digest", &httpsig::content_digest(body)),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]),
     );
     let (i, s) = httpsig::sign(
         &msg,
@@ -160,8 +188,14 @@ fn our_signatures_verify_under_policy_for_both_algorithms() {
     let now = 1_800_000_000;
     for alg in [Alg::EdDSA, Alg::ES256] {
         let k = SigningKey::generate(alg, &mut rand::rngs::OsRng);
-        let (msg, i, s) = signed(&k, now, &["@method", "@target-uri", "content-digest"], Some("n-0123456789"));
-        let f = httpsig::verify_request(&msg, &i, &s, Some("sig1"), &k.public(), &policy(now + 10)).unwrap();
+        let (msg, i, s) = signed(
+            &k,
+            now,
+            &["@method", "@target-uri", "content-digest"],
+            Some("n-0123456789"),
+        );
+        let f = httpsig::verify_request(&msg, &i, &s, Some("sig1"), &k.public(), &policy(now + 10))
+            .unwrap();
         assert_eq!(f.nonce.as_deref(), Some("n-0123456789"));
     }
 }
@@ -174,42 +208,91 @@ fn refusals_say_why() {
     let (msg, i, s) = signed(&k, now, &all, Some("n-0123456789"));
     let err = |r: mandate_core::error::Result<httpsig::Found>| r.unwrap_err().to_string();
     // Expired.
-    let e = err(httpsig::verify_request(&msg, &i, &s, None, &k.public(), &policy(now + 120)));
+    let e = err(httpsig::verify_request(
+        &msg,
+        &i,
+        &s,
+        None,
+        &k.public(),
+        &policy(now + 120),
+    ));
     assert!(e.contains("expired"), "{e}");
     // Created in the future.
-    let e = err(httpsig::verify_request(&msg, &i, &s, None, &k.public(), &policy(now - 60)));
+    let e = err(httpsig::verify_request(
+        &msg,
+        &i,
+        &s,
+        None,
+        &k.public(),
+        &policy(now - 60),
+    ));
     assert!(e.contains("future"), "{e}");
     // Wrong key.
     let other = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
-    let e = err(httpsig::verify_request(&msg, &i, &s, None, &other.public(), &policy(now)));
+    let e = err(httpsig::verify_request(
+        &msg,
+        &i,
+        &s,
+        None,
+        &other.public(),
+        &policy(now),
+    ));
     assert!(e.contains("signature"), "{e}");
     // A P-256 key against an Ed25519 `alg`.
     let p = SigningKey::generate(Alg::ES256, &mut rand::rngs::OsRng);
     assert!(httpsig::verify_request(&msg, &i, &s, None, &p.public(), &policy(now)).is_err());
     // Missing a required component.
     let (m2, i2, s2) = signed(&k, now, &["@method", "@target-uri"], Some("n-0123456789"));
-    let e = err(httpsig::verify_request(&m2, &i2, &s2, None, &k.public(), &policy(now)));
+    let e = err(httpsig::verify_request(
+        &m2,
+        &i2,
+        &s2,
+        None,
+        &k.public(),
+        &policy(now),
+    ));
     assert!(e.contains("must cover `content-digest`"), "{e}");
     // No nonce.
     let (m3, i3, s3) = signed(&k, now, &all, None);
-    let e = err(httpsig::verify_request(&m3, &i3, &s3, None, &k.public(), &policy(now)));
+    let e = err(httpsig::verify_request(
+        &m3,
+        &i3,
+        &s3,
+        None,
+        &k.public(),
+        &policy(now),
+    ));
     assert!(e.contains("nonce"), "{e}");
     // The message changed after signing: another target.
     let mut m4 = msg.clone();
     m4.target_uri = Some("http://127.0.0.1:8407/oauth/introspect".into());
     assert!(httpsig::verify_request(&m4, &i, &s, None, &k.public(), &policy(now)).is_err());
     // The signed parameters changed (a later `expires`).
-    let i5 = i.replace(&format!("expires={}", now + 60), &format!("expires={}", now + 6000));
+    let i5 = i.replace(
+        &format!("expires={}", now + 60),
+        &format!("expires={}", now + 6000),
+    );
     assert!(httpsig::verify_request(&msg, &i5, &s, None, &k.public(), &policy(now)).is_err());
     // Labels that do not match, a signature for another label, garbage.
-    assert!(httpsig::verify_request(&msg, &i, &s, Some("sig2"), &k.public(), &policy(now)).is_err());
-    assert!(httpsig::verify_request(&msg, &i, "sig2=:AAAA:", None, &k.public(), &policy(now)).is_err());
+    assert!(
+        httpsig::verify_request(&msg, &i, &s, Some("sig2"), &k.public(), &policy(now)).is_err()
+    );
+    assert!(
+        httpsig::verify_request(&msg, &i, "sig2=:AAAA:", None, &k.public(), &policy(now)).is_err()
+    );
     assert!(httpsig::verify_request(&msg, "garbage", &s, None, &k.public(), &policy(now)).is_err());
     // A covered header that is absent.
     let (m6, i6, s6) = signed(&k, now, &all, Some("n-0123456789"));
     let mut m6 = m6;
     m6.headers.retain(|(n, _)| n != "content-digest");
-    let e = err(httpsig::verify_request(&m6, &i6, &s6, None, &k.public(), &policy(now)));
+    let e = err(httpsig::verify_request(
+        &m6,
+        &i6,
+        &s6,
+        None,
+        &k.public(),
+        &policy(now),
+    ));
     assert!(e.contains("not in the message"), "{e}");
 }
 

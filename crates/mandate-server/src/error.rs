@@ -25,6 +25,8 @@ pub enum Code {
     InvalidDpopProof,
     /// RFC 9449 §8: retry with the nonce in the `DPoP-Nonce` header.
     UseDpopNonce,
+    /// An RFC 9421 HTTP message signature was refused.
+    InvalidSignature,
     /// Policy said no.
     AccessDenied,
     /// Missing or bad admin credential (RFC 6750 §3.1 `invalid_token`).
@@ -57,6 +59,7 @@ impl Code {
             Code::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),
             Code::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
             Code::UseDpopNonce => (StatusCode::BAD_REQUEST, "use_dpop_nonce"),
+            Code::InvalidSignature => (StatusCode::BAD_REQUEST, "invalid_signature"),
             Code::AccessDenied => (StatusCode::FORBIDDEN, "access_denied"),
             Code::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Code::Forbidden => (StatusCode::FORBIDDEN, "insufficient_scope"),

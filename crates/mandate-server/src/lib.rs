@@ -10,6 +10,7 @@
 //! - [`routes`]: the OAuth endpoints (RFC 8414, 8693, 7662, 7009, JWKS), the
 //!   admin API, and the `proxy` provider's data path (`/proxy/{tool}/...`);
 //! - [`upstream`]: the proxy's HTTP client (rustls, pooled);
+//! - [`sigs`]: RFC 9421 HTTP message signatures as proof of possession;
 //! - [`pg`]: the `postgres` provider: a role per credential, and the reaper
 //!   that drops it on expiry or revocation (also after a restart);
 //! - [`error`]: the one place where errors become RFC-shaped responses.
@@ -21,6 +22,7 @@ pub mod form;
 pub mod pg;
 pub mod registry;
 pub mod routes;
+pub mod sigs;
 pub mod state;
 pub mod upstream;
 pub mod writer;

@@ -461,7 +461,7 @@ fn refusals_say_why_and_are_audited() {
         ),
         401,
         "invalid_token",
-        "key-bound credential",
+        "not for tool `email`",
     );
 
     // Still fine for a mapped call; then policy changes and the next call is judged anew.
@@ -649,4 +649,166 @@ fn large_bodies_stream_both_ways() {
             .iter()
             .any(|e| e["details"]["response_bytes"] == got.len())
     );
+}
+
+/// A client that signs (RFC 9421) gets a key-bound proxy credential and must
+/// sign every call with the same key, covering the credential's header and
+/// the body; the signature never reaches the upstream.
+#[test]
+fn signed_clients_get_bound_proxy_credentials_and_sign_every_call() {
+    let f = fixture("proxy-sig", |_| {});
+    let key = mandate_core::keys::SigningKey::generate(Alg::ES256, &mut rand::rngs::OsRng);
+    let (s, v) = f.b.admin_post(
+        "/v1/runs",
+        json!({"tenant": "acme", "agent": "mailer", "jwk": key.public().to_json()}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let mandate = v["mandate"].as_str().unwrap();
+    let body = form(mandate, "email", "send read");
+    let ct = (
+        "content-type".to_owned(),
+        "application/x-www-form-urlencoded".to_owned(),
+    );
+    let h = signed_headers(
+        &key,
+        "POST",
+        &f.b.token_url(),
+        vec![ct],
+        body.as_bytes(),
+        &["@method", "@target-uri", "content-digest", "signature-key"],
+        now(),
+        &jti(),
+    );
+    let mut req = Broker::agent().post(f.b.token_url());
+    for (k, v) in &h {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let (s, v) = read(req.send(&body).unwrap());
+    assert_eq!(s, 200, "{v}");
+    let cred = v["access_token"].as_str().unwrap().to_owned();
+    let url = format!("{}/proxy/email/emails", f.b.url);
+    let auth = bearer(&cred);
+
+    // Unsigned: refused, it is bound.
+    check(
+        f.call(
+            "POST",
+            "/proxy/email/emails",
+            &[("Authorization", &auth)],
+            Some(b"{}"),
+        ),
+        401,
+        "invalid_token",
+        "bound to a key",
+    );
+    let covered = [
+        "@method",
+        "@target-uri",
+        "authorization",
+        "content-digest",
+        "signature-key",
+    ];
+    let sign = |body: &[u8], comps: &[&str]| {
+        signed_headers(
+            &key,
+            "POST",
+            &url,
+            vec![("authorization".into(), auth.clone())],
+            body,
+            comps,
+            now(),
+            &jti(),
+        )
+    };
+    let as_refs = |h: &Vec<(String, String)>| -> Vec<(String, String)> { h.clone() };
+    let call = |h: &Vec<(String, String)>, body: &[u8]| {
+        let refs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        f.call("POST", "/proxy/email/emails", &refs, Some(body))
+    };
+    // Signed properly: forwarded with the real key, without our signature headers.
+    let h = sign(b"{\"to\":\"a@b\"}", &covered);
+    let (s, v, _) = call(&as_refs(&h), b"{\"to\":\"a@b\"}");
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {REAL_KEY}"));
+    assert!(v["headers"].get("signature").is_none() && v["headers"].get("signature-key").is_none());
+    assert_eq!(v["body_len"], 12);
+    // Replayed: refused.
+    check(
+        call(&h, b"{\"to\":\"a@b\"}"),
+        400,
+        "invalid_signature",
+        "already used",
+    );
+    // Not covering the credential's header: refused.
+    let h = sign(
+        b"{}",
+        &["@method", "@target-uri", "content-digest", "signature-key"],
+    );
+    check(
+        call(&h, b"{}"),
+        400,
+        "invalid_signature",
+        "must cover `authorization`",
+    );
+    // Body swapped after signing: refused before anything is forwarded.
+    let h = sign(b"{\"to\":\"a@b\"}", &covered);
+    check(
+        call(&h, b"{\"to\":\"evil@x\"}"),
+        400,
+        "invalid_signature",
+        "does not match",
+    );
+    let denied = f.b.audit("type=proxy.call&decision=deny");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").starts_with("signature:"))
+    );
+}
+
+/// A holder narrowed its mandate to a path prefix: the proxy keeps the
+/// credential inside it.
+#[test]
+fn attenuated_path_prefixes_hold_at_the_proxy() {
+    let f = fixture("proxy-prefix", |_| {});
+    let key = mandate_core::keys::SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let (s, v) = f.b.admin_post(
+        "/v1/runs",
+        json!({"tenant": "acme", "agent": "mailer", "jwk": key.public().to_json()}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let narrowed = mandate_core::attenuation::attenuate(
+        v["mandate"].as_str().unwrap(),
+        &key,
+        &mandate_core::attenuation::Narrowing {
+            resource_prefix: Some("/emails/7".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (s, v) = f.b.exchange(&narrowed, &key, "email", "read");
+    assert_eq!(s, 200, "{v}");
+    let auth = bearer(v["access_token"].as_str().unwrap());
+    let (s, v, _) = f.call(
+        "GET",
+        "/proxy/email/emails/7",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    check(
+        f.call(
+            "GET",
+            "/proxy/email/emails/8",
+            &[("Authorization", &auth)],
+            None,
+        ),
+        403,
+        "insufficient_scope",
+        "outside `/emails/7`",
+    );
+}
+
+fn check(got: (u16, Value, HeaderMap), status: u16, code: &str, needle: &str) {
+    assert_refused(&(got.0, got.1), status, code, needle);
 }

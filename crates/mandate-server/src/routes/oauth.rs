@@ -91,6 +91,8 @@ struct Seen {
     actions: Vec<String>,
     policies: Vec<String>,
     audit_reason: Option<String>,
+    /// How possession was proven: `dpop` or `httpsig` (RFC 9421).
+    pop: Option<&'static str>,
 }
 
 fn require_form_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -176,8 +178,8 @@ async fn token_inner(
             ev.decision = "allow".into();
             ev.credential_id = Some(claims.jti.clone());
             ev.credential_exp = Some(claims.exp);
-            ev.details =
-                json!({"grant": claims.grant, "aud": claims.aud, "provider": issued.tool.provider});
+            ev.details = json!({"grant": claims.grant, "aud": claims.aud, "provider": issued.tool.provider,
+                "proof": seen.pop, "bound": claims.cnf.is_some()});
             if let Some(m) = seen.mandate.as_deref().filter(|m| !m.hops.is_empty()) {
                 ev.details["hops"] = json!(m.hops);
                 ev.details["holder"] = json!(m.cnf_jkt);
@@ -432,12 +434,22 @@ fn exchange(
         return Err(err(Code::InvalidScope, "ask for 1 to 16 actions"));
     }
     seen.actions = actions.clone();
-    let proof = single_header(headers, "dpop")?.ok_or_else(|| {
-        err(
-            Code::InvalidDpopProof,
-            "a DPoP proof (RFC 9449) signed by the run key is required in the `DPoP` header",
-        )
-    })?;
+    let proof = single_header(headers, "dpop")?;
+    match (proof.is_some(), crate::sigs::present(headers)) {
+        (false, false) => {
+            return Err(err(
+                Code::InvalidDpopProof,
+                "a proof of possession is required: prove the key that holds the mandate with a DPoP proof (RFC 9449) in the `DPoP` header, or an HTTP message signature (RFC 9421) with `Signature-Input`, `Signature` and `Signature-Key`",
+            ));
+        }
+        (true, true) => {
+            return Err(err(
+                Code::InvalidRequest,
+                "send one proof of possession: DPoP or an HTTP message signature, not both",
+            ));
+        }
+        _ => {}
+    }
 
     // The mandate: signature, checks, expiry (cached per token).
     let claims = s
@@ -460,33 +472,23 @@ fn exchange(
     }
 
     // The proof of possession, bound to the mandate's key.
-    let known = s
-        .run_keys
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&claims.cnf_jkt).cloned());
-    let verified = dpop::verify_proof(
-        proof,
-        &ProofExpectations {
-            method: "POST",
-            uri: &s.token_endpoint,
+    if let Some(proof) = proof {
+        dpop_at_token_endpoint(s, proof, &claims.cnf_jkt, now)?;
+        seen.pop = Some("dpop");
+    } else {
+        crate::sigs::verify(
+            s,
+            headers,
+            "POST",
+            &s.token_endpoint,
+            Some(&raw),
+            &claims.cnf_jkt,
+            &[],
             now,
-            max_age: s.config.dpop_max_age,
-            max_skew: s.config.dpop_max_skew,
-            jkt: Some(&claims.cnf_jkt),
-            access_token: None,
-            known_key: known.as_ref(),
-            nonces: s.nonces.as_ref(),
-        },
-    )
-    .map_err(|e| match e {
-        mandate_core::Error::DpopNonce(m) => err(Code::UseDpopNonce, m),
-        other => err(Code::InvalidDpopProof, other.to_string()),
-    })?;
-    if known.is_none() {
-        s.remember_run_key(&verified.jkt, verified.key.clone());
+        )?;
+        seen.pop = Some("httpsig");
     }
-    s.first_use_of_proof(&verified, now)?;
+    let signed_exchange = seen.pop == Some("httpsig");
 
     let reg = s.reg();
     // Tenant isolation in code, before any policy runs.
@@ -653,7 +655,9 @@ fn exchange(
             // Proxy credentials go where an API key goes, through SDKs that
             // cannot make DPoP proofs: bearer tokens, good only at the
             // broker's proxy for this tool, for minutes, until the run ends.
-            if provider == "proxy" {
+            // A client that signs its requests (RFC 9421) gets a bound
+            // proxy credential, and must sign each call at the proxy too.
+            if provider == "proxy" && !signed_exchange {
                 access.cnf = None;
             }
             let alg = Alg::parse("tool", &tool.alg).unwrap_or(Alg::EdDSA);
@@ -704,6 +708,33 @@ fn act_chain(claims: &MandateClaims) -> Actor {
 
 /// RFC 9278 §3: JWK Thumbprint URI prefix for SHA-256 thumbprints.
 pub const JKT_URN: &str = "urn:ietf:params:oauth:jwk-thumbprint:sha-256:";
+
+/// Verifies a DPoP proof (RFC 9449) at the token endpoint for the key `jkt`.
+fn dpop_at_token_endpoint(s: &S, proof: &str, jkt: &str, now: u64) -> Result<(), ApiError> {
+    let known = s.run_keys.lock().ok().and_then(|m| m.get(jkt).cloned());
+    let verified = dpop::verify_proof(
+        proof,
+        &ProofExpectations {
+            method: "POST",
+            uri: &s.token_endpoint,
+            now,
+            max_age: s.config.dpop_max_age,
+            max_skew: s.config.dpop_max_skew,
+            jkt: Some(jkt),
+            access_token: None,
+            known_key: known.as_ref(),
+            nonces: s.nonces.as_ref(),
+        },
+    )
+    .map_err(|e| match e {
+        mandate_core::Error::DpopNonce(m) => err(Code::UseDpopNonce, m),
+        other => err(Code::InvalidDpopProof, other.to_string()),
+    })?;
+    if known.is_none() {
+        s.remember_run_key(&verified.jkt, verified.key.clone());
+    }
+    s.first_use_of_proof(&verified, now)
+}
 
 /// What a presented token turned out to be.
 enum Presented {

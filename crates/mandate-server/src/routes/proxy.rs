@@ -56,7 +56,40 @@ pub async fn forward(
         client_addr: client(Some(addr)),
         ..Default::default()
     };
-    let plan = match authorize(&s, &parts, crate::now_secs(), &mut ev) {
+    // A signed request (RFC 9421) is read whole first: its Content-Digest
+    // must match the body before anything is forwarded.
+    let (body, signed_body) = if crate::sigs::present(&parts.headers) {
+        match http_body_util::Limited::new(body, s.config.proxy_max_body)
+            .collect()
+            .await
+        {
+            Ok(b) => {
+                let b = b.to_bytes();
+                (Body::from(b.clone()), Some(b))
+            }
+            Err(_) => {
+                let e = err(
+                    Code::TooLarge,
+                    format!(
+                        "the request body is larger than {} bytes",
+                        s.config.proxy_max_body
+                    ),
+                );
+                ev.decision = "deny".into();
+                ev.reason = Some(e.description.clone());
+                return audited(&s, ev, e).await;
+            }
+        }
+    } else {
+        (body, None)
+    };
+    let plan = match authorize(
+        &s,
+        &parts,
+        signed_body.as_deref(),
+        crate::now_secs(),
+        &mut ev,
+    ) {
         Ok(p) => p,
         Err(e) => {
             ev.decision = "deny".into();
@@ -336,7 +369,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan, ApiError> {
+fn authorize(
+    s: &S,
+    parts: &Parts,
+    signed_body: Option<&[u8]>,
+    now: u64,
+    ev: &mut EventBody,
+) -> Result<Plan, ApiError> {
     let path = parts.uri.path();
     let rest = path.strip_prefix(PREFIX).unwrap_or("");
     let (tool_name, upstream_path) = match rest.split_once('/') {
@@ -420,6 +459,39 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
                 k.split(':').next().unwrap_or("credential")
             ),
         ));
+    }
+    // A bound proxy credential (the exchange was signed) needs every call
+    // signed by the same key, covering the header that carries it.
+    if let Some(cnf) = &claims.cnf {
+        let Some(body) = signed_body else {
+            ev.reason = Some("bound credential without a signature".into());
+            return Err(err(
+                Code::Unauthorized,
+                "this proxy credential is bound to a key: sign each request with it (RFC 9421: `Signature-Input`, `Signature`, `Signature-Key`)",
+            ));
+        };
+        let target = format!(
+            "{}{}",
+            s.config.issuer.trim_end_matches('/'),
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let names: Vec<&str> = token_headers.iter().map(|n| n.as_str()).collect();
+        crate::sigs::verify(
+            s,
+            &parts.headers,
+            parts.method.as_str(),
+            &target,
+            Some(body),
+            &cnf.jkt,
+            &names,
+            now,
+        )
+        .inspect_err(|e| ev.reason = Some(format!("signature: {}", e.description)))?;
+        merge(&mut ev.details, json!({"proof": "httpsig"}));
     }
     let action = spec
         .action_for(parts.method.as_str(), &upstream_path)
@@ -514,6 +586,10 @@ fn authorize(s: &S, parts: &Parts, now: u64, ev: &mut EventBody) -> Result<Plan,
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     for n in &token_headers {
+        headers.remove(n);
+    }
+    // The agent's signature is for the broker, not the upstream.
+    for n in ["signature", "signature-input", "signature-key"] {
         headers.remove(n);
     }
     for (name, v) in headers.iter() {
@@ -623,12 +699,6 @@ fn verify_token(s: &S, token: &str, now: u64) -> Result<Arc<AccessClaims>, ApiEr
                 format!("the proxy credential is not valid: {other}"),
             ),
         })?;
-    if c.cnf.is_some() {
-        return Err(err(
-            Code::Unauthorized,
-            "this is a key-bound credential for a tool, not a proxy credential",
-        ));
-    }
     let c = Arc::new(c);
     if let Ok(mut m) = s.proxy_credentials.lock() {
         m.put(digest, c.exp.saturating_sub(1), Arc::clone(&c), now);

@@ -1,0 +1,143 @@
+//! RFC 9421 HTTP message signatures as proof of possession, on the token
+//! endpoint and the proxy (the AAuth direction: every request signed by the
+//! key that holds the mandate). The key travels in `Signature-Key` (scheme
+//! `hwk`) and must be the one the mandate or credential is bound to; the
+//! signature must cover the method, the target URI, `content-digest` (RFC
+//! 9530) whenever there is a body, the header that carries a credential,
+//! and `signature-key`; it needs `created`, `expires` and a `nonce`, and a
+//! nonce is accepted once.
+
+use axum::http::HeaderMap;
+use mandate_core::httpsig::{self, Message, Policy};
+
+use crate::error::{ApiError, Code, err};
+use crate::state::AppState;
+
+/// Whether the request carries an RFC 9421 signature.
+pub fn present(headers: &HeaderMap) -> bool {
+    headers.contains_key("signature-input") || headers.contains_key("signature")
+}
+
+fn one<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {
+    let mut it = headers.get_all(name).iter();
+    let v = it.next().ok_or_else(|| {
+        err(
+            Code::InvalidSignature,
+            format!("the `{name}` header is missing"),
+        )
+    })?;
+    if it.next().is_some() {
+        return Err(err(
+            Code::InvalidSignature,
+            format!("send one `{name}` header, with one signature"),
+        ));
+    }
+    v.to_str()
+        .map_err(|_| err(Code::InvalidSignature, format!("`{name}` is not ASCII")))
+}
+
+/// A verified signature.
+#[derive(Debug)]
+pub struct Signed {
+    /// Thumbprint of the signing key.
+    pub jkt: String,
+    /// The signature's parameters.
+    pub found: httpsig::Found,
+}
+
+/// Verifies the request's signature: by the key with thumbprint `jkt`, over
+/// `method` and `target_uri`, covering `must_cover` besides the defaults;
+/// `body` is checked against `Content-Digest` (required when not empty).
+pub fn verify(
+    s: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    target_uri: &str,
+    body: Option<&[u8]>,
+    jkt: &str,
+    must_cover: &[&str],
+    now: u64,
+) -> Result<Signed, ApiError> {
+    let bad = |e: mandate_core::Error| err(Code::InvalidSignature, e.to_string());
+    let input = one(headers, "signature-input")?;
+    let signature = one(headers, "signature")?;
+    let dict = httpsig::parse_dictionary(input).map_err(bad)?;
+    let [(label, _)] = dict.as_slice() else {
+        return Err(err(
+            Code::InvalidSignature,
+            "send exactly one signature in `Signature-Input`",
+        ));
+    };
+    let key_field = one(headers, "signature-key").map_err(|_| {
+        err(
+            Code::InvalidSignature,
+            "send the public key in `Signature-Key: <label>=hwk;kty=...;crv=...;x=...` (draft-hardt-httpbis-signature-key)",
+        )
+    })?;
+    let key = httpsig::parse_signature_key(key_field, label).map_err(bad)?;
+    if key.thumbprint() != jkt {
+        return Err(err(
+            Code::InvalidSignature,
+            "the request is signed by a key other than the one the token is bound to",
+        ));
+    }
+    let mut msg_headers = Vec::with_capacity(headers.len());
+    for (n, v) in headers {
+        if let Ok(v) = v.to_str() {
+            msg_headers.push((n.as_str().to_owned(), v.to_owned()));
+        }
+    }
+    let msg = Message::request(method, target_uri, msg_headers);
+    let mut required = vec!["@method", "@target-uri", "signature-key"];
+    let has_body = body.is_some_and(|b| !b.is_empty());
+    if has_body {
+        required.push("content-digest");
+    }
+    required.extend_from_slice(must_cover);
+    let found = httpsig::verify_request(
+        &msg,
+        input,
+        signature,
+        Some(label),
+        &key,
+        &Policy {
+            now,
+            skew: s.config.dpop_max_skew,
+            max_lifetime: s.config.dpop_max_age.max(60),
+            required: &required,
+        },
+    )
+    .map_err(bad)?;
+    if let (true, Some(b)) = (has_body, body) {
+        let d = msg
+            .header("content-digest")
+            .ok_or_else(|| err(Code::InvalidSignature, "`Content-Digest` is missing"))?;
+        httpsig::check_content_digest(&d, b).map_err(bad)?;
+    }
+    // A nonce is good once (RFC 9421 §7.2.2), remembered until it expires.
+    let nonce = found.nonce.clone().unwrap_or_default();
+    let forget_after = found.expires.unwrap_or(0).max(0) as u64 + s.config.dpop_max_skew;
+    let mut replay = s
+        .replay
+        .lock()
+        .map_err(|_| err(Code::ServerError, "replay cache unavailable"))?;
+    match replay.check_and_insert(jkt, &format!("httpsig:{nonce}"), forget_after, now) {
+        Ok(()) => {}
+        Err(mandate_core::dpop::ReplayError::Replayed) => {
+            return Err(err(
+                Code::InvalidSignature,
+                "this signature's nonce was already used; sign every request afresh",
+            ));
+        }
+        Err(mandate_core::dpop::ReplayError::Full) => {
+            return Err(err(
+                Code::InvalidSignature,
+                "the broker is at its limit of live signatures; retry shortly",
+            ));
+        }
+    }
+    Ok(Signed {
+        jkt: jkt.to_owned(),
+        found,
+    })
+}
