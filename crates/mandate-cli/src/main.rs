@@ -452,6 +452,10 @@ enum KeyCmd {
     /// Make a key pair; writes the private JWK to a new 0600 file and prints
     /// the public JWK and its RFC 7638 thumbprint (what `--to` names).
     Generate(offline::KeyGenerate),
+    /// Sign an HTTP request with a key (RFC 9421, with Content-Digest and
+    /// Signature-Key); prints the headers to add, as `Name: value` lines or
+    /// a JSON object with --json.
+    SignRequest(offline::SignRequest),
 }
 
 #[derive(Args)]
@@ -1095,6 +1099,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     "revoked {}: refused from now on",
                     v["revoked"].as_str().unwrap_or("")
                 );
+            }
+        }
+        Cmd::Key(KeyCmd::SignRequest(a)) => {
+            let v = offline::sign_request(a, exec::now())?;
+            if j {
+                show(j, &v, &[]);
+            } else if let Some(o) = v.as_object() {
+                for (k, v) in o {
+                    println!("{k}: {}", v.as_str().unwrap_or_default());
+                }
             }
         }
         Cmd::Key(KeyCmd::Generate(a)) => {
