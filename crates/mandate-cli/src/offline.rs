@@ -164,8 +164,10 @@ pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> 
     .map_err(|e| CliError(e.to_string()))?;
     added.push(("Signature-Input".into(), input));
     added.push(("Signature".into(), sig));
-    let map: serde_json::Map<String, Value> =
-        added.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    let map: serde_json::Map<String, Value> = added
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     Ok(Value::Object(map))
 }
 

@@ -75,6 +75,23 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
+    /// From the `act` chain: (delegation depth of the run, offline hops).
+    /// Hops are actors named by JWK thumbprint URI (RFC 9278) before the run.
+    pub fn chain_depths(&self) -> (usize, usize) {
+        let mut hops = 0;
+        let mut runs: usize = 0;
+        let mut a = Some(&self.act);
+        while let Some(x) = a {
+            if x.sub.starts_with("urn:ietf:params:oauth:jwk-thumbprint:") {
+                hops += 1;
+            } else {
+                runs += 1;
+            }
+            a = x.act.as_deref();
+        }
+        (runs.saturating_sub(1), hops)
+    }
+
     /// Every id this credential can be revoked by.
     pub fn revocation_keys(&self) -> Vec<String> {
         let mut v = vec![

@@ -260,3 +260,72 @@ fn delegation_refusals_say_why() {
         "limit",
     );
 }
+
+/// Depth and fan-out are bounded by the tenant's policy (Cedar action
+/// `delegate`), and exchange policies see depth and offline hops.
+#[test]
+fn policy_bounds_delegation_and_sees_depth() {
+    let (b, grant) = setup("deleg-policy", |_| {});
+    let (s, v) = b.admin_put_text(
+        "/v1/tenants/acme/policies/depth",
+        r#"
+        @id("one-level-only") forbid (principal, action == Mandate::Action::"delegate", resource)
+        when { context.depth > 1 };
+        @id("handed-on-no-github") forbid (principal, action == Mandate::Action::"exchange", resource == Mandate::Tool::"github")
+        when { context.hops > 0 };
+        "#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (child, m1, k1) = delegate(&b, &m0, &k0, "researcher", None);
+    // The child holds crm:read only (grant ∩ envelope), so ask it to read: allowed.
+    assert_eq!(b.exchange(&m1, &k1, "crm", "read").0, 200);
+    // Depth 2 is forbidden by the tenant's policy, named in the refusal.
+    let grandchild = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let (s, v) = delegate_with(
+        &b,
+        &m1,
+        &k1,
+        json!({"agent": "summarizer", "jwk": grandchild.public().to_json()}),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("depth/one-level-only"),
+        "{v}"
+    );
+    let ev = b.audit("type=run.delegate");
+    assert_eq!(ev.len(), 1);
+    assert!(
+        ev[0]["details"]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "baseline/delegate-within-bounds")
+    );
+    assert_eq!(ev[0]["run"], child);
+
+    // Offline hops are visible to exchange policy: the run may read github,
+    // a holder it handed the mandate to may not (crm is still fine).
+    let (_, m, k) = b.start_run("acme", &grant, Alg::EdDSA);
+    let next = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let handed = mandate_core::attenuation::attenuate(
+        &m,
+        &k,
+        &mandate_core::attenuation::Narrowing {
+            next_holder: Some(next.kid()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(b.exchange(&m, &k, "github", "read").0, 200);
+    assert_refused(
+        &b.exchange(&handed, &next, "github", "read"),
+        403,
+        "access_denied",
+        "depth/handed-on-no-github",
+    );
+    assert_eq!(b.exchange(&handed, &next, "crm", "read").0, 200);
+}

@@ -621,6 +621,8 @@ fn exchange(
         tool_risk: &tool.risk,
         tool_provider: &tool.provider,
         actions: &actions,
+        depth: claims.ancestors.len(),
+        hops: claims.hops.len(),
     };
     s.enforce(generation, &policies, &facts, &mut seen.policies)?;
 

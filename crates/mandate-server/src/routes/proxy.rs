@@ -562,6 +562,8 @@ fn authorize(
         tool_risk: &tool.risk,
         tool_provider: &tool.provider,
         actions: &actions,
+        depth: claims.chain_depths().0,
+        hops: claims.chain_depths().1,
     };
     s.enforce(generation, &policies, &facts, &mut ev.policies)?;
 

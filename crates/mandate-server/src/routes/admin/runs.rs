@@ -638,6 +638,58 @@ pub async fn delegate(
     let expires_at = parent.expires_at.min(now + ttl);
     let task = req.task.unwrap_or_else(|| parent.task.clone());
     ids::check_text("task", &task, 1024).map_err(bad)?;
+    // The tenant's policy bounds depth, fan-out and what a child may hold
+    // (Cedar action `delegate`); the broker's ceilings above are absolute.
+    let (policies, parent_agent) = {
+        let reg = s.reg();
+        (
+            reg.compiled
+                .get(&parent.tenant)
+                .cloned()
+                .unwrap_or_default(),
+            reg.agents
+                .get(&(parent.tenant.clone(), parent.agent.clone()))
+                .cloned(),
+        )
+    };
+    let parent_agent = parent_agent.ok_or_else(|| {
+        err(
+            Code::Forbidden,
+            format!("agent `{}` is no longer registered", parent.agent),
+        )
+    })?;
+    let cap_strings = caps.to_strings();
+    let verdict = s
+        .engine
+        .decide_delegation(
+            &policies,
+            &mandate_core::policy::DelegationFacts {
+                tenant: &parent.tenant,
+                now,
+                parent_run: &parent.run,
+                parent_agent: &parent.agent,
+                parent_agent_owner: &parent_agent.owner,
+                parent_agent_purpose: &parent_agent.purpose,
+                parent_task: &parent.task,
+                child_agent: &agent.name,
+                child_agent_owner: &agent.owner,
+                child_agent_purpose: &agent.purpose,
+                task: &task,
+                principal: parent.principal.as_deref(),
+                depth,
+                children,
+                capabilities: &cap_strings,
+            },
+        )
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    if !verdict.allowed {
+        return Err(err(
+            Code::AccessDenied,
+            verdict
+                .reason
+                .unwrap_or_else(|| "delegation denied by policy".into()),
+        ));
+    }
     let run_id = random_id(&mut OsRng, "run_");
     let mut ancestors = vec![(parent.run.clone(), parent.run_id.clone())];
     ancestors.extend(parent.ancestors.iter().cloned());
@@ -664,7 +716,8 @@ pub async fn delegate(
     let chain: Vec<&str> = claims.ancestors.iter().map(|(r, _)| r.as_str()).collect();
     ev.actor = Some(parent.run_id.clone());
     ev.details = json!({"parent": parent.run, "ancestors": chain, "depth": depth,
-        "capabilities": run.capabilities, "parent_capabilities": parent.capabilities.to_strings()});
+        "capabilities": run.capabilities, "parent_capabilities": parent.capabilities.to_strings(),
+        "policies": verdict.policies});
     s.commit(Entry {
         mutation: Some(Mutation::StartRun(run.clone())),
         events: vec![ev],
