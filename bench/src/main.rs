@@ -70,6 +70,13 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
     },
+    /// Verification of a mandate with 0 and 3 attenuation blocks (hops) plus
+    /// the last holder's DPoP proof, against raw Ed25519 verification × the
+    /// number of signatures it contains, in one run.
+    Attenuated {
+        #[arg(long, default_value_t = 5_000)]
+        iterations: u32,
+    },
     /// W3: revoke → every subscribed verifier (mandate-verify live) refuses.
     W3 {
         #[arg(long)]
@@ -114,6 +121,7 @@ fn main() -> Result<(), String> {
             verify_bench(iterations);
             Ok(())
         }
+        Cmd::Attenuated { iterations } => attenuated_bench(iterations),
         Cmd::Floor { iterations } => {
             floor(iterations);
             Ok(())
@@ -476,4 +484,149 @@ fn verify_bench(iterations: u32) {
         "W2 mandate-verify (credential + DPoP proof + revocation lookup): {full:.1} us/op; raw Ed25519 verify x2: {raw:.1} us/op; ratio {:.2}x",
         full / raw
     );
+}
+
+/// Mean µs per call of `f` over `n` calls.
+fn per_op(n: u32, mut f: impl FnMut(u32)) -> f64 {
+    let start = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    start.elapsed().as_secs_f64() / f64::from(n) * 1e6
+}
+
+fn attenuated_bench(iterations: u32) -> Result<(), String> {
+    use mandate_core::attenuation::{Narrowing, attenuate};
+    use mandate_core::capability::CapabilitySet;
+    use mandate_core::dpop::{ProofExpectations, verify_proof};
+    use mandate_core::mandate::{self, MandateClaims};
+    let e = |e: mandate_core::Error| e.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let root = mandate::root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).map_err(e)?;
+    let run_key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+    let claims = MandateClaims {
+        issuer: "http://127.0.0.1:8407".into(),
+        tenant: "bench".into(),
+        agent: "planner".into(),
+        agent_id: "spiffe://mandate.local/tenant/bench/agent/planner".into(),
+        run: "run_1".into(),
+        run_id: "spiffe://mandate.local/tenant/bench/agent/planner/run/run_1".into(),
+        principal: Some("alice@example.com".into()),
+        grant: Some("grt_1".into()),
+        task: "bench".into(),
+        capabilities: CapabilitySet::parse(&["crm:*", "github:read", "mail:send"]).map_err(e)?,
+        cnf_jkt: run_key.kid(),
+        run_jkt: run_key.kid(),
+        issued_at: now,
+        expires_at: now + 900,
+        ancestors: vec![],
+        hops: vec![],
+        resource_prefix: None,
+    };
+    let plain = mandate::mint(&root, &claims, &mut OsRng).map_err(e)?;
+    // Three hops: run key → k1 → k2 → k3, each narrowing.
+    let keys: Vec<SigningKey> = (0..3)
+        .map(|_| SigningKey::generate(Alg::EdDSA, &mut OsRng))
+        .collect();
+    let mut token = plain.clone();
+    let mut holder = &run_key;
+    for (i, next) in keys.iter().enumerate() {
+        let n = Narrowing {
+            capabilities: Some(
+                CapabilitySet::parse(
+                    &[
+                        ["crm:*", "github:read"],
+                        ["crm:read", "github:read"],
+                        ["crm:read", "crm:read"],
+                    ][i],
+                )
+                .map_err(e)?,
+            ),
+            not_after: Some(now + 600 - 60 * i as u64),
+            next_holder: Some(next.kid()),
+            ..Default::default()
+        };
+        token = attenuate(&token, holder, &n).map_err(e)?;
+        holder = next;
+    }
+    let uri = "http://127.0.0.1:8407/oauth/token";
+    let proofs = |k: &SigningKey| -> Vec<String> {
+        let header = json!({"typ": "dpop+jwt", "jwk": k.public().to_json()});
+        (0..iterations)
+            .map(|i| {
+                k.sign_jws(
+                    &header,
+                    &json!({"jti": format!("p{i}"), "htm": "POST", "htu": uri, "iat": now}),
+                )
+            })
+            .collect()
+    };
+    let (plain_proofs, hop_proofs) = (proofs(&run_key), proofs(holder));
+    let check = |token: &str, proof: &str, authorize: bool| -> Result<(), String> {
+        let (c, parsed) = mandate::verify_parsed(&root.public(), token, now).map_err(e)?;
+        verify_proof(
+            proof,
+            &ProofExpectations {
+                method: "POST",
+                uri,
+                now,
+                max_age: 60,
+                max_skew: 5,
+                jkt: Some(&c.cnf_jkt),
+                access_token: None,
+                known_key: None,
+                nonces: None,
+            },
+        )
+        .map_err(e)?;
+        if authorize && !c.hops.is_empty() {
+            mandate::authorize_parsed(&parsed, now, "crm", &["read".to_owned()], &[], None)
+                .map_err(e)?;
+        }
+        Ok(())
+    };
+    check(&token, &hop_proofs[0], true)?;
+    check(&plain, &plain_proofs[0], false)?;
+    let run = |tok: &str, ps: &[String], authorize: bool| {
+        per_op(iterations, |i| {
+            let r = check(tok, &ps[i as usize], authorize);
+            assert!(r.is_ok(), "{r:?}");
+        })
+    };
+    let plain_us = run(&plain, &plain_proofs, false);
+    let hops_us = run(&token, &hop_proofs, false);
+    let hops_auth_us = run(&token, &hop_proofs, true);
+    // Baseline: raw Ed25519 verification, once per signature in the token
+    // and proof: plain = authority block + proof (2); 3 hops add a block
+    // signature and a holder's external signature each (2 + 6 = 8).
+    let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+    let (pk, msg) = (k.public(), vec![7u8; 200]);
+    let sig = k.sign(&msg);
+    let raw1 = per_op(iterations * 4, |_| {
+        assert!(pk.verify("b", Alg::EdDSA, &msg, &sig).is_ok());
+    });
+    println!(
+        "mandate bytes: plain {} B, with 3 hops {} B",
+        plain.len(),
+        token.len()
+    );
+    println!(
+        "plain mandate + DPoP proof:        {plain_us:7.1} us/op; raw Ed25519 verify x2: {:6.1} us; ratio {:.2}x",
+        raw1 * 2.0,
+        plain_us / (raw1 * 2.0)
+    );
+    println!(
+        "3-hop mandate + DPoP proof:        {hops_us:7.1} us/op; raw Ed25519 verify x8: {:6.1} us; ratio {:.2}x",
+        raw1 * 8.0,
+        hops_us / (raw1 * 8.0)
+    );
+    println!(
+        "3-hop + the use's Datalog checks: {hops_auth_us:7.1} us/op; raw Ed25519 verify x8: {:6.1} us; ratio {:.2}x",
+        raw1 * 8.0,
+        hops_auth_us / (raw1 * 8.0)
+    );
+    Ok(())
 }

@@ -206,6 +206,17 @@ fn map_token_err(e: biscuit_auth::error::Token) -> Error {
 /// chain of its attenuation blocks, and returns its effective claims:
 /// capabilities, expiry and key binding after every block's narrowing.
 pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateClaims> {
+    verify_parsed(root, token, now).map(|(c, _)| c)
+}
+
+/// [`verify`], also returning the parsed and verified token, which
+/// [`authorize_parsed`] can judge each use of without verifying its
+/// signatures again.
+pub fn verify_parsed(
+    root: &PublicKey,
+    token: &str,
+    now: UnixTime,
+) -> Result<(MandateClaims, Biscuit)> {
     if token.len() > MAX_MANDATE_LEN {
         return Err(malformed(
             "mandate",
@@ -291,7 +302,7 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             resource_prefix: effect.resource_prefix,
         })
     };
-    run().map_err(|e| match e {
+    let claims = run().map_err(|e| match e {
         biscuit_auth::error::Token::ConversionError(m) if m.starts_with("expired:") => {
             Error::Expired {
                 what: "mandate",
@@ -306,7 +317,8 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
             }
         }
         e => map_token_err(e),
-    })
+    })?;
+    Ok((claims, biscuit))
 }
 
 /// Runs every check of an attenuated mandate against one use: `request`
@@ -323,6 +335,18 @@ pub fn authorize_use(
     resource: Option<&str>,
 ) -> Result<()> {
     let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
+    authorize_parsed(&biscuit, now, tool, actions, uses, resource)
+}
+
+/// [`authorize_use`] on a token already parsed and verified.
+pub fn authorize_parsed(
+    biscuit: &Biscuit,
+    now: UnixTime,
+    tool: &str,
+    actions: &[String],
+    uses: &[(usize, u64)],
+    resource: Option<&str>,
+) -> Result<()> {
     let run = || -> std::result::Result<(), biscuit_auth::error::Token> {
         let mut b = AuthorizerBuilder::new().fact(fact("time", vec![Term::Date(now)]))?;
         for a in actions {
@@ -340,7 +364,7 @@ pub fn authorize_use(
         let mut a = b
             .policy("allow if true")?
             .set_limits(authorizer_limits())
-            .build(&biscuit)?;
+            .build(biscuit)?;
         a.authorize()?;
         Ok(())
     };

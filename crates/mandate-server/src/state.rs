@@ -80,6 +80,9 @@ pub struct AppState {
     pub replay: Mutex<ReplayCache>,
     /// Verified mandates.
     pub mandates: Mutex<MandateCache>,
+    /// Parsed, verified attenuated mandates, so each use runs only their
+    /// Datalog checks (not their signatures) again.
+    pub attenuated: Mutex<VerifiedCache<biscuit_auth::Biscuit>>,
     /// Verified proxy credentials.
     pub proxy_credentials: Mutex<VerifiedCache<mandate_core::credential::AccessClaims>>,
     /// SHA-256 of each admin credential.
@@ -189,6 +192,7 @@ impl AppState {
             writer,
             replay: Mutex::new(ReplayCache::new(REPLAY_CAP)),
             mandates: Mutex::new(MandateCache::default()),
+            attenuated: Mutex::new(VerifiedCache::default()),
             proxy_credentials: Mutex::new(VerifiedCache::default()),
             admin_hashes,
             feed_hashes: RwLock::new(feed_hashes),
@@ -399,16 +403,46 @@ impl AppState {
         if let Some(c) = self.mandates.lock().ok().and_then(|m| m.get(&digest, now)) {
             return Ok(c);
         }
-        let claims = Arc::new(mandate::verify(&self.root_public, token, now)?);
+        let (claims, parsed) = mandate::verify_parsed(&self.root_public, token, now)?;
+        let claims = Arc::new(claims);
         if claims.issuer != self.config.issuer {
             return Err(mandate_core::Error::Malformed {
                 what: "mandate",
                 reason: "it was issued for another broker address".into(),
             });
         }
+        if !claims.hops.is_empty()
+            && let Ok(mut m) = self.attenuated.lock()
+        {
+            m.put(digest, claims.expires_at, Arc::new(parsed), now);
+        }
         if let Ok(mut m) = self.mandates.lock() {
             m.put(digest, claims.expires_at, Arc::clone(&claims), now);
         }
         Ok(claims)
+    }
+
+    /// The parsed token of an attenuated mandate [`AppState::verify_mandate`]
+    /// accepted (verified again if it fell out of the cache).
+    pub fn parsed_mandate(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<biscuit_auth::Biscuit>, mandate_core::Error> {
+        let digest = mandate::token_digest(token);
+        if let Some(b) = self
+            .attenuated
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest, now))
+        {
+            return Ok(b);
+        }
+        let (claims, parsed) = mandate::verify_parsed(&self.root_public, token, now)?;
+        let parsed = Arc::new(parsed);
+        if let Ok(mut m) = self.attenuated.lock() {
+            m.put(digest, claims.expires_at, Arc::clone(&parsed), now);
+        }
+        Ok(parsed)
     }
 }

@@ -565,16 +565,11 @@ fn exchange(
                 ),
             ));
         }
-        mandate::authorize_use(
-            &s.root_public,
-            subject,
-            now,
-            &tool.name,
-            &actions,
-            &uses,
-            None,
-        )
-        .map_err(|e| err(Code::InvalidScope, e.to_string()))?;
+        let parsed = s
+            .parsed_mandate(subject, now)
+            .map_err(|e| err(Code::InvalidGrant, e.to_string()))?;
+        mandate::authorize_parsed(&parsed, now, &tool.name, &actions, &uses, None)
+            .map_err(|e| err(Code::InvalidScope, e.to_string()))?;
         count_uses = limited
             .iter()
             .map(|(h, n)| (h.block_id.clone(), *n))
