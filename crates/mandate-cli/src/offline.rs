@@ -213,7 +213,7 @@ pub(crate) fn attenuate_cmd(a: Attenuate, now: u64) -> Result<Value, CliError> {
         max_uses: a.uses,
         resource_prefix: a.path_prefix.clone(),
         next_holder: a.to.as_deref().map(next_holder).transpose()?,
-        next_holder_name: a.to_name.clone(),
+        next_holder_name: a.to_name,
     };
     let out = attenuate(&token, &key, &n).map_err(|e| CliError(e.to_string()))?;
     Ok(json!({

@@ -1,4 +1,5 @@
 //! Offline attenuation: narrowing only, hop keys proven, the chain tamper-evident.
+#![allow(clippy::unwrap_used)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
@@ -232,7 +233,7 @@ fn reordered_removed_or_altered_blocks_are_refused() {
 
     // A block lifted from another chain does not fit.
     let other = attenuate(&f.token, &f.run_key, &hand_to(&k1, &["crm:read"])).unwrap();
-    let mut spliced = b.clone();
+    let mut spliced = b;
     spliced.blocks[0] = blocks(&other).blocks[0].clone();
     assert!(mandate::verify(&root, &encode(&spliced), NOW).is_err());
 }

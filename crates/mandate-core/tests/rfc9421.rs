@@ -1,6 +1,7 @@
 //! RFC 9421 Appendix B test cases (the Ed25519 and ECDSA P-256 ones), and
 //! the refusals a verifier owes: replayed parameters aside (the broker's
 //! cache), expired, wrong-component, wrong-key, tampered.
+#![allow(clippy::unwrap_used)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

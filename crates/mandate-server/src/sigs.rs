@@ -45,19 +45,35 @@ pub struct Signed {
     pub found: httpsig::Found,
 }
 
-/// Verifies the request's signature: by the key with thumbprint `jkt`, over
-/// `method` and `target_uri`, covering `must_cover` besides the defaults;
-/// `body` is checked against `Content-Digest` (required when not empty).
+/// What a signature must be over and by whom.
+#[derive(Debug)]
+pub struct Expect<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The absolute target URI as the client addressed it.
+    pub target_uri: &'a str,
+    /// The body, checked against `Content-Digest` (required when not empty).
+    pub body: Option<&'a [u8]>,
+    /// Thumbprint of the key the token is bound to.
+    pub jkt: &'a str,
+    /// Components to cover besides the defaults.
+    pub must_cover: &'a [&'a str],
+}
+
+/// Verifies the request's signature as `x` says.
 pub fn verify(
     s: &AppState,
     headers: &HeaderMap,
-    method: &str,
-    target_uri: &str,
-    body: Option<&[u8]>,
-    jkt: &str,
-    must_cover: &[&str],
+    x: &Expect<'_>,
     now: u64,
 ) -> Result<Signed, ApiError> {
+    let Expect {
+        method,
+        target_uri,
+        body,
+        jkt,
+        must_cover,
+    } = *x;
     let bad = |e: mandate_core::Error| err(Code::InvalidSignature, e.to_string());
     let input = one(headers, "signature-input")?;
     let signature = one(headers, "signature")?;

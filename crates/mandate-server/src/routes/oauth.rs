@@ -479,11 +479,13 @@ fn exchange(
         crate::sigs::verify(
             s,
             headers,
-            "POST",
-            &s.token_endpoint,
-            Some(&raw),
-            &claims.cnf_jkt,
-            &[],
+            &crate::sigs::Expect {
+                method: "POST",
+                target_uri: &s.token_endpoint,
+                body: Some(&raw),
+                jkt: &claims.cnf_jkt,
+                must_cover: &[],
+            },
             now,
         )?;
         seen.pop = Some("httpsig");

@@ -483,11 +483,13 @@ fn authorize(
         crate::sigs::verify(
             s,
             &parts.headers,
-            parts.method.as_str(),
-            &target,
-            Some(body),
-            &cnf.jkt,
-            &names,
+            &crate::sigs::Expect {
+                method: parts.method.as_str(),
+                target_uri: &target,
+                body: Some(body),
+                jkt: &cnf.jkt,
+                must_cover: &names,
+            },
             now,
         )
         .inspect_err(|e| ev.reason = Some(format!("signature: {}", e.description)))?;

@@ -299,7 +299,7 @@ pub fn assert_refused(got: &(u16, Value), status: u16, code: &str, needle: &str)
 /// RFC 9421 headers for a request signed by `key`: `Content-Digest` (if a
 /// body), `Signature-Key` (hwk), `Signature-Input`, `Signature`, covering
 /// `components` (which should include `signature-key`).
-#[allow(dead_code)]
+#[allow(dead_code, clippy::too_many_arguments)]
 pub fn signed_headers(
     key: &SigningKey,
     method: &str,
