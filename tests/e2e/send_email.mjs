@@ -43,6 +43,11 @@ out.proof = await sock("POST", "/v1/dpop", { method: "GET", url: "https://tool.e
 out.bad = await sock("POST", "/v1/credentials", { tool: "resend", actions: ["delete"] });
 out.badProof = await sock("POST", "/v1/dpop", { method: "get", url: "ftp://x" });
 out.badBody = await sock("POST", "/v1/credentials", { tool: "resend", extra: 1 });
+// Hand a narrowed mandate to a sub-agent's key (RFC 7638's example thumbprint).
+out.attenuated = await sock("POST", "/v1/attenuate", {
+  to: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs", to_name: "summarizer", only: ["resend:send"], uses: 2,
+});
+out.badAttenuate = await sock("POST", "/v1/attenuate", { to: "not-a-thumbprint" });
 const resend = new Resend(process.env.RESEND_API_KEY);
 out.first = await resend.emails.send({
   from: "agent@mandate.test", to: ["ops@example.com"], subject, html: "<p>sent through the proxy</p>",

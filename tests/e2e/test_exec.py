@@ -145,6 +145,18 @@ def test_resend_sdk_sends_through_exec_and_the_proxy(broker, resend_local, tmp_p
     assert "upper-case HTTP method" in result["badProof"]["body"]["error_description"]
     assert result["badBody"]["status"] == 400
     assert "unknown field" in result["badBody"]["body"]["error_description"]
+    # The socket hands a narrowed mandate to a sub-agent's key, signed by the run key.
+    sub = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    assert result["attenuated"]["status"] == 200, result["attenuated"]
+    assert result["attenuated"]["body"]["holder"] == sub
+    seen = json.loads(broker.cli("--json", "token", "inspect", result["attenuated"]["body"]["mandate"],
+                                 check=False).stdout)
+    assert seen["kind"] == "mandate" and seen["attenuations"] == 1 and seen["key_binding"]["jkt"] == sub
+    assert seen["chain"][-1]["name"] == "summarizer" and seen["chain"][-1]["capabilities"] == ["resend:send"]
+    assert seen["chain"][-1]["signed_by"] == result["attenuated"]["body"]["signed_by"]
+    assert "revoked" in seen["reason"]  # the run has ended since
+    assert result["badAttenuate"]["status"] == 400
+    assert "thumbprint" in result["badAttenuate"]["body"]["error_description"]
     # The run ended when the child exited.
     runs = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)
     assert [r for r in runs if r["id"] == run_id][0]["ended_ms"] is not None
