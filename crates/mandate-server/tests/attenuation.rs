@@ -11,24 +11,12 @@ use mandate_core::attenuation::{Narrowing, attenuate};
 use mandate_core::capability::CapabilitySet;
 use mandate_core::jose::Alg;
 use mandate_core::keys::SigningKey;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const URN: &str = "urn:ietf:params:oauth:jwk-thumbprint:sha-256:";
 
 fn key() -> SigningKey {
     SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng)
-}
-
-fn introspect(b: &Broker, token: &str) -> Value {
-    read(
-        Broker::agent()
-            .post(format!("{}/oauth/introspect", b.url))
-            .header("Authorization", &format!("Bearer {}", b.admin))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(format!("token={}", enc(token)))
-            .unwrap(),
-    )
-    .1
 }
 
 #[test]

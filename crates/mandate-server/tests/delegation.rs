@@ -64,18 +64,6 @@ fn setup(tag: &str, tweak: impl FnOnce(&mut mandate_server::Config)) -> (Broker,
     (b, grant)
 }
 
-fn introspect(b: &Broker, token: &str) -> Value {
-    read(
-        Broker::agent()
-            .post(format!("{}/oauth/introspect", b.url))
-            .header("Authorization", &format!("Bearer {}", b.admin))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(format!("token={}", enc(token)))
-            .unwrap(),
-    )
-    .1
-}
-
 #[test]
 fn three_levels_narrow_carry_the_chain_and_die_with_the_root() {
     let (b, grant) = setup("deleg-3", |_| {});

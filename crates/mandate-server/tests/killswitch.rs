@@ -8,16 +8,6 @@ use common::*;
 use mandate_core::jose::Alg;
 use serde_json::json;
 
-fn introspect(b: &Broker, token: &str) -> serde_json::Value {
-    let r = Broker::agent()
-        .post(format!("{}/oauth/introspect", b.url))
-        .header("Authorization", &format!("Bearer {}", b.admin))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .send(format!("token={}", enc(token)))
-        .unwrap();
-    read(r).1
-}
-
 #[test]
 fn everything_issued_before_is_refused_in_every_tenant_and_new_runs_work() {
     let b = Broker::start("kill-all");

@@ -337,3 +337,17 @@ pub fn signed_headers(
     headers.push(("signature".into(), sig));
     headers
 }
+
+/// RFC 7662 introspection with the admin credential.
+#[allow(dead_code)]
+pub fn introspect(b: &Broker, token: &str) -> Value {
+    read(
+        Broker::agent()
+            .post(format!("{}/oauth/introspect", b.url))
+            .header("Authorization", &format!("Bearer {}", b.admin))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(format!("token={}", enc(token)))
+            .unwrap(),
+    )
+    .1
+}
