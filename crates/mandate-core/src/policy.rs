@@ -168,6 +168,59 @@ pub struct ExchangeFacts<'a> {
     pub depth: usize,
     /// Offline attenuation blocks on the mandate.
     pub hops: usize,
+    /// Whether a human approved exactly this request.
+    pub approved: bool,
+    /// What the agent declared about the request.
+    pub details: &'a Details,
+    /// What the run has done so far.
+    pub history: &'a History,
+}
+
+/// What an agent declares about a request (RFC 9396 `authorization_details`,
+/// type `mandate`): policies may require and judge it; approvals bind it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
+    /// Amount in minor units.
+    pub amount: Option<i64>,
+    /// Currency (ISO 4217).
+    pub currency: Option<String>,
+    /// A target: recipient, account, environment.
+    pub target: Option<String>,
+}
+
+/// A run's history as policy sees it (see `RunHistory` in the schema).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Credentials the run got so far.
+    pub exchanges: u64,
+    /// ... for this tool.
+    pub tool_exchanges: u64,
+    /// ... per action of this tool.
+    pub action_exchanges: Vec<(String, u64)>,
+    /// Labels of tools it got credentials for.
+    pub labels_touched: Vec<String>,
+    /// Sum of declared amounts.
+    pub amount_total: i64,
+    /// Seconds since the run started.
+    pub elapsed: u64,
+    /// The agent got a credential for this tool before.
+    pub tool_used_before: bool,
+    /// Exchange requests in the last 60 s.
+    pub rate_1m: u64,
+    /// Denied ones among them.
+    pub denials_1m: u64,
+    /// Eval gates reported passing.
+    pub evals_passed: Vec<String>,
+}
+
+/// Why a refusal can be lifted by a human: the deciding policies all carry
+/// `@approval("principal" | "group:<name>", ...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalNeed {
+    /// `principal` or `group:<name>` entries.
+    pub approvers: Vec<String>,
+    /// The policies that asked.
+    pub policies: Vec<String>,
 }
 
 /// Everything the policy needs to know about one delegation.
@@ -214,6 +267,26 @@ pub struct Verdict {
     pub policies: Vec<String>,
     /// When refused: which action, and why, in words a human can act on.
     pub reason: Option<String>,
+    /// When refused only by `@approval` policies: who can lift it.
+    pub approval: Option<ApprovalNeed>,
+}
+
+/// Checks an `@approval` annotation's value: `principal` and/or
+/// `group:<name>`, comma-separated.
+pub fn parse_approvers(v: &str) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for a in v.split(',').map(str::trim) {
+        match a.strip_prefix("group:") {
+            Some(g) if crate::ids::check_slug("group", g).is_ok() => out.push(a.to_owned()),
+            None if a == "principal" => out.push(a.to_owned()),
+            _ => {
+                return Err(format!(
+                    "`@approval(\"{v}\")`: name `principal` and/or `group:<name>`, comma-separated"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Engine {
@@ -277,6 +350,26 @@ impl Engine {
             .collect();
         if !errs.is_empty() {
             return Err(errs);
+        }
+        for p in parsed.policies() {
+            if let Some(v) = p.annotation("approval") {
+                let message = if p.effect() != cedar_policy::Effect::Forbid {
+                    Some("`@approval` goes on a `forbid` policy (what a human may lift), with `unless { context.approved }`".to_owned())
+                } else {
+                    parse_approvers(v).err()
+                };
+                if let Some(message) = message {
+                    let (line, column) = src
+                        .find("@approval")
+                        .map(|o| line_col(src, o))
+                        .unwrap_or((1, 1));
+                    return Err(vec![PolicyProblem {
+                        line,
+                        column,
+                        message,
+                    }]);
+                }
+            }
         }
         let mut out = Vec::new();
         let mut policies: Vec<&Policy> = parsed.policies().collect();
@@ -425,6 +518,7 @@ impl Engine {
                     "tenant `{}` has no policies, so nothing is permitted; load one with `mandate policy add`",
                     f.tenant
                 )),
+                approval: None,
             });
         }
         let principal = self.uid(&self.types.run, f.run);
@@ -460,7 +554,30 @@ impl Engine {
                     "hops".to_owned(),
                     RestrictedExpression::new_long(f.hops as i64),
                 ),
+                (
+                    "approved".to_owned(),
+                    RestrictedExpression::new_bool(f.approved),
+                ),
+                (
+                    "hour_utc".to_owned(),
+                    RestrictedExpression::new_long(((f.now / 3600) % 24) as i64),
+                ),
+                (
+                    "weekday_utc".to_owned(),
+                    // 1970-01-01 was a Thursday (3 with Monday = 0).
+                    RestrictedExpression::new_long(((f.now / 86_400 + 3) % 7) as i64),
+                ),
+                ("history".to_owned(), history_record(f.history, action)?),
             ];
+            if let Some(a) = f.details.amount {
+                pairs.push(("amount".to_owned(), RestrictedExpression::new_long(a)));
+            }
+            if let Some(c) = &f.details.currency {
+                pairs.push(("currency".to_owned(), str_(c)));
+            }
+            if let Some(t) = &f.details.target {
+                pairs.push(("target".to_owned(), str_(t)));
+            }
             if let Some(p) = f.principal {
                 pairs.push((
                     "principal".to_owned(),
@@ -516,10 +633,12 @@ impl Engine {
                         f.tenant, f.tool, f.agent
                     )
                 };
+                let approval = approval_need(&policies.set, &reasons);
                 return Ok(Verdict {
                     allowed: false,
                     policies: reasons,
                     reason: Some(reason),
+                    approval,
                 });
             }
             for r in reasons {
@@ -532,6 +651,7 @@ impl Engine {
             allowed: true,
             policies: decided_by,
             reason: None,
+            approval: None,
         })
     }
 
@@ -550,6 +670,7 @@ impl Engine {
                     "tenant `{}` has no policies, so no delegation is permitted",
                     f.tenant
                 )),
+                approval: None,
             });
         }
         let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
@@ -654,6 +775,7 @@ impl Engine {
                 allowed: true,
                 policies: reasons,
                 reason: None,
+                approval: None,
             });
         }
         let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
@@ -683,8 +805,65 @@ impl Engine {
             allowed: false,
             policies: reasons,
             reason: Some(reason),
+            approval: None,
         })
     }
+}
+
+/// The `history` record of the context, for `action`.
+fn history_record(h: &History, action: &str) -> Result<RestrictedExpression> {
+    let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
+    let set = |v: &[String]| {
+        RestrictedExpression::new_set(
+            v.iter()
+                .map(|x| RestrictedExpression::new_string(x.clone())),
+        )
+    };
+    let action_n = h
+        .action_exchanges
+        .iter()
+        .find(|(a, _)| a == action)
+        .map(|(_, n)| *n)
+        .unwrap_or(0);
+    RestrictedExpression::new_record([
+        ("exchanges".to_owned(), long(h.exchanges)),
+        ("tool_exchanges".to_owned(), long(h.tool_exchanges)),
+        ("action_exchanges".to_owned(), long(action_n)),
+        ("labels_touched".to_owned(), set(&h.labels_touched)),
+        (
+            "amount_total".to_owned(),
+            RestrictedExpression::new_long(h.amount_total),
+        ),
+        ("elapsed".to_owned(), long(h.elapsed)),
+        (
+            "tool_used_before".to_owned(),
+            RestrictedExpression::new_bool(h.tool_used_before),
+        ),
+        ("rate_1m".to_owned(), long(h.rate_1m)),
+        ("denials_1m".to_owned(), long(h.denials_1m)),
+        ("evals_passed".to_owned(), set(&h.evals_passed)),
+    ])
+    .map_err(|e| Error::Policy(format!("could not build the run history: {e}")))
+}
+
+/// When every deciding policy carries `@approval`, who may lift the refusal.
+fn approval_need(set: &PolicySet, reasons: &[String]) -> Option<ApprovalNeed> {
+    if reasons.is_empty() {
+        return None;
+    }
+    let mut approvers: Vec<String> = Vec::new();
+    for r in reasons {
+        let p = set.policy(&PolicyId::new(r))?;
+        for a in parse_approvers(p.annotation("approval")?).ok()? {
+            if !approvers.contains(&a) {
+                approvers.push(a);
+            }
+        }
+    }
+    Some(ApprovalNeed {
+        approvers,
+        policies: reasons.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -692,6 +871,23 @@ mod tests {
     use super::*;
 
     const BASELINE: &str = include_str!("../../../examples/policies/baseline.cedar");
+    static NO_DETAILS: Details = Details {
+        amount: None,
+        currency: None,
+        target: None,
+    };
+    static NO_HISTORY: History = History {
+        exchanges: 0,
+        tool_exchanges: 0,
+        action_exchanges: Vec::new(),
+        labels_touched: Vec::new(),
+        amount_total: 0,
+        elapsed: 0,
+        tool_used_before: false,
+        rate_1m: 0,
+        denials_1m: 0,
+        evals_passed: Vec::new(),
+    };
 
     fn facts<'a>(
         labels: &'a [String],
@@ -717,6 +913,9 @@ mod tests {
             actions,
             depth: 0,
             hops: 0,
+            approved: false,
+            details: &NO_DETAILS,
+            history: &NO_HISTORY,
         }
     }
 

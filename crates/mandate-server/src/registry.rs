@@ -42,6 +42,10 @@ pub struct Registry {
     pub revocation_seq: u64,
     /// Bumped by every change, so caches derived from the registry know when they are stale.
     pub generation: u64,
+    /// Approver credentials: SHA-256 → (tenant, principal).
+    pub approvers: Vec<(Vec<u8>, String, String)>,
+    /// Suspended runs → why.
+    pub suspended: HashMap<String, String>,
 }
 
 impl Registry {
@@ -70,6 +74,10 @@ impl Registry {
         for t in tenants {
             r.recompile(&t, engine)?;
         }
+        for t in snap.approver_tokens {
+            r.approvers.push((t.hash, t.tenant, t.principal));
+        }
+        r.suspended = snap.suspended_runs.into_iter().collect();
         for rev in snap.revocations {
             r.revocation_seq = r.revocation_seq.max(rev.seq);
             if rev.until == 0 || rev.until >= now {
@@ -94,8 +102,25 @@ impl Registry {
     /// Applies a committed mutation.
     pub fn apply(&mut self, m: &Mutation, engine: &Engine, revocation_seq: Option<u64>) {
         match m {
-            // Use counts live in the store only; they change no decision input.
-            Mutation::CountUses { .. } => return,
+            // Use counts and approvals live in the store only; they change
+            // no cached decision input.
+            Mutation::CountUses { .. }
+            | Mutation::CreateApproval(_)
+            | Mutation::DecideApproval { .. }
+            | Mutation::UseApproval { .. } => return,
+            Mutation::PutApproverToken(t) => {
+                self.approvers
+                    .push((t.hash.clone(), t.tenant.clone(), t.principal.clone()));
+                return;
+            }
+            Mutation::SuspendRun { id, reason, .. } => {
+                self.suspended.insert(id.clone(), reason.clone());
+                return;
+            }
+            Mutation::ResumeRun { id } => {
+                self.suspended.remove(id);
+                return;
+            }
             Mutation::Batch(all) => {
                 for m in all {
                     self.apply(m, engine, revocation_seq);
@@ -106,7 +131,14 @@ impl Registry {
         }
         self.generation += 1;
         match m {
-            Mutation::CountUses { .. } | Mutation::Batch(_) => {}
+            Mutation::CountUses { .. }
+            | Mutation::Batch(_)
+            | Mutation::PutApproverToken(_)
+            | Mutation::CreateApproval(_)
+            | Mutation::DecideApproval { .. }
+            | Mutation::UseApproval { .. }
+            | Mutation::SuspendRun { .. }
+            | Mutation::ResumeRun { .. } => {}
             Mutation::CreateTenant(t) => {
                 self.tenants.insert(t.name.clone(), t.clone());
             }
@@ -140,6 +172,9 @@ impl Registry {
                 revocation: Revocation { key, .. },
                 ..
             } => {
+                if let Mutation::EndRun { id, .. } = m {
+                    self.suspended.remove(id);
+                }
                 self.add_revoked(key);
                 if let Some(s) = revocation_seq {
                     self.revocation_seq = self.revocation_seq.max(s);

@@ -129,6 +129,17 @@ pub trait Store: Send + Sync {
     fn live_leases(&self) -> Result<Vec<Lease>>;
     /// A join token by id.
     fn join_token(&self, id: &str) -> Result<Option<JoinToken>>;
+    /// An approval by id.
+    fn approval(&self, id: &str) -> Result<Option<Approval>>;
+    /// The latest live (pending, approved or denied) approval for a request digest.
+    fn approval_for_request(&self, request_digest: &str) -> Result<Option<Approval>>;
+    /// Approvals, newest first.
+    fn list_approvals(
+        &self,
+        tenant: Option<&str>,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Approval>>;
     /// How many times each attenuation block has been used (0 if never).
     fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>>;
 }

@@ -27,8 +27,76 @@ pub struct Principal {
     /// Display name.
     #[serde(default)]
     pub display_name: String,
+    /// Groups (approval policies name them: `@approval("group:finance")`).
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Creation time (ms).
     pub created_ms: u64,
+}
+
+/// A credential with which a principal decides approval requests (and does
+/// nothing else). Only the SHA-256 of the token is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApproverToken {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// Tenant.
+    pub tenant: String,
+    /// The principal it authenticates.
+    pub principal: String,
+    /// Creation time (ms).
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for ApproverToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApproverToken")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("principal", &self.principal)
+            .finish()
+    }
+}
+
+/// A request for a human's approval of one exchange (CIBA-like).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Id (`apr_...`).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The run that asked.
+    pub run: String,
+    /// Its agent.
+    pub agent: String,
+    /// The principal the run acts for, if any.
+    pub principal: Option<String>,
+    /// Tool.
+    pub tool: String,
+    /// Actions asked for.
+    pub actions: Vec<String>,
+    /// The request details the agent declared (RFC 9396 `authorization_details`).
+    pub details: serde_json::Value,
+    /// SHA-256 (base64url) of run, tool, actions and details: what an approval binds.
+    pub request_digest: String,
+    /// Who may decide: `principal:<id>` or `group:<name>`.
+    pub approvers: Vec<String>,
+    /// The policies that asked for approval.
+    pub policies: Vec<String>,
+    /// `pending`, `approved`, `denied`, `used`.
+    pub status: String,
+    /// When asked (ms).
+    pub requested_ms: u64,
+    /// Until when it can be decided, and then used (seconds).
+    pub expires_at: u64,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When (ms).
+    pub decided_ms: Option<u64>,
+    /// Their comment.
+    pub comment: Option<String>,
 }
 
 /// A registered agent.
@@ -402,6 +470,45 @@ pub enum Mutation {
     PutAdminToken(AdminToken),
     /// Several mutations, all or none.
     Batch(Vec<Mutation>),
+    /// Store an approver credential.
+    PutApproverToken(ApproverToken),
+    /// Record an approval request.
+    CreateApproval(Approval),
+    /// Decide a pending, unexpired approval (fails if it is not).
+    DecideApproval {
+        /// Id.
+        id: String,
+        /// `approved` or `denied`.
+        status: String,
+        /// `principal:<id>` of the approver.
+        by: String,
+        /// Comment.
+        comment: Option<String>,
+        /// When (ms).
+        decided_ms: u64,
+        /// Now (seconds): an expired approval cannot be decided.
+        now: u64,
+    },
+    /// Spend an approved approval on the credential it allowed (fails if it
+    /// is not approved or already used).
+    UseApproval {
+        /// Id.
+        id: String,
+    },
+    /// Suspend a run: its exchanges wait for an admin.
+    SuspendRun {
+        /// Run id.
+        id: String,
+        /// When (ms).
+        ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Resume a suspended run.
+    ResumeRun {
+        /// Run id.
+        id: String,
+    },
     /// Count one use of each attenuation block (block id, limit); fails,
     /// changing nothing, if any block has reached its limit.
     CountUses {
@@ -442,6 +549,10 @@ pub struct Snapshot {
     pub tool_secrets: Vec<ToolSecret>,
     /// Admin credentials.
     pub admin_tokens: Vec<AdminToken>,
+    /// Approver credentials.
+    pub approver_tokens: Vec<ApproverToken>,
+    /// Suspended runs (not ended): (run id, reason).
+    pub suspended_runs: Vec<(String, String)>,
     /// Metadata.
     pub meta: Vec<(String, String)>,
     /// Last audit event (seq, hash).

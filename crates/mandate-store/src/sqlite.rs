@@ -89,8 +89,23 @@ const SCHEMA_V3: &str = r#"
 CREATE TABLE block_uses (block TEXT PRIMARY KEY, uses INTEGER NOT NULL, until INTEGER NOT NULL);
 "#;
 
+/// Version 4: principals' groups, approver credentials, approvals, suspended runs.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE principals ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE approver_tokens (
+  id TEXT PRIMARY KEY, hash BLOB NOT NULL, tenant TEXT NOT NULL, principal TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, FOREIGN KEY (tenant, principal) REFERENCES principals(tenant, id));
+CREATE TABLE approvals (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, run TEXT NOT NULL, request_digest TEXT NOT NULL,
+  status TEXT NOT NULL, expires_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX approvals_by_request ON approvals (request_digest, status);
+CREATE INDEX approvals_by_tenant ON approvals (tenant, status);
+ALTER TABLE runs ADD COLUMN suspended_ms INTEGER;
+ALTER TABLE runs ADD COLUMN suspended_reason TEXT;
+"#;
+
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -155,6 +170,11 @@ impl SqliteStore {
                 "BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
             ))?;
         }
+        if version < 4 {
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
+            ))?;
+        }
         let head = writer
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -182,8 +202,8 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::CreatePrincipal(p) => {
             tx.execute(
-                "INSERT INTO principals (tenant, id, display_name, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![p.tenant, p.id, p.display_name, p.created_ms as i64],
+                "INSERT INTO principals (tenant, id, display_name, created_ms, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p.tenant, p.id, p.display_name, p.created_ms as i64, json(&p.groups)],
             )?;
         }
         Mutation::CreateAgent(a) => {
@@ -297,6 +317,80 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 params![t.id, t.hash, t.created_ms as i64],
             )?;
         }
+        Mutation::PutApproverToken(t) => {
+            tx.execute(
+                "INSERT INTO approver_tokens (id, hash, tenant, principal, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.hash, t.tenant, t.principal, t.created_ms as i64],
+            )?;
+        }
+        Mutation::CreateApproval(a) => {
+            tx.execute(
+                "INSERT INTO approvals (id, tenant, run, request_digest, status, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![a.id, a.tenant, a.run, a.request_digest, a.status, a.expires_at as i64, json(a)],
+            )?;
+        }
+        Mutation::DecideApproval {
+            id,
+            status,
+            by,
+            comment,
+            decided_ms,
+            now,
+        } => {
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM approvals WHERE id = ?1 AND status = 'pending' AND expires_at >= ?2",
+                    params![id, *now as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut a: Approval = from_json(&body.ok_or_else(|| {
+                StoreError::NotFound(format!("pending, unexpired approval `{id}`"))
+            })?)?;
+            a.status = status.clone();
+            a.decided_by = Some(by.clone());
+            a.decided_ms = Some(*decided_ms);
+            a.comment = comment.clone();
+            tx.execute(
+                "UPDATE approvals SET status = ?2, body = ?3 WHERE id = ?1",
+                params![id, status, json(&a)],
+            )?;
+        }
+        Mutation::UseApproval { id } => {
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM approvals WHERE id = ?1 AND status = 'approved'",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut a: Approval = from_json(&body.ok_or_else(|| {
+                StoreError::Conflict(format!("use of approval `{id}`"))
+            })?)?;
+            a.status = "used".into();
+            tx.execute(
+                "UPDATE approvals SET status = 'used', body = ?2 WHERE id = ?1",
+                params![id, json(&a)],
+            )?;
+        }
+        Mutation::SuspendRun { id, ms, reason } => {
+            let n = tx.execute(
+                "UPDATE runs SET suspended_ms = ?2, suspended_reason = ?3 WHERE id = ?1 AND ended_ms IS NULL",
+                params![id, *ms as i64, reason],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("running run `{id}`")));
+            }
+        }
+        Mutation::ResumeRun { id } => {
+            let n = tx.execute(
+                "UPDATE runs SET suspended_ms = NULL, suspended_reason = NULL WHERE id = ?1 AND suspended_ms IS NOT NULL",
+                params![id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("suspended run `{id}`")));
+            }
+        }
         Mutation::Batch(all) => {
             for m in all {
                 apply(tx, m)?;
@@ -409,13 +503,14 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.principals = c
-            .prepare("SELECT tenant, id, display_name, created_ms FROM principals")?
+            .prepare("SELECT tenant, id, display_name, created_ms, groups FROM principals")?
             .query_map([], |r| {
                 Ok(Principal {
                     tenant: r.get(0)?,
                     id: r.get(1)?,
                     display_name: r.get(2)?,
                     created_ms: r.get::<_, i64>(3)? as u64,
+                    groups: from_json(&r.get::<_, String>(4)?)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -495,6 +590,22 @@ impl Store for SqliteStore {
                     updated_ms: r.get::<_, i64>(3)? as u64,
                 })
             })?
+            .collect::<rusqlite::Result<_>>()?;
+        s.approver_tokens = c
+            .prepare("SELECT id, hash, tenant, principal, created_ms FROM approver_tokens")?
+            .query_map([], |r| {
+                Ok(ApproverToken {
+                    id: r.get(0)?,
+                    hash: r.get(1)?,
+                    tenant: r.get(2)?,
+                    principal: r.get(3)?,
+                    created_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        s.suspended_runs = c
+            .prepare("SELECT id, COALESCE(suspended_reason, '') FROM runs WHERE suspended_ms IS NOT NULL AND ended_ms IS NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         s.admin_tokens = c
             .prepare("SELECT id, hash, created_ms FROM admin_tokens")?
@@ -678,6 +789,45 @@ impl Store for SqliteStore {
             },
         )
         .optional()?)
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<Approval>> {
+        let c = lock(&self.reader);
+        let body: Option<String> = c
+            .query_row("SELECT body FROM approvals WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(match body {
+            Some(b) => Some(from_json(&b)?),
+            None => None,
+        })
+    }
+
+    fn approval_for_request(&self, request_digest: &str) -> Result<Option<Approval>> {
+        let c = lock(&self.reader);
+        let body: Option<String> = c
+            .query_row(
+                "SELECT body FROM approvals WHERE request_digest = ?1 AND status IN ('pending', 'approved', 'denied') ORDER BY rowid DESC LIMIT 1",
+                params![request_digest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match body {
+            Some(b) => Some(from_json(&b)?),
+            None => None,
+        })
+    }
+
+    fn list_approvals(&self, tenant: Option<&str>, status: Option<&str>, limit: u32) -> Result<Vec<Approval>> {
+        let c = lock(&self.reader);
+        let mut q = c.prepare(
+            "SELECT body FROM approvals WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY rowid DESC LIMIT ?3",
+        )?;
+        let rows = q
+            .query_map(params![tenant, status, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.iter().map(|b| Ok(from_json(b)?)).collect()
     }
 
     fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>> {

@@ -54,6 +54,9 @@ pub struct NewPrincipal {
     id: String,
     #[serde(default)]
     display_name: String,
+    /// Groups an approval policy can name (`@approval("group:finance")`).
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 /// `POST /v1/tenants/{tenant}/principals`
@@ -69,6 +72,12 @@ pub async fn create_principal(
     let req: NewPrincipal = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_principal(&req.id).map_err(bad)?;
     ids::check_text("display name", &req.display_name, 256).map_err(bad)?;
+    if req.groups.len() > 32 {
+        return Err(err(Code::InvalidRequest, "at most 32 groups"));
+    }
+    for g in &req.groups {
+        ids::check_slug("group", g).map_err(bad)?;
+    }
     if s.reg()
         .principals
         .contains_key(&(tenant.clone(), req.id.clone()))
@@ -82,6 +91,7 @@ pub async fn create_principal(
         tenant: tenant.clone(),
         id: req.id,
         display_name: req.display_name,
+        groups: req.groups,
         created_ms: crate::now_ms(),
     };
     let mut ev = Ctx::new(&headers, addr).event("principal.create", Some(&tenant));
