@@ -435,6 +435,8 @@ fn verify_bench(iterations: u32) {
         task: "bench".into(),
         grant: None,
         path_prefix: None,
+        authorization_details: None,
+        approval: None,
     };
     let Ok(token) = credential::sign(&keys.jwt_eddsa, &claims) else {
         return;

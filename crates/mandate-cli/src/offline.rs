@@ -159,6 +159,7 @@ pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> 
             nonce: Some(&nonce),
             keyid: Some(&kid),
             include_alg: true,
+            tag: None,
         },
     )
     .map_err(|e| CliError(e.to_string()))?;

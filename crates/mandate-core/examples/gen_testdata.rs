@@ -264,6 +264,8 @@ fn main() {
         task: "triage".into(),
         grant: Some("grt_1".into()),
         path_prefix: None,
+        authorization_details: None,
+        approval: None,
     };
     let cred = credential::sign(&keys.jwt_eddsa, &access).unwrap();
     put(

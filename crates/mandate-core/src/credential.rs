@@ -72,6 +72,27 @@ pub struct AccessClaims {
     /// other tools should).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub path_prefix: Option<String>,
+    /// What the agent declared about the request (RFC 9396 §7: the
+    /// authorization details the credential was issued for).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub authorization_details: Option<Value>,
+    /// The human approval this credential was issued under.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approval: Option<ApprovalClaim>,
+}
+
+/// Who approved, when, and what exactly (issue 5: "agent performed X,
+/// approved by alice at 09:22 UTC").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalClaim {
+    /// The approval's id.
+    pub id: String,
+    /// The approver (`principal:<id>`).
+    pub approver: String,
+    /// When it was approved (seconds).
+    pub approved_at: UnixTime,
+    /// SHA-256 (base64url) of the approved request: run, tool, actions, details.
+    pub request_digest: String,
 }
 
 impl AccessClaims {
@@ -226,6 +247,8 @@ mod tests {
             task: "x".into(),
             grant: None,
             path_prefix: None,
+            authorization_details: None,
+            approval: None,
         }
     }
 

@@ -687,6 +687,8 @@ pub struct SignParams<'a> {
     pub keyid: Option<&'a str>,
     /// Whether to state `alg`.
     pub include_alg: bool,
+    /// `tag`: what the signature is for (RFC 9421 §2.3).
+    pub tag: Option<&'a str>,
 }
 
 /// Signs `msg`; returns the `Signature-Input` and `Signature` field values.
@@ -708,6 +710,9 @@ pub fn sign(msg: &Message, key: &SigningKey, p: &SignParams<'_>) -> Result<(Stri
     }
     if let Some(k) = p.keyid {
         params.push(("keyid".into(), Bare::Str(k.to_owned())));
+    }
+    if let Some(t) = p.tag {
+        params.push(("tag".into(), Bare::Str(t.to_owned())));
     }
     if p.include_alg {
         params.push(("alg".into(), Bare::Str(alg_name(key.alg()).into())));

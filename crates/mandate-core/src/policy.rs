@@ -188,6 +188,23 @@ pub struct Details {
     pub target: Option<String>,
 }
 
+impl Details {
+    /// The details a credential was issued for (its `authorization_details`).
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        Details {
+            amount: v.get("amount").and_then(serde_json::Value::as_i64),
+            currency: v
+                .get("currency")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+            target: v
+                .get("target")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+}
+
 /// A run's history as policy sees it (see `RunHistory` in the schema).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {

@@ -69,7 +69,10 @@ impl Case {
 fn budget_counts_exchanges_and_amounts() {
     let (e, p) = load(&[
         ("baseline", BASELINE),
-        ("budget", include_str!("../../../examples/policies/budget.cedar")),
+        (
+            "budget",
+            include_str!("../../../examples/policies/budget.cedar"),
+        ),
     ]);
     let mut c = Case::new(&[]);
     c.history.tool_exchanges = 19;
@@ -80,19 +83,28 @@ fn budget_counts_exchanges_and_amounts() {
     assert!(v.approval.is_none());
 
     let mut c = Case::new(&["money"]);
-    assert_eq!(e.decide(&p, &c.facts()).unwrap().policies, ["budget/money-needs-an-amount"]);
+    assert_eq!(
+        e.decide(&p, &c.facts()).unwrap().policies,
+        ["budget/money-needs-an-amount"]
+    );
     c.details.amount = Some(20_000);
     c.history.amount_total = 30_000;
     assert!(e.decide(&p, &c.facts()).unwrap().allowed);
     c.history.amount_total = 30_001;
-    assert_eq!(e.decide(&p, &c.facts()).unwrap().policies, ["budget/money-budget"]);
+    assert_eq!(
+        e.decide(&p, &c.facts()).unwrap().policies,
+        ["budget/money-budget"]
+    );
 }
 
 #[test]
 fn pii_then_external_send_needs_the_principal_and_payments_need_finance() {
     let (e, p) = load(&[
         ("baseline", BASELINE),
-        ("approvals", include_str!("../../../examples/policies/approvals.cedar")),
+        (
+            "approvals",
+            include_str!("../../../examples/policies/approvals.cedar"),
+        ),
     ]);
     let mut c = Case::new(&["external_send"]);
     assert!(e.decide(&p, &c.facts()).unwrap().allowed, "no pii read yet");
@@ -117,20 +129,32 @@ fn pii_then_external_send_needs_the_principal_and_payments_need_finance() {
 fn time_window_and_prod_guard() {
     let (e, p) = load(&[
         ("baseline", BASELINE),
-        ("hours", include_str!("../../../examples/policies/time-window.cedar")),
-        ("prod", include_str!("../../../examples/policies/prod-guard.cedar")),
+        (
+            "hours",
+            include_str!("../../../examples/policies/time-window.cedar"),
+        ),
+        (
+            "prod",
+            include_str!("../../../examples/policies/prod-guard.cedar"),
+        ),
     ]);
     let mut c = Case::new(&[]);
     c.risk = "high";
     assert!(e.decide(&p, &c.facts()).unwrap().allowed, "Wednesday noon");
     c.now += 7 * 3600; // 19:00
-    assert_eq!(e.decide(&p, &c.facts()).unwrap().policies, ["hours/business-hours"]);
+    assert_eq!(
+        e.decide(&p, &c.facts()).unwrap().policies,
+        ["hours/business-hours"]
+    );
     c.now += 3 * 86_400 - 7 * 3600; // Saturday noon
     assert!(!e.decide(&p, &c.facts()).unwrap().allowed);
 
     let mut c = Case::new(&["prod"]);
     c.action = vec!["deploy".into()];
-    assert_eq!(e.decide(&p, &c.facts()).unwrap().policies, ["prod/prod-writes-need-evals"]);
+    assert_eq!(
+        e.decide(&p, &c.facts()).unwrap().policies,
+        ["prod/prod-writes-need-evals"]
+    );
     c.history.evals_passed = vec!["regression".into()];
     assert!(e.decide(&p, &c.facts()).unwrap().allowed);
     let mut c = Case::new(&["prod"]);

@@ -105,6 +105,7 @@ fn b_2_6_ed25519_request_verifies_and_signs_to_the_same_bytes() {
             nonce: None,
             keyid: Some("test-key-ed25519"),
             include_alg: false,
+            tag: None,
         },
     )
     .unwrap();
@@ -178,6 +179,7 @@ fn signed(
             nonce,
             keyid: Some(&key.kid()),
             include_alg: true,
+            tag: None,
         },
     )
     .unwrap();

@@ -83,6 +83,18 @@ pub struct Config {
     /// Make new credential signing keys at start; the previous ones stay
     /// published (and accepted) so credentials they signed still verify.
     pub rotate_keys: bool,
+    /// How long an approval request can be decided, then used (seconds).
+    pub approval_ttl: u64,
+    /// Where approval requests and alerts are POSTed (signed, RFC 9421).
+    pub webhook_url: Option<String>,
+    /// Alert when a run makes more exchange requests than this in a minute.
+    pub anomaly_rate_1m: u64,
+    /// Alert when a run is denied this many times in a minute.
+    pub anomaly_denials_1m: u64,
+    /// Alert when an agent gets a credential for a tool it never used before.
+    pub anomaly_new_tool: bool,
+    /// Suspend a run on an alert (its exchanges wait for an admin).
+    pub suspend_on_anomaly: bool,
 }
 
 impl Config {
@@ -106,6 +118,12 @@ impl Config {
             max_delegation_depth: 4,
             max_children: 16,
             rotate_keys: false,
+            approval_ttl: 600,
+            webhook_url: None,
+            anomaly_rate_1m: 120,
+            anomaly_denials_1m: 10,
+            anomaly_new_tool: false,
+            suspend_on_anomaly: false,
         }
     }
 }

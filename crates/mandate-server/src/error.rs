@@ -27,6 +27,10 @@ pub enum Code {
     UseDpopNonce,
     /// An RFC 9421 HTTP message signature was refused.
     InvalidSignature,
+    /// A human has not decided yet (RFC 8628 §3.5, CIBA): retry after `interval`.
+    AuthorizationPending,
+    /// The approval request expired (RFC 8628 §3.5).
+    ExpiredToken,
     /// Policy said no.
     AccessDenied,
     /// Missing or bad admin credential (RFC 6750 §3.1 `invalid_token`).
@@ -60,6 +64,8 @@ impl Code {
             Code::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
             Code::UseDpopNonce => (StatusCode::BAD_REQUEST, "use_dpop_nonce"),
             Code::InvalidSignature => (StatusCode::BAD_REQUEST, "invalid_signature"),
+            Code::AuthorizationPending => (StatusCode::BAD_REQUEST, "authorization_pending"),
+            Code::ExpiredToken => (StatusCode::BAD_REQUEST, "expired_token"),
             Code::AccessDenied => (StatusCode::FORBIDDEN, "access_denied"),
             Code::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Code::Forbidden => (StatusCode::FORBIDDEN, "insufficient_scope"),

@@ -11,14 +11,18 @@
 //!   admin API, and the `proxy` provider's data path (`/proxy/{tool}/...`);
 //! - [`upstream`]: the proxy's HTTP client (rustls, pooled);
 //! - [`sigs`]: RFC 9421 HTTP message signatures as proof of possession;
+//! - [`history`]: what each run has done so far, for continuous authorization;
+//! - [`alerts`]: anomalies (alert events, suspension) and the signed webhook;
 //! - [`pg`]: the `postgres` provider: a role per credential, and the reaper
 //!   that drops it on expiry or revocation (also after a restart);
 //! - [`error`]: the one place where errors become RFC-shaped responses.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod boot;
 pub mod error;
 pub mod form;
+pub mod history;
 pub mod pg;
 pub mod registry;
 pub mod routes;
@@ -52,6 +56,7 @@ pub fn now_ms() -> u64 {
 /// Starts the broker's background tasks (the lease reaper); needs a Tokio runtime.
 pub fn start_background(state: &Arc<AppState>) {
     tokio::spawn(pg::reaper(Arc::clone(state)));
+    tokio::spawn(alerts::deliver_webhooks(Arc::clone(state)));
 }
 
 /// Boots the broker from `config` and serves until `shutdown` resolves.

@@ -109,6 +109,12 @@ pub struct AppState {
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
     pub pg: crate::pg::Postgres,
+    /// What each run has done (continuous authorization).
+    pub history: Mutex<crate::history::Histories>,
+    /// Approval webhook deliveries waiting to go out.
+    pub webhooks: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
+    /// Their receiving end, taken by the background task.
+    pub webhook_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>>>,
 }
 
 /// (tenant, tool).
@@ -129,6 +135,71 @@ impl std::fmt::Debug for AppState {
 
 /// Cedar entities by (run, tool), with the registry generation they were built at.
 pub type EntityCache = HashMap<(String, String), (u64, Arc<mandate_core::policy::PolicyEntities>)>;
+
+/// The run histories from the audit trail: credentials issued by the runs
+/// that can still be alive, eval gates reported for them, and which agents
+/// ever used which tools.
+fn rebuild_history(
+    store: &dyn Store,
+    reg: &Registry,
+    max_ttl: u64,
+) -> Result<crate::history::Histories, BootError> {
+    let mut h = crate::history::Histories::default();
+    let e = |e: mandate_store::StoreError| BootError(format!("cannot read the audit trail: {e}"));
+    for (t, a, tool) in store.agent_tools_used().map_err(e)? {
+        h.used(t, a, tool);
+    }
+    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
+    for event_type in ["token.exchange", "run.eval"] {
+        let mut after = 0;
+        loop {
+            let page = store
+                .audit_query(&mandate_store::AuditFilter {
+                    event_type: Some(event_type.into()),
+                    since_ms: Some(since_ms),
+                    after_seq: Some(after),
+                    limit: Some(10_000),
+                    ..Default::default()
+                })
+                .map_err(e)?;
+            for ev in &page {
+                after = after.max(ev.seq);
+                let b = &ev.body;
+                let (Some(run), Some(tool)) = (b.run.as_deref(), b.tool.as_deref()) else {
+                    if let (Some(run), Some(name)) = (b.run.as_deref(), b.details["eval"].as_str())
+                    {
+                        h.eval(run, name, b.decision == "ok", b.time_ms / 1000);
+                    }
+                    continue;
+                };
+                if b.decision != "allow" {
+                    continue;
+                }
+                let labels = reg
+                    .tools
+                    .get(&(b.tenant.clone().unwrap_or_default(), tool.to_owned()))
+                    .map(|t| t.labels.clone())
+                    .unwrap_or_default();
+                let _ = h.issued(
+                    (
+                        b.tenant.as_deref().unwrap_or_default(),
+                        b.agent.as_deref().unwrap_or_default(),
+                        tool,
+                    ),
+                    run,
+                    &b.actions,
+                    &labels,
+                    b.details["amount"].as_i64(),
+                    b.time_ms / 1000,
+                );
+            }
+            if page.len() < 10_000 {
+                break;
+            }
+        }
+    }
+    Ok(h)
+}
 
 /// Upper bound on entries of the small per-run caches.
 const CACHE_CAP: usize = 100_000;
@@ -181,6 +252,8 @@ impl AppState {
             mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
             mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
         ];
+        let history = rebuild_history(store.as_ref(), &registry, config.mandate_max_ttl)?;
+        let (webhooks, webhook_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(AppState {
             config,
             store,
@@ -206,6 +279,9 @@ impl AppState {
             secrets: RwLock::new(secrets),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
+            history: Mutex::new(history),
+            webhooks,
+            webhook_queue: Mutex::new(Some(webhook_rx)),
         }))
     }
 

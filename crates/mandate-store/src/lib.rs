@@ -129,6 +129,8 @@ pub trait Store: Send + Sync {
     fn live_leases(&self) -> Result<Vec<Lease>>;
     /// A join token by id.
     fn join_token(&self, id: &str) -> Result<Option<JoinToken>>;
+    /// Every (tenant, agent, tool) that ever got a credential.
+    fn agent_tools_used(&self) -> Result<Vec<(String, String, String)>>;
     /// An approval by id.
     fn approval(&self, id: &str) -> Result<Option<Approval>>;
     /// The latest live (pending, approved or denied) approval for a request digest.

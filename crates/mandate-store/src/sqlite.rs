@@ -364,9 +364,9 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                     |r| r.get(0),
                 )
                 .optional()?;
-            let mut a: Approval = from_json(&body.ok_or_else(|| {
-                StoreError::Conflict(format!("use of approval `{id}`"))
-            })?)?;
+            let mut a: Approval = from_json(
+                &body.ok_or_else(|| StoreError::Conflict(format!("use of approval `{id}`")))?,
+            )?;
             a.status = "used".into();
             tx.execute(
                 "UPDATE approvals SET status = 'used', body = ?2 WHERE id = ?1",
@@ -791,12 +791,25 @@ impl Store for SqliteStore {
         .optional()?)
     }
 
+    fn agent_tools_used(&self) -> Result<Vec<(String, String, String)>> {
+        let c = lock(&self.reader);
+        let mut q = c.prepare(
+            "SELECT DISTINCT tenant, agent, tool FROM audit WHERE event_type = 'token.exchange' AND decision = 'allow' AND tenant IS NOT NULL AND agent IS NOT NULL AND tool IS NOT NULL",
+        )?;
+        let rows = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
     fn approval(&self, id: &str) -> Result<Option<Approval>> {
         let c = lock(&self.reader);
         let body: Option<String> = c
-            .query_row("SELECT body FROM approvals WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT body FROM approvals WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(match body {
             Some(b) => Some(from_json(&b)?),
@@ -819,13 +832,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list_approvals(&self, tenant: Option<&str>, status: Option<&str>, limit: u32) -> Result<Vec<Approval>> {
+    fn list_approvals(
+        &self,
+        tenant: Option<&str>,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Approval>> {
         let c = lock(&self.reader);
         let mut q = c.prepare(
             "SELECT body FROM approvals WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY rowid DESC LIMIT ?3",
         )?;
         let rows = q
-            .query_map(params![tenant, status, limit as i64], |r| r.get::<_, String>(0))?
+            .query_map(params![tenant, status, limit as i64], |r| {
+                r.get::<_, String>(0)
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.iter().map(|b| Ok(from_json(b)?)).collect()
     }

@@ -20,6 +20,7 @@
 //! when a credential names an unknown `kid`), and keeps the revocations
 //! current from the broker's feed (Server-Sent Events, resumed from the last
 //! event id, with the log polled when the stream is down).
+//! [`webhook::verify_webhook`] checks the broker's signed webhooks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,6 +28,7 @@
 pub mod live;
 #[cfg(feature = "axum")]
 pub mod middleware;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

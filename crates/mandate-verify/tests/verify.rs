@@ -62,6 +62,8 @@ fn claims(f: &Fixture) -> AccessClaims {
         task: "sync contacts".into(),
         grant: Some("grt_1".into()),
         path_prefix: None,
+        authorization_details: None,
+        approval: None,
     }
 }
 

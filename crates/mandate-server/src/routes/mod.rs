@@ -68,6 +68,17 @@ pub fn router(state: S) -> Router {
             post(admin::create_join_token),
         )
         .route("/v1/runs/{id}/end", post(admin::end_run))
+        .route("/v1/runs/{id}/evals", post(admin::report_eval))
+        .route("/v1/runs/{id}/suspend", post(admin::suspend_run))
+        .route("/v1/runs/{id}/resume", post(admin::resume_run))
+        .route(
+            "/v1/tenants/{tenant}/principals/{principal}/approver-tokens",
+            post(admin::create_approver_token),
+        )
+        .route("/v1/approvals", get(admin::list_approvals))
+        .route("/v1/approvals/{id}", get(admin::show_approval))
+        .route("/v1/approvals/{id}/approve", post(admin::approve))
+        .route("/v1/approvals/{id}/deny", post(admin::deny))
         .route("/v1/runs/delegate", post(admin::delegate))
         .route(
             "/v1/revocations",

@@ -20,8 +20,8 @@ use mandate_core::dpop::{self, ProofExpectations};
 use mandate_core::ids::random_id;
 use mandate_core::jose::Alg;
 use mandate_core::mandate::{self, MandateClaims};
-use mandate_core::policy::ExchangeFacts;
-use mandate_store::{Entry, Lease, Mutation, Revocation, Tool};
+use mandate_core::policy::{Details, ExchangeFacts};
+use mandate_store::{Approval, Entry, Lease, Mutation, Revocation, Tool};
 
 use super::{S, body, client, correlation_id, require_admin};
 use crate::error::{ApiError, Code, err};
@@ -51,6 +51,8 @@ struct Issued {
     count_uses: Vec<(String, u64)>,
     /// Expiry of the mandate (when the counts can be forgotten).
     mandate_exp: u64,
+    /// The approval this credential spends.
+    approval: Option<Approval>,
 }
 
 /// RFC 8414 authorization server metadata.
@@ -93,6 +95,14 @@ struct Seen {
     audit_reason: Option<String>,
     /// How possession was proven: `dpop` or `httpsig` (RFC 9421).
     pop: Option<&'static str>,
+    /// An approval request to record (the answer is `authorization_pending`).
+    pending: Option<Approval>,
+    /// An existing pending approval the agent is waiting for.
+    waiting: Option<Approval>,
+    /// The declared amount, for the run's history.
+    amount: Option<i64>,
+    /// The tool's labels, for the run's history.
+    labels: Vec<String>,
 }
 
 fn require_form_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -180,6 +190,14 @@ async fn token_inner(
             ev.credential_exp = Some(claims.exp);
             ev.details = json!({"grant": claims.grant, "aud": claims.aud, "provider": issued.tool.provider,
                 "proof": seen.pop, "bound": claims.cnf.is_some()});
+            if let Some(a) = &seen.amount {
+                ev.details["amount"] = json!(a);
+            }
+            if let Some(a) = &issued.approval {
+                // "performed X, approved by alice at 09:22 UTC"
+                ev.details["approval"] = json!({"id": a.id, "approved_by": a.decided_by,
+                    "approved_ms": a.decided_ms, "request_digest": a.request_digest});
+            }
             if let Some(m) = seen.mandate.as_deref().filter(|m| !m.hops.is_empty()) {
                 ev.details["hops"] = json!(m.hops);
                 ev.details["holder"] = json!(m.cnf_jkt);
@@ -223,6 +241,10 @@ async fn token_inner(
                     until: issued.mandate_exp,
                 });
             }
+            if let Some(a) = &issued.approval {
+                // Spent with the credential it allowed: never twice.
+                mutations.push(Mutation::UseApproval { id: a.id.clone() });
+            }
             let mutation = match mutations.len() {
                 0 | 1 => mutations.pop(),
                 _ => Some(Mutation::Batch(mutations)),
@@ -234,6 +256,13 @@ async fn token_inner(
                 })
                 .await
             {
+                if e.code == Code::Conflict && issued.approval.is_some() {
+                    return err(
+                        Code::InvalidGrant,
+                        "this approval was already used for a credential; ask again",
+                    )
+                    .into_response();
+                }
                 if e.code == Code::Conflict && !issued.count_uses.is_empty() {
                     // Another exchange took the last use first.
                     let mut w = withheld;
@@ -330,10 +359,55 @@ async fn token_inner(
                     return err(Code::ServerError, "no credential was made").into_response();
                 }
             }
+            if let Some(m) = seen.mandate.as_deref() {
+                let first = s
+                    .history
+                    .lock()
+                    .map(|mut h| {
+                        h.issued(
+                            (&m.tenant, &m.agent, &issued.tool.name),
+                            &m.run,
+                            &claims
+                                .scope
+                                .split(' ')
+                                .map(str::to_owned)
+                                .collect::<Vec<_>>(),
+                            &seen.labels,
+                            seen.amount,
+                            now,
+                        )
+                    })
+                    .unwrap_or(false);
+                crate::alerts::issued(s, m, &issued.tool.name, first, now).await;
+            }
             let mut r = Json(body).into_response();
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
+        }
+        Err(e) if e.code == Code::AuthorizationPending => {
+            let interval = 5;
+            if let Some(a) = seen.pending {
+                // A new approval request: durable first, then announced.
+                ev.event_type = "approval.request".into();
+                ev.decision = "pending".into();
+                ev.reason = seen.audit_reason.clone();
+                ev.details = json!({"approval": a.id, "approvers": a.approvers,
+                    "details": a.details, "expires_at": a.expires_at});
+                if let Err(we) = s
+                    .commit(Entry {
+                        mutation: Some(Mutation::CreateApproval(a.clone())),
+                        events: vec![ev],
+                    })
+                    .await
+                {
+                    return we.into_response();
+                }
+                crate::alerts::announce(s, "approval.requested", json!(a));
+                return pending(&e, Some(&a), interval, now);
+            }
+            // Waiting for a decision, or a suspended run: nothing new to record.
+            pending(&e, seen.waiting.as_ref(), interval, now)
         }
         Err(e) => {
             ev.decision = "deny".into();
@@ -344,9 +418,27 @@ async fn token_inner(
             if let Err(we) = s.record(vec![ev]).await {
                 return we.into_response();
             }
+            if let Some(m) = seen.mandate.as_deref() {
+                crate::alerts::judged(s, m, now, true).await;
+            }
             e.into_response()
         }
     }
+}
+
+/// RFC 8628 §3.5-style `authorization_pending`, with the approval to poll.
+fn pending(e: &ApiError, a: Option<&Approval>, interval: u64, now: u64) -> Response {
+    let mut body = json!({"error": e.code.as_str(), "error_description": e.description,
+        "interval": interval});
+    if let Some(a) = a {
+        body["approval_id"] = json!(a.id);
+        body["expires_in"] = json!(a.expires_at.saturating_sub(now));
+        body["approvers"] = json!(a.approvers);
+    }
+    let mut r = (e.code.status(), Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// A random database password (URL-safe, so it fits a connection URI).
@@ -434,6 +526,9 @@ fn exchange(
         return Err(err(Code::InvalidScope, "ask for 1 to 16 actions"));
     }
     seen.actions = actions.clone();
+    let (details, details_json) = parse_details(form.opt("authorization_details"))?;
+    let approval_id = form.opt("approval_id").map(str::to_owned);
+    seen.amount = details.amount;
     let proof = single_header(headers, "dpop")?;
     match (proof.is_some(), crate::sigs::present(headers)) {
         (false, false) => {
@@ -601,7 +696,88 @@ fn exchange(
         .cloned()
         .unwrap_or_default();
     let generation = reg.generation;
+    // A suspended run waits for an admin (anomaly response).
+    let suspended = reg.suspended.get(&claims.run).cloned();
     drop(reg);
+    if let Some(why) = suspended {
+        seen.audit_reason = Some(format!("run suspended: {why}"));
+        return Err(err(
+            Code::AuthorizationPending,
+            format!(
+                "run `{}` is suspended ({why}); its exchanges wait until an admin resumes it (`mandate run resume`) or revokes it",
+                claims.run
+            ),
+        ));
+    }
+    seen.labels = tool.labels.clone();
+    let history = s
+        .history
+        .lock()
+        .map(|h| {
+            h.facts(
+                &claims.run,
+                claims.issued_at,
+                (&claims.tenant, &claims.agent, &tool.name),
+                now,
+            )
+        })
+        .unwrap_or_default();
+    // An approval for exactly this request, if one exists.
+    let digest = request_digest(&claims.run, &tool.name, &actions, &details_json);
+    let found = match &approval_id {
+        Some(id) => {
+            let a = s
+                .store
+                .approval(id)?
+                .ok_or_else(|| err(Code::InvalidGrant, format!("no approval `{}`", short(id))))?;
+            if a.request_digest != digest || a.run != claims.run {
+                return Err(err(
+                    Code::InvalidGrant,
+                    "this approval is for a different request (run, tool, actions or declared details differ); ask again",
+                ));
+            }
+            if a.expires_at < now {
+                return Err(err(
+                    Code::ExpiredToken,
+                    format!(
+                        "approval `{}` expired; make the request again to ask anew",
+                        a.id
+                    ),
+                ));
+            }
+            Some(a)
+        }
+        None => s
+            .store
+            .approval_for_request(&digest)?
+            .filter(|a| a.expires_at >= now),
+    };
+    let approved = match found.as_ref().map(|a| a.status.as_str()) {
+        Some("approved") => true,
+        Some("denied") => {
+            let a = found
+                .as_ref()
+                .map(|a| (a.decided_by.clone(), a.comment.clone()));
+            let (by, comment) = a.unwrap_or_default();
+            seen.audit_reason = Some("approval denied".into());
+            return Err(err(
+                Code::AccessDenied,
+                format!(
+                    "{} denied this request{}; a denial is final for this request",
+                    by.unwrap_or_else(|| "an approver".into()),
+                    comment.map(|c| format!(": {c}")).unwrap_or_default()
+                ),
+            ));
+        }
+        Some("pending") => {
+            seen.waiting = found.clone();
+            return Err(err(
+                Code::AuthorizationPending,
+                "waiting for a human to approve this request; retry after `interval` seconds",
+            ));
+        }
+        _ => false,
+    };
     let facts = ExchangeFacts {
         tenant: &claims.tenant,
         now,
@@ -620,8 +796,55 @@ fn exchange(
         actions: &actions,
         depth: claims.ancestors.len(),
         hops: claims.hops.len(),
+        approved,
+        details: &details,
+        history: &history,
     };
-    s.enforce(generation, &policies, &facts, &mut seen.policies)?;
+    let verdict = s.decide(generation, &policies, &facts)?;
+    seen.policies = verdict.policies.clone();
+    if !verdict.allowed {
+        let reason = verdict
+            .reason
+            .clone()
+            .unwrap_or_else(|| "denied by policy".into());
+        let Some(need) = verdict.approval else {
+            return Err(err(Code::AccessDenied, reason));
+        };
+        if approved {
+            return Err(err(
+                Code::AccessDenied,
+                format!(
+                    "{reason}; it was approved, but the policy still refuses: an `@approval` policy must say `unless {{ context.approved }}`"
+                ),
+            ));
+        }
+        let approvers = resolve_approvers(s, &claims, &need.approvers)?;
+        seen.audit_reason = Some(format!("approval required by {}", need.policies.join(", ")));
+        seen.pending = Some(Approval {
+            id: random_id(&mut OsRng, "apr_"),
+            tenant: claims.tenant.clone(),
+            run: claims.run.clone(),
+            agent: claims.agent.clone(),
+            principal: claims.principal.clone(),
+            tool: tool.name.clone(),
+            actions: actions.clone(),
+            details: details_json.clone(),
+            request_digest: digest,
+            approvers,
+            policies: need.policies,
+            status: "pending".into(),
+            requested_ms: crate::now_ms(),
+            expires_at: now + s.config.approval_ttl,
+            decided_by: None,
+            decided_ms: None,
+            comment: None,
+        });
+        return Err(err(
+            Code::AuthorizationPending,
+            format!("{reason}; a human must approve it; retry after `interval` seconds"),
+        ));
+    }
+    let approval = found.filter(|a| a.status == "approved");
 
     let exp = claims.expires_at.min(now + tool.max_ttl_secs);
     let access = AccessClaims {
@@ -646,6 +869,13 @@ fn exchange(
         task: claims.task.clone(),
         grant: claims.grant.clone(),
         path_prefix: claims.resource_prefix.clone(),
+        authorization_details: (!details_json.is_null()).then(|| details_json.clone()),
+        approval: approval.as_ref().map(|a| credential::ApprovalClaim {
+            id: a.id.clone(),
+            approver: a.decided_by.clone().unwrap_or_default(),
+            approved_at: a.decided_ms.unwrap_or(0) / 1000,
+            request_digest: a.request_digest.clone(),
+        }),
     };
     let mut access = access;
     let token = match tool.provider.as_str() {
@@ -678,7 +908,120 @@ fn exchange(
         pg_roles,
         count_uses,
         mandate_exp: claims.expires_at,
+        approval,
     })
+}
+
+/// Parses RFC 9396 `authorization_details`: a JSON array with one object of
+/// type `mandate` (`amount` integer minor units, `currency`, `target`,
+/// `description`). Returns the facts for policy and the canonical JSON
+/// (`null` when absent) that approvals bind.
+fn parse_details(raw: Option<&str>) -> Result<(Details, Value), ApiError> {
+    let Some(raw) = raw else {
+        return Ok((Details::default(), Value::Null));
+    };
+    let bad = |why: &str| {
+        err(
+            Code::InvalidRequest,
+            format!(
+                "`authorization_details` (RFC 9396): {why}; send [{{\"type\": \"mandate\", \"amount\": 2500, \"currency\": \"EUR\", \"target\": \"...\"}}]"
+            ),
+        )
+    };
+    if raw.len() > 4096 {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    let v: Value = serde_json::from_str(raw).map_err(|_| bad("not JSON"))?;
+    let [obj] = v.as_array().map(Vec::as_slice).unwrap_or_default() else {
+        return Err(bad("must be an array of exactly one object"));
+    };
+    let o = obj
+        .as_object()
+        .ok_or_else(|| bad("must be an array of exactly one object"))?;
+    if o.get("type").and_then(Value::as_str) != Some("mandate") {
+        return Err(bad("the object's `type` must be `mandate`"));
+    }
+    let mut d = Details::default();
+    for (k, val) in o {
+        match (k.as_str(), val) {
+            ("type", _) => {}
+            ("amount", Value::Number(n)) => {
+                d.amount = Some(
+                    n.as_i64()
+                        .filter(|a| *a >= 0)
+                        .ok_or_else(|| bad("`amount` is a non-negative integer in minor units"))?,
+                );
+            }
+            ("currency", Value::String(c))
+                if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) =>
+            {
+                d.currency = Some(c.clone());
+            }
+            ("target", Value::String(t)) | ("description", Value::String(t))
+                if t.len() <= 256 && !t.chars().any(char::is_control) =>
+            {
+                if k == "target" {
+                    d.target = Some(t.clone());
+                }
+            }
+            (k, _) => {
+                return Err(bad(&format!(
+                    "field `{}` is unknown or mistyped (amount: integer, currency: ISO 4217 code, target and description: text)",
+                    k.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok((d, obj.clone()))
+}
+
+/// SHA-256 (base64url) over what an approval binds: run, tool, actions
+/// (sorted), declared details (canonical JSON: object keys sorted).
+fn request_digest(run: &str, tool: &str, actions: &[String], details: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut a = actions.to_vec();
+    a.sort();
+    let canon = json!({"run": run, "tool": tool, "actions": a, "details": details}).to_string();
+    mandate_core::jose::b64(&Sha256::digest(canon.as_bytes()))
+}
+
+/// Who may approve: `principal` becomes the run's principal; a group must
+/// have at least one member in the tenant.
+fn resolve_approvers(
+    s: &S,
+    claims: &MandateClaims,
+    wanted: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let reg = s.reg();
+    let mut out = Vec::new();
+    for w in wanted {
+        if w == "principal" {
+            if let Some(p) = &claims.principal {
+                out.push(format!("principal:{p}"));
+            }
+        } else if let Some(g) = w.strip_prefix("group:")
+            && reg
+                .principals
+                .iter()
+                .any(|((t, _), p)| *t == claims.tenant && p.groups.iter().any(|x| x == g))
+        {
+            out.push(w.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(err(
+            Code::AccessDenied,
+            format!(
+                "this request needs approval by {}, and nobody can give it (the run acts for no principal, or the group has no members)",
+                wanted.join(" or ")
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 /// The RFC 8693 §4.1 actor chain, current actor first: each holder a block

@@ -548,6 +548,23 @@ fn authorize(
     let generation = reg.generation;
     drop(reg);
     let actions = [action];
+    let details = claims
+        .authorization_details
+        .as_ref()
+        .map(mandate_core::policy::Details::from_json)
+        .unwrap_or_default();
+    let history = s
+        .history
+        .lock()
+        .map(|h| {
+            h.facts(
+                &claims.run,
+                claims.iat,
+                (&claims.tenant, &claims.agent, &tool.name),
+                now,
+            )
+        })
+        .unwrap_or_default();
     let facts = ExchangeFacts {
         tenant: &claims.tenant,
         now,
@@ -566,6 +583,9 @@ fn authorize(
         actions: &actions,
         depth: claims.chain_depths().0,
         hops: claims.chain_depths().1,
+        approved: claims.approval.is_some(),
+        details: &details,
+        history: &history,
     };
     s.enforce(generation, &policies, &facts, &mut ev.policies)?;
 

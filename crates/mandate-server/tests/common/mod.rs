@@ -330,6 +330,7 @@ pub fn signed_headers(
             nonce: Some(nonce),
             keyid: Some(&key.kid()),
             include_alg: true,
+            tag: None,
         },
     )
     .unwrap();

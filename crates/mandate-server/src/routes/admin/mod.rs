@@ -23,12 +23,14 @@ use mandate_store::*;
 
 use super::{S, body, client, correlation_id, json_body, require_admin};
 
+mod approvals;
 mod audit;
 mod registration;
 mod revocation;
 mod runs;
 
 use crate::error::{ApiError, Code, err};
+pub use approvals::*;
 pub use audit::*;
 pub use registration::*;
 pub use revocation::*;

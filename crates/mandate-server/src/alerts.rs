@@ -1,0 +1,200 @@
+//! Anomalies and announcements: a run's request rate or denials spiking, or
+//! an agent using a tool it never used, raise an alert event (audit) and a
+//! webhook, and, where configured, suspend the run (its exchanges then wait
+//! for an admin to resume or revoke it). Approval requests and alerts are
+//! POSTed to the configured webhook, signed by the broker with RFC 9421
+//! (Ed25519, the credential key in the JWKS, `keyid` = its `kid`), so a chat
+//! bot or pager can check they come from the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use mandate_core::audit::EventBody;
+use mandate_core::httpsig;
+use mandate_core::mandate::MandateClaims;
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+/// Tag of the broker's webhook signatures.
+pub const WEBHOOK_TAG: &str = "mandate-webhook";
+
+/// Queues `data` for the webhook, as `{type, time_ms, data}`.
+pub fn announce(s: &AppState, kind: &str, data: Value) {
+    if s.config.webhook_url.is_some() {
+        let _ = s
+            .webhooks
+            .send(json!({"type": kind, "time_ms": crate::now_ms(), "data": data}));
+    }
+}
+
+/// Notes a judged exchange request of `m`'s run (denied or not) and raises
+/// the alerts it calls for.
+pub async fn judged(s: &AppState, m: &MandateClaims, now: u64, denied: bool) {
+    let facts = {
+        let Ok(mut h) = s.history.lock() else { return };
+        h.request(&m.run, now, denied);
+        h.facts(&m.run, m.issued_at, (&m.tenant, &m.agent, ""), now)
+    };
+    if facts.rate_1m > s.config.anomaly_rate_1m {
+        alert(
+            s,
+            m,
+            "rate_spike",
+            json!({"requests_1m": facts.rate_1m, "threshold": s.config.anomaly_rate_1m}),
+            now,
+        )
+        .await;
+    }
+    if denied && facts.denials_1m >= s.config.anomaly_denials_1m {
+        alert(
+            s,
+            m,
+            "denial_burst",
+            json!({"denials_1m": facts.denials_1m, "threshold": s.config.anomaly_denials_1m}),
+            now,
+        )
+        .await;
+    }
+}
+
+/// Notes an issued credential; `first_use` if the agent never used the tool.
+pub async fn issued(s: &AppState, m: &MandateClaims, tool: &str, first_use: bool, now: u64) {
+    judged(s, m, now, false).await;
+    if first_use && s.config.anomaly_new_tool {
+        alert(s, m, "new_tool", json!({"tool": tool}), now).await;
+    }
+}
+
+async fn alert(s: &AppState, m: &MandateClaims, kind: &'static str, details: Value, now: u64) {
+    let first = s
+        .history
+        .lock()
+        .map(|mut h| h.first_alert(&m.run, kind))
+        .unwrap_or(false);
+    if !first {
+        return;
+    }
+    let suspend = s.config.suspend_on_anomaly;
+    let mut ev = EventBody {
+        time_ms: crate::now_ms(),
+        event_type: format!("alert.{kind}"),
+        decision: if suspend { "suspend" } else { "ok" }.into(),
+        tenant: Some(m.tenant.clone()),
+        agent: Some(m.agent.clone()),
+        run: Some(m.run.clone()),
+        principal: m.principal.clone(),
+        details: details.clone(),
+        ..Default::default()
+    };
+    ev.reason = Some(format!("anomaly: {kind}"));
+    let mutation = suspend.then(|| mandate_store::Mutation::SuspendRun {
+        id: m.run.clone(),
+        ms: crate::now_ms(),
+        reason: format!("anomaly: {kind}"),
+    });
+    let committed = s
+        .commit(mandate_store::Entry {
+            mutation,
+            events: vec![ev],
+        })
+        .await;
+    if let Err(e) = committed {
+        tracing::warn!(
+            "could not record alert {kind} for run {}: {}",
+            m.run,
+            e.description
+        );
+    }
+    announce(
+        s,
+        "alert",
+        json!({"kind": kind, "run": m.run, "agent": m.agent, "tenant": m.tenant,
+               "suspended": suspend, "details": details, "time": now}),
+    );
+}
+
+/// Delivers queued webhook payloads, signed, with retries (1 s, 4 s, 16 s).
+pub async fn deliver_webhooks(s: Arc<AppState>) {
+    let Some(mut rx) = s.webhook_queue.lock().ok().and_then(|mut q| q.take()) else {
+        return;
+    };
+    let Some(url) = s.config.webhook_url.clone() else {
+        return;
+    };
+    while let Some(payload) = rx.recv().await {
+        let body = payload.to_string();
+        let mut ok = false;
+        for attempt in 0..3u32 {
+            match post_signed(&s, &url, &body).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    ok = true;
+                    break;
+                }
+                Ok(status) => tracing::warn!("webhook {url}: HTTP {status}"),
+                Err(e) => tracing::warn!("webhook {url}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(4u64.pow(attempt))).await;
+        }
+        if !ok {
+            tracing::error!(
+                "webhook {url}: gave up on a {} after 3 attempts",
+                payload["type"].as_str().unwrap_or("payload")
+            );
+        }
+    }
+}
+
+/// The headers of a webhook POST of `body` to `url`, signed by the broker.
+pub fn webhook_headers(
+    s: &AppState,
+    url: &str,
+    body: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let key = &s.keys.jwt_eddsa;
+    let now = crate::now_secs();
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        (
+            "content-digest".to_owned(),
+            httpsig::content_digest(body.as_bytes()),
+        ),
+    ];
+    let nonce = mandate_core::ids::random_id(&mut rand_core::OsRng, "");
+    let kid = key.kid();
+    let (input, sig) = httpsig::sign(
+        &httpsig::Message::request("POST", url, headers.clone()),
+        key,
+        &httpsig::SignParams {
+            label: "mandate",
+            components: &["@method", "@target-uri", "content-type", "content-digest"],
+            created: now,
+            expires: Some(now + 300),
+            nonce: Some(&nonce),
+            keyid: Some(&kid),
+            include_alg: true,
+            tag: Some(WEBHOOK_TAG),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    headers.push(("signature-input".into(), input));
+    headers.push(("signature".into(), sig));
+    Ok(headers)
+}
+
+async fn post_signed(s: &AppState, url: &str, body: &str) -> Result<u16, String> {
+    let headers = webhook_headers(s, url, body)?;
+    let mut req = axum::http::Request::builder().method("POST").uri(url);
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req
+        .body(Body::from(body.to_owned()))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), s.http.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(resp.status().as_u16())
+}

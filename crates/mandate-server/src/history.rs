@@ -1,0 +1,145 @@
+//! What each run has done so far, for continuous authorization: the policy
+//! context's `history` (credentials per tool and action, labels touched,
+//! declared amounts, request rate and denials in the last minute, eval gates
+//! passed) and whether an agent used a tool before. Kept in memory, updated
+//! after each commit, rebuilt from the audit trail at start (rates restart
+//! from zero after a restart).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use mandate_core::policy::History;
+
+/// One run's counters.
+#[derive(Debug, Default)]
+struct RunStats {
+    exchanges: u64,
+    per_tool: HashMap<String, (u64, HashMap<String, u64>)>,
+    labels: BTreeSet<String>,
+    amount_total: i64,
+    /// (second, denied) of recent requests, oldest first.
+    recent: VecDeque<(u64, bool)>,
+    evals_passed: BTreeSet<String>,
+    last_seen: u64,
+}
+
+/// Every run's history, and which agents used which tools.
+#[derive(Debug, Default)]
+pub struct Histories {
+    runs: HashMap<String, RunStats>,
+    agent_tools: HashSet<(String, String, String)>,
+    alerted: HashSet<(String, &'static str)>,
+}
+
+const WINDOW: u64 = 60;
+const MAX_RUNS: usize = 200_000;
+
+impl Histories {
+    /// The policy context's history of `run` before an exchange for `tool`.
+    pub fn facts(&self, run: &str, issued_at: u64, key: (&str, &str, &str), now: u64) -> History {
+        let used_before =
+            self.agent_tools
+                .contains(&(key.0.to_owned(), key.1.to_owned(), key.2.to_owned()));
+        let Some(r) = self.runs.get(run) else {
+            return History {
+                elapsed: now.saturating_sub(issued_at),
+                tool_used_before: used_before,
+                ..Default::default()
+            };
+        };
+        let (tool_n, actions) = r
+            .per_tool
+            .get(key.2)
+            .map(|(n, a)| (*n, a.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+            .unwrap_or((0, Vec::new()));
+        let recent = r.recent.iter().filter(|(t, _)| t + WINDOW > now);
+        let (mut rate, mut denials) = (0, 0);
+        for (_, d) in recent {
+            rate += 1;
+            denials += u64::from(*d);
+        }
+        History {
+            exchanges: r.exchanges,
+            tool_exchanges: tool_n,
+            action_exchanges: actions,
+            labels_touched: r.labels.iter().cloned().collect(),
+            amount_total: r.amount_total,
+            elapsed: now.saturating_sub(issued_at),
+            tool_used_before: used_before,
+            rate_1m: rate,
+            denials_1m: denials,
+            evals_passed: r.evals_passed.iter().cloned().collect(),
+        }
+    }
+
+    fn run(&mut self, run: &str, now: u64) -> &mut RunStats {
+        if self.runs.len() >= MAX_RUNS && !self.runs.contains_key(run) {
+            // Forget the runs not seen for longest (a mandate lives at most
+            // a day; a run idle that long is over).
+            let cutoff = now.saturating_sub(86_400);
+            self.runs.retain(|_, r| r.last_seen >= cutoff);
+        }
+        let r = self.runs.entry(run.to_owned()).or_default();
+        r.last_seen = now;
+        r
+    }
+
+    /// A request was judged (allowed or denied): counts toward the rate.
+    pub fn request(&mut self, run: &str, now: u64, denied: bool) {
+        let r = self.run(run, now);
+        while r.recent.front().is_some_and(|(t, _)| t + WINDOW <= now) {
+            r.recent.pop_front();
+        }
+        if r.recent.len() < 10_000 {
+            r.recent.push_back((now, denied));
+        }
+    }
+
+    /// Whether `kind` has not been alerted for `run` yet (and now is).
+    pub fn first_alert(&mut self, run: &str, kind: &'static str) -> bool {
+        if self.alerted.len() > MAX_RUNS {
+            self.alerted.clear();
+        }
+        self.alerted.insert((run.to_owned(), kind))
+    }
+
+    /// A credential was issued; returns whether it is the agent's first
+    /// for this tool.
+    pub fn issued(
+        &mut self,
+        key: (&str, &str, &str),
+        run: &str,
+        actions: &[String],
+        labels: &[String],
+        amount: Option<i64>,
+        now: u64,
+    ) -> bool {
+        let first = self
+            .agent_tools
+            .insert((key.0.to_owned(), key.1.to_owned(), key.2.to_owned()));
+        let r = self.run(run, now);
+        r.exchanges += 1;
+        let t = r.per_tool.entry(key.2.to_owned()).or_default();
+        t.0 += 1;
+        for a in actions {
+            *t.1.entry(a.clone()).or_default() += 1;
+        }
+        r.labels.extend(labels.iter().cloned());
+        r.amount_total = r.amount_total.saturating_add(amount.unwrap_or(0));
+        first
+    }
+
+    /// An eval gate was reported for a run.
+    pub fn eval(&mut self, run: &str, name: &str, passed: bool, now: u64) {
+        let r = self.run(run, now);
+        if passed {
+            r.evals_passed.insert(name.to_owned());
+        } else {
+            r.evals_passed.remove(name);
+        }
+    }
+
+    /// Marks that an agent used a tool (from the audit trail at start).
+    pub fn used(&mut self, tenant: String, agent: String, tool: String) {
+        self.agent_tools.insert((tenant, agent, tool));
+    }
+}

@@ -1,0 +1,469 @@
+//! Human approval (issue 5 §1), eval gates and run suspension (§2).
+//!
+//! Approvers are principals; they authenticate with an approver credential
+//! (`POST /v1/tenants/{t}/principals/{p}/approver-tokens`, shown once,
+//! stored hashed), which decides approval requests and does nothing else.
+//! An approval names who may decide it (`principal:<id>`, `group:<name>`);
+//! the admin can read approvals but not decide them, and an agent's mandate
+//! or credential is not an approver credential.
+
+use super::*;
+
+/// Prefix of approver credentials.
+pub const APPROVER_TOKEN_PREFIX: &str = "mandate_approver_";
+
+/// Who is calling an approvals endpoint.
+enum Caller {
+    Admin,
+    Approver { tenant: String, principal: String },
+}
+
+fn caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t) if t.starts_with(APPROVER_TOKEN_PREFIX) => {
+            let hash = crate::boot::token_hash(t);
+            let reg = s.reg();
+            let mut found = None;
+            for (h, tenant, principal) in &reg.approvers {
+                if mandate_core::secret::ct_eq(h, &hash) {
+                    found = Some((tenant.clone(), principal.clone()));
+                }
+            }
+            found
+                .map(|(tenant, principal)| Caller::Approver { tenant, principal })
+                .ok_or_else(|| {
+                    err(
+                        Code::Unauthorized,
+                        "the approver credential is not valid for this broker",
+                    )
+                })
+        }
+        Some(_) => require_admin(s, headers).map(|_| Caller::Admin).map_err(|_| {
+            err(
+                Code::Unauthorized,
+                "send an approver credential (`mandate principal approver-token`) or, to read, the admin credential; an agent's mandate or credential cannot approve",
+            )
+        }),
+        None => Err(err(
+            Code::Unauthorized,
+            "send `Authorization: Bearer <approver credential>`",
+        )),
+    }
+}
+
+/// Whether `principal` of `tenant` may decide `a`.
+fn may_decide(s: &S, tenant: &str, principal: &str, a: &Approval) -> bool {
+    if a.tenant != tenant {
+        return false;
+    }
+    let groups = s
+        .reg()
+        .principals
+        .get(&(tenant.to_owned(), principal.to_owned()))
+        .map(|p| p.groups.clone())
+        .unwrap_or_default();
+    a.approvers.iter().any(|w| {
+        w.strip_prefix("principal:") == Some(principal)
+            || w.strip_prefix("group:")
+                .is_some_and(|g| groups.iter().any(|x| x == g))
+    })
+}
+
+fn view(a: &Approval, now: u64) -> Value {
+    let mut v = json!(a);
+    if a.status == "pending" && a.expires_at < now {
+        v["status"] = json!("expired");
+    }
+    v
+}
+
+/// `POST /v1/tenants/{t}/principals/{p}/approver-tokens` (admin).
+pub async fn create_approver_token(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, principal)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&s, &headers)?;
+    need_tenant(&s, &tenant)?;
+    if !s
+        .reg()
+        .principals
+        .contains_key(&(tenant.clone(), principal.clone()))
+    {
+        return Err(err(
+            Code::NotFound,
+            format!(
+                "principal `{}` not found in tenant `{tenant}`",
+                short(&principal)
+            ),
+        ));
+    }
+    let secret = mandate_core::secret::Secret::random(&mut OsRng, 32);
+    let token = format!(
+        "{APPROVER_TOKEN_PREFIX}{}",
+        mandate_core::jose::b64(secret.expose())
+    );
+    let id = random_id(&mut OsRng, "apv_");
+    let mut ev = Ctx::new(&headers, addr).event("approver_token.create", Some(&tenant));
+    ev.principal = Some(principal.clone());
+    ev.credential_id = Some(id.clone());
+    s.commit(Entry {
+        mutation: Some(Mutation::PutApproverToken(ApproverToken {
+            id: id.clone(),
+            hash: crate::boot::token_hash(&token),
+            tenant: tenant.clone(),
+            principal: principal.clone(),
+            created_ms: crate::now_ms(),
+        })),
+        events: vec![ev],
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "tenant": tenant, "principal": principal, "token": token})),
+    ))
+}
+
+/// Query of `GET /v1/approvals`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalQuery {
+    tenant: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/approvals`: an approver sees what it may decide; the admin sees all.
+pub async fn list_approvals(
+    State(s): State<S>,
+    headers: HeaderMap,
+    q: Result<Query<ApprovalQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = caller(&s, &headers)?;
+    let Query(q) = q.map_err(|e| err(Code::InvalidRequest, e.body_text()))?;
+    if let Some(st) = &q.status
+        && !["pending", "approved", "denied", "used"].contains(&st.as_str())
+    {
+        return Err(err(
+            Code::InvalidRequest,
+            "`status` is pending, approved, denied or used",
+        ));
+    }
+    let tenant = match &who {
+        Caller::Admin => q.tenant.clone(),
+        Caller::Approver { tenant, .. } => Some(tenant.clone()),
+    };
+    let now = crate::now_secs();
+    let all = s.store.list_approvals(
+        tenant.as_deref(),
+        q.status.as_deref(),
+        q.limit.unwrap_or(100).min(1000),
+    )?;
+    let shown: Vec<Value> = all
+        .iter()
+        .filter(|a| match &who {
+            Caller::Admin => true,
+            Caller::Approver { tenant, principal } => may_decide(&s, tenant, principal, a),
+        })
+        .map(|a| view(a, now))
+        .collect();
+    Ok(Json(json!(shown)))
+}
+
+fn load(s: &S, who: &Caller, id: &str) -> Result<Approval, ApiError> {
+    let a = s.store.approval(id)?;
+    match (a, who) {
+        (Some(a), Caller::Admin) => Ok(a),
+        (Some(a), Caller::Approver { tenant, principal })
+            if may_decide(s, tenant, principal, &a) =>
+        {
+            Ok(a)
+        }
+        (Some(_), Caller::Approver { principal, .. }) => Err(err(
+            Code::Forbidden,
+            format!("`{principal}` is not an approver of this request"),
+        )),
+        (None, _) => Err(err(
+            Code::NotFound,
+            format!("approval `{}` not found", short(id)),
+        )),
+    }
+}
+
+/// `GET /v1/approvals/{id}`.
+pub async fn show_approval(
+    State(s): State<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = caller(&s, &headers)?;
+    Ok(Json(view(&load(&s, &who, &id)?, crate::now_secs())))
+}
+
+/// Body of approve and deny.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/approve`.
+pub async fn approve(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(&s, addr, &headers, &id, raw, "approved").await
+}
+
+/// `POST /v1/approvals/{id}/deny`.
+pub async fn deny(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(&s, addr, &headers, &id, raw, "denied").await
+}
+
+async fn decide(
+    s: &S,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    raw: Result<Bytes, BytesRejection>,
+    status: &str,
+) -> Result<Json<Value>, ApiError> {
+    let who = caller(s, headers)?;
+    let Caller::Approver { principal, .. } = &who else {
+        return Err(err(
+            Code::Forbidden,
+            "the admin credential reads approvals but does not decide them; use an approver credential (`mandate principal approver-token`)",
+        ));
+    };
+    let raw = body(raw, s.config.max_body)?;
+    let d: Decision = if raw.is_empty() {
+        Decision::default()
+    } else {
+        json_body(&raw)?
+    };
+    if let Some(c) = &d.comment {
+        ids::check_text("comment", c, 1024).map_err(bad)?;
+    }
+    let a = load(s, &who, id)?;
+    let now = crate::now_secs();
+    if a.status != "pending" || a.expires_at < now {
+        return Err(err(
+            Code::Conflict,
+            format!(
+                "approval `{}` is {}; only a pending, unexpired request can be decided",
+                a.id,
+                if a.status == "pending" {
+                    "expired"
+                } else {
+                    &a.status
+                }
+            ),
+        ));
+    }
+    let by = format!("principal:{principal}");
+    let mut ev = Ctx::new(headers, addr).event("approval.decide", Some(&a.tenant));
+    ev.decision = if status == "approved" {
+        "approve"
+    } else {
+        "deny"
+    }
+    .into();
+    ev.actor = Some(by.clone());
+    ev.agent = Some(a.agent.clone());
+    ev.run = Some(a.run.clone());
+    ev.principal = a.principal.clone();
+    ev.tool = Some(a.tool.clone());
+    ev.actions = a.actions.clone();
+    ev.reason = d.comment.clone();
+    ev.details =
+        json!({"approval": a.id, "request_digest": a.request_digest, "details": a.details});
+    s.commit(Entry {
+        mutation: Some(Mutation::DecideApproval {
+            id: a.id.clone(),
+            status: status.into(),
+            by: by.clone(),
+            comment: d.comment.clone(),
+            decided_ms: crate::now_ms(),
+            now,
+        }),
+        events: vec![ev],
+    })
+    .await
+    .map_err(|e| {
+        if e.code == Code::NotFound {
+            err(
+                Code::Conflict,
+                "the request was decided by someone else or expired meanwhile",
+            )
+        } else {
+            e
+        }
+    })?;
+    let decided = s.store.approval(id)?.unwrap_or(a);
+    crate::alerts::announce(s, "approval.decided", json!(decided));
+    Ok(Json(view(&decided, now)))
+}
+
+/// Body of `POST /v1/runs/{id}/evals`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalReport {
+    name: String,
+    passed: bool,
+    #[serde(default)]
+    score: Option<f64>,
+}
+
+/// `POST /v1/runs/{id}/evals` (admin, or the orchestrator holding it): an
+/// eval gate's result for a run, which policies see as
+/// `context.history.evals_passed`.
+pub async fn report_eval(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let r: EvalReport = json_body(&body(raw, s.config.max_body)?)?;
+    ids::check_slug("eval name", &r.name).map_err(bad)?;
+    let run = s
+        .store
+        .get_run(&id)?
+        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(&id))))?;
+    if run.ended_ms.is_some() {
+        return Err(err(Code::Conflict, format!("run `{id}` has ended")));
+    }
+    let mut ev = Ctx::new(&headers, addr).event("run.eval", Some(&run.tenant));
+    ev.decision = if r.passed { "ok" } else { "fail" }.into();
+    ev.agent = Some(run.agent.clone());
+    ev.run = Some(id.clone());
+    ev.principal = run.principal.clone();
+    ev.details = json!({"eval": r.name, "passed": r.passed, "score": r.score});
+    s.commit(Entry {
+        mutation: None,
+        events: vec![ev],
+    })
+    .await?;
+    if let Ok(mut h) = s.history.lock() {
+        h.eval(&id, &r.name, r.passed, crate::now_secs());
+    }
+    Ok(Json(json!({"run": id, "eval": r.name, "passed": r.passed})))
+}
+
+/// Body of `POST /v1/runs/{id}/suspend`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Suspend {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/suspend` (admin): its exchanges wait.
+pub async fn suspend_run(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let raw = body(raw, s.config.max_body)?;
+    let req: Suspend = if raw.is_empty() {
+        Suspend::default()
+    } else {
+        json_body(&raw)?
+    };
+    let reason = req.reason.unwrap_or_else(|| "suspended by an admin".into());
+    ids::check_text("reason", &reason, 512).map_err(bad)?;
+    run_state(
+        &s,
+        addr,
+        &headers,
+        &id,
+        Mutation::SuspendRun {
+            id: id.clone(),
+            ms: crate::now_ms(),
+            reason,
+        },
+    )
+    .await
+}
+
+/// `POST /v1/runs/{id}/resume` (admin).
+pub async fn resume_run(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    run_state(
+        &s,
+        addr,
+        &headers,
+        &id,
+        Mutation::ResumeRun { id: id.clone() },
+    )
+    .await
+}
+
+async fn run_state(
+    s: &S,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    m: Mutation,
+) -> Result<Json<Value>, ApiError> {
+    let run = s
+        .store
+        .get_run(id)?
+        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(id))))?;
+    let suspend = matches!(m, Mutation::SuspendRun { .. });
+    let mut ev = Ctx::new(headers, addr).event(
+        if suspend { "run.suspend" } else { "run.resume" },
+        Some(&run.tenant),
+    );
+    ev.agent = Some(run.agent.clone());
+    ev.run = Some(id.to_owned());
+    ev.principal = run.principal.clone();
+    if let Mutation::SuspendRun { reason, .. } = &m {
+        ev.reason = Some(reason.clone());
+    }
+    s.commit(Entry {
+        mutation: Some(m),
+        events: vec![ev],
+    })
+    .await
+    .map_err(|e| {
+        if e.code == Code::NotFound {
+            err(
+                Code::Conflict,
+                if suspend {
+                    format!("run `{id}` has ended")
+                } else {
+                    format!("run `{id}` is not suspended")
+                },
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(Json(json!({"run": id, "suspended": suspend})))
+}
