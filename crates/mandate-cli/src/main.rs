@@ -2,6 +2,7 @@
 //! policies, start runs, revoke, and read the audit trail.
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod client;
 mod exec;
 mod offline;
@@ -79,6 +80,9 @@ enum Cmd {
     /// Holder keys (private JWK files) for offline attenuation.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Requests waiting for a human: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
     /// List and verify the audit trail.
     Audit(AuditArgs),
 }
@@ -126,6 +130,25 @@ struct ServeArgs {
     /// with the nonce from the `DPoP-Nonce` header.
     #[arg(long)]
     dpop_nonce: bool,
+    /// POST approval requests, decisions and alerts here (signed with RFC
+    /// 9421 by the broker's key; check with mandate-verify's `verify_webhook`).
+    #[arg(long, env = "MANDATE_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// How long an approval request can be decided, then used (seconds).
+    #[arg(long, default_value_t = 600)]
+    approval_ttl: u64,
+    /// Alert when a run makes more exchange requests than this in a minute.
+    #[arg(long, default_value_t = 120)]
+    anomaly_rate: u64,
+    /// Alert when a run is denied this many times in a minute.
+    #[arg(long, default_value_t = 10)]
+    anomaly_denials: u64,
+    /// Alert when an agent gets a credential for a tool it never used.
+    #[arg(long)]
+    anomaly_new_tool: bool,
+    /// Suspend a run when it raises an alert (an admin resumes or revokes it).
+    #[arg(long)]
+    suspend_on_anomaly: bool,
     /// How often DPoP nonces rotate, in seconds.
     #[arg(long, default_value_t = 60)]
     dpop_nonce_period: u64,
@@ -154,6 +177,20 @@ enum PrincipalCmd {
         id: String,
         #[arg(long, default_value = "")]
         name: String,
+        /// A group approval policies can name (`@approval("group:finance")`); repeat.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Make an approver credential for a principal: it decides approval
+    /// requests and does nothing else. Shown once.
+    ApproverToken {
+        #[arg(long)]
+        tenant: String,
+        /// The principal's id.
+        id: String,
+        /// Write it to this new file (0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List principals of a tenant.
     List {
@@ -431,6 +468,29 @@ enum RunCmd {
     },
     /// End a run: its mandate and credentials are refused from now on.
     End { id: String },
+    /// Report an eval gate's result for a run (policies see passing gates
+    /// as `context.history.evals_passed`).
+    Eval {
+        id: String,
+        /// The gate's name, e.g. `regression`.
+        name: String,
+        /// It passed.
+        #[arg(long, conflicts_with = "fail", required_unless_present = "fail")]
+        pass: bool,
+        /// It failed (withdraws an earlier pass).
+        #[arg(long)]
+        fail: bool,
+        #[arg(long)]
+        score: Option<f64>,
+    },
+    /// Suspend a run: its exchanges wait until it is resumed or revoked.
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended run.
+    Resume { id: String },
 }
 
 #[derive(Subcommand)]
@@ -642,6 +702,17 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     cfg.dpop_max_skew = a.dpop_skew;
     cfg.dpop_nonce = a.dpop_nonce;
     cfg.dpop_nonce_period = a.dpop_nonce_period;
+    if let Some(u) = a.webhook_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(CliError("--webhook-url must be an http(s) URL".into()));
+        }
+        cfg.webhook_url = Some(u);
+    }
+    cfg.approval_ttl = a.approval_ttl;
+    cfg.anomaly_rate_1m = a.anomaly_rate;
+    cfg.anomaly_denials_1m = a.anomaly_denials;
+    cfg.anomaly_new_tool = a.anomaly_new_tool;
+    cfg.suspend_on_anomaly = a.suspend_on_anomaly;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -698,7 +769,7 @@ fn parse_route(r: &str) -> Result<Value, CliError> {
     Ok(json!({"method": method.trim(), "path": path.trim(), "action": action.trim()}))
 }
 
-fn show(json_out: bool, v: &Value, cols: &[&str]) {
+pub(crate) fn show(json_out: bool, v: &Value, cols: &[&str]) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
@@ -723,12 +794,53 @@ fn run(cli: Cli) -> Result<(), CliError> {
             show(j, &v, &["name", "description"]);
         }
         Cmd::Tenant(TenantCmd::List) => show(j, &c().get("/v1/tenants")?, &["name", "description"]),
-        Cmd::Principal(PrincipalCmd::Create { tenant, id, name }) => {
+        Cmd::Principal(PrincipalCmd::Create {
+            tenant,
+            id,
+            name,
+            groups,
+        }) => {
             let v = c().post(
                 &format!("/v1/tenants/{}/principals", enc(&tenant)),
-                &json!({"id": id, "display_name": name}),
+                &json!({"id": id, "display_name": name, "groups": groups}),
             )?;
-            show(j, &v, &["tenant", "id", "display_name"]);
+            show(j, &v, &["tenant", "id", "display_name", "groups"]);
+        }
+        Cmd::Principal(PrincipalCmd::ApproverToken { tenant, id, out }) => {
+            let v = c().post(
+                &format!(
+                    "/v1/tenants/{}/principals/{}/approver-tokens",
+                    enc(&tenant),
+                    enc(&id)
+                ),
+                &json!({}),
+            )?;
+            emit_token(j, &v, out, &["id", "tenant", "principal", "token"])?;
+        }
+        Cmd::Approvals(a) => approvals::run(a, &cli.url, c, j)?,
+        Cmd::Run(RunCmd::Eval {
+            id,
+            name,
+            pass,
+            fail: _,
+            score,
+        }) => {
+            let v = c().post(
+                &format!("/v1/runs/{}/evals", enc(&id)),
+                &json!({"name": name, "passed": pass, "score": score}),
+            )?;
+            show(j, &v, &["run", "eval", "passed"]);
+        }
+        Cmd::Run(RunCmd::Suspend { id, reason }) => {
+            let v = c().post(
+                &format!("/v1/runs/{}/suspend", enc(&id)),
+                &json!({"reason": reason}),
+            )?;
+            show(j, &v, &["run", "suspended"]);
+        }
+        Cmd::Run(RunCmd::Resume { id }) => {
+            let v = c().post(&format!("/v1/runs/{}/resume", enc(&id)), &json!({}))?;
+            show(j, &v, &["run", "suspended"]);
         }
         Cmd::Principal(PrincipalCmd::List { tenant }) => show(
             j,

@@ -398,11 +398,12 @@ fn approvals_expire() {
     assert_eq!(shown["status"], "expired");
 }
 
+/// What the webhook receiver got: (headers, body) per call.
+type Received = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
 /// A webhook receiver that records what it gets.
-fn receiver(
-    rt: &tokio::runtime::Runtime,
-) -> (String, Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>) {
-    let got: Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>> = Arc::default();
+fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
+    let got: Received = Arc::default();
     let g = Arc::clone(&got);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();

@@ -31,29 +31,77 @@ fn budgets_and_eval_gates_see_the_run_history_even_after_a_restart() {
     for _ in 0..3 {
         assert_eq!(b.exchange(&m, &k, "crm", "read").0, 200);
     }
-    assert_refused(&b.exchange(&m, &k, "crm", "read"), 403, "access_denied", "budget/three-crm-reads");
+    assert_refused(
+        &b.exchange(&m, &k, "crm", "read"),
+        403,
+        "access_denied",
+        "budget/three-crm-reads",
+    );
     // Another run has its own budget.
     let (_, m2, k2) = b.start_run("acme", &grant, Alg::EdDSA);
     assert_eq!(b.exchange(&m2, &k2, "crm", "read").0, 200);
 
     // The eval gate: refused until the orchestrator reports a pass.
-    assert_refused(&b.exchange(&m, &k, "github", "read"), 403, "access_denied", "github-after-evals");
-    let (s, v) = b.admin_post(&format!("/v1/runs/{run}/evals"), json!({"name": "regression", "passed": true, "score": 0.97}));
+    assert_refused(
+        &b.exchange(&m, &k, "github", "read"),
+        403,
+        "access_denied",
+        "github-after-evals",
+    );
+    let (s, v) = b.admin_post(
+        &format!("/v1/runs/{run}/evals"),
+        json!({"name": "regression", "passed": true, "score": 0.97}),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(b.exchange(&m, &k, "github", "read").0, 200);
     // Bad reports.
-    assert_eq!(b.admin_post("/v1/runs/run_nope/evals", json!({"name": "regression", "passed": true})).0, 404);
-    assert_eq!(b.admin_post(&format!("/v1/runs/{run}/evals"), json!({"name": "Bad Name", "passed": true})).0, 400);
-    assert_eq!(b.admin_post(&format!("/v1/runs/{run}/evals"), json!({"name": "x"})).0, 400);
+    assert_eq!(
+        b.admin_post(
+            "/v1/runs/run_nope/evals",
+            json!({"name": "regression", "passed": true})
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        b.admin_post(
+            &format!("/v1/runs/{run}/evals"),
+            json!({"name": "Bad Name", "passed": true})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        b.admin_post(&format!("/v1/runs/{run}/evals"), json!({"name": "x"}))
+            .0,
+        400
+    );
 
     // After a restart the broker still knows what the run did.
     let b = b.restart();
-    assert_refused(&b.exchange(&m, &k, "crm", "read"), 403, "access_denied", "three-crm-reads");
-    assert_eq!(b.exchange(&m, &k, "github", "read").0, 200, "the eval pass is remembered");
+    assert_refused(
+        &b.exchange(&m, &k, "crm", "read"),
+        403,
+        "access_denied",
+        "three-crm-reads",
+    );
+    assert_eq!(
+        b.exchange(&m, &k, "github", "read").0,
+        200,
+        "the eval pass is remembered"
+    );
     // A failing report withdraws the pass.
-    let (s, _) = b.admin_post(&format!("/v1/runs/{run}/evals"), json!({"name": "regression", "passed": false}));
+    let (s, _) = b.admin_post(
+        &format!("/v1/runs/{run}/evals"),
+        json!({"name": "regression", "passed": false}),
+    );
     assert_eq!(s, 200);
-    assert_refused(&b.exchange(&m, &k, "github", "read"), 403, "access_denied", "github-after-evals");
+    assert_refused(
+        &b.exchange(&m, &k, "github", "read"),
+        403,
+        "access_denied",
+        "github-after-evals",
+    );
 }
 
 #[test]
@@ -82,21 +130,48 @@ fn a_denial_burst_raises_an_alert_and_suspends_the_run_until_resumed() {
     assert_eq!(alerts[0]["run"], run.as_str());
     assert_eq!(alerts[0]["decision"], "suspend");
     // Suspended: even an allowed request waits for an admin.
-    assert_refused(&b.exchange(&m, &k, "crm", "read"), 400, "authorization_pending", "suspended");
+    assert_refused(
+        &b.exchange(&m, &k, "crm", "read"),
+        400,
+        "authorization_pending",
+        "suspended",
+    );
     // Suspension survives a restart.
     let b = b.restart();
-    assert_refused(&b.exchange(&m, &k, "crm", "read"), 400, "authorization_pending", "suspended");
+    assert_refused(
+        &b.exchange(&m, &k, "crm", "read"),
+        400,
+        "authorization_pending",
+        "suspended",
+    );
     let (s, _) = b.admin_post(&format!("/v1/runs/{run}/resume"), json!({}));
     assert_eq!(s, 200);
     assert_eq!(b.exchange(&m, &k, "crm", "read").0, 200);
-    assert_eq!(b.admin_post(&format!("/v1/runs/{run}/resume"), json!({})).0, 409, "not suspended");
+    assert_eq!(
+        b.admin_post(&format!("/v1/runs/{run}/resume"), json!({})).0,
+        409,
+        "not suspended"
+    );
     // An admin can suspend by hand; revoking ends it for good.
-    let (s, _) = b.admin_post(&format!("/v1/runs/{run}/suspend"), json!({"reason": "looks odd"}));
+    let (s, _) = b.admin_post(
+        &format!("/v1/runs/{run}/suspend"),
+        json!({"reason": "looks odd"}),
+    );
     assert_eq!(s, 200);
-    assert_refused(&b.exchange(&m, &k, "crm", "read"), 400, "authorization_pending", "looks odd");
+    assert_refused(
+        &b.exchange(&m, &k, "crm", "read"),
+        400,
+        "authorization_pending",
+        "looks odd",
+    );
     let (s, _) = b.admin_post("/v1/revocations", json!({"kind": "run", "id": run}));
     assert_eq!(s, 200);
-    assert_refused(&b.exchange(&m, &k, "crm", "read"), 400, "invalid_grant", "revoked");
+    assert_refused(
+        &b.exchange(&m, &k, "crm", "read"),
+        400,
+        "invalid_grant",
+        "revoked",
+    );
     assert_eq!(b.admin_post("/v1/runs/run_nope/suspend", json!({})).0, 404);
 }
 
@@ -106,7 +181,11 @@ fn a_request_rate_spike_raises_an_alert() {
     let grant = b.seed("acme");
     let (run, m, k) = b.start_run("acme", &grant, Alg::EdDSA);
     for _ in 0..6 {
-        assert_eq!(b.exchange(&m, &k, "crm", "read").0, 200, "not suspended: only alerts by default");
+        assert_eq!(
+            b.exchange(&m, &k, "crm", "read").0,
+            200,
+            "not suspended: only alerts by default"
+        );
     }
     let alerts = b.audit("type=alert.rate_spike");
     assert_eq!(alerts.len(), 1);

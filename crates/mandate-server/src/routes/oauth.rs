@@ -828,7 +828,7 @@ fn exchange(
             principal: claims.principal.clone(),
             tool: tool.name.clone(),
             actions: actions.clone(),
-            details: details_json.clone(),
+            details: details_json,
             request_digest: digest,
             approvers,
             policies: need.policies,
