@@ -123,6 +123,17 @@ fn pii_then_external_send_needs_the_principal_and_payments_need_finance() {
     c.details.amount = Some(10_001);
     let v = e.decide(&p, &c.facts()).unwrap();
     assert_eq!(v.approval.unwrap().approvers, ["group:finance"]);
+
+    // Production deploys wait for the principal; reads do not.
+    let mut c = Case::new(&["prod"]);
+    c.action = vec!["deploy".into()];
+    let v = e.decide(&p, &c.facts()).unwrap();
+    assert_eq!(v.approval.unwrap().policies, ["approvals/prod-deploys"]);
+    c.approved = true;
+    assert!(e.decide(&p, &c.facts()).unwrap().allowed);
+    c.action = vec!["read".into()];
+    c.approved = false;
+    assert!(e.decide(&p, &c.facts()).unwrap().allowed);
 }
 
 #[test]
