@@ -251,12 +251,7 @@ async fn decide(
             "the admin credential reads approvals but does not decide them; use an approver credential (`mandate principal approver-token`)",
         ));
     };
-    let raw = body(raw, s.config.max_body)?;
-    let d: Decision = if raw.is_empty() {
-        Decision::default()
-    } else {
-        json_body(&raw)?
-    };
+    let d: Decision = optional_json(s, raw)?;
     if let Some(c) = &d.comment {
         ids::check_text("comment", c, 1024).map_err(bad)?;
     }
@@ -305,16 +300,10 @@ async fn decide(
         events: vec![ev],
     })
     .await
-    .map_err(|e| {
-        if e.code == Code::NotFound {
-            err(
-                Code::Conflict,
-                "the request was decided by someone else or expired meanwhile",
-            )
-        } else {
-            e
-        }
-    })?;
+    .map_err(if_not_found(
+        Code::Conflict,
+        "the request was decided by someone else or expired meanwhile".into(),
+    ))?;
     let decided = s.store.approval(id)?.unwrap_or(a);
     crate::alerts::announce(s, "approval.decided", json!(decided));
     Ok(Json(view(&decided, now)))
@@ -343,10 +332,7 @@ pub async fn report_eval(
     require_admin(&s, &headers)?;
     let r: EvalReport = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("eval name", &r.name).map_err(bad)?;
-    let run = s
-        .store
-        .get_run(&id)?
-        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(&id))))?;
+    let run = find_run(&s, &id)?;
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has ended")));
     }
@@ -384,12 +370,7 @@ pub async fn suspend_run(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let raw = body(raw, s.config.max_body)?;
-    let req: Suspend = if raw.is_empty() {
-        Suspend::default()
-    } else {
-        json_body(&raw)?
-    };
+    let req: Suspend = optional_json(&s, raw)?;
     let reason = req.reason.unwrap_or_else(|| "suspended by an admin".into());
     ids::check_text("reason", &reason, 512).map_err(bad)?;
     run_state(
@@ -431,10 +412,7 @@ async fn run_state(
     id: &str,
     m: Mutation,
 ) -> Result<Json<Value>, ApiError> {
-    let run = s
-        .store
-        .get_run(id)?
-        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(id))))?;
+    let run = find_run(s, id)?;
     let suspend = matches!(m, Mutation::SuspendRun { .. });
     let mut ev = Ctx::new(headers, addr).event(
         if suspend { "run.suspend" } else { "run.resume" },
@@ -451,19 +429,13 @@ async fn run_state(
         events: vec![ev],
     })
     .await
-    .map_err(|e| {
-        if e.code == Code::NotFound {
-            err(
-                Code::Conflict,
-                if suspend {
-                    format!("run `{id}` has ended")
-                } else {
-                    format!("run `{id}` is not suspended")
-                },
-            )
+    .map_err(if_not_found(
+        Code::Conflict,
+        if suspend {
+            format!("run `{id}` has ended")
         } else {
-            e
-        }
-    })?;
+            format!("run `{id}` is not suspended")
+        },
+    ))?;
     Ok(Json(json!({"run": id, "suspended": suspend})))
 }

@@ -108,6 +108,38 @@ fn of_tenant(
     Ok(Json(pick(&s.reg())))
 }
 
+/// A run by id, or 404.
+fn find_run(s: &S, id: &str) -> Result<Run, ApiError> {
+    s.store
+        .get_run(id)?
+        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(id))))
+}
+
+/// Turns a store's "not found" (a conditional change that matched nothing)
+/// into `code` with `why`.
+fn if_not_found(code: Code, why: String) -> impl FnOnce(ApiError) -> ApiError {
+    move |e| {
+        if e.code == Code::NotFound {
+            err(code, why)
+        } else {
+            e
+        }
+    }
+}
+
+/// A JSON body that may be empty (then `T::default()`).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    s: &S,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let raw = body(raw, s.config.max_body)?;
+    if raw.is_empty() {
+        Ok(T::default())
+    } else {
+        json_body(&raw)
+    }
+}
+
 fn short(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(80).collect()
 }

@@ -404,16 +404,10 @@ pub async fn start_run(
             events: vec![used],
         })
         .await
-        .map_err(|e| {
-            if e.code == Code::NotFound {
-                err(
-                    Code::Unauthorized,
-                    "this join token was already used; a join token starts one run, ask an admin for a new one",
-                )
-            } else {
-                e
-            }
-        })?;
+        .map_err(if_not_found(
+            Code::Unauthorized,
+            "this join token was already used; a join token starts one run, ask an admin for a new one".into(),
+        ))?;
     }
     s.commit(Entry {
         mutation: Some(Mutation::StartRun(run.clone())),
@@ -467,10 +461,7 @@ pub async fn end_run(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let run = s
-        .store
-        .get_run(&id)?
-        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(&id))))?;
+    let run = find_run(&s, &id)?;
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has already ended")));
     }
