@@ -103,3 +103,65 @@ def test_a_payment_waits_for_finance_and_the_retry_names_the_approval(broker, tm
     assert r.returncode != 0 and "status" in r.stderr
     r = b.cli("principal", "approver-token", "--tenant", "acme", "nobody@example.com", check=False)
     assert r.returncode != 0 and "not found" in r.stderr
+
+
+CHILD = r'''
+import http.client, json, os, socket, sys, time
+from pathlib import Path
+
+class UnixConn(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("agent")
+        self.path = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+def ask(body):
+    c = UnixConn(os.environ["MANDATE_AGENT_SOCK"])
+    c.request("POST", "/v1/credentials", json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, json.loads(r.read() or b"null")
+
+work = Path(sys.argv[1])
+req = {"tool": "pay", "actions": ["transfer"], "details": {"amount": 25000, "currency": "EUR", "target": "invoice 9"}}
+out = {"first": ask(req), "bad": ask({"tool": "pay", "actions": ["transfer"], "details": "lots"})}
+(work / "pending.json").write_text(json.dumps(out))
+while not (work / "go").exists():
+    time.sleep(0.05)
+out["second"] = ask(req)
+(work / "out.json").write_text(json.dumps(out))
+'''
+
+
+def test_exec_children_declare_details_and_wait_for_approval(broker, tmp_path):
+    import subprocess
+    import sys
+    from test_story import BIN
+    grant = setup(broker)
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "child.py").write_text(CHILD)
+    proc = subprocess.Popen([BIN, "exec", "--tenant", "acme", "--agent", "support-bot", "--on-behalf-of",
+                             "alice@example.com", "--grant", grant, "--", sys.executable, str(tmp_path / "child.py"),
+                             str(work)], env=broker.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if (work / "pending.json").exists():
+            break
+        time.sleep(0.05)
+    first = json.loads((work / "pending.json").read_text())
+    status, body = first["first"]
+    assert status == 202 and body["error"] == "authorization_pending", first
+    assert first["bad"][0] == 400 and "object" in first["bad"][1]["error_description"]
+    bob = tmp_path / "bob.token"
+    broker.cli("principal", "approver-token", "--tenant", "acme", "bob@example.com", "--out", str(bob))
+    broker.cli("approvals", "approve", body["approval_id"], "--as", str(bob))
+    (work / "go").write_text("1")
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    status, body2 = json.loads((work / "out.json").read_text())["second"]
+    assert status == 200, body2
+    jwks = KeySet.import_key_set(http("GET", broker.url + "/jwks.json")[1])
+    claims = jwt.decode(body2["access_token"], jwks, algorithms=["EdDSA", "ES256"]).claims
+    assert claims["approval"]["id"] == body["approval_id"]
+    assert claims["authorization_details"]["target"] == "invoice 9"

@@ -105,8 +105,20 @@ impl RunAgent {
 
     /// RFC 8693 exchange of the mandate for a credential, retrying once
     /// with the broker's DPoP nonce when it asks for one (RFC 9449 §8).
-    fn exchange(&self, tool: &str, actions: &[String]) -> Result<Value, CliError> {
-        let form = mandate_core::client::exchange_form(&self.mandate, tool, &actions.join(" "));
+    fn exchange(
+        &self,
+        tool: &str,
+        actions: &[String],
+        details: Option<&Value>,
+    ) -> Result<Value, Refusal> {
+        let mut form = mandate_core::client::exchange_form(&self.mandate, tool, &actions.join(" "));
+        if let Some(d) = details {
+            // RFC 9396: what the agent declares about this request.
+            let mut o = d.clone();
+            o["type"] = json!("mandate");
+            form.push_str("&authorization_details=");
+            form.push_str(&mandate_core::client::form_encode(&json!([o]).to_string()));
+        }
         for _ in 0..2 {
             let mut r = self
                 .http
@@ -125,21 +137,33 @@ impl RunAgent {
             if status == 200 {
                 return Ok(v);
             }
+            if v["error"] == "authorization_pending" {
+                return Err(Refusal::Pending(v));
+            }
             if v["error"] != "use_dpop_nonce" {
-                return Err(CliError(format!(
+                return Err(Refusal::No(CliError(format!(
                     "the broker refused a credential for `{tool}`: {}",
                     v["error_description"].as_str().unwrap_or("no reason given")
-                )));
+                ))));
             }
         }
-        Err(CliError(
+        Err(Refusal::No(CliError(
             "the broker kept asking for a new DPoP nonce".into(),
-        ))
+        )))
     }
 
     /// A credential for (tool, actions): the held one while more than a
     /// third of its life is left, else a fresh one.
-    fn credential(&self, tool: &str, actions: &[String]) -> Result<Value, CliError> {
+    fn credential(
+        &self,
+        tool: &str,
+        actions: &[String],
+        details: Option<&Value>,
+    ) -> Result<Value, Refusal> {
+        if details.is_some() {
+            // Declared details (and any approval) are for one request: never cached.
+            return self.exchange(tool, actions, details);
+        }
         let mut sorted = actions.to_vec();
         sorted.sort();
         let key = (tool.to_owned(), sorted.join(" "));
@@ -151,7 +175,7 @@ impl RunAgent {
             body["expires_in"] = json!(h.expires.saturating_sub(t));
             return Ok(body);
         }
-        let body = self.exchange(tool, actions)?;
+        let body = self.exchange(tool, actions, None)?;
         let life = body["expires_in"].as_u64().unwrap_or(0);
         if let Ok(mut m) = self.held.lock() {
             m.insert(
@@ -184,9 +208,45 @@ impl RunAgent {
             if let Ok(mut m) = self.held.lock() {
                 m.remove(&(tool.clone(), actions.join(" ")));
             }
-            if let Err(e) = self.credential(&tool, &actions) {
+            if let Err(e) = self.credential(&tool, &actions, None) {
                 eprintln!("mandate exec: cannot refresh the credential for `{tool}`: {e}");
             }
+        }
+    }
+}
+
+/// Why no credential came back.
+enum Refusal {
+    /// A human must approve first (or the run is suspended): the broker's answer.
+    Pending(Value),
+    /// Refused.
+    No(CliError),
+}
+
+impl From<CliError> for Refusal {
+    fn from(e: CliError) -> Self {
+        Refusal::No(e)
+    }
+}
+
+impl From<Refusal> for CliError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::No(e) => e,
+            pending => CliError(pending.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Pending(v) => write!(
+                f,
+                "waiting for approval: {}",
+                v["error_description"].as_str().unwrap_or("")
+            ),
+            Refusal::No(e) => write!(f, "{e}"),
         }
     }
 }
@@ -202,6 +262,10 @@ struct CredentialRequest {
     tool: String,
     #[serde(default)]
     actions: Vec<String>,
+    /// What the agent declares about this request (amount, currency,
+    /// target, description): sent as RFC 9396 `authorization_details`.
+    #[serde(default)]
+    details: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -275,9 +339,19 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
         );
     }
     let tool = req.tool.clone();
-    match tokio::task::spawn_blocking(move || a.credential(&tool, &actions)).await {
+    let details = req.details;
+    if details.as_ref().is_some_and(|d| !d.is_object()) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "`details` is an object: {\"amount\": 2500, \"currency\": \"EUR\", \"target\": \"...\"}",
+        );
+    }
+    match tokio::task::spawn_blocking(move || a.credential(&tool, &actions, details.as_ref())).await
+    {
         Ok(Ok(v)) => (StatusCode::OK, Json(v)),
-        Ok(Err(e)) => refused(StatusCode::FORBIDDEN, e.0),
+        // 202: not refused, not yet; poll again after `interval` seconds.
+        Ok(Err(Refusal::Pending(v))) => (StatusCode::ACCEPTED, Json(v)),
+        Ok(Err(Refusal::No(e))) => refused(StatusCode::FORBIDDEN, e.0),
         Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "the wrapper failed"),
     }
 }
@@ -369,7 +443,7 @@ fn env_for(
     }
     let actions: Vec<String> = serde_json::from_value(tool["actions"].clone()).unwrap_or_default();
     let credential = if specs.iter().any(EnvSpec::needs_credential) {
-        let v = agent.credential(name, &actions)?;
+        let v = agent.credential(name, &actions, None)?;
         v["access_token"].as_str().unwrap_or("").to_owned()
     } else {
         String::new()

@@ -491,29 +491,99 @@ fn the_webhook_is_signed_and_a_wrong_signature_is_refused() {
 fn approvals_refuse_other_tenants_oversized_and_malformed_input() {
     let e = setup("apr-bad", |_| {});
     // An approver of another tenant, even one in a group of the same name.
-    assert_eq!(e.b.admin_post("/v1/tenants", json!({"name": "beta"})).0, 201);
-    let (s, _) = e.b.admin_post("/v1/tenants/beta/principals", json!({"id": "mallory@example.com", "groups": ["finance"]}));
+    assert_eq!(
+        e.b.admin_post("/v1/tenants", json!({"name": "beta"})).0,
+        201
+    );
+    let (s, _) = e.b.admin_post(
+        "/v1/tenants/beta/principals",
+        json!({"id": "mallory@example.com", "groups": ["finance"]}),
+    );
     assert_eq!(s, 201);
-    let (s, v) = e.b.admin_post("/v1/tenants/beta/principals/mallory@example.com/approver-tokens", json!({}));
+    let (s, v) = e.b.admin_post(
+        "/v1/tenants/beta/principals/mallory@example.com/approver-tokens",
+        json!({}),
+    );
     assert_eq!(s, 201, "{v}");
     let mallory = v["token"].as_str().unwrap().to_owned();
     let (_, m, k) = e.run();
     let (_, v) = e.ask(&m, &k, "pay", "transfer", pay(20_000), None);
     let id = v["approval_id"].as_str().unwrap().to_owned();
     assert_eq!(e.as_(&mallory, "GET", "/v1/approvals", None).1, json!([]));
-    assert_refused(&e.as_(&mallory, "GET", &format!("/v1/approvals/{id}"), None), 403, "insufficient_scope", "not an approver");
-    assert_refused(&e.as_(&mallory, "POST", &format!("/v1/approvals/{id}/approve"), None), 403, "insufficient_scope", "");
+    assert_refused(
+        &e.as_(&mallory, "GET", &format!("/v1/approvals/{id}"), None),
+        403,
+        "insufficient_scope",
+        "not an approver",
+    );
+    assert_refused(
+        &e.as_(
+            &mallory,
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            None,
+        ),
+        403,
+        "insufficient_scope",
+        "",
+    );
     // Oversized or malformed decisions.
     let long = "x".repeat(2000);
-    assert_refused(&e.as_(&e.bob, "POST", &format!("/v1/approvals/{id}/approve"), Some(json!({"comment": long}))), 400, "invalid_request", "");
-    assert_refused(&e.as_(&e.bob, "POST", &format!("/v1/approvals/{id}/approve"), Some(json!({"note": "x"}))), 400, "invalid_request", "unknown field");
-    assert_refused(&e.as_(&e.bob, "GET", "/v1/approvals?status=maybe", None), 400, "invalid_request", "status");
-    assert_refused(&e.as_(&e.bob, "GET", "/v1/approvals/apr_nope", None), 404, "not_found", "");
+    assert_refused(
+        &e.as_(
+            &e.bob,
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            Some(json!({"comment": long})),
+        ),
+        400,
+        "invalid_request",
+        "",
+    );
+    assert_refused(
+        &e.as_(
+            &e.bob,
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            Some(json!({"note": "x"})),
+        ),
+        400,
+        "invalid_request",
+        "unknown field",
+    );
+    assert_refused(
+        &e.as_(&e.bob, "GET", "/v1/approvals?status=maybe", None),
+        400,
+        "invalid_request",
+        "status",
+    );
+    assert_refused(
+        &e.as_(&e.bob, "GET", "/v1/approvals/apr_nope", None),
+        404,
+        "not_found",
+        "",
+    );
     // Oversized declared details.
     let big = json!([{"type": "mandate", "description": "y".repeat(5000)}]);
-    assert_refused(&e.ask(&m, &k, "pay", "transfer", Some(big), None), 400, "invalid_request", "4096");
+    assert_refused(
+        &e.ask(&m, &k, "pay", "transfer", Some(big), None),
+        400,
+        "invalid_request",
+        "4096",
+    );
     // An approver credential for a principal that does not exist.
-    assert_eq!(e.b.admin_post("/v1/tenants/acme/principals/ghost@example.com/approver-tokens", json!({})).0, 404);
+    assert_eq!(
+        e.b.admin_post(
+            "/v1/tenants/acme/principals/ghost@example.com/approver-tokens",
+            json!({})
+        )
+        .0,
+        404
+    );
     // Still decidable by the right approver afterwards.
-    assert_eq!(e.as_(&e.bob, "POST", &format!("/v1/approvals/{id}/approve"), None).0, 200);
+    assert_eq!(
+        e.as_(&e.bob, "POST", &format!("/v1/approvals/{id}/approve"), None)
+            .0,
+        200
+    );
 }
