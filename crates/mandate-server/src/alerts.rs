@@ -29,13 +29,40 @@ pub fn announce(s: &AppState, kind: &str, data: Value) {
     }
 }
 
-/// Notes a judged exchange request of `m`'s run (denied or not) and raises
-/// the alerts it calls for.
-pub async fn judged(s: &AppState, m: &MandateClaims, now: u64, denied: bool) {
+/// The run a request belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRef<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Agent.
+    pub agent: &'a str,
+    /// Run id.
+    pub run: &'a str,
+    /// Principal.
+    pub principal: Option<&'a str>,
+    /// When its mandate (or credential) was issued.
+    pub issued_at: u64,
+}
+
+impl<'a> From<&'a MandateClaims> for RunRef<'a> {
+    fn from(m: &'a MandateClaims) -> Self {
+        RunRef {
+            tenant: &m.tenant,
+            agent: &m.agent,
+            run: &m.run,
+            principal: m.principal.as_deref(),
+            issued_at: m.issued_at,
+        }
+    }
+}
+
+/// Notes a judged request of a run (an exchange or a proxied call, denied
+/// or not) and raises the alerts it calls for.
+pub async fn judged(s: &AppState, m: RunRef<'_>, now: u64, denied: bool) {
     let facts = {
         let Ok(mut h) = s.history.lock() else { return };
-        h.request(&m.run, now, denied);
-        h.facts(&m.run, m.issued_at, (&m.tenant, &m.agent, ""), now)
+        h.request(m.run, now, denied);
+        h.facts(m.run, m.issued_at, (m.tenant, m.agent, ""), now)
     };
     if facts.rate_1m > s.config.anomaly_rate_1m {
         alert(
@@ -61,17 +88,17 @@ pub async fn judged(s: &AppState, m: &MandateClaims, now: u64, denied: bool) {
 
 /// Notes an issued credential; `first_use` if the agent never used the tool.
 pub async fn issued(s: &AppState, m: &MandateClaims, tool: &str, first_use: bool, now: u64) {
-    judged(s, m, now, false).await;
+    judged(s, m.into(), now, false).await;
     if first_use && s.config.anomaly_new_tool {
-        alert(s, m, "new_tool", json!({"tool": tool}), now).await;
+        alert(s, m.into(), "new_tool", json!({"tool": tool}), now).await;
     }
 }
 
-async fn alert(s: &AppState, m: &MandateClaims, kind: &'static str, details: Value, now: u64) {
+async fn alert(s: &AppState, m: RunRef<'_>, kind: &'static str, details: Value, now: u64) {
     let first = s
         .history
         .lock()
-        .map(|mut h| h.first_alert(&m.run, kind))
+        .map(|mut h| h.first_alert(m.run, kind))
         .unwrap_or(false);
     if !first {
         return;
@@ -81,16 +108,16 @@ async fn alert(s: &AppState, m: &MandateClaims, kind: &'static str, details: Val
         time_ms: crate::now_ms(),
         event_type: format!("alert.{kind}"),
         decision: if suspend { "suspend" } else { "ok" }.into(),
-        tenant: Some(m.tenant.clone()),
-        agent: Some(m.agent.clone()),
-        run: Some(m.run.clone()),
-        principal: m.principal.clone(),
+        tenant: Some(m.tenant.to_owned()),
+        agent: Some(m.agent.to_owned()),
+        run: Some(m.run.to_owned()),
+        principal: m.principal.map(str::to_owned),
         details: details.clone(),
         ..Default::default()
     };
     ev.reason = Some(format!("anomaly: {kind}"));
     let mutation = suspend.then(|| mandate_store::Mutation::SuspendRun {
-        id: m.run.clone(),
+        id: m.run.to_owned(),
         ms: crate::now_ms(),
         reason: format!("anomaly: {kind}"),
     });

@@ -812,3 +812,53 @@ fn attenuated_path_prefixes_hold_at_the_proxy() {
 fn check(got: (u16, Value, HeaderMap), status: u16, code: &str, needle: &str) {
     assert_refused(&(got.0, got.1), status, code, needle);
 }
+
+/// Proxied calls count toward the run's request rate: a burst raises an
+/// alert and (when configured) suspends the run, whose calls then wait.
+#[test]
+fn a_burst_of_proxied_calls_suspends_the_run() {
+    let f = fixture("proxy-burst", |c| {
+        c.anomaly_rate_1m = 4;
+        c.suspend_on_anomaly = true;
+    });
+    let (run, cred) = f.credential("email", "read");
+    let auth = bearer(&cred);
+    // The exchange was request 1; calls 2-4 pass, the 5th trips the alert.
+    for _ in 0..3 {
+        let (s, v, _) = f.call(
+            "GET",
+            "/proxy/email/emails/1",
+            &[("Authorization", &auth)],
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let _ = f.call(
+        "GET",
+        "/proxy/email/emails/1",
+        &[("Authorization", &auth)],
+        None,
+    );
+    let alerts = f.b.audit("type=alert.rate_spike");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    check(
+        f.call(
+            "GET",
+            "/proxy/email/emails/1",
+            &[("Authorization", &auth)],
+            None,
+        ),
+        503,
+        "temporarily_unavailable",
+        "suspended",
+    );
+    let (s, _) = f.b.admin_post(&format!("/v1/runs/{run}/resume"), json!({}));
+    assert_eq!(s, 200);
+    let (s, v, _) = f.call(
+        "GET",
+        "/proxy/email/emails/1",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+}

@@ -419,7 +419,7 @@ async fn token_inner(
                 return we.into_response();
             }
             if let Some(m) = seen.mandate.as_deref() {
-                crate::alerts::judged(s, m, now, true).await;
+                crate::alerts::judged(s, m.into(), now, true).await;
             }
             e.into_response()
         }

@@ -96,10 +96,12 @@ pub async fn forward(
             if ev.reason.is_none() {
                 ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
             }
+            note(&s, &ev, true).await;
             return audited(&s, ev, e).await;
         }
     };
     ev.decision = "allow".into();
+    note(&s, &ev, false).await;
     // The decision is durable before the upstream acts on the request.
     if let Err(e) = s.record(vec![ev.clone()]).await {
         return e.into_response();
@@ -357,6 +359,22 @@ fn proxy_token<'a>(
     Ok((first, found.into_iter().map(|(_, n)| n).collect()))
 }
 
+/// Counts a proxied call toward its run's request rate and denials (the
+/// anomaly checks), when the credential named a run.
+async fn note(s: &S, ev: &EventBody, denied: bool) {
+    if let (Some(tenant), Some(agent), Some(run)) = (&ev.tenant, &ev.agent, &ev.run) {
+        let now = crate::now_secs();
+        let r = crate::alerts::RunRef {
+            tenant,
+            agent,
+            run,
+            principal: ev.principal.as_deref(),
+            issued_at: now,
+        };
+        crate::alerts::judged(s, r, now, denied).await;
+    }
+}
+
 fn bearer(v: &str) -> Option<&str> {
     let (scheme, rest) = v.split_once(' ')?;
     scheme
@@ -447,6 +465,16 @@ fn authorize(
             format!(
                 "this credential is for `{}`, not for tool `{}`; ask for one for this tool",
                 claims.aud, tool.name
+            ),
+        ));
+    }
+    if let Some(why) = reg.suspended.get(&claims.run) {
+        ev.reason = Some(format!("run suspended: {why}"));
+        return Err(err(
+            Code::Unavailable,
+            format!(
+                "run `{}` is suspended ({why}); its calls wait until an admin resumes it or revokes it",
+                claims.run
             ),
         ));
     }
