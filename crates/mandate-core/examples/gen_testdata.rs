@@ -29,6 +29,7 @@ fn main() {
         jwt_eddsa: key(2, Alg::EdDSA),
         jwt_es256: key(3, Alg::ES256),
         retired: vec![],
+        retired_roots: vec![],
     };
     let other_root = key(4, Alg::EdDSA);
     let run_key = key(5, Alg::EdDSA);

@@ -177,6 +177,9 @@ pub struct BrokerKeys {
     /// Earlier credential keys, still published and accepted until the
     /// credentials they signed have expired (key rotation).
     pub retired: Vec<SigningKey>,
+    /// Earlier mandate root keys, newest first, still accepted until the
+    /// mandates they signed have expired.
+    pub retired_roots: Vec<SigningKey>,
 }
 
 impl std::fmt::Debug for BrokerKeys {
@@ -197,6 +200,7 @@ impl BrokerKeys {
             jwt_eddsa: SigningKey::generate(Alg::EdDSA, rng),
             jwt_es256: SigningKey::generate(Alg::ES256, rng),
             retired: Vec::new(),
+            retired_roots: Vec::new(),
         }
     }
 

@@ -22,7 +22,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use biscuit_auth::builder::{Fact, Term};
-use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey};
+use biscuit_auth::{
+    AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey, RootKeyProvider,
+};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 
@@ -107,6 +109,43 @@ pub fn root_keypair(key: &SigningKey) -> Result<KeyPair> {
     Ok(KeyPair::from(&pk))
 }
 
+/// The Biscuit root key id (`root_key_id`) of a root public key: the first
+/// four bytes of the SHA-256 of its bytes. Mandates carry it, so a broker
+/// that rotated its root key knows which key signed an older mandate.
+pub fn root_key_id(key: &PublicKey) -> u32 {
+    let d = Sha256::digest(key.to_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// The root keys a broker accepts mandates from: the current one and the
+/// ones it rotated away from (still valid until their mandates expire).
+#[derive(Debug, Clone)]
+pub struct RootKeys {
+    /// The key new mandates are signed with.
+    pub current: PublicKey,
+    /// Earlier keys, newest first.
+    pub retired: Vec<PublicKey>,
+    /// The key that signed mandates without a root key id (minted before
+    /// ids were set): the oldest root this broker keeps.
+    pub legacy: PublicKey,
+}
+
+impl RootKeyProvider for &RootKeys {
+    fn choose(
+        &self,
+        key_id: Option<u32>,
+    ) -> std::result::Result<PublicKey, biscuit_auth::error::Format> {
+        match key_id {
+            None => Ok(self.legacy),
+            Some(id) => std::iter::once(&self.current)
+                .chain(self.retired.iter())
+                .find(|k| root_key_id(k) == id)
+                .copied()
+                .ok_or(biscuit_auth::error::Format::UnknownPublicKey),
+        }
+    }
+}
+
 /// The public half of the root key, for verification.
 pub fn root_public(key: &SigningKey) -> Result<PublicKey> {
     Ok(root_keypair(key)?.public())
@@ -164,6 +203,7 @@ pub fn mint(
         let mut params = HashMap::new();
         params.insert("exp".to_owned(), Term::Date(claims.expires_at));
         b = b.code_with_params("check if time($t), $t <= {exp}", params, HashMap::new())?;
+        b = b.root_key_id(root_key_id(&root.public()));
         let token = b.build_with_rng(root, biscuit_auth::datalog::SymbolTable::new(), rng)?;
         token.to_base64()
     };
@@ -205,7 +245,7 @@ fn map_token_err(e: biscuit_auth::error::Token) -> Error {
 /// vacuously here; [`authorize_use`] runs them with the request), the hop
 /// chain of its attenuation blocks, and returns its effective claims:
 /// capabilities, expiry and key binding after every block's narrowing.
-pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateClaims> {
+pub fn verify(root: impl RootKeyProvider, token: &str, now: UnixTime) -> Result<MandateClaims> {
     verify_parsed(root, token, now).map(|(c, _)| c)
 }
 
@@ -213,7 +253,7 @@ pub fn verify(root: &PublicKey, token: &str, now: UnixTime) -> Result<MandateCla
 /// [`authorize_parsed`] can judge each use of without verifying its
 /// signatures again.
 pub fn verify_parsed(
-    root: &PublicKey,
+    root: impl RootKeyProvider,
     token: &str,
     now: UnixTime,
 ) -> Result<(MandateClaims, Biscuit)> {
@@ -223,7 +263,7 @@ pub fn verify_parsed(
             format!("longer than {MAX_MANDATE_LEN} bytes"),
         ));
     }
-    let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
+    let biscuit = Biscuit::from_base64(token, root).map_err(map_token_err)?;
     let run = || -> std::result::Result<MandateClaims, biscuit_auth::error::Token> {
         let mut a = AuthorizerBuilder::new()
             .fact(fact("time", vec![Term::Date(now)]))?
@@ -326,7 +366,7 @@ pub fn verify_parsed(
 /// so far of each block with a use limit, and `resource` if a path is known.
 /// Returns why it is refused, in words, if a check fails.
 pub fn authorize_use(
-    root: &PublicKey,
+    root: impl RootKeyProvider,
     token: &str,
     now: UnixTime,
     tool: &str,
@@ -334,7 +374,7 @@ pub fn authorize_use(
     uses: &[(usize, u64)],
     resource: Option<&str>,
 ) -> Result<()> {
-    let biscuit = Biscuit::from_base64(token, *root).map_err(map_token_err)?;
+    let biscuit = Biscuit::from_base64(token, root).map_err(map_token_err)?;
     authorize_parsed(&biscuit, now, tool, actions, uses, resource)
 }
 
@@ -418,6 +458,44 @@ mod tests {
         let c = claims(now);
         let t = mint(&kp, &c, &mut OsRng).unwrap();
         assert_eq!(verify(&kp.public(), &t, now + 10).unwrap(), c);
+    }
+
+    #[test]
+    fn rotated_root_keys_still_verify_their_mandates() {
+        let now = 1_800_000_000;
+        let old = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let new = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
+        let by_old = mint(&old, &claims(now), &mut OsRng).unwrap();
+        let by_new = mint(&new, &claims(now), &mut OsRng).unwrap();
+        let roots = RootKeys {
+            current: new.public(),
+            retired: vec![old.public()],
+            legacy: old.public(),
+        };
+        assert!(verify(&roots, &by_old, now).is_ok());
+        assert!(verify(&roots, &by_new, now).is_ok());
+        // Once the old root is no longer kept, its mandates are refused.
+        let only_new = RootKeys {
+            current: new.public(),
+            retired: vec![],
+            legacy: new.public(),
+        };
+        assert_eq!(
+            verify(&only_new, &by_old, now),
+            Err(Error::BadSignature { what: "mandate" })
+        );
+        // A mandate minted without a root key id (older brokers) is checked
+        // against the legacy root.
+        let no_id = Biscuit::builder()
+            .fact("mandate_version(1)")
+            .unwrap()
+            .build(&old)
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        let err = verify(&roots, &no_id, now).unwrap_err().to_string();
+        assert!(!err.contains("signature"), "{err}");
+        assert!(verify(&only_new, &no_id, now).is_err());
     }
 
     #[test]

@@ -313,7 +313,15 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             jwt_eddsa: unseal_key(&mk, find("jwt", "EdDSA")?)?,
             jwt_es256: unseal_key(&mk, find("jwt", "ES256")?)?,
             retired: Vec::new(),
+            retired_roots: Vec::new(),
         };
+        // Earlier mandate roots, newest first, so mandates they signed verify.
+        let root_kid = keys.mandate_root.kid();
+        for rec in snap.keys.iter().rev().filter(|k| k.purpose == "mandate") {
+            if rec.kid != root_kid && keys.retired_roots.len() < RETIRED_KEPT {
+                keys.retired_roots.push(unseal_key(&mk, rec)?);
+            }
+        }
         // Earlier credential keys stay published (newest first, at most
         // RETIRED_KEPT) so credentials they signed still verify.
         let current = [keys.jwt_eddsa.kid(), keys.jwt_es256.kid()];
@@ -334,6 +342,17 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
                 });
             }
             boot_entries.push(Entry {
+                mutation: Some(Mutation::PutKey(seal_key(
+                    &mk,
+                    &fresh.mandate_root,
+                    "mandate",
+                )?)),
+                events: vec![],
+            });
+            let mut retired_roots = vec![keys.mandate_root.clone()];
+            retired_roots.append(&mut keys.retired_roots);
+            retired_roots.truncate(RETIRED_KEPT);
+            boot_entries.push(Entry {
                 mutation: None,
                 events: vec![EventBody {
                     time_ms: crate::now_ms(),
@@ -343,15 +362,18 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
                     details: serde_json::json!({
                         "jwt_kids": [fresh.jwt_eddsa.kid(), fresh.jwt_es256.kid()],
                         "retired": retired.iter().map(SigningKey::kid).collect::<Vec<_>>(),
+                        "mandate_kid": fresh.mandate_root.kid(),
+                        "retired_mandate_kids": retired_roots.iter().map(SigningKey::kid).collect::<Vec<_>>(),
                     }),
                     ..Default::default()
                 }],
             });
             keys = BrokerKeys {
+                mandate_root: fresh.mandate_root,
                 jwt_eddsa: fresh.jwt_eddsa,
                 jwt_es256: fresh.jwt_es256,
                 retired,
-                ..keys
+                retired_roots,
             };
         }
         keys

@@ -70,6 +70,8 @@ pub struct AppState {
     pub root: KeyPair,
     /// Mandate root public key.
     pub root_public: PublicKey,
+    /// Every root key mandates are accepted from (current and retired).
+    pub roots: mandate::RootKeys,
     /// Cedar.
     pub engine: Engine,
     /// In-memory registry.
@@ -240,6 +242,15 @@ impl AppState {
         let root =
             mandate::root_keypair(&keys.mandate_root).map_err(|e| BootError(e.to_string()))?;
         let root_public = root.public();
+        let mut retired = Vec::new();
+        for k in &keys.retired_roots {
+            retired.push(mandate::root_public(k).map_err(|e| BootError(e.to_string()))?);
+        }
+        let roots = mandate::RootKeys {
+            current: root_public,
+            legacy: retired.last().copied().unwrap_or(root_public),
+            retired,
+        };
         let writer = Writer::start(Arc::clone(&store));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
         let nonces = config.dpop_nonce.then(|| {
@@ -260,6 +271,7 @@ impl AppState {
             keys,
             root,
             root_public,
+            roots,
             engine,
             registry: RwLock::new(registry),
             writer,
@@ -479,7 +491,7 @@ impl AppState {
         if let Some(c) = self.mandates.lock().ok().and_then(|m| m.get(&digest, now)) {
             return Ok(c);
         }
-        let (claims, parsed) = mandate::verify_parsed(&self.root_public, token, now)?;
+        let (claims, parsed) = mandate::verify_parsed(&self.roots, token, now)?;
         let claims = Arc::new(claims);
         if claims.issuer != self.config.issuer {
             return Err(mandate_core::Error::Malformed {
@@ -514,7 +526,7 @@ impl AppState {
         {
             return Ok(b);
         }
-        let (claims, parsed) = mandate::verify_parsed(&self.root_public, token, now)?;
+        let (claims, parsed) = mandate::verify_parsed(&self.roots, token, now)?;
         let parsed = Arc::new(parsed);
         if let Ok(mut m) = self.attenuated.lock() {
             m.put(digest, claims.expires_at, Arc::clone(&parsed), now);

@@ -70,7 +70,7 @@ pub async fn inspect(
     }
     // A mandate: verified at time 0 so an expired one still shows its claims
     // (its signature and checks are verified; only expiry is judged below).
-    Ok(Json(match mandate::verify(&s.root_public, token, 0) {
+    Ok(Json(match mandate::verify(&s.roots, token, 0) {
         Err(e) => json!({"kind": "unknown", "verifies": false,
                          "reason": format!("neither a credential nor a mandate of this broker: {e}")}),
         Ok(m) => {

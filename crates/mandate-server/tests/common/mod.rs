@@ -51,6 +51,12 @@ impl Broker {
     /// (mandates name the broker's address, so they stay valid).
     #[allow(dead_code)]
     pub fn restart(self) -> Self {
+        self.restart_with(|_| {})
+    }
+
+    /// [`Broker::restart`] with a changed configuration.
+    #[allow(dead_code)]
+    pub fn restart_with(self, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
         let addr: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
         let dir = self.dir.clone();
         drop(self);
@@ -61,7 +67,7 @@ impl Broker {
                     .ok()
             })
             .expect("the old address is free again");
-        Self::start_on(l, dir, |_| {})
+        Self::start_on(l, dir, tweak)
     }
 
     fn start_on(
