@@ -568,7 +568,7 @@ fn attenuated_bench(iterations: u32) -> Result<(), String> {
     };
     let (plain_proofs, hop_proofs) = (proofs(&run_key), proofs(holder));
     let check = |token: &str, proof: &str, authorize: bool| -> Result<(), String> {
-        let (c, parsed) = mandate::verify_parsed(&root.public(), token, now).map_err(e)?;
+        let (c, parsed) = mandate::verify_parsed(root.public(), token, now).map_err(e)?;
         verify_proof(
             proof,
             &ProofExpectations {

@@ -457,7 +457,7 @@ mod tests {
         let now = 1_800_000_000;
         let c = claims(now);
         let t = mint(&kp, &c, &mut OsRng).unwrap();
-        assert_eq!(verify(&kp.public(), &t, now + 10).unwrap(), c);
+        assert_eq!(verify(kp.public(), &t, now + 10).unwrap(), c);
     }
 
     #[test]
@@ -505,7 +505,7 @@ mod tests {
         let theirs = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
         let t = mint(&theirs, &claims(now), &mut OsRng).unwrap();
         assert_eq!(
-            verify(&ours.public(), &t, now),
+            verify(ours.public(), &t, now),
             Err(Error::BadSignature { what: "mandate" })
         );
     }
@@ -516,7 +516,7 @@ mod tests {
         let kp = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
         let t = mint(&kp, &claims(now), &mut OsRng).unwrap();
         assert!(matches!(
-            verify(&kp.public(), &t, now + 901),
+            verify(kp.public(), &t, now + 901),
             Err(Error::Expired {
                 what: "mandate",
                 ..
@@ -534,8 +534,8 @@ mod tests {
         let i = bytes.len() / 2;
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(bytes).unwrap();
-        assert!(verify(&kp.public(), &forged, now).is_err());
-        assert!(verify(&kp.public(), "not-a-token", now).is_err());
+        assert!(verify(kp.public(), &forged, now).is_err());
+        assert!(verify(kp.public(), "not-a-token", now).is_err());
     }
 
     #[test]
@@ -548,6 +548,6 @@ mod tests {
             .fact("capability(\"bank\", \"transfer\")")
             .unwrap();
         let t2 = b.append(blk).unwrap().to_base64().unwrap();
-        assert!(verify(&kp.public(), &t2, now).is_err());
+        assert!(verify(kp.public(), &t2, now).is_err());
     }
 }

@@ -74,7 +74,7 @@ fn a_hop_narrows_and_hands_over_to_the_next_key() {
         &hand_to(&sub, &["github:read", "crm:read"]),
     )
     .unwrap();
-    let c = mandate::verify(&f.root.public(), &t, NOW).unwrap();
+    let c = mandate::verify(f.root.public(), &t, NOW).unwrap();
     assert_eq!(c.capabilities.to_strings(), ["crm:read", "github:read"]);
     assert_eq!(
         c.cnf_jkt,
@@ -95,14 +95,14 @@ fn a_hop_narrows_and_hands_over_to_the_next_key() {
         ..hand_to(&third, &["github:read"])
     };
     let t2 = attenuate(&t, &sub, &n).unwrap();
-    let c2 = mandate::verify(&f.root.public(), &t2, NOW).unwrap();
+    let c2 = mandate::verify(f.root.public(), &t2, NOW).unwrap();
     assert_eq!(c2.capabilities.to_strings(), ["github:read"]);
     assert_eq!(c2.expires_at, NOW + 60);
     assert_eq!(c2.cnf_jkt, third.kid());
     assert_eq!(c2.resource_prefix.as_deref(), Some("/repos/acme/"));
     assert_eq!(c2.hops.len(), 2);
     assert!(matches!(
-        mandate::verify(&f.root.public(), &t2, NOW + 61),
+        mandate::verify(f.root.public(), &t2, NOW + 61),
         Err(Error::Expired { .. })
     ));
 }
@@ -120,12 +120,12 @@ fn a_block_that_tries_to_add_a_capability_changes_nothing() {
         },
     )
     .unwrap();
-    let c = mandate::verify(&f.root.public(), &t, NOW).unwrap();
+    let c = mandate::verify(f.root.public(), &t, NOW).unwrap();
     assert_eq!(c.capabilities.to_strings(), ["github:read"]);
     let root = f.root.public();
     // The Datalog checks say the same to any Biscuit verifier.
     let use_ = |tool: &str, action: &str| {
-        mandate::authorize_use(&root, &t, NOW, tool, &[action.to_owned()], &[], None)
+        mandate::authorize_use(root, &t, NOW, tool, &[action.to_owned()], &[], None)
     };
     assert!(use_("github", "read").is_ok());
     assert!(use_("bank", "transfer").is_err() || !c.capabilities.allows("bank", "transfer"));
@@ -151,9 +151,7 @@ fn a_block_that_tries_to_add_a_capability_changes_nothing() {
         .unwrap()
         .to_base64()
         .unwrap();
-    let e = mandate::verify(&root, &forged, NOW)
-        .unwrap_err()
-        .to_string();
+    let e = mandate::verify(root, &forged, NOW).unwrap_err().to_string();
     assert!(e.contains("unknown fact `capability`"), "{e}");
 
     // A plain (first-party) block, signed by nobody's key, is refused.
@@ -166,7 +164,7 @@ fn a_block_that_tries_to_add_a_capability_changes_nothing() {
         .unwrap()
         .to_base64()
         .unwrap();
-    let e = mandate::verify(&root, &plain, NOW).unwrap_err().to_string();
+    let e = mandate::verify(root, &plain, NOW).unwrap_err().to_string();
     assert!(e.contains("not signed by the holder's key"), "{e}");
 }
 
@@ -177,20 +175,20 @@ fn a_hop_signed_by_the_wrong_key_is_refused() {
     let thief = SigningKey::generate(Alg::EdDSA, &mut OsRng);
     // The first block must be signed by the run key.
     let e = attenuate(&f.token, &thief, &hand_to(&thief, &["github:read"])).unwrap();
-    let err = mandate::verify(&f.root.public(), &e, NOW)
+    let err = mandate::verify(f.root.public(), &e, NOW)
         .unwrap_err()
         .to_string();
     assert!(err.contains("signed by key"), "{err}");
     // Handed to `sub`: only `sub` may sign the next block.
     let t = attenuate(&f.token, &f.run_key, &hand_to(&sub, &["github:read"])).unwrap();
     let by_thief = attenuate(&t, &thief, &hand_to(&thief, &["github:read"])).unwrap();
-    let err = mandate::verify(&f.root.public(), &by_thief, NOW)
+    let err = mandate::verify(f.root.public(), &by_thief, NOW)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&format!("held by key {}", sub.kid())), "{err}");
     // Nor may the run key take it back once handed on.
     let by_run = attenuate(&t, &f.run_key, &Narrowing::default()).unwrap();
-    assert!(mandate::verify(&f.root.public(), &by_run, NOW).is_err());
+    assert!(mandate::verify(f.root.public(), &by_run, NOW).is_err());
 }
 
 fn blocks(token: &str) -> schema::Biscuit {
@@ -214,28 +212,28 @@ fn reordered_removed_or_altered_blocks_are_refused() {
     .unwrap();
     let t = attenuate(&t, &k1, &hand_to(&k2, &["github:read"])).unwrap();
     let root = f.root.public();
-    assert!(mandate::verify(&root, &t, NOW).is_ok());
+    assert!(mandate::verify(root, &t, NOW).is_ok());
     let b = blocks(&t);
     assert_eq!(b.blocks.len(), 2);
 
     let mut swapped = b.clone();
     swapped.blocks.swap(0, 1);
-    assert!(mandate::verify(&root, &encode(&swapped), NOW).is_err());
+    assert!(mandate::verify(root, &encode(&swapped), NOW).is_err());
 
     let mut removed = b.clone();
     removed.blocks.remove(0);
-    assert!(mandate::verify(&root, &encode(&removed), NOW).is_err());
+    assert!(mandate::verify(root, &encode(&removed), NOW).is_err());
 
     let mut altered = b.clone();
     let n = altered.blocks[0].block.len();
     altered.blocks[0].block[n / 2] ^= 1;
-    assert!(mandate::verify(&root, &encode(&altered), NOW).is_err());
+    assert!(mandate::verify(root, &encode(&altered), NOW).is_err());
 
     // A block lifted from another chain does not fit.
     let other = attenuate(&f.token, &f.run_key, &hand_to(&k1, &["crm:read"])).unwrap();
     let mut spliced = b;
     spliced.blocks[0] = blocks(&other).blocks[0].clone();
-    assert!(mandate::verify(&root, &encode(&spliced), NOW).is_err());
+    assert!(mandate::verify(root, &encode(&spliced), NOW).is_err());
 }
 
 #[test]
@@ -255,7 +253,7 @@ fn use_limits_and_resource_prefixes_are_checked_in_datalog() {
     let a = ["read".to_owned()];
     assert!(
         mandate::authorize_use(
-            &root,
+            root,
             &t,
             NOW,
             "github",
@@ -265,11 +263,11 @@ fn use_limits_and_resource_prefixes_are_checked_in_datalog() {
         )
         .is_ok()
     );
-    let e = mandate::authorize_use(&root, &t, NOW, "github", &a, &[(1, 2)], None).unwrap_err();
+    let e = mandate::authorize_use(root, &t, NOW, "github", &a, &[(1, 2)], None).unwrap_err();
     assert!(e.to_string().contains("does not allow this use"), "{e}");
     assert!(
         mandate::authorize_use(
-            &root,
+            root,
             &t,
             NOW,
             "github",
@@ -314,6 +312,6 @@ fn bad_narrowing_is_refused_before_signing() {
     for _ in 0..mandate_core::attenuation::MAX_HOPS {
         t = attenuate(&t, &f.run_key, &Narrowing::default()).unwrap();
     }
-    assert!(mandate::verify(&f.root.public(), &t, NOW).is_ok());
+    assert!(mandate::verify(f.root.public(), &t, NOW).is_ok());
     assert!(attenuate(&t, &f.run_key, &Narrowing::default()).is_err());
 }

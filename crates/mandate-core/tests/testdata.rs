@@ -59,7 +59,7 @@ fn every_sample_gets_its_verdict() {
         let token = std::fs::read_to_string(dir().join(file)).unwrap();
         let now = s["now"].as_u64().unwrap();
         let result: Result<(), String> = match s["kind"].as_str().unwrap() {
-            "mandate" => mandate_core::mandate::verify(&root, &token, now)
+            "mandate" => mandate_core::mandate::verify(root, &token, now)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             "dpop" => verify_proof(
