@@ -722,9 +722,10 @@ fn exchange(
             )
         })
         .unwrap_or_default();
-    // An approval for exactly this request, if one exists.
+    // An approval named by the agent is checked first; otherwise one is
+    // looked up only when policy asks for it (no store read on the hot path).
     let digest = request_digest(&claims.run, &tool.name, &actions, &details_json);
-    let found = match &approval_id {
+    let mut found = match &approval_id {
         Some(id) => {
             let a = s
                 .store
@@ -747,38 +748,10 @@ fn exchange(
             }
             Some(a)
         }
-        None => s
-            .store
-            .approval_for_request(&digest)?
-            .filter(|a| a.expires_at >= now),
+        None => None,
     };
-    let approved = match found.as_ref().map(|a| a.status.as_str()) {
-        Some("approved") => true,
-        Some("denied") => {
-            let a = found
-                .as_ref()
-                .map(|a| (a.decided_by.clone(), a.comment.clone()));
-            let (by, comment) = a.unwrap_or_default();
-            seen.audit_reason = Some("approval denied".into());
-            return Err(err(
-                Code::AccessDenied,
-                format!(
-                    "{} denied this request{}; a denial is final for this request",
-                    by.unwrap_or_else(|| "an approver".into()),
-                    comment.map(|c| format!(": {c}")).unwrap_or_default()
-                ),
-            ));
-        }
-        Some("pending") => {
-            seen.waiting = found.clone();
-            return Err(err(
-                Code::AuthorizationPending,
-                "waiting for a human to approve this request; retry after `interval` seconds",
-            ));
-        }
-        _ => false,
-    };
-    let facts = ExchangeFacts {
+    let mut approved = approval_state(found.as_ref(), seen)?;
+    let mut facts = ExchangeFacts {
         tenant: &claims.tenant,
         now,
         agent: &claims.agent,
@@ -800,7 +773,19 @@ fn exchange(
         details: &details,
         history: &history,
     };
-    let verdict = s.decide(generation, &policies, &facts)?;
+    let mut verdict = s.decide(generation, &policies, &facts)?;
+    if !verdict.allowed && verdict.approval.is_some() && found.is_none() {
+        // Policy wants a human: has one decided exactly this request?
+        found = s
+            .store
+            .approval_for_request(&digest)?
+            .filter(|a| a.expires_at >= now);
+        approved = approval_state(found.as_ref(), seen)?;
+        if approved {
+            facts.approved = true;
+            verdict = s.decide(generation, &policies, &facts)?;
+        }
+    }
     seen.policies = verdict.policies.clone();
     if !verdict.allowed {
         let reason = verdict
@@ -910,6 +895,35 @@ fn exchange(
         mandate_exp: claims.expires_at,
         approval,
     })
+}
+
+/// What an existing approval means for this request: approved (true), not
+/// there (false), or an answer now (denied: final; pending: keep waiting).
+fn approval_state(found: Option<&Approval>, seen: &mut Seen) -> Result<bool, ApiError> {
+    match found.map(|a| a.status.as_str()) {
+        Some("approved") => Ok(true),
+        Some("denied") => {
+            let a = found.map(|a| (a.decided_by.clone(), a.comment.clone()));
+            let (by, comment) = a.unwrap_or_default();
+            seen.audit_reason = Some("approval denied".into());
+            Err(err(
+                Code::AccessDenied,
+                format!(
+                    "{} denied this request{}; a denial is final for this request",
+                    by.unwrap_or_else(|| "an approver".into()),
+                    comment.map(|c| format!(": {c}")).unwrap_or_default()
+                ),
+            ))
+        }
+        Some("pending") => {
+            seen.waiting = found.cloned();
+            Err(err(
+                Code::AuthorizationPending,
+                "waiting for a human to approve this request; retry after `interval` seconds",
+            ))
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Parses RFC 9396 `authorization_details`: a JSON array with one object of
