@@ -20,12 +20,22 @@ use crate::state::AppState;
 /// Tag of the broker's webhook signatures.
 pub const WEBHOOK_TAG: &str = "mandate-webhook";
 
-/// Queues `data` for the webhook, as `{type, time_ms, data}`.
-pub fn announce(s: &AppState, kind: &str, data: Value) {
-    if s.config.webhook_url.is_some() {
-        let _ = s
-            .webhooks
-            .send(json!({"type": kind, "time_ms": crate::now_ms(), "data": data}));
+/// Queues `data` for the webhook, as `{type, time_ms, data}`: stored in the
+/// outbox (so a restart does not lose it) and delivered in order.
+pub async fn announce(s: &AppState, kind: &str, data: Value) {
+    if s.config.webhook_url.is_none() {
+        return;
+    }
+    let body = json!({"type": kind, "time_ms": crate::now_ms(), "data": data}).to_string();
+    match s
+        .commit(mandate_store::Entry {
+            mutation: Some(mandate_store::Mutation::Enqueue { body }),
+            events: vec![],
+        })
+        .await
+    {
+        Ok(_) => s.outbox_notify.notify_one(),
+        Err(e) => tracing::error!("could not queue a webhook: {}", e.description),
     }
 }
 
@@ -139,36 +149,58 @@ async fn alert(s: &AppState, m: RunRef<'_>, kind: &'static str, details: Value, 
         "alert",
         json!({"kind": kind, "run": m.run, "agent": m.agent, "tenant": m.tenant,
                "suspended": suspend, "details": details, "time": now}),
-    );
+    )
+    .await;
 }
 
-/// Delivers queued webhook payloads, signed, with retries (1 s, 4 s, 16 s).
+/// Delivers the outbox, oldest first, at least once: a payload leaves the
+/// outbox when the receiver answers 2xx; failures are retried with backoff
+/// (1 s, 4 s, 16 s, ... at most 5 min), and given up after 10 tries with a
+/// `webhook.failed` event. Resumes after a restart.
 pub async fn deliver_webhooks(s: Arc<AppState>) {
-    let Some(mut rx) = s.webhook_queue.lock().ok().and_then(|mut q| q.take()) else {
-        return;
-    };
     let Some(url) = s.config.webhook_url.clone() else {
         return;
     };
-    while let Some(payload) = rx.recv().await {
-        let body = payload.to_string();
-        let mut ok = false;
-        for attempt in 0..3u32 {
-            match post_signed(&s, &url, &body).await {
-                Ok(status) if (200..300).contains(&status) => {
-                    ok = true;
-                    break;
-                }
-                Ok(status) => tracing::warn!("webhook {url}: HTTP {status}"),
-                Err(e) => tracing::warn!("webhook {url}: {e}"),
+    let mut tries: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+    loop {
+        let pending = s.store.outbox(100).unwrap_or_default();
+        let mut wait = Duration::from_secs(5);
+        for (id, body) in pending {
+            let ok =
+                matches!(post_signed(&s, &url, &body).await, Ok(st) if (200..300).contains(&st));
+            let n = tries.entry(id).or_default();
+            *n += 1;
+            let give_up = !ok && *n >= 10;
+            if ok || give_up {
+                tries.remove(&id);
+                let events = if give_up {
+                    vec![EventBody {
+                        time_ms: crate::now_ms(),
+                        event_type: "webhook.failed".into(),
+                        decision: "error".into(),
+                        reason: Some(format!("{url} did not accept it after 10 tries")),
+                        details: serde_json::from_str(&body).unwrap_or(Value::Null),
+                        ..Default::default()
+                    }]
+                } else {
+                    vec![]
+                };
+                let _ = s
+                    .commit(mandate_store::Entry {
+                        mutation: Some(mandate_store::Mutation::Dequeue { id }),
+                        events,
+                    })
+                    .await;
+            } else {
+                // In order: later payloads wait for this one.
+                tracing::warn!("webhook {url}: delivery failed (try {n})");
+                wait = Duration::from_secs(4u64.saturating_pow(*n - 1).min(300));
+                break;
             }
-            tokio::time::sleep(Duration::from_secs(4u64.pow(attempt))).await;
         }
-        if !ok {
-            tracing::error!(
-                "webhook {url}: gave up on a {} after 3 attempts",
-                payload["type"].as_str().unwrap_or("payload")
-            );
+        tokio::select! {
+            _ = s.outbox_notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

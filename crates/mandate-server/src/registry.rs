@@ -107,7 +107,9 @@ impl Registry {
             Mutation::CountUses { .. }
             | Mutation::CreateApproval(_)
             | Mutation::DecideApproval { .. }
-            | Mutation::UseApproval { .. } => return,
+            | Mutation::UseApproval { .. }
+            | Mutation::Enqueue { .. }
+            | Mutation::Dequeue { .. } => return,
             Mutation::PutApproverToken(t) => {
                 self.approvers
                     .push((t.hash.clone(), t.tenant.clone(), t.principal.clone()));
@@ -138,7 +140,9 @@ impl Registry {
             | Mutation::DecideApproval { .. }
             | Mutation::UseApproval { .. }
             | Mutation::SuspendRun { .. }
-            | Mutation::ResumeRun { .. } => {}
+            | Mutation::ResumeRun { .. }
+            | Mutation::Enqueue { .. }
+            | Mutation::Dequeue { .. } => {}
             Mutation::CreateTenant(t) => {
                 self.tenants.insert(t.name.clone(), t.clone());
             }

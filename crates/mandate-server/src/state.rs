@@ -113,10 +113,8 @@ pub struct AppState {
     pub pg: crate::pg::Postgres,
     /// What each run has done (continuous authorization).
     pub history: Mutex<crate::history::Histories>,
-    /// Approval webhook deliveries waiting to go out.
-    pub webhooks: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
-    /// Their receiving end, taken by the background task.
-    pub webhook_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>>>,
+    /// Wakes the webhook deliverer when the outbox has something new.
+    pub outbox_notify: tokio::sync::Notify,
 }
 
 /// (tenant, tool).
@@ -264,7 +262,7 @@ impl AppState {
             mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
         ];
         let history = rebuild_history(store.as_ref(), &registry, config.mandate_max_ttl)?;
-        let (webhooks, webhook_rx) = tokio::sync::mpsc::unbounded_channel();
+
         Ok(Arc::new(AppState {
             config,
             store,
@@ -292,8 +290,7 @@ impl AppState {
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),
-            webhooks,
-            webhook_queue: Mutex::new(Some(webhook_rx)),
+            outbox_notify: tokio::sync::Notify::new(),
         }))
     }
 

@@ -587,3 +587,37 @@ fn approvals_refuse_other_tenants_oversized_and_malformed_input() {
         200
     );
 }
+
+#[test]
+fn undelivered_webhooks_wait_in_the_outbox_across_a_restart() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, got) = receiver(&rt);
+    // The receiver is down (nothing listens on port 1) when the request is made.
+    let e = setup("apr-outbox", |c| {
+        c.webhook_url = Some("http://127.0.0.1:1/hook".into())
+    });
+    let (_, m, k) = e.run();
+    let (_, v) = e.ask(&m, &k, "pay", "transfer", pay(20_000), None);
+    let id = v["approval_id"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(got.lock().unwrap().is_empty());
+    // After a restart pointing at a receiver that is up, it is delivered.
+    let hook = url.clone();
+    let b = e.b.restart_with(move |c| c.webhook_url = Some(hook));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while got.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (headers, body) = got.lock().unwrap()[0].clone();
+    let jwks = b.admin_get("/jwks.json").1;
+    let v = mandate_verify::webhook::verify_webhook(&url, &headers, &body, &jwks, now()).unwrap();
+    assert_eq!(v["data"]["id"], id.as_str());
+    // Delivered once: it left the outbox.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(got.lock().unwrap().len(), 1);
+    drop(rt);
+}

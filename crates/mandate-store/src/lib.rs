@@ -129,6 +129,8 @@ pub trait Store: Send + Sync {
     fn live_leases(&self) -> Result<Vec<Lease>>;
     /// A join token by id.
     fn join_token(&self, id: &str) -> Result<Option<JoinToken>>;
+    /// Queued webhook payloads, oldest first: (id, body).
+    fn outbox(&self, limit: u32) -> Result<Vec<(i64, String)>>;
     /// Every (tenant, agent, tool) that ever got a credential.
     fn agent_tools_used(&self) -> Result<Vec<(String, String, String)>>;
     /// An approval by id.

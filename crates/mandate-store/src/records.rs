@@ -470,6 +470,17 @@ pub enum Mutation {
     PutAdminToken(AdminToken),
     /// Several mutations, all or none.
     Batch(Vec<Mutation>),
+    /// Queue a webhook payload (delivered at least once, in order, also
+    /// after a restart).
+    Enqueue {
+        /// The JSON body.
+        body: String,
+    },
+    /// Remove a delivered (or abandoned) webhook payload.
+    Dequeue {
+        /// Its id.
+        id: i64,
+    },
     /// Store an approver credential.
     PutApproverToken(ApproverToken),
     /// Record an approval request.

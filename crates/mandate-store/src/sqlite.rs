@@ -104,8 +104,13 @@ ALTER TABLE runs ADD COLUMN suspended_ms INTEGER;
 ALTER TABLE runs ADD COLUMN suspended_reason TEXT;
 "#;
 
+/// Version 5: the webhook outbox.
+const SCHEMA_V5: &str = r#"
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, created_ms INTEGER NOT NULL);
+"#;
+
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -173,6 +178,11 @@ impl SqliteStore {
         if version < 4 {
             writer.execute_batch(&format!(
                 "BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
+            ))?;
+        }
+        if version < 5 {
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
             ))?;
         }
         let head = writer
@@ -316,6 +326,21 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 "INSERT INTO admin_tokens (id, hash, created_ms) VALUES (?1, ?2, ?3)",
                 params![t.id, t.hash, t.created_ms as i64],
             )?;
+        }
+        Mutation::Enqueue { body } => {
+            tx.execute(
+                "INSERT INTO outbox (body, created_ms) VALUES (?1, ?2)",
+                params![
+                    body,
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0)
+                ],
+            )?;
+        }
+        Mutation::Dequeue { id } => {
+            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
         }
         Mutation::PutApproverToken(t) => {
             tx.execute(
@@ -789,6 +814,15 @@ impl Store for SqliteStore {
             },
         )
         .optional()?)
+    }
+
+    fn outbox(&self, limit: u32) -> Result<Vec<(i64, String)>> {
+        let c = lock(&self.reader);
+        let mut q = c.prepare("SELECT id, body FROM outbox ORDER BY id ASC LIMIT ?1")?;
+        let rows = q
+            .query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn agent_tools_used(&self) -> Result<Vec<(String, String, String)>> {

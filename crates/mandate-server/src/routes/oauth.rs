@@ -403,7 +403,7 @@ async fn token_inner(
                 {
                     return we.into_response();
                 }
-                crate::alerts::announce(s, "approval.requested", json!(a));
+                crate::alerts::announce(s, "approval.requested", json!(a)).await;
                 return pending(&e, Some(&a), interval, now);
             }
             // Waiting for a decision, or a suspended run: nothing new to record.

@@ -305,7 +305,7 @@ async fn decide(
         "the request was decided by someone else or expired meanwhile".into(),
     ))?;
     let decided = s.store.approval(id)?.unwrap_or(a);
-    crate::alerts::announce(s, "approval.decided", json!(decided));
+    crate::alerts::announce(s, "approval.decided", json!(decided)).await;
     Ok(Json(view(&decided, now)))
 }
 
