@@ -110,6 +110,21 @@ pub struct Request<'a> {
     pub uri: &'a str,
 }
 
+/// A request proving possession with an HTTP message signature (RFC 9421).
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    /// The credential (from `Authorization`).
+    pub credential: &'a str,
+    /// HTTP method.
+    pub method: &'a str,
+    /// The absolute request URI as the client addressed it.
+    pub uri: &'a str,
+    /// Every header: (lower-case name, value).
+    pub headers: &'a [(String, String)],
+    /// The body (empty if none).
+    pub body: &'a [u8],
+}
+
 /// Verifies credentials for one tool (one audience) of one broker (issuer).
 pub struct Verifier {
     issuer: String,
@@ -182,7 +197,117 @@ impl Verifier {
 
     /// Verifies a request's credential and proof at `now`.
     pub fn verify(&self, req: &Request<'_>, now: UnixTime) -> Result<Identity, VerifyError> {
-        let jws = CompactJws::parse("credential", req.credential, 8192)
+        let (c, jkt) = self.bound_claims(req.credential, now)?;
+        let proof = req.proof.ok_or_else(|| {
+            VerifyError::Proof(
+                "a DPoP proof signed by the run key is required (`DPoP` header)".into(),
+            )
+        })?;
+        let p = dpop::verify_proof(
+            proof,
+            &ProofExpectations {
+                method: req.method,
+                uri: req.uri,
+                now,
+                max_age: self.proof_max_age,
+                max_skew: self.leeway,
+                jkt: Some(&jkt),
+                access_token: Some(req.credential),
+                known_key: None,
+                nonces: None,
+            },
+        )
+        .map_err(|e| VerifyError::Proof(e.to_string()))?;
+        self.first_use(
+            &p.jkt,
+            &p.jti,
+            p.iat + self.proof_max_age + self.leeway,
+            now,
+        )?;
+        Ok(identity(c))
+    }
+
+    /// Verifies a request whose proof of possession is an HTTP message
+    /// signature (RFC 9421) by the key the credential is bound to, instead
+    /// of DPoP: the key in `Signature-Key` (`hwk`), covering `@method`,
+    /// `@target-uri`, `authorization`, `signature-key` and, with a body,
+    /// `content-digest` (RFC 9530, checked against `body`); `created`,
+    /// `expires` and a `nonce` used once.
+    pub fn verify_signed(
+        &self,
+        req: &SignedRequest<'_>,
+        now: UnixTime,
+    ) -> Result<Identity, VerifyError> {
+        use mandate_core::httpsig;
+        let (c, jkt) = self.bound_claims(req.credential, now)?;
+        let bad = |e: mandate_core::Error| VerifyError::Proof(e.to_string());
+        let get = |n: &str| {
+            req.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| VerifyError::Proof(format!("the `{n}` header is missing")))
+        };
+        let input = get("signature-input")?;
+        let sig = get("signature")?;
+        let dict = httpsig::parse_dictionary(input).map_err(bad)?;
+        let [(label, _)] = dict.as_slice() else {
+            return Err(VerifyError::Proof("send exactly one signature".into()));
+        };
+        let key = httpsig::parse_signature_key(get("signature-key")?, label).map_err(bad)?;
+        if key.thumbprint() != jkt {
+            return Err(VerifyError::Proof(
+                "the request is signed by a key other than the credential's".into(),
+            ));
+        }
+        let mut required = vec!["@method", "@target-uri", "authorization", "signature-key"];
+        if !req.body.is_empty() {
+            required.push("content-digest");
+        }
+        let msg = httpsig::Message::request(req.method, req.uri, req.headers.to_vec());
+        let found = httpsig::verify_request(
+            &msg,
+            input,
+            sig,
+            Some(label),
+            &key,
+            &httpsig::Policy {
+                now,
+                skew: self.leeway,
+                max_lifetime: self.proof_max_age.max(60),
+                required: &required,
+            },
+        )
+        .map_err(bad)?;
+        if !req.body.is_empty() {
+            httpsig::check_content_digest(get("content-digest")?, req.body).map_err(bad)?;
+        }
+        let nonce = format!("httpsig:{}", found.nonce.unwrap_or_default());
+        let until = found.expires.unwrap_or(0).max(0) as u64 + self.leeway;
+        self.first_use(&jkt, &nonce, until, now)?;
+        Ok(identity(c))
+    }
+
+    fn first_use(&self, jkt: &str, id: &str, until: u64, now: UnixTime) -> Result<(), VerifyError> {
+        let mut replay = self
+            .replay
+            .lock()
+            .map_err(|_| VerifyError::Proof("replay cache unavailable".into()))?;
+        match replay.check_and_insert(jkt, id, until, now) {
+            Ok(()) => Ok(()),
+            Err(ReplayError::Replayed) => Err(VerifyError::Proof("proof replayed".into())),
+            Err(ReplayError::Full) => Err(VerifyError::Proof("too many live proofs; retry".into())),
+        }
+    }
+
+    /// The credential's claims after signature, issuer, audience, time and
+    /// revocation checks, and the key it is bound to.
+    fn bound_claims(
+        &self,
+        credential: &str,
+        now: UnixTime,
+    ) -> Result<(AccessClaims, String), VerifyError> {
+        let jws = CompactJws::parse("credential", credential, 8192)
             .map_err(|e| VerifyError::Malformed(e.to_string()))?;
         if jws.header_str("typ") != Some("at+jwt") {
             return Err(VerifyError::Malformed(
@@ -239,58 +364,25 @@ impl Verifier {
                 k.split(':').next().unwrap_or("credential").to_owned(),
             ));
         }
-        let Some(cnf) = &c.cnf else {
+        let Some(jkt) = c.cnf.as_ref().map(|k| k.jkt.clone()) else {
             return Err(VerifyError::Proof(
                 "the credential is not bound to a key (no `cnf`): it is a proxy credential, valid only at the broker's proxy".into(),
             ));
         };
-        let proof = req.proof.ok_or_else(|| {
-            VerifyError::Proof(
-                "a DPoP proof signed by the run key is required (`DPoP` header)".into(),
-            )
-        })?;
-        let p = dpop::verify_proof(
-            proof,
-            &ProofExpectations {
-                method: req.method,
-                uri: req.uri,
-                now,
-                max_age: self.proof_max_age,
-                max_skew: self.leeway,
-                jkt: Some(&cnf.jkt),
-                access_token: Some(req.credential),
-                known_key: None,
-                nonces: None,
-            },
-        )
-        .map_err(|e| VerifyError::Proof(e.to_string()))?;
-        let mut replay = self
-            .replay
-            .lock()
-            .map_err(|_| VerifyError::Proof("replay cache unavailable".into()))?;
-        match replay.check_and_insert(
-            &p.jkt,
-            &p.jti,
-            p.iat + self.proof_max_age + self.leeway,
-            now,
-        ) {
-            Ok(()) => {}
-            Err(ReplayError::Replayed) => {
-                return Err(VerifyError::Proof("DPoP proof replayed".into()));
-            }
-            Err(ReplayError::Full) => {
-                return Err(VerifyError::Proof(
-                    "too many live DPoP proofs; retry".into(),
-                ));
-            }
-        }
+        Ok((c, jkt))
+    }
+}
+
+/// The verified identity of a credential's claims.
+fn identity(c: AccessClaims) -> Identity {
+    {
         let mut actors = Vec::new();
         let mut a = Some(&c.act);
         while let Some(x) = a {
             actors.push(x.sub.clone());
             a = x.act.as_deref();
         }
-        Ok(Identity {
+        Identity {
             tenant: c.tenant,
             agent: c.agent,
             agent_id: c.client_id,
@@ -306,6 +398,6 @@ impl Verifier {
             task: c.task,
             jti: c.jti,
             exp: c.exp,
-        })
+        }
     }
 }

@@ -234,3 +234,103 @@ fn stolen_credential_without_the_run_key_is_refused() {
             .contains("replayed")
     );
 }
+
+/// Headers of a request to `URI` signed (RFC 9421) by `k`, carrying `token`.
+fn signed(
+    k: &SigningKey,
+    token: &str,
+    body: &[u8],
+    comps: &[&str],
+    nonce: &str,
+) -> Vec<(String, String)> {
+    use mandate_core::httpsig;
+    let mut h = vec![("authorization".to_owned(), format!("DPoP {token}"))];
+    if !body.is_empty() {
+        h.push(("content-digest".into(), httpsig::content_digest(body)));
+    }
+    h.push((
+        "signature-key".into(),
+        httpsig::signature_key_field("sig1", &k.public()),
+    ));
+    let (i, s) = httpsig::sign(
+        &httpsig::Message::request("POST", URI, h.clone()),
+        k,
+        &httpsig::SignParams {
+            label: "sig1",
+            components: comps,
+            created: NOW,
+            expires: Some(NOW + 30),
+            nonce: Some(nonce),
+            keyid: None,
+            include_alg: true,
+            tag: None,
+        },
+    )
+    .unwrap();
+    h.push(("signature-input".into(), i));
+    h.push(("signature".into(), s));
+    h
+}
+
+#[test]
+fn a_request_signed_by_the_bound_key_verifies_instead_of_dpop() {
+    let f = fixture();
+    let t = credential::sign(&f.keys.jwt_eddsa, &claims(&f)).unwrap();
+    let all = [
+        "@method",
+        "@target-uri",
+        "authorization",
+        "content-digest",
+        "signature-key",
+    ];
+    let body = br#"{"name":"x"}"#;
+    let h = signed(&f.run_key, &t, body, &all, "nonce-0001");
+    let r = |h: &[(String, String)], body: &[u8]| {
+        f.verifier.verify_signed(
+            &mandate_verify::SignedRequest {
+                credential: &t,
+                method: "POST",
+                uri: URI,
+                headers: h,
+                body,
+            },
+            NOW,
+        )
+    };
+    let id = r(&h, body).unwrap();
+    assert_eq!(id.run, "run_1");
+    // Replayed, tampered, another key, missing coverage, no signature: refused.
+    assert!(matches!(r(&h, body), Err(VerifyError::Proof(m)) if m.contains("replayed")));
+    let h2 = signed(&f.run_key, &t, body, &all, "nonce-0002");
+    assert!(r(&h2, br#"{"name":"y"}"#).is_err());
+    let other = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+    let h3 = signed(&other, &t, body, &all, "nonce-0003");
+    assert!(matches!(r(&h3, body), Err(VerifyError::Proof(m)) if m.contains("other than")));
+    let h4 = signed(
+        &f.run_key,
+        &t,
+        body,
+        &["@method", "@target-uri", "content-digest", "signature-key"],
+        "nonce-0004",
+    );
+    assert!(matches!(r(&h4, body), Err(VerifyError::Proof(m)) if m.contains("authorization")));
+    assert!(r(&[], body).is_err());
+    // The credential checks still apply: another broker's credential is refused.
+    let stranger = BrokerKeys::generate(&mut OsRng);
+    let t2 = credential::sign(&stranger.jwt_eddsa, &claims(&f)).unwrap();
+    let h5 = signed(&f.run_key, &t2, body, &all, "nonce-0005");
+    assert!(
+        f.verifier
+            .verify_signed(
+                &mandate_verify::SignedRequest {
+                    credential: &t2,
+                    method: "POST",
+                    uri: URI,
+                    headers: &h5,
+                    body
+                },
+                NOW
+            )
+            .is_err()
+    );
+}
