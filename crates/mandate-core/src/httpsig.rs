@@ -670,6 +670,54 @@ pub fn verify_request(
     Ok(found)
 }
 
+/// Verifies a request signed by the key a token is bound to (the key
+/// travels in `Signature-Key`, scheme `hwk`, and must have thumbprint
+/// `jkt`): exactly one signature; `@method`, `@target-uri`, `signature-key`
+/// and, when `body` is not empty, `content-digest` (checked against `body`)
+/// covered, besides `policy.required`; `created`/`expires`/`nonce` as
+/// [`verify_request`]. Replay of the nonce is for the caller to refuse.
+pub fn verify_bound(msg: &Message, jkt: &str, body: &[u8], policy: &Policy<'_>) -> Result<Found> {
+    let get = |n: &str| {
+        msg.header(n)
+            .ok_or_else(|| bad(format!("the `{n}` header is missing")))
+    };
+    let input = get("signature-input")?;
+    let signature = get("signature")?;
+    let dict = parse_dictionary(&input)?;
+    let [(label, _)] = dict.as_slice() else {
+        return Err(bad("send exactly one signature in `Signature-Input`"));
+    };
+    let key_field = get("signature-key").map_err(|_| {
+        bad("send the public key in `Signature-Key: <label>=hwk;kty=...;crv=...;x=...` (draft-hardt-httpbis-signature-key)")
+    })?;
+    let key = parse_signature_key(&key_field, label)?;
+    if key.thumbprint() != jkt {
+        return Err(bad(
+            "the request is signed by a key other than the one the token is bound to",
+        ));
+    }
+    let mut required = vec!["@method", "@target-uri", "signature-key"];
+    if !body.is_empty() {
+        required.push("content-digest");
+    }
+    required.extend_from_slice(policy.required);
+    let found = verify_request(
+        msg,
+        &input,
+        &signature,
+        Some(label),
+        &key,
+        &Policy {
+            required: &required,
+            ..policy.clone()
+        },
+    )?;
+    if !body.is_empty() {
+        check_content_digest(&get("content-digest")?, body)?;
+    }
+    Ok(found)
+}
+
 /// What to sign with [`sign`].
 #[derive(Debug, Clone)]
 pub struct SignParams<'a> {

@@ -240,48 +240,19 @@ impl Verifier {
     ) -> Result<Identity, VerifyError> {
         use mandate_core::httpsig;
         let (c, jkt) = self.bound_claims(req.credential, now)?;
-        let bad = |e: mandate_core::Error| VerifyError::Proof(e.to_string());
-        let get = |n: &str| {
-            req.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.as_str())
-                .ok_or_else(|| VerifyError::Proof(format!("the `{n}` header is missing")))
-        };
-        let input = get("signature-input")?;
-        let sig = get("signature")?;
-        let dict = httpsig::parse_dictionary(input).map_err(bad)?;
-        let [(label, _)] = dict.as_slice() else {
-            return Err(VerifyError::Proof("send exactly one signature".into()));
-        };
-        let key = httpsig::parse_signature_key(get("signature-key")?, label).map_err(bad)?;
-        if key.thumbprint() != jkt {
-            return Err(VerifyError::Proof(
-                "the request is signed by a key other than the credential's".into(),
-            ));
-        }
-        let mut required = vec!["@method", "@target-uri", "authorization", "signature-key"];
-        if !req.body.is_empty() {
-            required.push("content-digest");
-        }
         let msg = httpsig::Message::request(req.method, req.uri, req.headers.to_vec());
-        let found = httpsig::verify_request(
+        let found = httpsig::verify_bound(
             &msg,
-            input,
-            sig,
-            Some(label),
-            &key,
+            &jkt,
+            req.body,
             &httpsig::Policy {
                 now,
                 skew: self.leeway,
                 max_lifetime: self.proof_max_age.max(60),
-                required: &required,
+                required: &["authorization"],
             },
         )
-        .map_err(bad)?;
-        if !req.body.is_empty() {
-            httpsig::check_content_digest(get("content-digest")?, req.body).map_err(bad)?;
-        }
+        .map_err(|e| VerifyError::Proof(e.to_string()))?;
         let nonce = format!("httpsig:{}", found.nonce.unwrap_or_default());
         let until = found.expires.unwrap_or(0).max(0) as u64 + self.leeway;
         self.first_use(&jkt, &nonce, until, now)?;
