@@ -571,6 +571,13 @@ fn approvals_refuse_other_tenants_oversized_and_malformed_input() {
         "invalid_request",
         "4096",
     );
+    // An approval id that does not exist.
+    assert_refused(
+        &e.ask(&m, &k, "pay", "transfer", pay(20_000), Some("apr_nope")),
+        400,
+        "invalid_grant",
+        "no approval",
+    );
     // An approver credential for a principal that does not exist.
     assert_eq!(
         e.b.admin_post(

@@ -173,6 +173,33 @@ fn a_denial_burst_raises_an_alert_and_suspends_the_run_until_resumed() {
         "revoked",
     );
     assert_eq!(b.admin_post("/v1/runs/run_nope/suspend", json!({})).0, 404);
+    // An ended run cannot be suspended, resumed or given eval results.
+    let (s, _) = b.admin_post(&format!("/v1/runs/{run}/end"), json!({}));
+    assert_eq!(s, 200);
+    assert_refused(
+        &b.admin_post(&format!("/v1/runs/{run}/suspend"), json!({})),
+        409,
+        "conflict",
+        "has ended",
+    );
+    assert_refused(
+        &b.admin_post(
+            &format!("/v1/runs/{run}/evals"),
+            json!({"name": "x", "passed": true}),
+        ),
+        409,
+        "conflict",
+        "has ended",
+    );
+    assert_refused(
+        &b.admin_post(
+            &format!("/v1/runs/{run}/suspend"),
+            json!({"reason": "\u{7}bell"}),
+        ),
+        400,
+        "invalid_request",
+        "",
+    );
 }
 
 #[test]
