@@ -15,7 +15,11 @@
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
 //! - [`audit`]: audit events and their hash chain;
-//! - [`secret`]: secret types and authenticated encryption at rest.
+//! - [`secret`]: secret types and authenticated encryption at rest;
+//! - [`paths`]: which paths a path prefix covers (segment by segment);
+//! - [`forwarding`]: what the proxy lets through (method overrides,
+//!   amounts in request bodies); [`scrub`]: the upstream key kept out of
+//!   responses.
 //!
 //! It must not do IO: no files, no sockets, no clock, no global randomness.
 //! Time (`now`, in seconds since the Unix epoch) and random number generators
@@ -31,12 +35,15 @@ pub mod client;
 pub mod credential;
 pub mod dpop;
 pub mod error;
+pub mod forwarding;
 pub mod httpsig;
 pub mod ids;
 pub mod jose;
 pub mod keys;
 pub mod mandate;
+pub mod paths;
 pub mod policy;
+pub mod scrub;
 pub mod secret;
 pub mod tooling;
 

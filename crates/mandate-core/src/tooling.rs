@@ -47,6 +47,77 @@ pub struct RouteSpec {
     pub path: String,
     /// The tool action this request is.
     pub action: String,
+    /// Where the request carries the amount it moves, when it moves money:
+    /// the proxy then checks it against the amount the credential was
+    /// issued for (`authorization_details`), and such a credential is good
+    /// for one call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<AmountAt>,
+}
+
+/// Where a route's request carries its amount (minor units).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AmountAt {
+    /// An RFC 6901 JSON pointer into a JSON body (`/amount`, `/payment/total`).
+    Json(String),
+    /// A field of an `application/x-www-form-urlencoded` body (`amount`).
+    Form(String),
+}
+
+impl AmountAt {
+    /// Checks the location at registration.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            AmountAt::Json(p) => {
+                let escapes_ok = p
+                    .split('~')
+                    .skip(1)
+                    .all(|rest| rest.starts_with('0') || rest.starts_with('1'));
+                if !p.starts_with('/')
+                    || p.len() > 256
+                    || p.chars().any(char::is_control)
+                    || !escapes_ok
+                    || p.split('/').skip(1).any(str::is_empty)
+                {
+                    return Err(bad(
+                        "proxy route amount",
+                        format!(
+                            "`{}` is not a JSON pointer (RFC 6901) to a field: write `/amount` or `/payment/total` (`~0` for `~`, `~1` for `/`)",
+                            clip(p)
+                        ),
+                    ));
+                }
+            }
+            AmountAt::Form(f) => {
+                if f.is_empty() || f.len() > 128 || f.chars().any(char::is_control) {
+                    return Err(bad(
+                        "proxy route amount",
+                        format!(
+                            "form field `{}` must be 1 to 128 characters without control characters",
+                            clip(f)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The name the amount goes by in a query string or form (`amount` for
+    /// `/payment/amount`): a parameter by that name elsewhere is refused,
+    /// since some frameworks merge query and body parameters.
+    pub fn field_name(&self) -> String {
+        match self {
+            AmountAt::Form(f) => f.clone(),
+            AmountAt::Json(p) => p
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .replace("~1", "/")
+                .replace("~0", "~"),
+        }
+    }
 }
 
 /// How the upstream key is injected.
@@ -228,6 +299,9 @@ impl ProxySpec {
             }
             check_pattern(&r.path)?;
             check_action(&r.action)?;
+            if let Some(a) = &r.amount {
+                a.validate()?;
+            }
             if !actions.iter().any(|a| a == &r.action) {
                 return Err(bad(
                     "proxy route",
@@ -256,11 +330,46 @@ impl ProxySpec {
 
     /// The action a request is, by the first route that matches.
     pub fn action_for(&self, method: &str, path: &str) -> Option<&str> {
+        self.route_for(method, path).map(|r| r.action.as_str())
+    }
+
+    /// The first route that matches the request.
+    pub fn route_for(&self, method: &str, path: &str) -> Option<&RouteSpec> {
+        self.route_index(method, path, false)
+            .map(|i| &self.routes[i])
+    }
+
+    /// The route a request is, refusing a path that matches another route
+    /// when letter case is ignored (an upstream that ignores case would do
+    /// what that other route is: `/emails/ADMIN` against `GET /emails/admin`
+    /// before `GET /emails/*`).
+    pub fn judge(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> std::result::Result<Option<&RouteSpec>, String> {
+        let exact = self.route_index(method, path, false);
+        let folded = self.route_index(method, path, true);
+        match (exact, folded) {
+            (Some(i), Some(j))
+                if i != j
+                    && (self.routes[i].action != self.routes[j].action
+                        || self.routes[i].amount != self.routes[j].amount) =>
+            {
+                Err(format!(
+                    "the path matches route `{} {}` when letter case is ignored, which the upstream may do; send the path as the route table writes it",
+                    self.routes[j].method, self.routes[j].path
+                ))
+            }
+            (i, _) => Ok(i.map(|i| &self.routes[i])),
+        }
+    }
+
+    fn route_index(&self, method: &str, path: &str, fold: bool) -> Option<usize> {
         let segs: Vec<&str> = split_path(path);
-        self.routes
-            .iter()
-            .find(|r| (r.method == "*" || r.method == method) && pattern_matches(&r.path, &segs))
-            .map(|r| r.action.as_str())
+        self.routes.iter().position(|r| {
+            (r.method == "*" || r.method == method) && pattern_matches(&r.path, &segs, fold)
+        })
     }
 }
 
@@ -302,7 +411,7 @@ fn check_pattern(p: &str) -> Result<()> {
     Ok(())
 }
 
-fn pattern_matches(pattern: &str, segs: &[&str]) -> bool {
+fn pattern_matches(pattern: &str, segs: &[&str], fold: bool) -> bool {
     let pats = split_path(pattern);
     for (i, p) in pats.iter().enumerate() {
         match *p {
@@ -313,7 +422,10 @@ fn pattern_matches(pattern: &str, segs: &[&str]) -> bool {
                 }
             }
             lit => {
-                if segs.get(i) != Some(&lit) {
+                let same = segs
+                    .get(i)
+                    .is_some_and(|s| *s == lit || (fold && s.eq_ignore_ascii_case(lit)));
+                if !same {
                     return false;
                 }
             }
@@ -323,8 +435,12 @@ fn pattern_matches(pattern: &str, segs: &[&str]) -> bool {
 }
 
 /// Refuses request paths that could mean something else upstream than what
-/// the route table matched: dot segments, encoded slashes, backslashes,
-/// encoded dots, empty segments and control characters.
+/// the route table matched: dot segments, empty segments, backslashes,
+/// `;` path parameters (`/files/..;/admin`), control characters, non-ASCII
+/// bytes, and percent-encodings of anything but a few harmless printable
+/// characters (encoded `/`, `\`, `.`, `;`, `%`, control characters,
+/// non-ASCII bytes such as overlong UTF-8 or a full-width dot, and encoded
+/// letters and digits, which an upstream decodes to a different route).
 pub fn check_request_path(path: &str) -> std::result::Result<(), &'static str> {
     if path.len() > 2048 {
         return Err("the path is longer than 2048 bytes");
@@ -335,17 +451,54 @@ pub fn check_request_path(path: &str) -> std::result::Result<(), &'static str> {
     if path.contains('\\') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err("the path holds a backslash, a space or a control character");
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%00", "%25"]
-        .iter()
-        .any(|e| lower.contains(e))
-    {
-        return Err("the path holds an encoded `/`, `\\`, `.`, `%` or NUL");
+    if !path.is_ascii() {
+        return Err("the path holds a non-ASCII character");
+    }
+    if path.contains(';') {
+        return Err("the path holds a `;` (path parameters such as `..;` are not forwarded)");
+    }
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let byte = decode_hex_pair(b.get(i + 1..i + 3))
+                .ok_or("the path has a bad percent-encoding")?;
+            encoded_path_byte_ok(byte)?;
+            i += 3;
+        } else {
+            i += 1;
+        }
     }
     if path.split('/').any(|s| s == "." || s == "..") {
         return Err("the path has a `.` or `..` segment");
     }
     Ok(())
+}
+
+/// The byte a `%XY` encodes.
+pub(crate) fn decode_hex_pair(pair: Option<&[u8]>) -> Option<u8> {
+    let [h, l] = pair? else { return None };
+    let h = (*h as char).to_digit(16)?;
+    let l = (*l as char).to_digit(16)?;
+    Some((h * 16 + l) as u8)
+}
+
+fn encoded_path_byte_ok(byte: u8) -> std::result::Result<(), &'static str> {
+    match byte {
+        b'/' | b'\\' | b'.' | b'%' | b';' => {
+            Err("the path holds an encoded `/`, `\\`, `.`, `;` or `%`")
+        }
+        0..=0x1f | 0x7f => {
+            Err("the path holds an encoded control character (`%00`, `%0d%0a`, ...)")
+        }
+        0x80..=0xff => Err(
+            "the path holds an encoded non-ASCII byte (overlong UTF-8 or look-alike characters such as a full-width dot are refused)",
+        ),
+        b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => {
+            Err("the path holds an encoded letter, digit, `-`, `_` or `~`; send it unencoded")
+        }
+        _ => Ok(()),
+    }
 }
 
 impl PostgresSpec {
@@ -473,16 +626,19 @@ mod tests {
                     method: "POST".into(),
                     path: "/emails".into(),
                     action: "send".into(),
+                    amount: None,
                 },
                 RouteSpec {
                     method: "GET".into(),
                     path: "/emails/*".into(),
                     action: "read".into(),
+                    amount: None,
                 },
                 RouteSpec {
                     method: "*".into(),
                     path: "/admin/**".into(),
                     action: "admin".into(),
+                    amount: None,
                 },
             ],
             inject: InjectSpec {
@@ -509,6 +665,68 @@ mod tests {
         assert_eq!(s.action_for("PUT", "/admin"), Some("admin"));
         assert_eq!(s.action_for("PUT", "/admin/a/b/c"), Some("admin"));
         assert_eq!(s.action_for("PUT", "/administrator"), None);
+    }
+
+    #[test]
+    fn a_path_that_matches_another_route_ignoring_case_is_refused() {
+        let mut s = spec();
+        s.routes.insert(
+            1,
+            RouteSpec {
+                method: "GET".into(),
+                path: "/emails/admin".into(),
+                action: "admin".into(),
+                amount: None,
+            },
+        );
+        assert_eq!(
+            s.judge("GET", "/emails/admin").unwrap().unwrap().action,
+            "admin"
+        );
+        assert_eq!(
+            s.judge("GET", "/emails/abc").unwrap().unwrap().action,
+            "read"
+        );
+        let e = s.judge("GET", "/emails/ADMIN").unwrap_err();
+        assert!(
+            e.contains("GET /emails/admin") && e.contains("letter case"),
+            "{e}"
+        );
+        // Case only matters when it changes the route's action.
+        assert_eq!(
+            s.judge("GET", "/emails/Abc").unwrap().unwrap().action,
+            "read"
+        );
+        assert!(s.judge("GET", "/EMAILS/abc").unwrap().is_none());
+    }
+
+    #[test]
+    fn amount_locations_are_checked() {
+        for ok in [
+            AmountAt::Json("/amount".into()),
+            AmountAt::Json("/payment/total".into()),
+            AmountAt::Json("/items/0/a~1b~0c".into()),
+            AmountAt::Form("amount".into()),
+            AmountAt::Form("payment[amount]".into()),
+        ] {
+            assert!(ok.validate().is_ok(), "{ok:?}");
+        }
+        for bad in [
+            AmountAt::Json("amount".into()),
+            AmountAt::Json("".into()),
+            AmountAt::Json("/a/~2".into()),
+            AmountAt::Json("/a~".into()),
+            AmountAt::Json("/a//b".into()),
+            AmountAt::Form("".into()),
+            AmountAt::Form("a\nb".into()),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(AmountAt::Json("/payment/a~1b".into()).field_name(), "a/b");
+        assert_eq!(AmountAt::Form("amount".into()).field_name(), "amount");
+        let mut s = spec();
+        s.routes[0].amount = Some(AmountAt::Json("amount".into()));
+        assert!(s.validate(&actions()).is_err());
     }
 
     #[test]
@@ -566,7 +784,30 @@ mod tests {
         ] {
             assert!(check_request_path(p).is_err(), "{p}");
         }
-        for p in ["/emails", "/emails/abc-123", "/", "/a/b%20c"] {
+        for p in [
+            "/files/..;/admin",
+            "/files/x;jsessionid=1",
+            "/files/%3b/admin",
+            "/emails/%c0%ae%c0%ae/admin",
+            "/emails/%ef%bc%8e%ef%bc%8e/admin",
+            "/emails/\u{ff0e}\u{ff0e}/admin",
+            "/emails/%0d%0aX-Injected:%20yes",
+            "/emails/%7f",
+            "/emails/%61dmin",
+            "/emails/%5C",
+            "/emails/%zz",
+            "/emails/%4",
+        ] {
+            assert!(check_request_path(p).is_err(), "{p}");
+        }
+        for p in [
+            "/emails",
+            "/emails/abc-123",
+            "/",
+            "/a/b%20c",
+            "/a/%40me",
+            "/a.json",
+        ] {
             assert!(check_request_path(p).is_ok(), "{p}");
         }
     }
