@@ -87,6 +87,8 @@ pub struct AppState {
     pub attenuated: Mutex<VerifiedCache<biscuit_auth::Biscuit>>,
     /// Verified proxy credentials.
     pub proxy_credentials: Mutex<VerifiedCache<mandate_core::credential::AccessClaims>>,
+    /// Single-use (amount) proxy credentials already used, until they expire.
+    pub proxy_spent: Mutex<ReplayCache>,
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
@@ -262,6 +264,8 @@ impl AppState {
             mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
         ];
         let history = rebuild_history(store.as_ref(), &registry, config.mandate_max_ttl)?;
+        let proxy_spent =
+            crate::routes::proxy::spent_from_trail(store.as_ref(), config.mandate_max_ttl)?;
 
         Ok(Arc::new(AppState {
             config,
@@ -277,6 +281,7 @@ impl AppState {
             mandates: Mutex::new(MandateCache::default()),
             attenuated: Mutex::new(VerifiedCache::default()),
             proxy_credentials: Mutex::new(VerifiedCache::default()),
+            proxy_spent: Mutex::new(proxy_spent),
             admin_hashes,
             feed_hashes: RwLock::new(feed_hashes),
             token_endpoint,

@@ -5,27 +5,42 @@
 //! would go; the proxy checks it, maps method and path to an action through
 //! the tool's route table, asks the tenant's policy, injects the real key
 //! and forwards, streaming both ways. Our credential never goes upstream;
-//! the key never comes back. Each call leaves two audit events: the
-//! decision (durable before the upstream sees the request) and the outcome
-//! (status, bytes, latency; never bodies, never secrets).
+//! the key never comes back (responses are scrubbed of it). Each call
+//! leaves two audit events: the decision (durable before the upstream sees
+//! the request) and the outcome (status, bytes, latency; never bodies,
+//! never secrets).
+//!
+//! Request parts the route table does not judge are refused when they can
+//! make the upstream do something else (method overrides, path parameters,
+//! encoded path characters, control characters); a route that moves money
+//! names where its amount is, and a credential issued for an amount is
+//! good for one call of at most that amount.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
 use serde_json::json;
 
 use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
+use mandate_core::dpop::{ReplayCache, ReplayError};
+use mandate_core::forwarding::{self, BodyKind};
 use mandate_core::policy::ExchangeFacts;
-use mandate_core::tooling::{HOP_BY_HOP, InjectSpec, check_request_path};
+use mandate_core::scrub::Scrubber;
+use mandate_core::tooling::{
+    AmountAt, HOP_BY_HOP, InjectSpec, ProxySpec, RouteSpec, check_request_path,
+};
 use mandate_store::Tool;
 
 use super::{S, client, correlation_id};
@@ -34,11 +49,30 @@ use crate::error::{ApiError, Code, err};
 /// Path prefix of the proxy.
 pub const PREFIX: &str = "/proxy/";
 
+/// Upper bound on credentials remembered as spent (single-use amount
+/// credentials still alive); when full, such calls are refused.
+pub const SPENT_CAP: usize = 200_000;
+
+/// The replay-cache namespace of spent amount credentials.
+const SPENT_NS: &str = "proxy-amount";
+
 /// What a checked request is allowed to become.
 struct Plan {
     uri: Uri,
     headers: HeaderMap,
     timeout: Duration,
+    /// The amount check, when the route moves money.
+    amount: Option<AmountPlan>,
+    /// Scrubs the injected key from the response.
+    scrubber: Scrubber,
+}
+
+/// A money-moving call: where its amount is, and what the credential allows.
+struct AmountPlan {
+    at: AmountAt,
+    declared: u64,
+    jti: String,
+    until: u64,
 }
 
 /// `ANY /proxy/{tool}/{path}`.
@@ -59,46 +93,21 @@ pub async fn forward(
     // A signed request (RFC 9421) is read whole first: its Content-Digest
     // must match the body before anything is forwarded.
     let (body, signed_body) = if crate::sigs::present(&parts.headers) {
-        match http_body_util::Limited::new(body, s.config.proxy_max_body)
-            .collect()
-            .await
-        {
-            Ok(b) => {
-                let b = b.to_bytes();
-                (Body::from(b.clone()), Some(b))
-            }
-            Err(_) => {
-                let e = err(
-                    Code::TooLarge,
-                    format!(
-                        "the request body is larger than {} bytes",
-                        s.config.proxy_max_body
-                    ),
-                );
-                ev.decision = "deny".into();
-                ev.reason = Some(e.description.clone());
-                return audited(&s, ev, e).await;
-            }
+        match read_body(body, s.config.proxy_max_body).await {
+            Ok(b) => (Inbound::Read(b.clone()), Some(b)),
+            Err(e) => return denied(&s, ev, e).await,
         }
     } else {
-        (body, None)
+        (Inbound::Streaming(body), None)
     };
-    let plan = match authorize(
-        &s,
-        &parts,
-        signed_body.as_deref(),
-        crate::now_secs(),
-        &mut ev,
-    ) {
+    let now = crate::now_secs();
+    let mut plan = match authorize(&s, &parts, signed_body.as_deref(), now, &mut ev) {
         Ok(p) => p,
-        Err(e) => {
-            ev.decision = "deny".into();
-            if ev.reason.is_none() {
-                ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
-            }
-            note(&s, &ev, true).await;
-            return audited(&s, ev, e).await;
-        }
+        Err(e) => return denied(&s, ev, e).await,
+    };
+    let body = match inspect(&s, &parts, &plan, body, now, &mut ev).await {
+        Ok(b) => b,
+        Err(e) => return denied(&s, ev, e).await,
     };
     ev.decision = "allow".into();
     note(&s, &ev, false).await;
@@ -106,38 +115,170 @@ pub async fn forward(
     if let Err(e) = s.record(vec![ev.clone()]).await {
         return e.into_response();
     }
+    let mut up = axum::http::Request::new(Body::empty());
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = plan.uri.clone();
+    *up.headers_mut() = std::mem::take(&mut plan.headers);
+    let mut result = ev;
+    result.event_type = "proxy.result".into();
+    send(&s, up, body, plan, result, started).await
+}
 
+/// A refusal after the request was read: audited, and counted toward the run's denials.
+async fn denied(s: &S, mut ev: EventBody, e: ApiError) -> Response {
+    ev.decision = "deny".into();
+    if ev.reason.is_none() {
+        ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+    }
+    note(s, &ev, true).await;
+    audited(s, ev, e).await
+}
+
+/// A request body: streaming still, or already read (bounded).
+enum Inbound {
+    Streaming(Body),
+    Read(Bytes),
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|_| {
+            err(
+                Code::TooLarge,
+                format!("the request body is larger than {limit} bytes"),
+            )
+        })
+}
+
+/// Checks what the body says where the route table cannot see it: a
+/// method override in a form, JSON or multipart body, and the amount of a
+/// money-moving call (then spends the single-use credential). Bodies that
+/// need neither stream through unread.
+async fn inspect(
+    s: &S,
+    parts: &Parts,
+    plan: &Plan,
+    body: Inbound,
+    now: u64,
+    ev: &mut EventBody,
+) -> Result<Inbound, ApiError> {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let kind = BodyKind::of(content_type);
+    let bytes = match body {
+        Inbound::Streaming(b) if !kind.is_inspected() && plan.amount.is_none() => {
+            return Ok(Inbound::Streaming(b));
+        }
+        Inbound::Streaming(b) => read_body(b, s.config.proxy_max_body).await?,
+        Inbound::Read(b) => b,
+    };
+    forwarding::check_body_overrides(kind, &bytes).map_err(|r| {
+        ev.reason = Some(format!("request shape: {r}"));
+        err(Code::InvalidRequest, r.0)
+    })?;
+    if let Some(a) = &plan.amount {
+        check_amount(s, a, kind, &bytes, parts.uri.query(), now, ev)?;
+    }
+    Ok(Inbound::Read(bytes))
+}
+
+/// The amount the request moves is at most what the credential declared,
+/// and the credential has not moved money before (it is spent now).
+fn check_amount(
+    s: &S,
+    a: &AmountPlan,
+    kind: BodyKind,
+    body: &[u8],
+    query: Option<&str>,
+    now: u64,
+    ev: &mut EventBody,
+) -> Result<(), ApiError> {
+    let declared = a.declared;
+    let sent = forwarding::amount_in(&a.at, kind, body, query).map_err(|p| {
+        ev.reason = Some(format!("amount: {p}"));
+        err(
+            Code::Forbidden,
+            format!("{p}; this credential is for one call moving at most {declared} (minor units)"),
+        )
+    })?;
+    merge(
+        &mut ev.details,
+        json!({"amount_declared": declared, "amount_sent": sent}),
+    );
+    if sent > declared {
+        ev.reason = Some(format!("amount {sent} over the declared {declared}"));
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "the request moves {sent}, more than the {declared} this credential was issued for (authorization_details, minor units); ask for a credential declaring this amount"
+            ),
+        ));
+    }
+    let spent = s
+        .proxy_spent
+        .lock()
+        .map_err(|_| err(Code::ServerError, "the spent-credential set is unavailable"))?
+        .check_and_insert(SPENT_NS, &a.jti, a.until, now);
+    match spent {
+        Ok(()) => {
+            merge(&mut ev.details, json!({"single_use_until": a.until}));
+            Ok(())
+        }
+        Err(ReplayError::Replayed) => {
+            ev.reason = Some("single-use amount credential used again".into());
+            Err(err(
+                Code::Forbidden,
+                "this credential was issued for an amount and is good for one call, which it has made; ask for a new one for the next call",
+            ))
+        }
+        Err(ReplayError::Full) => {
+            ev.reason = Some("spent-credential set full".into());
+            Err(err(
+                Code::Unavailable,
+                "the proxy is tracking too many single-use credentials right now; retry in a minute",
+            ))
+        }
+    }
+}
+
+/// Sends the checked request upstream and streams the scrubbed response back.
+async fn send(
+    s: &S,
+    mut up: axum::http::Request<Body>,
+    body: Inbound,
+    plan: Plan,
+    result: EventBody,
+    started: Instant,
+) -> Response {
     let limit = s.config.proxy_max_body as u64;
     let in_bytes = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&in_bytes);
-    let body = Body::new(http_body_util::Limited::new(
-        counted(body, counter),
-        limit as usize,
-    ));
-    let mut up = axum::http::Request::new(body);
-    *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = plan.uri;
-    *up.headers_mut() = plan.headers;
-
-    let mut result = ev;
-    result.event_type = "proxy.result".into();
+    *up.body_mut() = match body {
+        Inbound::Read(b) => {
+            in_bytes.store(b.len() as u64, Ordering::Relaxed);
+            Body::from(b)
+        }
+        Inbound::Streaming(b) => Body::new(http_body_util::Limited::new(
+            counted(b, counter),
+            limit as usize,
+        )),
+    };
     let outcome = tokio::time::timeout(plan.timeout, s.http.request(up)).await;
     let resp = match outcome {
         Err(_) => {
-            return failed(
-                &s,
-                result,
-                started,
-                &in_bytes,
-                err(
-                    Code::GatewayTimeout,
-                    format!(
-                        "the upstream did not answer within {} ms",
-                        plan.timeout.as_millis()
-                    ),
+            let e = err(
+                Code::GatewayTimeout,
+                format!(
+                    "the upstream did not answer within {} ms",
+                    plan.timeout.as_millis()
                 ),
-            )
-            .await;
+            );
+            return failed(s, result, started, &in_bytes, e).await;
         }
         Ok(Err(e)) => {
             let e = if in_bytes.load(Ordering::Relaxed) > limit {
@@ -156,30 +297,166 @@ pub async fn forward(
                     "the upstream closed the connection or sent an invalid response",
                 )
             };
-            return failed(&s, result, started, &in_bytes, e).await;
+            return failed(s, result, started, &in_bytes, e).await;
         }
         Ok(Ok(r)) => r,
     };
     let (mut rp, rb) = resp.into_parts();
     strip_hop_by_hop(&mut rp.headers);
+    if let Some(enc) = compressed(&rp.headers) {
+        let e = err(
+            Code::BadGateway,
+            format!(
+                "the upstream answered with a `{enc}`-encoded body, which the proxy cannot check for the upstream key; the tool's admin must have the upstream answer uncompressed (the proxy asks with `Accept-Encoding: identity`)"
+            ),
+        );
+        return failed(s, result, started, &in_bytes, e).await;
+    }
+    let mut scrubber = plan.scrubber;
+    scrub_headers(&mut rp.headers, &mut scrubber);
+    let reflected = Arc::new(AtomicBool::new(scrubber.reflected()));
     let out_bytes = Arc::new(AtomicU64::new(0));
+    let mut result = result;
     result.decision = "ok".into();
     let done = Outcome {
-        s: Arc::clone(&s),
+        s: Arc::clone(s),
         ev: Some(result),
         status: rp.status.as_u16(),
         started,
         headers_ms: started.elapsed().as_secs_f64() * 1e3,
         in_bytes,
         out_bytes: Arc::clone(&out_bytes),
+        reflected: Arc::clone(&reflected),
     };
-    let body = rb.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            done.out_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
-        f
-    });
+    let body = Scrubbed {
+        inner: Body::new(rb),
+        scrubber,
+        flushed: false,
+        trailers: None,
+        outcome: done,
+    };
     Response::from_parts(rp, Body::new(body))
+}
+
+/// The response's content coding, when it is not `identity`.
+fn compressed(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|c| c.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .find(|c| !c.is_empty() && c != "identity")
+        .map(|c| c.chars().take(32).collect())
+}
+
+/// Replaces the upstream key in header values (and drops a header whose
+/// name holds it).
+fn scrub_headers(h: &mut HeaderMap, scrubber: &mut Scrubber) {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (name, value) in h.iter() {
+        if scrubber.scrub(name.as_str().as_bytes()).is_some() {
+            continue;
+        }
+        match scrubber.scrub(value.as_bytes()) {
+            Some(clean) => {
+                if let Ok(v) = HeaderValue::from_bytes(&clean) {
+                    out.append(name.clone(), v);
+                }
+            }
+            None => {
+                out.append(name.clone(), value.clone());
+            }
+        }
+    }
+    *h = out;
+}
+
+/// The upstream's response body with the upstream key replaced, also where
+/// it is split across chunks (the scrubber holds back a tail); records the
+/// call's outcome when done or dropped.
+struct Scrubbed {
+    inner: Body,
+    scrubber: Scrubber,
+    flushed: bool,
+    trailers: Option<HeaderMap>,
+    outcome: Outcome,
+}
+
+impl Scrubbed {
+    fn data(&mut self, bytes: Vec<u8>) -> Frame<Bytes> {
+        self.outcome
+            .out_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if self.scrubber.reflected() {
+            self.outcome.reflected.store(true, Ordering::Relaxed);
+        }
+        Frame::data(Bytes::from(bytes))
+    }
+
+    /// The end: what the scrubber held back, then the trailers.
+    fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if !self.flushed {
+            self.flushed = true;
+            let rest = self.scrubber.finish();
+            if !rest.is_empty() {
+                return Poll::Ready(Some(Ok(self.data(rest))));
+            }
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+impl hyper::body::Body for Scrubbed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.flushed {
+            return this.flush();
+        }
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return this.flush(),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            match frame.into_data() {
+                Ok(d) => {
+                    let out = this.scrubber.push(&d);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(this.data(out))));
+                    }
+                }
+                Err(f) => {
+                    if let Ok(mut t) = f.into_trailers() {
+                        scrub_headers(&mut t, &mut this.scrubber);
+                        this.trailers = Some(t);
+                    }
+                    return this.flush();
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.flushed && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.inner.size_hint().exact() {
+            // Markers are as long as what they replace.
+            Some(n) if !self.flushed => SizeHint::with_exact(n + self.scrubber.held() as u64),
+            _ => SizeHint::default(),
+        }
+    }
 }
 
 /// The request body, counting its bytes as they stream.
@@ -204,6 +481,8 @@ struct Outcome {
     headers_ms: f64,
     in_bytes: Arc<AtomicU64>,
     out_bytes: Arc<AtomicU64>,
+    /// The upstream sent the injected key back (it was scrubbed).
+    reflected: Arc<AtomicBool>,
 }
 
 impl Drop for Outcome {
@@ -220,6 +499,13 @@ impl Drop for Outcome {
                 "duration_ms": round2(self.started.elapsed().as_secs_f64() * 1e3),
             }),
         );
+        if self.reflected.load(Ordering::Relaxed) {
+            merge(&mut ev.details, json!({"secret_reflected": true}));
+            ev.reason = Some(
+                "the upstream sent the injected key back; it was replaced before reaching the agent"
+                    .into(),
+            );
+        }
         let s = Arc::clone(&self.s);
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
@@ -387,6 +673,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Everything checked before a call may go upstream, in order: who calls
+/// (the credential, its tool, revocation, suspension, its key binding),
+/// whether the request is what the route table judges, what it is (route
+/// → action ⊆ scope, path prefix, amount), and what policy says now.
 fn authorize(
     s: &S,
     parts: &Parts,
@@ -405,13 +695,74 @@ fn authorize(
         &mut ev.details,
         json!({"method": parts.method.as_str(), "path": upstream_path.chars().take(256).collect::<String>()}),
     );
-    check_request_path(&upstream_path).map_err(|why| {
+    let caller = identify(s, parts, tool_name, now, ev)?;
+    check_request_shape(parts, &upstream_path).inspect_err(|e| {
+        ev.reason = Some(format!("request shape: {}", e.description));
+    })?;
+    // A bound proxy credential (the exchange was signed) needs every call
+    // signed by the same key, covering the header that carries it.
+    if let Some(cnf) = &caller.claims.cnf {
+        verify_binding(
+            s,
+            parts,
+            signed_body,
+            &cnf.jkt,
+            &caller.token_headers,
+            now,
+            ev,
+        )?;
+    }
+    let (action, amount) = judge(&caller, parts.method.as_str(), &upstream_path, ev)?;
+    ask_policy(s, &caller, action, now, ev)?;
+    let mut plan = plan(s, parts, &caller, &upstream_path)?;
+    plan.amount = amount;
+    Ok(plan)
+}
+
+/// Request parts the route table does not see but an upstream may act on:
+/// the path's encoding, method-override and URL-rewrite headers, and the
+/// query string (method overrides, control characters).
+fn check_request_shape(parts: &Parts, upstream_path: &str) -> Result<(), ApiError> {
+    check_request_path(upstream_path).map_err(|why| {
         err(
             Code::InvalidRequest,
             format!("{why}; the proxy forwards only plain paths"),
         )
     })?;
+    if let Some(name) = parts
+        .headers
+        .keys()
+        .find(|n| forwarding::is_override_header(n.as_str()))
+    {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "the `{name}` header makes some servers perform another method or path than the one authorised; send the request with its real method and path"
+            ),
+        ));
+    }
+    if let Some(q) = parts.uri.query() {
+        forwarding::check_query(q).map_err(|r| err(Code::InvalidRequest, r.0))?;
+    }
+    Ok(())
+}
 
+/// Who calls: a valid credential for this tool, not revoked, its run not suspended.
+struct Caller<'a> {
+    claims: Arc<AccessClaims>,
+    tool: Tool,
+    spec: ProxySpec,
+    token: &'a str,
+    token_headers: Vec<HeaderName>,
+}
+
+fn identify<'a>(
+    s: &S,
+    parts: &'a Parts,
+    tool_name: &str,
+    now: u64,
+    ev: &mut EventBody,
+) -> Result<Caller<'a>, ApiError> {
     // Which tenant is the token's; the tool is looked up in that tenant only.
     // The inject format is needed to find the token, so first find a token
     // in the usual places to learn the tenant.
@@ -488,81 +839,176 @@ fn authorize(
             ),
         ));
     }
-    // A bound proxy credential (the exchange was signed) needs every call
-    // signed by the same key, covering the header that carries it.
-    if let Some(cnf) = &claims.cnf {
-        let Some(body) = signed_body else {
-            ev.reason = Some("bound credential without a signature".into());
-            return Err(err(
-                Code::Unauthorized,
-                "this proxy credential is bound to a key: sign each request with it (RFC 9421: `Signature-Input`, `Signature`, `Signature-Key`)",
-            ));
-        };
-        let target = format!(
-            "{}{}",
-            s.config.issuer.trim_end_matches('/'),
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-        );
-        let names: Vec<&str> = token_headers.iter().map(|n| n.as_str()).collect();
-        crate::sigs::verify(
-            s,
-            &parts.headers,
-            &crate::sigs::Expect {
-                method: parts.method.as_str(),
-                target_uri: &target,
-                body: Some(body),
-                jkt: &cnf.jkt,
-                must_cover: &names,
-            },
-            now,
-        )
-        .inspect_err(|e| ev.reason = Some(format!("signature: {}", e.description)))?;
-        merge(&mut ev.details, json!({"proof": "httpsig"}));
-    }
-    let action = spec
-        .action_for(parts.method.as_str(), &upstream_path)
+    Ok(Caller {
+        claims,
+        tool,
+        spec,
+        token,
+        token_headers,
+    })
+}
+
+/// A key-bound credential's call is signed (RFC 9421) by that key.
+fn verify_binding(
+    s: &S,
+    parts: &Parts,
+    signed_body: Option<&[u8]>,
+    jkt: &str,
+    token_headers: &[HeaderName],
+    now: u64,
+    ev: &mut EventBody,
+) -> Result<(), ApiError> {
+    let Some(body) = signed_body else {
+        ev.reason = Some("bound credential without a signature".into());
+        return Err(err(
+            Code::Unauthorized,
+            "this proxy credential is bound to a key: sign each request with it (RFC 9421: `Signature-Input`, `Signature`, `Signature-Key`)",
+        ));
+    };
+    let target = format!(
+        "{}{}",
+        s.config.issuer.trim_end_matches('/'),
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let names: Vec<&str> = token_headers.iter().map(|n| n.as_str()).collect();
+    crate::sigs::verify(
+        s,
+        &parts.headers,
+        &crate::sigs::Expect {
+            method: parts.method.as_str(),
+            target_uri: &target,
+            body: Some(body),
+            jkt,
+            must_cover: &names,
+        },
+        now,
+    )
+    .inspect_err(|e| ev.reason = Some(format!("signature: {}", e.description)))?;
+    merge(&mut ev.details, json!({"proof": "httpsig"}));
+    Ok(())
+}
+
+/// What the request is: its route's action (within the credential's
+/// scope), inside the credential's path prefix, and, when money moves, the
+/// amount check the body must pass.
+fn judge(
+    c: &Caller<'_>,
+    method: &str,
+    path: &str,
+    ev: &mut EventBody,
+) -> Result<(String, Option<AmountPlan>), ApiError> {
+    let shown = path.chars().take(128).collect::<String>();
+    let route: &RouteSpec = c
+        .spec
+        .judge(method, path)
+        .map_err(|why| {
+            ev.reason = Some(format!("request shape: {why}"));
+            err(Code::InvalidRequest, why)
+        })?
         .ok_or_else(|| {
             err(
                 Code::Forbidden,
                 format!(
-                    "`{} {}` is not mapped to any action of tool `{}`; the proxy forwards only mapped requests",
-                    parts.method,
-                    upstream_path.chars().take(128).collect::<String>(),
-                    tool.name
+                    "`{method} {shown}` is not mapped to any action of tool `{}`; the proxy forwards only mapped requests",
+                    c.tool.name
                 ),
             )
-        })?
-        .to_owned();
+        })?;
+    let action = route.action.clone();
     ev.actions = vec![action.clone()];
-    if !claims.scope.split(' ').any(|a| a == action) {
+    if !c.claims.scope.split(' ').any(|a| a == action) {
         return Err(err(
             Code::Forbidden,
             format!(
-                "`{} {}` is action `{action}`, which this credential does not carry (it carries: {})",
-                parts.method,
-                upstream_path.chars().take(128).collect::<String>(),
-                claims.scope
+                "`{method} {shown}` is action `{action}`, which this credential does not carry (it carries: {})",
+                c.claims.scope
             ),
         ));
     }
-    // A holder narrowed its mandate to paths under a prefix (the path is
-    // already free of dot segments and encoded slashes).
-    if let Some(prefix) = &claims.path_prefix
-        && !upstream_path.starts_with(prefix.as_str())
+    // A holder narrowed its mandate to paths under a prefix, matched on
+    // segments (the path is already free of dot segments and encodings).
+    if let Some(prefix) = &c.claims.path_prefix
+        && !mandate_core::paths::path_within(prefix, path)
     {
         ev.reason = Some(format!("outside path prefix {prefix}"));
         return Err(err(
             Code::Forbidden,
-            format!(
-                "`{}` is outside `{prefix}`, the only paths this credential may reach",
-                upstream_path.chars().take(128).collect::<String>()
-            ),
+            format!("`{shown}` is outside `{prefix}`, the only paths this credential may reach"),
         ));
     }
+    let amount = amount_plan(c, route, method, &shown, ev)?;
+    Ok((action, amount))
+}
+
+/// A credential declaring an amount is good only on a route that says where
+/// the request's amount is; a route that moves money needs a credential
+/// declaring one.
+fn amount_plan(
+    c: &Caller<'_>,
+    route: &RouteSpec,
+    method: &str,
+    shown: &str,
+    ev: &mut EventBody,
+) -> Result<Option<AmountPlan>, ApiError> {
+    let declared = match c
+        .claims
+        .authorization_details
+        .as_ref()
+        .and_then(|d| d.get("amount"))
+    {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ev.reason = Some("declared amount unreadable".into());
+            err(
+                Code::Forbidden,
+                "the credential's declared amount is not a non-negative integer; ask for a new credential",
+            )
+        })?),
+    };
+    match (declared, &route.amount) {
+        (None, None) => Ok(None),
+        (Some(d), None) => {
+            ev.reason = Some("declared amount on a route that names none".into());
+            Err(err(
+                Code::Forbidden,
+                format!(
+                    "this credential was issued for an amount ({d}), but route `{} {}` of tool `{}` does not say where a request carries its amount, so the proxy cannot check it; an admin names it in the route (`amount`), or ask for a credential without an amount",
+                    route.method, route.path, c.tool.name
+                ),
+            ))
+        }
+        (None, Some(_)) => {
+            ev.reason = Some("money-moving route without a declared amount".into());
+            Err(err(
+                Code::Forbidden,
+                format!(
+                    "`{method} {shown}` moves money: ask for a credential declaring the amount (`authorization_details` with `amount`, in minor units); it is good for one call of at most that amount"
+                ),
+            ))
+        }
+        (Some(declared), Some(at)) => Ok(Some(AmountPlan {
+            at: at.clone(),
+            declared,
+            jti: c.claims.jti.clone(),
+            until: c.claims.exp,
+        })),
+    }
+}
+
+/// The tenant's policies, in force now, judge the call (with the run's history).
+fn ask_policy(
+    s: &S,
+    c: &Caller<'_>,
+    action: String,
+    now: u64,
+    ev: &mut EventBody,
+) -> Result<(), ApiError> {
+    let claims = &c.claims;
+    let reg = s.reg();
     let agent = reg
         .agents
         .get(&(claims.tenant.clone(), claims.agent.clone()))
@@ -581,6 +1027,7 @@ fn authorize(
         .as_ref()
         .map(mandate_core::policy::Details::from_json)
         .unwrap_or_default();
+    let tool = &c.tool;
     let history = s
         .history
         .lock()
@@ -615,8 +1062,14 @@ fn authorize(
         details: &details,
         history: &history,
     };
-    s.enforce(generation, &policies, &facts, &mut ev.policies)?;
+    s.enforce(generation, &policies, &facts, &mut ev.policies)
+}
 
+/// The request as it goes upstream: our credential and signature removed
+/// (and refused anywhere else), the real key injected, uncompressed
+/// answers asked for (so they can be scrubbed of the key).
+fn plan(s: &S, parts: &Parts, c: &Caller<'_>, upstream_path: &str) -> Result<Plan, ApiError> {
+    let (tool, spec, token) = (&c.tool, &c.spec, c.token);
     let secret = s.tool_secret(&tool.tenant, &tool.name).ok_or_else(|| {
         err(
             Code::Unavailable,
@@ -637,7 +1090,7 @@ fn authorize(
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    for n in &token_headers {
+    for n in &c.token_headers {
         headers.remove(n);
     }
     // The agent's signature is for the broker, not the upstream.
@@ -656,7 +1109,8 @@ fn authorize(
     }
     let key = std::str::from_utf8(secret.expose())
         .map_err(|_| err(Code::ServerError, "the tool's upstream key is not text"))?;
-    let mut value = HeaderValue::from_str(&spec.inject.render(key)).map_err(|_| {
+    let rendered = zeroize::Zeroizing::new(spec.inject.render(key));
+    let mut value = HeaderValue::from_str(&rendered).map_err(|_| {
         err(
             Code::ServerError,
             "the tool's upstream key cannot go into an HTTP header; an admin must set it again",
@@ -666,6 +1120,10 @@ fn authorize(
     let inject_name = HeaderName::from_bytes(spec.inject.header.as_bytes())
         .map_err(|_| err(Code::ServerError, "the tool's inject header is invalid"))?;
     headers.insert(inject_name, value);
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -697,7 +1155,55 @@ fn authorize(
         uri,
         headers,
         timeout: Duration::from_millis(spec.timeout_ms),
+        amount: None,
+        scrubber: Scrubber::new([key.as_bytes(), rendered.as_bytes()]),
     })
+}
+
+/// Spent single-use (amount) credentials, from the audit trail: every
+/// allowed `proxy.call` that spent one is durable before its request went
+/// upstream, so a restarted broker refuses the credential again until it
+/// expires.
+pub(crate) fn spent_from_trail(
+    store: &dyn mandate_store::Store,
+    max_ttl: u64,
+) -> Result<ReplayCache, crate::boot::BootError> {
+    let mut spent = ReplayCache::new(SPENT_CAP);
+    let now = crate::now_secs();
+    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_query(&mandate_store::AuditFilter {
+                event_type: Some("proxy.call".into()),
+                decision: Some("allow".into()),
+                since_ms: Some(since_ms),
+                after_seq: Some(after),
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .map_err(|e| crate::boot::BootError(format!("cannot read the audit trail: {e}")))?;
+        for ev in &page {
+            after = after.max(ev.seq);
+            let until = ev.body.details["single_use_until"].as_u64();
+            if let (Some(until), Some(jti)) = (until, ev.body.credential_id.as_deref())
+                && until >= now
+            {
+                // The proxy never lets more than the cap be alive at once,
+                // so full means a trail it did not write: refuse to start
+                // rather than forget a spent credential.
+                if let Err(ReplayError::Full) = spent.check_and_insert(SPENT_NS, jti, until, now) {
+                    return Err(crate::boot::BootError(format!(
+                        "more than {SPENT_CAP} single-use proxy credentials in the audit trail are still alive; wait until they expire (at most {max_ttl} s) and start again"
+                    )));
+                }
+            }
+        }
+        if page.len() < 10_000 {
+            break;
+        }
+    }
+    Ok(spent)
 }
 
 /// The credential, before the tool (and so its key format) is known: a
