@@ -314,7 +314,8 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
         /// proxy: the upstream base URL.
         #[arg(long)]
         upstream: Option<String>,
-        /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat).
+        /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
+        /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
         #[arg(long = "route")]
         routes: Vec<String>,
         /// proxy: the header the upstream key goes in.
@@ -761,12 +762,32 @@ fn emit_token(j: bool, v: &Value, out: Option<PathBuf>, cols: &[&str]) -> Result
     Ok(())
 }
 
-/// `POST /emails=send` → a route.
+/// `POST /emails=send` → a route; `POST /payments=pay amount=json:/amount`
+/// (or `amount=form:amount`) names where the request carries its amount.
 fn parse_route(r: &str) -> Result<Value, CliError> {
-    let bad = || CliError(format!("--route `{r}`: write it as `METHOD /path=action`"));
-    let (lhs, action) = r.rsplit_once('=').ok_or_else(bad)?;
+    let bad = || {
+        CliError(format!(
+            "--route `{r}`: write it as `METHOD /path=action`, optionally followed by ` amount=json:/pointer` or ` amount=form:field`"
+        ))
+    };
+    let (route, amount) = match r.split_once(" amount=") {
+        Some((route, at)) => {
+            let at = match at.trim().split_once(':') {
+                Some(("json", p)) => json!({"json": p}),
+                Some(("form", f)) => json!({"form": f}),
+                _ => return Err(bad()),
+            };
+            (route, Some(at))
+        }
+        None => (r, None),
+    };
+    let (lhs, action) = route.rsplit_once('=').ok_or_else(bad)?;
     let (method, path) = lhs.trim().split_once(' ').ok_or_else(bad)?;
-    Ok(json!({"method": method.trim(), "path": path.trim(), "action": action.trim()}))
+    let mut v = json!({"method": method.trim(), "path": path.trim(), "action": action.trim()});
+    if let Some(at) = amount {
+        v["amount"] = at;
+    }
+    Ok(v)
 }
 
 pub(crate) fn show(json_out: bool, v: &Value, cols: &[&str]) {
@@ -1310,4 +1331,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_with_and_without_an_amount() {
+        assert_eq!(
+            parse_route("POST /emails=send").unwrap(),
+            json!({"method": "POST", "path": "/emails", "action": "send"})
+        );
+        assert_eq!(
+            parse_route("POST /payments=pay amount=json:/amount").unwrap(),
+            json!({"method": "POST", "path": "/payments", "action": "pay", "amount": {"json": "/amount"}})
+        );
+        assert_eq!(
+            parse_route("POST /v1/charges=pay amount=form:amount").unwrap()["amount"],
+            json!({"form": "amount"})
+        );
+        assert!(parse_route("POST /payments=pay amount=header:x").is_err());
+        assert!(parse_route("POST/payments").is_err());
+    }
 }
