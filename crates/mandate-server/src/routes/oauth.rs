@@ -1338,7 +1338,10 @@ pub async fn revoke(
             (format!("cred:{}", c.jti), c.exp, c.tenant, c.run, c.agent)
         }
         Some(Presented::Mandate(m)) => {
-            if s.reg().refused(&m.revocation_keys(), m.issued_at).is_some() {
+            // A narrowed mandate already revoked writes nothing again; a
+            // run's own mandate ends its run once (a revoked run that has
+            // not ended yet still ends: below, ended runs write nothing).
+            if !m.hops.is_empty() && s.reg().refused(&m.revocation_keys(), m.issued_at).is_some() {
                 return ok();
             }
             let key = match m.hops.last() {
