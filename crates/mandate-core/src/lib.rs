@@ -16,6 +16,7 @@
 //! - [`policy`]: the Cedar schema and exchange decisions;
 //! - [`policy_limits`]: bounds on untrusted policy text, checked before Cedar parses it;
 //! - [`audit`]: audit events and their hash chain;
+//! - [`limits`]: connection slots per client and the throttle for unauthenticated refusals;
 //! - [`secret`]: secret types and authenticated encryption at rest.
 //!
 //! It must not do IO: no files, no sockets, no clock, no global randomness.
@@ -36,6 +37,7 @@ pub mod httpsig;
 pub mod ids;
 pub mod jose;
 pub mod keys;
+pub mod limits;
 pub mod mandate;
 pub mod policy;
 pub mod policy_limits;
