@@ -15,6 +15,7 @@
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
 //! - [`policy_limits`]: bounds on untrusted policy text, checked before Cedar parses it;
+//! - [`revocation`]: which ids revoke a token, and whether it is revoked;
 //! - [`audit`]: audit events and their hash chain;
 //! - [`limits`]: connection slots per client and the throttle for unauthenticated refusals;
 //! - [`secret`]: secret types and authenticated encryption at rest.
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod mandate;
 pub mod policy;
 pub mod policy_limits;
+pub mod revocation;
 pub mod secret;
 pub mod tooling;
 

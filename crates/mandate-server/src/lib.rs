@@ -17,6 +17,7 @@
 //! - [`pg`]: the `postgres` provider: a role per credential, and the reaper
 //!   that drops it on expiry or revocation (also after a restart);
 //! - [`refusals`]: the bounded audit of refusals nobody authenticated;
+//! - [`gate`]: bounds on the work a presented mandate can cause;
 //! - [`error`]: the one place where errors become RFC-shaped responses.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod alerts;
 pub mod boot;
 pub mod error;
 pub mod form;
+pub mod gate;
 pub mod history;
 pub mod listen;
 pub mod pg;

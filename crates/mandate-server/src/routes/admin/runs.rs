@@ -176,6 +176,12 @@ fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError
     if !mandate_core::secret::ct_eq(&j.hash, &hash) {
         return Err(invalid());
     }
+    if s.reg().first_revoked(&[format!("cred:{}", j.id)]).is_some() {
+        return Err(err(
+            Code::Unauthorized,
+            "this join token has been revoked; ask an admin for a new one",
+        ));
+    }
     if j.used_ms.is_some() {
         return Err(err(
             Code::Unauthorized,
@@ -549,42 +555,41 @@ pub async fn delegate(
     raw: Result<Bytes, BytesRejection>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut proven = None;
-    let outcome = delegate_as(&s, addr, &headers, raw, &mut proven).await;
-    let mut resp = match (outcome, proven) {
-        (Ok(done), _) => done.into_response(),
-        (Err(e), None) => e.unauthenticated("run.delegate").into_response(),
-        (Err(e), Some(parent)) => {
-            let mut ev = Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
-            ev.agent = Some(parent.agent.clone());
-            ev.run = Some(parent.run.clone());
-            ev.principal = parent.principal.clone();
-            ev.actor = Some(parent.run_id.clone());
-            ev.decision = "deny".into();
-            ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
-            match s.record(vec![ev]).await {
-                Ok(_) => e.into_response(),
-                Err(we) => we.into_response(),
+    let mut resp = match delegating_parent(&s, addr, &headers, raw).await {
+        Err(e) => e.unauthenticated("run.delegate").into_response(),
+        Ok((parent, req, now)) => match delegate_as(&s, &parent, req, now).await {
+            Ok(done) => done.into_response(),
+            Err(e) => {
+                let mut ev = Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
+                ev.agent = Some(parent.agent.clone());
+                ev.run = Some(parent.run.clone());
+                ev.principal = parent.principal.clone();
+                ev.actor = Some(parent.run_id.clone());
+                ev.decision = "deny".into();
+                ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+                match s.record(vec![ev]).await {
+                    Ok(_) => e.into_response(),
+                    Err(we) => we.into_response(),
+                }
             }
-        }
+        },
     };
     s.add_dpop_nonce(&mut resp);
     resp
 }
 
-/// The parent's mandate and proof of possession at `POST /v1/runs/delegate`:
-/// the mandate verifies, the proof is by its key (and fresh), and then it is
-/// not revoked.
-fn delegating_parent(
+/// The parent at `POST /v1/runs/delegate`, once its mandate verifies and a
+/// fresh proof by its key is presented; with the request and the time.
+/// Refusals here are not yet any run's (they are audited per address).
+async fn delegating_parent(
     s: &S,
+    addr: SocketAddr,
     headers: &HeaderMap,
-    mandate: &str,
-    now: u64,
-    proven: &mut Option<Arc<MandateClaims>>,
-) -> Result<Arc<MandateClaims>, ApiError> {
-    let parent = s
-        .verify_mandate(mandate, now)
-        .map_err(|e| err(Code::InvalidGrant, e.to_string()))?;
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(Arc<MandateClaims>, NewChild, u64), ApiError> {
+    let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
+    let now = crate::now_secs();
+    let parent = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
     let proof = headers
         .get("dpop")
         .and_then(|v| v.to_str().ok())
@@ -615,7 +620,17 @@ fn delegating_parent(
     })?;
     // Only a proof that passed every other check is remembered.
     s.first_use_of_proof(&verified, now)?;
-    *proven = Some(Arc::clone(&parent));
+    Ok((parent, req, now))
+}
+
+/// [`delegate`]'s work once the parent's key is proven: every refusal from
+/// here on is the parent run's.
+async fn delegate_as(
+    s: &S,
+    parent: &Arc<MandateClaims>,
+    req: NewChild,
+    now: u64,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
         return Err(err(
             Code::InvalidGrant,
@@ -625,20 +640,6 @@ fn delegating_parent(
             ),
         ));
     }
-    Ok(parent)
-}
-
-/// [`delegate`]'s work; `proven` gets the parent once its key is proven.
-async fn delegate_as(
-    s: &S,
-    addr: SocketAddr,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-    proven: &mut Option<Arc<MandateClaims>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
-    let now = crate::now_secs();
-    let parent = delegating_parent(s, headers, &req.mandate, now, proven)?;
     if !parent.hops.is_empty() {
         return Err(err(
             Code::InvalidRequest,
