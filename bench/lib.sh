@@ -8,7 +8,9 @@ bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d /tmp/mandate-bench.XXXXXX)
 echo "work dir: $work"
 export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RUST_LOG:-warn}
-"$bin/mandate" serve --listen 127.0.0.1:$port >"$work/broker.log" 2>&1 &
+# One run key makes every request: it needs more than a key's default quota
+# of live DPoP proofs (10,000, ≈ 150 requests/s).
+"$bin/mandate" serve --listen 127.0.0.1:$port --dpop-replay-per-key 2000000 >"$work/broker.log" 2>&1 &
 broker=$!
 trap 'kill ${broker:-} ${ceil:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done

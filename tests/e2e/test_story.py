@@ -100,9 +100,11 @@ def http(method, url, data=None, headers=None):
         return e.code, json.loads(e.read() or b"null")
 
 
-def dpop(key, alg, url):
+def dpop(key, alg, url, nonce=None):
     header = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
     claims = {"jti": str(uuid.uuid4()), "htm": "POST", "htu": url, "iat": int(time.time())}
+    if nonce:
+        claims["nonce"] = nonce
     return jwt.encode(header, claims, key, algorithms=[alg])
 
 
@@ -115,12 +117,23 @@ def token_form(mandate, scope="read", **target):
 
 
 def exchange(b, mandate, key, alg, audience, scope):
+    """As an RFC 9449 client: asked for a nonce (`use_dpop_nonce`, e.g. just
+    after the broker restarted), retry once with the `DPoP-Nonce` given."""
     meta = http("GET", b.url + "/.well-known/oauth-authorization-server")[1]
     form = token_form(mandate, scope, resource=audience)
-    return http("POST", meta["token_endpoint"], form, {
-        "Content-Type": "application/x-www-form-urlencoded",
-        "DPoP": dpop(key, alg, meta["token_endpoint"]),
-    })
+    endpoint = meta["token_endpoint"]
+    nonce = None
+    for _ in range(2):
+        req = urllib.request.Request(endpoint, data=form, method="POST", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "DPoP": dpop(key, alg, endpoint, nonce)})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            status, body, nonce = e.code, json.loads(e.read() or b"null"), e.headers.get("DPoP-Nonce")
+            if not (body and body.get("error") == "use_dpop_nonce" and nonce):
+                return status, body
+    return status, body
 
 
 def register(b, tenant):

@@ -560,9 +560,20 @@ fn supervise(
             .route("/v1/dpop", post(dpop))
             .route("/v1/attenuate", post(attenuate))
             .with_state(Arc::clone(agent));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        // Bounded like the broker's port: the child (or anything it runs)
+        // cannot hold the wrapper's descriptors with stalled connections.
+        let limits = mandate_server::listen::Limits {
+            max_connections: 64,
+            max_connections_per_client: 64,
+            ..Default::default()
+        };
+        tokio::spawn(mandate_server::listen::serve(
+            listener,
+            app,
+            limits,
+            None,
+            std::future::pending(),
+        ));
         let refresher = Arc::clone(agent);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));

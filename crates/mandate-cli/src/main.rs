@@ -152,6 +152,25 @@ struct ServeArgs {
     /// How often DPoP nonces rotate, in seconds.
     #[arg(long, default_value_t = 60)]
     dpop_nonce_period: u64,
+    /// Most live DPoP proofs (and RFC 9421 nonces) one key may hold; each
+    /// is remembered for the proof age plus the skew, so this bounds one
+    /// key's sustained request rate (10,000 ≈ 150 requests/s).
+    #[arg(long, default_value_t = 10_000)]
+    dpop_replay_per_key: usize,
+    /// Close a connection whose request line and headers have not all
+    /// arrived this many seconds after their first byte.
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
+    /// Close a keep-alive connection idle (no request in flight, no byte
+    /// received) for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Most connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: its /64).
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_client: usize,
 }
 
 #[derive(Subcommand)]
@@ -670,6 +689,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files toward the hard one, so that the
+/// connection limit is reached before the descriptor limit (which would
+/// make every accept fail); warns when the hard limit is lower.
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Connections, plus the database, logs and upstream connections.
+    let want = max_connections as u64 + 256;
+    let cur = getrlimit(Resource::Nofile);
+    let have = cur.current.unwrap_or(u64::MAX);
+    if have >= want {
+        return;
+    }
+    let target = cur.maximum.map_or(want, |m| m.min(want));
+    if target > have {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: cur.maximum,
+            },
+        );
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if now < want {
+        tracing::warn!(
+            "open files are limited to {now}; --max-connections {max_connections} needs about {want} (raise `ulimit -n` or lower --max-connections)"
+        );
+    }
+}
+
 fn serve(a: ServeArgs) -> Result<(), CliError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -714,6 +763,19 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     cfg.anomaly_denials_1m = a.anomaly_denials;
     cfg.anomaly_new_tool = a.anomaly_new_tool;
     cfg.suspend_on_anomaly = a.suspend_on_anomaly;
+    cfg.dpop_replay_per_key = a.dpop_replay_per_key.max(1);
+    if a.header_read_timeout == 0 || a.idle_timeout == 0 || a.max_connections == 0 {
+        return Err(CliError(
+            "--header-read-timeout, --idle-timeout and --max-connections must be at least 1".into(),
+        ));
+    }
+    raise_descriptor_limit(a.max_connections);
+    cfg.connections = mandate_server::listen::Limits {
+        header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout),
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+        max_connections: a.max_connections,
+        max_connections_per_client: a.max_connections_per_client.max(1),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

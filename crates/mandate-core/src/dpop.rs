@@ -108,6 +108,10 @@ pub struct VerifiedProof {
     pub iat: UnixTime,
     /// The proof's public key.
     pub key: PublicJwk,
+    /// The server nonce it carries (RFC 9449 §8), if any: the caller checks
+    /// whether it is current (a proof with a current nonce of this process
+    /// cannot have been used before the process started).
+    pub nonce: Option<String>,
 }
 
 fn refuse<T>(why: impl Into<String>) -> Result<T> {
@@ -256,22 +260,76 @@ pub fn verify_proof(proof: &str, exp: &ProofExpectations<'_>) -> Result<Verified
     {
         return refuse("proof is not signed by the key the mandate is bound to (`cnf.jkt`)");
     }
+    let nonce = claims
+        .get("nonce")
+        .and_then(Value::as_str)
+        .filter(|n| n.len() <= 128)
+        .map(str::to_owned);
     Ok(VerifiedProof {
         jkt,
         jti: jti.to_owned(),
         iat,
         key: key.clone(),
+        nonce,
     })
 }
 
+/// One use of a proof of possession, for [`ReplayCache::check_and_insert`].
+#[derive(Debug, Clone, Copy)]
+pub struct ProofUse<'a> {
+    /// Thumbprint of the key that signed it: whose quota it counts against.
+    pub jkt: &'a str,
+    /// Its unique id (a DPoP `jti`, or an RFC 9421 signature's nonce).
+    pub id: &'a str,
+    /// When it says it was made (DPoP `iat`, RFC 9421 `created`).
+    pub dated: UnixTime,
+    /// When it can no longer be accepted anyway (then it is forgotten).
+    pub forget_after: UnixTime,
+    /// It carries a current server nonce of this process (RFC 9449 §8).
+    pub nonce: bool,
+}
+
+/// Bounds of a [`ReplayCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// Most live ids one key may hold (a proof is live for the proof age
+    /// plus the skew, so this bounds a key's sustained request rate).
+    pub per_key: usize,
+    /// Most live ids in all: a backstop far above any one key's quota.
+    /// Beyond it the oldest ids are forgotten, and proofs dated no later
+    /// than the newest forgotten one are refused from then on.
+    pub capacity: usize,
+}
+
 /// Remembers proof ids until they are too old to be accepted anyway, so a
-/// replayed proof is refused (RFC 9449 §11.1). Bounded: when full, it refuses
-/// new proofs rather than forget one that could still be replayed (fail closed).
+/// replayed proof is refused (RFC 9449 §11.1). Bounded, and fair:
+///
+/// - each key holds at most [`ReplayLimits::per_key`] live ids; a key over
+///   its quota is refused, and no other key notices;
+/// - in all at most [`ReplayLimits::capacity`]: when full, the oldest ids
+///   are forgotten rather than refusing everyone, and every proof dated no
+///   later than the newest forgotten one is refused (it might be one of
+///   them), so forgetting never lets a replay through;
+/// - a process that starts over has forgotten everything: proofs dated
+///   before `not_before` (its start plus the clock skew) are refused unless
+///   they carry a nonce this process issued (which no earlier process could
+///   have seen).
 #[derive(Debug)]
 pub struct ReplayCache {
-    seen: HashMap<[u8; 32], UnixTime>,
-    order: VecDeque<([u8; 32], UnixTime)>,
-    capacity: usize,
+    seen: HashMap<[u8; 16], UnixTime>,
+    order: VecDeque<Remembered>,
+    per_key: HashMap<[u8; 16], usize>,
+    limits: ReplayLimits,
+    not_before: UnixTime,
+    forgotten_upto: Option<UnixTime>,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    id: [u8; 16],
+    key: [u8; 16],
+    dated: UnixTime,
+    forget_after: UnixTime,
 }
 
 /// Why a proof id was not recorded.
@@ -279,50 +337,106 @@ pub struct ReplayCache {
 pub enum ReplayError {
     /// The same proof id was seen before.
     Replayed,
-    /// The cache is full of ids that may still be replayed.
-    Full,
+    /// Dated before this process started (plus the skew), without a nonce
+    /// of this process: it may have been used before a restart.
+    BeforeStart {
+        /// Proofs dated from then on are accepted without a nonce.
+        from: UnixTime,
+    },
+    /// Dated no later than ids forgotten when the cache was full.
+    Forgotten {
+        /// The newest forgotten proof's date.
+        upto: UnixTime,
+    },
+    /// This key holds its quota of live ids.
+    OverQuota {
+        /// The quota.
+        per_key: usize,
+    },
+}
+
+fn digest16(parts: &[&str]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let full: [u8; 32] = h.finalize().into();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 impl ReplayCache {
-    /// A cache holding at most `capacity` live ids.
-    pub fn new(capacity: usize) -> Self {
+    /// A cache within `limits`, for a process that refuses proofs dated
+    /// before `not_before` without its nonce (0: none are refused).
+    pub fn new(limits: ReplayLimits, not_before: UnixTime) -> Self {
         Self {
             seen: HashMap::new(),
             order: VecDeque::new(),
-            capacity,
+            per_key: HashMap::new(),
+            limits: ReplayLimits {
+                per_key: limits.per_key.max(1),
+                capacity: limits.capacity.max(1),
+            },
+            not_before,
+            forgotten_upto: None,
         }
     }
 
-    /// Records `(jkt, jti)`, which stays until `forget_after`; refuses a repeat.
-    pub fn check_and_insert(
-        &mut self,
-        jkt: &str,
-        jti: &str,
-        forget_after: UnixTime,
-        now: UnixTime,
-    ) -> Result<(), ReplayError> {
-        while let Some((k, t)) = self.order.front() {
-            if *t >= now {
-                break;
+    /// Drops the oldest remembered id; `live` when it could still be replayed.
+    fn pop_oldest(&mut self, now: UnixTime) -> Option<bool> {
+        let r = self.order.pop_front()?;
+        self.seen.remove(&r.id);
+        if let Some(n) = self.per_key.get_mut(&r.key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_key.remove(&r.key);
             }
-            if self.seen.get(k) == Some(t) {
-                self.seen.remove(k);
-            }
-            self.order.pop_front();
         }
-        let mut h = Sha256::new();
-        h.update(jkt.as_bytes());
-        h.update([0]);
-        h.update(jti.as_bytes());
-        let key: [u8; 32] = h.finalize().into();
-        if self.seen.contains_key(&key) {
+        let live = r.forget_after >= now;
+        if live {
+            self.forgotten_upto = Some(self.forgotten_upto.unwrap_or(0).max(r.dated));
+        }
+        Some(live)
+    }
+
+    /// Records a use of a proof, which stays until its `forget_after`;
+    /// refuses a repeat, and what the rules above refuse.
+    pub fn check_and_insert(&mut self, u: &ProofUse<'_>, now: UnixTime) -> Result<(), ReplayError> {
+        while self.order.front().is_some_and(|r| r.forget_after < now) {
+            self.pop_oldest(now);
+        }
+        if u.dated < self.not_before && !u.nonce {
+            return Err(ReplayError::BeforeStart {
+                from: self.not_before,
+            });
+        }
+        if let Some(upto) = self.forgotten_upto.filter(|t| u.dated <= *t) {
+            return Err(ReplayError::Forgotten { upto });
+        }
+        let id = digest16(&[u.jkt, u.id]);
+        if self.seen.contains_key(&id) {
             return Err(ReplayError::Replayed);
         }
-        if self.seen.len() >= self.capacity {
-            return Err(ReplayError::Full);
+        let key = digest16(&[u.jkt]);
+        let held = self.per_key.get(&key).copied().unwrap_or(0);
+        if held >= self.limits.per_key {
+            return Err(ReplayError::OverQuota {
+                per_key: self.limits.per_key,
+            });
         }
-        self.seen.insert(key, forget_after);
-        self.order.push_back((key, forget_after));
+        while self.seen.len() >= self.limits.capacity {
+            self.pop_oldest(now);
+        }
+        self.seen.insert(id, u.forget_after);
+        self.per_key.insert(key, held + 1);
+        self.order.push_back(Remembered {
+            id,
+            key,
+            dated: u.dated,
+            forget_after: u.forget_after,
+        });
         Ok(())
     }
 
@@ -548,21 +662,121 @@ mod tests {
         assert!(verify_proof(&p, &e).is_err());
     }
 
+    fn used<'a>(jkt: &'a str, id: &'a str, dated: u64) -> ProofUse<'a> {
+        ProofUse {
+            jkt,
+            id,
+            dated,
+            forget_after: dated + 65,
+            nonce: false,
+        }
+    }
+
+    const ROOMY: ReplayLimits = ReplayLimits {
+        per_key: 100,
+        capacity: 1000,
+    };
+
     #[test]
     fn dpop_jti_replay_is_refused_until_it_would_expire() {
-        let mut c = ReplayCache::new(2);
-        assert!(c.check_and_insert("k", "1", 1060, 1000).is_ok());
+        let mut c = ReplayCache::new(ROOMY, 0);
+        assert!(c.check_and_insert(&used("k", "1", 1000), 1000).is_ok());
         assert_eq!(
-            c.check_and_insert("k", "1", 1060, 1001),
+            c.check_and_insert(&used("k", "1", 1000), 1001),
             Err(ReplayError::Replayed)
         );
-        assert!(c.check_and_insert("other-key", "1", 1060, 1001).is_ok());
-        assert_eq!(
-            c.check_and_insert("k", "2", 1060, 1001),
-            Err(ReplayError::Full)
+        // The same id under another key is another proof.
+        assert!(
+            c.check_and_insert(&used("other-key", "1", 1000), 1001)
+                .is_ok()
         );
         // After the window, old ids are forgotten and room returns.
-        assert!(c.check_and_insert("k", "3", 1200, 1100).is_ok());
+        assert!(c.check_and_insert(&used("k", "3", 1100), 1100).is_ok());
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn one_key_over_its_quota_is_refused_and_no_other_key_notices() {
+        let mut c = ReplayCache::new(
+            ReplayLimits {
+                per_key: 3,
+                capacity: 100,
+            },
+            0,
+        );
+        for i in 0..3 {
+            assert!(
+                c.check_and_insert(&used("greedy", &i.to_string(), 1000), 1000)
+                    .is_ok()
+            );
+        }
+        assert_eq!(
+            c.check_and_insert(&used("greedy", "4", 1000), 1000),
+            Err(ReplayError::OverQuota { per_key: 3 })
+        );
+        assert!(c.check_and_insert(&used("honest", "1", 1000), 1000).is_ok());
+        // Its quota comes back as its proofs expire.
+        assert!(c.check_and_insert(&used("greedy", "5", 1070), 1070).is_ok());
+    }
+
+    #[test]
+    fn a_full_cache_forgets_the_oldest_and_refuses_what_it_forgot() {
+        let mut c = ReplayCache::new(
+            ReplayLimits {
+                per_key: 100,
+                capacity: 4,
+            },
+            0,
+        );
+        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+            assert!(
+                c.check_and_insert(&used(k, "1", 1000 + i as u64), 1010)
+                    .is_ok()
+            );
+        }
+        // Full: the oldest (a, dated 1000) is forgotten for a fresh proof.
+        assert!(c.check_and_insert(&used("e", "1", 1010), 1010).is_ok());
+        assert_eq!(c.len(), 4);
+        // Replaying what was forgotten is still refused, as is anything
+        // dated no later; fresher proofs pass.
+        assert_eq!(
+            c.check_and_insert(&used("a", "1", 1000), 1011),
+            Err(ReplayError::Forgotten { upto: 1000 })
+        );
+        assert!(c.check_and_insert(&used("f", "1", 1011), 1011).is_ok());
+        assert_eq!(
+            c.check_and_insert(&used("b", "1", 1001), 1011),
+            Err(ReplayError::Forgotten { upto: 1001 })
+        );
+    }
+
+    #[test]
+    fn after_a_restart_older_proofs_need_a_nonce_of_this_process() {
+        let mut c = ReplayCache::new(ROOMY, 2006);
+        assert_eq!(
+            c.check_and_insert(&used("k", "1", 2005), 2003),
+            Err(ReplayError::BeforeStart { from: 2006 })
+        );
+        let mut with_nonce = used("k", "1", 2005);
+        with_nonce.nonce = true;
+        assert!(c.check_and_insert(&with_nonce, 2003).is_ok());
+        assert_eq!(
+            c.check_and_insert(&with_nonce, 2003),
+            Err(ReplayError::Replayed)
+        );
+        assert!(c.check_and_insert(&used("k", "2", 2006), 2006).is_ok());
+    }
+
+    #[test]
+    fn the_proof_reports_its_nonce() {
+        let k = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        let p = proof(
+            &k,
+            json!({"jti":"a","htm":"POST","htu":URI,"iat":1000,"nonce":"n-1"}),
+        );
+        let v = verify_proof(&p, &exp(1000, None)).unwrap();
+        assert_eq!(v.nonce.as_deref(), Some("n-1"));
+        let p = proof(&k, json!({"jti":"a","htm":"POST","htu":URI,"iat":1000}));
+        assert_eq!(verify_proof(&p, &exp(1000, None)).unwrap().nonce, None);
     }
 }

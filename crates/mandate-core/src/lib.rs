@@ -14,8 +14,10 @@
 //! - [`dpop`]: RFC 9449 proof-of-possession checks;
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
+//! - [`policy_limits`]: bounds on untrusted policy text, checked before Cedar parses it;
 //! - [`revocation`]: which ids revoke a token, and whether it is revoked;
 //! - [`audit`]: audit events and their hash chain;
+//! - [`limits`]: connection slots per client and the throttle for unauthenticated refusals;
 //! - [`secret`]: secret types and authenticated encryption at rest;
 //! - [`paths`]: which paths a path prefix covers (segment by segment);
 //! - [`forwarding`]: what the proxy lets through (method overrides,
@@ -41,10 +43,12 @@ pub mod httpsig;
 pub mod ids;
 pub mod jose;
 pub mod keys;
+pub mod limits;
 pub mod mandate;
 pub mod paths;
 pub mod policy;
 pub mod scrub;
+pub mod policy_limits;
 pub mod revocation;
 pub mod secret;
 pub mod tooling;

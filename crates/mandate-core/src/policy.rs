@@ -389,13 +389,8 @@ impl Engine {
         name: &str,
         src: &str,
     ) -> std::result::Result<Vec<StoredPolicy>, Vec<PolicyProblem>> {
-        if src.len() > MAX_POLICY_LEN {
-            return Err(vec![PolicyProblem {
-                line: 1,
-                column: 1,
-                message: format!("policy file is longer than {MAX_POLICY_LEN} bytes"),
-            }]);
-        }
+        // Bounded before Cedar's (recursive) parser sees it.
+        crate::policy_limits::check_policy_text(src).map_err(|p| vec![p])?;
         let parsed = PolicySet::from_str(src).map_err(|errs| {
             errs.iter()
                 .map(|e| problems(src, e, e.to_string()))
@@ -464,6 +459,8 @@ impl Engine {
     pub fn compile(&self, stored: &[StoredPolicy]) -> Result<TenantPolicies> {
         let mut set = PolicySet::new();
         for p in stored {
+            crate::policy_limits::check_policy_text(&p.text)
+                .map_err(|e| Error::Policy(format!("stored policy `{}` is too deep: {e}", p.id)))?;
             let id = PolicyId::new(&p.id);
             let policy = Policy::parse(Some(id), &p.text).map_err(|e| {
                 Error::Policy(format!("stored policy `{}` does not parse: {e}", p.id))

@@ -95,6 +95,15 @@ pub struct Config {
     pub anomaly_new_tool: bool,
     /// Suspend a run on an alert (its exchanges wait for an admin).
     pub suspend_on_anomaly: bool,
+    /// Most live DPoP proofs / RFC 9421 nonces one key may hold (each is
+    /// remembered for the proof age plus the skew).
+    pub dpop_replay_per_key: usize,
+    /// Refusals of unauthenticated callers are audited at most once per
+    /// client address and kind per this window, with a count.
+    pub refusal_audit_window: std::time::Duration,
+    /// Connection bounds of the listener: header read and idle timeouts,
+    /// most connections in all and per client address.
+    pub connections: crate::listen::Limits,
 }
 
 impl Config {
@@ -124,6 +133,9 @@ impl Config {
             anomaly_denials_1m: 10,
             anomaly_new_tool: false,
             suspend_on_anomaly: false,
+            dpop_replay_per_key: 10_000,
+            refusal_audit_window: std::time::Duration::from_secs(1),
+            connections: crate::listen::Limits::default(),
         }
     }
 }
@@ -432,5 +444,21 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
     }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
-    AppState::new(cfg, Arc::new(store), keys, snap, admin_hashes, mk)
+    // An earlier process may have accepted proofs this one cannot remember:
+    // any dated up to its last second plus the skew. Those need a nonce of
+    // this process (RFC 9449 §8) from now on. A first start has no past.
+    let proofs_from = if first_start {
+        0
+    } else {
+        crate::now_secs() + cfg.dpop_max_skew + 1
+    };
+    AppState::new(
+        cfg,
+        Arc::new(store),
+        keys,
+        snap,
+        admin_hashes,
+        mk,
+        proofs_from,
+    )
 }

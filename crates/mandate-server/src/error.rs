@@ -51,6 +51,9 @@ pub enum Code {
     GatewayTimeout,
     /// A system the broker depends on is down; retry later (RFC 6749 §4.1.2.1).
     Unavailable,
+    /// This caller is over a rate or quota; retry more slowly (RFC 6585 §4,
+    /// RFC 8628 §3.5 `slow_down`).
+    SlowDown,
 }
 
 impl Code {
@@ -76,6 +79,7 @@ impl Code {
             Code::BadGateway => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             Code::GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Code::SlowDown => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
         }
     }
 
@@ -97,6 +101,10 @@ pub struct ApiError {
     pub code: Code,
     /// What went wrong and what to do.
     pub description: String,
+    /// Set when nobody was authenticated: the audit event type under which
+    /// the refusal is recorded through the per-address throttle
+    /// ([`crate::refusals`]) instead of by the handler.
+    pub unauthenticated: Option<&'static str>,
 }
 
 impl ApiError {
@@ -105,8 +113,27 @@ impl ApiError {
         Self {
             code,
             description: description.into(),
+            unauthenticated: None,
         }
     }
+
+    /// Marks a refusal of a caller nobody authenticated, to be audited as
+    /// `event_type` through the throttle (at most one event per client
+    /// address per window, with a count).
+    pub fn unauthenticated(mut self, event_type: &'static str) -> Self {
+        self.unauthenticated = Some(event_type);
+        self
+    }
+}
+
+/// On a response: a refusal of an unauthenticated caller, for the audit
+/// throttle to record.
+#[derive(Debug, Clone)]
+pub struct Unauthenticated {
+    /// The audit event type.
+    pub event_type: &'static str,
+    /// Why.
+    pub reason: String,
 }
 
 /// Shorthand constructors.
@@ -122,6 +149,12 @@ impl IntoResponse for ApiError {
             axum::Json(json!({"error": code, "error_description": self.description})),
         )
             .into_response();
+        if let Some(event_type) = self.unauthenticated {
+            resp.extensions_mut().insert(Unauthenticated {
+                event_type,
+                reason: format!("{code}: {}", self.description),
+            });
+        }
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.code == Code::Unauthorized {

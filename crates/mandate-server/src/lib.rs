@@ -13,8 +13,10 @@
 //! - [`sigs`]: RFC 9421 HTTP message signatures as proof of possession;
 //! - [`history`]: what each run has done so far, for continuous authorization;
 //! - [`alerts`]: anomalies (alert events, suspension) and the signed webhook;
+//! - [`listen`]: the accept loop, with header, idle and connection bounds;
 //! - [`pg`]: the `postgres` provider: a role per credential, and the reaper
 //!   that drops it on expiry or revocation (also after a restart);
+//! - [`refusals`]: the bounded audit of refusals nobody authenticated;
 //! - [`gate`]: bounds on the work a presented mandate can cause;
 //! - [`error`]: the one place where errors become RFC-shaped responses.
 #![forbid(unsafe_code)]
@@ -25,7 +27,9 @@ pub mod error;
 pub mod form;
 pub mod gate;
 pub mod history;
+pub mod listen;
 pub mod pg;
+pub mod refusals;
 pub mod registry;
 pub mod routes;
 pub mod sigs;
@@ -36,7 +40,6 @@ pub mod writer;
 pub use boot::Config;
 pub use state::AppState;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Current time in seconds since the Unix epoch.
@@ -59,6 +62,7 @@ pub fn now_ms() -> u64 {
 pub fn start_background(state: &Arc<AppState>) {
     tokio::spawn(pg::reaper(Arc::clone(state)));
     tokio::spawn(alerts::deliver_webhooks(Arc::clone(state)));
+    tokio::spawn(refusals::flush(Arc::clone(state)));
 }
 
 /// Boots the broker from `config` and serves until `shutdown` resolves.
@@ -70,16 +74,36 @@ pub async fn serve(
         .await
         .map_err(|e| boot::BootError(format!("cannot listen on {}: {e}", config.listen)))?;
     let state = boot::boot(config)?;
-    let app = routes::router(Arc::clone(&state));
     start_background(&state);
     tracing::info!(issuer = %state.config.issuer, "mandate broker listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(|e| boot::BootError(format!("server error: {e}")))?;
+    serve_on(listener, Arc::clone(&state), shutdown).await;
     state.writer.shutdown();
     Ok(())
+}
+
+/// Serves the broker's API on `listener` (bounded by the configured
+/// connection limits) until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = routes::router(Arc::clone(&state));
+    let limits = state.config.connections;
+    // Connections over the limits are audited through the throttle.
+    let audit = Arc::clone(&state);
+    let on_refused: listen::OnRefused = Arc::new(move |ip, why| {
+        let s = Arc::clone(&audit);
+        tokio::spawn(async move {
+            refusals::note(
+                &s,
+                ip,
+                "connection.refuse",
+                &why.to_string(),
+                serde_json::json!({}),
+            )
+            .await;
+        });
+    });
+    listen::serve(listener, app, limits, Some(on_refused), shutdown).await;
 }

@@ -84,29 +84,50 @@ pub fn verify(
     )
     .map_err(|e| err(Code::InvalidSignature, e.to_string()))?;
     // A nonce is good once (RFC 9421 §7.2.2), remembered until it expires.
-    let nonce = found.nonce.clone().unwrap_or_default();
-    let forget_after = found.expires.unwrap_or(0).max(0) as u64 + s.config.dpop_max_skew;
-    let mut replay = s
-        .replay
-        .lock()
-        .map_err(|_| err(Code::ServerError, "replay cache unavailable"))?;
-    match replay.check_and_insert(jkt, &format!("httpsig:{nonce}"), forget_after, now) {
-        Ok(()) => {}
-        Err(mandate_core::dpop::ReplayError::Replayed) => {
-            return Err(err(
-                Code::InvalidSignature,
-                "this signature's nonce was already used; sign every request afresh",
-            ));
-        }
-        Err(mandate_core::dpop::ReplayError::Full) => {
-            return Err(err(
-                Code::InvalidSignature,
-                "the broker is at its limit of live signatures; retry shortly",
-            ));
-        }
-    }
+    let nonce = format!("httpsig:{}", found.nonce.as_deref().unwrap_or_default());
+    let used = mandate_core::dpop::ProofUse {
+        jkt,
+        id: &nonce,
+        dated: found.created.unwrap_or(0).max(0) as u64,
+        forget_after: found.expires.unwrap_or(0).max(0) as u64 + s.config.dpop_max_skew,
+        nonce: false,
+    };
+    s.first_use(&used, now)
+        .map_err(|e| replay_refusal(e, now))?;
     Ok(Signed {
         jkt: jkt.to_owned(),
         found,
     })
+}
+
+/// Why a signature's nonce was not accepted, and what to do.
+fn replay_refusal(e: mandate_core::dpop::ReplayError, now: u64) -> ApiError {
+    use mandate_core::dpop::ReplayError;
+    match e {
+        ReplayError::Replayed => err(
+            Code::InvalidSignature,
+            "this signature's nonce was already used; sign every request afresh",
+        ),
+        // A signature cannot carry the broker's nonce: the client signs again
+        // once the window in which it may have been used has passed.
+        ReplayError::BeforeStart { from } => err(
+            Code::InvalidSignature,
+            format!(
+                "the broker restarted: a signature created before {from} (Unix time) may have been used before; sign the request again in {} s",
+                from.saturating_sub(now).max(1)
+            ),
+        ),
+        ReplayError::Forgotten { upto } => err(
+            Code::InvalidSignature,
+            format!(
+                "the broker can no longer check signatures created {upto} (Unix time) or earlier for replay; sign the request again"
+            ),
+        ),
+        ReplayError::OverQuota { per_key } => err(
+            Code::SlowDown,
+            format!(
+                "this key already has {per_key} live signatures (each nonce is remembered until it expires); slow down"
+            ),
+        ),
+    }
 }

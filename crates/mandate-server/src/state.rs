@@ -100,8 +100,10 @@ pub struct AppState {
     pub run_keys: Mutex<HashMap<String, PublicJwk>>,
     /// Credential signers (EdDSA, ES256), headers encoded once.
     pub signers: [mandate_core::credential::Signer; 2],
-    /// DPoP nonce issuer, when nonces are required.
-    pub nonces: Option<mandate_core::dpop::NonceIssuer>,
+    /// DPoP nonces (RFC 9449 §8): required of every proof with
+    /// `--dpop-nonce`, and of proofs dated before this process started
+    /// (plus the skew) in any case.
+    pub nonces: mandate_core::dpop::NonceIssuer,
     /// Live revocations, for the feed's subscribers.
     pub revocations: tokio::sync::broadcast::Sender<mandate_store::Revocation>,
     /// Cedar entities per (run, tool), valid for one registry generation (bounded).
@@ -118,6 +120,8 @@ pub struct AppState {
     pub history: Mutex<crate::history::Histories>,
     /// Wakes the webhook deliverer when the outbox has something new.
     pub outbox_notify: tokio::sync::Notify,
+    /// Refusals nobody authenticated, counted per client for the audit.
+    pub refusals: Mutex<mandate_core::limits::RefusalThrottle<crate::refusals::Key>>,
     /// Bounds on mandate verification, and refusals remembered.
     pub gate: crate::gate::MandateGate,
 }
@@ -209,7 +213,8 @@ fn rebuild_history(
 /// Upper bound on entries of the small per-run caches.
 const CACHE_CAP: usize = 100_000;
 
-/// Upper bound on live DPoP proof ids remembered.
+/// Upper bound on live DPoP proof ids remembered in all (a backstop far
+/// above one key's quota; beyond it the oldest are forgotten).
 const REPLAY_CAP: usize = 1_000_000;
 
 impl AppState {
@@ -221,6 +226,7 @@ impl AppState {
         snap: Snapshot,
         admin_hashes: Vec<Vec<u8>>,
         master: MasterKey,
+        proofs_from: mandate_core::UnixTime,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
         let feed_hashes: Vec<(String, Vec<u8>)> = snap
@@ -256,12 +262,17 @@ impl AppState {
         };
         let writer = Writer::start(Arc::clone(&store));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
-        let nonces = config.dpop_nonce.then(|| {
-            mandate_core::dpop::NonceIssuer::new(
-                mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32),
-                config.dpop_nonce_period,
-            )
-        });
+        let nonces = mandate_core::dpop::NonceIssuer::new(
+            mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32),
+            config.dpop_nonce_period,
+        );
+        let replay = ReplayCache::new(
+            mandate_core::dpop::ReplayLimits {
+                per_key: config.dpop_replay_per_key,
+                capacity: REPLAY_CAP,
+            },
+            proofs_from,
+        );
         let signers = [
             mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
             mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
@@ -269,6 +280,7 @@ impl AppState {
         let history = rebuild_history(store.as_ref(), &registry, config.mandate_max_ttl)?;
         let proxy_spent =
             crate::routes::proxy::spent_from_trail(store.as_ref(), config.mandate_max_ttl)?;
+        let config_window_ms = config.refusal_audit_window.as_millis() as u64;
 
         Ok(Arc::new(AppState {
             config,
@@ -280,7 +292,7 @@ impl AppState {
             engine,
             registry: RwLock::new(registry),
             writer,
-            replay: Mutex::new(ReplayCache::new(REPLAY_CAP)),
+            replay: Mutex::new(replay),
             mandates: Mutex::new(MandateCache::default()),
             attenuated: Mutex::new(VerifiedCache::default()),
             proxy_credentials: Mutex::new(VerifiedCache::default()),
@@ -299,6 +311,7 @@ impl AppState {
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),
             outbox_notify: tokio::sync::Notify::new(),
+            refusals: Mutex::new(crate::refusals::throttle(config_window_ms)),
             gate: crate::gate::MandateGate::default(),
         }))
     }
@@ -412,6 +425,35 @@ impl AppState {
         }
     }
 
+    /// Adds the DPoP nonce to use next (RFC 9449 §8.1) to an answer of an
+    /// endpoint that takes DPoP proofs.
+    pub fn add_dpop_nonce(&self, resp: &mut axum::response::Response) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&self.nonces.current(crate::now_secs())) {
+            resp.headers_mut().insert("dpop-nonce", v);
+        }
+    }
+
+    /// The nonce issuer when every proof must carry a nonce (`--dpop-nonce`).
+    pub fn required_nonces(&self) -> Option<&mandate_core::dpop::NonceIssuer> {
+        self.config.dpop_nonce.then_some(&self.nonces)
+    }
+
+    /// Records one use of a proof of possession (RFC 9449 §11.1, RFC 9421
+    /// §7.2.2) in the replay cache: refused if seen before, if its key is
+    /// over its quota, or if it is dated before this process could check
+    /// (see [`mandate_core::dpop::ReplayCache`]). Call it only once the
+    /// proof is otherwise valid and bound to the right key.
+    pub fn first_use(
+        &self,
+        used: &mandate_core::dpop::ProofUse<'_>,
+        now: u64,
+    ) -> Result<(), mandate_core::dpop::ReplayError> {
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_and_insert(used, now)
+    }
+
     /// Refuses a DPoP proof seen before (RFC 9449 §11.1), remembering this
     /// one until it would be too old anyway.
     pub fn first_use_of_proof(
@@ -420,22 +462,42 @@ impl AppState {
         now: u64,
     ) -> Result<(), ApiError> {
         use crate::error::{Code, err};
-        let mut replay = self
-            .replay
-            .lock()
-            .map_err(|_| err(Code::ServerError, "replay cache unavailable"))?;
-        let forget_after = proof.iat + self.config.dpop_max_age + self.config.dpop_max_skew;
-        match replay.check_and_insert(&proof.jkt, &proof.jti, forget_after, now) {
-            Ok(()) => Ok(()),
-            Err(mandate_core::dpop::ReplayError::Replayed) => Err(err(
+        use mandate_core::dpop::ReplayError;
+        let used = mandate_core::dpop::ProofUse {
+            jkt: &proof.jkt,
+            id: &proof.jti,
+            dated: proof.iat,
+            forget_after: proof.iat + self.config.dpop_max_age + self.config.dpop_max_skew,
+            nonce: proof
+                .nonce
+                .as_deref()
+                .is_some_and(|n| self.nonces.is_current(n, now)),
+        };
+        self.first_use(&used, now).map_err(|e| match e {
+            ReplayError::Replayed => err(
                 Code::InvalidDpopProof,
                 "this DPoP proof was already used (`jti` replayed); make a fresh proof for every request",
-            )),
-            Err(mandate_core::dpop::ReplayError::Full) => Err(err(
+            ),
+            ReplayError::BeforeStart { from } => err(
+                Code::UseDpopNonce,
+                format!(
+                    "the broker restarted: a proof dated before {from} (Unix time) may have been used before, so it needs this broker's nonce; retry with the nonce in the `DPoP-Nonce` response header"
+                ),
+            ),
+            ReplayError::Forgotten { upto } => err(
                 Code::InvalidDpopProof,
-                "the broker is at its limit of live DPoP proofs; retry shortly",
-            )),
-        }
+                format!(
+                    "the broker can no longer check proofs dated {upto} (Unix time) or earlier for replay; make a fresh proof"
+                ),
+            ),
+            ReplayError::OverQuota { per_key } => err(
+                Code::SlowDown,
+                format!(
+                    "this key already has {per_key} live DPoP proofs (each is remembered for {} s); slow down",
+                    self.config.dpop_max_age + self.config.dpop_max_skew
+                ),
+            ),
+        })
     }
 
     /// Commits audit events that change nothing else (a decision, a denial).

@@ -116,8 +116,10 @@ fn three_levels_narrow_carry_the_chain_and_die_with_the_root() {
         json!({"agent": "summarizer", "jwk": k2.public().to_json()}),
     );
     assert_eq!(s, 400);
-    let evs = b.audit("type=run.delegate");
+    let evs = b.audit("type=run.delegate&decision=allow");
     assert_eq!(evs.len(), 2);
+    // The refusal is in the trail too (issue 10, item 16).
+    assert_eq!(b.audit("type=run.delegate&decision=deny").len(), 1);
     assert_eq!(
         evs.iter().find(|e| e["run"] == grandchild).unwrap()["details"]["ancestors"],
         json!([child, root])
@@ -248,8 +250,18 @@ fn policy_bounds_delegation_and_sees_depth() {
             .contains("depth/one-level-only"),
         "{v}"
     );
-    let ev = b.audit("type=run.delegate");
+    let ev = b.audit("type=run.delegate&decision=allow");
     assert_eq!(ev.len(), 1);
+    // The policy's refusal is audited as the parent's (issue 10, item 16).
+    let denied = b.audit("type=run.delegate&decision=deny");
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["run"], child);
+    assert!(
+        denied[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("depth/one-level-only")
+    );
     assert!(
         ev[0]["details"]["policies"]
             .as_array()

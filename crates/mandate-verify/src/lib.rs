@@ -159,7 +159,13 @@ impl Verifier {
             revoked_before: 0,
             leeway: 5,
             proof_max_age: 60,
-            replay: Mutex::new(ReplayCache::new(1_000_000)),
+            replay: Mutex::new(ReplayCache::new(
+                dpop::ReplayLimits {
+                    per_key: 100_000,
+                    capacity: 1_000_000,
+                },
+                0,
+            )),
         }
     }
 
@@ -221,6 +227,7 @@ impl Verifier {
         self.first_use(
             &p.jkt,
             &p.jti,
+            p.iat,
             p.iat + self.proof_max_age + self.leeway,
             now,
         )?;
@@ -255,19 +262,39 @@ impl Verifier {
         .map_err(|e| VerifyError::Proof(e.to_string()))?;
         let nonce = format!("httpsig:{}", found.nonce.unwrap_or_default());
         let until = found.expires.unwrap_or(0).max(0) as u64 + self.leeway;
-        self.first_use(&jkt, &nonce, until, now)?;
+        let created = found.created.unwrap_or(0).max(0) as u64;
+        self.first_use(&jkt, &nonce, created, until, now)?;
         Ok(identity(c))
     }
 
-    fn first_use(&self, jkt: &str, id: &str, until: u64, now: UnixTime) -> Result<(), VerifyError> {
+    fn first_use(
+        &self,
+        jkt: &str,
+        id: &str,
+        dated: u64,
+        until: u64,
+        now: UnixTime,
+    ) -> Result<(), VerifyError> {
         let mut replay = self
             .replay
             .lock()
             .map_err(|_| VerifyError::Proof("replay cache unavailable".into()))?;
-        match replay.check_and_insert(jkt, id, until, now) {
+        let used = dpop::ProofUse {
+            jkt,
+            id,
+            dated,
+            forget_after: until,
+            nonce: false,
+        };
+        match replay.check_and_insert(&used, now) {
             Ok(()) => Ok(()),
             Err(ReplayError::Replayed) => Err(VerifyError::Proof("proof replayed".into())),
-            Err(ReplayError::Full) => Err(VerifyError::Proof("too many live proofs; retry".into())),
+            Err(ReplayError::OverQuota { .. }) => Err(VerifyError::Proof(
+                "too many live proofs from this key; slow down".into(),
+            )),
+            Err(ReplayError::Forgotten { .. } | ReplayError::BeforeStart { .. }) => Err(
+                VerifyError::Proof("proof too old to check for replay; make a fresh one".into()),
+            ),
         }
     }
 

@@ -55,12 +55,9 @@ fn serve(dir: &std::path::Path, addr: SocketAddr, rotate: bool) -> tokio::runtim
     l.set_nonblocking(true).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = mandate_server::boot::boot(cfg).unwrap();
-    let app = mandate_server::routes::router(Arc::clone(&state));
     rt.spawn(async move {
         let l = tokio::net::TcpListener::from_std(l).unwrap();
-        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        mandate_server::serve_on(l, state, std::future::pending()).await;
     });
     rt
 }
@@ -131,16 +128,38 @@ impl Env {
             json!({"tenant": "acme", "agent": "bot", "jwk": key.public().to_json()}),
         );
         let token_url = format!("{}/oauth/token", self.url);
-        let dpop = dpop_proof(&key, "POST", &token_url, now(), &jti(), None, None);
         let form = exchange_form(run["mandate"].as_str().unwrap(), "crm", "read");
-        let mut r = self
-            .http
-            .post(&token_url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .header("DPoP", &dpop)
-            .send(form)
-            .unwrap();
-        let tok: Value = r.body_mut().read_json().unwrap();
+        // As an RFC 9449 client: asked for a nonce (after a restart), retry with it.
+        let mut nonce: Option<String> = None;
+        let tok = loop {
+            let dpop = dpop_proof(
+                &key,
+                "POST",
+                &token_url,
+                now(),
+                &jti(),
+                nonce.as_deref(),
+                None,
+            );
+            let mut r = self
+                .http
+                .post(&token_url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("DPoP", &dpop)
+                .send(&form)
+                .unwrap();
+            let given = r
+                .headers()
+                .get("dpop-nonce")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let tok: Value = r.body_mut().read_json().unwrap();
+            if tok["error"] == "use_dpop_nonce" && nonce.is_none() {
+                nonce = given;
+                continue;
+            }
+            break tok;
+        };
         (
             run["run"].as_str().unwrap().to_owned(),
             tok["access_token"].as_str().unwrap().to_owned(),

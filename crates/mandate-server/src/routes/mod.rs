@@ -103,6 +103,10 @@ pub fn router(state: S) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::refusals::audit_unauthenticated,
+        ))
         .with_state(state)
 }
 
@@ -135,6 +139,10 @@ pub fn json_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError
 
 /// Checks the admin bearer credential (constant-time against each stored hash).
 pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    admin_credential(state, headers).map_err(|e| e.unauthenticated("admin.auth"))
+}
+
+fn admin_credential(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -209,7 +217,8 @@ pub fn require_feed_reader(state: &AppState, headers: &HeaderMap) -> Result<(), 
                 Err(err(
                     Code::Unauthorized,
                     "the feed credential is not valid for this broker",
-                ))
+                )
+                .unauthenticated("admin.auth"))
             }
         }
         _ => require_admin(state, headers).map_err(|mut e| {

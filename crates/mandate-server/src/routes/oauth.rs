@@ -148,12 +148,9 @@ pub async fn token(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut resp = token_inner(&s, addr, headers, raw).await;
-    // RFC 9449 §8.1, §8.2: every answer carries the nonce to use next.
-    if let Some(n) = &s.nonces
-        && let Ok(v) = HeaderValue::from_str(&n.current(crate::now_secs()))
-    {
-        resp.headers_mut().insert("dpop-nonce", v);
-    }
+    // RFC 9449 §8.1, §8.2: every answer carries the nonce to use next
+    // (required with `--dpop-nonce`, and after a restart for older proofs).
+    s.add_dpop_nonce(&mut resp);
     resp
 }
 
@@ -1234,7 +1231,7 @@ fn dpop_at_token_endpoint(s: &S, proof: &str, jkt: &str, now: u64) -> Result<(),
             jkt: Some(jkt),
             access_token: None,
             known_key: known.as_ref(),
-            nonces: s.nonces.as_ref(),
+            nonces: s.required_nonces(),
         },
     )
     .map_err(|e| match e {

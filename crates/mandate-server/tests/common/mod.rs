@@ -86,14 +86,12 @@ impl Broker {
             .build()
             .unwrap();
         let state = mandate_server::boot::boot(cfg).unwrap();
-        let app = mandate_server::routes::router(Arc::clone(&state));
         let bg = Arc::clone(&state);
         rt.spawn(async move {
             mandate_server::start_background(&bg);
             let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .unwrap();
+            // The broker's own accept loop, with its connection bounds.
+            mandate_server::serve_on(l, bg, std::future::pending()).await;
         });
         let admin = std::fs::read_to_string(admin_file)
             .unwrap()
@@ -225,6 +223,9 @@ impl Broker {
         read(req.send(body).unwrap())
     }
 
+    /// A token exchange as an RFC 9449 client makes it: asked for a nonce
+    /// (`use_dpop_nonce`, e.g. just after a restart), it retries once with
+    /// a fresh proof carrying the `DPoP-Nonce` it was given.
     pub fn exchange(
         &self,
         mandate: &str,
@@ -232,7 +233,35 @@ impl Broker {
         audience: &str,
         scope: &str,
     ) -> (u16, Value) {
-        self.exchange_raw(&form(mandate, audience, scope), Some(&self.proof(key)))
+        let body = form(mandate, audience, scope);
+        let (status, v, nonce) = self.exchange_with_nonce(&body, &self.proof(key));
+        match nonce {
+            Some(n) if v["error"] == "use_dpop_nonce" => {
+                let proof = proof_with(
+                    key,
+                    json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now(), "nonce": n}),
+                );
+                self.exchange_raw(&body, Some(&proof))
+            }
+            _ => (status, v),
+        }
+    }
+
+    /// A token exchange; also returns the `DPoP-Nonce` answered.
+    pub fn exchange_with_nonce(&self, body: &str, dpop: &str) -> (u16, Value, Option<String>) {
+        let r = Self::agent()
+            .post(self.token_url())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("DPoP", dpop)
+            .send(body)
+            .unwrap();
+        let nonce = r
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (s, v) = read(r);
+        (s, v, nonce)
     }
 
     pub fn audit(&self, query: &str) -> Vec<Value> {

@@ -18,7 +18,13 @@ enum Caller {
     Approver { tenant: String, principal: String },
 }
 
+/// Who calls (an approver or the admin); a refusal is audited through the
+/// throttle for unauthenticated callers.
 fn caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    identify_caller(s, headers).map_err(|e| e.unauthenticated("admin.auth"))
+}
+
+fn identify_caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

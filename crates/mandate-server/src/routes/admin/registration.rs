@@ -646,6 +646,25 @@ pub async fn put_policies(
                 .into_response());
         }
     };
+    // A bounded number per tenant: the set being replaced does not count.
+    let others: usize = s
+        .reg()
+        .policy_sets
+        .iter()
+        .filter(|((t, n), _)| *t == tenant && *n != name)
+        .map(|(_, p)| p.policies.len())
+        .sum();
+    let max = mandate_core::policy_limits::MAX_TENANT_POLICIES;
+    if others + policies.len() > max {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "tenant `{tenant}` would hold {} policies; a tenant holds at most {max}: remove or merge some",
+                others + policies.len()
+            ),
+        )
+        .into_response());
+    }
     let rec = PolicySetRecord {
         tenant: tenant.clone(),
         name: name.clone(),

@@ -1,5 +1,7 @@
 //! Runs: start one (minting its mandate), list them, end one.
 
+use std::sync::Arc;
+
 use super::*;
 
 // ---------- runs ----------
@@ -197,15 +199,43 @@ fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError
 
 /// `POST /v1/runs`: starts a run and returns its mandate. Takes the admin
 /// credential or a join token for exactly this agent (and principal, grant).
+/// Every refusal is audited (`run.start`, decision `deny`): those of a
+/// caller who was not authenticated through the per-address throttle.
 pub async fn start_run(
     State(s): State<S>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let join = run_starter(&s, &headers)?;
+    let join = run_starter(&s, &headers).map_err(|e| e.unauthenticated("run.start"))?;
+    let mut asked = (None, None);
+    let outcome = start_run_as(&s, addr, &headers, raw, join.as_ref(), &mut asked).await;
+    if let Err(e) = &outcome {
+        let mut ev = Ctx::new(&headers, addr).event("run.start", asked.0.as_deref());
+        ev.agent = asked.1;
+        ev.decision = "deny".into();
+        ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+        if let Some(j) = &join {
+            ev.actor = Some(format!("join token {}", j.id));
+        }
+        s.record(vec![ev]).await?;
+    }
+    outcome
+}
+
+/// [`start_run`] once the caller is authenticated; `asked` gets the
+/// (tenant, agent) named, for the audit event of a refusal.
+async fn start_run_as(
+    s: &S,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+    join: Option<&JoinToken>,
+    asked: &mut (Option<String>, Option<String>),
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewRun = json_body(&body(raw, s.config.max_body)?)?;
-    if let Some(j) = &join
+    *asked = (Some(short(&req.tenant)), Some(short(&req.agent)));
+    if let Some(j) = join
         && (j.tenant != req.tenant
             || j.agent != req.agent
             || j.principal != req.principal
@@ -511,28 +541,55 @@ pub struct NewChild {
 
 /// `POST /v1/runs/delegate`: a run starts a child run for a sub-agent with
 /// its own key. Authenticated by the parent's mandate and a DPoP proof by the
-/// parent's key. The child gets at most the parent's capabilities (∩ the
-/// sub-agent's envelope ∩ what is asked), expires no later, inherits tenant,
-/// principal and grant, and names its ancestors, so revoking any of them
-/// revokes it.
+/// parent's key (with the broker's nonce when nonces are required, RFC 9449
+/// §8; every answer carries the next one in `DPoP-Nonce`). The child gets at
+/// most the parent's capabilities (∩ the sub-agent's envelope ∩ what is
+/// asked), expires no later, inherits tenant, principal and grant, and names
+/// its ancestors, so revoking any of them revokes it. Every refusal is
+/// audited (`run.delegate`, decision `deny`): once the parent's key is
+/// proven, as the parent run's; before, through the per-address throttle.
 pub async fn delegate(
     State(s): State<S>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut resp = match delegating_parent(&s, addr, &headers, raw).await {
+        Err(e) => e.unauthenticated("run.delegate").into_response(),
+        Ok((parent, req, now)) => match delegate_as(&s, &parent, req, now).await {
+            Ok(done) => done.into_response(),
+            Err(e) => {
+                let mut ev = Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
+                ev.agent = Some(parent.agent.clone());
+                ev.run = Some(parent.run.clone());
+                ev.principal = parent.principal.clone();
+                ev.actor = Some(parent.run_id.clone());
+                ev.decision = "deny".into();
+                ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+                match s.record(vec![ev]).await {
+                    Ok(_) => e.into_response(),
+                    Err(we) => we.into_response(),
+                }
+            }
+        },
+    };
+    s.add_dpop_nonce(&mut resp);
+    resp
+}
+
+/// The parent at `POST /v1/runs/delegate`, once its mandate verifies and a
+/// fresh proof by its key is presented; with the request and the time.
+/// Refusals here are not yet any run's (they are audited per address).
+async fn delegating_parent(
+    s: &S,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(Arc<MandateClaims>, NewChild, u64), ApiError> {
     let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
     let now = crate::now_secs();
-    let parent = crate::gate::verify_mandate(&s, &req.mandate, now, addr.ip()).await?;
-    if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
-        return Err(err(
-            Code::InvalidGrant,
-            format!(
-                "the parent run has been revoked ({}); it cannot delegate",
-                k.split(':').next().unwrap_or("run")
-            ),
-        ));
-    }
+    let parent = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
     let proof = headers
         .get("dpop")
         .and_then(|v| v.to_str().ok())
@@ -554,11 +611,35 @@ pub async fn delegate(
             jkt: Some(&parent.cnf_jkt),
             access_token: None,
             known_key: None,
-            nonces: None,
+            nonces: s.required_nonces(),
         },
     )
-    .map_err(|e| err(Code::InvalidDpopProof, e.to_string()))?;
+    .map_err(|e| match e {
+        mandate_core::Error::DpopNonce(m) => err(Code::UseDpopNonce, m),
+        other => err(Code::InvalidDpopProof, other.to_string()),
+    })?;
+    // Only a proof that passed every other check is remembered.
     s.first_use_of_proof(&verified, now)?;
+    Ok((parent, req, now))
+}
+
+/// [`delegate`]'s work once the parent's key is proven: every refusal from
+/// here on is the parent run's.
+async fn delegate_as(
+    s: &S,
+    parent: &Arc<MandateClaims>,
+    req: NewChild,
+    now: u64,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
+        return Err(err(
+            Code::InvalidGrant,
+            format!(
+                "the parent run has been revoked ({}); it cannot delegate",
+                k.split(':').next().unwrap_or("run")
+            ),
+        ));
+    }
     if !parent.hops.is_empty() {
         return Err(err(
             Code::InvalidRequest,
