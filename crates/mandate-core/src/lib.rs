@@ -14,6 +14,7 @@
 //! - [`dpop`]: RFC 9449 proof-of-possession checks;
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
+//! - [`pgrole`]: which database roles a `postgres` credential may never reach;
 //! - [`audit`]: audit events and their hash chain;
 //! - [`secret`]: secret types and authenticated encryption at rest.
 //!
@@ -36,6 +37,7 @@ pub mod ids;
 pub mod jose;
 pub mod keys;
 pub mod mandate;
+pub mod pgrole;
 pub mod policy;
 pub mod secret;
 pub mod tooling;
