@@ -15,6 +15,7 @@
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
 //! - [`pgrole`]: which database roles a `postgres` credential may never reach;
+//! - [`revocation`]: which ids revoke a token, and whether it is revoked;
 //! - [`audit`]: audit events and their hash chain;
 //! - [`secret`]: secret types and authenticated encryption at rest.
 //!
@@ -39,6 +40,7 @@ pub mod keys;
 pub mod mandate;
 pub mod pgrole;
 pub mod policy;
+pub mod revocation;
 pub mod secret;
 pub mod tooling;
 
