@@ -15,6 +15,7 @@
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
 //! - [`policy_limits`]: bounds on untrusted policy text, checked before Cedar parses it;
+//! - [`pgrole`]: which database roles a `postgres` credential may never reach;
 //! - [`revocation`]: which ids revoke a token, and whether it is revoked;
 //! - [`audit`]: audit events and their hash chain;
 //! - [`limits`]: connection slots per client and the throttle for unauthenticated refusals;
@@ -46,6 +47,7 @@ pub mod keys;
 pub mod limits;
 pub mod mandate;
 pub mod paths;
+pub mod pgrole;
 pub mod policy;
 pub mod scrub;
 pub mod policy_limits;

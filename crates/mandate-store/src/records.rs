@@ -217,10 +217,18 @@ pub struct Lease {
     pub created_ms: u64,
     /// When the role was dropped (ms).
     pub dropped_ms: Option<u64>,
+    /// The revocation ids of the credential the lease was issued for
+    /// (`AccessClaims::revocation_keys`: with every ancestor run and agent
+    /// of a delegated run). Empty for leases stored before schema v6.
+    #[serde(default)]
+    pub revoked_by: Vec<String>,
 }
 
 impl Lease {
-    /// Every id that revokes this lease.
+    /// Every id whose revocation revokes this lease: the stored ids of its
+    /// credential, and (for leases stored before they were kept, and so
+    /// that a lease never hangs on less) its own credential, tenant, agent,
+    /// run, principal and grant.
     pub fn revocation_keys(&self) -> Vec<String> {
         let mut v = vec![
             format!("cred:{}", self.id),
@@ -233,6 +241,11 @@ impl Lease {
         }
         if let Some(g) = &self.grant {
             v.push(format!("grant:{g}"));
+        }
+        for k in &self.revoked_by {
+            if !v.contains(k) {
+                v.push(k.clone());
+            }
         }
         v
     }

@@ -109,8 +109,15 @@ const SCHEMA_V5: &str = r#"
 CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, created_ms INTEGER NOT NULL);
 "#;
 
+/// Version 6: a lease keeps every revocation id of its credential (with the
+/// ancestors of a delegated run); older leases keep `[]` and are revoked by
+/// their own columns, as before.
+const SCHEMA_V6: &str = r#"
+ALTER TABLE leases ADD COLUMN revoked_by TEXT NOT NULL DEFAULT '[]';
+"#;
+
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -183,6 +190,11 @@ impl SqliteStore {
         if version < 5 {
             writer.execute_batch(&format!(
                 "BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
+            ))?;
+        }
+        if version < 6 {
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"
             ))?;
         }
         let head = writer
@@ -293,8 +305,8 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::CreateLease(l) => {
             tx.execute(
-                "INSERT INTO leases (id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)",
-                params![l.id, l.tenant, l.tool, l.run, l.agent, l.principal, l.grant, l.role, l.expires_at as i64, l.created_ms as i64],
+                "INSERT INTO leases (id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms, revoked_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11)",
+                params![l.id, l.tenant, l.tool, l.run, l.agent, l.principal, l.grant, l.role, l.expires_at as i64, l.created_ms as i64, json(&l.revoked_by)],
             )?;
         }
         Mutation::CreateJoinToken(j) => {
@@ -787,13 +799,14 @@ impl Store for SqliteStore {
     fn live_leases(&self) -> Result<Vec<Lease>> {
         let c = lock(&self.reader);
         let v = c
-            .prepare("SELECT id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms FROM leases WHERE dropped_ms IS NULL ORDER BY created_ms")?
+            .prepare("SELECT id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms, revoked_by FROM leases WHERE dropped_ms IS NULL ORDER BY created_ms")?
             .query_map([], |r| {
                 Ok(Lease {
                     id: r.get(0)?, tenant: r.get(1)?, tool: r.get(2)?, run: r.get(3)?, agent: r.get(4)?,
                     principal: r.get(5)?, grant: r.get(6)?, role: r.get(7)?,
                     expires_at: r.get::<_, i64>(8)? as u64, created_ms: r.get::<_, i64>(9)? as u64,
                     dropped_ms: r.get::<_, Option<i64>>(10)?.map(|x| x as u64),
+                    revoked_by: from_json(&r.get::<_, String>(11)?)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -952,6 +965,86 @@ mod tests {
         // Opening again is a no-op.
         let st = SqliteStore::open(&path).unwrap();
         assert_eq!(st.load().unwrap().tools.len(), 1);
+    }
+
+    #[test]
+    fn a_version_5_lease_is_revoked_by_its_own_ids_after_the_migration() {
+        let path = tmp();
+        {
+            let c = Connection::open(&path).unwrap();
+            for (v, sql) in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5]
+                .iter()
+                .enumerate()
+            {
+                c.execute_batch(&format!(
+                    "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+                    v + 1
+                ))
+                .unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO leases (id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms)
+                   VALUES ('cred_1', 'acme', 'db', 'run_1', 'bot', 'alice', 'grt_1', 'mandate_1_abcdef', 9, 1, NULL);",
+            )
+            .unwrap();
+        }
+        let st = SqliteStore::open(&path).unwrap();
+        let leases = st.live_leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert!(leases[0].revoked_by.is_empty());
+        assert_eq!(
+            leases[0].revocation_keys(),
+            [
+                "cred:cred_1",
+                "tenant:acme",
+                "agent:acme/bot",
+                "run:run_1",
+                "principal:acme/alice",
+                "grant:grt_1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lease_keeps_its_credentials_revocation_ids() {
+        let st = SqliteStore::open(&tmp()).unwrap();
+        let lease = Lease {
+            id: "cred_2".into(),
+            tenant: "acme".into(),
+            tool: "db".into(),
+            run: "run_child".into(),
+            agent: "kid".into(),
+            principal: None,
+            grant: None,
+            role: "mandate_child_abcdef".into(),
+            expires_at: 9,
+            created_ms: 1,
+            dropped_ms: None,
+            revoked_by: vec![
+                "cred:cred_2".into(),
+                "run:run_child".into(),
+                "run:run_parent".into(),
+                "agent:acme/parent".into(),
+            ],
+        };
+        st.commit(vec![Entry {
+            mutation: Some(Mutation::CreateLease(lease.clone())),
+            events: vec![ev("token.exchange", "acme")],
+        }])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+        let got = st.live_leases().unwrap();
+        assert_eq!(got, [lease]);
+        let keys = got[0].revocation_keys();
+        for k in ["run:run_parent", "agent:acme/parent", "agent:acme/kid"] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        assert_eq!(
+            keys.iter().filter(|k| *k == "cred:cred_2").count(),
+            1,
+            "{keys:?}"
+        );
     }
 
     fn tmp() -> std::path::PathBuf {

@@ -237,6 +237,7 @@ async fn token_inner(
                     expires_at: claims.exp,
                     created_ms: crate::now_ms(),
                     dropped_ms: None,
+                    revoked_by: claims.revocation_keys(),
                 };
                 ev.details["role"] = json!(lease.role);
                 ev.details["roles"] = json!(issued.pg_roles);
@@ -332,12 +333,16 @@ async fn token_inner(
                             .await
                     {
                         // Nothing half-made stays: the lease is revoked, so the
-                        // reaper drops the role if the server made it after all.
+                        // reaper drops the role if the server made it after all;
+                        // and it is marked abandoned, so the reaper drops it even
+                        // if that revocation cannot be made durable.
+                        s.pg.abandon(&lease.id, "the database role could not be created");
+                        let refused = e.kind == crate::pg::PgErrorKind::Refused;
                         failure.time_ms = crate::now_ms();
                         failure.event_type = "token.failed".into();
-                        failure.decision = "error".into();
-                        failure.reason = Some(e.0.clone());
-                        let _ = s
+                        failure.decision = if refused { "deny" } else { "error" }.into();
+                        failure.reason = Some(e.message.clone());
+                        if let Err(c) = s
                             .commit(Entry {
                                 mutation: Some(Mutation::Revoke(Revocation {
                                     seq: 0,
@@ -348,11 +353,23 @@ async fn token_inner(
                                 })),
                                 events: vec![failure],
                             })
-                            .await;
-                        return err(
-                            Code::Unavailable,
-                            format!("{}; no credential was issued, retry later", e.0),
-                        )
+                            .await
+                        {
+                            tracing::error!(lease = %lease.id, role = %lease.role,
+                                "the revocation of a lease whose database role could not be created was not stored ({}); the lease reaper drops the role anyway (after a restart: at the lease's expiry)",
+                                c.description);
+                        }
+                        return if refused {
+                            err(
+                                Code::AccessDenied,
+                                format!("{}; no credential was issued (an admin of tool `{}` must fix its role mapping)", e.message, issued.tool.name),
+                            )
+                        } else {
+                            err(
+                                Code::Unavailable,
+                                format!("{}; no credential was issued, retry later", e.message),
+                            )
+                        }
                         .into_response();
                     }
                     body["access_token"] = json!(format!(

@@ -452,6 +452,10 @@ pub async fn set_tool_secret(
             "the admin connection string is not valid (`postgresql://user:password@host:port/database`)",
         ));
     }
+    let checked = match &tool.postgres {
+        Some(spec) => Some(check_pg_mapping(&s, Ctx::new(&headers, addr), &tool, spec, text).await?),
+        None => None,
+    };
     let secret = mandate_core::secret::Secret::new(text.as_bytes().to_vec());
     let aad = crate::state::tool_secret_aad(&tenant, &name);
     let sealed = s
@@ -473,9 +477,49 @@ pub async fn set_tool_secret(
     })
     .await?;
     s.set_tool_secret(&tenant, &name, secret);
-    Ok(Json(
-        json!({"tenant": tenant, "tool": name, "secret_set": true, "updated_ms": updated_ms}),
-    ))
+    let mut answer =
+        json!({"tenant": tenant, "tool": name, "secret_set": true, "updated_ms": updated_ms});
+    if let Some(checked) = checked {
+        answer["roles_checked"] = json!(checked.is_ok());
+        if let Err(why) = checked {
+            answer["note"] = json!(format!(
+                "the mapped database roles could not be checked now ({why}); every exchange checks them again"
+            ));
+        }
+    }
+    Ok(Json(answer))
+}
+
+/// Checks, through the admin connection string `dsn` about to be set,
+/// that no role the tool maps an action to is missing or reaches a power a
+/// credential must never have ([`mandate_core::pgrole`]). A refusal is
+/// audited and returned; an unreachable database is no refusal (every
+/// exchange checks again) and comes back as `Ok(Err(why))`.
+async fn check_pg_mapping(
+    s: &S,
+    ctx: Ctx,
+    tool: &Tool,
+    spec: &mandate_core::tooling::PostgresSpec,
+    dsn: &str,
+) -> Result<Result<(), String>, ApiError> {
+    let mut roles: Vec<String> = spec.roles.values().cloned().collect();
+    roles.sort();
+    roles.dedup();
+    match crate::pg::check_tool_roles(dsn, &tool.name, &roles).await {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if e.kind == crate::pg::PgErrorKind::Refused => {
+            let mut ev = ctx.event("tool.secret.set", Some(&tool.tenant));
+            ev.tool = Some(tool.name.clone());
+            ev.decision = "deny".into();
+            ev.reason = Some(e.message.clone());
+            s.record(vec![ev]).await?;
+            Err(err(
+                Code::InvalidRequest,
+                format!("tool `{}`: {}; the secret was not set", tool.name, e.message),
+            ))
+        }
+        Err(e) => Ok(Err(e.message)),
+    }
 }
 
 /// `GET /v1/tenants/{tenant}/tools`
