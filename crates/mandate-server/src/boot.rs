@@ -95,6 +95,13 @@ pub struct Config {
     pub anomaly_new_tool: bool,
     /// Suspend a run on an alert (its exchanges wait for an admin).
     pub suspend_on_anomaly: bool,
+    /// Where signed audit checkpoints are written (outside the data
+    /// directory; default: beside the master key).
+    pub audit_checkpoint_file: PathBuf,
+    /// Write a checkpoint after this many new audit events.
+    pub audit_checkpoint_every: u64,
+    /// ... and at least this often (seconds) while events come in.
+    pub audit_checkpoint_secs: u64,
 }
 
 impl Config {
@@ -124,6 +131,9 @@ impl Config {
             anomaly_denials_1m: 10,
             anomaly_new_tool: false,
             suspend_on_anomaly: false,
+            audit_checkpoint_file: config_dir.join("audit.checkpoint"),
+            audit_checkpoint_every: 1000,
+            audit_checkpoint_secs: 10,
         }
     }
 }
@@ -378,6 +388,18 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
         keys
     };
+    // Before anything is written: the data must extend the signed checkpoint.
+    let (anchored, unanchored) = crate::checkpoint::at_start(
+        &cfg,
+        &keys.jwks(),
+        &store,
+        (snap.audit_head.0, &snap.audit_head.1),
+        first_start,
+    )?;
+    boot_entries.extend(unanchored.map(|e| Entry {
+        mutation: None,
+        events: vec![e],
+    }));
     // Feed-reader credentials live in the same table, ids prefixed `feed_`.
     let mut admin_hashes: Vec<Vec<u8>> = snap
         .admin_tokens
@@ -423,6 +445,12 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             cfg.admin_token_file.display()
         );
     }
+    // Paths in these events are the operator's text: escaped like any other.
+    for e in &mut boot_entries {
+        e.events
+            .iter_mut()
+            .for_each(mandate_core::audit::sanitize_event);
+    }
     if !boot_entries.is_empty() {
         for r in store
             .commit(boot_entries)
@@ -432,5 +460,11 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
     }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
-    AppState::new(cfg, Arc::new(store), keys, snap, admin_hashes, mk)
+    let checkpoints = crate::checkpoint::Checkpointer::start(
+        &cfg,
+        keys.jwt_eddsa.clone(),
+        snap.audit_head.clone(),
+        anchored,
+    )?;
+    AppState::new(cfg, Arc::new(store), keys, snap, admin_hashes, mk, checkpoints)
 }

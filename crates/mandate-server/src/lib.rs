@@ -5,6 +5,7 @@
 //!
 //! - [`boot`]: data directory, master key, signing keys, bootstrap admin credential;
 //! - [`writer`]: the single audit/state writer with group commit;
+//! - [`checkpoint`]: signed checkpoints of the audit trail, kept outside the data;
 //! - [`registry`]: the in-memory view of tenants, agents, tools, grants,
 //!   policies and revocations, loaded at start and updated after each commit;
 //! - [`routes`]: the OAuth endpoints (RFC 8414, 8693, 7662, 7009, JWKS), the
@@ -20,6 +21,7 @@
 
 pub mod alerts;
 pub mod boot;
+pub mod checkpoint;
 pub mod error;
 pub mod form;
 pub mod history;
@@ -57,6 +59,10 @@ pub fn now_ms() -> u64 {
 pub fn start_background(state: &Arc<AppState>) {
     tokio::spawn(pg::reaper(Arc::clone(state)));
     tokio::spawn(alerts::deliver_webhooks(Arc::clone(state)));
+    tokio::spawn(checkpoint::periodic(
+        Arc::clone(&state.checkpoints),
+        state.config.audit_checkpoint_secs,
+    ));
 }
 
 /// Boots the broker from `config` and serves until `shutdown` resolves.
@@ -78,6 +84,6 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
     .map_err(|e| boot::BootError(format!("server error: {e}")))?;
-    state.writer.shutdown();
+    state.shutdown();
     Ok(())
 }

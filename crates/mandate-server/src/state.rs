@@ -115,6 +115,8 @@ pub struct AppState {
     pub history: Mutex<crate::history::Histories>,
     /// Wakes the webhook deliverer when the outbox has something new.
     pub outbox_notify: tokio::sync::Notify,
+    /// Signed checkpoints of the audit trail.
+    pub checkpoints: Arc<crate::checkpoint::Checkpointer>,
 }
 
 /// (tenant, tool).
@@ -216,6 +218,7 @@ impl AppState {
         snap: Snapshot,
         admin_hashes: Vec<Vec<u8>>,
         master: MasterKey,
+        checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
         let feed_hashes: Vec<Vec<u8>> = snap
@@ -249,7 +252,7 @@ impl AppState {
             legacy: retired.last().copied().unwrap_or(root_public),
             retired,
         };
-        let writer = Writer::start(Arc::clone(&store));
+        let writer = Writer::start(Arc::clone(&store), Arc::clone(&checkpoints));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
         let nonces = config.dpop_nonce.then(|| {
             mandate_core::dpop::NonceIssuer::new(
@@ -291,7 +294,15 @@ impl AppState {
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),
             outbox_notify: tokio::sync::Notify::new(),
+            checkpoints,
         }))
+    }
+
+    /// Stops the writer (queued writes commit first), then writes a last
+    /// audit checkpoint covering everything committed.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+        self.checkpoints.flush();
     }
 
     /// Reads the registry.
