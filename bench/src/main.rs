@@ -437,6 +437,8 @@ fn verify_bench(iterations: u32) {
         path_prefix: None,
         authorization_details: None,
         approval: None,
+        approvals: vec![],
+        blocks: vec![],
     };
     let Ok(token) = credential::sign(&keys.jwt_eddsa, &claims) else {
         return;

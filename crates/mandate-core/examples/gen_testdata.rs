@@ -267,6 +267,8 @@ fn main() {
         path_prefix: None,
         authorization_details: None,
         approval: None,
+        approvals: vec![],
+        blocks: vec![],
     };
     let cred = credential::sign(&keys.jwt_eddsa, &access).unwrap();
     put(

@@ -43,6 +43,17 @@ use crate::keys::SigningKey;
 /// Most attenuation blocks a mandate may carry.
 pub const MAX_HOPS: usize = 8;
 
+/// Most `only` facts one block may state.
+pub const MAX_ONLY: usize = 32;
+
+/// Most statements (facts and checks) one block may hold: what
+/// [`attenuate`] writes at most.
+const MAX_STATEMENTS: usize = MAX_ONLY + 10;
+
+/// Deepest nesting of brackets in a block's source (what Mandate writes
+/// nests 3 deep).
+const MAX_NESTING: usize = 6;
+
 /// What one block narrows, and to whom it hands the mandate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Narrowing {
@@ -159,13 +170,39 @@ fn block(
     }
     if let Some(prefix) = &n.resource_prefix {
         b = b.fact(fact("resource_prefix", vec![s(prefix)]))?;
+        // Path segments, not string prefixes: `/repos/alice` covers
+        // `/repos/alice` and `/repos/alice/x`, never `/repos/alice-private`.
+        let mut params = p("p", s(prefix));
+        params.insert("under".into(), s(&under(prefix)));
         b = b.code_with_params(
-            "reject if resource($r), !$r.starts_with({p})",
-            p("p", s(prefix)),
+            "reject if resource($r), $r != {p}, !$r.starts_with({under})",
+            params,
             HashMap::new(),
         )?;
     }
     Ok(b)
+}
+
+/// `prefix` as the start of the paths under it (`/a` → `/a/`, `/a/` stays).
+fn under(prefix: &str) -> String {
+    if prefix.ends_with('/') {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// Whether `path` is `prefix` or lies under it, by path segments
+/// (`/repos/alice` covers `/repos/alice` and `/repos/alice/x`, not
+/// `/repos/alice-private`; a prefix ending in `/` covers what is under it).
+pub fn path_within(prefix: &str, path: &str) -> bool {
+    path == prefix || path.starts_with(&under(prefix))
+}
+
+/// Text that goes into a block's strings: printable, and no quote or
+/// backslash (a block's Datalog source is read back to check its shape).
+fn plain_text(v: &str) -> bool {
+    !v.chars().any(|c| c.is_control() || c == '"' || c == '\\')
 }
 
 fn check_narrowing(n: &Narrowing) -> Result<()> {
@@ -178,26 +215,38 @@ fn check_narrowing(n: &Narrowing) -> Result<()> {
         ));
     }
     if let Some(l) = &n.next_holder_name
-        && (l.is_empty() || l.len() > 128 || l.chars().any(char::is_control))
+        && (l.is_empty() || l.len() > 128 || !plain_text(l))
     {
         return Err(malformed(
             "next holder name",
-            "1 to 128 printable characters",
+            "1 to 128 printable characters, without quotes or backslashes",
         ));
     }
     if let Some(p) = &n.resource_prefix
         && (!p.starts_with('/')
             || p.len() > 512
             || p.contains("..")
-            || p.chars().any(char::is_control))
+            || p.contains("//")
+            || !plain_text(p))
     {
         return Err(malformed(
             "resource prefix",
-            "must start with `/`, have no `..`, and be at most 512 characters",
+            "must start with `/`, have no `..`, `//`, quotes or backslashes, and be at most 512 characters",
         ));
     }
-    if n.max_uses == Some(0) {
+    if n.max_uses == Some(0) || n.max_uses.is_some_and(|u| u > i64::MAX as u64) {
         return Err(malformed("use limit", "must be at least 1"));
+    }
+    if n.not_after.is_some_and(|t| t > i64::MAX as u64) {
+        return Err(malformed("expiry", "out of range"));
+    }
+    if let Some(c) = &n.capabilities
+        && c.0.len() > MAX_ONLY
+    {
+        return Err(malformed(
+            "capabilities",
+            format!("name at most {MAX_ONLY} `tool:action` patterns"),
+        ));
     }
     if let Some(c) = &n.capabilities
         && c.is_empty()
@@ -258,6 +307,45 @@ fn int_term(t: &Term) -> Option<i64> {
     }
 }
 
+/// The checks of a block as text, sorted (parameters applied).
+fn checks_of(b: &BlockBuilder) -> Vec<String> {
+    let only = BlockBuilder {
+        checks: b.checks.clone(),
+        ..BlockBuilder::new()
+    };
+    let mut v: Vec<String> = only.to_string().lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+/// The cheap checks on a block's source before any parser sees it: at
+/// most [`MAX_STATEMENTS`] statements, brackets nested at most
+/// [`MAX_NESTING`] deep, no rules (`<-`).
+fn precheck_source(src: &str) -> std::result::Result<(), String> {
+    let mut depth = 0usize;
+    for c in src.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "its Datalog nests deeper than {MAX_NESTING} brackets"
+                    ));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if src.matches(";\n").count() > MAX_STATEMENTS {
+        return Err(format!("it has more than {MAX_STATEMENTS} statements"));
+    }
+    if src.contains("<-") {
+        return Err("rules are not accepted, only facts and checks".into());
+    }
+    Ok(())
+}
+
 /// Reads and checks the attenuation blocks of a verified Biscuit: each must
 /// be signed by the holder at that point, starting from `run_jkt`, and state
 /// only the facts above. Returns the hops in order.
@@ -287,6 +375,11 @@ pub(crate) fn read_hops(b: &Biscuit, run_jkt: &str) -> Result<Vec<Hop>> {
             )));
         }
         let src = b.print_block_source(i).map_err(|e| bad(e.to_string()))?;
+        // No Datalog of a presented token is parsed or run before its shape
+        // is known to be what `attenuate` writes: bounded nesting and size
+        // first, then the facts read one by one, then every check compared
+        // with the checks those facts call for.
+        precheck_source(&src).map_err(bad)?;
         let parsed = BlockBuilder::new()
             .code(&src)
             .map_err(|e| bad(format!("unreadable Datalog: {e}")))?;
@@ -349,6 +442,12 @@ pub(crate) fn read_hops(b: &Biscuit, run_jkt: &str) -> Result<Vec<Hop>> {
             n.capabilities = Some(CapabilitySet(only));
         }
         check_narrowing(&n).map_err(|e| bad(e.to_string()))?;
+        let expected = block(i, &n).map_err(|e| bad(e.to_string()))?;
+        if checks_of(&parsed) != checks_of(&expected) {
+            return Err(bad(
+                "its checks are not the ones its facts call for; append blocks with `mandate token attenuate`".into(),
+            ));
+        }
         if let Some(next) = &n.next_holder {
             holder = next.clone();
         }
@@ -395,8 +494,8 @@ pub(crate) fn apply(
         if let Some(p) = &h.narrowing.resource_prefix {
             e.resource_prefix = match e.resource_prefix.take() {
                 None => Some(p.clone()),
-                Some(old) if p.starts_with(&old) => Some(p.clone()),
-                Some(old) if old.starts_with(p.as_str()) => Some(old),
+                Some(old) if path_within(&old, p) => Some(p.clone()),
+                Some(old) if path_within(p, &old) => Some(old),
                 Some(old) => {
                     e.capabilities = CapabilitySet::default();
                     Some(old)

@@ -76,9 +76,20 @@ pub struct AccessClaims {
     /// authorization details the credential was issued for).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub authorization_details: Option<Value>,
-    /// The human approval this credential was issued under.
+    /// The human approval this credential was issued under (the first of
+    /// [`AccessClaims::approvals`], for clients that read one).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub approval: Option<ApprovalClaim>,
+    /// Every human approval this credential was issued under: one per
+    /// `@approval` policy that refused the request, each decided by that
+    /// policy's own approvers.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub approvals: Vec<ApprovalClaim>,
+    /// The attenuation blocks of the mandate it was exchanged for (their
+    /// Biscuit revocation ids, base64url): revoking a narrowed mandate
+    /// revokes the credentials made from it.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub blocks: Vec<String>,
 }
 
 /// Who approved, when, and what exactly (issue 5: "agent performed X,
@@ -115,28 +126,33 @@ impl AccessClaims {
 
     /// Every id this credential can be revoked by.
     pub fn revocation_keys(&self) -> Vec<String> {
-        let mut v = vec![
-            format!("cred:{}", self.jti),
-            format!("tenant:{}", self.tenant),
-            format!("agent:{}/{}", self.tenant, self.agent),
-            format!("run:{}", self.run),
-        ];
-        // A delegated run's credential dies with any run it descends from:
-        // the nested `act` chain (RFC 8693 §4.1) names them.
-        let mut earlier = self.act.act.as_deref();
-        while let Some(a) = earlier {
-            if let Some((_, id)) = a.sub.rsplit_once("/run/") {
-                v.push(format!("run:{id}"));
+        // A delegated run's credential dies with any run it descends from,
+        // and with those runs' agents: the nested `act` chain (RFC 8693
+        // §4.1) names them (holders of attenuated mandates are key
+        // thumbprints, not runs, and are skipped).
+        let mut ancestors = Vec::new();
+        let mut a = Some(&self.act);
+        while let Some(x) = a {
+            if let Some(anc) = crate::revocation::Ancestor::from_run_spiffe(&x.sub)
+                && anc.run != self.run
+            {
+                ancestors.push(anc);
             }
-            earlier = a.act.as_deref();
+            a = x.act.as_deref();
         }
-        if self.sub != self.client_id {
-            v.push(format!("principal:{}/{}", self.tenant, self.sub));
-        }
-        if let Some(g) = &self.grant {
-            v.push(format!("grant:{g}"));
-        }
-        v
+        let principal = (self.sub != self.client_id).then_some(self.sub.as_str());
+        crate::revocation::keys(
+            &crate::revocation::Lineage {
+                tenant: &self.tenant,
+                agent: &self.agent,
+                run: &self.run,
+                principal,
+                grant: self.grant.as_deref(),
+                credential: Some(&self.jti),
+                blocks: &self.blocks,
+            },
+            &ancestors,
+        )
     }
 }
 
@@ -249,6 +265,8 @@ mod tests {
             path_prefix: None,
             authorization_details: None,
             approval: None,
+            approvals: vec![],
+            blocks: vec![],
         }
     }
 

@@ -14,6 +14,7 @@
 //! - [`dpop`]: RFC 9449 proof-of-possession checks;
 //! - [`httpsig`]: RFC 9421 HTTP message signatures and RFC 9530 digests;
 //! - [`policy`]: the Cedar schema and exchange decisions;
+//! - [`revocation`]: which ids revoke a token, and whether it is revoked;
 //! - [`audit`]: audit events and their hash chain;
 //! - [`secret`]: secret types and authenticated encryption at rest.
 //!
@@ -37,6 +38,7 @@ pub mod jose;
 pub mod keys;
 pub mod mandate;
 pub mod policy;
+pub mod revocation;
 pub mod secret;
 pub mod tooling;
 

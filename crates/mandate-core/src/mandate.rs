@@ -80,24 +80,42 @@ pub struct MandateClaims {
 
 impl MandateClaims {
     /// Every id this mandate can be revoked by (DESIGN "revocation as data"):
-    /// the run, its agent, principal, grant and tenant.
+    /// the run, its ancestor runs and their agents, its agent, principal,
+    /// grant and tenant ([`crate::revocation::keys`]).
     pub fn revocation_keys(&self) -> Vec<String> {
-        let mut v = vec![
-            format!("tenant:{}", self.tenant),
-            format!("agent:{}/{}", self.tenant, self.agent),
-            format!("run:{}", self.run),
-        ];
-        // Revoking any ancestor revokes this run.
-        for (run, _) in &self.ancestors {
-            v.push(format!("run:{run}"));
-        }
-        if let Some(p) = &self.principal {
-            v.push(format!("principal:{}/{}", self.tenant, p));
-        }
-        if let Some(g) = &self.grant {
-            v.push(format!("grant:{g}"));
-        }
-        v
+        let blocks = self.block_ids();
+        crate::revocation::keys(
+            &crate::revocation::Lineage {
+                tenant: &self.tenant,
+                agent: &self.agent,
+                run: &self.run,
+                principal: self.principal.as_deref(),
+                grant: self.grant.as_deref(),
+                credential: None,
+                blocks: &blocks,
+            },
+            &self.ancestry(),
+        )
+    }
+
+    /// The Biscuit revocation ids of its attenuation blocks, in order.
+    pub fn block_ids(&self) -> Vec<String> {
+        self.hops.iter().map(|h| h.block_id.clone()).collect()
+    }
+
+    /// The runs (and their agents) this run descends from, parent first.
+    pub fn ancestry(&self) -> Vec<crate::revocation::Ancestor> {
+        self.ancestors
+            .iter()
+            .map(|(run, spiffe)| {
+                crate::revocation::Ancestor::from_run_spiffe(spiffe)
+                    .filter(|a| &a.run == run)
+                    .unwrap_or_else(|| crate::revocation::Ancestor {
+                        run: run.clone(),
+                        agent: None,
+                    })
+            })
+            .collect()
     }
 }
 
@@ -203,6 +221,21 @@ pub fn mint(
         let mut params = HashMap::new();
         params.insert("exp".to_owned(), Term::Date(claims.expires_at));
         b = b.code_with_params("check if time($t), $t <= {exp}", params, HashMap::new())?;
+        // The grants in Datalog too, so any Biscuit verifier that provides
+        // `request($tool, $action)` refuses what was never granted.
+        let granted: std::collections::BTreeSet<Term> = claims
+            .capabilities
+            .0
+            .iter()
+            .map(|c| s(&c.to_string()))
+            .collect();
+        b = b.code_with_params(
+            "reject if request($tool, $action), \
+             !({caps}.contains($tool + \":\" + $action) || {caps}.contains($tool + \":*\") \
+             || {caps}.contains(\"*:\" + $action) || {caps}.contains(\"*:*\"))",
+            HashMap::from([("caps".to_owned(), Term::Set(granted))]),
+            HashMap::new(),
+        )?;
         b = b.root_key_id(root_key_id(&root.public()));
         let token = b.build_with_rng(root, biscuit_auth::datalog::SymbolTable::new(), rng)?;
         token.to_base64()
@@ -264,6 +297,10 @@ pub fn verify_parsed(
         ));
     }
     let biscuit = Biscuit::from_base64(token, root).map_err(map_token_err)?;
+    // The shape of every block a holder appended is checked before any
+    // Datalog runs (a presented token must not make the broker compute).
+    let run_jkt = authority_jkt(&biscuit)?;
+    let hops = attenuation::read_hops(&biscuit, &run_jkt)?;
     let run = || -> std::result::Result<MandateClaims, biscuit_auth::error::Token> {
         let mut a = AuthorizerBuilder::new()
             .fact(fact("time", vec![Term::Date(now)]))?
@@ -283,11 +320,6 @@ pub fn verify_parsed(
             Ok(v.into_iter().next().map(|t| t.0))
         };
         let mut expires_at = int(&mut a, "data($x) <- expires_at($x)")?.unwrap_or(0);
-        let run_jkt = one(&mut a, "data($x) <- cnf_jkt($x)")?.ok_or_else(|| {
-            biscuit_auth::error::Token::ConversionError("missing `cnf_jkt` fact".into())
-        })?;
-        let hops = attenuation::read_hops(&biscuit, &run_jkt)
-            .map_err(|e| biscuit_auth::error::Token::ConversionError(e.to_string()))?;
         if let Some(t) = hops.iter().filter_map(|h| h.narrowing.not_after).min() {
             expires_at = expires_at.min(t as i64);
         }
@@ -333,12 +365,12 @@ pub fn verify_parsed(
             grant: one(&mut a, "data($x) <- grant($x)")?,
             task: req(one(&mut a, "data($x) <- task($x)")?, "task")?,
             cnf_jkt: effect.holder,
-            run_jkt,
+            run_jkt: run_jkt.clone(),
             issued_at: int(&mut a, "data($x) <- issued_at($x)")?.unwrap_or(0) as u64,
             expires_at: expires_at as u64,
             ancestors: parents.into_iter().map(|(_, r, i)| (r, i)).collect(),
             capabilities: effect.capabilities,
-            hops,
+            hops: hops.clone(),
             resource_prefix: effect.resource_prefix,
         })
     };
@@ -361,6 +393,26 @@ pub fn verify_parsed(
     Ok((claims, biscuit))
 }
 
+/// The run key's thumbprint from the authority block (which the broker
+/// signed), read from its source without running any Datalog.
+fn authority_jkt(b: &Biscuit) -> Result<String> {
+    let src = b.print_block_source(0).map_err(map_token_err)?;
+    let mut found = src.lines().filter_map(|l| {
+        l.strip_prefix("cnf_jkt(\"")
+            .and_then(|r| r.strip_suffix("\");").or_else(|| r.strip_suffix("\")")))
+    });
+    match (found.next(), found.next()) {
+        (Some(j), None)
+            if j.len() == 43
+                && j.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') =>
+        {
+            Ok(j.to_owned())
+        }
+        _ => Err(malformed("mandate", "missing or bad `cnf_jkt` fact")),
+    }
+}
+
 /// Runs every check of an attenuated mandate against one use: `request`
 /// facts for the tool and each action, `uses(block, n)` for the uses counted
 /// so far of each block with a use limit, and `resource` if a path is known.
@@ -374,7 +426,7 @@ pub fn authorize_use(
     uses: &[(usize, u64)],
     resource: Option<&str>,
 ) -> Result<()> {
-    let biscuit = Biscuit::from_base64(token, root).map_err(map_token_err)?;
+    let (_, biscuit) = verify_parsed(root, token, now)?;
     authorize_parsed(&biscuit, now, tool, actions, uses, resource)
 }
 
@@ -440,8 +492,8 @@ mod tests {
             grant: Some("grt_1".into()),
             task: "triage issue #42".into(),
             capabilities: CapabilitySet::parse(&["github:read", "crm:*"]).unwrap(),
-            cnf_jkt: "abc".into(),
-            run_jkt: "abc".into(),
+            cnf_jkt: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
+            run_jkt: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
             issued_at: now,
             expires_at: now + 900,
             ancestors: vec![],

@@ -188,6 +188,31 @@ pub struct Details {
     pub target: Option<String>,
 }
 
+/// Largest declared amount, in minor units (10^15: ten trillion in a
+/// currency with cents): far above any real payment, far below overflow.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
+/// Largest sum of the amounts a run may declare (10^18 minor units): a run
+/// that would pass it is refused, so totals never saturate or overflow
+/// (`history.amount_total + context.amount` always fits a Cedar long).
+pub const MAX_AMOUNT_TOTAL: i64 = 1_000_000_000_000_000_000;
+
+/// Whether a run that declared `total` so far may declare `amount` more:
+/// the new total, or why not.
+pub fn add_amount(total: i64, amount: i64) -> std::result::Result<i64, String> {
+    if !(0..=MAX_AMOUNT).contains(&amount) {
+        return Err(format!(
+            "a declared amount must be between 0 and {MAX_AMOUNT} minor units"
+        ));
+    }
+    match total.checked_add(amount) {
+        Some(t) if (0..=MAX_AMOUNT_TOTAL).contains(&t) => Ok(t),
+        _ => Err(format!(
+            "the run's declared amounts would exceed {MAX_AMOUNT_TOTAL} minor units; start a new run"
+        )),
+    }
+}
+
 impl Details {
     /// The details a credential was issued for (its `authorization_details`).
     pub fn from_json(v: &serde_json::Value) -> Self {
@@ -230,14 +255,30 @@ pub struct History {
     pub evals_passed: Vec<String>,
 }
 
-/// Why a refusal can be lifted by a human: the deciding policies all carry
-/// `@approval("principal" | "group:<name>", ...)`.
+/// Why a refusal can be lifted by humans: the deciding policies all carry
+/// `@approval("principal" | "group:<name>", ...)`. Each refusing policy
+/// must be lifted by its own approvers (separation of duties: a payment
+/// that is also a production deploy needs finance *and* the principal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalNeed {
-    /// `principal` or `group:<name>` entries.
+    /// Each refusing policy and who may lift it, in policy id order.
+    pub each: Vec<PolicyApprovers>,
+}
+
+/// One refusing `@approval` policy and who may lift it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyApprovers {
+    /// The policy id.
+    pub policy: String,
+    /// `principal` or `group:<name>` entries: any one of them may decide.
     pub approvers: Vec<String>,
+}
+
+impl ApprovalNeed {
     /// The policies that asked.
-    pub policies: Vec<String>,
+    pub fn policies(&self) -> Vec<String> {
+        self.each.iter().map(|p| p.policy.clone()).collect()
+    }
 }
 
 /// Everything the policy needs to know about one delegation.
@@ -625,9 +666,23 @@ impl Engine {
                 .reason()
                 .map(|id| id.to_string())
                 .collect();
+            let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+            // Cedar skips a policy whose evaluation errors (an overflow, a
+            // missing attribute): a `forbid` that errors would not refuse.
+            // Any error denies (fail closed), whatever the decision.
+            if !errors.is_empty() {
+                return Ok(Verdict {
+                    allowed: false,
+                    policies: errors_policies(&resp),
+                    reason: Some(format!(
+                        "action `{action}` on tool `{}` is denied because a policy failed to evaluate (policies that error deny): {}",
+                        f.tool,
+                        errors.join("; ")
+                    )),
+                    approval: None,
+                });
+            }
             if resp.decision() == Decision::Deny {
-                let errors: Vec<String> =
-                    resp.diagnostics().errors().map(|e| e.to_string()).collect();
                 let reason = if !reasons.is_empty() {
                     format!(
                         "action `{action}` on tool `{}` is forbidden by policy {}",
@@ -637,12 +692,6 @@ impl Engine {
                             .map(|r| format!("`{r}`"))
                             .collect::<Vec<_>>()
                             .join(", ")
-                    )
-                } else if !errors.is_empty() {
-                    format!(
-                        "action `{action}` on tool `{}` is denied because a policy failed to evaluate: {}",
-                        f.tool,
-                        errors.join("; ")
                     )
                 } else {
                     format!(
@@ -787,7 +836,8 @@ impl Engine {
             .reason()
             .map(|id| id.to_string())
             .collect();
-        if resp.decision() == Decision::Allow {
+        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        if resp.decision() == Decision::Allow && errors.is_empty() {
             return Ok(Verdict {
                 allowed: true,
                 policies: reasons,
@@ -795,8 +845,12 @@ impl Engine {
                 approval: None,
             });
         }
-        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-        let reason = if !reasons.is_empty() {
+        let reason = if !errors.is_empty() {
+            format!(
+                "delegation denied because a policy failed to evaluate (policies that error deny): {}",
+                errors.join("; ")
+            )
+        } else if !reasons.is_empty() {
             format!(
                 "delegating to agent `{}` at depth {} is forbidden by policy {}",
                 f.child_agent,
@@ -806,11 +860,6 @@ impl Engine {
                     .map(|r| format!("`{r}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            )
-        } else if !errors.is_empty() {
-            format!(
-                "delegation denied because a policy failed to evaluate: {}",
-                errors.join("; ")
             )
         } else {
             format!(
@@ -863,24 +912,36 @@ fn history_record(h: &History, action: &str) -> Result<RestrictedExpression> {
     .map_err(|e| Error::Policy(format!("could not build the run history: {e}")))
 }
 
-/// When every deciding policy carries `@approval`, who may lift the refusal.
+/// The ids of the policies that failed to evaluate.
+fn errors_policies(resp: &cedar_policy::Response) -> Vec<String> {
+    let mut v: Vec<String> = resp
+        .diagnostics()
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
+        })
+        .collect();
+    v.dedup();
+    v
+}
+
+/// When every deciding policy carries `@approval`, who may lift the
+/// refusal: each policy by its own approvers.
 fn approval_need(set: &PolicySet, reasons: &[String]) -> Option<ApprovalNeed> {
     if reasons.is_empty() {
         return None;
     }
-    let mut approvers: Vec<String> = Vec::new();
+    let mut each = Vec::with_capacity(reasons.len());
     for r in reasons {
         let p = set.policy(&PolicyId::new(r))?;
-        for a in parse_approvers(p.annotation("approval")?).ok()? {
-            if !approvers.contains(&a) {
-                approvers.push(a);
-            }
-        }
+        each.push(PolicyApprovers {
+            policy: r.clone(),
+            approvers: parse_approvers(p.annotation("approval")?).ok()?,
+        });
     }
-    Some(ApprovalNeed {
-        approvers,
-        policies: reasons.to_vec(),
-    })
+    each.sort_by(|a, b| a.policy.cmp(&b.policy));
+    each.dedup_by(|a, b| a.policy == b.policy);
+    Some(ApprovalNeed { each })
 }
 
 #[cfg(test)]

@@ -112,8 +112,9 @@ fn pii_then_external_send_needs_the_principal_and_payments_need_finance() {
     let v = e.decide(&p, &c.facts()).unwrap();
     assert!(!v.allowed);
     let need = v.approval.unwrap();
-    assert_eq!(need.approvers, ["principal"]);
-    assert_eq!(need.policies, ["approvals/pii-then-external-send"]);
+    assert_eq!(need.each.len(), 1);
+    assert_eq!(need.each[0].approvers, ["principal"]);
+    assert_eq!(need.policies(), ["approvals/pii-then-external-send"]);
     c.approved = true;
     assert!(e.decide(&p, &c.facts()).unwrap().allowed);
 
@@ -122,18 +123,69 @@ fn pii_then_external_send_needs_the_principal_and_payments_need_finance() {
     assert!(e.decide(&p, &c.facts()).unwrap().allowed);
     c.details.amount = Some(10_001);
     let v = e.decide(&p, &c.facts()).unwrap();
-    assert_eq!(v.approval.unwrap().approvers, ["group:finance"]);
+    assert_eq!(v.approval.unwrap().each[0].approvers, ["group:finance"]);
 
     // Production deploys wait for the principal; reads do not.
     let mut c = Case::new(&["prod"]);
     c.action = vec!["deploy".into()];
     let v = e.decide(&p, &c.facts()).unwrap();
-    assert_eq!(v.approval.unwrap().policies, ["approvals/prod-deploys"]);
+    assert_eq!(v.approval.unwrap().policies(), ["approvals/prod-deploys"]);
     c.approved = true;
     assert!(e.decide(&p, &c.facts()).unwrap().allowed);
     c.action = vec!["read".into()];
     c.approved = false;
     assert!(e.decide(&p, &c.facts()).unwrap().allowed);
+}
+
+#[test]
+fn two_approval_policies_each_need_their_own_approvers() {
+    // A 25,000.00 payment that is also a production deploy: finance AND the
+    // principal, never one approver for both (separation of duties).
+    let (e, p) = load(&[
+        ("baseline", BASELINE),
+        (
+            "approvals",
+            include_str!("../../../examples/policies/approvals.cedar"),
+        ),
+    ]);
+    let mut c = Case::new(&["money", "prod"]);
+    c.action = vec!["deploy".into()];
+    c.details.amount = Some(2_500_000);
+    let v = e.decide(&p, &c.facts()).unwrap();
+    assert!(!v.allowed);
+    let need = v.approval.unwrap();
+    assert_eq!(
+        need.policies(),
+        ["approvals/large-payments", "approvals/prod-deploys"]
+    );
+    assert_eq!(need.each[0].approvers, ["group:finance"]);
+    assert_eq!(need.each[1].approvers, ["principal"]);
+}
+
+#[test]
+fn an_erroring_policy_denies_and_the_budget_cannot_overflow() {
+    let (e, p) = load(&[
+        ("baseline", BASELINE),
+        (
+            "budget",
+            include_str!("../../../examples/policies/budget.cedar"),
+        ),
+    ]);
+    let mut c = Case::new(&["money"]);
+    // `amount_total + amount` overflows a Cedar long: the `forbid` errors,
+    // Cedar skips it, and the permit alone would allow. It must deny.
+    c.history.amount_total = 10;
+    c.details.amount = Some(i64::MAX);
+    let v = e.decide(&p, &c.facts()).unwrap();
+    assert!(!v.allowed, "an erroring forbid must deny: {v:?}");
+    let why = v.reason.unwrap();
+    assert!(why.contains("failed to evaluate"), "{why}");
+    assert!(v.approval.is_none());
+    // The core bound refuses such amounts and totals before policy runs.
+    assert!(mandate_core::policy::add_amount(10, i64::MAX).is_err());
+    assert!(mandate_core::policy::add_amount(mandate_core::policy::MAX_AMOUNT_TOTAL, 1).is_err());
+    assert_eq!(mandate_core::policy::add_amount(10, 5), Ok(15));
+    assert!(mandate_core::policy::add_amount(0, -1).is_err());
 }
 
 #[test]

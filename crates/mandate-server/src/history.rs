@@ -124,7 +124,11 @@ impl Histories {
             *t.1.entry(a.clone()).or_default() += 1;
         }
         r.labels.extend(labels.iter().cloned());
-        r.amount_total = r.amount_total.saturating_add(amount.unwrap_or(0));
+        // The exchange refused any amount that would pass the bound
+        // (`policy::add_amount`); a total rebuilt from a tampered trail
+        // that would still pass it stays at the bound, which refuses.
+        r.amount_total = mandate_core::policy::add_amount(r.amount_total, amount.unwrap_or(0))
+            .unwrap_or(mandate_core::policy::MAX_AMOUNT_TOTAL);
         first
     }
 

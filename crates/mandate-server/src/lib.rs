@@ -16,6 +16,7 @@
 //! - [`alerts`]: anomalies (alert events, suspension) and the signed webhook;
 //! - [`pg`]: the `postgres` provider: a role per credential, and the reaper
 //!   that drops it on expiry or revocation (also after a restart);
+//! - [`gate`]: bounds on the work a presented mandate can cause;
 //! - [`error`]: the one place where errors become RFC-shaped responses.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod boot;
 pub mod checkpoint;
 pub mod error;
 pub mod form;
+pub mod gate;
 pub mod history;
 pub mod pg;
 pub mod registry;

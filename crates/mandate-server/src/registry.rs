@@ -13,7 +13,44 @@ use mandate_store::{
 
 /// Prefix of the kill switch's revocation id: `everything:<unix seconds>`
 /// refuses every mandate and credential issued at or before that second.
-pub const EVERYTHING: &str = "everything:";
+pub use mandate_core::revocation::EVERYTHING;
+
+/// An approver credential as the registry keeps it (the token is stored
+/// hashed only).
+#[derive(Debug, Clone)]
+pub struct ApproverCredential {
+    /// Its id (`apv_...`): `cred:<id>` revokes it.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// Tenant.
+    pub tenant: String,
+    /// The principal it decides for: revoking them revokes it.
+    pub principal: String,
+    /// When it was made (seconds).
+    pub created: u64,
+}
+
+impl ApproverCredential {
+    fn from_record(t: &mandate_store::ApproverToken) -> Self {
+        Self {
+            id: t.id.clone(),
+            hash: t.hash.clone(),
+            tenant: t.tenant.clone(),
+            principal: t.principal.clone(),
+            created: t.created_ms / 1000,
+        }
+    }
+
+    /// Every id that revokes it: itself, its principal, its tenant.
+    pub fn revocation_keys(&self) -> Vec<String> {
+        vec![
+            format!("cred:{}", self.id),
+            format!("principal:{}/{}", self.tenant, self.principal),
+            format!("tenant:{}", self.tenant),
+        ]
+    }
+}
 
 /// Tenants, agents, tools, grants, policies and revocations.
 #[derive(Debug, Default)]
@@ -42,8 +79,8 @@ pub struct Registry {
     pub revocation_seq: u64,
     /// Bumped by every change, so caches derived from the registry know when they are stale.
     pub generation: u64,
-    /// Approver credentials: SHA-256 → (tenant, principal).
-    pub approvers: Vec<(Vec<u8>, String, String)>,
+    /// Approver credentials.
+    pub approvers: Vec<ApproverCredential>,
     /// Suspended runs → why.
     pub suspended: HashMap<String, String>,
 }
@@ -74,8 +111,8 @@ impl Registry {
         for t in tenants {
             r.recompile(&t, engine)?;
         }
-        for t in snap.approver_tokens {
-            r.approvers.push((t.hash, t.tenant, t.principal));
+        for t in &snap.approver_tokens {
+            r.approvers.push(ApproverCredential::from_record(t));
         }
         r.suspended = snap.suspended_runs.into_iter().collect();
         for rev in snap.revocations {
@@ -111,8 +148,7 @@ impl Registry {
             | Mutation::Enqueue { .. }
             | Mutation::Dequeue { .. } => return,
             Mutation::PutApproverToken(t) => {
-                self.approvers
-                    .push((t.hash.clone(), t.tenant.clone(), t.principal.clone()));
+                self.approvers.push(ApproverCredential::from_record(t));
                 return;
             }
             Mutation::SuspendRun { id, reason, .. } => {
@@ -211,10 +247,8 @@ impl Registry {
     /// Why a token issued at `issued_at` with these revocation ids is
     /// refused, if it is: the first revoked id, or the kill switch.
     pub fn refused(&self, keys: &[String], issued_at: u64) -> Option<String> {
-        if issued_at <= self.revoked_before {
-            return Some(format!("{EVERYTHING}{}", self.revoked_before));
-        }
-        self.first_revoked(keys).map(str::to_owned)
+        mandate_core::revocation::refused(keys, issued_at, &self.revoked, self.revoked_before)
+            .map(|k| k.into_owned())
     }
 
     /// The first of `keys` that is revoked, if any.

@@ -90,7 +90,8 @@ pub struct AppState {
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
-    pub feed_hashes: RwLock<Vec<Vec<u8>>>,
+    /// (id, SHA-256) of each feed-reader credential: `cred:<id>` revokes it.
+    pub feed_hashes: RwLock<Vec<(String, Vec<u8>)>>,
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
@@ -117,6 +118,8 @@ pub struct AppState {
     pub outbox_notify: tokio::sync::Notify,
     /// Signed checkpoints of the audit trail.
     pub checkpoints: Arc<crate::checkpoint::Checkpointer>,
+    /// Bounds on mandate verification, and refusals remembered.
+    pub gate: crate::gate::MandateGate,
 }
 
 /// (tenant, tool).
@@ -221,11 +224,11 @@ impl AppState {
         checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
-        let feed_hashes: Vec<Vec<u8>> = snap
+        let feed_hashes: Vec<(String, Vec<u8>)> = snap
             .admin_tokens
             .iter()
             .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
-            .map(|t| t.hash.clone())
+            .map(|t| (t.id.clone(), t.hash.clone()))
             .collect();
         let mut secrets = HashMap::new();
         for (i, t) in snap.tool_secrets.iter().enumerate() {
@@ -295,6 +298,7 @@ impl AppState {
             history: Mutex::new(history),
             outbox_notify: tokio::sync::Notify::new(),
             checkpoints,
+            gate: crate::gate::MandateGate::default(),
         }))
     }
 
@@ -489,7 +493,13 @@ impl AppState {
         Ok(e)
     }
 
-    /// Verifies a mandate, using the cache.
+    /// A mandate verified before and not expired, from the cache.
+    pub fn cached_mandate(&self, digest: &[u8; 32], now: u64) -> Option<Arc<MandateClaims>> {
+        self.mandates.lock().ok().and_then(|m| m.get(digest, now))
+    }
+
+    /// Verifies a mandate, using the cache. Blocking work: request handlers
+    /// go through [`crate::gate::verify_mandate`].
     pub fn verify_mandate(
         &self,
         token: &str,

@@ -342,7 +342,7 @@ fn group_approvals_bind_the_details_and_denials_are_final() {
         ),
         400,
         "invalid_request",
-        "non-negative",
+        "from 0 to",
     );
     assert_refused(
         &e.ask(

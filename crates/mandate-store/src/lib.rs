@@ -139,8 +139,11 @@ pub trait Store: Send + Sync {
     fn agent_tools_used(&self) -> Result<Vec<(String, String, String)>>;
     /// An approval by id.
     fn approval(&self, id: &str) -> Result<Option<Approval>>;
-    /// The latest live (pending, approved or denied) approval for a request digest.
-    fn approval_for_request(&self, request_digest: &str) -> Result<Option<Approval>>;
+    /// How many approvals of a run wait for a decision and have not expired.
+    fn pending_approvals_for_run(&self, run: &str, now: u64) -> Result<usize>;
+    /// The live (pending, approved or denied) approvals for a request
+    /// digest, newest first (one per `@approval` policy that asked).
+    fn approvals_for_request(&self, request_digest: &str) -> Result<Vec<Approval>>;
     /// Approvals, newest first.
     fn list_approvals(
         &self,

@@ -890,19 +890,28 @@ impl Store for SqliteStore {
         })
     }
 
-    fn approval_for_request(&self, request_digest: &str) -> Result<Option<Approval>> {
+    fn pending_approvals_for_run(&self, run: &str, now: u64) -> Result<usize> {
         let c = lock(&self.reader);
-        let body: Option<String> = c
-            .query_row(
-                "SELECT body FROM approvals WHERE request_digest = ?1 AND status IN ('pending', 'approved', 'denied') ORDER BY rowid DESC LIMIT 1",
-                params![request_digest],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(match body {
-            Some(b) => Some(from_json(&b)?),
-            None => None,
-        })
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM approvals WHERE run = ?1 AND status = 'pending' AND expires_at >= ?2",
+            params![run, now as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as usize)
+    }
+
+    fn approvals_for_request(&self, request_digest: &str) -> Result<Vec<Approval>> {
+        let c = lock(&self.reader);
+        let mut q = c.prepare(
+            "SELECT body FROM approvals WHERE request_digest = ?1 AND status IN ('pending', 'approved', 'denied') ORDER BY rowid DESC LIMIT 64",
+        )?;
+        let rows = q
+            .query_map(params![request_digest], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows
+            .iter()
+            .map(|b| from_json(b))
+            .collect::<rusqlite::Result<Vec<Approval>>>()?)
     }
 
     fn list_approvals(

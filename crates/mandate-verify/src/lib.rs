@@ -323,16 +323,12 @@ impl Verifier {
                 "issued in the future; check the clock".into(),
             ));
         }
-        if c.iat <= self.revoked_before {
-            return Err(VerifyError::Revoked("everything".into()));
-        }
-        if let Some(k) = c
-            .revocation_keys()
-            .into_iter()
-            .find(|k| self.revoked.contains(k))
+        let keys = c.revocation_keys();
+        if let Some(k) =
+            mandate_core::revocation::refused(&keys, c.iat, &self.revoked, self.revoked_before)
         {
             return Err(VerifyError::Revoked(
-                k.split(':').next().unwrap_or("credential").to_owned(),
+                mandate_core::revocation::kind(&k).to_owned(),
             ));
         }
         let Some(jkt) = c.cnf.as_ref().map(|k| k.jkt.clone()) else {

@@ -8,7 +8,7 @@
 //! Events are checked before they are applied: the `id` must be a sequence
 //! number above the last one applied and equal the event's own `seq`, and the
 //! revoked id must be one the broker issues (`cred:`, `run:`, `agent:`,
-//! `principal:`, `grant:`, `tenant:`, `everything:`); anything else is
+//! `principal:`, `grant:`, `tenant:`, `block:`, `everything:`); anything else is
 //! ignored and counted ([`Live::ignored_events`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,15 +30,7 @@ pub const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// A feed silent for this long is reconnected (the broker sends a comment every 15 s).
 pub const FEED_IDLE: Duration = Duration::from_secs(45);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const KINDS: [&str; 7] = [
-    "cred:",
-    "run:",
-    "agent:",
-    "principal:",
-    "grant:",
-    "tenant:",
-    "everything:",
-];
+use mandate_core::revocation::KINDS;
 
 /// Where the broker is, and how to read its feed.
 #[derive(Clone)]

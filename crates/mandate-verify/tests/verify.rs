@@ -64,6 +64,8 @@ fn claims(f: &Fixture) -> AccessClaims {
         path_prefix: None,
         authorization_details: None,
         approval: None,
+        approvals: vec![],
+        blocks: vec![],
     }
 }
 

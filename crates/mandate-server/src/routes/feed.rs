@@ -183,7 +183,7 @@ pub async fn create_feed_token(
     s.feed_hashes
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .push(hash);
+        .push((id.clone(), hash));
     Ok((
         axum::http::StatusCode::CREATED,
         axum::Json(serde_json::json!({"id": id, "token": token})),

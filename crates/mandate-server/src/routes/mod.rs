@@ -186,16 +186,28 @@ pub fn require_feed_reader(state: &AppState, headers: &HeaderMap) -> Result<(), 
     match token {
         Some(t) if t.starts_with(FEED_TOKEN_PREFIX) => {
             let hash = crate::boot::token_hash(t);
-            let mut ok = false;
-            for h in state
+            let mut found = None;
+            for (id, h) in state
                 .feed_hashes
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
             {
-                ok |= mandate_core::secret::ct_eq(h, &hash);
+                if mandate_core::secret::ct_eq(h, &hash) {
+                    found = Some(id.clone());
+                }
             }
-            if ok {
+            // Revocable by its id (`mandate revoke --credential <id>`); the
+            // kill switch spares it: verifiers learn of the kill switch
+            // through the feed.
+            if let Some(id) = &found
+                && state.reg().first_revoked(&[format!("cred:{id}")]).is_some()
+            {
+                Err(err(
+                    Code::Unauthorized,
+                    "the feed credential has been revoked; ask an admin for a new one",
+                ))
+            } else if found.is_some() {
                 Ok(())
             } else {
                 Err(err(

@@ -51,8 +51,8 @@ struct Issued {
     count_uses: Vec<(String, u64)>,
     /// Expiry of the mandate (when the counts can be forgotten).
     mandate_exp: u64,
-    /// The approval this credential spends.
-    approval: Option<Approval>,
+    /// The approvals this credential spends (one per `@approval` policy).
+    approvals: Vec<Approval>,
 }
 
 /// RFC 8414 authorization server metadata.
@@ -95,10 +95,10 @@ struct Seen {
     audit_reason: Option<String>,
     /// How possession was proven: `dpop` or `httpsig` (RFC 9421).
     pop: Option<&'static str>,
-    /// An approval request to record (the answer is `authorization_pending`).
-    pending: Option<Approval>,
-    /// An existing pending approval the agent is waiting for.
-    waiting: Option<Approval>,
+    /// Approval requests to record (the answer is `authorization_pending`).
+    pending: Vec<Approval>,
+    /// Existing pending approvals the agent is waiting for.
+    waiting: Vec<Approval>,
     /// The declared amount, for the run's history.
     amount: Option<i64>,
     /// The tool's labels, for the run's history.
@@ -165,7 +165,13 @@ async fn token_inner(
 ) -> Response {
     let now = crate::now_secs();
     let mut seen = Seen::default();
-    let outcome = exchange(s, &headers, raw, now, &mut seen);
+    // The mandate is verified first, off the async workers and within the
+    // gate's bounds; `exchange` then only reads the result.
+    let verified = match presented_subject(&raw) {
+        Some(subject) => Some(crate::gate::verify_mandate(s, &subject, now, addr.ip()).await),
+        None => None,
+    };
+    let outcome = exchange(s, &headers, raw, now, verified, &mut seen);
     let m = seen.mandate.as_deref();
     let mut ev = EventBody {
         time_ms: crate::now_ms(),
@@ -193,10 +199,20 @@ async fn token_inner(
             if let Some(a) = &seen.amount {
                 ev.details["amount"] = json!(a);
             }
-            if let Some(a) = &issued.approval {
-                // "performed X, approved by alice at 09:22 UTC"
-                ev.details["approval"] = json!({"id": a.id, "approved_by": a.decided_by,
-                    "approved_ms": a.decided_ms, "request_digest": a.request_digest});
+            if !issued.approvals.is_empty() {
+                // "performed X, approved by alice at 09:22 UTC" (and by
+                // finance's bob: one approval per policy that asked).
+                let list: Vec<Value> = issued
+                    .approvals
+                    .iter()
+                    .map(|a| {
+                        json!({"id": a.id, "approved_by": a.decided_by,
+                        "approved_ms": a.decided_ms, "request_digest": a.request_digest,
+                        "policies": a.policies})
+                    })
+                    .collect();
+                ev.details["approval"] = list[0].clone();
+                ev.details["approvals"] = json!(list);
             }
             if let Some(m) = seen.mandate.as_deref().filter(|m| !m.hops.is_empty()) {
                 ev.details["hops"] = json!(m.hops);
@@ -241,8 +257,8 @@ async fn token_inner(
                     until: issued.mandate_exp,
                 });
             }
-            if let Some(a) = &issued.approval {
-                // Spent with the credential it allowed: never twice.
+            for a in &issued.approvals {
+                // Spent with the credential they allowed: never twice.
                 mutations.push(Mutation::UseApproval { id: a.id.clone() });
             }
             let mutation = match mutations.len() {
@@ -256,7 +272,7 @@ async fn token_inner(
                 })
                 .await
             {
-                if e.code == Code::Conflict && issued.approval.is_some() {
+                if e.code == Code::Conflict && !issued.approvals.is_empty() {
                     return err(
                         Code::InvalidGrant,
                         "this approval was already used for a credential; ask again",
@@ -387,27 +403,48 @@ async fn token_inner(
         }
         Err(e) if e.code == Code::AuthorizationPending => {
             let interval = 5;
-            if let Some(a) = seen.pending {
-                // A new approval request: durable first, then announced.
+            // Waiting counts toward the run's request rate (anomalies).
+            if let Some(m) = seen.mandate.as_deref()
+                && seen.pop.is_some()
+            {
+                crate::alerts::judged(s, m.into(), now, false).await;
+            }
+            if !seen.pending.is_empty() {
+                // New approval requests: durable first, then announced.
                 ev.event_type = "approval.request".into();
                 ev.decision = "pending".into();
                 ev.reason = seen.audit_reason.clone();
-                ev.details = json!({"approval": a.id, "approvers": a.approvers,
-                    "details": a.details, "expires_at": a.expires_at});
+                let first = &seen.pending[0];
+                ev.details = json!({"approval": first.id,
+                    "approvals": seen.pending.iter().map(|a| json!({"id": a.id, "policies": a.policies, "approvers": a.approvers})).collect::<Vec<_>>(),
+                    "approvers": first.approvers, "details": first.details, "expires_at": first.expires_at});
+                let mut creates: Vec<Mutation> = seen
+                    .pending
+                    .iter()
+                    .cloned()
+                    .map(Mutation::CreateApproval)
+                    .collect();
+                let mutation = match creates.len() {
+                    1 => creates.pop(),
+                    _ => Some(Mutation::Batch(creates)),
+                };
                 if let Err(we) = s
                     .commit(Entry {
-                        mutation: Some(Mutation::CreateApproval(a.clone())),
+                        mutation,
                         events: vec![ev],
                     })
                     .await
                 {
                     return we.into_response();
                 }
-                crate::alerts::announce(s, "approval.requested", json!(a)).await;
-                return pending(&e, Some(&a), interval, now);
+                for a in &seen.pending {
+                    crate::alerts::announce(s, "approval.requested", json!(a)).await;
+                }
             }
-            // Waiting for a decision, or a suspended run: nothing new to record.
-            pending(&e, seen.waiting.as_ref(), interval, now)
+            // Waiting for decisions, or a suspended run.
+            let mut all = seen.pending;
+            all.extend(seen.waiting);
+            pending(&e, &all, interval, now)
         }
         Err(e) => {
             ev.decision = "deny".into();
@@ -418,7 +455,12 @@ async fn token_inner(
             if let Err(we) = s.record(vec![ev]).await {
                 return we.into_response();
             }
-            if let Some(m) = seen.mandate.as_deref() {
+            // A denial counts against the run only once its key was proven:
+            // someone who saw a mandate without its key cannot make it look
+            // anomalous (and get it suspended).
+            if let Some(m) = seen.mandate.as_deref()
+                && seen.pop.is_some()
+            {
                 crate::alerts::judged(s, m.into(), now, true).await;
             }
             e.into_response()
@@ -426,14 +468,30 @@ async fn token_inner(
     }
 }
 
-/// RFC 8628 §3.5-style `authorization_pending`, with the approval to poll.
-fn pending(e: &ApiError, a: Option<&Approval>, interval: u64, now: u64) -> Response {
+/// RFC 8628 §3.5-style `authorization_pending`, with the approvals to poll
+/// (`approval_id` names the first; `approvals` all, each with its approvers).
+fn pending(e: &ApiError, all: &[Approval], interval: u64, now: u64) -> Response {
     let mut body = json!({"error": e.code.as_str(), "error_description": e.description,
         "interval": interval});
-    if let Some(a) = a {
+    if let Some(a) = all.first() {
+        let mut approvers: Vec<&String> = all.iter().flat_map(|a| &a.approvers).collect();
+        approvers.sort();
+        approvers.dedup();
         body["approval_id"] = json!(a.id);
-        body["expires_in"] = json!(a.expires_at.saturating_sub(now));
-        body["approvers"] = json!(a.approvers);
+        body["expires_in"] = json!(
+            all.iter()
+                .map(|a| a.expires_at)
+                .min()
+                .unwrap_or(now)
+                .saturating_sub(now)
+        );
+        body["approvers"] = json!(approvers);
+        body["approvals"] = json!(
+            all.iter()
+                .map(|a| json!({"id": a.id, "policies": a.policies,
+            "approvers": a.approvers, "status": a.status}))
+                .collect::<Vec<_>>()
+        );
     }
     let mut r = (e.code.status(), Json(body)).into_response();
     r.headers_mut()
@@ -447,11 +505,21 @@ fn password() -> String {
     mandate_core::jose::b64(s.expose())
 }
 
+/// The `subject_token` of a token request, if the body is a form that has one.
+fn presented_subject(raw: &Result<Bytes, BytesRejection>) -> Option<String> {
+    let raw = raw.as_ref().ok()?;
+    Form::parse(raw)
+        .ok()?
+        .opt("subject_token")
+        .map(str::to_owned)
+}
+
 fn exchange(
     s: &S,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
     now: u64,
+    verified: Option<Result<std::sync::Arc<MandateClaims>, ApiError>>,
     seen: &mut Seen,
 ) -> Result<Issued, ApiError> {
     let raw = body(raw, s.config.max_body)?;
@@ -547,9 +615,12 @@ fn exchange(
     }
 
     // The mandate: signature, checks, expiry (cached per token).
-    let claims = s
-        .verify_mandate(subject, now)
-        .map_err(|e| err(Code::InvalidGrant, e.to_string()))?;
+    let claims = verified.unwrap_or_else(|| {
+        Err(err(
+            Code::InvalidRequest,
+            "`subject_token` is required: the run's mandate",
+        ))
+    })?;
     seen.mandate = Some(claims.clone());
     seen.tool = Some(target.clone());
     {
@@ -722,35 +793,35 @@ fn exchange(
             )
         })
         .unwrap_or_default();
-    // An approval named by the agent is checked first; otherwise one is
-    // looked up only when policy asks for it (no store read on the hot path).
+    if let Some(a) = details.amount
+        && let Err(why) = mandate_core::policy::add_amount(history.amount_total, a)
+    {
+        seen.audit_reason = Some(format!("amount refused: {why}"));
+        return Err(err(Code::AccessDenied, why));
+    }
+    // An approval named by the agent must be for exactly this request.
     let digest = request_digest(&claims.run, &tool.name, &actions, &details_json);
-    let mut found = match &approval_id {
-        Some(id) => {
-            let a = s
-                .store
-                .approval(id)?
-                .ok_or_else(|| err(Code::InvalidGrant, format!("no approval `{}`", short(id))))?;
-            if a.request_digest != digest || a.run != claims.run {
-                return Err(err(
-                    Code::InvalidGrant,
-                    "this approval is for a different request (run, tool, actions or declared details differ); ask again",
-                ));
-            }
-            if a.expires_at < now {
-                return Err(err(
-                    Code::ExpiredToken,
-                    format!(
-                        "approval `{}` expired; make the request again to ask anew",
-                        a.id
-                    ),
-                ));
-            }
-            Some(a)
+    if let Some(id) = &approval_id {
+        let a = s
+            .store
+            .approval(id)?
+            .ok_or_else(|| err(Code::InvalidGrant, format!("no approval `{}`", short(id))))?;
+        if a.request_digest != digest || a.run != claims.run {
+            return Err(err(
+                Code::InvalidGrant,
+                "this approval is for a different request (run, tool, actions or declared details differ); ask again",
+            ));
         }
-        None => None,
-    };
-    let mut approved = approval_state(found.as_ref(), seen)?;
+        if a.expires_at < now {
+            return Err(err(
+                Code::ExpiredToken,
+                format!(
+                    "approval `{}` expired; make the request again to ask anew",
+                    a.id
+                ),
+            ));
+        }
+    }
     let mut facts = ExchangeFacts {
         tenant: &claims.tenant,
         now,
@@ -769,21 +840,115 @@ fn exchange(
         actions: &actions,
         depth: claims.ancestors.len(),
         hops: claims.hops.len(),
-        approved,
+        approved: false,
         details: &details,
         history: &history,
     };
     let mut verdict = s.decide(generation, &policies, &facts)?;
-    if !verdict.allowed && verdict.approval.is_some() && found.is_none() {
-        // Policy wants a human: has one decided exactly this request?
-        found = s
+    let mut approvals = Vec::new();
+    if !verdict.allowed
+        && let Some(need) = verdict.approval.clone()
+    {
+        // Policy wants humans: has each refusing policy's approvers decided
+        // exactly this request? (Looked up only now: no store read on the
+        // hot path.)
+        let live: Vec<Approval> = s
             .store
-            .approval_for_request(&digest)?
-            .filter(|a| a.expires_at >= now);
-        approved = approval_state(found.as_ref(), seen)?;
-        if approved {
-            facts.approved = true;
-            verdict = s.decide(generation, &policies, &facts)?;
+            .approvals_for_request(&digest)?
+            .into_iter()
+            .filter(|a| a.expires_at >= now && a.run == claims.run)
+            .collect();
+        match approvals_for(&need, &live) {
+            ApprovalState::Approved(list) => {
+                facts.approved = true;
+                verdict = s.decide(generation, &policies, &facts)?;
+                if !verdict.allowed {
+                    seen.policies = verdict.policies.clone();
+                    let reason = verdict
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "denied by policy".into());
+                    return Err(err(
+                        Code::AccessDenied,
+                        format!(
+                            "{reason}; it was approved, but the policy still refuses: an `@approval` policy must say `unless {{ context.approved }}`"
+                        ),
+                    ));
+                }
+                approvals = list;
+            }
+            ApprovalState::Denied(a) => {
+                seen.audit_reason = Some("approval denied".into());
+                return Err(err(
+                    Code::AccessDenied,
+                    format!(
+                        "{} denied this request{}; a denial is final for this request",
+                        a.decided_by.clone().unwrap_or_else(|| "an approver".into()),
+                        a.comment
+                            .clone()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            ApprovalState::Waiting { pending, missing } => {
+                seen.policies = verdict.policies.clone();
+                let reason = verdict
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "denied by policy".into());
+                if missing.is_empty() {
+                    seen.waiting = pending;
+                    return Err(err(
+                        Code::AuthorizationPending,
+                        "waiting for humans to approve this request; retry after `interval` seconds",
+                    ));
+                }
+                if pending_for_run(s, &claims.run, now)? + missing.len() > MAX_PENDING_PER_RUN {
+                    seen.audit_reason = Some("too many pending approvals".into());
+                    return Err(err(
+                        Code::AccessDenied,
+                        format!(
+                            "run `{}` already waits for {MAX_PENDING_PER_RUN} approvals; wait for them to be decided or expire",
+                            claims.run
+                        ),
+                    ));
+                }
+                let mut asked = Vec::with_capacity(missing.len());
+                for p in &missing {
+                    asked.push(Approval {
+                        id: random_id(&mut OsRng, "apr_"),
+                        tenant: claims.tenant.clone(),
+                        run: claims.run.clone(),
+                        agent: claims.agent.clone(),
+                        principal: claims.principal.clone(),
+                        tool: tool.name.clone(),
+                        actions: actions.clone(),
+                        details: details_json.clone(),
+                        request_digest: digest.clone(),
+                        approvers: resolve_approvers(s, &claims, &p.approvers)?,
+                        policies: vec![p.policy.clone()],
+                        status: "pending".into(),
+                        requested_ms: crate::now_ms(),
+                        expires_at: now + s.config.approval_ttl,
+                        decided_by: None,
+                        decided_ms: None,
+                        comment: None,
+                    });
+                }
+                seen.audit_reason = Some(format!(
+                    "approval required by {}",
+                    need.policies().join(", ")
+                ));
+                seen.waiting = pending;
+                seen.pending = asked;
+                return Err(err(
+                    Code::AuthorizationPending,
+                    format!(
+                        "{reason}; humans must approve it (each policy by its own approvers); retry after `interval` seconds"
+                    ),
+                ));
+            }
         }
     }
     seen.policies = verdict.policies.clone();
@@ -792,44 +957,8 @@ fn exchange(
             .reason
             .clone()
             .unwrap_or_else(|| "denied by policy".into());
-        let Some(need) = verdict.approval else {
-            return Err(err(Code::AccessDenied, reason));
-        };
-        if approved {
-            return Err(err(
-                Code::AccessDenied,
-                format!(
-                    "{reason}; it was approved, but the policy still refuses: an `@approval` policy must say `unless {{ context.approved }}`"
-                ),
-            ));
-        }
-        let approvers = resolve_approvers(s, &claims, &need.approvers)?;
-        seen.audit_reason = Some(format!("approval required by {}", need.policies.join(", ")));
-        seen.pending = Some(Approval {
-            id: random_id(&mut OsRng, "apr_"),
-            tenant: claims.tenant.clone(),
-            run: claims.run.clone(),
-            agent: claims.agent.clone(),
-            principal: claims.principal.clone(),
-            tool: tool.name.clone(),
-            actions: actions.clone(),
-            details: details_json,
-            request_digest: digest,
-            approvers,
-            policies: need.policies,
-            status: "pending".into(),
-            requested_ms: crate::now_ms(),
-            expires_at: now + s.config.approval_ttl,
-            decided_by: None,
-            decided_ms: None,
-            comment: None,
-        });
-        return Err(err(
-            Code::AuthorizationPending,
-            format!("{reason}; a human must approve it; retry after `interval` seconds"),
-        ));
+        return Err(err(Code::AccessDenied, reason));
     }
-    let approval = found.filter(|a| a.status == "approved");
 
     let exp = claims.expires_at.min(now + tool.max_ttl_secs);
     let access = AccessClaims {
@@ -855,14 +984,20 @@ fn exchange(
         grant: claims.grant.clone(),
         path_prefix: claims.resource_prefix.clone(),
         authorization_details: (!details_json.is_null()).then(|| details_json.clone()),
-        approval: approval.as_ref().map(|a| credential::ApprovalClaim {
-            id: a.id.clone(),
-            approver: a.decided_by.clone().unwrap_or_default(),
-            approved_at: a.decided_ms.unwrap_or(0) / 1000,
-            request_digest: a.request_digest.clone(),
-        }),
+        approval: None,
+        blocks: claims.block_ids(),
+        approvals: approvals
+            .iter()
+            .map(|a| credential::ApprovalClaim {
+                id: a.id.clone(),
+                approver: a.decided_by.clone().unwrap_or_default(),
+                approved_at: a.decided_ms.unwrap_or(0) / 1000,
+                request_digest: a.request_digest.clone(),
+            })
+            .collect(),
     };
     let mut access = access;
+    access.approval = access.approvals.first().cloned();
     let token = match tool.provider.as_str() {
         "postgres" => None,
         provider => {
@@ -893,36 +1028,51 @@ fn exchange(
         pg_roles,
         count_uses,
         mandate_exp: claims.expires_at,
-        approval,
+        approvals,
     })
 }
 
-/// What an existing approval means for this request: approved (true), not
-/// there (false), or an answer now (denied: final; pending: keep waiting).
-fn approval_state(found: Option<&Approval>, seen: &mut Seen) -> Result<bool, ApiError> {
-    match found.map(|a| a.status.as_str()) {
-        Some("approved") => Ok(true),
-        Some("denied") => {
-            let a = found.map(|a| (a.decided_by.clone(), a.comment.clone()));
-            let (by, comment) = a.unwrap_or_default();
-            seen.audit_reason = Some("approval denied".into());
-            Err(err(
-                Code::AccessDenied,
-                format!(
-                    "{} denied this request{}; a denial is final for this request",
-                    by.unwrap_or_else(|| "an approver".into()),
-                    comment.map(|c| format!(": {c}")).unwrap_or_default()
-                ),
-            ))
+/// Most approval requests one run may have waiting at once.
+const MAX_PENDING_PER_RUN: usize = 16;
+
+/// How many approvals of `run` wait for a decision.
+fn pending_for_run(s: &S, run: &str, now: u64) -> Result<usize, ApiError> {
+    Ok(s.store.pending_approvals_for_run(run, now)?)
+}
+
+/// What the live approvals of a request mean for what policy needs.
+enum ApprovalState {
+    /// Every refusing policy was approved by its own approvers: these.
+    Approved(Vec<Approval>),
+    /// Some approver denied: final.
+    Denied(Approval),
+    /// Some policies still wait (`pending`), others were never asked (`missing`).
+    Waiting {
+        pending: Vec<Approval>,
+        missing: Vec<mandate_core::policy::PolicyApprovers>,
+    },
+}
+
+/// Matches each refusing policy with the newest live approval that asked
+/// for it (AND: each policy needs its own).
+fn approvals_for(need: &mandate_core::policy::ApprovalNeed, live: &[Approval]) -> ApprovalState {
+    let mut approved = Vec::new();
+    let mut pending = Vec::new();
+    let mut missing = Vec::new();
+    for p in &need.each {
+        // `live` is newest first.
+        match live.iter().find(|a| a.policies.contains(&p.policy)) {
+            Some(a) if a.status == "denied" => return ApprovalState::Denied(a.clone()),
+            Some(a) if a.status == "approved" => approved.push(a.clone()),
+            Some(a) => pending.push(a.clone()),
+            None => missing.push(p.clone()),
         }
-        Some("pending") => {
-            seen.waiting = found.cloned();
-            Err(err(
-                Code::AuthorizationPending,
-                "waiting for a human to approve this request; retry after `interval` seconds",
-            ))
-        }
-        _ => Ok(false),
+    }
+    if pending.is_empty() && missing.is_empty() {
+        approved.dedup_by(|a, b| a.id == b.id);
+        ApprovalState::Approved(approved)
+    } else {
+        ApprovalState::Waiting { pending, missing }
     }
 }
 
@@ -962,8 +1112,13 @@ fn parse_details(raw: Option<&str>) -> Result<(Details, Value), ApiError> {
             ("amount", Value::Number(n)) => {
                 d.amount = Some(
                     n.as_i64()
-                        .filter(|a| *a >= 0)
-                        .ok_or_else(|| bad("`amount` is a non-negative integer in minor units"))?,
+                        .filter(|a| (0..=mandate_core::policy::MAX_AMOUNT).contains(a))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "`amount` is an integer in minor units from 0 to {}",
+                                mandate_core::policy::MAX_AMOUNT
+                            ))
+                        })?,
                 );
             }
             ("currency", Value::String(c))
@@ -1098,19 +1253,23 @@ enum Presented {
     Mandate(std::sync::Arc<MandateClaims>),
 }
 
-fn identify(s: &S, token: &str, now: u64, allow_expired: bool) -> Option<Presented> {
+async fn identify(s: &S, token: &str, now: u64, client: std::net::IpAddr) -> Option<Presented> {
     if token.matches('.').count() == 2 {
-        credential::verify(&s.keys, &s.config.issuer, token, now, allow_expired)
+        credential::verify(&s.keys, &s.config.issuer, token, now, false)
             .ok()
             .map(|c| Presented::Credential(Box::new(c)))
     } else {
-        s.verify_mandate(token, now).ok().map(Presented::Mandate)
+        crate::gate::verify_mandate(s, token, now, client)
+            .await
+            .ok()
+            .map(Presented::Mandate)
     }
 }
 
 /// RFC 7662 introspection (admin bearer required, §2.1).
 pub async fn introspect(
     State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1121,8 +1280,9 @@ pub async fn introspect(
     let token = form.req("token")?;
     let now = crate::now_secs();
     let inactive = Json(json!({"active": false}));
+    let presented = identify(&s, token, now, addr.ip()).await;
     let reg = s.reg();
-    Ok(match identify(&s, token, now, false) {
+    Ok(match presented {
         Some(Presented::Credential(c)) => {
             if reg.refused(&c.revocation_keys(), c.iat).is_some() {
                 inactive
@@ -1152,7 +1312,12 @@ pub async fn introspect(
 }
 
 /// RFC 7009 revocation: the holder of a credential or mandate may revoke it.
-/// Answers 200 for unknown or invalid tokens too (§2.2).
+/// Answers 200 for unknown, invalid, expired or already revoked tokens too
+/// (§2.2), and writes nothing for them: this endpoint needs no
+/// authentication, so only a valid, live token can make it write, once.
+/// A narrowed (attenuated) mandate revokes only its own subtree: its last
+/// block, so every token that extends it and every credential made from
+/// them; never the run it was narrowed from.
 pub async fn revoke(
     State(s): State<S>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -1164,18 +1329,29 @@ pub async fn revoke(
     let form = Form::parse(&raw)?;
     let token = form.req("token")?;
     let now = crate::now_secs();
-    let (key, until, tenant, run, agent) = match identify(&s, token, now, true) {
+    let ok = || Ok(axum::http::StatusCode::OK.into_response());
+    let (key, until, tenant, run, agent) = match identify(&s, token, now, addr.ip()).await {
         Some(Presented::Credential(c)) => {
+            if s.reg().refused(&c.revocation_keys(), c.iat).is_some() {
+                return ok();
+            }
             (format!("cred:{}", c.jti), c.exp, c.tenant, c.run, c.agent)
         }
-        Some(Presented::Mandate(m)) => (
-            format!("run:{}", m.run),
-            0,
-            m.tenant.clone(),
-            m.run.clone(),
-            m.agent.clone(),
-        ),
-        None => return Ok(axum::http::StatusCode::OK.into_response()),
+        Some(Presented::Mandate(m)) => {
+            // A narrowed mandate already revoked writes nothing again; a
+            // run's own mandate ends its run once (a revoked run that has
+            // not ended yet still ends: below, ended runs write nothing).
+            if !m.hops.is_empty() && s.reg().refused(&m.revocation_keys(), m.issued_at).is_some() {
+                return ok();
+            }
+            let key = match m.hops.last() {
+                Some(h) => format!("block:{}", h.block_id),
+                None => format!("run:{}", m.run),
+            };
+            let until = if m.hops.is_empty() { 0 } else { m.expires_at };
+            (key, until, m.tenant.clone(), m.run.clone(), m.agent.clone())
+        }
+        None => return ok(),
     };
     let ev = EventBody {
         time_ms: crate::now_ms(),

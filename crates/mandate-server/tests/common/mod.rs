@@ -368,3 +368,40 @@ pub fn introspect(b: &Broker, token: &str) -> Value {
     )
     .1
 }
+
+/// `POST /v1/runs/delegate` with `body`, proved by `signer`.
+pub fn delegate_with(b: &Broker, mandate: &str, signer: &SigningKey, body: Value) -> (u16, Value) {
+    let url = format!("{}/v1/runs/delegate", b.url);
+    let proof = mandate_core::client::dpop_proof(signer, "POST", &url, now(), &jti(), None, None);
+    let mut body = body;
+    body["mandate"] = json!(mandate);
+    read(
+        Broker::agent()
+            .post(&url)
+            .header("DPoP", &proof)
+            .send_json(&body)
+            .unwrap(),
+    )
+}
+
+/// Delegates to `agent`; returns (run, mandate, key).
+pub fn delegate(
+    b: &Broker,
+    mandate: &str,
+    key: &SigningKey,
+    agent: &str,
+    caps: Option<Value>,
+) -> (String, String, SigningKey) {
+    let child = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let mut body = json!({"agent": agent, "jwk": child.public().to_json()});
+    if let Some(c) = caps {
+        body["capabilities"] = c;
+    }
+    let (s, v) = delegate_with(b, mandate, key, body);
+    assert_eq!(s, 201, "{v}");
+    (
+        v["run"].as_str().unwrap().to_owned(),
+        v["mandate"].as_str().unwrap().to_owned(),
+        child,
+    )
+}

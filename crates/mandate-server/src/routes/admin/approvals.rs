@@ -29,19 +29,31 @@ fn caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
             let hash = crate::boot::token_hash(t);
             let reg = s.reg();
             let mut found = None;
-            for (h, tenant, principal) in &reg.approvers {
-                if mandate_core::secret::ct_eq(h, &hash) {
-                    found = Some((tenant.clone(), principal.clone()));
+            for a in &reg.approvers {
+                if mandate_core::secret::ct_eq(&a.hash, &hash) {
+                    found = Some(a.clone());
                 }
             }
-            found
-                .map(|(tenant, principal)| Caller::Approver { tenant, principal })
-                .ok_or_else(|| {
-                    err(
-                        Code::Unauthorized,
-                        "the approver credential is not valid for this broker",
-                    )
-                })
+            let a = found.ok_or_else(|| {
+                err(
+                    Code::Unauthorized,
+                    "the approver credential is not valid for this broker",
+                )
+            })?;
+            // It dies with itself, its principal and its tenant.
+            if let Some(k) = reg.refused(&a.revocation_keys(), a.created) {
+                return Err(err(
+                    Code::Unauthorized,
+                    format!(
+                        "the approver credential has been revoked ({}); ask an admin for a new one",
+                        mandate_core::revocation::kind(&k)
+                    ),
+                ));
+            }
+            Ok(Caller::Approver {
+                tenant: a.tenant,
+                principal: a.principal,
+            })
         }
         Some(_) => require_admin(s, headers).map(|_| Caller::Admin).map_err(|_| {
             err(

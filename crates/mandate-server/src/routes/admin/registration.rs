@@ -351,6 +351,22 @@ pub async fn create_tool(
                 format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
             ));
         }
+        // Verifiers check `iss` and `aud`: a `jwt` tool's audience must name
+        // it alone across the broker, or another tenant's credentials would
+        // verify at it. (Proxy tools of several tenants may share a name:
+        // the proxy looks tools up in the credential's tenant.)
+        if reg
+            .tools
+            .values()
+            .any(|t| t.audience == audience && (provider == "jwt" || t.provider == "jwt"))
+        {
+            return Err(err(
+                Code::Conflict,
+                format!(
+                    "audience `{audience}` is already used by a tool of another tenant; a tool's audience must be unique across the broker (verifiers check `iss` and `aud`)"
+                ),
+            ));
+        }
     }
     let mut actions = req.actions;
     actions.dedup();

@@ -174,6 +174,12 @@ fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError
     if !mandate_core::secret::ct_eq(&j.hash, &hash) {
         return Err(invalid());
     }
+    if s.reg().first_revoked(&[format!("cred:{}", j.id)]).is_some() {
+        return Err(err(
+            Code::Unauthorized,
+            "this join token has been revoked; ask an admin for a new one",
+        ));
+    }
     if j.used_ms.is_some() {
         return Err(err(
             Code::Unauthorized,
@@ -517,9 +523,7 @@ pub async fn delegate(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
     let now = crate::now_secs();
-    let parent = s
-        .verify_mandate(&req.mandate, now)
-        .map_err(|e| err(Code::InvalidGrant, e.to_string()))?;
+    let parent = crate::gate::verify_mandate(&s, &req.mandate, now, addr.ip()).await?;
     if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
         return Err(err(
             Code::InvalidGrant,
