@@ -72,7 +72,7 @@ impl As {
 }
 
 fn print_approval(v: &Value) {
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    let s = |k: &str| crate::output::cell(&v[k]);
     println!("{}  {}", s("id"), s("status"));
     println!(
         "  run        {} (agent {}, for {})",
@@ -93,16 +93,17 @@ fn print_approval(v: &Value) {
             .unwrap_or_default()
     );
     if !v["details"].is_null() {
-        println!("  details    {}", v["details"]);
+        println!("  details    {}", crate::output::safe(&v["details"].to_string()));
     }
-    println!("  approvers  {}", v["approvers"]);
-    println!("  policies   {}", v["policies"]);
+    println!("  approvers  {}", crate::output::cell(&v["approvers"]));
+    println!("  policies   {}", crate::output::cell(&v["policies"]));
     if let Some(by) = v["decided_by"].as_str() {
         println!(
-            "  decided by {by}{}",
+            "  decided by {}{}",
+            crate::output::safe(by),
             v["comment"]
                 .as_str()
-                .map(|c| format!(": {c}"))
+                .map(|c| format!(": {}", crate::output::safe(c)))
                 .unwrap_or_default()
         );
     }

@@ -171,6 +171,16 @@ struct ServeArgs {
     /// Most connections open at once from one client address (IPv6: its /64).
     #[arg(long, default_value_t = 256)]
     max_connections_per_client: usize,
+    /// Where signed audit checkpoints are written: outside the data
+    /// directory (default: beside the master key, `audit.checkpoint`).
+    #[arg(long, env = "MANDATE_AUDIT_CHECKPOINT_FILE")]
+    audit_checkpoint_file: Option<PathBuf>,
+    /// Sign a checkpoint after this many new audit events ...
+    #[arg(long, default_value_t = 1000)]
+    audit_checkpoint_every: u64,
+    /// ... and at least this often, in seconds, while events come in (and at shutdown).
+    #[arg(long, default_value_t = 10)]
+    audit_checkpoint_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -612,8 +622,23 @@ struct AuditArgs {
 
 #[derive(Subcommand)]
 enum AuditSub {
-    /// Recompute the hash chain and name the first event that does not fit.
-    Verify,
+    /// Recompute the hash chain, check every stored column against the
+    /// hashed events and the trail against the broker's latest signed
+    /// checkpoint (and --checkpoint), and name the first event that does not fit.
+    Verify {
+        /// Also check against this checkpoint, exported earlier with
+        /// `mandate audit checkpoint` and kept elsewhere (its JWS, or the
+        /// JSON `--json audit checkpoint` printed).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print a signed checkpoint of the trail's head (a JWS the broker's
+    /// JWKS verifies), to keep outside the broker.
+    Checkpoint {
+        /// Write it to this new file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 const TOOL_COLS: &[&str] = &[
@@ -683,7 +708,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", output::safe(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -776,6 +801,11 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
         max_connections: a.max_connections,
         max_connections_per_client: a.max_connections_per_client.max(1),
     };
+    if let Some(f) = a.audit_checkpoint_file {
+        cfg.audit_checkpoint_file = f;
+    }
+    cfg.audit_checkpoint_every = a.audit_checkpoint_every;
+    cfg.audit_checkpoint_secs = a.audit_checkpoint_secs;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -852,9 +882,63 @@ fn parse_route(r: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
+/// `mandate audit verify [--checkpoint FILE]`.
+fn audit_verify(c: &Client, j: bool, checkpoint: Option<PathBuf>) -> Result<(), CliError> {
+    let v = match checkpoint {
+        None => c.get("/v1/audit/verify")?,
+        Some(f) => {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+            // The JWS, or the JSON `mandate --json audit checkpoint` printed.
+            let jws = match serde_json::from_str::<Value>(&text) {
+                Ok(v) => v["checkpoint"].as_str().unwrap_or_default().to_owned(),
+                Err(_) => text.trim().to_owned(),
+            };
+            c.post("/v1/audit/verify", &json!({"checkpoint": jws}))?
+        }
+    };
+    if j {
+        show(j, &v, &[]);
+    } else {
+        output::print_verify(&v);
+    }
+    if v["ok"].as_bool() != Some(true) {
+        return Err(CliError("the audit trail does not verify".into()));
+    }
+    Ok(())
+}
+
+/// Prints a checkpoint's JWS (or all of it with --json), or writes it to a new file.
+fn emit_checkpoint(j: bool, v: &Value, out: Option<PathBuf>) -> Result<(), CliError> {
+    let jws = v["checkpoint"].as_str().unwrap_or_default();
+    if let Some(e) = v["file_error"].as_str() {
+        eprintln!("warning: {}", output::safe(e));
+    }
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+            writeln!(f, "{jws}")
+                .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!(
+                "checkpoint of event {} written to {}",
+                output::cell(&v["seq"]),
+                path.display()
+            );
+        }
+        None if j => show(j, v, &[]),
+        None => println!("{}", output::safe(jws)),
+    }
+    Ok(())
+}
+
 pub(crate) fn show(json_out: bool, v: &Value, cols: &[&str]) {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        println!("{}", output::json_text(v));
     } else {
         print_table(v, cols);
     }
@@ -1342,25 +1426,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Cmd::Audit(a) => {
-            if let Some(AuditSub::Verify) = a.verify {
-                let v = c().get("/v1/audit/verify")?;
-                let ok = v["ok"].as_bool().unwrap_or(false);
-                if j {
-                    show(j, &v, &[]);
-                } else if ok {
-                    println!("audit chain intact: {} events verified", v["verified"]);
-                } else {
-                    println!(
-                        "audit chain BROKEN at event {}: {} ({} events before it verified)",
-                        v["first_bad"]["seq"],
-                        v["first_bad"]["reason"].as_str().unwrap_or(""),
-                        v["verified"]
-                    );
+            match a.verify {
+                Some(AuditSub::Verify { checkpoint }) => return audit_verify(&c(), j, checkpoint),
+                Some(AuditSub::Checkpoint { out }) => {
+                    let v = c().get("/v1/audit/checkpoint")?;
+                    return emit_checkpoint(j, &v, out);
                 }
-                if !ok {
-                    return Err(CliError("the audit trail does not verify".into()));
-                }
-                return Ok(());
+                None => {}
             }
             let mut q = format!("/v1/audit?limit={}", a.limit);
             for (k, v) in [

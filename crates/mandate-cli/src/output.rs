@@ -1,15 +1,46 @@
-//! Readable tables.
+//! Readable tables. Nothing the broker returns reaches the terminal raw:
+//! every cell and line is passed through `audit::escape_controls`, so text
+//! a caller once sent (an audit reason, a task) cannot forge lines or send
+//! escape sequences to the operator's terminal.
 
+use mandate_core::audit::{escape_controls, is_unsafe_char};
 use serde_json::Value;
 
-/// A JSON value as one table cell.
+/// A JSON value as one table cell, control characters escaped.
 pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape_controls(s).into_owned(),
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
+        other => escape_controls(&other.to_string()).into_owned(),
     }
+}
+
+/// Text for the terminal: each line's control characters escaped (line
+/// breaks the CLI itself put there are kept).
+pub(crate) fn safe(text: &str) -> String {
+    text.split('\n')
+        .map(|l| escape_controls(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Pretty JSON with every character that is unsafe on a terminal written
+/// as a JSON escape (`serde_json` escapes C0 controls but not DEL, C1
+/// controls or bidirectional overrides). Still valid JSON, same value.
+pub(crate) fn json_text(v: &Value) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        // Outside strings only ASCII whitespace appears; inside, serde_json
+        // already escaped newlines and tabs, so these are all inside strings.
+        if is_unsafe_char(c) && !matches!(c, '\n' | ' ') {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A cell, with `*_at` (seconds) and `*_ms` (milliseconds) columns shown as UTC times.
@@ -111,11 +142,11 @@ pub(crate) fn print_audit(v: &Value) {
         .map(|e| {
             let detail = e["reason"]
                 .as_str()
-                .map(str::to_owned)
+                .map(|r| escape_controls(r).into_owned())
                 .or_else(|| {
                     e["credential_id"]
                         .as_str()
-                        .map(|c| format!("credential {c}"))
+                        .map(|c| format!("credential {}", escape_controls(c)))
                 })
                 .unwrap_or_else(|| cell(&e["policies"]));
             vec![
@@ -145,14 +176,14 @@ pub(crate) fn print_inspection(v: &Value) {
     let verdict = if v["verifies"].as_bool().unwrap_or(false) {
         "verifies now".to_owned()
     } else {
-        format!("does NOT verify: {}", v["reason"].as_str().unwrap_or("?"))
+        format!("does NOT verify: {}", cell(&v["reason"]))
     };
     println!("{} — {verdict}", cell(&v["kind"]));
     let hops = v["chain"].as_array().cloned().unwrap_or_default();
     for (i, h) in hops.iter().enumerate() {
         let mut extra = String::new();
         if let Some(n) = h["name"].as_str() {
-            extra.push_str(&format!(" ({n})"));
+            extra.push_str(&format!(" ({})", escape_controls(n)));
         }
         for (label, key) in [
             ("only", "capabilities"),
@@ -167,7 +198,7 @@ pub(crate) fn print_inspection(v: &Value) {
             extra.push_str(&format!(" until {}", time_s(t)));
         }
         if let Some(k) = h["signed_by"].as_str() {
-            extra.push_str(&format!(" [signed by key {k}]"));
+            extra.push_str(&format!(" [signed by key {}]", escape_controls(k)));
         }
         println!(
             "{}{:<8} {}{extra}",
@@ -195,6 +226,81 @@ pub(crate) fn print_inspection(v: &Value) {
         println!("{:<13}{}", "expires", time_s(t));
     }
     if let Some(k) = v["key_binding"]["jkt"].as_str() {
-        println!("{:<13}jkt {k}", "bound to");
+        println!("{:<13}jkt {}", "bound to", escape_controls(k));
+    }
+}
+
+/// Prints what `audit verify` checked and found.
+pub(crate) fn print_verify(v: &Value) {
+    let head = v["head"]["seq"].as_u64().unwrap_or(0);
+    let bad = &v["first_bad"];
+    if bad.is_null() {
+        if head == 0 {
+            println!("audit trail empty: nothing to verify");
+        } else {
+            println!("audit trail intact: events 1..={head} verified");
+        }
+    } else {
+        let column = bad["column"]
+            .as_str()
+            .map(|c| format!(", column `{c}`"))
+            .unwrap_or_default();
+        println!(
+            "audit trail BROKEN at event {}{}: {}",
+            cell(&bad["seq"]),
+            escape_controls(&column),
+            cell(&bad["reason"])
+        );
+        println!("  events before it verified: {}", cell(&v["verified"]));
+    }
+    println!(
+        "  checked: the hash chain from event 1, and every stored column ({}) against the hashed event",
+        cell(&v["columns"])
+    );
+    let cps = v["checkpoints"].as_array().cloned().unwrap_or_default();
+    if cps.is_empty() {
+        println!(
+            "  no signed checkpoint was checked: a cut of the last events, or a rewrite with every later hash recomputed, would not show"
+        );
+    }
+    for c in &cps {
+        println!(
+            "  {} checkpoint: event {} of {}, signed by key {}: {}",
+            cell(&c["source"]),
+            cell(&c["seq"]),
+            time_s(c["time_ms"].as_u64().unwrap_or(0) / 1000),
+            cell(&c["kid"]),
+            if c["matched"].as_bool().unwrap_or(false) {
+                "the trail reaches it with the same hash"
+            } else {
+                "NOT matched"
+            }
+        );
+    }
+    if let Some(from) = v["unanchored"]["from"].as_u64() {
+        println!(
+            "  events {from}..={} are newer than every checkpoint checked: a cut of them would not show (keep copies: `mandate audit checkpoint`)",
+            cell(&v["unanchored"]["to"])
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cells_and_json_never_carry_control_characters() {
+        let evil = "x\u{1b}[2J\nforged\u{9b}31m\u{202e}";
+        let c = cell(&json!(evil));
+        assert!(!c.chars().any(is_unsafe_char), "{c}");
+        assert_eq!(c, "x\\x1b[2J\\nforged\\x9b31m\\u{202e}");
+        assert_eq!(cell(&json!([evil])), c);
+        let j = json_text(&json!({"reason": evil}));
+        assert!(!j.chars().any(|ch| is_unsafe_char(ch) && ch != '\n'), "{j}");
+        let back: Value = serde_json::from_str(&j).unwrap_or_default();
+        assert_eq!(back["reason"], evil);
+        assert_eq!(safe("line one\nline \u{1b}two"), "line one\nline \\x1btwo");
     }
 }

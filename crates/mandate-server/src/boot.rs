@@ -104,6 +104,13 @@ pub struct Config {
     /// Connection bounds of the listener: header read and idle timeouts,
     /// most connections in all and per client address.
     pub connections: crate::listen::Limits,
+    /// Where signed audit checkpoints are written (outside the data
+    /// directory; default: beside the master key).
+    pub audit_checkpoint_file: PathBuf,
+    /// Write a checkpoint after this many new audit events.
+    pub audit_checkpoint_every: u64,
+    /// ... and at least this often (seconds) while events come in.
+    pub audit_checkpoint_secs: u64,
 }
 
 impl Config {
@@ -136,6 +143,9 @@ impl Config {
             dpop_replay_per_key: 10_000,
             refusal_audit_window: std::time::Duration::from_secs(1),
             connections: crate::listen::Limits::default(),
+            audit_checkpoint_file: config_dir.join("audit.checkpoint"),
+            audit_checkpoint_every: 1000,
+            audit_checkpoint_secs: 10,
         }
     }
 }
@@ -390,6 +400,18 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
         keys
     };
+    // Before anything is written: the data must extend the signed checkpoint.
+    let (anchored, unanchored) = crate::checkpoint::at_start(
+        &cfg,
+        &keys.jwks(),
+        &store,
+        (snap.audit_head.0, &snap.audit_head.1),
+        first_start,
+    )?;
+    boot_entries.extend(unanchored.map(|e| Entry {
+        mutation: None,
+        events: vec![e],
+    }));
     // Feed-reader credentials live in the same table, ids prefixed `feed_`.
     let mut admin_hashes: Vec<Vec<u8>> = snap
         .admin_tokens
@@ -435,6 +457,12 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             cfg.admin_token_file.display()
         );
     }
+    // Paths in these events are the operator's text: escaped like any other.
+    for e in &mut boot_entries {
+        e.events
+            .iter_mut()
+            .for_each(mandate_core::audit::sanitize_event);
+    }
     if !boot_entries.is_empty() {
         for r in store
             .commit(boot_entries)
@@ -452,6 +480,12 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
     } else {
         crate::now_secs() + cfg.dpop_max_skew + 1
     };
+    let checkpoints = crate::checkpoint::Checkpointer::start(
+        &cfg,
+        keys.jwt_eddsa.clone(),
+        snap.audit_head.clone(),
+        anchored,
+    )?;
     AppState::new(
         cfg,
         Arc::new(store),
@@ -460,5 +494,6 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         admin_hashes,
         mk,
         proofs_from,
+        checkpoints,
     )
 }

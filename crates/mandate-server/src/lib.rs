@@ -5,6 +5,7 @@
 //!
 //! - [`boot`]: data directory, master key, signing keys, bootstrap admin credential;
 //! - [`writer`]: the single audit/state writer with group commit;
+//! - [`checkpoint`]: signed checkpoints of the audit trail, kept outside the data;
 //! - [`registry`]: the in-memory view of tenants, agents, tools, grants,
 //!   policies and revocations, loaded at start and updated after each commit;
 //! - [`routes`]: the OAuth endpoints (RFC 8414, 8693, 7662, 7009, JWKS), the
@@ -23,6 +24,7 @@
 
 pub mod alerts;
 pub mod boot;
+pub mod checkpoint;
 pub mod error;
 pub mod form;
 pub mod gate;
@@ -63,6 +65,10 @@ pub fn start_background(state: &Arc<AppState>) {
     tokio::spawn(pg::reaper(Arc::clone(state)));
     tokio::spawn(alerts::deliver_webhooks(Arc::clone(state)));
     tokio::spawn(refusals::flush(Arc::clone(state)));
+    tokio::spawn(checkpoint::periodic(
+        Arc::clone(&state.checkpoints),
+        state.config.audit_checkpoint_secs,
+    ));
 }
 
 /// Boots the broker from `config` and serves until `shutdown` resolves.
@@ -77,7 +83,7 @@ pub async fn serve(
     start_background(&state);
     tracing::info!(issuer = %state.config.issuer, "mandate broker listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     serve_on(listener, Arc::clone(&state), shutdown).await;
-    state.writer.shutdown();
+    state.shutdown();
     Ok(())
 }
 

@@ -122,6 +122,8 @@ pub struct AppState {
     pub outbox_notify: tokio::sync::Notify,
     /// Refusals nobody authenticated, counted per client for the audit.
     pub refusals: Mutex<mandate_core::limits::RefusalThrottle<crate::refusals::Key>>,
+    /// Signed checkpoints of the audit trail.
+    pub checkpoints: Arc<crate::checkpoint::Checkpointer>,
     /// Bounds on mandate verification, and refusals remembered.
     pub gate: crate::gate::MandateGate,
 }
@@ -227,6 +229,7 @@ impl AppState {
         admin_hashes: Vec<Vec<u8>>,
         master: MasterKey,
         proofs_from: mandate_core::UnixTime,
+        checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
         let feed_hashes: Vec<(String, Vec<u8>)> = snap
@@ -260,7 +263,7 @@ impl AppState {
             legacy: retired.last().copied().unwrap_or(root_public),
             retired,
         };
-        let writer = Writer::start(Arc::clone(&store));
+        let writer = Writer::start(Arc::clone(&store), Arc::clone(&checkpoints));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
         let nonces = mandate_core::dpop::NonceIssuer::new(
             mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32),
@@ -312,8 +315,16 @@ impl AppState {
             history: Mutex::new(history),
             outbox_notify: tokio::sync::Notify::new(),
             refusals: Mutex::new(crate::refusals::throttle(config_window_ms)),
+            checkpoints,
             gate: crate::gate::MandateGate::default(),
         }))
+    }
+
+    /// Stops the writer (queued writes commit first), then writes a last
+    /// audit checkpoint covering everything committed.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+        self.checkpoints.flush();
     }
 
     /// Reads the registry.

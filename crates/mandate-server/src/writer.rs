@@ -9,7 +9,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+use mandate_core::audit::sanitize_event;
 use mandate_store::{Committed, Entry, Store, StoreError};
+
+use crate::checkpoint::Checkpointer;
 
 /// Largest batch committed at once.
 const MAX_BATCH: usize = 512;
@@ -40,8 +43,9 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over `store`.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// Starts the writer thread over `store`; after each commit it tells
+    /// `checkpoints` the new audit head.
+    pub fn start(store: Arc<dyn Store>, checkpoints: Arc<Checkpointer>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(8192);
         let thread = std::thread::Builder::new()
             .name("mandate-writer".into())
@@ -72,8 +76,20 @@ impl Writer {
                     }
                     match result {
                         Ok(results) => {
+                            // The head moves before anyone hears of the commit, so
+                            // a checkpoint asked for afterwards covers it; the
+                            // file is written after the replies, so its fsync
+                            // never delays an answer.
+                            let due = results
+                                .iter()
+                                .filter_map(|r| r.as_ref().ok()?.events.last())
+                                .max_by_key(|e| e.seq)
+                                .is_some_and(|e| checkpoints.advance(e.seq, &e.hash));
                             for (r, reply) in results.into_iter().zip(replies) {
                                 let _ = reply.send(r.map_err(WriteError::Store));
+                            }
+                            if due {
+                                checkpoints.flush();
                             }
                         }
                         Err(e) => {
@@ -93,8 +109,11 @@ impl Writer {
         }
     }
 
-    /// Commits `entry` and waits until it is durable.
-    pub async fn write(&self, entry: Entry) -> Result<Committed, WriteError> {
+    /// Commits `entry` and waits until it is durable. Every text of its
+    /// events is escaped and bounded first (`audit::sanitize_event`): events
+    /// quote callers, and no caller's text may reach a terminal or a log raw.
+    pub async fn write(&self, mut entry: Entry) -> Result<Committed, WriteError> {
+        entry.events.iter_mut().for_each(sanitize_event);
         let tx = self
             .tx
             .lock()

@@ -20,7 +20,7 @@ pub mod sqlite;
 
 pub use records::*;
 
-use mandate_core::audit::{ChainBreak, ChainedEvent, EventBody};
+use mandate_core::audit::{Anchor, ChainBreak, ChainedEvent, EventBody};
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +99,11 @@ pub struct AuditFilter {
 /// Result of re-verifying the whole audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Events that verified.
+    /// Events that verified (every event before the first break).
     pub verified: u64,
-    /// The first event that did not, if any.
+    /// Sequence number and hash of the last event verified.
+    pub head: (u64, String),
+    /// The first event (and column) that did not, if any.
     pub first_break: Option<ChainBreak>,
 }
 
@@ -114,8 +116,10 @@ pub trait Store: Send + Sync {
     fn commit(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>>;
     /// Audit events matching `filter`, in sequence order.
     fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedEvent>>;
-    /// Recomputes the audit hash chain from the first event.
-    fn audit_verify(&self) -> Result<VerifyReport>;
+    /// Recomputes the audit hash chain from the first event, checks every
+    /// column of every row, and that the chain has each anchor's hash (a
+    /// signed checkpoint's) at the anchor's sequence number.
+    fn audit_verify(&self, anchors: Vec<Anchor>) -> Result<VerifyReport>;
     /// Runs, newest first, optionally of one tenant and/or agent.
     fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>>;
     /// One run.

@@ -457,6 +457,38 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
     Ok(None)
 }
 
+/// The audit table's columns, in [`audit::AuditColumn::ALL`] order.
+fn audit_columns() -> String {
+    audit::AuditColumn::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_sql(c: audit::Cell) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match c {
+        audit::Cell::Null | audit::Cell::Other(_) => Value::Null,
+        audit::Cell::Integer(n) => Value::Integer(n),
+        audit::Cell::Text(t) => Value::Text(t),
+    }
+}
+
+fn from_sql(v: rusqlite::types::ValueRef<'_>) -> audit::Cell {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => audit::Cell::Null,
+        ValueRef::Integer(n) => audit::Cell::Integer(n),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(t) => audit::Cell::Text(t.to_owned()),
+            Err(_) => audit::Cell::Other("text that is not UTF-8"),
+        },
+        ValueRef::Real(_) => audit::Cell::Other("floating-point number"),
+        ValueRef::Blob(_) => audit::Cell::Other("blob"),
+    }
+}
+
 fn append_event(
     tx: &Connection,
     head: &mut (u64, String),
@@ -466,19 +498,19 @@ fn append_event(
     let seq = head.0 + 1;
     let hash = audit::chain_hash(&head.1, seq, &json);
     let text = String::from_utf8(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.prepare_cached(
-        "INSERT INTO audit (seq, prev_hash, hash, body, time_ms, event_type, decision, tenant, agent, run, principal, tool)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")?
-    .execute(
-        params![seq as i64, head.1, hash, text, body.time_ms as i64, body.event_type, body.decision,
-                body.tenant, body.agent, body.run, body.principal, body.tool],
-    )?;
     let ev = ChainedEvent {
         seq,
-        prev_hash: std::mem::replace(&mut head.1, hash.clone()),
+        prev_hash: head.1.clone(),
         hash,
         body,
     };
+    let row = audit::stored_row(&ev, &text);
+    tx.prepare_cached(&format!(
+        "INSERT INTO audit ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        audit_columns()
+    ))?
+    .execute(rusqlite::params_from_iter(row.into_iter().map(to_sql)))?;
+    head.1 = ev.hash.clone();
     head.0 = seq;
     Ok(ev)
 }
@@ -741,27 +773,34 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn audit_verify(&self) -> Result<VerifyReport> {
+    fn audit_verify(&self, anchors: Vec<audit::Anchor>) -> Result<VerifyReport> {
         let c = lock(&self.reader);
-        let mut stmt =
-            c.prepare("SELECT seq, prev_hash, hash, body FROM audit ORDER BY seq ASC")?;
+        let mut stmt = c.prepare(&format!(
+            "SELECT {} FROM audit ORDER BY seq ASC",
+            audit_columns()
+        ))?;
         let mut rows = stmt.query([])?;
-        let mut v = ChainVerifier::default();
+        let mut v = ChainVerifier::anchored(anchors);
+        let mut outcome = Ok(());
         while let Some(r) = rows.next()? {
-            let seq = r.get::<_, i64>(0)? as u64;
-            let prev: String = r.get(1)?;
-            let hash: String = r.get(2)?;
-            let body: String = r.get(3)?;
-            if let Err(b) = v.next(seq, &prev, &hash, body.as_bytes()) {
-                return Ok(VerifyReport {
-                    verified: v.count(),
-                    first_break: Some(b),
-                });
+            let mut row: audit::Row = Default::default();
+            for (i, cell) in row.iter_mut().enumerate() {
+                *cell = from_sql(r.get_ref(i)?);
+            }
+            outcome = v.next(&row);
+            if outcome.is_err() {
+                break;
             }
         }
+        let outcome = outcome.and_then(|()| v.finish());
+        let (seq, hash) = v.head();
         Ok(VerifyReport {
-            verified: v.count(),
-            first_break: None,
+            verified: match &outcome {
+                Ok(n) => *n,
+                Err(b) => b.seq.saturating_sub(1),
+            },
+            head: (seq, hash.to_owned()),
+            first_break: outcome.err(),
         })
     }
 
@@ -1107,13 +1146,9 @@ mod tests {
         assert_eq!(r[2].as_ref().unwrap().events[0].seq, 2);
         let snap = s.load().unwrap();
         assert_eq!(snap.tenants.len(), 1);
-        assert_eq!(
-            s.audit_verify().unwrap(),
-            VerifyReport {
-                verified: 2,
-                first_break: None
-            }
-        );
+        let rep = s.audit_verify(vec![]).unwrap();
+        assert_eq!((rep.verified, rep.first_break), (2, None));
+        assert_eq!(rep.head, *lock(&s.head));
     }
 
     #[test]
@@ -1133,7 +1168,7 @@ mod tests {
             events: vec![ev("z", "a")],
         }])
         .unwrap();
-        assert_eq!(s.audit_verify().unwrap().verified, 3);
+        assert_eq!(s.audit_verify(vec![]).unwrap().verified, 3);
         assert_eq!(
             s.audit_query(&AuditFilter {
                 tenant: Some("a".into()),
@@ -1156,8 +1191,9 @@ mod tests {
             [],
         )
         .unwrap();
-        let rep = s.audit_verify().unwrap();
+        let rep = s.audit_verify(vec![]).unwrap();
         assert_eq!(rep.verified, 1);
-        assert_eq!(rep.first_break.unwrap().seq, 2);
+        let b = rep.first_break.unwrap();
+        assert_eq!((b.seq, b.column), (2, Some(audit::AuditColumn::Body)));
     }
 }

@@ -89,7 +89,11 @@ pub fn router(state: S) -> Router {
         .route("/v1/revocations/feed", get(feed::feed))
         .route("/v1/tokens/inspect", post(inspect::inspect))
         .route("/v1/audit", get(admin::audit_query))
-        .route("/v1/audit/verify", get(admin::audit_verify))
+        .route(
+            "/v1/audit/verify",
+            get(admin::audit_verify).post(admin::audit_verify_with),
+        )
+        .route("/v1/audit/checkpoint", get(admin::audit_checkpoint))
         .route(
             "/v1/tenants/{tenant}/tools/{name}/secret",
             put(admin::set_tool_secret),

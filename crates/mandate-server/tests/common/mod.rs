@@ -47,6 +47,16 @@ impl Broker {
         Self::start_on(std_listener, dir, tweak)
     }
 
+    /// Stops the broker as `mandate serve` does on SIGTERM (queued writes
+    /// commit, then a last audit checkpoint is written); returns its directory.
+    #[allow(dead_code)]
+    pub fn stop(self) -> PathBuf {
+        self.state.shutdown();
+        let dir = self.dir.clone();
+        drop(self);
+        dir
+    }
+
     /// Stops this broker and starts it again on the same address and data
     /// (mandates name the broker's address, so they stay valid).
     #[allow(dead_code)]

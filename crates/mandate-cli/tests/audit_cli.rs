@@ -1,0 +1,210 @@
+//! `mandate audit` and `mandate audit verify`, run as the real binary
+//! against a real `mandate serve`: what reaches the operator's terminal,
+//! and what verification says it checked (items 9 and 17 of issue 10).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mandate_core::audit::is_unsafe_char;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mandate");
+
+struct Serve {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!("mandate-cli-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mandate(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("MANDATE_CONFIG_DIR", dir.join("config"))
+        .env_remove("MANDATE_MASTER_KEY")
+        .env_remove("MANDATE_ADMIN_TOKEN_FILE")
+        .env_remove("MANDATE_URL")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+impl Serve {
+    /// `mandate serve` on `dir` and a fresh port, once it answers.
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let child = mandate(dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while agent().get(format!("{url}/jwks.json")).call().is_err() {
+            assert!(Instant::now() < deadline, "the broker did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Serve {
+            child,
+            url,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// SIGTERM, as systemd does: queued writes commit and a last checkpoint is written.
+    fn stop(mut self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        mandate(&self.dir)
+            .arg("--url")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// No character a terminal would act on, other than the line breaks between rows.
+fn assert_terminal_safe(text: &str) {
+    let bad: Vec<char> = text.chars().filter(|c| is_unsafe_char(*c) && *c != '\n').collect();
+    assert!(bad.is_empty(), "{bad:?} in:\n{text}");
+}
+
+#[test]
+fn audit_output_never_carries_a_callers_control_characters() {
+    let s = Serve::start(&tempdir("ctl"));
+    let evil = "grant_type=%1b[2J%1b[31mALLOW%0a42+fake+row%0d%c2%9b0m%e2%80%ae&subject_token=x";
+    let r = agent()
+        .post(format!("{}/oauth/token", s.url))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(evil)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let json = s.cli(&["--json", "audit", "--decision", "deny"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    assert_terminal_safe(&stdout(&json));
+    let events: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    let rows = events.as_array().unwrap().len();
+    let reason = events[rows - 1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("`\\x1b[2J\\x1b[31mALLOW\\n42 fake row\\r\\x9b0m\\u{202e}`"),
+        "{reason}"
+    );
+    let table = s.cli(&["audit", "--decision", "deny"]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let out = stdout(&table);
+    assert_terminal_safe(&out);
+    // One header line and one line per event: no cell broke a line.
+    assert_eq!(out.lines().count(), 1 + rows, "{out}");
+    assert!(out.contains("`\\x1b[2J\\x1b[31mALLOW"), "{out}");
+    let verify = s.cli(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert_terminal_safe(&stdout(&verify));
+    s.stop();
+}
+
+#[test]
+fn audit_verify_checks_an_exported_checkpoint_and_names_cut_events() {
+    let dir = tempdir("verify");
+    let s = Serve::start(&dir);
+    let early = std::fs::read_to_string(dir.join("config/audit.checkpoint")).unwrap();
+    for t in ["a", "b", "c", "d"] {
+        let o = s.cli(&["tenant", "create", t]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let kept = dir.join("kept.checkpoint");
+    let o = s.cli(&["audit", "checkpoint", "--out", kept.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli(&["audit", "verify", "--checkpoint", kept.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("audit trail intact: events 1..="), "{out}");
+    assert!(out.contains("every stored column (seq,prev_hash,hash,body,"), "{out}");
+    assert!(out.contains("supplied checkpoint: event"), "{out}");
+    assert!(out.contains("broker checkpoint: event"), "{out}");
+    assert!(out.contains("the trail reaches it with the same hash"), "{out}");
+    let head: u64 = {
+        let j = s.cli(&["--json", "audit", "verify"]);
+        let v: Value = serde_json::from_str(&stdout(&j)).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        v["head"]["seq"].as_u64().unwrap()
+    };
+    // A checkpoint signed by someone else is refused, with the reason.
+    let other = mandate_core::keys::SigningKey::generate(
+        mandate_core::jose::Alg::EdDSA,
+        &mut rand_core::OsRng,
+    );
+    let forged = dir.join("forged.checkpoint");
+    std::fs::write(
+        &forged,
+        mandate_core::audit::Checkpoint::of_head(&s.url, head, &"a".repeat(64), 1)
+            .sign(&other)
+            .jws,
+    )
+    .unwrap();
+    let o = s.cli(&["audit", "verify", "--checkpoint", forged.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not one of this broker's keys"), "{}", stderr(&o));
+    s.stop();
+
+    // The attacker cuts the last two events and puts back an early checkpoint file.
+    let c = rusqlite::Connection::open(dir.join("data/mandate.db")).unwrap();
+    c.execute_batch("DROP TRIGGER audit_no_delete").unwrap();
+    c.execute("DELETE FROM audit WHERE seq > ?1", [head - 2]).unwrap();
+    drop(c);
+    std::fs::write(dir.join("config/audit.checkpoint"), early).unwrap();
+    let s = Serve::start(&dir);
+    let o = s.cli(&["audit", "verify", "--checkpoint", kept.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains(&format!("audit trail BROKEN at event {}", head - 1)), "{out}");
+    assert!(out.contains(&format!("events {}..={head} are missing", head - 1)), "{out}");
+    assert!(out.contains("NOT matched"), "{out}");
+    assert!(stderr(&o).contains("the audit trail does not verify"), "{}", stderr(&o));
+    let o = s.cli(&["--json", "audit", "verify", "--checkpoint", kept.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((v["ok"].clone(), v["first_bad"]["seq"].as_u64()), (Value::Bool(false), Some(head - 1)));
+    s.stop();
+}

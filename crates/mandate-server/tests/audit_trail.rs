@@ -1,0 +1,369 @@
+//! The audit trail against an attacker who can write the database file
+//! (item 9 of issue 10) and against callers who put control characters in
+//! what gets audited (item 17). Every test runs a real broker over HTTP and
+//! tampers with the SQLite file with plain SQL while the broker is stopped.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use mandate_core::audit::{self, AuditColumn, ChainedEvent, EventBody};
+use mandate_core::jose::Alg;
+use mandate_core::keys::SigningKey;
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+
+fn db(dir: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join("data/mandate.db")).unwrap();
+    // What an attacker does first: the append-only triggers are in the same file.
+    c.execute_batch("DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;")
+        .unwrap();
+    c
+}
+
+fn checkpoint_file(dir: &Path) -> PathBuf {
+    dir.join("config/audit.checkpoint")
+}
+
+/// A broker whose trail has registrations, an allowed exchange and, at the
+/// returned seq, a denied one (with tenant, agent, run, principal and tool),
+/// followed by more events; and its first checkpoint (of the events written
+/// at start, before any of these), as an attacker could have saved it.
+fn broker_with_a_denial(tag: &str) -> (Broker, u64, String) {
+    // No periodic checkpoint during the test: the only ones are those it asks for.
+    let b = Broker::start_with(tag, |c| c.audit_checkpoint_secs = 3600);
+    let early = std::fs::read_to_string(checkpoint_file(&b.dir)).unwrap();
+    let grant = b.seed("acme");
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    let denied = b.exchange(&mandate, &key, "crm", "write");
+    assert_refused(&denied, 400, "invalid_scope", "write");
+    let ev = b.audit("decision=deny&type=token.exchange");
+    let seq = ev.last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    assert_eq!(b.exchange(&mandate, &key, "github", "read").0, 200);
+    (b, seq, early)
+}
+
+fn verify(b: &Broker) -> Value {
+    let (s, v) = b.admin_get("/v1/audit/verify");
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn verify_with(b: &Broker, checkpoint: &str) -> (u16, Value) {
+    b.admin_post("/v1/audit/verify", json!({"checkpoint": checkpoint}))
+}
+
+fn export(b: &Broker) -> Value {
+    let (s, v) = b.admin_get("/v1/audit/checkpoint");
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Why the broker refuses to start on `dir`.
+fn boot_refusal(dir: &Path) -> String {
+    let addr = "127.0.0.1:9".parse().unwrap();
+    let cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
+    match mandate_server::boot::boot(cfg) {
+        Ok(_) => panic!("the broker started on tampered data"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_unauthenticated_caller_cannot_put_control_characters_in_the_trail() {
+    let b = Broker::start("audit-ctl");
+    let evil = "%1b[2J%1b]0;pwned%07%0aDENY+everything+else%0d%e2%80%ae";
+    let got = b.exchange_raw(&format!("grant_type={evil}&subject_token=x"), None);
+    assert_refused(&got, 400, "unsupported_grant_type", "not supported");
+    let (_, events) = b.admin_get("/v1/audit?type=token.exchange&decision=deny");
+    let reason = events.as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !reason.chars().any(audit::is_unsafe_char),
+        "stored raw: {reason:?}"
+    );
+    assert!(
+        reason.contains("\\x1b[2J\\x1b]0;pwned\\x07\\nDENY everything else\\r\\u{202e}"),
+        "{reason}"
+    );
+    // Long caller text is bounded: a 20 kB tool name in a denied request.
+    let (_, mandate, key) = {
+        let grant = b.seed("acme");
+        b.start_run("acme", &grant, Alg::EdDSA)
+    };
+    let long = format!("x{}", "\u{1b}".repeat(10_000));
+    let got = b.exchange(&mandate, &key, &long, "read");
+    assert_eq!(got.0, 400, "{}", got.1);
+    let (_, events) = b.admin_get("/v1/audit?type=token.exchange&decision=deny");
+    let text = events.as_array().unwrap().last().unwrap().to_string();
+    assert!(text.len() < 8 * audit::MAX_TEXT, "{} bytes", text.len());
+    assert!(!text.contains("\\u001b"), "{text}");
+    assert_eq!(verify(&b)["ok"], true);
+}
+
+#[test]
+fn altering_any_column_of_a_row_is_named_with_its_seq_and_column() {
+    let (b, k, _) = broker_with_a_denial("audit-cols");
+    // The attack of the issue: flip the denial's `decision` column and it
+    // vanishes from `mandate audit --decision deny`.
+    let dir = b.stop();
+    let hash_k: String = db(&dir)
+        .query_row("SELECT hash FROM audit WHERE seq = ?1", [k], |r| r.get(0))
+        .unwrap();
+    let alterations: Vec<(AuditColumn, String)> = vec![
+        (AuditColumn::Seq, "seq = seq + 100000".into()),
+        (AuditColumn::PrevHash, format!("prev_hash = '{}'", "0".repeat(64))),
+        (AuditColumn::Hash, format!("hash = '{}'", "f".repeat(64))),
+        (
+            AuditColumn::Body,
+            "body = replace(body, '\"decision\":\"deny\"', '\"decision\":\"allow\"')".into(),
+        ),
+        (AuditColumn::TimeMs, "time_ms = time_ms + 1".into()),
+        (AuditColumn::EventType, "event_type = 'tenant.create'".into()),
+        (AuditColumn::Decision, "decision = 'allow'".into()),
+        (AuditColumn::Tenant, "tenant = 'other'".into()),
+        (AuditColumn::Agent, "agent = 'other'".into()),
+        (AuditColumn::Run, "run = 'run_other'".into()),
+        (AuditColumn::Principal, "principal = NULL".into()),
+        (AuditColumn::Tool, "tool = X'00'".into()),
+    ];
+    assert_eq!(alterations.len(), AuditColumn::ALL.len());
+    for (col, set) in alterations {
+        let copy = tempdir(&format!("audit-col-{}", col.as_str()));
+        copy_dir(&dir, &copy);
+        let n = db(&copy)
+            .execute(&format!("UPDATE audit SET {set} WHERE hash = ?1"), [&hash_k])
+            .unwrap();
+        assert_eq!(n, 1, "{set}");
+        let b = Broker::start_again(&copy);
+        if col == AuditColumn::Decision {
+            let denials = b.audit("decision=deny&type=token.exchange");
+            assert!(denials.iter().all(|e| e["seq"] != k), "the denial is hidden");
+        }
+        let v = verify(&b);
+        assert_eq!(v["ok"], false, "{col:?}: {v}");
+        assert_eq!(v["first_bad"]["seq"], k, "{col:?}: {v}");
+        assert_eq!(v["first_bad"]["column"], col.as_str(), "{v}");
+        assert_eq!(v["verified"], k - 1, "{v}");
+        // The failed verification is itself in the trail.
+        let ev = b.audit("type=audit.verify&decision=deny");
+        assert_eq!(ev.last().unwrap()["details"]["seq"], k, "{ev:?}");
+    }
+}
+
+#[test]
+fn cut_events_are_refused_at_start_and_named_against_an_exported_checkpoint() {
+    let (b, _, old) = broker_with_a_denial("audit-cut");
+    for i in 0..3 {
+        let (s, v) = b.admin_post("/v1/tenants", json!({"name": format!("t{i}")}));
+        assert_eq!(s, 201, "{v}");
+    }
+    let exported = export(&b);
+    let head = exported["seq"].as_u64().unwrap();
+    let dir = b.stop();
+    assert_eq!(
+        std::fs::read_to_string(checkpoint_file(&dir)).unwrap().trim(),
+        exported["checkpoint"].as_str().unwrap(),
+        "the file holds the latest checkpoint"
+    );
+    let n = db(&dir)
+        .execute("DELETE FROM audit WHERE seq > ?1", [head - 3])
+        .unwrap();
+    assert_eq!(n, 3);
+    let why = boot_refusal(&dir);
+    assert!(
+        why.contains(&format!("events {}..={head} were removed", head - 2)),
+        "{why}"
+    );
+    // The attacker also puts back an older checkpoint file: the broker
+    // starts, and only a checkpoint kept elsewhere shows the cut.
+    std::fs::write(checkpoint_file(&dir), &old).unwrap();
+    let b = Broker::start_again(&dir);
+    let v = verify(&b);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["checkpoints"][0]["source"], "broker");
+    let (s, v) = verify_with(&b, exported["checkpoint"].as_str().unwrap());
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_bad"]["seq"], head - 2, "{v}");
+    let reason = v["first_bad"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("events {}..={head} are missing", head - 2)),
+        "{reason}"
+    );
+    assert_eq!(v["checkpoints"][0]["matched"], false, "{v}");
+}
+
+/// The attacker's recomputation: every event from `from` on re-chained
+/// with the core hash function after `edit`, written back with plain SQL.
+fn rewrite_from(c: &rusqlite::Connection, from: u64, edit: impl Fn(&mut EventBody)) {
+    let (mut prev, rows): (String, Vec<(u64, String)>) = {
+        let prev = c
+            .query_row("SELECT prev_hash FROM audit WHERE seq = ?1", [from], |r| r.get(0))
+            .unwrap();
+        let mut st = c
+            .prepare("SELECT seq, body FROM audit WHERE seq >= ?1 ORDER BY seq")
+            .unwrap();
+        let rows = st
+            .query_map([from], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (prev, rows)
+    };
+    for (seq, body) in rows {
+        let mut b: EventBody = serde_json::from_str(&body).unwrap();
+        if seq == from {
+            edit(&mut b);
+        }
+        let ev: ChainedEvent = audit::chain(seq - 1, &prev, b);
+        let json = String::from_utf8(audit::canonical(&ev.body)).unwrap();
+        c.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2, body = ?3, decision = ?4 WHERE seq = ?5",
+            rusqlite::params![ev.prev_hash, ev.hash, json, ev.body.decision, seq as i64],
+        )
+        .unwrap();
+        prev = ev.hash;
+    }
+}
+
+#[test]
+fn a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint() {
+    let (b, k, early) = broker_with_a_denial("audit-rewrite");
+    let exported = export(&b);
+    let head = exported["seq"].as_u64().unwrap();
+    assert!(head > k);
+    let dir = b.stop();
+    rewrite_from(&db(&dir), k, |e| {
+        e.decision = "allow".into();
+        e.reason = None;
+    });
+    // The chain alone is fooled.
+    {
+        let st = mandate_store::sqlite::SqliteStore::open(&dir.join("data/mandate.db")).unwrap();
+        let rep = mandate_store::Store::audit_verify(&st, vec![]).unwrap();
+        assert_eq!(rep.first_break, None);
+    }
+    // The broker's own checkpoint is not.
+    let why = boot_refusal(&dir);
+    assert!(why.contains("were rewritten"), "{why}");
+    assert!(why.contains(&format!("event {head} ")), "{why}");
+    // Nor one kept elsewhere, when the file was rolled back too.
+    std::fs::write(checkpoint_file(&dir), &early).unwrap();
+    let b = Broker::start_again(&dir);
+    let (_, jwks) = b.admin_get("/jwks.json");
+    let early_seq = audit::verify_checkpoint(&early, &jwks).unwrap().checkpoint.seq;
+    assert!(early_seq < k, "the rolled-back checkpoint predates the edit");
+    // The broker, started on the rewritten trail, sees nothing wrong.
+    assert_eq!(verify(&b)["ok"], true);
+    let (_, v) = verify_with(&b, exported["checkpoint"].as_str().unwrap());
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_bad"]["seq"], head, "{v}");
+    assert_eq!(v["first_bad"]["column"], Value::Null, "{v}");
+    assert!(
+        v["first_bad"]["reason"].as_str().unwrap().contains("rewritten"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_checkpoint_signed_by_another_key_is_refused() {
+    let b = Broker::start("audit-forged");
+    b.seed("acme");
+    let mine = export(&b);
+    let other = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+    let forged = audit::Checkpoint::of_head(
+        &b.url,
+        mine["seq"].as_u64().unwrap(),
+        mine["hash"].as_str().unwrap(),
+        1,
+    )
+    .sign(&other)
+    .jws;
+    let got = verify_with(&b, &forged);
+    assert_refused(&got, 400, "invalid_request", "not one of this broker's keys");
+    // Another key claiming this broker's kid: the signature fails.
+    let kid = mine["kid"].as_str().unwrap();
+    let header = mandate_core::jose::b64(
+        json!({"alg": "EdDSA", "typ": audit::CHECKPOINT_TYP, "kid": kid}).to_string().as_bytes(),
+    );
+    let mut parts: Vec<&str> = forged.split('.').collect();
+    parts[0] = &header;
+    let impostor = parts.join(".");
+    let got = verify_with(&b, &impostor);
+    assert_refused(&got, 400, "invalid_request", "signature does not verify");
+    let denials = b.audit("type=audit.verify&decision=deny");
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    assert!(
+        denials[0]["reason"].as_str().unwrap().contains("checkpoint was refused"),
+        "{denials:?}"
+    );
+    // A genuine one passes, and the checkpoint verifies with the public JWKS.
+    let (s, v) = verify_with(&b, mine["checkpoint"].as_str().unwrap());
+    assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+    let (_, jwks) = b.admin_get("/jwks.json");
+    assert!(audit::verify_checkpoint(mine["checkpoint"].as_str().unwrap(), &jwks).is_ok());
+    // A forged checkpoint file stops the broker from starting.
+    let dir = b.stop();
+    std::fs::write(checkpoint_file(&dir), &forged).unwrap();
+    let why = boot_refusal(&dir);
+    assert!(why.contains("does not verify with this broker's keys"), "{why}");
+}
+
+#[test]
+fn checkpoints_live_outside_the_data_and_follow_the_head() {
+    let b = Broker::start_with("audit-file", |c| c.audit_checkpoint_secs = 3600);
+    let first = export(&b);
+    assert_eq!(first["file"], checkpoint_file(&b.dir).display().to_string());
+    b.seed("acme");
+    let second = export(&b);
+    assert!(second["seq"].as_u64() > first["seq"].as_u64());
+    let v = verify(&b);
+    assert_eq!(v["checkpoints"][0]["seq"], second["seq"], "{v}");
+    assert_eq!(v["unanchored"], Value::Null, "{v}");
+    b.admin_post("/v1/tenants", json!({"name": "later"}));
+    let v = verify(&b);
+    let head = v["head"]["seq"].as_u64().unwrap();
+    assert_eq!(v["unanchored"], json!({"from": head, "to": head}), "{v}");
+    // Shutdown anchors everything.
+    let dir = b.stop();
+    let (_, jwks) = {
+        let b = Broker::start_again(&dir);
+        let j = b.admin_get("/jwks.json");
+        let dir = b.stop();
+        let text = std::fs::read_to_string(checkpoint_file(&dir)).unwrap();
+        let cp = audit::verify_checkpoint(&text, &j.1).unwrap();
+        assert!(cp.checkpoint.seq >= head);
+        j
+    };
+    assert!(jwks["keys"].is_array());
+    // A checkpoint file inside the data directory is refused.
+    let inside = tempdir("audit-inside");
+    let addr = "127.0.0.1:9".parse().unwrap();
+    let mut cfg = mandate_server::Config::new(addr, inside.join("data"), &inside.join("config"));
+    cfg.audit_checkpoint_file = inside.join("data/audit.checkpoint");
+    let why = mandate_server::boot::boot(cfg).unwrap_err().to_string();
+    assert!(why.contains("inside the data directory"), "{why}");
+    // A data directory that lost everything, with a checkpoint left: refused.
+    std::fs::remove_dir_all(dir.join("data")).unwrap();
+    let why = boot_refusal(&dir);
+    assert!(why.contains("has no audit trail"), "{why}");
+}
