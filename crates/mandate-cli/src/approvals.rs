@@ -93,7 +93,10 @@ fn print_approval(v: &Value) {
             .unwrap_or_default()
     );
     if !v["details"].is_null() {
-        println!("  details    {}", crate::output::safe(&v["details"].to_string()));
+        println!(
+            "  details    {}",
+            crate::output::safe(&v["details"].to_string())
+        );
     }
     println!("  approvers  {}", crate::output::cell(&v["approvers"]));
     println!("  policies   {}", crate::output::cell(&v["policies"]));

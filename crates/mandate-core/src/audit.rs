@@ -337,7 +337,13 @@ impl ChainVerifier {
         let want = self.expected_seq;
         let seq = match &row[0] {
             Cell::Integer(n) => u64::try_from(*n).unwrap_or(0),
-            other => return Err(brk(want, Some(AuditColumn::Seq), format!("the next row's `seq` holds {other}"))),
+            other => {
+                return Err(brk(
+                    want,
+                    Some(AuditColumn::Seq),
+                    format!("the next row's `seq` holds {other}"),
+                ));
+            }
         };
         if let Some(s) = self.suspect.take() {
             let successor = text(row, AuditColumn::PrevHash, seq).unwrap_or_default();
@@ -362,10 +368,18 @@ impl ChainVerifier {
         let hash = text(row, AuditColumn::Hash, seq)?.to_owned();
         // Canonical form: a body that re-serialises differently was edited by hand.
         let parsed: EventBody = serde_json::from_str(body_json).map_err(|e| {
-            brk(seq, Some(AuditColumn::Body), format!("its body is not a valid event: {e}"))
+            brk(
+                seq,
+                Some(AuditColumn::Body),
+                format!("its body is not a valid event: {e}"),
+            )
         })?;
         if canonical(&parsed) != body_json.as_bytes() {
-            return Err(brk(seq, Some(AuditColumn::Body), "its body is not in canonical form"));
+            return Err(brk(
+                seq,
+                Some(AuditColumn::Body),
+                "its body is not in canonical form",
+            ));
         }
         let computed = chain_hash(prev_hash, seq, body_json.as_bytes());
         self.expected_seq += 1;
@@ -541,7 +555,10 @@ mod tests {
     fn intact_chain_verifies() {
         assert_eq!(verify(&build(5)), Ok(5));
         let rows = build(5);
-        assert_eq!(verify_with(&rows, vec![anchor(&rows, 5), anchor(&rows, 2)]), Ok(5));
+        assert_eq!(
+            verify_with(&rows, vec![anchor(&rows, 5), anchor(&rows, 2)]),
+            Ok(5)
+        );
     }
 
     #[test]
@@ -614,7 +631,10 @@ mod tests {
             panic!()
         };
         let forged = chain(1, &h1, ev("forged"));
-        c[1] = stored_row(&forged, &String::from_utf8(canonical(&forged.body)).unwrap());
+        c[1] = stored_row(
+            &forged,
+            &String::from_utf8(canonical(&forged.body)).unwrap(),
+        );
         // Event 2 now verifies on its own, but event 3 no longer links to it.
         assert_eq!(verify(&c).unwrap_err().seq, 3);
     }
@@ -626,7 +646,7 @@ mod tests {
     fn a_recomputed_rewrite_is_caught_only_by_an_anchor() {
         let honest = build(6);
         let a = anchor(&honest, 5);
-        let mut c = honest.clone();
+        let mut c = honest;
         let mut prev = GENESIS.to_owned();
         for (i, row) in c.iter_mut().enumerate() {
             let seq = i as u64 + 1;
@@ -655,7 +675,11 @@ mod tests {
         assert_eq!(verify(&c), Ok(5));
         let b = verify_with(&c, vec![a.clone()]).unwrap_err();
         assert_eq!(b.seq, 6);
-        assert!(b.reason.contains("events 6..=8 are missing"), "{}", b.reason);
+        assert!(
+            b.reason.contains("events 6..=8 are missing"),
+            "{}",
+            b.reason
+        );
         let b = verify_with(&[], vec![a]).unwrap_err();
         assert!(b.reason.contains("events 1..=8"), "{}", b.reason);
     }

@@ -450,6 +450,65 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Single-use credentials already spent, until they expire (issue 10,
+/// item 7: a credential issued for an amount is good for one call). Bounded;
+/// when full it refuses rather than forgets, because forgetting would make a
+/// spent credential good again.
+#[derive(Debug)]
+pub struct SpentSet {
+    until: std::collections::HashMap<String, crate::UnixTime>,
+    capacity: usize,
+}
+
+/// Why [`SpentSet::spend`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendRefused {
+    /// This credential was spent before.
+    Spent,
+    /// The set holds `capacity` live credentials.
+    Full,
+}
+
+impl SpentSet {
+    /// An empty set that holds at most `capacity` live credentials.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            until: std::collections::HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Spends `id`, remembered until `until` (its expiry), at `now`.
+    pub fn spend(
+        &mut self,
+        id: &str,
+        until: crate::UnixTime,
+        now: crate::UnixTime,
+    ) -> Result<(), SpendRefused> {
+        if self.until.get(id).is_some_and(|u| *u >= now) {
+            return Err(SpendRefused::Spent);
+        }
+        if self.until.len() >= self.capacity {
+            self.until.retain(|_, u| *u >= now);
+            if self.until.len() >= self.capacity {
+                return Err(SpendRefused::Full);
+            }
+        }
+        self.until.insert(id.to_owned(), until);
+        Ok(())
+    }
+
+    /// Number of credentials held (some may have expired).
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    /// True when none are held.
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,5 +739,18 @@ mod tests {
             let _ = check_body_overrides(BodyKind::Json, &body);
             let _ = check_query(&q);
         }
+    }
+
+    #[test]
+    fn a_spent_credential_stays_spent_until_it_expires_and_a_full_set_refuses() {
+        let mut set = SpentSet::new(2);
+        assert_eq!(set.spend("a", 100, 10), Ok(()));
+        assert_eq!(set.spend("a", 100, 50), Err(SpendRefused::Spent));
+        assert_eq!(set.spend("b", 20, 10), Ok(()));
+        assert_eq!(set.spend("c", 100, 10), Err(SpendRefused::Full));
+        // once "b" expired there is room again; "a" is still spent
+        assert_eq!(set.spend("c", 100, 21), Ok(()));
+        assert_eq!(set.spend("a", 100, 21), Err(SpendRefused::Spent));
+        assert_eq!(set.len(), 2);
     }
 }

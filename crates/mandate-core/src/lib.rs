@@ -49,9 +49,9 @@ pub mod mandate;
 pub mod paths;
 pub mod pgrole;
 pub mod policy;
-pub mod scrub;
 pub mod policy_limits;
 pub mod revocation;
+pub mod scrub;
 pub mod secret;
 pub mod tooling;
 

@@ -189,16 +189,13 @@ mod tests {
 
     #[test]
     fn each_power_is_refused_and_named_with_its_fix() {
-        let cases: [(fn(&mut PgReach), &str, &str); 6] = [
+        type Case = (fn(&mut PgReach), &'static str, &'static str);
+        let cases: [Case; 6] = [
             (|r| r.superuser = true, "SUPERUSER", "NOSUPERUSER"),
             (|r| r.createrole = true, "CREATEROLE", "NOCREATEROLE"),
             (|r| r.bypassrls = true, "BYPASSRLS", "NOBYPASSRLS"),
             (|r| r.replication = true, "REPLICATION", "NOREPLICATION"),
-            (
-                |r| r.server_access = true,
-                "server's files",
-                "without it",
-            ),
+            (|r| r.server_access = true, "server's files", "without it"),
             (
                 |r| r.broker_admin = true,
                 "the broker's admin role",
@@ -236,7 +233,10 @@ mod tests {
             text.contains("`app_reader` is a member of `ops`, which has SUPERUSER, CREATEROLE"),
             "{text}"
         );
-        assert!(text.contains("`ALTER ROLE ops NOSUPERUSER NOCREATEROLE`"), "{text}");
+        assert!(
+            text.contains("`ALTER ROLE ops NOSUPERUSER NOCREATEROLE`"),
+            "{text}"
+        );
         assert!(text.contains("`REVOKE ops FROM app_reader`"), "{text}");
     }
 

@@ -135,7 +135,10 @@ impl Checkpointer {
             match write_atomically(&self.file, cp.jws.as_bytes()) {
                 Ok(()) => g.last_error = None,
                 Err(e) => {
-                    let msg = format!("cannot write the audit checkpoint {}: {e}", self.file.display());
+                    let msg = format!(
+                        "cannot write the audit checkpoint {}: {e}",
+                        self.file.display()
+                    );
                     tracing::error!("{msg}");
                     g.last_error = Some(msg);
                 }
@@ -313,7 +316,12 @@ mod tests {
 
     fn read(c: &Checkpointer, keys: &BrokerKeys) -> Option<u64> {
         let text = fs::read_to_string(c.file()).ok()?;
-        Some(verify_checkpoint(&text, &keys.jwks()).unwrap().checkpoint.seq)
+        Some(
+            verify_checkpoint(&text, &keys.jwks())
+                .unwrap()
+                .checkpoint
+                .seq,
+        )
     }
 
     #[test]
@@ -321,7 +329,14 @@ mod tests {
         let keys = BrokerKeys::generate(&mut rand_core::OsRng);
         let file = dir("every").join("audit.checkpoint");
         let h = |n: u8| format!("{n:02x}").repeat(32);
-        let c = Checkpointer::new(file, "http://b".into(), keys.jwt_eddsa.clone(), 3, (0, h(0)), None);
+        let c = Checkpointer::new(
+            file,
+            "http://b".into(),
+            keys.jwt_eddsa.clone(),
+            3,
+            (0, h(0)),
+            None,
+        );
         assert_eq!(c.flush(), None, "nothing to anchor yet");
         c.committed(1, &h(1));
         c.committed(2, &h(2));
@@ -347,12 +362,16 @@ mod tests {
         let c = Checkpointer::new(
             blocker.join("audit.checkpoint"),
             "http://b".into(),
-            keys.jwt_eddsa.clone(),
+            keys.jwt_eddsa,
             10,
             (5, "ab".repeat(32)),
             None,
         );
         assert_eq!(c.flush().unwrap().checkpoint.seq, 5);
-        assert!(c.last_error().unwrap().contains("cannot write the audit checkpoint"));
+        assert!(
+            c.last_error()
+                .unwrap()
+                .contains("cannot write the audit checkpoint")
+        );
     }
 }

@@ -200,21 +200,20 @@ async fn check_roles(c: &Client, roles: &[String]) -> Result<(), PgError> {
 }
 
 async fn connect(dsn: &str, tool: &str) -> Result<Client, PgError> {
-    let (client, conn) =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(dsn, NoTls))
-            .await
-            .map_err(|_| {
-                unavailable(format!(
-                    "the database admin connection of tool `{tool}` timed out after {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(|e| {
-                unavailable(format!(
-                    "the database admin connection of tool `{tool}` failed: {}",
-                    describe(&e)
-                ))
-            })?;
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(dsn, NoTls))
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "the database admin connection of tool `{tool}` timed out after {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            unavailable(format!(
+                "the database admin connection of tool `{tool}` failed: {}",
+                describe(&e)
+            ))
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!("database admin connection closed: {}", describe(&e));
@@ -236,7 +235,8 @@ async fn ddl(c: &Client, sql: &str, what: &str) -> Result<(), PgError> {
         .await
         .map_err(|_| failed(format!("{what} timed out")))?
         .map_err(|e| {
-            let dependent = e.code() == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+            let dependent =
+                e.code() == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
             let kind = if dependent {
                 PgErrorKind::Dependent
             } else {
@@ -332,8 +332,18 @@ impl Postgres {
         if exists.is_none() {
             return Ok(());
         }
-        ddl(&c, &format!("ALTER ROLE \"{r}\" NOLOGIN"), "refusing the role's logins").await?;
-        ddl(&c, &revoke_memberships_sql(r), "taking the role's memberships").await?;
+        ddl(
+            &c,
+            &format!("ALTER ROLE \"{r}\" NOLOGIN"),
+            "refusing the role's logins",
+        )
+        .await?;
+        ddl(
+            &c,
+            &revoke_memberships_sql(r),
+            "taking the role's memberships",
+        )
+        .await?;
         let ended: Option<bool> = tokio::time::timeout(
             DDL_TIMEOUT,
             c.query_one(
@@ -361,7 +371,9 @@ impl Postgres {
     /// Marks a lease whose role could not be created: the reaper drops it
     /// even if its revocation could not be made durable.
     pub fn abandon(&self, lease: &str, why: &str) {
-        self.retries().abandoned.insert(lease.to_owned(), why.to_owned());
+        self.retries()
+            .abandoned
+            .insert(lease.to_owned(), why.to_owned());
     }
 
     fn retries(&self) -> std::sync::MutexGuard<'_, Retries> {
@@ -405,7 +417,12 @@ impl Postgres {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
-            Some(d) => format!("{} ({}): {}", db.message(), db.code().code(), d.replace('\n', "; ")),
+            Some(d) => format!(
+                "{} ({}): {}",
+                db.message(),
+                db.code().code(),
+                d.replace('\n', "; ")
+            ),
             None => format!("{} ({})", db.message(), db.code().code()),
         },
         None => {
@@ -580,7 +597,10 @@ impl Postgres {
         }
         let first = {
             let mut r = self.retries();
-            let (_, b) = r.leases.entry(l.id.clone()).or_insert_with(|| (key, Backoff::default()));
+            let (_, b) = r
+                .leases
+                .entry(l.id.clone())
+                .or_insert_with(|| (key, Backoff::default()));
             let first = b.failures() == 0;
             b.failed(now_ms);
             first
@@ -595,7 +615,10 @@ impl Postgres {
         }
         let reason = stuck_reason(&e.message);
         tracing::warn!(role = %l.role, "{reason}");
-        if let Err(c) = s.record(vec![lease_event(l, "lease.stuck", "error", reason)]).await {
+        if let Err(c) = s
+            .record(vec![lease_event(l, "lease.stuck", "error", reason)])
+            .await
+        {
             tracing::error!(role = %l.role, "could not record that the role is stuck: {}", c.description);
         }
     }
@@ -640,7 +663,10 @@ mod tests {
     #[test]
     fn the_tool_problem_says_what_to_fix() {
         let t = tool_problem("acme", "db", "password authentication failed");
-        assert!(t.contains("`mandate tool set-secret --tenant acme db`"), "{t}");
+        assert!(
+            t.contains("`mandate tool set-secret --tenant acme db`"),
+            "{t}"
+        );
         assert!(t.contains("password authentication failed"), "{t}");
         assert!(t.contains("300 s"), "{t}");
     }

@@ -88,7 +88,7 @@ pub struct AppState {
     /// Verified proxy credentials.
     pub proxy_credentials: Mutex<VerifiedCache<mandate_core::credential::AccessClaims>>,
     /// Single-use (amount) proxy credentials already used, until they expire.
-    pub proxy_spent: Mutex<ReplayCache>,
+    pub proxy_spent: Mutex<mandate_core::forwarding::SpentSet>,
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
@@ -221,6 +221,8 @@ const REPLAY_CAP: usize = 1_000_000;
 
 impl AppState {
     /// Builds the state and starts the writer.
+    // Issue 11 replaces this constructor with the service layer's builder.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,

@@ -18,8 +18,10 @@ use serde_json::{Value, json};
 fn db(dir: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(dir.join("data/mandate.db")).unwrap();
     // What an attacker does first: the append-only triggers are in the same file.
-    c.execute_batch("DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;")
-        .unwrap();
+    c.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;",
+    )
+    .unwrap();
     c
 }
 
@@ -130,14 +132,20 @@ fn altering_any_column_of_a_row_is_named_with_its_seq_and_column() {
         .unwrap();
     let alterations: Vec<(AuditColumn, String)> = vec![
         (AuditColumn::Seq, "seq = seq + 100000".into()),
-        (AuditColumn::PrevHash, format!("prev_hash = '{}'", "0".repeat(64))),
+        (
+            AuditColumn::PrevHash,
+            format!("prev_hash = '{}'", "0".repeat(64)),
+        ),
         (AuditColumn::Hash, format!("hash = '{}'", "f".repeat(64))),
         (
             AuditColumn::Body,
             "body = replace(body, '\"decision\":\"deny\"', '\"decision\":\"allow\"')".into(),
         ),
         (AuditColumn::TimeMs, "time_ms = time_ms + 1".into()),
-        (AuditColumn::EventType, "event_type = 'tenant.create'".into()),
+        (
+            AuditColumn::EventType,
+            "event_type = 'tenant.create'".into(),
+        ),
         (AuditColumn::Decision, "decision = 'allow'".into()),
         (AuditColumn::Tenant, "tenant = 'other'".into()),
         (AuditColumn::Agent, "agent = 'other'".into()),
@@ -150,13 +158,19 @@ fn altering_any_column_of_a_row_is_named_with_its_seq_and_column() {
         let copy = tempdir(&format!("audit-col-{}", col.as_str()));
         copy_dir(&dir, &copy);
         let n = db(&copy)
-            .execute(&format!("UPDATE audit SET {set} WHERE hash = ?1"), [&hash_k])
+            .execute(
+                &format!("UPDATE audit SET {set} WHERE hash = ?1"),
+                [&hash_k],
+            )
             .unwrap();
         assert_eq!(n, 1, "{set}");
         let b = Broker::start_again(&copy);
         if col == AuditColumn::Decision {
             let denials = b.audit("decision=deny&type=token.exchange");
-            assert!(denials.iter().all(|e| e["seq"] != k), "the denial is hidden");
+            assert!(
+                denials.iter().all(|e| e["seq"] != k),
+                "the denial is hidden"
+            );
         }
         let v = verify(&b);
         assert_eq!(v["ok"], false, "{col:?}: {v}");
@@ -180,7 +194,9 @@ fn cut_events_are_refused_at_start_and_named_against_an_exported_checkpoint() {
     let head = exported["seq"].as_u64().unwrap();
     let dir = b.stop();
     assert_eq!(
-        std::fs::read_to_string(checkpoint_file(&dir)).unwrap().trim(),
+        std::fs::read_to_string(checkpoint_file(&dir))
+            .unwrap()
+            .trim(),
         exported["checkpoint"].as_str().unwrap(),
         "the file holds the latest checkpoint"
     );
@@ -217,7 +233,9 @@ fn cut_events_are_refused_at_start_and_named_against_an_exported_checkpoint() {
 fn rewrite_from(c: &rusqlite::Connection, from: u64, edit: impl Fn(&mut EventBody)) {
     let (mut prev, rows): (String, Vec<(u64, String)>) = {
         let prev = c
-            .query_row("SELECT prev_hash FROM audit WHERE seq = ?1", [from], |r| r.get(0))
+            .query_row("SELECT prev_hash FROM audit WHERE seq = ?1", [from], |r| {
+                r.get(0)
+            })
             .unwrap();
         let mut st = c
             .prepare("SELECT seq, body FROM audit WHERE seq >= ?1 ORDER BY seq")
@@ -270,8 +288,14 @@ fn a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint() {
     std::fs::write(checkpoint_file(&dir), &early).unwrap();
     let b = Broker::start_again(&dir);
     let (_, jwks) = b.admin_get("/jwks.json");
-    let early_seq = audit::verify_checkpoint(&early, &jwks).unwrap().checkpoint.seq;
-    assert!(early_seq < k, "the rolled-back checkpoint predates the edit");
+    let early_seq = audit::verify_checkpoint(&early, &jwks)
+        .unwrap()
+        .checkpoint
+        .seq;
+    assert!(
+        early_seq < k,
+        "the rolled-back checkpoint predates the edit"
+    );
     // The broker, started on the rewritten trail, sees nothing wrong.
     assert_eq!(verify(&b)["ok"], true);
     let (_, v) = verify_with(&b, exported["checkpoint"].as_str().unwrap());
@@ -279,7 +303,10 @@ fn a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint() {
     assert_eq!(v["first_bad"]["seq"], head, "{v}");
     assert_eq!(v["first_bad"]["column"], Value::Null, "{v}");
     assert!(
-        v["first_bad"]["reason"].as_str().unwrap().contains("rewritten"),
+        v["first_bad"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rewritten"),
         "{v}"
     );
 }
@@ -299,11 +326,18 @@ fn a_checkpoint_signed_by_another_key_is_refused() {
     .sign(&other)
     .jws;
     let got = verify_with(&b, &forged);
-    assert_refused(&got, 400, "invalid_request", "not one of this broker's keys");
+    assert_refused(
+        &got,
+        400,
+        "invalid_request",
+        "not one of this broker's keys",
+    );
     // Another key claiming this broker's kid: the signature fails.
     let kid = mine["kid"].as_str().unwrap();
     let header = mandate_core::jose::b64(
-        json!({"alg": "EdDSA", "typ": audit::CHECKPOINT_TYP, "kid": kid}).to_string().as_bytes(),
+        json!({"alg": "EdDSA", "typ": audit::CHECKPOINT_TYP, "kid": kid})
+            .to_string()
+            .as_bytes(),
     );
     let mut parts: Vec<&str> = forged.split('.').collect();
     parts[0] = &header;
@@ -313,7 +347,10 @@ fn a_checkpoint_signed_by_another_key_is_refused() {
     let denials = b.audit("type=audit.verify&decision=deny");
     assert_eq!(denials.len(), 2, "{denials:?}");
     assert!(
-        denials[0]["reason"].as_str().unwrap().contains("checkpoint was refused"),
+        denials[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("checkpoint was refused"),
         "{denials:?}"
     );
     // A genuine one passes, and the checkpoint verifies with the public JWKS.
@@ -325,7 +362,10 @@ fn a_checkpoint_signed_by_another_key_is_refused() {
     let dir = b.stop();
     std::fs::write(checkpoint_file(&dir), &forged).unwrap();
     let why = boot_refusal(&dir);
-    assert!(why.contains("does not verify with this broker's keys"), "{why}");
+    assert!(
+        why.contains("does not verify with this broker's keys"),
+        "{why}"
+    );
 }
 
 #[test]

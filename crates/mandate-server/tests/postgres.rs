@@ -455,13 +455,22 @@ fn a_dropped_credentials_objects_die_with_it_and_never_run_as_the_admin() {
             Err(e) => assert_eq!(code_of(&e), "42883", "{e}"),
         }
         match c.query("SELECT v FROM peek_view", &[]).await {
-            Ok(rows) => panic!("the dropped writer's view still answers: {} rows", rows.len()),
+            Ok(rows) => panic!(
+                "the dropped writer's view still answers: {} rows",
+                rows.len()
+            ),
             Err(e) => assert_eq!(code_of(&e), "42P01", "{e}"),
         }
     });
     for (what, sql) in [
-        ("function", "SELECT count(*)::text FROM pg_proc WHERE proname = 'peek'"),
-        ("view", "SELECT count(*)::text FROM pg_class WHERE relname = 'peek_view'"),
+        (
+            "function",
+            "SELECT count(*)::text FROM pg_proc WHERE proname = 'peek'",
+        ),
+        (
+            "view",
+            "SELECT count(*)::text FROM pg_class WHERE relname = 'peek_view'",
+        ),
     ] {
         assert_eq!(
             db.admin_value(sql).as_deref(),
@@ -497,7 +506,8 @@ fn a_role_others_depend_on_stays_powerless_until_it_can_go() {
     });
     revoke_credential(&b, &first);
     wait_until("the stuck role flagged", Duration::from_secs(5), || {
-        !b.audit(&format!("run={run_id}&type=lease.stuck")).is_empty()
+        !b.audit(&format!("run={run_id}&type=lease.stuck"))
+            .is_empty()
     });
     let stuck = b.audit(&format!("run={run_id}&type=lease.stuck"));
     assert_eq!(stuck.len(), 1, "said once: {stuck:?}");
@@ -517,7 +527,7 @@ fn a_role_others_depend_on_stays_powerless_until_it_can_go() {
     assert!(db.rt.block_on(connect(&dsn_of(&first))).is_err());
     assert_eq!(
         db.admin_value("SELECT tableowner::text FROM pg_tables WHERE tablename = 't1'"),
-        Some(first_role.clone())
+        Some(first_role)
     );
     // Once what depends on it is gone, it goes too.
     revoke_credential(&b, &second);
@@ -590,7 +600,12 @@ fn mapping_an_action_to_a_powerful_role_is_refused_when_the_secret_is_set() {
             &other_admin,
             format!("is a member of `{t}_adm`, which has the broker's admin role"),
         ),
-        ("ghost", format!("{t}_ghost"), &db_dsn, "does not exist".into()),
+        (
+            "ghost",
+            format!("{t}_ghost"),
+            &db_dsn,
+            "does not exist".into(),
+        ),
     ];
     for (tool, role, dsn, why) in &cases {
         let tool = format!("p{tool}");
@@ -598,7 +613,10 @@ fn mapping_an_action_to_a_powerful_role_is_refused_when_the_secret_is_set() {
         let got = b.admin_put_text(&format!("/v1/tenants/acme/tools/{tool}/secret"), dsn);
         assert_refused(&got, 400, "invalid_request", why);
         assert!(got.1.to_string().contains("never reach") || why == "does not exist");
-        assert!(!got.1.to_string().contains("adm_pw"), "the connection string leaked");
+        assert!(
+            !got.1.to_string().contains("adm_pw"),
+            "the connection string leaked"
+        );
         let denied: Vec<Value> = b
             .audit("type=tool.secret.set&decision=deny")
             .into_iter()
@@ -651,10 +669,18 @@ fn a_mapped_role_that_gains_a_power_later_is_refused_at_exchange() {
         "access_denied",
         &format!("is a member of `{t}_boss`, which has SUPERUSER"),
     );
-    assert_eq!(db.roles(&role_prefix(&run_id)).len(), before, "no role was made");
+    assert_eq!(
+        db.roles(&role_prefix(&run_id)).len(),
+        before,
+        "no role was made"
+    );
     let denied = b.audit(&format!("run={run_id}&type=token.failed&decision=deny"));
     assert_eq!(denied.len(), 2, "{denied:?}");
-    assert!(denied.iter().any(|e| e["reason"].as_str().unwrap().contains("CREATEROLE")));
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap().contains("CREATEROLE"))
+    );
     // Their leases are closed by the reaper (nothing to drop, but nothing left open).
     wait_until("the refused leases closed", Duration::from_secs(5), || {
         b.audit(&format!("run={run_id}&type=lease.drop")).len() == 2
@@ -675,13 +701,14 @@ fn revoking_the_parent_run_drops_the_delegated_childs_role() {
     let (parent, mandate, key) = run(&b);
     let child_key = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
     let url = format!("{}/v1/runs/delegate", b.url);
-    let proof =
-        mandate_core::client::dpop_proof(&key, "POST", &url, now(), &jti(), None, None);
+    let proof = mandate_core::client::dpop_proof(&key, "POST", &url, now(), &jti(), None, None);
     let (s, v) = read(
         Broker::agent()
             .post(&url)
             .header("DPoP", &proof)
-            .send_json(&json!({"mandate": mandate, "agent": "dbkid", "jwk": child_key.public().to_json()}))
+            .send_json(
+                json!({"mandate": mandate, "agent": "dbkid", "jwk": child_key.public().to_json()}),
+            )
             .unwrap(),
     );
     assert_eq!(s, 201, "{v}");
@@ -689,7 +716,9 @@ fn revoking_the_parent_run_drops_the_delegated_childs_role() {
     let child_mandate = v["mandate"].as_str().unwrap().to_owned();
     let cred = credential(&b, &child_mandate, &child_key, "db", "read");
     let session = db.rt.block_on(connect(&dsn_of(&cred))).unwrap();
-    db.rt.block_on(session.query_one("SELECT count(*) FROM items", &[])).unwrap();
+    db.rt
+        .block_on(session.query_one("SELECT count(*) FROM items", &[]))
+        .unwrap();
     let (s, v) = b.admin_post("/v1/revocations", json!({"kind": "run", "id": parent}));
     assert_eq!(s, 200, "{v}");
     wait_until("the child's role dropped", Duration::from_secs(5), || {
@@ -724,14 +753,21 @@ fn a_lease_whose_revocation_could_not_be_stored_is_still_reaped() {
     let got = b.exchange(&mandate, &key, "db", "read");
     assert_refused(&got, 403, "access_denied", "has BYPASSRLS");
     let issued = b.audit(&format!("run={run_id}&type=token.exchange&decision=allow"));
-    assert_eq!(issued.len(), 1, "the lease was recorded with its allow event");
+    assert_eq!(
+        issued.len(),
+        1,
+        "the lease was recorded with its allow event"
+    );
     assert!(
-        b.audit(&format!("run={run_id}&type=token.failed")).is_empty(),
+        b.audit(&format!("run={run_id}&type=token.failed"))
+            .is_empty(),
         "the store failed: the refusal could not be recorded"
     );
     let (_, revs) = b.admin_get("/v1/revocations");
     assert!(
-        !revs.to_string().contains(issued[0]["credential_id"].as_str().unwrap()),
+        !revs
+            .to_string()
+            .contains(issued[0]["credential_id"].as_str().unwrap()),
         "the revocation was not stored: {revs}"
     );
     wait_until("the lease closed anyway", Duration::from_secs(5), || {

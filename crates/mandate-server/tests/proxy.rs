@@ -244,7 +244,7 @@ impl Fixture {
         if let Some(d) = details {
             body.push_str(&format!("&authorization_details={}", enc(&d.to_string())));
         }
-        let (s, v) = self.b.exchange_raw(&body, Some(&self.b.proof(&key)));
+        let (s, v) = self.b.exchange_form(&body, &key);
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["token_type"], "Bearer", "{v}");
         assert_eq!(v["proxy_url"], format!("{}/proxy/{tool}", self.b.url));
@@ -317,6 +317,11 @@ fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
+/// Request headers of a test case.
+type Headers = Vec<(&'static str, String)>;
+
+/// A request body of a test case, if any.
+type Body = Option<&'static [u8]>;
 #[test]
 fn a_mapped_call_is_forwarded_with_the_real_key_and_audited() {
     let f = fixture("proxy-ok", |_| {});
@@ -1083,7 +1088,7 @@ fn request_parts_the_route_table_never_judged_are_refused() {
     };
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let json_ct = ("Content-Type", "application/json");
-    let cases: Vec<(&str, &str, Vec<(&'static str, String)>, Option<&[u8]>, &str)> = vec![
+    let cases: Vec<(&str, &str, Headers, Body, &str)> = vec![
         // Method overrides in headers, query, form and JSON bodies.
         (
             "GET",
@@ -1372,7 +1377,7 @@ fn amounts_that_cannot_be_checked_are_refused() {
     };
     let (_, t) = f.credential_for("pay", "pay", pay_details(5000));
     let auth = bearer(&t);
-    let cases: Vec<(&str, Vec<(&'static str, String)>, &[u8], &str)> = vec![
+    let cases: Vec<(&str, Headers, &[u8], &str)> = vec![
         (
             "/proxy/pay/payments",
             json_h(&auth),

@@ -124,7 +124,9 @@ pub fn verify_checkpoint(jws: &str, jwks: &Value) -> Result<VerifiedCheckpoint> 
     let jws = jws.trim();
     let parsed = CompactJws::parse(WHAT, jws, MAX_CHECKPOINT_LEN)?;
     if parsed.header_str("typ") != Some(CHECKPOINT_TYP) {
-        return Err(malformed(format!("header `typ` must be `{CHECKPOINT_TYP}`")));
+        return Err(malformed(format!(
+            "header `typ` must be `{CHECKPOINT_TYP}`"
+        )));
     }
     let kid = parsed
         .header_str("kid")
@@ -141,7 +143,12 @@ pub fn verify_checkpoint(jws: &str, jwks: &Value) -> Result<VerifiedCheckpoint> 
             ))
         })?;
     let key = PublicJwk::from_json(jwk)?;
-    key.verify(WHAT, parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature)?;
+    key.verify(
+        WHAT,
+        parsed.alg,
+        parsed.signing_input.as_bytes(),
+        &parsed.signature,
+    )?;
     let checkpoint: Checkpoint = serde_json::from_slice(&parsed.payload)
         .map_err(|e| malformed(format!("its statement is not a checkpoint: {e}")))?;
     let hex64 = checkpoint.hash.len() == 64
@@ -187,7 +194,10 @@ mod tests {
         let other = BrokerKeys::generate(&mut OsRng);
         let forged = cp().sign(&other.jwt_eddsa);
         let e = verify_checkpoint(&forged.jws, &keys.jwks()).unwrap_err();
-        assert!(e.to_string().contains("not one of this broker's keys"), "{e}");
+        assert!(
+            e.to_string().contains("not one of this broker's keys"),
+            "{e}"
+        );
         // Same kid, other key: the signature fails.
         let mut impostor = forged.jws.split('.').map(str::to_owned).collect::<Vec<_>>();
         impostor[0] = crate::jose::b64(
@@ -225,10 +235,7 @@ mod tests {
     fn inconsistent_statements_are_refused() {
         let keys = BrokerKeys::generate(&mut OsRng);
         for bad in [
-            Checkpoint {
-                events: 6,
-                ..cp()
-            },
+            Checkpoint { events: 6, ..cp() },
             Checkpoint::of_head("http://b", 0, &"ab".repeat(32), 1),
             Checkpoint::of_head("http://b", 3, "nothex", 1),
         ] {

@@ -99,9 +99,7 @@ fn clean_value(v: &mut Value) {
         Value::String(s) => clean(s),
         Value::Array(a) => a.iter_mut().for_each(clean_value),
         Value::Object(o) => {
-            let dirty = o
-                .keys()
-                .any(|k| matches!(sanitize(k), Cow::Owned(_)));
+            let dirty = o.keys().any(|k| matches!(sanitize(k), Cow::Owned(_)));
             if dirty {
                 let old = std::mem::take(o);
                 for (k, v) in old {
@@ -156,7 +154,10 @@ pub fn sanitize_event(body: &mut EventBody) {
     ] {
         clean_opt(s);
     }
-    actions.iter_mut().chain(policies.iter_mut()).for_each(clean);
+    actions
+        .iter_mut()
+        .chain(policies.iter_mut())
+        .for_each(clean);
     clean_value(details);
 }
 
@@ -166,12 +167,18 @@ mod tests {
 
     #[test]
     fn controls_are_escaped_and_plain_text_is_borrowed() {
-        assert!(matches!(sanitize("grant type `x` is bad"), Cow::Borrowed(_)));
+        assert!(matches!(
+            sanitize("grant type `x` is bad"),
+            Cow::Borrowed(_)
+        ));
         assert_eq!(
             sanitize("\u{1b}[2J\nline\r\t\u{7f}\u{9b}x"),
             "\\x1b[2J\\nline\\r\\t\\x7f\\x9bx"
         );
-        assert_eq!(escape_controls("a\u{202e}b\u{2028}"), "a\\u{202e}b\\u{2028}");
+        assert_eq!(
+            escape_controls("a\u{202e}b\u{2028}"),
+            "a\\u{202e}b\\u{2028}"
+        );
         assert_eq!(escape_controls("été ✓"), "été ✓");
     }
 

@@ -878,10 +878,7 @@ fn exchange(
                 verdict = s.decide(generation, &policies, &facts)?;
                 if !verdict.allowed {
                     seen.policies = verdict.policies.clone();
-                    let reason = verdict
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "denied by policy".into());
+                    let reason = verdict.reason.unwrap_or_else(|| "denied by policy".into());
                     return Err(err(
                         Code::AccessDenied,
                         format!(
@@ -898,19 +895,13 @@ fn exchange(
                     format!(
                         "{} denied this request{}; a denial is final for this request",
                         a.decided_by.clone().unwrap_or_else(|| "an approver".into()),
-                        a.comment
-                            .clone()
-                            .map(|c| format!(": {c}"))
-                            .unwrap_or_default()
+                        a.comment.map(|c| format!(": {c}")).unwrap_or_default()
                     ),
                 ));
             }
             ApprovalState::Waiting { pending, missing } => {
                 seen.policies = verdict.policies.clone();
-                let reason = verdict
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "denied by policy".into());
+                let reason = verdict.reason.unwrap_or_else(|| "denied by policy".into());
                 if missing.is_empty() {
                     seen.waiting = pending;
                     return Err(err(
@@ -967,10 +958,7 @@ fn exchange(
     }
     seen.policies = verdict.policies.clone();
     if !verdict.allowed {
-        let reason = verdict
-            .reason
-            .clone()
-            .unwrap_or_else(|| "denied by policy".into());
+        let reason = verdict.reason.unwrap_or_else(|| "denied by policy".into());
         return Err(err(Code::AccessDenied, reason));
     }
 
@@ -1059,7 +1047,7 @@ enum ApprovalState {
     /// Every refusing policy was approved by its own approvers: these.
     Approved(Vec<Approval>),
     /// Some approver denied: final.
-    Denied(Approval),
+    Denied(Box<Approval>),
     /// Some policies still wait (`pending`), others were never asked (`missing`).
     Waiting {
         pending: Vec<Approval>,
@@ -1076,7 +1064,7 @@ fn approvals_for(need: &mandate_core::policy::ApprovalNeed, live: &[Approval]) -
     for p in &need.each {
         // `live` is newest first.
         match live.iter().find(|a| a.policies.contains(&p.policy)) {
-            Some(a) if a.status == "denied" => return ApprovalState::Denied(a.clone()),
+            Some(a) if a.status == "denied" => return ApprovalState::Denied(Box::new(a.clone())),
             Some(a) if a.status == "approved" => approved.push(a.clone()),
             Some(a) => pending.push(a.clone()),
             None => missing.push(p.clone()),

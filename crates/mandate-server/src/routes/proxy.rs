@@ -34,8 +34,8 @@ use serde_json::json;
 
 use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
-use mandate_core::dpop::{ReplayCache, ReplayError};
 use mandate_core::forwarding::{self, BodyKind};
+use mandate_core::forwarding::{SpendRefused, SpentSet};
 use mandate_core::policy::ExchangeFacts;
 use mandate_core::scrub::Scrubber;
 use mandate_core::tooling::{
@@ -52,9 +52,6 @@ pub const PREFIX: &str = "/proxy/";
 /// Upper bound on credentials remembered as spent (single-use amount
 /// credentials still alive); when full, such calls are refused.
 pub const SPENT_CAP: usize = 200_000;
-
-/// The replay-cache namespace of spent amount credentials.
-const SPENT_NS: &str = "proxy-amount";
 
 /// What a checked request is allowed to become.
 struct Plan {
@@ -223,20 +220,20 @@ fn check_amount(
         .proxy_spent
         .lock()
         .map_err(|_| err(Code::ServerError, "the spent-credential set is unavailable"))?
-        .check_and_insert(SPENT_NS, &a.jti, a.until, now);
+        .spend(&a.jti, a.until, now);
     match spent {
         Ok(()) => {
             merge(&mut ev.details, json!({"single_use_until": a.until}));
             Ok(())
         }
-        Err(ReplayError::Replayed) => {
+        Err(SpendRefused::Spent) => {
             ev.reason = Some("single-use amount credential used again".into());
             Err(err(
                 Code::Forbidden,
                 "this credential was issued for an amount and is good for one call, which it has made; ask for a new one for the next call",
             ))
         }
-        Err(ReplayError::Full) => {
+        Err(SpendRefused::Full) => {
             ev.reason = Some("spent-credential set full".into());
             Err(err(
                 Code::Unavailable,
@@ -1167,8 +1164,8 @@ fn plan(s: &S, parts: &Parts, c: &Caller<'_>, upstream_path: &str) -> Result<Pla
 pub(crate) fn spent_from_trail(
     store: &dyn mandate_store::Store,
     max_ttl: u64,
-) -> Result<ReplayCache, crate::boot::BootError> {
-    let mut spent = ReplayCache::new(SPENT_CAP);
+) -> Result<SpentSet, crate::boot::BootError> {
+    let mut spent = SpentSet::new(SPENT_CAP);
     let now = crate::now_secs();
     let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
     let mut after = 0;
@@ -1192,7 +1189,7 @@ pub(crate) fn spent_from_trail(
                 // The proxy never lets more than the cap be alive at once,
                 // so full means a trail it did not write: refuse to start
                 // rather than forget a spent credential.
-                if let Err(ReplayError::Full) = spent.check_and_insert(SPENT_NS, jti, until, now) {
+                if let Err(SpendRefused::Full) = spent.spend(jti, until, now) {
                     return Err(crate::boot::BootError(format!(
                         "more than {SPENT_CAP} single-use proxy credentials in the audit trail are still alive; wait until they expire (at most {max_ttl} s) and start again"
                     )));

@@ -243,15 +243,19 @@ impl Broker {
         audience: &str,
         scope: &str,
     ) -> (u16, Value) {
-        let body = form(mandate, audience, scope);
-        let (status, v, nonce) = self.exchange_with_nonce(&body, &self.proof(key));
+        self.exchange_form(&form(mandate, audience, scope), key)
+    }
+
+    /// [`Broker::exchange`] with any form body.
+    pub fn exchange_form(&self, body: &str, key: &SigningKey) -> (u16, Value) {
+        let (status, v, nonce) = self.exchange_with_nonce(body, &self.proof(key));
         match nonce {
             Some(n) if v["error"] == "use_dpop_nonce" => {
                 let proof = proof_with(
                     key,
                     json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now(), "nonce": n}),
                 );
-                self.exchange_raw(&body, Some(&proof))
+                self.exchange_raw(body, Some(&proof))
             }
             _ => (status, v),
         }

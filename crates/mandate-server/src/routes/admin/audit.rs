@@ -66,7 +66,10 @@ pub async fn audit_verify(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
     let ctx = Ctx::new(&headers, addr);
-    let mine = s.checkpoints.latest().map(|c| (CheckpointSource::Broker, c));
+    let mine = s
+        .checkpoints
+        .latest()
+        .map(|c| (CheckpointSource::Broker, c));
     verify_against(&s, &ctx, mine.into_iter().collect()).await
 }
 
@@ -134,18 +137,29 @@ async fn verify_against(
     ctx: &Ctx,
     checks: Vec<(CheckpointSource, VerifiedCheckpoint)>,
 ) -> Result<Json<Value>, ApiError> {
-    let anchors = checks.iter().map(|(src, c)| c.anchor(src.as_str())).collect();
+    let anchors = checks
+        .iter()
+        .map(|(src, c)| c.anchor(src.as_str()))
+        .collect();
     let store = std::sync::Arc::clone(&s.store);
     let rep = tokio::task::spawn_blocking(move || store.audit_verify(anchors))
         .await
         .map_err(|_| err(Code::ServerError, "audit verification failed"))??;
-    let newest = checks.iter().map(|(_, c)| c.checkpoint.seq).max().unwrap_or(0);
+    let newest = checks
+        .iter()
+        .map(|(_, c)| c.checkpoint.seq)
+        .max()
+        .unwrap_or(0);
     let checkpoints: Vec<Value> = checks
         .iter()
         .map(|(src, c)| {
             let mut v = c.to_json();
             v["source"] = json!(src.as_str());
-            v["matched"] = json!(rep.first_break.as_ref().is_none_or(|b| b.seq > c.checkpoint.seq));
+            v["matched"] = json!(
+                rep.first_break
+                    .as_ref()
+                    .is_none_or(|b| b.seq > c.checkpoint.seq)
+            );
             v
         })
         .collect();
@@ -154,7 +168,10 @@ async fn verify_against(
     if let Some(b) = &rep.first_break {
         let mut ev = ctx.event("audit.verify", None);
         ev.decision = "deny".into();
-        ev.reason = Some(format!("the audit trail does not verify at event {}: {}", b.seq, b.reason));
+        ev.reason = Some(format!(
+            "the audit trail does not verify at event {}: {}",
+            b.seq, b.reason
+        ));
         ev.details = json!({"seq": b.seq, "column": b.column});
         s.record(vec![ev]).await?;
     }
@@ -180,7 +197,12 @@ pub async fn audit_checkpoint(
     let cp = tokio::task::spawn_blocking(move || c.flush())
         .await
         .map_err(|_| err(Code::ServerError, "could not make a checkpoint"))?
-        .ok_or_else(|| err(Code::NotFound, "the audit trail is empty: nothing to checkpoint yet"))?;
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                "the audit trail is empty: nothing to checkpoint yet",
+            )
+        })?;
     let mut v = cp.to_json();
     v["file"] = json!(s.checkpoints.file().display().to_string());
     v["file_error"] = json!(s.checkpoints.last_error());

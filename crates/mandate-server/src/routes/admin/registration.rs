@@ -453,7 +453,9 @@ pub async fn set_tool_secret(
         ));
     }
     let checked = match &tool.postgres {
-        Some(spec) => Some(check_pg_mapping(&s, Ctx::new(&headers, addr), &tool, spec, text).await?),
+        Some(spec) => {
+            Some(check_pg_mapping(&s, Ctx::new(&headers, addr), &tool, spec, text).await?)
+        }
         None => None,
     };
     let secret = mandate_core::secret::Secret::new(text.as_bytes().to_vec());
@@ -515,7 +517,10 @@ async fn check_pg_mapping(
             s.record(vec![ev]).await?;
             Err(err(
                 Code::InvalidRequest,
-                format!("tool `{}`: {}; the secret was not set", tool.name, e.message),
+                format!(
+                    "tool `{}`: {}; the secret was not set",
+                    tool.name, e.message
+                ),
             ))
         }
         Err(e) => Ok(Err(e.message)),

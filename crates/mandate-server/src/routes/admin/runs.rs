@@ -254,7 +254,7 @@ async fn start_run_as(
             ),
         ));
     }
-    need_tenant(&s, &req.tenant)?;
+    need_tenant(s, &req.tenant)?;
     let key = PublicJwk::from_json(&req.jwk)
         .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
     let now = crate::now_secs();
@@ -384,7 +384,7 @@ async fn start_run_as(
             tools.push(json!({
                 "name": t.name, "provider": t.provider, "audience": t.audience, "actions": actions,
                 "env": t.env,
-                "proxy_url": (t.provider == "proxy").then(|| super::proxy_url(&s, &t.name)),
+                "proxy_url": (t.provider == "proxy").then(|| super::proxy_url(s, &t.name)),
             }));
         }
     }
@@ -425,7 +425,7 @@ async fn start_run_as(
         hops: vec![],
         resource_prefix: None,
     };
-    let (token, run, mut ev) = issue(&s, &claims, Ctx::new(&headers, addr), "run.start")?;
+    let (token, run, mut ev) = issue(s, &claims, Ctx::new(headers, addr), "run.start")?;
     ev.details = json!({"capabilities": run.capabilities, "grant": claims.grant, "jkt": claims.cnf_jkt, "run_id": claims.run_id});
     if let Some(j) = &join {
         // Consumed first and once: of two concurrent uses, one wins.
@@ -557,22 +557,25 @@ pub async fn delegate(
     use axum::response::IntoResponse;
     let mut resp = match delegating_parent(&s, addr, &headers, raw).await {
         Err(e) => e.unauthenticated("run.delegate").into_response(),
-        Ok((parent, req, now)) => match delegate_as(&s, &parent, req, now).await {
-            Ok(done) => done.into_response(),
-            Err(e) => {
-                let mut ev = Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
-                ev.agent = Some(parent.agent.clone());
-                ev.run = Some(parent.run.clone());
-                ev.principal = parent.principal.clone();
-                ev.actor = Some(parent.run_id.clone());
-                ev.decision = "deny".into();
-                ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
-                match s.record(vec![ev]).await {
-                    Ok(_) => e.into_response(),
-                    Err(we) => we.into_response(),
+        Ok((parent, req, now)) => {
+            match delegate_as(&s, &parent, req, now, Ctx::new(&headers, addr)).await {
+                Ok(done) => done.into_response(),
+                Err(e) => {
+                    let mut ev =
+                        Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
+                    ev.agent = Some(parent.agent.clone());
+                    ev.run = Some(parent.run.clone());
+                    ev.principal = parent.principal.clone();
+                    ev.actor = Some(parent.run_id.clone());
+                    ev.decision = "deny".into();
+                    ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+                    match s.record(vec![ev]).await {
+                        Ok(_) => e.into_response(),
+                        Err(we) => we.into_response(),
+                    }
                 }
             }
-        },
+        }
     };
     s.add_dpop_nonce(&mut resp);
     resp
@@ -630,6 +633,7 @@ async fn delegate_as(
     parent: &Arc<MandateClaims>,
     req: NewChild,
     now: u64,
+    ctx: Ctx,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
         return Err(err(
@@ -788,7 +792,7 @@ async fn delegate_as(
         hops: vec![],
         resource_prefix: None,
     };
-    let (token, run, mut ev) = issue(&s, &claims, Ctx::new(&headers, addr), "run.delegate")?;
+    let (token, run, mut ev) = issue(s, &claims, ctx, "run.delegate")?;
     let chain: Vec<&str> = claims.ancestors.iter().map(|(r, _)| r.as_str()).collect();
     ev.actor = Some(parent.run_id.clone());
     ev.details = json!({"parent": parent.run, "ancestors": chain, "depth": depth,
