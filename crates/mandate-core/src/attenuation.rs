@@ -192,12 +192,9 @@ fn under(prefix: &str) -> String {
     }
 }
 
-/// Whether `path` is `prefix` or lies under it, by path segments
-/// (`/repos/alice` covers `/repos/alice` and `/repos/alice/x`, not
-/// `/repos/alice-private`; a prefix ending in `/` covers what is under it).
-pub fn path_within(prefix: &str, path: &str) -> bool {
-    path == prefix || path.starts_with(&under(prefix))
-}
+/// Whether `path` is `prefix` or lies under it, by path segments: one rule,
+/// in [`crate::paths`].
+pub use crate::paths::path_within;
 
 /// Text that goes into a block's strings: printable, and no quote or
 /// backslash (a block's Datalog source is read back to check its shape).

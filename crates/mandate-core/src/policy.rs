@@ -188,6 +188,65 @@ pub struct Details {
     pub target: Option<String>,
 }
 
+impl Details {
+    /// Parses RFC 9396 `authorization_details` (§2): a JSON array with one
+    /// object of type `mandate` (`amount` integer minor units from 0 to
+    /// [`MAX_AMOUNT`], `currency` ISO 4217, `target` and `description` text
+    /// up to 256 characters). Returns the facts and the object as sent
+    /// (what approvals bind), or why it is refused.
+    pub fn parse(raw: &str) -> std::result::Result<(Details, serde_json::Value), String> {
+        use serde_json::Value;
+        if raw.len() > 4096 {
+            return Err("longer than 4096 bytes".into());
+        }
+        let v: Value = serde_json::from_str(raw).map_err(|_| "not JSON".to_owned())?;
+        let one = "must be an array of exactly one object";
+        let [obj] = v.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(one.into());
+        };
+        let o = obj.as_object().ok_or_else(|| one.to_owned())?;
+        if o.get("type").and_then(Value::as_str) != Some("mandate") {
+            return Err("the object's `type` must be `mandate`".into());
+        }
+        let mut d = Details::default();
+        for (k, val) in o {
+            match (k.as_str(), val) {
+                ("type", _) => {}
+                ("amount", Value::Number(n)) => {
+                    d.amount = Some(
+                        n.as_i64()
+                            .filter(|a| (0..=MAX_AMOUNT).contains(a))
+                            .ok_or_else(|| {
+                                format!(
+                                    "`amount` is an integer in minor units from 0 to {MAX_AMOUNT}"
+                                )
+                            })?,
+                    );
+                }
+                ("currency", Value::String(c))
+                    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) =>
+                {
+                    d.currency = Some(c.clone());
+                }
+                ("target", Value::String(t)) | ("description", Value::String(t))
+                    if t.len() <= 256 && !t.chars().any(char::is_control) =>
+                {
+                    if k == "target" {
+                        d.target = Some(t.clone());
+                    }
+                }
+                (k, _) => {
+                    return Err(format!(
+                        "field `{}` is unknown or mistyped (amount: integer, currency: ISO 4217 code, target and description: text)",
+                        crate::audit::escape_controls(&k.chars().take(40).collect::<String>())
+                    ));
+                }
+            }
+        }
+        Ok((d, obj.clone()))
+    }
+}
+
 /// Largest declared amount, in minor units (10^15: ten trillion in a
 /// currency with cents): far above any real payment, far below overflow.
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;

@@ -47,6 +47,23 @@ fn heavy_block(n: usize) -> BlockBuilder {
         .unwrap()
 }
 
+/// `token` with a third-party block appended, signed by `holder` (what a
+/// holder can do with its own key, whatever the block says).
+fn signed_by_holder(token: &str, holder: &SigningKey, block: BlockBuilder) -> String {
+    let t = UnverifiedBiscuit::from_base64(token).unwrap();
+    let req = t.third_party_request().unwrap();
+    let key = biscuit_auth::PrivateKey::from_bytes(
+        holder.to_secret().expose(),
+        biscuit_auth::Algorithm::Ed25519,
+    )
+    .unwrap();
+    let blk = req.create_block(&key, block).unwrap();
+    t.append_third_party(&blk.serialize().unwrap())
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
 #[test]
 fn datalog_in_a_presented_token_never_runs_before_its_shape_is_checked() {
     let b = Broker::start("sec-datalog");
@@ -96,21 +113,10 @@ fn datalog_in_a_presented_token_never_runs_before_its_shape_is_checked() {
 
     // A holder signs a third-party block with heavy rules or checks: refused too.
     let signed = {
-        let t = UnverifiedBiscuit::from_base64(&m).unwrap();
-        let req = t.third_party_request().unwrap();
-        let holder = biscuit_auth::PrivateKey::from_bytes(
-            k.to_secret().expose(),
-            biscuit_auth::Algorithm::Ed25519,
-        )
-        .unwrap();
         let block = heavy_block(10)
             .code("check if p($a, $b), p($b, $c), p($c, $a);")
             .unwrap();
-        let blk = req.create_block(&holder, block).unwrap();
-        t.append_third_party(&blk.serialize().unwrap())
-            .unwrap()
-            .to_base64()
-            .unwrap()
+        signed_by_holder(&m, &k, block)
     };
     assert_refused(
         &b.exchange(&signed, &k, "crm", "read"),
@@ -120,21 +126,10 @@ fn datalog_in_a_presented_token_never_runs_before_its_shape_is_checked() {
     );
     // Checks of other shapes than `mandate token attenuate` writes.
     let odd_check = {
-        let t = UnverifiedBiscuit::from_base64(&m).unwrap();
-        let req = t.third_party_request().unwrap();
-        let holder = biscuit_auth::PrivateKey::from_bytes(
-            k.to_secret().expose(),
-            biscuit_auth::Algorithm::Ed25519,
-        )
-        .unwrap();
         let block = BlockBuilder::new()
             .code(r#"only("crm", "read"); check if time($t), $t.length() > 0 || true;"#)
             .unwrap();
-        let blk = req.create_block(&holder, block).unwrap();
-        t.append_third_party(&blk.serialize().unwrap())
-            .unwrap()
-            .to_base64()
-            .unwrap()
+        signed_by_holder(&m, &k, block)
     };
     assert_refused(
         &b.exchange(&odd_check, &k, "crm", "read"),
@@ -144,22 +139,11 @@ fn datalog_in_a_presented_token_never_runs_before_its_shape_is_checked() {
     );
     // Deep nesting is refused before a parser sees it.
     let deep = {
-        let t = UnverifiedBiscuit::from_base64(&m).unwrap();
-        let req = t.third_party_request().unwrap();
-        let holder = biscuit_auth::PrivateKey::from_bytes(
-            k.to_secret().expose(),
-            biscuit_auth::Algorithm::Ed25519,
-        )
-        .unwrap();
         let expr = format!("{}true{}", "(".repeat(40), ")".repeat(40));
         let block = BlockBuilder::new()
             .code(format!("check if {expr};"))
             .unwrap();
-        let blk = req.create_block(&holder, block).unwrap();
-        t.append_third_party(&blk.serialize().unwrap())
-            .unwrap()
-            .to_base64()
-            .unwrap()
+        signed_by_holder(&m, &k, block)
     };
     assert_refused(
         &b.exchange(&deep, &k, "crm", "read"),

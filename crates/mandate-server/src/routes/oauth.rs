@@ -1078,72 +1078,20 @@ fn approvals_for(need: &mandate_core::policy::ApprovalNeed, live: &[Approval]) -
     }
 }
 
-/// Parses RFC 9396 `authorization_details`: a JSON array with one object of
-/// type `mandate` (`amount` integer minor units, `currency`, `target`,
-/// `description`). Returns the facts for policy and the canonical JSON
-/// (`null` when absent) that approvals bind.
+/// RFC 9396 `authorization_details` of the form, if any: the facts for
+/// policy and the canonical JSON (`null` when absent) that approvals bind.
 fn parse_details(raw: Option<&str>) -> Result<(Details, Value), ApiError> {
-    let Some(raw) = raw else {
-        return Ok((Details::default(), Value::Null));
-    };
-    let bad = |why: &str| {
-        err(
-            Code::InvalidRequest,
-            format!(
-                "`authorization_details` (RFC 9396): {why}; send [{{\"type\": \"mandate\", \"amount\": 2500, \"currency\": \"EUR\", \"target\": \"...\"}}]"
-            ),
-        )
-    };
-    if raw.len() > 4096 {
-        return Err(bad("longer than 4096 bytes"));
+    match raw {
+        None => Ok((Details::default(), Value::Null)),
+        Some(raw) => Details::parse(raw).map_err(|why| {
+            err(
+                Code::InvalidRequest,
+                format!(
+                    "`authorization_details` (RFC 9396): {why}; send [{{\"type\": \"mandate\", \"amount\": 2500, \"currency\": \"EUR\", \"target\": \"...\"}}]"
+                ),
+            )
+        }),
     }
-    let v: Value = serde_json::from_str(raw).map_err(|_| bad("not JSON"))?;
-    let [obj] = v.as_array().map(Vec::as_slice).unwrap_or_default() else {
-        return Err(bad("must be an array of exactly one object"));
-    };
-    let o = obj
-        .as_object()
-        .ok_or_else(|| bad("must be an array of exactly one object"))?;
-    if o.get("type").and_then(Value::as_str) != Some("mandate") {
-        return Err(bad("the object's `type` must be `mandate`"));
-    }
-    let mut d = Details::default();
-    for (k, val) in o {
-        match (k.as_str(), val) {
-            ("type", _) => {}
-            ("amount", Value::Number(n)) => {
-                d.amount = Some(
-                    n.as_i64()
-                        .filter(|a| (0..=mandate_core::policy::MAX_AMOUNT).contains(a))
-                        .ok_or_else(|| {
-                            bad(&format!(
-                                "`amount` is an integer in minor units from 0 to {}",
-                                mandate_core::policy::MAX_AMOUNT
-                            ))
-                        })?,
-                );
-            }
-            ("currency", Value::String(c))
-                if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) =>
-            {
-                d.currency = Some(c.clone());
-            }
-            ("target", Value::String(t)) | ("description", Value::String(t))
-                if t.len() <= 256 && !t.chars().any(char::is_control) =>
-            {
-                if k == "target" {
-                    d.target = Some(t.clone());
-                }
-            }
-            (k, _) => {
-                return Err(bad(&format!(
-                    "field `{}` is unknown or mistyped (amount: integer, currency: ISO 4217 code, target and description: text)",
-                    k.chars().take(40).collect::<String>()
-                )));
-            }
-        }
-    }
-    Ok((d, obj.clone()))
 }
 
 /// SHA-256 (base64url) over what an approval binds: run, tool, actions
