@@ -220,6 +220,9 @@ enum PrincipalCmd {
         /// Write it to this new file (0600) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Lifetime (e.g. 7d, 12h; default 30d, at most 365d).
+        #[arg(long)]
+        ttl: Option<String>,
     },
     /// List principals of a tenant.
     List {
@@ -413,6 +416,13 @@ enum FeedTokenCmd {
         /// Write it to this file (created 0600) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Limit it to this tenant's revocations (and the kill switch); the
+        /// others' appear only as placeholders.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime (e.g. 30d, 24h; default 90d, at most 365d).
+        #[arg(long)]
+        ttl: Option<String>,
     },
 }
 
@@ -973,16 +983,26 @@ fn run(cli: Cli) -> Result<(), CliError> {
             )?;
             show(j, &v, &["tenant", "id", "display_name", "groups"]);
         }
-        Cmd::Principal(PrincipalCmd::ApproverToken { tenant, id, out }) => {
+        Cmd::Principal(PrincipalCmd::ApproverToken {
+            tenant,
+            id,
+            out,
+            ttl,
+        }) => {
             let v = c().post(
                 &format!(
                     "/v1/tenants/{}/principals/{}/approver-tokens",
                     enc(&tenant),
                     enc(&id)
                 ),
-                &json!({}),
+                &json!({"ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
             )?;
-            emit_token(j, &v, out, &["id", "tenant", "principal", "token"])?;
+            emit_token(
+                j,
+                &v,
+                out,
+                &["id", "tenant", "principal", "expires_at", "token"],
+            )?;
         }
         Cmd::Approvals(a) => approvals::run(a, &cli.url, c, j)?,
         Cmd::Run(RunCmd::Eval {
@@ -1148,9 +1168,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             )?;
             emit_token(j, &v, out, &["id", "agent", "expires_at", "token"])?;
         }
-        Cmd::FeedToken(FeedTokenCmd::Create { out }) => {
-            let v = c().post("/v1/feed-tokens", &json!({}))?;
-            emit_token(j, &v, out, &["id", "token"])?;
+        Cmd::FeedToken(FeedTokenCmd::Create { out, tenant, ttl }) => {
+            let v = c().post(
+                "/v1/feed-tokens",
+                &json!({"tenant": tenant, "ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
+            )?;
+            emit_token(j, &v, out, &["id", "tenant", "expires_at", "token"])?;
         }
         Cmd::Exec(a) => {
             let starter = match &a.join_token_file {

@@ -30,6 +30,7 @@ fn main() {
         jwt_es256: key(3, Alg::ES256),
         retired: vec![],
         retired_roots: vec![],
+        retired_since: Default::default(),
     };
     let other_root = key(4, Alg::EdDSA);
     let run_key = key(5, Alg::EdDSA);

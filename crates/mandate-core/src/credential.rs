@@ -191,6 +191,9 @@ impl Signer {
     }
 }
 
+/// The longest a credential lives (a tool's `max_ttl_secs` is at most this).
+pub const MAX_CREDENTIAL_LIFETIME: UnixTime = 3600;
+
 /// Verifies a credential this broker issued: allow-listed `alg`, known
 /// `kid`, signature, `typ`, issuer, and (unless `allow_expired`) expiry.
 pub fn verify(
@@ -220,6 +223,22 @@ pub fn verify(
         .map_err(|e| malformed("credential", format!("claims: {e}")))?;
     if claims.iss != issuer {
         return Err(malformed("credential", "issued by another broker"));
+    }
+    if claims.exp.saturating_sub(claims.iat) > MAX_CREDENTIAL_LIFETIME {
+        return Err(malformed(
+            "credential",
+            format!(
+                "it lives longer than {MAX_CREDENTIAL_LIFETIME} s, which no credential of this broker does"
+            ),
+        ));
+    }
+    if let Some(t) = keys.retired_since.get(kid)
+        && claims.iat > *t
+    {
+        return Err(malformed(
+            "credential",
+            format!("it was signed at {} by a key retired at {t}", claims.iat),
+        ));
     }
     if !allow_expired && claims.exp < now {
         return Err(Error::Expired {

@@ -180,6 +180,10 @@ pub struct BrokerKeys {
     /// Earlier mandate root keys, newest first, still accepted until the
     /// mandates they signed have expired.
     pub retired_roots: Vec<SigningKey>,
+    /// When each retired key (by `kid`) was retired (seconds): what it
+    /// signed after that is refused, whatever it says (a stolen retired key
+    /// cannot mint new tokens).
+    pub retired_since: std::collections::HashMap<String, crate::UnixTime>,
 }
 
 impl std::fmt::Debug for BrokerKeys {
@@ -201,6 +205,7 @@ impl BrokerKeys {
             jwt_es256: SigningKey::generate(Alg::ES256, rng),
             retired: Vec::new(),
             retired_roots: Vec::new(),
+            retired_since: std::collections::HashMap::new(),
         }
     }
 

@@ -146,6 +146,31 @@ pub struct RootKeys {
     /// The key that signed mandates without a root key id (minted before
     /// ids were set): the oldest root this broker keeps.
     pub legacy: PublicKey,
+    /// When each retired key (by [`root_key_id`]) was retired (seconds).
+    pub retired_since: std::collections::HashMap<u32, UnixTime>,
+}
+
+impl RootKeys {
+    /// Refuses a mandate that says it was issued after the root key that
+    /// signed it was retired: a stolen retired key mints nothing new.
+    pub fn check_signed_before_retirement(
+        &self,
+        token: &Biscuit,
+        issued_at: UnixTime,
+    ) -> Result<()> {
+        let id = token
+            .root_key_id()
+            .unwrap_or_else(|| root_key_id(&self.legacy));
+        match self.retired_since.get(&id) {
+            Some(t) if issued_at > *t => Err(malformed(
+                "mandate",
+                format!(
+                    "it says it was issued at {issued_at}, after the key that signed it was retired ({t})"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl RootKeyProvider for &RootKeys {
@@ -519,18 +544,29 @@ mod tests {
         let new = root_keypair(&SigningKey::generate(Alg::EdDSA, &mut OsRng)).unwrap();
         let by_old = mint(&old, &claims(now), &mut OsRng).unwrap();
         let by_new = mint(&new, &claims(now), &mut OsRng).unwrap();
-        let roots = RootKeys {
+        let mut roots = RootKeys {
             current: new.public(),
             retired: vec![old.public()],
             legacy: old.public(),
+            retired_since: HashMap::new(),
         };
         assert!(verify(&roots, &by_old, now).is_ok());
         assert!(verify(&roots, &by_new, now).is_ok());
+        // What the old root signed after its retirement is refused.
+        roots
+            .retired_since
+            .insert(root_key_id(&old.public()), now - 1);
+        let parsed = Biscuit::from_base64(&by_old, &roots).unwrap();
+        let refused = roots.check_signed_before_retirement(&parsed, now);
+        assert!(refused.unwrap_err().to_string().contains("was retired"));
+        roots.retired_since.insert(root_key_id(&old.public()), now);
+        assert!(roots.check_signed_before_retirement(&parsed, now).is_ok());
         // Once the old root is no longer kept, its mandates are refused.
         let only_new = RootKeys {
             current: new.public(),
             retired: vec![],
             legacy: new.public(),
+            retired_since: HashMap::new(),
         };
         assert_eq!(
             verify(&only_new, &by_old, now),

@@ -62,7 +62,7 @@ proptest! {
     fn credential_verifier_refuses_garbage(t in jws_like(), u in jws_with_json()) {
         let keys = BrokerKeys { mandate_root: SigningKey::from_bytes(Alg::EdDSA, &[1; 32]).unwrap(),
             jwt_eddsa: SigningKey::from_bytes(Alg::EdDSA, &[2; 32]).unwrap(),
-            jwt_es256: SigningKey::from_bytes(Alg::ES256, &[3; 32]).unwrap(), retired: vec![], retired_roots: vec![] };
+            jwt_es256: SigningKey::from_bytes(Alg::ES256, &[3; 32]).unwrap(), retired: vec![], retired_roots: vec![], retired_since: Default::default() };
         prop_assert!(mandate_core::credential::verify(&keys, "http://b", &t, 0, true).is_err());
         prop_assert!(mandate_core::credential::verify(&keys, "http://b", &u, 0, true).is_err());
     }

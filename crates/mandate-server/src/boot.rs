@@ -253,8 +253,42 @@ fn unseal_key(mk: &MasterKey, rec: &KeyRecord) -> Result<SigningKey, BootError> 
     SigningKey::from_bytes(alg, secret.expose()).map_err(|e| BootError(e.to_string()))
 }
 
-/// How many earlier credential keys stay published after rotations.
-const RETIRED_KEPT: usize = 4;
+/// How many earlier keys of one purpose are kept at most (a backstop: keys
+/// are dropped by time, see [`retired_keys`]).
+const RETIRED_KEPT: usize = 16;
+
+/// Clock skew allowed on top of a token's life before its retired key goes.
+const RETIRED_SKEW: u64 = 60;
+
+/// The earlier keys of `purpose` still trusted at `now`, newest first, each
+/// with when it was retired (when its successor of the same algorithm was
+/// made). A key retired more than `keep` seconds ago (the longest life of
+/// what it signed, plus skew) is dropped: it is no longer published or
+/// accepted.
+fn retired_keys(
+    mk: &MasterKey,
+    records: &[mandate_store::KeyRecord],
+    purpose: &str,
+    current: &[String],
+    keep: u64,
+    now: u64,
+) -> Result<Vec<(SigningKey, u64)>, BootError> {
+    let mut out = Vec::new();
+    for (i, rec) in records.iter().enumerate().rev() {
+        if rec.purpose != purpose || current.contains(&rec.kid) || out.len() >= RETIRED_KEPT {
+            continue;
+        }
+        let successor = records[i + 1..]
+            .iter()
+            .find(|r| r.purpose == rec.purpose && r.alg == rec.alg);
+        let Some(next) = successor else { continue };
+        let retired_at = next.created_ms / 1000;
+        if retired_at + keep + RETIRED_SKEW >= now {
+            out.push((unseal_key(mk, rec)?, retired_at));
+        }
+    }
+    Ok(out)
+}
 
 /// Id prefix of feed-reader credentials in the admin credential table.
 pub const FEED_ID_PREFIX: &str = "feed_";
@@ -336,27 +370,41 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             jwt_es256: unseal_key(&mk, find("jwt", "ES256")?)?,
             retired: Vec::new(),
             retired_roots: Vec::new(),
+            retired_since: std::collections::HashMap::new(),
         };
-        // Earlier mandate roots, newest first, so mandates they signed verify.
-        let root_kid = keys.mandate_root.kid();
-        for rec in snap.keys.iter().rev().filter(|k| k.purpose == "mandate") {
-            if rec.kid != root_kid && keys.retired_roots.len() < RETIRED_KEPT {
-                keys.retired_roots.push(unseal_key(&mk, rec)?);
-            }
+        let now = crate::now_secs();
+        // Earlier mandate roots and credential keys, newest first, while
+        // what they signed can still be alive; nothing they signed after
+        // their retirement is accepted.
+        let roots = retired_keys(
+            &mk,
+            &snap.keys,
+            "mandate",
+            &[keys.mandate_root.kid()],
+            cfg.mandate_max_ttl,
+            now,
+        )?;
+        let jwts = retired_keys(
+            &mk,
+            &snap.keys,
+            "jwt",
+            &[keys.jwt_eddsa.kid(), keys.jwt_es256.kid()],
+            mandate_core::credential::MAX_CREDENTIAL_LIFETIME,
+            now,
+        )?;
+        for (k, at) in roots.iter().chain(jwts.iter()) {
+            keys.retired_since.insert(k.kid(), *at);
         }
-        // Earlier credential keys stay published (newest first, at most
-        // RETIRED_KEPT) so credentials they signed still verify.
-        let current = [keys.jwt_eddsa.kid(), keys.jwt_es256.kid()];
-        for rec in snap.keys.iter().rev().filter(|k| k.purpose == "jwt") {
-            if !current.contains(&rec.kid) && keys.retired.len() < RETIRED_KEPT {
-                keys.retired.push(unseal_key(&mk, rec)?);
-            }
-        }
+        keys.retired_roots = roots.into_iter().map(|(k, _)| k).collect();
+        keys.retired = jwts.into_iter().map(|(k, _)| k).collect();
         if cfg.rotate_keys {
             let fresh = BrokerKeys::generate(&mut OsRng);
             let mut retired = vec![keys.jwt_eddsa.clone(), keys.jwt_es256.clone()];
             retired.append(&mut keys.retired);
             retired.truncate(RETIRED_KEPT);
+            for k in [&keys.jwt_eddsa, &keys.jwt_es256, &keys.mandate_root] {
+                keys.retired_since.insert(k.kid(), now);
+            }
             for k in [&fresh.jwt_eddsa, &fresh.jwt_es256] {
                 boot_entries.push(Entry {
                     mutation: Some(Mutation::PutKey(seal_key(&mk, k, "jwt")?)),
@@ -396,6 +444,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
                 jwt_es256: fresh.jwt_es256,
                 retired,
                 retired_roots,
+                retired_since: std::mem::take(&mut keys.retired_since),
             };
         }
         keys
@@ -430,6 +479,8 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
                 id: "bootstrap".into(),
                 hash,
                 created_ms: crate::now_ms(),
+                tenant: None,
+                expires_at: 0,
             })),
             events: vec![EventBody {
                 time_ms: crate::now_ms(),

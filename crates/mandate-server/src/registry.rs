@@ -29,6 +29,8 @@ pub struct ApproverCredential {
     pub principal: String,
     /// When it was made (seconds).
     pub created: u64,
+    /// When it expires (seconds).
+    pub expires_at: u64,
 }
 
 impl ApproverCredential {
@@ -39,6 +41,7 @@ impl ApproverCredential {
             tenant: t.tenant.clone(),
             principal: t.principal.clone(),
             created: t.created_ms / 1000,
+            expires_at: t.expires_at,
         }
     }
 
@@ -73,6 +76,11 @@ pub struct Registry {
     pub compiled: HashMap<String, Arc<TenantPolicies>>,
     /// Revoked ids.
     pub revoked: HashSet<String>,
+    /// Until when each revoked id matters (seconds; 0 = forever): past it
+    /// nothing it names can still be valid, and it is forgotten.
+    revoked_until: HashMap<String, u64>,
+    /// Revoked ids by the time they may be forgotten, soonest first.
+    expiring: std::collections::BinaryHeap<std::cmp::Reverse<(u64, String)>>,
     /// The kill switch: everything issued at or before this time (seconds) is refused.
     pub revoked_before: u64,
     /// Last revocation sequence number.
@@ -118,7 +126,7 @@ impl Registry {
         for rev in snap.revocations {
             r.revocation_seq = r.revocation_seq.max(rev.seq);
             if rev.until == 0 || rev.until >= now {
-                r.add_revoked(&rev.key);
+                r.add_revoked(&rev.key, rev.until, now);
             }
         }
         Ok(r)
@@ -207,15 +215,15 @@ impl Registry {
                     tracing::error!("policies of tenant {tenant} no longer compile: {e}");
                 }
             }
-            Mutation::Revoke(Revocation { key, .. })
+            Mutation::Revoke(Revocation { key, until, .. })
             | Mutation::EndRun {
-                revocation: Revocation { key, .. },
+                revocation: Revocation { key, until, .. },
                 ..
             } => {
                 if let Mutation::EndRun { id, .. } = m {
                     self.suspended.remove(id);
                 }
-                self.add_revoked(key);
+                self.add_revoked(key, *until, crate::now_secs());
                 if let Some(s) = revocation_seq {
                     self.revocation_seq = self.revocation_seq.max(s);
                 }
@@ -232,16 +240,48 @@ impl Registry {
         }
     }
 
-    /// Records a revoked id; `everything:<T>` moves the kill-switch time.
+    /// Records a revoked id that matters until `until` (0 = forever);
+    /// `everything:<T>` moves the kill-switch time. Forgets ids whose time
+    /// has passed (so the set stays as large as what can still be valid).
     /// Returns whether it was new.
-    pub fn add_revoked(&mut self, key: &str) -> bool {
+    pub fn add_revoked(&mut self, key: &str, until: u64, now: u64) -> bool {
         if let Some(t) = key
             .strip_prefix(EVERYTHING)
             .and_then(|t| t.parse::<u64>().ok())
         {
             self.revoked_before = self.revoked_before.max(t);
         }
+        let kept = self.revoked_until.entry(key.to_owned()).or_insert(until);
+        *kept = if *kept == 0 || until == 0 {
+            0
+        } else {
+            (*kept).max(until)
+        };
+        if *kept != 0 {
+            self.expiring
+                .push(std::cmp::Reverse((*kept, key.to_owned())));
+        }
+        self.forget_expired(now);
         self.revoked.insert(key.to_owned())
+    }
+
+    /// Forgets revoked ids whose `until` has passed.
+    fn forget_expired(&mut self, now: u64) {
+        while let Some(std::cmp::Reverse((t, _))) = self.expiring.peek()
+            && *t < now
+        {
+            let Some(std::cmp::Reverse((_, key))) = self.expiring.pop() else {
+                break;
+            };
+            if self
+                .revoked_until
+                .get(&key)
+                .is_some_and(|u| *u != 0 && *u < now)
+            {
+                self.revoked_until.remove(&key);
+                self.revoked.remove(&key);
+            }
+        }
     }
 
     /// Why a token issued at `issued_at` with these revocation ids is
@@ -282,5 +322,28 @@ impl Registry {
                 t.tenant != tenant && (t.name == name_or_audience || t.audience == name_or_audience)
             })
             .map(|t| t.tenant.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_ids_are_forgotten_once_nothing_they_name_can_be_valid() {
+        let mut r = Registry::default();
+        assert!(r.add_revoked("cred:a", 100, 50));
+        assert!(r.add_revoked("run:r", 300, 50));
+        assert!(r.revoked.contains("cred:a"));
+        // Later: cred:a's time has passed, run:r's has not.
+        assert!(r.add_revoked("agent:t/x", 0, 200));
+        assert!(!r.revoked.contains("cred:a"));
+        assert!(r.revoked.contains("run:r") && r.revoked.contains("agent:t/x"));
+        // Revoked again for ever: never forgotten.
+        r.add_revoked("run:r", 0, 200);
+        r.add_revoked("cred:b", 400, 1000);
+        assert!(r.revoked.contains("run:r") && r.revoked.contains("agent:t/x"));
+        assert!(r.revoked.contains("cred:b"));
+        assert_eq!(r.refused(&["cred:a".into()], 10), None);
     }
 }

@@ -23,15 +23,28 @@ use crate::writer::Writer;
 #[derive(Debug)]
 pub struct VerifiedCache<T> {
     map: HashMap<[u8; 32], (u64, Arc<T>)>,
+    cap: usize,
 }
 
 impl<T> Default for VerifiedCache<T> {
     fn default() -> Self {
-        Self {
-            map: HashMap::new(),
-        }
+        Self::with_cap(VERIFIED_CACHE_CAP)
     }
 }
+
+/// An attenuated mandate whose holder proved its key: its claims and its
+/// parsed token (so each use runs only its Datalog checks again).
+#[derive(Debug)]
+pub struct Attenuated {
+    /// The verified claims.
+    pub claims: Arc<MandateClaims>,
+    /// The parsed, verified token.
+    pub parsed: Arc<biscuit_auth::Biscuit>,
+}
+
+/// Attenuated mandates kept at most (holders mint them offline, up to
+/// ~80 KB parsed each: a few MB at most, and a miss only costs a verification).
+const ATTENUATED_CACHE_CAP: usize = 1024;
 
 /// Verified mandates.
 pub type MandateCache = VerifiedCache<MandateClaims>;
@@ -39,6 +52,24 @@ pub type MandateCache = VerifiedCache<MandateClaims>;
 const VERIFIED_CACHE_CAP: usize = 100_000;
 
 impl<T> VerifiedCache<T> {
+    /// Number of entries (some may have expired).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// An empty cache of at most `cap` entries.
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
     /// A cached, still-unexpired verification.
     pub fn get(&self, digest: &[u8; 32], now: u64) -> Option<Arc<T>> {
         self.map
@@ -48,9 +79,9 @@ impl<T> VerifiedCache<T> {
     }
     /// Remembers a verification that holds until `exp`.
     pub fn put(&mut self, digest: [u8; 32], exp: u64, claims: Arc<T>, now: u64) {
-        if self.map.len() >= VERIFIED_CACHE_CAP {
+        if self.map.len() >= self.cap {
             self.map.retain(|_, (e, _)| *e >= now);
-            if self.map.len() >= VERIFIED_CACHE_CAP {
+            if self.map.len() >= self.cap {
                 self.map.clear();
             }
         }
@@ -82,18 +113,22 @@ pub struct AppState {
     pub replay: Mutex<ReplayCache>,
     /// Verified mandates.
     pub mandates: Mutex<MandateCache>,
-    /// Parsed, verified attenuated mandates, so each use runs only their
-    /// Datalog checks (not their signatures) again.
-    pub attenuated: Mutex<VerifiedCache<biscuit_auth::Biscuit>>,
+    /// Attenuated mandates, once their holder proved its key (never before:
+    /// anyone can mint them offline).
+    pub attenuated: Mutex<VerifiedCache<Attenuated>>,
     /// Verified proxy credentials.
     pub proxy_credentials: Mutex<VerifiedCache<mandate_core::credential::AccessClaims>>,
     /// Single-use (amount) proxy credentials already used, until they expire.
     pub proxy_spent: Mutex<mandate_core::forwarding::SpentSet>,
+    /// Narrowed mandates revoked at RFC 7009 per run, in this process: at
+    /// most [`crate::routes::oauth::MAX_BLOCK_REVOCATIONS`] each (anyone
+    /// holding a run's key can mint narrowed mandates offline).
+    pub block_revocations: Mutex<HashMap<String, u32>>,
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
     /// (id, SHA-256) of each feed-reader credential: `cred:<id>` revokes it.
-    pub feed_hashes: RwLock<Vec<(String, Vec<u8>)>>,
+    pub feed_credentials: RwLock<Vec<crate::routes::feed::FeedCredential>>,
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
@@ -234,11 +269,11 @@ impl AppState {
         checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
-        let feed_hashes: Vec<(String, Vec<u8>)> = snap
+        let feed_credentials: Vec<crate::routes::feed::FeedCredential> = snap
             .admin_tokens
             .iter()
             .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
-            .map(|t| (t.id.clone(), t.hash.clone()))
+            .map(crate::routes::feed::FeedCredential::from_record)
             .collect();
         let mut secrets = HashMap::new();
         for (i, t) in snap.tool_secrets.iter().enumerate() {
@@ -260,10 +295,20 @@ impl AppState {
         for k in &keys.retired_roots {
             retired.push(mandate::root_public(k).map_err(|e| BootError(e.to_string()))?);
         }
+        let retired_since = keys
+            .retired_roots
+            .iter()
+            .zip(&retired)
+            .filter_map(|(k, p)| {
+                let at = keys.retired_since.get(&k.kid())?;
+                Some((mandate::root_key_id(p), *at))
+            })
+            .collect();
         let roots = mandate::RootKeys {
             current: root_public,
             legacy: retired.last().copied().unwrap_or(root_public),
             retired,
+            retired_since,
         };
         let writer = Writer::start(Arc::clone(&store), Arc::clone(&checkpoints));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
@@ -299,11 +344,12 @@ impl AppState {
             writer,
             replay: Mutex::new(replay),
             mandates: Mutex::new(MandateCache::default()),
-            attenuated: Mutex::new(VerifiedCache::default()),
+            attenuated: Mutex::new(VerifiedCache::with_cap(ATTENUATED_CACHE_CAP)),
             proxy_credentials: Mutex::new(VerifiedCache::default()),
             proxy_spent: Mutex::new(proxy_spent),
+            block_revocations: Mutex::new(HashMap::new()),
             admin_hashes,
-            feed_hashes: RwLock::new(feed_hashes),
+            feed_credentials: RwLock::new(feed_credentials),
             token_endpoint,
             signers,
             nonces,
@@ -344,7 +390,8 @@ impl AppState {
         let early = match &mutation {
             Some(Mutation::Revoke(r)) | Some(Mutation::EndRun { revocation: r, .. }) => {
                 let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-                reg.add_revoked(&r.key).then(|| r.key.clone())
+                reg.add_revoked(&r.key, r.until, crate::now_secs())
+                    .then(|| r.key.clone())
             }
             _ => None,
         };
@@ -578,23 +625,50 @@ impl AppState {
         if let Some(c) = self.mandates.lock().ok().and_then(|m| m.get(&digest, now)) {
             return Ok(c);
         }
+        if let Some(a) = self
+            .attenuated
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest, now))
+        {
+            return Ok(Arc::clone(&a.claims));
+        }
+        let (claims, _) = self.verify_uncached(token, now)?;
+        // Only the broker's own mandates (one per run) are cached here;
+        // attenuated ones, which holders mint offline, once their holder
+        // proved its key ([`AppState::parsed_mandate`]).
+        if claims.hops.is_empty()
+            && let Ok(mut m) = self.mandates.lock()
+        {
+            m.put(digest, claims.expires_at, Arc::clone(&claims), now);
+        }
+        Ok(claims)
+    }
+
+    fn verify_uncached(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Arc<MandateClaims>, biscuit_auth::Biscuit), mandate_core::Error> {
         let (claims, parsed) = mandate::verify_parsed(&self.roots, token, now)?;
-        let claims = Arc::new(claims);
+        self.roots
+            .check_signed_before_retirement(&parsed, claims.issued_at)?;
+        if claims.expires_at.saturating_sub(claims.issued_at) > self.config.mandate_max_ttl {
+            return Err(mandate_core::Error::Malformed {
+                what: "mandate",
+                reason: format!(
+                    "it lives longer than this broker's longest mandate ({} s)",
+                    self.config.mandate_max_ttl
+                ),
+            });
+        }
         if claims.issuer != self.config.issuer {
             return Err(mandate_core::Error::Malformed {
                 what: "mandate",
                 reason: "it was issued for another broker address".into(),
             });
         }
-        if !claims.hops.is_empty()
-            && let Ok(mut m) = self.attenuated.lock()
-        {
-            m.put(digest, claims.expires_at, Arc::new(parsed), now);
-        }
-        if let Ok(mut m) = self.mandates.lock() {
-            m.put(digest, claims.expires_at, Arc::clone(&claims), now);
-        }
-        Ok(claims)
+        Ok((Arc::new(claims), parsed))
     }
 
     /// The parsed token of an attenuated mandate [`AppState::verify_mandate`]
@@ -605,18 +679,23 @@ impl AppState {
         now: u64,
     ) -> Result<Arc<biscuit_auth::Biscuit>, mandate_core::Error> {
         let digest = mandate::token_digest(token);
-        if let Some(b) = self
+        if let Some(a) = self
             .attenuated
             .lock()
             .ok()
             .and_then(|m| m.get(&digest, now))
         {
-            return Ok(b);
+            return Ok(Arc::clone(&a.parsed));
         }
-        let (claims, parsed) = mandate::verify_parsed(&self.roots, token, now)?;
+        let (claims, parsed) = self.verify_uncached(token, now)?;
         let parsed = Arc::new(parsed);
         if let Ok(mut m) = self.attenuated.lock() {
-            m.put(digest, claims.expires_at, Arc::clone(&parsed), now);
+            let exp = claims.expires_at;
+            let entry = Attenuated {
+                claims,
+                parsed: Arc::clone(&parsed),
+            };
+            m.put(digest, exp, Arc::new(entry), now);
         }
         Ok(parsed)
     }

@@ -628,3 +628,33 @@ fn undelivered_webhooks_wait_in_the_outbox_across_a_restart() {
     assert_eq!(got.lock().unwrap().len(), 1);
     drop(rt);
 }
+
+/// Approver credentials expire (default 30 days; `ttl_secs` at most a year).
+#[test]
+fn an_approver_credential_expires() {
+    let b = Broker::start("apv-expiry");
+    b.seed("acme");
+    let path = "/v1/tenants/acme/principals/alice@example.com/approver-tokens";
+    for bad in [json!({"ttl_secs": 0}), json!({"ttl_secs": 366 * 86_400})] {
+        assert_refused(&b.admin_post(path, bad), 400, "invalid_request", "ttl_secs");
+    }
+    let (s, v) = b.admin_post(path, json!({}));
+    assert_eq!(s, 201, "{v}");
+    let month = v["expires_at"].as_u64().unwrap() - now();
+    assert!((30 * 86_400 - 5..=30 * 86_400).contains(&month), "{v}");
+    let (s, v) = b.admin_post(path, json!({"ttl_secs": 1}));
+    assert_eq!(s, 201, "{v}");
+    let t = v["token"].as_str().unwrap().to_owned();
+    let list = || {
+        read(
+            Broker::agent()
+                .get(format!("{}/v1/approvals", b.url))
+                .header("Authorization", &format!("Bearer {t}"))
+                .call()
+                .unwrap(),
+        )
+    };
+    assert_eq!(list().0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_refused(&list(), 401, "invalid_token", "expired");
+}

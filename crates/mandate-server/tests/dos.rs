@@ -370,14 +370,14 @@ fn a_proof_used_before_a_restart_is_refused_after_it() {
         "invalid_signature",
         "the broker restarted",
     );
-    // Both refusals are in the trail, with why.
+    // The refusals are in the trail, with why (before the key is proven a
+    // refusal is anyone's: audited through the per-client throttle, so the
+    // second one in the same window only counts).
     let denied = b.audit("type=token.exchange&decision=deny");
     assert!(
         denied
             .iter()
-            .filter(|e| e["reason"].as_str().unwrap_or("").contains("restarted"))
-            .count()
-            >= 2,
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("restarted")),
         "{denied:?}"
     );
     // The honest client follows RFC 9449 §8: a fresh proof with the nonce works.

@@ -767,6 +767,7 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
                 reason: "test".into(),
                 time_ms: 1,
                 until: 0,
+                tenant: Some("acme".into()),
             })),
             events: vec![],
         }))

@@ -14,9 +14,18 @@ use serde_json::{Value, json};
 
 /// Opens the SSE feed and forwards each event's (id, data) to a channel.
 fn subscribe(b: &Broker, last_event_id: Option<u64>) -> mpsc::Receiver<(u64, Value)> {
+    subscribe_as(b, &b.admin, last_event_id)
+}
+
+/// [`subscribe`] with `token` (the admin's or a feed credential).
+fn subscribe_as(
+    b: &Broker,
+    token: &str,
+    last_event_id: Option<u64>,
+) -> mpsc::Receiver<(u64, Value)> {
     let mut req = Broker::agent()
         .get(format!("{}/v1/revocations/feed", b.url))
-        .header("Authorization", &format!("Bearer {}", b.admin));
+        .header("Authorization", &format!("Bearer {token}"));
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", &id.to_string());
     }
@@ -197,4 +206,104 @@ fn a_feed_credential_reads_the_feed_and_nothing_else() {
             .unwrap(),
     );
     assert_eq!(r.0, 200, "{}", r.1);
+}
+
+/// A feed credential limited to a tenant reads that tenant's revocations
+/// (and the kill switch), the others' only as placeholders, no reasons;
+/// it expires; an open feed ends when it is revoked (issue 10, review).
+#[test]
+fn a_tenant_feed_credential_sees_its_tenant_only_and_ends_when_revoked() {
+    let b = Broker::start("feed-scoped");
+    b.seed("acme");
+    b.seed("beta");
+    assert_refused(
+        &b.admin_post("/v1/feed-tokens", json!({"tenant": "ghost"})),
+        404,
+        "not_found",
+        "ghost",
+    );
+    for bad in [json!({"ttl_secs": 0}), json!({"ttl_secs": 400 * 86_400})] {
+        assert_refused(
+            &b.admin_post("/v1/feed-tokens", bad),
+            400,
+            "invalid_request",
+            "ttl_secs",
+        );
+    }
+    let (s, v) = b.admin_post("/v1/feed-tokens", json!({"tenant": "acme"}));
+    assert_eq!(s, 201, "{v}");
+    let (id, t) = (
+        v["id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(v["tenant"], "acme");
+    let revoke = |kind: &str, tenant: Option<&str>, id: &str, reason: &str| {
+        let (s, v) = b.admin_post(
+            "/v1/revocations",
+            json!({"kind": kind, "tenant": tenant, "id": id, "reason": reason}),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["seq"].as_u64().unwrap()
+    };
+    let rx = subscribe_as(&b, &t, None);
+    let theirs = revoke("agent", Some("beta"), "triage", "beta-secret-reason");
+    let mine = revoke("agent", Some("acme"), "triage", "acme-secret-reason");
+    let log = read(
+        Broker::agent()
+            .get(format!("{}/v1/revocations/log?after=0", b.url))
+            .header("Authorization", &format!("Bearer {t}"))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(log.0, 200, "{}", log.1);
+    let text = log.1.to_string();
+    assert!(!text.contains("beta") && !text.contains("secret"), "{text}");
+    let items = log.1["revocations"].as_array().unwrap();
+    assert_eq!(items[0], json!({"seq": theirs, "redacted": true}));
+    assert_eq!(items[1]["key"], "agent:acme/triage");
+    assert!(items[1].get("reason").is_none(), "{text}");
+    // The feed: the same, with contiguous sequence numbers.
+    assert_eq!(
+        next(&rx),
+        (theirs, json!({"seq": theirs, "redacted": true}))
+    );
+    let (seq, v) = next(&rx);
+    assert_eq!((seq, v["key"].as_str()), (mine, Some("agent:acme/triage")));
+    // Revoking the credential ends the open feed, and it reads nothing more.
+    revoke("credential", None, &id, "rotated");
+    let ended = (0..20).any(|_| {
+        matches!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        )
+    });
+    assert!(ended, "the feed of a revoked credential did not end");
+    assert_refused(
+        &read(
+            Broker::agent()
+                .get(format!("{}/v1/revocations/log", b.url))
+                .header("Authorization", &format!("Bearer {t}"))
+                .call()
+                .unwrap(),
+        ),
+        401,
+        "invalid_token",
+        "revoked",
+    );
+    // Expiry.
+    let (_, v) = b.admin_post("/v1/feed-tokens", json!({"ttl_secs": 1}));
+    let short = v["token"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_refused(
+        &read(
+            Broker::agent()
+                .get(format!("{}/v1/revocations/log", b.url))
+                .header("Authorization", &format!("Bearer {short}"))
+                .call()
+                .unwrap(),
+        ),
+        401,
+        "invalid_token",
+        "expired",
+    );
 }

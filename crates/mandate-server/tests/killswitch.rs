@@ -67,3 +67,58 @@ fn everything_issued_before_is_refused_in_every_tenant_and_new_runs_work() {
     assert!(reg.refused(&[], cut).unwrap().starts_with("everything:"));
     assert!(reg.refused(&[], cut + 1).is_none());
 }
+
+/// What the kill switch refuses stays refused after a restart, also for
+/// credentials that do not expire with a mandate: approver credentials and
+/// join tokens made before it (issue 10, review of scoped credentials).
+#[test]
+fn the_kill_switch_is_never_forgotten_by_approver_and_join_credentials() {
+    let b = Broker::start_with("kill-scoped", |c| c.mandate_max_ttl = 2);
+    let grant = b.seed("acme");
+    let (s, v) = b.admin_post(
+        "/v1/tenants/acme/principals/alice@example.com/approver-tokens",
+        json!({}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let approver = v["token"].as_str().unwrap().to_owned();
+    let (s, v) = b.admin_post(
+        "/v1/tenants/acme/agents/triage/join-tokens",
+        json!({"principal": "alice@example.com", "grant": grant, "ttl_secs": 3600}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let join = v["token"].as_str().unwrap().to_owned();
+    let approvals = |b: &Broker| {
+        read(
+            Broker::agent()
+                .get(format!("{}/v1/approvals", b.url))
+                .header("Authorization", &format!("Bearer {approver}"))
+                .call()
+                .unwrap(),
+        )
+    };
+    let start = |b: &Broker| {
+        let key = mandate_core::keys::SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+        read(
+            Broker::agent()
+                .post(format!("{}/v1/runs", b.url))
+                .header("Authorization", &format!("Bearer {join}"))
+                .send_json(
+                    &json!({"tenant": "acme", "agent": "triage", "principal": "alice@example.com",
+                    "grant": grant, "jwk": key.public().to_json()}),
+                )
+                .unwrap(),
+        )
+    };
+    assert_eq!(approvals(&b).0, 200);
+    let (s, v) = b.admin_post("/v1/revocations", json!({"kind": "everything"}));
+    assert_eq!(s, 200, "{v}");
+    assert_refused(&approvals(&b), 401, "invalid_token", "revoked (everything)");
+    assert_refused(&start(&b), 401, "invalid_token", "revoked (everything)");
+    // Longer than the longest mandate (2 s) later, after a restart: still refused.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let dir = b.dir.clone();
+    drop(b);
+    let b = Broker::start_again(&dir);
+    assert_refused(&approvals(&b), 401, "invalid_token", "revoked (everything)");
+    assert_refused(&start(&b), 401, "invalid_token", "revoked (everything)");
+}

@@ -185,6 +185,17 @@ fn role_prefix(run: &str) -> String {
     format!("mandate_{}_", run.trim_start_matches("run_"))
 }
 
+/// The `lease.drop` events of a run, once there is one (the reaper writes
+/// the event after the role is gone).
+fn lease_drops(b: &Broker, run_id: &str) -> Vec<Value> {
+    let mut drops = vec![];
+    wait_until("lease.drop audited", Duration::from_secs(5), || {
+        drops = b.audit(&format!("run={run_id}&type=lease.drop"));
+        !drops.is_empty()
+    });
+    drops
+}
+
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !ok() {
@@ -279,7 +290,7 @@ fn revoking_the_run_ends_sessions_and_drops_the_role() {
         e.to_string().contains("authentication") || e.as_db_error().is_some(),
         "{e}"
     );
-    let drops = b.audit(&format!("run={run_id}&type=lease.drop"));
+    let drops = lease_drops(&b, &run_id);
     assert_eq!(drops.len(), 1);
     assert!(
         drops[0]["reason"]
@@ -534,7 +545,7 @@ fn a_role_others_depend_on_stays_powerless_until_it_can_go() {
     wait_until("both roles dropped", Duration::from_secs(8), || {
         db.roles(&role_prefix(&run_id)).is_empty()
     });
-    let drops = b.audit(&format!("run={run_id}&type=lease.drop"));
+    let drops = lease_drops(&b, &run_id);
     assert_eq!(drops.len(), 2, "{drops:?}");
     assert_eq!(
         db.admin_value("SELECT count(*)::text FROM pg_class WHERE relname IN ('t1', 'v2')")
@@ -773,7 +784,7 @@ fn a_lease_whose_revocation_could_not_be_stored_is_still_reaped() {
     wait_until("the lease closed anyway", Duration::from_secs(5), || {
         !b.audit(&format!("run={run_id}&type=lease.drop")).is_empty()
     });
-    let drops = b.audit(&format!("run={run_id}&type=lease.drop"));
+    let drops = lease_drops(&b, &run_id);
     assert_eq!(drops[0]["credential_id"], issued[0]["credential_id"]);
     assert_eq!(drops[0]["reason"], "the database role could not be created");
 }
@@ -825,6 +836,6 @@ fn the_reaper_backs_off_per_tool_and_retries_at_once_on_a_new_secret() {
     let (s, v) = b.admin_put_text("/v1/tenants/acme/tools/baddb/secret", &db.admin_dsn());
     assert_eq!(s, 200, "{v}");
     rt.block_on(mandate_server::pg::reap_once(&b.state));
-    let drops = b.audit(&format!("run={run_id}&type=lease.drop"));
+    let drops = lease_drops(&b, &run_id);
     assert_eq!(drops.len(), 1, "{drops:?}");
 }

@@ -48,6 +48,8 @@ pub struct ApproverToken {
     pub principal: String,
     /// Creation time (ms).
     pub created_ms: u64,
+    /// Expiry (seconds).
+    pub expires_at: u64,
 }
 
 impl std::fmt::Debug for ApproverToken {
@@ -372,6 +374,11 @@ pub struct Revocation {
     /// Until when it matters (seconds; 0 = forever). A credential's
     /// revocation can be forgotten after the credential expires.
     pub until: u64,
+    /// The tenant whose ids it revokes; `None` for the kill switch (every
+    /// tenant). A tenant's feed credential reads only its own (and the kill
+    /// switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// An admin credential, stored as the SHA-256 of the token.
@@ -383,6 +390,11 @@ pub struct AdminToken {
     pub hash: Vec<u8>,
     /// Creation time (ms).
     pub created_ms: u64,
+    /// The tenant it is limited to (feed credentials; `None`: every tenant).
+    pub tenant: Option<String>,
+    /// Expiry (seconds; 0 = never: admin credentials, and feed credentials
+    /// made before expiries existed).
+    pub expires_at: u64,
 }
 
 /// A one-time, short-lived credential that starts one run of one agent

@@ -116,8 +116,20 @@ const SCHEMA_V6: &str = r#"
 ALTER TABLE leases ADD COLUMN revoked_by TEXT NOT NULL DEFAULT '[]';
 "#;
 
+/// v7 (issue 10): revocations name their tenant (a tenant's feed credential
+/// reads only its own); feed credentials may be limited to a tenant and
+/// expire; approver credentials expire (those made before: 30 days after
+/// they were made).
+const SCHEMA_V7: &str = r#"
+ALTER TABLE revocations ADD COLUMN tenant TEXT;
+ALTER TABLE admin_tokens ADD COLUMN tenant TEXT;
+ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE approver_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+UPDATE approver_tokens SET expires_at = created_ms / 1000 + 2592000;
+"#;
+
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -195,6 +207,11 @@ impl SqliteStore {
         if version < 6 {
             writer.execute_batch(&format!(
                 "BEGIN; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"
+            ))?;
+        }
+        if version < 7 {
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V7} PRAGMA user_version = 7; COMMIT;"
             ))?;
         }
         let head = writer
@@ -285,8 +302,8 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::Revoke(r) => {
             tx.execute(
-                "INSERT INTO revocations (key, reason, time_ms, until) VALUES (?1, ?2, ?3, ?4)",
-                params![r.key, r.reason, r.time_ms as i64, r.until as i64],
+                "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.key, r.reason, r.time_ms as i64, r.until as i64, r.tenant],
             )?;
             return Ok(Some(tx.last_insert_rowid() as u64));
         }
@@ -335,8 +352,8 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::PutAdminToken(t) => {
             tx.execute(
-                "INSERT INTO admin_tokens (id, hash, created_ms) VALUES (?1, ?2, ?3)",
-                params![t.id, t.hash, t.created_ms as i64],
+                "INSERT INTO admin_tokens (id, hash, created_ms, tenant, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.hash, t.created_ms as i64, t.tenant, t.expires_at as i64],
             )?;
         }
         Mutation::Enqueue { body } => {
@@ -356,8 +373,8 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         }
         Mutation::PutApproverToken(t) => {
             tx.execute(
-                "INSERT INTO approver_tokens (id, hash, tenant, principal, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.id, t.hash, t.tenant, t.principal, t.created_ms as i64],
+                "INSERT INTO approver_tokens (id, hash, tenant, principal, created_ms, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.id, t.hash, t.tenant, t.principal, t.created_ms as i64, t.expires_at as i64],
             )?;
         }
         Mutation::CreateApproval(a) => {
@@ -532,6 +549,7 @@ fn row_revocation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
         reason: r.get(2)?,
         time_ms: r.get::<_, i64>(3)? as u64,
         until: r.get::<_, i64>(4)? as u64,
+        tenant: r.get(5)?,
     })
 }
 
@@ -634,7 +652,9 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.revocations = c
-            .prepare("SELECT seq, key, reason, time_ms, until FROM revocations ORDER BY seq")?
+            .prepare(
+                "SELECT seq, key, reason, time_ms, until, tenant FROM revocations ORDER BY seq",
+            )?
             .query_map([], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         s.keys = c
@@ -661,7 +681,9 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<_>>()?;
         s.approver_tokens = c
-            .prepare("SELECT id, hash, tenant, principal, created_ms FROM approver_tokens")?
+            .prepare(
+                "SELECT id, hash, tenant, principal, created_ms, expires_at FROM approver_tokens",
+            )?
             .query_map([], |r| {
                 Ok(ApproverToken {
                     id: r.get(0)?,
@@ -669,6 +691,7 @@ impl Store for SqliteStore {
                     tenant: r.get(2)?,
                     principal: r.get(3)?,
                     created_ms: r.get::<_, i64>(4)? as u64,
+                    expires_at: r.get::<_, i64>(5)? as u64,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -677,12 +700,14 @@ impl Store for SqliteStore {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         s.admin_tokens = c
-            .prepare("SELECT id, hash, created_ms FROM admin_tokens")?
+            .prepare("SELECT id, hash, created_ms, tenant, expires_at FROM admin_tokens")?
             .query_map([], |r| {
                 Ok(AdminToken {
                     id: r.get(0)?,
                     hash: r.get(1)?,
                     created_ms: r.get::<_, i64>(2)? as u64,
+                    tenant: r.get(3)?,
+                    expires_at: r.get::<_, i64>(4)? as u64,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -819,7 +844,7 @@ impl Store for SqliteStore {
     fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Revocation>> {
         let c = lock(&self.reader);
         let out = c
-            .prepare_cached("SELECT seq, key, reason, time_ms, until FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+            .prepare_cached("SELECT seq, key, reason, time_ms, until, tenant FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
             .query_map(params![after as i64, limit as i64], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(out)

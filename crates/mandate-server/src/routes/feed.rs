@@ -3,8 +3,12 @@
 //! `GET /v1/revocations/log?after=N` or subscribes to
 //! `GET /v1/revocations/feed` (Server-Sent Events, `id` = sequence number);
 //! on reconnect it sends `Last-Event-ID` and gets everything it missed, then
-//! live events. Reading needs the admin credential until verifier
-//! credentials exist.
+//! live events. Reading needs the admin credential or a feed credential
+//! (`POST /v1/feed-tokens`): one limited to a tenant reads that tenant's
+//! revocations and the kill switch, and sees the others' only as
+//! placeholders (`{"seq": N, "redacted": true}`, so sequence numbers stay
+//! contiguous); no feed credential reads the free-text reasons. A feed
+//! credential expires, and an open feed ends when it expires or is revoked.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,6 +27,97 @@ use mandate_store::Revocation;
 
 use super::{S, require_admin, require_feed_reader};
 use crate::error::{ApiError, Code, err};
+use crate::state::AppState;
+
+/// A feed credential's life when none is asked for (90 days).
+pub const FEED_DEFAULT_TTL: u64 = 90 * 86_400;
+
+/// The longest a feed credential may live (one year).
+pub const FEED_MAX_TTL: u64 = 365 * 86_400;
+
+/// How often an open feed checks that its credential is still good.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A feed credential: reads the revocation log and feed, nothing else.
+#[derive(Clone)]
+pub struct FeedCredential {
+    /// Its id (`feed_...`): `cred:<id>` revokes it.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// The tenant it is limited to (`None`: every tenant).
+    pub tenant: Option<String>,
+    /// Expiry (seconds; 0 = never, for credentials made before expiries).
+    pub expires_at: u64,
+}
+
+impl FeedCredential {
+    /// From its stored record.
+    pub fn from_record(t: &mandate_store::AdminToken) -> Self {
+        Self {
+            id: t.id.clone(),
+            hash: t.hash.clone(),
+            tenant: t.tenant.clone(),
+            expires_at: t.expires_at,
+        }
+    }
+}
+
+/// Who reads the log or the feed.
+#[derive(Clone)]
+pub enum FeedReader {
+    /// The admin: everything, reasons too.
+    Admin,
+    /// A feed credential.
+    Feed(FeedCredential),
+}
+
+impl FeedReader {
+    /// Refuses a feed credential that has expired or been revoked (by id or
+    /// with its tenant). The kill switch spares it: verifiers learn of the
+    /// kill switch through the feed.
+    pub fn still_valid(&self, state: &AppState, now: u64) -> Result<(), ApiError> {
+        let FeedReader::Feed(c) = self else {
+            return Ok(());
+        };
+        if c.expires_at != 0 && c.expires_at <= now {
+            return Err(err(
+                Code::Unauthorized,
+                "the feed credential has expired; ask an admin for a new one (`mandate feed-token create`)",
+            ));
+        }
+        let mut keys = vec![format!("cred:{}", c.id)];
+        keys.extend(c.tenant.iter().map(|t| format!("tenant:{t}")));
+        if let Some(k) = state.reg().first_revoked(&keys) {
+            return Err(err(
+                Code::Unauthorized,
+                format!(
+                    "the feed credential has been revoked ({}); ask an admin for a new one",
+                    mandate_core::revocation::kind(k)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What this reader sees of `r`.
+    pub fn view(&self, r: &Revocation) -> Value {
+        match self {
+            FeedReader::Admin => json!(r),
+            FeedReader::Feed(c) => {
+                let visible = match (&c.tenant, &r.tenant) {
+                    (None, _) | (_, None) => true,
+                    (Some(mine), Some(theirs)) => mine == theirs,
+                };
+                if visible {
+                    json!({"seq": r.seq, "key": r.key, "time_ms": r.time_ms, "until": r.until})
+                } else {
+                    json!({"seq": r.seq, "redacted": true})
+                }
+            }
+        }
+    }
+}
 
 /// Query of the feed endpoints.
 #[derive(Deserialize)]
@@ -40,7 +135,7 @@ pub async fn log(
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_feed_reader(&s, &headers)?;
+    let reader = require_feed_reader(&s, &headers)?;
     let (after, limit) = (
         q.after.unwrap_or(0),
         q.limit.unwrap_or(PAGE).clamp(1, 10 * PAGE),
@@ -50,6 +145,7 @@ pub async fn log(
         .await
         .map_err(|_| err(Code::ServerError, "could not read the revocation log"))??;
     let head = s.reg().revocation_seq;
+    let items: Vec<Value> = items.iter().map(|r| reader.view(r)).collect();
     Ok(Json(json!({"head": head, "revocations": items})))
 }
 
@@ -72,17 +168,18 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 struct Follow {
     s: S,
+    reader: FeedReader,
     last: u64,
     rx: tokio::sync::broadcast::Receiver<Revocation>,
     backlog: VecDeque<Revocation>,
     catch_up: bool,
 }
 
-fn event(r: &Revocation) -> Event {
+fn event(reader: &FeedReader, r: &Revocation) -> Event {
     Event::default()
         .id(r.seq.to_string())
         .event("revocation")
-        .json_data(r)
+        .json_data(reader.view(r))
         .unwrap_or_else(|_| Event::default().comment("unencodable revocation"))
 }
 
@@ -93,12 +190,13 @@ pub async fn feed(
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require_feed_reader(&s, &headers)?;
+    let reader = require_feed_reader(&s, &headers)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
     // Subscribe before reading the log, so nothing falls between the two.
     let rx = s.revocations.subscribe();
     let st = Follow {
         s,
+        reader,
         last: after,
         rx,
         backlog: VecDeque::new(),
@@ -106,12 +204,16 @@ pub async fn feed(
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
+            // A credential revoked or expired since it connected ends the feed.
+            if st.reader.still_valid(&st.s, crate::now_secs()).is_err() {
+                return None;
+            }
             if let Some(r) = st.backlog.pop_front() {
                 if r.seq <= st.last {
                     continue;
                 }
                 st.last = r.seq;
-                return Some((Ok(event(&r)), st));
+                return Some((Ok(event(&st.reader, &r)), st));
             }
             if st.catch_up {
                 let store = Arc::clone(&st.s.store);
@@ -127,16 +229,29 @@ pub async fn feed(
                     _ => return None,
                 }
             }
-            match st.rx.recv().await {
-                Ok(r) if r.seq == st.last + 1 => st.backlog.push_back(r),
-                Ok(r) if r.seq > st.last => st.catch_up = true,
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => st.catch_up = true,
-                Err(RecvError::Closed) => return None,
+            match tokio::time::timeout(RECHECK, st.rx.recv()).await {
+                Err(_) => {}
+                Ok(Ok(r)) if r.seq == st.last + 1 => st.backlog.push_back(r),
+                Ok(Ok(r)) if r.seq > st.last => st.catch_up = true,
+                Ok(Ok(_)) => {}
+                Ok(Err(RecvError::Lagged(_))) => st.catch_up = true,
+                Ok(Err(RecvError::Closed)) => return None,
             }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Body of `POST /v1/feed-tokens` (may be empty).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewFeedToken {
+    /// Limit it to this tenant's revocations (and the kill switch).
+    #[serde(default)]
+    tenant: Option<String>,
+    /// Seconds it lives (default [`FEED_DEFAULT_TTL`]).
+    #[serde(default)]
+    ttl_secs: Option<u64>,
 }
 
 /// `POST /v1/feed-tokens`: a credential that can read the revocation log and
@@ -145,8 +260,34 @@ pub async fn create_feed_token(
     State(s): State<S>,
     axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
+    raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {
     require_admin(&s, &headers)?;
+    let raw = super::body(raw, s.config.max_body)?;
+    let req: NewFeedToken = if raw.iter().all(u8::is_ascii_whitespace) {
+        NewFeedToken::default()
+    } else {
+        super::json_body(&raw)?
+    };
+    let ttl = req.ttl_secs.unwrap_or(FEED_DEFAULT_TTL);
+    if ttl == 0 || ttl > FEED_MAX_TTL {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`ttl_secs` must be from 1 to {FEED_MAX_TTL} (one year)"),
+        ));
+    }
+    if let Some(t) = &req.tenant
+        && !s.reg().tenants.contains_key(t)
+    {
+        return Err(err(
+            Code::NotFound,
+            format!(
+                "tenant `{}` not found",
+                t.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    let expires_at = crate::now_secs() + ttl;
     let secret = mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32);
     let token = format!(
         "{}{}",
@@ -163,6 +304,7 @@ pub async fn create_feed_token(
         time_ms: crate::now_ms(),
         event_type: "feed_token.create".into(),
         decision: "ok".into(),
+        tenant: req.tenant.clone(),
         actor: Some("admin".into()),
         credential_id: Some(id.clone()),
         correlation_id: Some(super::correlation_id(&headers)),
@@ -175,17 +317,26 @@ pub async fn create_feed_token(
                 id: id.clone(),
                 hash: hash.clone(),
                 created_ms: crate::now_ms(),
+                tenant: req.tenant.clone(),
+                expires_at,
             },
         )),
         events: vec![ev],
     })
     .await?;
-    s.feed_hashes
+    s.feed_credentials
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .push((id.clone(), hash));
+        .push(FeedCredential {
+            id: id.clone(),
+            hash,
+            tenant: req.tenant.clone(),
+            expires_at,
+        });
     Ok((
         axum::http::StatusCode::CREATED,
-        axum::Json(serde_json::json!({"id": id, "token": token})),
+        axum::Json(
+            serde_json::json!({"id": id, "token": token, "tenant": req.tenant, "expires_at": expires_at}),
+        ),
     ))
 }

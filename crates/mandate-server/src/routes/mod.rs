@@ -183,9 +183,12 @@ fn admin_credential(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
 /// Prefix of feed-reader credentials.
 pub const FEED_TOKEN_PREFIX: &str = "mandate_feed_";
 
-/// Checks for a credential that may read the revocation log and feed: the
-/// admin credential or a feed-reader credential (what verifiers hold).
-pub fn require_feed_reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Who reads the revocation log or feed: the admin, or a feed credential
+/// (valid, unexpired, not revoked).
+pub fn require_feed_reader(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<feed::FeedReader, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -195,42 +198,35 @@ pub fn require_feed_reader(state: &AppState, headers: &HeaderMap) -> Result<(), 
         Some(t) if t.starts_with(FEED_TOKEN_PREFIX) => {
             let hash = crate::boot::token_hash(t);
             let mut found = None;
-            for (id, h) in state
-                .feed_hashes
+            for c in state
+                .feed_credentials
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
             {
-                if mandate_core::secret::ct_eq(h, &hash) {
-                    found = Some(id.clone());
+                if mandate_core::secret::ct_eq(&c.hash, &hash) {
+                    found = Some(c.clone());
                 }
             }
-            // Revocable by its id (`mandate revoke --credential <id>`); the
-            // kill switch spares it: verifiers learn of the kill switch
-            // through the feed.
-            if let Some(id) = &found
-                && state.reg().first_revoked(&[format!("cred:{id}")]).is_some()
-            {
-                Err(err(
-                    Code::Unauthorized,
-                    "the feed credential has been revoked; ask an admin for a new one",
-                ))
-            } else if found.is_some() {
-                Ok(())
-            } else {
-                Err(err(
+            let c = found.ok_or_else(|| {
+                err(
                     Code::Unauthorized,
                     "the feed credential is not valid for this broker",
                 )
-                .unauthenticated("admin.auth"))
-            }
+                .unauthenticated("admin.auth")
+            })?;
+            let reader = feed::FeedReader::Feed(c);
+            reader.still_valid(state, crate::now_secs())?;
+            Ok(reader)
         }
-        _ => require_admin(state, headers).map_err(|mut e| {
-            if e.code == Code::Unauthorized && token.is_none() {
-                e.description = "the revocation feed needs a feed credential (`mandate feed-token create`) or the admin credential: send `Authorization: Bearer <token>`".into();
-            }
-            e
-        }),
+        _ => require_admin(state, headers)
+            .map(|_| feed::FeedReader::Admin)
+            .map_err(|mut e| {
+                if e.code == Code::Unauthorized && token.is_none() {
+                    e.description = "the revocation feed needs a feed credential (`mandate feed-token create`) or the admin credential: send `Authorization: Bearer <token>`".into();
+                }
+                e
+            }),
     }
 }
 

@@ -350,6 +350,7 @@ async fn token_inner(
                                     reason: "database role could not be created".into(),
                                     time_ms: crate::now_ms(),
                                     until: lease.expires_at,
+                                    tenant: Some(lease.tenant.clone()),
                                 })),
                                 events: vec![failure],
                             })
@@ -460,6 +461,10 @@ async fn token_inner(
             all.extend(seen.waiting);
             pending(&e, &all, interval, now)
         }
+        // Before the caller proved a run's key, a refusal is anyone's: it
+        // goes through the per-client throttle, so no unauthenticated
+        // caller writes one event per request.
+        Err(e) if seen.pop.is_none() => e.unauthenticated("token.exchange").into_response(),
         Err(e) => {
             ev.decision = "deny".into();
             ev.reason = Some(
@@ -469,12 +474,10 @@ async fn token_inner(
             if let Err(we) = s.record(vec![ev]).await {
                 return we.into_response();
             }
-            // A denial counts against the run only once its key was proven:
-            // someone who saw a mandate without its key cannot make it look
-            // anomalous (and get it suspended).
-            if let Some(m) = seen.mandate.as_deref()
-                && seen.pop.is_some()
-            {
+            // A denial counts against the run only once its key was proven
+            // (above): someone who saw a mandate without its key cannot make
+            // it look anomalous (and get it suspended).
+            if let Some(m) = seen.mandate.as_deref() {
                 crate::alerts::judged(s, m.into(), now, true).await;
             }
             e.into_response()
@@ -1078,6 +1081,30 @@ fn approvals_for(need: &mandate_core::policy::ApprovalNeed, live: &[Approval]) -
     }
 }
 
+/// Most narrowed mandates of one run that RFC 7009 revokes (per process):
+/// each is a line in the revocation log and the feed, and a holder of the
+/// run's key can mint them offline without end.
+pub const MAX_BLOCK_REVOCATIONS: u32 = 64;
+
+/// Counts one more narrowed-mandate revocation of `run`, or refuses.
+fn count_block_revocation(s: &S, run: &str) -> Result<(), ApiError> {
+    let mut counts = s
+        .block_revocations
+        .lock()
+        .map_err(|_| err(Code::ServerError, "the revocation counter is unavailable"))?;
+    let n = counts.entry(run.to_owned()).or_insert(0);
+    if *n >= MAX_BLOCK_REVOCATIONS {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "{MAX_BLOCK_REVOCATIONS} narrowed mandates of run `{run}` were revoked already; to cut off more, revoke the run (`mandate revoke --run {run}`)"
+            ),
+        ));
+    }
+    *n += 1;
+    Ok(())
+}
+
 /// RFC 9396 `authorization_details` of the form, if any: the facts for
 /// policy and the canonical JSON (`null` when absent) that approvals bind.
 fn parse_details(raw: Option<&str>) -> Result<(Details, Value), ApiError> {
@@ -1295,7 +1322,10 @@ pub async fn revoke(
                 return ok();
             }
             let key = match m.hops.last() {
-                Some(h) => format!("block:{}", h.block_id),
+                Some(h) => {
+                    count_block_revocation(&s, &m.run).map_err(|e| e.unauthenticated("revoke"))?;
+                    format!("block:{}", h.block_id)
+                }
                 None => format!("run:{}", m.run),
             };
             let until = if m.hops.is_empty() { 0 } else { m.expires_at };
@@ -1307,7 +1337,7 @@ pub async fn revoke(
         time_ms: crate::now_ms(),
         event_type: "revoke".into(),
         decision: "ok".into(),
-        tenant: Some(tenant),
+        tenant: Some(tenant.clone()),
         agent: Some(agent),
         run: Some(run),
         credential_id: key.strip_prefix("cred:").map(str::to_owned),
@@ -1323,6 +1353,7 @@ pub async fn revoke(
         reason: "revoked by its holder".into(),
         time_ms: crate::now_ms(),
         until,
+        tenant: Some(tenant),
     };
     // A run's holder revoking its mandate ends the run (what `mandate exec`
     // does when its child exits).

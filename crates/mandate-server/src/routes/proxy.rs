@@ -121,8 +121,13 @@ pub async fn forward(
     send(&s, up, body, plan, result, started).await
 }
 
-/// A refusal after the request was read: audited, and counted toward the run's denials.
+/// A refusal after the request was read: audited, and counted toward the
+/// run's denials. Before a credential identified a run, the refusal is
+/// anyone's: it goes through the per-client throttle instead.
 async fn denied(s: &S, mut ev: EventBody, e: ApiError) -> Response {
+    if ev.run.is_none() {
+        return e.unauthenticated("proxy.call").into_response();
+    }
     ev.decision = "deny".into();
     if ev.reason.is_none() {
         ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));

@@ -12,6 +12,21 @@ use super::*;
 /// Prefix of approver credentials.
 pub const APPROVER_TOKEN_PREFIX: &str = "mandate_approver_";
 
+/// An approver credential's life when none is asked for (30 days).
+pub const APPROVER_DEFAULT_TTL: u64 = 30 * 86_400;
+
+/// The longest an approver credential may live (one year).
+pub const APPROVER_MAX_TTL: u64 = 365 * 86_400;
+
+/// Body of `POST .../approver-tokens` (may be empty).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewApproverToken {
+    /// Seconds it lives (default [`APPROVER_DEFAULT_TTL`]).
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
 /// Who is calling an approvals endpoint.
 enum Caller {
     Admin,
@@ -46,6 +61,12 @@ fn identify_caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
                     "the approver credential is not valid for this broker",
                 )
             })?;
+            if a.expires_at <= crate::now_secs() {
+                return Err(err(
+                    Code::Unauthorized,
+                    "the approver credential has expired; ask an admin for a new one (`mandate principal approver-token`)",
+                ));
+            }
             // It dies with itself, its principal and its tenant.
             if let Some(k) = reg.refused(&a.revocation_keys(), a.created) {
                 return Err(err(
@@ -106,8 +127,22 @@ pub async fn create_approver_token(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, principal)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_admin(&s, &headers)?;
+    let raw = body(raw, s.config.max_body)?;
+    let req: NewApproverToken = if raw.iter().all(u8::is_ascii_whitespace) {
+        NewApproverToken::default()
+    } else {
+        json_body(&raw)?
+    };
+    let ttl = req.ttl_secs.unwrap_or(APPROVER_DEFAULT_TTL);
+    if ttl == 0 || ttl > APPROVER_MAX_TTL {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`ttl_secs` must be from 1 to {APPROVER_MAX_TTL} (one year)"),
+        ));
+    }
     need_tenant(&s, &tenant)?;
     if !s
         .reg()
@@ -128,6 +163,7 @@ pub async fn create_approver_token(
         mandate_core::jose::b64(secret.expose())
     );
     let id = random_id(&mut OsRng, "apv_");
+    let expires_at = crate::now_secs() + ttl;
     let mut ev = Ctx::new(&headers, addr).event("approver_token.create", Some(&tenant));
     ev.principal = Some(principal.clone());
     ev.credential_id = Some(id.clone());
@@ -138,13 +174,16 @@ pub async fn create_approver_token(
             tenant: tenant.clone(),
             principal: principal.clone(),
             created_ms: crate::now_ms(),
+            expires_at,
         })),
         events: vec![ev],
     })
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "tenant": tenant, "principal": principal, "token": token})),
+        Json(
+            json!({"id": id, "tenant": tenant, "principal": principal, "token": token, "expires_at": expires_at}),
+        ),
     ))
 }
 

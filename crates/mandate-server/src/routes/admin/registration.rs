@@ -224,7 +224,7 @@ pub struct NewTool {
 }
 
 /// Longest credential lifetime a tool may ask for.
-const TOOL_MAX_TTL: u64 = 3600;
+const TOOL_MAX_TTL: u64 = mandate_core::credential::MAX_CREDENTIAL_LIFETIME;
 
 /// `POST /v1/tenants/{tenant}/tools`
 pub async fn create_tool(

@@ -137,11 +137,9 @@ pub async fn revoke(
             "everything" => {
                 // The kill switch: every mandate and credential issued until
                 // now, of every tenant and provider. New runs may start.
-                // Forgettable once the longest mandate issued before has expired.
-                (
-                    format!("{}{now}", crate::registry::EVERYTHING),
-                    now + s.config.mandate_max_ttl,
-                )
+                // Never forgotten: approver and feed credentials do not
+                // expire, so no time bounds what it must keep refusing.
+                (format!("{}{now}", crate::registry::EVERYTHING), 0)
             }
             other => {
                 return Err(err(
@@ -162,6 +160,7 @@ pub async fn revoke(
         reason,
         time_ms: crate::now_ms(),
         until,
+        tenant: ev.tenant.clone(),
     };
     let done = s
         .commit(Entry {

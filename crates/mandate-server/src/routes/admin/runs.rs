@@ -176,10 +176,26 @@ fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError
     if !mandate_core::secret::ct_eq(&j.hash, &hash) {
         return Err(invalid());
     }
-    if s.reg().first_revoked(&[format!("cred:{}", j.id)]).is_some() {
+    // Revoked by id, with what it belongs to, or by the kill switch (which
+    // refuses every credential issued until then).
+    let mut keys = vec![
+        format!("cred:{}", j.id),
+        format!("tenant:{}", j.tenant),
+        format!("agent:{}/{}", j.tenant, j.agent),
+    ];
+    keys.extend(
+        j.principal
+            .iter()
+            .map(|p| format!("principal:{}/{p}", j.tenant)),
+    );
+    keys.extend(j.grant.iter().map(|g| format!("grant:{g}")));
+    if let Some(k) = s.reg().refused(&keys, j.created_ms / 1000) {
         return Err(err(
             Code::Unauthorized,
-            "this join token has been revoked; ask an admin for a new one",
+            format!(
+                "this join token has been revoked ({}); ask an admin for a new one",
+                mandate_core::revocation::kind(&k)
+            ),
         ));
     }
     if j.used_ms.is_some() {
@@ -511,6 +527,7 @@ pub async fn end_run(
         reason: "run ended".into(),
         time_ms: crate::now_ms(),
         until: run.expires_at,
+        tenant: Some(run.tenant.clone()),
     };
     s.commit(Entry {
         mutation: Some(Mutation::EndRun {
