@@ -87,13 +87,9 @@ pub(crate) fn w3(
         let mut v = Vec::new();
         for _ in 0..verifiers {
             v.push(
-                Live::start(LiveConfig {
-                    broker: url.into(),
-                    audience: AUD.into(),
-                    feed_token: feed.clone(),
-                })
-                .await
-                .map_err(|e| e.to_string())?,
+                Live::start(LiveConfig::new(url, AUD, &feed))
+                    .await
+                    .map_err(|e| e.to_string())?,
             );
         }
         let t = Instant::now();

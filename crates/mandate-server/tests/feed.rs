@@ -306,4 +306,34 @@ fn a_tenant_feed_credential_sees_its_tenant_only_and_ends_when_revoked() {
         "invalid_token",
         "expired",
     );
+/// A verifier whose position is past the head (the broker was restored from
+/// a backup) is told so, with the head, instead of being answered with
+/// silence: it reads the log again from the start.
+#[test]
+fn a_resume_point_past_the_head_is_refused_with_the_head() {
+    let b = Broker::start("feed-ahead");
+    b.seed("acme");
+    for id in ["a", "b"] {
+        let (s, v) = b.admin_post("/v1/revocations", json!({"kind": "credential", "id": id}));
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = b.admin_get("/v1/revocations/log?after=2");
+    assert_eq!((s, v["head"].as_u64()), (200, Some(2)), "{v}");
+    let (s, v) = b.admin_get("/v1/revocations/log?after=6");
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(
+        (v["error"].as_str(), v["head"].as_u64()),
+        (Some("position_ahead"), Some(2))
+    );
+    for (header, query) in [(Some("6"), ""), (None, "?after=6")] {
+        let mut r = Broker::agent()
+            .get(format!("{}/v1/revocations/feed{query}", b.url))
+            .header("Authorization", &format!("Bearer {}", b.admin));
+        if let Some(h) = header {
+            r = r.header("Last-Event-ID", h);
+        }
+        let (s, v) = read(r.call().unwrap());
+        assert_eq!(s, 409, "{v}");
+        assert_eq!(v["head"].as_u64(), Some(2), "{v}");
+    }
 }

@@ -34,11 +34,11 @@ async fn main() -> Result<(), String> {
         .map_err(|e| format!("{token_file}: {e}"))?
         .trim()
         .to_owned();
-    let live = Live::start(LiveConfig {
-        broker: env("MANDATE_URL")?,
-        audience: env("TOOL_AUDIENCE")?,
-        feed_token,
-    })
+    let live = Live::start(LiveConfig::new(
+        &env("MANDATE_URL")?,
+        &env("TOOL_AUDIENCE")?,
+        &feed_token,
+    ))
     .await
     .map_err(|e| e.to_string())?;
     let public = env("TOOL_PUBLIC_URL")?;

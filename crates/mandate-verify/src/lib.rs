@@ -35,9 +35,14 @@ use std::sync::Mutex;
 
 use mandate_core::UnixTime;
 use mandate_core::credential::AccessClaims;
+pub use mandate_core::credential::ApprovalClaim;
 use mandate_core::dpop::{self, ProofExpectations, ReplayCache, ReplayError};
 use mandate_core::jose::{CompactJws, PublicJwk};
 use serde_json::Value;
+
+/// The most keys a JWKS may hold (a broker publishes its current keys and a
+/// few retired ones).
+pub const MAX_JWKS_KEYS: usize = 64;
 
 /// Why a request was refused. Messages say what is wrong, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +75,21 @@ pub enum VerifyError {
     /// The DPoP proof is missing or wrong.
     #[error("{0}")]
     Proof(String),
+    /// The credential is limited to paths under a prefix (`path_prefix`)
+    /// and this request's path is not one of them, or is encoded so that it
+    /// cannot be compared (`%2F`, `%2E`, `%25`, dot segments).
+    #[error("credential may reach only paths under `{prefix}`; {why}")]
+    OutsidePath {
+        /// The credential's `path_prefix`.
+        prefix: String,
+        /// What is wrong with the request's path.
+        why: String,
+    },
+    /// The revocation set has not been brought up to date for longer than
+    /// allowed (`LiveConfig::max_staleness` of the `live` module): refusing rather than
+    /// accepting a credential that may have been revoked meanwhile.
+    #[error("revocation data is stale: {0}")]
+    Stale(String),
 }
 
 /// Who is calling, as the credential says and the proof confirms.
@@ -95,6 +115,14 @@ pub struct Identity {
     pub jti: String,
     /// Expiry.
     pub exp: UnixTime,
+    /// The paths the credential may reach, when its holder narrowed it;
+    /// already enforced against the request's URI.
+    pub path_prefix: Option<String>,
+    /// What the agent declared about the request (RFC 9396 authorization
+    /// details), for the tool to hold it to.
+    pub authorization_details: Option<Value>,
+    /// The human approvals the credential was issued under.
+    pub approvals: Vec<ApprovalClaim>,
 }
 
 /// The request a credential arrived with.
@@ -176,13 +204,15 @@ impl Verifier {
     }
 
     /// Replaces the keys with a JWKS document (RFC 7517 §5). Keys without a
-    /// `kid`, private keys and unsupported key types are skipped; returns how
-    /// many keys were loaded.
+    /// `kid`, private keys and unsupported key types are skipped, and only
+    /// the first [`MAX_JWKS_KEYS`] are looked at; returns how many keys were
+    /// loaded.
     pub fn set_jwks(&mut self, jwks: &Value) -> usize {
         self.keys = jwks["keys"]
             .as_array()
             .into_iter()
             .flatten()
+            .take(MAX_JWKS_KEYS)
             .filter_map(|k| Some((k["kid"].as_str()?.to_owned(), PublicJwk::from_json(k).ok()?)))
             .collect();
         self.keys.len()
@@ -224,6 +254,7 @@ impl Verifier {
             },
         )
         .map_err(|e| VerifyError::Proof(e.to_string()))?;
+        within_prefix(c.path_prefix.as_deref(), req.uri)?;
         self.first_use(
             &p.jkt,
             &p.jti,
@@ -260,6 +291,7 @@ impl Verifier {
             },
         )
         .map_err(|e| VerifyError::Proof(e.to_string()))?;
+        within_prefix(c.path_prefix.as_deref(), req.uri)?;
         let nonce = format!("httpsig:{}", found.nonce.unwrap_or_default());
         let until = found.expires.unwrap_or(0).max(0) as u64 + self.leeway;
         let created = found.created.unwrap_or(0).max(0) as u64;
@@ -367,9 +399,49 @@ impl Verifier {
     }
 }
 
+/// The path of an absolute URI (`scheme://authority/path?query#fragment`).
+fn uri_path(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    let path = match rest.find(['/', '?', '#']) {
+        Some(i) if rest[i..].starts_with('/') => &rest[i..],
+        _ => return Some("/"),
+    };
+    path.split(['?', '#']).next()
+}
+
+/// A credential with a `path_prefix` is good only on paths under it, as
+/// sent (never decoded): a percent-encoded `/`, `.` or `%` could mean
+/// another path to the server behind, so it is refused, as are dot
+/// segments ([`mandate_core::paths::path_within`]).
+fn within_prefix(prefix: Option<&str>, uri: &str) -> Result<(), VerifyError> {
+    let Some(prefix) = prefix else {
+        return Ok(());
+    };
+    let outside = |why: String| VerifyError::OutsidePath {
+        prefix: prefix.to_owned(),
+        why,
+    };
+    let path = uri_path(uri).ok_or_else(|| outside(format!("`{uri}` is not an absolute URI")))?;
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%2e", "%25"].iter().any(|e| lower.contains(e)) {
+        return Err(outside(format!(
+            "`{path}` encodes `/`, `.` or `%`; send it unencoded"
+        )));
+    }
+    if !mandate_core::paths::path_within(prefix, path) {
+        return Err(outside(format!("`{path}` is outside it")));
+    }
+    Ok(())
+}
+
 /// The verified identity of a credential's claims.
 fn identity(c: AccessClaims) -> Identity {
     {
+        let approvals = if c.approvals.is_empty() {
+            c.approval.into_iter().collect()
+        } else {
+            c.approvals
+        };
         let mut actors = Vec::new();
         let mut a = Some(&c.act);
         while let Some(x) = a {
@@ -392,6 +464,9 @@ fn identity(c: AccessClaims) -> Identity {
             task: c.task,
             jti: c.jti,
             exp: c.exp,
+            path_prefix: c.path_prefix,
+            authorization_details: c.authorization_details,
+            approvals,
         }
     }
 }

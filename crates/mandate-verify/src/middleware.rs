@@ -54,6 +54,10 @@ fn now() -> u64 {
 fn refuse(e: &VerifyError) -> Response {
     let (status, code) = match e {
         VerifyError::Proof(_) => (StatusCode::UNAUTHORIZED, "invalid_dpop_proof"),
+        // RFC 6750 §3.1: a valid credential used beyond its reach.
+        VerifyError::OutsidePath { .. } => (StatusCode::FORBIDDEN, "insufficient_scope"),
+        // Not the caller's fault: the tool cannot tell what is revoked.
+        VerifyError::Stale(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
     };
     let desc = e.to_string().replace('"', "'");

@@ -257,12 +257,8 @@ fn feed_token(e: &Env) -> String {
 fn revocations_reach_the_verifier_over_the_feed() {
     let e = Env::start();
     let live =
-        e.rt.block_on(Live::start(LiveConfig {
-            broker: e.url.clone(),
-            audience: AUD.into(),
-            feed_token: feed_token(&e),
-        }))
-        .unwrap();
+        e.rt.block_on(Live::start(LiveConfig::new(&e.url, AUD, &feed_token(&e))))
+            .unwrap();
     let (run, cred, key) = e.credential();
     check(&live, &e.rt, &cred, &key).unwrap();
     let t = Instant::now();
@@ -288,12 +284,8 @@ fn a_dropped_feed_misses_nothing() {
     // The verifier reaches the broker only through the relay; the broker's
     // issuer is still its own address (from the metadata).
     let live =
-        e.rt.block_on(Live::start(LiveConfig {
-            broker: via,
-            audience: AUD.into(),
-            feed_token: feed_token(&e),
-        }))
-        .unwrap();
+        e.rt.block_on(Live::start(LiveConfig::new(&via, AUD, &feed_token(&e))))
+            .unwrap();
     let (run, cred, key) = e.credential();
     check(&live, &e.rt, &cred, &key).unwrap();
     let t = Instant::now();
@@ -326,20 +318,16 @@ fn a_dropped_feed_misses_nothing() {
 fn a_bad_feed_credential_or_broker_is_a_clear_error() {
     let e = Env::start();
     let err =
-        e.rt.block_on(Live::start(LiveConfig {
-            broker: e.url.clone(),
-            audience: AUD.into(),
-            feed_token: "mandate_feed_forged".into(),
-        }))
+        e.rt.block_on(Live::start(LiveConfig::new(
+            &e.url,
+            AUD,
+            "mandate_feed_forged",
+        )))
         .unwrap_err();
     assert!(err.0.contains("401"), "{err}");
     let err =
-        e.rt.block_on(Live::start(LiveConfig {
-            broker: "http://127.0.0.1:1".into(),
-            audience: AUD.into(),
-            feed_token: "x".into(),
-        }))
-        .unwrap_err();
+        e.rt.block_on(Live::start(LiveConfig::new("http://127.0.0.1:1", AUD, "x")))
+            .unwrap_err();
     assert!(err.0.contains("127.0.0.1:1"), "{err}");
 }
 
@@ -350,12 +338,8 @@ fn the_middleware_puts_the_identity_in_the_request_or_refuses() {
     use mandate_verify::middleware::{MandateAuth, require_mandate};
     let e = Env::start();
     let live =
-        e.rt.block_on(Live::start(LiveConfig {
-            broker: e.url.clone(),
-            audience: AUD.into(),
-            feed_token: feed_token(&e),
-        }))
-        .unwrap();
+        e.rt.block_on(Live::start(LiveConfig::new(&e.url, AUD, &feed_token(&e))))
+            .unwrap();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let tool = format!("http://{}", l.local_addr().unwrap());
@@ -484,12 +468,8 @@ impl Env {
 fn rotated_keys_are_fetched_on_an_unknown_kid_and_old_credentials_still_verify() {
     let mut e = Env::start();
     let live =
-        e.rt.block_on(Live::start(LiveConfig {
-            broker: e.url.clone(),
-            audience: AUD.into(),
-            feed_token: feed_token(&e),
-        }))
-        .unwrap();
+        e.rt.block_on(Live::start(LiveConfig::new(&e.url, AUD, &feed_token(&e))))
+            .unwrap();
     let (_, old_cred, old_key) = e.credential();
     check(&live, &e.rt, &old_cred, &old_key).unwrap();
     e.restart(true);
@@ -519,4 +499,193 @@ fn rotated_keys_are_fetched_on_an_unknown_kid_and_old_credentials_still_verify()
         .read_json()
         .unwrap();
     assert_eq!(trail.as_array().unwrap().len(), 1);
+}
+
+impl Env {
+    /// Stops the broker.
+    fn stop(&mut self) {
+        if let Some(rt) = self.srv.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// Copies the stopped broker's database and audit checkpoint to `to`.
+    fn backup(&self, to: &std::path::Path) {
+        copy_dir(&self.dir.join("data"), &to.join("data"));
+        let cp = self.dir.join("config").join("audit.checkpoint");
+        if cp.exists() {
+            std::fs::copy(&cp, to.join("audit.checkpoint")).unwrap();
+        }
+    }
+
+    /// Puts a backup back in place of the stopped broker's data, then runs
+    /// the restored broker where the verifier cannot reach it (another
+    /// address) to revoke `what` there, and starts it again at its address.
+    fn restore_and_revoke(&mut self, from: &std::path::Path, what: &[Value]) {
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+        copy_dir(&from.join("data"), &self.dir.join("data"));
+        let cp = self.dir.join("config").join("audit.checkpoint");
+        let _ = std::fs::remove_file(&cp);
+        if from.join("audit.checkpoint").exists() {
+            std::fs::copy(from.join("audit.checkpoint"), &cp).unwrap();
+        }
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let rt = serve(&self.dir, elsewhere, false);
+        for body in what {
+            let r = self
+                .http
+                .post(format!("http://{elsewhere}/v1/revocations"))
+                .header("Authorization", &format!("Bearer {}", self.admin))
+                .send_json(body)
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+        rt.shutdown_timeout(Duration::from_secs(2));
+        self.srv = Some(serve(&self.dir, self.addr, false));
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_dir() {
+            copy_dir(&f.path(), &to.join(f.file_name()));
+        } else {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+}
+
+fn wait_position(live: &Live, n: u64) {
+    let t = Instant::now();
+    while live.position() != n {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "position {} not {n}",
+            live.position()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The broker is restored from a backup while a verifier follows it: its
+/// log goes back from 6 to 3 and new revocations take 4, 5, 6, 7 again
+/// (the head passes the verifier's position), then once more 4 (the head
+/// is below it). The verifier sees every new revocation.
+#[test]
+fn a_broker_restored_from_a_backup_is_read_again_from_the_start() {
+    let mut e = Env::start();
+    let live =
+        e.rt.block_on(Live::start(LiveConfig::new(&e.url, AUD, &feed_token(&e))))
+            .unwrap();
+    let creds: Vec<_> = (0..5).map(|_| e.credential()).collect();
+    let ghost = |i: u32| json!({"kind": "credential", "id": format!("ghost{i}")});
+    for i in 1..=3 {
+        e.post("/v1/revocations", ghost(i));
+    }
+    wait_position(&live, 3);
+    e.stop();
+    let backup = e.dir.join("backup");
+    e.backup(&backup);
+    e.restart(false);
+    for i in 4..=6 {
+        e.post("/v1/revocations", ghost(i));
+    }
+    wait_position(&live, 6);
+    e.stop();
+    let runs: Vec<Value> = creds[..4]
+        .iter()
+        .map(|(run, _, _)| json!({"kind": "run", "id": run}))
+        .collect();
+    e.restore_and_revoke(&backup, &runs);
+    for (_, cred, key) in &creds[..4] {
+        let why = wait_refused(&live, &e.rt, cred, key, Duration::from_secs(15));
+        assert_eq!(why, VerifyError::Revoked("run".into()));
+    }
+    wait_position(&live, 7);
+    // Once more: now the restored log (head 4) ends before the position (7).
+    e.stop();
+    let (run, cred, key) = &creds[4];
+    check(&live, &e.rt, cred, key).unwrap();
+    e.restore_and_revoke(&backup, &[json!({"kind": "run", "id": run})]);
+    let why = wait_refused(&live, &e.rt, cred, key, Duration::from_secs(15));
+    assert_eq!(why, VerifyError::Revoked("run".into()));
+    wait_position(&live, 4);
+}
+
+/// Past `max_staleness` without news from the broker, the verifier refuses
+/// every credential and says why; it heals when the broker is back.
+#[test]
+fn stale_revocations_fail_closed_and_heal() {
+    let mut e = Env::start();
+    let mut cfg = LiveConfig::new(&e.url, AUD, &feed_token(&e));
+    cfg.max_staleness = Duration::from_secs(2);
+    let live = e.rt.block_on(Live::start(cfg)).unwrap();
+    let (_, cred, key) = e.credential();
+    check(&live, &e.rt, &cred, &key).unwrap();
+    e.stop();
+    let why = wait_refused(&live, &e.rt, &cred, &key, Duration::from_secs(10));
+    let VerifyError::Stale(msg) = &why else {
+        panic!("{why}")
+    };
+    assert!(
+        msg.contains("last error") && !msg.contains("last error: none"),
+        "{msg}"
+    );
+    assert!(live.last_synced().elapsed() >= Duration::from_secs(2));
+    e.srv = Some(serve(&e.dir, e.addr, false));
+    let t = Instant::now();
+    while check(&live, &e.rt, &cred, &key).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "still stale");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A broker (or something posing as one) cannot make the verifier read
+/// without bound, and a plain-http broker elsewhere is refused.
+#[test]
+fn oversized_answers_and_plain_http_elsewhere_are_refused() {
+    use axum::{Json, Router, routing::get};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (u1, u2) = (url.clone(), url.clone());
+    let app = Router::new()
+        .route(
+            "/big/.well-known/oauth-authorization-server",
+            get(|| async { "x".repeat(2 << 20) }),
+        )
+        .route(
+            "/many/.well-known/oauth-authorization-server",
+            get(move || async move {
+                Json(json!({"issuer": u1, "jwks_uri": format!("{u2}/many/jwks")}))
+            }),
+        )
+        .route(
+            "/many/jwks",
+            get(|| async {
+                let key = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&[7u8; 32])});
+                Json(json!({"keys": vec![key; 65]}))
+            }),
+        );
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        axum::serve(l, app).await.unwrap();
+    });
+    let start = |broker: &str| {
+        rt.block_on(Live::start(LiveConfig::new(broker, AUD, "x")))
+            .unwrap_err()
+            .0
+    };
+    let err = start(&format!("{url}/big"));
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+    let err = start(&format!("{url}/many"));
+    assert!(err.contains("65 keys"), "{err}");
+    let err = start("http://192.0.2.1:8407");
+    assert!(err.contains("https"), "{err}");
 }

@@ -336,3 +336,80 @@ fn a_request_signed_by_the_bound_key_verifies_instead_of_dpop() {
             .is_err()
     );
 }
+
+/// A credential narrowed to a path prefix is good on paths under it only,
+/// as sent: not outside it, not through dot segments or encoded `/`, `.`,
+/// `%`. The identity carries the prefix, the details and the approvals.
+#[test]
+fn a_path_prefix_is_enforced_on_the_request_path() {
+    let f = fixture();
+    let mut c = claims(&f);
+    c.path_prefix = Some("/contacts/acme".into());
+    c.authorization_details = Some(json!({"type": "crm", "amount": 5}));
+    c.approvals = vec![credential::ApprovalClaim {
+        id: "apr_1".into(),
+        approver: "principal:alice".into(),
+        approved_at: NOW - 10,
+        request_digest: "d".into(),
+    }];
+    let t = credential::sign(&f.keys.jwt_eddsa, &c).unwrap();
+    let at = |n: usize, uri: &str| {
+        let p = proof(&f.run_key, &t, &format!("pp-{n}"), "GET", uri);
+        f.verifier.verify(
+            &Request {
+                credential: &t,
+                proof: Some(&p),
+                method: "GET",
+                uri,
+            },
+            NOW,
+        )
+    };
+    for (n, ok) in [
+        "https://crm.acme.example/contacts/acme",
+        "https://crm.acme.example/contacts/acme/42?full=1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = at(n, ok).unwrap();
+        assert_eq!(id.path_prefix.as_deref(), Some("/contacts/acme"));
+        assert_eq!(id.authorization_details, c.authorization_details);
+        assert_eq!(id.approvals, c.approvals);
+    }
+    for (n, bad) in [
+        "https://crm.acme.example/contacts",
+        "https://crm.acme.example/contacts/acme-other",
+        "https://crm.acme.example/contacts/acme/../other",
+        "https://crm.acme.example/contacts/acme/%2e%2e/other",
+        "https://crm.acme.example/contacts/acme%2Fx",
+        "https://crm.acme.example/contacts/acme/%252e",
+        "https://crm.acme.example",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = at(100 + n, bad).unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::OutsidePath { prefix, .. } if prefix == "/contacts/acme"),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("/contacts/acme"), "{e}");
+    }
+    // Without a prefix, any path.
+    let t = credential::sign(&f.keys.jwt_eddsa, &claims(&f)).unwrap();
+    let p = proof(
+        &f.run_key,
+        &t,
+        "pp-free",
+        "GET",
+        "https://crm.acme.example/x/../y",
+    );
+    let r = Request {
+        credential: &t,
+        proof: Some(&p),
+        method: "GET",
+        uri: "https://crm.acme.example/x/../y",
+    };
+    assert!(f.verifier.verify(&r, NOW).unwrap().path_prefix.is_none());
+}

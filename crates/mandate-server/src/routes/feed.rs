@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use mandate_store::Revocation;
@@ -129,24 +129,46 @@ pub struct FeedQuery {
 /// Page size when catching up from the store.
 const PAGE: u32 = 1000;
 
-/// `GET /v1/revocations/log?after=N&limit=M`: revocations after `N`, oldest first.
+/// A resume point past the log's head: the reader saw a log this broker no
+/// longer has (it was restored from a backup, or is another broker). Said
+/// out loud (409 `position_ahead` with the head), never answered with
+/// silence, so the reader can read the log again from the start.
+fn position_ahead(after: u64, head: u64) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "error": "position_ahead",
+            "error_description": format!(
+                "position {after} is past the end of this broker's revocation log ({head}); the log was restored or replaced: read it again from 0"
+            ),
+            "head": head,
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /v1/revocations/log?after=N&limit=M`: revocations after `N`, oldest
+/// first, and the log's `head`; 409 `position_ahead` if `N` is past the head.
 pub async fn log(
     State(s): State<S>,
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let reader = require_feed_reader(&s, &headers)?;
     let (after, limit) = (
         q.after.unwrap_or(0),
         q.limit.unwrap_or(PAGE).clamp(1, 10 * PAGE),
     );
+    let head = s.reg().revocation_seq;
+    if after > head {
+        return Ok(position_ahead(after, head));
+    }
     let store = Arc::clone(&s.store);
     let items = tokio::task::spawn_blocking(move || store.revocations_after(after, limit))
         .await
         .map_err(|_| err(Code::ServerError, "could not read the revocation log"))??;
-    let head = s.reg().revocation_seq;
     let items: Vec<Value> = items.iter().map(|r| reader.view(r)).collect();
-    Ok(Json(json!({"head": head, "revocations": items})))
+    Ok(Json(json!({"head": head, "revocations": items})).into_response())
 }
 
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -173,6 +195,8 @@ struct Follow {
     rx: tokio::sync::broadcast::Receiver<Revocation>,
     backlog: VecDeque<Revocation>,
     catch_up: bool,
+    /// Whether the end of the catch-up was announced.
+    announced: bool,
 }
 
 fn event(reader: &FeedReader, r: &Revocation) -> Event {
@@ -184,14 +208,19 @@ fn event(reader: &FeedReader, r: &Revocation) -> Event {
 }
 
 /// `GET /v1/revocations/feed`: Server-Sent Events from `Last-Event-ID` (or
-/// `?after=N`, default 0), then live.
+/// `?after=N`, default 0), then live; 409 `position_ahead` if that is past
+/// the log's head.
 pub async fn feed(
     State(s): State<S>,
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let reader = require_feed_reader(&s, &headers)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
+    let head = s.reg().revocation_seq;
+    if after > head {
+        return Ok(position_ahead(after, head));
+    }
     // Subscribe before reading the log, so nothing falls between the two.
     let rx = s.revocations.subscribe();
     let st = Follow {
@@ -201,6 +230,7 @@ pub async fn feed(
         rx,
         backlog: VecDeque::new(),
         catch_up: true,
+        announced: false,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
@@ -213,7 +243,7 @@ pub async fn feed(
                     continue;
                 }
                 st.last = r.seq;
-                return Some((Ok(event(&st.reader, &r)), st));
+                return Some((Ok::<_, Infallible>(event(&st.reader, &r)), st));
             }
             if st.catch_up {
                 let store = Arc::clone(&st.s.store);
@@ -229,6 +259,12 @@ pub async fn feed(
                     _ => return None,
                 }
             }
+            if !st.announced {
+                // A comment once the reader has everything so far: it is
+                // current from now on (and after each keep-alive).
+                st.announced = true;
+                return Some((Ok(Event::default().comment("caught up")), st));
+            }
             match tokio::time::timeout(RECHECK, st.rx.recv()).await {
                 Err(_) => {}
                 Ok(Ok(r)) if r.seq == st.last + 1 => st.backlog.push_back(r),
@@ -239,7 +275,11 @@ pub async fn feed(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    // A comment every 15 s (axum's default): verifiers take it as proof
+    // that they are up to date.
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Body of `POST /v1/feed-tokens` (may be empty).
