@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -210,3 +212,57 @@ def test_kill_switch_asks_before_it_revokes_everything(broker):
     assert json.loads(r.stdout)["revoked"].startswith("everything:")
     trail = json.loads(broker.cli("--json", "audit", "--type", "revoke").stdout)
     assert any(e["reason"] == "incident 7" for e in trail)
+
+
+def test_a_child_that_kills_the_wrapper_loses_the_run(broker, resend_local, tmp_path):
+    """Issue 10, H4 and H5: the child cannot have the socket sign proofs for
+    the broker, and killing the wrapper (kill -9) ends the run at the broker
+    within the grace period (10 s)."""
+    grant = setup(broker, resend_local)
+    join = tmp_path / "join.token"
+    broker.cli("agent", "join-token", "--tenant", "acme", "mailer", "--principal", "alice@example.com",
+               "--grant", grant, "--out", str(join))
+    env = dict(broker.env, MANDATE_JOIN_TOKEN_FILE=str(join))
+    proc = subprocess.Popen(
+        [BIN, "exec", "--tenant", "acme", "--agent", "mailer", "--on-behalf-of", "alice@example.com",
+         "--grant", grant, "--tool", "resend", "--",
+         sys.executable, str(HERE / "kill_wrapper.py"), str(tmp_path), broker.url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    out_, err = proc.communicate(timeout=60)
+    killed = time.time()
+    assert proc.returncode == -signal.SIGKILL, err
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["wrapper"] == proc.pid
+    # Nothing of the join token reaches the child: not its path, its value, or a descriptor.
+    token = join.read_text().strip()
+    seen = json.dumps([out["argv"], out["env"], out["fds"]])
+    assert str(join) not in seen and token not in seen
+    assert not any("socket:" in t or "token" in t for t in out["fds"].values()), out["fds"]
+    # H4: no proof for the broker's own endpoints, however the URL is spelled.
+    assert out["token_proof"]["status"] == 403, out
+    assert "broker itself" in out["token_proof"]["body"]["error_description"]
+    assert out["attach_proof"]["status"] == 403, out
+    assert out["unparsable_proof"]["status"] == 400, out
+    assert out["tool_proof"]["status"] == 200, out
+    if out["euid"] != 0:
+        # A same-user, non-root child cannot read the non-dumpable wrapper's /proc files.
+        assert out["environ"] == "PermissionError" and out["mem"] == "PermissionError", out
+    assert out["credential"]["status"] == 200, out
+    cred = out["credential"]["body"]["access_token"]
+    run_id = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)[0]["id"]
+
+    # H5: nobody ended the run, yet the broker does once the wrapper's attachment is gone.
+    def active():
+        _, v = http("POST", broker.url + "/oauth/introspect",
+                    data=urllib.parse.urlencode({"token": cred}).encode(),
+                    headers={"Authorization": "Bearer " + broker.admin,
+                             "Content-Type": "application/x-www-form-urlencoded"})
+        return v["active"]
+
+    while active():
+        assert time.time() - killed < 20, "the run outlived its killed wrapper"
+        time.sleep(0.5)
+    runs = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)
+    assert [r for r in runs if r["id"] == run_id][0]["ended_ms"] is not None
+    trail = json.loads(broker.cli("--json", "audit", "--run", run_id, "--type", "run.end").stdout)
+    assert [e["reason"] for e in trail] == ["exec wrapper detached"], trail

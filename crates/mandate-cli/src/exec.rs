@@ -18,6 +18,12 @@
 //!
 //! The exit code passes through; signals are forwarded; when the child
 //! exits the run ends, which revokes every credential it got.
+//!
+//! Against the child (issue 10): the wrapper is non-dumpable, so a
+//! same-user, non-root child cannot read its `/proc` environment, memory or
+//! descriptors; `/v1/dpop` makes no proof for the broker's own origin; and
+//! the run is attached at the broker (`POST /v1/runs/attach`) before the
+//! child starts, so killing the wrapper ends the run after a short grace.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +79,9 @@ struct RunAgent {
     nonce: Mutex<Option<String>>,
     held: Mutex<HashMap<(String, String), Held>>,
     identity: Value,
+    /// The broker's origins (its issuer's and the `--url` one): `/v1/dpop`
+    /// signs no proof for them.
+    broker_origins: Vec<String>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -375,6 +384,20 @@ async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply 
             "`method` must be an upper-case HTTP method and `url` an http(s) URL",
         );
     }
+    let Some(o) = origin(&req.url) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "`url` is not an http(s) URL the wrapper can read: give scheme, host and path, without user info",
+        );
+    };
+    if a.broker_origins.contains(&o) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the agent socket makes no proofs for the broker itself ({o}): ask `/v1/credentials` for credentials and `/v1/attenuate` for a sub-agent's mandate"
+            ),
+        );
+    }
     let proof = a.proof(&req.method, &req.url, req.access_token.as_deref());
     (StatusCode::OK, Json(json!({"dpop": proof})))
 }
@@ -414,6 +437,15 @@ async fn attenuate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> R
         ),
         Err(e) => refused(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+/// The origin (scheme, host and port, normalised as the broker normalises
+/// DPoP `htu`) of an http(s) URL; `None` when it does not parse.
+fn origin(url: &str) -> Option<String> {
+    let n = mandate_core::dpop::normalize_htu(url)?;
+    let (scheme, rest) = n.split_once("://")?;
+    let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+    Some(format!("{scheme}://{host}"))
 }
 
 /// A private directory for the socket: $XDG_RUNTIME_DIR or the temp dir.
@@ -460,7 +492,31 @@ fn env_for(
         .collect())
 }
 
-/// Runs `mandate exec`; returns the child's exit code.
+/// Makes this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): a child
+/// running as the same (non-root) user can then no longer read its
+/// `/proc/<pid>/environ`, `mem` or `fd`, nor attach a debugger. Called
+/// before any credential is read. Children get the usual dumpable flag
+/// back when they `exec` their program.
+#[cfg(target_os = "linux")]
+pub(crate) fn harden() -> Result<(), CliError> {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| {
+        CliError(format!(
+            "cannot make the wrapper non-dumpable ({e}), so the child could read its memory; run agents as a separate user"
+        ))
+    })
+}
+
+/// Elsewhere there is no `prctl`: the child, as the same user, may read the
+/// wrapper's memory (run agents as a separate user).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn harden() -> Result<(), CliError> {
+    Ok(())
+}
+
+/// Runs `mandate exec`; returns the child's exit code. `starter` holds the
+/// admin credential or the join token: it is used once, then dropped,
+/// before the child starts.
 pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliError> {
     let Some((program, args)) = a.command.split_first() else {
         return Err(CliError(
@@ -475,31 +531,22 @@ pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliErr
             "task": a.task, "ttl_secs": a.ttl, "jwk": key.public().to_json(), "tools": a.tools,
         }),
     )?;
+    drop(starter);
     let run = started["run"].as_str().unwrap_or_default().to_owned();
-    let agent = Arc::new(RunAgent {
-        http: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into(),
-        token_endpoint: started["token_endpoint"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        mandate: started["mandate"].as_str().unwrap_or_default().to_owned(),
-        key,
-        nonce: Mutex::new(None),
-        held: Mutex::new(HashMap::new()),
-        identity: json!({
-            "run": run, "run_id": started["run_id"], "agent_id": started["agent_id"],
-            "tenant": a.tenant, "agent": a.agent, "principal": a.principal,
-            "expires_at": started["expires_at"], "capabilities": started["capabilities"],
-            "tools": started["tools"],
-        }),
-    });
-    let outcome = supervise(&agent, url, &run, program, args, a.quiet);
+    let agent = Arc::new(run_agent(&started, &a, url, key));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the wrapper's runtime: {e}")))?;
+    // Tied to this process before the child exists: if the child kills the
+    // wrapper, the broker ends the run.
+    let outcome = rt
+        .block_on(tie(Arc::clone(&agent), a.quiet))
+        .and_then(|()| supervise(&rt, &agent, url, &run, program, args, a.quiet));
     // Whatever happened, the run ends: every credential it got is refused from now on.
     let ended = end_run(&agent);
+    rt.shutdown_timeout(Duration::from_millis(100));
     if !a.quiet {
         match &ended {
             Ok(()) => eprintln!("mandate exec: run {run} ended; its credentials are revoked"),
@@ -509,6 +556,190 @@ pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliErr
     let code = outcome?;
     ended?;
     Ok(code)
+}
+
+/// The run as the wrapper holds it, from the broker's answer to `POST /v1/runs`.
+fn run_agent(started: &Value, a: &ExecArgs, url: &str, key: SigningKey) -> RunAgent {
+    let token_endpoint = started["token_endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let broker_origins = [token_endpoint.as_str(), url]
+        .iter()
+        .filter_map(|u| origin(u))
+        .collect();
+    RunAgent {
+        http: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into(),
+        token_endpoint,
+        mandate: started["mandate"].as_str().unwrap_or_default().to_owned(),
+        key,
+        nonce: Mutex::new(None),
+        held: Mutex::new(HashMap::new()),
+        identity: json!({
+            "run": started["run"], "run_id": started["run_id"], "agent_id": started["agent_id"],
+            "tenant": a.tenant, "agent": a.agent, "principal": a.principal,
+            "expires_at": started["expires_at"], "capabilities": started["capabilities"],
+            "tools": started["tools"],
+        }),
+        broker_origins,
+    }
+}
+
+/// How long the wrapper waits for its first attachment.
+const FIRST_ATTACH: Duration = Duration::from_secs(20);
+/// The broker sends a keep-alive every 15 s: silence this long means the
+/// connection is gone.
+const SILENCE: Duration = Duration::from_secs(45);
+
+/// Attaches the run at the broker (`POST /v1/runs/attach`) and keeps it
+/// attached in the background, re-attaching after transient errors.
+/// Returns once the first attachment holds.
+async fn tie(agent: Arc<RunAgent>, quiet: bool) -> Result<(), CliError> {
+    let url = agent
+        .token_endpoint
+        .strip_suffix("/oauth/token")
+        .map(|base| format!("{base}/v1/runs/attach"))
+        .ok_or_else(|| {
+            CliError(format!(
+                "the broker's token endpoint `{}` does not end in /oauth/token; is this a Mandate broker?",
+                agent.token_endpoint
+            ))
+        })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(keep_attached(agent, url, tx, quiet));
+    match tokio::time::timeout(FIRST_ATTACH, rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(why))) => Err(CliError(format!(
+            "the broker would not tie the run to this wrapper: {why}"
+        ))),
+        _ => Err(CliError(format!(
+            "could not attach the run at the broker within {}s; is the broker reachable?",
+            FIRST_ATTACH.as_secs()
+        ))),
+    }
+}
+
+/// How an attachment ended.
+enum Detached {
+    /// The broker said no (the run ended, was revoked, or the request is wrong).
+    Refused(String),
+    /// The connection failed or closed: attach again.
+    Lost(String),
+}
+
+async fn keep_attached(
+    agent: Arc<RunAgent>,
+    url: String,
+    first: tokio::sync::oneshot::Sender<Result<(), String>>,
+    quiet: bool,
+) {
+    let http = mandate_server::upstream::client();
+    let mut first = Some(first);
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match attach_once(&agent, &http, &url, &mut first).await {
+            Detached::Refused(why) => {
+                match first.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Err(why));
+                    }
+                    None if !quiet => {
+                        eprintln!("mandate exec: the run is no longer attached: {why}")
+                    }
+                    None => {}
+                }
+                return;
+            }
+            Detached::Lost(why) => {
+                if first.is_none() && !quiet {
+                    eprintln!("mandate exec: lost the broker ({why}); attaching again");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One attachment: the request (retried once with the broker's DPoP
+/// nonce), then reading the stream until it ends. `first` is told once the
+/// attachment holds.
+async fn attach_once(
+    agent: &RunAgent,
+    http: &mandate_server::upstream::Upstream,
+    url: &str,
+    first: &mut Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+) -> Detached {
+    let mut resp = None;
+    for _ in 0..2 {
+        let req = axum::http::Request::post(url)
+            .header("content-type", "application/json")
+            .header("dpop", agent.proof("POST", url, None))
+            .body(axum::body::Body::from(
+                json!({"mandate": agent.mandate}).to_string(),
+            ));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => return Detached::Refused(format!("cannot make the request: {e}")),
+        };
+        let r = match http.request(req).await {
+            Ok(r) => r,
+            Err(e) => return Detached::Lost(format!("cannot reach the broker: {e}")),
+        };
+        if let Some(n) = r.headers().get("dpop-nonce").and_then(|v| v.to_str().ok())
+            && let Ok(mut slot) = agent.nonce.lock()
+        {
+            *slot = Some(n.to_owned());
+        }
+        if r.status() == 200 {
+            resp = Some(r);
+            break;
+        }
+        let status = r.status();
+        let body = axum::body::to_bytes(axum::body::Body::new(r.into_body()), 64 * 1024).await;
+        let v: Value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if v["error"] == "use_dpop_nonce" {
+            continue;
+        }
+        let why = format!(
+            "{} {}",
+            status.as_u16(),
+            v["error_description"].as_str().unwrap_or("no reason given")
+        );
+        return if status.is_server_error() {
+            Detached::Lost(why)
+        } else {
+            Detached::Refused(why)
+        };
+    }
+    let Some(resp) = resp else {
+        return Detached::Lost("the broker kept asking for a new DPoP nonce".into());
+    };
+    if let Some(tx) = first.take() {
+        let _ = tx.send(Ok(()));
+    }
+    read_until_closed(axum::body::Body::new(resp.into_body())).await
+}
+
+/// Reads the attachment's stream until it ends, fails or falls silent.
+async fn read_until_closed(mut body: axum::body::Body) -> Detached {
+    use axum::body::HttpBody;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout(SILENCE, frame).await {
+            Err(_) => return Detached::Lost("no keep-alive from the broker".into()),
+            Ok(None) => return Detached::Lost("the broker closed the attachment".into()),
+            Ok(Some(Err(e))) => return Detached::Lost(e.to_string()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
 }
 
 /// RFC 7009 revocation of the mandate by its holder: the broker ends the run.
@@ -530,6 +761,7 @@ fn end_run(agent: &RunAgent) -> Result<(), CliError> {
 }
 
 fn supervise(
+    rt: &tokio::runtime::Runtime,
     agent: &Arc<RunAgent>,
     url: &str,
     run: &str,
@@ -547,42 +779,9 @@ fn supervise(
     }
     let dir = socket_dir(run)?;
     let sock = dir.join("agent.sock");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError(e.to_string()))?;
     let result = rt.block_on(async {
         let listener = bind_private(&sock)?;
-        let app = axum::Router::new()
-            .route("/v1/identity", get(identity))
-            .route("/v1/credentials", post(credentials))
-            .route("/v1/dpop", post(dpop))
-            .route("/v1/attenuate", post(attenuate))
-            .with_state(Arc::clone(agent));
-        // Bounded like the broker's port: the child (or anything it runs)
-        // cannot hold the wrapper's descriptors with stalled connections.
-        let limits = mandate_server::listen::Limits {
-            max_connections: 64,
-            max_connections_per_client: 64,
-            ..Default::default()
-        };
-        tokio::spawn(mandate_server::listen::serve(
-            listener,
-            app,
-            limits,
-            None,
-            std::future::pending(),
-        ));
-        let refresher = Arc::clone(agent);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let a = Arc::clone(&refresher);
-                let _ = tokio::task::spawn_blocking(move || a.refresh()).await;
-            }
-        });
+        serve_socket(listener, agent);
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args);
         for v in WITHHELD_ENV {
@@ -611,8 +810,40 @@ fn supervise(
     });
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_dir(&dir);
-    rt.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// Serves the agent socket and refreshes held credentials, in the background.
+fn serve_socket(listener: tokio::net::UnixListener, agent: &Arc<RunAgent>) {
+    let app = axum::Router::new()
+        .route("/v1/identity", get(identity))
+        .route("/v1/credentials", post(credentials))
+        .route("/v1/dpop", post(dpop))
+        .route("/v1/attenuate", post(attenuate))
+        .with_state(Arc::clone(agent));
+    // Bounded like the broker's port: the child (or anything it runs)
+    // cannot hold the wrapper's descriptors with stalled connections.
+    let limits = mandate_server::listen::Limits {
+        max_connections: 64,
+        max_connections_per_client: 64,
+        ..Default::default()
+    };
+    tokio::spawn(mandate_server::listen::serve(
+        listener,
+        app,
+        limits,
+        None,
+        std::future::pending(),
+    ));
+    let refresher = Arc::clone(agent);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let a = Arc::clone(&refresher);
+            let _ = tokio::task::spawn_blocking(move || a.refresh()).await;
+        }
+    });
 }
 
 fn bind_private(sock: &Path) -> Result<tokio::net::UnixListener, CliError> {
@@ -679,5 +910,51 @@ async fn forward_signals_until_exit(child: &mut tokio::process::Child) -> Result
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn origins_are_normalised_as_the_broker_normalises_htu() {
+        let broker = origin("http://127.0.0.1:8407/oauth/token").unwrap();
+        assert_eq!(broker, "http://127.0.0.1:8407");
+        for same in [
+            "HTTP://127.0.0.1:8407/v1/runs/delegate",
+            "http://127.0.0.1:8407",
+            "http://127.0.0.1:8407/oauth/token?x=1#y",
+        ] {
+            assert_eq!(origin(same).as_deref(), Some(broker.as_str()), "{same}");
+        }
+        assert_eq!(
+            origin("https://Broker.Example:443/oauth/token").as_deref(),
+            Some("https://broker.example")
+        );
+        assert_eq!(
+            origin("http://broker.example:80/x").as_deref(),
+            Some("http://broker.example")
+        );
+        assert_ne!(origin("http://127.0.0.1:8408/x").unwrap(), broker);
+        for bad in [
+            "http://u@127.0.0.1:8407/x",
+            "ftp://x/y",
+            "http:///x",
+            "nonsense",
+        ] {
+            assert_eq!(origin(bad), None, "{bad}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_wrapper_makes_itself_non_dumpable() {
+        harden().unwrap();
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            rustix::process::DumpableBehavior::NotDumpable
+        );
     }
 }

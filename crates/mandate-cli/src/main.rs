@@ -281,9 +281,12 @@ enum AgentCmd {
 #[command(
     after_help = "The child gets MANDATE_AGENT_SOCK (a 0600 Unix socket: GET /v1/identity, \
 POST /v1/credentials {\"tool\",\"actions\"}, POST /v1/dpop {\"method\",\"url\",\"access_token\"}) \
-and the environment variables each --tool's registration names. It never sees the run key, \
-the mandate or the admin credential's path. Exit code and signals pass through; when the \
-child exits, the run ends and its credentials are revoked."
+and the environment variables each --tool's registration names (/v1/dpop makes no proof for \
+the broker itself). It never sees the run key, the mandate or the admin credential's path; \
+the wrapper is non-dumpable. Exit code and signals pass through; when the child exits, the \
+run ends and its credentials are revoked, and if the wrapper is killed the broker ends the \
+run within 10 s. A child running as root, or as the same user where PR_SET_DUMPABLE does not \
+protect, can read the wrapper's memory: run agents as a separate user."
 )]
 struct ExecCli {
     #[arg(long, env = "MANDATE_TENANT")]
@@ -754,7 +757,9 @@ fn raise_descriptor_limit(max_connections: usize) {
     }
 }
 
-fn serve(a: ServeArgs) -> Result<(), CliError> {
+/// `mandate serve`; `token_file` is the global `--token-file` (or
+/// `MANDATE_ADMIN_TOKEN_FILE`): where the bootstrap admin credential is written.
+fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), CliError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -774,8 +779,8 @@ fn serve(a: ServeArgs) -> Result<(), CliError> {
     } else if let Some(f) = a.master_key_file {
         cfg.master_key = mandate_server::boot::MasterKeySource::File(f);
     }
-    if let Ok(f) = std::env::var("MANDATE_ADMIN_TOKEN_FILE") {
-        cfg.admin_token_file = PathBuf::from(f);
+    if let Some(f) = token_file {
+        cfg.admin_token_file = f;
     }
     cfg.trust_domain = a.trust_domain;
     cfg.mandate_ttl = a.mandate_ttl;
@@ -962,7 +967,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let c = || Client::new(cli.url.clone(), token_file.clone());
     let j = cli.json;
     match cli.cmd {
-        Cmd::Serve(a) => serve(a)?,
+        Cmd::Serve(a) => serve(a, cli.token_file.clone())?,
         Cmd::Tenant(TenantCmd::Create { name, description }) => {
             let v = c().post(
                 "/v1/tenants",
@@ -1176,6 +1181,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             emit_token(j, &v, out, &["id", "tenant", "expires_at", "token"])?;
         }
         Cmd::Exec(a) => {
+            // Before any credential is read, and before the child exists.
+            exec::harden()?;
             let starter = match &a.join_token_file {
                 Some(f) => {
                     let t = std::fs::read_to_string(f)

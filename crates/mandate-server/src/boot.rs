@@ -111,6 +111,9 @@ pub struct Config {
     pub audit_checkpoint_every: u64,
     /// ... and at least this often (seconds) while events come in.
     pub audit_checkpoint_secs: u64,
+    /// How long a run attached at `/v1/runs/attach` may stay detached
+    /// before the broker ends it.
+    pub attach_grace: std::time::Duration,
 }
 
 impl Config {
@@ -146,6 +149,7 @@ impl Config {
             audit_checkpoint_file: config_dir.join("audit.checkpoint"),
             audit_checkpoint_every: 1000,
             audit_checkpoint_secs: 10,
+            attach_grace: std::time::Duration::from_secs(10),
         }
     }
 }

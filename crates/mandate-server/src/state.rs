@@ -161,6 +161,8 @@ pub struct AppState {
     pub checkpoints: Arc<crate::checkpoint::Checkpointer>,
     /// Bounds on mandate verification, and refusals remembered.
     pub gate: crate::gate::MandateGate,
+    /// Runs tied to a connection (`POST /v1/runs/attach`).
+    pub attachments: crate::routes::attach::Attachments,
 }
 
 /// (tenant, tool).
@@ -365,6 +367,7 @@ impl AppState {
             refusals: Mutex::new(crate::refusals::throttle(config_window_ms)),
             checkpoints,
             gate: crate::gate::MandateGate::default(),
+            attachments: crate::routes::attach::Attachments::default(),
         }))
     }
 

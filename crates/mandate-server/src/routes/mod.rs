@@ -2,6 +2,7 @@
 //! talk to; [`admin`] the registration, run, revocation and audit API.
 
 pub mod admin;
+pub mod attach;
 pub mod feed;
 pub mod inspect;
 pub mod oauth;
@@ -80,6 +81,7 @@ pub fn router(state: S) -> Router {
         .route("/v1/approvals/{id}/approve", post(admin::approve))
         .route("/v1/approvals/{id}/deny", post(admin::deny))
         .route("/v1/runs/delegate", post(admin::delegate))
+        .route("/v1/runs/attach", post(attach::attach))
         .route(
             "/v1/revocations",
             post(admin::revoke).get(admin::list_revocations),

@@ -517,28 +517,37 @@ pub async fn end_run(
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has already ended")));
     }
-    let mut ev = Ctx::new(&headers, addr).event("run.end", Some(&run.tenant));
+    let ev = Ctx::new(&headers, addr).event("run.end", Some(&run.tenant));
+    finish_run(&s, &run, ev, "run ended").await?;
+    Ok(Json(json!({"run": id, "ended": true})))
+}
+
+/// Ends `run` (what `POST /v1/runs/{id}/end` does): commits the end with
+/// a revocation of `run:<id>` (reason `reason`) and `ev`, a `run.end`
+/// event filled in here with the run's tenant, agent and principal. From
+/// then on its mandate and every credential it got are refused.
+pub async fn finish_run(s: &S, run: &Run, mut ev: EventBody, reason: &str) -> Result<(), ApiError> {
     ev.agent = Some(run.agent.clone());
-    ev.run = Some(id.clone());
+    ev.run = Some(run.id.clone());
     ev.principal = run.principal.clone();
     let revocation = Revocation {
         seq: 0,
-        key: format!("run:{id}"),
-        reason: "run ended".into(),
+        key: format!("run:{}", run.id),
+        reason: reason.into(),
         time_ms: crate::now_ms(),
         until: run.expires_at,
         tenant: Some(run.tenant.clone()),
     };
     s.commit(Entry {
         mutation: Some(Mutation::EndRun {
-            id: id.clone(),
+            id: run.id.clone(),
             ended_ms: crate::now_ms(),
             revocation,
         }),
         events: vec![ev],
     })
     .await?;
-    Ok(Json(json!({"run": id, "ended": true})))
+    Ok(())
 }
 
 /// Request body of `POST /v1/runs/delegate`.
@@ -610,16 +619,39 @@ async fn delegating_parent(
     let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
     let now = crate::now_secs();
     let parent = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
+    prove_run_key(
+        s,
+        headers,
+        "/v1/runs/delegate",
+        &parent,
+        now,
+        "parent run's",
+    )?;
+    Ok((parent, req, now))
+}
+
+/// Checks the `DPoP` header of a request to `path` on this broker: a fresh
+/// proof (RFC 9449 §4.3, with the broker's nonce when nonces are required,
+/// §8) by the key `claims` are bound to, used once. `whose` names the key
+/// in the refusal ("parent run's", "run's").
+pub fn prove_run_key(
+    s: &S,
+    headers: &HeaderMap,
+    path: &str,
+    claims: &MandateClaims,
+    now: u64,
+    whose: &str,
+) -> Result<(), ApiError> {
     let proof = headers
         .get("dpop")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
             err(
                 Code::InvalidDpopProof,
-                "a DPoP proof signed by the parent run's key is required in the `DPoP` header",
+                format!("a DPoP proof signed by the {whose} key is required in the `DPoP` header"),
             )
         })?;
-    let url = format!("{}/v1/runs/delegate", s.config.issuer.trim_end_matches('/'));
+    let url = format!("{}{path}", s.config.issuer.trim_end_matches('/'));
     let verified = mandate_core::dpop::verify_proof(
         proof,
         &mandate_core::dpop::ProofExpectations {
@@ -628,7 +660,7 @@ async fn delegating_parent(
             now,
             max_age: s.config.dpop_max_age,
             max_skew: s.config.dpop_max_skew,
-            jkt: Some(&parent.cnf_jkt),
+            jkt: Some(&claims.cnf_jkt),
             access_token: None,
             known_key: None,
             nonces: s.required_nonces(),
@@ -639,8 +671,7 @@ async fn delegating_parent(
         other => err(Code::InvalidDpopProof, other.to_string()),
     })?;
     // Only a proof that passed every other check is remembered.
-    s.first_use_of_proof(&verified, now)?;
-    Ok((parent, req, now))
+    s.first_use_of_proof(&verified, now)
 }
 
 /// [`delegate`]'s work once the parent's key is proven: every refusal from
