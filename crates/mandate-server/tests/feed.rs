@@ -306,6 +306,8 @@ fn a_tenant_feed_credential_sees_its_tenant_only_and_ends_when_revoked() {
         "invalid_token",
         "expired",
     );
+}
+
 /// A verifier whose position is past the head (the broker was restored from
 /// a backup) is told so, with the head, instead of being answered with
 /// silence: it reads the log again from the start.

@@ -103,7 +103,7 @@ fn the_kill_switch_is_never_forgotten_by_approver_and_join_credentials() {
                 .post(format!("{}/v1/runs", b.url))
                 .header("Authorization", &format!("Bearer {join}"))
                 .send_json(
-                    &json!({"tenant": "acme", "agent": "triage", "principal": "alice@example.com",
+                    json!({"tenant": "acme", "agent": "triage", "principal": "alice@example.com",
                     "grant": grant, "jwk": key.public().to_json()}),
                 )
                 .unwrap(),

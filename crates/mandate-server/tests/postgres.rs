@@ -328,7 +328,7 @@ fn an_expired_lease_is_dropped_even_across_a_broker_restart() {
     wait_until("role dropped after restart", Duration::from_secs(8), || {
         db.roles(&role_prefix(&run_b)).is_empty()
     });
-    let drops = b.audit(&format!("run={run_b}&type=lease.drop"));
+    let drops = lease_drops(&b, &run_b);
     assert_eq!(drops[0]["reason"], "expired");
 }
 
@@ -737,7 +737,7 @@ fn revoking_the_parent_run_drops_the_delegated_childs_role() {
     });
     assert!(db.rt.block_on(session.query_one("SELECT 1", &[])).is_err());
     assert!(db.rt.block_on(connect(&dsn_of(&cred))).is_err());
-    let drops = b.audit(&format!("run={child}&type=lease.drop"));
+    let drops = lease_drops(&b, &child);
     assert_eq!(drops.len(), 1, "{drops:?}");
     let reason = drops[0]["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("run:{parent}")), "{reason}");

@@ -647,7 +647,9 @@ fn refusals_say_why_and_are_audited() {
         f.b.audit("type=proxy.call&decision=deny&limit=100")
             .into_iter()
             .collect();
-    assert!(denials.len() >= 14, "{}", denials.len());
+    // Refusals before a valid credential named a run (no credential,
+    // garbage) go through the per-client throttle: one event per window.
+    assert!(denials.len() >= 10, "{}", denials.len());
     assert!(
         denials
             .iter()

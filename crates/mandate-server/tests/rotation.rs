@@ -35,3 +35,60 @@ fn mandates_of_a_rotated_root_still_exchange() {
     assert_eq!(b.exchange(&m_old, &k_old, "crm", "read").0, 200);
     assert_eq!(b.exchange(&m_new, &k_new, "crm", "read").0, 200);
 }
+
+/// A stolen retired key mints nothing: a credential or mandate it signs
+/// dated after its retirement is refused, and neither may claim a longer
+/// life than the broker gives (issue 10, review of key rotation).
+#[test]
+fn a_retired_key_signs_nothing_new() {
+    let b = Broker::start("rot-stolen");
+    let grant = b.seed("acme");
+    let (run, m, k) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (s, v) = b.exchange(&m, &k, "crm", "read");
+    assert_eq!(s, 200, "{v}");
+    let honest = v["access_token"].as_str().unwrap().to_owned();
+    let stolen = b.state.keys.jwt_eddsa.clone();
+    let stolen_root = b.state.keys.mandate_root.clone();
+    let claims = mandate_core::credential::verify(
+        &b.state.keys,
+        &b.state.config.issuer,
+        &honest,
+        now(),
+        false,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = b.restart_with(|c| c.rotate_keys = true);
+    // What the key signed before it was retired still works.
+    assert_eq!(introspect(&b, &honest)["active"], true);
+    assert_eq!(b.exchange(&m, &k, "crm", "read").0, 200);
+    // A credential it signs later than its retirement (a second on: what it
+    // signed in the second it was retired may be honest) is refused, and so
+    // is one claiming a long life.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let forge = |iat: u64, exp: u64| {
+        let mut c = claims.clone();
+        c.iat = iat;
+        c.exp = exp;
+        c.jti = format!("forged-{iat}-{exp}");
+        mandate_core::credential::sign(&stolen, &c).unwrap()
+    };
+    assert_eq!(introspect(&b, &forge(now(), now() + 300))["active"], false);
+    assert_eq!(
+        introspect(&b, &forge(claims.iat, claims.iat + 10 * 365 * 86_400))["active"],
+        false
+    );
+    // A mandate the retired root signs now is refused, with the reason.
+    let mut mc = mandate_core::mandate::verify(&b.state.roots, &m, now()).unwrap();
+    mc.issued_at = now();
+    mc.expires_at = now() + 600;
+    let root = mandate_core::mandate::root_keypair(&stolen_root).unwrap();
+    let forged = mandate_core::mandate::mint(&root, &mc, &mut rand::rngs::OsRng).unwrap();
+    assert_refused(
+        &b.exchange(&forged, &k, "crm", "read"),
+        400,
+        "invalid_grant",
+        "after the key that signed it was retired",
+    );
+    let _ = run;
+}

@@ -719,6 +719,26 @@ mod tests {
         assert_eq!(l.dispatch(": keep-alive\n\n"), Outcome::KeepAlive);
     }
 
+    #[tokio::test]
+    async fn another_tenants_placeholder_moves_the_position_and_revokes_nothing() {
+        let l = live();
+        assert_eq!(
+            l.dispatch("id: 1\nevent: revocation\ndata: {\"seq\":1,\"redacted\":true}\n\n"),
+            Outcome::Applied
+        );
+        assert_eq!(
+            l.dispatch("id: 2\nevent: revocation\ndata: {\"seq\":2,\"key\":\"run:run_b\"}\n\n"),
+            Outcome::Applied
+        );
+        assert_eq!(l.position(), 2);
+        // A placeholder without `redacted: true` and without a key is nothing.
+        assert_eq!(
+            l.dispatch("id: 3\nevent: revocation\ndata: {\"seq\":3}\n\n"),
+            Outcome::Ignored
+        );
+        assert_eq!(l.position(), 2);
+    }
+
     #[test]
     fn plain_http_is_for_this_host_only_unless_allowed() {
         for ok in [
