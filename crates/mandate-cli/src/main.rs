@@ -582,7 +582,8 @@ struct RevokeArgs {
     /// A grant.
     #[arg(long)]
     grant: Option<String>,
-    /// The tenant of --agent or --principal.
+    /// The tenant of --agent or --principal (and of --credential: then only
+    /// that tenant's feed shows it).
     #[arg(long)]
     tenant: Option<String>,
     /// A whole tenant: everything under it is refused.
@@ -1353,7 +1354,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Revoke(r) => {
             let body = if let Some(id) = r.credential {
-                json!({"kind": "credential", "id": id})
+                json!({"kind": "credential", "id": id, "tenant": r.tenant})
             } else if let Some(t) = r.token {
                 json!({"kind": "credential", "token": t})
             } else if let Some(id) = r.run {

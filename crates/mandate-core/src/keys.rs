@@ -164,6 +164,10 @@ impl SigningKey {
     }
 }
 
+/// How long a retired credential key stays published and trusted after its
+/// retirement: the longest a credential lives, plus a minute of clock skew.
+pub const RETIRED_PUBLISHED: crate::UnixTime = crate::credential::MAX_CREDENTIAL_LIFETIME + 60;
+
 /// The broker's keys: one Ed25519 root for mandates (Biscuit) and one key per
 /// JWS algorithm for credentials.
 #[derive(Clone)]
@@ -225,6 +229,21 @@ impl BrokerKeys {
             .find(|k| k.kid() == kid)
     }
 
+    /// The JWKS document at `now`: retired keys only while what they signed
+    /// can still be alive ([`RETIRED_PUBLISHED`] after their retirement).
+    pub fn jwks_at(&self, now: crate::UnixTime) -> Value {
+        let keys: Vec<Value> = [&self.jwt_eddsa, &self.jwt_es256]
+            .into_iter()
+            .chain(self.retired.iter().filter(|k| {
+                self.retired_since
+                    .get(&k.kid())
+                    .is_none_or(|t| t.saturating_add(RETIRED_PUBLISHED) >= now)
+            }))
+            .map(SigningKey::public_jwk)
+            .collect();
+        json!({ "keys": keys })
+    }
+
     /// The JWKS document (RFC 7517 §5) with the credential keys, current
     /// ones first, then retired ones.
     pub fn jwks(&self) -> Value {
@@ -239,6 +258,17 @@ impl BrokerKeys {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_retired_key_leaves_the_jwks_once_what_it_signed_has_expired() {
+        let mut keys = BrokerKeys::generate(&mut OsRng);
+        let old = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+        keys.retired_since.insert(old.kid(), 1_000);
+        keys.retired.push(old);
+        let count = |now| keys.jwks_at(now)["keys"].as_array().map_or(0, Vec::len);
+        assert_eq!(count(1_000 + RETIRED_PUBLISHED), 3);
+        assert_eq!(count(1_000 + RETIRED_PUBLISHED + 1), 2);
+    }
     use super::*;
     use crate::jose::CompactJws;
     use rand::rngs::OsRng;

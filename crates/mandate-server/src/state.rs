@@ -332,6 +332,10 @@ impl AppState {
         let history = rebuild_history(store.as_ref(), &registry, config.mandate_max_ttl)?;
         let proxy_spent =
             crate::routes::proxy::spent_from_trail(store.as_ref(), config.mandate_max_ttl)?;
+        let block_revocations = crate::routes::oauth::block_revocations_from_trail(
+            store.as_ref(),
+            config.mandate_max_ttl,
+        )?;
         let config_window_ms = config.refusal_audit_window.as_millis() as u64;
 
         Ok(Arc::new(AppState {
@@ -349,7 +353,7 @@ impl AppState {
             attenuated: Mutex::new(VerifiedCache::with_cap(ATTENUATED_CACHE_CAP)),
             proxy_credentials: Mutex::new(VerifiedCache::default()),
             proxy_spent: Mutex::new(proxy_spent),
-            block_revocations: Mutex::new(HashMap::new()),
+            block_revocations: Mutex::new(block_revocations),
             admin_hashes,
             feed_credentials: RwLock::new(feed_credentials),
             token_endpoint,

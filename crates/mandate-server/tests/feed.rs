@@ -248,6 +248,13 @@ fn a_tenant_feed_credential_sees_its_tenant_only_and_ends_when_revoked() {
     let rx = subscribe_as(&b, &t, None);
     let theirs = revoke("agent", Some("beta"), "triage", "beta-secret-reason");
     let mine = revoke("agent", Some("acme"), "triage", "acme-secret-reason");
+    // A credential of the other tenant revoked by its id alone.
+    let (_, v) = b.admin_post(
+        "/v1/tenants/beta/principals/alice@example.com/approver-tokens",
+        json!({}),
+    );
+    let apv = v["id"].as_str().unwrap().to_owned();
+    let theirs_too = revoke("credential", None, &apv, "beta-secret-reason");
     let log = read(
         Broker::agent()
             .get(format!("{}/v1/revocations/log?after=0", b.url))
@@ -262,6 +269,8 @@ fn a_tenant_feed_credential_sees_its_tenant_only_and_ends_when_revoked() {
     assert_eq!(items[0], json!({"seq": theirs, "redacted": true}));
     assert_eq!(items[1]["key"], "agent:acme/triage");
     assert!(items[1].get("reason").is_none(), "{text}");
+    assert_eq!(items[2], json!({"seq": theirs_too, "redacted": true}));
+    assert!(!text.contains(&apv), "{text}");
     // The feed: the same, with contiguous sequence numbers.
     assert_eq!(
         next(&rx),

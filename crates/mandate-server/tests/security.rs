@@ -724,6 +724,9 @@ fn narrowed_mandates_fill_no_cache_and_the_revocation_log_only_so_far() {
         assert_eq!(revoke_rfc7009(&b, m), 200);
     }
     assert_eq!(revoke_rfc7009(&b, &narrowed[64]), 400);
+    // A restart does not reset the count (it is read back from the trail).
+    let b = b.restart();
+    assert_eq!(revoke_rfc7009(&b, &narrowed[65]), 400);
     let (_, log) = b.admin_get("/v1/revocations/log?after=0");
     let blocks = log["revocations"]
         .as_array()

@@ -377,6 +377,14 @@ impl Verifier {
         if c.exp + self.leeway < now {
             return Err(VerifyError::NotValidNow(format!("expired at {}", c.exp)));
         }
+        // No credential of the broker lives longer: a longer one was forged
+        // (with a retired key that leaked, say).
+        if c.exp.saturating_sub(c.iat) > mandate_core::credential::MAX_CREDENTIAL_LIFETIME {
+            return Err(VerifyError::Malformed(format!(
+                "it lives longer than {} s, which no credential of the broker does",
+                mandate_core::credential::MAX_CREDENTIAL_LIFETIME
+            )));
+        }
         if c.iat > now + self.leeway {
             return Err(VerifyError::NotValidNow(
                 "issued in the future; check the clock".into(),

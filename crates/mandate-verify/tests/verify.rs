@@ -128,6 +128,12 @@ fn wrong_issuer_audience_and_times_are_refused() {
     assert!(e.to_string().contains("expired"), "{e}");
     let e = f.verifier.verify(&req(&t, None), NOW - 60).unwrap_err();
     assert!(e.to_string().contains("future"), "{e}");
+    // Longer than any credential of the broker lives: forged.
+    let mut c = claims(&f);
+    c.exp = NOW + 10 * 365 * 86_400;
+    let t = credential::sign(&f.keys.jwt_eddsa, &c).unwrap();
+    let e = f.verifier.verify(&req(&t, None), NOW).unwrap_err();
+    assert!(e.to_string().contains("lives longer"), "{e}");
 }
 
 #[test]

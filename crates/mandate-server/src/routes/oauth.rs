@@ -77,7 +77,7 @@ pub async fn metadata(State(s): State<S>) -> Json<Value> {
 
 /// The credential signing keys.
 pub async fn jwks(State(s): State<S>) -> Response {
-    let mut r = Json(s.keys.jwks()).into_response();
+    let mut r = Json(s.keys.jwks_at(crate::now_secs())).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
@@ -1085,6 +1085,42 @@ fn approvals_for(need: &mandate_core::policy::ApprovalNeed, live: &[Approval]) -
 /// each is a line in the revocation log and the feed, and a holder of the
 /// run's key can mint them offline without end.
 pub const MAX_BLOCK_REVOCATIONS: u32 = 64;
+
+/// Narrowed mandates revoked at RFC 7009 per run, from the audit trail (the
+/// last `max_ttl` seconds: older ones belong to runs that have expired), so
+/// a restart does not reset [`MAX_BLOCK_REVOCATIONS`].
+pub(crate) fn block_revocations_from_trail(
+    store: &dyn mandate_store::Store,
+    max_ttl: u64,
+) -> Result<std::collections::HashMap<String, u32>, crate::boot::BootError> {
+    let mut counts = std::collections::HashMap::new();
+    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_query(&mandate_store::AuditFilter {
+                event_type: Some("revoke".into()),
+                since_ms: Some(since_ms),
+                after_seq: Some(after),
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .map_err(|e| crate::boot::BootError(format!("cannot read the audit trail: {e}")))?;
+        for ev in &page {
+            after = after.max(ev.seq);
+            let block = ev.body.details["revoked"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("block:"));
+            if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
+                *counts.entry(run.to_owned()).or_insert(0u32) += 1;
+            }
+        }
+        if page.len() < 10_000 {
+            break;
+        }
+    }
+    Ok(counts)
+}
 
 /// Counts one more narrowed-mandate revocation of `run`, or refuses.
 fn count_block_revocation(s: &S, run: &str) -> Result<(), ApiError> {

@@ -45,7 +45,10 @@ pub async fn revoke(
         match req.kind.as_str() {
             "credential" => {
                 let jti = match (&req.id, &req.token) {
-                    (Some(j), _) => j.clone(),
+                    (Some(j), _) => {
+                        ev.tenant = credential_tenant(&s, &reg, j, req.tenant.as_deref())?;
+                        j.clone()
+                    }
                     (None, Some(t)) => {
                         let c = mandate_core::credential::verify(
                             &s.keys,
@@ -181,4 +184,40 @@ pub async fn list_revocations(
     let mut keys: Vec<&String> = reg.revoked.iter().collect();
     keys.sort();
     Ok(Json(json!({"seq": reg.revocation_seq, "revoked": keys})))
+}
+
+/// The tenant a credential revoked by id belongs to, so a tenant's feed
+/// sees it and no other tenant's does: an approver, feed or join
+/// credential's own; else the one the request names (which must exist);
+/// else unknown (`None`: the id is shown to every feed, as an opaque id).
+fn credential_tenant(
+    s: &S,
+    reg: &crate::registry::Registry,
+    id: &str,
+    named: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    if let Some(a) = reg.approvers.iter().find(|a| a.id == id) {
+        return Ok(Some(a.tenant.clone()));
+    }
+    let feed = s
+        .feed_credentials
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|c| c.id == id)
+        .map(|c| c.tenant.clone());
+    if let Some(t) = feed {
+        return Ok(t);
+    }
+    if let Some(j) = s.store.join_token(id)? {
+        return Ok(Some(j.tenant));
+    }
+    match named {
+        Some(t) if reg.tenants.contains_key(t) => Ok(Some(t.to_owned())),
+        Some(t) => Err(err(
+            Code::NotFound,
+            format!("tenant `{}` not found", short(t)),
+        )),
+        None => Ok(None),
+    }
 }
