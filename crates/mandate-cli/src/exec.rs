@@ -629,6 +629,8 @@ enum Detached {
     Refused(String),
     /// The connection failed or closed: attach again.
     Lost(String),
+    /// The attachment's lease is over (`event: renew`): attach again now.
+    Renew,
 }
 
 async fn keep_attached(
@@ -654,6 +656,7 @@ async fn keep_attached(
                 }
                 return;
             }
+            Detached::Renew => pause = Duration::from_millis(500),
             Detached::Lost(why) => {
                 if first.is_none() && !quiet {
                     eprintln!("mandate exec: lost the broker ({why}); attaching again");
@@ -737,7 +740,14 @@ async fn read_until_closed(mut body: axum::body::Body) -> Detached {
             Err(_) => return Detached::Lost("no keep-alive from the broker".into()),
             Ok(None) => return Detached::Lost("the broker closed the attachment".into()),
             Ok(Some(Err(e))) => return Detached::Lost(e.to_string()),
-            Ok(Some(Ok(_))) => {}
+            Ok(Some(Ok(f))) => {
+                let renew = f
+                    .data_ref()
+                    .is_some_and(|d| d.windows(12).any(|w| w == b"event: renew"));
+                if renew {
+                    return Detached::Renew;
+                }
+            }
         }
     }
 }

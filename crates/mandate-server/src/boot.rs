@@ -114,6 +114,10 @@ pub struct Config {
     /// How long a run attached at `/v1/runs/attach` may stay detached
     /// before the broker ends it.
     pub attach_grace: std::time::Duration,
+    /// How long one attachment lasts: then the broker closes it and the
+    /// wrapper must attach again (with a fresh proof by the run key), so a
+    /// stopped (SIGSTOP) wrapper loses the run too.
+    pub attach_lease: std::time::Duration,
 }
 
 impl Config {
@@ -150,6 +154,7 @@ impl Config {
             audit_checkpoint_every: 1000,
             audit_checkpoint_secs: 10,
             attach_grace: std::time::Duration::from_secs(10),
+            attach_lease: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -105,6 +105,53 @@ fn a_closed_attachment_ends_the_run_after_the_grace() {
     assert_refused(&refused, 400, "invalid_grant", "has ended");
 }
 
+/// A wrapper that is stopped (SIGSTOP) keeps its connection open but does
+/// not attach again when the lease is over: the run ends all the same.
+#[test]
+fn a_wrapper_that_does_not_renew_its_lease_loses_the_run() {
+    let b = Broker::start_with("attach-lease", |c| {
+        c.attach_grace = Duration::from_secs(1);
+        c.attach_lease = Duration::from_secs(2);
+    });
+    let grant = b.seed("acme");
+    let (_run, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    let held = attach(&b, &m0, &k0).unwrap();
+    let took = until_refused(&b, &m0, &k0, Duration::from_secs(2 + 1 + 5));
+    assert!(
+        took >= Duration::from_millis(2500),
+        "ended too early: {took:?}"
+    );
+    drop(held);
+}
+
+/// A wrapper that attaches again at each lease's end keeps its run.
+#[test]
+fn renewing_the_lease_keeps_the_run() {
+    let b = Broker::start_with("attach-renew", |c| {
+        c.attach_grace = Duration::from_secs(1);
+        c.attach_lease = Duration::from_secs(1);
+    });
+    let grant = b.seed("acme");
+    let (_run, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    for _ in 0..4 {
+        let mut a = attach(&b, &m0, &k0).unwrap();
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if a._reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            text.push_str(&line);
+            if line.trim() == "event: renew" {
+                break;
+            }
+        }
+        assert!(text.contains("event: renew"), "{text}");
+    }
+    let (s, v) = b.exchange(&m0, &k0, "crm", "read");
+    assert_eq!(s, 200, "{v}");
+}
+
 #[test]
 fn re_attaching_within_the_grace_keeps_the_run() {
     let b = Broker::start_with("attach-again", grace(3));

@@ -3,10 +3,13 @@
 //!
 //! The caller presents the run's own mandate and a DPoP proof by the run
 //! key (as at `/v1/runs/delegate`); the answer is a Server-Sent Events
-//! stream that never ends on its own: an `attached` event, then a comment
-//! every [`KEEP_ALIVE`]. When the connection closes (the wrapper was killed:
-//! the kernel closes its socket) and the run has not attached again within
-//! the grace period (`Config::attach_grace`, 10 s), the broker ends the run
+//! stream: an `attached` event, then a comment every [`KEEP_ALIVE`], until
+//! the attachment's lease (`Config::attach_lease`, 30 s) is over; then the
+//! broker closes it and the wrapper attaches again with a fresh proof. When
+//! the connection closes (the wrapper was killed: the kernel closes its
+//! socket; or it was stopped and did not attach again) and the run has not
+//! attached again within the grace period (`Config::attach_grace`, 10 s),
+//! the broker ends the run
 //! as `POST /v1/runs/{id}/end` does, audited with the reason
 //! "exec wrapper detached". The ties live in memory: if the broker restarts
 //! while the wrapper is gone, the run lasts until its mandate expires.
@@ -153,10 +156,13 @@ fn stream(s: &S, claims: Arc<MandateClaims>) -> Response {
         "event: attached\ndata: {}\n\n",
         serde_json::json!({"run": claims.run, "grace_secs": grace, "keep_alive_secs": KEEP_ALIVE.as_secs()})
     );
+    let lease = s.config.attach_lease;
+    let tick = KEEP_ALIVE.min(lease);
     let body = KeepAlive {
         first: Some(Bytes::from(first)),
         done: false,
-        tick: tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE),
+        until: tokio::time::Instant::now() + lease,
+        tick: tokio::time::interval_at(tokio::time::Instant::now() + tick, tick),
         tie: Detach {
             state: Arc::clone(s),
             claims,
@@ -173,10 +179,12 @@ fn stream(s: &S, claims: Arc<MandateClaims>) -> Response {
 }
 
 /// The attached stream's body: the `attached` event, then a comment every
-/// [`KEEP_ALIVE`]; an `ended` event and the end once the run is revoked.
+/// [`KEEP_ALIVE`]; an `ended` event and the end once the run is revoked; a
+/// `renew` event and the end once the lease is over.
 struct KeepAlive {
     first: Option<Bytes>,
     done: bool,
+    until: tokio::time::Instant,
     tick: tokio::time::Interval,
     tie: Detach,
 }
@@ -198,6 +206,12 @@ impl axum::body::HttpBody for KeepAlive {
         }
         if this.tick.poll_tick(cx).is_pending() {
             return Poll::Pending;
+        }
+        if tokio::time::Instant::now() >= this.until {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b"event: renew\ndata: {}\n\n",
+            )))));
         }
         let c = &this.tie.claims;
         if this
