@@ -10,6 +10,7 @@
 #   sending through the proxy to `resend-local` (both from npm, pinned).
 #   The postgres provider's tests need a real PostgreSQL server: scripts/pg.sh
 #   installs Debian's `postgresql` if missing and starts one on 127.0.0.1:54329.
+#   First, style: `cargo fmt --check` and `cargo clippy -D warnings` (issue 11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,10 @@ export MANDATE_NODE_DIR=$node_dir
 echo "==> PostgreSQL for the postgres provider's tests"
 MANDATE_TEST_PG=$(scripts/pg.sh)
 export MANDATE_TEST_PG
+
+echo "==> style: rustfmt and clippy (warnings are errors)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "==> build"
 cargo build --workspace --all-targets

@@ -71,6 +71,11 @@ impl Histories {
         }
     }
 
+    /// Forgets a run that has ended or been revoked.
+    pub fn forget(&mut self, run: &str) {
+        self.runs.remove(run);
+    }
+
     fn run(&mut self, run: &str, now: u64) -> &mut RunStats {
         if self.runs.len() >= MAX_RUNS && !self.runs.contains_key(run) {
             // Forget the runs not seen for longest (a mandate lives at most

@@ -24,7 +24,14 @@ use crate::writer::Writer;
 pub struct VerifiedCache<T> {
     map: HashMap<[u8; 32], (u64, Arc<T>)>,
     cap: usize,
+    /// At this many entries, expired ones are swept (amortized: the next
+    /// sweep is at twice what is left), so the cache holds about what is
+    /// live, not what was ever seen.
+    sweep_at: usize,
 }
+
+/// The smallest size at which a cache sweeps expired entries.
+const SWEEP_MIN: usize = 1024;
 
 impl<T> Default for VerifiedCache<T> {
     fn default() -> Self {
@@ -67,6 +74,7 @@ impl<T> VerifiedCache<T> {
         Self {
             map: HashMap::new(),
             cap: cap.max(1),
+            sweep_at: SWEEP_MIN,
         }
     }
 
@@ -79,13 +87,19 @@ impl<T> VerifiedCache<T> {
     }
     /// Remembers a verification that holds until `exp`.
     pub fn put(&mut self, digest: [u8; 32], exp: u64, claims: Arc<T>, now: u64) {
-        if self.map.len() >= self.cap {
+        if self.map.len() >= self.sweep_at.min(self.cap) {
             self.map.retain(|_, (e, _)| *e >= now);
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_MIN);
             if self.map.len() >= self.cap {
                 self.map.clear();
             }
         }
         self.map.insert(digest, (exp, claims));
+    }
+
+    /// Forgets the entries `gone` picks.
+    pub fn forget(&mut self, mut gone: impl FnMut(&T) -> bool) {
+        self.map.retain(|_, (_, v)| !gone(v));
     }
 }
 
@@ -132,7 +146,7 @@ pub struct AppState {
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
-    pub run_keys: Mutex<HashMap<String, PublicJwk>>,
+    pub run_keys: Mutex<VerifiedCache<PublicJwk>>,
     /// Credential signers (EdDSA, ES256), headers encoded once.
     pub signers: [mandate_core::credential::Signer; 2],
     /// DPoP nonces (RFC 9449 §8): required of every proof with
@@ -182,7 +196,29 @@ impl std::fmt::Debug for AppState {
 }
 
 /// Cedar entities by (run, tool), with the registry generation they were built at.
-pub type EntityCache = HashMap<(String, String), (u64, Arc<mandate_core::policy::PolicyEntities>)>;
+pub type EntityCache = VerifiedCache<CachedEntities>;
+
+/// A run's Cedar entities for one tool, built at a registry generation.
+#[derive(Debug)]
+pub struct CachedEntities {
+    run: String,
+    generation: u64,
+    entities: Arc<mandate_core::policy::PolicyEntities>,
+}
+
+/// How long derived per-run entries (entities, parsed run keys) are kept
+/// without being built again: they are rebuilt on demand.
+const DERIVED_TTL: u64 = 300;
+
+fn key_digest(parts: &[&str]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
 
 /// The run histories from the audit trail: credentials issued by the runs
 /// that can still be alive, eval gates reported for them, and which agents
@@ -248,9 +284,6 @@ fn rebuild_history(
     }
     Ok(h)
 }
-
-/// Upper bound on entries of the small per-run caches.
-const CACHE_CAP: usize = 100_000;
 
 /// Upper bound on live DPoP proof ids remembered in all (a backstop far
 /// above one key's quota; beyond it the oldest are forgotten).
@@ -359,9 +392,9 @@ impl AppState {
             token_endpoint,
             signers,
             nonces,
-            run_keys: Mutex::new(HashMap::new()),
+            run_keys: Mutex::new(VerifiedCache::default()),
             revocations: tokio::sync::broadcast::channel(4096).0,
-            policy_entities: Mutex::new(HashMap::new()),
+            policy_entities: Mutex::new(VerifiedCache::default()),
             master,
             secrets: RwLock::new(secrets),
             http: crate::upstream::client(),
@@ -421,6 +454,9 @@ impl AppState {
                 Mutation::Revoke(r) | Mutation::EndRun { revocation: r, .. } => Some(r),
                 _ => None,
             };
+            if let Some(run) = revoked.as_ref().and_then(|r| r.key.strip_prefix("run:")) {
+                self.forget_run(run);
+            }
             if let (Some(mut r), Some(seq)) = (revoked, done.revocation_seq) {
                 r.seq = seq;
                 // No subscribers is fine: the log is in the store.
@@ -581,11 +617,29 @@ impl AppState {
 
     /// Remembers a run's parsed public key.
     pub fn remember_run_key(&self, jkt: &str, key: PublicJwk) {
+        let now = crate::now_secs();
         if let Ok(mut m) = self.run_keys.lock() {
-            if m.len() >= CACHE_CAP {
-                m.clear();
-            }
-            m.insert(jkt.to_owned(), key);
+            m.put(key_digest(&[jkt]), now + DERIVED_TTL, Arc::new(key), now);
+        }
+    }
+
+    /// A run key parsed before, by thumbprint.
+    pub fn known_run_key(&self, jkt: &str) -> Option<Arc<PublicJwk>> {
+        let now = crate::now_secs();
+        self.run_keys
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key_digest(&[jkt]), now))
+    }
+
+    /// Forgets what is kept in memory for `run`, which has ended or been
+    /// revoked (its history and its Cedar entities).
+    fn forget_run(&self, run: &str) {
+        if let Ok(mut h) = self.history.lock() {
+            h.forget(run);
+        }
+        if let Ok(mut m) = self.policy_entities.lock() {
+            m.forget(|e| e.run == run);
         }
     }
 
@@ -596,22 +650,25 @@ impl AppState {
         generation: u64,
         facts: &mandate_core::policy::ExchangeFacts<'_>,
     ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
-        let key = (facts.run.to_owned(), facts.tool.to_owned());
-        if let Some((g, e)) = self
+        let key = key_digest(&[facts.run, facts.tool]);
+        let now = crate::now_secs();
+        if let Some(c) = self
             .policy_entities
             .lock()
             .ok()
-            .and_then(|m| m.get(&key).cloned())
-            && g == generation
+            .and_then(|m| m.get(&key, now))
+            && c.generation == generation
         {
-            return Ok(e);
+            return Ok(Arc::clone(&c.entities));
         }
         let e = Arc::new(self.engine.entities(facts)?);
         if let Ok(mut m) = self.policy_entities.lock() {
-            if m.len() >= CACHE_CAP {
-                m.clear();
-            }
-            m.insert(key, (generation, Arc::clone(&e)));
+            let c = CachedEntities {
+                run: facts.run.to_owned(),
+                generation,
+                entities: Arc::clone(&e),
+            };
+            m.put(key, now + DERIVED_TTL, Arc::new(c), now);
         }
         Ok(e)
     }
@@ -705,5 +762,25 @@ impl AppState {
             m.put(digest, exp, Arc::new(entry), now);
         }
         Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_holds_about_what_is_live_not_what_was_ever_seen() {
+        let mut c: VerifiedCache<u64> = VerifiedCache::default();
+        for i in 0..10_000u64 {
+            // Each entry lives 10 s; time moves one second per 100 entries.
+            let now = i / 100;
+            c.put(key_digest(&[&i.to_string()]), now + 10, Arc::new(i), now);
+        }
+        // About 1,000 are live at the end; the sweeps keep it near that.
+        assert!(c.len() <= 3 * SWEEP_MIN, "{}", c.len());
+        assert_eq!(c.get(&key_digest(&["9999"]), 99).as_deref(), Some(&9999));
+        c.forget(|v| *v == 9999);
+        assert!(c.get(&key_digest(&["9999"]), 99).is_none());
     }
 }

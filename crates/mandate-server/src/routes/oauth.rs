@@ -1235,7 +1235,7 @@ pub const JKT_URN: &str = "urn:ietf:params:oauth:jwk-thumbprint:sha-256:";
 
 /// Verifies a DPoP proof (RFC 9449) at the token endpoint for the key `jkt`.
 fn dpop_at_token_endpoint(s: &S, proof: &str, jkt: &str, now: u64) -> Result<(), ApiError> {
-    let known = s.run_keys.lock().ok().and_then(|m| m.get(jkt).cloned());
+    let known = s.known_run_key(jkt).map(|k| (*k).clone());
     let verified = dpop::verify_proof(
         proof,
         &ProofExpectations {
