@@ -67,8 +67,17 @@ impl Serve {
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while agent().get(format!("{url}/jwks.json")).call().is_err() {
+        let mut child = child;
+        // Up, and ours (not another test's broker that took the port): its
+        // admin credential is written and it still runs.
+        while agent().get(format!("{url}/jwks.json")).call().is_err()
+            || !dir.join("config/admin.token").exists()
+        {
             assert!(Instant::now() < deadline, "the broker did not come up");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the broker exited (port {port} taken?)"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Serve {
