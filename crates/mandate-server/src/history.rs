@@ -28,10 +28,17 @@ pub struct Histories {
     runs: HashMap<String, RunStats>,
     agent_tools: HashSet<(String, String, String)>,
     alerted: HashSet<(String, &'static str)>,
+    /// A run not seen for this long is over (its mandate has expired: no
+    /// mandate lives longer); 0 = a day.
+    max_idle: u64,
+    /// At this many runs, those idle longer than `max_idle` are forgotten
+    /// (amortized: the next sweep is at twice what is left).
+    sweep_at: usize,
 }
 
 const WINDOW: u64 = 60;
 const MAX_RUNS: usize = 200_000;
+const SWEEP_MIN: usize = 1024;
 
 impl Histories {
     /// The policy context's history of `run` before an exchange for `tool`.
@@ -76,12 +83,23 @@ impl Histories {
         self.runs.remove(run);
     }
 
+    /// Runs idle longer than `secs` (the longest a mandate lives) are over.
+    pub fn set_max_idle(&mut self, secs: u64) {
+        self.max_idle = secs;
+    }
+
     fn run(&mut self, run: &str, now: u64) -> &mut RunStats {
-        if self.runs.len() >= MAX_RUNS && !self.runs.contains_key(run) {
-            // Forget the runs not seen for longest (a mandate lives at most
-            // a day; a run idle that long is over).
-            let cutoff = now.saturating_sub(86_400);
+        let sweep_at = self.sweep_at.clamp(SWEEP_MIN, MAX_RUNS);
+        if self.runs.len() >= sweep_at && !self.runs.contains_key(run) {
+            // Forget the runs over: not seen for longer than a mandate lives.
+            let idle = if self.max_idle == 0 {
+                86_400
+            } else {
+                self.max_idle
+            };
+            let cutoff = now.saturating_sub(idle);
             self.runs.retain(|_, r| r.last_seen >= cutoff);
+            self.sweep_at = (self.runs.len() * 2).max(SWEEP_MIN);
         }
         let r = self.runs.entry(run.to_owned()).or_default();
         r.last_seen = now;
@@ -150,5 +168,24 @@ impl Histories {
     /// Marks that an agent used a tool (from the audit trail at start).
     pub fn used(&mut self, tenant: String, agent: String, tool: String) {
         self.agent_tools.insert((tenant, agent, tool));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_idle_longer_than_a_mandate_lives_are_forgotten() {
+        let mut h = Histories::default();
+        h.set_max_idle(300);
+        for i in 0..5_000u64 {
+            // One new run a second, each seen once.
+            h.request(&format!("run_{i}"), i, false);
+        }
+        // Only about the last 300 s of runs (plus what a sweep leaves) stay.
+        assert!(h.runs.len() <= 2 * SWEEP_MIN + 300, "{}", h.runs.len());
+        assert!(h.runs.contains_key("run_4999"));
+        assert!(!h.runs.contains_key("run_0"));
     }
 }

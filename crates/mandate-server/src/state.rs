@@ -229,6 +229,7 @@ fn rebuild_history(
     max_ttl: u64,
 ) -> Result<crate::history::Histories, BootError> {
     let mut h = crate::history::Histories::default();
+    h.set_max_idle(max_ttl);
     let e = |e: mandate_store::StoreError| BootError(format!("cannot read the audit trail: {e}"));
     for (t, a, tool) in store.agent_tools_used().map_err(e)? {
         h.used(t, a, tool);
