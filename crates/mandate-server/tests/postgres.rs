@@ -185,15 +185,20 @@ fn role_prefix(run: &str) -> String {
     format!("mandate_{}_", run.trim_start_matches("run_"))
 }
 
-/// The `lease.drop` events of a run, once there is one (the reaper writes
-/// the event after the role is gone).
-fn lease_drops(b: &Broker, run_id: &str) -> Vec<Value> {
+/// The `lease.drop` events of a run, once there are `n` (the reaper writes
+/// each event after its role is gone).
+fn lease_drops_n(b: &Broker, run_id: &str, n: usize) -> Vec<Value> {
     let mut drops = vec![];
     wait_until("lease.drop audited", Duration::from_secs(5), || {
         drops = b.audit(&format!("run={run_id}&type=lease.drop"));
-        !drops.is_empty()
+        drops.len() >= n
     });
     drops
+}
+
+/// [`lease_drops_n`] for one.
+fn lease_drops(b: &Broker, run_id: &str) -> Vec<Value> {
+    lease_drops_n(b, run_id, 1)
 }
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -545,7 +550,7 @@ fn a_role_others_depend_on_stays_powerless_until_it_can_go() {
     wait_until("both roles dropped", Duration::from_secs(8), || {
         db.roles(&role_prefix(&run_id)).is_empty()
     });
-    let drops = lease_drops(&b, &run_id);
+    let drops = lease_drops_n(&b, &run_id, 2);
     assert_eq!(drops.len(), 2, "{drops:?}");
     assert_eq!(
         db.admin_value("SELECT count(*)::text FROM pg_class WHERE relname IN ('t1', 'v2')")

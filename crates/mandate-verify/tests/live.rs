@@ -42,24 +42,40 @@ struct Env {
     /// The test's own runtime (verifiers, relays).
     rt: tokio::runtime::Runtime,
     /// The broker's runtime: dropped to stop it.
-    srv: Option<tokio::runtime::Runtime>,
+    srv: Option<Srv>,
     dir: std::path::PathBuf,
     addr: SocketAddr,
 }
 
+/// A broker in its own runtime.
+struct Srv {
+    rt: tokio::runtime::Runtime,
+    state: std::sync::Arc<mandate_server::AppState>,
+}
+
+impl Srv {
+    /// Stops it as `mandate serve` does: queued writes commit and the
+    /// database is closed before the files are touched.
+    fn stop(self) {
+        self.state.shutdown();
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
 /// Boots a broker on `dir` listening on `addr` in its own runtime.
-fn serve(dir: &std::path::Path, addr: SocketAddr, rotate: bool) -> tokio::runtime::Runtime {
+fn serve(dir: &std::path::Path, addr: SocketAddr, rotate: bool) -> Srv {
     let mut cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
     cfg.rotate_keys = rotate;
     let l = std::net::TcpListener::bind(addr).unwrap();
     l.set_nonblocking(true).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = mandate_server::boot::boot(cfg).unwrap();
+    let serving = std::sync::Arc::clone(&state);
     rt.spawn(async move {
         let l = tokio::net::TcpListener::from_std(l).unwrap();
-        mandate_server::serve_on(l, state, std::future::pending()).await;
+        mandate_server::serve_on(l, serving, std::future::pending()).await;
     });
-    rt
+    Srv { rt, state }
 }
 
 impl Env {
@@ -457,8 +473,8 @@ fn the_offline_verifier_with_a_jwks_and_log_fetched_by_hand() {
 impl Env {
     /// Stops the broker and starts it again on the same address and data.
     fn restart(&mut self, rotate: bool) {
-        if let Some(rt) = self.srv.take() {
-            rt.shutdown_timeout(Duration::from_secs(2));
+        if let Some(srv) = self.srv.take() {
+            srv.stop();
         }
         self.srv = Some(serve(&self.dir, self.addr, rotate));
     }
@@ -504,8 +520,8 @@ fn rotated_keys_are_fetched_on_an_unknown_kid_and_old_credentials_still_verify()
 impl Env {
     /// Stops the broker.
     fn stop(&mut self) {
-        if let Some(rt) = self.srv.take() {
-            rt.shutdown_timeout(Duration::from_secs(2));
+        if let Some(srv) = self.srv.take() {
+            srv.stop();
         }
     }
 
@@ -533,7 +549,7 @@ impl Env {
             .unwrap()
             .local_addr()
             .unwrap();
-        let rt = serve(&self.dir, elsewhere, false);
+        let srv = serve(&self.dir, elsewhere, false);
         for body in what {
             let r = self
                 .http
@@ -543,7 +559,7 @@ impl Env {
                 .unwrap();
             assert!(r.status().is_success());
         }
-        rt.shutdown_timeout(Duration::from_secs(2));
+        srv.stop();
         self.srv = Some(serve(&self.dir, self.addr, false));
     }
 }
