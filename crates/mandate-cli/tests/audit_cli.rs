@@ -54,10 +54,20 @@ fn agent() -> ureq::Agent {
 }
 
 impl Serve {
-    /// `mandate serve` on `dir` and a fresh port, once it answers.
+    /// `mandate serve` on `dir` and a fresh port, once it answers (on
+    /// another port if another test took that one first).
     fn start(dir: &Path) -> Self {
+        for _ in 0..5 {
+            if let Some(s) = Self::try_start(dir) {
+                return s;
+            }
+        }
+        panic!("the broker did not come up on five ports");
+    }
+
+    fn try_start(dir: &Path) -> Option<Self> {
         let port = free_port();
-        let child = mandate(dir)
+        let mut child = mandate(dir)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -67,23 +77,27 @@ impl Serve {
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut child = child;
-        // Up, and ours (not another test's broker that took the port): its
-        // admin credential is written and it still runs.
-        while agent().get(format!("{url}/jwks.json")).call().is_err()
-            || !dir.join("config/admin.token").exists()
-        {
+        // Up, and ours: its admin credential is written and it still runs
+        // (a broker that lost the port race exits).
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            let up = agent().get(format!("{url}/jwks.json")).call().is_ok()
+                && dir.join("config/admin.token").exists();
+            if up {
+                std::thread::sleep(Duration::from_millis(100));
+                if child.try_wait().unwrap().is_some() {
+                    return None;
+                }
+                return Some(Serve {
+                    child,
+                    url,
+                    dir: dir.to_owned(),
+                });
+            }
             assert!(Instant::now() < deadline, "the broker did not come up");
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the broker exited (port {port} taken?)"
-            );
             std::thread::sleep(Duration::from_millis(50));
-        }
-        Serve {
-            child,
-            url,
-            dir: dir.to_owned(),
         }
     }
 
