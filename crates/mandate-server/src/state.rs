@@ -103,6 +103,41 @@ impl<T> VerifiedCache<T> {
     }
 }
 
+/// Calls `each` with every event of `event_type` (and `decision`, if given)
+/// of the last `max_ttl` seconds, oldest first, page by page: what a broker
+/// rebuilds at start from the trail (nothing older can still matter, no
+/// token lives longer). Stops at the first error `each` returns.
+pub(crate) fn each_recent_event(
+    store: &dyn Store,
+    event_type: &str,
+    decision: Option<&str>,
+    max_ttl: u64,
+    mut each: impl FnMut(&mandate_core::audit::ChainedEvent) -> Result<(), BootError>,
+) -> Result<(), BootError> {
+    const PAGE: u32 = 10_000;
+    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_query(&mandate_store::AuditFilter {
+                event_type: Some(event_type.into()),
+                decision: decision.map(str::to_owned),
+                since_ms: Some(since_ms),
+                after_seq: Some(after),
+                limit: Some(PAGE),
+                ..Default::default()
+            })
+            .map_err(|e| BootError(format!("cannot read the audit trail: {e}")))?;
+        for ev in &page {
+            after = after.max(ev.seq);
+            each(ev)?;
+        }
+        if page.len() < PAGE as usize {
+            return Ok(());
+        }
+    }
+}
+
 /// Everything the handlers share.
 pub struct AppState {
     /// Configuration.

@@ -1094,31 +1094,15 @@ pub(crate) fn block_revocations_from_trail(
     max_ttl: u64,
 ) -> Result<std::collections::HashMap<String, u32>, crate::boot::BootError> {
     let mut counts = std::collections::HashMap::new();
-    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
-    let mut after = 0;
-    loop {
-        let page = store
-            .audit_query(&mandate_store::AuditFilter {
-                event_type: Some("revoke".into()),
-                since_ms: Some(since_ms),
-                after_seq: Some(after),
-                limit: Some(10_000),
-                ..Default::default()
-            })
-            .map_err(|e| crate::boot::BootError(format!("cannot read the audit trail: {e}")))?;
-        for ev in &page {
-            after = after.max(ev.seq);
-            let block = ev.body.details["revoked"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("block:"));
-            if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
-                *counts.entry(run.to_owned()).or_insert(0u32) += 1;
-            }
+    crate::state::each_recent_event(store, "revoke", None, max_ttl, |ev| {
+        let block = ev.body.details["revoked"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("block:"));
+        if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
+            *counts.entry(run.to_owned()).or_insert(0u32) += 1;
         }
-        if page.len() < 10_000 {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     Ok(counts)
 }
 

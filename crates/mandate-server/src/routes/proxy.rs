@@ -1172,39 +1172,21 @@ pub(crate) fn spent_from_trail(
 ) -> Result<SpentSet, crate::boot::BootError> {
     let mut spent = SpentSet::new(SPENT_CAP);
     let now = crate::now_secs();
-    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
-    let mut after = 0;
-    loop {
-        let page = store
-            .audit_query(&mandate_store::AuditFilter {
-                event_type: Some("proxy.call".into()),
-                decision: Some("allow".into()),
-                since_ms: Some(since_ms),
-                after_seq: Some(after),
-                limit: Some(10_000),
-                ..Default::default()
-            })
-            .map_err(|e| crate::boot::BootError(format!("cannot read the audit trail: {e}")))?;
-        for ev in &page {
-            after = after.max(ev.seq);
-            let until = ev.body.details["single_use_until"].as_u64();
-            if let (Some(until), Some(jti)) = (until, ev.body.credential_id.as_deref())
-                && until >= now
-            {
-                // The proxy never lets more than the cap be alive at once,
-                // so full means a trail it did not write: refuse to start
-                // rather than forget a spent credential.
-                if let Err(SpendRefused::Full) = spent.spend(jti, until, now) {
-                    return Err(crate::boot::BootError(format!(
-                        "more than {SPENT_CAP} single-use proxy credentials in the audit trail are still alive; wait until they expire (at most {max_ttl} s) and start again"
-                    )));
-                }
-            }
+    crate::state::each_recent_event(store, "proxy.call", Some("allow"), max_ttl, |ev| {
+        let until = ev.body.details["single_use_until"].as_u64();
+        if let (Some(until), Some(jti)) = (until, ev.body.credential_id.as_deref())
+            && until >= now
+            // The proxy never lets more than the cap be alive at once, so
+            // full means a trail it did not write: refuse to start rather
+            // than forget a spent credential.
+            && let Err(SpendRefused::Full) = spent.spend(jti, until, now)
+        {
+            return Err(crate::boot::BootError(format!(
+                "more than {SPENT_CAP} single-use proxy credentials in the audit trail are still alive; wait until they expire (at most {max_ttl} s) and start again"
+            )));
         }
-        if page.len() < 10_000 {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     Ok(spent)
 }
 
