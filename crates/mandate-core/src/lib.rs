@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod approval;
 pub mod attenuation;
 pub mod audit;
 pub mod capability;
@@ -39,6 +40,7 @@ pub mod client;
 pub mod credential;
 pub mod dpop;
 pub mod error;
+pub mod exchange;
 pub mod forwarding;
 pub mod httpsig;
 pub mod ids;

@@ -14,8 +14,47 @@ use crate::error::{Error, Result, malformed};
 /// The placeholder in [`InjectSpec::format`] that the upstream key replaces.
 pub const SECRET_PLACEHOLDER: &str = "{secret}";
 
-/// Credential providers a tool may use.
-pub const PROVIDERS: [&str; 3] = ["jwt", "proxy", "postgres"];
+/// How a tool's credentials are made: the kind of its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// A signed JWT (RFC 9068 profile) the tool verifies itself.
+    Jwt,
+    /// A credential good only at the broker's injecting proxy.
+    Proxy,
+    /// A short-lived PostgreSQL role.
+    Postgres,
+}
+
+impl ProviderKind {
+    /// Every kind, in the order they are documented.
+    pub const ALL: [ProviderKind; 3] = [Self::Jwt, Self::Proxy, Self::Postgres];
+
+    /// The name in registrations, storage and the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Proxy => "proxy",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// Parses a registration's `provider`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The names of every kind, for messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How the broker's proxy reaches an upstream API that only accepts a static key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

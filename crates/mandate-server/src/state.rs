@@ -526,6 +526,14 @@ impl AppState {
         );
     }
 
+    /// The credential signer for `alg`.
+    pub fn signer(&self, alg: mandate_core::jose::Alg) -> &mandate_core::credential::Signer {
+        match alg {
+            mandate_core::jose::Alg::EdDSA => &self.signers[0],
+            mandate_core::jose::Alg::ES256 => &self.signers[1],
+        }
+    }
+
     /// Asks the tenant's policies about `facts`.
     pub fn decide(
         &self,

@@ -148,7 +148,7 @@ pub trait Store: Send + Sync {
     fn list_approvals(
         &self,
         tenant: Option<&str>,
-        status: Option<&str>,
+        status: Option<mandate_core::approval::ApprovalStatus>,
         limit: u32,
     ) -> Result<Vec<Approval>>;
     /// How many times each attenuation block has been used (0 if never).

@@ -87,8 +87,8 @@ pub struct Approval {
     pub approvers: Vec<String>,
     /// The policies that asked for approval.
     pub policies: Vec<String>,
-    /// `pending`, `approved`, `denied`, `used`.
-    pub status: String,
+    /// Where it is in its life.
+    pub status: mandate_core::approval::ApprovalStatus,
     /// When asked (ms).
     pub requested_ms: u64,
     /// Until when it can be decided, and then used (seconds).
@@ -99,6 +99,18 @@ pub struct Approval {
     pub decided_ms: Option<u64>,
     /// Their comment.
     pub comment: Option<String>,
+}
+
+impl mandate_core::approval::ApprovalView for Approval {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn policies(&self) -> &[String] {
+        &self.policies
+    }
+    fn status(&self) -> mandate_core::approval::ApprovalStatus {
+        self.status
+    }
 }
 
 /// A registered agent.
@@ -139,10 +151,10 @@ pub struct Tool {
     pub risk: String,
     /// Longest credential lifetime (seconds).
     pub max_ttl_secs: u64,
-    /// Credential provider: `jwt`, `proxy` or `postgres`.
-    pub provider: String,
-    /// JWS algorithm for credentials: `EdDSA` or `ES256`.
-    pub alg: String,
+    /// Credential provider.
+    pub provider: mandate_core::tooling::ProviderKind,
+    /// JWS algorithm for credentials.
+    pub alg: mandate_core::jose::Alg,
     /// Creation time (ms).
     pub created_ms: u64,
     /// The `proxy` provider's upstream, routes and key injection.
@@ -515,7 +527,7 @@ pub enum Mutation {
         /// Id.
         id: String,
         /// `approved` or `denied`.
-        status: String,
+        status: mandate_core::approval::ApprovalStatus,
         /// `principal:<id>` of the approver.
         by: String,
         /// Comment.
@@ -560,6 +572,16 @@ pub enum Mutation {
         /// Value.
         value: String,
     },
+}
+
+impl Mutation {
+    /// Several mutations as one: none, the one, or a batch.
+    pub fn all(mut v: Vec<Mutation>) -> Option<Mutation> {
+        match v.len() {
+            0 | 1 => v.pop(),
+            _ => Some(Mutation::Batch(v)),
+        }
+    }
 }
 
 /// Everything the broker keeps in memory.

@@ -169,6 +169,27 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
     })
 }
 
+/// A text column parsed into a kind (an enum), or a corruption error naming it.
+fn parse_col<T>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    what: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!(
+                "unknown {what} `{}`",
+                s.chars().take(32).collect::<String>()
+            )
+            .into(),
+        )
+    })
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -254,7 +275,7 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         Mutation::CreateTool(t) => {
             tx.execute(
                 "INSERT INTO tools (tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms, config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider, t.alg, t.created_ms as i64,
+                params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider.as_str(), t.alg.as_str(), t.created_ms as i64,
                     json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
             )?;
         }
@@ -380,7 +401,7 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
         Mutation::CreateApproval(a) => {
             tx.execute(
                 "INSERT INTO approvals (id, tenant, run, request_digest, status, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![a.id, a.tenant, a.run, a.request_digest, a.status, a.expires_at as i64, json(a)],
+                params![a.id, a.tenant, a.run, a.request_digest, a.status.as_str(), a.expires_at as i64, json(a)],
             )?;
         }
         Mutation::DecideApproval {
@@ -401,13 +422,13 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             let mut a: Approval = from_json(&body.ok_or_else(|| {
                 StoreError::NotFound(format!("pending, unexpired approval `{id}`"))
             })?)?;
-            a.status = status.clone();
+            a.status = *status;
             a.decided_by = Some(by.clone());
             a.decided_ms = Some(*decided_ms);
             a.comment = comment.clone();
             tx.execute(
                 "UPDATE approvals SET status = ?2, body = ?3 WHERE id = ?1",
-                params![id, status, json(&a)],
+                params![id, status.as_str(), json(&a)],
             )?;
         }
         Mutation::UseApproval { id } => {
@@ -421,7 +442,7 @@ fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             let mut a: Approval = from_json(
                 &body.ok_or_else(|| StoreError::Conflict(format!("use of approval `{id}`")))?,
             )?;
-            a.status = "used".into();
+            a.status = mandate_core::approval::ApprovalStatus::Used;
             tx.execute(
                 "UPDATE approvals SET status = 'used', body = ?2 WHERE id = ?1",
                 params![id, json(&a)],
@@ -624,8 +645,8 @@ impl Store for SqliteStore {
                 Ok(Tool {
                     tenant: r.get(0)?, name: r.get(1)?, audience: r.get(2)?,
                     actions: from_json(&r.get::<_, String>(3)?)?, labels: from_json(&r.get::<_, String>(4)?)?,
-                    risk: r.get(5)?, max_ttl_secs: r.get::<_, i64>(6)? as u64, provider: r.get(7)?,
-                    alg: r.get(8)?, created_ms: r.get::<_, i64>(9)? as u64,
+                    risk: r.get(5)?, max_ttl_secs: r.get::<_, i64>(6)? as u64, provider: parse_col(r, 7, "provider", mandate_core::tooling::ProviderKind::parse)?,
+                    alg: parse_col(r, 8, "alg", |a| mandate_core::jose::Alg::parse("tool", a).ok())?, created_ms: r.get::<_, i64>(9)? as u64,
                     proxy: config.proxy, postgres: config.postgres, env: config.env,
                 })
             })?
@@ -955,9 +976,10 @@ impl Store for SqliteStore {
     fn list_approvals(
         &self,
         tenant: Option<&str>,
-        status: Option<&str>,
+        status: Option<mandate_core::approval::ApprovalStatus>,
         limit: u32,
     ) -> Result<Vec<Approval>> {
+        let status = status.map(|s| s.as_str());
         let c = lock(&self.reader);
         let mut q = c.prepare(
             "SELECT body FROM approvals WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY rowid DESC LIMIT ?3",

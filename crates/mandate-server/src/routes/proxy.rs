@@ -36,7 +36,6 @@ use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
 use mandate_core::forwarding::{self, BodyKind};
 use mandate_core::forwarding::{SpendRefused, SpentSet};
-use mandate_core::policy::ExchangeFacts;
 use mandate_core::scrub::Scrubber;
 use mandate_core::tooling::{
     AmountAt, HOP_BY_HOP, InjectSpec, ProxySpec, RouteSpec, check_request_path,
@@ -779,7 +778,7 @@ fn identify<'a>(
     let tool: Tool = reg
         .tools
         .get(&(claims.tenant.clone(), tool_name.to_owned()))
-        .filter(|t| t.provider == "proxy")
+        .filter(|t| t.provider == mandate_core::tooling::ProviderKind::Proxy)
         .cloned()
         .ok_or_else(|| {
             err(
@@ -1001,7 +1000,8 @@ fn amount_plan(
     }
 }
 
-/// The tenant's policies, in force now, judge the call (with the run's history).
+/// The tenant's policies, in force now, judge the call (with the run's
+/// history): the exchange's own policy question ([`crate::exchange::decide`]).
 fn ask_policy(
     s: &S,
     c: &Caller<'_>,
@@ -1009,62 +1009,42 @@ fn ask_policy(
     now: u64,
     ev: &mut EventBody,
 ) -> Result<(), ApiError> {
+    use crate::exchange::{decide, gather};
     let claims = &c.claims;
-    let reg = s.reg();
-    let agent = reg
-        .agents
-        .get(&(claims.tenant.clone(), claims.agent.clone()))
-        .cloned()
-        .ok_or_else(|| err(Code::Unauthorized, "the agent is no longer registered"))?;
-    let policies = reg
-        .compiled
-        .get(&claims.tenant)
-        .cloned()
-        .unwrap_or_default();
-    let generation = reg.generation;
-    drop(reg);
-    let actions = [action];
+    let input = gather::policy_input(
+        s,
+        (&claims.tenant, &claims.agent, &claims.run),
+        claims.iat,
+        &c.tool.name,
+        now,
+    )
+    .ok_or_else(|| err(Code::Unauthorized, "the agent is no longer registered"))?;
     let details = claims
         .authorization_details
         .as_ref()
         .map(mandate_core::policy::Details::from_json)
         .unwrap_or_default();
-    let tool = &c.tool;
-    let history = s
-        .history
-        .lock()
-        .map(|h| {
-            h.facts(
-                &claims.run,
-                claims.iat,
-                (&claims.tenant, &claims.agent, &tool.name),
-                now,
-            )
-        })
-        .unwrap_or_default();
-    let facts = ExchangeFacts {
-        tenant: &claims.tenant,
+    let verdict = decide::verdict(
+        s,
+        &decide::Question {
+            subject: decide::Subject::of_credential(claims),
+            input: &input,
+            tool: &c.tool,
+            actions: &[action],
+            details: &details,
+            approved: claims.approval.is_some(),
+        },
         now,
-        agent: &claims.agent,
-        agent_owner: &agent.owner,
-        agent_purpose: &agent.purpose,
-        run: &claims.run,
-        task: &claims.task,
-        principal: ev.principal.as_deref(),
-        grant: claims.grant.as_deref(),
-        tool: &tool.name,
-        tool_audience: &tool.audience,
-        tool_labels: &tool.labels,
-        tool_risk: &tool.risk,
-        tool_provider: &tool.provider,
-        actions: &actions,
-        depth: claims.chain_depths().0,
-        hops: claims.chain_depths().1,
-        approved: claims.approval.is_some(),
-        details: &details,
-        history: &history,
-    };
-    s.enforce(generation, &policies, &facts, &mut ev.policies)
+    )?;
+    ev.policies = verdict.policies;
+    if verdict.allowed {
+        Ok(())
+    } else {
+        Err(err(
+            Code::AccessDenied,
+            verdict.reason.unwrap_or_else(|| "denied by policy".into()),
+        ))
+    }
 }
 
 /// The request as it goes upstream: our credential and signature removed

@@ -8,6 +8,7 @@
 //! or credential is not an approver credential.
 
 use super::*;
+use mandate_core::approval::ApprovalStatus;
 
 /// Prefix of approver credentials.
 pub const APPROVER_TOKEN_PREFIX: &str = "mandate_approver_";
@@ -115,7 +116,7 @@ fn may_decide(s: &S, tenant: &str, principal: &str, a: &Approval) -> bool {
 
 fn view(a: &Approval, now: u64) -> Value {
     let mut v = json!(a);
-    if a.status == "pending" && a.expires_at < now {
+    if a.status == ApprovalStatus::Pending && a.expires_at < now {
         v["status"] = json!("expired");
     }
     v
@@ -192,7 +193,7 @@ pub async fn create_approver_token(
 #[serde(deny_unknown_fields)]
 pub struct ApprovalQuery {
     tenant: Option<String>,
-    status: Option<String>,
+    status: Option<ApprovalStatus>,
     limit: Option<u32>,
 }
 
@@ -204,14 +205,6 @@ pub async fn list_approvals(
 ) -> Result<Json<Value>, ApiError> {
     let who = caller(&s, &headers)?;
     let Query(q) = q.map_err(|e| err(Code::InvalidRequest, e.body_text()))?;
-    if let Some(st) = &q.status
-        && !["pending", "approved", "denied", "used"].contains(&st.as_str())
-    {
-        return Err(err(
-            Code::InvalidRequest,
-            "`status` is pending, approved, denied or used",
-        ));
-    }
     let tenant = match &who {
         Caller::Admin => q.tenant.clone(),
         Caller::Approver { tenant, .. } => Some(tenant.clone()),
@@ -219,7 +212,7 @@ pub async fn list_approvals(
     let now = crate::now_secs();
     let all = s.store.list_approvals(
         tenant.as_deref(),
-        q.status.as_deref(),
+        q.status,
         q.limit.unwrap_or(100).min(1000),
     )?;
     let shown: Vec<Value> = all
@@ -279,7 +272,7 @@ pub async fn approve(
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&s, addr, &headers, &id, raw, "approved").await
+    decide(&s, addr, &headers, &id, raw, ApprovalStatus::Approved).await
 }
 
 /// `POST /v1/approvals/{id}/deny`.
@@ -290,7 +283,7 @@ pub async fn deny(
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&s, addr, &headers, &id, raw, "denied").await
+    decide(&s, addr, &headers, &id, raw, ApprovalStatus::Denied).await
 }
 
 async fn decide(
@@ -299,7 +292,7 @@ async fn decide(
     headers: &HeaderMap,
     id: &str,
     raw: Result<Bytes, BytesRejection>,
-    status: &str,
+    status: ApprovalStatus,
 ) -> Result<Json<Value>, ApiError> {
     let who = caller(s, headers)?;
     let Caller::Approver { principal, .. } = &who else {
@@ -314,23 +307,23 @@ async fn decide(
     }
     let a = load(s, &who, id)?;
     let now = crate::now_secs();
-    if a.status != "pending" || a.expires_at < now {
+    if a.status != ApprovalStatus::Pending || a.expires_at < now {
         return Err(err(
             Code::Conflict,
             format!(
                 "approval `{}` is {}; only a pending, unexpired request can be decided",
                 a.id,
-                if a.status == "pending" {
+                if a.status == ApprovalStatus::Pending {
                     "expired"
                 } else {
-                    &a.status
+                    a.status.as_str()
                 }
             ),
         ));
     }
     let by = format!("principal:{principal}");
     let mut ev = Ctx::new(headers, addr).event("approval.decide", Some(&a.tenant));
-    ev.decision = if status == "approved" {
+    ev.decision = if status == ApprovalStatus::Approved {
         "approve"
     } else {
         "deny"
@@ -348,7 +341,7 @@ async fn decide(
     s.commit(Entry {
         mutation: Some(Mutation::DecideApproval {
             id: a.id.clone(),
-            status: status.into(),
+            status,
             by: by.clone(),
             comment: d.comment.clone(),
             decided_ms: crate::now_ms(),

@@ -238,38 +238,23 @@ pub async fn create_tool(
     need_tenant(&s, &tenant)?;
     let req: NewTool = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("tool", &req.name).map_err(bad)?;
-    let provider = req.provider.clone().unwrap_or_else(|| "jwt".into());
-    if !PROVIDERS.contains(&provider.as_str()) {
-        return Err(err(
+    let name = req.provider.as_deref().unwrap_or("jwt");
+    let kind = ProviderKind::parse(name).ok_or_else(|| {
+        err(
             Code::InvalidRequest,
             format!(
                 "provider `{}` is not supported; use one of: {}",
-                short(&provider),
-                PROVIDERS.join(", ")
+                short(name),
+                ProviderKind::names()
             ),
-        ));
-    }
+        )
+    })?;
+    let provider = crate::providers::of(kind);
     // A proxy tool's credentials are only good at the broker's proxy for it,
     // so that is its audience; a database tool is named by a URN.
-    let audience = match (&req.audience, provider.as_str()) {
-        (Some(a), "jwt") => a.clone(),
-        (None, "jwt") => {
-            return Err(err(
-                Code::InvalidRequest,
-                "a `jwt` tool needs an `audience`: the URI its credentials are for",
-            ));
-        }
-        (Some(_), _) => {
-            return Err(err(
-                Code::InvalidRequest,
-                format!(
-                    "a `{provider}` tool's audience is set by the broker; leave `audience` out"
-                ),
-            ));
-        }
-        (None, "proxy") => proxy_url(&s, &req.name),
-        (None, _) => format!("urn:mandate:postgres:{tenant}:{}", req.name),
-    };
+    let audience = provider
+        .audience(&s, &tenant, &req.name, req.audience.as_deref())
+        .map_err(|e| err(Code::InvalidRequest, e))?;
     let aud_ok = (audience.starts_with("https://")
         || audience.starts_with("http://")
         || audience.starts_with("urn:"))
@@ -312,29 +297,13 @@ pub async fn create_tool(
             format!("`max_ttl_secs` must be 1 to {TOOL_MAX_TTL}"),
         ));
     }
-    match (provider.as_str(), &req.proxy, &req.postgres) {
-        ("jwt", None, None) => {}
-        ("proxy", Some(p), None) => p.validate(&req.actions).map_err(bad)?,
-        ("postgres", None, Some(p)) => p.validate(&req.actions).map_err(bad)?,
-        ("proxy", None, _) => {
-            return Err(err(
-                Code::InvalidRequest,
-                "a `proxy` tool needs `proxy`: its upstream, routes and how to inject the key",
-            ));
-        }
-        ("postgres", _, None) => {
-            return Err(err(
-                Code::InvalidRequest,
-                "a `postgres` tool needs `postgres`: host, database and the roles each action maps to",
-            ));
-        }
-        _ => {
-            return Err(err(
-                Code::InvalidRequest,
-                format!("a `{provider}` tool takes only its own provider's settings"),
-            ));
-        }
-    }
+    provider
+        .validate(&crate::providers::Settings {
+            actions: &req.actions,
+            proxy: req.proxy.as_ref(),
+            postgres: req.postgres.as_ref(),
+        })
+        .map_err(|e| err(Code::InvalidRequest, e))?;
     check_env(&req.env).map_err(bad)?;
     let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
     {
@@ -355,11 +324,11 @@ pub async fn create_tool(
         // it alone across the broker, or another tenant's credentials would
         // verify at it. (Proxy tools of several tenants may share a name:
         // the proxy looks tools up in the credential's tenant.)
-        if reg
-            .tools
-            .values()
-            .any(|t| t.audience == audience && (provider == "jwt" || t.provider == "jwt"))
-        {
+        if reg.tools.values().any(|t| {
+            t.audience == audience
+                && (provider.audience_unique()
+                    || crate::providers::of(t.provider).audience_unique())
+        }) {
             return Err(err(
                 Code::Conflict,
                 format!(
@@ -378,8 +347,8 @@ pub async fn create_tool(
         labels: req.labels,
         risk,
         max_ttl_secs: ttl,
-        provider,
-        alg: alg.as_str().into(),
+        provider: kind,
+        alg,
         created_ms: crate::now_ms(),
         proxy: req.proxy,
         postgres: req.postgres,
@@ -390,11 +359,6 @@ pub async fn create_tool(
     ev.details = json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
         "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env});
     created(&s, Mutation::CreateTool(t.clone()), ev, &t).await
-}
-
-/// The broker's proxy URL for a tool.
-pub fn proxy_url(s: &S, tool: &str) -> String {
-    format!("{}/proxy/{tool}", s.config.issuer.trim_end_matches('/'))
 }
 
 /// Longest tool secret accepted.
@@ -424,10 +388,14 @@ pub async fn set_tool_secret(
                 format!("tool `{}` not found in tenant `{tenant}`", short(&name)),
             )
         })?;
-    if tool.provider == "jwt" {
+    let provider = crate::providers::of(tool.provider);
+    if !provider.holds_secret() {
         return Err(err(
             Code::InvalidRequest,
-            format!("tool `{name}` uses the `jwt` provider, which holds no upstream secret"),
+            format!(
+                "tool `{name}` uses the `{}` provider, which holds no upstream secret",
+                tool.provider
+            ),
         ));
     }
     // Trailing newlines come from files and `echo`; they are never part of a key.
@@ -446,12 +414,9 @@ pub async fn set_tool_secret(
             "the secret holds control characters (it goes into an HTTP header or a connection string)",
         ));
     }
-    if tool.provider == "postgres" && text.parse::<tokio_postgres::Config>().is_err() {
-        return Err(err(
-            Code::InvalidRequest,
-            "the admin connection string is not valid (`postgresql://user:password@host:port/database`)",
-        ));
-    }
+    provider
+        .check_secret(&tool, text)
+        .map_err(|e| err(Code::InvalidRequest, e))?;
     let checked = match &tool.postgres {
         Some(spec) => {
             Some(check_pg_mapping(&s, Ctx::new(&headers, addr), &tool, spec, text).await?)
@@ -540,7 +505,7 @@ pub async fn list_tools(
                 .filter(|x| x.tenant == tenant)
                 .map(|t| {
                     let mut v = json!(t);
-                    if t.provider != "jwt"
+                    if crate::providers::of(t.provider).holds_secret()
                         && let Some(o) = v.as_object_mut()
                     {
                         o.insert(

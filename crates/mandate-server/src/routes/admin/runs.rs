@@ -400,8 +400,13 @@ async fn start_run_as(
             tools.push(json!({
                 "name": t.name, "provider": t.provider, "audience": t.audience, "actions": actions,
                 "env": t.env,
-                "proxy_url": (t.provider == "proxy").then(|| super::proxy_url(s, &t.name)),
             }));
+            if let (Some(o), Some(d)) = (
+                tools.last_mut().and_then(|v| v.as_object_mut()),
+                crate::providers::of(t.provider).describe(s, t).as_object(),
+            ) {
+                o.extend(d.clone());
+            }
         }
     }
     let max = s.config.mandate_max_ttl;
