@@ -37,6 +37,7 @@ pub mod attenuation;
 pub mod audit;
 pub mod capability;
 pub mod client;
+pub mod clock;
 pub mod credential;
 pub mod dpop;
 pub mod error;

@@ -26,7 +26,7 @@ pub async fn announce(s: &AppState, kind: &str, data: Value) {
     if s.config.webhook_url.is_none() {
         return;
     }
-    let body = json!({"type": kind, "time_ms": crate::now_ms(), "data": data}).to_string();
+    let body = json!({"type": kind, "time_ms": s.now_ms(), "data": data}).to_string();
     match s
         .commit(mandate_store::Entry {
             mutation: Some(mandate_store::Mutation::Enqueue { body }),
@@ -115,7 +115,7 @@ async fn alert(s: &AppState, m: RunRef<'_>, kind: &'static str, details: Value, 
     }
     let suspend = s.config.suspend_on_anomaly;
     let mut ev = EventBody {
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         event_type: format!("alert.{kind}"),
         decision: if suspend { "suspend" } else { "ok" }.into(),
         tenant: Some(m.tenant.to_owned()),
@@ -128,7 +128,7 @@ async fn alert(s: &AppState, m: RunRef<'_>, kind: &'static str, details: Value, 
     ev.reason = Some(format!("anomaly: {kind}"));
     let mutation = suspend.then(|| mandate_store::Mutation::SuspendRun {
         id: m.run.to_owned(),
-        ms: crate::now_ms(),
+        ms: s.now_ms(),
         reason: format!("anomaly: {kind}"),
     });
     let committed = s
@@ -175,7 +175,7 @@ pub async fn deliver_webhooks(s: Arc<AppState>) {
                 tries.remove(&id);
                 let events = if give_up {
                     vec![EventBody {
-                        time_ms: crate::now_ms(),
+                        time_ms: s.now_ms(),
                         event_type: "webhook.failed".into(),
                         decision: "error".into(),
                         reason: Some(format!("{url} did not accept it after 10 tries")),
@@ -212,7 +212,7 @@ pub fn webhook_headers(
     body: &str,
 ) -> Result<Vec<(String, String)>, String> {
     let key = &s.keys.jwt_eddsa;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         (

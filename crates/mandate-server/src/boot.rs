@@ -118,6 +118,8 @@ pub struct Config {
     /// wrapper must attach again (with a fresh proof by the run key), so a
     /// stopped (SIGSTOP) wrapper loses the run too.
     pub attach_lease: std::time::Duration,
+    /// Where the broker takes the time from (a manual clock in tests).
+    pub clock: std::sync::Arc<dyn mandate_core::clock::Clock>,
 }
 
 impl Config {
@@ -155,6 +157,7 @@ impl Config {
             audit_checkpoint_secs: 10,
             attach_grace: std::time::Duration::from_secs(10),
             attach_lease: std::time::Duration::from_secs(30),
+            clock: std::sync::Arc::new(mandate_core::clock::SystemClock),
         }
     }
 }
@@ -238,7 +241,12 @@ fn master_key(cfg: &Config, first_start: bool) -> Result<MasterKey, BootError> {
     }
 }
 
-fn seal_key(mk: &MasterKey, key: &SigningKey, purpose: &str) -> Result<KeyRecord, BootError> {
+fn seal_key(
+    mk: &MasterKey,
+    key: &SigningKey,
+    purpose: &str,
+    created_ms: u64,
+) -> Result<KeyRecord, BootError> {
     let kid = key.kid();
     let aad = format!("{kid}|{purpose}");
     let sealed = mk
@@ -249,7 +257,7 @@ fn seal_key(mk: &MasterKey, key: &SigningKey, purpose: &str) -> Result<KeyRecord
         alg: key.alg().as_str().into(),
         purpose: purpose.into(),
         sealed,
-        created_ms: crate::now_ms(),
+        created_ms,
     })
 }
 
@@ -342,14 +350,19 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             (&keys.jwt_es256, "jwt"),
         ] {
             boot_entries.push(Entry {
-                mutation: Some(Mutation::PutKey(seal_key(&mk, k, purpose)?)),
+                mutation: Some(Mutation::PutKey(seal_key(
+                    &mk,
+                    k,
+                    purpose,
+                    cfg.clock.now_ms(),
+                )?)),
                 events: vec![],
             });
         }
         boot_entries.push(Entry {
             mutation: None,
             events: vec![EventBody {
-                time_ms: crate::now_ms(),
+                time_ms: cfg.clock.now_ms(),
                 event_type: "broker.init".into(),
                 decision: "ok".into(),
                 actor: Some("broker".into()),
@@ -381,7 +394,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             retired_roots: Vec::new(),
             retired_since: std::collections::HashMap::new(),
         };
-        let now = crate::now_secs();
+        let now = cfg.clock.now_secs();
         // Earlier mandate roots and credential keys, newest first, while
         // what they signed can still be alive; nothing they signed after
         // their retirement is accepted.
@@ -416,7 +429,12 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             }
             for k in [&fresh.jwt_eddsa, &fresh.jwt_es256] {
                 boot_entries.push(Entry {
-                    mutation: Some(Mutation::PutKey(seal_key(&mk, k, "jwt")?)),
+                    mutation: Some(Mutation::PutKey(seal_key(
+                        &mk,
+                        k,
+                        "jwt",
+                        cfg.clock.now_ms(),
+                    )?)),
                     events: vec![],
                 });
             }
@@ -425,6 +443,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
                     &mk,
                     &fresh.mandate_root,
                     "mandate",
+                    cfg.clock.now_ms(),
                 )?)),
                 events: vec![],
             });
@@ -434,7 +453,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             boot_entries.push(Entry {
                 mutation: None,
                 events: vec![EventBody {
-                    time_ms: crate::now_ms(),
+                    time_ms: cfg.clock.now_ms(),
                     event_type: "keys.rotate".into(),
                     decision: "ok".into(),
                     actor: Some("broker (--rotate-keys)".into()),
@@ -487,12 +506,12 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             mutation: Some(Mutation::PutAdminToken(AdminToken {
                 id: "bootstrap".into(),
                 hash,
-                created_ms: crate::now_ms(),
+                created_ms: cfg.clock.now_ms(),
                 tenant: None,
                 expires_at: 0,
             })),
             events: vec![EventBody {
-                time_ms: crate::now_ms(),
+                time_ms: cfg.clock.now_ms(),
                 event_type: "admin_token.create".into(),
                 decision: "ok".into(),
                 actor: Some("broker".into()),
@@ -538,7 +557,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
     let proofs_from = if first_start {
         0
     } else {
-        crate::now_secs() + cfg.dpop_max_skew + 1
+        cfg.clock.now_secs() + cfg.dpop_max_skew + 1
     };
     let checkpoints = crate::checkpoint::Checkpointer::start(
         &cfg,

@@ -28,6 +28,7 @@ pub struct Checkpointer {
     issuer: String,
     key: SigningKey,
     every: u64,
+    clock: std::sync::Arc<dyn mandate_core::clock::Clock>,
     inner: Mutex<Inner>,
 }
 
@@ -52,6 +53,7 @@ impl Checkpointer {
         issuer: String,
         key: SigningKey,
         every: u64,
+        clock: std::sync::Arc<dyn mandate_core::clock::Clock>,
         head: (u64, String),
         latest: Option<VerifiedCheckpoint>,
     ) -> Self {
@@ -60,6 +62,7 @@ impl Checkpointer {
             issuer,
             key,
             every: every.max(1),
+            clock,
             inner: Mutex::new(Inner {
                 head,
                 latest,
@@ -81,6 +84,7 @@ impl Checkpointer {
             cfg.issuer.clone(),
             key,
             cfg.audit_checkpoint_every,
+            std::sync::Arc::clone(&cfg.clock),
             head,
             anchored,
         ));
@@ -130,7 +134,7 @@ impl Checkpointer {
         let mut g = self.lock();
         let at = g.latest.as_ref().map_or(0, |c| c.checkpoint.seq);
         if g.head.0 > at {
-            let cp = Checkpoint::of_head(&self.issuer, g.head.0, &g.head.1, crate::now_ms())
+            let cp = Checkpoint::of_head(&self.issuer, g.head.0, &g.head.1, self.clock.now_ms())
                 .sign(&self.key);
             match write_atomically(&self.file, cp.jws.as_bytes()) {
                 Ok(()) => g.last_error = None,
@@ -277,7 +281,7 @@ pub fn at_start(
     Ok((
         None,
         Some(EventBody {
-            time_ms: crate::now_ms(),
+            time_ms: cfg.clock.now_ms(),
             event_type: "audit.checkpoint.missing".into(),
             decision: "ok".into(),
             actor: Some("broker".into()),
@@ -308,7 +312,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "mandate-cp-{tag}-{}-{}",
             std::process::id(),
-            crate::now_ms()
+            mandate_core::clock::Clock::now_ms(&mandate_core::clock::SystemClock)
         ));
         fs::create_dir_all(&d).unwrap();
         d
@@ -334,6 +338,7 @@ mod tests {
             "http://b".into(),
             keys.jwt_eddsa.clone(),
             3,
+            Arc::new(mandate_core::clock::SystemClock),
             (0, h(0)),
             None,
         );
@@ -364,6 +369,7 @@ mod tests {
             "http://b".into(),
             keys.jwt_eddsa,
             10,
+            Arc::new(mandate_core::clock::SystemClock),
             (5, "ab".repeat(32)),
             None,
         );

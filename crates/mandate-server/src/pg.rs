@@ -487,13 +487,13 @@ pub async fn reap_once(s: &Arc<AppState>) -> usize {
         Err(_) => return 0,
     };
     s.pg.prune(&leases);
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let mut dropped = 0;
     for l in leases {
         let Some(why) = reap_reason(s, &l, now) else {
             continue;
         };
-        if !s.pg.due(s, &l, crate::now_ms()) {
+        if !s.pg.due(s, &l, s.now_ms()) {
             continue;
         }
         match s.pg.drop_role(s, &l).await {
@@ -522,12 +522,12 @@ fn reap_reason(s: &AppState, l: &Lease, now: u64) -> Option<String> {
 
 /// Marks the lease dropped, with its `lease.drop` event.
 async fn record_drop(s: &AppState, l: &Lease, why: String) -> bool {
-    let ev = lease_event(l, "lease.drop", "ok", why);
+    let ev = lease_event(l, "lease.drop", "ok", why, s.now_ms());
     let r = s
         .commit(Entry {
             mutation: Some(Mutation::DropLease {
                 id: l.id.clone(),
-                dropped_ms: crate::now_ms(),
+                dropped_ms: s.now_ms(),
             }),
             events: vec![ev],
         })
@@ -538,9 +538,15 @@ async fn record_drop(s: &AppState, l: &Lease, why: String) -> bool {
     r.is_ok()
 }
 
-fn lease_event(l: &Lease, event_type: &str, decision: &str, reason: String) -> EventBody {
+fn lease_event(
+    l: &Lease,
+    event_type: &str,
+    decision: &str,
+    reason: String,
+    time_ms: u64,
+) -> EventBody {
     EventBody {
-        time_ms: crate::now_ms(),
+        time_ms,
         event_type: event_type.into(),
         decision: decision.into(),
         reason: Some(reason),
@@ -578,7 +584,7 @@ impl Postgres {
     /// admin connection failed, else per lease) and says so once: a log
     /// line, and for a role that others depend on a `lease.stuck` event.
     async fn not_dropped(&self, s: &AppState, l: &Lease, e: PgError) {
-        let now_ms = crate::now_ms();
+        let now_ms = s.now_ms();
         let key = (l.tenant.clone(), l.tool.clone());
         if e.kind == PgErrorKind::Unavailable {
             let version = s.tool_secret_versioned(&l.tenant, &l.tool).map(|(v, _)| v);
@@ -616,7 +622,13 @@ impl Postgres {
         let reason = stuck_reason(&e.message);
         tracing::warn!(role = %l.role, "{reason}");
         if let Err(c) = s
-            .record(vec![lease_event(l, "lease.stuck", "error", reason)])
+            .record(vec![lease_event(
+                l,
+                "lease.stuck",
+                "error",
+                reason,
+                s.now_ms(),
+            )])
             .await
         {
             tracing::error!(role = %l.role, "could not record that the role is stuck: {}", c.description);

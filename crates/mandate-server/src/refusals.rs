@@ -34,11 +34,17 @@ pub fn throttle(window_ms: u64) -> RefusalThrottle<Key> {
     RefusalThrottle::new(window_ms, CLIENTS, RECORDS_PER_WINDOW)
 }
 
-fn event(key: Key, count: u64, reason: String, details: serde_json::Value) -> EventBody {
+fn event(
+    key: Key,
+    count: u64,
+    reason: String,
+    details: serde_json::Value,
+    time_ms: u64,
+) -> EventBody {
     let mut details = details;
     details["count"] = json!(count);
     EventBody {
-        time_ms: crate::now_ms(),
+        time_ms,
         event_type: key.1.into(),
         decision: "deny".into(),
         reason: Some(reason),
@@ -58,13 +64,19 @@ pub async fn note(
     details: serde_json::Value,
 ) {
     let key = (ip.map(crate::listen::client_key), event_type);
-    let admit =
-        s.refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .note(key, reason, crate::now_ms());
+    let admit = s
+        .refusals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .note(key, reason, s.now_ms());
     if let Admit::Record { count } = admit {
-        let ev = event(key, count, reason.chars().take(500).collect(), details);
+        let ev = event(
+            key,
+            count,
+            reason.chars().take(500).collect(),
+            details,
+            s.now_ms(),
+        );
         if let Err(e) = s.record(vec![ev]).await {
             tracing::error!("cannot audit a refusal: {}", e.description);
         }
@@ -101,11 +113,12 @@ pub async fn flush(s: Arc<AppState>) {
     let mut tick = tokio::time::interval(window);
     loop {
         tick.tick().await;
+        let now_ms = s.now_ms();
         let counted = s
             .refusals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .drain(crate::now_ms());
+            .drain(now_ms);
         if counted.is_empty() {
             continue;
         }
@@ -124,6 +137,7 @@ pub async fn flush(s: Arc<AppState>) {
                         count,
                         reason,
                         json!({"aggregated": true, "many_clients": many}),
+                        now_ms,
                     )
                 },
             )

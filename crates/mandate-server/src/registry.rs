@@ -145,7 +145,7 @@ impl Registry {
     }
 
     /// Applies a committed mutation.
-    pub fn apply(&mut self, m: &Mutation, engine: &Engine, revocation_seq: Option<u64>) {
+    pub fn apply(&mut self, m: &Mutation, engine: &Engine, revocation_seq: Option<u64>, now: u64) {
         match m {
             // Use counts and approvals live in the store only; they change
             // no cached decision input.
@@ -169,7 +169,7 @@ impl Registry {
             }
             Mutation::Batch(all) => {
                 for m in all {
-                    self.apply(m, engine, revocation_seq);
+                    self.apply(m, engine, revocation_seq, now);
                 }
                 return;
             }
@@ -223,7 +223,7 @@ impl Registry {
                 if let Mutation::EndRun { id, .. } = m {
                     self.suspended.remove(id);
                 }
-                self.add_revoked(key, *until, crate::now_secs());
+                self.add_revoked(key, *until, now);
                 if let Some(s) = revocation_seq {
                     self.revocation_seq = self.revocation_seq.max(s);
                 }

@@ -112,10 +112,11 @@ pub(crate) fn each_recent_event(
     event_type: &str,
     decision: Option<&str>,
     max_ttl: u64,
+    now_ms: u64,
     mut each: impl FnMut(&mandate_core::audit::ChainedEvent) -> Result<(), BootError>,
 ) -> Result<(), BootError> {
     const PAGE: u32 = 10_000;
-    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
+    let since_ms = now_ms.saturating_sub(max_ttl * 1000);
     let mut after = 0;
     loop {
         let page = store
@@ -262,6 +263,7 @@ fn rebuild_history(
     store: &dyn Store,
     reg: &Registry,
     max_ttl: u64,
+    now_ms: u64,
 ) -> Result<crate::history::Histories, BootError> {
     let mut h = crate::history::Histories::default();
     h.set_max_idle(max_ttl);
@@ -269,7 +271,7 @@ fn rebuild_history(
     for (t, a, tool) in store.agent_tools_used().map_err(e)? {
         h.used(t, a, tool);
     }
-    let since_ms = crate::now_ms().saturating_sub(max_ttl * 1000);
+    let since_ms = now_ms.saturating_sub(max_ttl * 1000);
     for event_type in ["token.exchange", "run.eval"] {
         let mut after = 0;
         loop {
@@ -358,7 +360,7 @@ impl AppState {
             );
         }
         let registry =
-            Registry::from_snapshot(snap, &engine, crate::now_secs()).map_err(BootError)?;
+            Registry::from_snapshot(snap, &engine, config.clock.now_secs()).map_err(BootError)?;
         let root =
             mandate::root_keypair(&keys.mandate_root).map_err(|e| BootError(e.to_string()))?;
         let root_public = root.public();
@@ -398,12 +400,21 @@ impl AppState {
             mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
             mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
         ];
-        let history = rebuild_history(store.as_ref(), &registry, config.mandate_max_ttl)?;
-        let proxy_spent =
-            crate::routes::proxy::spent_from_trail(store.as_ref(), config.mandate_max_ttl)?;
+        let history = rebuild_history(
+            store.as_ref(),
+            &registry,
+            config.mandate_max_ttl,
+            config.clock.now_ms(),
+        )?;
+        let proxy_spent = crate::routes::proxy::spent_from_trail(
+            store.as_ref(),
+            config.mandate_max_ttl,
+            config.clock.now_ms(),
+        )?;
         let block_revocations = crate::routes::oauth::block_revocations_from_trail(
             store.as_ref(),
             config.mandate_max_ttl,
+            config.clock.now_ms(),
         )?;
         let config_window_ms = config.refusal_audit_window.as_millis() as u64;
 
@@ -466,7 +477,7 @@ impl AppState {
         let early = match &mutation {
             Some(Mutation::Revoke(r)) | Some(Mutation::EndRun { revocation: r, .. }) => {
                 let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-                reg.add_revoked(&r.key, r.until, crate::now_secs())
+                reg.add_revoked(&r.key, r.until, self.now_secs())
                     .then(|| r.key.clone())
             }
             _ => None,
@@ -484,7 +495,7 @@ impl AppState {
         if let Some(m) = mutation {
             {
                 let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-                reg.apply(&m, &self.engine, done.revocation_seq);
+                reg.apply(&m, &self.engine, done.revocation_seq, self.now_secs());
             }
             let revoked = match m {
                 Mutation::Revoke(r) | Mutation::EndRun { revocation: r, .. } => Some(r),
@@ -524,6 +535,16 @@ impl AppState {
             (tenant.to_owned(), tool.to_owned()),
             (version, Arc::new(secret)),
         );
+    }
+
+    /// Now, in seconds since the Unix epoch, from the configured clock.
+    pub fn now_secs(&self) -> u64 {
+        self.config.clock.now_secs()
+    }
+
+    /// Now, in milliseconds since the Unix epoch, from the configured clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
     }
 
     /// The credential signer for `alg`.
@@ -575,7 +596,7 @@ impl AppState {
     /// Adds the DPoP nonce to use next (RFC 9449 §8.1) to an answer of an
     /// endpoint that takes DPoP proofs.
     pub fn add_dpop_nonce(&self, resp: &mut axum::response::Response) {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&self.nonces.current(crate::now_secs())) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&self.nonces.current(self.now_secs())) {
             resp.headers_mut().insert("dpop-nonce", v);
         }
     }
@@ -661,7 +682,7 @@ impl AppState {
 
     /// Remembers a run's parsed public key.
     pub fn remember_run_key(&self, jkt: &str, key: PublicJwk) {
-        let now = crate::now_secs();
+        let now = self.now_secs();
         if let Ok(mut m) = self.run_keys.lock() {
             m.put(key_digest(&[jkt]), now + DERIVED_TTL, Arc::new(key), now);
         }
@@ -669,7 +690,7 @@ impl AppState {
 
     /// A run key parsed before, by thumbprint.
     pub fn known_run_key(&self, jkt: &str) -> Option<Arc<PublicJwk>> {
-        let now = crate::now_secs();
+        let now = self.now_secs();
         self.run_keys
             .lock()
             .ok()
@@ -695,7 +716,7 @@ impl AppState {
         facts: &mandate_core::policy::ExchangeFacts<'_>,
     ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
         let key = key_digest(&[facts.run, facts.tool]);
-        let now = crate::now_secs();
+        let now = self.now_secs();
         if let Some(c) = self
             .policy_entities
             .lock()

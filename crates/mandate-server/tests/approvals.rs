@@ -378,7 +378,7 @@ fn approvals_expire() {
     let (_, m, k) = e.run();
     let (_, v) = e.ask(&m, &k, "pay", "transfer", pay(20_000), None);
     let id = v["approval_id"].as_str().unwrap().to_owned();
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    e.b.advance(2);
     assert_refused(
         &e.as_(&e.bob, "POST", &format!("/v1/approvals/{id}/approve"), None),
         409,
@@ -655,6 +655,6 @@ fn an_approver_credential_expires() {
         )
     };
     assert_eq!(list().0, 200);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    b.advance(2);
     assert_refused(&list(), 401, "invalid_token", "expired");
 }

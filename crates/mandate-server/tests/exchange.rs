@@ -121,7 +121,7 @@ fn expired_mandate_is_refused() {
                "ttl_secs": 1, "jwk": key.public().to_json()}),
     );
     assert_eq!(s, 201, "{v}");
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    b.advance(2);
     let got = b.exchange(v["mandate"].as_str().unwrap(), &key, "crm", "read");
     assert_refused(&got, 400, "invalid_grant", "expired");
 }
@@ -1037,7 +1037,7 @@ fn dpop_nonce_is_required_when_enabled_and_rotates() {
         "use_dpop_nonce",
         "stale or not ours",
     );
-    std::thread::sleep(std::time::Duration::from_millis(4100));
+    b.advance(5);
     assert_refused(
         &send(proof_with(&key, claims(&nonce))).0,
         400,

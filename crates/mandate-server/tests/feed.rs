@@ -302,7 +302,7 @@ fn a_tenant_feed_credential_sees_its_tenant_only_and_ends_when_revoked() {
     // Expiry.
     let (_, v) = b.admin_post("/v1/feed-tokens", json!({"ttl_secs": 1}));
     let short = v["token"].as_str().unwrap().to_owned();
-    std::thread::sleep(Duration::from_millis(2100));
+    b.advance(2);
     assert_refused(
         &read(
             Broker::agent()

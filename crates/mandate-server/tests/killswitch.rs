@@ -51,7 +51,7 @@ fn everything_issued_before_is_refused_in_every_tenant_and_new_runs_work() {
     );
 
     // Runs started after the switch work (a second later: the cut is per second).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    b.advance(1);
     let (_, m3, k3) = b.start_run("acme", &g1, Alg::EdDSA);
     assert_eq!(b.exchange(&m3, &k3, "crm", "read").0, 200);
 
@@ -115,10 +115,10 @@ fn the_kill_switch_is_never_forgotten_by_approver_and_join_credentials() {
     assert_refused(&approvals(&b), 401, "invalid_token", "revoked (everything)");
     assert_refused(&start(&b), 401, "invalid_token", "revoked (everything)");
     // Longer than the longest mandate (2 s) later, after a restart: still refused.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    let dir = b.dir.clone();
+    b.advance(3);
+    let (dir, clock) = (b.dir.clone(), std::sync::Arc::clone(&b.clock));
     drop(b);
-    let b = Broker::start_again(&dir);
+    let b = Broker::start_again_on(&dir, clock);
     assert_refused(&approvals(&b), 401, "invalid_token", "revoked (everything)");
     assert_refused(&start(&b), 401, "invalid_token", "revoked (everything)");
 }

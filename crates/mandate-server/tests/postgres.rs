@@ -314,6 +314,7 @@ fn an_expired_lease_is_dropped_even_across_a_broker_restart() {
     let b = broker("pg-expiry", &db, 2);
     let (run_a, mandate, key) = run(&b);
     credential(&b, &mandate, &key, "db", "read");
+    b.advance(3);
     wait_until("expired role dropped", Duration::from_secs(8), || {
         db.roles(&role_prefix(&run_a)).is_empty()
     });
@@ -321,15 +322,15 @@ fn an_expired_lease_is_dropped_even_across_a_broker_restart() {
     let (run_b, mandate, key) = run(&b);
     credential(&b, &mandate, &key, "db", "read");
     assert_eq!(db.roles(&role_prefix(&run_b)).len(), 1);
-    let dir = b.dir.clone();
+    let (dir, clock) = (b.dir.clone(), std::sync::Arc::clone(&b.clock));
     drop(b);
-    std::thread::sleep(Duration::from_secs(3));
+    clock.advance_secs(3);
     assert_eq!(
         db.roles(&role_prefix(&run_b)).len(),
         1,
         "nobody dropped it yet"
     );
-    let b = Broker::start_again(&dir);
+    let b = Broker::start_again_on(&dir, clock);
     wait_until("role dropped after restart", Duration::from_secs(8), || {
         db.roles(&role_prefix(&run_b)).is_empty()
     });

@@ -72,6 +72,9 @@ pub struct LiveConfig {
     /// Accept a plain `http://` broker on another host (the feed
     /// credential and the revocations then travel in clear). Off by default.
     pub allow_http: bool,
+    /// Where the middleware takes the time from ([`Live::now`]); the
+    /// system clock by default, a manual one in tests.
+    pub clock: std::sync::Arc<dyn mandate_core::clock::Clock>,
 }
 
 impl LiveConfig {
@@ -83,6 +86,7 @@ impl LiveConfig {
             feed_token: feed_token.to_owned(),
             max_staleness: DEFAULT_MAX_STALENESS,
             allow_http: false,
+            clock: std::sync::Arc::new(mandate_core::clock::SystemClock),
         }
     }
 }
@@ -150,6 +154,7 @@ pub struct Live {
     last_jwks: Mutex<Option<Instant>>,
     max_staleness: Duration,
     sync: Mutex<SyncState>,
+    clock: std::sync::Arc<dyn mandate_core::clock::Clock>,
 }
 
 impl std::fmt::Debug for Live {
@@ -313,10 +318,16 @@ impl Live {
                 at: Instant::now(),
                 last_error: None,
             }),
+            clock: cfg.clock,
         });
         live.catch_up().await?;
         tokio::spawn(Arc::clone(&live).follow());
         Ok(live)
+    }
+
+    /// Now (seconds since the Unix epoch), from the configured clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now_secs()
     }
 
     /// Verifies a request; an unknown `kid` refreshes the JWKS once first
@@ -690,6 +701,7 @@ mod tests {
             streaming: AtomicBool::new(false),
             ignored: AtomicU64::new(0),
             last_jwks: Mutex::new(None),
+            clock: std::sync::Arc::new(mandate_core::clock::SystemClock),
             max_staleness: DEFAULT_MAX_STALENESS,
             sync: Mutex::new(SyncState {
                 at: Instant::now(),

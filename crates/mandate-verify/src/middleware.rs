@@ -43,13 +43,6 @@ impl MandateAuth {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// RFC 9449 §7.1: `WWW-Authenticate: DPoP error="invalid_token", ...`.
 fn refuse(e: &VerifyError) -> Response {
     let (status, code) = match e {
@@ -120,7 +113,7 @@ pub async fn require_mandate(
         method: &method,
         uri: &uri,
     };
-    match auth.live.verify(&presented, now()).await {
+    match auth.live.verify(&presented, auth.live.now()).await {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await

@@ -255,7 +255,7 @@ fn decide_all(
                         &digest,
                         approvers,
                         p,
-                        now + s.config.approval_ttl,
+                        (s.now_ms(), now + s.config.approval_ttl),
                     ));
                 }
                 let reason = verdict.reason.unwrap_or_else(|| "denied by policy".into());

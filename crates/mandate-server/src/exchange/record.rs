@@ -51,10 +51,10 @@ pub(super) struct Ask {
 }
 
 /// The exchange's audit event, with what is known.
-fn event(k: &Known<'_>, policies: &[String]) -> EventBody {
+fn event(s: &AppState, k: &Known<'_>, policies: &[String]) -> EventBody {
     let m = k.mandate.as_deref();
     EventBody {
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         event_type: "token.exchange".into(),
         tenant: m.map(|m| m.tenant.clone()),
         agent: m.map(|m| m.agent.clone()),
@@ -80,7 +80,7 @@ pub(super) async fn refused(s: &AppState, k: &Known<'_>, d: Denial, now: u64) ->
             ..d
         });
     }
-    let mut ev = event(k, &d.policies);
+    let mut ev = event(s, k, &d.policies);
     ev.decision = "deny".into();
     ev.reason = Some(
         d.rule
@@ -122,7 +122,7 @@ pub(super) fn approval_request(
     digest: &str,
     approvers: Vec<String>,
     p: &PolicyApprovers,
-    expires_at: u64,
+    (requested_ms, expires_at): (u64, u64),
 ) -> Approval {
     Approval {
         id: mandate_core::ids::random_id(&mut OsRng, "apr_"),
@@ -137,7 +137,7 @@ pub(super) fn approval_request(
         approvers,
         policies: vec![p.policy.clone()],
         status: ApprovalStatus::Pending,
-        requested_ms: crate::now_ms(),
+        requested_ms,
         expires_at,
         decided_by: None,
         decided_ms: None,
@@ -150,7 +150,7 @@ pub(super) async fn ask(s: &AppState, k: &Known<'_>, ask: Ask, now: u64) -> Outc
     if let (Some(m), Some(_)) = (k.mandate.as_deref(), k.pop) {
         crate::alerts::judged(s, m.into(), now, false).await;
     }
-    let mut ev = event(k, &ask.policies);
+    let mut ev = event(s, k, &ask.policies);
     ev.event_type = "approval.request".into();
     ev.decision = "pending".into();
     ev.reason = Some(ask.rule);
@@ -224,7 +224,7 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
     let provider = providers::of(f.tool.provider);
     let recorded = provider.record(&g.claims, &f.tool, &g.prepared);
     let claims = &g.claims;
-    let mut ev = event(k, &g.policies);
+    let mut ev = event(s, k, &g.policies);
     ev.decision = "allow".into();
     ev.credential_id = Some(claims.jti.clone());
     ev.credential_exp = Some(claims.exp);
@@ -347,7 +347,7 @@ async fn withhold(
     reason: String,
     error: crate::error::ApiError,
 ) -> Outcome {
-    ev.time_ms = crate::now_ms();
+    ev.time_ms = s.now_ms();
     ev.event_type = event_type.into();
     ev.decision = "deny".into();
     ev.credential_id = None;
@@ -366,7 +366,7 @@ async fn failed(
     claims: &AccessClaims,
     e: providers::IssueFailure,
 ) -> Outcome {
-    ev.time_ms = crate::now_ms();
+    ev.time_ms = s.now_ms();
     ev.event_type = "token.failed".into();
     ev.decision = if e.refused { "deny" } else { "error" }.into();
     ev.reason = Some(e.message.clone());
@@ -374,7 +374,7 @@ async fn failed(
         seq: 0,
         key: format!("cred:{}", claims.jti),
         reason: "the credential could not be made".into(),
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         until: claims.exp,
         tenant: Some(claims.tenant.clone()),
     };

@@ -121,7 +121,7 @@ async fn attaching_run(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Arc<MandateClaims>, ApiError> {
     let req: AttachRequest = json_body(&body(raw, s.config.max_body)?)?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let claims = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
     super::admin::prove_run_key(s, headers, "/v1/runs/attach", &claims, now, "run's")?;
     if !claims.hops.is_empty() {
@@ -266,7 +266,7 @@ async fn end_detached(s: &S, claims: &MandateClaims) -> Result<(), ApiError> {
         return Ok(());
     }
     let ev = EventBody {
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         event_type: "run.end".into(),
         decision: "ok".into(),
         tenant: Some(run.tenant.clone()),

@@ -235,7 +235,7 @@ pub async fn feed(
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
             // A credential revoked or expired since it connected ends the feed.
-            if st.reader.still_valid(&st.s, crate::now_secs()).is_err() {
+            if st.reader.still_valid(&st.s, st.s.now_secs()).is_err() {
                 return None;
             }
             if let Some(r) = st.backlog.pop_front() {
@@ -327,7 +327,7 @@ pub async fn create_feed_token(
             ),
         ));
     }
-    let expires_at = crate::now_secs() + ttl;
+    let expires_at = s.now_secs() + ttl;
     let secret = mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32);
     let token = format!(
         "{}{}",
@@ -341,7 +341,7 @@ pub async fn create_feed_token(
     );
     let hash = crate::boot::token_hash(&token);
     let ev = mandate_core::audit::EventBody {
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         event_type: "feed_token.create".into(),
         decision: "ok".into(),
         tenant: req.tenant.clone(),
@@ -356,7 +356,7 @@ pub async fn create_feed_token(
             mandate_store::AdminToken {
                 id: id.clone(),
                 hash: hash.clone(),
-                created_ms: crate::now_ms(),
+                created_ms: s.now_ms(),
                 tenant: req.tenant.clone(),
                 expires_at,
             },

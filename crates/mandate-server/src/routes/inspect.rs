@@ -30,7 +30,7 @@ pub async fn inspect(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
     let req: Inspect = json_body(&body(raw, s.config.max_body)?)?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let reg = s.reg();
     let token = req.token.trim();
     if token.matches('.').count() == 2 {

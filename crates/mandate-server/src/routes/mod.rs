@@ -218,7 +218,7 @@ pub fn require_feed_reader(
                 .unauthenticated("admin.auth")
             })?;
             let reader = feed::FeedReader::Feed(c);
-            reader.still_valid(state, crate::now_secs())?;
+            reader.still_valid(state, state.now_secs())?;
             Ok(reader)
         }
         _ => require_admin(state, headers)

@@ -80,7 +80,7 @@ pub async fn forward(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let mut ev = EventBody {
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         event_type: "proxy.call".into(),
         correlation_id: Some(correlation_id(&parts.headers)),
         client_addr: client(Some(addr)),
@@ -96,7 +96,7 @@ pub async fn forward(
     } else {
         (Inbound::Streaming(body), None)
     };
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let mut plan = match authorize(&s, &parts, signed_body.as_deref(), now, &mut ev) {
         Ok(p) => p,
         Err(e) => return denied(&s, ev, e).await,
@@ -489,7 +489,7 @@ struct Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         let Some(mut ev) = self.ev.take() else { return };
-        ev.time_ms = crate::now_ms();
+        ev.time_ms = self.s.now_ms();
         merge(
             &mut ev.details,
             json!({
@@ -545,7 +545,7 @@ async fn failed(
     in_bytes: &AtomicU64,
     e: ApiError,
 ) -> Response {
-    ev.time_ms = crate::now_ms();
+    ev.time_ms = s.now_ms();
     ev.decision = "error".into();
     ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
     merge(
@@ -650,7 +650,7 @@ fn proxy_token<'a>(
 /// anomaly checks), when the credential named a run.
 async fn note(s: &S, ev: &EventBody, denied: bool) {
     if let (Some(tenant), Some(agent), Some(run)) = (&ev.tenant, &ev.agent, &ev.run) {
-        let now = crate::now_secs();
+        let now = s.now_secs();
         let r = crate::alerts::RunRef {
             tenant,
             agent,
@@ -1149,10 +1149,11 @@ fn plan(s: &S, parts: &Parts, c: &Caller<'_>, upstream_path: &str) -> Result<Pla
 pub(crate) fn spent_from_trail(
     store: &dyn mandate_store::Store,
     max_ttl: u64,
+    now_ms: u64,
 ) -> Result<SpentSet, crate::boot::BootError> {
     let mut spent = SpentSet::new(SPENT_CAP);
-    let now = crate::now_secs();
-    crate::state::each_recent_event(store, "proxy.call", Some("allow"), max_ttl, |ev| {
+    let now = now_ms / 1000;
+    crate::state::each_recent_event(store, "proxy.call", Some("allow"), max_ttl, now_ms, |ev| {
         let until = ev.body.details["single_use_until"].as_u64();
         if let (Some(until), Some(jti)) = (until, ev.body.credential_id.as_deref())
             && until >= now

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use mandate_core::clock::ShiftedClock;
 use mandate_core::jose::{Alg, b64};
 use mandate_core::keys::SigningKey;
 use rand::rngs::OsRng;
@@ -15,6 +16,9 @@ pub struct Broker {
     pub admin: String,
     pub dir: PathBuf,
     pub state: Arc<mandate_server::AppState>,
+    /// The broker's clock: [`Broker::advance`] jumps it forward (expiry
+    /// without sleeping); it carries over a restart.
+    pub clock: Arc<ShiftedClock>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -44,7 +48,18 @@ impl Broker {
 
     pub fn start_in(dir: PathBuf, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        Self::start_on(std_listener, dir, tweak)
+        Self::start_on(std_listener, dir, Arc::new(ShiftedClock::new()), tweak)
+    }
+
+    /// A broker on the data of an earlier one, on its clock.
+    pub fn start_again_on(dir: &std::path::Path, clock: Arc<ShiftedClock>) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(std_listener, dir.to_owned(), clock, |_| {})
+    }
+
+    /// Moves the broker's clock `secs` forward.
+    pub fn advance(&self, secs: u64) {
+        self.clock.advance_secs(secs);
     }
 
     /// Stops the broker as `mandate serve` does on SIGTERM (queued writes
@@ -69,6 +84,7 @@ impl Broker {
     pub fn restart_with(self, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
         let addr: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
         let dir = self.dir.clone();
+        let clock = Arc::clone(&self.clock);
         drop(self);
         let l = (0..50)
             .find_map(|_| {
@@ -77,17 +93,19 @@ impl Broker {
                     .ok()
             })
             .expect("the old address is free again");
-        Self::start_on(l, dir, tweak)
+        Self::start_on(l, dir, clock, tweak)
     }
 
     fn start_on(
         std_listener: std::net::TcpListener,
         dir: PathBuf,
+        clock: Arc<ShiftedClock>,
         tweak: impl FnOnce(&mut mandate_server::Config),
     ) -> Self {
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let mut cfg = mandate_server::Config::new(addr, dir.join("data"), &dir.join("config"));
+        cfg.clock = Arc::clone(&clock) as Arc<dyn mandate_core::clock::Clock>;
         tweak(&mut cfg);
         let admin_file = cfg.admin_token_file.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +130,7 @@ impl Broker {
             admin,
             dir,
             state,
+            clock,
             _rt: rt,
         }
     }

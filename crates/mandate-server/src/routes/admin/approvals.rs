@@ -62,7 +62,7 @@ fn identify_caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
                     "the approver credential is not valid for this broker",
                 )
             })?;
-            if a.expires_at <= crate::now_secs() {
+            if a.expires_at <= s.now_secs() {
                 return Err(err(
                     Code::Unauthorized,
                     "the approver credential has expired; ask an admin for a new one (`mandate principal approver-token`)",
@@ -164,8 +164,8 @@ pub async fn create_approver_token(
         mandate_core::jose::b64(secret.expose())
     );
     let id = random_id(&mut OsRng, "apv_");
-    let expires_at = crate::now_secs() + ttl;
-    let mut ev = Ctx::new(&headers, addr).event("approver_token.create", Some(&tenant));
+    let expires_at = s.now_secs() + ttl;
+    let mut ev = Ctx::new(&s, &headers, addr).event("approver_token.create", Some(&tenant));
     ev.principal = Some(principal.clone());
     ev.credential_id = Some(id.clone());
     s.commit(Entry {
@@ -174,7 +174,7 @@ pub async fn create_approver_token(
             hash: crate::boot::token_hash(&token),
             tenant: tenant.clone(),
             principal: principal.clone(),
-            created_ms: crate::now_ms(),
+            created_ms: s.now_ms(),
             expires_at,
         })),
         events: vec![ev],
@@ -209,7 +209,7 @@ pub async fn list_approvals(
         Caller::Admin => q.tenant.clone(),
         Caller::Approver { tenant, .. } => Some(tenant.clone()),
     };
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let all = s.store.list_approvals(
         tenant.as_deref(),
         q.status,
@@ -253,7 +253,7 @@ pub async fn show_approval(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let who = caller(&s, &headers)?;
-    Ok(Json(view(&load(&s, &who, &id)?, crate::now_secs())))
+    Ok(Json(view(&load(&s, &who, &id)?, s.now_secs())))
 }
 
 /// Body of approve and deny.
@@ -306,7 +306,7 @@ async fn decide(
         ids::check_text("comment", c, 1024).map_err(bad)?;
     }
     let a = load(s, &who, id)?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     if a.status != ApprovalStatus::Pending || a.expires_at < now {
         return Err(err(
             Code::Conflict,
@@ -322,7 +322,7 @@ async fn decide(
         ));
     }
     let by = format!("principal:{principal}");
-    let mut ev = Ctx::new(headers, addr).event("approval.decide", Some(&a.tenant));
+    let mut ev = Ctx::new(s, headers, addr).event("approval.decide", Some(&a.tenant));
     ev.decision = if status == ApprovalStatus::Approved {
         "approve"
     } else {
@@ -344,7 +344,7 @@ async fn decide(
             status,
             by: by.clone(),
             comment: d.comment.clone(),
-            decided_ms: crate::now_ms(),
+            decided_ms: s.now_ms(),
             now,
         }),
         events: vec![ev],
@@ -386,7 +386,7 @@ pub async fn report_eval(
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has ended")));
     }
-    let mut ev = Ctx::new(&headers, addr).event("run.eval", Some(&run.tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("run.eval", Some(&run.tenant));
     ev.decision = if r.passed { "ok" } else { "fail" }.into();
     ev.agent = Some(run.agent.clone());
     ev.run = Some(id.clone());
@@ -398,7 +398,7 @@ pub async fn report_eval(
     })
     .await?;
     if let Ok(mut h) = s.history.lock() {
-        h.eval(&id, &r.name, r.passed, crate::now_secs());
+        h.eval(&id, &r.name, r.passed, s.now_secs());
     }
     Ok(Json(json!({"run": id, "eval": r.name, "passed": r.passed})))
 }
@@ -430,7 +430,7 @@ pub async fn suspend_run(
         &id,
         Mutation::SuspendRun {
             id: id.clone(),
-            ms: crate::now_ms(),
+            ms: s.now_ms(),
             reason,
         },
     )
@@ -464,7 +464,7 @@ async fn run_state(
 ) -> Result<Json<Value>, ApiError> {
     let run = find_run(s, id)?;
     let suspend = matches!(m, Mutation::SuspendRun { .. });
-    let mut ev = Ctx::new(headers, addr).event(
+    let mut ev = Ctx::new(s, headers, addr).event(
         if suspend { "run.suspend" } else { "run.resume" },
         Some(&run.tenant),
     );

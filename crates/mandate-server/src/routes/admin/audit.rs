@@ -65,7 +65,7 @@ pub async fn audit_verify(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let ctx = Ctx::new(&headers, addr);
+    let ctx = Ctx::new(&s, &headers, addr);
     let mine = s
         .checkpoints
         .latest()
@@ -90,7 +90,7 @@ pub async fn audit_verify_with(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let ctx = Ctx::new(&headers, addr);
+    let ctx = Ctx::new(&s, &headers, addr);
     let req: VerifyRequest = json_body(&body(raw, s.config.max_body)?)?;
     let supplied = match mandate_core::audit::verify_checkpoint(&req.checkpoint, &s.keys.jwks()) {
         Ok(c) => c,

@@ -40,18 +40,20 @@ pub use runs::*;
 struct Ctx {
     corr: String,
     addr: Option<String>,
+    time_ms: u64,
 }
 
 impl Ctx {
-    fn new(headers: &HeaderMap, addr: SocketAddr) -> Self {
+    fn new(s: &crate::state::AppState, headers: &HeaderMap, addr: SocketAddr) -> Self {
         Ctx {
             corr: correlation_id(headers),
             addr: client(Some(addr)),
+            time_ms: s.now_ms(),
         }
     }
     fn event(&self, event_type: &str, tenant: Option<&str>) -> EventBody {
         EventBody {
-            time_ms: crate::now_ms(),
+            time_ms: self.time_ms,
             event_type: event_type.into(),
             decision: "ok".into(),
             tenant: tenant.map(str::to_owned),

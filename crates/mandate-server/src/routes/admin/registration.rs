@@ -33,9 +33,9 @@ pub async fn create_tenant(
     let t = Tenant {
         name: req.name.clone(),
         description: req.description,
-        created_ms: crate::now_ms(),
+        created_ms: s.now_ms(),
     };
-    let ev = Ctx::new(&headers, addr).event("tenant.create", Some(&t.name));
+    let ev = Ctx::new(&s, &headers, addr).event("tenant.create", Some(&t.name));
     created(&s, Mutation::CreateTenant(t.clone()), ev, &t).await
 }
 
@@ -92,9 +92,9 @@ pub async fn create_principal(
         id: req.id,
         display_name: req.display_name,
         groups: req.groups,
-        created_ms: crate::now_ms(),
+        created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&headers, addr).event("principal.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("principal.create", Some(&tenant));
     ev.principal = Some(p.id.clone());
     created(&s, Mutation::CreatePrincipal(p.clone()), ev, &p).await
 }
@@ -171,9 +171,9 @@ pub async fn create_agent(
         owner: req.owner,
         purpose: req.purpose,
         envelope: env.to_strings(),
-        created_ms: crate::now_ms(),
+        created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&headers, addr).event("agent.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("agent.create", Some(&tenant));
     ev.agent = Some(a.name.clone());
     ev.details = json!({"owner": a.owner, "envelope": a.envelope});
     created(&s, Mutation::CreateAgent(a.clone()), ev, &a).await
@@ -349,12 +349,12 @@ pub async fn create_tool(
         max_ttl_secs: ttl,
         provider: kind,
         alg,
-        created_ms: crate::now_ms(),
+        created_ms: s.now_ms(),
         proxy: req.proxy,
         postgres: req.postgres,
         env: req.env,
     };
-    let mut ev = Ctx::new(&headers, addr).event("tool.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("tool.create", Some(&tenant));
     ev.tool = Some(t.name.clone());
     ev.details = json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
         "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env});
@@ -419,7 +419,7 @@ pub async fn set_tool_secret(
         .map_err(|e| err(Code::InvalidRequest, e))?;
     let checked = match &tool.postgres {
         Some(spec) => {
-            Some(check_pg_mapping(&s, Ctx::new(&headers, addr), &tool, spec, text).await?)
+            Some(check_pg_mapping(&s, Ctx::new(&s, &headers, addr), &tool, spec, text).await?)
         }
         None => None,
     };
@@ -429,8 +429,8 @@ pub async fn set_tool_secret(
         .master
         .seal(&mut OsRng, aad.as_bytes(), secret.expose())
         .map_err(|e| err(Code::ServerError, e.to_string()))?;
-    let updated_ms = crate::now_ms();
-    let mut ev = Ctx::new(&headers, addr).event("tool.secret.set", Some(&tenant));
+    let updated_ms = s.now_ms();
+    let mut ev = Ctx::new(&s, &headers, addr).event("tool.secret.set", Some(&tenant));
     ev.tool = Some(name.clone());
     ev.details = json!({"bytes": secret.expose().len()});
     s.commit(Entry {
@@ -597,10 +597,10 @@ pub async fn create_grant(
         agent: req.agent,
         capabilities: caps.to_strings(),
         task: req.task,
-        expires_at: crate::now_secs() + secs,
-        created_ms: crate::now_ms(),
+        expires_at: s.now_secs() + secs,
+        created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&headers, addr).event("grant.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("grant.create", Some(&tenant));
     ev.principal = Some(g.principal.clone());
     ev.agent = Some(g.agent.clone());
     ev.task = Some(g.task.clone());
@@ -683,9 +683,9 @@ pub async fn put_policies(
         tenant: tenant.clone(),
         name: name.clone(),
         policies: policies.into_iter().map(PolicyText::from).collect(),
-        created_ms: crate::now_ms(),
+        created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&headers, addr).event("policy.put", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("policy.put", Some(&tenant));
     ev.policies = rec.policies.iter().map(|p| p.id.clone()).collect();
     ev.details = json!({"set": name});
     s.commit(Entry {
@@ -706,7 +706,7 @@ pub async fn delete_policies(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
-    let mut ev = Ctx::new(&headers, addr).event("policy.delete", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("policy.delete", Some(&tenant));
     ev.details = json!({"set": name});
     s.commit(Entry {
         mutation: Some(Mutation::DeletePolicySet { tenant, name }),

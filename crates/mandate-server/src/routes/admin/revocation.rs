@@ -38,8 +38,8 @@ pub async fn revoke(
             )
         })
     };
-    let mut ev = Ctx::new(&headers, addr).event("revoke", None);
-    let now = crate::now_secs();
+    let mut ev = Ctx::new(&s, &headers, addr).event("revoke", None);
+    let now = s.now_secs();
     let (key, until) = {
         let reg = s.reg();
         match req.kind.as_str() {
@@ -161,7 +161,7 @@ pub async fn revoke(
         seq: 0,
         key: key.clone(),
         reason,
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         until,
         tenant: ev.tenant.clone(),
     };

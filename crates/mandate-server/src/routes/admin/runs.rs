@@ -48,7 +48,7 @@ fn issue(
         task: claims.task.clone(),
         capabilities: claims.capabilities.to_strings(),
         jkt: claims.cnf_jkt.clone(),
-        started_ms: crate::now_ms(),
+        started_ms: s.now_ms(),
         expires_at: claims.expires_at,
         ended_ms: None,
         parent: claims.ancestors.first().map(|(r, _)| r.clone()),
@@ -123,7 +123,7 @@ pub async fn create_join_token(
         "{JOIN_PREFIX}{id}_{}",
         mandate_core::jose::b64(secret.expose())
     );
-    let expires_at = crate::now_secs() + ttl;
+    let expires_at = s.now_secs() + ttl;
     let j = JoinToken {
         id: id.clone(),
         hash: crate::boot::token_hash(&token),
@@ -132,10 +132,10 @@ pub async fn create_join_token(
         principal: req.principal,
         grant: req.grant,
         expires_at,
-        created_ms: crate::now_ms(),
+        created_ms: s.now_ms(),
         used_ms: None,
     };
-    let mut ev = Ctx::new(&headers, addr).event("join_token.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event("join_token.create", Some(&tenant));
     ev.agent = Some(agent.clone());
     ev.principal = j.principal.clone();
     ev.credential_id = Some(id.clone());
@@ -204,7 +204,7 @@ fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError
             "this join token was already used; a join token starts one run, ask an admin for a new one",
         ));
     }
-    if j.expires_at <= crate::now_secs() {
+    if j.expires_at <= s.now_secs() {
         return Err(err(
             Code::Unauthorized,
             "this join token has expired; ask an admin for a new one",
@@ -227,7 +227,7 @@ pub async fn start_run(
     let mut asked = (None, None);
     let outcome = start_run_as(&s, addr, &headers, raw, join.as_ref(), &mut asked).await;
     if let Err(e) = &outcome {
-        let mut ev = Ctx::new(&headers, addr).event("run.start", asked.0.as_deref());
+        let mut ev = Ctx::new(&s, &headers, addr).event("run.start", asked.0.as_deref());
         ev.agent = asked.1;
         ev.decision = "deny".into();
         ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
@@ -273,7 +273,7 @@ async fn start_run_as(
     need_tenant(s, &req.tenant)?;
     let key = PublicJwk::from_json(&req.jwk)
         .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let (agent, grant) = {
         let reg = s.reg();
         let agent = reg
@@ -446,7 +446,7 @@ async fn start_run_as(
         hops: vec![],
         resource_prefix: None,
     };
-    let (token, run, mut ev) = issue(s, &claims, Ctx::new(headers, addr), "run.start")?;
+    let (token, run, mut ev) = issue(s, &claims, Ctx::new(s, headers, addr), "run.start")?;
     ev.details = json!({"capabilities": run.capabilities, "grant": claims.grant, "jkt": claims.cnf_jkt, "run_id": claims.run_id});
     if let Some(j) = &join {
         // Consumed first and once: of two concurrent uses, one wins.
@@ -456,7 +456,7 @@ async fn start_run_as(
         s.commit(Entry {
             mutation: Some(Mutation::UseJoinToken {
                 id: j.id.clone(),
-                used_ms: crate::now_ms(),
+                used_ms: s.now_ms(),
             }),
             events: vec![used],
         })
@@ -522,7 +522,7 @@ pub async fn end_run(
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has already ended")));
     }
-    let ev = Ctx::new(&headers, addr).event("run.end", Some(&run.tenant));
+    let ev = Ctx::new(&s, &headers, addr).event("run.end", Some(&run.tenant));
     finish_run(&s, &run, ev, "run ended").await?;
     Ok(Json(json!({"run": id, "ended": true})))
 }
@@ -539,14 +539,14 @@ pub async fn finish_run(s: &S, run: &Run, mut ev: EventBody, reason: &str) -> Re
         seq: 0,
         key: format!("run:{}", run.id),
         reason: reason.into(),
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         until: run.expires_at,
         tenant: Some(run.tenant.clone()),
     };
     s.commit(Entry {
         mutation: Some(Mutation::EndRun {
             id: run.id.clone(),
-            ended_ms: crate::now_ms(),
+            ended_ms: s.now_ms(),
             revocation,
         }),
         events: vec![ev],
@@ -589,11 +589,11 @@ pub async fn delegate(
     let mut resp = match delegating_parent(&s, addr, &headers, raw).await {
         Err(e) => e.unauthenticated("run.delegate").into_response(),
         Ok((parent, req, now)) => {
-            match delegate_as(&s, &parent, req, now, Ctx::new(&headers, addr)).await {
+            match delegate_as(&s, &parent, req, now, Ctx::new(&s, &headers, addr)).await {
                 Ok(done) => done.into_response(),
                 Err(e) => {
                     let mut ev =
-                        Ctx::new(&headers, addr).event("run.delegate", Some(&parent.tenant));
+                        Ctx::new(&s, &headers, addr).event("run.delegate", Some(&parent.tenant));
                     ev.agent = Some(parent.agent.clone());
                     ev.run = Some(parent.run.clone());
                     ev.principal = parent.principal.clone();
@@ -622,7 +622,7 @@ async fn delegating_parent(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(Arc<MandateClaims>, NewChild, u64), ApiError> {
     let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let parent = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
     prove_run_key(
         s,

@@ -28,7 +28,7 @@ pub async fn introspect(
     require_form_content_type(&headers)?;
     let form = Form::parse(&raw)?;
     let token = form.req("token")?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let inactive = Json(json!({"active": false}));
     let presented = identify(&s, token, now, addr.ip()).await;
     let reg = s.reg();

@@ -28,9 +28,10 @@ pub const MAX_BLOCK_REVOCATIONS: u32 = 64;
 pub fn block_revocations_from_trail(
     store: &dyn mandate_store::Store,
     max_ttl: u64,
+    now_ms: u64,
 ) -> Result<std::collections::HashMap<String, u32>, crate::boot::BootError> {
     let mut counts = std::collections::HashMap::new();
-    crate::state::each_recent_event(store, "revoke", None, max_ttl, |ev| {
+    crate::state::each_recent_event(store, "revoke", None, max_ttl, now_ms, |ev| {
         let block = ev.body.details["revoked"]
             .as_str()
             .is_some_and(|k| k.starts_with("block:"));
@@ -78,7 +79,7 @@ pub async fn revoke(
     require_form_content_type(&headers)?;
     let form = Form::parse(&raw)?;
     let token = form.req("token")?;
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let ok = || Ok(axum::http::StatusCode::OK.into_response());
     let (key, until, tenant, run, agent) = match identify(&s, token, now, addr.ip()).await {
         Some(Presented::Credential(c)) => {
@@ -107,7 +108,7 @@ pub async fn revoke(
         None => return ok(),
     };
     let ev = EventBody {
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         event_type: "revoke".into(),
         decision: "ok".into(),
         tenant: Some(tenant.clone()),
@@ -124,7 +125,7 @@ pub async fn revoke(
         seq: 0,
         key,
         reason: "revoked by its holder".into(),
-        time_ms: crate::now_ms(),
+        time_ms: s.now_ms(),
         until,
         tenant: Some(tenant),
     };
@@ -134,7 +135,7 @@ pub async fn revoke(
         Some(id) => match s.store.get_run(id)? {
             Some(r) if r.ended_ms.is_none() => Mutation::EndRun {
                 id: id.to_owned(),
-                ended_ms: crate::now_ms(),
+                ended_ms: s.now_ms(),
                 revocation: rev,
             },
             Some(_) => return Ok(axum::http::StatusCode::OK.into_response()),

@@ -24,7 +24,7 @@ pub async fn token(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let now = crate::now_secs();
+    let now = s.now_secs();
     let mut resp = match parse(&s, addr, headers, raw) {
         Err(e) => e.unauthenticated("token.exchange").into_response(),
         Ok(req) => render(exchange::exchange(&s, req, now).await, now),
