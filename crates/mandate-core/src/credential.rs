@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::UnixTime;
 use crate::error::{Error, Result, malformed};
-use crate::jose::CompactJws;
+use crate::jose::{CompactJws, PublicJwk};
 use crate::keys::{BrokerKeys, SigningKey};
 
 /// Longest credential accepted back (introspection, revocation).
@@ -194,8 +194,152 @@ impl Signer {
 /// The longest a credential lives (a tool's `max_ttl_secs` is at most this).
 pub const MAX_CREDENTIAL_LIFETIME: UnixTime = 3600;
 
-/// Verifies a credential this broker issued: allow-listed `alg`, known
-/// `kid`, signature, `typ`, issuer, and (unless `allow_expired`) expiry.
+/// The public keys a credential verifier trusts, by `kid`.
+pub trait TrustedKeys {
+    /// The key of `kid`, and the time it was retired, if it was
+    /// (credentials it signed later are forged with a leaked key).
+    fn trusted(&self, kid: &str) -> Option<(PublicJwk, Option<UnixTime>)>;
+}
+
+impl TrustedKeys for BrokerKeys {
+    fn trusted(&self, kid: &str) -> Option<(PublicJwk, Option<UnixTime>)> {
+        let key = self.jwt_key_by_kid(kid)?;
+        Some((key.public(), self.retired_since.get(kid).copied()))
+    }
+}
+
+impl TrustedKeys for std::collections::HashMap<String, PublicJwk> {
+    fn trusted(&self, kid: &str) -> Option<(PublicJwk, Option<UnixTime>)> {
+        self.get(kid).map(|k| (k.clone(), None))
+    }
+}
+
+/// What a credential must be to verify.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    /// The broker's issuer URL (a trailing `/` is ignored on both sides).
+    pub issuer: &'a str,
+    /// The tool's audience, when the verifier is one tool.
+    pub audience: Option<&'a str>,
+    /// Now.
+    pub now: UnixTime,
+    /// Seconds of clock difference allowed for `exp` and `iat`.
+    pub leeway: u64,
+    /// Accept an expired credential (introspection of what was issued).
+    pub allow_expired: bool,
+}
+
+/// Why a credential does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not a compact JWS of an accepted algorithm.
+    #[error("{0}")]
+    Unreadable(Error),
+    /// Not a well-formed credential.
+    #[error("{0}")]
+    Malformed(String),
+    /// Its `kid` names no trusted key.
+    #[error("signed with unknown key `{0}`")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// Another issuer or audience.
+    #[error("it is for {what} `{got}`, not `{want}`")]
+    WrongParty {
+        /// `iss` or `aud`.
+        what: &'static str,
+        /// What it says.
+        got: String,
+        /// What was expected.
+        want: String,
+    },
+    /// It claims a longer life than any credential of the broker has, or was
+    /// signed by a retired key after its retirement: forged.
+    #[error("{0}")]
+    Forged(String),
+    /// Expired.
+    #[error("expired at {0}")]
+    Expired(UnixTime),
+    /// Issued in the future.
+    #[error("issued in the future; check the clock")]
+    FromTheFuture,
+}
+
+/// Verifies a credential (RFC 9068 profile): allow-listed `alg`, trusted
+/// `kid`, signature, `typ`, issuer, audience, lifetime, retirement, time.
+/// The one credential verifier: the broker, mandate-verify and the
+/// testdata tests all call it.
+pub fn verify_with(
+    keys: &impl TrustedKeys,
+    token: &str,
+    x: &Expect<'_>,
+) -> std::result::Result<AccessClaims, Refusal> {
+    let jws =
+        CompactJws::parse("credential", token, MAX_CREDENTIAL_LEN).map_err(Refusal::Unreadable)?;
+    if jws.header_str("typ") != Some("at+jwt") {
+        return Err(Refusal::Malformed("header `typ` must be `at+jwt`".into()));
+    }
+    let kid = jws
+        .header_str("kid")
+        .ok_or_else(|| Refusal::Malformed("header has no `kid`".into()))?;
+    let (key, retired) = keys
+        .trusted(kid)
+        .ok_or_else(|| Refusal::UnknownKey(kid.chars().take(64).collect()))?;
+    key.verify(
+        "credential",
+        jws.alg,
+        jws.signing_input.as_bytes(),
+        &jws.signature,
+    )
+    .map_err(|_| Refusal::BadSignature)?;
+    let c: AccessClaims = serde_json::from_slice(&jws.payload)
+        .map_err(|e| Refusal::Malformed(format!("claims: {e}")))?;
+    let want_iss = x.issuer.trim_end_matches('/');
+    if c.iss.trim_end_matches('/') != want_iss {
+        return Err(Refusal::WrongParty {
+            what: "issuer",
+            got: c.iss,
+            want: want_iss.to_owned(),
+        });
+    }
+    if let Some(aud) = x.audience
+        && c.aud != aud
+    {
+        return Err(Refusal::WrongParty {
+            what: "audience",
+            got: c.aud,
+            want: aud.to_owned(),
+        });
+    }
+    if c.exp.saturating_sub(c.iat) > MAX_CREDENTIAL_LIFETIME {
+        return Err(Refusal::Forged(format!(
+            "it lives longer than {MAX_CREDENTIAL_LIFETIME} s, which no credential of the broker does"
+        )));
+    }
+    if let Some(t) = retired
+        && c.iat > t
+    {
+        return Err(Refusal::Forged(format!(
+            "it was signed at {} by a key retired at {t}",
+            c.iat
+        )));
+    }
+    if !x.allow_expired && c.exp.saturating_add(x.leeway) < x.now {
+        return Err(Refusal::Expired(c.exp));
+    }
+    if c.iat > x.now.saturating_add(x.leeway) {
+        return Err(Refusal::FromTheFuture);
+    }
+    Ok(c)
+}
+
+/// Clock difference the broker allows on its own credentials' `iat` (a
+/// wall clock stepped back) when it checks them.
+const BROKER_LEEWAY: u64 = 60;
+
+/// Verifies a credential this broker issued ([`verify_with`] its keys):
+/// expired ones are refused at once unless `allow_expired`.
 pub fn verify(
     keys: &BrokerKeys,
     issuer: &str,
@@ -203,51 +347,33 @@ pub fn verify(
     now: UnixTime,
     allow_expired: bool,
 ) -> Result<AccessClaims> {
-    let jws = CompactJws::parse("credential", token, MAX_CREDENTIAL_LEN)?;
-    if jws.header_str("typ") != Some("at+jwt") {
-        return Err(malformed("credential", "header `typ` must be `at+jwt`"));
-    }
-    let kid = jws
-        .header_str("kid")
-        .ok_or_else(|| malformed("credential", "header has no `kid`"))?;
-    let key = keys
-        .jwt_key_by_kid(kid)
-        .ok_or(Error::BadSignature { what: "credential" })?;
-    key.public().verify(
-        "credential",
-        jws.alg,
-        jws.signing_input.as_bytes(),
-        &jws.signature,
-    )?;
-    let claims: AccessClaims = serde_json::from_slice(&jws.payload)
-        .map_err(|e| malformed("credential", format!("claims: {e}")))?;
-    if claims.iss != issuer {
-        return Err(malformed("credential", "issued by another broker"));
-    }
-    if claims.exp.saturating_sub(claims.iat) > MAX_CREDENTIAL_LIFETIME {
-        return Err(malformed(
-            "credential",
-            format!(
-                "it lives longer than {MAX_CREDENTIAL_LIFETIME} s, which no credential of this broker does"
-            ),
-        ));
-    }
-    if let Some(t) = keys.retired_since.get(kid)
-        && claims.iat > *t
-    {
-        return Err(malformed(
-            "credential",
-            format!("it was signed at {} by a key retired at {t}", claims.iat),
-        ));
-    }
-    if !allow_expired && claims.exp < now {
+    let c = verify_with(
+        keys,
+        token,
+        &Expect {
+            issuer,
+            audience: None,
+            now,
+            leeway: BROKER_LEEWAY,
+            allow_expired: true,
+        },
+    )
+    .map_err(|r| match r {
+        Refusal::Unreadable(e) => e,
+        Refusal::UnknownKey(_) | Refusal::BadSignature => {
+            Error::BadSignature { what: "credential" }
+        }
+        Refusal::WrongParty { .. } => malformed("credential", "issued by another broker"),
+        other => malformed("credential", other.to_string()),
+    })?;
+    if !allow_expired && c.exp < now {
         return Err(Error::Expired {
             what: "credential",
-            expired_at: claims.exp,
+            expired_at: c.exp,
             now,
         });
     }
-    Ok(claims)
+    Ok(c)
 }
 
 /// The claims as JSON (for introspection responses).

@@ -17,22 +17,178 @@
 //! started by a sub-agent of agent A dies when A is revoked, and so do its
 //! credentials, database roles and further sub-agents.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// Prefix of the kill switch's id.
 pub const EVERYTHING: &str = "everything:";
 
-/// The prefixes of every kind of revocation id the broker issues.
-pub const KINDS: [&str; 8] = [
-    "cred:",
-    "run:",
-    "agent:",
-    "principal:",
-    "grant:",
-    "tenant:",
-    "block:",
-    EVERYTHING,
-];
+/// The kinds of revocation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationKind {
+    /// One credential: `cred:<id>`.
+    Credential,
+    /// A run and everything it made or delegated: `run:<id>`.
+    Run,
+    /// An agent: `agent:<tenant>/<agent>`.
+    Agent,
+    /// A principal: `principal:<tenant>/<principal>`.
+    Principal,
+    /// A grant: `grant:<id>`.
+    Grant,
+    /// A tenant: `tenant:<t>`.
+    Tenant,
+    /// A narrowed mandate's subtree: `block:<biscuit revocation id>`.
+    Block,
+    /// The kill switch: `everything:<unix secs>`.
+    Everything,
+}
+
+impl RevocationKind {
+    /// Every kind.
+    pub const ALL: [RevocationKind; 8] = [
+        Self::Credential,
+        Self::Run,
+        Self::Agent,
+        Self::Principal,
+        Self::Grant,
+        Self::Tenant,
+        Self::Block,
+        Self::Everything,
+    ];
+
+    /// The id prefix (`run:`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Credential => "cred:",
+            Self::Run => "run:",
+            Self::Agent => "agent:",
+            Self::Principal => "principal:",
+            Self::Grant => "grant:",
+            Self::Tenant => "tenant:",
+            Self::Block => "block:",
+            Self::Everything => EVERYTHING,
+        }
+    }
+
+    /// The kind's name (`run`), for messages that must not reveal the id.
+    pub fn name(self) -> &'static str {
+        self.prefix().trim_end_matches(':')
+    }
+
+    /// The id of `value` of this kind.
+    pub fn id(self, value: &str) -> String {
+        format!("{}{value}", self.prefix())
+    }
+}
+
+/// A well-formed revocation id's kind and value: a known kind, a non-empty
+/// value, at most 512 characters, no control characters.
+pub fn parse_id(id: &str) -> Option<(RevocationKind, &str)> {
+    if id.len() > 512 || id.chars().any(char::is_control) {
+        return None;
+    }
+    RevocationKind::ALL.into_iter().find_map(|k| {
+        id.strip_prefix(k.prefix())
+            .filter(|v| !v.is_empty())
+            .map(|v| (k, v))
+    })
+}
+
+/// The revoked ids a broker or a verifier holds, with the kill switch's
+/// time; ids are forgotten once nothing they name can still be valid. The
+/// one answer to "is this revoked", for the broker and for mandate-verify.
+#[derive(Debug, Default, Clone)]
+pub struct RevokedSet {
+    ids: HashSet<String>,
+    /// Until when each id matters (seconds; 0 = forever).
+    until: HashMap<String, u64>,
+    /// Ids by the time they may be forgotten, soonest first.
+    expiring: BinaryHeap<Reverse<(u64, String)>>,
+    /// Everything issued at or before this time (seconds) is refused.
+    before: u64,
+}
+
+impl RevokedSet {
+    /// Records `id`, which matters until `until` (0 = forever);
+    /// `everything:<T>` moves the kill-switch time. Forgets ids whose time
+    /// passed before `now`. Returns whether it was new.
+    pub fn add(&mut self, id: &str, until: u64, now: u64) -> bool {
+        if let Some(t) = id
+            .strip_prefix(EVERYTHING)
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            self.before = self.before.max(t);
+        }
+        let kept = self.until.entry(id.to_owned()).or_insert(until);
+        *kept = if *kept == 0 || until == 0 {
+            0
+        } else {
+            (*kept).max(until)
+        };
+        if *kept != 0 {
+            self.expiring.push(Reverse((*kept, id.to_owned())));
+        }
+        self.forget_expired(now);
+        self.ids.insert(id.to_owned())
+    }
+
+    fn forget_expired(&mut self, now: u64) {
+        while let Some(Reverse((t, _))) = self.expiring.peek()
+            && *t < now
+        {
+            let Some(Reverse((_, id))) = self.expiring.pop() else {
+                break;
+            };
+            if self.until.get(&id).is_some_and(|u| *u != 0 && *u < now) {
+                self.until.remove(&id);
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    /// Why a token issued at `issued_at` with revocation ids `keys` is
+    /// refused, if it is: the first revoked id, or the kill switch.
+    pub fn refused<'a>(
+        &self,
+        keys: &'a [String],
+        issued_at: u64,
+    ) -> Option<std::borrow::Cow<'a, str>> {
+        refused(keys, issued_at, &self.ids, self.before)
+    }
+
+    /// Forgets `id` again (its revocation was added before its commit, and
+    /// the commit failed).
+    pub fn remove(&mut self, id: &str) {
+        self.ids.remove(id);
+        self.until.remove(id);
+    }
+
+    /// The revoked ids, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.ids.iter()
+    }
+
+    /// Whether `id` is revoked.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The kill switch's time (0: never used).
+    pub fn revoked_before(&self) -> u64 {
+        self.before
+    }
+
+    /// How many ids are held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
 
 /// What a token or credential was issued to, and what it descends from.
 #[derive(Debug, Clone, Copy)]
@@ -94,33 +250,34 @@ impl Ancestor {
 /// Every id that revokes a token or credential of `who`, descending from
 /// `ancestors` (parent first). Order: most specific first.
 pub fn keys(who: &Lineage<'_>, ancestors: &[Ancestor]) -> Vec<String> {
+    use RevocationKind as K;
     let mut v = Vec::with_capacity(6 + 2 * ancestors.len());
     if let Some(c) = who.credential {
-        v.push(format!("cred:{c}"));
+        v.push(K::Credential.id(c));
     }
     for b in who.blocks.iter().rev() {
-        v.push(format!("block:{b}"));
+        v.push(K::Block.id(b));
     }
-    v.push(format!("run:{}", who.run));
+    v.push(K::Run.id(who.run));
     for a in ancestors {
-        v.push(format!("run:{}", a.run));
+        v.push(K::Run.id(&a.run));
     }
-    v.push(format!("agent:{}/{}", who.tenant, who.agent));
+    v.push(K::Agent.id(&format!("{}/{}", who.tenant, who.agent)));
     for a in ancestors {
         if let Some(agent) = &a.agent {
-            let k = format!("agent:{}/{agent}", who.tenant);
+            let k = K::Agent.id(&format!("{}/{agent}", who.tenant));
             if !v.contains(&k) {
                 v.push(k);
             }
         }
     }
     if let Some(p) = who.principal {
-        v.push(format!("principal:{}/{p}", who.tenant));
+        v.push(K::Principal.id(&format!("{}/{p}", who.tenant)));
     }
     if let Some(g) = who.grant {
-        v.push(format!("grant:{g}"));
+        v.push(K::Grant.id(g));
     }
-    v.push(format!("tenant:{}", who.tenant));
+    v.push(K::Tenant.id(who.tenant));
     v
 }
 
@@ -144,7 +301,7 @@ pub fn refused<'a>(
 /// The kind of a revocation id (`run`, `agent`, ...), for messages that must
 /// not reveal the id itself.
 pub fn kind(key: &str) -> &str {
-    key.split(':').next().unwrap_or("credential")
+    parse_id(key).map_or("credential", |(k, _)| k.name())
 }
 
 #[cfg(test)]
@@ -193,6 +350,39 @@ mod tests {
             &[],
         );
         assert_eq!(c[0], "cred:cred_1");
+    }
+
+    #[test]
+    fn ids_parse_strictly_by_kind() {
+        assert_eq!(parse_id("run:r1"), Some((RevocationKind::Run, "r1")));
+        assert_eq!(
+            parse_id("everything:5"),
+            Some((RevocationKind::Everything, "5"))
+        );
+        for bad in ["run:", "runs:x", "x", "cred:a\nb", &"a".repeat(600)] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+        assert_eq!(kind("agent:t/a"), "agent");
+        assert_eq!(kind("nonsense"), "credential");
+    }
+
+    #[test]
+    fn a_revoked_set_forgets_what_can_no_longer_be_valid() {
+        let mut r = RevokedSet::default();
+        assert!(r.add("cred:a", 100, 50));
+        assert!(r.add("run:r", 300, 50));
+        assert!(r.contains("cred:a"));
+        assert!(r.add("agent:t/x", 0, 200));
+        assert!(!r.contains("cred:a"));
+        assert!(r.contains("run:r") && r.contains("agent:t/x"));
+        r.add("run:r", 0, 200);
+        r.add("cred:b", 400, 1000);
+        assert!(r.contains("run:r") && r.contains("agent:t/x") && r.contains("cred:b"));
+        assert!(r.refused(&["cred:a".into()], 10).is_none());
+        r.add("everything:500", 0, 1000);
+        assert_eq!(r.revoked_before(), 500);
+        assert_eq!(r.refused(&[], 500).as_deref(), Some("everything:500"));
+        assert!(r.refused(&[], 501).is_none());
     }
 
     #[test]

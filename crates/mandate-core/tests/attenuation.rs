@@ -130,7 +130,14 @@ fn a_block_that_tries_to_add_a_capability_changes_nothing() {
     assert!(use_("github", "read").is_ok());
     // The authority block's own check refuses what was never granted.
     assert!(use_("bank", "transfer").is_err());
+    // The block's own Datalog check refuses what the authority grants but
+    // the block left out (`github:write`, `crm:*`): this half can fail.
     assert!(use_("github", "write").is_err());
+    assert!(use_("crm", "read").is_err());
+    let whole = |tool: &str, action: &str| {
+        mandate::authorize_use(root, &f.token, NOW, tool, &[action.to_owned()], &[], None)
+    };
+    assert!(whole("github", "write").is_ok() && whole("crm", "read").is_ok());
 
     // A block that states a `capability` fact, signed by the holder, is refused.
     let b = biscuit_auth::UnverifiedBiscuit::from_base64(&f.token).unwrap();

@@ -3,10 +3,11 @@
 //! exchange) reads memory only. Revocation is a set of revoked ids checked
 //! in O(1) per id (DESIGN: "revocation as data").
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use mandate_core::policy::{Engine, StoredPolicy, TenantPolicies};
+use mandate_core::revocation::RevokedSet;
 use mandate_store::{
     Agent, Grant, Mutation, PolicySetRecord, Principal, Revocation, Snapshot, Tenant, Tool,
 };
@@ -74,15 +75,8 @@ pub struct Registry {
     pub policy_sets: BTreeMap<(String, String), PolicySetRecord>,
     /// Compiled policies per tenant.
     pub compiled: HashMap<String, Arc<TenantPolicies>>,
-    /// Revoked ids.
-    pub revoked: HashSet<String>,
-    /// Until when each revoked id matters (seconds; 0 = forever): past it
-    /// nothing it names can still be valid, and it is forgotten.
-    revoked_until: HashMap<String, u64>,
-    /// Revoked ids by the time they may be forgotten, soonest first.
-    expiring: std::collections::BinaryHeap<std::cmp::Reverse<(u64, String)>>,
-    /// The kill switch: everything issued at or before this time (seconds) is refused.
-    pub revoked_before: u64,
+    /// Revoked ids and the kill switch ([`mandate_core::revocation::RevokedSet`]).
+    pub revoked: RevokedSet,
     /// Last revocation sequence number.
     pub revocation_seq: u64,
     /// Bumped by every change, so caches derived from the registry know when they are stale.
@@ -241,60 +235,23 @@ impl Registry {
     }
 
     /// Records a revoked id that matters until `until` (0 = forever);
-    /// `everything:<T>` moves the kill-switch time. Forgets ids whose time
-    /// has passed (so the set stays as large as what can still be valid).
-    /// Returns whether it was new.
+    /// returns whether it was new ([`RevokedSet::add`]).
     pub fn add_revoked(&mut self, key: &str, until: u64, now: u64) -> bool {
-        if let Some(t) = key
-            .strip_prefix(EVERYTHING)
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            self.revoked_before = self.revoked_before.max(t);
-        }
-        let kept = self.revoked_until.entry(key.to_owned()).or_insert(until);
-        *kept = if *kept == 0 || until == 0 {
-            0
-        } else {
-            (*kept).max(until)
-        };
-        if *kept != 0 {
-            self.expiring
-                .push(std::cmp::Reverse((*kept, key.to_owned())));
-        }
-        self.forget_expired(now);
-        self.revoked.insert(key.to_owned())
-    }
-
-    /// Forgets revoked ids whose `until` has passed.
-    fn forget_expired(&mut self, now: u64) {
-        while let Some(std::cmp::Reverse((t, _))) = self.expiring.peek()
-            && *t < now
-        {
-            let Some(std::cmp::Reverse((_, key))) = self.expiring.pop() else {
-                break;
-            };
-            if self
-                .revoked_until
-                .get(&key)
-                .is_some_and(|u| *u != 0 && *u < now)
-            {
-                self.revoked_until.remove(&key);
-                self.revoked.remove(&key);
-            }
-        }
+        self.revoked.add(key, until, now)
     }
 
     /// Why a token issued at `issued_at` with these revocation ids is
     /// refused, if it is: the first revoked id, or the kill switch.
     pub fn refused(&self, keys: &[String], issued_at: u64) -> Option<String> {
-        mandate_core::revocation::refused(keys, issued_at, &self.revoked, self.revoked_before)
+        self.revoked
+            .refused(keys, issued_at)
             .map(|k| k.into_owned())
     }
 
     /// The first of `keys` that is revoked, if any.
     pub fn first_revoked<'a>(&self, keys: &'a [String]) -> Option<&'a str> {
         keys.iter()
-            .find(|k| self.revoked.contains(*k))
+            .find(|k| self.revoked.contains(k))
             .map(String::as_str)
     }
 
@@ -322,28 +279,5 @@ impl Registry {
                 t.tenant != tenant && (t.name == name_or_audience || t.audience == name_or_audience)
             })
             .map(|t| t.tenant.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revoked_ids_are_forgotten_once_nothing_they_name_can_be_valid() {
-        let mut r = Registry::default();
-        assert!(r.add_revoked("cred:a", 100, 50));
-        assert!(r.add_revoked("run:r", 300, 50));
-        assert!(r.revoked.contains("cred:a"));
-        // Later: cred:a's time has passed, run:r's has not.
-        assert!(r.add_revoked("agent:t/x", 0, 200));
-        assert!(!r.revoked.contains("cred:a"));
-        assert!(r.revoked.contains("run:r") && r.revoked.contains("agent:t/x"));
-        // Revoked again for ever: never forgotten.
-        r.add_revoked("run:r", 0, 200);
-        r.add_revoked("cred:b", 400, 1000);
-        assert!(r.revoked.contains("run:r") && r.revoked.contains("agent:t/x"));
-        assert!(r.revoked.contains("cred:b"));
-        assert_eq!(r.refused(&["cred:a".into()], 10), None);
     }
 }

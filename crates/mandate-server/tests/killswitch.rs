@@ -57,13 +57,13 @@ fn everything_issued_before_is_refused_in_every_tenant_and_new_runs_work() {
 
     // And after a restart the switch still holds (the restarted broker has
     // another address, so the old mandates are checked in its registry).
-    let cut = b.state.reg().revoked_before;
+    let cut = b.state.reg().revoked.revoked_before();
     assert!(cut > 0);
     let dir = b.dir.clone();
     drop(b);
     let b = Broker::start_again(&dir);
     let reg = b.state.reg();
-    assert_eq!(reg.revoked_before, cut);
+    assert_eq!(reg.revoked.revoked_before(), cut);
     assert!(reg.refused(&[], cut).unwrap().starts_with("everything:"));
     assert!(reg.refused(&[], cut + 1).is_none());
 }

@@ -244,18 +244,18 @@ impl Lease {
     /// that a lease never hangs on less) its own credential, tenant, agent,
     /// run, principal and grant.
     pub fn revocation_keys(&self) -> Vec<String> {
-        let mut v = vec![
-            format!("cred:{}", self.id),
-            format!("tenant:{}", self.tenant),
-            format!("agent:{}/{}", self.tenant, self.agent),
-            format!("run:{}", self.run),
-        ];
-        if let Some(p) = &self.principal {
-            v.push(format!("principal:{}/{p}", self.tenant));
-        }
-        if let Some(g) = &self.grant {
-            v.push(format!("grant:{g}"));
-        }
+        let mut v = mandate_core::revocation::keys(
+            &mandate_core::revocation::Lineage {
+                tenant: &self.tenant,
+                agent: &self.agent,
+                run: &self.run,
+                principal: self.principal.as_deref(),
+                grant: self.grant.as_deref(),
+                credential: Some(&self.id),
+                blocks: &[],
+            },
+            &[],
+        );
         for k in &self.revoked_by {
             if !v.contains(k) {
                 v.push(k.clone());

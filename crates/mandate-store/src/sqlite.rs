@@ -1082,11 +1082,11 @@ mod tests {
             leases[0].revocation_keys(),
             [
                 "cred:cred_1",
-                "tenant:acme",
-                "agent:acme/bot",
                 "run:run_1",
+                "agent:acme/bot",
                 "principal:acme/alice",
-                "grant:grt_1"
+                "grant:grt_1",
+                "tenant:acme"
             ]
         );
     }

@@ -53,7 +53,6 @@ pub const METADATA_LIMIT: usize = 1 << 20;
 pub const LOG_PAGE_LIMIT: usize = 4 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_PAGE: u32 = 1000;
-use mandate_core::revocation::KINDS;
 
 /// Where the broker is, and how to read its feed.
 #[derive(Clone)]
@@ -425,13 +424,7 @@ impl Live {
     /// placeholder (`None`: another tenant's revocation, which a feed
     /// credential limited to a tenant sees as `{"seq": N, "redacted": true}`).
     fn apply(&self, seq: u64, key: Option<&str>) -> Outcome {
-        let well_formed = key.is_none_or(|key| {
-            key.len() <= 512
-                && !key.chars().any(char::is_control)
-                && KINDS
-                    .iter()
-                    .any(|k| key.starts_with(k) && key.len() > k.len())
-        });
+        let well_formed = key.is_none_or(|key| mandate_core::revocation::parse_id(key).is_some());
         let mut cursor = self.cursor();
         if !well_formed || seq <= cursor.seq {
             self.ignored.fetch_add(1, Ordering::Relaxed);
