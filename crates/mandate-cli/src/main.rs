@@ -774,11 +774,11 @@ fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), CliError> {
         cfg.issuer = i.trim_end_matches('/').to_owned();
     }
     if let Ok(k) = std::env::var("MANDATE_MASTER_KEY") {
-        cfg.master_key = mandate_server::boot::MasterKeySource::Env(
+        cfg.master_key = mandate_server::config::MasterKeySource::Env(
             mandate_core::secret::Secret::new(k.into_bytes()),
         );
     } else if let Some(f) = a.master_key_file {
-        cfg.master_key = mandate_server::boot::MasterKeySource::File(f);
+        cfg.master_key = mandate_server::config::MasterKeySource::File(f);
     }
     if let Some(f) = token_file {
         cfg.admin_token_file = f;

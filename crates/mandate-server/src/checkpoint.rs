@@ -20,7 +20,7 @@ use mandate_core::audit::{
 use mandate_core::keys::SigningKey;
 use mandate_store::{AuditFilter, Store};
 
-use crate::boot::{BootError, Config};
+use crate::config::{BootError, Config};
 
 /// Writes checkpoints of the audit head.
 pub struct Checkpointer {

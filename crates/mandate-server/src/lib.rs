@@ -25,11 +25,13 @@
 pub mod alerts;
 pub mod boot;
 pub mod checkpoint;
+pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod form;
 pub mod gate;
 pub mod history;
+pub mod keyring;
 pub mod listen;
 pub mod pg;
 pub mod providers;
@@ -41,7 +43,7 @@ pub mod state;
 pub mod upstream;
 pub mod writer;
 
-pub use boot::Config;
+pub use config::Config;
 pub use state::AppState;
 
 use std::sync::Arc;
@@ -61,10 +63,10 @@ pub fn start_background(state: &Arc<AppState>) {
 pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), boot::BootError> {
+) -> Result<(), config::BootError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| boot::BootError(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| config::BootError(format!("cannot listen on {}: {e}", config.listen)))?;
     let state = boot::boot(config)?;
     start_background(&state);
     tracing::info!(issuer = %state.config.issuer, "mandate broker listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());

@@ -12,7 +12,7 @@ use mandate_core::policy::{Engine, ExchangeFacts, TenantPolicies, Verdict};
 use mandate_core::secret::{MasterKey, Secret};
 use mandate_store::{Committed, Entry, Mutation, Snapshot, Store};
 
-use crate::boot::{BootError, Config};
+use crate::config::{BootError, Config};
 use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::writer::Writer;

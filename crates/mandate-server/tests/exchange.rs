@@ -795,7 +795,7 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
         "{e}"
     );
     let mut wrong = cfg;
-    wrong.master_key = mandate_server::boot::MasterKeySource::Env(
+    wrong.master_key = mandate_server::config::MasterKeySource::Env(
         mandate_core::secret::Secret::new(b64(&[9u8; 32]).into_bytes()),
     );
     let e = mandate_server::boot::boot(wrong).unwrap_err().to_string();

@@ -191,6 +191,60 @@ fn decide_all(
     let digest =
         mandate_core::exchange::request_digest(&m.run, &tool.name, &req.actions, &req.details_json);
     decide::named_approval(f.named_approval.as_ref(), &digest, &m.run, now)?;
+    let (approvals, policies) = match policy(s, req, m, f, &digest, now)? {
+        Answer::Allow {
+            approvals,
+            policies,
+        } => (approvals, policies),
+        Answer::Stop(d) => return Ok(d),
+    };
+    let claims = mandate_core::exchange::credential_claims(
+        m,
+        mandate_core::exchange::CredentialSpec {
+            issuer: &s.config.issuer,
+            audience: &tool.audience,
+            max_ttl: tool.max_ttl_secs,
+            actions: &req.actions,
+            details: &req.details_json,
+            approvals: approvals.iter().map(approval_claim).collect(),
+            jti: mandate_core::ids::random_id(&mut OsRng, "cred_"),
+            bound: pop.is_some_and(|p| provider.binds(p)),
+        },
+        now,
+    );
+    Ok(Decided::Issue(Box::new(record::Grant {
+        claims,
+        prepared,
+        count_uses,
+        mandate_exp: m.expires_at,
+        approvals,
+        policies,
+    })))
+}
+
+/// What the tenant's policies, and humans where they ask for them, say.
+enum Answer {
+    /// Allowed, spending these approvals; the policies that allowed.
+    Allow {
+        approvals: Vec<Approval>,
+        policies: Vec<String>,
+    },
+    /// The exchange stops here (waits, or asks humans).
+    Stop(Decided),
+}
+
+/// Asks the tenant's policies; when `@approval` policies refuse, matches
+/// the live approvals of this request (`digest`) and asks anew where none
+/// was asked.
+fn policy(
+    s: &AppState,
+    req: &ExchangeRequest,
+    m: &MandateClaims,
+    f: &gather::Facts,
+    digest: &str,
+    now: u64,
+) -> Result<Answer, Denial> {
+    let tool = &f.tool;
     let mut q = decide::Question {
         subject: decide::Subject::of_mandate(m),
         input: &f.input,
@@ -204,7 +258,7 @@ fn decide_all(
     if !verdict.allowed
         && let Some(need) = verdict.approval.clone()
     {
-        let live = gather::live_approvals(s, &digest, &m.run, now)?;
+        let live = gather::live_approvals(s, digest, &m.run, now)?;
         match decide::humans(&need, &live)? {
             decide::Humans::Approved(list) => {
                 q.approved = true;
@@ -225,12 +279,12 @@ fn decide_all(
                 approvals = list;
             }
             decide::Humans::Waiting(pending) => {
-                return Ok(Decided::Wait {
+                return Ok(Answer::Stop(Decided::Wait {
                     approvals: pending,
                     message:
                         "waiting for humans to approve this request; retry after `interval` seconds"
                             .into(),
-                });
+                }));
             }
             decide::Humans::Ask { pending, missing } => {
                 if gather::pending_for_run(s, &m.run, now)? + missing.len() > MAX_PENDING_PER_RUN {
@@ -252,14 +306,14 @@ fn decide_all(
                         m,
                         req,
                         &tool.name,
-                        &digest,
+                        digest,
                         approvers,
                         p,
                         (s.now_ms(), now + s.config.approval_ttl),
                     ));
                 }
                 let reason = verdict.reason.unwrap_or_else(|| "denied by policy".into());
-                return Ok(Decided::Ask(record::Ask {
+                return Ok(Answer::Stop(Decided::Ask(record::Ask {
                     asked,
                     pending,
                     message: format!(
@@ -267,7 +321,7 @@ fn decide_all(
                     ),
                     rule: format!("approval required by {}", need.policies().join(", ")),
                     policies: verdict.policies,
-                }));
+                })));
             }
         }
     }
@@ -279,28 +333,10 @@ fn decide_all(
             policies: verdict.policies,
         });
     }
-    let claims = mandate_core::exchange::credential_claims(
-        m,
-        mandate_core::exchange::CredentialSpec {
-            issuer: &s.config.issuer,
-            audience: &tool.audience,
-            max_ttl: tool.max_ttl_secs,
-            actions: &req.actions,
-            details: &req.details_json,
-            approvals: approvals.iter().map(approval_claim).collect(),
-            jti: mandate_core::ids::random_id(&mut OsRng, "cred_"),
-            bound: pop.is_some_and(|p| provider.binds(p)),
-        },
-        now,
-    );
-    Ok(Decided::Issue(Box::new(record::Grant {
-        claims,
-        prepared,
-        count_uses,
-        mandate_exp: m.expires_at,
+    Ok(Answer::Allow {
         approvals,
         policies: verdict.policies,
-    })))
+    })
 }
 
 fn approval_claim(a: &Approval) -> mandate_core::credential::ApprovalClaim {

@@ -1150,7 +1150,7 @@ pub(crate) fn spent_from_trail(
     store: &dyn mandate_store::Store,
     max_ttl: u64,
     now_ms: u64,
-) -> Result<SpentSet, crate::boot::BootError> {
+) -> Result<SpentSet, crate::config::BootError> {
     let mut spent = SpentSet::new(SPENT_CAP);
     let now = now_ms / 1000;
     crate::state::each_recent_event(store, "proxy.call", Some("allow"), max_ttl, now_ms, |ev| {
@@ -1162,7 +1162,7 @@ pub(crate) fn spent_from_trail(
             // than forget a spent credential.
             && let Err(SpendRefused::Full) = spent.spend(jti, until, now)
         {
-            return Err(crate::boot::BootError(format!(
+            return Err(crate::config::BootError(format!(
                 "more than {SPENT_CAP} single-use proxy credentials in the audit trail are still alive; wait until they expire (at most {max_ttl} s) and start again"
             )));
         }

@@ -1,6 +1,7 @@
 //! Revocation of a credential, run, agent, principal, grant or tenant.
 
 use super::*;
+use mandate_core::revocation::RevocationKind;
 
 // ---------- revocation ----------
 
@@ -19,7 +20,44 @@ pub struct NewRevocation {
     reason: Option<String>,
 }
 
-/// `POST /v1/revocations`: revoke a credential, run, agent, principal, grant or tenant.
+/// What an admin revocation names, and who it concerns (for the audit).
+#[derive(Default)]
+struct Target {
+    key: String,
+    until: u64,
+    tenant: Option<String>,
+    agent: Option<String>,
+    principal: Option<String>,
+    run: Option<String>,
+    credential: Option<String>,
+}
+
+/// The kind a request names (`credential`, `run`, ...; the kill switch is
+/// `everything`).
+fn parse_kind(kind: &str) -> Result<RevocationKind, ApiError> {
+    match kind {
+        "credential" => Ok(RevocationKind::Credential),
+        "block" | "cred" => Err(err(
+            Code::InvalidRequest,
+            format!("cannot revoke a `{kind}` here; kinds are credential, run, agent, principal, grant, tenant, everything"),
+        )),
+        other => RevocationKind::ALL
+            .into_iter()
+            .find(|k| k.name() == other)
+            .ok_or_else(|| {
+                err(
+                    Code::InvalidRequest,
+                    format!(
+                        "cannot revoke a `{}`; kinds are credential, run, agent, principal, grant, tenant, everything",
+                        short(other)
+                    ),
+                )
+            }),
+    }
+}
+
+/// `POST /v1/revocations`: revoke a credential, run, agent, principal,
+/// grant or tenant, or everything (the kill switch).
 pub async fn revoke(
     State(s): State<S>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -28,133 +66,19 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
     let req: NewRevocation = json_body(&body(raw, s.config.max_body)?)?;
-    let reason = req.reason.unwrap_or_else(|| "revoked by an admin".into());
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| "revoked by an admin".into());
     ids::check_text("reason", &reason, 512).map_err(bad)?;
-    let need = |what: &str, v: &Option<String>| -> Result<String, ApiError> {
-        v.clone().ok_or_else(|| {
-            err(
-                Code::InvalidRequest,
-                format!("revoking a {} needs `{what}`", req.kind),
-            )
-        })
-    };
-    let mut ev = Ctx::new(&s, &headers, addr).event("revoke", None);
-    let now = s.now_secs();
-    let (key, until) = {
-        let reg = s.reg();
-        match req.kind.as_str() {
-            "credential" => {
-                let jti = match (&req.id, &req.token) {
-                    (Some(j), _) => {
-                        ev.tenant = credential_tenant(&s, &reg, j, req.tenant.as_deref())?;
-                        j.clone()
-                    }
-                    (None, Some(t)) => {
-                        let c = mandate_core::credential::verify(
-                            &s.keys,
-                            &s.config.issuer,
-                            t,
-                            now,
-                            true,
-                        )
-                        .map_err(|e| {
-                            err(
-                                Code::InvalidRequest,
-                                format!("`token` is not a credential of this broker: {e}"),
-                            )
-                        })?;
-                        ev.tenant = Some(c.tenant.clone());
-                        ev.run = Some(c.run.clone());
-                        ev.agent = Some(c.agent.clone());
-                        c.jti
-                    }
-                    (None, None) => {
-                        return Err(err(
-                            Code::InvalidRequest,
-                            "revoking a credential needs `id` (its jti) or `token`",
-                        ));
-                    }
-                };
-                ev.credential_id = Some(jti.clone());
-                (format!("cred:{jti}"), 0)
-            }
-            "run" => {
-                let id = need("id", &req.id)?;
-                let run = s.store.get_run(&id)?.ok_or_else(|| {
-                    err(Code::NotFound, format!("run `{}` not found", short(&id)))
-                })?;
-                ev.tenant = Some(run.tenant.clone());
-                ev.agent = Some(run.agent.clone());
-                ev.principal = run.principal.clone();
-                ev.run = Some(id.clone());
-                (format!("run:{id}"), run.expires_at)
-            }
-            "agent" | "principal" => {
-                let tenant = need("tenant", &req.tenant)?;
-                let id = need("id", &req.id)?;
-                let exists = if req.kind == "agent" {
-                    reg.agents.contains_key(&(tenant.clone(), id.clone()))
-                } else {
-                    reg.principals.contains_key(&(tenant.clone(), id.clone()))
-                };
-                if !exists {
-                    return Err(err(
-                        Code::NotFound,
-                        format!(
-                            "{} `{}` not found in tenant `{}`",
-                            req.kind,
-                            short(&id),
-                            short(&tenant)
-                        ),
-                    ));
-                }
-                ev.tenant = Some(tenant.clone());
-                if req.kind == "agent" {
-                    ev.agent = Some(id.clone());
-                } else {
-                    ev.principal = Some(id.clone());
-                }
-                (format!("{}:{tenant}/{id}", req.kind), 0)
-            }
-            "grant" => {
-                let id = need("id", &req.id)?;
-                let g = reg.grants.get(&id).ok_or_else(|| {
-                    err(Code::NotFound, format!("grant `{}` not found", short(&id)))
-                })?;
-                ev.tenant = Some(g.tenant.clone());
-                ev.agent = Some(g.agent.clone());
-                ev.principal = Some(g.principal.clone());
-                (format!("grant:{id}"), g.expires_at)
-            }
-            "tenant" => {
-                let t = need("id", &req.id).or_else(|_| need("tenant", &req.tenant))?;
-                if !reg.tenants.contains_key(&t) {
-                    return Err(err(
-                        Code::NotFound,
-                        format!("tenant `{}` not found", short(&t)),
-                    ));
-                }
-                ev.tenant = Some(t.clone());
-                (format!("tenant:{t}"), 0)
-            }
-            "everything" => {
-                // The kill switch: every mandate and credential issued until
-                // now, of every tenant and provider. New runs may start.
-                // Never forgotten: approver and feed credentials do not
-                // expire, so no time bounds what it must keep refusing.
-                (format!("{}{now}", crate::registry::EVERYTHING), 0)
-            }
-            other => {
-                return Err(err(
-                    Code::InvalidRequest,
-                    format!(
-                        "cannot revoke a `{}`; kinds are credential, run, agent, principal, grant, tenant, everything",
-                        short(other)
-                    ),
-                ));
-            }
-        }
-    };
+    let kind = parse_kind(&req.kind)?;
+    let t = target(&s, &req, kind, s.now_secs())?;
+    let mut ev = Ctx::new(&s, &headers, addr).event("revoke", t.tenant.as_deref());
+    ev.agent = t.agent;
+    ev.principal = t.principal;
+    ev.run = t.run;
+    ev.credential_id = t.credential;
+    let (key, until) = (t.key, t.until);
     ev.reason = Some(reason.clone());
     ev.details = json!({"revoked": key});
     let rev = Revocation {
@@ -184,6 +108,148 @@ pub async fn list_revocations(
     let mut keys: Vec<&String> = reg.revoked.iter().collect();
     keys.sort();
     Ok(Json(json!({"seq": reg.revocation_seq, "revoked": keys})))
+}
+
+/// Resolves what `req` names into a revocation id and whom it concerns.
+fn target(s: &S, req: &NewRevocation, kind: RevocationKind, now: u64) -> Result<Target, ApiError> {
+    use RevocationKind as K;
+    let need = |what: &str, v: &Option<String>| -> Result<String, ApiError> {
+        v.clone().ok_or_else(|| {
+            err(
+                Code::InvalidRequest,
+                format!("revoking a {} needs `{what}`", req.kind),
+            )
+        })
+    };
+    let reg = s.reg();
+    Ok(match kind {
+        K::Credential => credential_target(s, &reg, req, now)?,
+        K::Run => {
+            let id = need("id", &req.id)?;
+            let run = s
+                .store
+                .get_run(&id)?
+                .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(&id))))?;
+            Target {
+                key: K::Run.id(&id),
+                until: run.expires_at,
+                tenant: Some(run.tenant),
+                agent: Some(run.agent),
+                principal: run.principal,
+                run: Some(id),
+                credential: None,
+            }
+        }
+        K::Agent | K::Principal => {
+            let tenant = need("tenant", &req.tenant)?;
+            let id = need("id", &req.id)?;
+            let key = (tenant.clone(), id.clone());
+            let exists = if kind == K::Agent {
+                reg.agents.contains_key(&key)
+            } else {
+                reg.principals.contains_key(&key)
+            };
+            if !exists {
+                return Err(err(
+                    Code::NotFound,
+                    format!(
+                        "{} `{}` not found in tenant `{}`",
+                        req.kind,
+                        short(&id),
+                        short(&tenant)
+                    ),
+                ));
+            }
+            Target {
+                key: kind.id(&format!("{tenant}/{id}")),
+                tenant: Some(tenant),
+                agent: (kind == K::Agent).then(|| id.clone()),
+                principal: (kind == K::Principal).then_some(id),
+                ..Target::default()
+            }
+        }
+        K::Grant => {
+            let id = need("id", &req.id)?;
+            let g = reg
+                .grants
+                .get(&id)
+                .ok_or_else(|| err(Code::NotFound, format!("grant `{}` not found", short(&id))))?;
+            Target {
+                key: K::Grant.id(&id),
+                until: g.expires_at,
+                tenant: Some(g.tenant.clone()),
+                agent: Some(g.agent.clone()),
+                principal: Some(g.principal.clone()),
+                ..Target::default()
+            }
+        }
+        K::Tenant => {
+            let t = need("id", &req.id).or_else(|_| need("tenant", &req.tenant))?;
+            if !reg.tenants.contains_key(&t) {
+                return Err(err(
+                    Code::NotFound,
+                    format!("tenant `{}` not found", short(&t)),
+                ));
+            }
+            Target {
+                key: K::Tenant.id(&t),
+                tenant: Some(t),
+                ..Target::default()
+            }
+        }
+        // The kill switch: every mandate and credential issued until now,
+        // of every tenant and provider. New runs may start. Never
+        // forgotten: approver and feed credentials do not expire, so no
+        // time bounds what it must keep refusing.
+        K::Everything => Target {
+            key: K::Everything.id(&now.to_string()),
+            ..Target::default()
+        },
+        K::Block => {
+            return Err(err(
+                Code::InvalidRequest,
+                "a narrowed mandate is revoked by its holder, at the RFC 7009 endpoint (`/oauth/revoke`)",
+            ));
+        }
+    })
+}
+
+/// A credential, by id (`jti`) or by the credential itself.
+fn credential_target(
+    s: &S,
+    reg: &crate::registry::Registry,
+    req: &NewRevocation,
+    now: u64,
+) -> Result<Target, ApiError> {
+    match (&req.id, &req.token) {
+        (Some(j), _) => Ok(Target {
+            key: RevocationKind::Credential.id(j),
+            tenant: credential_tenant(s, reg, j, req.tenant.as_deref())?,
+            credential: Some(j.clone()),
+            ..Target::default()
+        }),
+        (None, Some(t)) => {
+            let c = mandate_core::credential::verify(&s.keys, &s.config.issuer, t, now, true)
+                .map_err(|e| {
+                    err(
+                        Code::InvalidRequest,
+                        format!("`token` is not a credential of this broker: {e}"),
+                    )
+                })?;
+            Ok(Target {
+                key: RevocationKind::Credential.id(&c.jti),
+                tenant: Some(c.tenant),
+                run: Some(c.run),
+                agent: Some(c.agent),
+                credential: Some(c.jti),
+                ..Target::default()
+            })
+        }
+        (None, None) => Err(err(
+            Code::InvalidRequest,
+            "revoking a credential needs `id` (its jti) or `token`",
+        )),
+    }
 }
 
 /// The tenant a credential revoked by id belongs to, so a tenant's feed

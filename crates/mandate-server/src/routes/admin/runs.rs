@@ -224,8 +224,15 @@ pub async fn start_run(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let join = run_starter(&s, &headers).map_err(|e| e.unauthenticated("run.start"))?;
-    let mut asked = (None, None);
-    let outcome = start_run_as(&s, addr, &headers, raw, join.as_ref(), &mut asked).await;
+    let req = body(raw, s.config.max_body).and_then(|b| json_body::<NewRun>(&b));
+    let asked = req
+        .as_ref()
+        .map(|r| (Some(short(&r.tenant)), Some(short(&r.agent))))
+        .unwrap_or_default();
+    let outcome = match req {
+        Ok(req) => start_run_as(&s, addr, &headers, req, join.as_ref()).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &outcome {
         let mut ev = Ctx::new(&s, &headers, addr).event("run.start", asked.0.as_deref());
         ev.agent = asked.1;
@@ -239,122 +246,120 @@ pub async fn start_run(
     outcome
 }
 
-/// [`start_run`] once the caller is authenticated; `asked` gets the
-/// (tenant, agent) named, for the audit event of a refusal.
-async fn start_run_as(
-    s: &S,
-    addr: SocketAddr,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-    join: Option<&JoinToken>,
-    asked: &mut (Option<String>, Option<String>),
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req: NewRun = json_body(&body(raw, s.config.max_body)?)?;
-    *asked = (Some(short(&req.tenant)), Some(short(&req.agent)));
-    if let Some(j) = join
-        && (j.tenant != req.tenant
-            || j.agent != req.agent
-            || j.principal != req.principal
-            || j.grant != req.grant)
+/// A join token starts a run of exactly its agent (and principal, grant).
+fn join_allows(j: &JoinToken, req: &NewRun) -> Result<(), ApiError> {
+    if j.tenant == req.tenant
+        && j.agent == req.agent
+        && j.principal == req.principal
+        && j.grant == req.grant
     {
-        return Err(err(
-            Code::Forbidden,
-            format!(
-                "this join token starts a run of agent `{}` in tenant `{}`{} only",
-                j.agent,
-                j.tenant,
-                match (&j.principal, &j.grant) {
-                    (Some(p), Some(g)) => format!(" for `{p}` under grant `{g}`"),
-                    _ => " on no one's behalf".into(),
-                }
-            ),
-        ));
+        return Ok(());
     }
-    need_tenant(s, &req.tenant)?;
-    let key = PublicJwk::from_json(&req.jwk)
-        .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
-    let now = s.now_secs();
-    let (agent, grant) = {
-        let reg = s.reg();
-        let agent = reg
-            .agents
-            .get(&(req.tenant.clone(), req.agent.clone()))
-            .cloned()
-            .ok_or_else(|| {
-                err(
-                    Code::NotFound,
-                    format!(
-                        "agent `{}` not found in tenant `{}`",
-                        short(&req.agent),
-                        req.tenant
-                    ),
-                )
-            })?;
-        let grant = match (&req.principal, &req.grant) {
-            (None, None) => None,
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(err(
-                    Code::InvalidRequest,
-                    "to act on someone's behalf, give both `principal` and `grant`",
-                ));
+    Err(err(
+        Code::Forbidden,
+        format!(
+            "this join token starts a run of agent `{}` in tenant `{}`{} only",
+            j.agent,
+            j.tenant,
+            match (&j.principal, &j.grant) {
+                (Some(p), Some(g)) => format!(" for `{p}` under grant `{g}`"),
+                _ => " on no one's behalf".into(),
             }
-            (Some(p), Some(g)) => {
-                let grant = reg
-                    .grants
-                    .get(g)
-                    .filter(|x| x.tenant == req.tenant)
-                    .cloned()
-                    .ok_or_else(|| {
-                        err(
-                            Code::NotFound,
-                            format!("grant `{}` not found in tenant `{}`", short(g), req.tenant),
-                        )
-                    })?;
-                if &grant.principal != p || grant.agent != agent.name {
-                    return Err(err(
-                        Code::Forbidden,
-                        format!(
-                            "grant `{g}` was given by `{}` to agent `{}`, not by `{}` to `{}`",
-                            grant.principal,
-                            grant.agent,
-                            short(p),
-                            agent.name
-                        ),
-                    ));
-                }
-                if grant.expires_at <= now {
-                    return Err(err(
-                        Code::Forbidden,
-                        format!("grant `{g}` expired; ask `{p}` for a new one"),
-                    ));
-                }
-                Some(grant)
-            }
-        };
-        let mut keys = vec![
-            format!("tenant:{}", req.tenant),
-            format!("agent:{}/{}", req.tenant, agent.name),
-        ];
-        if let Some(g) = &grant {
-            keys.push(format!("principal:{}/{}", req.tenant, g.principal));
-            keys.push(format!("grant:{}", g.id));
-        }
-        if let Some(k) = reg.first_revoked(&keys) {
+        ),
+    ))
+}
+
+/// The run's agent and grant, neither revoked, the grant live and given by
+/// the principal to this agent.
+fn run_subject(s: &S, req: &NewRun, now: u64) -> Result<(Agent, Option<Grant>), ApiError> {
+    let reg = s.reg();
+    let agent = reg
+        .agents
+        .get(&(req.tenant.clone(), req.agent.clone()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!(
+                    "agent `{}` not found in tenant `{}`",
+                    short(&req.agent),
+                    req.tenant
+                ),
+            )
+        })?;
+    let grant = match (&req.principal, &req.grant) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
             return Err(err(
-                Code::Forbidden,
-                format!("cannot start a run: `{k}` has been revoked"),
+                Code::InvalidRequest,
+                "to act on someone's behalf, give both `principal` and `grant`",
             ));
         }
-        (agent, grant)
+        (Some(p), Some(g)) => {
+            let grant = reg
+                .grants
+                .get(g)
+                .filter(|x| x.tenant == req.tenant)
+                .cloned()
+                .ok_or_else(|| {
+                    err(
+                        Code::NotFound,
+                        format!("grant `{}` not found in tenant `{}`", short(g), req.tenant),
+                    )
+                })?;
+            if &grant.principal != p || grant.agent != agent.name {
+                return Err(err(
+                    Code::Forbidden,
+                    format!(
+                        "grant `{g}` was given by `{}` to agent `{}`, not by `{}` to `{}`",
+                        grant.principal,
+                        grant.agent,
+                        short(p),
+                        agent.name
+                    ),
+                ));
+            }
+            if grant.expires_at <= now {
+                return Err(err(
+                    Code::Forbidden,
+                    format!("grant `{g}` expired; ask `{p}` for a new one"),
+                ));
+            }
+            Some(grant)
+        }
     };
+    let mut keys = vec![
+        format!("tenant:{}", req.tenant),
+        format!("agent:{}/{}", req.tenant, agent.name),
+    ];
+    if let Some(g) = &grant {
+        keys.push(format!("principal:{}/{}", req.tenant, g.principal));
+        keys.push(format!("grant:{}", g.id));
+    }
+    if let Some(k) = reg.first_revoked(&keys) {
+        return Err(err(
+            Code::Forbidden,
+            format!("cannot start a run: `{k}` has been revoked"),
+        ));
+    }
+    Ok((agent, grant))
+}
+
+/// What the run may do: the agent's envelope, within the grant, narrowed
+/// by the request.
+fn run_capabilities(
+    agent: &Agent,
+    grant: Option<&Grant>,
+    narrow: Option<&[String]>,
+) -> Result<CapabilitySet, ApiError> {
     let envelope = CapabilitySet::parse(&agent.envelope).map_err(bad)?;
-    let mut caps = match &grant {
+    let mut caps = match grant {
         Some(g) => CapabilitySet::parse(&g.capabilities)
             .map_err(bad)?
             .intersect(&envelope),
         None => envelope,
     };
-    if let Some(narrow) = &req.capabilities {
+    if let Some(narrow) = narrow {
         caps = CapabilitySet::parse(narrow).map_err(bad)?.intersect(&caps);
     }
     if caps.is_empty() {
@@ -363,6 +368,12 @@ async fn start_run_as(
             "this run would hold no capabilities: the grant and the agent's envelope do not overlap",
         ));
     }
+    Ok(caps)
+}
+
+/// The tools the run names, each with the actions it may use and how its
+/// provider describes it (for the exec socket).
+fn run_tools(s: &S, req: &NewRun, caps: &CapabilitySet) -> Result<Vec<Value>, ApiError> {
     if req.tools.len() > 32 {
         return Err(err(Code::InvalidRequest, "name at most 32 `tools`"));
     }
@@ -409,6 +420,28 @@ async fn start_run_as(
             }
         }
     }
+    Ok(tools)
+}
+
+/// [`start_run`] once the caller is authenticated.
+async fn start_run_as(
+    s: &S,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    req: NewRun,
+    join: Option<&JoinToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if let Some(j) = join {
+        join_allows(j, &req)?;
+    }
+    need_tenant(s, &req.tenant)?;
+    let key = PublicJwk::from_json(&req.jwk)
+        .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
+    let now = s.now_secs();
+    let (agent, grant) = run_subject(s, &req, now)?;
+    let caps = run_capabilities(&agent, grant.as_ref(), req.capabilities.as_deref())?;
+    let tools = run_tools(s, &req, &caps)?;
+
     let max = s.config.mandate_max_ttl;
     let ttl = req.ttl_secs.unwrap_or(s.config.mandate_ttl);
     if ttl == 0 || ttl > max {
@@ -679,15 +712,9 @@ pub fn prove_run_key(
     s.first_use_of_proof(&verified, now)
 }
 
-/// [`delegate`]'s work once the parent's key is proven: every refusal from
-/// here on is the parent run's.
-async fn delegate_as(
-    s: &S,
-    parent: &Arc<MandateClaims>,
-    req: NewChild,
-    now: u64,
-    ctx: Ctx,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// The broker's absolute ceilings on delegation: the parent is live and
+/// not attenuated, under the depth and fan-out limits. (depth, children).
+fn delegation_limits(s: &S, parent: &MandateClaims) -> Result<(usize, u64), ApiError> {
     if let Some(k) = s.reg().refused(&parent.revocation_keys(), parent.issued_at) {
         return Err(err(
             Code::InvalidGrant,
@@ -723,6 +750,82 @@ async fn delegate_as(
             ),
         ));
     }
+    Ok((depth, children))
+}
+
+/// The tenant's policy on this delegation (Cedar action `delegate`).
+fn delegation_policy(
+    s: &S,
+    parent: &MandateClaims,
+    agent: &Agent,
+    task: &str,
+    (depth, children): (usize, u64),
+    caps: &CapabilitySet,
+    now: u64,
+) -> Result<mandate_core::policy::Verdict, ApiError> {
+    let (policies, parent_agent) = {
+        let reg = s.reg();
+        (
+            reg.compiled
+                .get(&parent.tenant)
+                .cloned()
+                .unwrap_or_default(),
+            reg.agents
+                .get(&(parent.tenant.clone(), parent.agent.clone()))
+                .cloned(),
+        )
+    };
+    let parent_agent = parent_agent.ok_or_else(|| {
+        err(
+            Code::Forbidden,
+            format!("agent `{}` is no longer registered", parent.agent),
+        )
+    })?;
+    let cap_strings = caps.to_strings();
+    let verdict = s
+        .engine
+        .decide_delegation(
+            &policies,
+            &mandate_core::policy::DelegationFacts {
+                tenant: &parent.tenant,
+                now,
+                parent_run: &parent.run,
+                parent_agent: &parent.agent,
+                parent_agent_owner: &parent_agent.owner,
+                parent_agent_purpose: &parent_agent.purpose,
+                parent_task: &parent.task,
+                child_agent: &agent.name,
+                child_agent_owner: &agent.owner,
+                child_agent_purpose: &agent.purpose,
+                task,
+                principal: parent.principal.as_deref(),
+                depth,
+                children,
+                capabilities: &cap_strings,
+            },
+        )
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    if !verdict.allowed {
+        return Err(err(
+            Code::AccessDenied,
+            verdict
+                .reason
+                .unwrap_or_else(|| "delegation denied by policy".into()),
+        ));
+    }
+    Ok(verdict)
+}
+
+/// [`delegate`]'s work once the parent's key is proven: every refusal from
+/// here on is the parent run's.
+async fn delegate_as(
+    s: &S,
+    parent: &Arc<MandateClaims>,
+    req: NewChild,
+    now: u64,
+    ctx: Ctx,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (depth, children) = delegation_limits(s, parent)?;
     let agent = s
         .reg()
         .agents
@@ -773,56 +876,7 @@ async fn delegate_as(
     ids::check_text("task", &task, 1024).map_err(bad)?;
     // The tenant's policy bounds depth, fan-out and what a child may hold
     // (Cedar action `delegate`); the broker's ceilings above are absolute.
-    let (policies, parent_agent) = {
-        let reg = s.reg();
-        (
-            reg.compiled
-                .get(&parent.tenant)
-                .cloned()
-                .unwrap_or_default(),
-            reg.agents
-                .get(&(parent.tenant.clone(), parent.agent.clone()))
-                .cloned(),
-        )
-    };
-    let parent_agent = parent_agent.ok_or_else(|| {
-        err(
-            Code::Forbidden,
-            format!("agent `{}` is no longer registered", parent.agent),
-        )
-    })?;
-    let cap_strings = caps.to_strings();
-    let verdict = s
-        .engine
-        .decide_delegation(
-            &policies,
-            &mandate_core::policy::DelegationFacts {
-                tenant: &parent.tenant,
-                now,
-                parent_run: &parent.run,
-                parent_agent: &parent.agent,
-                parent_agent_owner: &parent_agent.owner,
-                parent_agent_purpose: &parent_agent.purpose,
-                parent_task: &parent.task,
-                child_agent: &agent.name,
-                child_agent_owner: &agent.owner,
-                child_agent_purpose: &agent.purpose,
-                task: &task,
-                principal: parent.principal.as_deref(),
-                depth,
-                children,
-                capabilities: &cap_strings,
-            },
-        )
-        .map_err(|e| err(Code::ServerError, e.to_string()))?;
-    if !verdict.allowed {
-        return Err(err(
-            Code::AccessDenied,
-            verdict
-                .reason
-                .unwrap_or_else(|| "delegation denied by policy".into()),
-        ));
-    }
+    let verdict = delegation_policy(s, parent, &agent, &task, (depth, children), &caps, now)?;
     let run_id = random_id(&mut OsRng, "run_");
     let mut ancestors = vec![(parent.run.clone(), parent.run_id.clone())];
     ancestors.extend(parent.ancestors.iter().cloned());

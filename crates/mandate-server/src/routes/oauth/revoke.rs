@@ -29,7 +29,7 @@ pub fn block_revocations_from_trail(
     store: &dyn mandate_store::Store,
     max_ttl: u64,
     now_ms: u64,
-) -> Result<std::collections::HashMap<String, u32>, crate::boot::BootError> {
+) -> Result<std::collections::HashMap<String, u32>, crate::config::BootError> {
     let mut counts = std::collections::HashMap::new();
     crate::state::each_recent_event(store, "revoke", None, max_ttl, now_ms, |ev| {
         let block = ev.body.details["revoked"]
