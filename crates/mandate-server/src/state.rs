@@ -327,6 +327,52 @@ fn rebuild_history(
 /// above one key's quota; beyond it the oldest are forgotten).
 const REPLAY_CAP: usize = 1_000_000;
 
+/// The tool secrets, opened with the master key, each with a version.
+fn open_tool_secrets(
+    master: &MasterKey,
+    sealed: &[mandate_store::ToolSecret],
+) -> Result<HashMap<ToolKey, (u64, Arc<Secret>)>, BootError> {
+    let mut secrets = HashMap::new();
+    for (i, t) in sealed.iter().enumerate() {
+        let aad = tool_secret_aad(&t.tenant, &t.tool);
+        let secret = master
+            .open("tool secret", aad.as_bytes(), &t.sealed)
+            .map_err(|e| BootError(format!("tool `{}/{}`: {e}", t.tenant, t.tool)))?;
+        secrets.insert(
+            (t.tenant.clone(), t.tool.clone()),
+            (i as u64 + 1, Arc::new(secret)),
+        );
+    }
+    Ok(secrets)
+}
+
+/// The mandate root key pair, and every root mandates are accepted from
+/// (current and retired, each with when it was retired).
+fn root_keys(keys: &BrokerKeys) -> Result<(KeyPair, mandate::RootKeys), BootError> {
+    let root = mandate::root_keypair(&keys.mandate_root).map_err(|e| BootError(e.to_string()))?;
+    let root_public = root.public();
+    let mut retired = Vec::new();
+    for k in &keys.retired_roots {
+        retired.push(mandate::root_public(k).map_err(|e| BootError(e.to_string()))?);
+    }
+    let retired_since = keys
+        .retired_roots
+        .iter()
+        .zip(&retired)
+        .filter_map(|(k, p)| {
+            let at = keys.retired_since.get(&k.kid())?;
+            Some((mandate::root_key_id(p), *at))
+        })
+        .collect();
+    let roots = mandate::RootKeys {
+        current: root_public,
+        legacy: retired.last().copied().unwrap_or(root_public),
+        retired,
+        retired_since,
+    };
+    Ok((root, roots))
+}
+
 impl AppState {
     /// Builds the state and starts the writer.
     // Issue 11 replaces this constructor with the service layer's builder.
@@ -348,41 +394,11 @@ impl AppState {
             .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
             .map(crate::routes::feed::FeedCredential::from_record)
             .collect();
-        let mut secrets = HashMap::new();
-        for (i, t) in snap.tool_secrets.iter().enumerate() {
-            let aad = tool_secret_aad(&t.tenant, &t.tool);
-            let secret = master
-                .open("tool secret", aad.as_bytes(), &t.sealed)
-                .map_err(|e| BootError(format!("tool `{}/{}`: {e}", t.tenant, t.tool)))?;
-            secrets.insert(
-                (t.tenant.clone(), t.tool.clone()),
-                (i as u64 + 1, Arc::new(secret)),
-            );
-        }
+        let secrets = open_tool_secrets(&master, &snap.tool_secrets)?;
         let registry =
             Registry::from_snapshot(snap, &engine, config.clock.now_secs()).map_err(BootError)?;
-        let root =
-            mandate::root_keypair(&keys.mandate_root).map_err(|e| BootError(e.to_string()))?;
-        let root_public = root.public();
-        let mut retired = Vec::new();
-        for k in &keys.retired_roots {
-            retired.push(mandate::root_public(k).map_err(|e| BootError(e.to_string()))?);
-        }
-        let retired_since = keys
-            .retired_roots
-            .iter()
-            .zip(&retired)
-            .filter_map(|(k, p)| {
-                let at = keys.retired_since.get(&k.kid())?;
-                Some((mandate::root_key_id(p), *at))
-            })
-            .collect();
-        let roots = mandate::RootKeys {
-            current: root_public,
-            legacy: retired.last().copied().unwrap_or(root_public),
-            retired,
-            retired_since,
-        };
+        let (root, roots) = root_keys(&keys)?;
+        let root_public = roots.current;
         let writer = Writer::start(Arc::clone(&store), Arc::clone(&checkpoints));
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
         let nonces = mandate_core::dpop::NonceIssuer::new(

@@ -226,6 +226,102 @@ pub struct NewTool {
 /// Longest credential lifetime a tool may ask for.
 const TOOL_MAX_TTL: u64 = mandate_core::credential::MAX_CREDENTIAL_LIFETIME;
 
+/// A tool's audience is an absolute URI, short, without spaces.
+fn check_audience(audience: &str) -> Result<(), ApiError> {
+    let ok = (audience.starts_with("https://")
+        || audience.starts_with("http://")
+        || audience.starts_with("urn:"))
+        && audience.len() <= 512
+        && !audience
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(err(
+            Code::InvalidRequest,
+            "`audience` must be an absolute URI (https://..., or urn:...) of at most 512 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A registration's actions, labels, risk and lifetime are well formed:
+/// (risk, lifetime).
+fn tool_shape(req: &NewTool) -> Result<(String, u64), ApiError> {
+    if req.actions.is_empty() || req.actions.len() > 64 {
+        return Err(err(Code::InvalidRequest, "a tool needs 1 to 64 `actions`"));
+    }
+    for a in &req.actions {
+        check_action(a).map_err(bad)?;
+        if a == "*" {
+            return Err(err(
+                Code::InvalidRequest,
+                "tool actions must be named; `*` is only for capabilities",
+            ));
+        }
+    }
+    for l in &req.labels {
+        ids::check_slug("label", l).map_err(bad)?;
+    }
+    let risk = req.risk.clone().unwrap_or_else(|| "low".into());
+    if !["low", "medium", "high", "critical"].contains(&risk.as_str()) {
+        return Err(err(
+            Code::InvalidRequest,
+            "`risk` must be `low`, `medium`, `high` or `critical`",
+        ));
+    }
+    let ttl = req.max_ttl_secs.unwrap_or(300);
+    if ttl == 0 || ttl > TOOL_MAX_TTL {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`max_ttl_secs` must be 1 to {TOOL_MAX_TTL}"),
+        ));
+    }
+    Ok((risk, ttl))
+}
+
+/// No tool of the tenant has this name or audience, and a `jwt` tool's
+/// audience names it alone across the broker.
+fn tool_is_new(
+    s: &S,
+    tenant: &str,
+    name: &str,
+    audience: &str,
+    provider: &dyn crate::providers::Provider,
+) -> Result<(), ApiError> {
+    let reg = s.reg();
+    if reg
+        .tools
+        .contains_key(&(tenant.to_owned(), name.to_owned()))
+    {
+        return Err(err(
+            Code::Conflict,
+            format!("tool `{}` already exists in tenant `{tenant}`", name),
+        ));
+    }
+    if reg.find_tool(tenant, audience).is_some() {
+        return Err(err(
+            Code::Conflict,
+            format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
+        ));
+    }
+    // Verifiers check `iss` and `aud`: a `jwt` tool's audience must name
+    // it alone across the broker, or another tenant's credentials would
+    // verify at it. (Proxy tools of several tenants may share a name:
+    // the proxy looks tools up in the credential's tenant.)
+    if reg.tools.values().any(|t| {
+        t.audience == audience
+            && (provider.audience_unique() || crate::providers::of(t.provider).audience_unique())
+    }) {
+        return Err(err(
+            Code::Conflict,
+            format!(
+                "audience `{audience}` is already used by a tool of another tenant; a tool's audience must be unique across the broker (verifiers check `iss` and `aud`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/tenants/{tenant}/tools`
 pub async fn create_tool(
     State(s): State<S>,
@@ -255,48 +351,8 @@ pub async fn create_tool(
     let audience = provider
         .audience(&s, &tenant, &req.name, req.audience.as_deref())
         .map_err(|e| err(Code::InvalidRequest, e))?;
-    let aud_ok = (audience.starts_with("https://")
-        || audience.starts_with("http://")
-        || audience.starts_with("urn:"))
-        && audience.len() <= 512
-        && !audience
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control());
-    if !aud_ok {
-        return Err(err(
-            Code::InvalidRequest,
-            "`audience` must be an absolute URI (https://..., or urn:...) of at most 512 characters",
-        ));
-    }
-    if req.actions.is_empty() || req.actions.len() > 64 {
-        return Err(err(Code::InvalidRequest, "a tool needs 1 to 64 `actions`"));
-    }
-    for a in &req.actions {
-        check_action(a).map_err(bad)?;
-        if a == "*" {
-            return Err(err(
-                Code::InvalidRequest,
-                "tool actions must be named; `*` is only for capabilities",
-            ));
-        }
-    }
-    for l in &req.labels {
-        ids::check_slug("label", l).map_err(bad)?;
-    }
-    let risk = req.risk.unwrap_or_else(|| "low".into());
-    if !["low", "medium", "high", "critical"].contains(&risk.as_str()) {
-        return Err(err(
-            Code::InvalidRequest,
-            "`risk` must be `low`, `medium`, `high` or `critical`",
-        ));
-    }
-    let ttl = req.max_ttl_secs.unwrap_or(300);
-    if ttl == 0 || ttl > TOOL_MAX_TTL {
-        return Err(err(
-            Code::InvalidRequest,
-            format!("`max_ttl_secs` must be 1 to {TOOL_MAX_TTL}"),
-        ));
-    }
+    check_audience(&audience)?;
+    let (risk, ttl) = tool_shape(&req)?;
     provider
         .validate(&crate::providers::Settings {
             actions: &req.actions,
@@ -306,37 +362,7 @@ pub async fn create_tool(
         .map_err(|e| err(Code::InvalidRequest, e))?;
     check_env(&req.env).map_err(bad)?;
     let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
-    {
-        let reg = s.reg();
-        if reg.tools.contains_key(&(tenant.clone(), req.name.clone())) {
-            return Err(err(
-                Code::Conflict,
-                format!("tool `{}` already exists in tenant `{tenant}`", req.name),
-            ));
-        }
-        if reg.find_tool(&tenant, &audience).is_some() {
-            return Err(err(
-                Code::Conflict,
-                format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
-            ));
-        }
-        // Verifiers check `iss` and `aud`: a `jwt` tool's audience must name
-        // it alone across the broker, or another tenant's credentials would
-        // verify at it. (Proxy tools of several tenants may share a name:
-        // the proxy looks tools up in the credential's tenant.)
-        if reg.tools.values().any(|t| {
-            t.audience == audience
-                && (provider.audience_unique()
-                    || crate::providers::of(t.provider).audience_unique())
-        }) {
-            return Err(err(
-                Code::Conflict,
-                format!(
-                    "audience `{audience}` is already used by a tool of another tenant; a tool's audience must be unique across the broker (verifiers check `iss` and `aud`)"
-                ),
-            ));
-        }
-    }
+    tool_is_new(&s, &tenant, &req.name, &audience, provider)?;
     let mut actions = req.actions;
     actions.dedup();
     let t = Tool {
