@@ -422,7 +422,7 @@ impl AppState {
             config.mandate_max_ttl,
             config.clock.now_ms(),
         )?;
-        let proxy_spent = crate::routes::proxy::spent_from_trail(
+        let proxy_spent = crate::routes::proxy::body::spent_from_trail(
             store.as_ref(),
             config.mandate_max_ttl,
             config.clock.now_ms(),
