@@ -1,0 +1,645 @@
+//! The command line: every verb and its flags (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{approvals, offline};
+
+/// Mandate: identities and short-lived, scoped credentials for AI agents.
+#[derive(Parser)]
+#[command(name = "mandate", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Broker URL.
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_URL",
+        default_value = "http://127.0.0.1:8407"
+    )]
+    pub(crate) url: String,
+    /// File holding the admin credential (the broker writes it on first start).
+    #[arg(long, global = true, env = "MANDATE_ADMIN_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Run the broker (embedded SQLite; creates keys and an admin credential on first start).
+    Serve(ServeArgs),
+    /// Tenants: isolation boundaries.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Principals: the humans (or services) agents act for.
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Agents: registered non-human identities.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Tools: downstream systems that receive credentials.
+    #[command(subcommand)]
+    Tool(ToolCmd),
+    /// Grants: a principal's delegation to an agent.
+    #[command(subcommand)]
+    Grant(GrantCmd),
+    /// Cedar policies of a tenant.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Runs: executions of an agent, each with its own mandate.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// Revoke a credential, run, agent, principal, grant, tenant, or everything (the kill switch).
+    Revoke(RevokeArgs),
+    /// Run a command as an agent run: it gets short-lived credentials, never a static secret.
+    Exec(ExecCli),
+    /// Feed credentials: for tools' verifiers, read the revocation feed and nothing else.
+    #[command(subcommand)]
+    FeedToken(FeedTokenCmd),
+    /// Look inside tokens, and narrow a mandate offline.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Holder keys (private JWK files) for offline attenuation.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Requests waiting for a human: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
+    /// List and verify the audit trail.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MANDATE_LISTEN", default_value = "127.0.0.1:8407")]
+    pub(crate) listen: SocketAddr,
+    /// Public base URL of the broker (the `iss` of its tokens; DPoP `htu` is checked against it).
+    #[arg(long, env = "MANDATE_ISSUER")]
+    pub(crate) issuer: Option<String>,
+    /// Data directory (SQLite database).
+    #[arg(long, env = "MANDATE_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Master key file (0600; created on first start). MANDATE_MASTER_KEY (base64url, 32 bytes) takes precedence.
+    #[arg(long, env = "MANDATE_MASTER_KEY_FILE")]
+    pub(crate) master_key_file: Option<PathBuf>,
+    /// SPIFFE trust domain for agent and run identities.
+    #[arg(long, env = "MANDATE_TRUST_DOMAIN", default_value = "mandate.local")]
+    pub(crate) trust_domain: String,
+    /// Default mandate lifetime in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub(crate) mandate_ttl: u64,
+    /// Longest mandate lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) mandate_max_ttl: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 65536)]
+    pub(crate) max_body: usize,
+    /// Largest request body the proxy forwards (bytes).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub(crate) proxy_max_body: usize,
+    /// Make new credential signing keys at start (the previous ones stay in
+    /// the JWKS, so credentials they signed still verify).
+    #[arg(long)]
+    pub(crate) rotate_keys: bool,
+    /// Refuse DPoP proofs older than this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) dpop_max_age: u64,
+    /// Accept DPoP proofs dated up to this many seconds in the future (clock skew).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) dpop_skew: u64,
+    /// Require server-provided DPoP nonces (RFC 9449 §8): clients retry once
+    /// with the nonce from the `DPoP-Nonce` header.
+    #[arg(long)]
+    pub(crate) dpop_nonce: bool,
+    /// POST approval requests, decisions and alerts here (signed with RFC
+    /// 9421 by the broker's key; check with mandate-verify's `verify_webhook`).
+    #[arg(long, env = "MANDATE_WEBHOOK_URL")]
+    pub(crate) webhook_url: Option<String>,
+    /// How long an approval request can be decided, then used (seconds).
+    #[arg(long, default_value_t = 600)]
+    pub(crate) approval_ttl: u64,
+    /// Alert when a run makes more exchange requests than this in a minute.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) anomaly_rate: u64,
+    /// Alert when a run is denied this many times in a minute.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) anomaly_denials: u64,
+    /// Alert when an agent gets a credential for a tool it never used.
+    #[arg(long)]
+    pub(crate) anomaly_new_tool: bool,
+    /// Suspend a run when it raises an alert (an admin resumes or revokes it).
+    #[arg(long)]
+    pub(crate) suspend_on_anomaly: bool,
+    /// How often DPoP nonces rotate, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) dpop_nonce_period: u64,
+    /// Most live DPoP proofs (and RFC 9421 nonces) one key may hold; each
+    /// is remembered for the proof age plus the skew, so this bounds one
+    /// key's sustained request rate (10,000 ≈ 150 requests/s).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) dpop_replay_per_key: usize,
+    /// Close a connection whose request line and headers have not all
+    /// arrived this many seconds after their first byte.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) header_read_timeout: u64,
+    /// Close a keep-alive connection idle (no request in flight, no byte
+    /// received) for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) idle_timeout: u64,
+    /// Most connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: its /64).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_connections_per_client: usize,
+    /// Where signed audit checkpoints are written: outside the data
+    /// directory (default: beside the master key, `audit.checkpoint`).
+    #[arg(long, env = "MANDATE_AUDIT_CHECKPOINT_FILE")]
+    pub(crate) audit_checkpoint_file: Option<PathBuf>,
+    /// Sign a checkpoint after this many new audit events ...
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) audit_checkpoint_every: u64,
+    /// ... and at least this often, in seconds, while events come in (and at shutdown).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) audit_checkpoint_secs: u64,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        /// Name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PrincipalCmd {
+    /// Create a principal.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Id, e.g. an e-mail address.
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A group approval policies can name (`@approval("group:finance")`); repeat.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Make an approver credential for a principal: it decides approval
+    /// requests and does nothing else. Shown once.
+    ApproverToken {
+        #[arg(long)]
+        tenant: String,
+        /// The principal's id.
+        id: String,
+        /// Write it to this new file (0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Lifetime (e.g. 7d, 12h; default 30d, at most 365d).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List principals of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AgentCmd {
+    /// Register an agent.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Name.
+        name: String,
+        /// Person or team accountable for it (mandatory).
+        #[arg(long)]
+        owner: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        purpose: String,
+        /// The most it may ever be granted, as `tool:action` (repeat; `*` allowed on either side).
+        #[arg(long = "envelope", required = true)]
+        envelope: Vec<String>,
+    },
+    /// List agents of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// A one-time, short-lived join token that starts one run of the agent
+    /// (for `mandate exec --join-token-file` on an agent host, instead of the
+    /// admin credential).
+    JoinToken {
+        #[arg(long)]
+        tenant: String,
+        /// Agent name.
+        name: String,
+        /// Lifetime (e.g. 10m, 1h; at most 24h).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        /// The run must act for this principal (with --grant).
+        #[arg(long)]
+        principal: Option<String>,
+        /// The grant the run must use.
+        #[arg(long)]
+        grant: Option<String>,
+        /// Write the token to this file (created 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "The child gets MANDATE_AGENT_SOCK (a 0600 Unix socket: GET /v1/identity, \
+POST /v1/credentials {\"tool\",\"actions\"}, POST /v1/dpop {\"method\",\"url\",\"access_token\"}) \
+and the environment variables each --tool's registration names (/v1/dpop makes no proof for \
+the broker itself). It never sees the run key, the mandate or the admin credential's path; \
+the wrapper is non-dumpable. Exit code and signals pass through; when the child exits, the \
+run ends and its credentials are revoked, and if the wrapper is killed the broker ends the \
+run within 10 s. A child running as root, or as the same user where PR_SET_DUMPABLE does not \
+protect, can read the wrapper's memory: run agents as a separate user."
+)]
+pub(crate) struct ExecCli {
+    #[arg(long, env = "MANDATE_TENANT")]
+    pub(crate) tenant: String,
+    /// The registered agent this run is of.
+    #[arg(long)]
+    pub(crate) agent: String,
+    /// Act on this principal's behalf (needs --grant).
+    #[arg(long = "on-behalf-of")]
+    pub(crate) on_behalf_of: Option<String>,
+    /// The principal's grant to the agent.
+    #[arg(long)]
+    pub(crate) grant: Option<String>,
+    /// What the run is for (recorded with every credential).
+    #[arg(long)]
+    pub(crate) task: Option<String>,
+    /// Start the run with this one-time join token (from `mandate agent join-token`)
+    /// instead of the admin credential; the file is read once and may be deleted after.
+    #[arg(long, env = "MANDATE_JOIN_TOKEN_FILE")]
+    pub(crate) join_token_file: Option<PathBuf>,
+    /// A tool the command uses; its registration's environment variables are set (repeat).
+    #[arg(long = "tool")]
+    pub(crate) tools: Vec<String>,
+    /// Mandate lifetime in seconds (the broker's default when unset).
+    #[arg(long)]
+    pub(crate) ttl: Option<u64>,
+    /// Print nothing of its own on stderr.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub(crate) enum ToolCmd {
+    /// Register a tool.
+    #[command(
+        after_help = "Providers: `jwt` (default; DPoP-bound JWTs for tools that verify them), \
+`proxy` (the broker's proxy injects a stored key: --upstream, --route, --inject-header, --inject-format), \
+`postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role). \
+Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
+    )]
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Name.
+        name: String,
+        /// Audience URI (the credential's `aud`); `jwt` tools only.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Credential provider: jwt, proxy or postgres.
+        #[arg(long, default_value = "jwt")]
+        provider: String,
+        /// JSON file with `proxy` or `postgres` settings and `env`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// proxy: the upstream base URL.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
+        /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// proxy: the header the upstream key goes in.
+        #[arg(long, default_value = "Authorization")]
+        inject_header: String,
+        /// proxy: its value, with {secret} for the key.
+        #[arg(long, default_value = "Bearer {secret}")]
+        inject_format: String,
+        /// proxy: longest wait for the upstream (ms).
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        /// postgres: host agents connect to.
+        #[arg(long)]
+        pg_host: Option<String>,
+        /// postgres: port.
+        #[arg(long, default_value_t = 5432)]
+        pg_port: u16,
+        /// postgres: database.
+        #[arg(long)]
+        pg_database: Option<String>,
+        /// postgres: `action=role`: a credential for the action joins the role (repeat).
+        #[arg(long = "pg-role")]
+        pg_roles: Vec<String>,
+        /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {audience}, {broker}; repeat).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// An action the tool understands (repeat).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// A data label such as pii, external_send, money (repeat).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// low, medium, high or critical.
+        #[arg(long, default_value = "low")]
+        risk: String,
+        /// Longest credential lifetime in seconds.
+        #[arg(long, default_value_t = 300)]
+        max_ttl: u64,
+        /// Credential signature algorithm: EdDSA or ES256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
+    /// List tools of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Store a tool's upstream key (proxy) or admin connection string
+    /// (postgres): read from stdin or --file, never echoed, sealed at rest,
+    /// never returned by any API.
+    SetSecret {
+        #[arg(long)]
+        tenant: String,
+        /// Tool name.
+        name: String,
+        /// Read the secret from this file instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FeedTokenCmd {
+    /// A new feed credential (shown once; the broker keeps its hash).
+    Create {
+        /// Write it to this file (created 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Limit it to this tenant's revocations (and the kill switch); the
+        /// others' appear only as placeholders.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime (e.g. 30d, 24h; default 90d, at most 365d).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GrantCmd {
+    /// A principal delegates capabilities to an agent for a task.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        agent: String,
+        /// A capability `tool:action` (repeat).
+        #[arg(long = "cap", required = true)]
+        caps: Vec<String>,
+        #[arg(long)]
+        task: String,
+        /// Lifetime in seconds (default one day).
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// List grants of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCmd {
+    /// Load a Cedar policy file (validated against the Mandate schema).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// The .cedar file.
+        file: PathBuf,
+        /// Set name (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List policy sets of a tenant.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a policy set.
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RunCmd {
+    /// Start a run and print its mandate.
+    Start {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        agent: String,
+        /// Act on behalf of this principal (needs --grant).
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        grant: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        /// Mandate lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// The run's public key as a JWK: a file path, or the JSON itself.
+        #[arg(long)]
+        jwk: String,
+    },
+    /// List runs.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// End a run: its mandate and credentials are refused from now on.
+    End { id: String },
+    /// Report an eval gate's result for a run (policies see passing gates
+    /// as `context.history.evals_passed`).
+    Eval {
+        id: String,
+        /// The gate's name, e.g. `regression`.
+        name: String,
+        /// It passed.
+        #[arg(long, conflicts_with = "fail", required_unless_present = "fail")]
+        pass: bool,
+        /// It failed (withdraws an earlier pass).
+        #[arg(long)]
+        fail: bool,
+        #[arg(long)]
+        score: Option<f64>,
+    },
+    /// Suspend a run: its exchanges wait until it is resumed or revoked.
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended run.
+    Resume { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCmd {
+    /// Show what a mandate or credential says (broker → agent → run, principal,
+    /// capabilities, expiry, key binding) and whether it verifies now.
+    Inspect {
+        /// The token, or `-` to read it from standard input.
+        token: String,
+    },
+    /// Narrow a mandate without calling the broker, and optionally hand it to
+    /// another key (a sub-agent): appends a Biscuit block signed by the key
+    /// that holds it now. Prints the new mandate. Needs no broker.
+    Attenuate(offline::Attenuate),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCmd {
+    /// Make a key pair; writes the private JWK to a new 0600 file and prints
+    /// the public JWK and its RFC 7638 thumbprint (what `--to` names).
+    Generate(offline::KeyGenerate),
+    /// Sign an HTTP request with a key (RFC 9421, with Content-Digest and
+    /// Signature-Key); prints the headers to add, as `Name: value` lines or
+    /// a JSON object with --json.
+    SignRequest(offline::SignRequest),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only", "all", "everything"])))]
+pub(crate) struct RevokeArgs {
+    /// A credential, by its `jti`.
+    #[arg(long)]
+    pub(crate) credential: Option<String>,
+    /// A credential, by the token itself.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// A run.
+    #[arg(long)]
+    pub(crate) run: Option<String>,
+    /// An agent (with --tenant).
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+    /// A principal (with --tenant).
+    #[arg(long)]
+    pub(crate) principal: Option<String>,
+    /// A grant.
+    #[arg(long)]
+    pub(crate) grant: Option<String>,
+    /// The tenant of --agent or --principal (and of --credential: then only
+    /// that tenant's feed shows it).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// A whole tenant: everything under it is refused.
+    #[arg(long = "whole-tenant", id = "tenant_only")]
+    pub(crate) tenant_only: Option<String>,
+    /// With --tenant: the whole tenant (same as --whole-tenant).
+    #[arg(long, requires = "tenant")]
+    pub(crate) all: bool,
+    /// The kill switch: every mandate and credential of every tenant and
+    /// provider issued until now (runs started afterwards work). Asks to
+    /// confirm unless --yes.
+    #[arg(long)]
+    pub(crate) everything: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub(crate) yes: bool,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub(crate) verify: Option<AuditSub>,
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+    #[arg(long)]
+    pub(crate) run: Option<String>,
+    #[arg(long)]
+    pub(crate) principal: Option<String>,
+    #[arg(long)]
+    pub(crate) tool: Option<String>,
+    /// allow, deny or ok.
+    #[arg(long)]
+    pub(crate) decision: Option<String>,
+    /// Event type, e.g. token.exchange.
+    #[arg(long = "type")]
+    pub(crate) event_type: Option<String>,
+    /// Only events newer than this: 30s, 15m, 24h, 7d.
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Most events to show.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: u32,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditSub {
+    /// Recompute the hash chain, check every stored column against the
+    /// hashed events and the trail against the broker's latest signed
+    /// checkpoint (and --checkpoint), and name the first event that does not fit.
+    Verify {
+        /// Also check against this checkpoint, exported earlier with
+        /// `mandate audit checkpoint` and kept elsewhere (its JWS, or the
+        /// JSON `--json audit checkpoint` printed).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print a signed checkpoint of the trail's head (a JWS the broker's
+    /// JWKS verifies), to keep outside the broker.
+    Checkpoint {
+        /// Write it to this new file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}

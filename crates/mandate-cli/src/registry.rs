@@ -1,0 +1,437 @@
+//! What an admin registers: tenants, principals, agents, tools, grants,
+//! policies, feed credentials.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::Ctx;
+use crate::args::*;
+use crate::client::{CliError, enc};
+use crate::{parse_duration, show};
+
+/// `mandate tenant ...`.
+pub(crate) fn tenant(cmd: TenantCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        TenantCmd::Create { name, description } => {
+            let v = c().post(
+                "/v1/tenants",
+                &json!({"name": name, "description": description}),
+            )?;
+            show(j, &v, &["name", "description"]);
+        }
+        TenantCmd::List => show(j, &c().get("/v1/tenants")?, &["name", "description"]),
+    }
+    Ok(())
+}
+
+/// `mandate principal ...`.
+pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        PrincipalCmd::Create {
+            tenant,
+            id,
+            name,
+            groups,
+        } => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/principals", enc(&tenant)),
+                &json!({"id": id, "display_name": name, "groups": groups}),
+            )?;
+            show(j, &v, &["tenant", "id", "display_name", "groups"]);
+        }
+        PrincipalCmd::ApproverToken {
+            tenant,
+            id,
+            out,
+            ttl,
+        } => {
+            let v = c().post(
+                &format!(
+                    "/v1/tenants/{}/principals/{}/approver-tokens",
+                    enc(&tenant),
+                    enc(&id)
+                ),
+                &json!({"ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
+            )?;
+            emit_token(
+                j,
+                &v,
+                out,
+                &["id", "tenant", "principal", "expires_at", "token"],
+            )?;
+        }
+        PrincipalCmd::List { tenant } => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/principals", enc(&tenant)))?,
+            &["id", "display_name"],
+        ),
+    }
+    Ok(())
+}
+
+/// `mandate agent ...`.
+pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        AgentCmd::Create {
+            tenant,
+            name,
+            owner,
+            purpose,
+            envelope,
+        } => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/agents", enc(&tenant)),
+                &json!({"name": name, "owner": owner, "purpose": purpose, "envelope": envelope}),
+            )?;
+            show(j, &v, &["name", "owner", "spiffe_id", "envelope"]);
+        }
+        AgentCmd::List { tenant } => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/agents", enc(&tenant)))?,
+            &["name", "owner", "purpose", "envelope"],
+        ),
+        AgentCmd::JoinToken {
+            tenant,
+            name,
+            ttl,
+            principal,
+            grant,
+            out,
+        } => {
+            let v = c().post(
+                &format!(
+                    "/v1/tenants/{}/agents/{}/join-tokens",
+                    enc(&tenant),
+                    enc(&name)
+                ),
+                &json!({"ttl_secs": parse_duration(&ttl)?, "principal": principal, "grant": grant}),
+            )?;
+            emit_token(j, &v, out, &["id", "agent", "expires_at", "token"])?;
+        }
+    }
+    Ok(())
+}
+
+/// `mandate tool ...`.
+pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        ToolCmd::Create {
+            tenant,
+            name,
+            audience,
+            provider,
+            config,
+            upstream,
+            routes,
+            inject_header,
+            inject_format,
+            timeout_ms,
+            pg_host,
+            pg_port,
+            pg_database,
+            pg_roles,
+            env,
+            actions,
+            labels,
+            risk,
+            max_ttl,
+            alg,
+        } => {
+            let mut body = json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
+                        "risk": risk, "max_ttl_secs": max_ttl, "alg": alg, "provider": provider});
+            if let Some(f) = config {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                let extra: Value = serde_json::from_str(&text)
+                    .map_err(|e| CliError(format!("{} is not JSON: {e}", f.display())))?;
+                let Value::Object(extra) = extra else {
+                    return Err(CliError(format!("{} must hold a JSON object", f.display())));
+                };
+                for (k, v) in extra {
+                    body[k] = v;
+                }
+            }
+            if let Some(u) = upstream {
+                let routes = routes
+                    .iter()
+                    .map(|r| parse_route(r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                body["proxy"] = json!({"upstream": u, "routes": routes, "timeout_ms": timeout_ms,
+                    "inject": {"header": inject_header, "format": inject_format}});
+            }
+            if let Some(db) = pg_database {
+                let mut roles = serde_json::Map::new();
+                for r in &pg_roles {
+                    let (a, role) = r.split_once('=').ok_or_else(|| {
+                        CliError(format!("--pg-role `{r}`: write it as action=role"))
+                    })?;
+                    roles.insert(a.to_owned(), json!(role));
+                }
+                body["postgres"] = json!({"host": pg_host.unwrap_or_else(|| "127.0.0.1".into()),
+                    "port": pg_port, "database": db, "roles": roles});
+            }
+            if !env.is_empty() {
+                let vars = env
+                    .iter()
+                    .map(|e| {
+                        e.split_once('=')
+                            .map(|(n, v)| json!({"name": n, "value": v}))
+                            .ok_or_else(|| {
+                                CliError(format!("--env `{e}`: write it as NAME=template"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                body["env"] = json!(vars);
+            }
+            if let Some(o) = body.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+            let v = c().post(&format!("/v1/tenants/{}/tools", enc(&tenant)), &body)?;
+            show(j, &v, TOOL_COLS);
+        }
+        ToolCmd::SetSecret { tenant, name, file } => {
+            let secret = match file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?,
+                None => {
+                    use std::io::{IsTerminal, Read};
+                    if std::io::stdin().is_terminal() {
+                        eprintln!(
+                            "paste the secret, then press Enter and Ctrl-D (it is not shown):"
+                        );
+                    }
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
+                    s
+                }
+            };
+            let v = c().put_text(
+                &format!("/v1/tenants/{}/tools/{}/secret", enc(&tenant), enc(&name)),
+                &secret,
+            )?;
+            show(j, &v, &["tenant", "tool", "secret_set"]);
+        }
+        ToolCmd::List { tenant } => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/tools", enc(&tenant)))?,
+            TOOL_COLS,
+        ),
+    }
+    Ok(())
+}
+
+/// `mandate grant ...`.
+pub(crate) fn grant(cmd: GrantCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        GrantCmd::Create {
+            tenant,
+            principal,
+            agent,
+            caps,
+            task,
+            expires_in,
+        } => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/grants", enc(&tenant)),
+                &json!({"principal": principal, "agent": agent, "capabilities": caps, "task": task, "expires_in_secs": expires_in}),
+            )?;
+            show(j, &v, GRANT_COLS);
+        }
+        GrantCmd::List { tenant } => show(
+            j,
+            &c().get(&format!("/v1/tenants/{}/grants", enc(&tenant)))?,
+            GRANT_COLS,
+        ),
+    }
+    Ok(())
+}
+
+/// `mandate policy ...`.
+pub(crate) fn policy(cmd: PolicyCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        PolicyCmd::Add { tenant, file, name } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
+            let name = name.unwrap_or_else(|| {
+                file.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let v = c().put_text(
+                &format!("/v1/tenants/{}/policies/{}", enc(&tenant), enc(&name)),
+                &text,
+            )?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                let ids: Vec<&str> = v["policies"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["id"].as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "loaded policy set `{name}` into tenant `{tenant}`: {}",
+                    ids.join(", ")
+                );
+            }
+        }
+        PolicyCmd::List { tenant } => {
+            let v = c().get(&format!("/v1/tenants/{}/policies", enc(&tenant)))?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                for set in v.as_array().into_iter().flatten() {
+                    for p in set["policies"].as_array().into_iter().flatten() {
+                        println!(
+                            "// {}\n{}\n",
+                            p["id"].as_str().unwrap_or(""),
+                            p["text"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+        PolicyCmd::Remove { tenant, name } => {
+            c().delete(&format!(
+                "/v1/tenants/{}/policies/{}",
+                enc(&tenant),
+                enc(&name)
+            ))?;
+            if !j {
+                println!("removed policy set `{name}` from tenant `{tenant}`");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mandate feed-token ...`.
+pub(crate) fn feed_token(cmd: FeedTokenCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        FeedTokenCmd::Create { out, tenant, ttl } => {
+            let v = c().post(
+                "/v1/feed-tokens",
+                &json!({"tenant": tenant, "ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
+            )?;
+            emit_token(j, &v, out, &["id", "tenant", "expires_at", "token"])?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) const TOOL_COLS: &[&str] = &[
+    "name",
+    "provider",
+    "audience",
+    "actions",
+    "labels",
+    "risk",
+    "max_ttl_secs",
+];
+
+pub(crate) const GRANT_COLS: &[&str] = &[
+    "id",
+    "principal",
+    "agent",
+    "capabilities",
+    "task",
+    "expires_at",
+];
+
+/// Prints a newly made credential, or writes it to a new 0600 file.
+pub(crate) fn emit_token(
+    j: bool,
+    v: &Value,
+    out: Option<PathBuf>,
+    cols: &[&str],
+) -> Result<(), CliError> {
+    let token = v["token"].as_str().unwrap_or_default();
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+            writeln!(f, "{token}")
+                .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+            let mut shown = v.clone();
+            shown["token"] = json!(format!("(written to {})", path.display()));
+            show(j, &shown, cols);
+        }
+        None if j => show(j, v, &[]),
+        None => println!("{token}"),
+    }
+    Ok(())
+}
+
+/// `POST /emails=send` → a route; `POST /payments=pay amount=json:/amount`
+/// (or `amount=form:amount`) names where the request carries its amount.
+pub(crate) fn parse_route(r: &str) -> Result<Value, CliError> {
+    let bad = || {
+        CliError(format!(
+            "--route `{r}`: write it as `METHOD /path=action`, optionally followed by ` amount=json:/pointer` or ` amount=form:field`"
+        ))
+    };
+    let (route, amount) = match r.split_once(" amount=") {
+        Some((route, at)) => {
+            let at = match at.trim().split_once(':') {
+                Some(("json", p)) => json!({"json": p}),
+                Some(("form", f)) => json!({"form": f}),
+                _ => return Err(bad()),
+            };
+            (route, Some(at))
+        }
+        None => (r, None),
+    };
+    let (lhs, action) = route.rsplit_once('=').ok_or_else(bad)?;
+    let (method, path) = lhs.trim().split_once(' ').ok_or_else(bad)?;
+    let mut v = json!({"method": method.trim(), "path": path.trim(), "action": action.trim()});
+    if let Some(at) = amount {
+        v["amount"] = at;
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_with_and_without_an_amount() {
+        assert_eq!(
+            parse_route("POST /emails=send").unwrap(),
+            json!({"method": "POST", "path": "/emails", "action": "send"})
+        );
+        assert_eq!(
+            parse_route("POST /payments=pay amount=json:/amount").unwrap(),
+            json!({"method": "POST", "path": "/payments", "action": "pay", "amount": {"json": "/amount"}})
+        );
+        assert_eq!(
+            parse_route("POST /v1/charges=pay amount=form:amount").unwrap()["amount"],
+            json!({"form": "amount"})
+        );
+        assert!(parse_route("POST /payments=pay amount=header:x").is_err());
+        assert!(parse_route("POST/payments").is_err());
+    }
+}

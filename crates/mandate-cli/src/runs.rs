@@ -1,0 +1,267 @@
+//! Runs and their tokens: start, list, end, evaluate, suspend; `exec`;
+//! keys and offline attenuation; revocation.
+
+use serde_json::{Value, json};
+
+use crate::Ctx;
+use crate::args::*;
+use crate::client::{CliError, Client, enc};
+use crate::{exec, offline, output, show};
+
+/// `mandate run ...`.
+pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        RunCmd::Eval {
+            id,
+            name,
+            pass,
+            fail: _,
+            score,
+        } => {
+            let v = c().post(
+                &format!("/v1/runs/{}/evals", enc(&id)),
+                &json!({"name": name, "passed": pass, "score": score}),
+            )?;
+            show(j, &v, &["run", "eval", "passed"]);
+        }
+        RunCmd::Suspend { id, reason } => {
+            let v = c().post(
+                &format!("/v1/runs/{}/suspend", enc(&id)),
+                &json!({"reason": reason}),
+            )?;
+            show(j, &v, &["run", "suspended"]);
+        }
+        RunCmd::Resume { id } => {
+            let v = c().post(&format!("/v1/runs/{}/resume", enc(&id)), &json!({}))?;
+            show(j, &v, &["run", "suspended"]);
+        }
+        RunCmd::Start {
+            tenant,
+            agent,
+            principal,
+            grant,
+            task,
+            ttl,
+            jwk,
+        } => {
+            let text = if jwk.trim_start().starts_with('{') {
+                jwk
+            } else {
+                std::fs::read_to_string(&jwk)
+                    .map_err(|e| CliError(format!("cannot read JWK file {jwk}: {e}")))?
+            };
+            let jwk: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError(format!("the JWK is not JSON: {e}")))?;
+            let v = c().post(
+                "/v1/runs",
+                &json!({"tenant": tenant, "agent": agent, "principal": principal, "grant": grant,
+                        "task": task, "ttl_secs": ttl, "jwk": jwk}),
+            )?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!("run        {}", v["run"].as_str().unwrap_or(""));
+                println!("identity   {}", v["run_id"].as_str().unwrap_or(""));
+                println!(
+                    "expires at {}",
+                    output::time_s(v["expires_at"].as_u64().unwrap_or(0))
+                );
+                println!("capabilities {}", output::cell(&v["capabilities"]));
+                println!(
+                    "mandate (give it only to the run; it is bound to the run's key):\n{}",
+                    v["mandate"].as_str().unwrap_or("")
+                );
+            }
+        }
+        RunCmd::List { tenant, agent } => {
+            let mut q = String::from("/v1/runs?limit=100");
+            if let Some(t) = tenant {
+                q.push_str(&format!("&tenant={}", enc(&t)));
+            }
+            if let Some(a) = agent {
+                q.push_str(&format!("&agent={}", enc(&a)));
+            }
+            show(
+                j,
+                &c().get(&q)?,
+                &[
+                    "id",
+                    "tenant",
+                    "agent",
+                    "principal",
+                    "task",
+                    "expires_at",
+                    "ended_ms",
+                ],
+            );
+        }
+        RunCmd::End { id } => {
+            let v = c().post(&format!("/v1/runs/{}/end", enc(&id)), &json!({}))?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!("run {id} ended; its mandate and credentials are refused from now on");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mandate exec`.
+pub(crate) fn exec(a: ExecCli, x: &Ctx) -> Result<(), CliError> {
+    // Before any credential is read, and before the child exists.
+    exec::harden()?;
+    let starter = match &a.join_token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+            Client::with_token(x.url.clone(), t.trim().to_owned())
+        }
+        None => x.client(),
+    };
+    let code = exec::exec(
+        starter,
+        &x.url,
+        exec::ExecArgs {
+            tenant: a.tenant,
+            agent: a.agent,
+            principal: a.on_behalf_of,
+            grant: a.grant,
+            task: a.task,
+            tools: a.tools,
+            ttl: a.ttl,
+            quiet: a.quiet,
+            command: a.command,
+        },
+    )?;
+    std::process::exit(i32::from(code));
+}
+
+/// `mandate key ...`.
+pub(crate) fn key(cmd: KeyCmd, x: &Ctx) -> Result<(), CliError> {
+    let j = x.json;
+    match cmd {
+        KeyCmd::SignRequest(a) => {
+            let v = offline::sign_request(a, exec::now())?;
+            if j {
+                show(j, &v, &[]);
+            } else if let Some(o) = v.as_object() {
+                for (k, v) in o {
+                    println!("{k}: {}", v.as_str().unwrap_or_default());
+                }
+            }
+        }
+        KeyCmd::Generate(a) => {
+            let v = offline::key_generate(a)?;
+            show(j, &v, &["file", "alg", "jkt"]);
+        }
+    }
+    Ok(())
+}
+
+/// `mandate token ...`.
+pub(crate) fn token(cmd: TokenCmd, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    match cmd {
+        TokenCmd::Attenuate(a) => {
+            let v = offline::attenuate_cmd(a, exec::now())?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                println!("{}", v["mandate"].as_str().unwrap_or_default());
+            }
+        }
+        TokenCmd::Inspect { token } => {
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| {
+                    CliError(format!("cannot read the token from standard input: {e}"))
+                })?;
+                t.trim().to_owned()
+            } else {
+                token
+            };
+            let v = c().post("/v1/tokens/inspect", &json!({"token": token}))?;
+            if j {
+                show(j, &v, &[]);
+            } else {
+                output::print_inspection(&v);
+            }
+            if !v["verifies"].as_bool().unwrap_or(false) {
+                return Err(CliError(format!(
+                    "the token does not verify: {}",
+                    v["reason"].as_str().unwrap_or("unknown reason")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mandate revoke`.
+pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
+    let c = || x.client();
+    let j = x.json;
+    let body = if let Some(id) = r.credential {
+        json!({"kind": "credential", "id": id, "tenant": r.tenant})
+    } else if let Some(t) = r.token {
+        json!({"kind": "credential", "token": t})
+    } else if let Some(id) = r.run {
+        json!({"kind": "run", "id": id})
+    } else if let Some(id) = r.agent {
+        let t = r
+            .tenant
+            .ok_or_else(|| CliError("--agent needs --tenant".into()))?;
+        json!({"kind": "agent", "tenant": t, "id": id})
+    } else if let Some(id) = r.principal {
+        let t = r
+            .tenant
+            .ok_or_else(|| CliError("--principal needs --tenant".into()))?;
+        json!({"kind": "principal", "tenant": t, "id": id})
+    } else if let Some(id) = r.grant {
+        json!({"kind": "grant", "id": id})
+    } else if let Some(t) = r.tenant_only.or(if r.all { r.tenant } else { None }) {
+        json!({"kind": "tenant", "id": t})
+    } else if r.everything {
+        if !r.yes {
+            use std::io::{BufRead, IsTerminal, Write};
+            if !std::io::stdin().is_terminal() {
+                return Err(CliError(
+                    "`--everything` revokes every credential of every tenant: add --yes to confirm"
+                        .into(),
+                ));
+            }
+            eprint!(
+                "This revokes every mandate and credential of every tenant. Type `everything` to confirm: "
+            );
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            if line.trim() != "everything" {
+                return Err(CliError("not confirmed; nothing was revoked".into()));
+            }
+        }
+        json!({"kind": "everything"})
+    } else {
+        return Err(CliError(
+            "say what to revoke (see `mandate revoke --help`)".into(),
+        ));
+    };
+    let mut body = body;
+    if let Some(reason) = r.reason {
+        body["reason"] = json!(reason);
+    }
+    let v = c().post("/v1/revocations", &body)?;
+    if j {
+        show(j, &v, &[]);
+    } else {
+        println!(
+            "revoked {}: refused from now on",
+            v["revoked"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
