@@ -115,14 +115,22 @@ pub fn chain_hash(prev_hash: &str, seq: u64, body_json: &[u8]) -> String {
 
 /// Appends `body` after `(prev_seq, prev_hash)`.
 pub fn chain(prev_seq: u64, prev_hash: &str, body: EventBody) -> ChainedEvent {
+    chain_with_body(prev_seq, prev_hash, body).0
+}
+
+/// [`chain`], and the canonical JSON of the body that was hashed (what a
+/// store keeps in its `body` column).
+pub fn chain_with_body(prev_seq: u64, prev_hash: &str, body: EventBody) -> (ChainedEvent, Vec<u8>) {
     let seq = prev_seq + 1;
-    let hash = chain_hash(prev_hash, seq, &canonical(&body));
-    ChainedEvent {
+    let json = canonical(&body);
+    let hash = chain_hash(prev_hash, seq, &json);
+    let ev = ChainedEvent {
         seq,
         prev_hash: prev_hash.to_owned(),
         hash,
         body,
-    }
+    };
+    (ev, json)
 }
 
 /// A column of the audit table. Every one is covered: `seq`, `prev_hash`

@@ -1,0 +1,134 @@
+//! The schema, one version at a time: a database is migrated forward in
+//! order, each step in its own transaction.
+
+pub(super) const SCHEMA_V1: &str = r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tenants (name TEXT PRIMARY KEY, description TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE principals (
+  tenant TEXT NOT NULL REFERENCES tenants(name), id TEXT NOT NULL,
+  display_name TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, id));
+CREATE TABLE agents (
+  tenant TEXT NOT NULL REFERENCES tenants(name), name TEXT NOT NULL, owner TEXT NOT NULL,
+  purpose TEXT NOT NULL, envelope TEXT NOT NULL, spiffe_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, name));
+CREATE TABLE tools (
+  tenant TEXT NOT NULL REFERENCES tenants(name), name TEXT NOT NULL, audience TEXT NOT NULL,
+  actions TEXT NOT NULL, labels TEXT NOT NULL, risk TEXT NOT NULL, max_ttl_secs INTEGER NOT NULL,
+  provider TEXT NOT NULL, alg TEXT NOT NULL, created_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, name), UNIQUE (tenant, audience));
+CREATE TABLE grants (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL REFERENCES tenants(name), principal TEXT NOT NULL,
+  agent TEXT NOT NULL, capabilities TEXT NOT NULL, task TEXT NOT NULL, expires_at INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL,
+  FOREIGN KEY (tenant, principal) REFERENCES principals(tenant, id),
+  FOREIGN KEY (tenant, agent) REFERENCES agents(tenant, name));
+CREATE TABLE policy_sets (
+  tenant TEXT NOT NULL REFERENCES tenants(name), name TEXT NOT NULL, policies TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, name));
+CREATE TABLE runs (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, agent TEXT NOT NULL, principal TEXT, grant_id TEXT,
+  task TEXT NOT NULL, capabilities TEXT NOT NULL, jkt TEXT NOT NULL, started_ms INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL, ended_ms INTEGER,
+  FOREIGN KEY (tenant, agent) REFERENCES agents(tenant, name));
+CREATE INDEX runs_by_agent ON runs (tenant, agent, started_ms);
+CREATE TABLE keys (
+  kid TEXT PRIMARY KEY, alg TEXT NOT NULL, purpose TEXT NOT NULL, sealed BLOB NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE revocations (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, reason TEXT NOT NULL,
+  time_ms INTEGER NOT NULL, until INTEGER NOT NULL);
+CREATE TABLE admin_tokens (id TEXT PRIMARY KEY, hash BLOB NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE audit (
+  seq INTEGER PRIMARY KEY, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, body TEXT NOT NULL,
+  time_ms INTEGER NOT NULL, event_type TEXT NOT NULL, decision TEXT NOT NULL,
+  tenant TEXT, agent TEXT, run TEXT, principal TEXT, tool TEXT);
+CREATE INDEX audit_by_tenant ON audit (tenant, time_ms);
+CREATE INDEX audit_by_agent ON audit (agent, time_ms);
+CREATE INDEX audit_by_run ON audit (run);
+CREATE INDEX audit_by_principal ON audit (principal, time_ms);
+CREATE INDEX audit_by_tool ON audit (tool, time_ms);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// Version 2: provider configuration, sealed tool secrets, database leases.
+pub(super) const SCHEMA_V2: &str = r#"
+ALTER TABLE tools ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE tool_secrets (
+  tenant TEXT NOT NULL, tool TEXT NOT NULL, sealed BLOB NOT NULL, updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, tool), FOREIGN KEY (tenant, tool) REFERENCES tools (tenant, name));
+CREATE TABLE leases (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, tool TEXT NOT NULL, run TEXT NOT NULL,
+  agent TEXT NOT NULL, principal TEXT, grant_id TEXT, role TEXT NOT NULL UNIQUE,
+  expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL, dropped_ms INTEGER);
+CREATE INDEX leases_live ON leases (dropped_ms) WHERE dropped_ms IS NULL;
+ALTER TABLE runs ADD COLUMN parent TEXT;
+CREATE INDEX runs_by_parent ON runs (parent) WHERE parent IS NOT NULL;
+CREATE TABLE join_tokens (
+  id TEXT PRIMARY KEY, hash BLOB NOT NULL, tenant TEXT NOT NULL, agent TEXT NOT NULL,
+  principal TEXT, grant_id TEXT, expires_at INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+  used_ms INTEGER);
+"#;
+
+/// Version 3: use counts of attenuated mandates' blocks.
+pub(super) const SCHEMA_V3: &str = r#"
+CREATE TABLE block_uses (block TEXT PRIMARY KEY, uses INTEGER NOT NULL, until INTEGER NOT NULL);
+"#;
+
+/// Version 4: principals' groups, approver credentials, approvals, suspended runs.
+pub(super) const SCHEMA_V4: &str = r#"
+ALTER TABLE principals ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE approver_tokens (
+  id TEXT PRIMARY KEY, hash BLOB NOT NULL, tenant TEXT NOT NULL, principal TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, FOREIGN KEY (tenant, principal) REFERENCES principals(tenant, id));
+CREATE TABLE approvals (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, run TEXT NOT NULL, request_digest TEXT NOT NULL,
+  status TEXT NOT NULL, expires_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX approvals_by_request ON approvals (request_digest, status);
+CREATE INDEX approvals_by_tenant ON approvals (tenant, status);
+ALTER TABLE runs ADD COLUMN suspended_ms INTEGER;
+ALTER TABLE runs ADD COLUMN suspended_reason TEXT;
+"#;
+
+/// Version 5: the webhook outbox.
+pub(super) const SCHEMA_V5: &str = r#"
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, created_ms INTEGER NOT NULL);
+"#;
+
+/// Version 6: a lease keeps every revocation id of its credential (with the
+/// ancestors of a delegated run); older leases keep `[]` and are revoked by
+/// their own columns, as before.
+pub(super) const SCHEMA_V6: &str = r#"
+ALTER TABLE leases ADD COLUMN revoked_by TEXT NOT NULL DEFAULT '[]';
+"#;
+
+/// v7 (issue 10): revocations name their tenant (a tenant's feed credential
+/// reads only its own); feed credentials may be limited to a tenant and
+/// expire; approver credentials expire (those made before: 30 days after
+/// they were made).
+pub(super) const SCHEMA_V7: &str = r#"
+ALTER TABLE revocations ADD COLUMN tenant TEXT;
+ALTER TABLE admin_tokens ADD COLUMN tenant TEXT;
+ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE approver_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+UPDATE approver_tokens SET expires_at = created_ms / 1000 + 2592000;
+"#;
+
+/// The schema version this code writes.
+pub(super) const SCHEMA_VERSION: i64 = 7;
+
+/// Every version's statements, in order (index 0 is version 1).
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+];
+
+/// Brings a database at `version` to [`SCHEMA_VERSION`], one version per
+/// transaction.
+pub(super) fn migrate(c: &rusqlite::Connection, version: i64) -> rusqlite::Result<()> {
+    for (v, sql) in (1..).zip(MIGRATIONS) {
+        if version < v {
+            c.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {v}; COMMIT;"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Writes: one transaction per batch, one savepoint per entry (its
+//! mutation and its audit events succeed or fail together).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::trail::append_event;
+use super::*;
+use crate::{Committed, Entry, Result, StoreError};
+
+impl SqliteStore {
+    pub(super) fn commit_impl(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>> {
+        let mut c = lock(&self.writer);
+        let mut head_guard = lock(&self.head);
+        let mut head = head_guard.clone();
+        let mut tx = c.transaction()?;
+        let mut results = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let saved_head = head.clone();
+            let mut sp = tx.savepoint()?;
+            let outcome = (|| -> Result<Committed> {
+                let revocation_seq = match &entry.mutation {
+                    Some(m) => apply(&sp, m)?,
+                    None => None,
+                };
+                let mut events = Vec::with_capacity(entry.events.len());
+                for body in entry.events {
+                    events.push(append_event(&sp, &mut head, body)?);
+                }
+                Ok(Committed {
+                    events,
+                    revocation_seq,
+                })
+            })();
+            match outcome {
+                Ok(done) => {
+                    sp.commit()?;
+                    results.push(Ok(done));
+                }
+                Err(e) => {
+                    sp.rollback()?;
+                    drop(sp);
+                    head = saved_head;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        *head_guard = head;
+        Ok(results)
+    }
+}
+
+pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
+    match m {
+        Mutation::CreateTenant(t) => {
+            tx.execute(
+                "INSERT INTO tenants (name, description, created_ms) VALUES (?1, ?2, ?3)",
+                params![t.name, t.description, t.created_ms as i64],
+            )?;
+        }
+        Mutation::CreatePrincipal(p) => {
+            tx.execute(
+                "INSERT INTO principals (tenant, id, display_name, created_ms, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p.tenant, p.id, p.display_name, p.created_ms as i64, json(&p.groups)],
+            )?;
+        }
+        Mutation::CreateAgent(a) => {
+            tx.execute(
+                "INSERT INTO agents (tenant, name, owner, purpose, envelope, spiffe_id, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![a.tenant, a.name, a.owner, a.purpose, json(&a.envelope), a.spiffe_id, a.created_ms as i64],
+            )?;
+        }
+        Mutation::CreateTool(t) => {
+            tx.execute(
+                "INSERT INTO tools (tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms, config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider.as_str(), t.alg.as_str(), t.created_ms as i64,
+                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
+            )?;
+        }
+        Mutation::CreateGrant(g) => {
+            tx.execute(
+                "INSERT INTO grants (id, tenant, principal, agent, capabilities, task, expires_at, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![g.id, g.tenant, g.principal, g.agent, json(&g.capabilities), g.task, g.expires_at as i64, g.created_ms as i64],
+            )?;
+        }
+        Mutation::PutPolicySet(p) => {
+            tx.execute(
+                "INSERT INTO policy_sets (tenant, name, policies, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, name) DO UPDATE SET policies = excluded.policies, created_ms = excluded.created_ms",
+                params![p.tenant, p.name, json(&p.policies), p.created_ms as i64],
+            )?;
+        }
+        Mutation::DeletePolicySet { tenant, name } => {
+            let n = tx.execute(
+                "DELETE FROM policy_sets WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("policy set `{name}`")));
+            }
+        }
+        Mutation::StartRun(r) => {
+            tx.execute(
+                "INSERT INTO runs (id, tenant, agent, principal, grant_id, task, capabilities, jkt, started_ms, expires_at, ended_ms, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![r.id, r.tenant, r.agent, r.principal, r.grant, r.task, json(&r.capabilities), r.jkt, r.started_ms as i64, r.expires_at as i64, r.ended_ms.map(|x| x as i64), r.parent],
+            )?;
+        }
+        Mutation::EndRun {
+            id,
+            ended_ms,
+            revocation,
+        } => {
+            let n = tx.execute(
+                "UPDATE runs SET ended_ms = ?2 WHERE id = ?1 AND ended_ms IS NULL",
+                params![id, *ended_ms as i64],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("active run `{id}`")));
+            }
+            return apply(tx, &Mutation::Revoke(revocation.clone()));
+        }
+        Mutation::Revoke(r) => {
+            tx.execute(
+                "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.key, r.reason, r.time_ms as i64, r.until as i64, r.tenant],
+            )?;
+            return Ok(Some(tx.last_insert_rowid() as u64));
+        }
+        Mutation::PutKey(k) => {
+            tx.execute(
+                "INSERT INTO keys (kid, alg, purpose, sealed, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.kid, k.alg, k.purpose, k.sealed, k.created_ms as i64],
+            )?;
+        }
+        Mutation::PutToolSecret(t) => {
+            tx.execute(
+                "INSERT INTO tool_secrets (tenant, tool, sealed, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, tool) DO UPDATE SET sealed = excluded.sealed, updated_ms = excluded.updated_ms",
+                params![t.tenant, t.tool, t.sealed, t.updated_ms as i64],
+            )?;
+        }
+        Mutation::CreateLease(l) => {
+            tx.execute(
+                "INSERT INTO leases (id, tenant, tool, run, agent, principal, grant_id, role, expires_at, created_ms, dropped_ms, revoked_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11)",
+                params![l.id, l.tenant, l.tool, l.run, l.agent, l.principal, l.grant, l.role, l.expires_at as i64, l.created_ms as i64, json(&l.revoked_by)],
+            )?;
+        }
+        Mutation::CreateJoinToken(j) => {
+            tx.execute(
+                "INSERT INTO join_tokens (id, hash, tenant, agent, principal, grant_id, expires_at, created_ms, used_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+                params![j.id, j.hash, j.tenant, j.agent, j.principal, j.grant, j.expires_at as i64, j.created_ms as i64],
+            )?;
+        }
+        Mutation::UseJoinToken { id, used_ms } => {
+            let n = tx.execute(
+                "UPDATE join_tokens SET used_ms = ?2 WHERE id = ?1 AND used_ms IS NULL",
+                params![id, *used_ms as i64],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("unused join token `{id}`")));
+            }
+        }
+        Mutation::DropLease { id, dropped_ms } => {
+            let n = tx.execute(
+                "UPDATE leases SET dropped_ms = ?2 WHERE id = ?1 AND dropped_ms IS NULL",
+                params![id, *dropped_ms as i64],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("live lease `{id}`")));
+            }
+        }
+        Mutation::PutAdminToken(t) => {
+            tx.execute(
+                "INSERT INTO admin_tokens (id, hash, created_ms, tenant, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.hash, t.created_ms as i64, t.tenant, t.expires_at as i64],
+            )?;
+        }
+        Mutation::Enqueue { body } => {
+            tx.execute(
+                "INSERT INTO outbox (body, created_ms) VALUES (?1, ?2)",
+                params![
+                    body,
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0)
+                ],
+            )?;
+        }
+        Mutation::Dequeue { id } => {
+            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+        }
+        Mutation::PutApproverToken(t) => {
+            tx.execute(
+                "INSERT INTO approver_tokens (id, hash, tenant, principal, created_ms, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.id, t.hash, t.tenant, t.principal, t.created_ms as i64, t.expires_at as i64],
+            )?;
+        }
+        Mutation::CreateApproval(a) => {
+            tx.execute(
+                "INSERT INTO approvals (id, tenant, run, request_digest, status, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![a.id, a.tenant, a.run, a.request_digest, a.status.as_str(), a.expires_at as i64, json(a)],
+            )?;
+        }
+        Mutation::DecideApproval {
+            id,
+            status,
+            by,
+            comment,
+            decided_ms,
+            now,
+        } => {
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM approvals WHERE id = ?1 AND status = 'pending' AND expires_at >= ?2",
+                    params![id, *now as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut a: Approval = from_json(&body.ok_or_else(|| {
+                StoreError::NotFound(format!("pending, unexpired approval `{id}`"))
+            })?)?;
+            a.status = *status;
+            a.decided_by = Some(by.clone());
+            a.decided_ms = Some(*decided_ms);
+            a.comment = comment.clone();
+            tx.execute(
+                "UPDATE approvals SET status = ?2, body = ?3 WHERE id = ?1",
+                params![id, status.as_str(), json(&a)],
+            )?;
+        }
+        Mutation::UseApproval { id } => {
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM approvals WHERE id = ?1 AND status = 'approved'",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut a: Approval = from_json(
+                &body.ok_or_else(|| StoreError::Conflict(format!("use of approval `{id}`")))?,
+            )?;
+            a.status = mandate_core::approval::ApprovalStatus::Used;
+            tx.execute(
+                "UPDATE approvals SET status = 'used', body = ?2 WHERE id = ?1",
+                params![id, json(&a)],
+            )?;
+        }
+        Mutation::SuspendRun { id, ms, reason } => {
+            let n = tx.execute(
+                "UPDATE runs SET suspended_ms = ?2, suspended_reason = ?3 WHERE id = ?1 AND ended_ms IS NULL",
+                params![id, *ms as i64, reason],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("running run `{id}`")));
+            }
+        }
+        Mutation::ResumeRun { id } => {
+            let n = tx.execute(
+                "UPDATE runs SET suspended_ms = NULL, suspended_reason = NULL WHERE id = ?1 AND suspended_ms IS NOT NULL",
+                params![id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("suspended run `{id}`")));
+            }
+        }
+        Mutation::Batch(all) => {
+            for m in all {
+                apply(tx, m)?;
+            }
+        }
+        Mutation::CountUses { blocks, until } => {
+            for (block, limit) in blocks {
+                let n = tx.execute(
+                    "INSERT INTO block_uses (block, uses, until) VALUES (?1, 1, ?3)
+                     ON CONFLICT (block) DO UPDATE SET uses = uses + 1 WHERE uses < ?2",
+                    params![block, *limit as i64, *until as i64],
+                )?;
+                if n == 0 || *limit == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "use limit ({limit}) of attenuation block {block}: reached"
+                    )));
+                }
+            }
+        }
+        Mutation::PutMeta { key, value } => {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+        }
+    }
+    Ok(None)
+}
