@@ -1,0 +1,240 @@
+//! Deciding an exchange (or a call at the proxy): Cedar over the facts;
+//! an error denies; `@approval` policies name who may lift a refusal.
+
+use super::*;
+
+impl Engine {
+    /// Decides an exchange: every requested action must be permitted.
+    pub fn decide(&self, policies: &TenantPolicies, f: &ExchangeFacts<'_>) -> Result<Verdict> {
+        self.decide_with(policies, f, &self.entities(f)?)
+    }
+
+    /// [`Engine::decide`] with entities the caller built (and perhaps cached)
+    /// with [`Engine::entities`] for the same facts.
+    pub fn decide_with(
+        &self,
+        policies: &TenantPolicies,
+        f: &ExchangeFacts<'_>,
+        entities: &Entities,
+    ) -> Result<Verdict> {
+        if policies.is_empty() {
+            return Ok(Verdict {
+                allowed: false,
+                policies: vec![],
+                reason: Some(format!(
+                    "tenant `{}` has no policies, so nothing is permitted; load one with `mandate policy add`",
+                    f.tenant
+                )),
+                approval: None,
+            });
+        }
+        let principal = self.uid(&self.types.run, f.run);
+        let resource = self.uid(&self.types.tool, f.tool);
+        let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let strings = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|a| RestrictedExpression::new_string(a.clone())),
+            )
+        };
+        let mut decided_by = Vec::new();
+        for action in f.actions {
+            let mut pairs = vec![
+                ("tenant".to_owned(), str_(f.tenant)),
+                (
+                    "time".to_owned(),
+                    RestrictedExpression::new_long(i64::try_from(f.now).unwrap_or(i64::MAX)),
+                ),
+                ("action".to_owned(), str_(action)),
+                ("actions".to_owned(), strings(f.actions)),
+                ("tool_labels".to_owned(), strings(f.tool_labels)),
+                (
+                    "on_behalf".to_owned(),
+                    RestrictedExpression::new_bool(f.principal.is_some()),
+                ),
+                ("task".to_owned(), str_(f.task)),
+                (
+                    "depth".to_owned(),
+                    RestrictedExpression::new_long(f.depth as i64),
+                ),
+                (
+                    "hops".to_owned(),
+                    RestrictedExpression::new_long(f.hops as i64),
+                ),
+                (
+                    "approved".to_owned(),
+                    RestrictedExpression::new_bool(f.approved),
+                ),
+                (
+                    "hour_utc".to_owned(),
+                    RestrictedExpression::new_long(((f.now / 3600) % 24) as i64),
+                ),
+                (
+                    "weekday_utc".to_owned(),
+                    // 1970-01-01 was a Thursday (3 with Monday = 0).
+                    RestrictedExpression::new_long(((f.now / 86_400 + 3) % 7) as i64),
+                ),
+                ("history".to_owned(), history_record(f.history, action)?),
+            ];
+            if let Some(a) = f.details.amount {
+                pairs.push(("amount".to_owned(), RestrictedExpression::new_long(a)));
+            }
+            if let Some(c) = &f.details.currency {
+                pairs.push(("currency".to_owned(), str_(c)));
+            }
+            if let Some(t) = &f.details.target {
+                pairs.push(("target".to_owned(), str_(t)));
+            }
+            if let Some(p) = f.principal {
+                pairs.push((
+                    "principal".to_owned(),
+                    RestrictedExpression::new_entity_uid(self.uid(&self.types.principal, p)),
+                ));
+            }
+            if let Some(g) = f.grant {
+                pairs.push(("grant".to_owned(), str_(g)));
+            }
+            let context = Context::from_pairs(pairs)
+                .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
+            // Not re-validated against the schema per request: policies were
+            // validated when loaded, and `request_matches_the_schema` checks
+            // that this code builds requests of the schema's shape.
+            let request = Request::new(
+                principal.clone(),
+                self.exchange.clone(),
+                resource.clone(),
+                context,
+                self.validate_requests.then_some(&self.schema),
+            )
+            .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
+            let resp = self
+                .authorizer
+                .is_authorized(&request, &policies.set, entities);
+            let reasons: Vec<String> = resp
+                .diagnostics()
+                .reason()
+                .map(|id| id.to_string())
+                .collect();
+            let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+            // Cedar skips a policy whose evaluation errors (an overflow, a
+            // missing attribute): a `forbid` that errors would not refuse.
+            // Any error denies (fail closed), whatever the decision.
+            if !errors.is_empty() {
+                return Ok(Verdict {
+                    allowed: false,
+                    policies: errors_policies(&resp),
+                    reason: Some(format!(
+                        "action `{action}` on tool `{}` is denied because a policy failed to evaluate (policies that error deny): {}",
+                        f.tool,
+                        errors.join("; ")
+                    )),
+                    approval: None,
+                });
+            }
+            if resp.decision() == Decision::Deny {
+                let reason = if !reasons.is_empty() {
+                    format!(
+                        "action `{action}` on tool `{}` is forbidden by policy {}",
+                        f.tool,
+                        reasons
+                            .iter()
+                            .map(|r| format!("`{r}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    format!(
+                        "no policy of tenant `{}` permits action `{action}` on tool `{}` for agent `{}`; an admin must add a permit policy",
+                        f.tenant, f.tool, f.agent
+                    )
+                };
+                let approval = approval_need(&policies.set, &reasons);
+                return Ok(Verdict {
+                    allowed: false,
+                    policies: reasons,
+                    reason: Some(reason),
+                    approval,
+                });
+            }
+            for r in reasons {
+                if !decided_by.contains(&r) {
+                    decided_by.push(r);
+                }
+            }
+        }
+        Ok(Verdict {
+            allowed: true,
+            policies: decided_by,
+            reason: None,
+            approval: None,
+        })
+    }
+}
+
+/// The `history` record of the context, for `action`.
+pub(super) fn history_record(h: &History, action: &str) -> Result<RestrictedExpression> {
+    let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
+    let set = |v: &[String]| {
+        RestrictedExpression::new_set(
+            v.iter()
+                .map(|x| RestrictedExpression::new_string(x.clone())),
+        )
+    };
+    let action_n = h
+        .action_exchanges
+        .iter()
+        .find(|(a, _)| a == action)
+        .map(|(_, n)| *n)
+        .unwrap_or(0);
+    RestrictedExpression::new_record([
+        ("exchanges".to_owned(), long(h.exchanges)),
+        ("tool_exchanges".to_owned(), long(h.tool_exchanges)),
+        ("action_exchanges".to_owned(), long(action_n)),
+        ("labels_touched".to_owned(), set(&h.labels_touched)),
+        (
+            "amount_total".to_owned(),
+            RestrictedExpression::new_long(h.amount_total),
+        ),
+        ("elapsed".to_owned(), long(h.elapsed)),
+        (
+            "tool_used_before".to_owned(),
+            RestrictedExpression::new_bool(h.tool_used_before),
+        ),
+        ("rate_1m".to_owned(), long(h.rate_1m)),
+        ("denials_1m".to_owned(), long(h.denials_1m)),
+        ("evals_passed".to_owned(), set(&h.evals_passed)),
+    ])
+    .map_err(|e| Error::Policy(format!("could not build the run history: {e}")))
+}
+
+/// The ids of the policies that failed to evaluate.
+pub(super) fn errors_policies(resp: &cedar_policy::Response) -> Vec<String> {
+    let mut v: Vec<String> = resp
+        .diagnostics()
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
+        })
+        .collect();
+    v.dedup();
+    v
+}
+
+/// When every deciding policy carries `@approval`, who may lift the
+/// refusal: each policy by its own approvers.
+pub(super) fn approval_need(set: &PolicySet, reasons: &[String]) -> Option<ApprovalNeed> {
+    if reasons.is_empty() {
+        return None;
+    }
+    let mut each = Vec::with_capacity(reasons.len());
+    for r in reasons {
+        let p = set.policy(&PolicyId::new(r))?;
+        each.push(PolicyApprovers {
+            policy: r.clone(),
+            approvers: parse_approvers(p.annotation("approval")?).ok()?,
+        });
+    }
+    each.sort_by(|a, b| a.policy.cmp(&b.policy));
+    each.dedup_by(|a, b| a.policy == b.policy);
+    Some(ApprovalNeed { each })
+}
