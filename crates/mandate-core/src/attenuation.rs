@@ -40,6 +40,11 @@ use crate::error::{Error, Result, malformed};
 use crate::jose::{PublicJwk, b64};
 use crate::keys::SigningKey;
 
+/// Longest mandate accepted (bytes of base64): an attenuated one may not
+/// grow past it either. (Here, below [`crate::mandate`], which reads hops
+/// through this module: the dependency goes one way.)
+pub const MAX_MANDATE_LEN: usize = 16 * 1024;
+
 /// Most attenuation blocks a mandate may carry.
 pub const MAX_HOPS: usize = 8;
 
@@ -259,7 +264,7 @@ fn check_narrowing(n: &Narrowing) -> Result<()> {
 /// when the token is used.
 pub fn attenuate(token: &str, holder: &SigningKey, n: &Narrowing) -> Result<String> {
     check_narrowing(n)?;
-    if token.len() > crate::mandate::MAX_MANDATE_LEN {
+    if token.len() > MAX_MANDATE_LEN {
         return Err(malformed("mandate", "too long"));
     }
     let t =
@@ -281,7 +286,7 @@ pub fn attenuate(token: &str, holder: &SigningKey, n: &Narrowing) -> Result<Stri
         t.append_third_party(&signed.serialize()?)?.to_base64()
     };
     let out = go().map_err(|e| Error::Crypto(format!("could not attenuate the mandate: {e}")))?;
-    if out.len() > crate::mandate::MAX_MANDATE_LEN {
+    if out.len() > MAX_MANDATE_LEN {
         return Err(malformed(
             "mandate",
             "the attenuated mandate would be longer than the broker accepts",

@@ -34,8 +34,7 @@ use crate::error::{Error, Result, malformed};
 use crate::keys::SigningKey;
 use crate::{UnixTime, jose};
 
-/// Longest mandate accepted (bytes of base64).
-pub const MAX_MANDATE_LEN: usize = 16 * 1024;
+pub use crate::attenuation::MAX_MANDATE_LEN;
 
 /// What a mandate states.
 #[derive(Debug, Clone, PartialEq, Eq)]

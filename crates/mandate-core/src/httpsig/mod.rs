@@ -19,8 +19,6 @@
 //!   `created` not in the future, `expires` required and not passed, a
 //!   bounded lifetime, a `nonce` (replay is the caller's cache).
 
-use sha2::{Digest, Sha256, Sha512};
-
 use crate::error::{Error, Result, malformed};
 use crate::jose::{Alg, PublicJwk};
 use crate::keys::SigningKey;
@@ -34,318 +32,13 @@ fn bad(reason: impl Into<String>) -> Error {
     malformed(WHAT, reason)
 }
 
-// ---------------------------------------------------------------- RFC 8941
+mod digest;
+mod fields;
+mod key;
 
-/// A bare item (RFC 8941 §3.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bare {
-    /// Integer.
-    Int(i64),
-    /// String.
-    Str(String),
-    /// Token.
-    Token(String),
-    /// Byte sequence.
-    Bytes(Vec<u8>),
-    /// Boolean.
-    Bool(bool),
-}
-
-/// Parameters, in order.
-pub type Params = Vec<(String, Bare)>;
-
-/// An item with its parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    /// The value.
-    pub value: Bare,
-    /// Its parameters.
-    pub params: Params,
-}
-
-/// A dictionary member's value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Member {
-    /// A single item.
-    Item(Item),
-    /// An inner list and its parameters.
-    List(Vec<Item>, Params),
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-    fn sp(&mut self) {
-        while self.peek() == Some(b' ') {
-            self.i += 1;
-        }
-    }
-    fn ows(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t')) {
-            self.i += 1;
-        }
-    }
-    fn key(&mut self) -> Result<String> {
-        let start = self.i;
-        match self.peek() {
-            Some(c) if c.is_ascii_lowercase() || c == b'*' => self.i += 1,
-            _ => return Err(bad("a structured field key must start with a-z or *")),
-        }
-        while let Some(c) = self.peek() {
-            if c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || matches!(c, b'_' | b'-' | b'.' | b'*')
-            {
-                self.i += 1;
-            } else {
-                break;
-            }
-        }
-        Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
-    }
-    fn bare(&mut self) -> Result<Bare> {
-        match self.peek() {
-            Some(b'-' | b'0'..=b'9') => {
-                let start = self.i;
-                self.i += 1;
-                while matches!(self.peek(), Some(b'0'..=b'9')) {
-                    self.i += 1;
-                }
-                if self.peek() == Some(b'.') {
-                    return Err(bad("decimals are not accepted here"));
-                }
-                let t = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| bad("integer"))?;
-                if t.trim_start_matches('-').len() > 15 {
-                    return Err(bad("integer longer than 15 digits"));
-                }
-                t.parse().map(Bare::Int).map_err(|_| bad("not an integer"))
-            }
-            Some(b'"') => {
-                self.i += 1;
-                let mut out = String::new();
-                loop {
-                    match self.peek() {
-                        None => return Err(bad("unterminated string")),
-                        Some(b'"') => {
-                            self.i += 1;
-                            return Ok(Bare::Str(out));
-                        }
-                        Some(b'\\') => {
-                            self.i += 1;
-                            match self.peek() {
-                                Some(c @ (b'"' | b'\\')) => {
-                                    out.push(c as char);
-                                    self.i += 1;
-                                }
-                                _ => return Err(bad("bad escape in string")),
-                            }
-                        }
-                        Some(c @ 0x20..=0x7e) => {
-                            out.push(c as char);
-                            self.i += 1;
-                        }
-                        Some(_) => return Err(bad("strings are printable ASCII")),
-                    }
-                }
-            }
-            Some(b':') => {
-                self.i += 1;
-                let start = self.i;
-                while let Some(c) = self.peek() {
-                    if c == b':' {
-                        break;
-                    }
-                    if !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=')) {
-                        return Err(bad("byte sequences are base64"));
-                    }
-                    self.i += 1;
-                }
-                if self.peek() != Some(b':') {
-                    return Err(bad("unterminated byte sequence"));
-                }
-                let raw = &self.s[start..self.i];
-                self.i += 1;
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD
-                    .decode(raw)
-                    .map(Bare::Bytes)
-                    .map_err(|_| bad("byte sequence is not base64"))
-            }
-            Some(b'?') => {
-                self.i += 1;
-                let v = match self.peek() {
-                    Some(b'1') => true,
-                    Some(b'0') => false,
-                    _ => return Err(bad("booleans are ?0 or ?1")),
-                };
-                self.i += 1;
-                Ok(Bare::Bool(v))
-            }
-            Some(c) if c.is_ascii_alphabetic() || c == b'*' => {
-                let start = self.i;
-                while let Some(c) = self.peek() {
-                    if c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c) {
-                        self.i += 1;
-                    } else {
-                        break;
-                    }
-                }
-                Ok(Bare::Token(
-                    String::from_utf8_lossy(&self.s[start..self.i]).into_owned(),
-                ))
-            }
-            _ => Err(bad("expected an item")),
-        }
-    }
-    fn params(&mut self) -> Result<Params> {
-        let mut out: Params = Vec::new();
-        while self.peek() == Some(b';') {
-            self.i += 1;
-            self.sp();
-            let k = self.key()?;
-            let v = if self.peek() == Some(b'=') {
-                self.i += 1;
-                self.bare()?
-            } else {
-                Bare::Bool(true)
-            };
-            if out.iter().any(|(x, _)| *x == k) {
-                return Err(bad(format!("parameter `{k}` appears twice")));
-            }
-            out.push((k, v));
-        }
-        Ok(out)
-    }
-    fn item(&mut self) -> Result<Item> {
-        let value = self.bare()?;
-        let params = self.params()?;
-        Ok(Item { value, params })
-    }
-    fn member(&mut self) -> Result<Member> {
-        if self.peek() != Some(b'(') {
-            return self.item().map(Member::Item);
-        }
-        self.i += 1;
-        let mut items = Vec::new();
-        loop {
-            self.sp();
-            if self.peek() == Some(b')') {
-                self.i += 1;
-                let p = self.params()?;
-                return Ok(Member::List(items, p));
-            }
-            items.push(self.item()?);
-            if !matches!(self.peek(), Some(b' ' | b')')) {
-                return Err(bad("inner list items are separated by spaces"));
-            }
-            if items.len() > 64 {
-                return Err(bad("more than 64 components"));
-            }
-        }
-    }
-}
-
-/// Parses a Structured Field Dictionary (RFC 8941 §4.2.2). Duplicate keys
-/// are refused (the spec keeps the last; for signatures that would let a
-/// second member silently replace the first).
-pub fn parse_dictionary(field: &str) -> Result<Vec<(String, Member)>> {
-    if field.len() > MAX_FIELD_LEN {
-        return Err(bad(format!("a field is longer than {MAX_FIELD_LEN} bytes")));
-    }
-    let mut p = Parser {
-        s: field.as_bytes(),
-        i: 0,
-    };
-    p.sp();
-    let mut out: Vec<(String, Member)> = Vec::new();
-    while p.peek().is_some() {
-        let k = p.key()?;
-        let m = if p.peek() == Some(b'=') {
-            p.i += 1;
-            p.member()?
-        } else {
-            Member::Item(Item {
-                value: Bare::Bool(true),
-                params: p.params()?,
-            })
-        };
-        if out.iter().any(|(x, _)| *x == k) {
-            return Err(bad(format!("`{k}` appears twice")));
-        }
-        out.push((k, m));
-        p.ows();
-        match p.peek() {
-            None => break,
-            Some(b',') => {
-                p.i += 1;
-                p.ows();
-                if p.peek().is_none() {
-                    return Err(bad("trailing comma"));
-                }
-            }
-            _ => return Err(bad("dictionary members are separated by commas")),
-        }
-    }
-    Ok(out)
-}
-
-fn ser_bare(v: &Bare, out: &mut String) {
-    match v {
-        Bare::Int(i) => out.push_str(&i.to_string()),
-        Bare::Str(s) => {
-            out.push('"');
-            for c in s.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-            out.push('"');
-        }
-        Bare::Token(t) => out.push_str(t),
-        Bare::Bytes(b) => {
-            use base64::Engine as _;
-            out.push(':');
-            out.push_str(&base64::engine::general_purpose::STANDARD.encode(b));
-            out.push(':');
-        }
-        Bare::Bool(b) => out.push_str(if *b { "?1" } else { "?0" }),
-    }
-}
-
-fn ser_params(p: &Params, out: &mut String) {
-    for (k, v) in p {
-        out.push(';');
-        out.push_str(k);
-        if *v != Bare::Bool(true) {
-            out.push('=');
-            ser_bare(v, out);
-        }
-    }
-}
-
-/// Serializes an inner list with parameters (RFC 8941 §4.1.1.1).
-pub fn serialize_inner_list(items: &[Item], params: &Params) -> String {
-    let mut out = String::from("(");
-    for (i, it) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        ser_bare(&it.value, &mut out);
-        ser_params(&it.params, &mut out);
-    }
-    out.push(')');
-    ser_params(params, &mut out);
-    out
-}
-
-// ---------------------------------------------------------------- messages
+pub use digest::{check_content_digest, content_digest};
+pub use fields::{Bare, Item, Member, Params, parse_dictionary, serialize_inner_list};
+pub use key::{parse_signature_key, signature_key_field};
 
 /// The parts of an HTTP message a signature can cover.
 #[derive(Debug, Clone, Default)]
@@ -777,96 +470,6 @@ pub fn sign(msg: &Message, key: &SigningKey, p: &SignParams<'_>) -> Result<(Stri
 
 // ---------------------------------------------------------------- RFC 9530
 
-/// `Content-Digest` for `body` with SHA-256 (RFC 9530 §2).
-pub fn content_digest(body: &[u8]) -> String {
-    use base64::Engine as _;
-    format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
-    )
-}
-
-/// Checks a `Content-Digest` field against `body`: every `sha-256` and
-/// `sha-512` member must match, and at least one must be present; other
-/// algorithms are ignored (RFC 9530 §2, §6.2 forbids insecure ones anyway).
-pub fn check_content_digest(field: &str, body: &[u8]) -> Result<()> {
-    let mut checked = 0;
-    for (alg, m) in parse_dictionary(field)? {
-        let Member::Item(Item {
-            value: Bare::Bytes(d),
-            ..
-        }) = m
-        else {
-            return Err(malformed("Content-Digest", "members are byte sequences"));
-        };
-        let ok = match alg.as_str() {
-            "sha-256" => Sha256::digest(body).as_slice() == d.as_slice(),
-            "sha-512" => Sha512::digest(body).as_slice() == d.as_slice(),
-            _ => continue,
-        };
-        if !ok {
-            return Err(malformed(
-                "Content-Digest",
-                format!("the {alg} digest does not match the body"),
-            ));
-        }
-        checked += 1;
-    }
-    if checked == 0 {
-        return Err(malformed("Content-Digest", "no sha-256 or sha-512 digest"));
-    }
-    Ok(())
-}
-
-// ------------------------------------------- draft-hardt-httpbis-signature-key
-
-/// The `Signature-Key` field value for `key` under `label` (scheme `hwk`).
-pub fn signature_key_field(label: &str, key: &PublicJwk) -> String {
-    let jwk = key.to_json();
-    let s = |k: &str| {
-        jwk.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let mut params: Params = vec![
-        ("kty".into(), Bare::Str(s("kty"))),
-        ("crv".into(), Bare::Str(s("crv"))),
-        ("x".into(), Bare::Str(s("x"))),
-    ];
-    if jwk.get("y").is_some() {
-        params.push(("y".into(), Bare::Str(s("y"))));
-    }
-    let mut out = format!("{label}=hwk");
-    ser_params(&params, &mut out);
-    out
-}
-
-/// Reads the public key for `label` from a `Signature-Key` field (scheme
-/// `hwk` only).
-pub fn parse_signature_key(field: &str, label: &str) -> Result<PublicJwk> {
-    let dict = parse_dictionary(field)?;
-    let Some((_, Member::Item(it))) = dict.iter().find(|(k, _)| k == label) else {
-        return Err(malformed(
-            "Signature-Key",
-            format!("no key for signature `{label}`"),
-        ));
-    };
-    if it.value != Bare::Token("hwk".into()) {
-        return Err(malformed(
-            "Signature-Key",
-            "only the `hwk` scheme (the public key inline) is accepted",
-        ));
-    }
-    let mut jwk = serde_json::Map::new();
-    for (k, v) in &it.params {
-        if let ("kty" | "crv" | "x" | "y", Bare::Str(s)) = (k.as_str(), v) {
-            jwk.insert(k.clone(), serde_json::Value::String(s.clone()));
-        }
-    }
-    PublicJwk::from_json(&serde_json::Value::Object(jwk))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -902,10 +505,19 @@ mod tests {
             "a=:not base64!:",
             "a=1.5",
             "a=1234567890123456",
-            "a=();x=1;x=2",
+            "a=@1659578233",
+            "a=%\"caf%c3%a9\"",
         ] {
             assert!(parse_dictionary(bad).is_err(), "{bad}");
         }
+        // A repeated parameter keeps its last value (RFC 9651 §4.2.3.2);
+        // the signature base re-serializes what was parsed, so a signer's
+        // parameters cannot be changed this way without breaking it.
+        let d = parse_dictionary("a=();x=1;x=2").unwrap();
+        let Member::List(_, params) = &d[0].1 else {
+            panic!()
+        };
+        assert_eq!(params, &vec![("x".to_owned(), Bare::Int(2))]);
     }
 
     #[test]
