@@ -22,10 +22,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub struct EventBody {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// `tenant.create`, `run.start`, `token.exchange`, `revoke`, ...
-    pub event_type: String,
-    /// `allow`, `deny` or `ok` (for admin changes).
-    pub decision: String,
+    /// What happened (`tenant.create`, `run.start`, `token.exchange`, ...).
+    pub event_type: EventType,
+    /// How it was decided (`allow`, `deny`, `ok` for admin changes, ...).
+    pub decision: Decision,
     /// Human-readable reason for a denial (never a secret).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
@@ -90,11 +90,13 @@ pub struct ChainedEvent {
 use crate::ids::hex;
 
 mod checkpoint;
+mod kinds;
 mod sanitize;
 
 pub use checkpoint::{
     Anchor, CHECKPOINT_TYP, Checkpoint, MAX_CHECKPOINT_LEN, VerifiedCheckpoint, verify_checkpoint,
 };
+pub use kinds::{Decision, EventType};
 pub use sanitize::{MAX_TEXT, escape_controls, is_unsafe_char, sanitize, sanitize_event};
 
 /// The canonical bytes of a body: serde_json of the struct (fixed field
@@ -241,8 +243,8 @@ fn opt_cell(v: &Option<String>) -> Cell {
 fn copied_cells(body: &EventBody) -> [Cell; 8] {
     [
         Cell::Integer(i64::try_from(body.time_ms).unwrap_or(i64::MAX)),
-        Cell::Text(body.event_type.clone()),
-        Cell::Text(body.decision.clone()),
+        Cell::Text(body.event_type.as_str().to_owned()),
+        Cell::Text(body.decision.as_str().to_owned()),
         opt_cell(&body.tenant),
         opt_cell(&body.agent),
         opt_cell(&body.run),
@@ -512,8 +514,8 @@ mod tests {
     fn ev(t: &str) -> EventBody {
         EventBody {
             time_ms: 1,
-            event_type: t.into(),
-            decision: "deny".into(),
+            event_type: EventType::parse(t),
+            decision: crate::audit::Decision::Deny,
             tenant: Some("acme".into()),
             ..Default::default()
         }
@@ -663,7 +665,7 @@ mod tests {
             };
             let mut b: EventBody = serde_json::from_str(body).unwrap();
             if seq == 3 {
-                b.decision = "allow".into();
+                b.decision = crate::audit::Decision::Allow;
             }
             let e = chain(seq - 1, &prev, b);
             prev = e.hash.clone();

@@ -116,8 +116,12 @@ async fn alert(s: &AppState, m: RunRef<'_>, kind: &'static str, details: Value, 
     let suspend = s.config.suspend_on_anomaly;
     let mut ev = EventBody {
         time_ms: s.now_ms(),
-        event_type: format!("alert.{kind}"),
-        decision: if suspend { "suspend" } else { "ok" }.into(),
+        event_type: mandate_core::audit::EventType::parse(&format!("alert.{kind}")),
+        decision: if suspend {
+            mandate_core::audit::Decision::Suspend
+        } else {
+            mandate_core::audit::Decision::Ok
+        },
         tenant: Some(m.tenant.to_owned()),
         agent: Some(m.agent.to_owned()),
         run: Some(m.run.to_owned()),
@@ -176,8 +180,8 @@ pub async fn deliver_webhooks(s: Arc<AppState>) {
                 let events = if give_up {
                     vec![EventBody {
                         time_ms: s.now_ms(),
-                        event_type: "webhook.failed".into(),
-                        decision: "error".into(),
+                        event_type: mandate_core::audit::EventType::WebhookFailed,
+                        decision: mandate_core::audit::Decision::Error,
                         reason: Some(format!("{url} did not accept it after 10 tries")),
                         details: serde_json::from_str(&body).unwrap_or(Value::Null),
                         ..Default::default()

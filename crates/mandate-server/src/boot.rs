@@ -147,8 +147,8 @@ fn admin_credentials(
             })),
             events: vec![EventBody {
                 time_ms: cfg.clock.now_ms(),
-                event_type: "admin_token.create".into(),
-                decision: "ok".into(),
+                event_type: mandate_core::audit::EventType::AdminTokenCreate,
+                decision: mandate_core::audit::Decision::Ok,
                 actor: Some("broker".into()),
                 details: serde_json::json!({"id": "bootstrap", "file": cfg.admin_token_file.display().to_string()}),
                 ..Default::default()

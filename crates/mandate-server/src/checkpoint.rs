@@ -282,8 +282,8 @@ pub fn at_start(
         None,
         Some(EventBody {
             time_ms: cfg.clock.now_ms(),
-            event_type: "audit.checkpoint.missing".into(),
-            decision: "ok".into(),
+            event_type: mandate_core::audit::EventType::AuditCheckpointMissing,
+            decision: mandate_core::audit::Decision::Ok,
             actor: Some("broker".into()),
             reason: Some(why),
             ..Default::default()

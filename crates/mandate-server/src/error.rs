@@ -104,7 +104,7 @@ pub struct ApiError {
     /// Set when nobody was authenticated: the audit event type under which
     /// the refusal is recorded through the per-address throttle
     /// ([`crate::refusals`]) instead of by the handler.
-    pub unauthenticated: Option<&'static str>,
+    pub unauthenticated: Option<mandate_core::audit::EventType>,
 }
 
 impl ApiError {
@@ -120,7 +120,7 @@ impl ApiError {
     /// Marks a refusal of a caller nobody authenticated, to be audited as
     /// `event_type` through the throttle (at most one event per client
     /// address per window, with a count).
-    pub fn unauthenticated(mut self, event_type: &'static str) -> Self {
+    pub fn unauthenticated(mut self, event_type: mandate_core::audit::EventType) -> Self {
         self.unauthenticated = Some(event_type);
         self
     }
@@ -131,7 +131,7 @@ impl ApiError {
 #[derive(Debug, Clone)]
 pub struct Unauthenticated {
     /// The audit event type.
-    pub event_type: &'static str,
+    pub event_type: mandate_core::audit::EventType,
     /// Why.
     pub reason: String,
 }

@@ -190,8 +190,8 @@ pub(crate) fn first_keys(
         mutation: None,
         events: vec![EventBody {
             time_ms: cfg.clock.now_ms(),
-            event_type: "broker.init".into(),
-            decision: "ok".into(),
+            event_type: mandate_core::audit::EventType::BrokerInit,
+            decision: mandate_core::audit::Decision::Ok,
             actor: Some("broker".into()),
             details: serde_json::json!({
                 "mandate_kid": keys.mandate_root.kid(),
@@ -299,8 +299,8 @@ pub(crate) fn rotate(
         mutation: None,
         events: vec![EventBody {
             time_ms: cfg.clock.now_ms(),
-            event_type: "keys.rotate".into(),
-            decision: "ok".into(),
+            event_type: mandate_core::audit::EventType::KeysRotate,
+            decision: mandate_core::audit::Decision::Ok,
             actor: Some("broker (--rotate-keys)".into()),
             details: serde_json::json!({
                 "jwt_kids": [fresh.jwt_eddsa.kid(), fresh.jwt_es256.kid()],

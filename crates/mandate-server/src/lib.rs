@@ -92,7 +92,7 @@ pub async fn serve_on(
             refusals::note(
                 &s,
                 ip,
-                "connection.refuse",
+                mandate_core::audit::EventType::ConnectionRefuse,
                 &why.to_string(),
                 serde_json::json!({}),
             )

@@ -522,7 +522,13 @@ fn reap_reason(s: &AppState, l: &Lease, now: u64) -> Option<String> {
 
 /// Marks the lease dropped, with its `lease.drop` event.
 async fn record_drop(s: &AppState, l: &Lease, why: String) -> bool {
-    let ev = lease_event(l, "lease.drop", "ok", why, s.now_ms());
+    let ev = lease_event(
+        l,
+        mandate_core::audit::EventType::LeaseDrop,
+        mandate_core::audit::Decision::Ok,
+        why,
+        s.now_ms(),
+    );
     let r = s
         .commit(Entry {
             mutation: Some(Mutation::DropLease {
@@ -540,15 +546,15 @@ async fn record_drop(s: &AppState, l: &Lease, why: String) -> bool {
 
 fn lease_event(
     l: &Lease,
-    event_type: &str,
-    decision: &str,
+    event_type: mandate_core::audit::EventType,
+    decision: mandate_core::audit::Decision,
     reason: String,
     time_ms: u64,
 ) -> EventBody {
     EventBody {
         time_ms,
-        event_type: event_type.into(),
-        decision: decision.into(),
+        event_type,
+        decision,
         reason: Some(reason),
         tenant: Some(l.tenant.clone()),
         agent: Some(l.agent.clone()),
@@ -624,8 +630,8 @@ impl Postgres {
         if let Err(c) = s
             .record(vec![lease_event(
                 l,
-                "lease.stuck",
-                "error",
+                mandate_core::audit::EventType::LeaseStuck,
+                mandate_core::audit::Decision::Error,
                 reason,
                 s.now_ms(),
             )])

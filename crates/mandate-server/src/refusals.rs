@@ -21,7 +21,7 @@ use crate::error::Unauthenticated;
 use crate::state::AppState;
 
 /// The throttle's key: the client (by [`crate::listen::client_key`]) and the event type.
-pub type Key = (Option<IpAddr>, &'static str);
+pub type Key = (Option<IpAddr>, mandate_core::audit::EventType);
 
 /// Clients tracked at once; beyond, refusals are counted together.
 const CLIENTS: usize = 10_000;
@@ -45,8 +45,8 @@ fn event(
     details["count"] = json!(count);
     EventBody {
         time_ms,
-        event_type: key.1.into(),
-        decision: "deny".into(),
+        event_type: key.1,
+        decision: mandate_core::audit::Decision::Deny,
         reason: Some(reason),
         client_addr: key.0.map(|ip| ip.to_string()),
         details,
@@ -59,16 +59,16 @@ fn event(
 pub async fn note(
     s: &AppState,
     ip: Option<IpAddr>,
-    event_type: &'static str,
+    event_type: mandate_core::audit::EventType,
     reason: &str,
     details: serde_json::Value,
 ) {
     let key = (ip.map(crate::listen::client_key), event_type);
-    let admit = s
-        .refusals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .note(key, reason, s.now_ms());
+    let admit =
+        s.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(key.clone(), reason, s.now_ms());
     if let Admit::Record { count } = admit {
         let ev = event(
             key,
@@ -99,7 +99,7 @@ pub async fn audit_unauthenticated(
     });
     let resp = next.run(req).await;
     if let Some(u) = resp.extensions().get::<Unauthenticated>() {
-        note(&s, ip, u.event_type, &u.reason, details).await;
+        note(&s, ip, u.event_type.clone(), &u.reason, details).await;
     }
     resp
 }
@@ -130,8 +130,9 @@ pub async fn flush(s: Arc<AppState>) {
                      count,
                      reason,
                  }| {
-                    let key = client.unwrap_or((None, "refusals.other"));
                     let many = client.is_none();
+                    let key =
+                        client.unwrap_or((None, mandate_core::audit::EventType::RefusalsOther));
                     event(
                         key,
                         count,

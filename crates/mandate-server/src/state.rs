@@ -109,8 +109,8 @@ impl<T> VerifiedCache<T> {
 /// token lives longer). Stops at the first error `each` returns.
 pub(crate) fn each_recent_event(
     store: &dyn Store,
-    event_type: &str,
-    decision: Option<&str>,
+    event_type: mandate_core::audit::EventType,
+    decision: Option<mandate_core::audit::Decision>,
     max_ttl: u64,
     now_ms: u64,
     mut each: impl FnMut(&mandate_core::audit::ChainedEvent) -> Result<(), BootError>,
@@ -121,8 +121,8 @@ pub(crate) fn each_recent_event(
     loop {
         let page = store
             .audit_query(&mandate_store::AuditFilter {
-                event_type: Some(event_type.into()),
-                decision: decision.map(str::to_owned),
+                event_type: Some(event_type.as_str().to_owned()),
+                decision: decision.as_ref().map(|d| d.as_str().to_owned()),
                 since_ms: Some(since_ms),
                 after_seq: Some(after),
                 limit: Some(PAGE),
@@ -272,12 +272,15 @@ fn rebuild_history(
         h.used(t, a, tool);
     }
     let since_ms = now_ms.saturating_sub(max_ttl * 1000);
-    for event_type in ["token.exchange", "run.eval"] {
+    for event_type in [
+        mandate_core::audit::EventType::TokenExchange,
+        mandate_core::audit::EventType::RunEval,
+    ] {
         let mut after = 0;
         loop {
             let page = store
                 .audit_query(&mandate_store::AuditFilter {
-                    event_type: Some(event_type.into()),
+                    event_type: Some(event_type.as_str().to_owned()),
                     since_ms: Some(since_ms),
                     after_seq: Some(after),
                     limit: Some(10_000),
@@ -290,11 +293,16 @@ fn rebuild_history(
                 let (Some(run), Some(tool)) = (b.run.as_deref(), b.tool.as_deref()) else {
                     if let (Some(run), Some(name)) = (b.run.as_deref(), b.details["eval"].as_str())
                     {
-                        h.eval(run, name, b.decision == "ok", b.time_ms / 1000);
+                        h.eval(
+                            run,
+                            name,
+                            b.decision == mandate_core::audit::Decision::Ok,
+                            b.time_ms / 1000,
+                        );
                     }
                     continue;
                 };
-                if b.decision != "allow" {
+                if b.decision != mandate_core::audit::Decision::Allow {
                     continue;
                 }
                 let labels = reg

@@ -256,7 +256,13 @@ fn rewrite_from(c: &rusqlite::Connection, from: u64, edit: impl Fn(&mut EventBod
         let json = String::from_utf8(audit::canonical(&ev.body)).unwrap();
         c.execute(
             "UPDATE audit SET prev_hash = ?1, hash = ?2, body = ?3, decision = ?4 WHERE seq = ?5",
-            rusqlite::params![ev.prev_hash, ev.hash, json, ev.body.decision, seq as i64],
+            rusqlite::params![
+                ev.prev_hash,
+                ev.hash,
+                json,
+                ev.body.decision.as_str(),
+                seq as i64
+            ],
         )
         .unwrap();
         prev = ev.hash;
@@ -271,7 +277,7 @@ fn a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint() {
     assert!(head > k);
     let dir = b.stop();
     rewrite_from(&db(&dir), k, |e| {
-        e.decision = "allow".into();
+        e.decision = mandate_core::audit::Decision::Allow;
         e.reason = None;
     });
     // The chain alone is fooled.

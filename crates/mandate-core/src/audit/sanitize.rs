@@ -137,8 +137,12 @@ pub fn sanitize_event(body: &mut EventBody) {
         actor,
         details,
     } = body;
-    clean(event_type);
-    clean(decision);
+    if let super::EventType::Other(t) = event_type {
+        clean(t);
+    }
+    if let super::Decision::Other(d) = decision {
+        clean(d);
+    }
     for s in [
         reason,
         tenant,
@@ -199,8 +203,8 @@ mod tests {
     fn every_text_of_an_event_is_cleaned() {
         let bad = "x\u{1b}]0;pwned\u{7}\n";
         let mut ev = EventBody {
-            event_type: bad.into(),
-            decision: "deny".into(),
+            event_type: crate::audit::EventType::Other(bad.into()),
+            decision: crate::audit::Decision::Deny,
             reason: Some(bad.into()),
             tool: Some(bad.into()),
             actions: vec![bad.into()],

@@ -55,7 +55,7 @@ fn event(s: &AppState, k: &Known<'_>, policies: &[String]) -> EventBody {
     let m = k.mandate.as_deref();
     EventBody {
         time_ms: s.now_ms(),
-        event_type: "token.exchange".into(),
+        event_type: mandate_core::audit::EventType::TokenExchange,
         tenant: m.map(|m| m.tenant.clone()),
         agent: m.map(|m| m.agent.clone()),
         run: m.map(|m| m.run.clone()),
@@ -76,12 +76,14 @@ fn event(s: &AppState, k: &Known<'_>, policies: &[String]) -> EventBody {
 pub(super) async fn refused(s: &AppState, k: &Known<'_>, d: Denial, now: u64) -> Outcome {
     if k.pop.is_none() {
         return Outcome::Denied(Denial {
-            error: d.error.unauthenticated("token.exchange"),
+            error: d
+                .error
+                .unauthenticated(mandate_core::audit::EventType::TokenExchange),
             ..d
         });
     }
     let mut ev = event(s, k, &d.policies);
-    ev.decision = "deny".into();
+    ev.decision = mandate_core::audit::Decision::Deny;
     ev.reason = Some(
         d.rule
             .clone()
@@ -151,8 +153,8 @@ pub(super) async fn ask(s: &AppState, k: &Known<'_>, ask: Ask, now: u64) -> Outc
         crate::alerts::judged(s, m.into(), now, false).await;
     }
     let mut ev = event(s, k, &ask.policies);
-    ev.event_type = "approval.request".into();
-    ev.decision = "pending".into();
+    ev.event_type = mandate_core::audit::EventType::ApprovalRequest;
+    ev.decision = mandate_core::audit::Decision::Pending;
     ev.reason = Some(ask.rule);
     let first = &ask.asked[0];
     ev.details = json!({"approval": first.id,
@@ -225,7 +227,7 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
     let recorded = provider.record(&g.claims, &f.tool, &g.prepared);
     let claims = &g.claims;
     let mut ev = event(s, k, &g.policies);
-    ev.decision = "allow".into();
+    ev.decision = mandate_core::audit::Decision::Allow;
     ev.credential_id = Some(claims.jti.clone());
     ev.credential_exp = Some(claims.exp);
     ev.details = issue_details(k, &g, f.tool.provider.as_str());
@@ -272,7 +274,7 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
             return withhold(
                 s,
                 withheld,
-                "token.exchange",
+                mandate_core::audit::EventType::TokenExchange,
                 "use limit of an attenuation block reached".into(),
                 err(
                     Code::InvalidGrant,
@@ -290,7 +292,7 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
         return withhold(
             s,
             withheld,
-            "token.withheld",
+            mandate_core::audit::EventType::TokenWithheld,
             format!("revoked while the exchange was in flight: {key}"),
             err(
                 Code::InvalidGrant,
@@ -343,13 +345,13 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
 async fn withhold(
     s: &AppState,
     mut ev: EventBody,
-    event_type: &str,
+    event_type: mandate_core::audit::EventType,
     reason: String,
     error: crate::error::ApiError,
 ) -> Outcome {
     ev.time_ms = s.now_ms();
-    ev.event_type = event_type.into();
-    ev.decision = "deny".into();
+    ev.event_type = event_type;
+    ev.decision = mandate_core::audit::Decision::Deny;
     ev.credential_id = None;
     ev.reason = Some(reason);
     if let Err(e) = s.record(vec![ev]).await {
@@ -367,8 +369,12 @@ async fn failed(
     e: providers::IssueFailure,
 ) -> Outcome {
     ev.time_ms = s.now_ms();
-    ev.event_type = "token.failed".into();
-    ev.decision = if e.refused { "deny" } else { "error" }.into();
+    ev.event_type = mandate_core::audit::EventType::TokenFailed;
+    ev.decision = if e.refused {
+        mandate_core::audit::Decision::Deny
+    } else {
+        mandate_core::audit::Decision::Error
+    };
     ev.reason = Some(e.message.clone());
     let revocation = Revocation {
         seq: 0,

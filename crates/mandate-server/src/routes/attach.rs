@@ -105,7 +105,9 @@ pub async fn attach(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut resp = match attaching_run(&s, addr, &headers, raw).await {
-        Err(e) => e.unauthenticated("run.attach").into_response(),
+        Err(e) => e
+            .unauthenticated(mandate_core::audit::EventType::RunAttach)
+            .into_response(),
         Ok(claims) => stream(&s, claims),
     };
     s.add_dpop_nonce(&mut resp);
@@ -267,8 +269,8 @@ async fn end_detached(s: &S, claims: &MandateClaims) -> Result<(), ApiError> {
     }
     let ev = EventBody {
         time_ms: s.now_ms(),
-        event_type: "run.end".into(),
-        decision: "ok".into(),
+        event_type: mandate_core::audit::EventType::RunEnd,
+        decision: mandate_core::audit::Decision::Ok,
         tenant: Some(run.tenant.clone()),
         actor: Some("broker".into()),
         reason: Some(DETACHED.into()),

@@ -342,8 +342,8 @@ pub async fn create_feed_token(
     let hash = crate::boot::token_hash(&token);
     let ev = mandate_core::audit::EventBody {
         time_ms: s.now_ms(),
-        event_type: "feed_token.create".into(),
-        decision: "ok".into(),
+        event_type: mandate_core::audit::EventType::FeedTokenCreate,
+        decision: mandate_core::audit::Decision::Ok,
         tenant: req.tenant.clone(),
         actor: Some("admin".into()),
         credential_id: Some(id.clone()),

@@ -145,7 +145,8 @@ pub fn json_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError
 
 /// Checks the admin bearer credential (constant-time against each stored hash).
 pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    admin_credential(state, headers).map_err(|e| e.unauthenticated("admin.auth"))
+    admin_credential(state, headers)
+        .map_err(|e| e.unauthenticated(mandate_core::audit::EventType::AdminAuth))
 }
 
 fn admin_credential(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -215,7 +216,7 @@ pub fn require_feed_reader(
                     Code::Unauthorized,
                     "the feed credential is not valid for this broker",
                 )
-                .unauthenticated("admin.auth")
+                .unauthenticated(mandate_core::audit::EventType::AdminAuth)
             })?;
             let reader = feed::FeedReader::Feed(c);
             reader.still_valid(state, state.now_secs())?;

@@ -322,8 +322,8 @@ mod tests {
     fn ev(t: &str, tenant: &str) -> EventBody {
         EventBody {
             time_ms: 5,
-            event_type: t.into(),
-            decision: "ok".into(),
+            event_type: mandate_core::audit::EventType::parse(t),
+            decision: mandate_core::audit::Decision::Ok,
             tenant: Some(tenant.into()),
             ..Default::default()
         }

@@ -37,7 +37,8 @@ enum Caller {
 /// Who calls (an approver or the admin); a refusal is audited through the
 /// throttle for unauthenticated callers.
 fn caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    identify_caller(s, headers).map_err(|e| e.unauthenticated("admin.auth"))
+    identify_caller(s, headers)
+        .map_err(|e| e.unauthenticated(mandate_core::audit::EventType::AdminAuth))
 }
 
 fn identify_caller(s: &S, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -165,7 +166,10 @@ pub async fn create_approver_token(
     );
     let id = random_id(&mut OsRng, "apv_");
     let expires_at = s.now_secs() + ttl;
-    let mut ev = Ctx::new(&s, &headers, addr).event("approver_token.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event(
+        mandate_core::audit::EventType::ApproverTokenCreate,
+        Some(&tenant),
+    );
     ev.principal = Some(principal.clone());
     ev.credential_id = Some(id.clone());
     s.commit(Entry {
@@ -322,13 +326,15 @@ async fn decide(
         ));
     }
     let by = format!("principal:{principal}");
-    let mut ev = Ctx::new(s, headers, addr).event("approval.decide", Some(&a.tenant));
+    let mut ev = Ctx::new(s, headers, addr).event(
+        mandate_core::audit::EventType::ApprovalDecide,
+        Some(&a.tenant),
+    );
     ev.decision = if status == ApprovalStatus::Approved {
-        "approve"
+        mandate_core::audit::Decision::Approve
     } else {
-        "deny"
-    }
-    .into();
+        mandate_core::audit::Decision::Deny
+    };
     ev.actor = Some(by.clone());
     ev.agent = Some(a.agent.clone());
     ev.run = Some(a.run.clone());
@@ -386,8 +392,13 @@ pub async fn report_eval(
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has ended")));
     }
-    let mut ev = Ctx::new(&s, &headers, addr).event("run.eval", Some(&run.tenant));
-    ev.decision = if r.passed { "ok" } else { "fail" }.into();
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::RunEval, Some(&run.tenant));
+    ev.decision = if r.passed {
+        mandate_core::audit::Decision::Ok
+    } else {
+        mandate_core::audit::Decision::Fail
+    };
     ev.agent = Some(run.agent.clone());
     ev.run = Some(id.clone());
     ev.principal = run.principal.clone();
@@ -465,7 +476,11 @@ async fn run_state(
     let run = find_run(s, id)?;
     let suspend = matches!(m, Mutation::SuspendRun { .. });
     let mut ev = Ctx::new(s, headers, addr).event(
-        if suspend { "run.suspend" } else { "run.resume" },
+        if suspend {
+            mandate_core::audit::EventType::RunSuspend
+        } else {
+            mandate_core::audit::EventType::RunResume
+        },
         Some(&run.tenant),
     );
     ev.agent = Some(run.agent.clone());

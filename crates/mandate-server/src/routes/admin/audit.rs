@@ -98,8 +98,8 @@ pub async fn audit_verify_with(
             let why = format!(
                 "the checkpoint was refused: {e}; only checkpoints signed by this broker's keys (its JWKS, /jwks.json) can anchor its trail"
             );
-            let mut ev = ctx.event("audit.verify", None);
-            ev.decision = "deny".into();
+            let mut ev = ctx.event(mandate_core::audit::EventType::AuditVerify, None);
+            ev.decision = mandate_core::audit::Decision::Deny;
             ev.reason = Some(why.clone());
             s.record(vec![ev]).await?;
             return Err(err(Code::InvalidRequest, why));
@@ -166,8 +166,8 @@ async fn verify_against(
     let unanchored = (rep.first_break.is_none() && rep.head.0 > newest)
         .then(|| json!({"from": newest + 1, "to": rep.head.0}));
     if let Some(b) = &rep.first_break {
-        let mut ev = ctx.event("audit.verify", None);
-        ev.decision = "deny".into();
+        let mut ev = ctx.event(mandate_core::audit::EventType::AuditVerify, None);
+        ev.decision = mandate_core::audit::Decision::Deny;
         ev.reason = Some(format!(
             "the audit trail does not verify at event {}: {}",
             b.seq, b.reason

@@ -51,11 +51,11 @@ impl Ctx {
             time_ms: s.now_ms(),
         }
     }
-    fn event(&self, event_type: &str, tenant: Option<&str>) -> EventBody {
+    fn event(&self, event_type: mandate_core::audit::EventType, tenant: Option<&str>) -> EventBody {
         EventBody {
             time_ms: self.time_ms,
-            event_type: event_type.into(),
-            decision: "ok".into(),
+            event_type,
+            decision: mandate_core::audit::Decision::Ok,
             tenant: tenant.map(str::to_owned),
             actor: Some("admin".into()),
             correlation_id: Some(self.corr.clone()),

@@ -35,7 +35,8 @@ pub async fn create_tenant(
         description: req.description,
         created_ms: s.now_ms(),
     };
-    let ev = Ctx::new(&s, &headers, addr).event("tenant.create", Some(&t.name));
+    let ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::TenantCreate, Some(&t.name));
     created(&s, Mutation::CreateTenant(t.clone()), ev, &t).await
 }
 
@@ -94,7 +95,10 @@ pub async fn create_principal(
         groups: req.groups,
         created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&s, &headers, addr).event("principal.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event(
+        mandate_core::audit::EventType::PrincipalCreate,
+        Some(&tenant),
+    );
     ev.principal = Some(p.id.clone());
     created(&s, Mutation::CreatePrincipal(p.clone()), ev, &p).await
 }
@@ -173,7 +177,8 @@ pub async fn create_agent(
         envelope: env.to_strings(),
         created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&s, &headers, addr).event("agent.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::AgentCreate, Some(&tenant));
     ev.agent = Some(a.name.clone());
     ev.details = json!({"owner": a.owner, "envelope": a.envelope});
     created(&s, Mutation::CreateAgent(a.clone()), ev, &a).await
@@ -380,7 +385,8 @@ pub async fn create_tool(
         postgres: req.postgres,
         env: req.env,
     };
-    let mut ev = Ctx::new(&s, &headers, addr).event("tool.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::ToolCreate, Some(&tenant));
     ev.tool = Some(t.name.clone());
     ev.details = json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
         "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env});
@@ -456,7 +462,8 @@ pub async fn set_tool_secret(
         .seal(&mut OsRng, aad.as_bytes(), secret.expose())
         .map_err(|e| err(Code::ServerError, e.to_string()))?;
     let updated_ms = s.now_ms();
-    let mut ev = Ctx::new(&s, &headers, addr).event("tool.secret.set", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::ToolSecretSet, Some(&tenant));
     ev.tool = Some(name.clone());
     ev.details = json!({"bytes": secret.expose().len()});
     s.commit(Entry {
@@ -501,9 +508,12 @@ async fn check_pg_mapping(
     match crate::pg::check_tool_roles(dsn, &tool.name, &roles).await {
         Ok(()) => Ok(Ok(())),
         Err(e) if e.kind == crate::pg::PgErrorKind::Refused => {
-            let mut ev = ctx.event("tool.secret.set", Some(&tool.tenant));
+            let mut ev = ctx.event(
+                mandate_core::audit::EventType::ToolSecretSet,
+                Some(&tool.tenant),
+            );
             ev.tool = Some(tool.name.clone());
-            ev.decision = "deny".into();
+            ev.decision = mandate_core::audit::Decision::Deny;
             ev.reason = Some(e.message.clone());
             s.record(vec![ev]).await?;
             Err(err(
@@ -626,7 +636,8 @@ pub async fn create_grant(
         expires_at: s.now_secs() + secs,
         created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&s, &headers, addr).event("grant.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::GrantCreate, Some(&tenant));
     ev.principal = Some(g.principal.clone());
     ev.agent = Some(g.agent.clone());
     ev.task = Some(g.task.clone());
@@ -711,7 +722,8 @@ pub async fn put_policies(
         policies: policies.into_iter().map(PolicyText::from).collect(),
         created_ms: s.now_ms(),
     };
-    let mut ev = Ctx::new(&s, &headers, addr).event("policy.put", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::PolicyPut, Some(&tenant));
     ev.policies = rec.policies.iter().map(|p| p.id.clone()).collect();
     ev.details = json!({"set": name});
     s.commit(Entry {
@@ -732,7 +744,8 @@ pub async fn delete_policies(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
-    let mut ev = Ctx::new(&s, &headers, addr).event("policy.delete", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::PolicyDelete, Some(&tenant));
     ev.details = json!({"set": name});
     s.commit(Entry {
         mutation: Some(Mutation::DeletePolicySet { tenant, name }),

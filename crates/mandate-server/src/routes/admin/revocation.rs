@@ -73,7 +73,8 @@ pub async fn revoke(
     ids::check_text("reason", &reason, 512).map_err(bad)?;
     let kind = parse_kind(&req.kind)?;
     let t = target(&s, &req, kind, s.now_secs())?;
-    let mut ev = Ctx::new(&s, &headers, addr).event("revoke", t.tenant.as_deref());
+    let mut ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::Revoke, t.tenant.as_deref());
     ev.agent = t.agent;
     ev.principal = t.principal;
     ev.run = t.run;

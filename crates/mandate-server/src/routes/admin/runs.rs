@@ -35,7 +35,7 @@ fn issue(
     s: &S,
     claims: &MandateClaims,
     ctx: Ctx,
-    event_type: &str,
+    event_type: mandate_core::audit::EventType,
 ) -> Result<(String, Run, EventBody), ApiError> {
     let token = mandate::mint(&s.root, claims, &mut OsRng)
         .map_err(|e| err(Code::ServerError, e.to_string()))?;
@@ -58,7 +58,7 @@ fn issue(
     ev.run = Some(claims.run.clone());
     ev.principal = claims.principal.clone();
     ev.task = Some(claims.task.clone());
-    ev.decision = "allow".into();
+    ev.decision = mandate_core::audit::Decision::Allow;
     ev.credential_exp = Some(claims.expires_at);
     Ok((token, run, ev))
 }
@@ -135,7 +135,10 @@ pub async fn create_join_token(
         created_ms: s.now_ms(),
         used_ms: None,
     };
-    let mut ev = Ctx::new(&s, &headers, addr).event("join_token.create", Some(&tenant));
+    let mut ev = Ctx::new(&s, &headers, addr).event(
+        mandate_core::audit::EventType::JoinTokenCreate,
+        Some(&tenant),
+    );
     ev.agent = Some(agent.clone());
     ev.principal = j.principal.clone();
     ev.credential_id = Some(id.clone());
@@ -223,7 +226,8 @@ pub async fn start_run(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let join = run_starter(&s, &headers).map_err(|e| e.unauthenticated("run.start"))?;
+    let join = run_starter(&s, &headers)
+        .map_err(|e| e.unauthenticated(mandate_core::audit::EventType::RunStart))?;
     let req = body(raw, s.config.max_body).and_then(|b| json_body::<NewRun>(&b));
     let asked = req
         .as_ref()
@@ -234,9 +238,10 @@ pub async fn start_run(
         Err(e) => Err(e),
     };
     if let Err(e) = &outcome {
-        let mut ev = Ctx::new(&s, &headers, addr).event("run.start", asked.0.as_deref());
+        let mut ev = Ctx::new(&s, &headers, addr)
+            .event(mandate_core::audit::EventType::RunStart, asked.0.as_deref());
         ev.agent = asked.1;
-        ev.decision = "deny".into();
+        ev.decision = mandate_core::audit::Decision::Deny;
         ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
         if let Some(j) = &join {
             ev.actor = Some(format!("join token {}", j.id));
@@ -479,13 +484,18 @@ async fn start_run_as(
         hops: vec![],
         resource_prefix: None,
     };
-    let (token, run, mut ev) = issue(s, &claims, Ctx::new(s, headers, addr), "run.start")?;
+    let (token, run, mut ev) = issue(
+        s,
+        &claims,
+        Ctx::new(s, headers, addr),
+        mandate_core::audit::EventType::RunStart,
+    )?;
     ev.details = json!({"capabilities": run.capabilities, "grant": claims.grant, "jkt": claims.cnf_jkt, "run_id": claims.run_id});
     if let Some(j) = &join {
         // Consumed first and once: of two concurrent uses, one wins.
         ev.actor = Some(format!("join token {}", j.id));
         let mut used = ev.clone();
-        used.event_type = "join_token.use".into();
+        used.event_type = mandate_core::audit::EventType::JoinTokenUse;
         s.commit(Entry {
             mutation: Some(Mutation::UseJoinToken {
                 id: j.id.clone(),
@@ -555,7 +565,8 @@ pub async fn end_run(
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has already ended")));
     }
-    let ev = Ctx::new(&s, &headers, addr).event("run.end", Some(&run.tenant));
+    let ev = Ctx::new(&s, &headers, addr)
+        .event(mandate_core::audit::EventType::RunEnd, Some(&run.tenant));
     finish_run(&s, &run, ev, "run ended").await?;
     Ok(Json(json!({"run": id, "ended": true})))
 }
@@ -620,18 +631,22 @@ pub async fn delegate(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut resp = match delegating_parent(&s, addr, &headers, raw).await {
-        Err(e) => e.unauthenticated("run.delegate").into_response(),
+        Err(e) => e
+            .unauthenticated(mandate_core::audit::EventType::RunDelegate)
+            .into_response(),
         Ok((parent, req, now)) => {
             match delegate_as(&s, &parent, req, now, Ctx::new(&s, &headers, addr)).await {
                 Ok(done) => done.into_response(),
                 Err(e) => {
-                    let mut ev =
-                        Ctx::new(&s, &headers, addr).event("run.delegate", Some(&parent.tenant));
+                    let mut ev = Ctx::new(&s, &headers, addr).event(
+                        mandate_core::audit::EventType::RunDelegate,
+                        Some(&parent.tenant),
+                    );
                     ev.agent = Some(parent.agent.clone());
                     ev.run = Some(parent.run.clone());
                     ev.principal = parent.principal.clone();
                     ev.actor = Some(parent.run_id.clone());
-                    ev.decision = "deny".into();
+                    ev.decision = mandate_core::audit::Decision::Deny;
                     ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
                     match s.record(vec![ev]).await {
                         Ok(_) => e.into_response(),
@@ -899,7 +914,7 @@ async fn delegate_as(
         hops: vec![],
         resource_prefix: None,
     };
-    let (token, run, mut ev) = issue(s, &claims, ctx, "run.delegate")?;
+    let (token, run, mut ev) = issue(s, &claims, ctx, mandate_core::audit::EventType::RunDelegate)?;
     let chain: Vec<&str> = claims.ancestors.iter().map(|(r, _)| r.as_str()).collect();
     ev.actor = Some(parent.run_id.clone());
     ev.details = json!({"parent": parent.run, "ancestors": chain, "depth": depth,

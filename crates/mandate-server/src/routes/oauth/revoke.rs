@@ -31,15 +31,22 @@ pub fn block_revocations_from_trail(
     now_ms: u64,
 ) -> Result<std::collections::HashMap<String, u32>, crate::config::BootError> {
     let mut counts = std::collections::HashMap::new();
-    crate::state::each_recent_event(store, "revoke", None, max_ttl, now_ms, |ev| {
-        let block = ev.body.details["revoked"]
-            .as_str()
-            .is_some_and(|k| k.starts_with("block:"));
-        if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
-            *counts.entry(run.to_owned()).or_insert(0u32) += 1;
-        }
-        Ok(())
-    })?;
+    crate::state::each_recent_event(
+        store,
+        mandate_core::audit::EventType::Revoke,
+        None,
+        max_ttl,
+        now_ms,
+        |ev| {
+            let block = ev.body.details["revoked"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("block:"));
+            if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
+                *counts.entry(run.to_owned()).or_insert(0u32) += 1;
+            }
+            Ok(())
+        },
+    )?;
     Ok(counts)
 }
 
@@ -97,7 +104,8 @@ pub async fn revoke(
             }
             let key = match m.hops.last() {
                 Some(h) => {
-                    count_block_revocation(&s, &m.run).map_err(|e| e.unauthenticated("revoke"))?;
+                    count_block_revocation(&s, &m.run)
+                        .map_err(|e| e.unauthenticated(mandate_core::audit::EventType::Revoke))?;
                     format!("block:{}", h.block_id)
                 }
                 None => format!("run:{}", m.run),
@@ -109,8 +117,8 @@ pub async fn revoke(
     };
     let ev = EventBody {
         time_ms: s.now_ms(),
-        event_type: "revoke".into(),
-        decision: "ok".into(),
+        event_type: mandate_core::audit::EventType::Revoke,
+        decision: mandate_core::audit::Decision::Ok,
         tenant: Some(tenant.clone()),
         agent: Some(agent),
         run: Some(run),

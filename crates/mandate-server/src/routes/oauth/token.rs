@@ -26,7 +26,9 @@ pub async fn token(
 ) -> Response {
     let now = s.now_secs();
     let mut resp = match parse(&s, addr, headers, raw) {
-        Err(e) => e.unauthenticated("token.exchange").into_response(),
+        Err(e) => e
+            .unauthenticated(mandate_core::audit::EventType::TokenExchange)
+            .into_response(),
         Ok(req) => render(exchange::exchange(&s, req, now).await, now),
     };
     // RFC 9449 §8.1, §8.2: every answer carries the nonce to use next

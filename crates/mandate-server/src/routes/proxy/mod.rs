@@ -89,7 +89,7 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let mut ev = EventBody {
         time_ms: s.now_ms(),
-        event_type: "proxy.call".into(),
+        event_type: mandate_core::audit::EventType::ProxyCall,
         correlation_id: Some(correlation_id(&parts.headers)),
         client_addr: client(Some(addr)),
         ..Default::default()
@@ -113,7 +113,7 @@ pub async fn forward(
         Ok(b) => b,
         Err(e) => return denied(&s, ev, e).await,
     };
-    ev.decision = "allow".into();
+    ev.decision = mandate_core::audit::Decision::Allow;
     note(&s, &ev, false).await;
     // The decision is durable before the upstream acts on the request.
     if let Err(e) = s.record(vec![ev.clone()]).await {
@@ -124,7 +124,7 @@ pub async fn forward(
     *up.uri_mut() = plan.uri.clone();
     *up.headers_mut() = std::mem::take(&mut plan.headers);
     let mut result = ev;
-    result.event_type = "proxy.result".into();
+    result.event_type = mandate_core::audit::EventType::ProxyResult;
     send(&s, up, body, plan, result, started).await
 }
 
@@ -133,9 +133,11 @@ pub async fn forward(
 /// anyone's: it goes through the per-client throttle instead.
 async fn denied(s: &S, mut ev: EventBody, e: ApiError) -> Response {
     if ev.run.is_none() {
-        return e.unauthenticated("proxy.call").into_response();
+        return e
+            .unauthenticated(mandate_core::audit::EventType::ProxyCall)
+            .into_response();
     }
-    ev.decision = "deny".into();
+    ev.decision = mandate_core::audit::Decision::Deny;
     if ev.reason.is_none() {
         ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
     }

@@ -74,7 +74,7 @@ pub(super) async fn send(
     let reflected = Arc::new(AtomicBool::new(scrubber.reflected()));
     let out_bytes = Arc::new(AtomicU64::new(0));
     let mut result = result;
-    result.decision = "ok".into();
+    result.decision = mandate_core::audit::Decision::Ok;
     let done = Outcome {
         s: Arc::clone(s),
         ev: Some(result),
@@ -286,7 +286,7 @@ pub(super) async fn failed(
     e: ApiError,
 ) -> Response {
     ev.time_ms = s.now_ms();
-    ev.decision = "error".into();
+    ev.decision = mandate_core::audit::Decision::Error;
     ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
     merge(
         &mut ev.details,
