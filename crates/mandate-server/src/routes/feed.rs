@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use mandate_store::Revocation;
 
-use super::{S, require_admin, require_feed_reader};
+use super::{Admin, S, require_feed_reader};
 use crate::error::{ApiError, Code, err};
 use crate::state::AppState;
 
@@ -298,11 +298,11 @@ struct NewFeedToken {
 /// feed, and nothing else, for a tool's verifiers. Shown once; stored hashed.
 pub async fn create_feed_token(
     State(s): State<S>,
+    _: Admin,
     axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {
-    require_admin(&s, &headers)?;
     let raw = super::body(raw, s.config.max_body)?;
     let req: NewFeedToken = if raw.iter().all(u8::is_ascii_whitespace) {
         NewFeedToken::default()

@@ -3,16 +3,13 @@
 //! token, who holds it, on whose behalf, and is it still good?".
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use mandate_core::{credential, mandate};
 
-use super::{S, body, json_body, require_admin};
+use super::{Admin, JsonBody, S};
 use crate::error::ApiError;
 
 /// Body of an inspection.
@@ -25,11 +22,9 @@ pub struct Inspect {
 /// `POST /v1/tokens/inspect {"token": "..."}`
 pub async fn inspect(
     State(s): State<S>,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    _: Admin,
+    JsonBody(req): JsonBody<Inspect>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    let req: Inspect = json_body(&body(raw, s.config.max_body)?)?;
     let now = s.now_secs();
     let reg = s.reg();
     let token = req.token.trim();

@@ -143,6 +143,36 @@ pub fn json_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError
     })
 }
 
+/// An admin request (extractor): it carried a valid admin credential.
+/// Refusals are audited through the per-client throttle (`admin.auth`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl axum::extract::FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        require_admin(state, &parts.headers).map(|()| Admin)
+    }
+}
+
+/// A JSON request body (extractor): bounded by `max_body`, parsed into `T`
+/// with an error a human can act on.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let raw = <Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await;
+        json_body(&body(raw, state.config.max_body)?).map(JsonBody)
+    }
+}
+
 /// Checks the admin bearer credential (constant-time against each stored hash).
 pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     admin_credential(state, headers)

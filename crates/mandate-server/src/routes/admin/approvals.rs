@@ -126,12 +126,12 @@ fn view(a: &Approval, now: u64) -> Value {
 /// `POST /v1/tenants/{t}/principals/{p}/approver-tokens` (admin).
 pub async fn create_approver_token(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, principal)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
     let raw = body(raw, s.config.max_body)?;
     let req: NewApproverToken = if raw.iter().all(u8::is_ascii_whitespace) {
         NewApproverToken::default()
@@ -380,13 +380,12 @@ pub struct EvalReport {
 /// `context.history.evals_passed`.
 pub async fn report_eval(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    JsonBody(r): JsonBody<EvalReport>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    let r: EvalReport = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("eval name", &r.name).map_err(bad)?;
     let run = find_run(&s, &id)?;
     if run.ended_ms.is_some() {
@@ -425,12 +424,12 @@ pub struct Suspend {
 /// `POST /v1/runs/{id}/suspend` (admin): its exchanges wait.
 pub async fn suspend_run(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     let req: Suspend = optional_json(&s, raw)?;
     let reason = req.reason.unwrap_or_else(|| "suspended by an admin".into());
     ids::check_text("reason", &reason, 512).map_err(bad)?;
@@ -451,11 +450,11 @@ pub async fn suspend_run(
 /// `POST /v1/runs/{id}/resume` (admin).
 pub async fn resume_run(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     run_state(
         &s,
         addr,

@@ -26,10 +26,9 @@ pub struct AuditQuery {
 /// `GET /v1/audit`
 pub async fn audit_query(
     State(s): State<S>,
-    headers: HeaderMap,
+    _: Admin,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     if let Some(d) = &q.decision
         && !["allow", "deny", "ok", "error"].contains(&d.as_str())
     {
@@ -61,10 +60,10 @@ pub async fn audit_query(
 /// broker's latest signed checkpoint.
 pub async fn audit_verify(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     let ctx = Ctx::new(&s, &headers, addr);
     let mine = s
         .checkpoints
@@ -85,11 +84,11 @@ pub struct VerifyRequest {
 /// earlier (kept elsewhere), which must be signed by this broker's keys.
 pub async fn audit_verify_with(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     let ctx = Ctx::new(&s, &headers, addr);
     let req: VerifyRequest = json_body(&body(raw, s.config.max_body)?)?;
     let supplied = match mandate_core::audit::verify_checkpoint(&req.checkpoint, &s.keys.jwks()) {
@@ -188,11 +187,7 @@ async fn verify_against(
 
 /// `GET /v1/audit/checkpoint`: a signed checkpoint of the trail's head
 /// (made now if events came since the last one), to keep elsewhere.
-pub async fn audit_checkpoint(
-    State(s): State<S>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+pub async fn audit_checkpoint(State(s): State<S>, _: Admin) -> Result<Json<Value>, ApiError> {
     let c = std::sync::Arc::clone(&s.checkpoints);
     let cp = tokio::task::spawn_blocking(move || c.flush())
         .await

@@ -21,7 +21,7 @@ use mandate_core::mandate::{self, MandateClaims};
 use mandate_core::tooling::{EnvSpec, PostgresSpec, ProviderKind, ProxySpec, check_env};
 use mandate_store::*;
 
-use super::{S, body, client, correlation_id, json_body, require_admin};
+use super::{Admin, JsonBody, S, body, client, correlation_id, json_body, require_admin};
 
 mod approvals;
 mod audit;

@@ -16,12 +16,11 @@ pub struct NewTenant {
 /// `POST /v1/tenants`
 pub async fn create_tenant(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<NewTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
-    let req: NewTenant = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("tenant", &req.name).map_err(bad)?;
     ids::check_text("description", &req.description, 1024).map_err(bad)?;
     if s.reg().tenants.contains_key(&req.name) {
@@ -41,8 +40,7 @@ pub async fn create_tenant(
 }
 
 /// `GET /v1/tenants`
-pub async fn list_tenants(State(s): State<S>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+pub async fn list_tenants(State(s): State<S>, _: Admin) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(s.reg().tenants.values().collect::<Vec<_>>())))
 }
 
@@ -63,12 +61,12 @@ pub struct NewPrincipal {
 /// `POST /v1/tenants/{tenant}/principals`
 pub async fn create_principal(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let req: NewPrincipal = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_principal(&req.id).map_err(bad)?;
@@ -135,12 +133,12 @@ pub struct NewAgent {
 /// `POST /v1/tenants/{tenant}/agents`
 pub async fn create_agent(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let req: NewAgent = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("agent", &req.name).map_err(bad)?;
@@ -330,12 +328,12 @@ fn tool_is_new(
 /// `POST /v1/tenants/{tenant}/tools`
 pub async fn create_tool(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let req: NewTool = json_body(&body(raw, s.config.max_body)?)?;
     ids::check_slug("tool", &req.name).map_err(bad)?;
@@ -401,12 +399,12 @@ const MAX_SECRET: usize = 8192;
 /// it is sealed under the master key and never returned by any endpoint.
 pub async fn set_tool_secret(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, name)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let raw = body(raw, s.config.max_body)?;
     let tool = s
@@ -576,12 +574,12 @@ const GRANT_MAX_SECS: u64 = 30 * 24 * 3600;
 /// `POST /v1/tenants/{tenant}/grants`
 pub async fn create_grant(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let req: NewGrant = json_body(&body(raw, s.config.max_body)?)?;
     let caps = CapabilitySet::parse(&req.capabilities).map_err(bad)?;
@@ -666,13 +664,13 @@ pub async fn list_grants(
 /// `PUT /v1/tenants/{tenant}/policies/{name}` with the Cedar text as body.
 pub async fn put_policies(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, name)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, axum::response::Response> {
     use axum::response::IntoResponse;
-    require_admin(&s, &headers).map_err(IntoResponse::into_response)?;
     need_tenant(&s, &tenant).map_err(IntoResponse::into_response)?;
     ids::check_slug("policy set", &name).map_err(|e| bad(e).into_response())?;
     let raw = body(raw, s.config.max_body).map_err(IntoResponse::into_response)?;
@@ -738,11 +736,11 @@ pub async fn put_policies(
 /// `DELETE /v1/tenants/{tenant}/policies/{name}`
 pub async fn delete_policies(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let mut ev = Ctx::new(&s, &headers, addr)
         .event(mandate_core::audit::EventType::PolicyDelete, Some(&tenant));

@@ -60,12 +60,11 @@ fn parse_kind(kind: &str) -> Result<RevocationKind, ApiError> {
 /// grant or tenant, or everything (the kill switch).
 pub async fn revoke(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<NewRevocation>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
-    let req: NewRevocation = json_body(&body(raw, s.config.max_body)?)?;
     let reason = req
         .reason
         .clone()
@@ -100,11 +99,7 @@ pub async fn revoke(
 }
 
 /// `GET /v1/revocations`: the revoked ids in force (for operators).
-pub async fn list_revocations(
-    State(s): State<S>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+pub async fn list_revocations(State(s): State<S>, _: Admin) -> Result<Json<Value>, ApiError> {
     let reg = s.reg();
     let mut keys: Vec<&String> = reg.revoked.iter().collect();
     keys.sort();

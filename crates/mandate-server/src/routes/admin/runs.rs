@@ -86,12 +86,12 @@ pub struct NewJoinToken {
 /// token is in this answer only; the broker keeps its SHA-256.
 pub async fn create_join_token(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, agent)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&s, &headers)?;
     need_tenant(&s, &tenant)?;
     let req: NewJoinToken = json_body(&body(raw, s.config.max_body)?)?;
     if !s
@@ -541,10 +541,9 @@ pub struct RunQuery {
 /// `GET /v1/runs`
 pub async fn list_runs(
     State(s): State<S>,
-    headers: HeaderMap,
+    _: Admin,
     Query(q): Query<RunQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     let runs = s.store.list_runs(
         q.tenant.as_deref(),
         q.agent.as_deref(),
@@ -556,11 +555,11 @@ pub async fn list_runs(
 /// `POST /v1/runs/{id}/end`: ends a run; its mandate and credentials are refused from now on.
 pub async fn end_run(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     let run = find_run(&s, &id)?;
     if run.ended_ms.is_some() {
         return Err(err(Code::Conflict, format!("run `{id}` has already ended")));

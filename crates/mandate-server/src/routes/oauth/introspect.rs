@@ -14,16 +14,16 @@ use mandate_core::credential;
 use super::{Presented, TOKEN_TYPE_MANDATE, identify, require_form_content_type};
 use crate::error::ApiError;
 use crate::form::Form;
-use crate::routes::{S, body, require_admin};
+use crate::routes::{Admin, S, body};
 
 /// RFC 7662 introspection (admin bearer required, §2.1).
 pub async fn introspect(
     State(s): State<S>,
+    _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
     let raw = body(raw, s.config.max_body)?;
     require_form_content_type(&headers)?;
     let form = Form::parse(&raw)?;
