@@ -34,11 +34,12 @@ pub mod history;
 pub mod keyring;
 pub mod listen;
 pub mod pg;
+pub mod pop;
 pub mod providers;
 pub mod refusals;
 pub mod registry;
 pub mod routes;
-pub mod sigs;
+
 pub mod state;
 pub mod upstream;
 pub mod writer;

@@ -84,14 +84,14 @@ pub fn prove(
 ) -> Result<Pop, ApiError> {
     match &req.proof {
         Proof::Dpop(proof) => {
-            super::pop::dpop_at_token_endpoint(s, proof, &m.cnf_jkt, now)?;
+            crate::pop::dpop::dpop_at_token_endpoint(s, proof, &m.cnf_jkt, now)?;
             Ok(Pop::Dpop)
         }
         Proof::MessageSignature { headers, body } => {
-            crate::sigs::verify(
+            crate::pop::httpsig::verify(
                 s,
                 headers,
-                &crate::sigs::Expect {
+                &crate::pop::httpsig::Expect {
                     method: "POST",
                     target_uri: &s.token_endpoint,
                     body: Some(body),

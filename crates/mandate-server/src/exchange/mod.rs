@@ -18,7 +18,7 @@
 
 pub mod decide;
 pub mod gather;
-mod pop;
+
 mod record;
 pub mod request;
 

@@ -55,7 +55,7 @@ fn parse(
 fn proof(headers: HeaderMap, body: Bytes) -> Result<Proof, ApiError> {
     match (
         single_header(&headers, "dpop")?,
-        crate::sigs::present(&headers),
+        crate::pop::httpsig::present(&headers),
     ) {
         (Some(p), false) => Ok(Proof::Dpop(p.to_owned())),
         (None, true) => Ok(Proof::MessageSignature { headers, body }),

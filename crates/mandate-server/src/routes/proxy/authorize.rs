@@ -288,10 +288,10 @@ pub(super) fn verify_binding(
             .unwrap_or("/")
     );
     let names: Vec<&str> = token_headers.iter().map(|n| n.as_str()).collect();
-    crate::sigs::verify(
+    crate::pop::httpsig::verify(
         s,
         &parts.headers,
-        &crate::sigs::Expect {
+        &crate::pop::httpsig::Expect {
             method: parts.method.as_str(),
             target_uri: &target,
             body: Some(body),

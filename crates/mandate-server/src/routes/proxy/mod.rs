@@ -96,7 +96,7 @@ pub async fn forward(
     };
     // A signed request (RFC 9421) is read whole first: its Content-Digest
     // must match the body before anything is forwarded.
-    let (body, signed_body) = if crate::sigs::present(&parts.headers) {
+    let (body, signed_body) = if crate::pop::httpsig::present(&parts.headers) {
         match read_body(body, s.config.proxy_max_body).await {
             Ok(b) => (Inbound::Read(b.clone()), Some(b)),
             Err(e) => return denied(&s, ev, e).await,

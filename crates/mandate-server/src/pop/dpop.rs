@@ -8,7 +8,7 @@ use crate::state::AppState;
 
 /// Verifies a DPoP proof (RFC 9449) at the token endpoint for the key `jkt`,
 /// and that it is its first use.
-pub(super) fn dpop_at_token_endpoint(
+pub fn dpop_at_token_endpoint(
     s: &AppState,
     proof: &str,
     jkt: &str,
