@@ -1,5 +1,5 @@
 //! Proof of possession at the token endpoint: DPoP (RFC 9449). RFC 9421
-//! signatures are checked by [`crate::sigs`].
+//! signatures are checked by [`super::httpsig`].
 
 use mandate_core::dpop::{self, ProofExpectations};
 
