@@ -3,8 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
-cargo build --release -q -p mandate-cli -p mandate-bench
-bin=$CARGO_TARGET_DIR/release
+# MANDATE_BIN_DIR: binaries built elsewhere (another commit, for a
+# before/after comparison); otherwise this tree's, built now.
+if [ -n "${MANDATE_BIN_DIR:-}" ]; then
+  bin=$MANDATE_BIN_DIR
+else
+  cargo build --release -q -p mandate-cli -p mandate-bench
+  bin=$CARGO_TARGET_DIR/release
+fi
 work=$(mktemp -d /tmp/mandate-bench.XXXXXX)
 echo "work dir: $work"
 export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RUST_LOG:-warn}
@@ -12,5 +18,7 @@ export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RU
 # of live DPoP proofs (10,000, ≈ 150 requests/s).
 "$bin/mandate" serve --listen 127.0.0.1:$port --dpop-replay-per-key 2000000 >"$work/broker.log" 2>&1 &
 broker=$!
-trap 'kill ${broker:-} ${ceil:-} 2>/dev/null || true' EXIT
+# The work directory (a few hundred MB of proofs and a database) goes when
+# the script ends, unless KEEP_WORK=1.
+trap 'kill ${broker:-} ${ceil:-} 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || { sleep 0.5; rm -rf "$work"; }' EXIT
 for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done
