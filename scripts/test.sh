@@ -15,6 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
+# Brokers started by tests keep their data directory (a test may restart on
+# it); what earlier runs left more than an hour ago goes now.
+find "${TMPDIR:-/tmp}" -maxdepth 1 -mmin +60 \( -name 'mandate-test-*' -o -name 'mandate-live-*' \
+  -o -name 'mandate-cli-*' -o -name 'mandate-cp-*' -o -name 'mandate-bench.*' -o -name 'mandate-w5.*' \) \
+  -exec rm -rf {} + 2>/dev/null || true
 venv=${MANDATE_VENV:-$HOME/.cache/mandate-venv}
 node_dir=${MANDATE_NODE_DIR:-$HOME/.cache/mandate-node}
 

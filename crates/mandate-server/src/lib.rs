@@ -31,6 +31,7 @@ pub mod exchange;
 pub mod form;
 pub mod gate;
 pub mod history;
+pub mod holder_revocation;
 pub mod keyring;
 pub mod listen;
 pub mod pg;

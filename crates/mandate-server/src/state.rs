@@ -171,7 +171,7 @@ pub struct AppState {
     /// Single-use (amount) proxy credentials already used, until they expire.
     pub proxy_spent: Mutex<mandate_core::forwarding::SpentSet>,
     /// Narrowed mandates revoked at RFC 7009 per run, in this process: at
-    /// most [`crate::routes::oauth::MAX_BLOCK_REVOCATIONS`] each (anyone
+    /// most [`crate::holder_revocation::MAX_BLOCK_REVOCATIONS`] each (anyone
     /// holding a run's key can mint narrowed mandates offline).
     pub block_revocations: Mutex<HashMap<String, u32>>,
     /// SHA-256 of each admin credential.
@@ -435,7 +435,7 @@ impl AppState {
             config.mandate_max_ttl,
             config.clock.now_ms(),
         )?;
-        let block_revocations = crate::routes::oauth::block_revocations_from_trail(
+        let block_revocations = crate::holder_revocation::block_revocations_from_trail(
             store.as_ref(),
             config.mandate_max_ttl,
             config.clock.now_ms(),

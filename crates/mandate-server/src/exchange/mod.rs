@@ -41,7 +41,7 @@ pub enum Outcome {
     /// Humans were asked to approve (durable, announced); retry later.
     ApprovalRequested {
         /// Every approval this request waits for (the new ones first).
-        approvals: Vec<Approval>,
+        approvals: Vec<PendingApproval>,
         /// What to tell the agent.
         message: String,
     },
@@ -49,12 +49,39 @@ pub enum Outcome {
     /// resume a suspended run.
     Waiting {
         /// The approvals it waits for (none for a suspended run).
-        approvals: Vec<Approval>,
+        approvals: Vec<PendingApproval>,
         /// What to tell the agent.
         message: String,
     },
     /// Refused, with the rule that decided (audited).
     Denied(Denial),
+}
+
+/// An approval an exchange waits for, as the agent is told of it.
+#[derive(Debug, Clone)]
+pub struct PendingApproval {
+    /// Its id (`apr_...`), to poll and to name when retrying.
+    pub id: String,
+    /// The policies that asked for it.
+    pub policies: Vec<String>,
+    /// Who may decide it.
+    pub approvers: Vec<String>,
+    /// Where it is in its life.
+    pub status: mandate_core::approval::ApprovalStatus,
+    /// Until when it can be decided (seconds).
+    pub expires_at: u64,
+}
+
+impl From<&Approval> for PendingApproval {
+    fn from(a: &Approval) -> Self {
+        Self {
+            id: a.id.clone(),
+            policies: a.policies.clone(),
+            approvers: a.approvers.clone(),
+            status: a.status,
+            expires_at: a.expires_at,
+        }
+    }
 }
 
 /// A credential made by an exchange.

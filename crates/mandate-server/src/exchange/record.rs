@@ -113,7 +113,10 @@ pub(super) async fn waiting(
     if let (Some(m), Some(_)) = (k.mandate.as_deref(), k.pop) {
         crate::alerts::judged(s, m.into(), now, false).await;
     }
-    Outcome::Waiting { approvals, message }
+    Outcome::Waiting {
+        approvals: approvals.iter().map(Into::into).collect(),
+        message,
+    }
 }
 
 /// A new approval request for one refusing policy.
@@ -178,10 +181,13 @@ pub(super) async fn ask(s: &AppState, k: &Known<'_>, ask: Ask, now: u64) -> Outc
     for a in &ask.asked {
         crate::alerts::announce(s, "approval.requested", json!(a)).await;
     }
-    let mut approvals = ask.asked;
-    approvals.extend(ask.pending);
     Outcome::ApprovalRequested {
-        approvals,
+        approvals: ask
+            .asked
+            .iter()
+            .chain(&ask.pending)
+            .map(Into::into)
+            .collect(),
         message: ask.message,
     }
 }

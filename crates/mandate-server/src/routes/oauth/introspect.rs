@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use mandate_core::credential;
 
-use super::{Presented, TOKEN_TYPE_MANDATE, identify, require_form_content_type};
+use super::{TOKEN_TYPE_MANDATE, require_form_content_type};
 use crate::error::ApiError;
 use crate::form::Form;
+use crate::holder_revocation::{Presented, identify};
 use crate::routes::{Admin, S, body};
 
 /// RFC 7662 introspection (admin bearer required, §2.1).

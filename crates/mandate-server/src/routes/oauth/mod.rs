@@ -12,16 +12,13 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use mandate_core::credential::{self, AccessClaims};
-use mandate_core::mandate::MandateClaims;
-
 use super::S;
 use crate::error::{ApiError, Code, err};
 pub use crate::exchange::request::{GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_JWT, TOKEN_TYPE_MANDATE};
 pub use crate::providers::{TOKEN_TYPE_ACCESS, TOKEN_TYPE_POSTGRES};
 pub use introspect::introspect;
 pub use mandate_core::exchange::JKT_URN;
-pub use revoke::{MAX_BLOCK_REVOCATIONS, block_revocations_from_trail, revoke};
+pub use revoke::revoke;
 pub use token::token;
 
 /// RFC 8414 authorization server metadata.
@@ -67,24 +64,4 @@ fn require_form_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// What a presented token turned out to be.
-enum Presented {
-    Credential(Box<AccessClaims>),
-    Mandate(std::sync::Arc<MandateClaims>),
-}
-
-/// Verifies a token presented for introspection or revocation.
-async fn identify(s: &S, token: &str, now: u64, client: std::net::IpAddr) -> Option<Presented> {
-    if token.matches('.').count() == 2 {
-        credential::verify(&s.keys, &s.config.issuer, token, now, false)
-            .ok()
-            .map(|c| Presented::Credential(Box::new(c)))
-    } else {
-        crate::gate::verify_mandate(s, token, now, client)
-            .await
-            .ok()
-            .map(Presented::Mandate)
-    }
 }

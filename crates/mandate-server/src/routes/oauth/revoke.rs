@@ -1,160 +1,38 @@
-//! RFC 7009 token revocation by its holder.
+//! RFC 7009 token revocation by its holder: parse, then
+//! [`crate::holder_revocation`].
 
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::http::{HeaderMap, StatusCode};
 
-use mandate_core::audit::EventBody;
-use mandate_store::{Entry, Mutation, Revocation};
-
-use super::{Presented, identify, require_form_content_type};
-use crate::error::{ApiError, Code, err};
+use super::require_form_content_type;
+use crate::error::ApiError;
 use crate::form::Form;
-use crate::routes::{S, body, client, correlation_id};
+use crate::holder_revocation::{self, Origin, identify};
+use crate::routes::{S, body, correlation_id};
 
-/// Most narrowed mandates of one run that RFC 7009 revokes (per process):
-/// each is a line in the revocation log and the feed, and a holder of the
-/// run's key can mint them offline without end.
-pub const MAX_BLOCK_REVOCATIONS: u32 = 64;
-
-/// Narrowed mandates revoked at RFC 7009 per run, from the audit trail (the
-/// last `max_ttl` seconds: older ones belong to runs that have expired), so
-/// a restart does not reset [`MAX_BLOCK_REVOCATIONS`].
-pub fn block_revocations_from_trail(
-    store: &dyn mandate_store::Store,
-    max_ttl: u64,
-    now_ms: u64,
-) -> Result<std::collections::HashMap<String, u32>, crate::config::BootError> {
-    let mut counts = std::collections::HashMap::new();
-    crate::state::each_recent_event(
-        store,
-        mandate_core::audit::EventType::Revoke,
-        None,
-        max_ttl,
-        now_ms,
-        |ev| {
-            let block = ev.body.details["revoked"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("block:"));
-            if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
-                *counts.entry(run.to_owned()).or_insert(0u32) += 1;
-            }
-            Ok(())
-        },
-    )?;
-    Ok(counts)
-}
-
-/// Counts one more narrowed-mandate revocation of `run`, or refuses.
-fn count_block_revocation(s: &S, run: &str) -> Result<(), ApiError> {
-    let mut counts = s
-        .block_revocations
-        .lock()
-        .map_err(|_| err(Code::ServerError, "the revocation counter is unavailable"))?;
-    let n = counts.entry(run.to_owned()).or_insert(0);
-    if *n >= MAX_BLOCK_REVOCATIONS {
-        return Err(err(
-            Code::InvalidRequest,
-            format!(
-                "{MAX_BLOCK_REVOCATIONS} narrowed mandates of run `{run}` were revoked already; to cut off more, revoke the run (`mandate revoke --run {run}`)"
-            ),
-        ));
-    }
-    *n += 1;
-    Ok(())
-}
-
-/// RFC 7009 revocation: the holder of a credential or mandate may revoke it.
-/// Answers 200 for unknown, invalid, expired or already revoked tokens too
-/// (§2.2), and writes nothing for them: this endpoint needs no
-/// authentication, so only a valid, live token can make it write, once.
-/// A narrowed (attenuated) mandate revokes only its own subtree: its last
-/// block, so every token that extends it and every credential made from
-/// them; never the run it was narrowed from.
+/// `POST /oauth/revoke`. Answers 200 for unknown, invalid, expired or
+/// already revoked tokens too (§2.2): this endpoint needs no authentication.
 pub async fn revoke(
     State(s): State<S>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<StatusCode, ApiError> {
     let raw = body(raw, s.config.max_body)?;
     require_form_content_type(&headers)?;
     let form = Form::parse(&raw)?;
     let token = form.req("token")?;
     let now = s.now_secs();
-    let ok = || Ok(axum::http::StatusCode::OK.into_response());
-    let (key, until, tenant, run, agent) = match identify(&s, token, now, addr.ip()).await {
-        Some(Presented::Credential(c)) => {
-            if s.reg().refused(&c.revocation_keys(), c.iat).is_some() {
-                return ok();
-            }
-            (format!("cred:{}", c.jti), c.exp, c.tenant, c.run, c.agent)
-        }
-        Some(Presented::Mandate(m)) => {
-            // A narrowed mandate already revoked writes nothing again; a
-            // run's own mandate ends its run once (a revoked run that has
-            // not ended yet still ends: below, ended runs write nothing).
-            if !m.hops.is_empty() && s.reg().refused(&m.revocation_keys(), m.issued_at).is_some() {
-                return ok();
-            }
-            let key = match m.hops.last() {
-                Some(h) => {
-                    count_block_revocation(&s, &m.run)
-                        .map_err(|e| e.unauthenticated(mandate_core::audit::EventType::Revoke))?;
-                    format!("block:{}", h.block_id)
-                }
-                None => format!("run:{}", m.run),
-            };
-            let until = if m.hops.is_empty() { 0 } else { m.expires_at };
-            (key, until, m.tenant.clone(), m.run.clone(), m.agent.clone())
-        }
-        None => return ok(),
-    };
-    let ev = EventBody {
-        time_ms: s.now_ms(),
-        event_type: mandate_core::audit::EventType::Revoke,
-        decision: mandate_core::audit::Decision::Ok,
-        tenant: Some(tenant.clone()),
-        agent: Some(agent),
-        run: Some(run),
-        credential_id: key.strip_prefix("cred:").map(str::to_owned),
-        actor: Some("token holder (RFC 7009)".into()),
-        correlation_id: Some(correlation_id(&headers)),
-        client_addr: client(Some(addr)),
-        details: json!({"revoked": key}),
-        ..Default::default()
-    };
-    let rev = Revocation {
-        seq: 0,
-        key,
-        reason: "revoked by its holder".into(),
-        time_ms: s.now_ms(),
-        until,
-        tenant: Some(tenant),
-    };
-    // A run's holder revoking its mandate ends the run (what `mandate exec`
-    // does when its child exits).
-    let mutation = match rev.key.strip_prefix("run:") {
-        Some(id) => match s.store.get_run(id)? {
-            Some(r) if r.ended_ms.is_none() => Mutation::EndRun {
-                id: id.to_owned(),
-                ended_ms: s.now_ms(),
-                revocation: rev,
-            },
-            Some(_) => return Ok(axum::http::StatusCode::OK.into_response()),
-            None => Mutation::Revoke(rev),
-        },
-        None => Mutation::Revoke(rev),
-    };
-    s.commit(Entry {
-        mutation: Some(mutation),
-        events: vec![ev],
-    })
-    .await?;
-    Ok(axum::http::StatusCode::OK.into_response())
+    if let Some(p) = identify(&s, token, now, addr.ip()).await {
+        let origin = Origin {
+            client: addr,
+            correlation_id: correlation_id(&headers),
+        };
+        holder_revocation::revoke(&s, p, &origin).await?;
+    }
+    Ok(StatusCode::OK)
 }

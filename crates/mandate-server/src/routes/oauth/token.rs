@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::require_form_content_type;
 use crate::error::{ApiError, Code, err};
-use crate::exchange::{self, ExchangeRequest, Outcome, Proof};
+use crate::exchange::{self, ExchangeRequest, Outcome, PendingApproval, Proof};
 use crate::form::Form;
 use crate::routes::{S, body, correlation_id};
 
@@ -122,7 +122,7 @@ fn no_store(mut r: Response) -> Response {
 
 /// RFC 8628 §3.5-style `authorization_pending`, with the approvals to poll
 /// (`approval_id` names the first; `approvals` all, each with its approvers).
-fn pending(message: &str, all: &[mandate_store::Approval], now: u64) -> Response {
+fn pending(message: &str, all: &[PendingApproval], now: u64) -> Response {
     let code = Code::AuthorizationPending;
     let mut body = json!({"error": code.as_str(), "error_description": message,
         "interval": INTERVAL});
