@@ -58,34 +58,6 @@ pub struct Origin {
 /// run's key can mint them offline without end.
 pub const MAX_BLOCK_REVOCATIONS: u32 = 64;
 
-/// Narrowed mandates revoked at RFC 7009 per run, from the audit trail (the
-/// last `max_ttl` seconds: older ones belong to runs that have expired), so
-/// a restart does not reset [`MAX_BLOCK_REVOCATIONS`].
-pub(crate) fn block_revocations_from_trail(
-    store: &dyn mandate_store::Store,
-    max_ttl: u64,
-    now_ms: u64,
-) -> Result<std::collections::HashMap<String, u32>, crate::config::BootError> {
-    let mut counts = std::collections::HashMap::new();
-    crate::state::each_recent_event(
-        store,
-        mandate_core::audit::EventType::Revoke,
-        None,
-        max_ttl,
-        now_ms,
-        |ev| {
-            let block = ev.body.details["revoked"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("block:"));
-            if let (true, Some(run)) = (block, ev.body.run.as_deref()) {
-                *counts.entry(run.to_owned()).or_insert(0u32) += 1;
-            }
-            Ok(())
-        },
-    )?;
-    Ok(counts)
-}
-
 /// Counts one more narrowed-mandate revocation of `run`, or refuses.
 fn count_block_revocation(s: &AppState, run: &str) -> Result<(), ApiError> {
     let mut counts = s

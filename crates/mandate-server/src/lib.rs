@@ -37,6 +37,7 @@ pub mod listen;
 pub mod pg;
 pub mod pop;
 pub mod providers;
+pub mod rebuild;
 pub mod refusals;
 pub mod registry;
 pub mod routes;

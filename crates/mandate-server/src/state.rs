@@ -103,42 +103,6 @@ impl<T> VerifiedCache<T> {
     }
 }
 
-/// Calls `each` with every event of `event_type` (and `decision`, if given)
-/// of the last `max_ttl` seconds, oldest first, page by page: what a broker
-/// rebuilds at start from the trail (nothing older can still matter, no
-/// token lives longer). Stops at the first error `each` returns.
-pub(crate) fn each_recent_event(
-    store: &dyn Store,
-    event_type: mandate_core::audit::EventType,
-    decision: Option<mandate_core::audit::Decision>,
-    max_ttl: u64,
-    now_ms: u64,
-    mut each: impl FnMut(&mandate_core::audit::ChainedEvent) -> Result<(), BootError>,
-) -> Result<(), BootError> {
-    const PAGE: u32 = 10_000;
-    let since_ms = now_ms.saturating_sub(max_ttl * 1000);
-    let mut after = 0;
-    loop {
-        let page = store
-            .audit_query(&mandate_store::AuditFilter {
-                event_type: Some(event_type.as_str().to_owned()),
-                decision: decision.as_ref().map(|d| d.as_str().to_owned()),
-                since_ms: Some(since_ms),
-                after_seq: Some(after),
-                limit: Some(PAGE),
-                ..Default::default()
-            })
-            .map_err(|e| BootError(format!("cannot read the audit trail: {e}")))?;
-        for ev in &page {
-            after = after.max(ev.seq);
-            each(ev)?;
-        }
-        if page.len() < PAGE as usize {
-            return Ok(());
-        }
-    }
-}
-
 /// Everything the handlers share.
 pub struct AppState {
     /// Configuration.
@@ -256,81 +220,6 @@ fn key_digest(parts: &[&str]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The run histories from the audit trail: credentials issued by the runs
-/// that can still be alive, eval gates reported for them, and which agents
-/// ever used which tools.
-fn rebuild_history(
-    store: &dyn Store,
-    reg: &Registry,
-    max_ttl: u64,
-    now_ms: u64,
-) -> Result<crate::history::Histories, BootError> {
-    let mut h = crate::history::Histories::default();
-    h.set_max_idle(max_ttl);
-    let e = |e: mandate_store::StoreError| BootError(format!("cannot read the audit trail: {e}"));
-    for (t, a, tool) in store.agent_tools_used().map_err(e)? {
-        h.used(t, a, tool);
-    }
-    let since_ms = now_ms.saturating_sub(max_ttl * 1000);
-    for event_type in [
-        mandate_core::audit::EventType::TokenExchange,
-        mandate_core::audit::EventType::RunEval,
-    ] {
-        let mut after = 0;
-        loop {
-            let page = store
-                .audit_query(&mandate_store::AuditFilter {
-                    event_type: Some(event_type.as_str().to_owned()),
-                    since_ms: Some(since_ms),
-                    after_seq: Some(after),
-                    limit: Some(10_000),
-                    ..Default::default()
-                })
-                .map_err(e)?;
-            for ev in &page {
-                after = after.max(ev.seq);
-                let b = &ev.body;
-                let (Some(run), Some(tool)) = (b.run.as_deref(), b.tool.as_deref()) else {
-                    if let (Some(run), Some(name)) = (b.run.as_deref(), b.details["eval"].as_str())
-                    {
-                        h.eval(
-                            run,
-                            name,
-                            b.decision == mandate_core::audit::Decision::Ok,
-                            b.time_ms / 1000,
-                        );
-                    }
-                    continue;
-                };
-                if b.decision != mandate_core::audit::Decision::Allow {
-                    continue;
-                }
-                let labels = reg
-                    .tools
-                    .get(&(b.tenant.clone().unwrap_or_default(), tool.to_owned()))
-                    .map(|t| t.labels.clone())
-                    .unwrap_or_default();
-                let _ = h.issued(
-                    (
-                        b.tenant.as_deref().unwrap_or_default(),
-                        b.agent.as_deref().unwrap_or_default(),
-                        tool,
-                    ),
-                    run,
-                    &b.actions,
-                    &labels,
-                    b.details["amount"].as_i64(),
-                    b.time_ms / 1000,
-                );
-            }
-            if page.len() < 10_000 {
-                break;
-            }
-        }
-    }
-    Ok(h)
-}
-
 /// Upper bound on live DPoP proof ids remembered in all (a backstop far
 /// above one key's quota; beyond it the oldest are forgotten).
 const REPLAY_CAP: usize = 1_000_000;
@@ -424,18 +313,18 @@ impl AppState {
             mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
             mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
         ];
-        let history = rebuild_history(
+        let history = crate::rebuild::rebuild_history(
             store.as_ref(),
             &registry,
             config.mandate_max_ttl,
             config.clock.now_ms(),
         )?;
-        let proxy_spent = crate::routes::proxy::body::spent_from_trail(
+        let proxy_spent = crate::rebuild::spent_from_trail(
             store.as_ref(),
             config.mandate_max_ttl,
             config.clock.now_ms(),
         )?;
-        let block_revocations = crate::holder_revocation::block_revocations_from_trail(
+        let block_revocations = crate::rebuild::block_revocations_from_trail(
             store.as_ref(),
             config.mandate_max_ttl,
             config.clock.now_ms(),

@@ -115,39 +115,3 @@ pub(super) fn check_amount(
         }
     }
 }
-
-/// Spent single-use (amount) credentials, from the audit trail: every
-/// allowed `proxy.call` that spent one is durable before its request went
-/// upstream, so a restarted broker refuses the credential again until it
-/// expires.
-pub(crate) fn spent_from_trail(
-    store: &dyn mandate_store::Store,
-    max_ttl: u64,
-    now_ms: u64,
-) -> Result<SpentSet, crate::config::BootError> {
-    let mut spent = SpentSet::new(SPENT_CAP);
-    let now = now_ms / 1000;
-    crate::state::each_recent_event(
-        store,
-        mandate_core::audit::EventType::ProxyCall,
-        Some(mandate_core::audit::Decision::Allow),
-        max_ttl,
-        now_ms,
-        |ev| {
-            let until = ev.body.details["single_use_until"].as_u64();
-            if let (Some(until), Some(jti)) = (until, ev.body.credential_id.as_deref())
-            && until >= now
-            // The proxy never lets more than the cap be alive at once, so
-            // full means a trail it did not write: refuse to start rather
-            // than forget a spent credential.
-            && let Err(SpendRefused::Full) = spent.spend(jti, until, now)
-            {
-                return Err(crate::config::BootError(format!(
-                    "more than {SPENT_CAP} single-use proxy credentials in the audit trail are still alive; wait until they expire (at most {max_ttl} s) and start again"
-                )));
-            }
-            Ok(())
-        },
-    )?;
-    Ok(spent)
-}

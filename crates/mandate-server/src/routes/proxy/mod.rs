@@ -34,8 +34,8 @@ use serde_json::json;
 
 use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
+use mandate_core::forwarding::SpendRefused;
 use mandate_core::forwarding::{self, BodyKind};
-use mandate_core::forwarding::{SpendRefused, SpentSet};
 use mandate_core::scrub::Scrubber;
 use mandate_core::tooling::{
     AmountAt, HOP_BY_HOP, InjectSpec, ProxySpec, RouteSpec, check_request_path,
