@@ -11,9 +11,10 @@ use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 
 use mandate_core::audit::EventBody;
+use mandate_core::model::AdminToken;
 use mandate_core::secret::Secret;
 use mandate_store::sqlite::SqliteStore;
-use mandate_store::{AdminToken, Entry, Mutation, Store};
+use mandate_store::{Entry, Mutation, Store};
 
 use crate::config::{BootError, Config};
 use crate::keyring::{self, master_key, write_private};

@@ -4,7 +4,6 @@
 //! every credential made from them), at most [`MAX_BLOCK_REVOCATIONS`] per
 //! run. Also what introspection and revocation first verify: the token.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -12,9 +11,11 @@ use serde_json::json;
 use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
 use mandate_core::mandate::MandateClaims;
-use mandate_store::{Entry, Mutation, Revocation};
+use mandate_core::model::Revocation;
+use mandate_store::{Entry, Mutation};
 
 use crate::error::{ApiError, Code, err};
+pub use crate::origin::Origin;
 use crate::state::AppState;
 
 /// What a presented token turned out to be.
@@ -42,15 +43,6 @@ pub async fn identify(
             .ok()
             .map(Presented::Mandate)
     }
-}
-
-/// Where a request came from, for its audit event.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// The client's address.
-    pub client: SocketAddr,
-    /// The request's correlation id.
-    pub correlation_id: String,
 }
 
 /// Most narrowed mandates of one run that RFC 7009 revokes (per process):

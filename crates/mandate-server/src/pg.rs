@@ -23,9 +23,10 @@ use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
 use mandate_core::audit::EventBody;
+use mandate_core::model::Lease;
 use mandate_core::pgrole::{PG_SERVER_ROLES, PgReach, check_mapped_roles};
 use mandate_core::tooling::check_pg_ident;
-use mandate_store::{Entry, Lease, Mutation};
+use mandate_store::{Entry, Mutation};
 
 use crate::state::AppState;
 

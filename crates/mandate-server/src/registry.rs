@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use mandate_core::model::{Agent, Grant, PolicySetRecord, Principal, Revocation, Tenant, Tool};
 use mandate_core::policy::{Engine, StoredPolicy, TenantPolicies};
 use mandate_core::revocation::RevokedSet;
-use mandate_store::{
-    Agent, Grant, Mutation, PolicySetRecord, Principal, Revocation, Snapshot, Tenant, Tool,
-};
+use mandate_store::{Mutation, Snapshot};
 
 /// Prefix of the kill switch's revocation id: `everything:<unix seconds>`
 /// refuses every mandate and credential issued at or before that second.
@@ -35,7 +34,7 @@ pub struct ApproverCredential {
 }
 
 impl ApproverCredential {
-    fn from_record(t: &mandate_store::ApproverToken) -> Self {
+    fn from_record(t: &mandate_core::model::ApproverToken) -> Self {
         Self {
             id: t.id.clone(),
             hash: t.hash.clone(),

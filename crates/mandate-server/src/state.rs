@@ -142,7 +142,7 @@ pub struct AppState {
     pub admin_hashes: Vec<Vec<u8>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
     /// (id, SHA-256) of each feed-reader credential: `cred:<id>` revokes it.
-    pub feed_credentials: RwLock<Vec<crate::routes::feed::FeedCredential>>,
+    pub feed_credentials: RwLock<Vec<crate::feed_tokens::FeedCredential>>,
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
@@ -154,7 +154,7 @@ pub struct AppState {
     /// (plus the skew) in any case.
     pub nonces: mandate_core::dpop::NonceIssuer,
     /// Live revocations, for the feed's subscribers.
-    pub revocations: tokio::sync::broadcast::Sender<mandate_store::Revocation>,
+    pub revocations: tokio::sync::broadcast::Sender<mandate_core::model::Revocation>,
     /// Cedar entities per (run, tool), valid for one registry generation (bounded).
     pub policy_entities: Mutex<EntityCache>,
     /// The master key: seals tool secrets set while running.
@@ -285,11 +285,11 @@ impl AppState {
         checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
-        let feed_credentials: Vec<crate::routes::feed::FeedCredential> = snap
+        let feed_credentials: Vec<crate::feed_tokens::FeedCredential> = snap
             .admin_tokens
             .iter()
             .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
-            .map(crate::routes::feed::FeedCredential::from_record)
+            .map(crate::feed_tokens::FeedCredential::from_record)
             .collect();
         let secrets = open_tool_secrets(&master, &snap.tool_secrets)?;
         let registry =

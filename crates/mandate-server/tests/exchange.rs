@@ -761,14 +761,16 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
         let kid = s.keys.jwt_eddsa.kid();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(s.commit(mandate_store::Entry {
-            mutation: Some(mandate_store::Mutation::Revoke(mandate_store::Revocation {
-                seq: 0,
-                key: "agent:acme/x".into(),
-                reason: "test".into(),
-                time_ms: 1,
-                until: 0,
-                tenant: Some("acme".into()),
-            })),
+            mutation: Some(mandate_store::Mutation::Revoke(
+                mandate_core::model::Revocation {
+                    seq: 0,
+                    key: "agent:acme/x".into(),
+                    reason: "test".into(),
+                    time_ms: 1,
+                    until: 0,
+                    tenant: Some("acme".into()),
+                },
+            )),
             events: vec![],
         }))
         .unwrap();

@@ -21,6 +21,7 @@ pub mod sqlite;
 pub use records::*;
 
 use mandate_core::audit::{Anchor, ChainBreak, ChainedEvent, EventBody};
+use mandate_core::model::{Approval, JoinToken, Lease, Revocation, Run};
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,8 @@
 use mandate_core::approval::{ApprovalState, approval_state};
 use mandate_core::credential::AccessClaims;
 use mandate_core::mandate::{self, MandateClaims};
+use mandate_core::model::{Approval, Tool};
 use mandate_core::policy::{Details, ExchangeFacts, Verdict};
-use mandate_store::{Approval, Tool};
 
 use super::Denial;
 use super::gather::{Facts, PolicyInput};

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use mandate_core::mandate::MandateClaims;
+use mandate_core::model::{Agent, Approval, Tool};
 use mandate_core::policy::{History, TenantPolicies};
-use mandate_store::{Agent, Approval, Tool};
 
 use super::Denial;
 use super::request::{ExchangeRequest, Proof};

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use mandate_core::credential::AccessClaims;
 use mandate_core::mandate::MandateClaims;
-use mandate_store::Approval;
+use mandate_core::model::Approval;
 use rand_core::OsRng;
 
 use crate::error::{ApiError, Code, err};

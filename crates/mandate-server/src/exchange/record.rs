@@ -8,8 +8,9 @@ use mandate_core::approval::ApprovalStatus;
 use mandate_core::audit::EventBody;
 use mandate_core::credential::AccessClaims;
 use mandate_core::mandate::MandateClaims;
+use mandate_core::model::{Approval, Revocation};
 use mandate_core::policy::PolicyApprovers;
-use mandate_store::{Approval, Entry, Mutation, Revocation};
+use mandate_store::{Entry, Mutation};
 use rand_core::OsRng;
 use serde_json::{Value, json};
 

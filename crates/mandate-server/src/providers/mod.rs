@@ -14,8 +14,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use mandate_core::credential::AccessClaims;
+use mandate_core::model::{Lease, Tool};
 use mandate_core::tooling::{PostgresSpec, ProviderKind, ProxySpec};
-use mandate_store::{Lease, Tool};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;

@@ -4,8 +4,8 @@
 //! event, before the role exists.
 
 use mandate_core::credential::AccessClaims;
+use mandate_core::model::{Lease, Tool};
 use mandate_core::tooling::ProviderKind;
-use mandate_store::{Lease, Tool};
 use rand_core::OsRng;
 use serde_json::json;
 

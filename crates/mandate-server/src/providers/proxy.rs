@@ -4,8 +4,8 @@
 //! minutes, until the run ends; a client that signed its exchange (RFC
 //! 9421) gets a bound one and must sign each call at the proxy too.
 
+use mandate_core::model::Tool;
 use mandate_core::tooling::ProviderKind;
-use mandate_store::Tool;
 use serde_json::{Value, json};
 
 use super::jwt::TOKEN_TYPE_ACCESS;

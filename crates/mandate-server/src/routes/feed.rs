@@ -23,10 +23,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use mandate_store::Revocation;
+use mandate_core::model::Revocation;
 
 use super::{Admin, S, require_feed_reader};
 use crate::error::{ApiError, Code, err};
+use crate::feed_tokens::FeedCredential;
 use crate::state::AppState;
 
 /// A feed credential's life when none is asked for (90 days).
@@ -37,31 +38,6 @@ pub const FEED_MAX_TTL: u64 = 365 * 86_400;
 
 /// How often an open feed checks that its credential is still good.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// A feed credential: reads the revocation log and feed, nothing else.
-#[derive(Clone)]
-pub struct FeedCredential {
-    /// Its id (`feed_...`): `cred:<id>` revokes it.
-    pub id: String,
-    /// SHA-256 of the token.
-    pub hash: Vec<u8>,
-    /// The tenant it is limited to (`None`: every tenant).
-    pub tenant: Option<String>,
-    /// Expiry (seconds; 0 = never, for credentials made before expiries).
-    pub expires_at: u64,
-}
-
-impl FeedCredential {
-    /// From its stored record.
-    pub fn from_record(t: &mandate_store::AdminToken) -> Self {
-        Self {
-            id: t.id.clone(),
-            hash: t.hash.clone(),
-            tenant: t.tenant.clone(),
-            expires_at: t.expires_at,
-        }
-    }
-}
 
 /// Who reads the log or the feed.
 #[derive(Clone)]
@@ -327,52 +303,12 @@ pub async fn create_feed_token(
             ),
         ));
     }
-    let expires_at = s.now_secs() + ttl;
-    let secret = mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32);
-    let token = format!(
-        "{}{}",
-        super::FEED_TOKEN_PREFIX,
-        mandate_core::jose::b64(secret.expose())
-    );
-    let id = format!(
-        "{}{}",
-        crate::boot::FEED_ID_PREFIX,
-        &mandate_core::ids::random_id(&mut rand_core::OsRng, "")[..12]
-    );
-    let hash = crate::boot::token_hash(&token);
-    let ev = mandate_core::audit::EventBody {
-        time_ms: s.now_ms(),
-        event_type: mandate_core::audit::EventType::FeedTokenCreate,
-        decision: mandate_core::audit::Decision::Ok,
-        tenant: req.tenant.clone(),
-        actor: Some("admin".into()),
-        credential_id: Some(id.clone()),
-        correlation_id: Some(super::correlation_id(&headers)),
-        client_addr: super::client(Some(addr)),
-        ..Default::default()
+    let origin = crate::origin::Origin {
+        client: addr,
+        correlation_id: super::correlation_id(&headers),
     };
-    s.commit(mandate_store::Entry {
-        mutation: Some(mandate_store::Mutation::PutAdminToken(
-            mandate_store::AdminToken {
-                id: id.clone(),
-                hash: hash.clone(),
-                created_ms: s.now_ms(),
-                tenant: req.tenant.clone(),
-                expires_at,
-            },
-        )),
-        events: vec![ev],
-    })
-    .await?;
-    s.feed_credentials
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(FeedCredential {
-            id: id.clone(),
-            hash,
-            tenant: req.tenant.clone(),
-            expires_at,
-        });
+    let made = crate::feed_tokens::create(&s, req.tenant.clone(), ttl, &origin).await?;
+    let (id, token, expires_at) = (made.id, made.token, made.expires_at);
     Ok((
         axum::http::StatusCode::CREATED,
         axum::Json(

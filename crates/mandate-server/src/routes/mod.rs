@@ -213,9 +213,6 @@ fn admin_credential(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
     }
 }
 
-/// Prefix of feed-reader credentials.
-pub const FEED_TOKEN_PREFIX: &str = "mandate_feed_";
-
 /// Who reads the revocation log or feed: the admin, or a feed credential
 /// (valid, unexpired, not revoked).
 pub fn require_feed_reader(
@@ -228,7 +225,7 @@ pub fn require_feed_reader(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match token {
-        Some(t) if t.starts_with(FEED_TOKEN_PREFIX) => {
+        Some(t) if t.starts_with(crate::feed_tokens::FEED_TOKEN_PREFIX) => {
             let hash = crate::boot::token_hash(t);
             let mut found = None;
             for c in state

@@ -14,6 +14,7 @@ use mandate_core::audit::{self, ChainedEvent};
 
 use crate::records::*;
 use crate::{AuditFilter, Committed, Entry, Result, Store, StoreError, VerifyReport};
+use mandate_core::model::*;
 
 mod read;
 mod schema;

@@ -18,6 +18,7 @@ use mandate_core::capability::{CapabilitySet, check_action};
 use mandate_core::ids::{self, agent_spiffe_id, random_id, run_spiffe_id};
 use mandate_core::jose::{Alg, PublicJwk};
 use mandate_core::mandate::{self, MandateClaims};
+use mandate_core::model::*;
 use mandate_core::tooling::{EnvSpec, PostgresSpec, ProviderKind, ProxySpec, check_env};
 use mandate_store::*;
 

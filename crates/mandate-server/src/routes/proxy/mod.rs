@@ -36,11 +36,11 @@ use mandate_core::audit::EventBody;
 use mandate_core::credential::{self, AccessClaims};
 use mandate_core::forwarding::SpendRefused;
 use mandate_core::forwarding::{self, BodyKind};
+use mandate_core::model::Tool;
 use mandate_core::scrub::Scrubber;
 use mandate_core::tooling::{
     AmountAt, HOP_BY_HOP, InjectSpec, ProxySpec, RouteSpec, check_request_path,
 };
-use mandate_store::Tool;
 
 use super::{S, client, correlation_id};
 use crate::error::{ApiError, Code, err};
