@@ -3,8 +3,10 @@
 //! of untrusted input less to own), into the few types RFC 9421 needs, and
 //! the inner-list serialization of `@signature-params` (§2.3).
 
-use sfv::visitor::{DictionaryVisitor, EntryVisitor};
-use sfv::{BareItem, KeyRef, ListEntry};
+use sfv::visitor::{
+    DictionaryVisitor, EntryVisitor, InnerListVisitor, ItemVisitor, ParameterVisitor,
+};
+use sfv::{BareItemFromInput, GenericBareItem, KeyRef};
 
 use super::{MAX_FIELD_LEN, bad};
 use crate::error::Result;
@@ -95,92 +97,167 @@ pub fn serialize_inner_list(items: &[Item], params: &Params) -> String {
     out
 }
 
-/// Parses a Structured Field Dictionary (RFC 9651 §4.2.2). Duplicate keys
-/// are refused (the spec keeps the last; for signatures that would let a
-/// second member silently replace the first), and so are the item types
-/// signatures never use (decimals, dates, display strings).
+/// Parses a Structured Field Dictionary (RFC 9651 §4.2.2) with `sfv`,
+/// straight into the types above. Stricter than RFC 9651 where signatures
+/// need it: a key or parameter that appears twice is refused (the spec
+/// keeps the last; for signatures that would let a second member replace
+/// the first, or a header be rewritten and still verify), and so are the
+/// item types signatures never use (decimals, dates, display strings).
 pub fn parse_dictionary(field: &str) -> Result<Vec<(String, Member)>> {
     if field.len() > MAX_FIELD_LEN {
         return Err(bad(format!("a field is longer than {MAX_FIELD_LEN} bytes")));
     }
-    let dict = sfv::Parser::new(field)
-        .parse_dictionary_with_visitor(Unique(sfv::Dictionary::new()))
-        .map_err(|e| bad(format!("not a structured field dictionary: {e}")))?;
-    dict.into_iter()
-        .map(|(k, m)| {
-            let m = match m {
-                ListEntry::Item(i) => Member::Item(item(i)?),
-                ListEntry::InnerList(l) => Member::List(
-                    l.items.into_iter().map(item).collect::<Result<_>>()?,
-                    params(l.params)?,
-                ),
-            };
-            Ok((k.as_str().to_owned(), m))
-        })
-        .collect()
+    sfv::Parser::new(field)
+        .parse_dictionary_with_visitor(Dict(Vec::new()))
+        .map_err(|e| bad(format!("not a structured field dictionary: {e}")))
 }
 
-/// A dictionary that refuses a key seen before.
-struct Unique(sfv::Dictionary);
-
-/// A key that appears twice.
+/// Why a field was refused while it was parsed.
 #[derive(Debug)]
-struct Duplicate(String);
+struct Refused(String);
 
-impl std::fmt::Display for Duplicate {
+impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}` appears twice", self.0)
+        f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for Duplicate {}
+impl std::error::Error for Refused {}
 
-impl<'de> DictionaryVisitor<'de> for Unique {
-    type Out = sfv::Dictionary;
-    type Error = Duplicate;
+type Parsed<T> = std::result::Result<T, Refused>;
 
-    fn entry(
-        &mut self,
-        key: &'de KeyRef,
-    ) -> std::result::Result<impl EntryVisitor<'de>, Duplicate> {
-        if self.0.contains_key(key) {
-            return Err(Duplicate(key.as_str().chars().take(64).collect()));
+fn twice(what: &str, key: &KeyRef) -> Refused {
+    Refused(format!(
+        "{what} `{}` appears twice",
+        key.as_str().chars().take(64).collect::<String>()
+    ))
+}
+
+fn bare(v: BareItemFromInput<'_>) -> Parsed<Bare> {
+    Ok(match v {
+        GenericBareItem::Integer(i) => Bare::Int(i.into()),
+        GenericBareItem::String(s) => Bare::Str(s.as_str().to_owned()),
+        GenericBareItem::Token(t) => Bare::Token(t.as_str().to_owned()),
+        GenericBareItem::ByteSequence(b) => Bare::Bytes(b),
+        GenericBareItem::Boolean(b) => Bare::Bool(b),
+        GenericBareItem::Decimal(_)
+        | GenericBareItem::Date(_)
+        | GenericBareItem::DisplayString(_) => {
+            return Err(Refused(
+                "decimals, dates and display strings are not used in signatures".into(),
+            ));
         }
-        match DictionaryVisitor::entry(&mut self.0, key) {
-            Ok(v) => Ok(v),
-            Err(never) => match never {},
+    })
+}
+
+/// The dictionary being built.
+struct Dict(Vec<(String, Member)>);
+
+impl<'de> DictionaryVisitor<'de> for Dict {
+    type Out = Vec<(String, Member)>;
+    type Error = Refused;
+
+    fn entry(&mut self, key: &'de KeyRef) -> Parsed<impl EntryVisitor<'de>> {
+        if self.0.iter().any(|(k, _)| k == key.as_str()) {
+            return Err(twice("key", key));
         }
+        self.0.push((
+            key.as_str().to_owned(),
+            Member::Item(Item {
+                value: Bare::Bool(true),
+                params: Vec::new(),
+            }),
+        ));
+        let slot = self.0.last_mut().map(|(_, m)| m);
+        slot.map(Slot)
+            .ok_or_else(|| Refused("the dictionary lost a member".into()))
     }
 
-    fn finish(self) -> std::result::Result<sfv::Dictionary, Duplicate> {
+    fn finish(self) -> Parsed<Self::Out> {
         Ok(self.0)
     }
 }
 
-fn item(i: sfv::Item) -> Result<Item> {
-    Ok(Item {
-        value: bare(i.bare_item)?,
-        params: params(i.params)?,
-    })
-}
+/// A dictionary member being filled in.
+struct Slot<'a>(&'a mut Member);
 
-fn params(p: sfv::Parameters) -> Result<Params> {
-    p.into_iter()
-        .map(|(k, v)| Ok((k.as_str().to_owned(), bare(v)?)))
-        .collect()
-}
+impl<'de> EntryVisitor<'de> for Slot<'_> {
+    type Error = Refused;
 
-fn bare(v: BareItem) -> Result<Bare> {
-    Ok(match v {
-        BareItem::Integer(i) => Bare::Int(i.into()),
-        BareItem::String(s) => Bare::Str(s.as_str().to_owned()),
-        BareItem::Token(t) => Bare::Token(t.as_str().to_owned()),
-        BareItem::ByteSequence(b) => Bare::Bytes(b),
-        BareItem::Boolean(b) => Bare::Bool(b),
-        BareItem::Decimal(_) | BareItem::Date(_) | BareItem::DisplayString(_) => {
-            return Err(bad(
-                "decimals, dates and display strings are not used in signatures",
-            ));
+    fn item(self) -> Parsed<impl ItemVisitor<'de>> {
+        *self.0 = Member::Item(Item {
+            value: Bare::Bool(true),
+            params: Vec::new(),
+        });
+        match self.0 {
+            Member::Item(i) => Ok(ItemSlot(i)),
+            Member::List(..) => Err(Refused("a member changed kind".into())),
         }
-    })
+    }
+
+    fn inner_list(self) -> Parsed<impl InnerListVisitor<'de>> {
+        *self.0 = Member::List(Vec::new(), Vec::new());
+        match self.0 {
+            Member::List(items, params) => Ok(ListSlot { items, params }),
+            Member::Item(_) => Err(Refused("a member changed kind".into())),
+        }
+    }
+}
+
+/// An item being filled in.
+struct ItemSlot<'a>(&'a mut Item);
+
+impl<'de> ItemVisitor<'de> for ItemSlot<'_> {
+    type Out = ();
+    type Error = Refused;
+
+    fn bare_item(self, v: BareItemFromInput<'de>) -> Parsed<impl ParameterVisitor<'de, Out = ()>> {
+        self.0.value = bare(v)?;
+        Ok(ParamSlot(&mut self.0.params))
+    }
+}
+
+/// An inner list being filled in.
+struct ListSlot<'a> {
+    items: &'a mut Vec<Item>,
+    params: &'a mut Params,
+}
+
+impl<'de> InnerListVisitor<'de> for ListSlot<'_> {
+    type Error = Refused;
+
+    fn item(&mut self) -> Parsed<impl ItemVisitor<'de>> {
+        self.items.push(Item {
+            value: Bare::Bool(true),
+            params: Vec::new(),
+        });
+        self.items
+            .last_mut()
+            .map(ItemSlot)
+            .ok_or_else(|| Refused("the inner list lost an item".into()))
+    }
+
+    fn finish(self) -> Parsed<impl ParameterVisitor<'de>> {
+        Ok(ParamSlot(self.params))
+    }
+}
+
+/// Parameters being filled in; a name seen before is refused.
+struct ParamSlot<'a>(&'a mut Params);
+
+impl<'de> ParameterVisitor<'de> for ParamSlot<'_> {
+    type Out = ();
+    type Error = Refused;
+
+    fn parameter(&mut self, key: &'de KeyRef, value: BareItemFromInput<'de>) -> Parsed<()> {
+        if self.0.iter().any(|(k, _)| k == key.as_str()) {
+            return Err(twice("parameter", key));
+        }
+        self.0.push((key.as_str().to_owned(), bare(value)?));
+        Ok(())
+    }
+
+    fn finish(self) -> Parsed<()> {
+        Ok(())
+    }
 }

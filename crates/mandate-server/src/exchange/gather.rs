@@ -139,18 +139,10 @@ pub struct Facts {
     pub block_uses: Vec<(String, u64, u64)>,
     /// Why the run is suspended, if it is.
     pub suspended: Option<String>,
-    /// The approval the agent named, if any.
-    pub named_approval: Option<Approval>,
 }
 
 /// Reads the facts of an exchange of `m` for `tool`.
-pub fn facts(
-    s: &AppState,
-    req: &ExchangeRequest,
-    m: &MandateClaims,
-    tool: Tool,
-    now: u64,
-) -> Result<Facts, Denial> {
+pub fn facts(s: &AppState, m: &MandateClaims, tool: Tool, now: u64) -> Result<Facts, Denial> {
     let input = policy_input(
         s,
         (&m.tenant, &m.agent, &m.run),
@@ -181,27 +173,27 @@ pub fn facts(
             .collect()
     };
     let suspended = s.reg().suspended.get(&m.run).cloned();
-    let named_approval = match &req.approval_id {
-        None => None,
-        Some(id) => Some(
-            s.store
-                .approval(id)
-                .map_err(ApiError::from)?
-                .ok_or_else(|| {
-                    err(
-                        Code::InvalidGrant,
-                        format!("no approval `{}`", id.chars().take(64).collect::<String>()),
-                    )
-                })?,
-        ),
-    };
     Ok(Facts {
         tool,
         input,
         block_uses,
         suspended,
-        named_approval,
     })
+}
+
+/// The approval the agent names (`approval_id`), if any: read only once
+/// the pure checks passed.
+pub fn named_approval(s: &AppState, req: &ExchangeRequest) -> Result<Option<Approval>, ApiError> {
+    let Some(id) = &req.approval_id else {
+        return Ok(None);
+    };
+    let a = s.store.approval(id)?.ok_or_else(|| {
+        err(
+            Code::InvalidGrant,
+            format!("no approval `{}`", id.chars().take(64).collect::<String>()),
+        )
+    })?;
+    Ok(Some(a))
 }
 
 /// The live approvals of this request (newest first): looked up only when

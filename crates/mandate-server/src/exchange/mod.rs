@@ -163,7 +163,7 @@ pub async fn exchange(s: &Arc<AppState>, req: ExchangeRequest, now: u64) -> Outc
         Err(d) => return record::refused(s, &known, d, now).await,
     };
     known.tool = tool.name.clone();
-    let facts = match gather::facts(s, &req, &m, tool, now) {
+    let facts = match gather::facts(s, &m, tool, now) {
         Ok(f) => f,
         Err(d) => return record::refused(s, &known, d, now).await,
     };
@@ -217,7 +217,8 @@ fn decide_all(
     decide::amount(f, &req.details)?;
     let digest =
         mandate_core::exchange::request_digest(&m.run, &tool.name, &req.actions, &req.details_json);
-    decide::named_approval(f.named_approval.as_ref(), &digest, &m.run, now)?;
+    let named = gather::named_approval(s, req)?;
+    decide::named_approval(named.as_ref(), &digest, &m.run, now)?;
     let (approvals, policies) = match policy(s, req, m, f, &digest, now)? {
         Answer::Allow {
             approvals,
@@ -315,20 +316,27 @@ fn policy(
             }
             decide::Humans::Ask { pending, missing } => {
                 if gather::pending_for_run(s, &m.run, now)? + missing.len() > MAX_PENDING_PER_RUN {
-                    return Err(Denial::because(
-                        err(
-                            Code::AccessDenied,
-                            format!(
-                                "run `{}` already waits for {MAX_PENDING_PER_RUN} approvals; wait for them to be decided or expire",
-                                m.run
+                    return Err(Denial {
+                        policies: verdict.policies,
+                        ..Denial::because(
+                            err(
+                                Code::AccessDenied,
+                                format!(
+                                    "run `{}` already waits for {MAX_PENDING_PER_RUN} approvals; wait for them to be decided or expire",
+                                    m.run
+                                ),
                             ),
-                        ),
-                        "too many pending approvals".into(),
-                    ));
+                            "too many pending approvals".into(),
+                        )
+                    });
                 }
                 let mut asked = Vec::with_capacity(missing.len());
                 for p in &missing {
-                    let approvers = gather::approvers(s, m, &p.approvers)?;
+                    let approvers = gather::approvers(s, m, &p.approvers).map_err(|e| Denial {
+                        error: e,
+                        rule: None,
+                        policies: verdict.policies.clone(),
+                    })?;
                     asked.push(record::approval_request(
                         m,
                         req,

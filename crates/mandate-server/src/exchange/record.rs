@@ -278,6 +278,8 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
         }
         if e.code == Code::Conflict && !g.count_uses.is_empty() {
             // Another exchange took the last use first.
+            let mut withheld = withheld;
+            withheld.credential_id = None;
             return withhold(
                 s,
                 withheld,
@@ -359,7 +361,6 @@ async fn withhold(
     ev.time_ms = s.now_ms();
     ev.event_type = event_type;
     ev.decision = mandate_core::audit::Decision::Deny;
-    ev.credential_id = None;
     ev.reason = Some(reason);
     if let Err(e) = s.record(vec![ev]).await {
         return Outcome::Denied(e.into());
