@@ -135,14 +135,14 @@ pub struct AppState {
     /// Single-use (amount) proxy credentials already used, until they expire.
     pub proxy_spent: Mutex<mandate_core::forwarding::SpentSet>,
     /// Narrowed mandates revoked at RFC 7009 per run, in this process: at
-    /// most [`crate::holder_revocation::MAX_BLOCK_REVOCATIONS`] each (anyone
+    /// most [`crate::services::holder_revocation::MAX_BLOCK_REVOCATIONS`] each (anyone
     /// holding a run's key can mint narrowed mandates offline).
     pub block_revocations: Mutex<HashMap<String, u32>>,
     /// SHA-256 of each admin credential.
     pub admin_hashes: Vec<Vec<u8>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
     /// (id, SHA-256) of each feed-reader credential: `cred:<id>` revokes it.
-    pub feed_credentials: RwLock<Vec<crate::feed_tokens::FeedCredential>>,
+    pub feed_credentials: RwLock<Vec<crate::services::feed_tokens::FeedCredential>>,
     /// The token endpoint URL (DPoP `htu`).
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
@@ -285,11 +285,11 @@ impl AppState {
         checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
-        let feed_credentials: Vec<crate::feed_tokens::FeedCredential> = snap
+        let feed_credentials: Vec<crate::services::feed_tokens::FeedCredential> = snap
             .admin_tokens
             .iter()
             .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
-            .map(crate::feed_tokens::FeedCredential::from_record)
+            .map(crate::services::feed_tokens::FeedCredential::from_record)
             .collect();
         let secrets = open_tool_secrets(&master, &snap.tool_secrets)?;
         let registry =

@@ -27,7 +27,7 @@ use mandate_core::model::Revocation;
 
 use super::{Admin, S, require_feed_reader};
 use crate::error::{ApiError, Code, err};
-use crate::feed_tokens::FeedCredential;
+use crate::services::feed_tokens::FeedCredential;
 use crate::state::AppState;
 
 /// A feed credential's life when none is asked for (90 days).
@@ -307,7 +307,7 @@ pub async fn create_feed_token(
         client: addr,
         correlation_id: super::correlation_id(&headers),
     };
-    let made = crate::feed_tokens::create(&s, req.tenant.clone(), ttl, &origin).await?;
+    let made = crate::services::feed_tokens::create(&s, req.tenant.clone(), ttl, &origin).await?;
     let (id, token, expires_at) = (made.id, made.token, made.expires_at);
     Ok((
         axum::http::StatusCode::CREATED,

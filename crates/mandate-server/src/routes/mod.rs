@@ -225,7 +225,7 @@ pub fn require_feed_reader(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match token {
-        Some(t) if t.starts_with(crate::feed_tokens::FEED_TOKEN_PREFIX) => {
+        Some(t) if t.starts_with(crate::services::feed_tokens::FEED_TOKEN_PREFIX) => {
             let hash = crate::boot::token_hash(t);
             let mut found = None;
             for c in state

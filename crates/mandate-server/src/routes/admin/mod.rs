@@ -31,6 +31,7 @@ mod revocation;
 mod runs;
 
 use crate::error::{ApiError, Code, err};
+use crate::services::{bad, short};
 pub use approvals::*;
 pub use audit::*;
 pub use registration::*;
@@ -64,10 +65,6 @@ impl Ctx {
             ..Default::default()
         }
     }
-}
-
-fn bad(e: mandate_core::Error) -> ApiError {
-    err(Code::InvalidRequest, e.to_string())
 }
 
 fn need_tenant(s: &S, tenant: &str) -> Result<(), ApiError> {
@@ -141,8 +138,4 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
     } else {
         json_body(&raw)
     }
-}
-
-fn short(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(80).collect()
 }

@@ -14,8 +14,8 @@ use mandate_core::credential;
 use super::{TOKEN_TYPE_MANDATE, require_form_content_type};
 use crate::error::ApiError;
 use crate::form::Form;
-use crate::holder_revocation::{Presented, identify};
 use crate::routes::{Admin, S, body};
+use crate::services::holder_revocation::{Presented, identify};
 
 /// RFC 7662 introspection (admin bearer required, §2.1).
 pub async fn introspect(

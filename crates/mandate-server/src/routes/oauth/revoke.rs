@@ -1,5 +1,5 @@
 //! RFC 7009 token revocation by its holder: parse, then
-//! [`crate::holder_revocation`].
+//! [`crate::services::holder_revocation`].
 
 use std::net::SocketAddr;
 
@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use super::require_form_content_type;
 use crate::error::ApiError;
 use crate::form::Form;
-use crate::holder_revocation::{self, Origin, identify};
 use crate::routes::{S, body, correlation_id};
+use crate::services::holder_revocation::{self, Origin, identify};
 
 /// `POST /oauth/revoke`. Answers 200 for unknown, invalid, expired or
 /// already revoked tokens too (§2.2): this endpoint needs no authentication.
