@@ -823,18 +823,20 @@ fn the_reaper_backs_off_per_tool_and_retries_at_once_on_a_new_secret() {
         &format!("postgresql://nobody:x@127.0.0.1:{port}/{}", db.name),
     );
     let (run_id, mandate, key) = run(&b);
+    let before = tries.load(Ordering::SeqCst);
     let got = b.exchange(&mandate, &key, "baddb", "read");
     assert_refused(&got, 503, "temporarily_unavailable", "admin connection");
-    let after_exchange = tries.load(Ordering::SeqCst);
     // The revoked lease is due; passes of the reaper in quick succession
-    // try the dead database once, then back off.
+    // (these 20, and the broker's own every second, which may come first
+    // on a loaded machine) try the dead database once, then back off.
     let rt = tokio::runtime::Runtime::new().unwrap();
     for _ in 0..20 {
         rt.block_on(mandate_server::pg::reap_once(&b.state));
     }
-    let reaper_tries = tries.load(Ordering::SeqCst) - after_exchange;
+    // One attempt was the exchange's own.
+    let reaper_tries = tries.load(Ordering::SeqCst) - before - 1;
     assert!(
-        (1..=2).contains(&reaper_tries),
+        (1..=3).contains(&reaper_tries),
         "{reaper_tries} connection attempts for 20 passes"
     );
     assert!(b.audit(&format!("run={run_id}&type=lease.drop")).is_empty());

@@ -4,6 +4,7 @@
 //! and returns domain values or an [`crate::error::ApiError`]; none sees an
 //! HTTP type. The exchange, the biggest of them, is [`crate::exchange`].
 
+pub mod audit;
 pub mod feed_tokens;
 pub mod holder_revocation;
 pub mod revocation;
