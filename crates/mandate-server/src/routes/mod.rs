@@ -116,6 +116,14 @@ pub fn router(state: S) -> Router {
         .with_state(state)
 }
 
+/// Where a request came from, for the services' audit events.
+pub fn origin(addr: SocketAddr, headers: &HeaderMap) -> crate::origin::Origin {
+    crate::origin::Origin {
+        client: addr,
+        correlation_id: correlation_id(headers),
+    }
+}
+
 /// The request body, or an RFC-shaped refusal (413 when over the limit).
 pub fn body(b: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, ApiError> {
     b.map_err(|e| {

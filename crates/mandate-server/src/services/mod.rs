@@ -4,6 +4,7 @@
 //! and returns domain values or an [`crate::error::ApiError`]; none sees an
 //! HTTP type. The exchange, the biggest of them, is [`crate::exchange`].
 
+pub mod approvals;
 pub mod audit;
 pub mod feed_tokens;
 pub mod holder_revocation;
@@ -19,4 +20,40 @@ pub(crate) fn short(s: &str) -> String {
 /// A core refusal of a request's field, as `invalid_request`.
 pub(crate) fn bad(e: mandate_core::Error) -> ApiError {
     err(Code::InvalidRequest, e.to_string())
+}
+
+pub(crate) fn need_tenant(s: &crate::state::AppState, tenant: &str) -> Result<(), ApiError> {
+    if s.reg().tenants.contains_key(tenant) {
+        Ok(())
+    } else {
+        Err(err(
+            Code::NotFound,
+            format!(
+                "tenant `{}` not found; create it with `mandate tenant create`",
+                short(tenant)
+            ),
+        ))
+    }
+}
+
+/// A run by id, or 404.
+pub(crate) fn find_run(
+    s: &crate::state::AppState,
+    id: &str,
+) -> Result<mandate_core::model::Run, ApiError> {
+    s.store
+        .get_run(id)?
+        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(id))))
+}
+
+/// Turns a store's "not found" (a conditional change that matched nothing)
+/// into `code` with `why`.
+pub(crate) fn if_not_found(code: Code, why: String) -> impl FnOnce(ApiError) -> ApiError {
+    move |e| {
+        if e.code == Code::NotFound {
+            err(code, why)
+        } else {
+            e
+        }
+    }
 }

@@ -48,13 +48,6 @@ pub async fn audit_verify_with(
     ))
 }
 
-fn origin(addr: SocketAddr, headers: &HeaderMap) -> crate::origin::Origin {
-    crate::origin::Origin {
-        client: addr,
-        correlation_id: correlation_id(headers),
-    }
-}
-
 fn render(v: Verification) -> Json<Value> {
     let rep = v.report;
     let checkpoints: Vec<Value> = v

@@ -22,7 +22,7 @@ use mandate_core::model::*;
 use mandate_core::tooling::{EnvSpec, PostgresSpec, ProviderKind, ProxySpec, check_env};
 use mandate_store::*;
 
-use super::{Admin, JsonBody, S, body, client, correlation_id, json_body, require_admin};
+use super::{Admin, JsonBody, S, body, client, correlation_id, json_body, origin, require_admin};
 
 mod approvals;
 mod audit;
@@ -31,7 +31,7 @@ mod revocation;
 mod runs;
 
 use crate::error::{ApiError, Code, err};
-use crate::services::{bad, short};
+use crate::services::{bad, find_run, if_not_found, need_tenant, short};
 pub use approvals::*;
 pub use audit::*;
 pub use registration::*;
@@ -67,20 +67,6 @@ impl Ctx {
     }
 }
 
-fn need_tenant(s: &S, tenant: &str) -> Result<(), ApiError> {
-    if s.reg().tenants.contains_key(tenant) {
-        Ok(())
-    } else {
-        Err(err(
-            Code::NotFound,
-            format!(
-                "tenant `{}` not found; create it with `mandate tenant create`",
-                short(tenant)
-            ),
-        ))
-    }
-}
-
 /// Commits a registration with its event and answers 201 with the record.
 async fn created<T: serde::Serialize>(
     s: &S,
@@ -106,25 +92,6 @@ fn of_tenant(
     require_admin(s, headers)?;
     need_tenant(s, tenant)?;
     Ok(Json(pick(&s.reg())))
-}
-
-/// A run by id, or 404.
-fn find_run(s: &S, id: &str) -> Result<Run, ApiError> {
-    s.store
-        .get_run(id)?
-        .ok_or_else(|| err(Code::NotFound, format!("run `{}` not found", short(id))))
-}
-
-/// Turns a store's "not found" (a conditional change that matched nothing)
-/// into `code` with `why`.
-fn if_not_found(code: Code, why: String) -> impl FnOnce(ApiError) -> ApiError {
-    move |e| {
-        if e.code == Code::NotFound {
-            err(code, why)
-        } else {
-            e
-        }
-    }
 }
 
 /// A JSON body that may be empty (then `T::default()`).

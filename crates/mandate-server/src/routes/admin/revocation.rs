@@ -13,11 +13,7 @@ pub async fn revoke(
     headers: HeaderMap,
     JsonBody(req): JsonBody<NewRevocation>,
 ) -> Result<Json<Value>, ApiError> {
-    let origin = crate::origin::Origin {
-        client: addr,
-        correlation_id: correlation_id(&headers),
-    };
-    let r = revocation::revoke(&s, req, &origin).await?;
+    let r = revocation::revoke(&s, req, &origin(addr, &headers)).await?;
     Ok(Json(json!({"revoked": r.key, "seq": r.seq})))
 }
 
