@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use mandate_core::audit::EventBody;
 use mandate_core::capability::{CapabilitySet, check_action};
-use mandate_core::ids::{self, agent_spiffe_id, random_id, run_spiffe_id};
+use mandate_core::ids::{self, random_id, run_spiffe_id};
 use mandate_core::jose::{Alg, PublicJwk};
 use mandate_core::mandate::{self, MandateClaims};
 use mandate_core::model::*;

@@ -1,17 +1,9 @@
 //! Registrations: tenants, principals, agents, tools, grants and Cedar policies.
 
 use super::*;
+use crate::services::registration;
 
 // ---------- tenants ----------
-
-/// Request body or query of an admin endpoint.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewTenant {
-    name: String,
-    #[serde(default)]
-    description: String,
-}
 
 /// `POST /v1/tenants`
 pub async fn create_tenant(
@@ -19,24 +11,10 @@ pub async fn create_tenant(
     _: Admin,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<NewTenant>,
+    JsonBody(req): JsonBody<registration::NewTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    ids::check_slug("tenant", &req.name).map_err(bad)?;
-    ids::check_text("description", &req.description, 1024).map_err(bad)?;
-    if s.reg().tenants.contains_key(&req.name) {
-        return Err(err(
-            Code::Conflict,
-            format!("tenant `{}` already exists", req.name),
-        ));
-    }
-    let t = Tenant {
-        name: req.name.clone(),
-        description: req.description,
-        created_ms: s.now_ms(),
-    };
-    let ev = Ctx::new(&s, &headers, addr)
-        .event(mandate_core::audit::EventType::TenantCreate, Some(&t.name));
-    created(&s, Mutation::CreateTenant(t.clone()), ev, &t).await
+    let t = registration::create_tenant(&s, &origin(addr, &headers), req).await?;
+    Ok((StatusCode::CREATED, Json(json!(t))))
 }
 
 /// `GET /v1/tenants`
@@ -45,18 +23,6 @@ pub async fn list_tenants(State(s): State<S>, _: Admin) -> Result<Json<Value>, A
 }
 
 // ---------- principals ----------
-
-/// Request body or query of an admin endpoint.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewPrincipal {
-    id: String,
-    #[serde(default)]
-    display_name: String,
-    /// Groups an approval policy can name (`@approval("group:finance")`).
-    #[serde(default)]
-    groups: Vec<String>,
-}
 
 /// `POST /v1/tenants/{tenant}/principals`
 pub async fn create_principal(
@@ -67,38 +33,11 @@ pub async fn create_principal(
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // An unknown tenant is said before a bad body.
     need_tenant(&s, &tenant)?;
-    let req: NewPrincipal = json_body(&body(raw, s.config.max_body)?)?;
-    ids::check_principal(&req.id).map_err(bad)?;
-    ids::check_text("display name", &req.display_name, 256).map_err(bad)?;
-    if req.groups.len() > 32 {
-        return Err(err(Code::InvalidRequest, "at most 32 groups"));
-    }
-    for g in &req.groups {
-        ids::check_slug("group", g).map_err(bad)?;
-    }
-    if s.reg()
-        .principals
-        .contains_key(&(tenant.clone(), req.id.clone()))
-    {
-        return Err(err(
-            Code::Conflict,
-            format!("principal `{}` already exists in tenant `{tenant}`", req.id),
-        ));
-    }
-    let p = Principal {
-        tenant: tenant.clone(),
-        id: req.id,
-        display_name: req.display_name,
-        groups: req.groups,
-        created_ms: s.now_ms(),
-    };
-    let mut ev = Ctx::new(&s, &headers, addr).event(
-        mandate_core::audit::EventType::PrincipalCreate,
-        Some(&tenant),
-    );
-    ev.principal = Some(p.id.clone());
-    created(&s, Mutation::CreatePrincipal(p.clone()), ev, &p).await
+    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let p = registration::create_principal(&s, &origin(addr, &headers), &tenant, req).await?;
+    Ok((StatusCode::CREATED, Json(json!(p))))
 }
 
 /// `GET /v1/tenants/{tenant}/principals`
@@ -119,17 +58,6 @@ pub async fn list_principals(
 
 // ---------- agents ----------
 
-/// Request body or query of an admin endpoint.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewAgent {
-    name: String,
-    owner: String,
-    #[serde(default)]
-    purpose: String,
-    envelope: Vec<String>,
-}
-
 /// `POST /v1/tenants/{tenant}/agents`
 pub async fn create_agent(
     State(s): State<S>,
@@ -139,47 +67,11 @@ pub async fn create_agent(
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // An unknown tenant is said before a bad body.
     need_tenant(&s, &tenant)?;
-    let req: NewAgent = json_body(&body(raw, s.config.max_body)?)?;
-    ids::check_slug("agent", &req.name).map_err(bad)?;
-    if req.owner.trim().is_empty() {
-        return Err(err(
-            Code::InvalidRequest,
-            "an agent needs an `owner`: the person or team accountable for it",
-        ));
-    }
-    ids::check_text("owner", &req.owner, 256).map_err(bad)?;
-    ids::check_text("purpose", &req.purpose, 1024).map_err(bad)?;
-    if req.envelope.len() > 256 {
-        return Err(err(
-            Code::InvalidRequest,
-            "an envelope may hold at most 256 capabilities",
-        ));
-    }
-    let env = CapabilitySet::parse(&req.envelope).map_err(bad)?;
-    if s.reg()
-        .agents
-        .contains_key(&(tenant.clone(), req.name.clone()))
-    {
-        return Err(err(
-            Code::Conflict,
-            format!("agent `{}` already exists in tenant `{tenant}`", req.name),
-        ));
-    }
-    let a = Agent {
-        spiffe_id: agent_spiffe_id(&s.config.trust_domain, &tenant, &req.name),
-        tenant: tenant.clone(),
-        name: req.name,
-        owner: req.owner,
-        purpose: req.purpose,
-        envelope: env.to_strings(),
-        created_ms: s.now_ms(),
-    };
-    let mut ev = Ctx::new(&s, &headers, addr)
-        .event(mandate_core::audit::EventType::AgentCreate, Some(&tenant));
-    ev.agent = Some(a.name.clone());
-    ev.details = json!({"owner": a.owner, "envelope": a.envelope});
-    created(&s, Mutation::CreateAgent(a.clone()), ev, &a).await
+    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let a = registration::create_agent(&s, &origin(addr, &headers), &tenant, req).await?;
+    Ok((StatusCode::CREATED, Json(json!(a))))
 }
 
 /// `GET /v1/tenants/{tenant}/agents`
