@@ -1,16 +1,17 @@
-//! Registrations: tenants, principals and agents (more to follow: tools,
-//! grants, policies). Each is checked, then committed with its audit event.
+//! Registrations: tenants, principals, agents and grants (tools and
+//! policies still registered by their routes). Each is checked, then committed with its audit event.
 
+use rand_core::OsRng;
 use serde::Deserialize;
 use serde_json::json;
 
 use mandate_core::audit::{EventBody, EventType};
 use mandate_core::capability::CapabilitySet;
-use mandate_core::ids::{self, agent_spiffe_id};
-use mandate_core::model::{Agent, Principal, Tenant};
+use mandate_core::ids::{self, agent_spiffe_id, random_id};
+use mandate_core::model::{Agent, Grant, Principal, Tenant};
 use mandate_store::{Entry, Mutation};
 
-use super::{bad, need_tenant};
+use super::{bad, need_tenant, short};
 use crate::error::{ApiError, Code, err};
 use crate::origin::Origin;
 use crate::state::AppState;
@@ -171,4 +172,89 @@ pub async fn create_agent(
     ev.details = json!({"owner": a.owner, "envelope": a.envelope});
     commit_created(s, Mutation::CreateAgent(a.clone()), ev).await?;
     Ok(a)
+}
+
+/// A principal's grant to an agent, to register.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGrant {
+    principal: String,
+    agent: String,
+    capabilities: Vec<String>,
+    task: String,
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+/// Longest grant (30 days).
+pub const GRANT_MAX_SECS: u64 = 30 * 24 * 3600;
+
+/// Registers a principal's grant to an agent of `tenant`: capabilities, a
+/// task, an expiry (at most [`GRANT_MAX_SECS`]).
+pub async fn create_grant(
+    s: &AppState,
+    origin: &Origin,
+    tenant: &str,
+    req: NewGrant,
+) -> Result<Grant, ApiError> {
+    need_tenant(s, tenant)?;
+    let caps = CapabilitySet::parse(&req.capabilities).map_err(bad)?;
+    if caps.is_empty() {
+        return Err(err(
+            Code::InvalidRequest,
+            "a grant needs at least one capability (`tool:action`)",
+        ));
+    }
+    ids::check_text("task", &req.task, 1024).map_err(bad)?;
+    {
+        let reg = s.reg();
+        if !reg
+            .principals
+            .contains_key(&(tenant.to_owned(), req.principal.clone()))
+        {
+            return Err(err(
+                Code::NotFound,
+                format!(
+                    "principal `{}` not found in tenant `{tenant}`",
+                    short(&req.principal)
+                ),
+            ));
+        }
+        if !reg
+            .agents
+            .contains_key(&(tenant.to_owned(), req.agent.clone()))
+        {
+            return Err(err(
+                Code::NotFound,
+                format!(
+                    "agent `{}` not found in tenant `{tenant}`",
+                    short(&req.agent)
+                ),
+            ));
+        }
+    }
+    let secs = req.expires_in_secs.unwrap_or(24 * 3600);
+    if secs == 0 || secs > GRANT_MAX_SECS {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`expires_in_secs` must be 1 to {GRANT_MAX_SECS}"),
+        ));
+    }
+    let g = Grant {
+        id: random_id(&mut OsRng, "grt_"),
+        tenant: tenant.to_owned(),
+        principal: req.principal,
+        agent: req.agent,
+        capabilities: caps.to_strings(),
+        task: req.task,
+        expires_at: s.now_secs() + secs,
+        created_ms: s.now_ms(),
+    };
+    let mut ev = origin.admin_event(EventType::GrantCreate, Some(tenant), s.now_ms());
+    ev.principal = Some(g.principal.clone());
+    ev.agent = Some(g.agent.clone());
+    ev.task = Some(g.task.clone());
+    ev.details = json!({"grant": g.id, "capabilities": g.capabilities, "expires_at": g.expires_at});
+    commit_created(s, Mutation::CreateGrant(g.clone()), ev).await?;
+    Ok(g)
 }

@@ -448,21 +448,6 @@ pub async fn list_tools(
 
 // ---------- grants ----------
 
-/// Request body or query of an admin endpoint.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewGrant {
-    principal: String,
-    agent: String,
-    capabilities: Vec<String>,
-    task: String,
-    #[serde(default)]
-    expires_in_secs: Option<u64>,
-}
-
-/// Longest grant (30 days).
-const GRANT_MAX_SECS: u64 = 30 * 24 * 3600;
-
 /// `POST /v1/tenants/{tenant}/grants`
 pub async fn create_grant(
     State(s): State<S>,
@@ -472,67 +457,11 @@ pub async fn create_grant(
     Path(tenant): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // An unknown tenant is said before a bad body.
     need_tenant(&s, &tenant)?;
-    let req: NewGrant = json_body(&body(raw, s.config.max_body)?)?;
-    let caps = CapabilitySet::parse(&req.capabilities).map_err(bad)?;
-    if caps.is_empty() {
-        return Err(err(
-            Code::InvalidRequest,
-            "a grant needs at least one capability (`tool:action`)",
-        ));
-    }
-    ids::check_text("task", &req.task, 1024).map_err(bad)?;
-    {
-        let reg = s.reg();
-        if !reg
-            .principals
-            .contains_key(&(tenant.clone(), req.principal.clone()))
-        {
-            return Err(err(
-                Code::NotFound,
-                format!(
-                    "principal `{}` not found in tenant `{tenant}`",
-                    short(&req.principal)
-                ),
-            ));
-        }
-        if !reg
-            .agents
-            .contains_key(&(tenant.clone(), req.agent.clone()))
-        {
-            return Err(err(
-                Code::NotFound,
-                format!(
-                    "agent `{}` not found in tenant `{tenant}`",
-                    short(&req.agent)
-                ),
-            ));
-        }
-    }
-    let secs = req.expires_in_secs.unwrap_or(24 * 3600);
-    if secs == 0 || secs > GRANT_MAX_SECS {
-        return Err(err(
-            Code::InvalidRequest,
-            format!("`expires_in_secs` must be 1 to {GRANT_MAX_SECS}"),
-        ));
-    }
-    let g = Grant {
-        id: random_id(&mut OsRng, "grt_"),
-        tenant: tenant.clone(),
-        principal: req.principal,
-        agent: req.agent,
-        capabilities: caps.to_strings(),
-        task: req.task,
-        expires_at: s.now_secs() + secs,
-        created_ms: s.now_ms(),
-    };
-    let mut ev = Ctx::new(&s, &headers, addr)
-        .event(mandate_core::audit::EventType::GrantCreate, Some(&tenant));
-    ev.principal = Some(g.principal.clone());
-    ev.agent = Some(g.agent.clone());
-    ev.task = Some(g.task.clone());
-    ev.details = json!({"grant": g.id, "capabilities": g.capabilities, "expires_at": g.expires_at});
-    created(&s, Mutation::CreateGrant(g.clone()), ev, &g).await
+    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let g = registration::create_grant(&s, &origin(addr, &headers), &tenant, req).await?;
+    Ok((StatusCode::CREATED, Json(json!(g))))
 }
 
 /// `GET /v1/tenants/{tenant}/grants`
