@@ -1,5 +1,5 @@
-//! Registrations: tenants, principals, agents and grants (tools and
-//! policies still registered by their routes). Each is checked, then committed with its audit event.
+//! Registrations: tenants, principals, agents, tools (and their secrets)
+//! and grants (policies are still registered by their routes). Each is checked, then committed with its audit event.
 
 use rand_core::OsRng;
 use serde::Deserialize;
@@ -7,9 +7,12 @@ use serde_json::json;
 
 use mandate_core::audit::{EventBody, EventType};
 use mandate_core::capability::CapabilitySet;
+use mandate_core::capability::check_action;
 use mandate_core::ids::{self, agent_spiffe_id, random_id};
-use mandate_core::model::{Agent, Grant, Principal, Tenant};
-use mandate_store::{Entry, Mutation};
+use mandate_core::jose::Alg;
+use mandate_core::model::{Agent, Grant, Principal, Tenant, Tool};
+use mandate_core::tooling::{EnvSpec, PostgresSpec, ProviderKind, ProxySpec, check_env};
+use mandate_store::{Entry, Mutation, ToolSecret};
 
 use super::{bad, need_tenant, short};
 use crate::error::{ApiError, Code, err};
@@ -257,4 +260,322 @@ pub async fn create_grant(
     ev.details = json!({"grant": g.id, "capabilities": g.capabilities, "expires_at": g.expires_at});
     commit_created(s, Mutation::CreateGrant(g.clone()), ev).await?;
     Ok(g)
+}
+
+/// A tool to register.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTool {
+    name: String,
+    #[serde(default)]
+    audience: Option<String>,
+    actions: Vec<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    risk: Option<String>,
+    #[serde(default)]
+    max_ttl_secs: Option<u64>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    proxy: Option<ProxySpec>,
+    #[serde(default)]
+    postgres: Option<PostgresSpec>,
+    #[serde(default)]
+    env: Vec<EnvSpec>,
+}
+
+/// Longest credential lifetime a tool may ask for.
+const TOOL_MAX_TTL: u64 = mandate_core::credential::MAX_CREDENTIAL_LIFETIME;
+
+/// A tool's audience is an absolute URI, short, without spaces.
+fn check_audience(audience: &str) -> Result<(), ApiError> {
+    let ok = (audience.starts_with("https://")
+        || audience.starts_with("http://")
+        || audience.starts_with("urn:"))
+        && audience.len() <= 512
+        && !audience
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(err(
+            Code::InvalidRequest,
+            "`audience` must be an absolute URI (https://..., or urn:...) of at most 512 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A registration's actions, labels, risk and lifetime are well formed:
+/// (risk, lifetime).
+fn tool_shape(req: &NewTool) -> Result<(String, u64), ApiError> {
+    if req.actions.is_empty() || req.actions.len() > 64 {
+        return Err(err(Code::InvalidRequest, "a tool needs 1 to 64 `actions`"));
+    }
+    for a in &req.actions {
+        check_action(a).map_err(bad)?;
+        if a == "*" {
+            return Err(err(
+                Code::InvalidRequest,
+                "tool actions must be named; `*` is only for capabilities",
+            ));
+        }
+    }
+    for l in &req.labels {
+        ids::check_slug("label", l).map_err(bad)?;
+    }
+    let risk = req.risk.clone().unwrap_or_else(|| "low".into());
+    if !["low", "medium", "high", "critical"].contains(&risk.as_str()) {
+        return Err(err(
+            Code::InvalidRequest,
+            "`risk` must be `low`, `medium`, `high` or `critical`",
+        ));
+    }
+    let ttl = req.max_ttl_secs.unwrap_or(300);
+    if ttl == 0 || ttl > TOOL_MAX_TTL {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("`max_ttl_secs` must be 1 to {TOOL_MAX_TTL}"),
+        ));
+    }
+    Ok((risk, ttl))
+}
+
+/// No tool of the tenant has this name or audience, and a `jwt` tool's
+/// audience names it alone across the broker.
+fn tool_is_new(
+    s: &AppState,
+    tenant: &str,
+    name: &str,
+    audience: &str,
+    provider: &dyn crate::providers::Provider,
+) -> Result<(), ApiError> {
+    let reg = s.reg();
+    if reg
+        .tools
+        .contains_key(&(tenant.to_owned(), name.to_owned()))
+    {
+        return Err(err(
+            Code::Conflict,
+            format!("tool `{}` already exists in tenant `{tenant}`", name),
+        ));
+    }
+    if reg.find_tool(tenant, audience).is_some() {
+        return Err(err(
+            Code::Conflict,
+            format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
+        ));
+    }
+    // Verifiers check `iss` and `aud`: a `jwt` tool's audience must name
+    // it alone across the broker, or another tenant's credentials would
+    // verify at it. (Proxy tools of several tenants may share a name:
+    // the proxy looks tools up in the credential's tenant.)
+    if reg.tools.values().any(|t| {
+        t.audience == audience
+            && (provider.audience_unique() || crate::providers::of(t.provider).audience_unique())
+    }) {
+        return Err(err(
+            Code::Conflict,
+            format!(
+                "audience `{audience}` is already used by a tool of another tenant; a tool's audience must be unique across the broker (verifiers check `iss` and `aud`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Registers a tool of `tenant`: its provider checks its settings and sets
+/// or checks its audience.
+pub async fn create_tool(
+    s: &AppState,
+    origin: &Origin,
+    tenant: &str,
+    req: NewTool,
+) -> Result<Tool, ApiError> {
+    need_tenant(s, tenant)?;
+    ids::check_slug("tool", &req.name).map_err(bad)?;
+    let name = req.provider.as_deref().unwrap_or("jwt");
+    let kind = ProviderKind::parse(name).ok_or_else(|| {
+        err(
+            Code::InvalidRequest,
+            format!(
+                "provider `{}` is not supported; use one of: {}",
+                short(name),
+                ProviderKind::names()
+            ),
+        )
+    })?;
+    let provider = crate::providers::of(kind);
+    // A proxy tool's credentials are only good at the broker's proxy for it,
+    // so that is its audience; a database tool is named by a URN.
+    let audience = provider
+        .audience(s, tenant, &req.name, req.audience.as_deref())
+        .map_err(|e| err(Code::InvalidRequest, e))?;
+    check_audience(&audience)?;
+    let (risk, ttl) = tool_shape(&req)?;
+    provider
+        .validate(&crate::providers::Settings {
+            actions: &req.actions,
+            proxy: req.proxy.as_ref(),
+            postgres: req.postgres.as_ref(),
+        })
+        .map_err(|e| err(Code::InvalidRequest, e))?;
+    check_env(&req.env).map_err(bad)?;
+    let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
+    tool_is_new(s, tenant, &req.name, &audience, provider)?;
+    let mut actions = req.actions;
+    actions.dedup();
+    let t = Tool {
+        tenant: tenant.to_owned(),
+        name: req.name,
+        audience,
+        actions,
+        labels: req.labels,
+        risk,
+        max_ttl_secs: ttl,
+        provider: kind,
+        alg,
+        created_ms: s.now_ms(),
+        proxy: req.proxy,
+        postgres: req.postgres,
+        env: req.env,
+    };
+    let mut ev = origin.admin_event(EventType::ToolCreate, Some(tenant), s.now_ms());
+    ev.tool = Some(t.name.clone());
+    ev.details = json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
+        "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env});
+    commit_created(s, Mutation::CreateTool(t.clone()), ev).await?;
+    Ok(t)
+}
+
+/// Longest tool secret accepted.
+const MAX_SECRET: usize = 8192;
+
+/// A tool secret set.
+#[derive(Debug)]
+pub struct SecretSet {
+    /// When (ms).
+    pub updated_ms: u64,
+    /// For a database tool: whether its mapped roles could be checked now
+    /// (`Err`: why not; every exchange checks them again).
+    pub roles_checked: Option<Result<(), String>>,
+}
+
+/// Sets a tool's upstream key (proxy) or admin connection string
+/// (postgres), `raw` as sent: sealed under the master key, never returned.
+pub async fn set_tool_secret(
+    s: &AppState,
+    origin: &Origin,
+    (tenant, name): (&str, &str),
+    raw: &[u8],
+) -> Result<SecretSet, ApiError> {
+    need_tenant(s, tenant)?;
+    let tool = s
+        .reg()
+        .tools
+        .get(&(tenant.to_owned(), name.to_owned()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!("tool `{}` not found in tenant `{tenant}`", short(name)),
+            )
+        })?;
+    let provider = crate::providers::of(tool.provider);
+    if !provider.holds_secret() {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "tool `{name}` uses the `{}` provider, which holds no upstream secret",
+                tool.provider
+            ),
+        ));
+    }
+    // Trailing newlines come from files and `echo`; they are never part of a key.
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| err(Code::InvalidRequest, "the secret must be UTF-8 text"))?
+        .trim_end_matches(['\n', '\r']);
+    if text.is_empty() || text.len() > MAX_SECRET {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("the secret must be 1 to {MAX_SECRET} bytes"),
+        ));
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return Err(err(
+            Code::InvalidRequest,
+            "the secret holds control characters (it goes into an HTTP header or a connection string)",
+        ));
+    }
+    provider
+        .check_secret(&tool, text)
+        .map_err(|e| err(Code::InvalidRequest, e))?;
+    let checked = match &tool.postgres {
+        Some(spec) => Some(check_pg_mapping(s, origin, &tool, spec, text).await?),
+        None => None,
+    };
+    let secret = mandate_core::secret::Secret::new(text.as_bytes().to_vec());
+    let aad = crate::state::tool_secret_aad(tenant, name);
+    let sealed = s
+        .master
+        .seal(&mut OsRng, aad.as_bytes(), secret.expose())
+        .map_err(|e| err(Code::ServerError, e.to_string()))?;
+    let updated_ms = s.now_ms();
+    let mut ev = origin.admin_event(EventType::ToolSecretSet, Some(tenant), updated_ms);
+    ev.tool = Some(name.to_owned());
+    ev.details = json!({"bytes": secret.expose().len()});
+    s.commit(Entry {
+        mutation: Some(Mutation::PutToolSecret(ToolSecret {
+            tenant: tenant.to_owned(),
+            tool: name.to_owned(),
+            sealed,
+            updated_ms,
+        })),
+        events: vec![ev],
+    })
+    .await?;
+    s.set_tool_secret(tenant, name, secret);
+    Ok(SecretSet {
+        updated_ms,
+        roles_checked: checked,
+    })
+}
+
+/// Checks, through the admin connection string `dsn` about to be set,
+/// that no role the tool maps an action to is missing or reaches a power a
+/// credential must never have ([`mandate_core::pgrole`]). A refusal is
+/// audited and returned; an unreachable database is no refusal (every
+/// exchange checks again) and comes back as `Ok(Err(why))`.
+async fn check_pg_mapping(
+    s: &AppState,
+    origin: &Origin,
+    tool: &Tool,
+    spec: &mandate_core::tooling::PostgresSpec,
+    dsn: &str,
+) -> Result<Result<(), String>, ApiError> {
+    let mut roles: Vec<String> = spec.roles.values().cloned().collect();
+    roles.sort();
+    roles.dedup();
+    match crate::pg::check_tool_roles(dsn, &tool.name, &roles).await {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if e.kind == crate::pg::PgErrorKind::Refused => {
+            let mut ev =
+                origin.admin_event(EventType::ToolSecretSet, Some(&tool.tenant), s.now_ms());
+            ev.tool = Some(tool.name.clone());
+            ev.decision = mandate_core::audit::Decision::Deny;
+            ev.reason = Some(e.message.clone());
+            s.record(vec![ev]).await?;
+            Err(err(
+                Code::InvalidRequest,
+                format!(
+                    "tool `{}`: {}; the secret was not set",
+                    tool.name, e.message
+                ),
+            ))
+        }
+        Err(e) => Ok(Err(e.message)),
+    }
 }

@@ -14,12 +14,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use mandate_core::audit::EventBody;
-use mandate_core::capability::{CapabilitySet, check_action};
+use mandate_core::capability::CapabilitySet;
 use mandate_core::ids::{self, random_id, run_spiffe_id};
-use mandate_core::jose::{Alg, PublicJwk};
+use mandate_core::jose::PublicJwk;
 use mandate_core::mandate::{self, MandateClaims};
 use mandate_core::model::*;
-use mandate_core::tooling::{EnvSpec, PostgresSpec, ProviderKind, ProxySpec, check_env};
 use mandate_store::*;
 
 use super::{Admin, JsonBody, S, body, client, correlation_id, json_body, origin, require_admin};
@@ -65,21 +64,6 @@ impl Ctx {
             ..Default::default()
         }
     }
-}
-
-/// Commits a registration with its event and answers 201 with the record.
-async fn created<T: serde::Serialize>(
-    s: &S,
-    m: Mutation,
-    ev: EventBody,
-    record: &T,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    s.commit(Entry {
-        mutation: Some(m),
-        events: vec![ev],
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(record))))
 }
 
 /// Lists what a tenant has, for an admin.
