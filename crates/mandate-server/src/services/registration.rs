@@ -1,5 +1,6 @@
-//! Registrations: tenants, principals, agents, tools (and their secrets)
-//! and grants (policies are still registered by their routes). Each is checked, then committed with its audit event.
+//! Registrations: tenants, principals, agents, tools (and their secrets),
+//! grants and Cedar policy sets. Each is checked, then committed with its
+//! audit event. Each is checked, then committed with its audit event.
 
 use rand_core::OsRng;
 use serde::Deserialize;
@@ -10,7 +11,7 @@ use mandate_core::capability::CapabilitySet;
 use mandate_core::capability::check_action;
 use mandate_core::ids::{self, agent_spiffe_id, random_id};
 use mandate_core::jose::Alg;
-use mandate_core::model::{Agent, Grant, Principal, Tenant, Tool};
+use mandate_core::model::{Agent, Grant, PolicySetRecord, PolicyText, Principal, Tenant, Tool};
 use mandate_core::tooling::{EnvSpec, PostgresSpec, ProviderKind, ProxySpec, check_env};
 use mandate_store::{Entry, Mutation, ToolSecret};
 
@@ -19,7 +20,7 @@ use crate::error::{ApiError, Code, err};
 use crate::origin::Origin;
 use crate::state::AppState;
 
-/// Commits a registration with its event.
+/// Commits a registration (or its removal) with its event.
 pub(crate) async fn commit_created(
     s: &AppState,
     m: Mutation,
@@ -578,4 +579,87 @@ async fn check_pg_mapping(
         }
         Err(e) => Ok(Err(e.message)),
     }
+}
+
+/// Why a policy set was not stored.
+#[derive(Debug)]
+pub enum PolicyRefusal {
+    /// The text is not valid against the Mandate schema: each problem.
+    Invalid(Vec<mandate_core::policy::PolicyProblem>),
+    /// Anything else.
+    Refused(ApiError),
+}
+
+impl From<ApiError> for PolicyRefusal {
+    fn from(e: ApiError) -> Self {
+        Self::Refused(e)
+    }
+}
+
+/// Adds or replaces policy set `name` of `tenant` with the Cedar text
+/// `raw`, validated against the schema and bounded per tenant.
+pub async fn put_policies(
+    s: &AppState,
+    origin: &Origin,
+    (tenant, name): (&str, &str),
+    raw: &[u8],
+) -> Result<PolicySetRecord, PolicyRefusal> {
+    need_tenant(s, tenant)?;
+    ids::check_slug("policy set", name).map_err(bad)?;
+    let src = std::str::from_utf8(raw)
+        .map_err(|_| err(Code::InvalidRequest, "the policy text is not UTF-8"))?;
+    let policies = s
+        .engine
+        .parse_policies(name, src)
+        .map_err(PolicyRefusal::Invalid)?;
+    // A bounded number per tenant: the set being replaced does not count.
+    let others: usize = s
+        .reg()
+        .policy_sets
+        .iter()
+        .filter(|((t, n), _)| t == tenant && n != name)
+        .map(|(_, p)| p.policies.len())
+        .sum();
+    let max = mandate_core::policy_limits::MAX_TENANT_POLICIES;
+    if others + policies.len() > max {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "tenant `{tenant}` would hold {} policies; a tenant holds at most {max}: remove or merge some",
+                others + policies.len()
+            ),
+        )
+        .into());
+    }
+    let rec = PolicySetRecord {
+        tenant: tenant.to_owned(),
+        name: name.to_owned(),
+        policies: policies.into_iter().map(PolicyText::from).collect(),
+        created_ms: s.now_ms(),
+    };
+    let mut ev = origin.admin_event(EventType::PolicyPut, Some(tenant), s.now_ms());
+    ev.policies = rec.policies.iter().map(|p| p.id.clone()).collect();
+    ev.details = json!({"set": name});
+    commit_created(s, Mutation::PutPolicySet(rec.clone()), ev).await?;
+    Ok(rec)
+}
+
+/// Removes policy set `name` of `tenant`.
+pub async fn delete_policies(
+    s: &AppState,
+    origin: &Origin,
+    (tenant, name): (&str, &str),
+) -> Result<(), ApiError> {
+    need_tenant(s, tenant)?;
+    let mut ev = origin.admin_event(EventType::PolicyDelete, Some(tenant), s.now_ms());
+    ev.details = json!({"set": name});
+    commit_created(
+        s,
+        Mutation::DeletePolicySet {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+        },
+        ev,
+    )
+    .await
 }

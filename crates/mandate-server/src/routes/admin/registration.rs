@@ -210,20 +210,19 @@ pub async fn put_policies(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, axum::response::Response> {
     use axum::response::IntoResponse;
+    use registration::PolicyRefusal;
     need_tenant(&s, &tenant).map_err(IntoResponse::into_response)?;
-    ids::check_slug("policy set", &name).map_err(|e| bad(e).into_response())?;
     let raw = body(raw, s.config.max_body).map_err(IntoResponse::into_response)?;
-    let src = std::str::from_utf8(&raw)
-        .map_err(|_| err(Code::InvalidRequest, "the policy text is not UTF-8").into_response())?;
-    let policies = match s.engine.parse_policies(&name, src) {
-        Ok(p) => p,
-        Err(problems) => {
+    match registration::put_policies(&s, &origin(addr, &headers), (&tenant, &name), &raw).await {
+        Ok(rec) => Ok(Json(json!(rec))),
+        Err(PolicyRefusal::Refused(e)) => Err(e.into_response()),
+        Err(PolicyRefusal::Invalid(problems)) => {
             let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
             let list: Vec<Value> = problems
                 .iter()
                 .map(|p| json!({"line": p.line, "column": p.column, "message": p.message}))
                 .collect();
-            return Err((
+            Err((
                 StatusCode::BAD_REQUEST,
                 Json(json!({
                     "error": "invalid_request",
@@ -231,45 +230,9 @@ pub async fn put_policies(
                     "problems": list,
                 })),
             )
-                .into_response());
+                .into_response())
         }
-    };
-    // A bounded number per tenant: the set being replaced does not count.
-    let others: usize = s
-        .reg()
-        .policy_sets
-        .iter()
-        .filter(|((t, n), _)| *t == tenant && *n != name)
-        .map(|(_, p)| p.policies.len())
-        .sum();
-    let max = mandate_core::policy_limits::MAX_TENANT_POLICIES;
-    if others + policies.len() > max {
-        return Err(err(
-            Code::InvalidRequest,
-            format!(
-                "tenant `{tenant}` would hold {} policies; a tenant holds at most {max}: remove or merge some",
-                others + policies.len()
-            ),
-        )
-        .into_response());
     }
-    let rec = PolicySetRecord {
-        tenant: tenant.clone(),
-        name: name.clone(),
-        policies: policies.into_iter().map(PolicyText::from).collect(),
-        created_ms: s.now_ms(),
-    };
-    let mut ev = Ctx::new(&s, &headers, addr)
-        .event(mandate_core::audit::EventType::PolicyPut, Some(&tenant));
-    ev.policies = rec.policies.iter().map(|p| p.id.clone()).collect();
-    ev.details = json!({"set": name});
-    s.commit(Entry {
-        mutation: Some(Mutation::PutPolicySet(rec.clone())),
-        events: vec![ev],
-    })
-    .await
-    .map_err(IntoResponse::into_response)?;
-    Ok(Json(json!(rec)))
 }
 
 /// `DELETE /v1/tenants/{tenant}/policies/{name}`
@@ -280,15 +243,7 @@ pub async fn delete_policies(
     headers: HeaderMap,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    need_tenant(&s, &tenant)?;
-    let mut ev = Ctx::new(&s, &headers, addr)
-        .event(mandate_core::audit::EventType::PolicyDelete, Some(&tenant));
-    ev.details = json!({"set": name});
-    s.commit(Entry {
-        mutation: Some(Mutation::DeletePolicySet { tenant, name }),
-        events: vec![ev],
-    })
-    .await?;
+    registration::delete_policies(&s, &origin(addr, &headers), (&tenant, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
