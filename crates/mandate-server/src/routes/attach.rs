@@ -277,5 +277,5 @@ async fn end_detached(s: &S, claims: &MandateClaims) -> Result<(), ApiError> {
         details: serde_json::json!({"grace_secs": s.config.attach_grace.as_secs()}),
         ..Default::default()
     };
-    super::admin::finish_run(s, &run, ev, DETACHED).await
+    crate::services::runs::finish_run(s, &run, ev, DETACHED).await
 }

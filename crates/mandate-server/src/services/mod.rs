@@ -10,6 +10,7 @@ pub mod feed_tokens;
 pub mod holder_revocation;
 pub mod registration;
 pub mod revocation;
+pub mod runs;
 
 use crate::error::{ApiError, Code, err};
 

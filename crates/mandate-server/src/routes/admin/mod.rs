@@ -30,7 +30,7 @@ mod revocation;
 mod runs;
 
 use crate::error::{ApiError, Code, err};
-use crate::services::{bad, find_run, if_not_found, need_tenant, short};
+use crate::services::{bad, if_not_found, need_tenant, short};
 pub use approvals::*;
 pub use audit::*;
 pub use registration::*;

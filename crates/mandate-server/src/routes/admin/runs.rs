@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::services::runs::{self, JOIN_PREFIX};
 
 // ---------- runs ----------
 
@@ -63,24 +64,6 @@ fn issue(
     Ok((token, run, ev))
 }
 
-/// Prefix of join tokens.
-pub const JOIN_PREFIX: &str = "mandate_join_";
-
-/// Longest join token lifetime.
-const JOIN_MAX_TTL: u64 = 86_400;
-
-/// Request body of `POST /v1/tenants/{t}/agents/{a}/join-tokens`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewJoinToken {
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-    #[serde(default)]
-    principal: Option<String>,
-    #[serde(default)]
-    grant: Option<String>,
-}
-
 /// `POST /v1/tenants/{t}/agents/{a}/join-tokens`: a one-time, short-lived
 /// credential that starts one run of this agent (and no other call). The
 /// token is in this answer only; the broker keeps its SHA-256.
@@ -92,66 +75,14 @@ pub async fn create_join_token(
     Path((tenant, agent)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // An unknown tenant is said before a bad body.
     need_tenant(&s, &tenant)?;
-    let req: NewJoinToken = json_body(&body(raw, s.config.max_body)?)?;
-    if !s
-        .reg()
-        .agents
-        .contains_key(&(tenant.clone(), agent.clone()))
-    {
-        return Err(err(
-            Code::NotFound,
-            format!("agent `{}` not found in tenant `{tenant}`", short(&agent)),
-        ));
-    }
-    if req.principal.is_some() != req.grant.is_some() {
-        return Err(err(
-            Code::InvalidRequest,
-            "to act on someone's behalf, give both `principal` and `grant`",
-        ));
-    }
-    let ttl = req.ttl_secs.unwrap_or(600);
-    if ttl == 0 || ttl > JOIN_MAX_TTL {
-        return Err(err(
-            Code::InvalidRequest,
-            format!("`ttl_secs` must be 1 to {JOIN_MAX_TTL}"),
-        ));
-    }
-    let id = random_id(&mut OsRng, "")[..16].to_owned();
-    let secret = mandate_core::secret::Secret::random(&mut OsRng, 32);
-    let token = format!(
-        "{JOIN_PREFIX}{id}_{}",
-        mandate_core::jose::b64(secret.expose())
-    );
-    let expires_at = s.now_secs() + ttl;
-    let j = JoinToken {
-        id: id.clone(),
-        hash: crate::boot::token_hash(&token),
-        tenant: tenant.clone(),
-        agent: agent.clone(),
-        principal: req.principal,
-        grant: req.grant,
-        expires_at,
-        created_ms: s.now_ms(),
-        used_ms: None,
-    };
-    let mut ev = Ctx::new(&s, &headers, addr).event(
-        mandate_core::audit::EventType::JoinTokenCreate,
-        Some(&tenant),
-    );
-    ev.agent = Some(agent.clone());
-    ev.principal = j.principal.clone();
-    ev.credential_id = Some(id.clone());
-    ev.credential_exp = Some(expires_at);
-    s.commit(Entry {
-        mutation: Some(Mutation::CreateJoinToken(j)),
-        events: vec![ev],
-    })
-    .await?;
+    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let j = runs::create_join_token(&s, &origin(addr, &headers), (&tenant, &agent), req).await?;
     Ok((
         StatusCode::CREATED,
         Json(
-            json!({"id": id, "token": token, "tenant": tenant, "agent": agent, "expires_at": expires_at}),
+            json!({"id": j.id, "token": j.token, "tenant": tenant, "agent": agent, "expires_at": j.expires_at}),
         ),
     ))
 }
@@ -560,42 +491,8 @@ pub async fn end_run(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run = find_run(&s, &id)?;
-    if run.ended_ms.is_some() {
-        return Err(err(Code::Conflict, format!("run `{id}` has already ended")));
-    }
-    let ev = Ctx::new(&s, &headers, addr)
-        .event(mandate_core::audit::EventType::RunEnd, Some(&run.tenant));
-    finish_run(&s, &run, ev, "run ended").await?;
+    runs::end_run(&s, &origin(addr, &headers), &id).await?;
     Ok(Json(json!({"run": id, "ended": true})))
-}
-
-/// Ends `run` (what `POST /v1/runs/{id}/end` does): commits the end with
-/// a revocation of `run:<id>` (reason `reason`) and `ev`, a `run.end`
-/// event filled in here with the run's tenant, agent and principal. From
-/// then on its mandate and every credential it got are refused.
-pub async fn finish_run(s: &S, run: &Run, mut ev: EventBody, reason: &str) -> Result<(), ApiError> {
-    ev.agent = Some(run.agent.clone());
-    ev.run = Some(run.id.clone());
-    ev.principal = run.principal.clone();
-    let revocation = Revocation {
-        seq: 0,
-        key: format!("run:{}", run.id),
-        reason: reason.into(),
-        time_ms: s.now_ms(),
-        until: run.expires_at,
-        tenant: Some(run.tenant.clone()),
-    };
-    s.commit(Entry {
-        mutation: Some(Mutation::EndRun {
-            id: run.id.clone(),
-            ended_ms: s.now_ms(),
-            revocation,
-        }),
-        events: vec![ev],
-    })
-    .await?;
-    Ok(())
 }
 
 /// Request body of `POST /v1/runs/delegate`.
