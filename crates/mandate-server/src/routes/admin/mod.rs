@@ -9,17 +9,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use rand_core::OsRng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use mandate_core::audit::EventBody;
-use mandate_core::capability::CapabilitySet;
-use mandate_core::ids::{self, random_id, run_spiffe_id};
-use mandate_core::jose::PublicJwk;
-use mandate_core::mandate::{self, MandateClaims};
+use mandate_core::mandate::MandateClaims;
 use mandate_core::model::*;
-use mandate_store::*;
 
 use super::{Admin, JsonBody, S, body, client, correlation_id, json_body, origin, require_admin};
 
@@ -30,7 +25,7 @@ mod revocation;
 mod runs;
 
 use crate::error::{ApiError, Code, err};
-use crate::services::{bad, if_not_found, need_tenant, short};
+use crate::services::{need_tenant, short};
 pub use approvals::*;
 pub use audit::*;
 pub use registration::*;
