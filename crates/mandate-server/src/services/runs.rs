@@ -38,6 +38,23 @@ pub struct NewJoinToken {
     grant: Option<String>,
 }
 
+/// A registered agent of `tenant`, or `not_found`.
+fn find_agent(
+    reg: &crate::registry::Registry,
+    tenant: &str,
+    name: &str,
+) -> Result<Agent, ApiError> {
+    reg.agents
+        .get(&(tenant.to_owned(), name.to_owned()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!("agent `{}` not found in tenant `{tenant}`", short(name)),
+            )
+        })
+}
+
 /// A new join token, shown once.
 pub struct NewJoinCredential {
     /// Its id.
@@ -242,20 +259,7 @@ fn join_allows(j: &JoinToken, req: &NewRun) -> Result<(), ApiError> {
 /// the principal to this agent.
 fn run_subject(s: &AppState, req: &NewRun, now: u64) -> Result<(Agent, Option<Grant>), ApiError> {
     let reg = s.reg();
-    let agent = reg
-        .agents
-        .get(&(req.tenant.clone(), req.agent.clone()))
-        .cloned()
-        .ok_or_else(|| {
-            err(
-                Code::NotFound,
-                format!(
-                    "agent `{}` not found in tenant `{}`",
-                    short(&req.agent),
-                    req.tenant
-                ),
-            )
-        })?;
+    let agent = find_agent(&reg, &req.tenant, &req.agent)?;
     let grant = match (&req.principal, &req.grant) {
         (None, None) => None,
         (Some(_), None) | (None, Some(_)) => {
@@ -614,21 +618,7 @@ pub async fn delegate(
     now: u64,
 ) -> Result<Value, ApiError> {
     let (depth, children) = delegation_limits(s, parent)?;
-    let agent = s
-        .reg()
-        .agents
-        .get(&(parent.tenant.clone(), req.agent.clone()))
-        .cloned()
-        .ok_or_else(|| {
-            err(
-                Code::NotFound,
-                format!(
-                    "agent `{}` not found in tenant `{}`",
-                    short(&req.agent),
-                    parent.tenant
-                ),
-            )
-        })?;
+    let agent = find_agent(&s.reg(), &parent.tenant, &req.agent)?;
     let key = PublicJwk::from_json(&req.jwk)
         .map_err(|e| err(Code::InvalidRequest, format!("`jwk`: {e}")))?;
     if key.thumbprint() == parent.cnf_jkt {
