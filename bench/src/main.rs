@@ -8,6 +8,7 @@
 //!   mandate's signature, verify the DPoP proof, sign the JWT), in a loop.
 #![forbid(unsafe_code)]
 
+mod policy_curve;
 mod w3;
 
 use std::io::Write as _;
@@ -46,6 +47,21 @@ enum Cmd {
         /// Proofs in the counted pool.
         #[arg(long, default_value_t = 400_000)]
         count: usize,
+        /// The run key's algorithm, which signs every DPoP proof: `EdDSA`
+        /// or `ES256`.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// Policies of the tenant: one permit, and `forbid` policies for
+        /// other actions (`when { context.action == "other<i>" }`), as in
+        /// issue 12's measurements of how the cost grows.
+        #[arg(long, default_value_t = 1)]
+        policies: usize,
+    },
+    /// Decision cost as a tenant's policies grow (1 to 10,000), in one
+    /// process: Cedar through Mandate's engine, per exchange.
+    PolicyCurve {
+        #[arg(long, default_value_t = 2_000)]
+        iterations: u32,
     },
     /// Hello-world axum server (also the proxy benchmark's upstream: `POST /emails`).
     Ceiling {
@@ -103,7 +119,16 @@ fn main() -> Result<(), String> {
             out,
             warm,
             count,
-        } => prep(&url, &admin_token_file, &out, warm, count),
+            alg,
+            policies,
+        } => prep(
+            &url,
+            &admin_token_file,
+            &out,
+            (warm, count, policies),
+            Alg::parse("--alg", &alg).map_err(|e| e.to_string())?,
+        ),
+        Cmd::PolicyCurve { iterations } => policy_curve::run(iterations),
         Cmd::Ceiling { listen } => ceiling(listen),
         Cmd::Feed {
             url,
@@ -162,8 +187,8 @@ fn prep(
     url: &str,
     token_file: &std::path::Path,
     out: &PathBuf,
-    warm: usize,
-    count: usize,
+    (warm, count, policies): (usize, usize, usize),
+    alg: Alg,
 ) -> Result<(), String> {
     let (admin, agent) = admin_client(token_file)?;
     post(
@@ -196,20 +221,20 @@ fn prep(
         &admin,
         json!({"principal": "alice@example.com", "agent": "loader", "capabilities": ["api:read"], "task": "load"}),
     )?;
-    let policy =
-        "@id(\"allow\")\npermit (principal, action == Mandate::Action::\"exchange\", resource);\n";
-    let mut r = agent
-        .put(format!("{url}/v1/tenants/bench/policies/bench"))
-        .header("Authorization", &format!("Bearer {admin}"))
-        .send(policy)
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!(
-            "policy: {}",
-            r.body_mut().read_to_string().unwrap_or_default()
-        ));
+    for (name, text) in policy_curve::policy_files(policies) {
+        let mut r = agent
+            .put(format!("{url}/v1/tenants/bench/policies/{name}"))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .send(&text)
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!(
+                "policy: {}",
+                r.body_mut().read_to_string().unwrap_or_default()
+            ));
+        }
     }
-    let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
+    let key = SigningKey::generate(alg, &mut OsRng);
     let run = post(
         &agent,
         &format!("{url}/v1/runs"),
@@ -291,31 +316,36 @@ fn ceiling(listen: std::net::SocketAddr) -> Result<(), String> {
 
 fn floor(iterations: u32) {
     // One exchange's unavoidable signature work: verify the mandate's authority
-    // signature (Ed25519), verify the DPoP proof (Ed25519), sign the JWT (Ed25519).
+    // signature (Ed25519, the broker's key), verify the DPoP proof (with the
+    // run key's algorithm, through the same verifier the broker uses), sign
+    // the JWT (Ed25519). One floor per run-key algorithm.
     let broker = ed25519_dalek::SigningKey::generate(&mut OsRng);
-    let run = ed25519_dalek::SigningKey::generate(&mut OsRng);
     let jwt = ed25519_dalek::SigningKey::generate(&mut OsRng);
     let mandate_msg = vec![7u8; 400];
     let proof_msg = vec![9u8; 300];
     let claims_msg = vec![3u8; 600];
     let mandate_sig = broker.sign(&mandate_msg);
-    let proof_sig = run.sign(&proof_msg);
-    let (bv, rv) = (broker.verifying_key(), run.verifying_key());
-    let start = Instant::now();
-    for _ in 0..iterations {
-        assert!(bv.verify_strict(&mandate_msg, &mandate_sig).is_ok());
-        assert!(rv.verify_strict(&proof_msg, &proof_sig).is_ok());
-        std::hint::black_box(jwt.sign(&claims_msg));
-    }
-    let per = start.elapsed().as_secs_f64() / f64::from(iterations);
+    let bv = broker.verifying_key();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!(
-        "crypto floor: {:.1} us per exchange on one core; {:.0} exchanges/s on {cores} cores",
-        per * 1e6,
-        cores as f64 / per
-    );
+    for alg in [Alg::EdDSA, Alg::ES256] {
+        let run = SigningKey::generate(alg, &mut OsRng);
+        let (run_pub, proof_sig) = (run.public(), run.sign(&proof_msg));
+        let start = Instant::now();
+        for _ in 0..iterations {
+            assert!(bv.verify_strict(&mandate_msg, &mandate_sig).is_ok());
+            assert!(run_pub.verify("proof", alg, &proof_msg, &proof_sig).is_ok());
+            std::hint::black_box(jwt.sign(&claims_msg));
+        }
+        let per = start.elapsed().as_secs_f64() / f64::from(iterations);
+        println!(
+            "crypto floor ({} run keys): {:.1} us per exchange on one core; {:.0} exchanges/s on {cores} cores",
+            alg.as_str(),
+            per * 1e6,
+            cores as f64 / per
+        );
+    }
 }
 
 fn feed(

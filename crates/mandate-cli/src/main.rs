@@ -23,6 +23,11 @@ use args::{Cli, Cmd};
 use client::{CliError, Client};
 use output::print_table;
 
+/// mimalloc: the W1 profile spent about a tenth of the broker's CPU in
+/// glibc's malloc and free (BENCHMARKS.md, issue 12).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)

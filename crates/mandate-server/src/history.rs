@@ -16,8 +16,10 @@ struct RunStats {
     per_tool: HashMap<String, (u64, HashMap<String, u64>)>,
     labels: BTreeSet<String>,
     amount_total: i64,
-    /// (second, denied) of recent requests, oldest first.
-    recent: VecDeque<(u64, bool)>,
+    /// Requests of the last [`WINDOW`] seconds, one bucket per second
+    /// (second, requests, denials), oldest first: at most `WINDOW` buckets
+    /// whatever the rate, and the counts are exact.
+    recent: VecDeque<(u64, u64, u64)>,
     evals_passed: BTreeSet<String>,
     last_seen: u64,
 }
@@ -58,12 +60,11 @@ impl Histories {
             .get(key.2)
             .map(|(n, a)| (*n, a.iter().map(|(k, v)| (k.clone(), *v)).collect()))
             .unwrap_or((0, Vec::new()));
-        let recent = r.recent.iter().filter(|(t, _)| t + WINDOW > now);
-        let (mut rate, mut denials) = (0, 0);
-        for (_, d) in recent {
-            rate += 1;
-            denials += u64::from(*d);
-        }
+        let (rate, denials) = r
+            .recent
+            .iter()
+            .filter(|(t, _, _)| t + WINDOW > now)
+            .fold((0u64, 0u64), |(n, d), (_, rn, rd)| (n + rn, d + rd));
         History {
             exchanges: r.exchanges,
             tool_exchanges: tool_n,
@@ -109,11 +110,17 @@ impl Histories {
     /// A request was judged (allowed or denied): counts toward the rate.
     pub fn request(&mut self, run: &str, now: u64, denied: bool) {
         let r = self.run(run, now);
-        while r.recent.front().is_some_and(|(t, _)| t + WINDOW <= now) {
+        while r.recent.front().is_some_and(|(t, _, _)| t + WINDOW <= now) {
             r.recent.pop_front();
         }
-        if r.recent.len() < 10_000 {
-            r.recent.push_back((now, denied));
+        let denied = u64::from(denied);
+        match r.recent.back_mut() {
+            // A clock that steps back counts into the newest bucket.
+            Some((t, n, d)) if *t >= now => {
+                *n += 1;
+                *d += denied;
+            }
+            _ => r.recent.push_back((now, 1, denied)),
         }
     }
 
@@ -187,5 +194,26 @@ mod tests {
         assert!(h.runs.len() <= 2 * SWEEP_MIN + 300, "{}", h.runs.len());
         assert!(h.runs.contains_key("run_4999"));
         assert!(!h.runs.contains_key("run_0"));
+    }
+
+    #[test]
+    fn the_rate_counts_every_request_of_the_last_minute_exactly() {
+        let mut h = Histories::default();
+        // 50,000 requests in one second (more than any cap would keep),
+        // every tenth denied, then 10 more a minute minus one second later.
+        for i in 0..50_000u64 {
+            h.request("run_a", 1_000, i % 10 == 0);
+        }
+        let f = h.facts("run_a", 900, ("t", "a", "tool"), 1_000);
+        assert_eq!((f.rate_1m, f.denials_1m), (50_000, 5_000));
+        for _ in 0..10 {
+            h.request("run_a", 1_059, false);
+        }
+        let f = h.facts("run_a", 900, ("t", "a", "tool"), 1_059);
+        assert_eq!((f.rate_1m, f.denials_1m), (50_010, 5_000));
+        // A minute after the burst only the later ten remain.
+        let f = h.facts("run_a", 900, ("t", "a", "tool"), 1_060);
+        assert_eq!((f.rate_1m, f.denials_1m), (10, 0));
+        assert!(h.runs["run_a"].recent.len() <= WINDOW as usize);
     }
 }

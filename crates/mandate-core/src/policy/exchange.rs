@@ -107,9 +107,11 @@ impl Engine {
                 self.validate_requests.then_some(&self.schema),
             )
             .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
-            let resp = self
-                .authorizer
-                .is_authorized(&request, &policies.set, entities);
+            // Only the policies that can apply to this tool and action
+            // (`slice`: the others cannot be satisfied, nor fail, here).
+            let sliced = policies.slices.slice(f.tool, action);
+            let set = sliced.as_deref().unwrap_or(&policies.set);
+            let resp = self.authorizer.is_authorized(&request, set, entities);
             let reasons: Vec<String> = resp
                 .diagnostics()
                 .reason()

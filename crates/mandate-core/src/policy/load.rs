@@ -114,6 +114,7 @@ impl Engine {
     /// Compiles a tenant's stored policies.
     pub fn compile(&self, stored: &[StoredPolicy]) -> Result<TenantPolicies> {
         let mut set = PolicySet::new();
+        let mut reached = Vec::with_capacity(stored.len());
         for p in stored {
             crate::policy_limits::check_policy_text(&p.text)
                 .map_err(|e| Error::Policy(format!("stored policy `{}` is too deep: {e}", p.id)))?;
@@ -121,12 +122,14 @@ impl Engine {
             let policy = Policy::parse(Some(id), &p.text).map_err(|e| {
                 Error::Policy(format!("stored policy `{}` does not parse: {e}", p.id))
             })?;
+            reached.push((policy.clone(), slice::Reach::of(&policy)));
             set.add(policy)
                 .map_err(|e| Error::Policy(format!("stored policy `{}`: {e}", p.id)))?;
         }
         Ok(TenantPolicies {
             set,
             count: stored.len(),
+            slices: std::sync::Arc::new(slice::Slices::new(reached)),
         })
     }
 }

@@ -109,6 +109,8 @@ impl std::fmt::Debug for Engine {
 pub struct TenantPolicies {
     set: PolicySet,
     count: usize,
+    /// The same policies sliced by the tools and actions they can reach.
+    slices: std::sync::Arc<slice::Slices>,
 }
 
 impl TenantPolicies {
@@ -192,6 +194,7 @@ mod delegation;
 mod exchange;
 mod facts;
 mod load;
+mod slice;
 
 pub use delegation::DelegationFacts;
 pub use facts::{Details, ExchangeFacts, History, MAX_AMOUNT, MAX_AMOUNT_TOTAL, add_amount};
@@ -392,6 +395,83 @@ mod tests {
                 .unwrap()
                 .allowed
         );
+    }
+
+    /// Slicing never changes a decision: every request is decided the same
+    /// by the sliced policies and by the whole set, including policies that
+    /// fail to evaluate (which deny) and tests slicing cannot read.
+    #[test]
+    fn sliced_policies_decide_exactly_as_the_whole_set() {
+        let e = Engine::new().unwrap();
+        let mut stored = vec![StoredPolicy {
+            id: "p/all".into(),
+            text: r#"permit (principal, action == Mandate::Action::"exchange", resource);"#.into(),
+        }];
+        let texts = [
+            // Sliceable by tool and by action.
+            r#"forbid (principal, action, resource == Mandate::Tool::"crm") when { context.action == "delete" };"#,
+            r#"forbid (principal, action, resource) when { ["wipe", "drop"].contains(context.action) && context.depth >= 0 };"#,
+            r#"forbid (principal, action == Mandate::Action::"delegate", resource);"#,
+            // Fails to evaluate without an amount; sliced only to `pay`.
+            r#"forbid (principal, action, resource) when { context.action == "pay" && context.amount > 100 };"#,
+            // Fails to evaluate before its action test: in every slice.
+            r#"forbid (principal, action, resource) when { context.amount > 100 && context.action == "refund" };"#,
+            // Not readable by slicing: in every slice.
+            r#"forbid (principal, action, resource) unless { context.action != "purge" };"#,
+            r#"forbid (principal, action, resource) when { context.action == "x1" || context.action == "write" };"#,
+            r#"@approval("principal") forbid (principal, action, resource == Mandate::Tool::"mail") when { context.action == "send" } unless { context.approved };"#,
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            stored.push(StoredPolicy {
+                id: format!("p/{i}"),
+                text: (*t).into(),
+            });
+        }
+        // Many unrelated policies too (what slicing is for).
+        for i in 0..200 {
+            stored.push(StoredPolicy {
+                id: format!("q/{i}"),
+                text: format!(
+                    r#"forbid (principal, action, resource) when {{ context.action == "other{i}" }};"#
+                ),
+            });
+        }
+        let sliced = e.compile(&stored).unwrap();
+        let whole = TenantPolicies {
+            slices: std::sync::Arc::default(),
+            ..sliced.clone()
+        };
+        let amounts = [
+            NO_DETAILS.clone(),
+            Details {
+                amount: Some(500),
+                ..NO_DETAILS.clone()
+            },
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for tool in ["crm", "mail", "bank"] {
+            for action in [
+                "read", "write", "delete", "wipe", "pay", "refund", "purge", "send", "other7",
+            ] {
+                for d in &amounts {
+                    let actions = vec![action.to_string()];
+                    let f = ExchangeFacts {
+                        tool,
+                        details: d,
+                        ..facts(&[], &actions, "low", None)
+                    };
+                    let a = e.decide(&sliced, &f).unwrap();
+                    let b = e.decide(&whole, &f).unwrap();
+                    assert_eq!(a, b, "{tool} {action} {:?}", d.amount);
+                    seen.insert(a.allowed);
+                }
+            }
+        }
+        // Both outcomes occurred, so the comparison meant something.
+        assert_eq!(seen.len(), 2);
+        let pay = ["pay".to_string()];
+        let v = e.decide(&sliced, &facts(&[], &pay, "low", None)).unwrap();
+        assert!(!v.allowed && v.reason.unwrap().contains("failed to evaluate"));
     }
 
     #[test]
