@@ -8,6 +8,7 @@
 //!   mandate's signature, verify the DPoP proof, sign the JWT), in a loop.
 #![forbid(unsafe_code)]
 
+mod audit_scale;
 mod policy_curve;
 mod w3;
 
@@ -56,6 +57,17 @@ enum Cmd {
         /// issue 12's measurements of how the cost grows.
         #[arg(long, default_value_t = 1)]
         policies: usize,
+    },
+    /// The audit trail at scale: seed N events into a fresh database (time
+    /// per million, to show inserts stay flat), then time "the latest 100
+    /// matching" for every filter, with and without `since`, and `audit
+    /// verify`.
+    AuditScale {
+        /// The database file to create (must not exist).
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
     },
     /// Decision cost as a tenant's policies grow (1 to 10,000), in one
     /// process: Cedar through Mandate's engine, per exchange.
@@ -128,6 +140,7 @@ fn main() -> Result<(), String> {
             (warm, count, policies),
             Alg::parse("--alg", &alg).map_err(|e| e.to_string())?,
         ),
+        Cmd::AuditScale { db, events } => audit_scale::run(&db, events),
         Cmd::PolicyCurve { iterations } => policy_curve::run(iterations),
         Cmd::Ceiling { listen } => ceiling(listen),
         Cmd::Feed {

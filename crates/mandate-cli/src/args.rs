@@ -621,6 +621,10 @@ pub(crate) struct AuditArgs {
     /// Most events to show.
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: u32,
+    /// Only events older than this sequence number: the next page back
+    /// (pass the smallest `seq` of the page shown).
+    #[arg(long, value_name = "SEQ")]
+    pub(crate) before: Option<u64>,
 }
 
 #[derive(Subcommand)]

@@ -44,6 +44,9 @@ pub(crate) fn audit(a: AuditArgs, x: &Ctx) -> Result<(), CliError> {
             .unwrap_or(0);
         q.push_str(&format!("&since_ms={}", now.saturating_sub(secs * 1000)));
     }
+    if let Some(b) = a.before {
+        q.push_str(&format!("&before_seq={b}"));
+    }
     let v = c().get(&q)?;
     if j {
         show(j, &v, &[]);

@@ -677,6 +677,55 @@ mod tests {
         capacity: 1000,
     };
 
+    /// Issue 12: at a rate whose live proofs exceed the capacity (16,000
+    /// exchanges/s × a 65 s window ≈ 1.04M live ids against 1M; scaled down
+    /// by 10 here), with most of the traffic an attacker's proofs dated as
+    /// far in the future as the skew allows, no fresh proof is refused: the
+    /// ids forgotten are about a minute old, so only proofs about to expire
+    /// anyway could be refused. No replay is let through meanwhile.
+    #[test]
+    fn at_the_goal_rate_over_capacity_fresh_proofs_are_never_refused() {
+        let mut c = ReplayCache::new(
+            ReplayLimits {
+                per_key: 10_000,
+                capacity: 100_000,
+            },
+            0,
+        );
+        let (mut n, mut forgotten) = (0u64, 0u64);
+        for now in 1_000..1_200u64 {
+            for i in 0..1_500u64 {
+                n += 1;
+                let (key, id) = (format!("attacker-{}", i % 150), n.to_string());
+                let mut u = used(&key, &id, now + 5);
+                u.forget_after = now + 5 + 65;
+                match c.check_and_insert(&u, now) {
+                    Ok(()) | Err(ReplayError::OverQuota { .. }) => {}
+                    Err(e) => panic!("attacker at {now}: {e:?}"),
+                }
+            }
+            for _ in 0..100u64 {
+                n += 1;
+                let id = n.to_string();
+                assert_eq!(c.check_and_insert(&used("agent", &id, now), now), Ok(()));
+                assert_eq!(
+                    c.check_and_insert(&used("agent", &id, now), now),
+                    Err(ReplayError::Replayed)
+                );
+            }
+            // A proof a minute old, still within its window, may be refused
+            // (forgotten ids are that old): never wrongly accepted twice.
+            let old = format!("old-{now}");
+            if c.check_and_insert(&used("agent", &old, now - 60), now)
+                .is_err()
+            {
+                forgotten += 1;
+            }
+        }
+        assert!(c.len() <= 100_000);
+        assert!(forgotten > 0, "the capacity was never reached");
+    }
+
     #[test]
     fn dpop_jti_replay_is_refused_until_it_would_expire() {
         let mut c = ReplayCache::new(ROOMY, 0);

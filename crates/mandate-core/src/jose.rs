@@ -315,6 +315,33 @@ impl<'a> CompactJws<'a> {
 mod tests {
     use super::*;
 
+    /// ES256 through ring: signatures made by another implementation (the
+    /// p256 crate) verify; anything else is refused.
+    #[test]
+    fn es256_verifies_fixed_signatures_only_from_its_key() {
+        use p256::ecdsa::signature::Signer as _;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let other = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let key = PublicJwk::P256(*sk.verifying_key());
+        let msg = b"header.payload";
+        let sig: p256::ecdsa::Signature = sk.sign(msg);
+        let raw = sig.to_bytes();
+        assert!(key.verify("t", Alg::ES256, msg, &raw).is_ok());
+        let refused = |m: &[u8], s: &[u8]| key.verify("t", Alg::ES256, m, s).is_err();
+        assert!(refused(b"header.payloaD", &raw));
+        let mut flipped = raw.to_vec();
+        flipped[40] ^= 1;
+        assert!(refused(msg, &flipped));
+        // DER (what some libraries emit) is not JWS's R ‖ S.
+        assert!(refused(msg, sig.to_der().as_bytes()));
+        assert!(refused(msg, &raw[..63]));
+        assert!(refused(msg, &[0u8; 64]));
+        let theirs: p256::ecdsa::Signature = other.sign(msg);
+        assert!(refused(msg, &theirs.to_bytes()));
+        // An ES256 key never verifies under another algorithm.
+        assert!(key.verify("t", Alg::EdDSA, msg, &raw).is_err());
+    }
+
     #[test]
     fn rfc7638_thumbprint_example() {
         // RFC 8037 Appendix A.3: thumbprint of the Ed25519 example key.

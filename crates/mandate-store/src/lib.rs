@@ -91,8 +91,11 @@ pub struct AuditFilter {
     pub event_type: Option<String>,
     /// Only events at or after this time (ms).
     pub since_ms: Option<u64>,
-    /// Only events with a greater sequence number.
+    /// Only events with a greater sequence number (oldest first).
     pub after_seq: Option<u64>,
+    /// Only events with a smaller sequence number: the next page back
+    /// (keyset pagination, newest first).
+    pub before_seq: Option<u64>,
     /// At most this many (newest first when unset `after_seq`).
     pub limit: Option<u32>,
 }

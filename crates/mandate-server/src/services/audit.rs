@@ -28,6 +28,7 @@ pub struct AuditQuery {
     event_type: Option<String>,
     since_ms: Option<u64>,
     after_seq: Option<u64>,
+    before_seq: Option<u64>,
     limit: Option<u32>,
 }
 
@@ -51,6 +52,7 @@ pub async fn query(s: &AppState, q: AuditQuery) -> Result<Vec<ChainedEvent>, Api
         event_type: q.event_type,
         since_ms: q.since_ms,
         after_seq: q.after_seq,
+        before_seq: q.before_seq,
         limit: Some(q.limit.unwrap_or(100).min(10_000)),
     };
     let store = Arc::clone(&s.store);

@@ -27,7 +27,17 @@ use schema::*;
 pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
-    head: Mutex<(u64, String)>,
+    head: Mutex<Head>,
+}
+
+/// The last event of the chain: what the next one links to, and the time
+/// no later event may precede (the trail's times never go back, so "since
+/// T" is a sequence range: issue 12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Head {
+    seq: u64,
+    hash: String,
+    time_ms: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -41,6 +51,10 @@ fn open_conn(path: &Path) -> Result<Connection> {
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
     c.pragma_update(None, "foreign_keys", "ON")?;
+    // 64 MiB of page cache (SQLite's default is 2 MiB): the audit indexes'
+    // insertion points (one per agent, tool, principal, ...) stay in memory
+    // as the trail grows, so an insert costs the same at 10M events as at 0.
+    c.pragma_update(None, "cache_size", -65_536)?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(c)
 }
@@ -95,12 +109,22 @@ impl SqliteStore {
         migrate(&writer, version)?;
         let head = writer
             .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, hash, time_ms FROM audit ORDER BY seq DESC LIMIT 1",
                 [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+                |r| {
+                    Ok(Head {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        hash: r.get(1)?,
+                        time_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                },
             )
             .optional()?
-            .unwrap_or((0, audit::GENESIS.to_owned()));
+            .unwrap_or(Head {
+                seq: 0,
+                hash: audit::GENESIS.to_owned(),
+                time_ms: 0,
+            });
         let reader = open_conn(path)?;
         Ok(Self {
             writer: Mutex::new(writer),
@@ -365,7 +389,81 @@ mod tests {
         assert_eq!(snap.tenants.len(), 1);
         let rep = s.audit_verify(vec![]).unwrap();
         assert_eq!((rep.verified, rep.first_break), (2, None));
-        assert_eq!(rep.head, *lock(&s.head));
+        let head = lock(&s.head).clone();
+        assert_eq!(rep.head, (head.seq, head.hash));
+    }
+
+    /// Times never go back along the chain (also across a reopen), so
+    /// "since" is a sequence range; pages go back by sequence (keyset).
+    #[test]
+    fn times_keep_their_order_and_pages_go_back_by_sequence() {
+        let p = tmp();
+        let at = |t: u64, agent: &str| EventBody {
+            time_ms: t,
+            agent: Some(agent.into()),
+            ..ev("x", "a")
+        };
+        {
+            let s = SqliteStore::open(&p).unwrap();
+            // Made concurrently, committed out of order; then a clock step back.
+            let times = [100, 300, 200, 400, 50, 500];
+            let batch = times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Entry {
+                    mutation: None,
+                    events: vec![at(*t, if i % 2 == 0 { "even" } else { "odd" })],
+                })
+                .collect();
+            for r in s.commit(batch).unwrap() {
+                r.unwrap();
+            }
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        s.commit(vec![Entry {
+            mutation: None,
+            events: vec![at(10, "odd")],
+        }])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+        let all = s.audit_query(&AuditFilter::default()).unwrap();
+        let times: Vec<u64> = all.iter().map(|e| e.body.time_ms).collect();
+        assert_eq!(times, [100, 300, 300, 400, 400, 500, 500]);
+        // The stored columns agree with the hashed bodies.
+        let rep = s.audit_verify(vec![]).unwrap();
+        assert_eq!((rep.verified, rep.first_break), (7, None));
+        let seqs = |f: AuditFilter| -> Vec<u64> {
+            s.audit_query(&f).unwrap().iter().map(|e| e.seq).collect()
+        };
+        let since = |t| AuditFilter {
+            since_ms: Some(t),
+            ..Default::default()
+        };
+        assert_eq!(seqs(since(300)), [2, 3, 4, 5, 6, 7]);
+        assert_eq!(seqs(since(401)), [6, 7]);
+        assert!(seqs(since(501)).is_empty());
+        let odd = |before: Option<u64>| AuditFilter {
+            agent: Some("odd".into()),
+            before_seq: before,
+            limit: Some(2),
+            ..Default::default()
+        };
+        // Newest two first, then the page before them, then nothing.
+        assert_eq!(seqs(odd(None)), [6, 7]);
+        assert_eq!(seqs(odd(Some(6))), [2, 4]);
+        assert!(seqs(odd(Some(2))).is_empty());
+        let odd_since = AuditFilter {
+            since_ms: Some(350),
+            ..odd(None)
+        };
+        assert_eq!(
+            seqs(AuditFilter {
+                limit: Some(10),
+                ..odd_since
+            }),
+            [4, 6, 7]
+        );
     }
 
     #[test]

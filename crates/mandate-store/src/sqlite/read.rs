@@ -40,7 +40,10 @@ impl SqliteStore {
     pub(super) fn load_impl(&self) -> Result<Snapshot> {
         let c = lock(&self.reader);
         let mut s = Snapshot {
-            audit_head: lock(&self.head).clone(),
+            audit_head: {
+                let h = lock(&self.head);
+                (h.seq, h.hash.clone())
+            },
             ..Default::default()
         };
         s.tenants = c

@@ -114,12 +114,34 @@ ALTER TABLE approver_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
 UPDATE approver_tokens SET expires_at = created_ms / 1000 + 2592000;
 "#;
 
+/// v8 (issue 12): audit indexes that serve "the latest N matching events"
+/// directly. An index on `(col)` is ordered by `(col, seq)` (the rowid), so
+/// `WHERE col = ? ORDER BY seq DESC LIMIT N` reads N entries; the old
+/// `(col, time_ms)` indexes had to sort every match. Decisions and event
+/// types are indexed only where they are rare (not `allow`, not
+/// `token.exchange`): the common ones are found by reading the trail
+/// backwards, and an ordinary exchange's event touches no extra index.
+/// "Since" needs no index: times never go back along the chain, so it is a
+/// binary search over sequence numbers.
+pub(super) const SCHEMA_V8: &str = r#"
+DROP INDEX audit_by_tenant;
+DROP INDEX audit_by_agent;
+DROP INDEX audit_by_principal;
+DROP INDEX audit_by_tool;
+CREATE INDEX audit_by_tenant ON audit (tenant);
+CREATE INDEX audit_by_agent ON audit (agent);
+CREATE INDEX audit_by_principal ON audit (principal);
+CREATE INDEX audit_by_tool ON audit (tool);
+CREATE INDEX audit_rare_decisions ON audit (decision) WHERE decision <> 'allow';
+CREATE INDEX audit_rare_types ON audit (event_type) WHERE event_type <> 'token.exchange';
+"#;
+
 /// The schema version this code writes.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// Every version's statements, in order (index 0 is version 1).
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 /// Brings a database at `version` to [`SCHEMA_VERSION`], one version per

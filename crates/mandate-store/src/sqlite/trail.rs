@@ -2,6 +2,7 @@
 //! core's), querying and verifying.
 
 use rusqlite::Connection;
+use rusqlite::OptionalExtension as _;
 
 use mandate_core::audit::{self, ChainVerifier, ChainedEvent, EventBody};
 
@@ -42,10 +43,14 @@ pub(super) fn from_sql(v: rusqlite::types::ValueRef<'_>) -> audit::Cell {
 
 pub(super) fn append_event(
     tx: &Connection,
-    head: &mut (u64, String),
-    body: EventBody,
+    head: &mut Head,
+    mut body: EventBody,
 ) -> Result<ChainedEvent> {
-    let (ev, json) = audit::chain_with_body(head.0, &head.1, body);
+    // Times never go back along the chain (events made concurrently commit
+    // in any order; a clock may step back): an event is recorded no earlier
+    // than its predecessor, so "since T" is a range of sequence numbers.
+    body.time_ms = body.time_ms.max(head.time_ms);
+    let (ev, json) = audit::chain_with_body(head.seq, &head.hash, body);
     let text = String::from_utf8(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = audit::stored_row(&ev, &text);
     tx.prepare_cached(&format!(
@@ -53,8 +58,9 @@ pub(super) fn append_event(
         audit_columns()
     ))?
     .execute(rusqlite::params_from_iter(row.into_iter().map(to_sql)))?;
-    head.1 = ev.hash.clone();
-    head.0 = ev.seq;
+    head.hash = ev.hash.clone();
+    head.seq = ev.seq;
+    head.time_ms = ev.body.time_ms;
     Ok(ev)
 }
 
@@ -66,6 +72,39 @@ pub(super) fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEvent>
         hash: r.get(2)?,
         body: from_json(&body)?,
     })
+}
+
+/// The first event at or after `t` (ms), by binary search over sequence
+/// numbers (times never go back along them). A probe reads the first row
+/// at or after its number, so a trail with a row missing (tampered: `audit
+/// verify` names it) is still searched.
+fn first_at_or_after(c: &Connection, t: u64) -> Result<Option<u64>> {
+    let head: Option<i64> = c
+        .prepare_cached("SELECT max(seq) FROM audit")?
+        .query_row([], |r| r.get(0))?;
+    let Some(head) = head.and_then(|h| u64::try_from(h).ok()) else {
+        return Ok(None);
+    };
+    let mut time_of =
+        c.prepare_cached("SELECT time_ms FROM audit WHERE seq >= ?1 ORDER BY seq ASC LIMIT 1")?;
+    let mut at = |seq: u64| -> Result<i64> {
+        let ms: Option<i64> = time_of.query_row([seq as i64], |r| r.get(0)).optional()?;
+        Ok(ms.unwrap_or(i64::MAX))
+    };
+    let t = i64::try_from(t).unwrap_or(i64::MAX);
+    if at(head)? < t {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (1, head);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid)? >= t {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(lo))
 }
 
 impl SqliteStore {
@@ -86,9 +125,33 @@ impl SqliteStore {
         eq("tool", &f.tool, &mut sql);
         eq("decision", &f.decision, &mut sql);
         eq("event_type", &f.event_type, &mut sql);
+        // The partial indexes (schema v8) serve a query whose WHERE has
+        // their condition word for word.
+        if f.decision.as_deref().is_some_and(|d| d != "allow") {
+            sql.push_str(" AND decision <> 'allow'");
+        }
+        if f.event_type
+            .as_deref()
+            .is_some_and(|t| t != "token.exchange")
+        {
+            sql.push_str(" AND event_type <> 'token.exchange'");
+        }
         if let Some(t) = f.since_ms {
+            // Times do not go back along the chain (`append_event`), so the
+            // events since `t` are those from the first one at or after it:
+            // a sequence range the filter's index serves directly.
+            let Some(first) = first_at_or_after(&c, t)? else {
+                return Ok(Vec::new());
+            };
+            args.push((first as i64).into());
+            sql.push_str(&format!(" AND seq >= ?{}", args.len()));
+            // Rows written before times were kept in order (schema < 8).
             args.push((t as i64).into());
             sql.push_str(&format!(" AND time_ms >= ?{}", args.len()));
+        }
+        if let Some(s) = f.before_seq {
+            args.push((s as i64).into());
+            sql.push_str(&format!(" AND seq < ?{}", args.len()));
         }
         let limit = f.limit.unwrap_or(1000).min(100_000);
         if let Some(s) = f.after_seq {
@@ -101,7 +164,7 @@ impl SqliteStore {
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
         }
         let mut out: Vec<ChainedEvent> = c
-            .prepare(&sql)?
+            .prepare_cached(&sql)?
             .query_map(rusqlite::params_from_iter(args), row_event)?
             .collect::<rusqlite::Result<_>>()?;
         out.sort_by_key(|e| e.seq);
