@@ -269,14 +269,17 @@ fn prep(
         .ok_or("no token endpoint")?
         .to_owned();
     let header = json!({"typ": "dpop+jwt", "jwk": key.public().to_json()});
-    let iat = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     for (name, n) in [("proofs-warm.txt", warm), ("proofs-count.txt", count)] {
         let f = std::fs::File::create(out.join(name)).map_err(|e| e.to_string())?;
         let mut w = std::io::BufWriter::new(f);
         for _ in 0..n {
+            // Dated when made: making 500,000 ES256 proofs takes longer
+            // than a proof's 60 s window, so one date for all would make
+            // the first ones stale before the load reaches them.
+            let iat = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let mut j = [0u8; 16];
             OsRng.fill_bytes(&mut j);
             let p = key.sign_jws(

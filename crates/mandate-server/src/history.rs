@@ -113,10 +113,15 @@ impl Histories {
         while r.recent.front().is_some_and(|(t, _, _)| t + WINDOW <= now) {
             r.recent.pop_front();
         }
+        // A clock that stepped back: buckets dated after now are dropped
+        // (kept, the newest would count every request until the clock
+        // caught up, and the rate would grow without bound).
+        while r.recent.back().is_some_and(|(t, _, _)| *t > now) {
+            r.recent.pop_back();
+        }
         let denied = u64::from(denied);
         match r.recent.back_mut() {
-            // A clock that steps back counts into the newest bucket.
-            Some((t, n, d)) if *t >= now => {
+            Some((t, n, d)) if *t == now => {
                 *n += 1;
                 *d += denied;
             }
@@ -215,5 +220,14 @@ mod tests {
         let f = h.facts("run_a", 900, ("t", "a", "tool"), 1_060);
         assert_eq!((f.rate_1m, f.denials_1m), (10, 0));
         assert!(h.runs["run_a"].recent.len() <= WINDOW as usize);
+        // The clock jumps an hour ahead (the minute before is forgotten),
+        // then back: the hour-ahead second does not keep counting what
+        // happens after the correction.
+        h.request("run_a", 4_660, false);
+        for _ in 0..100 {
+            h.request("run_a", 1_061, false);
+        }
+        let f = h.facts("run_a", 900, ("t", "a", "tool"), 1_061);
+        assert_eq!(f.rate_1m, 100);
     }
 }

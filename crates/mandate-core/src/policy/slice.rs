@@ -29,10 +29,14 @@ use std::sync::{Arc, Mutex};
 use cedar_policy::{Policy, PolicySet};
 use serde_json::Value;
 
-/// Slices kept per tenant; beyond this many (tool, action) pairs a slice is
-/// built per request instead of cached (pairs are registered tools'
+/// (tool, action) pairs remembered per tenant (pairs are registered tools'
 /// actions: the scope check refuses others before policy runs).
-const MAX_CACHED: usize = 4096;
+const MAX_PAIRS: usize = 4096;
+
+/// Distinct slices kept per tenant: each holds its own copy of its
+/// policies, so this bounds the memory (beyond it a slice is built per
+/// request, outside the lock).
+const MAX_SLICES: usize = 128;
 
 /// Which exchanges one policy can apply to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,14 +69,8 @@ impl Reach {
     fn of_est(est: &Value) -> Self {
         let exchange = match est.pointer("/action/op").and_then(Value::as_str) {
             Some("==") => is_action(&est["action"]["entity"], "exchange").unwrap_or(true),
-            Some("in") => match est["action"].get("entities").and_then(Value::as_array) {
-                Some(list) => list
-                    .iter()
-                    .any(|e| is_action(e, "exchange").unwrap_or(true)),
-                // `action in <one entity>`: action groups are not in the
-                // schema, so this is the action itself (or unknown).
-                None => is_action(&est["action"]["entity"], "exchange").unwrap_or(true),
-            },
+            // `in` may name an action group that contains `exchange` (the
+            // schema has none today; one added later must not be missed).
             _ => true,
         };
         let tool = match est.pointer("/resource/op").and_then(Value::as_str) {
@@ -159,9 +157,17 @@ fn action_test(e: &Value) -> Option<Vec<String>> {
 /// A tenant's policies with their reach, and the slices made so far.
 pub(super) struct Slices {
     policies: Vec<(Policy, Reach)>,
-    cached: Mutex<HashMap<(String, String), Arc<PolicySet>>>,
+    cached: Mutex<Cache>,
     /// Every policy reaches everything: the full set is every slice.
     trivial: bool,
+}
+
+/// Slices by pair, and the distinct slices (many pairs reach the same
+/// policies and share one set).
+#[derive(Default)]
+struct Cache {
+    by_pair: HashMap<(String, String), Option<Arc<PolicySet>>>,
+    by_members: HashMap<Vec<bool>, Arc<PolicySet>>,
 }
 
 impl std::fmt::Debug for Slices {
@@ -187,6 +193,10 @@ impl Slices {
         }
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The policies that can apply to an exchange of `action` on `tool`;
     /// `None`: all of them.
     pub(super) fn slice(&self, tool: &str, action: &str) -> Option<Arc<PolicySet>> {
@@ -194,22 +204,49 @@ impl Slices {
             return None;
         }
         let key = (tool.to_owned(), action.to_owned());
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = cached.get(&key) {
-            return Some(Arc::clone(s));
+        if let Some(s) = self.cache().by_pair.get(&key) {
+            return s.clone();
         }
-        let mut set = PolicySet::new();
-        for (p, r) in &self.policies {
-            // Ids are unique in the tenant's set this came from.
-            if r.reaches(tool, action) && set.add(p.clone()).is_err() {
-                return None;
+        let members: Vec<bool> = self
+            .policies
+            .iter()
+            .map(|(_, r)| r.reaches(tool, action))
+            .collect();
+        let found = if members.iter().all(|m| *m) {
+            Some(None)
+        } else {
+            self.cache()
+                .by_members
+                .get(&members)
+                .map(|s| Some(Arc::clone(s)))
+        };
+        let set = match found {
+            Some(s) => s,
+            None => {
+                // Built outside the lock: other exchanges of the tenant go on.
+                let mut set = PolicySet::new();
+                for ((p, _), _) in self.policies.iter().zip(&members).filter(|(_, m)| **m) {
+                    // Ids are unique in the tenant's set this came from.
+                    if set.add(p.clone()).is_err() {
+                        return None;
+                    }
+                }
+                let set = Arc::new(set);
+                let mut c = self.cache();
+                if c.by_members.len() < MAX_SLICES {
+                    c.by_members.insert(members, Arc::clone(&set));
+                } else {
+                    // Not remembered, so not by pair either.
+                    return Some(set);
+                }
+                Some(set)
             }
+        };
+        let mut c = self.cache();
+        if c.by_pair.len() < MAX_PAIRS {
+            c.by_pair.insert(key, set.clone());
         }
-        let set = Arc::new(set);
-        if cached.len() < MAX_CACHED {
-            cached.insert(key, Arc::clone(&set));
-        }
-        Some(set)
+        set
     }
 }
 
@@ -250,9 +287,31 @@ mod tests {
         }
         let r = reach(r#"permit (principal, action == Mandate::Action::"delegate", resource);"#);
         assert!(!r.reaches("x", "a"));
-        let r = reach(
+        for src in [
             r#"permit (principal, action in [Mandate::Action::"delegate", Mandate::Action::"exchange"], resource);"#,
+            r#"permit (principal, action in Mandate::Action::"delegate", resource);"#,
+        ] {
+            assert!(reach(src).reaches("x", "a"), "{src}");
+        }
+    }
+
+    /// Pairs that reach the same policies share one set; a pair that
+    /// reaches every policy is the whole set.
+    #[test]
+    fn slices_are_shared_between_pairs_that_reach_the_same_policies() {
+        let set = PolicySet::from_str(
+            r#"permit (principal, action, resource);
+               forbid (principal, action, resource == Mandate::Tool::"crm") when { context.action == "delete" };"#,
+        )
+        .unwrap();
+        let s = Slices::new(set.policies().map(|p| (p.clone(), Reach::of(p))).collect());
+        let (a, b) = (
+            s.slice("crm", "read").unwrap(),
+            s.slice("mail", "read").unwrap(),
         );
-        assert!(r.reaches("x", "a"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.policies().count(), 1);
+        assert!(s.slice("crm", "delete").is_none());
+        assert!(Arc::ptr_eq(&a, &s.slice("crm", "read").unwrap()));
     }
 }

@@ -466,6 +466,47 @@ mod tests {
         );
     }
 
+    /// A clock that jumped ahead and came back: later events keep their
+    /// own times (the jump does not stamp them), the step is noted, and
+    /// "since" still finds every event on either side of it.
+    #[test]
+    fn a_clock_step_back_is_kept_and_since_still_finds_everything() {
+        let s = SqliteStore::open(&tmp()).unwrap();
+        for t in [1_000_000, 2_000_000, 1_000_500, 1_001_000] {
+            s.commit(vec![Entry {
+                mutation: None,
+                events: vec![EventBody {
+                    time_ms: t,
+                    ..ev("x", "a")
+                }],
+            }])
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        }
+        let f = |since: u64, limit: u32, after: Option<u64>| -> Vec<(u64, u64)> {
+            s.audit_query(&AuditFilter {
+                since_ms: Some(since),
+                limit: Some(limit),
+                after_seq: after,
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|e| (e.seq, e.body.time_ms))
+            .collect()
+        };
+        assert_eq!(
+            f(1_000_400, 10, None),
+            [(2, 2_000_000), (3, 1_000_500), (4, 1_001_000)]
+        );
+        assert_eq!(f(1_500_000, 10, None), [(2, 2_000_000)]);
+        assert_eq!(f(1_000_400, 1, None), [(4, 1_001_000)]);
+        assert_eq!(f(1_000_400, 2, Some(0)), [(2, 2_000_000), (3, 1_000_500)]);
+        assert!(f(2_000_001, 10, None).is_empty());
+        assert_eq!(s.audit_verify(vec![]).unwrap().first_break, None);
+    }
+
     #[test]
     fn chain_survives_reopen_and_edits_are_named() {
         let p = tmp();

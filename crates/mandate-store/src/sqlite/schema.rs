@@ -121,9 +121,13 @@ UPDATE approver_tokens SET expires_at = created_ms / 1000 + 2592000;
 /// types are indexed only where they are rare (not `allow`, not
 /// `token.exchange`): the common ones are found by reading the trail
 /// backwards, and an ordinary exchange's event touches no extra index.
-/// "Since" needs no index: times never go back along the chain, so it is a
-/// binary search over sequence numbers.
+/// "Since" needs no index: times do not go back along the chain after a
+/// step (`audit_time_steps`: events up to that seq may be out of time
+/// order; the trail written before v8 is one such step), so it is a binary
+/// search over the sequence numbers after the last step.
 pub(super) const SCHEMA_V8: &str = r#"
+CREATE TABLE audit_time_steps (seq INTEGER PRIMARY KEY);
+INSERT INTO audit_time_steps (seq) SELECT max(seq) FROM audit HAVING max(seq) IS NOT NULL;
 DROP INDEX audit_by_tenant;
 DROP INDEX audit_by_agent;
 DROP INDEX audit_by_principal;

@@ -41,15 +41,29 @@ pub(super) fn from_sql(v: rusqlite::types::ValueRef<'_>) -> audit::Cell {
     }
 }
 
+/// How far back an event's time may be moved to keep the trail in time
+/// order (events committed out of the order they were made in).
+const REORDER_TOLERANCE_MS: u64 = 5_000;
+
 pub(super) fn append_event(
     tx: &Connection,
     head: &mut Head,
     mut body: EventBody,
 ) -> Result<ChainedEvent> {
-    // Times never go back along the chain (events made concurrently commit
-    // in any order; a clock may step back): an event is recorded no earlier
-    // than its predecessor, so "since T" is a range of sequence numbers.
-    body.time_ms = body.time_ms.max(head.time_ms);
+    // Times do not go back along the chain, so "since T" is a range of
+    // sequence numbers. Events made concurrently commit in any order: one
+    // a little earlier than its predecessor is recorded at its
+    // predecessor's time. A clock that stepped back further keeps its own
+    // time (a clock that jumped ahead must not stamp every later event),
+    // and the step is noted: events up to it are searched by time.
+    if body.time_ms < head.time_ms {
+        if head.time_ms - body.time_ms <= REORDER_TOLERANCE_MS {
+            body.time_ms = head.time_ms;
+        } else {
+            tx.prepare_cached("INSERT OR IGNORE INTO audit_time_steps (seq) VALUES (?1)")?
+                .execute([head.seq as i64])?;
+        }
+    }
     let (ev, json) = audit::chain_with_body(head.seq, &head.hash, body);
     let text = String::from_utf8(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = audit::stored_row(&ev, &text);
@@ -74,17 +88,29 @@ pub(super) fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedEvent>
     })
 }
 
-/// The first event at or after `t` (ms), by binary search over sequence
-/// numbers (times never go back along them). A probe reads the first row
-/// at or after its number, so a trail with a row missing (tampered: `audit
-/// verify` names it) is still searched.
-fn first_at_or_after(c: &Connection, t: u64) -> Result<Option<u64>> {
+/// The last time step (`audit_time_steps`): events up to it may be out of
+/// time order; 0 when there is none.
+fn last_time_step(c: &Connection) -> Result<u64> {
+    let s: i64 = c
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM audit_time_steps")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(s).unwrap_or(0))
+}
+
+/// The first event after `from` at or after `t` (ms), by binary search over
+/// sequence numbers (times do not go back after the last step). A probe
+/// reads the first row at or after its number, so a trail with a row
+/// missing (tampered: `audit verify` names it) is still searched.
+fn first_at_or_after(c: &Connection, from: u64, t: u64) -> Result<Option<u64>> {
     let head: Option<i64> = c
         .prepare_cached("SELECT max(seq) FROM audit")?
         .query_row([], |r| r.get(0))?;
     let Some(head) = head.and_then(|h| u64::try_from(h).ok()) else {
         return Ok(None);
     };
+    if head <= from {
+        return Ok(None);
+    }
     let mut time_of =
         c.prepare_cached("SELECT time_ms FROM audit WHERE seq >= ?1 ORDER BY seq ASC LIMIT 1")?;
     let mut at = |seq: u64| -> Result<i64> {
@@ -95,7 +121,7 @@ fn first_at_or_after(c: &Connection, t: u64) -> Result<Option<u64>> {
     if at(head)? < t {
         return Ok(None);
     }
-    let (mut lo, mut hi) = (1, head);
+    let (mut lo, mut hi) = (from + 1, head);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         if at(mid)? >= t {
@@ -107,66 +133,106 @@ fn first_at_or_after(c: &Connection, t: u64) -> Result<Option<u64>> {
     Ok(Some(lo))
 }
 
+/// Which part of the trail a query reads (for `since`).
+#[derive(Clone, Copy)]
+enum Range {
+    /// From this seq on (in time order), at or after the time.
+    From(u64, u64),
+    /// Up to this seq (perhaps out of time order), at or after the time.
+    UpTo(u64, u64),
+}
+
+/// The events matching `f` (but its `since`) in `range`, at most `limit`:
+/// the newest, or the oldest after `after_seq`. Sorted by seq.
+fn query_range(
+    c: &Connection,
+    f: &AuditFilter,
+    range: Option<Range>,
+    limit: usize,
+) -> Result<Vec<ChainedEvent>> {
+    let mut sql = String::from("SELECT seq, prev_hash, hash, body FROM audit WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut eq = |col: &str, v: &Option<String>, sql: &mut String| {
+        if let Some(v) = v {
+            args.push(v.clone().into());
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    };
+    eq("tenant", &f.tenant, &mut sql);
+    eq("agent", &f.agent, &mut sql);
+    eq("run", &f.run, &mut sql);
+    eq("principal", &f.principal, &mut sql);
+    eq("tool", &f.tool, &mut sql);
+    eq("decision", &f.decision, &mut sql);
+    eq("event_type", &f.event_type, &mut sql);
+    // The partial indexes (schema v8) serve a query whose WHERE has their
+    // condition word for word.
+    if f.decision.as_deref().is_some_and(|d| d != "allow") {
+        sql.push_str(" AND decision <> 'allow'");
+    }
+    if f.event_type
+        .as_deref()
+        .is_some_and(|t| t != "token.exchange")
+    {
+        sql.push_str(" AND event_type <> 'token.exchange'");
+    }
+    let seq = |n: u64| rusqlite::types::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let (bound, time) = match range {
+        Some(Range::From(first, t)) => (Some((">=", first)), Some(t)),
+        Some(Range::UpTo(step, t)) => (Some(("<=", step)), Some(t)),
+        None => (None, None),
+    };
+    for (op, n) in [
+        bound,
+        f.before_seq.map(|b| ("<", b)),
+        f.after_seq.map(|a| (">", a)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        args.push(seq(n));
+        sql.push_str(&format!(" AND seq {op} ?{}", args.len()));
+    }
+    if let Some(t) = time {
+        args.push(seq(t));
+        sql.push_str(&format!(" AND time_ms >= ?{}", args.len()));
+    }
+    let order = if f.after_seq.is_some() { "ASC" } else { "DESC" };
+    sql.push_str(&format!(" ORDER BY seq {order} LIMIT {limit}"));
+    let mut out: Vec<ChainedEvent> = c
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), row_event)?
+        .collect::<rusqlite::Result<_>>()?;
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
+}
+
 impl SqliteStore {
     pub(super) fn audit_query_impl(&self, f: &AuditFilter) -> Result<Vec<ChainedEvent>> {
         let c = lock(&self.reader);
-        let mut sql = String::from("SELECT seq, prev_hash, hash, body FROM audit WHERE 1=1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut eq = |col: &str, v: &Option<String>, sql: &mut String| {
-            if let Some(v) = v {
-                args.push(v.clone().into());
-                sql.push_str(&format!(" AND {col} = ?{}", args.len()));
-            }
+        let limit = f.limit.unwrap_or(1000).min(100_000) as usize;
+        let Some(t) = f.since_ms else {
+            return query_range(&c, f, None, limit);
         };
-        eq("tenant", &f.tenant, &mut sql);
-        eq("agent", &f.agent, &mut sql);
-        eq("run", &f.run, &mut sql);
-        eq("principal", &f.principal, &mut sql);
-        eq("tool", &f.tool, &mut sql);
-        eq("decision", &f.decision, &mut sql);
-        eq("event_type", &f.event_type, &mut sql);
-        // The partial indexes (schema v8) serve a query whose WHERE has
-        // their condition word for word.
-        if f.decision.as_deref().is_some_and(|d| d != "allow") {
-            sql.push_str(" AND decision <> 'allow'");
-        }
-        if f.event_type
-            .as_deref()
-            .is_some_and(|t| t != "token.exchange")
-        {
-            sql.push_str(" AND event_type <> 'token.exchange'");
-        }
-        if let Some(t) = f.since_ms {
-            // Times do not go back along the chain (`append_event`), so the
-            // events since `t` are those from the first one at or after it:
-            // a sequence range the filter's index serves directly.
-            let Some(first) = first_at_or_after(&c, t)? else {
-                return Ok(Vec::new());
-            };
-            args.push((first as i64).into());
-            sql.push_str(&format!(" AND seq >= ?{}", args.len()));
-            // Rows written before times were kept in order (schema < 8).
-            args.push((t as i64).into());
-            sql.push_str(&format!(" AND time_ms >= ?{}", args.len()));
-        }
-        if let Some(s) = f.before_seq {
-            args.push((s as i64).into());
-            sql.push_str(&format!(" AND seq < ?{}", args.len()));
-        }
-        let limit = f.limit.unwrap_or(1000).min(100_000);
-        if let Some(s) = f.after_seq {
-            args.push((s as i64).into());
-            sql.push_str(&format!(
-                " AND seq > ?{} ORDER BY seq ASC LIMIT {limit}",
-                args.len()
-            ));
+        // Since `t`: in time order after the last step, a sequence range
+        // from the first event at or after `t`; up to the step, by time.
+        let step = last_time_step(&c)?;
+        let ordered = first_at_or_after(&c, step, t)?.map(|first| Range::From(first, t));
+        let unordered = (step > 0).then_some(Range::UpTo(step, t));
+        // Newest first: the ordered part, then the older part if room is
+        // left; oldest first (`after_seq`): the other way round.
+        let parts = if f.after_seq.is_some() {
+            [unordered, ordered]
         } else {
-            sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
+            [ordered, unordered]
+        };
+        let mut out = Vec::new();
+        for r in parts.into_iter().flatten() {
+            if out.len() >= limit {
+                break;
+            }
+            out.extend(query_range(&c, f, Some(r), limit - out.len())?);
         }
-        let mut out: Vec<ChainedEvent> = c
-            .prepare_cached(&sql)?
-            .query_map(rusqlite::params_from_iter(args), row_event)?
-            .collect::<rusqlite::Result<_>>()?;
         out.sort_by_key(|e| e.seq);
         Ok(out)
     }
