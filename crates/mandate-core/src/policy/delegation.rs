@@ -172,11 +172,7 @@ impl Engine {
                 "delegating to agent `{}` at depth {} is forbidden by policy {}",
                 f.child_agent,
                 f.depth,
-                reasons
-                    .iter()
-                    .map(|r| format!("`{r}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                super::exchange::quoted(&reasons)
             )
         } else {
             format!(

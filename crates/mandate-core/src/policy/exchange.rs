@@ -138,11 +138,7 @@ impl Engine {
                     format!(
                         "action `{action}` on tool `{}` is forbidden by policy {}",
                         f.tool,
-                        reasons
-                            .iter()
-                            .map(|r| format!("`{r}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        quoted(&reasons)
                     )
                 } else {
                     format!(
@@ -210,6 +206,14 @@ pub(super) fn history_record(h: &History, action: &str) -> Result<RestrictedExpr
 }
 
 /// The ids of the policies that failed to evaluate.
+/// Policy ids as the refusals name them: `` `a`, `b` ``.
+pub(super) fn quoted(ids: &[String]) -> String {
+    ids.iter()
+        .map(|r| format!("`{r}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(super) fn errors_policies(resp: &cedar_policy::Response) -> Vec<String> {
     let mut v: Vec<String> = resp
         .diagnostics()
