@@ -83,7 +83,7 @@ def test_a_payment_waits_for_finance_and_the_retry_names_the_approval(broker, tm
     claims = jwt.decode(v["access_token"], jwks, algorithms=["EdDSA", "ES256"]).claims
     assert claims["approval"]["id"] == approval
     assert claims["approval"]["approver"] == "principal:bob@example.com"
-    assert claims["authorization_details"]["amount"] == 25_000
+    assert claims["authorization_details"][0]["amount"] == 25_000
     trail = json.loads(b.cli("--json", "audit", "--run", run["run"]).stdout)
     done = [e for e in trail if e["event_type"] == "token.exchange" and e["details"].get("approval")]
     assert done and done[0]["details"]["approval"]["approved_by"] == "principal:bob@example.com"
@@ -164,4 +164,4 @@ def test_exec_children_declare_details_and_wait_for_approval(broker, tmp_path):
     jwks = KeySet.import_key_set(http("GET", broker.url + "/jwks.json")[1])
     claims = jwt.decode(body2["access_token"], jwks, algorithms=["EdDSA", "ES256"]).claims
     assert claims["approval"]["id"] == body["approval_id"]
-    assert claims["authorization_details"]["target"] == "invoice 9"
+    assert claims["authorization_details"][0]["target"] == "invoice 9"

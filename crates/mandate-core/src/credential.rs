@@ -92,6 +92,21 @@ pub struct AccessClaims {
     pub blocks: Vec<String>,
 }
 
+impl AccessClaims {
+    /// The `mandate` object of the credential's `authorization_details`
+    /// (RFC 9396 §2: an array of objects; credentials of brokers before
+    /// issue 16 carried the object itself, and are read the same way).
+    pub fn declared_details(&self) -> Option<&Value> {
+        match self.authorization_details.as_ref()? {
+            Value::Array(a) => a
+                .iter()
+                .find(|o| o.get("type").and_then(Value::as_str) == Some("mandate")),
+            o @ Value::Object(_) => Some(o),
+            _ => None,
+        }
+    }
+}
+
 /// Who approved, when, and what exactly (issue 5: "agent performed X,
 /// approved by alice at 09:22 UTC").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +428,21 @@ mod tests {
             approvals: vec![],
             blocks: vec![],
         }
+    }
+
+    #[test]
+    fn declared_details_are_read_from_the_rfc_9396_array_and_the_old_object() {
+        let d = json!({"type": "mandate", "amount": 5});
+        let mut c = claims();
+        assert_eq!(c.declared_details(), None);
+        c.authorization_details = Some(json!([{"type": "other", "amount": 9}, d.clone()]));
+        assert_eq!(c.declared_details(), Some(&d));
+        c.authorization_details = Some(d.clone());
+        assert_eq!(c.declared_details(), Some(&d));
+        c.authorization_details = Some(json!([{"type": "other", "amount": 9}]));
+        assert_eq!(c.declared_details(), None);
+        c.authorization_details = Some(json!("amount"));
+        assert_eq!(c.declared_details(), None);
     }
 
     #[test]

@@ -118,7 +118,9 @@ pub fn credential_claims(
         task: m.task.clone(),
         grant: m.grant.clone(),
         path_prefix: m.resource_prefix.clone(),
-        authorization_details: (!spec.details.is_null()).then(|| spec.details.clone()),
+        // RFC 9396 §2 (and §9.2 for JWT access tokens): an array of objects.
+        authorization_details: (!spec.details.is_null())
+            .then(|| Value::Array(vec![spec.details.clone()])),
         approval,
         blocks: m.block_ids(),
         approvals: spec.approvals,

@@ -303,7 +303,10 @@ fn group_approvals_bind_the_details_and_denials_are_final() {
     let (s, v) = e.ask(&m, &k, "pay", "transfer", pay(25_000), Some(&id));
     assert_eq!(s, 200, "{v}");
     let c = claims(v["access_token"].as_str().unwrap());
-    assert_eq!(c["authorization_details"]["amount"], 25_000);
+    // RFC 9396 §2: an array of objects, here the one the agent declared.
+    assert_eq!(c["authorization_details"].as_array().map(Vec::len), Some(1));
+    assert_eq!(c["authorization_details"][0]["type"], "mandate");
+    assert_eq!(c["authorization_details"][0]["amount"], 25_000);
     assert_eq!(c["approval"]["approver"], "principal:bob@example.com");
 
     // A denial is final for that request.

@@ -454,3 +454,31 @@ fn audit_pages_go_back_by_sequence_number() {
     assert_eq!(b.admin_get("/v1/audit?before_seq=x").0, 400);
     assert_eq!(b.admin_get("/v1/audit?before=3").0, 400);
 }
+
+/// Query strings are refused as JSON errors that name the problem, on every
+/// endpoint that takes one: malformed values, repeated and unknown
+/// parameters (issue 16: `/v1/audit` answered plain text and `/v1/runs`
+/// accepted anything).
+#[test]
+fn bad_query_strings_are_refused_as_json_naming_the_parameter() {
+    let (b, _, _) = broker_with_a_denial("bad-queries");
+    for (path, names) in [
+        ("/v1/audit?before_seq=x", "before_seq"),
+        ("/v1/audit?limit=-1", "limit"),
+        ("/v1/audit?bogus=1", "bogus"),
+        ("/v1/audit?tool=a&tool=b", "tool"),
+        ("/v1/runs?bogus=1", "bogus"),
+        ("/v1/runs?limit=many", "limit"),
+        ("/v1/approvals?bogus=1", "bogus"),
+        ("/v1/revocations/log?after=1&bogus=2", "bogus"),
+    ] {
+        let (status, v) = b.admin_get(path);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert_eq!(v["error"], "invalid_request", "{path}: {v}");
+        let why = v["error_description"].as_str().unwrap();
+        assert!(why.contains(names), "{path}: {why}");
+    }
+    // What is documented still works.
+    assert_eq!(b.admin_get("/v1/runs?tenant=acme&limit=5").0, 200);
+    assert_eq!(b.admin_get("/v1/revocations/log?after=0&limit=5").0, 200);
+}

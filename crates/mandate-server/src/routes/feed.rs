@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use mandate_core::model::Revocation;
 
-use super::{Admin, S, require_feed_reader};
+use super::{Admin, QueryParams, S, require_feed_reader};
 use crate::error::{ApiError, Code, err};
 use crate::services::feed_tokens::FeedCredential;
 use crate::state::AppState;
@@ -97,6 +97,7 @@ impl FeedReader {
 
 /// Query of the feed endpoints.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     after: Option<u64>,
     limit: Option<u32>,
@@ -128,7 +129,7 @@ fn position_ahead(after: u64, head: u64) -> Response {
 pub async fn log(
     State(s): State<S>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    QueryParams(q): QueryParams<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let reader = require_feed_reader(&s, &headers)?;
     let (after, limit) = (
@@ -189,7 +190,7 @@ fn event(reader: &FeedReader, r: &Revocation) -> Event {
 pub async fn feed(
     State(s): State<S>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    QueryParams(q): QueryParams<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let reader = require_feed_reader(&s, &headers)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);

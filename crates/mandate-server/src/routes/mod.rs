@@ -167,6 +167,31 @@ impl axum::extract::FromRequestParts<S> for Admin {
     }
 }
 
+/// A query string (extractor) parsed into `T`, which refuses unknown
+/// parameters (`#[serde(deny_unknown_fields)]`): a malformed, repeated or
+/// unknown parameter is refused with a JSON `invalid_request` error that
+/// names it, like every other error of the API.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| {
+                err(
+                    Code::InvalidRequest,
+                    format!("the query string is refused: {}", e.body_text()),
+                )
+            })
+    }
+}
+
 /// A JSON request body (extractor): bounded by `max_body`, parsed into `T`
 /// with an error a human can act on.
 #[derive(Debug)]

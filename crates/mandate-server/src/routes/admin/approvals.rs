@@ -94,10 +94,9 @@ pub struct ApprovalQuery {
 pub async fn list_approvals(
     State(s): State<S>,
     headers: HeaderMap,
-    q: Result<Query<ApprovalQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<ApprovalQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let who = caller(&s, &headers)?;
-    let Query(q) = q.map_err(|e| err(Code::InvalidRequest, e.body_text()))?;
     let now = s.now_secs();
     let shown: Vec<Value> = approvals::list(&s, &who, q.tenant, q.status, q.limit)?
         .iter()

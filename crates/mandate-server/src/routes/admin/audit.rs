@@ -8,7 +8,7 @@ use crate::services::audit::{self, AuditQuery, Verification};
 pub async fn audit_query(
     State(s): State<S>,
     _: Admin,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(audit::query(&s, q).await?)))
 }

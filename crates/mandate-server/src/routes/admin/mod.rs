@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,7 +16,9 @@ use mandate_core::audit::EventBody;
 use mandate_core::mandate::MandateClaims;
 use mandate_core::model::*;
 
-use super::{Admin, JsonBody, S, body, client, correlation_id, json_body, origin, require_admin};
+use super::{
+    Admin, JsonBody, QueryParams, S, body, client, correlation_id, json_body, origin, require_admin,
+};
 
 mod approvals;
 mod audit;

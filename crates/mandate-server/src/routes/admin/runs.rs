@@ -129,6 +129,7 @@ pub async fn start_run(
 
 /// Request body or query of an admin endpoint.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunQuery {
     tenant: Option<String>,
     agent: Option<String>,
@@ -139,7 +140,7 @@ pub struct RunQuery {
 pub async fn list_runs(
     State(s): State<S>,
     _: Admin,
-    Query(q): Query<RunQuery>,
+    QueryParams(q): QueryParams<RunQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let runs = s.store.list_runs(
         q.tenant.as_deref(),

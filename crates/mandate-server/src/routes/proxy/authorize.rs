@@ -369,8 +369,7 @@ pub(super) fn amount_plan(
 ) -> Result<Option<AmountPlan>, ApiError> {
     let declared = match c
         .claims
-        .authorization_details
-        .as_ref()
+        .declared_details()
         .and_then(|d| d.get("amount"))
     {
         None => None,
@@ -432,8 +431,7 @@ pub(super) fn ask_policy(
     )
     .ok_or_else(|| err(Code::Unauthorized, "the agent is no longer registered"))?;
     let details = claims
-        .authorization_details
-        .as_ref()
+        .declared_details()
         .map(mandate_core::policy::Details::from_json)
         .unwrap_or_default();
     let verdict = decide::verdict(
