@@ -41,8 +41,10 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
     })?;
     let _ = fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700));
     let db = cfg.data_dir.join("mandate.db");
-    let store = SqliteStore::open(&db)
-        .map_err(|e| BootError(format!("cannot open {}: {e}", db.display())))?;
+    let store = SqliteStore::open(&db).map_err(|e| match e {
+        mandate_store::StoreError::Locked(why) => BootError(why),
+        e => BootError(format!("cannot open {}: {e}", db.display())),
+    })?;
     // The database holds no secrets in clear, but it is nobody else's business.
     for f in [
         db,

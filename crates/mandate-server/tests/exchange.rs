@@ -787,6 +787,7 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
     );
     assert!(s.store.audit_verify(vec![]).unwrap().first_break.is_none());
     s.writer.shutdown();
+    drop(s);
     // The wrong master key is refused with a clear message.
     std::fs::remove_file(dir.join("config/master.key")).unwrap();
     let e = mandate_server::boot::boot(cfg.clone())

@@ -38,6 +38,10 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another process has the database open (an embedded database has one
+    /// broker at a time).
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

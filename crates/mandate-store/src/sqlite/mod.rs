@@ -25,6 +25,8 @@ use schema::*;
 
 /// The SQLite store.
 pub struct SqliteStore {
+    /// The exclusive lock on `<database>.lock`, held while the store is open.
+    _lock: std::fs::File,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     head: Mutex<Head>,
@@ -96,9 +98,57 @@ fn parse_col<T>(
     })
 }
 
+/// Takes the exclusive lock on `<database>.lock` (flock: released when the
+/// process ends, however it ends), and writes this process's id into it for
+/// the message another opener gets.
+fn lock_database(db: &Path) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let who = if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                format!("another process (pid {pid})")
+            } else {
+                "another process".to_owned()
+            };
+            return Err(StoreError::Locked(format!(
+                "{who} is using the database {}: only one broker may use a data directory at a time; stop it first, or give this one its own --data-dir",
+                db.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Db(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, for this process
+    /// alone: a second open (another broker on the same data directory)
+    /// is refused while the first lasts, instead of both writing one trail
+    /// (issue 16: every write of the first then failed on `audit.seq`).
     pub fn open(path: &Path) -> Result<Self> {
+        let lock = lock_database(path)?;
         let writer = open_conn(path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -127,6 +177,7 @@ impl SqliteStore {
             });
         let reader = open_conn(path)?;
         Ok(Self {
+            _lock: lock,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             head: Mutex::new(head),
@@ -213,6 +264,21 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use mandate_core::audit::EventBody;
+
+    #[test]
+    fn a_database_is_open_in_one_store_at_a_time() {
+        let path = tmp();
+        let first = SqliteStore::open(&path).unwrap();
+        let Err(StoreError::Locked(why)) = SqliteStore::open(&path) else {
+            panic!("a second store opened the same database");
+        };
+        assert!(
+            why.contains(&format!("pid {}", std::process::id())) && why.contains("--data-dir"),
+            "{why}"
+        );
+        drop(first);
+        SqliteStore::open(&path).unwrap();
+    }
 
     #[test]
     fn a_version_1_database_is_migrated_and_keeps_its_data() {
