@@ -2,6 +2,31 @@
 //! policies, start runs, revoke, and read the audit trail.
 #![forbid(unsafe_code)]
 
+// `println!`, `print!` and `eprintln!` of this crate: std's panic when the
+// reader went away (`mandate audit | head -1` ended with a panic, exit
+// 101: issue 16). These end the process quietly on a closed standard
+// output ([`output::write_stdout`]) and drop what a closed standard error
+// cannot take (the `exec` wrapper must outlive its terminal).
+macro_rules! println {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($t:tt)*) => {
+        $crate::output::write_stdout(format_args!($($t)*))
+    };
+}
+macro_rules! eprintln {
+    ($($t:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
 mod approvals;
 mod args;
 mod audit;

@@ -6,6 +6,28 @@
 use mandate_core::audit::{escape_controls, is_unsafe_char};
 use serde_json::Value;
 
+/// Writes to standard output; when the reader has gone (a closed pipe:
+/// `mandate audit | head -1`), ends the process quietly with success, as
+/// the reader chose to stop reading. Any other failure (a full disk) is
+/// said on standard error and ends the process with failure.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        write_stderr(format_args!("error: cannot write the output: {e}\n"));
+        std::process::exit(1);
+    }
+}
+
+/// Writes to standard error; what it cannot take is dropped.
+pub(crate) fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// A JSON value as one table cell, control characters escaped.
 pub(crate) fn cell(v: &Value) -> String {
     match v {
