@@ -34,6 +34,7 @@ mod client;
 mod exec;
 mod offline;
 mod output;
+mod prompt;
 mod registry;
 mod runs;
 mod serve;

@@ -205,15 +205,16 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                 None => {
                     use std::io::{IsTerminal, Read};
                     if std::io::stdin().is_terminal() {
-                        eprintln!(
-                            "paste the secret, then press Enter and Ctrl-D (it is not shown):"
-                        );
-                    }
-                    let mut s = String::new();
+                        crate::prompt::secret_line(
+                            "paste the secret and press Enter (it is not shown; Ctrl-C cancels; a secret of several lines: --file or a pipe):",
+                        )?
+                    } else {
+                        let mut s = String::new();
                     std::io::stdin()
                         .read_to_string(&mut s)
-                        .map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
-                    s
+                            .map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
+                        s
+                    }
                 }
             };
             let v = c().put_text(
