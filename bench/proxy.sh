@@ -15,7 +15,7 @@ m() { "$bin/mandate" "$@" >/dev/null; }
 m tenant create acme
 m policy add --tenant acme examples/policies/baseline.cedar
 m agent create --tenant acme mailer --owner bench --envelope 'email:*'
-m tool create --tenant acme email --provider proxy --action send --max-ttl 3600 \
+m tool create --tenant acme email --provider proxy --action send --max-ttl 1h \
   --upstream http://127.0.0.1:$up --route 'POST /emails=send' --env 'BENCH_KEY={credential}'
 echo upstream-key | "$bin/mandate" tool set-secret --tenant acme email >/dev/null
 # The proxy credential, as a child of `mandate exec` sees it.

@@ -132,7 +132,7 @@ def setup(b, upstream_url):
     b.cli("agent", "create", "--tenant", t, "worker", "--owner", "ops", "--envelope", "crm:*",
           "--envelope", "pay:transfer", "--envelope", "api:read")
     b.cli("tool", "create", "--tenant", t, "crm", "--audience", "https://crm.example", "--action", "read",
-          "--max-ttl", "120")
+          "--max-ttl", "2m")
     b.cli("tool", "create", "--tenant", t, "pay", "--audience", "https://pay.example", "--action", "transfer",
           "--label", "money")
     b.cli("tool", "create", "--tenant", t, "api", "--provider", "proxy", "--upstream", upstream_url,

@@ -142,7 +142,7 @@ def register(b, tenant):
     b.cli("agent", "create", "--tenant", tenant, "support-bot", "--owner", "team-support",
           "--purpose", "answers tickets", "--envelope", "crm:*", "--envelope", "mail:send")
     b.cli("tool", "create", "--tenant", tenant, "crm", "--audience", f"https://crm.{tenant}.example",
-          "--action", "read", "--action", "write", "--label", "pii", "--max-ttl", "120")
+          "--action", "read", "--action", "write", "--label", "pii", "--max-ttl", "2m")
     grant = json.loads(b.cli("--json", "grant", "create", "--tenant", tenant, "--principal", "alice@example.com",
                              "--agent", "support-bot", "--cap", "crm:read", "--task", "answer ticket 42").stdout)
     b.cli("policy", "add", "--tenant", tenant, str(ROOT / "examples" / "policies" / "baseline.cedar"))

@@ -29,6 +29,48 @@ pub(crate) struct Cli {
     pub(crate) cmd: Cmd,
 }
 
+/// The global flags a verb reads. Every verb is shown them in `--help`;
+/// one given on the command line to a verb that would ignore it is refused
+/// (issue 16: `mandate serve --url X` was accepted and ignored).
+/// Environment variables are not refused: they are set for every verb.
+pub(crate) fn refuse_flags_that_do_not_apply(
+    m: &clap::ArgMatches,
+    cmd: &Cmd,
+) -> Result<(), String> {
+    // (reads --url, reads --token-file, reads --json)
+    let (url, token_file, json) = match cmd {
+        Cmd::Serve(_) => (false, true, false),
+        Cmd::Exec(_) => (true, true, false),
+        Cmd::Key(KeyCmd::SignRequest(_)) => (true, false, true),
+        Cmd::Key(KeyCmd::Generate(_)) | Cmd::Token(TokenCmd::Attenuate(_)) => (false, false, true),
+        _ => (true, true, true),
+    };
+    let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let (verb, why) = match cmd {
+        Cmd::Serve(_) => (
+            "mandate serve",
+            "it listens on --listen, its public URL is --issuer, and it logs to standard error",
+        ),
+        Cmd::Exec(_) => (
+            "mandate exec",
+            "the command's output is its own; the wrapper prints only errors",
+        ),
+        Cmd::Key(KeyCmd::SignRequest(_)) => ("mandate key sign-request", "it works offline"),
+        Cmd::Key(_) => ("mandate key generate", "it works offline"),
+        _ => ("mandate token attenuate", "it works offline"),
+    };
+    for (flag, id, reads) in [
+        ("--url", "url", url),
+        ("--token-file", "token_file", token_file),
+        ("--json", "json", json),
+    ] {
+        if !reads && given(id) {
+            return Err(format!("{flag} does not apply to `{verb}`: {why}"));
+        }
+    }
+    Ok(())
+}
+
 // Parsed once per process: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -93,11 +135,11 @@ pub(crate) struct ServeArgs {
     /// SPIFFE trust domain for agent and run identities.
     #[arg(long, env = "MANDATE_TRUST_DOMAIN", default_value = "mandate.local")]
     pub(crate) trust_domain: String,
-    /// Default mandate lifetime in seconds.
-    #[arg(long, default_value_t = 900)]
+    /// Default mandate lifetime.
+    #[arg(long, default_value = "15m", value_parser = crate::when::secs)]
     pub(crate) mandate_ttl: u64,
-    /// Longest mandate lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Longest mandate lifetime.
+    #[arg(long, default_value = "1h", value_parser = crate::when::secs)]
     pub(crate) mandate_max_ttl: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 65536)]
@@ -109,11 +151,11 @@ pub(crate) struct ServeArgs {
     /// the JWKS, so credentials they signed still verify).
     #[arg(long)]
     pub(crate) rotate_keys: bool,
-    /// Refuse DPoP proofs older than this many seconds.
-    #[arg(long, default_value_t = 60)]
+    /// Refuse DPoP proofs older than this.
+    #[arg(long, default_value = "60s", value_parser = crate::when::secs)]
     pub(crate) dpop_max_age: u64,
-    /// Accept DPoP proofs dated up to this many seconds in the future (clock skew).
-    #[arg(long, default_value_t = 5)]
+    /// Accept DPoP proofs dated up to this far in the future (clock skew).
+    #[arg(long, default_value = "5s", value_parser = crate::when::secs)]
     pub(crate) dpop_skew: u64,
     /// Require server-provided DPoP nonces (RFC 9449 §8): clients retry once
     /// with the nonce from the `DPoP-Nonce` header.
@@ -123,8 +165,8 @@ pub(crate) struct ServeArgs {
     /// 9421 by the broker's key; check with mandate-verify's `verify_webhook`).
     #[arg(long, env = "MANDATE_WEBHOOK_URL")]
     pub(crate) webhook_url: Option<String>,
-    /// How long an approval request can be decided, then used (seconds).
-    #[arg(long, default_value_t = 600)]
+    /// How long an approval request can be decided, then used.
+    #[arg(long, default_value = "10m", value_parser = crate::when::secs)]
     pub(crate) approval_ttl: u64,
     /// Alert when a run makes more exchange requests than this in a minute.
     #[arg(long, default_value_t = 120)]
@@ -138,8 +180,8 @@ pub(crate) struct ServeArgs {
     /// Suspend a run when it raises an alert (an admin resumes or revokes it).
     #[arg(long)]
     pub(crate) suspend_on_anomaly: bool,
-    /// How often DPoP nonces rotate, in seconds.
-    #[arg(long, default_value_t = 60)]
+    /// How often DPoP nonces rotate.
+    #[arg(long, default_value = "60s", value_parser = crate::when::secs)]
     pub(crate) dpop_nonce_period: u64,
     /// Most live DPoP proofs (and RFC 9421 nonces) one key may hold; each
     /// is remembered for the proof age plus the skew, so this bounds one
@@ -147,12 +189,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub(crate) dpop_replay_per_key: usize,
     /// Close a connection whose request line and headers have not all
-    /// arrived this many seconds after their first byte.
-    #[arg(long, default_value_t = 10)]
+    /// arrived this long after their first byte.
+    #[arg(long, default_value = "10s", value_parser = crate::when::secs)]
     pub(crate) header_read_timeout: u64,
     /// Close a keep-alive connection idle (no request in flight, no byte
-    /// received) for this many seconds.
-    #[arg(long, default_value_t = 60)]
+    /// received) for this long.
+    #[arg(long, default_value = "60s", value_parser = crate::when::secs)]
     pub(crate) idle_timeout: u64,
     /// Most connections open at once; more are answered 503 and closed.
     #[arg(long, default_value_t = 4096)]
@@ -167,8 +209,8 @@ pub(crate) struct ServeArgs {
     /// Sign a checkpoint after this many new audit events ...
     #[arg(long, default_value_t = 1000)]
     pub(crate) audit_checkpoint_every: u64,
-    /// ... and at least this often, in seconds, while events come in (and at shutdown).
-    #[arg(long, default_value_t = 10)]
+    /// ... and at least this often while events come in (and at shutdown).
+    #[arg(long, default_value = "10s", value_parser = crate::when::secs)]
     pub(crate) audit_checkpoint_secs: u64,
 }
 
@@ -299,8 +341,8 @@ pub(crate) struct ExecCli {
     /// A tool the command uses; its registration's environment variables are set (repeat).
     #[arg(long = "tool")]
     pub(crate) tools: Vec<String>,
-    /// Mandate lifetime in seconds (the broker's default when unset).
-    #[arg(long)]
+    /// Mandate lifetime (e.g. 15m; the broker's default when unset).
+    #[arg(long, value_parser = crate::when::secs)]
     pub(crate) ttl: Option<u64>,
     /// Print nothing of its own on stderr.
     #[arg(long, short)]
@@ -375,8 +417,8 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
         /// low, medium, high or critical.
         #[arg(long, default_value = "low")]
         risk: String,
-        /// Longest credential lifetime in seconds.
-        #[arg(long, default_value_t = 300)]
+        /// Longest credential lifetime (e.g. 2m, 5m).
+        #[arg(long, default_value = "5m", value_parser = crate::when::secs)]
         max_ttl: u64,
         /// Credential signature algorithm: EdDSA or ES256.
         #[arg(long, default_value = "EdDSA")]
@@ -433,8 +475,8 @@ pub(crate) enum GrantCmd {
         caps: Vec<String>,
         #[arg(long)]
         task: String,
-        /// Lifetime in seconds (default one day).
-        #[arg(long)]
+        /// Lifetime (e.g. 8h, 7d; default one day).
+        #[arg(long, value_parser = crate::when::secs)]
         expires_in: Option<u64>,
     },
     /// List grants of a tenant.
@@ -484,8 +526,8 @@ pub(crate) enum RunCmd {
         grant: Option<String>,
         #[arg(long)]
         task: Option<String>,
-        /// Mandate lifetime in seconds.
-        #[arg(long)]
+        /// Mandate lifetime (e.g. 15m; the broker's default when unset).
+        #[arg(long, value_parser = crate::when::secs)]
         ttl: Option<u64>,
         /// The run's public key as a JWK: a file path, or the JSON itself.
         #[arg(long)]
@@ -615,7 +657,8 @@ pub(crate) struct AuditArgs {
     /// Event type, e.g. token.exchange.
     #[arg(long = "type")]
     pub(crate) event_type: Option<String>,
-    /// Only events newer than this: 30s, 15m, 24h, 7d.
+    /// Only events from this time on: an RFC 3339 time (2026-11-30T18:00:00Z)
+    /// or a duration ago (30s, 15m, 24h, 7d).
     #[arg(long)]
     pub(crate) since: Option<String>,
     /// Most events to show.

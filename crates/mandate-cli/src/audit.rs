@@ -8,7 +8,7 @@ use crate::Ctx;
 use crate::args::*;
 use crate::client::{CliError, Client, enc};
 use crate::output::{self, print_audit};
-use crate::{parse_duration, show};
+use crate::show;
 
 /// `mandate audit`.
 pub(crate) fn audit(a: AuditArgs, x: &Ctx) -> Result<(), CliError> {
@@ -37,12 +37,11 @@ pub(crate) fn audit(a: AuditArgs, x: &Ctx) -> Result<(), CliError> {
         }
     }
     if let Some(s) = &a.since {
-        let secs = parse_duration(s)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        q.push_str(&format!("&since_ms={}", now.saturating_sub(secs * 1000)));
+        q.push_str(&format!("&since_ms={}", crate::when::since_ms(s, now)?));
     }
     if let Some(b) = a.before {
         q.push_str(&format!("&before_seq={b}"));

@@ -38,11 +38,13 @@ mod prompt;
 mod registry;
 mod runs;
 mod serve;
+mod when;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use clap::Parser;
+use std::process::ExitCode;
+pub(crate) use when::parse_duration;
+
 use serde_json::Value;
 
 use args::{Cli, Cmd};
@@ -77,29 +79,16 @@ fn data_dir() -> PathBuf {
         .join("mandate")
 }
 
-pub(crate) fn parse_duration(s: &str) -> Result<u64, CliError> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| {
-        CliError(format!(
-            "`{s}` is not a duration; use e.g. 30s, 15m, 24h, 7d"
-        ))
-    })?;
-    let mult = match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => {
-            return Err(CliError(format!(
-                "`{s}` has an unknown unit; use s, m, h or d"
-            )));
-        }
-    };
-    Ok(n * mult)
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = args::refuse_flags_that_do_not_apply(&matches, &cli.cmd) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -104,7 +104,10 @@ mod tests {
     #[test]
     fn a_typed_line_is_edited_and_ends_or_is_cancelled() {
         assert_eq!(typed(b"abcX\x7fd\r"), (b"abcd".to_vec(), Key::Done));
-        assert_eq!(typed("ké\x7f\x7fx\n".as_bytes()), (b"x".to_vec(), Key::Done));
+        assert_eq!(
+            typed("ké\x7f\x7fx\n".as_bytes()),
+            (b"x".to_vec(), Key::Done)
+        );
         assert_eq!(typed(b"abc\x03"), (b"abc".to_vec(), Key::Cancel));
         assert_eq!(typed(b"\x04").1, Key::Cancel);
         assert_eq!(typed(b"").1, Key::Cancel);

@@ -210,8 +210,8 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                         )?
                     } else {
                         let mut s = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut s)
+                        std::io::stdin()
+                            .read_to_string(&mut s)
                             .map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
                         s
                     }

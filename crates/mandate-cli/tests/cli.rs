@@ -35,3 +35,82 @@ fn every_verb_ends_quietly_on_a_closed_pipe() {
     }
     s.stop();
 }
+
+/// A global flag given to a verb that would ignore it is refused (exit 2,
+/// the flag named), before anything runs; the same setting from the
+/// environment is not (it is set for every verb).
+#[test]
+fn flags_that_do_not_apply_are_refused() {
+    let dir = tempdir("flags");
+    for args in [
+        &["serve", "--url", "http://127.0.0.1:1"][..],
+        &["--url", "http://127.0.0.1:1", "serve"],
+        &["--json", "serve"],
+        &["key", "generate", "--out", "k.jwk", "--token-file", "t"],
+        &[
+            "exec", "--json", "--tenant", "a", "--agent", "b", "--", "true",
+        ],
+    ] {
+        let out = mandate(&dir).args(args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let flag = args
+            .iter()
+            .find(|a| a.starts_with("--") && **a != "--out")
+            .unwrap();
+        assert!(
+            err.contains(&format!("{flag} does not apply")),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.join("k.jwk").exists());
+    let key = dir.join("k.jwk");
+    let out = mandate(&dir)
+        .env("MANDATE_URL", "http://127.0.0.1:1")
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `--since` takes an RFC 3339 time or a duration with its unit; a bare
+/// number is refused (it meant seconds without saying so), and so are the
+/// bare numbers of every other duration flag.
+#[test]
+fn since_takes_rfc_3339_times_and_durations_need_units() {
+    let s = Serve::start(&tempdir("since"));
+    let events = |since: &str| -> usize {
+        let o = s.cli(&["--json", "audit", "--since", since]);
+        assert!(o.status.success(), "{since}: {}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&common::stdout(&o))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert!(events("2020-01-01T00:00:00Z") > 0);
+    assert!(events("1h") > 0);
+    assert_eq!(events("2999-01-01T00:00:00+02:00"), 0);
+    for (args, says) in [
+        (&["audit", "--since", "1"][..], "no unit: write 1s, 1m"),
+        (&["audit", "--since", "2026-11-30"], "RFC 3339"),
+        (&["audit", "--since", "5 parsecs"], "unknown unit"),
+        (
+            &["grant", "list", "--tenant", "x", "--since", "1"],
+            "unexpected argument",
+        ),
+        (
+            &[
+                "run", "start", "--tenant", "a", "--agent", "b", "--jwk", "{}", "--ttl", "600",
+            ],
+            "no unit",
+        ),
+        (&["serve", "--mandate-ttl", "900"], "no unit"),
+    ] {
+        let o = s.cli(args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    s.stop();
+}
