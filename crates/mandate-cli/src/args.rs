@@ -151,6 +151,11 @@ pub(crate) struct ServeArgs {
     /// the JWKS, so credentials they signed still verify).
     #[arg(long)]
     pub(crate) rotate_keys: bool,
+    /// A lost admin credential: revoke every admin credential and write a
+    /// new one to the admin token file (--token-file). Needs the master
+    /// key, as every start does; the change is in the audit trail.
+    #[arg(long)]
+    pub(crate) new_admin_token: bool,
     /// Refuse DPoP proofs older than this.
     #[arg(long, default_value = "60s", value_parser = crate::when::secs)]
     pub(crate) dpop_max_age: u64,

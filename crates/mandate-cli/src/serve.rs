@@ -67,6 +67,7 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     cfg.max_body = a.max_body;
     cfg.proxy_max_body = a.proxy_max_body;
     cfg.rotate_keys = a.rotate_keys;
+    cfg.new_admin_token = a.new_admin_token;
     cfg.dpop_max_age = a.dpop_max_age;
     cfg.dpop_max_skew = a.dpop_skew;
     cfg.dpop_nonce = a.dpop_nonce;

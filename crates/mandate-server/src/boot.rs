@@ -120,45 +120,74 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
     )
 }
 
-/// The admin credentials' hashes; on a broker that has none, a new
-/// bootstrap credential is made (its entry added to `entries`) and written
-/// to the admin token file.
+/// The admin credentials' hashes. A broker that has none gets a new
+/// bootstrap credential, and so does one started with `new_admin_token`
+/// (the old ones revoked in the same entry, for a lost admin token: only
+/// who holds the master key can start the broker). The new credential's
+/// entry is added to `boot_entries`, and it is written to the admin token file.
 fn admin_credentials(
     cfg: &Config,
     stored: &[AdminToken],
     boot_entries: &mut Vec<Entry>,
 ) -> Result<Vec<Vec<u8>>, BootError> {
     // Feed-reader credentials live in the same table, ids prefixed `feed_`.
-    let mut admin_hashes: Vec<Vec<u8>> = stored
+    let admins: Vec<&AdminToken> = stored
         .iter()
         .filter(|t| !t.id.starts_with(FEED_ID_PREFIX))
-        .map(|t| t.hash.clone())
         .collect();
-    let mut new_admin_token = None;
-    if admin_hashes.is_empty() {
-        let secret = Secret::random(&mut OsRng, 32);
-        let token = format!("mandate_admin_{}", URL_SAFE_NO_PAD.encode(secret.expose()));
-        let hash = token_hash(&token);
-        admin_hashes.push(hash.clone());
-        boot_entries.push(Entry {
-            mutation: Some(Mutation::PutAdminToken(AdminToken {
-                id: "bootstrap".into(),
-                hash,
-                created_ms: cfg.clock.now_ms(),
-                tenant: None,
-                expires_at: 0,
-            })),
-            events: vec![EventBody {
-                time_ms: cfg.clock.now_ms(),
-                event_type: mandate_core::audit::EventType::AdminTokenCreate,
-                decision: mandate_core::audit::Decision::Ok,
-                actor: Some("broker".into()),
-                details: serde_json::json!({"id": "bootstrap", "file": cfg.admin_token_file.display().to_string()}),
-                ..Default::default()
-            }],
-        });
-        new_admin_token = Some(token);
+    if !admins.is_empty() && !cfg.new_admin_token {
+        return Ok(admins.iter().map(|t| t.hash.clone()).collect());
     }
+    let now_ms = cfg.clock.now_ms();
+    let secret = Secret::random(&mut OsRng, 32);
+    let token = format!("mandate_admin_{}", URL_SAFE_NO_PAD.encode(secret.expose()));
+    let hash = token_hash(&token);
+    let id = if admins.is_empty() && stored.iter().all(|t| t.id != "bootstrap") {
+        "bootstrap".to_owned()
+    } else {
+        format!("admin_{now_ms}")
+    };
+    let put = Mutation::PutAdminToken(AdminToken {
+        id: id.clone(),
+        hash: hash.clone(),
+        created_ms: now_ms,
+        tenant: None,
+        expires_at: 0,
+    });
+    let mut events: Vec<EventBody> = admins
+        .iter()
+        .map(|t| EventBody {
+            time_ms: now_ms,
+            event_type: mandate_core::audit::EventType::AdminTokenRevoke,
+            decision: mandate_core::audit::Decision::Ok,
+            actor: Some("operator (mandate serve --new-admin-token)".into()),
+            details: serde_json::json!({"id": t.id, "replaced_by": id}),
+            ..Default::default()
+        })
+        .collect();
+    events.push(EventBody {
+        time_ms: now_ms,
+        event_type: mandate_core::audit::EventType::AdminTokenCreate,
+        decision: mandate_core::audit::Decision::Ok,
+        actor: Some("broker".into()),
+        details: serde_json::json!({"id": id, "file": cfg.admin_token_file.display().to_string()}),
+        ..Default::default()
+    });
+    let mutation = if admins.is_empty() {
+        put
+    } else {
+        let mut all: Vec<Mutation> = admins
+            .iter()
+            .map(|t| Mutation::DeleteAdminToken { id: t.id.clone() })
+            .collect();
+        all.push(put);
+        Mutation::Batch(all)
+    };
+    boot_entries.push(Entry {
+        mutation: Some(mutation),
+        events,
+    });
+    let new_admin_token = Some(token);
     if let Some(token) = &new_admin_token {
         if cfg.admin_token_file.exists() {
             fs::remove_file(&cfg.admin_token_file).map_err(|e| {
@@ -169,10 +198,18 @@ fn admin_credentials(
             })?;
         }
         write_private(&cfg.admin_token_file, format!("{token}\n").as_bytes())?;
-        tracing::info!(
-            "wrote the bootstrap admin credential to {}",
-            cfg.admin_token_file.display()
-        );
+        if admins.is_empty() {
+            tracing::info!(
+                "wrote the bootstrap admin credential to {}",
+                cfg.admin_token_file.display()
+            );
+        } else {
+            tracing::warn!(
+                "wrote a new admin credential to {}; the {} earlier one(s) are revoked",
+                cfg.admin_token_file.display(),
+                admins.len()
+            );
+        }
     }
-    Ok(admin_hashes)
+    Ok(vec![hash])
 }

@@ -66,6 +66,9 @@ pub struct Config {
     /// Make new credential signing keys at start; the previous ones stay
     /// published (and accepted) so credentials they signed still verify.
     pub rotate_keys: bool,
+    /// Revoke every admin credential and make a new one, written to
+    /// [`Config::admin_token_file`] (for a lost admin token).
+    pub new_admin_token: bool,
     /// How long an approval request can be decided, then used (seconds).
     pub approval_ttl: u64,
     /// Where approval requests and alerts are POSTed (signed, RFC 9421).
@@ -126,6 +129,7 @@ impl Config {
             max_delegation_depth: 4,
             max_children: 16,
             rotate_keys: false,
+            new_admin_token: false,
             approval_ttl: 600,
             webhook_url: None,
             anomaly_rate_1m: 120,

@@ -229,6 +229,7 @@ impl Registry {
             | Mutation::UseJoinToken { .. }
             | Mutation::PutKey(_)
             | Mutation::PutAdminToken(_)
+            | Mutation::DeleteAdminToken { .. }
             | Mutation::PutMeta { .. } => {}
         }
     }

@@ -348,3 +348,46 @@ fn a_resume_point_past_the_head_is_refused_with_the_head() {
         assert_eq!(v["head"].as_u64(), Some(2), "{v}");
     }
 }
+
+/// A lost admin credential: `mandate serve --new-admin-token` (who holds
+/// the master key) revokes every admin credential and writes a new one;
+/// feed credentials are not admin credentials and keep working; both
+/// changes are in the trail, which still verifies.
+#[test]
+fn a_new_admin_credential_revokes_the_old_ones() {
+    let b = Broker::start("new-admin");
+    b.seed("acme");
+    let (_, v) = b.admin_post("/v1/feed-tokens", json!({}));
+    let feed = v["token"].as_str().unwrap().to_owned();
+    let old = b.admin.clone();
+    let b = b.restart_with(|c| c.new_admin_token = true);
+    assert_ne!(b.admin, old);
+    let url = b.url.clone();
+    let get = |token: &str, path: &str| {
+        read(
+            Broker::agent()
+                .get(format!("{url}{path}"))
+                .header("Authorization", &format!("Bearer {token}"))
+                .call()
+                .unwrap(),
+        )
+    };
+    assert_refused(&get(&old, "/v1/tenants"), 401, "invalid_token", "not valid");
+    assert_eq!(get(&b.admin, "/v1/tenants").0, 200);
+    assert_eq!(get(&feed, "/v1/revocations/log?after=0").0, 200);
+    let revoked = b.audit("type=admin_token.revoke");
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0]["details"]["id"], "bootstrap");
+    let created = b.audit("type=admin_token.create");
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(
+        revoked[0]["details"]["replaced_by"],
+        created[1]["details"]["id"]
+    );
+    // A plain restart keeps the new one.
+    let now = b.admin.clone();
+    let b = b.restart();
+    assert_eq!(b.admin, now);
+    assert_eq!(get(&now, "/v1/tenants").0, 200);
+    assert_eq!(b.admin_get("/v1/audit/verify").1["ok"], true);
+}

@@ -119,6 +119,11 @@ pub enum Mutation {
     },
     /// Store an admin credential.
     PutAdminToken(AdminToken),
+    /// Remove an admin credential (fails if there is none with this id).
+    DeleteAdminToken {
+        /// Its id.
+        id: String,
+    },
     /// Several mutations, all or none.
     Batch(Vec<Mutation>),
     /// Queue a webhook payload (delivered at least once, in order, also

@@ -69,6 +69,8 @@ kinds! {
         KeysRotate = "keys.rotate",
         /// An admin credential made.
         AdminTokenCreate = "admin_token.create",
+        /// An admin credential revoked (`mandate serve --new-admin-token`).
+        AdminTokenRevoke = "admin_token.revoke",
         /// An admin credential refused (throttled).
         AdminAuth = "admin.auth",
         /// A connection refused by the listener's bounds (throttled).

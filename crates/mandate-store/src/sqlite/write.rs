@@ -175,6 +175,12 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 params![t.id, t.hash, t.created_ms as i64, t.tenant, t.expires_at as i64],
             )?;
         }
+        Mutation::DeleteAdminToken { id } => {
+            let n = tx.execute("DELETE FROM admin_tokens WHERE id = ?1", params![id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("admin credential `{id}`")));
+            }
+        }
         Mutation::Enqueue { body } => {
             tx.execute(
                 "INSERT INTO outbox (body, created_ms) VALUES (?1, ?2)",
