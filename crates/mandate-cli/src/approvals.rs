@@ -63,7 +63,7 @@ impl As {
         match &self.token_file {
             Some(f) => {
                 let t = std::fs::read_to_string(f)
-                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                    .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
                 Ok(Client::with_token(url.to_owned(), t.trim().to_owned()))
             }
             None => Ok(admin()),
@@ -162,8 +162,8 @@ pub(crate) fn run(
             if who.token_file.is_none() =>
         {
             let _ = (id, comment);
-            return Err(CliError(
-                "deciding needs an approver credential: pass --as FILE (made by `mandate principal approver-token`) or set MANDATE_APPROVER_TOKEN_FILE".into(),
+            return Err(CliError::new(
+                "deciding needs an approver credential: pass --as FILE (made by `mandate principal approver-token`) or set MANDATE_APPROVER_TOKEN_FILE",
             ));
         }
         ApprovalsCmd::Approve { id, comment, who } => {

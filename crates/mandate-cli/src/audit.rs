@@ -65,7 +65,7 @@ pub(crate) fn audit_verify(
         None => c.get("/v1/audit/verify")?,
         Some(f) => {
             let text = std::fs::read_to_string(&f)
-                .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
             // The JWS, or the JSON `mandate --json audit checkpoint` printed.
             let jws = match serde_json::from_str::<Value>(&text) {
                 Ok(v) => v["checkpoint"].as_str().unwrap_or_default().to_owned(),
@@ -80,7 +80,7 @@ pub(crate) fn audit_verify(
         output::print_verify(&v);
     }
     if v["ok"].as_bool() != Some(true) {
-        return Err(CliError("the audit trail does not verify".into()));
+        return Err(CliError::new("the audit trail does not verify"));
     }
     Ok(())
 }
@@ -98,9 +98,9 @@ pub(crate) fn emit_checkpoint(j: bool, v: &Value, out: Option<PathBuf>) -> Resul
                 .write(true)
                 .create_new(true)
                 .open(&path)
-                .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+                .map_err(|e| CliError::new(format!("cannot create {}: {e}", path.display())))?;
             writeln!(f, "{jws}")
-                .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+                .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))?;
             eprintln!(
                 "checkpoint of event {} written to {}",
                 output::cell(&v["seq"]),

@@ -13,11 +13,62 @@ pub(crate) struct Client {
 
 /// A failed call, already phrased for a human.
 #[derive(Debug)]
-pub(crate) struct CliError(pub(crate) String);
+pub(crate) struct CliError {
+    /// What went wrong and what to do, for a human.
+    pub(crate) msg: String,
+    /// The exit code it ends the process with.
+    pub(crate) exit: Exit,
+}
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.msg)
+    }
+}
+
+/// The CLI's exit codes (documented in README.md, "Exit codes"), so that
+/// scripts can tell a typo from a refusal from a broker that is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// 1: anything else (a file that cannot be read, a bad answer, a conflict).
+    Failure = 1,
+    /// 2: the command line is wrong (clap's own code for usage errors).
+    Usage = 2,
+    /// 3: what was named does not exist (HTTP 404).
+    NotFound = 3,
+    /// 4: refused: not authenticated, not allowed, invalid or revoked
+    /// (HTTP 400, 401, 403 and the OAuth errors).
+    Denied = 4,
+    /// 5: the broker cannot be reached or is unavailable (HTTP 5xx).
+    Unavailable = 5,
+    /// 6: waiting for a human's approval (`authorization_pending`).
+    Pending = 6,
+}
+
+impl CliError {
+    /// A failure (exit 1) with this message.
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
+        Self {
+            msg: msg.into(),
+            exit: Exit::Failure,
+        }
+    }
+
+    /// The same error with another exit code.
+    pub(crate) fn exit(mut self, exit: Exit) -> Self {
+        self.exit = exit;
+        self
+    }
+
+    /// The exit code of a refusal with HTTP `status` and OAuth `error` code.
+    pub(crate) fn exit_of(status: u16, error: &str) -> Exit {
+        match (status, error) {
+            (_, "authorization_pending" | "slow_down") => Exit::Pending,
+            (404, _) => Exit::NotFound,
+            (500..=599, _) => Exit::Unavailable,
+            (400..=499, _) => Exit::Denied,
+            _ => Exit::Failure,
+        }
     }
 }
 
@@ -47,7 +98,7 @@ impl Client {
 
     fn auth(&self) -> Result<String, CliError> {
         self.token.as_ref().map(|t| format!("Bearer {t}")).ok_or_else(|| {
-            CliError("no admin credential found: start the broker once (it writes one), or pass --token-file / set MANDATE_ADMIN_TOKEN_FILE".into())
+            CliError::new("no admin credential found: start the broker once (it writes one), or pass --token-file / set MANDATE_ADMIN_TOKEN_FILE")
         })
     }
 
@@ -55,7 +106,7 @@ impl Client {
         &self,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Value, CliError> {
-        let mut r = r.map_err(|e| CliError(format!("cannot reach the broker at {}: {e}; is `mandate serve` running? (set --url or MANDATE_URL)", self.url)))?;
+        let mut r = r.map_err(|e| CliError::new(format!("cannot reach the broker at {}: {e}; is `mandate serve` running? (set --url or MANDATE_URL)", self.url)).exit(Exit::Unavailable))?;
         let status = r.status();
         let text = r.body_mut().read_to_string().unwrap_or_default();
         let v: Value = if text.trim().is_empty() {
@@ -82,7 +133,7 @@ impl Client {
                     ));
                 }
             }
-            Err(CliError(msg))
+            Err(CliError::new(msg).exit(CliError::exit_of(status.as_u16(), code)))
         }
     }
 

@@ -135,7 +135,7 @@ impl RunAgent {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .header("DPoP", &self.proof("POST", &self.token_endpoint, None))
                 .send(&form)
-                .map_err(|e| CliError(format!("cannot reach the broker: {e}")))?;
+                .map_err(|e| CliError::new(format!("cannot reach the broker: {e}")))?;
             if let Some(n) = r.headers().get("dpop-nonce").and_then(|v| v.to_str().ok())
                 && let Ok(mut slot) = self.nonce.lock()
             {
@@ -150,14 +150,14 @@ impl RunAgent {
                 return Err(Refusal::Pending(v));
             }
             if v["error"] != "use_dpop_nonce" {
-                return Err(Refusal::No(CliError(format!(
+                return Err(Refusal::No(CliError::new(format!(
                     "the broker refused a credential for `{tool}`: {}",
                     v["error_description"].as_str().unwrap_or("no reason given")
                 ))));
             }
         }
-        Err(Refusal::No(CliError(
-            "the broker kept asking for a new DPoP nonce".into(),
+        Err(Refusal::No(CliError::new(
+            "the broker kept asking for a new DPoP nonce",
         )))
     }
 
@@ -242,7 +242,7 @@ impl From<Refusal> for CliError {
     fn from(r: Refusal) -> Self {
         match r {
             Refusal::No(e) => e,
-            pending => CliError(pending.to_string()),
+            pending => CliError::new(pending.to_string()),
         }
     }
 }
@@ -360,7 +360,7 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
         Ok(Ok(v)) => (StatusCode::OK, Json(v)),
         // 202: not refused, not yet; poll again after `interval` seconds.
         Ok(Err(Refusal::Pending(v))) => (StatusCode::ACCEPTED, Json(v)),
-        Ok(Err(Refusal::No(e))) => refused(StatusCode::FORBIDDEN, e.0),
+        Ok(Err(Refusal::No(e))) => refused(StatusCode::FORBIDDEN, e.msg),
         Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "the wrapper failed"),
     }
 }
@@ -459,7 +459,7 @@ fn socket_dir(run: &str) -> Result<PathBuf, CliError> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
 }
 
@@ -501,7 +501,7 @@ fn env_for(
 pub(crate) fn harden() -> Result<(), CliError> {
     use rustix::process::{DumpableBehavior, set_dumpable_behavior};
     set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| {
-        CliError(format!(
+        CliError::new(format!(
             "cannot make the wrapper non-dumpable ({e}), so the child could read its memory; run agents as a separate user"
         ))
     })
@@ -519,8 +519,8 @@ pub(crate) fn harden() -> Result<(), CliError> {
 /// before the child starts.
 pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliError> {
     let Some((program, args)) = a.command.split_first() else {
-        return Err(CliError(
-            "name the command to run after `--`: mandate exec --agent A -- COMMAND ARGS".into(),
+        return Err(CliError::new(
+            "name the command to run after `--`: mandate exec --agent A -- COMMAND ARGS",
         ));
     };
     let key = SigningKey::generate(Alg::EdDSA, &mut rand_core::OsRng);
@@ -538,7 +538,7 @@ pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliErr
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|e| CliError(format!("cannot start the wrapper's runtime: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot start the wrapper's runtime: {e}")))?;
     // Tied to this process before the child exists: if the child kills the
     // wrapper, the broker ends the run.
     let outcome = rt
@@ -604,7 +604,7 @@ async fn tie(agent: Arc<RunAgent>, quiet: bool) -> Result<(), CliError> {
         .strip_suffix("/oauth/token")
         .map(|base| format!("{base}/v1/runs/attach"))
         .ok_or_else(|| {
-            CliError(format!(
+            CliError::new(format!(
                 "the broker's token endpoint `{}` does not end in /oauth/token; is this a Mandate broker?",
                 agent.token_endpoint
             ))
@@ -613,10 +613,10 @@ async fn tie(agent: Arc<RunAgent>, quiet: bool) -> Result<(), CliError> {
     tokio::spawn(keep_attached(agent, url, tx, quiet));
     match tokio::time::timeout(FIRST_ATTACH, rx).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(why))) => Err(CliError(format!(
+        Ok(Ok(Err(why))) => Err(CliError::new(format!(
             "the broker would not tie the run to this wrapper: {why}"
         ))),
-        _ => Err(CliError(format!(
+        _ => Err(CliError::new(format!(
             "could not attach the run at the broker within {}s; is the broker reachable?",
             FIRST_ATTACH.as_secs()
         ))),
@@ -762,11 +762,11 @@ fn end_run(agent: &RunAgent) -> Result<(), CliError> {
         .post(&revoke)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .send(&format!("token={}", enc(&agent.mandate)))
-        .map_err(|e| CliError(format!("cannot reach the broker: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot reach the broker: {e}")))?;
     if r.status().as_u16() == 200 {
         Ok(())
     } else {
-        Err(CliError(format!("the broker answered {}", r.status())))
+        Err(CliError::new(format!("the broker answered {}", r.status())))
     }
 }
 
@@ -803,7 +803,7 @@ fn supervise(
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| CliError(format!("cannot run `{program}`: {e}")))?;
+            .map_err(|e| CliError::new(format!("cannot run `{program}`: {e}")))?;
         if !quiet {
             let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
             eprintln!(
@@ -859,9 +859,9 @@ fn serve_socket(listener: tokio::net::UnixListener, agent: &Arc<RunAgent>) {
 fn bind_private(sock: &Path) -> Result<tokio::net::UnixListener, CliError> {
     use std::os::unix::fs::PermissionsExt;
     let l = tokio::net::UnixListener::bind(sock)
-        .map_err(|e| CliError(format!("cannot listen on {}: {e}", sock.display())))?;
+        .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", sock.display())))?;
     std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| CliError(format!("cannot restrict {}: {e}", sock.display())))?;
+        .map_err(|e| CliError::new(format!("cannot restrict {}: {e}", sock.display())))?;
     Ok(l)
 }
 
@@ -906,7 +906,7 @@ async fn forward_signals_until_exit(child: &mut tokio::process::Child) -> Result
     loop {
         tokio::select! {
             status = child.wait() => {
-                let status = status.map_err(|e| CliError(format!("waiting for the command failed: {e}")))?;
+                let status = status.map_err(|e| CliError::new(format!("waiting for the command failed: {e}")))?;
                 use std::os::unix::process::ExitStatusExt;
                 return Ok(match (status.code(), status.signal()) {
                     (Some(c), _) => c as u8,

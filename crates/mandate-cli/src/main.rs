@@ -87,13 +87,13 @@ fn main() -> ExitCode {
     };
     if let Err(e) = args::refuse_flags_that_do_not_apply(&matches, &cli.cmd) {
         eprintln!("error: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(client::Exit::Usage as u8);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", output::safe(&e.to_string()));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit as u8)
         }
     }
 }

@@ -77,13 +77,14 @@ pub(crate) struct Attenuate {
 }
 
 fn read_text(what: &str, path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|e| CliError(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| CliError::new(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 pub(crate) fn read_key(path: &Path) -> Result<SigningKey, CliError> {
     let text = mandate_core::secret::Secret::new(read_text("key file", path)?);
     SigningKey::from_private_jwk(text.expose()).map_err(|e| {
-        CliError(format!(
+        CliError::new(format!(
             "{}: {e}; make one with `mandate key generate --out FILE`",
             path.display()
         ))
@@ -93,18 +94,18 @@ pub(crate) fn read_key(path: &Path) -> Result<SigningKey, CliError> {
 pub(crate) fn key_generate(a: KeyGenerate) -> Result<Value, CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let alg =
-        Alg::parse("--alg", &a.alg).map_err(|e| CliError(format!("{e}; use EdDSA or ES256")))?;
+    let alg = Alg::parse("--alg", &a.alg)
+        .map_err(|e| CliError::new(format!("{e}; use EdDSA or ES256")))?;
     let key = SigningKey::generate(alg, &mut rand_core::OsRng);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&a.out)
-        .map_err(|e| CliError(format!("cannot create {}: {e}", a.out.display())))?;
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", a.out.display())))?;
     f.write_all(key.to_private_jwk().expose())
         .and_then(|_| f.write_all(b"\n"))
-        .map_err(|e| CliError(format!("cannot write {}: {e}", a.out.display())))?;
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", a.out.display())))?;
     Ok(json!({"file": a.out, "alg": alg.as_str(), "jkt": key.kid(), "jwk": key.public().to_json()}))
 }
 
@@ -114,17 +115,17 @@ pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> 
     let key = read_key(&a.key_file)?;
     let method = a.method.to_ascii_uppercase();
     if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
-        return Err(CliError("--url must be an absolute http(s) URL".into()));
+        return Err(CliError::new("--url must be an absolute http(s) URL"));
     }
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut components = vec!["@method".to_owned(), "@target-uri".to_owned()];
     for h in &a.headers {
         let (n, v) = h
             .split_once(':')
-            .ok_or_else(|| CliError(format!("--header `{h}`: use `Name: value`")))?;
+            .ok_or_else(|| CliError::new(format!("--header `{h}`: use `Name: value`")))?;
         let n = n.trim().to_ascii_lowercase();
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(CliError(format!("--header `{h}`: not a header name")));
+            return Err(CliError::new(format!("--header `{h}`: not a header name")));
         }
         if !components.contains(&n) {
             components.push(n.clone());
@@ -162,7 +163,7 @@ pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> 
             tag: None,
         },
     )
-    .map_err(|e| CliError(e.to_string()))?;
+    .map_err(|e| CliError::new(e.to_string()))?;
     added.push(("Signature-Input".into(), input));
     added.push(("Signature".into(), sig));
     let map: serde_json::Map<String, Value> = added
@@ -180,20 +181,21 @@ fn next_holder(to: &str) -> Result<String, CliError> {
     }
     let text = mandate_core::secret::Secret::new(read_text("key file", p)?);
     let mut v: Value = serde_json::from_slice(text.expose())
-        .map_err(|_| CliError(format!("{to}: not a JSON Web Key")))?;
+        .map_err(|_| CliError::new(format!("{to}: not a JSON Web Key")))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("d");
     }
     PublicJwk::from_json(&v)
         .map(|k| k.thumbprint())
-        .map_err(|e| CliError(format!("{to}: {e}")))
+        .map_err(|e| CliError::new(format!("{to}: {e}")))
 }
 
 pub(crate) fn attenuate_cmd(a: Attenuate, now: u64) -> Result<Value, CliError> {
     let token = if a.mandate == "-" {
         let mut t = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
-            .map_err(|e| CliError(format!("cannot read the mandate from standard input: {e}")))?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| {
+            CliError::new(format!("cannot read the mandate from standard input: {e}"))
+        })?;
         t.trim().to_owned()
     } else {
         a.mandate.clone()
@@ -202,7 +204,7 @@ pub(crate) fn attenuate_cmd(a: Attenuate, now: u64) -> Result<Value, CliError> {
     let capabilities = if a.only.is_empty() {
         None
     } else {
-        Some(CapabilitySet::parse(&a.only).map_err(|e| CliError(format!("--only: {e}")))?)
+        Some(CapabilitySet::parse(&a.only).map_err(|e| CliError::new(format!("--only: {e}")))?)
     };
     let not_after = match &a.ttl {
         Some(t) => Some(now + crate::parse_duration(t)?),
@@ -216,7 +218,7 @@ pub(crate) fn attenuate_cmd(a: Attenuate, now: u64) -> Result<Value, CliError> {
         next_holder: a.to.as_deref().map(next_holder).transpose()?,
         next_holder_name: a.to_name,
     };
-    let out = attenuate(&token, &key, &n).map_err(|e| CliError(e.to_string()))?;
+    let out = attenuate(&token, &key, &n).map_err(|e| CliError::new(e.to_string()))?;
     Ok(json!({
         "mandate": out, "signed_by": key.kid(),
         "holder": n.next_holder.clone().unwrap_or_else(|| key.kid()),

@@ -24,13 +24,13 @@ impl Drop for Restore {
 pub(crate) fn secret_line(prompt: &str) -> Result<String, CliError> {
     let stdin = std::io::stdin();
     let saved = tcgetattr(&stdin)
-        .map_err(|e| CliError(format!("cannot read the terminal's settings: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot read the terminal's settings: {e}")))?;
     let mut quiet = saved.clone();
     quiet.local_modes &= !(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG);
     quiet.special_codes[SpecialCodeIndex::VMIN] = 1;
     quiet.special_codes[SpecialCodeIndex::VTIME] = 0;
     tcsetattr(&stdin, OptionalActions::Flush, &quiet)
-        .map_err(|e| CliError(format!("cannot turn the terminal's echo off: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot turn the terminal's echo off: {e}")))?;
     let _restore = Restore(saved);
     eprintln!("{prompt}");
     let mut line = Line::default();
@@ -39,15 +39,15 @@ pub(crate) fn secret_line(prompt: &str) -> Result<String, CliError> {
     loop {
         let n = input
             .read(&mut byte)
-            .map_err(|e| CliError(format!("cannot read the terminal: {e}")))?;
+            .map_err(|e| CliError::new(format!("cannot read the terminal: {e}")))?;
         let b = if n == 0 { None } else { Some(byte[0]) };
         match line.key(b) {
             Key::More => {}
             Key::Done => break,
-            Key::Cancel => return Err(CliError("cancelled: no secret was stored".into())),
+            Key::Cancel => return Err(CliError::new("cancelled: no secret was stored")),
         }
     }
-    String::from_utf8(line.0).map_err(|_| CliError("the secret is not UTF-8 text".into()))
+    String::from_utf8(line.0).map_err(|_| CliError::new("the secret is not UTF-8 text"))
 }
 
 /// A line being typed.

@@ -150,11 +150,14 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                         "risk": risk, "max_ttl_secs": max_ttl, "alg": alg, "provider": provider});
             if let Some(f) = config {
                 let text = std::fs::read_to_string(&f)
-                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                    .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
                 let extra: Value = serde_json::from_str(&text)
-                    .map_err(|e| CliError(format!("{} is not JSON: {e}", f.display())))?;
+                    .map_err(|e| CliError::new(format!("{} is not JSON: {e}", f.display())))?;
                 let Value::Object(extra) = extra else {
-                    return Err(CliError(format!("{} must hold a JSON object", f.display())));
+                    return Err(CliError::new(format!(
+                        "{} must hold a JSON object",
+                        f.display()
+                    )));
                 };
                 for (k, v) in extra {
                     body[k] = v;
@@ -172,7 +175,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                 let mut roles = serde_json::Map::new();
                 for r in &pg_roles {
                     let (a, role) = r.split_once('=').ok_or_else(|| {
-                        CliError(format!("--pg-role `{r}`: write it as action=role"))
+                        CliError::new(format!("--pg-role `{r}`: write it as action=role"))
                     })?;
                     roles.insert(a.to_owned(), json!(role));
                 }
@@ -186,7 +189,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                         e.split_once('=')
                             .map(|(n, v)| json!({"name": n, "value": v}))
                             .ok_or_else(|| {
-                                CliError(format!("--env `{e}`: write it as NAME=template"))
+                                CliError::new(format!("--env `{e}`: write it as NAME=template"))
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -201,7 +204,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
         ToolCmd::SetSecret { tenant, name, file } => {
             let secret = match file {
                 Some(f) => std::fs::read_to_string(&f)
-                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?,
+                    .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?,
                 None => {
                     use std::io::{IsTerminal, Read};
                     if std::io::stdin().is_terminal() {
@@ -212,7 +215,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                         let mut s = String::new();
                         std::io::stdin()
                             .read_to_string(&mut s)
-                            .map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
+                            .map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
                         s
                     }
                 }
@@ -267,7 +270,7 @@ pub(crate) fn policy(cmd: PolicyCmd, x: &Ctx) -> Result<(), CliError> {
     match cmd {
         PolicyCmd::Add { tenant, file, name } => {
             let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
             let name = name.unwrap_or_else(|| {
                 file.file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -372,9 +375,9 @@ pub(crate) fn emit_token(
                 .create_new(true)
                 .mode(0o600)
                 .open(&path)
-                .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+                .map_err(|e| CliError::new(format!("cannot create {}: {e}", path.display())))?;
             writeln!(f, "{token}")
-                .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+                .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))?;
             let mut shown = v.clone();
             shown["token"] = json!(format!("(written to {})", path.display()));
             show(j, &shown, cols);
@@ -389,7 +392,7 @@ pub(crate) fn emit_token(
 /// (or `amount=form:amount`) names where the request carries its amount.
 pub(crate) fn parse_route(r: &str) -> Result<Value, CliError> {
     let bad = || {
-        CliError(format!(
+        CliError::new(format!(
             "--route `{r}`: write it as `METHOD /path=action`, optionally followed by ` amount=json:/pointer` or ` amount=form:field`"
         ))
     };

@@ -50,10 +50,10 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
                 jwk
             } else {
                 std::fs::read_to_string(&jwk)
-                    .map_err(|e| CliError(format!("cannot read JWK file {jwk}: {e}")))?
+                    .map_err(|e| CliError::new(format!("cannot read JWK file {jwk}: {e}")))?
             };
             let jwk: Value = serde_json::from_str(&text)
-                .map_err(|e| CliError(format!("the JWK is not JSON: {e}")))?;
+                .map_err(|e| CliError::new(format!("the JWK is not JSON: {e}")))?;
             let v = c().post(
                 "/v1/runs",
                 &json!({"tenant": tenant, "agent": agent, "principal": principal, "grant": grant,
@@ -116,7 +116,7 @@ pub(crate) fn exec(a: ExecCli, x: &Ctx) -> Result<(), CliError> {
     let starter = match &a.join_token_file {
         Some(f) => {
             let t = std::fs::read_to_string(f)
-                .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?;
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
             Client::with_token(x.url.clone(), t.trim().to_owned())
         }
         None => x.client(),
@@ -178,7 +178,7 @@ pub(crate) fn token(cmd: TokenCmd, x: &Ctx) -> Result<(), CliError> {
             let token = if token == "-" {
                 let mut t = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| {
-                    CliError(format!("cannot read the token from standard input: {e}"))
+                    CliError::new(format!("cannot read the token from standard input: {e}"))
                 })?;
                 t.trim().to_owned()
             } else {
@@ -191,7 +191,7 @@ pub(crate) fn token(cmd: TokenCmd, x: &Ctx) -> Result<(), CliError> {
                 output::print_inspection(&v);
             }
             if !v["verifies"].as_bool().unwrap_or(false) {
-                return Err(CliError(format!(
+                return Err(CliError::new(format!(
                     "the token does not verify: {}",
                     v["reason"].as_str().unwrap_or("unknown reason")
                 )));
@@ -214,12 +214,12 @@ pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
     } else if let Some(id) = r.agent {
         let t = r
             .tenant
-            .ok_or_else(|| CliError("--agent needs --tenant".into()))?;
+            .ok_or_else(|| CliError::new("--agent needs --tenant"))?;
         json!({"kind": "agent", "tenant": t, "id": id})
     } else if let Some(id) = r.principal {
         let t = r
             .tenant
-            .ok_or_else(|| CliError("--principal needs --tenant".into()))?;
+            .ok_or_else(|| CliError::new("--principal needs --tenant"))?;
         json!({"kind": "principal", "tenant": t, "id": id})
     } else if let Some(id) = r.grant {
         json!({"kind": "grant", "id": id})
@@ -229,9 +229,8 @@ pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
         if !r.yes {
             use std::io::{BufRead, IsTerminal, Write};
             if !std::io::stdin().is_terminal() {
-                return Err(CliError(
-                    "`--everything` revokes every credential of every tenant: add --yes to confirm"
-                        .into(),
+                return Err(CliError::new(
+                    "`--everything` revokes every credential of every tenant: add --yes to confirm",
                 ));
             }
             eprint!(
@@ -241,13 +240,13 @@ pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
             let mut line = String::new();
             let _ = std::io::stdin().lock().read_line(&mut line);
             if line.trim() != "everything" {
-                return Err(CliError("not confirmed; nothing was revoked".into()));
+                return Err(CliError::new("not confirmed; nothing was revoked"));
             }
         }
         json!({"kind": "everything"})
     } else {
-        return Err(CliError(
-            "say what to revoke (see `mandate revoke --help`)".into(),
+        return Err(CliError::new(
+            "say what to revoke (see `mandate revoke --help`)",
         ));
     };
     let mut body = body;

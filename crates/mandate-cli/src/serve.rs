@@ -74,7 +74,7 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     cfg.dpop_nonce_period = a.dpop_nonce_period;
     if let Some(u) = a.webhook_url {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(CliError("--webhook-url must be an http(s) URL".into()));
+            return Err(CliError::new("--webhook-url must be an http(s) URL"));
         }
         cfg.webhook_url = Some(u);
     }
@@ -85,8 +85,8 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     cfg.suspend_on_anomaly = a.suspend_on_anomaly;
     cfg.dpop_replay_per_key = a.dpop_replay_per_key.max(1);
     if a.header_read_timeout == 0 || a.idle_timeout == 0 || a.max_connections == 0 {
-        return Err(CliError(
-            "--header-read-timeout, --idle-timeout and --max-connections must be at least 1".into(),
+        return Err(CliError::new(
+            "--header-read-timeout, --idle-timeout and --max-connections must be at least 1",
         ));
     }
     raise_descriptor_limit(a.max_connections);
@@ -104,7 +104,7 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
     rt.block_on(mandate_server::serve(cfg, async {
         // Stop on Ctrl-C or SIGTERM (systemd, kill): queued audit writes commit first.
         let term = async {
@@ -121,5 +121,5 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
         }
         tracing::info!("shutting down");
     }))
-    .map_err(|e| CliError(e.to_string()))
+    .map_err(|e| CliError::new(e.to_string()))
 }

@@ -3,18 +3,22 @@
 //! number is refused (`--since 1` meant one second without saying so:
 //! issue 16). An instant is RFC 3339 (`2026-11-30T18:00:00Z`).
 
-use crate::client::CliError;
+use crate::client::{CliError, Exit};
 
 /// Seconds in `s`: one or more `<number><unit>` with units `s`, `m`, `h`
 /// and `d` (`1h30m`). Refuses bare numbers, unknown units and overflow.
 pub(crate) fn parse_duration(s: &str) -> Result<u64, CliError> {
+    parse_secs(s).map_err(|e| e.exit(Exit::Usage))
+}
+
+fn parse_secs(s: &str) -> Result<u64, CliError> {
     let hint = "use a number and a unit: 30s, 15m, 24h, 7d (or 1h30m)";
     let t = s.trim();
     if t.is_empty() {
-        return Err(CliError(format!("an empty duration: {hint}")));
+        return Err(CliError::new(format!("an empty duration: {hint}")));
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CliError(format!(
+        return Err(CliError::new(format!(
             "`{t}` has no unit: write {t}s, {t}m, {t}h or {t}d"
         )));
     }
@@ -26,7 +30,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, CliError> {
             .unwrap_or(rest.len());
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| CliError(format!("`{s}` is not a duration: {hint}")))?;
+            .map_err(|_| CliError::new(format!("`{s}` is not a duration: {hint}")))?;
         let after = &rest[digits..];
         let unit_len = after
             .find(|c: char| c.is_ascii_digit())
@@ -37,14 +41,16 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, CliError> {
             "h" => 3600,
             "d" => 86_400,
             u => {
-                return Err(CliError(format!("`{s}` has an unknown unit `{u}`: {hint}")));
+                return Err(CliError::new(format!(
+                    "`{s}` has an unknown unit `{u}`: {hint}"
+                )));
             }
         };
         total = n
             .checked_mul(mult)
             .and_then(|x| total.checked_add(x))
             .filter(|x| *x <= 100 * 365 * 86_400)
-            .ok_or_else(|| CliError(format!("`{s}` is longer than a hundred years")))?;
+            .ok_or_else(|| CliError::new(format!("`{s}` is longer than a hundred years")))?;
         rest = &after[unit_len..];
     }
     Ok(total)
@@ -52,7 +58,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, CliError> {
 
 /// A clap value parser for durations in seconds.
 pub(crate) fn secs(s: &str) -> Result<u64, String> {
-    parse_duration(s).map_err(|e| e.0)
+    parse_duration(s).map_err(|e| e.msg)
 }
 
 /// Milliseconds since the epoch of `--since`: an RFC 3339 instant, or a
@@ -61,12 +67,13 @@ pub(crate) fn since_ms(s: &str, now_ms: u64) -> Result<u64, CliError> {
     if s.contains('-') || s.contains('T') || s.contains(':') {
         let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
             .map_err(|e| {
-                CliError(format!(
+                CliError::new(format!(
                     "`{s}` is not an RFC 3339 time ({e}); write e.g. 2026-11-30T18:00:00Z, or a duration such as 15m"
                 ))
+                .exit(Exit::Usage)
             })?;
         let ms = t.unix_timestamp_nanos() / 1_000_000;
-        return u64::try_from(ms).map_err(|_| CliError(format!("`{s}` is before 1970")));
+        return u64::try_from(ms).map_err(|_| CliError::new(format!("`{s}` is before 1970")));
     }
     parse_duration(s).map(|secs| now_ms.saturating_sub(secs.saturating_mul(1000)))
 }
@@ -92,7 +99,7 @@ mod tests {
             ("9999999999999d", "hundred years"),
             ("36501d", "hundred years"),
         ] {
-            let e = parse_duration(bad).unwrap_err().0;
+            let e = parse_duration(bad).unwrap_err().msg;
             assert!(e.contains(why), "{bad}: {e}");
         }
     }
@@ -104,17 +111,17 @@ mod tests {
         assert_eq!(since_ms("2025-11-30T19:00:00+01:00", 0).unwrap(), now);
         assert_eq!(since_ms("2025-11-30T18:00:00.250Z", 0).unwrap(), now + 250);
         assert_eq!(since_ms("1h", now).unwrap(), now - 3_600_000);
-        assert!(since_ms("1", now).unwrap_err().0.contains("no unit"));
+        assert!(since_ms("1", now).unwrap_err().msg.contains("no unit"));
         assert!(
             since_ms("2025-11-30", now)
                 .unwrap_err()
-                .0
+                .msg
                 .contains("RFC 3339")
         );
         assert!(
             since_ms("1960-01-01T00:00:00Z", now)
                 .unwrap_err()
-                .0
+                .msg
                 .contains("1970")
         );
     }

@@ -114,3 +114,32 @@ fn since_takes_rfc_3339_times_and_durations_need_units() {
     }
     s.stop();
 }
+
+/// Exit codes tell a script what happened (README, "Exit codes"): 2 usage,
+/// 3 not found, 4 refused, 5 the broker unreachable.
+#[test]
+fn exit_codes_say_what_kind_of_failure() {
+    let s = Serve::start(&tempdir("exits"));
+    let code = |o: std::process::Output| o.status.code();
+    assert_eq!(code(s.cli(&["tenant", "create", "acme"])), Some(0));
+    assert_eq!(code(s.cli(&["tenant", "create", "--bogus"])), Some(2));
+    assert_eq!(code(s.cli(&["audit", "--since", "1"])), Some(2));
+    assert_eq!(code(s.cli(&["agent", "list", "--tenant", "ghost"])), Some(3));
+    let bad = s.dir.join("bad.token");
+    std::fs::write(&bad, "mandate_admin_AAAA\n").unwrap();
+    let o = mandate(&s.dir)
+        .args(["--url", &s.url, "--token-file"])
+        .arg(&bad)
+        .args(["tenant", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(code(o), Some(4));
+    let port = common::free_port();
+    let o = mandate(&s.dir)
+        .args(["--url", &format!("http://127.0.0.1:{port}"), "tenant", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is `mandate serve` running?"));
+    s.stop();
+}

@@ -435,7 +435,7 @@ mod tests {
         let d = json!({"type": "mandate", "amount": 5});
         let mut c = claims();
         assert_eq!(c.declared_details(), None);
-        c.authorization_details = Some(json!([{"type": "other", "amount": 9}, d.clone()]));
+        c.authorization_details = Some(json!([{"type": "other", "amount": 9}, d]));
         assert_eq!(c.declared_details(), Some(&d));
         c.authorization_details = Some(d.clone());
         assert_eq!(c.declared_details(), Some(&d));
