@@ -56,5 +56,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+echo "==> the README's walkthrough (examples/quickstart.sh, against a broker of its own)"
+MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" bash examples/quickstart.sh > /dev/null 2>"${TMPDIR:-/tmp}/mandate-quickstart.log" \
+  || { cat "${TMPDIR:-/tmp}/mandate-quickstart.log" >&2; exit 1; }
+
 echo "==> end-to-end tests (real binary, independent JOSE)"
 MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/e2e

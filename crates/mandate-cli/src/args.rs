@@ -25,6 +25,10 @@ pub(crate) struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Print only the id of what was made or listed, one per line (for
+    /// scripts: `GRANT=$(mandate -q grant create ...)`).
+    #[arg(long, short, global = true, conflicts_with = "json")]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }
@@ -42,6 +46,7 @@ pub(crate) fn refuse_flags_that_do_not_apply(
         Cmd::Serve(_) => (false, true, false),
         Cmd::Exec(_) => (true, true, false),
         Cmd::Key(KeyCmd::SignRequest(_)) => (true, false, true),
+        Cmd::Token(TokenCmd::Exchange(_)) => (true, false, true),
         Cmd::Key(KeyCmd::Generate(_)) | Cmd::Token(TokenCmd::Attenuate(_)) => (false, false, true),
         _ => (true, true, true),
     };
@@ -57,6 +62,10 @@ pub(crate) fn refuse_flags_that_do_not_apply(
         ),
         Cmd::Key(KeyCmd::SignRequest(_)) => ("mandate key sign-request", "it works offline"),
         Cmd::Key(_) => ("mandate key generate", "it works offline"),
+        Cmd::Token(TokenCmd::Exchange(_)) => (
+            "mandate token exchange",
+            "it proves the run's key with the mandate; the admin credential is not used",
+        ),
         _ => ("mandate token attenuate", "it works offline"),
     };
     for (flag, id, reads) in [
@@ -534,9 +543,13 @@ pub(crate) enum RunCmd {
         /// Mandate lifetime (e.g. 15m; the broker's default when unset).
         #[arg(long, value_parser = crate::when::secs)]
         ttl: Option<u64>,
-        /// The run's public key as a JWK: a file path, or the JSON itself.
+        /// The run's key as a JWK: a file (a private one from `mandate key
+        /// generate` is fine: only its public half is sent), or the JSON itself.
         #[arg(long)]
         jwk: String,
+        /// Write the mandate to this new file (0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// List runs.
     List {
@@ -584,6 +597,10 @@ pub(crate) enum TokenCmd {
     /// another key (a sub-agent): appends a Biscuit block signed by the key
     /// that holds it now. Prints the new mandate. Needs no broker.
     Attenuate(offline::Attenuate),
+    /// Exchange a mandate for a credential for one tool and its actions
+    /// (RFC 8693), proving the run's key (DPoP, or --sign for RFC 9421), as
+    /// an agent does at each tool call. Prints the credential.
+    Exchange(crate::exchange::ExchangeArgs),
 }
 
 #[derive(Subcommand)]

@@ -18,7 +18,7 @@ pub(crate) fn audit(a: AuditArgs, x: &Ctx) -> Result<(), CliError> {
         Some(AuditSub::Verify { checkpoint }) => return audit_verify(&c(), j, checkpoint),
         Some(AuditSub::Checkpoint { out }) => {
             let v = c().get("/v1/audit/checkpoint")?;
-            return emit_checkpoint(j, &v, out);
+            return emit_checkpoint(x, &v, out);
         }
         None => {}
     }
@@ -48,7 +48,7 @@ pub(crate) fn audit(a: AuditArgs, x: &Ctx) -> Result<(), CliError> {
     }
     let v = c().get(&q)?;
     if j {
-        show(j, &v, &[]);
+        x.show(&v, &[]);
     } else {
         print_audit(&v);
     }
@@ -86,7 +86,7 @@ pub(crate) fn audit_verify(
 }
 
 /// Prints a checkpoint's JWS (or all of it with --json), or writes it to a new file.
-pub(crate) fn emit_checkpoint(j: bool, v: &Value, out: Option<PathBuf>) -> Result<(), CliError> {
+pub(crate) fn emit_checkpoint(x: &Ctx, v: &Value, out: Option<PathBuf>) -> Result<(), CliError> {
     let jws = v["checkpoint"].as_str().unwrap_or_default();
     if let Some(e) = v["file_error"].as_str() {
         eprintln!("warning: {}", output::safe(e));
@@ -107,7 +107,7 @@ pub(crate) fn emit_checkpoint(j: bool, v: &Value, out: Option<PathBuf>) -> Resul
                 path.display()
             );
         }
-        None if j => show(j, v, &[]),
+        None if x.json => x.show(v, &[]),
         None => println!("{}", output::safe(jws)),
     }
     Ok(())

@@ -31,6 +31,7 @@ mod approvals;
 mod args;
 mod audit;
 mod client;
+mod exchange;
 mod exec;
 mod offline;
 mod output;
@@ -115,6 +116,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             .or_else(|| Some(config_dir().join("admin.token"))),
         url: cli.url.clone(),
         json: cli.json,
+        quiet: cli.quiet,
     };
     match cli.cmd {
         Cmd::Serve(a) => serve::serve(a, cli.token_file.clone()),
@@ -144,9 +146,21 @@ pub(crate) struct Ctx {
     pub(crate) token_file: Option<PathBuf>,
     /// Print JSON (`--json`).
     pub(crate) json: bool,
+    /// Print only ids (`--quiet`).
+    pub(crate) quiet: bool,
 }
 
 impl Ctx {
+    /// Prints what the broker answered: its ids with `--quiet`, JSON with
+    /// `--json`, else a table of `cols`.
+    pub(crate) fn show(&self, v: &Value, cols: &[&str]) {
+        if self.quiet {
+            output::print_ids(v);
+        } else {
+            show(self.json, v, cols);
+        }
+    }
+
     /// A client of the broker with the admin credential.
     pub(crate) fn client(&self) -> Client {
         Client::new(self.url.clone(), self.token_file.clone())

@@ -92,56 +92,85 @@ pub(crate) fn read_key(path: &Path) -> Result<SigningKey, CliError> {
 }
 
 pub(crate) fn key_generate(a: KeyGenerate) -> Result<Value, CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let alg = Alg::parse("--alg", &a.alg)
         .map_err(|e| CliError::new(format!("{e}; use EdDSA or ES256")))?;
     let key = SigningKey::generate(alg, &mut rand_core::OsRng);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&a.out)
-        .map_err(|e| CliError::new(format!("cannot create {}: {e}", a.out.display())))?;
-    f.write_all(key.to_private_jwk().expose())
-        .and_then(|_| f.write_all(b"\n"))
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", a.out.display())))?;
+    let mut text = key.to_private_jwk().expose().to_vec();
+    text.push(b'\n');
+    crate::output::write_new_private(&a.out, &mandate_core::secret::Secret::new(text).expose())?;
     Ok(json!({"file": a.out, "alg": alg.as_str(), "jkt": key.kid(), "jwk": key.public().to_json()}))
 }
 
 /// Signs a request (RFC 9421) and returns the headers to add.
 pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> {
-    use mandate_core::httpsig;
     let key = read_key(&a.key_file)?;
-    let method = a.method.to_ascii_uppercase();
-    if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
-        return Err(CliError::new("--url must be an absolute http(s) URL"));
-    }
     let mut headers: Vec<(String, String)> = Vec::new();
-    let mut components = vec!["@method".to_owned(), "@target-uri".to_owned()];
     for h in &a.headers {
         let (n, v) = h
             .split_once(':')
             .ok_or_else(|| CliError::new(format!("--header `{h}`: use `Name: value`")))?;
+        headers.push((n.to_owned(), v.trim().to_owned()));
+    }
+    let body = match &a.body_file {
+        Some(f) => Some(read_text("body file", f)?),
+        None => None,
+    };
+    let added = sign_headers(
+        &key,
+        &a.method,
+        &a.url,
+        headers,
+        body.as_deref(),
+        now,
+        a.ttl,
+    )?;
+    let map: serde_json::Map<String, Value> = added
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    Ok(Value::Object(map))
+}
+
+/// The headers that sign a request with `key` (RFC 9421, as the broker
+/// requires: the method, the target URI, each of `headers`, Content-Digest
+/// (RFC 9530) when there is a body, and Signature-Key; `created`,
+/// `expires` after `ttl` seconds and a fresh `nonce`): Content-Digest,
+/// Signature-Key, Signature-Input and Signature, in that order.
+pub(crate) fn sign_headers(
+    key: &SigningKey,
+    method: &str,
+    url: &str,
+    headers: Vec<(String, String)>,
+    body: Option<&[u8]>,
+    now: u64,
+    ttl: u64,
+) -> Result<Vec<(String, String)>, CliError> {
+    use mandate_core::httpsig;
+    let method = method.to_ascii_uppercase();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(CliError::new("--url must be an absolute http(s) URL"));
+    }
+    let mut components = vec!["@method".to_owned(), "@target-uri".to_owned()];
+    let mut signed: Vec<(String, String)> = Vec::new();
+    for (n, v) in headers {
         let n = n.trim().to_ascii_lowercase();
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(CliError::new(format!("--header `{h}`: not a header name")));
+            return Err(CliError::new(format!("--header `{n}`: not a header name")));
         }
         if !components.contains(&n) {
             components.push(n.clone());
         }
-        headers.push((n, v.trim().to_owned()));
+        signed.push((n, v));
     }
     let mut added: Vec<(String, String)> = Vec::new();
-    if let Some(f) = &a.body_file {
-        let body = read_text("body file", f)?;
-        let d = httpsig::content_digest(&body);
-        headers.push(("content-digest".into(), d.clone()));
+    if let Some(body) = body {
+        let d = httpsig::content_digest(body);
+        signed.push(("content-digest".into(), d.clone()));
         added.push(("Content-Digest".into(), d));
         components.push("content-digest".into());
     }
     let sk = httpsig::signature_key_field("sig1", &key.public());
-    headers.push(("signature-key".into(), sk.clone()));
+    signed.push(("signature-key".into(), sk.clone()));
     added.push(("Signature-Key".into(), sk));
     components.push("signature-key".into());
     let nonce = mandate_core::jose::b64(
@@ -150,13 +179,13 @@ pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> 
     let refs: Vec<&str> = components.iter().map(String::as_str).collect();
     let kid = key.kid();
     let (input, sig) = httpsig::sign(
-        &httpsig::Message::request(&method, &a.url, headers),
-        &key,
+        &httpsig::Message::request(&method, url, signed),
+        key,
         &httpsig::SignParams {
             label: "sig1",
             components: &refs,
             created: now,
-            expires: Some(now + a.ttl),
+            expires: Some(now + ttl),
             nonce: Some(&nonce),
             keyid: Some(&kid),
             include_alg: true,
@@ -166,11 +195,7 @@ pub(crate) fn sign_request(a: SignRequest, now: u64) -> Result<Value, CliError> 
     .map_err(|e| CliError::new(e.to_string()))?;
     added.push(("Signature-Input".into(), input));
     added.push(("Signature".into(), sig));
-    let map: serde_json::Map<String, Value> = added
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    Ok(Value::Object(map))
+    Ok(added)
 }
 
 /// The next holder: a thumbprint as given, or the thumbprint of a JWK file.
@@ -180,14 +205,21 @@ fn next_holder(to: &str) -> Result<String, CliError> {
         return Ok(to.to_owned());
     }
     let text = mandate_core::secret::Secret::new(read_text("key file", p)?);
-    let mut v: Value = serde_json::from_slice(text.expose())
-        .map_err(|_| CliError::new(format!("{to}: not a JSON Web Key")))?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("d");
-    }
-    PublicJwk::from_json(&v)
+    public_jwk(text.expose())
         .map(|k| k.thumbprint())
         .map_err(|e| CliError::new(format!("{to}: {e}")))
+}
+
+/// The public half of a JWK, public or private (a private key's `d` is
+/// read here and goes nowhere else).
+pub(crate) fn public_jwk(text: &[u8]) -> Result<PublicJwk, String> {
+    let v: Value = serde_json::from_slice(text).map_err(|_| "not a JSON Web Key".to_owned())?;
+    if v.get("d").is_some() {
+        return SigningKey::from_private_jwk(text)
+            .map(|k| k.public())
+            .map_err(|e| e.to_string());
+    }
+    PublicJwk::from_json(&v).map_err(|e| e.to_string())
 }
 
 pub(crate) fn attenuate_cmd(a: Attenuate, now: u64) -> Result<Value, CliError> {

@@ -6,6 +6,23 @@
 use mandate_core::audit::{escape_controls, is_unsafe_char};
 use serde_json::Value;
 
+use crate::client::CliError;
+
+/// Writes `text` to a new file at `path`, readable by its owner only
+/// (0600); an existing file is never overwritten.
+pub(crate) fn write_new_private(path: &std::path::Path, text: &[u8]) -> Result<(), CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(text)
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))
+}
+
 /// Writes to standard output; when the reader has gone (a closed pipe:
 /// `mandate audit | head -1`), ends the process quietly with success, as
 /// the reader chose to stop reading. Any other failure (a full disk) is
@@ -95,6 +112,25 @@ pub(crate) fn time_s(secs: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Prints the id of each object (or of the one object): its `id`, else
+/// its `run`, else its `name`.
+pub(crate) fn print_ids(v: &Value) {
+    let one = |o: &Value| {
+        ["id", "run", "name"]
+            .iter()
+            .find_map(|k| o.get(*k).and_then(Value::as_str))
+            .map(|id| println!("{}", escape_controls(id)))
+    };
+    match v {
+        Value::Array(a) => a.iter().for_each(|o| {
+            one(o);
+        }),
+        o => {
+            one(o);
+        }
+    }
 }
 
 /// Prints objects (or one object) as a table with `cols`.

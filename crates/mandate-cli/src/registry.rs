@@ -13,16 +13,15 @@ use crate::{parse_duration, show};
 /// `mandate tenant ...`.
 pub(crate) fn tenant(cmd: TenantCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
-    let j = x.json;
     match cmd {
         TenantCmd::Create { name, description } => {
             let v = c().post(
                 "/v1/tenants",
                 &json!({"name": name, "description": description}),
             )?;
-            show(j, &v, &["name", "description"]);
+            x.show(&v, &["name", "description"]);
         }
-        TenantCmd::List => show(j, &c().get("/v1/tenants")?, &["name", "description"]),
+        TenantCmd::List => x.show(&c().get("/v1/tenants")?, &["name", "description"]),
     }
     Ok(())
 }
@@ -42,7 +41,7 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
                 &format!("/v1/tenants/{}/principals", enc(&tenant)),
                 &json!({"id": id, "display_name": name, "groups": groups}),
             )?;
-            show(j, &v, &["tenant", "id", "display_name", "groups"]);
+            x.show(&v, &["tenant", "id", "display_name", "groups"]);
         }
         PrincipalCmd::ApproverToken {
             tenant,
@@ -59,7 +58,7 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
                 &json!({"ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
             )?;
             emit_token(
-                j,
+                x,
                 &v,
                 out,
                 &["id", "tenant", "principal", "expires_at", "token"],
@@ -90,7 +89,7 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
                 &format!("/v1/tenants/{}/agents", enc(&tenant)),
                 &json!({"name": name, "owner": owner, "purpose": purpose, "envelope": envelope}),
             )?;
-            show(j, &v, &["name", "owner", "spiffe_id", "envelope"]);
+            x.show(&v, &["name", "owner", "spiffe_id", "envelope"]);
         }
         AgentCmd::List { tenant } => show(
             j,
@@ -113,7 +112,7 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
                 ),
                 &json!({"ttl_secs": parse_duration(&ttl)?, "principal": principal, "grant": grant}),
             )?;
-            emit_token(j, &v, out, &["id", "agent", "expires_at", "token"])?;
+            emit_token(x, &v, out, &["id", "agent", "expires_at", "token"])?;
         }
     }
     Ok(())
@@ -199,7 +198,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                 o.retain(|_, v| !v.is_null());
             }
             let v = c().post(&format!("/v1/tenants/{}/tools", enc(&tenant)), &body)?;
-            show(j, &v, TOOL_COLS);
+            x.show(&v, TOOL_COLS);
         }
         ToolCmd::SetSecret { tenant, name, file } => {
             let secret = match file {
@@ -224,7 +223,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                 &format!("/v1/tenants/{}/tools/{}/secret", enc(&tenant), enc(&name)),
                 &secret,
             )?;
-            show(j, &v, &["tenant", "tool", "secret_set"]);
+            x.show(&v, &["tenant", "tool", "secret_set"]);
         }
         ToolCmd::List { tenant } => show(
             j,
@@ -252,7 +251,7 @@ pub(crate) fn grant(cmd: GrantCmd, x: &Ctx) -> Result<(), CliError> {
                 &format!("/v1/tenants/{}/grants", enc(&tenant)),
                 &json!({"principal": principal, "agent": agent, "capabilities": caps, "task": task, "expires_in_secs": expires_in}),
             )?;
-            show(j, &v, GRANT_COLS);
+            x.show(&v, GRANT_COLS);
         }
         GrantCmd::List { tenant } => show(
             j,
@@ -281,7 +280,7 @@ pub(crate) fn policy(cmd: PolicyCmd, x: &Ctx) -> Result<(), CliError> {
                 &text,
             )?;
             if j {
-                show(j, &v, &[]);
+                x.show(&v, &[]);
             } else {
                 let ids: Vec<&str> = v["policies"]
                     .as_array()
@@ -296,7 +295,7 @@ pub(crate) fn policy(cmd: PolicyCmd, x: &Ctx) -> Result<(), CliError> {
         PolicyCmd::List { tenant } => {
             let v = c().get(&format!("/v1/tenants/{}/policies", enc(&tenant)))?;
             if j {
-                show(j, &v, &[]);
+                x.show(&v, &[]);
             } else {
                 for set in v.as_array().into_iter().flatten() {
                     for p in set["policies"].as_array().into_iter().flatten() {
@@ -326,14 +325,13 @@ pub(crate) fn policy(cmd: PolicyCmd, x: &Ctx) -> Result<(), CliError> {
 /// `mandate feed-token ...`.
 pub(crate) fn feed_token(cmd: FeedTokenCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
-    let j = x.json;
     match cmd {
         FeedTokenCmd::Create { out, tenant, ttl } => {
             let v = c().post(
                 "/v1/feed-tokens",
                 &json!({"tenant": tenant, "ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
             )?;
-            emit_token(j, &v, out, &["id", "tenant", "expires_at", "token"])?;
+            emit_token(x, &v, out, &["id", "tenant", "expires_at", "token"])?;
         }
     }
     Ok(())
@@ -360,7 +358,7 @@ pub(crate) const GRANT_COLS: &[&str] = &[
 
 /// Prints a newly made credential, or writes it to a new 0600 file.
 pub(crate) fn emit_token(
-    j: bool,
+    x: &Ctx,
     v: &Value,
     out: Option<PathBuf>,
     cols: &[&str],
@@ -368,21 +366,12 @@ pub(crate) fn emit_token(
     let token = v["token"].as_str().unwrap_or_default();
     match out {
         Some(path) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| CliError::new(format!("cannot create {}: {e}", path.display())))?;
-            writeln!(f, "{token}")
-                .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))?;
+            crate::output::write_new_private(&path, format!("{token}\n").as_bytes())?;
             let mut shown = v.clone();
             shown["token"] = json!(format!("(written to {})", path.display()));
-            show(j, &shown, cols);
+            x.show(&shown, cols);
         }
-        None if j => show(j, v, &[]),
+        None if x.json => x.show(v, &[]),
         None => println!("{token}"),
     }
     Ok(())

@@ -1,11 +1,11 @@
 //! Runs and their tokens: start, list, end, evaluate, suspend; `exec`;
 //! keys and offline attenuation; revocation.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::Ctx;
 use crate::args::*;
-use crate::client::{CliError, Client, enc};
+use crate::client::{CliError, Client, Exit, enc};
 use crate::{exec, offline, output, show};
 
 /// `mandate run ...`.
@@ -24,18 +24,18 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
                 &format!("/v1/runs/{}/evals", enc(&id)),
                 &json!({"name": name, "passed": pass, "score": score}),
             )?;
-            show(j, &v, &["run", "eval", "passed"]);
+            x.show(&v, &["run", "eval", "passed"]);
         }
         RunCmd::Suspend { id, reason } => {
             let v = c().post(
                 &format!("/v1/runs/{}/suspend", enc(&id)),
                 &json!({"reason": reason}),
             )?;
-            show(j, &v, &["run", "suspended"]);
+            x.show(&v, &["run", "suspended"]);
         }
         RunCmd::Resume { id } => {
             let v = c().post(&format!("/v1/runs/{}/resume", enc(&id)), &json!({}))?;
-            show(j, &v, &["run", "suspended"]);
+            x.show(&v, &["run", "suspended"]);
         }
         RunCmd::Start {
             tenant,
@@ -45,22 +45,32 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
             task,
             ttl,
             jwk,
+            out,
         } => {
-            let text = if jwk.trim_start().starts_with('{') {
-                jwk
+            // A private JWK file (`mandate key generate`) may be named: only
+            // its public half is sent.
+            let text = mandate_core::secret::Secret::new(if jwk.trim_start().starts_with('{') {
+                jwk.into_bytes()
             } else {
-                std::fs::read_to_string(&jwk)
+                std::fs::read(&jwk)
                     .map_err(|e| CliError::new(format!("cannot read JWK file {jwk}: {e}")))?
-            };
-            let jwk: Value = serde_json::from_str(&text)
-                .map_err(|e| CliError::new(format!("the JWK is not JSON: {e}")))?;
+            });
+            let jwk = crate::offline::public_jwk(text.expose())
+                .map_err(|e| CliError::new(format!("--jwk: {e}")).exit(Exit::Usage))?
+                .to_json();
             let v = c().post(
                 "/v1/runs",
                 &json!({"tenant": tenant, "agent": agent, "principal": principal, "grant": grant,
                         "task": task, "ttl_secs": ttl, "jwk": jwk}),
             )?;
-            if j {
-                show(j, &v, &[]);
+            let mut v = v;
+            if let Some(path) = &out {
+                let m = v["mandate"].as_str().unwrap_or_default();
+                output::write_new_private(path, format!("{m}\n").as_bytes())?;
+                v["mandate"] = json!(format!("(written to {})", path.display()));
+            }
+            if j || x.quiet {
+                x.show(&v, &[]);
             } else {
                 println!("run        {}", v["run"].as_str().unwrap_or(""));
                 println!("identity   {}", v["run_id"].as_str().unwrap_or(""));
@@ -69,10 +79,13 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
                     output::time_s(v["expires_at"].as_u64().unwrap_or(0))
                 );
                 println!("capabilities {}", output::cell(&v["capabilities"]));
-                println!(
-                    "mandate (give it only to the run; it is bound to the run's key):\n{}",
-                    v["mandate"].as_str().unwrap_or("")
-                );
+                match &out {
+                    Some(p) => println!("mandate    written to {}", p.display()),
+                    None => println!(
+                        "mandate (give it only to the run; it is bound to the run's key):\n{}",
+                        v["mandate"].as_str().unwrap_or("")
+                    ),
+                }
             }
         }
         RunCmd::List { tenant, agent } => {
@@ -100,7 +113,7 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
         RunCmd::End { id } => {
             let v = c().post(&format!("/v1/runs/{}/end", enc(&id)), &json!({}))?;
             if j {
-                show(j, &v, &[]);
+                x.show(&v, &[]);
             } else {
                 println!("run {id} ended; its mandate and credentials are refused from now on");
             }
@@ -146,7 +159,7 @@ pub(crate) fn key(cmd: KeyCmd, x: &Ctx) -> Result<(), CliError> {
         KeyCmd::SignRequest(a) => {
             let v = offline::sign_request(a, exec::now())?;
             if j {
-                show(j, &v, &[]);
+                x.show(&v, &[]);
             } else if let Some(o) = v.as_object() {
                 for (k, v) in o {
                     println!("{k}: {}", v.as_str().unwrap_or_default());
@@ -155,7 +168,7 @@ pub(crate) fn key(cmd: KeyCmd, x: &Ctx) -> Result<(), CliError> {
         }
         KeyCmd::Generate(a) => {
             let v = offline::key_generate(a)?;
-            show(j, &v, &["file", "alg", "jkt"]);
+            x.show(&v, &["file", "alg", "jkt"]);
         }
     }
     Ok(())
@@ -166,10 +179,24 @@ pub(crate) fn token(cmd: TokenCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     let j = x.json;
     match cmd {
+        TokenCmd::Exchange(a) => {
+            let v = crate::exchange::exchange(a, &x.url)?;
+            if j {
+                x.show(&v, &[]);
+            } else {
+                println!("{}", v["access_token"].as_str().unwrap_or_default());
+                crate::output::write_stderr(format_args!(
+                    "a {} credential for {}, expires in {} s\n",
+                    output::cell(&v["token_type"]),
+                    output::cell(&v["scope"]),
+                    output::cell(&v["expires_in"]),
+                ));
+            }
+        }
         TokenCmd::Attenuate(a) => {
             let v = offline::attenuate_cmd(a, exec::now())?;
             if j {
-                show(j, &v, &[]);
+                x.show(&v, &[]);
             } else {
                 println!("{}", v["mandate"].as_str().unwrap_or_default());
             }
@@ -186,7 +213,7 @@ pub(crate) fn token(cmd: TokenCmd, x: &Ctx) -> Result<(), CliError> {
             };
             let v = c().post("/v1/tokens/inspect", &json!({"token": token}))?;
             if j {
-                show(j, &v, &[]);
+                x.show(&v, &[]);
             } else {
                 output::print_inspection(&v);
             }
@@ -255,7 +282,7 @@ pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
     }
     let v = c().post("/v1/revocations", &body)?;
     if j {
-        show(j, &v, &[]);
+        x.show(&v, &[]);
     } else {
         println!(
             "revoked {}: refused from now on",

@@ -124,7 +124,10 @@ fn exit_codes_say_what_kind_of_failure() {
     assert_eq!(code(s.cli(&["tenant", "create", "acme"])), Some(0));
     assert_eq!(code(s.cli(&["tenant", "create", "--bogus"])), Some(2));
     assert_eq!(code(s.cli(&["audit", "--since", "1"])), Some(2));
-    assert_eq!(code(s.cli(&["agent", "list", "--tenant", "ghost"])), Some(3));
+    assert_eq!(
+        code(s.cli(&["agent", "list", "--tenant", "ghost"])),
+        Some(3)
+    );
     let bad = s.dir.join("bad.token");
     std::fs::write(&bad, "mandate_admin_AAAA\n").unwrap();
     let o = mandate(&s.dir)
@@ -136,7 +139,12 @@ fn exit_codes_say_what_kind_of_failure() {
     assert_eq!(code(o), Some(4));
     let port = common::free_port();
     let o = mandate(&s.dir)
-        .args(["--url", &format!("http://127.0.0.1:{port}"), "tenant", "list"])
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "tenant",
+            "list",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
