@@ -97,7 +97,7 @@ pub(crate) fn key_generate(a: KeyGenerate) -> Result<Value, CliError> {
     let key = SigningKey::generate(alg, &mut rand_core::OsRng);
     let mut text = key.to_private_jwk().expose().to_vec();
     text.push(b'\n');
-    crate::output::write_new_private(&a.out, &mandate_core::secret::Secret::new(text).expose())?;
+    crate::output::write_new_private(&a.out, mandate_core::secret::Secret::new(text).expose())?;
     Ok(json!({"file": a.out, "alg": alg.as_str(), "jkt": key.kid(), "jwk": key.public().to_json()}))
 }
 
