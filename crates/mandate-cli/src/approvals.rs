@@ -19,7 +19,7 @@ pub(crate) enum ApprovalsCmd {
         #[arg(long)]
         status: Option<String>,
         /// Only this tenant (admin).
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: Option<String>,
         #[command(flatten)]
         who: As,

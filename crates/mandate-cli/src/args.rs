@@ -29,6 +29,15 @@ pub(crate) struct Cli {
     /// scripts: `GRANT=$(mandate -q grant create ...)`).
     #[arg(long, short, global = true, conflicts_with = "json")]
     pub(crate) quiet: bool,
+    /// The profile whose settings (`mandate config`) give the defaults of
+    /// --url, --token-file and --tenant.
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_PROFILE",
+        default_value = "default"
+    )]
+    pub(crate) profile: String,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }
@@ -45,6 +54,7 @@ pub(crate) fn refuse_flags_that_do_not_apply(
     let (url, token_file, json) = match cmd {
         Cmd::Serve(_) => (false, true, false),
         Cmd::Exec(_) => (true, true, false),
+        Cmd::Config(_) => (false, false, true),
         Cmd::Key(KeyCmd::SignRequest(_)) => (true, false, true),
         Cmd::Token(TokenCmd::Exchange(_)) => (true, false, true),
         Cmd::Key(KeyCmd::Generate(_)) | Cmd::Token(TokenCmd::Attenuate(_)) => (false, false, true),
@@ -61,6 +71,10 @@ pub(crate) fn refuse_flags_that_do_not_apply(
             "the command's output is its own; the wrapper prints only errors",
         ),
         Cmd::Key(KeyCmd::SignRequest(_)) => ("mandate key sign-request", "it works offline"),
+        Cmd::Config(_) => (
+            "mandate config",
+            "to set them for a profile: `mandate config set url URL`, `... set token_file FILE`",
+        ),
         Cmd::Key(_) => ("mandate key generate", "it works offline"),
         Cmd::Token(TokenCmd::Exchange(_)) => (
             "mandate token exchange",
@@ -125,6 +139,30 @@ pub(crate) enum Cmd {
     Approvals(approvals::ApprovalsCmd),
     /// List and verify the audit trail.
     Audit(AuditArgs),
+    /// This CLI's settings per profile: broker URL, admin credential file,
+    /// default tenant (the command line and the environment still win).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCmd {
+    /// Set `url`, `tenant` or `token_file` in the profile (--profile; `default`).
+    #[command(
+        after_help = "Examples:\n  mandate config set url https://mandate.internal:8407\n  mandate config set tenant acme\n  mandate --profile prod config set token_file ~/.config/mandate/prod-admin.token"
+    )]
+    Set {
+        /// url, tenant or token_file.
+        key: String,
+        value: String,
+    },
+    /// Remove a setting from the profile.
+    Unset {
+        /// url, tenant or token_file.
+        key: String,
+    },
+    /// Show the profile's settings, the other profiles and the file.
+    Show,
 }
 
 #[derive(Args)]
@@ -245,7 +283,7 @@ pub(crate) enum TenantCmd {
 pub(crate) enum PrincipalCmd {
     /// Create a principal.
     Create {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Id, e.g. an e-mail address.
         id: String,
@@ -258,7 +296,7 @@ pub(crate) enum PrincipalCmd {
     /// Make an approver credential for a principal: it decides approval
     /// requests and does nothing else. Shown once.
     ApproverToken {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// The principal's id.
         id: String,
@@ -271,7 +309,7 @@ pub(crate) enum PrincipalCmd {
     },
     /// List principals of a tenant.
     List {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
 }
@@ -280,7 +318,7 @@ pub(crate) enum PrincipalCmd {
 pub(crate) enum AgentCmd {
     /// Register an agent.
     Create {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Name.
         name: String,
@@ -296,14 +334,14 @@ pub(crate) enum AgentCmd {
     },
     /// List agents of a tenant.
     List {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// A one-time, short-lived join token that starts one run of the agent
     /// (for `mandate exec --join-token-file` on an agent host, instead of the
     /// admin credential).
     JoinToken {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Agent name.
         name: String,
@@ -334,13 +372,13 @@ run within 10 s. A child running as root, or as the same user where PR_SET_DUMPA
 protect, can read the wrapper's memory: run agents as a separate user."
 )]
 pub(crate) struct ExecCli {
-    #[arg(long, env = "MANDATE_TENANT")]
+    #[arg(long, short = 't', env = "MANDATE_TENANT")]
     pub(crate) tenant: String,
     /// The registered agent this run is of.
     #[arg(long)]
     pub(crate) agent: String,
     /// Act on this principal's behalf (needs --grant).
-    #[arg(long = "on-behalf-of")]
+    #[arg(long = "principal", visible_alias = "on-behalf-of")]
     pub(crate) on_behalf_of: Option<String>,
     /// The principal's grant to the agent.
     #[arg(long)]
@@ -378,7 +416,7 @@ pub(crate) enum ToolCmd {
 Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
     )]
     Create {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Name.
         name: String,
@@ -440,14 +478,14 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
     },
     /// List tools of a tenant.
     List {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Store a tool's upstream key (proxy) or admin connection string
     /// (postgres): read from stdin or --file, never echoed, sealed at rest,
     /// never returned by any API.
     SetSecret {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Tool name.
         name: String,
@@ -478,7 +516,7 @@ pub(crate) enum FeedTokenCmd {
 pub(crate) enum GrantCmd {
     /// A principal delegates capabilities to an agent for a task.
     Create {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         #[arg(long)]
         principal: String,
@@ -495,7 +533,7 @@ pub(crate) enum GrantCmd {
     },
     /// List grants of a tenant.
     List {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
 }
@@ -504,7 +542,7 @@ pub(crate) enum GrantCmd {
 pub(crate) enum PolicyCmd {
     /// Load a Cedar policy file (validated against the Mandate schema).
     Add {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// The .cedar file.
         file: PathBuf,
@@ -514,12 +552,12 @@ pub(crate) enum PolicyCmd {
     },
     /// List policy sets of a tenant.
     List {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Remove a policy set.
     Remove {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         name: String,
     },
@@ -529,7 +567,7 @@ pub(crate) enum PolicyCmd {
 pub(crate) enum RunCmd {
     /// Start a run and print its mandate.
     Start {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         #[arg(long)]
         agent: String,
@@ -553,7 +591,7 @@ pub(crate) enum RunCmd {
     },
     /// List runs.
     List {
-        #[arg(long)]
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: Option<String>,
         #[arg(long)]
         agent: Option<String>,
@@ -663,7 +701,7 @@ pub(crate) struct RevokeArgs {
 pub(crate) struct AuditArgs {
     #[command(subcommand)]
     pub(crate) verify: Option<AuditSub>,
-    #[arg(long)]
+    #[arg(long, short = 't', env = "MANDATE_TENANT")]
     pub(crate) tenant: Option<String>,
     #[arg(long)]
     pub(crate) agent: Option<String>,

@@ -35,6 +35,7 @@ mod exchange;
 mod exec;
 mod offline;
 mod output;
+mod profile;
 mod prompt;
 mod registry;
 mod runs;
@@ -81,7 +82,17 @@ fn data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let profile = profile::chosen(&argv);
+    let settings = match profile::Profiles::load(&profile::file()) {
+        Ok(p) => p.profiles.get(&profile).cloned().unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit as u8);
+        }
+    };
+    let matches = profile::with_defaults(<Cli as clap::CommandFactory>::command(), &settings)
+        .get_matches_from(argv);
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -134,6 +145,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Token(a) => runs::token(a, &x),
         Cmd::Revoke(a) => runs::revoke(a, &x),
         Cmd::Audit(a) => audit::audit(a, &x),
+        Cmd::Config(c) => {
+            let v = profile::run(c, &cli.profile)?;
+            if x.json {
+                show(true, &v, &[]);
+            } else {
+                println!(
+                    "profile {} ({})",
+                    output::cell(&v["profile"]),
+                    output::cell(&v["file"])
+                );
+                for k in profile::KEYS {
+                    println!("  {k:<11}{}", output::cell(&v["settings"][k]));
+                }
+            }
+            Ok(())
+        }
     }
 }
 

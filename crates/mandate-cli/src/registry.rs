@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::Ctx;
 use crate::args::*;
 use crate::client::{CliError, enc};
-use crate::{parse_duration, show};
+use crate::parse_duration;
 
 /// `mandate tenant ...`.
 pub(crate) fn tenant(cmd: TenantCmd, x: &Ctx) -> Result<(), CliError> {
@@ -29,7 +29,6 @@ pub(crate) fn tenant(cmd: TenantCmd, x: &Ctx) -> Result<(), CliError> {
 /// `mandate principal ...`.
 pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
-    let j = x.json;
     match cmd {
         PrincipalCmd::Create {
             tenant,
@@ -64,8 +63,7 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
                 &["id", "tenant", "principal", "expires_at", "token"],
             )?;
         }
-        PrincipalCmd::List { tenant } => show(
-            j,
+        PrincipalCmd::List { tenant } => x.show(
             &c().get(&format!("/v1/tenants/{}/principals", enc(&tenant)))?,
             &["id", "display_name"],
         ),
@@ -76,7 +74,6 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
 /// `mandate agent ...`.
 pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
-    let j = x.json;
     match cmd {
         AgentCmd::Create {
             tenant,
@@ -91,8 +88,7 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
             )?;
             x.show(&v, &["name", "owner", "spiffe_id", "envelope"]);
         }
-        AgentCmd::List { tenant } => show(
-            j,
+        AgentCmd::List { tenant } => x.show(
             &c().get(&format!("/v1/tenants/{}/agents", enc(&tenant)))?,
             &["name", "owner", "purpose", "envelope"],
         ),
@@ -121,7 +117,6 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
 /// `mandate tool ...`.
 pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
-    let j = x.json;
     match cmd {
         ToolCmd::Create {
             tenant,
@@ -225,8 +220,7 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
             )?;
             x.show(&v, &["tenant", "tool", "secret_set"]);
         }
-        ToolCmd::List { tenant } => show(
-            j,
+        ToolCmd::List { tenant } => x.show(
             &c().get(&format!("/v1/tenants/{}/tools", enc(&tenant)))?,
             TOOL_COLS,
         ),
@@ -237,7 +231,6 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
 /// `mandate grant ...`.
 pub(crate) fn grant(cmd: GrantCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
-    let j = x.json;
     match cmd {
         GrantCmd::Create {
             tenant,
@@ -253,8 +246,7 @@ pub(crate) fn grant(cmd: GrantCmd, x: &Ctx) -> Result<(), CliError> {
             )?;
             x.show(&v, GRANT_COLS);
         }
-        GrantCmd::List { tenant } => show(
-            j,
+        GrantCmd::List { tenant } => x.show(
             &c().get(&format!("/v1/tenants/{}/grants", enc(&tenant)))?,
             GRANT_COLS,
         ),

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::Ctx;
 use crate::args::*;
 use crate::client::{CliError, Client, Exit, enc};
-use crate::{exec, offline, output, show};
+use crate::{exec, offline, output};
 
 /// `mandate run ...`.
 pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
@@ -96,8 +96,7 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
             if let Some(a) = agent {
                 q.push_str(&format!("&agent={}", enc(&a)));
             }
-            show(
-                j,
+            x.show(
                 &c().get(&q)?,
                 &[
                     "id",

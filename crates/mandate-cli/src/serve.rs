@@ -44,6 +44,8 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never in files or journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg_dir = config_dir();
     let mut cfg =

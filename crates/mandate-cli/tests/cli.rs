@@ -151,3 +151,89 @@ fn exit_codes_say_what_kind_of_failure() {
     assert!(stderr(&o).contains("is `mandate serve` running?"));
     s.stop();
 }
+
+/// Profiles and `MANDATE_TENANT`: set the broker and the tenant once; the
+/// environment beats the profile and the command line beats both.
+#[test]
+fn profiles_and_the_default_tenant_spare_the_flags() {
+    let s = Serve::start(&tempdir("profiles"));
+    for t in ["acme", "beta"] {
+        assert!(s.cli(&["tenant", "create", t]).status.success());
+    }
+    for t in ["acme", "beta"] {
+        let o = s.cli(&[
+            "agent",
+            "create",
+            "-t",
+            t,
+            &format!("bot-{t}"),
+            "--owner",
+            "o",
+            "--envelope",
+            "x:*",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let bare = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = mandate(&s.dir);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        common::stdout(&o)
+    };
+    // Without a profile the CLI looks for a broker on the default port.
+    assert!(
+        !mandate(&s.dir)
+            .args(["-q", "agent", "list", "-t", "acme"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    bare(&[], &["config", "set", "url", &s.url]);
+    bare(&[], &["config", "set", "tenant", "acme"]);
+    assert_eq!(bare(&[], &["-q", "agent", "list"]), "bot-acme\n");
+    assert_eq!(
+        bare(&[("MANDATE_TENANT", "beta")], &["-q", "agent", "list"]),
+        "bot-beta\n"
+    );
+    assert_eq!(
+        bare(
+            &[("MANDATE_TENANT", "beta")],
+            &["-q", "agent", "list", "--tenant", "acme"]
+        ),
+        "bot-acme\n"
+    );
+    // Another profile, another broker.
+    bare(
+        &[],
+        &[
+            "--profile",
+            "other",
+            "config",
+            "set",
+            "url",
+            "http://127.0.0.1:1",
+        ],
+    );
+    let o = mandate(&s.dir)
+        .args(["--profile", "other", "agent", "list", "-t", "acme"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let o = mandate(&s.dir)
+        .env("MANDATE_PROFILE", "other")
+        .args(["agent", "list", "-t", "acme"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    // The revocation verb never takes its tenant from a default.
+    let o = mandate(&s.dir)
+        .args(["revoke", "--all", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    s.stop();
+}

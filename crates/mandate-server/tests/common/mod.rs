@@ -113,7 +113,20 @@ impl Broker {
             .enable_all()
             .build()
             .unwrap();
-        let state = mandate_server::boot::boot(cfg).unwrap();
+        // A broker dropped just before (a restart) may still be letting go
+        // of the database's lock: its last tasks end on their own threads.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let state = loop {
+            match mandate_server::boot::boot(cfg.clone()) {
+                Err(e)
+                    if e.to_string().contains("is using the database")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let bg = Arc::clone(&state);
         rt.spawn(async move {
             mandate_server::start_background(&bg);
