@@ -139,6 +139,17 @@ pub(crate) enum Cmd {
     Approvals(approvals::ApprovalsCmd),
     /// List and verify the audit trail.
     Audit(AuditArgs),
+    /// Is the broker there: its version and issuer, who the credential is,
+    /// the clock's skew, and what each tenant holds.
+    Status,
+    /// Look for what would go wrong: file permissions of credentials and
+    /// keys, the broker and the credential, clock skew, tenants without
+    /// policies, tools without their secret; each with the command that fixes it.
+    Doctor {
+        /// Also check this key file's permissions (repeat).
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_files: Vec<PathBuf>,
+    },
     /// This CLI's settings per profile: broker URL, admin credential file,
     /// default tenant (the command line and the environment still win).
     #[command(subcommand)]

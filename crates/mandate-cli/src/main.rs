@@ -40,6 +40,7 @@ mod prompt;
 mod registry;
 mod runs;
 mod serve;
+mod status;
 mod when;
 
 use std::path::PathBuf;
@@ -145,6 +146,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Token(a) => runs::token(a, &x),
         Cmd::Revoke(a) => runs::revoke(a, &x),
         Cmd::Audit(a) => audit::audit(a, &x),
+        Cmd::Status => status::status(&x),
+        Cmd::Doctor { key_files } => status::doctor(&x, &key_files),
         Cmd::Config(c) => {
             let v = profile::run(c, &cli.profile)?;
             if x.json {

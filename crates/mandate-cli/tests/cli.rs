@@ -237,3 +237,81 @@ fn profiles_and_the_default_tenant_spare_the_flags() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     s.stop();
 }
+
+/// `mandate status` says what the broker is and holds; `mandate doctor`
+/// finds what would go wrong and says how to fix it, and stops failing
+/// once it is fixed.
+#[test]
+fn status_and_doctor_find_what_blocks_the_first_exchange() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Serve::start(&tempdir("doctor"));
+    let ok = |args: &[&str]| {
+        let o = s.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        common::stdout(&o)
+    };
+    ok(&["tenant", "create", "acme"]);
+    ok(&[
+        "tool",
+        "create",
+        "-t",
+        "acme",
+        "mail",
+        "--provider",
+        "proxy",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--route",
+        "POST /emails=send",
+        "--action",
+        "send",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["--json", "status"])).unwrap();
+    assert_eq!(v["broker"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["broker"]["tenants"][0]["name"], "acme");
+    assert_eq!(v["broker"]["tenants"][0]["tools"], 1);
+    assert_eq!(v["broker"]["tenants"][0]["tools_without_secret"][0], "mail");
+    assert!(v["clock_skew_secs"].as_i64().unwrap().abs() <= 2);
+
+    let token = s.dir.join("config/admin.token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = s.cli(&["doctor"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = common::stdout(&o);
+    for needle in [
+        "fail  admin credential",
+        &format!("fix: chmod 600 {}", token.display()),
+        "fail  tenant acme: policies",
+        "fix: mandate policy add --tenant acme",
+        "fail  tenant acme: tool mail",
+        "fix: mandate tool set-secret --tenant acme mail",
+        "ok    broker",
+    ] {
+        assert!(out.contains(needle), "{needle}:\n{out}");
+    }
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = env!("CARGO_MANIFEST_DIR").to_owned() + "/../../examples/policies/baseline.cedar";
+    ok(&["policy", "add", "-t", "acme", &policy]);
+    let secret = s.dir.join("mail.key");
+    std::fs::write(&secret, "re_123").unwrap();
+    ok(&[
+        "tool",
+        "set-secret",
+        "-t",
+        "acme",
+        "mail",
+        "--file",
+        secret.to_str().unwrap(),
+    ]);
+    let out = ok(&["doctor"]);
+    assert!(!out.contains("fail"), "{out}");
+    // A broker that is not there is a finding too, not a crash.
+    let port = common::free_port();
+    let o = mandate(&s.dir)
+        .args(["--url", &format!("http://127.0.0.1:{port}"), "doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stdout(&o).contains("fail  broker"));
+    s.stop();
+}

@@ -478,6 +478,13 @@ fn bad_query_strings_are_refused_as_json_naming_the_parameter() {
         let why = v["error_description"].as_str().unwrap();
         assert!(why.contains(names), "{path}: {why}");
     }
+    // The status is the admin's only.
+    let r = Broker::agent()
+        .get(format!("{}/v1/status", b.url))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(b.admin_get("/v1/status").1["tenants"][0]["name"], "acme");
     // What is documented still works.
     assert_eq!(b.admin_get("/v1/runs?tenant=acme&limit=5").0, 200);
     assert_eq!(b.admin_get("/v1/revocations/log?after=0&limit=5").0, 200);

@@ -91,6 +91,7 @@ pub fn router(state: S) -> Router {
         .route("/v1/revocations/feed", get(feed::feed))
         .route("/v1/tokens/inspect", post(inspect::inspect))
         .route("/v1/audit", get(admin::audit_query))
+        .route("/v1/status", get(admin::status))
         .route(
             "/v1/audit/verify",
             get(admin::audit_verify).post(admin::audit_verify_with),

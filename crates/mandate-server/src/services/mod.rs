@@ -11,6 +11,7 @@ pub mod holder_revocation;
 pub mod registration;
 pub mod revocation;
 pub mod runs;
+pub mod status;
 
 use crate::error::{ApiError, Code, err};
 

@@ -25,6 +25,7 @@ mod audit;
 mod registration;
 mod revocation;
 mod runs;
+mod status;
 
 use crate::error::{ApiError, Code, err};
 use crate::services::{need_tenant, short};
@@ -33,6 +34,7 @@ pub use audit::*;
 pub use registration::*;
 pub use revocation::*;
 pub use runs::*;
+pub use status::*;
 
 /// Per-request context for audit events.
 struct Ctx {
