@@ -49,6 +49,13 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> build"
 cargo build --workspace --all-targets
 
+echo "==> shell completions and man pages, from the CLI's definition ($CARGO_TARGET_DIR/share)"
+share="$CARGO_TARGET_DIR/share"
+rm -rf "$share/man1" && mkdir -p "$share/completions"
+for sh in bash zsh fish; do "$CARGO_TARGET_DIR/debug/mandate" completion "$sh" > "$share/completions/mandate.$sh"; done
+bash -n "$share/completions/mandate.bash"
+"$CARGO_TARGET_DIR/debug/mandate" man --out "$share/man1"
+
 echo "==> Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

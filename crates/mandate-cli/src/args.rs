@@ -55,6 +55,7 @@ pub(crate) fn refuse_flags_that_do_not_apply(
         Cmd::Serve(_) => (false, true, false),
         Cmd::Exec(_) => (true, true, false),
         Cmd::Config(_) => (false, false, true),
+        Cmd::Completion { .. } | Cmd::Man { .. } => (false, false, false),
         Cmd::Key(KeyCmd::SignRequest(_)) => (true, false, true),
         Cmd::Token(TokenCmd::Exchange(_)) => (true, false, true),
         Cmd::Key(KeyCmd::Generate(_)) | Cmd::Token(TokenCmd::Attenuate(_)) => (false, false, true),
@@ -71,6 +72,10 @@ pub(crate) fn refuse_flags_that_do_not_apply(
             "the command's output is its own; the wrapper prints only errors",
         ),
         Cmd::Key(KeyCmd::SignRequest(_)) => ("mandate key sign-request", "it works offline"),
+        Cmd::Completion { .. } | Cmd::Man { .. } => (
+            "mandate completion / man",
+            "they are made from the command line's definition, offline",
+        ),
         Cmd::Config(_) => (
             "mandate config",
             "to set them for a profile: `mandate config set url URL`, `... set token_file FILE`",
@@ -150,10 +155,32 @@ pub(crate) enum Cmd {
         #[arg(long = "key-file", value_name = "FILE")]
         key_files: Vec<PathBuf>,
     },
+    /// Print a shell completion script: `mandate completion bash >
+    /// ~/.local/share/bash-completion/completions/mandate` (zsh: into a
+    /// directory of $fpath as `_mandate`; fish: ~/.config/fish/completions/mandate.fish).
+    Completion {
+        /// bash, zsh or fish.
+        shell: Shell,
+    },
+    /// Write the man pages (one per verb) into a directory: `mandate man
+    /// --out ~/.local/share/man/man1`, then `man mandate`.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// This CLI's settings per profile: broker URL, admin credential file,
     /// default tenant (the command line and the environment still win).
     #[command(subcommand)]
     Config(ConfigCmd),
+}
+
+/// Shells `mandate completion` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]

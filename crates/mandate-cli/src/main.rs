@@ -31,6 +31,7 @@ mod approvals;
 mod args;
 mod audit;
 mod client;
+mod docs;
 mod exchange;
 mod exec;
 mod offline;
@@ -147,6 +148,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Revoke(a) => runs::revoke(a, &x),
         Cmd::Audit(a) => audit::audit(a, &x),
         Cmd::Status => status::status(&x),
+        Cmd::Completion { shell } => docs::completion(shell),
+        Cmd::Man { out } => {
+            let n = docs::man_pages(&out)?;
+            eprintln!("wrote {n} man pages to {}", out.display());
+            Ok(())
+        }
         Cmd::Doctor { key_files } => status::doctor(&x, &key_files),
         Cmd::Config(c) => {
             let v = profile::run(c, &cli.profile)?;

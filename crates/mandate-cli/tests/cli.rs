@@ -315,3 +315,48 @@ fn status_and_doctor_find_what_blocks_the_first_exchange() {
     assert!(common::stdout(&o).contains("fail  broker"));
     s.stop();
 }
+
+/// Completions and man pages come from the command line's definition:
+/// bash's script parses, every shell knows `token exchange`, and there is
+/// a man page per verb.
+#[test]
+fn completions_and_man_pages_cover_every_verb() {
+    let dir = tempdir("docs");
+    for sh in ["bash", "zsh", "fish"] {
+        let o = mandate(&dir).args(["completion", sh]).output().unwrap();
+        assert!(o.status.success(), "{sh}: {}", stderr(&o));
+        let text = common::stdout(&o);
+        assert!(text.contains("exchange") && text.contains("doctor"), "{sh}");
+        if sh == "bash" {
+            let script = dir.join("mandate.bash");
+            std::fs::write(&script, &text).unwrap();
+            let check = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(check.status.success(), "{}", stderr(&check));
+        }
+    }
+    let out = dir.join("man1");
+    let o = mandate(&dir)
+        .args(["man", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in [
+        "mandate.1",
+        "mandate-serve.1",
+        "mandate-token-exchange.1",
+        "mandate-audit-verify.1",
+    ] {
+        let text = std::fs::read_to_string(out.join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let o = mandate(&dir)
+        .args(["completion", "powershell"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
