@@ -532,6 +532,11 @@ pub(crate) fn exec(starter: Client, url: &str, a: ExecArgs) -> Result<u8, CliErr
         }),
     )?;
     drop(starter);
+    if !a.quiet {
+        for w in started["warnings"].as_array().into_iter().flatten() {
+            eprintln!("mandate exec: warning: {}", crate::output::cell(w));
+        }
+    }
     let run = started["run"].as_str().unwrap_or_default().to_owned();
     let agent = Arc::new(run_agent(&started, &a, url, key));
     let rt = tokio::runtime::Builder::new_multi_thread()

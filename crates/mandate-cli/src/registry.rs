@@ -194,6 +194,11 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
             }
             let v = c().post(&format!("/v1/tenants/{}/tools", enc(&tenant)), &body)?;
             x.show(&v, TOOL_COLS);
+            if v["secret_set"] == false && !x.quiet {
+                eprintln!(
+                    "note: this tool's provider needs a secret before any exchange succeeds: mandate tool set-secret --tenant {tenant} {name}"
+                );
+            }
         }
         ToolCmd::SetSecret { tenant, name, file } => {
             let secret = match file {
@@ -337,6 +342,7 @@ pub(crate) const TOOL_COLS: &[&str] = &[
     "labels",
     "risk",
     "max_ttl_secs",
+    "secret_set",
 ];
 
 pub(crate) const GRANT_COLS: &[&str] = &[

@@ -64,6 +64,9 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
                         "task": task, "ttl_secs": ttl, "jwk": jwk}),
             )?;
             let mut v = v;
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", output::cell(w));
+            }
             if let Some(path) = &out {
                 let m = v["mandate"].as_str().unwrap_or_default();
                 output::write_new_private(path, format!("{m}\n").as_bytes())?;
@@ -130,6 +133,14 @@ pub(crate) fn exec(a: ExecCli, x: &Ctx) -> Result<(), CliError> {
             let t = std::fs::read_to_string(f)
                 .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
             Client::with_token(x.url.clone(), t.trim().to_owned())
+        }
+        None if !x.token_file.as_ref().is_some_and(|f| f.exists()) => {
+            return Err(CliError::new(format!(
+                "`mandate exec` starts a run, which needs a one-time join token on an agent host: an admin makes one with `mandate agent join-token --tenant {t} {a} --out join.token` (add --principal and --grant to act for someone), and you pass --join-token-file join.token (or MANDATE_JOIN_TOKEN_FILE); it is read once and may be deleted after. (On the admin's own machine, the admin credential file works too; none was found.)",
+                t = a.tenant,
+                a = a.agent
+            ))
+            .exit(Exit::Usage));
         }
         None => x.client(),
     };

@@ -251,7 +251,7 @@ fn status_and_doctor_find_what_blocks_the_first_exchange() {
         common::stdout(&o)
     };
     ok(&["tenant", "create", "acme"]);
-    ok(&[
+    let o = s.cli(&[
         "tool",
         "create",
         "-t",
@@ -266,6 +266,12 @@ fn status_and_doctor_find_what_blocks_the_first_exchange() {
         "--action",
         "send",
     ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("needs a secret before any exchange succeeds: mandate tool set-secret --tenant acme mail"),
+        "{}",
+        stderr(&o)
+    );
     let v: serde_json::Value = serde_json::from_str(&ok(&["--json", "status"])).unwrap();
     assert_eq!(v["broker"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["broker"]["tenants"][0]["name"], "acme");
@@ -359,4 +365,67 @@ fn completions_and_man_pages_cover_every_verb() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// Mistakes said when made: a run without a principal and grant is warned
+/// about (it holds the agent's whole envelope), and `exec` without a join
+/// token explains join tokens.
+#[test]
+fn a_run_for_nobody_is_warned_about_and_exec_explains_join_tokens() {
+    let s = Serve::start(&tempdir("warn"));
+    let ok = |args: &[&str]| {
+        let o = s.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["tenant", "create", "acme"]);
+    ok(&[
+        "agent",
+        "create",
+        "-t",
+        "acme",
+        "bot",
+        "--owner",
+        "o",
+        "--envelope",
+        "crm:*",
+    ]);
+    let key = s.dir.join("run.jwk");
+    let o = mandate(&s.dir)
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&[
+        "-q",
+        "run",
+        "start",
+        "-t",
+        "acme",
+        "--agent",
+        "bot",
+        "--jwk",
+        key.to_str().unwrap(),
+    ]);
+    assert!(common::stdout(&o).starts_with("run_"));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "warning: this run acts for no principal and holds the agent's whole envelope (crm:*)"
+        ),
+        "{err}"
+    );
+    let o = mandate(&s.dir)
+        .args(["--url", &s.url, "--token-file", "/nonexistent/admin.token"])
+        .args(["exec", "-t", "acme", "--agent", "bot", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("mandate agent join-token --tenant acme bot --out join.token"),
+        "{}",
+        stderr(&o)
+    );
+    s.stop();
 }

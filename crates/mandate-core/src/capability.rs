@@ -154,9 +154,75 @@ impl CapabilitySet {
     }
 }
 
+/// What is wrong with granting `caps` to an agent whose envelope is
+/// `envelope`, one line per capability that would give the run nothing it
+/// says: outside the envelope (the run holds grant ∩ envelope), a tool that
+/// is not registered, or an action the tool does not have.
+/// `tool_actions(name)` gives a registered tool's actions. Empty: none.
+pub fn grant_problems<'a>(
+    caps: &CapabilitySet,
+    envelope: &CapabilitySet,
+    tool_actions: impl Fn(&str) -> Option<&'a [String]>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &caps.0 {
+        if !envelope.0.iter().any(|e| c.meet(e).is_some()) {
+            out.push(format!(
+                "`{c}` is outside the agent's envelope ({}): the run would get nothing from it",
+                envelope.to_strings().join(", ")
+            ));
+            continue;
+        }
+        if c.tool == "*" {
+            continue;
+        }
+        match tool_actions(&c.tool) {
+            None => out.push(format!(
+                "`{c}`: tool `{}` is not registered in this tenant (register it first with `mandate tool create`)",
+                c.tool
+            )),
+            Some(actions) if c.action != "*" && !actions.iter().any(|a| *a == c.action) => {
+                out.push(format!(
+                    "`{c}`: tool `{}` has no action `{}` (its actions: {})",
+                    c.tool,
+                    c.action,
+                    actions.join(", ")
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_that_would_give_nothing_are_named() {
+        let set = |v: &[&str]| CapabilitySet::parse(v).unwrap();
+        let crm = vec!["read".to_owned(), "write".to_owned()];
+        let tools = |t: &str| (t == "crm").then_some(crm.as_slice());
+        let env = set(&["crm:*", "github:read"]);
+        assert!(grant_problems(&set(&["crm:read", "crm:*", "*:read"]), &env, tools).is_empty());
+        let p = grant_problems(
+            &set(&["crm:delete", "jira:read", "github:push", "github:read"]),
+            &env,
+            tools,
+        );
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p.iter().any(|l| l.contains(
+            "`crm:delete`: tool `crm` has no action `delete` (its actions: read, write)"
+        )));
+        assert!(
+            p.iter()
+                .any(|l| l.contains("`jira:read` is outside the agent's envelope"))
+        );
+        assert!(p.iter().any(|l| l.contains("`github:push` is outside")));
+        // Inside the envelope but not registered.
+        assert!(grant_problems(&set(&["github:read"]), &env, tools)[0].contains("not registered"));
+    }
 
     fn set(v: &[&str]) -> CapabilitySet {
         CapabilitySet::parse(v).unwrap()

@@ -715,6 +715,41 @@ fn registration_input_is_validated() {
         &b.admin_post("/v1/tenants/acme/grants", json!({"principal": "bob", "agent": "triage", "capabilities": ["crm:read"], "task": "x"})),
         404, "not_found", "principal `bob`",
     );
+    // A grant that would give the run nothing it says is refused when made,
+    // each problem named (issue 16), and no grant is stored.
+    let grants = b
+        .admin_get("/v1/tenants/acme/grants")
+        .1
+        .as_array()
+        .unwrap()
+        .len();
+    let (s, v) = b.admin_post(
+        "/v1/tenants/acme/grants",
+        json!({"principal": "alice@example.com", "agent": "triage", "task": "x",
+               "capabilities": ["crm:delete", "jira:read", "github:push", "crm:read"]}),
+    );
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    let why = v["error_description"].as_str().unwrap();
+    for needle in [
+        "`crm:delete`: tool `crm` has no action `delete` (its actions: read, write)",
+        "`jira:read` is outside the agent's envelope",
+        "`github:push` is outside the agent's envelope (crm:*, github:read)",
+    ] {
+        assert!(why.contains(needle), "{needle}: {why}");
+    }
+    assert!(!why.contains("`crm:read`"), "{why}");
+    assert_eq!(
+        b.admin_get("/v1/tenants/acme/grants")
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        grants
+    );
     // A run key given with its private half is refused.
     let key = SigningKey::generate(Alg::EdDSA, &mut OsRng);
     let mut jwk = key.public().to_json();

@@ -236,6 +236,21 @@ pub async fn create_grant(
                 ),
             ));
         }
+        // A grant that would give the run nothing it says is a mistake:
+        // caught now, not at the first exchange (issue 16).
+        let agent = &reg.agents[&(tenant.to_owned(), req.agent.clone())];
+        let envelope = CapabilitySet::parse(&agent.envelope).map_err(bad)?;
+        let problems = mandate_core::capability::grant_problems(&caps, &envelope, |t| {
+            reg.tools
+                .get(&(tenant.to_owned(), t.to_owned()))
+                .map(|tool| tool.actions.as_slice())
+        });
+        if !problems.is_empty() {
+            return Err(err(
+                Code::InvalidRequest,
+                format!("the grant is refused: {}", problems.join("; ")),
+            ));
+        }
     }
     let secs = req.expires_in_secs.unwrap_or(24 * 3600);
     if secs == 0 || secs > GRANT_MAX_SECS {

@@ -476,6 +476,15 @@ pub async fn start_run(
         events: vec![ev],
     })
     .await?;
+    // Said loudly: without a grant, nothing narrows the agent's envelope.
+    let warnings: Vec<String> = if claims.grant.is_none() {
+        vec![format!(
+            "this run acts for no principal and holds the agent's whole envelope ({}); to narrow it, start it with a principal and their grant",
+            run.capabilities.join(", ")
+        )]
+    } else {
+        Vec::new()
+    };
     Ok(json!({
         "run": run_id,
         "run_id": claims.run_id,
@@ -486,6 +495,7 @@ pub async fn start_run(
         "capabilities": run.capabilities,
         "token_endpoint": s.token_endpoint,
         "tools": tools,
+        "warnings": warnings,
     }))
 }
 

@@ -4,7 +4,6 @@
 //! exchange can succeed (no policy; a tool whose provider needs a secret
 //! it does not have).
 
-use mandate_core::tooling::ProviderKind;
 use serde::Serialize;
 
 use crate::state::AppState;
@@ -68,7 +67,7 @@ pub fn status(s: &AppState) -> Status {
                 .values()
                 .filter(|tool| {
                     &tool.tenant == t
-                        && tool.provider != ProviderKind::Jwt
+                        && crate::providers::of(tool.provider).holds_secret()
                         && s.tool_secret(&tool.tenant, &tool.name).is_none()
                 })
                 .map(|tool| tool.name.clone())

@@ -105,7 +105,22 @@ pub async fn create_tool(
     need_tenant(&s, &tenant)?;
     let req = json_body(&body(raw, s.config.max_body)?)?;
     let t = registration::create_tool(&s, &origin(addr, &headers), &tenant, req).await?;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    Ok((StatusCode::CREATED, Json(tool_view(&s, &t))))
+}
+
+/// A tool as the API shows it: with `secret_set` when its provider holds a
+/// secret (none is ever shown), so a missing one is visible until it is set.
+fn tool_view(s: &crate::state::AppState, t: &Tool) -> Value {
+    let mut v = json!(t);
+    if crate::providers::of(t.provider).holds_secret()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert(
+            "secret_set".into(),
+            json!(s.tool_secret(&t.tenant, &t.name).is_some()),
+        );
+    }
+    v
 }
 
 /// `PUT /v1/tenants/{tenant}/tools/{name}/secret`: sets the upstream key
@@ -147,18 +162,7 @@ pub async fn list_tools(
             reg.tools
                 .values()
                 .filter(|x| x.tenant == tenant)
-                .map(|t| {
-                    let mut v = json!(t);
-                    if crate::providers::of(t.provider).holds_secret()
-                        && let Some(o) = v.as_object_mut()
-                    {
-                        o.insert(
-                            "secret_set".into(),
-                            json!(s.tool_secret(&tenant, &t.name).is_some()),
-                        );
-                    }
-                    v
-                })
+                .map(|t| tool_view(&s, t))
                 .collect::<Vec<_>>()
         )
     })
