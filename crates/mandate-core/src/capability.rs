@@ -181,7 +181,7 @@ pub fn grant_problems<'a>(
                 "`{c}`: tool `{}` is not registered in this tenant (register it first with `mandate tool create`)",
                 c.tool
             )),
-            Some(actions) if c.action != "*" && !actions.iter().any(|a| *a == c.action) => {
+            Some(actions) if c.action != "*" && !actions.contains(&c.action) => {
                 out.push(format!(
                     "`{c}`: tool `{}` has no action `{}` (its actions: {})",
                     c.tool,
