@@ -691,8 +691,14 @@ pub(crate) enum KeyCmd {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only", "all", "everything"])))]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only", "all", "everything"]))
+)]
 pub(crate) struct RevokeArgs {
+    #[command(subcommand)]
+    pub(crate) list: Option<RevokeSub>,
     /// A credential, by its `jti`.
     #[arg(long)]
     pub(crate) credential: Option<String>,
@@ -732,6 +738,19 @@ pub(crate) struct RevokeArgs {
     /// Why (recorded in the audit trail).
     #[arg(long)]
     pub(crate) reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RevokeSub {
+    /// The latest revocations, oldest first: what is refused, why, since when.
+    List {
+        /// Only this tenant's (and the kill switch).
+        #[arg(long, short = 't')]
+        tenant: Option<String>,
+        /// How many of the latest to read.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Args)]

@@ -115,10 +115,10 @@ pub(crate) fn time_s(secs: u64) -> String {
 }
 
 /// Prints the id of each object (or of the one object): its `id`, else
-/// its `run`, else its `name`.
+/// its `run`, else its `name`, else its `key` (a revoked id).
 pub(crate) fn print_ids(v: &Value) {
     let one = |o: &Value| {
-        ["id", "run", "name"]
+        ["id", "run", "name", "key"]
             .iter()
             .find_map(|k| o.get(*k).and_then(Value::as_str))
             .map(|id| println!("{}", escape_controls(id)))

@@ -1,7 +1,7 @@
 //! Runs and their tokens: start, list, end, evaluate, suspend; `exec`;
 //! keys and offline attenuation; revocation.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::Ctx;
 use crate::args::*;
@@ -103,12 +103,14 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
                 &c().get(&q)?,
                 &[
                     "id",
+                    "status",
                     "tenant",
                     "agent",
                     "principal",
                     "task",
                     "expires_at",
                     "ended_ms",
+                    "revoked_by",
                 ],
             );
         }
@@ -242,6 +244,9 @@ pub(crate) fn token(cmd: TokenCmd, x: &Ctx) -> Result<(), CliError> {
 pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     let j = x.json;
+    if let Some(RevokeSub::List { tenant, limit }) = r.list {
+        return revoke_list(x, tenant.as_deref(), limit);
+    }
     let body = if let Some(id) = r.credential {
         json!({"kind": "credential", "id": id, "tenant": r.tenant})
     } else if let Some(t) = r.token {
@@ -299,5 +304,47 @@ pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
             v["revoked"].as_str().unwrap_or("")
         );
     }
+    Ok(())
+}
+
+/// `mandate revoke list`: the latest `limit` revocations of the log
+/// (filtered to `tenant` and the kill switch), oldest first.
+fn revoke_list(x: &Ctx, tenant: Option<&str>, limit: u32) -> Result<(), CliError> {
+    let c = x.client();
+    let head = c.get("/v1/revocations/log?after=0&limit=1")?["head"]
+        .as_u64()
+        .unwrap_or(0);
+    let limit = limit.clamp(1, 10_000);
+    let after = head.saturating_sub(u64::from(limit));
+    let v = c.get(&format!("/v1/revocations/log?after={after}&limit={limit}"))?;
+    let rows: Vec<Value> = v["revocations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| match tenant {
+            None => true,
+            Some(t) => r["tenant"].as_str().is_none_or(|rt| rt == t),
+        })
+        .map(|r| {
+            let mut r = r.clone();
+            // Tables show times, never bare epoch numbers; 0 is "for ever".
+            r["refused_until_at"] = match r["until"].as_u64() {
+                Some(0) | None => json!("for ever"),
+                Some(t) => json!(t),
+            };
+            r
+        })
+        .collect();
+    x.show(
+        &Value::Array(rows),
+        &[
+            "seq",
+            "key",
+            "tenant",
+            "reason",
+            "time_ms",
+            "refused_until_at",
+        ],
+    );
     Ok(())
 }

@@ -409,6 +409,20 @@ fn a_run_for_nobody_is_warned_about_and_exec_explains_join_tokens() {
         key.to_str().unwrap(),
     ]);
     assert!(common::stdout(&o).starts_with("run_"));
+    let run = common::stdout(&o).trim().to_owned();
+    ok(&["revoke", "--run", &run, "--reason", "typo"]);
+    let listed = common::stdout(&ok(&["revoke", "list"]));
+    assert!(
+        listed.contains(&format!("run:{run}")) && listed.contains("typo"),
+        "{listed}"
+    );
+    assert!(common::stdout(&ok(&["-q", "revoke", "list", "-t", "other"])).is_empty());
+    assert!(common::stdout(&ok(&["-q", "run", "list", "-t", "acme"])).contains(&run));
+    let runs = common::stdout(&ok(&["run", "list", "-t", "acme"]));
+    assert!(
+        runs.contains("revoked") && runs.contains(&format!("run:{run}")),
+        "{runs}"
+    );
     let err = stderr(&o);
     assert!(
         err.contains(

@@ -322,6 +322,66 @@ pub struct Run {
     pub parent: Option<String>,
 }
 
+impl Run {
+    /// Every id whose revocation revokes the run, given its ancestors
+    /// (parent first): the same ids its mandate carries.
+    pub fn revocation_keys(&self, ancestors: &[crate::revocation::Ancestor]) -> Vec<String> {
+        crate::revocation::keys(
+            &crate::revocation::Lineage {
+                tenant: &self.tenant,
+                agent: &self.agent,
+                run: &self.id,
+                principal: self.principal.as_deref(),
+                grant: self.grant.as_deref(),
+                credential: None,
+                blocks: &[],
+            },
+            ancestors,
+        )
+    }
+
+    /// Where the run stands at `now` (seconds), given why it is refused
+    /// (a revoked id or the kill switch), if it is, and whether it is
+    /// suspended. An end or a revocation outranks expiry.
+    pub fn status(&self, refused: Option<&str>, suspended: bool, now: u64) -> RunStatus {
+        match (self.ended_ms, refused) {
+            (Some(_), _) => RunStatus::Ended,
+            (None, Some(why)) => RunStatus::Revoked(why.to_owned()),
+            (None, None) if self.expires_at <= now => RunStatus::Expired,
+            (None, None) if suspended => RunStatus::Suspended,
+            (None, None) => RunStatus::Active,
+        }
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Its mandate works.
+    Active,
+    /// Its exchanges wait until it is resumed or revoked.
+    Suspended,
+    /// Its mandate expired.
+    Expired,
+    /// It was ended (by its wrapper or an admin).
+    Ended,
+    /// It is refused: by this revoked id (or the kill switch).
+    Revoked(String),
+}
+
+impl RunStatus {
+    /// As shown: `active`, `suspended`, `expired`, `ended`, `revoked`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Expired => "expired",
+            Self::Ended => "ended",
+            Self::Revoked(_) => "revoked",
+        }
+    }
+}
+
 /// A revocation: an id that is refused from now on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {

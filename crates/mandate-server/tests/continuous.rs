@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use mandate_core::jose::Alg;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn put_policy(b: &Broker, name: &str, src: &str) {
     let (s, v) = b.admin_put_text(&format!("/v1/tenants/acme/policies/{name}"), src);
@@ -218,4 +218,60 @@ fn a_request_rate_spike_raises_an_alert() {
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0]["run"], run.as_str());
     assert_eq!(alerts[0]["details"]["requests_1m"], 6);
+}
+
+/// `GET /v1/runs` says where each run stands: active, suspended, ended,
+/// revoked (and by which id, also through its grant), expired.
+#[test]
+fn run_listing_says_where_each_run_stands() {
+    let b = Broker::start("run-status");
+    let grant = b.seed("acme");
+    let runs: Vec<String> = (0..5)
+        .map(|_| b.start_run("acme", &grant, Alg::EdDSA).0)
+        .collect();
+    let status = |b: &Broker| -> std::collections::HashMap<String, (String, Value)> {
+        let (s, v) = b.admin_get("/v1/runs?tenant=acme");
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_owned(),
+                    (
+                        r["status"].as_str().unwrap().to_owned(),
+                        r["revoked_by"].clone(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    assert!(status(&b).values().all(|(s, _)| s == "active"));
+    b.admin_post(&format!("/v1/runs/{}/suspend", runs[0]), json!({}));
+    b.admin_post(&format!("/v1/runs/{}/end", runs[1]), json!({}));
+    b.admin_post("/v1/revocations", json!({"kind": "run", "id": runs[2]}));
+    let now = status(&b);
+    assert_eq!(now[&runs[0]].0, "suspended");
+    assert_eq!(now[&runs[1]].0, "ended");
+    assert_eq!(
+        now[&runs[2]],
+        ("revoked".to_owned(), json!(format!("run:{}", runs[2])))
+    );
+    assert_eq!(now[&runs[3]].0, "active");
+    // Revoking the grant revokes every run under it.
+    b.admin_post("/v1/revocations", json!({"kind": "grant", "id": grant}));
+    let now = status(&b);
+    assert_eq!(
+        now[&runs[4]],
+        ("revoked".to_owned(), json!(format!("grant:{grant}")))
+    );
+    // A fresh run, then past every mandate's life.
+    let grant2 = b.admin_post(
+        "/v1/tenants/acme/grants",
+        json!({"principal": "alice@example.com", "agent": "triage", "capabilities": ["crm:read"], "task": "t"}),
+    ).1["id"].as_str().unwrap().to_owned();
+    let (fresh, _, _) = b.start_run("acme", &grant2, Alg::EdDSA);
+    assert_eq!(status(&b)[&fresh].0, "active");
+    b.advance(7200);
+    assert_eq!(status(&b)[&fresh].0, "expired");
 }

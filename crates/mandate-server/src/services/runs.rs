@@ -706,3 +706,54 @@ pub async fn delegate(
         "token_endpoint": s.token_endpoint,
     }))
 }
+
+/// Runs, newest first (at most `limit`), each with where it stands now.
+pub fn list(
+    s: &AppState,
+    tenant: Option<&str>,
+    agent: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(Run, mandate_core::model::RunStatus)>, ApiError> {
+    let runs = s.store.list_runs(tenant, agent, limit)?;
+    let now = s.now_secs();
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let ancestors = ancestors(s, &r)?;
+        let reg = s.reg();
+        let keys = r.revocation_keys(&ancestors);
+        let refused = reg.revoked.refused(&keys, r.started_ms / 1000);
+        let status = r.status(refused.as_deref(), reg.suspended.contains_key(&r.id), now);
+        drop(reg);
+        out.push((r, status));
+    }
+    Ok(out)
+}
+
+/// A delegated run's ancestors, parent first, read from the store (at most
+/// [`MAX_DEPTH`] of them).
+fn ancestors(s: &AppState, r: &Run) -> Result<Vec<mandate_core::revocation::Ancestor>, ApiError> {
+    let mut out = Vec::new();
+    let mut next = r.parent.clone();
+    while let Some(id) = next.take() {
+        if out.len() >= MAX_DEPTH {
+            break;
+        }
+        match s.store.get_run(&id)? {
+            Some(p) => {
+                out.push(mandate_core::revocation::Ancestor {
+                    run: p.id.clone(),
+                    agent: Some(p.agent.clone()),
+                });
+                next = p.parent;
+            }
+            None => out.push(mandate_core::revocation::Ancestor {
+                run: id,
+                agent: None,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Deepest delegation chain [`list`] follows to judge a run.
+const MAX_DEPTH: usize = 32;

@@ -142,12 +142,24 @@ pub async fn list_runs(
     _: Admin,
     QueryParams(q): QueryParams<RunQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let runs = s.store.list_runs(
+    let runs = runs::list(
+        &s,
         q.tenant.as_deref(),
         q.agent.as_deref(),
         q.limit.unwrap_or(100).min(1000),
     )?;
-    Ok(Json(json!(runs)))
+    let shown: Vec<Value> = runs
+        .into_iter()
+        .map(|(r, status)| {
+            let mut v = json!(r);
+            v["status"] = json!(status.as_str());
+            if let mandate_core::model::RunStatus::Revoked(why) = &status {
+                v["revoked_by"] = json!(why);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!(shown)))
 }
 
 /// `POST /v1/runs/{id}/end`: ends a run; its mandate and credentials are refused from now on.
