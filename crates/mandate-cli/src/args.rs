@@ -315,6 +315,11 @@ pub(crate) enum TenantCmd {
     },
     /// List tenants.
     List,
+    /// Show one tenant, every field.
+    Show {
+        /// Its name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -350,6 +355,13 @@ pub(crate) enum PrincipalCmd {
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
+    /// Show one principal, every field.
+    Show {
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
+        tenant: String,
+        /// Its id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -374,6 +386,13 @@ pub(crate) enum AgentCmd {
     List {
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
+    },
+    /// Show one agent, every field.
+    Show {
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
+        tenant: String,
+        /// Its name.
+        name: String,
     },
     /// A one-time, short-lived join token that starts one run of the agent
     /// (for `mandate exec --join-token-file` on an agent host, instead of the
@@ -519,6 +538,13 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
+    /// Show one tool, every field (its secret never: only whether it is set).
+    Show {
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
+        tenant: String,
+        /// Its name.
+        name: String,
+    },
     /// Store a tool's upstream key (proxy) or admin connection string
     /// (postgres): read from stdin or --file, never echoed, sealed at rest,
     /// never returned by any API.
@@ -573,6 +599,13 @@ pub(crate) enum GrantCmd {
     List {
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
+    },
+    /// Show one grant, every field.
+    Show {
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
+        tenant: String,
+        /// Its id.
+        id: String,
     },
 }
 

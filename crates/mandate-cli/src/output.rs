@@ -133,6 +133,23 @@ pub(crate) fn print_ids(v: &Value) {
     }
 }
 
+/// Prints one object as `field  value` lines, times as UTC times, lists
+/// and objects as compact JSON.
+pub(crate) fn print_record(v: &Value) {
+    let Some(o) = v.as_object() else {
+        println!("{}", cell(v));
+        return;
+    };
+    let width = o.keys().map(String::len).max().unwrap_or(0);
+    for (k, val) in o {
+        let shown = match val {
+            Value::Object(_) => escape_controls(&val.to_string()).into_owned(),
+            _ => timed_cell(k, val),
+        };
+        println!("{k:<width$}  {shown}");
+    }
+}
+
 /// Prints objects (or one object) as a table with `cols`.
 pub(crate) fn print_table(v: &Value, cols: &[&str]) {
     let rows: Vec<&Value> = match v {

@@ -22,6 +22,7 @@ pub(crate) fn tenant(cmd: TenantCmd, x: &Ctx) -> Result<(), CliError> {
             x.show(&v, &["name", "description"]);
         }
         TenantCmd::List => x.show(&c().get("/v1/tenants")?, &["name", "description"]),
+        TenantCmd::Show { name } => show_one(x, "/v1/tenants", "name", &name, "tenant")?,
     }
     Ok(())
 }
@@ -67,6 +68,13 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
             &c().get(&format!("/v1/tenants/{}/principals", enc(&tenant)))?,
             &["id", "display_name"],
         ),
+        PrincipalCmd::Show { tenant, id } => show_one(
+            x,
+            &format!("/v1/tenants/{}/principals", enc(&tenant)),
+            "id",
+            &id,
+            "principal",
+        )?,
     }
     Ok(())
 }
@@ -92,6 +100,13 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
             &c().get(&format!("/v1/tenants/{}/agents", enc(&tenant)))?,
             &["name", "owner", "purpose", "envelope"],
         ),
+        AgentCmd::Show { tenant, name } => show_one(
+            x,
+            &format!("/v1/tenants/{}/agents", enc(&tenant)),
+            "name",
+            &name,
+            "agent",
+        )?,
         AgentCmd::JoinToken {
             tenant,
             name,
@@ -229,6 +244,13 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
             &c().get(&format!("/v1/tenants/{}/tools", enc(&tenant)))?,
             TOOL_COLS,
         ),
+        ToolCmd::Show { tenant, name } => show_one(
+            x,
+            &format!("/v1/tenants/{}/tools", enc(&tenant)),
+            "name",
+            &name,
+            "tool",
+        )?,
     }
     Ok(())
 }
@@ -255,6 +277,13 @@ pub(crate) fn grant(cmd: GrantCmd, x: &Ctx) -> Result<(), CliError> {
             &c().get(&format!("/v1/tenants/{}/grants", enc(&tenant)))?,
             GRANT_COLS,
         ),
+        GrantCmd::Show { tenant, id } => show_one(
+            x,
+            &format!("/v1/tenants/{}/grants", enc(&tenant)),
+            "id",
+            &id,
+            "grant",
+        )?,
     }
     Ok(())
 }
@@ -425,4 +454,29 @@ mod tests {
         assert!(parse_route("POST /payments=pay amount=header:x").is_err());
         assert!(parse_route("POST/payments").is_err());
     }
+}
+
+/// Shows the one record of `list` whose `field` is `value`, every field
+/// (JSON with --json, one `field  value` line each otherwise); not found
+/// is exit 3.
+fn show_one(x: &Ctx, list: &str, field: &str, value: &str, what: &str) -> Result<(), CliError> {
+    let all = x.client().get(list)?;
+    let one = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r[field].as_str() == Some(value))
+        .cloned()
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "no {what} `{value}` (list them with `mandate {what} list`)"
+            ))
+            .exit(crate::client::Exit::NotFound)
+        })?;
+    if x.json || x.quiet {
+        x.show(&one, &[]);
+    } else {
+        crate::output::print_record(&one);
+    }
+    Ok(())
 }

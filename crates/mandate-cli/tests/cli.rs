@@ -311,6 +311,14 @@ fn status_and_doctor_find_what_blocks_the_first_exchange() {
     ]);
     let out = ok(&["doctor"]);
     assert!(!out.contains("fail"), "{out}");
+    let shown = ok(&["tool", "show", "-t", "acme", "mail"]);
+    assert!(
+        shown.contains("secret_set    true") && !shown.contains("re_123"),
+        "{shown}"
+    );
+    let o = s.cli(&["agent", "show", "-t", "acme", "nobody"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("no agent `nobody`"));
     // A broker that is not there is a finding too, not a crash.
     let port = common::free_port();
     let o = mandate(&s.dir)
