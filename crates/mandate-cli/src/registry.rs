@@ -433,29 +433,6 @@ pub(crate) fn parse_route(r: &str) -> Result<Value, CliError> {
 }
 
 #[cfg(test)]
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_parse_with_and_without_an_amount() {
-        assert_eq!(
-            parse_route("POST /emails=send").unwrap(),
-            json!({"method": "POST", "path": "/emails", "action": "send"})
-        );
-        assert_eq!(
-            parse_route("POST /payments=pay amount=json:/amount").unwrap(),
-            json!({"method": "POST", "path": "/payments", "action": "pay", "amount": {"json": "/amount"}})
-        );
-        assert_eq!(
-            parse_route("POST /v1/charges=pay amount=form:amount").unwrap()["amount"],
-            json!({"form": "amount"})
-        );
-        assert!(parse_route("POST /payments=pay amount=header:x").is_err());
-        assert!(parse_route("POST/payments").is_err());
-    }
-}
-
 /// Shows the one record of `list` whose `field` is `value`, every field
 /// (JSON with --json, one `field  value` line each otherwise); not found
 /// is exit 3.
@@ -479,4 +456,27 @@ fn show_one(x: &Ctx, list: &str, field: &str, value: &str, what: &str) -> Result
         crate::output::print_record(&one);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_with_and_without_an_amount() {
+        assert_eq!(
+            parse_route("POST /emails=send").unwrap(),
+            json!({"method": "POST", "path": "/emails", "action": "send"})
+        );
+        assert_eq!(
+            parse_route("POST /payments=pay amount=json:/amount").unwrap(),
+            json!({"method": "POST", "path": "/payments", "action": "pay", "amount": {"json": "/amount"}})
+        );
+        assert_eq!(
+            parse_route("POST /v1/charges=pay amount=form:amount").unwrap()["amount"],
+            json!({"form": "amount"})
+        );
+        assert!(parse_route("POST /payments=pay amount=header:x").is_err());
+        assert!(parse_route("POST/payments").is_err());
+    }
 }
