@@ -432,7 +432,6 @@ pub(crate) fn parse_route(r: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
-#[cfg(test)]
 /// Shows the one record of `list` whose `field` is `value`, every field
 /// (JSON with --json, one `field  value` line each otherwise); not found
 /// is exit 3.
