@@ -364,24 +364,32 @@ pub(crate) enum PrincipalCmd {
     },
 }
 
+/// An agent's registration, as `agent create` and `agent update` take it.
+#[derive(Args)]
+pub(crate) struct AgentSpec {
+    #[arg(long, short = 't', env = "MANDATE_TENANT")]
+    pub(crate) tenant: String,
+    /// Name.
+    pub(crate) name: String,
+    /// Person or team accountable for it (mandatory).
+    #[arg(long)]
+    pub(crate) owner: String,
+    /// What it is for.
+    #[arg(long, default_value = "")]
+    pub(crate) purpose: String,
+    /// The most it may ever be granted, as `tool:action` (repeat; `*` allowed on either side).
+    #[arg(long = "envelope", required = true)]
+    pub(crate) envelope: Vec<String>,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum AgentCmd {
     /// Register an agent.
-    Create {
-        #[arg(long, short = 't', env = "MANDATE_TENANT")]
-        tenant: String,
-        /// Name.
-        name: String,
-        /// Person or team accountable for it (mandatory).
-        #[arg(long)]
-        owner: String,
-        /// What it is for.
-        #[arg(long, default_value = "")]
-        purpose: String,
-        /// The most it may ever be granted, as `tool:action` (repeat; `*` allowed on either side).
-        #[arg(long = "envelope", required = true)]
-        envelope: Vec<String>,
-    },
+    Create(AgentSpec),
+    /// Replace an agent's registration: give its flags as for `agent
+    /// create`. Runs started before keep what their mandates carry until
+    /// they expire (`mandate revoke --agent` cuts them off now).
+    Update(AgentSpec),
     /// List agents of a tenant.
     List {
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -461,6 +469,70 @@ pub(crate) struct ExecCli {
     pub(crate) command: Vec<String>,
 }
 
+/// A tool's registration, as `tool create` and `tool update` take it.
+#[derive(Args)]
+pub(crate) struct ToolSpec {
+    #[arg(long, short = 't', env = "MANDATE_TENANT")]
+    pub(crate) tenant: String,
+    /// Name.
+    pub(crate) name: String,
+    /// Audience URI (the credential's `aud`); `jwt` tools only.
+    #[arg(long)]
+    pub(crate) audience: Option<String>,
+    /// Credential provider: jwt, proxy or postgres.
+    #[arg(long, default_value = "jwt")]
+    pub(crate) provider: String,
+    /// JSON file with `proxy` or `postgres` settings and `env`.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// proxy: the upstream base URL.
+    #[arg(long)]
+    pub(crate) upstream: Option<String>,
+    /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
+    /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
+    #[arg(long = "route")]
+    pub(crate) routes: Vec<String>,
+    /// proxy: the header the upstream key goes in.
+    #[arg(long, default_value = "Authorization")]
+    pub(crate) inject_header: String,
+    /// proxy: its value, with {secret} for the key.
+    #[arg(long, default_value = "Bearer {secret}")]
+    pub(crate) inject_format: String,
+    /// proxy: longest wait for the upstream (ms).
+    #[arg(long, default_value_t = 30_000)]
+    pub(crate) timeout_ms: u64,
+    /// postgres: host agents connect to.
+    #[arg(long)]
+    pub(crate) pg_host: Option<String>,
+    /// postgres: port.
+    #[arg(long, default_value_t = 5432)]
+    pub(crate) pg_port: u16,
+    /// postgres: database.
+    #[arg(long)]
+    pub(crate) pg_database: Option<String>,
+    /// postgres: `action=role`: a credential for the action joins the role (repeat).
+    #[arg(long = "pg-role")]
+    pub(crate) pg_roles: Vec<String>,
+    /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {audience}, {broker}; repeat).
+    #[arg(long = "env")]
+    pub(crate) env: Vec<String>,
+    /// An action the tool understands (repeat).
+    #[arg(long = "action", required = true)]
+    pub(crate) actions: Vec<String>,
+    /// A data label such as pii, external_send, money (repeat).
+    #[arg(long = "label")]
+    pub(crate) labels: Vec<String>,
+    /// low, medium, high or critical.
+    #[arg(long, default_value = "low")]
+    pub(crate) risk: String,
+    /// Longest credential lifetime (e.g. 2m, 5m).
+    #[arg(long, default_value = "5m", value_parser = crate::when::secs)]
+    pub(crate) max_ttl: u64,
+    /// Credential signature algorithm: EdDSA or ES256.
+    #[arg(long, default_value = "EdDSA")]
+    pub(crate) alg: String,
+}
+
 // Parsed once per process: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -472,67 +544,11 @@ pub(crate) enum ToolCmd {
 `postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role). \
 Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
     )]
-    Create {
-        #[arg(long, short = 't', env = "MANDATE_TENANT")]
-        tenant: String,
-        /// Name.
-        name: String,
-        /// Audience URI (the credential's `aud`); `jwt` tools only.
-        #[arg(long)]
-        audience: Option<String>,
-        /// Credential provider: jwt, proxy or postgres.
-        #[arg(long, default_value = "jwt")]
-        provider: String,
-        /// JSON file with `proxy` or `postgres` settings and `env`.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// proxy: the upstream base URL.
-        #[arg(long)]
-        upstream: Option<String>,
-        /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
-        /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
-        #[arg(long = "route")]
-        routes: Vec<String>,
-        /// proxy: the header the upstream key goes in.
-        #[arg(long, default_value = "Authorization")]
-        inject_header: String,
-        /// proxy: its value, with {secret} for the key.
-        #[arg(long, default_value = "Bearer {secret}")]
-        inject_format: String,
-        /// proxy: longest wait for the upstream (ms).
-        #[arg(long, default_value_t = 30_000)]
-        timeout_ms: u64,
-        /// postgres: host agents connect to.
-        #[arg(long)]
-        pg_host: Option<String>,
-        /// postgres: port.
-        #[arg(long, default_value_t = 5432)]
-        pg_port: u16,
-        /// postgres: database.
-        #[arg(long)]
-        pg_database: Option<String>,
-        /// postgres: `action=role`: a credential for the action joins the role (repeat).
-        #[arg(long = "pg-role")]
-        pg_roles: Vec<String>,
-        /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {audience}, {broker}; repeat).
-        #[arg(long = "env")]
-        env: Vec<String>,
-        /// An action the tool understands (repeat).
-        #[arg(long = "action", required = true)]
-        actions: Vec<String>,
-        /// A data label such as pii, external_send, money (repeat).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// low, medium, high or critical.
-        #[arg(long, default_value = "low")]
-        risk: String,
-        /// Longest credential lifetime (e.g. 2m, 5m).
-        #[arg(long, default_value = "5m", value_parser = crate::when::secs)]
-        max_ttl: u64,
-        /// Credential signature algorithm: EdDSA or ES256.
-        #[arg(long, default_value = "EdDSA")]
-        alg: String,
-    },
+    Create(ToolSpec),
+    /// Replace a tool's registration: give its flags as for `tool create`
+    /// (what is not given takes create's default); the provider cannot
+    /// change and its secret stays. Exchanges judge by it at once.
+    Update(ToolSpec),
     /// List tools of a tenant.
     List {
         #[arg(long, short = 't', env = "MANDATE_TENANT")]

@@ -155,6 +155,15 @@ impl Client {
         self.finish(r)
     }
 
+    pub(crate) fn put_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let r = self
+            .agent
+            .put(format!("{}{path}", self.url))
+            .header("Authorization", &self.auth()?)
+            .send_json(body);
+        self.finish(r)
+    }
+
     pub(crate) fn put_text(&self, path: &str, text: &str) -> Result<Value, CliError> {
         let r = self
             .agent

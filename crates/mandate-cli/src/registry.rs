@@ -83,16 +83,17 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
 pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     match cmd {
-        AgentCmd::Create {
-            tenant,
-            name,
-            owner,
-            purpose,
-            envelope,
-        } => {
+        AgentCmd::Create(a) => {
             let v = c().post(
-                &format!("/v1/tenants/{}/agents", enc(&tenant)),
-                &json!({"name": name, "owner": owner, "purpose": purpose, "envelope": envelope}),
+                &format!("/v1/tenants/{}/agents", enc(&a.tenant)),
+                &json!({"name": a.name, "owner": a.owner, "purpose": a.purpose, "envelope": a.envelope}),
+            )?;
+            x.show(&v, &["name", "owner", "spiffe_id", "envelope"]);
+        }
+        AgentCmd::Update(a) => {
+            let v = c().put_json(
+                &format!("/v1/tenants/{}/agents/{}", enc(&a.tenant), enc(&a.name)),
+                &json!({"name": a.name, "owner": a.owner, "purpose": a.purpose, "envelope": a.envelope}),
             )?;
             x.show(&v, &["name", "owner", "spiffe_id", "envelope"]);
         }
@@ -133,80 +134,9 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
 pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     match cmd {
-        ToolCmd::Create {
-            tenant,
-            name,
-            audience,
-            provider,
-            config,
-            upstream,
-            routes,
-            inject_header,
-            inject_format,
-            timeout_ms,
-            pg_host,
-            pg_port,
-            pg_database,
-            pg_roles,
-            env,
-            actions,
-            labels,
-            risk,
-            max_ttl,
-            alg,
-        } => {
-            let mut body = json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
-                        "risk": risk, "max_ttl_secs": max_ttl, "alg": alg, "provider": provider});
-            if let Some(f) = config {
-                let text = std::fs::read_to_string(&f)
-                    .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
-                let extra: Value = serde_json::from_str(&text)
-                    .map_err(|e| CliError::new(format!("{} is not JSON: {e}", f.display())))?;
-                let Value::Object(extra) = extra else {
-                    return Err(CliError::new(format!(
-                        "{} must hold a JSON object",
-                        f.display()
-                    )));
-                };
-                for (k, v) in extra {
-                    body[k] = v;
-                }
-            }
-            if let Some(u) = upstream {
-                let routes = routes
-                    .iter()
-                    .map(|r| parse_route(r))
-                    .collect::<Result<Vec<_>, _>>()?;
-                body["proxy"] = json!({"upstream": u, "routes": routes, "timeout_ms": timeout_ms,
-                    "inject": {"header": inject_header, "format": inject_format}});
-            }
-            if let Some(db) = pg_database {
-                let mut roles = serde_json::Map::new();
-                for r in &pg_roles {
-                    let (a, role) = r.split_once('=').ok_or_else(|| {
-                        CliError::new(format!("--pg-role `{r}`: write it as action=role"))
-                    })?;
-                    roles.insert(a.to_owned(), json!(role));
-                }
-                body["postgres"] = json!({"host": pg_host.unwrap_or_else(|| "127.0.0.1".into()),
-                    "port": pg_port, "database": db, "roles": roles});
-            }
-            if !env.is_empty() {
-                let vars = env
-                    .iter()
-                    .map(|e| {
-                        e.split_once('=')
-                            .map(|(n, v)| json!({"name": n, "value": v}))
-                            .ok_or_else(|| {
-                                CliError::new(format!("--env `{e}`: write it as NAME=template"))
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                body["env"] = json!(vars);
-            }
-            if let Some(o) = body.as_object_mut() {
-                o.retain(|_, v| !v.is_null());
-            }
+        ToolCmd::Create(spec) => {
+            let (tenant, name) = (spec.tenant.clone(), spec.name.clone());
+            let body = tool_body(spec)?;
             let v = c().post(&format!("/v1/tenants/{}/tools", enc(&tenant)), &body)?;
             x.show(&v, TOOL_COLS);
             if v["secret_set"] == false && !x.quiet {
@@ -214,6 +144,15 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
                     "note: this tool's provider needs a secret before any exchange succeeds: mandate tool set-secret --tenant {tenant} {name}"
                 );
             }
+        }
+        ToolCmd::Update(spec) => {
+            let (tenant, name) = (spec.tenant.clone(), spec.name.clone());
+            let body = tool_body(spec)?;
+            let v = c().put_json(
+                &format!("/v1/tenants/{}/tools/{}", enc(&tenant), enc(&name)),
+                &body,
+            )?;
+            x.show(&v, TOOL_COLS);
         }
         ToolCmd::SetSecret { tenant, name, file } => {
             let secret = match file {
@@ -253,6 +192,83 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
         )?,
     }
     Ok(())
+}
+
+/// The registration body `tool create` and `tool update` send.
+fn tool_body(spec: crate::args::ToolSpec) -> Result<Value, CliError> {
+    let crate::args::ToolSpec {
+        tenant: _,
+        name,
+        audience,
+        provider,
+        config,
+        upstream,
+        routes,
+        inject_header,
+        inject_format,
+        timeout_ms,
+        pg_host,
+        pg_port,
+        pg_database,
+        pg_roles,
+        env,
+        actions,
+        labels,
+        risk,
+        max_ttl,
+        alg,
+    } = spec;
+    let mut body = json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
+                "risk": risk, "max_ttl_secs": max_ttl, "alg": alg, "provider": provider});
+    if let Some(f) = config {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
+        let extra: Value = serde_json::from_str(&text)
+            .map_err(|e| CliError::new(format!("{} is not JSON: {e}", f.display())))?;
+        let Value::Object(extra) = extra else {
+            return Err(CliError::new(format!(
+                "{} must hold a JSON object",
+                f.display()
+            )));
+        };
+        for (k, v) in extra {
+            body[k] = v;
+        }
+    }
+    if let Some(u) = upstream {
+        let routes = routes
+            .iter()
+            .map(|r| parse_route(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        body["proxy"] = json!({"upstream": u, "routes": routes, "timeout_ms": timeout_ms,
+            "inject": {"header": inject_header, "format": inject_format}});
+    }
+    if let Some(db) = pg_database {
+        let mut roles = serde_json::Map::new();
+        for r in &pg_roles {
+            let (a, role) = r.split_once('=').ok_or_else(|| {
+                CliError::new(format!("--pg-role `{r}`: write it as action=role"))
+            })?;
+            roles.insert(a.to_owned(), json!(role));
+        }
+        body["postgres"] = json!({"host": pg_host.unwrap_or_else(|| "127.0.0.1".into()),
+            "port": pg_port, "database": db, "roles": roles});
+    }
+    if !env.is_empty() {
+        let vars = env
+            .iter()
+            .map(|e| {
+                e.split_once('=')
+                    .map(|(n, v)| json!({"name": n, "value": v}))
+                    .ok_or_else(|| CliError::new(format!("--env `{e}`: write it as NAME=template")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        body["env"] = json!(vars);
+    }
+    if let Some(o) = body.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    Ok(body)
 }
 
 /// `mandate grant ...`.

@@ -451,3 +451,85 @@ fn a_run_for_nobody_is_warned_about_and_exec_explains_join_tokens() {
     );
     s.stop();
 }
+
+/// A typo is fixable: `agent update` and `tool update` replace the
+/// registration with what their flags say.
+#[test]
+fn registrations_with_a_typo_are_fixed_by_update() {
+    let s = Serve::start(&tempdir("update"));
+    let ok = |args: &[&str]| {
+        let o = s.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        common::stdout(&o)
+    };
+    ok(&["tenant", "create", "acme"]);
+    ok(&[
+        "agent",
+        "create",
+        "-t",
+        "acme",
+        "bot",
+        "--owner",
+        "tema-ops",
+        "--envelope",
+        "crm:raed",
+    ]);
+    ok(&[
+        "agent",
+        "update",
+        "-t",
+        "acme",
+        "bot",
+        "--owner",
+        "team-ops",
+        "--envelope",
+        "crm:read",
+    ]);
+    let shown = ok(&["agent", "show", "-t", "acme", "bot"]);
+    assert!(
+        shown.contains("team-ops") && shown.contains("crm:read") && !shown.contains("raed"),
+        "{shown}"
+    );
+    ok(&[
+        "tool",
+        "create",
+        "-t",
+        "acme",
+        "crm",
+        "--audience",
+        "https://crm.example",
+        "--action",
+        "raed",
+    ]);
+    ok(&[
+        "tool",
+        "update",
+        "-t",
+        "acme",
+        "crm",
+        "--audience",
+        "https://crm.example",
+        "--action",
+        "read",
+        "--max-ttl",
+        "2m",
+    ]);
+    let shown = ok(&["tool", "show", "-t", "acme", "crm"]);
+    assert!(
+        shown.contains("read") && !shown.contains("raed") && shown.contains("120"),
+        "{shown}"
+    );
+    let o = s.cli(&[
+        "tool",
+        "update",
+        "-t",
+        "acme",
+        "nope",
+        "--audience",
+        "https://n.example",
+        "--action",
+        "read",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    s.stop();
+}

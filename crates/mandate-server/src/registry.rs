@@ -192,6 +192,17 @@ impl Registry {
                     .insert((a.tenant.clone(), a.name.clone()), a.clone());
             }
             Mutation::CreateTool(t) => self.add_tool(t.clone()),
+            Mutation::ReplaceAgent(a) => {
+                self.agents
+                    .insert((a.tenant.clone(), a.name.clone()), a.clone());
+            }
+            Mutation::ReplaceTool(t) => {
+                if let Some(old) = self.tools.get(&(t.tenant.clone(), t.name.clone())) {
+                    let key = (old.tenant.clone(), old.audience.clone());
+                    self.tools_by_audience.remove(&key);
+                }
+                self.add_tool(t.clone());
+            }
             Mutation::CreateGrant(g) => {
                 self.grants.insert(g.id.clone(), g.clone());
             }

@@ -1168,3 +1168,115 @@ fn token_inspect_shows_the_chain_and_why_it_fails() {
         .unwrap();
     assert_refused(&read(r), 401, "invalid_token", "admin credential");
 }
+
+/// A registration with a typo is fixed by replacing it (`PUT`): a tool's
+/// actions judge the next exchange at once; an agent's new envelope bounds
+/// the next run; the provider and the name cannot change; both changes are
+/// audited with before and after, and survive a restart.
+#[test]
+fn tools_and_agents_are_replaced_and_judged_by_at_once() {
+    let b = Broker::start("replace");
+    let grant = b.seed("acme");
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    let crm = |actions: &[&str]| json!({"name": "crm", "audience": "https://crm.acme.example", "actions": actions, "labels": ["pii"]});
+    // `read` taken away: refused at once, for the run that had it.
+    let (s, v) = b.admin_put("/v1/tenants/acme/tools/crm", crm(&["write", "export"]));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["actions"], json!(["write", "export"]));
+    assert_refused(
+        &b.exchange(&mandate, &key, "crm", "read"),
+        400,
+        "invalid_scope",
+        "read",
+    );
+    b.admin_put("/v1/tenants/acme/tools/crm", crm(&["read", "write"]));
+    assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
+    // What cannot change, and what is not there.
+    assert_refused(
+        &b.admin_put(
+            "/v1/tenants/acme/tools/crm",
+            json!({"name": "crm2", "actions": ["read"], "audience": "https://crm.acme.example"}),
+        ),
+        400,
+        "invalid_request",
+        "cannot be renamed",
+    );
+    assert_refused(
+        &b.admin_put("/v1/tenants/acme/tools/crm", json!({"name": "crm", "actions": ["read"], "provider": "proxy",
+            "proxy": {"upstream": "http://127.0.0.1:9", "routes": [{"method": "GET", "path": "/x", "action": "read"}],
+                      "inject": {"header": "Authorization", "format": "Bearer {secret}"}}})),
+        400, "invalid_request", "provider cannot change",
+    );
+    assert_refused(
+        &b.admin_put(
+            "/v1/tenants/acme/tools/crm",
+            json!({"name": "crm", "actions": ["read"], "audience": "https://github.acme.example"}),
+        ),
+        409,
+        "conflict",
+        "audience",
+    );
+    assert_refused(
+        &b.admin_put(
+            "/v1/tenants/acme/tools/nope",
+            json!({"name": "nope", "actions": ["read"], "audience": "https://n.example"}),
+        ),
+        404,
+        "not_found",
+        "tool `nope`",
+    );
+    assert_refused(
+        &b.admin_put(
+            "/v1/tenants/acme/agents/ghost",
+            json!({"name": "ghost", "owner": "o", "envelope": ["crm:*"]}),
+        ),
+        404,
+        "not_found",
+        "agent `ghost`",
+    );
+    // The agent's envelope narrowed: the next run holds less.
+    let (s, v) = b.admin_put(
+        "/v1/tenants/acme/agents/triage",
+        json!({"name": "triage", "owner": "team-ops", "purpose": "fixed", "envelope": ["github:read"]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b.admin_post(
+        "/v1/runs",
+        json!({"tenant": "acme", "agent": "triage", "principal": "alice@example.com", "grant": grant,
+               "jwk": SigningKey::generate(Alg::EdDSA, &mut OsRng).public().to_json()}),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["capabilities"], json!(["github:read"]));
+    let updates = b.audit("type=agent.update");
+    assert_eq!(
+        updates[0]["details"]["before"]["envelope"],
+        json!(["crm:*", "github:read"])
+    );
+    assert_eq!(
+        updates[0]["details"]["after"]["envelope"],
+        json!(["github:read"])
+    );
+    assert_eq!(b.audit("type=tool.update").len(), 2);
+    // The store has them: a restarted broker judges the same.
+    let b = b.restart();
+    let agents = b.admin_get("/v1/tenants/acme/agents").1;
+    let triage = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "triage")
+        .unwrap()
+        .clone();
+    assert_eq!(triage["purpose"], "fixed");
+    let tools = b.admin_get("/v1/tenants/acme/tools").1;
+    let crm = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "crm")
+        .unwrap()
+        .clone();
+    assert_eq!(crm["actions"], json!(["read", "write"]));
+    assert_eq!(b.admin_get("/v1/audit/verify").1["ok"], true);
+}

@@ -117,6 +117,10 @@ pub enum Mutation {
         /// When (ms).
         dropped_ms: u64,
     },
+    /// Replace an agent's registration (fails if there is none).
+    ReplaceAgent(Agent),
+    /// Replace a tool's registration (fails if there is none).
+    ReplaceTool(Tool),
     /// Store an admin credential.
     PutAdminToken(AdminToken),
     /// Remove an admin credential (fails if there is none with this id).

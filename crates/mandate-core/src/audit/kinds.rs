@@ -87,8 +87,12 @@ kinds! {
         PrincipalCreate = "principal.create",
         /// An agent registered.
         AgentCreate = "agent.create",
+        /// An agent's registration replaced.
+        AgentUpdate = "agent.update",
         /// A tool registered.
         ToolCreate = "tool.create",
+        /// A tool's registration replaced.
+        ToolUpdate = "tool.update",
         /// A tool's upstream secret set.
         ToolSecretSet = "tool.secret.set",
         /// A grant given.

@@ -55,6 +55,14 @@ pub fn router(state: S) -> Router {
             post(admin::create_tool).get(admin::list_tools),
         )
         .route(
+            "/v1/tenants/{tenant}/agents/{name}",
+            put(admin::replace_agent),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tools/{name}",
+            put(admin::replace_tool),
+        )
+        .route(
             "/v1/tenants/{tenant}/grants",
             post(admin::create_grant).get(admin::list_grants),
         )

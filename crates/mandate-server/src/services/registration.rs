@@ -136,6 +136,60 @@ pub async fn create_agent(
     tenant: &str,
     req: NewAgent,
 ) -> Result<Agent, ApiError> {
+    let a = agent_from(s, tenant, req, None)?;
+    let mut ev = origin.admin_event(EventType::AgentCreate, Some(tenant), s.now_ms());
+    ev.agent = Some(a.name.clone());
+    ev.details = json!({"owner": a.owner, "envelope": a.envelope});
+    commit_created(s, Mutation::CreateAgent(a.clone()), ev).await?;
+    Ok(a)
+}
+
+/// Replaces agent `name` of `tenant` (a typo fixed, an envelope changed):
+/// the same checks as registering it. Runs started before keep the
+/// capabilities their mandates carry until they expire; revoke them
+/// (`mandate revoke --agent`) to cut them off now. The event names both.
+pub async fn replace_agent(
+    s: &AppState,
+    origin: &Origin,
+    (tenant, name): (&str, &str),
+    req: NewAgent,
+) -> Result<Agent, ApiError> {
+    need_tenant(s, tenant)?;
+    let before = s
+        .reg()
+        .agents
+        .get(&(tenant.to_owned(), name.to_owned()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!("agent `{}` not found in tenant `{tenant}`", short(name)),
+            )
+        })?;
+    if req.name != name {
+        return Err(err(
+            Code::InvalidRequest,
+            "the body's `name` must be the agent's name: an agent cannot be renamed",
+        ));
+    }
+    let a = agent_from(s, tenant, req, Some(&before))?;
+    let mut ev = origin.admin_event(EventType::AgentUpdate, Some(tenant), s.now_ms());
+    ev.agent = Some(a.name.clone());
+    ev.details = json!({
+        "before": {"owner": before.owner, "purpose": before.purpose, "envelope": before.envelope},
+        "after": {"owner": a.owner, "purpose": a.purpose, "envelope": a.envelope},
+    });
+    commit_created(s, Mutation::ReplaceAgent(a.clone()), ev).await?;
+    Ok(a)
+}
+
+/// The agent `req` describes, checked; `replacing` is the one it replaces.
+fn agent_from(
+    s: &AppState,
+    tenant: &str,
+    req: NewAgent,
+    replacing: Option<&Agent>,
+) -> Result<Agent, ApiError> {
     need_tenant(s, tenant)?;
     ids::check_slug("agent", &req.name).map_err(bad)?;
     if req.owner.trim().is_empty() {
@@ -153,29 +207,25 @@ pub async fn create_agent(
         ));
     }
     let env = CapabilitySet::parse(&req.envelope).map_err(bad)?;
-    if s.reg()
-        .agents
-        .contains_key(&(tenant.to_owned(), req.name.clone()))
+    if replacing.is_none()
+        && s.reg()
+            .agents
+            .contains_key(&(tenant.to_owned(), req.name.clone()))
     {
         return Err(err(
             Code::Conflict,
             format!("agent `{}` already exists in tenant `{tenant}`", req.name),
         ));
     }
-    let a = Agent {
+    Ok(Agent {
         spiffe_id: agent_spiffe_id(&s.config.trust_domain, tenant, &req.name),
         tenant: tenant.to_owned(),
         name: req.name,
         owner: req.owner,
         purpose: req.purpose,
         envelope: env.to_strings(),
-        created_ms: s.now_ms(),
-    };
-    let mut ev = origin.admin_event(EventType::AgentCreate, Some(tenant), s.now_ms());
-    ev.agent = Some(a.name.clone());
-    ev.details = json!({"owner": a.owner, "envelope": a.envelope});
-    commit_created(s, Mutation::CreateAgent(a.clone()), ev).await?;
-    Ok(a)
+        created_ms: replacing.map_or_else(|| s.now_ms(), |a| a.created_ms),
+    })
 }
 
 /// A principal's grant to an agent, to register.
@@ -362,24 +412,28 @@ fn tool_shape(req: &NewTool) -> Result<(String, u64), ApiError> {
 
 /// No tool of the tenant has this name or audience, and a `jwt` tool's
 /// audience names it alone across the broker.
-fn tool_is_new(
+fn tool_fits(
     s: &AppState,
     tenant: &str,
     name: &str,
     audience: &str,
     provider: &dyn crate::providers::Provider,
+    replacing: Option<&Tool>,
 ) -> Result<(), ApiError> {
     let reg = s.reg();
-    if reg
-        .tools
-        .contains_key(&(tenant.to_owned(), name.to_owned()))
+    // The tool being replaced does not stand in its own way.
+    let other = |t: &Tool| replacing.is_none_or(|r| !(r.tenant == t.tenant && r.name == t.name));
+    if replacing.is_none()
+        && reg
+            .tools
+            .contains_key(&(tenant.to_owned(), name.to_owned()))
     {
         return Err(err(
             Code::Conflict,
             format!("tool `{}` already exists in tenant `{tenant}`", name),
         ));
     }
-    if reg.find_tool(tenant, audience).is_some() {
+    if reg.find_tool(tenant, audience).is_some_and(|t| other(t)) {
         return Err(err(
             Code::Conflict,
             format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
@@ -390,7 +444,8 @@ fn tool_is_new(
     // verify at it. (Proxy tools of several tenants may share a name:
     // the proxy looks tools up in the credential's tenant.)
     if reg.tools.values().any(|t| {
-        t.audience == audience
+        other(t)
+            && t.audience == audience
             && (provider.audience_unique() || crate::providers::of(t.provider).audience_unique())
     }) {
         return Err(err(
@@ -410,6 +465,73 @@ pub async fn create_tool(
     origin: &Origin,
     tenant: &str,
     req: NewTool,
+) -> Result<Tool, ApiError> {
+    let t = tool_from(s, tenant, req, None)?;
+    let mut ev = origin.admin_event(EventType::ToolCreate, Some(tenant), s.now_ms());
+    ev.tool = Some(t.name.clone());
+    ev.details = tool_details(&t);
+    commit_created(s, Mutation::CreateTool(t.clone()), ev).await?;
+    Ok(t)
+}
+
+/// Replaces tool `name` of `tenant` (a typo fixed, an action added or
+/// taken away): the same checks as registering it; its provider cannot
+/// change, and its stored secret stays. Exchanges judge by it at once.
+pub async fn replace_tool(
+    s: &AppState,
+    origin: &Origin,
+    (tenant, name): (&str, &str),
+    req: NewTool,
+) -> Result<Tool, ApiError> {
+    need_tenant(s, tenant)?;
+    let before = s
+        .reg()
+        .tools
+        .get(&(tenant.to_owned(), name.to_owned()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!("tool `{}` not found in tenant `{tenant}`", short(name)),
+            )
+        })?;
+    if req.name != name {
+        return Err(err(
+            Code::InvalidRequest,
+            "the body's `name` must be the tool's name: a tool cannot be renamed",
+        ));
+    }
+    let t = tool_from(s, tenant, req, Some(&before))?;
+    if t.provider != before.provider {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "a tool's provider cannot change (`{}` to `{}`): its secret and credentials are of that provider",
+                before.provider.as_str(),
+                t.provider.as_str()
+            ),
+        ));
+    }
+    let mut ev = origin.admin_event(EventType::ToolUpdate, Some(tenant), s.now_ms());
+    ev.tool = Some(t.name.clone());
+    ev.details = json!({"before": tool_details(&before), "after": tool_details(&t)});
+    commit_created(s, Mutation::ReplaceTool(t.clone()), ev).await?;
+    Ok(t)
+}
+
+/// A tool as its audit events describe it.
+fn tool_details(t: &Tool) -> serde_json::Value {
+    json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
+        "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env})
+}
+
+/// The tool `req` describes, checked by its provider; `replacing` is the
+/// one it replaces.
+fn tool_from(
+    s: &AppState,
+    tenant: &str,
+    req: NewTool,
+    replacing: Option<&Tool>,
 ) -> Result<Tool, ApiError> {
     need_tenant(s, tenant)?;
     ids::check_slug("tool", &req.name).map_err(bad)?;
@@ -441,10 +563,10 @@ pub async fn create_tool(
         .map_err(|e| err(Code::InvalidRequest, e))?;
     check_env(&req.env).map_err(bad)?;
     let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
-    tool_is_new(s, tenant, &req.name, &audience, provider)?;
+    tool_fits(s, tenant, &req.name, &audience, provider, replacing)?;
     let mut actions = req.actions;
     actions.dedup();
-    let t = Tool {
+    Ok(Tool {
         tenant: tenant.to_owned(),
         name: req.name,
         audience,
@@ -454,17 +576,11 @@ pub async fn create_tool(
         max_ttl_secs: ttl,
         provider: kind,
         alg,
-        created_ms: s.now_ms(),
+        created_ms: replacing.map_or_else(|| s.now_ms(), |t| t.created_ms),
         proxy: req.proxy,
         postgres: req.postgres,
         env: req.env,
-    };
-    let mut ev = origin.admin_event(EventType::ToolCreate, Some(tenant), s.now_ms());
-    ev.tool = Some(t.name.clone());
-    ev.details = json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
-        "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env});
-    commit_created(s, Mutation::CreateTool(t.clone()), ev).await?;
-    Ok(t)
+    })
 }
 
 /// Longest tool secret accepted.

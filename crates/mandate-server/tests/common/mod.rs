@@ -164,6 +164,16 @@ impl Broker {
         read(r)
     }
 
+    pub fn admin_put(&self, path: &str, body: Value) -> (u16, Value) {
+        read(
+            Self::agent()
+                .put(format!("{}{path}", self.url))
+                .header("Authorization", &format!("Bearer {}", self.admin))
+                .send_json(body)
+                .unwrap(),
+        )
+    }
+
     pub fn admin_put_text(&self, path: &str, text: &str) -> (u16, Value) {
         let r = Self::agent()
             .put(format!("{}{path}", self.url))

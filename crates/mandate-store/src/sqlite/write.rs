@@ -77,6 +77,25 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                     json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
             )?;
         }
+        Mutation::ReplaceAgent(a) => {
+            let n = tx.execute(
+                "UPDATE agents SET owner = ?3, purpose = ?4, envelope = ?5 WHERE tenant = ?1 AND name = ?2",
+                params![a.tenant, a.name, a.owner, a.purpose, json(&a.envelope)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("agent `{}`", a.name)));
+            }
+        }
+        Mutation::ReplaceTool(t) => {
+            let n = tx.execute(
+                "UPDATE tools SET audience = ?3, actions = ?4, labels = ?5, risk = ?6, max_ttl_secs = ?7, provider = ?8, alg = ?9, config = ?10 WHERE tenant = ?1 AND name = ?2",
+                params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider.as_str(), t.alg.as_str(),
+                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("tool `{}`", t.name)));
+            }
+        }
         Mutation::CreateGrant(g) => {
             tx.execute(
                 "INSERT INTO grants (id, tenant, principal, agent, capabilities, task, expires_at, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -74,6 +74,22 @@ pub async fn create_agent(
     Ok((StatusCode::CREATED, Json(json!(a))))
 }
 
+/// `PUT /v1/tenants/{tenant}/agents/{name}`: replaces the agent's
+/// registration (same body as registering it).
+pub async fn replace_agent(
+    State(s): State<S>,
+    _: Admin,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    need_tenant(&s, &tenant)?;
+    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let a = registration::replace_agent(&s, &origin(addr, &headers), (&tenant, &name), req).await?;
+    Ok(Json(json!(a)))
+}
+
 /// `GET /v1/tenants/{tenant}/agents`
 pub async fn list_agents(
     State(s): State<S>,
@@ -106,6 +122,22 @@ pub async fn create_tool(
     let req = json_body(&body(raw, s.config.max_body)?)?;
     let t = registration::create_tool(&s, &origin(addr, &headers), &tenant, req).await?;
     Ok((StatusCode::CREATED, Json(tool_view(&s, &t))))
+}
+
+/// `PUT /v1/tenants/{tenant}/tools/{name}`: replaces the tool's
+/// registration (same body as registering it; its secret stays).
+pub async fn replace_tool(
+    State(s): State<S>,
+    _: Admin,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, name)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    need_tenant(&s, &tenant)?;
+    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let t = registration::replace_tool(&s, &origin(addr, &headers), (&tenant, &name), req).await?;
+    Ok(Json(tool_view(&s, &t)))
 }
 
 /// A tool as the API shows it: with `secret_set` when its provider holds a
