@@ -433,7 +433,7 @@ fn tool_fits(
             format!("tool `{}` already exists in tenant `{tenant}`", name),
         ));
     }
-    if reg.find_tool(tenant, audience).is_some_and(|t| other(t)) {
+    if reg.find_tool(tenant, audience).is_some_and(&other) {
         return Err(err(
             Code::Conflict,
             format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
