@@ -807,7 +807,10 @@ pub(crate) enum RevokeSub {
 pub(crate) struct AuditArgs {
     #[command(subcommand)]
     pub(crate) verify: Option<AuditSub>,
-    #[arg(long, short = 't', env = "MANDATE_TENANT")]
+    /// Only this tenant's events (never taken from MANDATE_TENANT or a
+    /// profile: events of no tenant, such as admin credentials and the kill
+    /// switch, would silently vanish).
+    #[arg(long, short = 't')]
     pub(crate) tenant: Option<String>,
     #[arg(long)]
     pub(crate) agent: Option<String>,

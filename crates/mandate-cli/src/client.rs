@@ -97,9 +97,35 @@ impl Client {
     }
 
     fn auth(&self) -> Result<String, CliError> {
+        self.refuse_plain_http()?;
         self.token.as_ref().map(|t| format!("Bearer {t}")).ok_or_else(|| {
             CliError::new("no admin credential found: start the broker once (it writes one), or pass --token-file / set MANDATE_ADMIN_TOKEN_FILE")
         })
+    }
+
+    /// A credential goes over `https://`, or over `http://` to this machine
+    /// only (a profile or MANDATE_URL naming another host over plain HTTP
+    /// would send the admin credential in clear), unless
+    /// `MANDATE_ALLOW_HTTP=1` says the network is trusted.
+    fn refuse_plain_http(&self) -> Result<(), CliError> {
+        let Some(rest) = self.url.strip_prefix("http://") else {
+            return Ok(());
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if !port.contains(']') => h,
+            _ => authority,
+        };
+        if mandate_core::client::is_loopback_host(host)
+            || std::env::var("MANDATE_ALLOW_HTTP").is_ok_and(|v| v == "1")
+        {
+            return Ok(());
+        }
+        Err(CliError::new(format!(
+            "{} is plain HTTP to another host: the credential would travel in clear; use https://, or set MANDATE_ALLOW_HTTP=1 on a network you trust",
+            self.url
+        ))
+        .exit(Exit::Usage))
     }
 
     fn finish(
@@ -115,6 +141,16 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status.is_success() {
+            if matches!(v, Value::String(_)) {
+                // Not the broker's answer (every one is JSON): a proxy, a
+                // web server, another service at --url.
+                return Err(CliError::new(format!(
+                    "the answer from {} is not JSON ({} {}): is --url (or MANDATE_URL) the broker?",
+                    self.url,
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                )));
+            }
             Ok(v)
         } else {
             let code = v.get("error").and_then(Value::as_str).unwrap_or("error");

@@ -85,6 +85,11 @@ pub(crate) fn exchange(a: ExchangeArgs, url: &str) -> Result<Value, CliError> {
     loop {
         let (status, v) = post(&http, &endpoint, &form, &key, a.sign)?;
         if status == 200 {
+            if v["access_token"].as_str().is_none_or(str::is_empty) {
+                return Err(CliError::new(format!(
+                    "{endpoint} answered 200 without an access token: is it the broker's token endpoint?"
+                )));
+            }
             return Ok(v);
         }
         let code = v["error"].as_str().unwrap_or("error").to_owned();
@@ -96,7 +101,7 @@ pub(crate) fn exchange(a: ExchangeArgs, url: &str) -> Result<Value, CliError> {
                 if !announced {
                     crate::output::write_stderr(format_args!(
                         "waiting for approval {} (a human decides with `mandate approvals approve`); asking again every {every} s\n",
-                        v["approval_id"].as_str().unwrap_or("?")
+                        crate::output::cell(&v["approval_id"])
                     ));
                     announced = true;
                 }
@@ -106,9 +111,10 @@ pub(crate) fn exchange(a: ExchangeArgs, url: &str) -> Result<Value, CliError> {
             }
             _ => {
                 let mut msg = format!("the broker refused ({status} {code}): {desc}");
-                if let Some(id) = v["approval_id"].as_str() {
+                if v["approval_id"].is_string() {
                     msg.push_str(&format!(
-                        "\napproval {id}: once a human approves it, repeat this exact request (or add --wait 10m)"
+                        "\napproval {}: once a human approves it, repeat this exact request (or add --wait 10m)",
+                        crate::output::cell(&v["approval_id"])
                     ));
                 }
                 return Err(CliError::new(msg).exit(CliError::exit_of(status, &code)));

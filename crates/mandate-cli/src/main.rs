@@ -86,11 +86,13 @@ fn data_dir() -> PathBuf {
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let profile = profile::chosen(&argv);
+    // A broken profile file stops no verb (`mandate serve` least of all):
+    // it is said, and `mandate config` says it again.
     let settings = match profile::Profiles::load(&profile::file()) {
         Ok(p) => p.profiles.get(&profile).cloned().unwrap_or_default(),
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(e.exit as u8);
+            eprintln!("warning: profiles not used: {e}");
+            profile::Profile::default()
         }
     };
     let matches = profile::with_defaults(<Cli as clap::CommandFactory>::command(), &settings)
@@ -102,6 +104,17 @@ fn main() -> ExitCode {
     if let Err(e) = args::refuse_flags_that_do_not_apply(&matches, &cli.cmd) {
         eprintln!("error: {e}");
         return ExitCode::from(client::Exit::Usage as u8);
+    }
+    // `mandate serve` writes its bootstrap credential to --token-file: a
+    // profile's file (another broker's credential) must never be it.
+    let mut cli = cli;
+    if matches!(cli.cmd, Cmd::Serve(_))
+        && !matches!(
+            matches.value_source("token_file"),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    {
+        cli.token_file = None;
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

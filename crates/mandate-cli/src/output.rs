@@ -11,28 +11,75 @@ use crate::client::CliError;
 /// Writes `text` to a new file at `path`, readable by its owner only
 /// (0600); an existing file is never overwritten.
 pub(crate) fn write_new_private(path: &std::path::Path, text: &[u8]) -> Result<(), CliError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| CliError::new(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(text)
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))
+    OutFile::create(path)?.fill(text)
+}
+
+/// A new owner-only (0600) file made *before* the broker is asked for what
+/// goes in it, so that a name already taken fails before a credential or
+/// run exists that would then be lost. Removed again if never filled.
+pub(crate) struct OutFile {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl OutFile {
+    /// Creates the file (never an existing one, never through a symlink).
+    pub(crate) fn create(path: &std::path::Path) -> Result<Self, CliError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| CliError::new(format!("cannot create {}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file: Some(file),
+        })
+    }
+
+    /// [`OutFile::create`] when a path is given.
+    pub(crate) fn reserve(path: Option<&std::path::Path>) -> Result<Option<Self>, CliError> {
+        path.map(Self::create).transpose()
+    }
+
+    /// Where it is.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Writes `text` and keeps the file.
+    pub(crate) fn fill(mut self, text: &[u8]) -> Result<(), CliError> {
+        use std::io::Write as _;
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| CliError::new("file already written"))?;
+        f.write_all(text)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| CliError::new(format!("cannot write {}: {e}", self.path.display())))
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Writes to standard output; when the reader has gone (a closed pipe:
-/// `mandate audit | head -1`), ends the process quietly with success, as
-/// the reader chose to stop reading. Any other failure (a full disk) is
-/// said on standard error and ends the process with failure.
+/// `mandate audit | head -1`), ends the process quietly with 141, the
+/// status of a program ended by SIGPIPE (never 0: `mandate audit verify |
+/// head -1` must not pass for a verified trail). Any other failure (a full
+/// disk) is said on standard error and ends the process with failure.
 pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            std::process::exit(141);
         }
         write_stderr(format_args!("error: cannot write the output: {e}\n"));
         std::process::exit(1);

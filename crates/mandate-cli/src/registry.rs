@@ -1,8 +1,6 @@
 //! What an admin registers: tenants, principals, agents, tools, grants,
 //! policies, feed credentials.
 
-use std::path::PathBuf;
-
 use serde_json::{Value, json};
 
 use crate::Ctx;
@@ -49,13 +47,15 @@ pub(crate) fn principal(cmd: PrincipalCmd, x: &Ctx) -> Result<(), CliError> {
             out,
             ttl,
         } => {
+            let ttl = ttl.as_deref().map(parse_duration).transpose()?;
+            let out = crate::output::OutFile::reserve(out.as_deref())?;
             let v = c().post(
                 &format!(
                     "/v1/tenants/{}/principals/{}/approver-tokens",
                     enc(&tenant),
                     enc(&id)
                 ),
-                &json!({"ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
+                &json!({"ttl_secs": ttl}),
             )?;
             emit_token(
                 x,
@@ -116,13 +116,15 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
             grant,
             out,
         } => {
+            let ttl = parse_duration(&ttl)?;
+            let out = crate::output::OutFile::reserve(out.as_deref())?;
             let v = c().post(
                 &format!(
                     "/v1/tenants/{}/agents/{}/join-tokens",
                     enc(&tenant),
                     enc(&name)
                 ),
-                &json!({"ttl_secs": parse_duration(&ttl)?, "principal": principal, "grant": grant}),
+                &json!({"ttl_secs": ttl, "principal": principal, "grant": grant}),
             )?;
             emit_token(x, &v, out, &["id", "agent", "expires_at", "token"])?;
         }
@@ -369,9 +371,11 @@ pub(crate) fn feed_token(cmd: FeedTokenCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     match cmd {
         FeedTokenCmd::Create { out, tenant, ttl } => {
+            let ttl = ttl.as_deref().map(parse_duration).transpose()?;
+            let out = crate::output::OutFile::reserve(out.as_deref())?;
             let v = c().post(
                 "/v1/feed-tokens",
-                &json!({"tenant": tenant, "ttl_secs": ttl.as_deref().map(parse_duration).transpose()?}),
+                &json!({"tenant": tenant, "ttl_secs": ttl}),
             )?;
             emit_token(x, &v, out, &["id", "tenant", "expires_at", "token"])?;
         }
@@ -403,15 +407,16 @@ pub(crate) const GRANT_COLS: &[&str] = &[
 pub(crate) fn emit_token(
     x: &Ctx,
     v: &Value,
-    out: Option<PathBuf>,
+    out: Option<crate::output::OutFile>,
     cols: &[&str],
 ) -> Result<(), CliError> {
     let token = v["token"].as_str().unwrap_or_default();
     match out {
-        Some(path) => {
-            crate::output::write_new_private(&path, format!("{token}\n").as_bytes())?;
+        Some(file) => {
+            let path = file.path().display().to_string();
+            file.fill(format!("{token}\n").as_bytes())?;
             let mut shown = v.clone();
-            shown["token"] = json!(format!("(written to {})", path.display()));
+            shown["token"] = json!(format!("(written to {path})"));
             x.show(&shown, cols);
         }
         None if x.json => x.show(v, &[]),

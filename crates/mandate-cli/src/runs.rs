@@ -49,15 +49,32 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
         } => {
             // A private JWK file (`mandate key generate`) may be named: only
             // its public half is sent.
-            let text = mandate_core::secret::Secret::new(if jwk.trim_start().starts_with('{') {
+            let inline = jwk.trim_start().starts_with('{');
+            let text = mandate_core::secret::Secret::new(if inline {
                 jwk.into_bytes()
             } else {
                 std::fs::read(&jwk)
                     .map_err(|e| CliError::new(format!("cannot read JWK file {jwk}: {e}")))?
             });
+            if inline
+                && serde_json::from_slice::<Value>(text.expose())
+                    .is_ok_and(|v| v.get("d").is_some())
+            {
+                return Err(CliError::new(
+                    "--jwk: this JSON holds a private key (`d`), now in your shell history and the process list; give the key's file instead (`mandate key generate --out run.jwk`, then --jwk run.jwk), and make a new key",
+                )
+                .exit(Exit::Usage));
+            }
             let jwk = crate::offline::public_jwk(text.expose())
                 .map_err(|e| CliError::new(format!("--jwk: {e}")).exit(Exit::Usage))?
                 .to_json();
+            if x.quiet && out.is_none() {
+                return Err(CliError::new(
+                    "-q prints only the run id: give --out FILE for the mandate, or it would be lost",
+                )
+                .exit(Exit::Usage));
+            }
+            let file = output::OutFile::reserve(out.as_deref())?;
             let v = c().post(
                 "/v1/runs",
                 &json!({"tenant": tenant, "agent": agent, "principal": principal, "grant": grant,
@@ -67,10 +84,11 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
             for w in v["warnings"].as_array().into_iter().flatten() {
                 eprintln!("warning: {}", output::cell(w));
             }
-            if let Some(path) = &out {
+            if let Some(file) = file {
                 let m = v["mandate"].as_str().unwrap_or_default();
-                output::write_new_private(path, format!("{m}\n").as_bytes())?;
-                v["mandate"] = json!(format!("(written to {})", path.display()));
+                let path = file.path().display().to_string();
+                file.fill(format!("{m}\n").as_bytes())?;
+                v["mandate"] = json!(format!("(written to {path})"));
             }
             if j || x.quiet {
                 x.show(&v, &[]);

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use common::{Serve, mandate, stderr, tempdir};
 
 /// `mandate audit | head -1` and friends end quietly when the reader goes
-/// away: no panic, no exit 101, nothing on standard error.
+/// away: no panic, no exit 101, nothing on standard error; exit 141.
 #[test]
 fn every_verb_ends_quietly_on_a_closed_pipe() {
     let s = Serve::start(&tempdir("pipe"));
@@ -16,7 +16,6 @@ fn every_verb_ends_quietly_on_a_closed_pipe() {
         &["audit"][..],
         &["--json", "audit"],
         &["tenant", "list"],
-        &["--help"],
         &["audit", "verify"],
     ] {
         let mut child = mandate(&s.dir)
@@ -30,7 +29,9 @@ fn every_verb_ends_quietly_on_a_closed_pipe() {
         // The reader is gone before the first byte is written.
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        // 141: as a program ended by SIGPIPE (`audit verify | head` must
+        // not pass for a verified trail).
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {}", stderr(&out));
         assert_eq!(stderr(&out), "", "{args:?}");
     }
     s.stop();
@@ -149,6 +150,17 @@ fn exit_codes_say_what_kind_of_failure() {
         .unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("is `mandate serve` running?"));
+    // The admin credential never goes in clear to another host.
+    let o = mandate(&s.dir)
+        .args(["--url", "http://192.0.2.7:8407", "tenant", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("plain HTTP to another host"),
+        "{}",
+        stderr(&o)
+    );
     s.stop();
 }
 
@@ -405,6 +417,36 @@ fn a_run_for_nobody_is_warned_about_and_exec_explains_join_tokens() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    let start = |extra: &[&str]| {
+        let mut args = vec!["-q", "run", "start", "-t", "acme", "--agent", "bot"];
+        args.extend_from_slice(extra);
+        s.cli(&args)
+    };
+    // -q without --out would lose the mandate; a taken --out is said
+    // before a run exists; a private key inline is refused.
+    let o = start(&["--jwk", key.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let taken = s.dir.join("taken.mandate");
+    std::fs::write(&taken, "x").unwrap();
+    let o = start(&[
+        "--jwk",
+        key.to_str().unwrap(),
+        "--out",
+        taken.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let inline = std::fs::read_to_string(&key).unwrap();
+    let o = start(&[
+        "--jwk",
+        &inline,
+        "--out",
+        s.dir.join("x.mandate").to_str().unwrap(),
+    ]);
+    assert!(stderr(&o).contains("private key"), "{}", stderr(&o));
+    assert!(!s.dir.join("x.mandate").exists());
+    let runs = common::stdout(&ok(&["-q", "run", "list", "-t", "acme"]));
+    assert!(runs.is_empty(), "{runs}");
+    let mandate_file = s.dir.join("run.mandate");
     let o = ok(&[
         "-q",
         "run",
@@ -415,6 +457,8 @@ fn a_run_for_nobody_is_warned_about_and_exec_explains_join_tokens() {
         "bot",
         "--jwk",
         key.to_str().unwrap(),
+        "--out",
+        mandate_file.to_str().unwrap(),
     ]);
     assert!(common::stdout(&o).starts_with("run_"));
     let run = common::stdout(&o).trim().to_owned();

@@ -13,6 +13,16 @@ pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-e
 /// The subject token type of a mandate.
 pub const TOKEN_TYPE_MANDATE: &str = "urn:mandate:params:oauth:token-type:mandate";
 
+/// Whether a URL's host is this machine (127.0.0.0/8, `::1`, `localhost`):
+/// where plain `http://` may carry a credential.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -94,16 +94,23 @@ pub struct AccessClaims {
 
 impl AccessClaims {
     /// The `mandate` object of the credential's `authorization_details`
-    /// (RFC 9396 §2: an array of objects; credentials of brokers before
-    /// issue 16 carried the object itself, and are read the same way).
+    /// ([`declared_details`]).
     pub fn declared_details(&self) -> Option<&Value> {
-        match self.authorization_details.as_ref()? {
-            Value::Array(a) => a
-                .iter()
-                .find(|o| o.get("type").and_then(Value::as_str) == Some("mandate")),
-            o @ Value::Object(_) => Some(o),
-            _ => None,
-        }
+        declared_details(self.authorization_details.as_ref()?)
+    }
+}
+
+/// The `mandate` object of a credential's `authorization_details` (RFC
+/// 9396 §2: an array of objects; credentials of brokers before issue 16
+/// carried the object itself, and are read the same way): what the agent
+/// declared (`amount`, `currency`, `target`, `description`).
+pub fn declared_details(authorization_details: &Value) -> Option<&Value> {
+    match authorization_details {
+        Value::Array(a) => a
+            .iter()
+            .find(|o| o.get("type").and_then(Value::as_str) == Some("mandate")),
+        o @ Value::Object(_) => Some(o),
+        _ => None,
     }
 }
 

@@ -93,7 +93,8 @@ impl NonceIssuer {
         slot.copy_from_slice(&raw[..8]);
         let slot = u64::from_be_bytes(slot);
         let cur = now / self.period;
-        (slot == cur || slot + 1 == cur) && crate::secret::ct_eq(&raw[8..], &self.mac(slot)[..16])
+        (slot == cur || cur.checked_sub(1) == Some(slot))
+            && crate::secret::ct_eq(&raw[8..], &self.mac(slot)[..16])
     }
 }
 

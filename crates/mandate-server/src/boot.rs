@@ -205,7 +205,7 @@ fn admin_credentials(
             );
         } else {
             tracing::warn!(
-                "wrote a new admin credential to {}; the {} earlier one(s) are revoked",
+                "wrote a new admin credential to {}; the {} earlier one(s) are revoked. What they made lives on until it expires (approver and feed credentials, join tokens, runs): after a leak, revoke those too",
                 cfg.admin_token_file.display(),
                 admins.len()
             );

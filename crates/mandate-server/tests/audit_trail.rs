@@ -478,6 +478,39 @@ fn bad_query_strings_are_refused_as_json_naming_the_parameter() {
         let why = v["error_description"].as_str().unwrap();
         assert!(why.contains(names), "{path}: {why}");
     }
+    // A caller without a credential learns nothing about the parameters.
+    for path in [
+        "/v1/revocations/log?bogus=1",
+        "/v1/approvals?bogus=1",
+        "/v1/audit?bogus=1",
+        "/v1/runs?bogus=1",
+    ] {
+        let r = Broker::agent()
+            .get(format!("{}{path}", b.url))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    // Ids a verifier could not read never reach the feed; bodies are objects.
+    for bad in [
+        json!({"kind": "credential", "id": "a\u{1}b"}),
+        json!({"kind": "credential", "id": "x".repeat(600)}),
+    ] {
+        let (status, v) = b.admin_post("/v1/revocations", bad);
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{v}"
+        );
+    }
+    let (status, v) = b.admin_post("/v1/tenants", json!(["sneaky"]));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("must be an object")
+    );
     // The status is the admin's only.
     let r = Broker::agent()
         .get(format!("{}/v1/status", b.url))

@@ -150,4 +150,23 @@ fn join_tokens_are_refused_outside_their_scope() {
         "not_found",
         "agent `ghost`",
     );
+    // A token that could never start a run is refused when asked for.
+    assert_refused(
+        &b.admin_post(
+            "/v1/tenants/acme/agents/triage/join-tokens",
+            json!({"principal": "alice@example.com", "grant": "grt_nope"}),
+        ),
+        404,
+        "not_found",
+        "grant `grt_nope`",
+    );
+    assert_refused(
+        &b.admin_post(
+            "/v1/tenants/acme/agents/triage/join-tokens",
+            json!({"principal": "bob@example.com", "grant": grant}),
+        ),
+        400,
+        "invalid_request",
+        "not bob@example.com's",
+    );
 }

@@ -119,10 +119,21 @@ pub struct Identity {
     /// already enforced against the request's URI.
     pub path_prefix: Option<String>,
     /// What the agent declared about the request (RFC 9396 authorization
-    /// details), for the tool to hold it to.
+    /// details, §2: an array of objects), for the tool to hold it to; read
+    /// the declared amount with [`Identity::declared_details`].
     pub authorization_details: Option<Value>,
     /// The human approvals the credential was issued under.
     pub approvals: Vec<ApprovalClaim>,
+}
+
+impl Identity {
+    /// The `mandate` object the agent declared (`amount` in minor units,
+    /// `currency`, `target`, `description`), whichever shape the credential
+    /// carries it in. `None`: it declared nothing, so a tool that moves
+    /// money must refuse rather than treat it as unlimited.
+    pub fn declared_details(&self) -> Option<&Value> {
+        mandate_core::credential::declared_details(self.authorization_details.as_ref()?)
+    }
 }
 
 /// The request a credential arrived with.

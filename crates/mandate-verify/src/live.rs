@@ -195,13 +195,7 @@ fn check_url(url: &str, allow_http: bool) -> Result<(), LiveError> {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+use mandate_core::client::is_loopback_host as is_loopback;
 
 /// GET `url`: the status and the JSON body, read up to `limit` bytes.
 async fn fetch(

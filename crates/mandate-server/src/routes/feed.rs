@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use mandate_core::model::Revocation;
 
-use super::{Admin, QueryParams, S, require_feed_reader};
+use super::{Admin, S, query_of, require_feed_reader};
 use crate::error::{ApiError, Code, err};
 use crate::services::feed_tokens::FeedCredential;
 use crate::state::AppState;
@@ -129,9 +129,10 @@ fn position_ahead(after: u64, head: u64) -> Response {
 pub async fn log(
     State(s): State<S>,
     headers: HeaderMap,
-    QueryParams(q): QueryParams<FeedQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let reader = require_feed_reader(&s, &headers)?;
+    let q: FeedQuery = query_of(&uri)?;
     let (after, limit) = (
         q.after.unwrap_or(0),
         q.limit.unwrap_or(PAGE).clamp(1, 10 * PAGE),
@@ -190,9 +191,10 @@ fn event(reader: &FeedReader, r: &Revocation) -> Event {
 pub async fn feed(
     State(s): State<S>,
     headers: HeaderMap,
-    QueryParams(q): QueryParams<FeedQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let reader = require_feed_reader(&s, &headers)?;
+    let q: FeedQuery = query_of(&uri)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
     let head = s.reg().revocation_seq;
     if after > head {

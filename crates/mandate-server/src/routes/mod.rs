@@ -6,6 +6,7 @@ pub mod attach;
 pub mod feed;
 pub mod inspect;
 pub mod oauth;
+pub mod openapi;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ pub fn router(state: S) -> Router {
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi::document))
         .route(
             "/v1/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
@@ -152,6 +154,14 @@ pub fn body(b: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, ApiEr
 
 /// Parses a JSON body into `T` with an error a human can act on.
 pub fn json_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    // An object, never an array read field by field into a struct (serde
+    // accepts both for a struct: a body must name what it sets).
+    if b.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(err(
+            Code::InvalidRequest,
+            "the JSON body must be an object (`{...}`)",
+        ));
+    }
     serde_json::from_slice(b).map_err(|e| {
         err(
             Code::InvalidRequest,
@@ -190,15 +200,22 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Quer
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| QueryParams(q.0))
-            .map_err(|e| {
-                err(
-                    Code::InvalidRequest,
-                    format!("the query string is refused: {}", e.body_text()),
-                )
-            })
+        query_of(&parts.uri).map(QueryParams)
     }
+}
+
+/// The query string of `uri` parsed into `T`, as [`QueryParams`] does: for
+/// handlers that must authenticate the caller first (an unauthenticated
+/// caller learns nothing about the parameters, and is throttled).
+pub fn query_of<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| {
+            err(
+                Code::InvalidRequest,
+                format!("the query string is refused: {}", e.body_text()),
+            )
+        })
 }
 
 /// A JSON request body (extractor): bounded by `max_body`, parsed into `T`

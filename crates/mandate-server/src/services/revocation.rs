@@ -89,6 +89,14 @@ pub async fn revoke(
     ids::check_text("reason", &reason, 512).map_err(bad)?;
     let kind = parse_kind(&req.kind)?;
     let t = target(s, &req, kind, s.now_secs())?;
+    // Only ids every verifier can read go on the feed: one that a verifier
+    // refuses to parse would stop it following the feed.
+    if mandate_core::revocation::parse_id(&t.key).is_none() {
+        return Err(err(
+            Code::InvalidRequest,
+            "the id to revoke is not well formed: at most 512 characters, none of them control characters",
+        ));
+    }
     let mut ev = origin.admin_event(EventType::Revoke, t.tenant.as_deref(), s.now_ms());
     ev.agent = t.agent;
     ev.principal = t.principal;

@@ -90,6 +90,33 @@ pub async fn create_join_token(
             "to act on someone's behalf, give both `principal` and `grant`",
         ));
     }
+    // A token that could never start a run is refused now, not at the host.
+    if let (Some(p), Some(g)) = (&req.principal, &req.grant) {
+        let reg = s.reg();
+        let grant = reg.grants.get(g).filter(|x| x.tenant == tenant);
+        match grant {
+            None => {
+                return Err(err(
+                    Code::NotFound,
+                    format!("grant `{}` not found in tenant `{tenant}`", short(g)),
+                ));
+            }
+            Some(x) if x.principal != *p || x.agent != agent => {
+                return Err(err(
+                    Code::InvalidRequest,
+                    format!(
+                        "grant `{}` is {}'s to agent `{}`, not {}'s to `{}`",
+                        short(g),
+                        short(&x.principal),
+                        short(&x.agent),
+                        short(p),
+                        short(agent)
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     let ttl = req.ttl_secs.unwrap_or(600);
     if ttl == 0 || ttl > JOIN_MAX_TTL {
         return Err(err(

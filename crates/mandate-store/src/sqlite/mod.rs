@@ -25,11 +25,13 @@ use schema::*;
 
 /// The SQLite store.
 pub struct SqliteStore {
-    /// The exclusive lock on `<database>.lock`, held while the store is open.
-    _lock: std::fs::File,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     head: Mutex<Head>,
+    /// The exclusive lock on the database file, held while the store is
+    /// open. Last: dropped after the connections, because closing any
+    /// descriptor of the file drops the process's POSIX locks SQLite holds.
+    _lock: std::fs::File,
 }
 
 /// The last event of the chain: what the next one links to, and the time
@@ -98,47 +100,56 @@ fn parse_col<T>(
     })
 }
 
-/// Takes the exclusive lock on `<database>.lock` (flock: released when the
-/// process ends, however it ends), and writes this process's id into it for
-/// the message another opener gets.
+/// Takes an exclusive lock (flock) on the database file itself, created
+/// 0600 if missing: released when the process ends, however it ends. On
+/// the file, not on a name beside it, so another path to the same file (a
+/// symlink, a hard link) meets the same lock, and only who may read the
+/// database can hold it. The holder's pid goes into `<database>.pid`, for
+/// the message a second opener gets.
 fn lock_database(db: &Path) -> Result<std::fs::File> {
-    use std::io::{Read as _, Seek as _, Write as _};
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    let path = std::path::PathBuf::from(name);
-    let mut f = std::fs::OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", db.display())))?;
+    let mut pid_path = db.as_os_str().to_owned();
+    pid_path.push(".pid");
+    let pid_path = std::path::PathBuf::from(pid_path);
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = f.read_to_string(&mut pid);
+            let pid = std::fs::read_to_string(&pid_path).unwrap_or_default();
             let pid = pid.trim();
-            let who = if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
-                format!("another process (pid {pid})")
-            } else {
-                "another process".to_owned()
-            };
+            let who =
+                if !pid.is_empty() && pid.len() < 12 && pid.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("another process (pid {pid})")
+                } else {
+                    "another process".to_owned()
+                };
             return Err(StoreError::Locked(format!(
                 "{who} is using the database {}: only one broker may use a data directory at a time; stop it first, or give this one its own --data-dir",
                 db.display()
             )));
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(StoreError::Db(format!(
-                "cannot lock {}: {e}",
-                path.display()
-            )));
+            return Err(StoreError::Db(format!("cannot lock {}: {e}", db.display())));
         }
     }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = write!(f, "{}", std::process::id());
+    // Informational only, owner-only; `create_new` (O_CREAT|O_EXCL) never
+    // follows a symlink planted at the name.
+    let _ = std::fs::remove_file(&pid_path);
+    if let Ok(mut p) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&pid_path)
+    {
+        let _ = std::io::Write::write_all(&mut p, std::process::id().to_string().as_bytes());
+    }
     Ok(f)
 }
 
@@ -177,10 +188,10 @@ impl SqliteStore {
             });
         let reader = open_conn(path)?;
         Ok(Self {
-            _lock: lock,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             head: Mutex::new(head),
+            _lock: lock,
         })
     }
 }
@@ -276,8 +287,31 @@ mod tests {
             why.contains(&format!("pid {}", std::process::id())) && why.contains("--data-dir"),
             "{why}"
         );
+        // Another name for the same file meets the same lock.
+        let linked = path.with_extension("linked");
+        std::fs::hard_link(&path, &linked).unwrap();
+        let symlinked = path.with_extension("symlinked");
+        std::os::unix::fs::symlink(&path, &symlinked).unwrap();
+        for other in [&linked, &symlinked] {
+            assert!(matches!(
+                SqliteStore::open(other),
+                Err(StoreError::Locked(_))
+            ));
+        }
+        // Whoever plants a symlink at the pid file's name gets nothing written through it.
         drop(first);
-        SqliteStore::open(&path).unwrap();
+        let mut pid = path.as_os_str().to_owned();
+        pid.push(".pid");
+        let target = path.with_extension("target");
+        std::fs::write(&target, "keep").unwrap();
+        std::fs::remove_file(&pid).unwrap();
+        std::os::unix::fs::symlink(&target, &pid).unwrap();
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(again);
     }
 
     #[test]

@@ -94,9 +94,10 @@ pub struct ApprovalQuery {
 pub async fn list_approvals(
     State(s): State<S>,
     headers: HeaderMap,
-    QueryParams(q): QueryParams<ApprovalQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let who = caller(&s, &headers)?;
+    let q: ApprovalQuery = super::super::query_of(&uri)?;
     let now = s.now_secs();
     let shown: Vec<Value> = approvals::list(&s, &who, q.tenant, q.status, q.limit)?
         .iter()
