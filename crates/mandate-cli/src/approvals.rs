@@ -34,6 +34,7 @@ pub(crate) enum ApprovalsCmd {
     /// Approve a request (approver credential only).
     Approve {
         id: String,
+        /// Why, in words (recorded with the decision).
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
@@ -42,6 +43,7 @@ pub(crate) enum ApprovalsCmd {
     /// Deny a request; a denial is final for that request.
     Deny {
         id: String,
+        /// Why, in words (recorded with the decision).
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]

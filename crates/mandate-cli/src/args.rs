@@ -310,6 +310,7 @@ pub(crate) enum TenantCmd {
     Create {
         /// Name (a-z, 0-9, `.`, `_`, `-`).
         name: String,
+        /// What the tenant is, in words (e.g. "Acme production").
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -326,10 +327,12 @@ pub(crate) enum TenantCmd {
 pub(crate) enum PrincipalCmd {
     /// Create a principal.
     Create {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Id, e.g. an e-mail address.
         id: String,
+        /// A display name, e.g. "Alice Martin".
         #[arg(long, default_value = "")]
         name: String,
         /// A group approval policies can name (`@approval("group:finance")`); repeat.
@@ -339,6 +342,7 @@ pub(crate) enum PrincipalCmd {
     /// Make an approver credential for a principal: it decides approval
     /// requests and does nothing else. Shown once.
     ApproverToken {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// The principal's id.
@@ -352,11 +356,13 @@ pub(crate) enum PrincipalCmd {
     },
     /// List principals of a tenant.
     List {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Show one principal, every field.
     Show {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Its id.
@@ -367,6 +373,7 @@ pub(crate) enum PrincipalCmd {
 /// An agent's registration, as `agent create` and `agent update` take it.
 #[derive(Args)]
 pub(crate) struct AgentSpec {
+    /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
     #[arg(long, short = 't', env = "MANDATE_TENANT")]
     pub(crate) tenant: String,
     /// Name.
@@ -392,11 +399,13 @@ pub(crate) enum AgentCmd {
     Update(AgentSpec),
     /// List agents of a tenant.
     List {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Show one agent, every field.
     Show {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Its name.
@@ -406,6 +415,7 @@ pub(crate) enum AgentCmd {
     /// (for `mandate exec --join-token-file` on an agent host, instead of the
     /// admin credential).
     JoinToken {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Agent name.
@@ -437,6 +447,7 @@ run within 10 s. A child running as root, or as the same user where PR_SET_DUMPA
 protect, can read the wrapper's memory: run agents as a separate user."
 )]
 pub(crate) struct ExecCli {
+    /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
     #[arg(long, short = 't', env = "MANDATE_TENANT")]
     pub(crate) tenant: String,
     /// The registered agent this run is of.
@@ -472,6 +483,7 @@ pub(crate) struct ExecCli {
 /// A tool's registration, as `tool create` and `tool update` take it.
 #[derive(Args)]
 pub(crate) struct ToolSpec {
+    /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
     #[arg(long, short = 't', env = "MANDATE_TENANT")]
     pub(crate) tenant: String,
     /// Name.
@@ -551,11 +563,13 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
     Update(ToolSpec),
     /// List tools of a tenant.
     List {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Show one tool, every field (its secret never: only whether it is set).
     Show {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Its name.
@@ -565,6 +579,7 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
     /// (postgres): read from stdin or --file, never echoed, sealed at rest,
     /// never returned by any API.
     SetSecret {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Tool name.
@@ -596,15 +611,19 @@ pub(crate) enum FeedTokenCmd {
 pub(crate) enum GrantCmd {
     /// A principal delegates capabilities to an agent for a task.
     Create {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
+        /// The principal who delegates, e.g. `alice@example.com`.
         #[arg(long)]
         principal: String,
+        /// The agent, by name, e.g. `support-bot`.
         #[arg(long)]
         agent: String,
         /// A capability `tool:action` (repeat).
         #[arg(long = "cap", required = true)]
         caps: Vec<String>,
+        /// What the delegation is for, e.g. "answer ticket 42" (recorded with every credential).
         #[arg(long)]
         task: String,
         /// Lifetime (e.g. 8h, 7d; default one day).
@@ -613,11 +632,13 @@ pub(crate) enum GrantCmd {
     },
     /// List grants of a tenant.
     List {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Show one grant, every field.
     Show {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// Its id.
@@ -629,6 +650,7 @@ pub(crate) enum GrantCmd {
 pub(crate) enum PolicyCmd {
     /// Load a Cedar policy file (validated against the Mandate schema).
     Add {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         /// The .cedar file.
@@ -639,11 +661,13 @@ pub(crate) enum PolicyCmd {
     },
     /// List policy sets of a tenant.
     List {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Remove a policy set.
     Remove {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
         name: String,
@@ -654,15 +678,19 @@ pub(crate) enum PolicyCmd {
 pub(crate) enum RunCmd {
     /// Start a run and print its mandate.
     Start {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
+        /// The agent, by name, e.g. `support-bot`.
         #[arg(long)]
         agent: String,
         /// Act on behalf of this principal (needs --grant).
         #[arg(long)]
         principal: Option<String>,
+        /// The principal's grant to the agent (its id, `grt_...`; with --principal).
         #[arg(long)]
         grant: Option<String>,
+        /// What the run is for (recorded with every credential).
         #[arg(long)]
         task: Option<String>,
         /// Mandate lifetime (e.g. 15m; the broker's default when unset).
@@ -678,8 +706,10 @@ pub(crate) enum RunCmd {
     },
     /// List runs.
     List {
+        /// Only this tenant's, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: Option<String>,
+        /// Only this agent's, by name.
         #[arg(long)]
         agent: Option<String>,
     },
@@ -697,12 +727,14 @@ pub(crate) enum RunCmd {
         /// It failed (withdraws an earlier pass).
         #[arg(long)]
         fail: bool,
+        /// The gate's score, e.g. 0.93 (recorded).
         #[arg(long)]
         score: Option<f64>,
     },
     /// Suspend a run: its exchanges wait until it is resumed or revoked.
     Suspend {
         id: String,
+        /// Why (recorded in the audit trail).
         #[arg(long)]
         reason: Option<String>,
     },
@@ -812,12 +844,16 @@ pub(crate) struct AuditArgs {
     /// switch, would silently vanish).
     #[arg(long, short = 't')]
     pub(crate) tenant: Option<String>,
+    /// Only this agent's events, by name.
     #[arg(long)]
     pub(crate) agent: Option<String>,
+    /// Only this run's events (`run_...`).
     #[arg(long)]
     pub(crate) run: Option<String>,
+    /// Only events for this principal, e.g. `alice@example.com`.
     #[arg(long)]
     pub(crate) principal: Option<String>,
+    /// Only this tool's events, by name.
     #[arg(long)]
     pub(crate) tool: Option<String>,
     /// allow, deny or ok.

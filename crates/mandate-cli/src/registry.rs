@@ -358,7 +358,12 @@ pub(crate) fn policy(cmd: PolicyCmd, x: &Ctx) -> Result<(), CliError> {
                 enc(&tenant),
                 enc(&name)
             ))?;
-            if !j {
+            if j {
+                x.show(
+                    &json!({"tenant": tenant, "name": name, "removed": true}),
+                    &[],
+                );
+            } else {
                 println!("removed policy set `{name}` from tenant `{tenant}`");
             }
         }
