@@ -3,29 +3,12 @@
 //! default path in the config directory.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mandate");
+use std::path::Path;
+use std::process::Stdio;
 
-fn tempdir(tag: &str) -> PathBuf {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("mandate-cli-{tag}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{agent, free_port, serve_cmd, tempdir, wait_healthy};
 
 /// Starts `mandate <before> serve <after>` on `dir`; waits for the broker;
 /// returns the admin credential found in `token_file` (and checks the
@@ -33,33 +16,18 @@ fn free_port() -> u16 {
 fn serve_writes_to(dir: &Path, before: &[&str], after: &[&str], token_file: &Path) -> String {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .env("MANDATE_CONFIG_DIR", dir.join("config"))
-        .env("MANDATE_DATA_DIR", dir.join("data"))
-        .env_remove("MANDATE_MASTER_KEY")
-        .env_remove("MANDATE_ADMIN_TOKEN_FILE")
-        .env("RUST_LOG", "warn")
-        .args(before)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let mut child = serve_cmd(dir, before, port)
         .args(after)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent.get(format!("{url}/healthz")).call().is_err() {
-        assert!(Instant::now() < deadline, "the broker did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_healthy(&url);
     let token = std::fs::read_to_string(token_file)
         .unwrap()
         .trim()
         .to_owned();
-    let status = agent
+    let status = agent()
         .get(format!("{url}/v1/tenants"))
         .header("Authorization", &format!("Bearer {token}"))
         .call()

@@ -42,6 +42,25 @@ pub fn mandate(dir: &Path) -> Command {
     c
 }
 
+/// Waits until a broker answers `/healthz` at `url` (at most a minute).
+pub fn wait_healthy(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent().get(format!("{url}/healthz")).call().is_err() {
+        assert!(Instant::now() < deadline, "the broker did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `mandate <before> serve --listen 127.0.0.1:<port>` on `dir`'s config
+/// and data directories.
+pub fn serve_cmd(dir: &Path, before: &[&str], port: u16) -> Command {
+    let mut c = mandate(dir);
+    c.env("MANDATE_DATA_DIR", dir.join("data"))
+        .args(before)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    c
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -155,23 +155,12 @@ pub async fn replace_agent(
     req: NewAgent,
 ) -> Result<Agent, ApiError> {
     need_tenant(s, tenant)?;
-    let before = s
+    let found = s
         .reg()
         .agents
         .get(&(tenant.to_owned(), name.to_owned()))
-        .cloned()
-        .ok_or_else(|| {
-            err(
-                Code::NotFound,
-                format!("agent `{}` not found in tenant `{tenant}`", short(name)),
-            )
-        })?;
-    if req.name != name {
-        return Err(err(
-            Code::InvalidRequest,
-            "the body's `name` must be the agent's name: an agent cannot be renamed",
-        ));
-    }
+        .cloned();
+    let before = to_replace(found, "agent", (tenant, name), &req.name)?;
     let a = agent_from(s, tenant, req, Some(&before))?;
     let mut ev = origin.admin_event(EventType::AgentUpdate, Some(tenant), s.now_ms());
     ev.agent = Some(a.name.clone());
@@ -181,6 +170,29 @@ pub async fn replace_agent(
     });
     commit_created(s, Mutation::ReplaceAgent(a.clone()), ev).await?;
     Ok(a)
+}
+
+/// The registration a replacement replaces: it must exist, and the body
+/// must name it (a registration cannot be renamed).
+fn to_replace<T>(
+    found: Option<T>,
+    what: &str,
+    (tenant, name): (&str, &str),
+    body_name: &str,
+) -> Result<T, ApiError> {
+    let before = found.ok_or_else(|| {
+        err(
+            Code::NotFound,
+            format!("{what} `{}` not found in tenant `{tenant}`", short(name)),
+        )
+    })?;
+    if body_name != name {
+        return Err(err(
+            Code::InvalidRequest,
+            format!("the body's `name` must be the {what}'s name: a {what} cannot be renamed"),
+        ));
+    }
+    Ok(before)
 }
 
 /// The agent `req` describes, checked; `replacing` is the one it replaces.
@@ -484,23 +496,12 @@ pub async fn replace_tool(
     req: NewTool,
 ) -> Result<Tool, ApiError> {
     need_tenant(s, tenant)?;
-    let before = s
+    let found = s
         .reg()
         .tools
         .get(&(tenant.to_owned(), name.to_owned()))
-        .cloned()
-        .ok_or_else(|| {
-            err(
-                Code::NotFound,
-                format!("tool `{}` not found in tenant `{tenant}`", short(name)),
-            )
-        })?;
-    if req.name != name {
-        return Err(err(
-            Code::InvalidRequest,
-            "the body's `name` must be the tool's name: a tool cannot be renamed",
-        ));
-    }
+        .cloned();
+    let before = to_replace(found, "tool", (tenant, name), &req.name)?;
     let t = tool_from(s, tenant, req, Some(&before))?;
     if t.provider != before.provider {
         return Err(err(
