@@ -146,10 +146,14 @@ pub(crate) enum Cmd {
     Audit(AuditArgs),
     /// Is the broker there: its version and issuer, who the credential is,
     /// the clock's skew, and what each tenant holds.
+    #[command(after_help = "Example:\n  mandate status        # or --json, for scripts")]
     Status,
     /// Look for what would go wrong: file permissions of credentials and
     /// keys, the broker and the credential, clock skew, tenants without
     /// policies, tools without their secret; each with the command that fixes it.
+    #[command(
+        after_help = "Example:\n  mandate doctor --key-file run.jwk   # exit 1 when something fails"
+    )]
     Doctor {
         /// Also check this key file's permissions (repeat).
         #[arg(long = "key-file", value_name = "FILE")]
@@ -307,6 +311,9 @@ pub(crate) struct ServeArgs {
 #[derive(Subcommand)]
 pub(crate) enum TenantCmd {
     /// Create a tenant.
+    #[command(
+        after_help = "Example:\n  mandate tenant create acme --description \"Acme production\""
+    )]
     Create {
         /// Name (a-z, 0-9, `.`, `_`, `-`).
         name: String,
@@ -315,6 +322,7 @@ pub(crate) enum TenantCmd {
         description: String,
     },
     /// List tenants.
+    #[command(after_help = "Example:\n  mandate tenant list")]
     List,
     /// Show one tenant, every field.
     Show {
@@ -326,6 +334,9 @@ pub(crate) enum TenantCmd {
 #[derive(Subcommand)]
 pub(crate) enum PrincipalCmd {
     /// Create a principal.
+    #[command(
+        after_help = "Example:\n  mandate principal create -t acme alice@example.com --name \"Alice Martin\" --group finance"
+    )]
     Create {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -355,6 +366,7 @@ pub(crate) enum PrincipalCmd {
         ttl: Option<String>,
     },
     /// List principals of a tenant.
+    #[command(after_help = "Example:\n  mandate principal list -t acme")]
     List {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -392,12 +404,16 @@ pub(crate) struct AgentSpec {
 #[derive(Subcommand)]
 pub(crate) enum AgentCmd {
     /// Register an agent.
+    #[command(
+        after_help = "Example:\n  mandate agent create -t acme support-bot --owner team-support --purpose \"answers tickets\" --envelope 'crm:*'"
+    )]
     Create(AgentSpec),
     /// Replace an agent's registration: give its flags as for `agent
     /// create`. Runs started before keep what their mandates carry until
     /// they expire (`mandate revoke --agent` cuts them off now).
     Update(AgentSpec),
     /// List agents of a tenant.
+    #[command(after_help = "Example:\n  mandate agent list -t acme")]
     List {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -562,6 +578,7 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
     /// change and its secret stays. Exchanges judge by it at once.
     Update(ToolSpec),
     /// List tools of a tenant.
+    #[command(after_help = "Example:\n  mandate tool list -t acme")]
     List {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -593,6 +610,9 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
 #[derive(Subcommand)]
 pub(crate) enum FeedTokenCmd {
     /// A new feed credential (shown once; the broker keeps its hash).
+    #[command(
+        after_help = "Example:\n  mandate feed-token create --tenant acme --ttl 30d --out feed.token"
+    )]
     Create {
         /// Write it to this file (created 0600) instead of stdout.
         #[arg(long)]
@@ -610,6 +630,9 @@ pub(crate) enum FeedTokenCmd {
 #[derive(Subcommand)]
 pub(crate) enum GrantCmd {
     /// A principal delegates capabilities to an agent for a task.
+    #[command(
+        after_help = "Example:\n  GRANT=$(mandate -q grant create -t acme --principal alice@example.com --agent support-bot --cap crm:read --task \"ticket 42\" --expires-in 8h)"
+    )]
     Create {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -631,6 +654,7 @@ pub(crate) enum GrantCmd {
         expires_in: Option<u64>,
     },
     /// List grants of a tenant.
+    #[command(after_help = "Example:\n  mandate -q grant list -t acme")]
     List {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -649,6 +673,9 @@ pub(crate) enum GrantCmd {
 #[derive(Subcommand)]
 pub(crate) enum PolicyCmd {
     /// Load a Cedar policy file (validated against the Mandate schema).
+    #[command(
+        after_help = "Example:\n  mandate policy add -t acme examples/policies/baseline.cedar"
+    )]
     Add {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -660,12 +687,14 @@ pub(crate) enum PolicyCmd {
         name: Option<String>,
     },
     /// List policy sets of a tenant.
+    #[command(after_help = "Example:\n  mandate policy list -t acme")]
     List {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
         tenant: String,
     },
     /// Remove a policy set.
+    #[command(after_help = "Example:\n  mandate policy remove -t acme baseline")]
     Remove {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -677,6 +706,9 @@ pub(crate) enum PolicyCmd {
 #[derive(Subcommand)]
 pub(crate) enum RunCmd {
     /// Start a run and print its mandate.
+    #[command(
+        after_help = "Example:\n  RUN=$(mandate -q run start -t acme --agent support-bot --principal alice@example.com --grant $GRANT --jwk run.jwk --out run.mandate)"
+    )]
     Start {
         /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -705,6 +737,7 @@ pub(crate) enum RunCmd {
         out: Option<PathBuf>,
     },
     /// List runs.
+    #[command(after_help = "Example:\n  mandate run list -t acme")]
     List {
         /// Only this tenant's, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
         #[arg(long, short = 't', env = "MANDATE_TENANT")]
@@ -714,6 +747,7 @@ pub(crate) enum RunCmd {
         agent: Option<String>,
     },
     /// End a run: its mandate and credentials are refused from now on.
+    #[command(after_help = "Example:\n  mandate run end $RUN")]
     End { id: String },
     /// Report an eval gate's result for a run (policies see passing gates
     /// as `context.history.evals_passed`).
@@ -732,6 +766,9 @@ pub(crate) enum RunCmd {
         score: Option<f64>,
     },
     /// Suspend a run: its exchanges wait until it is resumed or revoked.
+    #[command(
+        after_help = "Example:\n  mandate run suspend $RUN --reason \"odd burst of exports\""
+    )]
     Suspend {
         id: String,
         /// Why (recorded in the audit trail).
@@ -739,6 +776,7 @@ pub(crate) enum RunCmd {
         reason: Option<String>,
     },
     /// Resume a suspended run.
+    #[command(after_help = "Example:\n  mandate run resume $RUN")]
     Resume { id: String },
 }
 
@@ -746,6 +784,9 @@ pub(crate) enum RunCmd {
 pub(crate) enum TokenCmd {
     /// Show what a mandate or credential says (broker → agent → run, principal,
     /// capabilities, expiry, key binding) and whether it verifies now.
+    #[command(
+        after_help = "Examples:\n  mandate token inspect \"$CRED\"\n  mandate token inspect - < run.mandate"
+    )]
     Inspect {
         /// The token, or `-` to read it from standard input.
         token: String,
@@ -753,6 +794,9 @@ pub(crate) enum TokenCmd {
     /// Narrow a mandate without calling the broker, and optionally hand it to
     /// another key (a sub-agent): appends a Biscuit block signed by the key
     /// that holds it now. Prints the new mandate. Needs no broker.
+    #[command(
+        after_help = "Example:\n  mandate token attenuate - --key-file run.jwk --to sub.jwk --only crm:read --ttl 10m --uses 5 < run.mandate > sub.mandate"
+    )]
     Attenuate(offline::Attenuate),
     /// Exchange a mandate for a credential for one tool and its actions
     /// (RFC 8693), proving the run's key (DPoP, or --sign for RFC 9421), as
@@ -764,10 +808,16 @@ pub(crate) enum TokenCmd {
 pub(crate) enum KeyCmd {
     /// Make a key pair; writes the private JWK to a new 0600 file and prints
     /// the public JWK and its RFC 7638 thumbprint (what `--to` names).
+    #[command(
+        after_help = "Examples:\n  mandate key generate --out run.jwk\n  mandate --json key generate --alg ES256 --out run-p256.jwk"
+    )]
     Generate(offline::KeyGenerate),
     /// Sign an HTTP request with a key (RFC 9421, with Content-Digest and
     /// Signature-Key); prints the headers to add, as `Name: value` lines or
     /// a JSON object with --json.
+    #[command(
+        after_help = "Example:\n  mandate key sign-request --key-file run.jwk --url http://127.0.0.1:8407/proxy/crm/items -H 'Authorization: Bearer $CRED'"
+    )]
     SignRequest(offline::SignRequest),
 }
 
@@ -775,6 +825,7 @@ pub(crate) enum KeyCmd {
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
+    after_help = "Examples:\n  mandate revoke --run $RUN --reason \"ticket closed\"\n  mandate revoke --agent support-bot --tenant acme --reason \"key leaked\"\n  mandate revoke --everything --yes --reason incident-42   # the kill switch\n  mandate revoke list -t acme",
     group(clap::ArgGroup::new("what").required(true).args(["credential", "token", "run", "agent", "principal", "grant", "tenant_only", "all", "everything"]))
 )]
 pub(crate) struct RevokeArgs {
@@ -835,7 +886,10 @@ pub(crate) enum RevokeSub {
 }
 
 #[derive(Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  mandate audit -t acme --decision deny --since 1h\n  mandate audit --run $RUN --since 2026-11-30T18:00:00Z\n  mandate --json audit --tool crm --before 1234 | jq .\n  mandate audit verify --checkpoint cp.jws"
+)]
 pub(crate) struct AuditArgs {
     #[command(subcommand)]
     pub(crate) verify: Option<AuditSub>,
