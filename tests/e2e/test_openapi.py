@@ -40,9 +40,12 @@ def test_the_api_answers_as_its_openapi_document_says(broker, tmp_path):
          "-H", f"Authorization: Bearer {b.admin}",
          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                      "response_schema_conformance",
+         # One worker: CPython 3.11 can fail compiling hypothesis' lambdas
+         # from two threads at once (SystemError: AST constructor recursion
+         # depth mismatch), an error of the tool, not of the API.
          # Streams that never end by design.
          "--exclude-path", "/v1/revocations/feed", "--exclude-path", "/v1/runs/attach",
-         "--max-time", str(FUZZ_SECONDS), "--workers", "2", "--request-timeout", "10",
+         "--max-time", str(FUZZ_SECONDS), "--workers", "1", "--request-timeout", "10",
          "--seed", "16", "--report", "ndjson", "--report-ndjson-path", str(report)],
         capture_output=True, text=True, timeout=FUZZ_SECONDS + 240, cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},

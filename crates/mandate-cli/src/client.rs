@@ -108,8 +108,17 @@ impl Client {
     /// would send the admin credential in clear), unless
     /// `MANDATE_ALLOW_HTTP=1` says the network is trusted.
     fn refuse_plain_http(&self) -> Result<(), CliError> {
-        let Some(rest) = self.url.strip_prefix("http://") else {
-            return Ok(());
+        let lower = self.url.to_ascii_lowercase();
+        let Some(rest) = lower.strip_prefix("http://") else {
+            return if lower.starts_with("https://") {
+                Ok(())
+            } else {
+                Err(CliError::new(format!(
+                    "{} is not an http(s) URL (set --url or MANDATE_URL)",
+                    self.url
+                ))
+                .exit(Exit::Usage))
+            };
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = match authority.rsplit_once(':') {
