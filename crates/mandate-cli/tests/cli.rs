@@ -151,16 +151,22 @@ fn exit_codes_say_what_kind_of_failure() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("is `mandate serve` running?"));
     // The admin credential never goes in clear to another host.
-    let o = mandate(&s.dir)
-        .args(["--url", "http://192.0.2.7:8407", "tenant", "list"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("plain HTTP to another host"),
-        "{}",
-        stderr(&o)
-    );
+    for url in [
+        "http://192.0.2.7:8407",
+        "HTTP://192.0.2.7",
+        "http://127.0.0.1@192.0.2.7/",
+    ] {
+        let o = mandate(&s.dir)
+            .args(["--url", url, "tenant", "list"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{url}");
+        assert!(
+            stderr(&o).contains("plain HTTP to another host"),
+            "{url}: {}",
+            stderr(&o)
+        );
+    }
     s.stop();
 }
 
