@@ -390,14 +390,15 @@ pub(crate) struct AgentSpec {
     pub(crate) tenant: String,
     /// Name.
     pub(crate) name: String,
-    /// Person or team accountable for it (mandatory).
+    /// Person or team accountable for it (mandatory to create).
     #[arg(long)]
-    pub(crate) owner: String,
+    pub(crate) owner: Option<String>,
     /// What it is for.
-    #[arg(long, default_value = "")]
-    pub(crate) purpose: String,
-    /// The most it may ever be granted, as `tool:action` (repeat; `*` allowed on either side).
-    #[arg(long = "envelope", required = true)]
+    #[arg(long)]
+    pub(crate) purpose: Option<String>,
+    /// The most it may ever be granted, as `tool:action` (repeat; `*` allowed
+    /// on either side; at least one to create; an update's replace the list).
+    #[arg(long = "envelope")]
     pub(crate) envelope: Vec<String>,
 }
 
@@ -408,9 +409,9 @@ pub(crate) enum AgentCmd {
         after_help = "Example:\n  mandate agent create -t acme support-bot --owner team-support --purpose \"answers tickets\" --envelope 'crm:*'"
     )]
     Create(AgentSpec),
-    /// Replace an agent's registration: give its flags as for `agent
-    /// create`. Runs started before keep what their mandates carry until
-    /// they expire (`mandate revoke --agent` cuts them off now).
+    /// Change an agent's registration: the flags given replace those values,
+    /// the rest stays. Runs started before keep what their mandates carry
+    /// until they expire (`mandate revoke --agent` cuts them off now).
     Update(AgentSpec),
     /// List agents of a tenant.
     #[command(after_help = "Example:\n  mandate agent list -t acme")]
@@ -507,9 +508,9 @@ pub(crate) struct ToolSpec {
     /// Audience URI (the credential's `aud`); `jwt` tools only.
     #[arg(long)]
     pub(crate) audience: Option<String>,
-    /// Credential provider: jwt, proxy or postgres.
-    #[arg(long, default_value = "jwt")]
-    pub(crate) provider: String,
+    /// Credential provider: jwt (the default), proxy or postgres.
+    #[arg(long)]
+    pub(crate) provider: Option<String>,
     /// JSON file with `proxy` or `postgres` settings and `env`.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
@@ -520,21 +521,21 @@ pub(crate) struct ToolSpec {
     /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
     #[arg(long = "route")]
     pub(crate) routes: Vec<String>,
-    /// proxy: the header the upstream key goes in.
-    #[arg(long, default_value = "Authorization")]
-    pub(crate) inject_header: String,
-    /// proxy: its value, with {secret} for the key.
-    #[arg(long, default_value = "Bearer {secret}")]
-    pub(crate) inject_format: String,
-    /// proxy: longest wait for the upstream (ms).
-    #[arg(long, default_value_t = 30_000)]
-    pub(crate) timeout_ms: u64,
+    /// proxy: the header the upstream key goes in (default Authorization).
+    #[arg(long)]
+    pub(crate) inject_header: Option<String>,
+    /// proxy: its value, with {secret} for the key (default `Bearer {secret}`).
+    #[arg(long)]
+    pub(crate) inject_format: Option<String>,
+    /// proxy: longest wait for the upstream, in ms (default 30000).
+    #[arg(long)]
+    pub(crate) timeout_ms: Option<u64>,
     /// postgres: host agents connect to.
     #[arg(long)]
     pub(crate) pg_host: Option<String>,
-    /// postgres: port.
-    #[arg(long, default_value_t = 5432)]
-    pub(crate) pg_port: u16,
+    /// postgres: port (default 5432).
+    #[arg(long)]
+    pub(crate) pg_port: Option<u16>,
     /// postgres: database.
     #[arg(long)]
     pub(crate) pg_database: Option<String>,
@@ -544,21 +545,21 @@ pub(crate) struct ToolSpec {
     /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {audience}, {broker}; repeat).
     #[arg(long = "env")]
     pub(crate) env: Vec<String>,
-    /// An action the tool understands (repeat).
-    #[arg(long = "action", required = true)]
+    /// An action the tool understands (repeat; at least one to create).
+    #[arg(long = "action")]
     pub(crate) actions: Vec<String>,
     /// A data label such as pii, external_send, money (repeat).
     #[arg(long = "label")]
     pub(crate) labels: Vec<String>,
-    /// low, medium, high or critical.
-    #[arg(long, default_value = "low")]
-    pub(crate) risk: String,
-    /// Longest credential lifetime (e.g. 2m, 5m).
-    #[arg(long, default_value = "5m", value_parser = crate::when::secs)]
-    pub(crate) max_ttl: u64,
-    /// Credential signature algorithm: EdDSA or ES256.
-    #[arg(long, default_value = "EdDSA")]
-    pub(crate) alg: String,
+    /// low (the default), medium, high or critical.
+    #[arg(long)]
+    pub(crate) risk: Option<String>,
+    /// Longest credential lifetime (e.g. 2m; default 5m).
+    #[arg(long, value_parser = crate::when::secs)]
+    pub(crate) max_ttl: Option<u64>,
+    /// Credential signature algorithm: EdDSA (the default) or ES256.
+    #[arg(long)]
+    pub(crate) alg: Option<String>,
 }
 
 // Parsed once per process: the size of a variant does not matter.
@@ -573,9 +574,10 @@ pub(crate) enum ToolCmd {
 Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
     )]
     Create(ToolSpec),
-    /// Replace a tool's registration: give its flags as for `tool create`
-    /// (what is not given takes create's default); the provider cannot
-    /// change and its secret stays. Exchanges judge by it at once.
+    /// Change a tool's registration: the flags given replace those values
+    /// (repeated ones, such as --action, replace the whole list); the rest
+    /// stays. The provider cannot change; an upstream holding a secret
+    /// cannot move. Exchanges judge by it at once.
     Update(ToolSpec),
     /// List tools of a tenant.
     #[command(after_help = "Example:\n  mandate tool list -t acme")]

@@ -65,6 +65,8 @@ impl CliError {
         match (status, error) {
             (_, "authorization_pending" | "slow_down") => Exit::Pending,
             (404, _) => Exit::NotFound,
+            // Already exists, or cannot change: not a refusal of authority.
+            (409, _) => Exit::Failure,
             (500..=599, _) => Exit::Unavailable,
             (400..=499, _) => Exit::Denied,
             _ => Exit::Failure,

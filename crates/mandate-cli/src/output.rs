@@ -55,9 +55,12 @@ impl OutFile {
             .file
             .take()
             .ok_or_else(|| CliError::new("file already written"))?;
-        f.write_all(text)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| CliError::new(format!("cannot write {}: {e}", self.path.display())))
+        f.write_all(text).and_then(|()| f.sync_all()).map_err(|e| {
+            CliError::new(format!(
+                "cannot write {}: {e}; what the broker made for it is lost: revoke it (`mandate revoke`) and ask again",
+                self.path.display()
+            ))
+        })
     }
 }
 

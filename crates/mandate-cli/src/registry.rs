@@ -84,17 +84,37 @@ pub(crate) fn agent(cmd: AgentCmd, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     match cmd {
         AgentCmd::Create(a) => {
+            let Some(owner) = a.owner else {
+                return Err(CliError::new(
+                    "an agent needs --owner: the person or team accountable for it",
+                )
+                .exit(crate::client::Exit::Usage));
+            };
+            if a.envelope.is_empty() {
+                return Err(
+                    CliError::new("an agent needs at least one --envelope capability")
+                        .exit(crate::client::Exit::Usage),
+                );
+            }
             let v = c().post(
                 &format!("/v1/tenants/{}/agents", enc(&a.tenant)),
-                &json!({"name": a.name, "owner": a.owner, "purpose": a.purpose, "envelope": a.envelope}),
+                &json!({"name": a.name, "owner": owner, "purpose": a.purpose.unwrap_or_default(), "envelope": a.envelope}),
             )?;
             x.show(&v, &["name", "owner", "spiffe_id", "envelope"]);
         }
         AgentCmd::Update(a) => {
-            let v = c().put_json(
-                &format!("/v1/tenants/{}/agents/{}", enc(&a.tenant), enc(&a.name)),
-                &json!({"name": a.name, "owner": a.owner, "purpose": a.purpose, "envelope": a.envelope}),
-            )?;
+            let path = format!("/v1/tenants/{}/agents", enc(&a.tenant));
+            let mut body = as_registration(registered(x, &path, "name", &a.name, "agent")?);
+            if let Some(o) = a.owner {
+                body["owner"] = json!(o);
+            }
+            if let Some(p) = a.purpose {
+                body["purpose"] = json!(p);
+            }
+            if !a.envelope.is_empty() {
+                body["envelope"] = json!(a.envelope);
+            }
+            let v = c().put_json(&format!("{path}/{}", enc(&a.name)), &body)?;
             x.show(&v, &["name", "owner", "spiffe_id", "envelope"]);
         }
         AgentCmd::List { tenant } => x.show(
@@ -138,7 +158,11 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
     match cmd {
         ToolCmd::Create(spec) => {
             let (tenant, name) = (spec.tenant.clone(), spec.name.clone());
-            let body = tool_body(spec)?;
+            if spec.actions.is_empty() {
+                return Err(CliError::new("a tool needs at least one --action")
+                    .exit(crate::client::Exit::Usage));
+            }
+            let body = tool_body(spec, None)?;
             let v = c().post(&format!("/v1/tenants/{}/tools", enc(&tenant)), &body)?;
             x.show(&v, TOOL_COLS);
             if v["secret_set"] == false && !x.quiet {
@@ -149,7 +173,14 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
         }
         ToolCmd::Update(spec) => {
             let (tenant, name) = (spec.tenant.clone(), spec.name.clone());
-            let body = tool_body(spec)?;
+            let current = registered(
+                x,
+                &format!("/v1/tenants/{}/tools", enc(&tenant)),
+                "name",
+                &name,
+                "tool",
+            )?;
+            let body = tool_body(spec, Some(as_registration(current)))?;
             let v = c().put_json(
                 &format!("/v1/tenants/{}/tools/{}", enc(&tenant), enc(&name)),
                 &body,
@@ -196,8 +227,10 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The registration body `tool create` and `tool update` send.
-fn tool_body(spec: crate::args::ToolSpec) -> Result<Value, CliError> {
+/// The registration body `tool create` and `tool update` send: `base` (the
+/// tool as registered, for an update; nothing for a create, where the
+/// broker fills its defaults) with what the flags give set over it.
+fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, CliError> {
     let crate::args::ToolSpec {
         tenant: _,
         name,
@@ -220,8 +253,88 @@ fn tool_body(spec: crate::args::ToolSpec) -> Result<Value, CliError> {
         max_ttl,
         alg,
     } = spec;
-    let mut body = json!({"name": name, "audience": audience, "actions": actions, "labels": labels,
-                "risk": risk, "max_ttl_secs": max_ttl, "alg": alg, "provider": provider});
+    let mut body = base.unwrap_or_else(|| json!({}));
+    body["name"] = json!(name);
+    let lists = [("actions", actions), ("labels", labels)];
+    for (k, v) in lists {
+        if !v.is_empty() {
+            body[k] = json!(v);
+        }
+    }
+    let given = [
+        ("audience", audience.map(Value::from)),
+        ("provider", provider.map(Value::from)),
+        ("risk", risk.map(Value::from)),
+        ("max_ttl_secs", max_ttl.map(Value::from)),
+        ("alg", alg.map(Value::from)),
+    ];
+    for (k, v) in given {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+    if upstream.is_some()
+        || !routes.is_empty()
+        || inject_header.is_some()
+        || inject_format.is_some()
+        || timeout_ms.is_some()
+    {
+        let mut proxy = body.get("proxy").cloned().unwrap_or_else(|| json!({}));
+        if let Some(u) = upstream {
+            proxy["upstream"] = json!(u);
+        }
+        if !routes.is_empty() {
+            let routes = routes
+                .iter()
+                .map(|r| parse_route(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            proxy["routes"] = json!(routes);
+        }
+        if let Some(t) = timeout_ms {
+            proxy["timeout_ms"] = json!(t);
+        }
+        let inject = &mut proxy["inject"];
+        let header = inject_header.or_else(|| inject["header"].as_str().map(str::to_owned));
+        let format = inject_format.or_else(|| inject["format"].as_str().map(str::to_owned));
+        *inject = json!({"header": header.unwrap_or_else(|| "Authorization".into()),
+            "format": format.unwrap_or_else(|| "Bearer {secret}".into())});
+        body["proxy"] = proxy;
+    }
+    if pg_database.is_some() || pg_host.is_some() || pg_port.is_some() || !pg_roles.is_empty() {
+        let mut pg = body.get("postgres").cloned().unwrap_or_else(|| json!({}));
+        if let Some(db) = pg_database {
+            pg["database"] = json!(db);
+        }
+        let host = pg_host.or_else(|| pg["host"].as_str().map(str::to_owned));
+        pg["host"] = json!(host.unwrap_or_else(|| "127.0.0.1".into()));
+        pg["port"] = json!(
+            pg_port
+                .or_else(|| pg["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+                .unwrap_or(5432)
+        );
+        if !pg_roles.is_empty() {
+            let mut roles = serde_json::Map::new();
+            for r in &pg_roles {
+                let (a, role) = r.split_once('=').ok_or_else(|| {
+                    CliError::new(format!("--pg-role `{r}`: write it as action=role"))
+                })?;
+                roles.insert(a.to_owned(), json!(role));
+            }
+            pg["roles"] = json!(roles);
+        }
+        body["postgres"] = pg;
+    }
+    if !env.is_empty() {
+        let vars = env
+            .iter()
+            .map(|e| {
+                e.split_once('=')
+                    .map(|(n, v)| json!({"name": n, "value": v}))
+                    .ok_or_else(|| CliError::new(format!("--env `{e}`: write it as NAME=template")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        body["env"] = json!(vars);
+    }
     if let Some(f) = config {
         let text = std::fs::read_to_string(&f)
             .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
@@ -236,36 +349,6 @@ fn tool_body(spec: crate::args::ToolSpec) -> Result<Value, CliError> {
         for (k, v) in extra {
             body[k] = v;
         }
-    }
-    if let Some(u) = upstream {
-        let routes = routes
-            .iter()
-            .map(|r| parse_route(r))
-            .collect::<Result<Vec<_>, _>>()?;
-        body["proxy"] = json!({"upstream": u, "routes": routes, "timeout_ms": timeout_ms,
-            "inject": {"header": inject_header, "format": inject_format}});
-    }
-    if let Some(db) = pg_database {
-        let mut roles = serde_json::Map::new();
-        for r in &pg_roles {
-            let (a, role) = r.split_once('=').ok_or_else(|| {
-                CliError::new(format!("--pg-role `{r}`: write it as action=role"))
-            })?;
-            roles.insert(a.to_owned(), json!(role));
-        }
-        body["postgres"] = json!({"host": pg_host.unwrap_or_else(|| "127.0.0.1".into()),
-            "port": pg_port, "database": db, "roles": roles});
-    }
-    if !env.is_empty() {
-        let vars = env
-            .iter()
-            .map(|e| {
-                e.split_once('=')
-                    .map(|(n, v)| json!({"name": n, "value": v}))
-                    .ok_or_else(|| CliError::new(format!("--env `{e}`: write it as NAME=template")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        body["env"] = json!(vars);
     }
     if let Some(o) = body.as_object_mut() {
         o.retain(|_, v| !v.is_null());
@@ -458,13 +541,16 @@ pub(crate) fn parse_route(r: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
-/// Shows the one record of `list` whose `field` is `value`, every field
-/// (JSON with --json, one `field  value` line each otherwise); not found
-/// is exit 3.
-fn show_one(x: &Ctx, list: &str, field: &str, value: &str, what: &str) -> Result<(), CliError> {
+/// The one record of `list` whose `field` is `value` (not found: exit 3).
+fn registered(
+    x: &Ctx,
+    list: &str,
+    field: &str,
+    value: &str,
+    what: &str,
+) -> Result<Value, CliError> {
     let all = x.client().get(list)?;
-    let one = all
-        .as_array()
+    all.as_array()
         .into_iter()
         .flatten()
         .find(|r| r[field].as_str() == Some(value))
@@ -474,7 +560,30 @@ fn show_one(x: &Ctx, list: &str, field: &str, value: &str, what: &str) -> Result
                 "no {what} `{value}` (list them with `mandate {what} list`)"
             ))
             .exit(crate::client::Exit::NotFound)
-        })?;
+        })
+}
+
+/// A registration as shown, as a replacement sends it: without what the
+/// broker sets (tenant, times, `secret_set`, a broker-set audience, the
+/// SPIFFE id).
+fn as_registration(mut v: Value) -> Value {
+    let broker_set_audience = v["provider"].as_str().is_some_and(|p| p != "jwt");
+    if let Some(o) = v.as_object_mut() {
+        for k in ["tenant", "created_ms", "secret_set", "spiffe_id"] {
+            o.remove(k);
+        }
+        if broker_set_audience {
+            o.remove("audience");
+        }
+    }
+    v
+}
+
+/// Shows the one record of `list` whose `field` is `value`, every field
+/// (JSON with --json, one `field  value` line each otherwise); not found
+/// is exit 3.
+fn show_one(x: &Ctx, list: &str, field: &str, value: &str, what: &str) -> Result<(), CliError> {
+    let one = registered(x, list, field, value, what)?;
     if x.json || x.quiet {
         x.show(&one, &[]);
     } else {

@@ -85,7 +85,12 @@ pub(crate) fn run(cmd: RunCmd, x: &Ctx) -> Result<(), CliError> {
                 eprintln!("warning: {}", output::cell(w));
             }
             if let Some(file) = file {
-                let m = v["mandate"].as_str().unwrap_or_default();
+                let m = v["mandate"]
+                    .as_str()
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| {
+                        CliError::new("the broker's answer holds no mandate: is --url the broker?")
+                    })?;
                 let path = file.path().display().to_string();
                 file.fill(format!("{m}\n").as_bytes())?;
                 v["mandate"] = json!(format!("(written to {path})"));
@@ -329,22 +334,36 @@ pub(crate) fn revoke(r: RevokeArgs, x: &Ctx) -> Result<(), CliError> {
 /// (filtered to `tenant` and the kill switch), oldest first.
 fn revoke_list(x: &Ctx, tenant: Option<&str>, limit: u32) -> Result<(), CliError> {
     let c = x.client();
-    let head = c.get("/v1/revocations/log?after=0&limit=1")?["head"]
+    let mut upper = c.get("/v1/revocations/log?after=0&limit=1")?["head"]
         .as_u64()
         .unwrap_or(0);
-    let limit = limit.clamp(1, 10_000);
-    let after = head.saturating_sub(u64::from(limit));
-    let v = c.get(&format!("/v1/revocations/log?after={after}&limit={limit}"))?;
-    let rows: Vec<Value> = v["revocations"]
-        .as_array()
+    let limit = limit.clamp(1, 10_000) as usize;
+    let keep = |r: &Value| match tenant {
+        None => true,
+        Some(t) => r["tenant"].as_str().is_none_or(|rt| rt == t),
+    };
+    // Pages back from the head until `limit` rows match (a tenant's may be
+    // far behind the others').
+    let mut rows: Vec<Value> = Vec::new();
+    while upper > 0 && rows.len() < limit {
+        let after = upper.saturating_sub(1000);
+        let v = c.get(&format!("/v1/revocations/log?after={after}&limit=1000"))?;
+        let mut page: Vec<Value> = v["revocations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect();
+        page.append(&mut rows);
+        rows = page;
+        upper = after;
+    }
+    let skip = rows.len().saturating_sub(limit);
+    let rows: Vec<Value> = rows
         .into_iter()
-        .flatten()
-        .filter(|r| match tenant {
-            None => true,
-            Some(t) => r["tenant"].as_str().is_none_or(|rt| rt == t),
-        })
-        .map(|r| {
-            let mut r = r.clone();
+        .skip(skip)
+        .map(|mut r| {
             // Tables show times, never bare epoch numbers; 0 is "for ever".
             r["refused_until_at"] = match r["until"].as_u64() {
                 Some(0) | None => json!("for ever"),

@@ -521,6 +521,8 @@ fn registrations_with_a_typo_are_fixed_by_update() {
         "bot",
         "--owner",
         "tema-ops",
+        "--purpose",
+        "tickets",
         "--envelope",
         "crm:raed",
     ]);
@@ -530,14 +532,18 @@ fn registrations_with_a_typo_are_fixed_by_update() {
         "-t",
         "acme",
         "bot",
-        "--owner",
-        "team-ops",
         "--envelope",
         "crm:read",
     ]);
+    ok(&[
+        "agent", "update", "-t", "acme", "bot", "--owner", "team-ops",
+    ]);
     let shown = ok(&["agent", "show", "-t", "acme", "bot"]);
     assert!(
-        shown.contains("team-ops") && shown.contains("crm:read") && !shown.contains("raed"),
+        shown.contains("team-ops")
+            && shown.contains("crm:read")
+            && shown.contains("tickets")
+            && !shown.contains("raed"),
         "{shown}"
     );
     ok(&[
@@ -550,36 +556,43 @@ fn registrations_with_a_typo_are_fixed_by_update() {
         "https://crm.example",
         "--action",
         "raed",
+        "--risk",
+        "high",
+        "--label",
+        "pii",
     ]);
     ok(&[
+        "tool", "update", "-t", "acme", "crm", "--action", "read", "--action", "write",
+    ]);
+    ok(&["tool", "update", "-t", "acme", "crm", "--max-ttl", "2m"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "tool", "show", "-t", "acme", "crm"])).unwrap();
+    // What the updates did not name stays.
+    assert_eq!(v["actions"], serde_json::json!(["read", "write"]));
+    assert_eq!(
+        (
+            v["risk"].as_str(),
+            v["labels"][0].as_str(),
+            v["max_ttl_secs"].as_u64()
+        ),
+        (Some("high"), Some("pii"), Some(120))
+    );
+    let o = s.cli(&["tool", "update", "-t", "acme", "nope", "--action", "read"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let o = s.cli(&[
         "tool",
         "update",
         "-t",
         "acme",
         "crm",
         "--audience",
-        "https://crm.example",
-        "--action",
-        "read",
-        "--max-ttl",
-        "2m",
+        "https://elsewhere.example",
     ]);
-    let shown = ok(&["tool", "show", "-t", "acme", "crm"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        shown.contains("read") && !shown.contains("raed") && shown.contains("120"),
-        "{shown}"
+        stderr(&o).contains("audience cannot change"),
+        "{}",
+        stderr(&o)
     );
-    let o = s.cli(&[
-        "tool",
-        "update",
-        "-t",
-        "acme",
-        "nope",
-        "--audience",
-        "https://n.example",
-        "--action",
-        "read",
-    ]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     s.stop();
 }

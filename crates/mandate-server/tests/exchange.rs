@@ -8,7 +8,7 @@ use mandate_core::credential;
 use mandate_core::jose::{Alg, b64};
 use mandate_core::keys::SigningKey;
 use rand::rngs::OsRng;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn exchange_issues_a_bound_credential_and_audits_it_first() {
@@ -1181,7 +1181,7 @@ fn tools_and_agents_are_replaced_and_judged_by_at_once() {
     assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
     let crm = |actions: &[&str]| json!({"name": "crm", "audience": "https://crm.acme.example", "actions": actions, "labels": ["pii"]});
     // `read` taken away: refused at once, for the run that had it.
-    let (s, v) = b.admin_put("/v1/tenants/acme/tools/crm", crm(&["write", "export"]));
+    let (s, v) = put_whole(&b, "/v1/tenants/acme/tools/crm", crm(&["write", "export"]));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["actions"], json!(["write", "export"]));
     assert_refused(
@@ -1190,11 +1190,12 @@ fn tools_and_agents_are_replaced_and_judged_by_at_once() {
         "invalid_scope",
         "read",
     );
-    b.admin_put("/v1/tenants/acme/tools/crm", crm(&["read", "write"]));
+    put_whole(&b, "/v1/tenants/acme/tools/crm", crm(&["read", "write"]));
     assert_eq!(b.exchange(&mandate, &key, "crm", "read").0, 200);
     // What cannot change, and what is not there.
     assert_refused(
-        &b.admin_put(
+        &put_whole(
+            &b,
             "/v1/tenants/acme/tools/crm",
             json!({"name": "crm2", "actions": ["read"], "audience": "https://crm.acme.example"}),
         ),
@@ -1203,22 +1204,50 @@ fn tools_and_agents_are_replaced_and_judged_by_at_once() {
         "cannot be renamed",
     );
     assert_refused(
-        &b.admin_put("/v1/tenants/acme/tools/crm", json!({"name": "crm", "actions": ["read"], "provider": "proxy",
+        &put_whole(
+            &b,
+            "/v1/tenants/acme/tools/crm",
+            json!({"name": "crm", "actions": ["read"], "provider": "proxy",
             "proxy": {"upstream": "http://127.0.0.1:9", "routes": [{"method": "GET", "path": "/x", "action": "read"}],
-                      "inject": {"header": "Authorization", "format": "Bearer {secret}"}}})),
-        400, "invalid_request", "provider cannot change",
+                      "inject": {"header": "Authorization", "format": "Bearer {secret}"}}}),
+        ),
+        400,
+        "invalid_request",
+        "provider cannot change",
     );
     assert_refused(
-        &b.admin_put(
+        &put_whole(
+            &b,
             "/v1/tenants/acme/tools/crm",
             json!({"name": "crm", "actions": ["read"], "audience": "https://github.acme.example"}),
         ),
         409,
         "conflict",
-        "audience",
+        "already has audience",
     );
     assert_refused(
+        &put_whole(
+            &b,
+            "/v1/tenants/acme/tools/crm",
+            json!({"name": "crm", "actions": ["read"], "audience": "https://crm2.acme.example"}),
+        ),
+        409,
+        "conflict",
+        "audience cannot change",
+    );
+    // What a PUT leaves out is not silently reset.
+    assert_refused(
         &b.admin_put(
+            "/v1/tenants/acme/tools/crm",
+            json!({"name": "crm", "actions": ["read"], "audience": "https://crm.acme.example"}),
+        ),
+        400,
+        "invalid_request",
+        "missing labels, risk, max_ttl_secs, alg",
+    );
+    assert_refused(
+        &put_whole(
+            &b,
             "/v1/tenants/acme/tools/nope",
             json!({"name": "nope", "actions": ["read"], "audience": "https://n.example"}),
         ),
@@ -1227,7 +1256,8 @@ fn tools_and_agents_are_replaced_and_judged_by_at_once() {
         "tool `nope`",
     );
     assert_refused(
-        &b.admin_put(
+        &put_whole(
+            &b,
             "/v1/tenants/acme/agents/ghost",
             json!({"name": "ghost", "owner": "o", "envelope": ["crm:*"]}),
         ),
@@ -1236,7 +1266,8 @@ fn tools_and_agents_are_replaced_and_judged_by_at_once() {
         "agent `ghost`",
     );
     // The agent's envelope narrowed: the next run holds less.
-    let (s, v) = b.admin_put(
+    let (s, v) = put_whole(
+        &b,
         "/v1/tenants/acme/agents/triage",
         json!({"name": "triage", "owner": "team-ops", "purpose": "fixed", "envelope": ["github:read"]}),
     );
@@ -1279,4 +1310,23 @@ fn tools_and_agents_are_replaced_and_judged_by_at_once() {
         .clone();
     assert_eq!(crm["actions"], json!(["read", "write"]));
     assert_eq!(b.admin_get("/v1/audit/verify").1["ok"], true);
+}
+
+/// A replacement body with what registering defaults, unless it names it.
+fn put_whole(b: &Broker, path: &str, mut body: Value) -> (u16, Value) {
+    if path.contains("/tools/") {
+        for (k, v) in [
+            ("labels", json!([])),
+            ("risk", json!("low")),
+            ("max_ttl_secs", json!(300)),
+            ("alg", json!("EdDSA")),
+        ] {
+            if body.get(k).is_none() {
+                body[k] = v;
+            }
+        }
+    } else if body.get("purpose").is_none() {
+        body["purpose"] = json!("");
+    }
+    b.admin_put(path, body)
 }

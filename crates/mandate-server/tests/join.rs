@@ -169,4 +169,14 @@ fn join_tokens_are_refused_outside_their_scope() {
         "invalid_request",
         "not bob@example.com's",
     );
+    b.admin_post("/v1/revocations", json!({"kind": "grant", "id": grant}));
+    assert_refused(
+        &b.admin_post(
+            "/v1/tenants/acme/agents/triage/join-tokens",
+            json!({"principal": "alice@example.com", "grant": grant}),
+        ),
+        400,
+        "invalid_request",
+        "expired or was revoked",
+    );
 }

@@ -1683,3 +1683,53 @@ fn compressed_upstream_answers_are_refused() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0]["reason"].as_str().unwrap().contains("gzip"));
 }
+
+/// A proxy tool's stored key goes only where it was set for: replacing the
+/// tool may change its routes and actions, never its upstream or how the
+/// key is injected while a secret is stored (an admin could otherwise send
+/// a key nobody may read to a host of their own).
+#[test]
+fn a_replaced_proxy_tool_never_sends_its_key_elsewhere() {
+    let f = fixture("proxy-replace", |_| {});
+    let tools = f.b.admin_get("/v1/tenants/acme/tools").1;
+    let mut email = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "email")
+        .unwrap()
+        .clone();
+    assert_eq!(email["secret_set"], true);
+    for k in ["tenant", "created_ms", "secret_set", "audience"] {
+        email.as_object_mut().unwrap().remove(k);
+    }
+    // Its routes may change (the same body, put back whole).
+    let (s, v) = f.b.admin_put("/v1/tenants/acme/tools/email", email.clone());
+    assert_eq!(s, 200, "{v}");
+    for (path, value) in [
+        ("/proxy/upstream", json!("http://127.0.0.1:9/steal")),
+        ("/proxy/inject/header", json!("X-Leak")),
+        ("/proxy/inject/format", json!("{secret}")),
+    ] {
+        let mut moved = email.clone();
+        *moved.pointer_mut(path).unwrap() = value;
+        assert_refused(
+            &f.b.admin_put("/v1/tenants/acme/tools/email", moved),
+            409,
+            "conflict",
+            "while it holds a secret",
+        );
+    }
+    let (_, token) = f.credential("email", "read");
+    let (s, v, _) = f.call(
+        "GET",
+        "/proxy/email/emails/42",
+        &[("Authorization", &bearer(&token))],
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        f.last_seen()["headers"]["authorization"],
+        format!("Bearer {REAL_KEY}")
+    );
+}

@@ -513,6 +513,7 @@ pub async fn replace_tool(
             ),
         ));
     }
+    replacement_keeps_promises(s, &before, &t)?;
     let mut ev = origin.admin_event(EventType::ToolUpdate, Some(tenant), s.now_ms());
     ev.tool = Some(t.name.clone());
     ev.details = json!({"before": tool_details(&before), "after": tool_details(&t)});
@@ -520,10 +521,39 @@ pub async fn replace_tool(
     Ok(t)
 }
 
+/// What a replaced tool must not change: where its stored secret goes (a
+/// proxy tool's upstream and how the key is injected), since an admin could
+/// otherwise redirect a key nobody may read to a host of their own; and a
+/// `jwt` tool's audience, since credentials for it live on and whoever
+/// registered the freed audience would accept them.
+fn replacement_keeps_promises(s: &AppState, before: &Tool, after: &Tool) -> Result<(), ApiError> {
+    let destination = |t: &Tool| {
+        t.proxy
+            .as_ref()
+            .map(|p| (p.upstream.clone(), p.inject.clone()))
+    };
+    if destination(before) != destination(after)
+        && s.tool_secret(&before.tenant, &before.name).is_some()
+    {
+        return Err(err(
+            Code::Conflict,
+            "this tool's upstream (or how its key is injected) cannot change while it holds a secret: the key would go somewhere its owner did not send it; register a new tool and set its secret",
+        ));
+    }
+    if before.provider == ProviderKind::Jwt && before.audience != after.audience {
+        return Err(err(
+            Code::Conflict,
+            "a `jwt` tool's audience cannot change: credentials for the old one live on (up to an hour), and a tool registered at it later would accept them; register a new tool",
+        ));
+    }
+    Ok(())
+}
+
 /// A tool as its audit events describe it.
 fn tool_details(t: &Tool) -> serde_json::Value {
     json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
-        "risk": t.risk, "provider": t.provider, "proxy": t.proxy, "postgres": t.postgres, "env": t.env})
+        "risk": t.risk, "max_ttl_secs": t.max_ttl_secs, "alg": t.alg.as_str(), "provider": t.provider,
+        "proxy": t.proxy, "postgres": t.postgres, "env": t.env})
 }
 
 /// The tool `req` describes, checked by its provider; `replacing` is the

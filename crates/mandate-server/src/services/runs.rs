@@ -114,6 +114,20 @@ pub async fn create_join_token(
                     ),
                 ));
             }
+            Some(x)
+                if x.expires_at <= s.now_secs()
+                    || reg
+                        .revoked
+                        .contains(&mandate_core::revocation::RevocationKind::Grant.id(g)) =>
+            {
+                return Err(err(
+                    Code::InvalidRequest,
+                    format!(
+                        "grant `{}` has expired or was revoked: ask the principal for a new one",
+                        short(g)
+                    ),
+                ));
+            }
             Some(_) => {}
         }
     }

@@ -85,7 +85,9 @@ pub async fn replace_agent(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     need_tenant(&s, &tenant)?;
-    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let raw = body(raw, s.config.max_body)?;
+    whole(&raw, &["owner", "purpose", "envelope"])?;
+    let req = json_body(&raw)?;
     let a = registration::replace_agent(&s, &origin(addr, &headers), (&tenant, &name), req).await?;
     Ok(Json(json!(a)))
 }
@@ -135,9 +137,34 @@ pub async fn replace_tool(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     need_tenant(&s, &tenant)?;
-    let req = json_body(&body(raw, s.config.max_body)?)?;
+    let raw = body(raw, s.config.max_body)?;
+    whole(&raw, &["actions", "labels", "risk", "max_ttl_secs", "alg"])?;
+    let req = json_body(&raw)?;
     let t = registration::replace_tool(&s, &origin(addr, &headers), (&tenant, &name), req).await?;
     Ok(Json(tool_view(&s, &t)))
+}
+
+/// A replacement names every field that registering would default: what a
+/// `PUT` leaves out is not silently reset (a tool's risk to `low`, its
+/// labels to none, which policies judge by).
+fn whole(raw: &[u8], fields: &[&str]) -> Result<(), ApiError> {
+    let v: Value = json_body(raw)?;
+    let missing: Vec<&str> = fields
+        .iter()
+        .copied()
+        .filter(|f| v.get(f).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(err(
+            Code::InvalidRequest,
+            format!(
+                "a replacement gives every field: missing {} (send the registration whole, as `GET` shows it)",
+                missing.join(", ")
+            ),
+        ))
+    }
 }
 
 /// A tool as the API shows it: with `secret_set` when its provider holds a
