@@ -88,6 +88,9 @@ impl Client {
             .map(|t| t.trim().to_owned());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Straight to the broker: a proxy from the environment would see
+            // the admin credential (and plain HTTP to it would leave the machine).
+            .proxy(None)
             .timeout_global(Some(std::time::Duration::from_secs(30)))
             .build()
             .into();
@@ -110,33 +113,29 @@ impl Client {
     /// would send the admin credential in clear), unless
     /// `MANDATE_ALLOW_HTTP=1` says the network is trusted.
     fn refuse_plain_http(&self) -> Result<(), CliError> {
-        let lower = self.url.to_ascii_lowercase();
-        let Some(rest) = lower.strip_prefix("http://") else {
-            return if lower.starts_with("https://") {
-                Ok(())
-            } else {
-                Err(CliError::new(format!(
-                    "{} is not an http(s) URL (set --url or MANDATE_URL)",
-                    self.url
-                ))
-                .exit(Exit::Usage))
-            };
+        let bad = |why: &str| Err(CliError::new(format!("{}: {why}", self.url)).exit(Exit::Usage));
+        let Ok(uri) = self.url.parse::<ureq::http::Uri>() else {
+            return bad("not a URL (set --url or MANDATE_URL)");
         };
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = match authority.rsplit_once(':') {
-            Some((h, port)) if !port.contains(']') => h,
-            _ => authority,
+        let Some(authority) = uri.authority() else {
+            return bad("not an absolute http(s) URL");
         };
-        if mandate_core::client::is_loopback_host(host)
-            || std::env::var("MANDATE_ALLOW_HTTP").is_ok_and(|v| v == "1")
-        {
-            return Ok(());
+        if authority.as_str().contains('@') {
+            return bad("a URL naming a user (`...@host`) is refused: say the broker's host alone");
         }
-        Err(CliError::new(format!(
-            "{} is plain HTTP to another host: the credential would travel in clear; use https://, or set MANDATE_ALLOW_HTTP=1 on a network you trust",
-            self.url
-        ))
-        .exit(Exit::Usage))
+        match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("https") => Ok(()),
+            Some("http")
+                if mandate_core::client::is_loopback_host(authority.host())
+                    || std::env::var("MANDATE_ALLOW_HTTP").is_ok_and(|v| v == "1") =>
+            {
+                Ok(())
+            }
+            Some("http") => bad(
+                "plain HTTP to another host: the credential would travel in clear; use https://, or set MANDATE_ALLOW_HTTP=1 on a network you trust",
+            ),
+            _ => bad("not an http(s) URL (set --url or MANDATE_URL)"),
+        }
     }
 
     fn finish(

@@ -155,6 +155,8 @@ fn exit_codes_say_what_kind_of_failure() {
         "http://192.0.2.7:8407",
         "HTTP://192.0.2.7",
         "http://127.0.0.1@192.0.2.7/",
+        "http://localhost:1@192.0.2.7/",
+        "http://[::1]:1@192.0.2.7/",
     ] {
         let o = mandate(&s.dir)
             .args(["--url", url, "tenant", "list"])
@@ -162,7 +164,8 @@ fn exit_codes_say_what_kind_of_failure() {
             .unwrap();
         assert_eq!(o.status.code(), Some(2), "{url}");
         assert!(
-            stderr(&o).contains("plain HTTP to another host"),
+            stderr(&o).contains("plain HTTP to another host")
+                || stderr(&o).contains("naming a user"),
             "{url}: {}",
             stderr(&o)
         );
