@@ -161,6 +161,11 @@ pub struct AppState {
     pub master: MasterKey,
     /// Tool secrets, opened, by (tenant, tool), with a version that changes when one is set.
     pub secrets: RwLock<HashMap<ToolKey, (u64, Arc<Secret>)>>,
+    /// Held from the checks of a tool or agent registration (or its
+    /// replacement) to its commit, so two at once cannot both pass a
+    /// uniqueness check, nor apply to memory in another order than they
+    /// were committed.
+    pub registrations: tokio::sync::Mutex<()>,
     /// The proxy's upstream client.
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
@@ -357,6 +362,7 @@ impl AppState {
             policy_entities: Mutex::new(VerifiedCache::default()),
             master,
             secrets: RwLock::new(secrets),
+            registrations: tokio::sync::Mutex::new(()),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),

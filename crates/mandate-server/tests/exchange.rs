@@ -1330,3 +1330,29 @@ fn put_whole(b: &Broker, path: &str, mut body: Value) -> (u16, Value) {
     }
     b.admin_put(path, body)
 }
+
+/// Registrations at once cannot both pass a uniqueness check: of many
+/// tools of two tenants claiming one `jwt` audience together, one wins.
+#[test]
+fn concurrent_registrations_claim_an_audience_once() {
+    let b = Broker::start("reg-race");
+    b.seed("acme");
+    b.seed("beta");
+    let b = std::sync::Arc::new(b);
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let b = std::sync::Arc::clone(&b);
+            std::thread::spawn(move || {
+                let tenant = if i % 2 == 0 { "acme" } else { "beta" };
+                b.admin_post(
+                    &format!("/v1/tenants/{tenant}/tools"),
+                    json!({"name": format!("t{i}"), "audience": "https://contested.example", "actions": ["read"]}),
+                )
+                .0
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 201 || *c == 409), "{codes:?}");
+}

@@ -136,6 +136,7 @@ pub async fn create_agent(
     tenant: &str,
     req: NewAgent,
 ) -> Result<Agent, ApiError> {
+    let _one_at_a_time = s.registrations.lock().await;
     let a = agent_from(s, tenant, req, None)?;
     let mut ev = origin.admin_event(EventType::AgentCreate, Some(tenant), s.now_ms());
     ev.agent = Some(a.name.clone());
@@ -154,6 +155,7 @@ pub async fn replace_agent(
     (tenant, name): (&str, &str),
     req: NewAgent,
 ) -> Result<Agent, ApiError> {
+    let _one_at_a_time = s.registrations.lock().await;
     need_tenant(s, tenant)?;
     let found = s
         .reg()
@@ -478,6 +480,7 @@ pub async fn create_tool(
     tenant: &str,
     req: NewTool,
 ) -> Result<Tool, ApiError> {
+    let _one_at_a_time = s.registrations.lock().await;
     let t = tool_from(s, tenant, req, None)?;
     let mut ev = origin.admin_event(EventType::ToolCreate, Some(tenant), s.now_ms());
     ev.tool = Some(t.name.clone());
@@ -495,6 +498,7 @@ pub async fn replace_tool(
     (tenant, name): (&str, &str),
     req: NewTool,
 ) -> Result<Tool, ApiError> {
+    let _one_at_a_time = s.registrations.lock().await;
     need_tenant(s, tenant)?;
     let found = s
         .reg()

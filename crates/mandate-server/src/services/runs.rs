@@ -258,7 +258,11 @@ fn issue(
         task: claims.task.clone(),
         capabilities: claims.capabilities.to_strings(),
         jkt: claims.cnf_jkt.clone(),
-        started_ms: s.now_ms(),
+        // In the second the mandate was issued in, so that what judges the
+        // run by its start (the kill switch in `list`) judges its mandate.
+        started_ms: s
+            .now_ms()
+            .min(claims.issued_at.saturating_mul(1000).saturating_add(999)),
         expires_at: claims.expires_at,
         ended_ms: None,
         parent: claims.ancestors.first().map(|(r, _)| r.clone()),
