@@ -344,19 +344,23 @@ impl ChainVerifier {
 
     /// Checks the next stored row.
     pub fn next(&mut self, row: &Row) -> Result<(), ChainBreak> {
+        self.link(Examined::of(row.clone()))
+    }
+
+    /// Checks the next stored row, [examined](Examined::of) already (so
+    /// rows can be examined in parallel and linked in order).
+    pub fn link(&mut self, e: Examined) -> Result<(), ChainBreak> {
+        let Examined { row, seq, work } = e;
         let want = self.expected_seq;
-        let seq = match &row[0] {
-            Cell::Integer(n) => u64::try_from(*n).unwrap_or(0),
-            other => {
-                return Err(brk(
-                    want,
-                    Some(AuditColumn::Seq),
-                    format!("the next row's `seq` holds {other}"),
-                ));
-            }
+        let Some(seq) = seq else {
+            return Err(brk(
+                want,
+                Some(AuditColumn::Seq),
+                format!("the next row's `seq` holds {}", row[0]),
+            ));
         };
         if let Some(s) = self.suspect.take() {
-            let successor = text(row, AuditColumn::PrevHash, seq).unwrap_or_default();
+            let successor = text(&row, AuditColumn::PrevHash, seq).unwrap_or_default();
             return Err(s.resolve(Some(successor)));
         }
         if seq != want {
@@ -366,7 +370,7 @@ impl ChainVerifier {
                 format!("event {want} is missing (found {seq} next)"),
             ));
         }
-        let prev_hash = text(row, AuditColumn::PrevHash, seq)?;
+        let prev_hash = text(&row, AuditColumn::PrevHash, seq)?;
         if prev_hash != self.prev_hash {
             return Err(brk(
                 seq,
@@ -374,24 +378,11 @@ impl ChainVerifier {
                 "its prev_hash does not match the previous event's hash",
             ));
         }
-        let body_json = text(row, AuditColumn::Body, seq)?;
-        let hash = text(row, AuditColumn::Hash, seq)?.to_owned();
-        // Canonical form: a body that re-serialises differently was edited by hand.
-        let parsed: EventBody = serde_json::from_str(body_json).map_err(|e| {
-            brk(
-                seq,
-                Some(AuditColumn::Body),
-                format!("its body is not a valid event: {e}"),
-            )
-        })?;
-        if canonical(&parsed) != body_json.as_bytes() {
-            return Err(brk(
-                seq,
-                Some(AuditColumn::Body),
-                "its body is not in canonical form",
-            ));
-        }
-        let computed = chain_hash(prev_hash, seq, body_json.as_bytes());
+        let Work {
+            hash,
+            computed,
+            copies,
+        } = work?;
         self.expected_seq += 1;
         if computed != hash {
             let s = Suspect {
@@ -408,7 +399,7 @@ impl ChainVerifier {
                 }
             };
         }
-        check_copies(seq, row, &parsed)?;
+        copies?;
         if let Some(a) = self.anchors.iter().find(|a| a.seq == seq && a.hash != hash) {
             return Err(brk(
                 seq,
@@ -460,6 +451,68 @@ impl ChainVerifier {
     /// The sequence number and hash of the last event verified.
     pub fn head(&self) -> (u64, &str) {
         (self.count(), &self.prev_hash)
+    }
+}
+
+/// What can be told of one stored row alone, without the rows before it:
+/// its body parsed and in canonical form, its hash recomputed over its own
+/// `prev_hash`, and its copied columns matching the body. The costly part
+/// of verification, so a store may examine rows in parallel and
+/// [link](ChainVerifier::link) them in order.
+#[derive(Debug)]
+pub struct Examined {
+    row: Row,
+    seq: Option<u64>,
+    work: Result<Work, ChainBreak>,
+}
+
+#[derive(Debug)]
+struct Work {
+    hash: String,
+    computed: String,
+    copies: Result<(), ChainBreak>,
+}
+
+impl Examined {
+    /// Examines `row`.
+    pub fn of(row: Row) -> Self {
+        let seq = match &row[0] {
+            Cell::Integer(n) => Some(u64::try_from(*n).unwrap_or(0)),
+            _ => None,
+        };
+        let work = match seq {
+            Some(seq) => Self::work(&row, seq),
+            None => Err(brk(0, Some(AuditColumn::Seq), "no sequence number")),
+        };
+        Self { row, seq, work }
+    }
+
+    fn work(row: &Row, seq: u64) -> Result<Work, ChainBreak> {
+        let prev_hash = text(row, AuditColumn::PrevHash, seq)?;
+        let body_json = text(row, AuditColumn::Body, seq)?;
+        let hash = text(row, AuditColumn::Hash, seq)?.to_owned();
+        // Canonical form: a body that re-serialises differently was edited by hand.
+        let parsed: EventBody = serde_json::from_str(body_json).map_err(|e| {
+            brk(
+                seq,
+                Some(AuditColumn::Body),
+                format!("its body is not a valid event: {e}"),
+            )
+        })?;
+        if canonical(&parsed) != body_json.as_bytes() {
+            return Err(brk(
+                seq,
+                Some(AuditColumn::Body),
+                "its body is not in canonical form",
+            ));
+        }
+        let computed = chain_hash(prev_hash, seq, body_json.as_bytes());
+        let copies = check_copies(seq, row, &parsed);
+        Ok(Work {
+            hash,
+            computed,
+            copies,
+        })
     }
 }
 

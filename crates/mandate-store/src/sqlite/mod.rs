@@ -652,4 +652,47 @@ mod tests {
         let b = rep.first_break.unwrap();
         assert_eq!((b.seq, b.column), (2, Some(audit::AuditColumn::Body)));
     }
+
+    /// Verification reads, examines in parallel batches and links in order:
+    /// a trail of several batches verifies whole, and an edit in a late
+    /// batch (or a cut row, or a copied column changed) is named exactly
+    /// as the one-thread verifier named it.
+    #[test]
+    fn a_long_trail_is_verified_in_parallel_batches_and_breaks_are_named() {
+        let p = tmp();
+        let s = SqliteStore::open(&p).unwrap();
+        let n = 5000u64;
+        for chunk in 0..(n / 500) {
+            let entries: Vec<Entry> = (0..500)
+                .map(|i| Entry {
+                    mutation: None,
+                    events: vec![ev("token.exchange", &format!("t{}", chunk * 500 + i))],
+                })
+                .collect();
+            for r in s.commit(entries).unwrap() {
+                r.unwrap();
+            }
+        }
+        let whole = s.audit_verify(vec![]).unwrap();
+        assert_eq!((whole.verified, whole.first_break), (n, None));
+        assert_eq!(whole.head.0, n);
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete")
+            .unwrap();
+        // A copied column changed in the third batch.
+        c.execute("UPDATE audit SET tenant = 'evil' WHERE seq = 4100", [])
+            .unwrap();
+        let rep = s.audit_verify(vec![]).unwrap();
+        assert_eq!(rep.verified, 4099);
+        let b = rep.first_break.unwrap();
+        assert_eq!((b.seq, b.column), (4100, Some(audit::AuditColumn::Tenant)));
+        c.execute("UPDATE audit SET tenant = 't4099' WHERE seq = 4100", [])
+            .unwrap();
+        assert_eq!(s.audit_verify(vec![]).unwrap().first_break, None);
+        // A row cut at a batch boundary.
+        c.execute("DELETE FROM audit WHERE seq = 2049", []).unwrap();
+        let b = s.audit_verify(vec![]).unwrap().first_break.unwrap();
+        assert_eq!(b.seq, 2049);
+        assert!(b.reason.contains("missing"), "{}", b.reason);
+    }
 }

@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 use rusqlite::OptionalExtension as _;
 
-use mandate_core::audit::{self, ChainVerifier, ChainedEvent, EventBody};
+use mandate_core::audit::{self, ChainedEvent, EventBody};
 
 use super::*;
 use crate::{AuditFilter, Result, StoreError, VerifyReport};
@@ -237,33 +237,114 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Verifies the whole trail: rows are read in order here, examined in
+    /// parallel by worker threads (the body parsed and re-serialised, the
+    /// hash recomputed, the copied columns compared: what costs), and
+    /// linked in order by one [`audit::ChainVerifier`] (issue 12: `audit
+    /// verify` was one thread).
     pub(super) fn audit_verify_impl(&self, anchors: Vec<audit::Anchor>) -> Result<VerifyReport> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc;
+        const BATCH: usize = 2048;
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         let c = lock(&self.reader);
         let mut stmt = c.prepare(&format!(
             "SELECT {} FROM audit ORDER BY seq ASC",
             audit_columns()
         ))?;
         let mut rows = stmt.query([])?;
-        let mut v = ChainVerifier::anchored(anchors);
-        let mut outcome = Ok(());
-        while let Some(r) = rows.next()? {
-            let mut row: audit::Row = Default::default();
-            for (i, cell) in row.iter_mut().enumerate() {
-                *cell = from_sql(r.get_ref(i)?);
+        let stop = AtomicBool::new(false);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<audit::Row>)>(workers * 2);
+        let job_rx = Mutex::new(job_rx);
+        let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Vec<audit::Examined>)>(workers * 2);
+        let (read, (outcome, head)) = std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+                scope.spawn(move || {
+                    // After the linker stops (a break found), jobs are
+                    // still taken, unexamined, until the reader stops, so
+                    // it never waits on a full queue nobody empties.
+                    let mut linking = true;
+                    loop {
+                        let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((n, batch)) = job else { break };
+                        if linking {
+                            let examined = batch.into_iter().map(audit::Examined::of).collect();
+                            linking = done_tx.send((n, examined)).is_ok();
+                        }
+                    }
+                });
             }
-            outcome = v.next(&row);
-            if outcome.is_err() {
-                break;
-            }
-        }
-        let outcome = outcome.and_then(|()| v.finish());
-        let (seq, hash) = v.head();
+            drop(done_tx);
+            let stop = &stop;
+            let linker = scope.spawn(move || {
+                let mut v = audit::ChainVerifier::anchored(anchors);
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut next = 0usize;
+                let mut outcome = Ok(());
+                'all: for (n, batch) in done_rx {
+                    waiting.insert(n, batch);
+                    while let Some(batch) = waiting.remove(&next) {
+                        next += 1;
+                        for e in batch {
+                            outcome = v.link(e);
+                            if outcome.is_err() {
+                                stop.store(true, Ordering::Relaxed);
+                                break 'all;
+                            }
+                        }
+                    }
+                }
+                let outcome = outcome.and_then(|()| v.finish());
+                let (seq, hash) = v.head();
+                (outcome, (seq, hash.to_owned()))
+            });
+            let read = (|| -> Result<()> {
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut n = 0;
+                while let Some(r) = rows.next()? {
+                    let mut row: audit::Row = Default::default();
+                    for (i, cell) in row.iter_mut().enumerate() {
+                        *cell = from_sql(r.get_ref(i)?);
+                    }
+                    batch.push(row);
+                    if batch.len() == BATCH {
+                        if stop.load(Ordering::Relaxed)
+                            || job_tx.send((n, std::mem::take(&mut batch))).is_err()
+                        {
+                            return Ok(());
+                        }
+                        n += 1;
+                        batch.reserve(BATCH);
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = job_tx.send((n, batch));
+                }
+                Ok(())
+            })();
+            drop(job_tx);
+            let linked = linker.join().unwrap_or_else(|_| {
+                (
+                    Err(audit::ChainBreak {
+                        seq: 0,
+                        column: None,
+                        reason: "verification stopped unexpectedly".into(),
+                    }),
+                    (0, String::new()),
+                )
+            });
+            (read, linked)
+        });
+        read?;
         Ok(VerifyReport {
             verified: match &outcome {
                 Ok(n) => *n,
                 Err(b) => b.seq.saturating_sub(1),
             },
-            head: (seq, hash.to_owned()),
+            head,
             first_break: outcome.err(),
         })
     }
