@@ -49,6 +49,7 @@ pub mod jose;
 pub mod keys;
 pub mod limits;
 pub mod mandate;
+pub mod mcp;
 pub mod model;
 pub mod paths;
 pub mod pgrole;

@@ -170,6 +170,21 @@ pub struct InjectSpec {
 }
 
 impl InjectSpec {
+    /// Checks the header name and the format.
+    pub fn validate(&self, what: &'static str) -> Result<()> {
+        check_header_name(&self.header)?;
+        if self.format.matches(SECRET_PLACEHOLDER).count() != 1
+            || self.format.len() > 256
+            || self.format.chars().any(|c| c.is_control())
+        {
+            return Err(bad(
+                what,
+                "`inject.format` must hold `{secret}` exactly once (e.g. `Bearer {secret}`)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The header value carrying `secret`.
     pub fn render(&self, secret: &str) -> String {
         self.format.replacen(SECRET_PLACEHOLDER, secret, 1)
@@ -302,23 +317,36 @@ fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// An upstream is an http(s) URL without credentials, query or fragment.
+pub(crate) fn check_upstream(what: &'static str, u: &str) -> Result<()> {
+    let ok = (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() <= 512
+        && !u.contains(['?', '#'])
+        && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+        && u.split_once("://").is_some_and(|(_, rest)| {
+            !rest.is_empty() && !rest.starts_with('/') && !rest.contains('@')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            what,
+            "`upstream` must be an http(s) URL without credentials, query or fragment",
+        ))
+    }
+}
+
+pub(crate) fn check_timeout(what: &'static str, ms: u64) -> Result<()> {
+    if ms == 0 || ms > 600_000 {
+        return Err(bad(what, "`timeout_ms` must be 1 to 600000"));
+    }
+    Ok(())
+}
+
 impl ProxySpec {
     /// Checks the spec against the tool's actions.
     pub fn validate(&self, actions: &[String]) -> Result<()> {
-        let u = &self.upstream;
-        let ok = (u.starts_with("https://") || u.starts_with("http://"))
-            && u.len() <= 512
-            && !u.contains(['?', '#'])
-            && !u.chars().any(|c| c.is_whitespace() || c.is_control())
-            && u.split_once("://").is_some_and(|(_, rest)| {
-                !rest.is_empty() && !rest.starts_with('/') && !rest.contains('@')
-            });
-        if !ok {
-            return Err(bad(
-                "proxy upstream",
-                "`upstream` must be an http(s) URL without credentials, query or fragment",
-            ));
-        }
+        check_upstream("proxy upstream", &self.upstream)?;
         if self.routes.is_empty() || self.routes.len() > 256 {
             return Err(bad("proxy routes", "a proxy tool needs 1 to 256 routes"));
         }
@@ -351,20 +379,8 @@ impl ProxySpec {
                 ));
             }
         }
-        check_header_name(&self.inject.header)?;
-        if self.inject.format.matches(SECRET_PLACEHOLDER).count() != 1
-            || self.inject.format.len() > 256
-            || self.inject.format.chars().any(|c| c.is_control())
-        {
-            return Err(bad(
-                "proxy inject",
-                "`inject.format` must hold `{secret}` exactly once (e.g. `Bearer {secret}`)",
-            ));
-        }
-        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
-            return Err(bad("proxy timeout", "`timeout_ms` must be 1 to 600000"));
-        }
-        Ok(())
+        self.inject.validate("proxy inject")?;
+        check_timeout("proxy timeout", self.timeout_ms)
     }
 
     /// The action a request is, by the first route that matches.

@@ -30,71 +30,9 @@ impl Engine {
         }
         let principal = self.uid(&self.types.run, f.run);
         let resource = self.uid(&self.types.tool, f.tool);
-        let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
-        let strings = |v: &[String]| {
-            RestrictedExpression::new_set(
-                v.iter()
-                    .map(|a| RestrictedExpression::new_string(a.clone())),
-            )
-        };
         let mut decided_by = Vec::new();
         for action in f.actions {
-            let mut pairs = vec![
-                ("tenant".to_owned(), str_(f.tenant)),
-                (
-                    "time".to_owned(),
-                    RestrictedExpression::new_long(i64::try_from(f.now).unwrap_or(i64::MAX)),
-                ),
-                ("action".to_owned(), str_(action)),
-                ("actions".to_owned(), strings(f.actions)),
-                ("tool_labels".to_owned(), strings(f.tool_labels)),
-                (
-                    "on_behalf".to_owned(),
-                    RestrictedExpression::new_bool(f.principal.is_some()),
-                ),
-                ("task".to_owned(), str_(f.task)),
-                (
-                    "depth".to_owned(),
-                    RestrictedExpression::new_long(f.depth as i64),
-                ),
-                (
-                    "hops".to_owned(),
-                    RestrictedExpression::new_long(f.hops as i64),
-                ),
-                (
-                    "approved".to_owned(),
-                    RestrictedExpression::new_bool(f.approved),
-                ),
-                (
-                    "hour_utc".to_owned(),
-                    RestrictedExpression::new_long(((f.now / 3600) % 24) as i64),
-                ),
-                (
-                    "weekday_utc".to_owned(),
-                    // 1970-01-01 was a Thursday (3 with Monday = 0).
-                    RestrictedExpression::new_long(((f.now / 86_400 + 3) % 7) as i64),
-                ),
-                ("history".to_owned(), history_record(f.history, action)?),
-            ];
-            if let Some(a) = f.details.amount {
-                pairs.push(("amount".to_owned(), RestrictedExpression::new_long(a)));
-            }
-            if let Some(c) = &f.details.currency {
-                pairs.push(("currency".to_owned(), str_(c)));
-            }
-            if let Some(t) = &f.details.target {
-                pairs.push(("target".to_owned(), str_(t)));
-            }
-            if let Some(p) = f.principal {
-                pairs.push((
-                    "principal".to_owned(),
-                    RestrictedExpression::new_entity_uid(self.uid(&self.types.principal, p)),
-                ));
-            }
-            if let Some(g) = f.grant {
-                pairs.push(("grant".to_owned(), str_(g)));
-            }
-            let context = Context::from_pairs(pairs)
+            let context = Context::from_pairs(self.context_pairs(f, action)?)
                 .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
             // Not re-validated against the schema per request: policies were
             // validated when loaded, and `request_matches_the_schema` checks
@@ -111,52 +49,14 @@ impl Engine {
             // (`slice`: the others cannot be satisfied, nor fail, here).
             let sliced = policies.slices.slice(f.tool, action);
             let set = sliced.as_deref().unwrap_or(&policies.set);
-            let resp = self.authorizer.is_authorized(&request, set, entities);
-            let reasons: Vec<String> = resp
-                .diagnostics()
-                .reason()
-                .map(|id| id.to_string())
-                .collect();
-            let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-            // Cedar skips a policy whose evaluation errors (an overflow, a
-            // missing attribute): a `forbid` that errors would not refuse.
-            // Any error denies (fail closed), whatever the decision.
-            if !errors.is_empty() {
-                return Ok(Verdict {
-                    allowed: false,
-                    policies: errors_policies(&resp),
-                    reason: Some(format!(
-                        "action `{action}` on tool `{}` is denied because a policy failed to evaluate (policies that error deny): {}",
-                        f.tool,
-                        errors.join("; ")
-                    )),
-                    approval: None,
-                });
-            }
-            if resp.decision() == Decision::Deny {
-                let reason = if !reasons.is_empty() {
-                    format!(
-                        "action `{action}` on tool `{}` is forbidden by policy {}",
-                        f.tool,
-                        quoted(&reasons)
-                    )
-                } else {
-                    format!(
-                        "no policy of tenant `{}` permits action `{action}` on tool `{}` for agent `{}`; an admin must add a permit policy",
-                        f.tenant, f.tool, f.agent
-                    )
-                };
-                let approval = approval_need(&policies.set, &reasons);
-                return Ok(Verdict {
-                    allowed: false,
-                    policies: reasons,
-                    reason: Some(reason),
-                    approval,
-                });
-            }
-            for r in reasons {
-                if !decided_by.contains(&r) {
-                    decided_by.push(r);
+            match self.judge(&request, set, &policies.set, entities, f, action) {
+                Err(refused) => return Ok(refused),
+                Ok(reasons) => {
+                    for r in reasons {
+                        if !decided_by.contains(&r) {
+                            decided_by.push(r);
+                        }
+                    }
                 }
             }
         }
@@ -166,6 +66,135 @@ impl Engine {
             reason: None,
             approval: None,
         })
+    }
+
+    /// The context every exchange question has, for `action`.
+    pub(super) fn context_pairs(
+        &self,
+        f: &ExchangeFacts<'_>,
+        action: &str,
+    ) -> Result<Vec<(String, RestrictedExpression)>> {
+        let str_ = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let strings = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|a| RestrictedExpression::new_string(a.clone())),
+            )
+        };
+        let mut pairs = vec![
+            ("tenant".to_owned(), str_(f.tenant)),
+            (
+                "time".to_owned(),
+                RestrictedExpression::new_long(i64::try_from(f.now).unwrap_or(i64::MAX)),
+            ),
+            ("action".to_owned(), str_(action)),
+            ("actions".to_owned(), strings(f.actions)),
+            ("tool_labels".to_owned(), strings(f.tool_labels)),
+            (
+                "on_behalf".to_owned(),
+                RestrictedExpression::new_bool(f.principal.is_some()),
+            ),
+            ("task".to_owned(), str_(f.task)),
+            (
+                "depth".to_owned(),
+                RestrictedExpression::new_long(f.depth as i64),
+            ),
+            (
+                "hops".to_owned(),
+                RestrictedExpression::new_long(f.hops as i64),
+            ),
+            (
+                "approved".to_owned(),
+                RestrictedExpression::new_bool(f.approved),
+            ),
+            (
+                "hour_utc".to_owned(),
+                RestrictedExpression::new_long(((f.now / 3600) % 24) as i64),
+            ),
+            (
+                "weekday_utc".to_owned(),
+                // 1970-01-01 was a Thursday (3 with Monday = 0).
+                RestrictedExpression::new_long(((f.now / 86_400 + 3) % 7) as i64),
+            ),
+            ("history".to_owned(), history_record(f.history, action)?),
+        ];
+        if let Some(a) = f.details.amount {
+            pairs.push(("amount".to_owned(), RestrictedExpression::new_long(a)));
+        }
+        if let Some(c) = &f.details.currency {
+            pairs.push(("currency".to_owned(), str_(c)));
+        }
+        if let Some(t) = &f.details.target {
+            pairs.push(("target".to_owned(), str_(t)));
+        }
+        if let Some(p) = f.principal {
+            pairs.push((
+                "principal".to_owned(),
+                RestrictedExpression::new_entity_uid(self.uid(&self.types.principal, p)),
+            ));
+        }
+        if let Some(g) = f.grant {
+            pairs.push(("grant".to_owned(), str_(g)));
+        }
+        Ok(pairs)
+    }
+
+    /// One Cedar request over `set`: the deciding policies when it is
+    /// permitted, the refusal otherwise (an evaluation error refuses).
+    /// `all` is the tenant's whole set (for `@approval` annotations).
+    pub(super) fn judge(
+        &self,
+        request: &Request,
+        set: &PolicySet,
+        all: &PolicySet,
+        entities: &Entities,
+        f: &ExchangeFacts<'_>,
+        action: &str,
+    ) -> std::result::Result<Vec<String>, Verdict> {
+        let resp = self.authorizer.is_authorized(request, set, entities);
+        let reasons: Vec<String> = resp
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
+        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        // Cedar skips a policy whose evaluation errors (an overflow, a
+        // missing attribute): a `forbid` that errors would not refuse.
+        // Any error denies (fail closed), whatever the decision.
+        if !errors.is_empty() {
+            return Err(Verdict {
+                allowed: false,
+                policies: errors_policies(&resp),
+                reason: Some(format!(
+                    "action `{action}` on tool `{}` is denied because a policy failed to evaluate (policies that error deny): {}",
+                    f.tool,
+                    errors.join("; ")
+                )),
+                approval: None,
+            });
+        }
+        if resp.decision() == Decision::Deny {
+            let reason = if !reasons.is_empty() {
+                format!(
+                    "action `{action}` on tool `{}` is forbidden by policy {}",
+                    f.tool,
+                    quoted(&reasons)
+                )
+            } else {
+                format!(
+                    "no policy of tenant `{}` permits action `{action}` on tool `{}` for agent `{}`; an admin must add a permit policy",
+                    f.tenant, f.tool, f.agent
+                )
+            };
+            let approval = approval_need(all, &reasons);
+            return Err(Verdict {
+                allowed: false,
+                policies: reasons,
+                reason: Some(reason),
+                approval,
+            });
+        }
+        Ok(reasons)
     }
 }
 

@@ -45,6 +45,16 @@ impl Engine {
         name: &str,
         src: &str,
     ) -> std::result::Result<Vec<StoredPolicy>, Vec<PolicyProblem>> {
+        self.parse_policies_with(&self.schema, name, src)
+    }
+
+    /// [`Engine::parse_policies`] against `schema`.
+    pub(super) fn parse_policies_with(
+        &self,
+        schema: &Schema,
+        name: &str,
+        src: &str,
+    ) -> std::result::Result<Vec<StoredPolicy>, Vec<PolicyProblem>> {
         // Bounded before Cedar's (recursive) parser sees it.
         crate::policy_limits::check_policy_text(src).map_err(|p| vec![p])?;
         let parsed = PolicySet::from_str(src).map_err(|errs| {
@@ -52,7 +62,7 @@ impl Engine {
                 .map(|e| problems(src, e, e.to_string()))
                 .collect::<Vec<_>>()
         })?;
-        let result = Validator::new(self.schema.clone()).validate(&parsed, ValidationMode::Strict);
+        let result = Validator::new(schema.clone()).validate(&parsed, ValidationMode::Strict);
         let errs: Vec<PolicyProblem> = result
             .validation_errors()
             .map(|e| problems(src, e, e.to_string()))

@@ -194,10 +194,12 @@ mod delegation;
 mod exchange;
 mod facts;
 mod load;
+mod mcp;
 mod slice;
 
 pub use delegation::DelegationFacts;
 pub use facts::{Details, ExchangeFacts, History, MAX_AMOUNT, MAX_AMOUNT_TOTAL, add_amount};
+pub use mcp::{CallAction, TenantSchema};
 
 #[cfg(test)]
 mod tests {
