@@ -508,13 +508,13 @@ pub(crate) struct ToolSpec {
     /// Audience URI (the credential's `aud`); `jwt` tools only.
     #[arg(long)]
     pub(crate) audience: Option<String>,
-    /// Credential provider: jwt (the default), proxy or postgres.
+    /// Credential provider: jwt (the default), proxy, postgres or mcp.
     #[arg(long)]
     pub(crate) provider: Option<String>,
     /// JSON file with `proxy` or `postgres` settings and `env`.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
-    /// proxy: the upstream base URL.
+    /// proxy: the upstream base URL; mcp: the MCP server's streamable-HTTP endpoint.
     #[arg(long)]
     pub(crate) upstream: Option<String>,
     /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
@@ -570,7 +570,9 @@ pub(crate) enum ToolCmd {
     #[command(
         after_help = "Providers: `jwt` (default; DPoP-bound JWTs for tools that verify them), \
 `proxy` (the broker's proxy injects a stored key: --upstream, --route, --inject-header, --inject-format), \
-`postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role). \
+`postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role), \
+`mcp` (the broker's MCP gateway judges each tools/call on its arguments: --upstream, --action per MCP tool, \
+--inject-header/--inject-format if the MCP server wants a key; then `mandate tool sync`). \
 Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
     )]
     Create(ToolSpec),
@@ -579,6 +581,18 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
     /// stays. The provider cannot change; an upstream holding a secret
     /// cannot move. Exchanges judge by it at once.
     Update(ToolSpec),
+    /// Read an `mcp` tool's tools from its MCP server (`tools/list`) and
+    /// pin them: the gateway lists and checks calls against this snapshot
+    /// only, so a server that changes its tools changes nothing until the
+    /// next sync. A change that would break a stored policy is refused.
+    #[command(after_help = "Example:\n  mandate tool sync -t acme github")]
+    Sync {
+        /// The tenant, e.g. `acme` (default: MANDATE_TENANT, or the profile's).
+        #[arg(long, short = 't', env = "MANDATE_TENANT")]
+        tenant: String,
+        /// Tool name.
+        name: String,
+    },
     /// List tools of a tenant.
     #[command(after_help = "Example:\n  mandate tool list -t acme")]
     List {

@@ -212,6 +212,34 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
             )?;
             x.show(&v, &["tenant", "tool", "secret_set"]);
         }
+        ToolCmd::Sync { tenant, name } => {
+            let v = c().post(
+                &format!("/v1/tenants/{}/tools/{}/sync", enc(&tenant), enc(&name)),
+                &json!({}),
+            )?;
+            if x.json {
+                x.show(&v, &[]);
+            } else {
+                let tools = v["tools"].as_array().cloned().unwrap_or_default();
+                println!("{} MCP tools pinned for `{name}`:", tools.len());
+                for t in &tools {
+                    let state = if t["enabled"] == true {
+                        "enabled"
+                    } else if t["enableable"] == true {
+                        "not enabled (add it with --action)"
+                    } else {
+                        "cannot be enabled (its name is not an action name)"
+                    };
+                    let unmodelled = t["unmodelled"].as_array().map_or(0, Vec::len);
+                    let note = if unmodelled > 0 {
+                        format!("; {unmodelled} argument(s) no policy can read")
+                    } else {
+                        String::new()
+                    };
+                    println!("  {:<32} {state}{note}", t["name"].as_str().unwrap_or(""));
+                }
+            }
+        }
         ToolCmd::List { tenant } => x.show(
             &c().get(&format!("/v1/tenants/{}/tools", enc(&tenant)))?,
             TOOL_COLS,
@@ -273,7 +301,31 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
             body[k] = v;
         }
     }
-    if upstream.is_some()
+    let is_mcp = body["provider"] == "mcp";
+    if is_mcp {
+        if !routes.is_empty() {
+            return Err(CliError::new(
+                "--route is for `proxy` tools; an `mcp` tool's actions are its MCP tool names (--action)",
+            ));
+        }
+        let mut mcp = body.get("mcp").cloned().unwrap_or_else(|| json!({}));
+        if let Some(u) = upstream {
+            mcp["upstream"] = json!(u);
+        }
+        if let Some(t) = timeout_ms {
+            mcp["timeout_ms"] = json!(t);
+        }
+        if inject_header.is_some() || inject_format.is_some() {
+            let inject = &mut mcp["inject"];
+            let header = inject_header.or_else(|| inject["header"].as_str().map(str::to_owned));
+            let format = inject_format.or_else(|| inject["format"].as_str().map(str::to_owned));
+            *inject = json!({"header": header.unwrap_or_else(|| "Authorization".into()),
+                "format": format.unwrap_or_else(|| "Bearer {secret}".into())});
+        }
+        if mcp.as_object().is_some_and(|o| !o.is_empty()) {
+            body["mcp"] = mcp;
+        }
+    } else if upstream.is_some()
         || !routes.is_empty()
         || inject_header.is_some()
         || inject_format.is_some()

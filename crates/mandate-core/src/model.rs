@@ -167,6 +167,9 @@ pub struct Tool {
     /// The `postgres` provider's database and role mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSpec>,
+    /// The `mcp` provider's MCP server and its pinned tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<crate::mcp::McpSpec>,
     /// Variables `mandate exec` sets for its child.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvSpec>,

@@ -67,6 +67,18 @@ impl MasterKey {
         })?;
         Ok(Self(arr))
     }
+    /// A key for one purpose, derived from this one (HMAC-SHA-256 keyed
+    /// with the master key over a domain-separated label): what it keys
+    /// cannot be used to learn the master key or another purpose's key.
+    pub fn derive(&self, label: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"mandate-derive-v1\0");
+        mac.update(label.as_bytes());
+        zeroize::Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     /// A fresh random key.
     pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let mut k = [0u8; 32];

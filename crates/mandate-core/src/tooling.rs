@@ -24,11 +24,13 @@ pub enum ProviderKind {
     Proxy,
     /// A short-lived PostgreSQL role.
     Postgres,
+    /// A credential good only at the broker's MCP gateway for this tool.
+    Mcp,
 }
 
 impl ProviderKind {
     /// Every kind, in the order they are documented.
-    pub const ALL: [ProviderKind; 3] = [Self::Jwt, Self::Proxy, Self::Postgres];
+    pub const ALL: [ProviderKind; 4] = [Self::Jwt, Self::Proxy, Self::Postgres, Self::Mcp];
 
     /// The name in registrations, storage and the audit trail.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl ProviderKind {
             Self::Jwt => "jwt",
             Self::Proxy => "proxy",
             Self::Postgres => "postgres",
+            Self::Mcp => "mcp",
         }
     }
 

@@ -33,6 +33,7 @@ pub mod gate;
 pub mod history;
 pub mod keyring;
 pub mod listen;
+pub mod mcp_client;
 pub mod origin;
 pub mod pg;
 pub mod pop;

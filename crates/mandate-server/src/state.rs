@@ -166,6 +166,10 @@ pub struct AppState {
     /// uniqueness check, nor apply to memory in another order than they
     /// were committed.
     pub registrations: tokio::sync::Mutex<()>,
+    /// Sessions with `mcp` tools' MCP servers.
+    pub mcp_sessions: crate::mcp_client::Sessions,
+    /// Sessions MCP clients opened at the gateway.
+    pub mcp_gateway: std::sync::Mutex<crate::routes::mcp::GatewaySessions>,
     /// The proxy's upstream client.
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
@@ -363,6 +367,8 @@ impl AppState {
             master,
             secrets: RwLock::new(secrets),
             registrations: tokio::sync::Mutex::new(()),
+            mcp_sessions: Default::default(),
+            mcp_gateway: Default::default(),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),

@@ -16,6 +16,9 @@ pub struct ToolConfig {
     /// See [`Tool::postgres`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSpec>,
+    /// See [`Tool::mcp`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<mandate_core::mcp::McpSpec>,
     /// See [`Tool::env`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvSpec>,

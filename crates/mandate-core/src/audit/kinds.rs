@@ -93,6 +93,8 @@ kinds! {
         ToolCreate = "tool.create",
         /// A tool's registration replaced.
         ToolUpdate = "tool.update",
+        /// An `mcp` tool's tools read from its MCP server and pinned.
+        ToolSync = "tool.sync",
         /// A tool's upstream secret set.
         ToolSecretSet = "tool.secret.set",
         /// A grant given.
@@ -139,6 +141,10 @@ kinds! {
         ProxyCall = "proxy.call",
         /// A proxied call's outcome.
         ProxyResult = "proxy.result",
+        /// A message at the MCP gateway decided (durable before the MCP server sees it).
+        McpCall = "mcp.call",
+        /// The outcome of a `tools/call` the gateway forwarded.
+        McpResult = "mcp.result",
         /// A database role dropped.
         LeaseDrop = "lease.drop",
         /// A database role that could not be dropped.

@@ -100,6 +100,9 @@ fn pointer(parent: &str, key: &str) -> String {
     format!("{parent}/{k}")
 }
 
+/// An object's members.
+type Members = Map<String, Value>;
+
 struct Checker {
     nodes: usize,
     extra: Extra,
@@ -122,7 +125,7 @@ impl Checker {
         ty: &Record,
         o: &Map<String, Value>,
         at: &str,
-    ) -> Result<(Map<String, Value>, Map<String, Value>), ArgProblem> {
+    ) -> Result<(Members, Members), ArgProblem> {
         let (mut forward, mut visible) = (Map::new(), Map::new());
         for (k, v) in o {
             let p = pointer(at, k);

@@ -7,6 +7,7 @@
 mod jwt;
 pub use jwt::TOKEN_TYPE_ACCESS;
 pub use postgres::TOKEN_TYPE_POSTGRES;
+mod mcp;
 mod postgres;
 mod proxy;
 
@@ -27,6 +28,7 @@ pub fn of(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Jwt => &jwt::Jwt,
         ProviderKind::Proxy => &proxy::Proxy,
         ProviderKind::Postgres => &postgres::Postgres,
+        ProviderKind::Mcp => &mcp::Mcp,
     }
 }
 
@@ -61,6 +63,8 @@ pub struct Settings<'a> {
     pub proxy: Option<&'a ProxySpec>,
     /// `postgres` settings, if given.
     pub postgres: Option<&'a PostgresSpec>,
+    /// `mcp` settings, if given.
+    pub mcp: Option<&'a mandate_core::mcp::McpSpec>,
 }
 
 impl Settings<'_> {
@@ -72,6 +76,9 @@ impl Settings<'_> {
         }
         if self.postgres.is_some() {
             v.push(ProviderKind::Postgres);
+        }
+        if self.mcp.is_some() {
+            v.push(ProviderKind::Mcp);
         }
         v
     }
@@ -226,6 +233,12 @@ fn sign(s: &AppState, tool: &Tool, claims: &AccessClaims) -> Result<String, Issu
         refused: false,
         message: format!("the credential could not be signed: {e}"),
     })
+}
+
+/// The broker's MCP gateway URL for a tool (its credentials' audience, and
+/// the RFC 8707 resource an MCP client names).
+pub fn mcp_url(s: &AppState, tool: &str) -> String {
+    format!("{}/mcp/{tool}", s.config.issuer.trim_end_matches('/'))
 }
 
 /// The broker's proxy URL for a tool.

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod attach;
 pub mod feed;
 pub mod inspect;
+pub mod mcp;
 pub mod oauth;
 pub mod openapi;
 pub mod proxy;
@@ -110,6 +111,21 @@ pub fn router(state: S) -> Router {
         .route(
             "/v1/tenants/{tenant}/tools/{name}/secret",
             put(admin::set_tool_secret),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tools/{name}/sync",
+            post(admin::sync_tool),
+        )
+        .route(
+            "/mcp/{tool}",
+            post(mcp::post)
+                .get(mcp::other)
+                .delete(mcp::other)
+                .layer(DefaultBodyLimit::max(mcp::MAX_BODY)),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{tool}",
+            get(mcp::resource_metadata),
         )
         .route("/proxy/{tool}", any(proxy::forward))
         .route("/proxy/{tool}/{*rest}", any(proxy::forward))

@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod audit;
 pub mod feed_tokens;
 pub mod holder_revocation;
+pub mod mcp_tools;
 pub mod registration;
 pub mod revocation;
 pub mod runs;

@@ -365,6 +365,8 @@ pub struct NewTool {
     #[serde(default)]
     postgres: Option<PostgresSpec>,
     #[serde(default)]
+    mcp: Option<mandate_core::mcp::McpSpec>,
+    #[serde(default)]
     env: Vec<EnvSpec>,
 }
 
@@ -482,6 +484,7 @@ pub async fn create_tool(
 ) -> Result<Tool, ApiError> {
     let _one_at_a_time = s.registrations.lock().await;
     let t = tool_from(s, tenant, req, None)?;
+    super::mcp_tools::keeps_policies_valid(s, &t)?;
     let mut ev = origin.admin_event(EventType::ToolCreate, Some(tenant), s.now_ms());
     ev.tool = Some(t.name.clone());
     ev.details = tool_details(&t);
@@ -518,6 +521,7 @@ pub async fn replace_tool(
         ));
     }
     replacement_keeps_promises(s, &before, &t)?;
+    super::mcp_tools::keeps_policies_valid(s, &t)?;
     let mut ev = origin.admin_event(EventType::ToolUpdate, Some(tenant), s.now_ms());
     ev.tool = Some(t.name.clone());
     ev.details = json!({"before": tool_details(&before), "after": tool_details(&t)});
@@ -532,9 +536,15 @@ pub async fn replace_tool(
 /// registered the freed audience would accept them.
 fn replacement_keeps_promises(s: &AppState, before: &Tool, after: &Tool) -> Result<(), ApiError> {
     let destination = |t: &Tool| {
-        t.proxy
+        let proxy = t
+            .proxy
             .as_ref()
-            .map(|p| (p.upstream.clone(), p.inject.clone()))
+            .map(|p| (p.upstream.clone(), Some(p.inject.clone())));
+        proxy.or_else(|| {
+            t.mcp
+                .as_ref()
+                .map(|m| (m.upstream.clone(), m.inject.clone()))
+        })
     };
     if destination(before) != destination(after)
         && s.tool_secret(&before.tenant, &before.name).is_some()
@@ -557,7 +567,10 @@ fn replacement_keeps_promises(s: &AppState, before: &Tool, after: &Tool) -> Resu
 fn tool_details(t: &Tool) -> serde_json::Value {
     json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
         "risk": t.risk, "max_ttl_secs": t.max_ttl_secs, "alg": t.alg.as_str(), "provider": t.provider,
-        "proxy": t.proxy, "postgres": t.postgres, "env": t.env})
+        "proxy": t.proxy, "postgres": t.postgres, "env": t.env,
+        "mcp": t.mcp.as_ref().map(|m| json!({"upstream": m.upstream, "inject": m.inject,
+            "timeout_ms": m.timeout_ms, "extra_args": m.extra_args,
+            "tools": m.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()}))})
 }
 
 /// The tool `req` describes, checked by its provider; `replacing` is the
@@ -594,6 +607,7 @@ fn tool_from(
             actions: &req.actions,
             proxy: req.proxy.as_ref(),
             postgres: req.postgres.as_ref(),
+            mcp: req.mcp.as_ref(),
         })
         .map_err(|e| err(Code::InvalidRequest, e))?;
     check_env(&req.env).map_err(bad)?;
@@ -601,6 +615,15 @@ fn tool_from(
     tool_fits(s, tenant, &req.name, &audience, provider, replacing)?;
     let mut actions = req.actions;
     actions.dedup();
+    // A replaced `mcp` tool keeps its synced tools unless the request pins others.
+    let mcp = req.mcp.map(|mut m| {
+        if m.tools.is_empty()
+            && let Some(before) = replacing.and_then(|t| t.mcp.as_ref())
+        {
+            m.tools = before.tools.clone();
+        }
+        m
+    });
     Ok(Tool {
         tenant: tenant.to_owned(),
         name: req.name,
@@ -614,6 +637,7 @@ fn tool_from(
         created_ms: replacing.map_or_else(|| s.now_ms(), |t| t.created_ms),
         proxy: req.proxy,
         postgres: req.postgres,
+        mcp,
         env: req.env,
     })
 }
@@ -770,13 +794,17 @@ pub async fn put_policies(
     (tenant, name): (&str, &str),
     raw: &[u8],
 ) -> Result<PolicySetRecord, PolicyRefusal> {
+    // One at a time with tool changes: policies are validated against the
+    // tenant's schema, which its `mcp` tools extend.
+    let _one_at_a_time = s.registrations.lock().await;
     need_tenant(s, tenant)?;
     ids::check_slug("policy set", name).map_err(bad)?;
     let src = std::str::from_utf8(raw)
         .map_err(|_| err(Code::InvalidRequest, "the policy text is not UTF-8"))?;
+    let schema = super::mcp_tools::tenant_schema(s, tenant, None)?;
     let policies = s
         .engine
-        .parse_policies(name, src)
+        .parse_policies_in(&schema, name, src)
         .map_err(PolicyRefusal::Invalid)?;
     // A bounded number per tenant: the set being replaced does not count.
     let others: usize = s

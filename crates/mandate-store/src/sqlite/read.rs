@@ -93,7 +93,7 @@ impl SqliteStore {
                     actions: from_json(&r.get::<_, String>(3)?)?, labels: from_json(&r.get::<_, String>(4)?)?,
                     risk: r.get(5)?, max_ttl_secs: r.get::<_, i64>(6)? as u64, provider: parse_col(r, 7, "provider", mandate_core::tooling::ProviderKind::parse)?,
                     alg: parse_col(r, 8, "alg", |a| mandate_core::jose::Alg::parse("tool", a).ok())?, created_ms: r.get::<_, i64>(9)? as u64,
-                    proxy: config.proxy, postgres: config.postgres, env: config.env,
+                    proxy: config.proxy, postgres: config.postgres, mcp: config.mcp, env: config.env,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

@@ -74,7 +74,7 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             tx.execute(
                 "INSERT INTO tools (tenant, name, audience, actions, labels, risk, max_ttl_secs, provider, alg, created_ms, config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider.as_str(), t.alg.as_str(), t.created_ms as i64,
-                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
+                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), mcp: t.mcp.clone(), env: t.env.clone() })],
             )?;
         }
         Mutation::ReplaceAgent(a) => {
@@ -90,7 +90,7 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             let n = tx.execute(
                 "UPDATE tools SET audience = ?3, actions = ?4, labels = ?5, risk = ?6, max_ttl_secs = ?7, provider = ?8, alg = ?9, config = ?10 WHERE tenant = ?1 AND name = ?2",
                 params![t.tenant, t.name, t.audience, json(&t.actions), json(&t.labels), t.risk, t.max_ttl_secs as i64, t.provider.as_str(), t.alg.as_str(),
-                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), env: t.env.clone() })],
+                    json(&ToolConfig { proxy: t.proxy.clone(), postgres: t.postgres.clone(), mcp: t.mcp.clone(), env: t.env.clone() })],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("tool `{}`", t.name)));

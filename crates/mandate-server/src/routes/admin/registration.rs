@@ -144,6 +144,22 @@ pub async fn replace_tool(
     Ok(Json(tool_view(&s, &t)))
 }
 
+/// `POST /v1/tenants/{tenant}/tools/{name}/sync`: reads an `mcp` tool's
+/// tools from its MCP server (`tools/list`) and pins them.
+pub async fn sync_tool(
+    State(s): State<S>,
+    _: Admin,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    need_tenant(&s, &tenant)?;
+    let r = crate::services::mcp_tools::sync(&s, &origin(addr, &headers), (&tenant, &name)).await?;
+    Ok(Json(
+        json!({"tool": tool_view(&s, &r.tool), "tools": r.tools}),
+    ))
+}
+
 /// A replacement names every field that registering would default: what a
 /// `PUT` leaves out is not silently reset (a tool's risk to `low`, its
 /// labels to none, which policies judge by).

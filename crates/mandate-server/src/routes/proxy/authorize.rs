@@ -74,7 +74,7 @@ pub(super) fn proxy_token<'a>(
     Ok((first, found.into_iter().map(|(_, n)| n).collect()))
 }
 
-pub(super) fn bearer(v: &str) -> Option<&str> {
+pub(crate) fn bearer(v: &str) -> Option<&str> {
     let (scheme, rest) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -587,7 +587,7 @@ pub(super) fn first_token_anywhere(h: &HeaderMap) -> Result<Option<&str>, ApiErr
     Ok(found)
 }
 
-pub(super) fn verify_token(s: &S, token: &str, now: u64) -> Result<Arc<AccessClaims>, ApiError> {
+pub(crate) fn verify_token(s: &S, token: &str, now: u64) -> Result<Arc<AccessClaims>, ApiError> {
     let digest = mandate_core::mandate::token_digest(token);
     if let Some(c) = s
         .proxy_credentials

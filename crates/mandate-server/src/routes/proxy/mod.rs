@@ -50,6 +50,7 @@ pub(crate) mod body;
 mod upstream;
 
 use authorize::*;
+pub(crate) use authorize::{bearer as bearer_token, verify_token as verify_credential};
 use body::*;
 use upstream::*;
 

@@ -1,0 +1,92 @@
+//! The `mcp` provider: a credential good only at the broker's MCP gateway
+//! for this tool (its audience is the gateway URL, `<issuer>/mcp/<tool>`,
+//! the RFC 8707 resource an MCP client names). It is a bearer token, as MCP
+//! clients send one (MCP 2025-11-25 authorization §Token Requirements); the
+//! gateway judges every `tools/call` on its arguments and injects the MCP
+//! server's own key, which never reaches the agent.
+
+use mandate_core::model::Tool;
+use mandate_core::tooling::ProviderKind;
+use serde_json::{Value, json};
+
+use super::jwt::TOKEN_TYPE_ACCESS;
+use super::{BoxFuture, Credential, Issue, IssueFailure, Pop, Provider, Settings};
+use crate::state::AppState;
+
+/// See the module documentation.
+pub(super) struct Mcp;
+
+impl Provider for Mcp {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Mcp
+    }
+
+    fn audience(
+        &self,
+        s: &AppState,
+        _: &str,
+        name: &str,
+        given: Option<&str>,
+    ) -> Result<String, String> {
+        match given {
+            Some(_) => Err(
+                "an `mcp` tool's audience is its gateway URL, set by the broker; leave `audience` out"
+                    .into(),
+            ),
+            None => Ok(super::mcp_url(s, name)),
+        }
+    }
+
+    fn validate(&self, settings: &Settings<'_>) -> Result<(), String> {
+        settings.only(self.kind())?;
+        match settings.mcp {
+            Some(m) => m.validate(settings.actions).map_err(|e| e.to_string()),
+            None => Err(
+                "an `mcp` tool needs `mcp`: its MCP server's URL (`upstream`) and, if the server wants a key, how to send it (`inject`)"
+                    .into(),
+            ),
+        }
+    }
+
+    fn holds_secret(&self) -> bool {
+        true
+    }
+
+    fn check_secret(&self, tool: &Tool, _: &str) -> Result<(), String> {
+        match tool.mcp.as_ref().and_then(|m| m.inject.as_ref()) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "tool `{}` sends its MCP server no key (its registration has no `mcp.inject`); register it with one first",
+                tool.name
+            )),
+        }
+    }
+
+    fn binds(&self, _: Pop) -> bool {
+        false
+    }
+
+    fn issue<'a>(
+        &'a self,
+        s: &'a AppState,
+        x: Issue<'a>,
+    ) -> BoxFuture<'a, Result<Credential, IssueFailure>> {
+        Box::pin(async move {
+            Ok(Credential {
+                access_token: super::sign(s, x.tool, x.claims)?.into(),
+                issued_token_type: TOKEN_TYPE_ACCESS,
+                token_type: "Bearer",
+                extra: vec![("mcp_url", json!(super::mcp_url(s, &x.tool.name)))],
+            })
+        })
+    }
+
+    fn describe(&self, s: &AppState, tool: &Tool) -> Value {
+        let synced: Vec<&str> = tool
+            .mcp
+            .iter()
+            .flat_map(|m| m.tools.iter().map(|t| t.name.as_str()))
+            .collect();
+        json!({"mcp_url": super::mcp_url(s, &tool.name), "mcp_tools": synced})
+    }
+}

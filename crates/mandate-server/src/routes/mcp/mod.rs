@@ -1,0 +1,456 @@
+//! The MCP gateway: `POST /mcp/{tool}`, MCP's streamable HTTP transport
+//! (2025-11-25 `basic/transports`, the `initialize` handshake; clients of
+//! the 2026-07-28 revision fall back to it) in front of an `mcp` tool's MCP
+//! server.
+//!
+//! Every request carries a Mandate credential for this tool (`Authorization:
+//! Bearer`, MCP 2025-11-25 authorization §Token Requirements), checked as
+//! the proxy checks its own: signature, audience = this gateway URL,
+//! revocation, suspension. The gateway terminates MCP: it answers
+//! `initialize`, `ping` and `tools/list` itself (from the tools pinned by
+//! `mandate tool sync`, filtered to what the caller may call), and forwards
+//! only a `tools/call` its policies allowed on its *arguments*, with the
+//! MCP server's key injected; the caller's credential never goes upstream.
+//! Decisions are audited (`mcp.call`, durable before the server sees the
+//! call) and outcomes too (`mcp.result`).
+//!
+//! Sessions (`MCP-Session-Id`) are handed out at `initialize` and bound to
+//! the run; they carry no authority (every request is authenticated), but a
+//! session id of another run, or one the gateway does not know, is
+//! answered 404, after which MCP clients initialize again (§Session
+//! Management 3–4). `GET` (a server-to-client stream) is 405: the gateway
+//! sends no requests. `DELETE` ends the session.
+
+pub mod call;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mandate_core::audit::EventType;
+use mandate_core::credential::AccessClaims;
+use mandate_core::mcp::jsonrpc::{self, Id, Message};
+use mandate_core::model::Tool;
+use mandate_core::tooling::ProviderKind;
+use rand_core::{OsRng, RngCore};
+use serde_json::{Value, json};
+
+use super::S;
+use crate::error::{ApiError, Code, err};
+
+/// Largest request body (one JSON-RPC message).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Most gateway sessions held; beyond it the least recently used goes.
+const MAX_SESSIONS: usize = 100_000;
+
+/// Gateway sessions: id → the run and tool it was opened for.
+#[derive(Debug, Default)]
+pub struct GatewaySessions {
+    map: HashMap<String, SessionOwner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionOwner {
+    tenant: String,
+    run: String,
+    tool: String,
+    version: &'static str,
+    last_ms: u64,
+}
+
+impl GatewaySessions {
+    fn open(&mut self, owner: SessionOwner) -> String {
+        if self.map.len() >= MAX_SESSIONS
+            && let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, o)| o.last_ms)
+                .map(|(k, _)| k.clone())
+        {
+            self.map.remove(&oldest);
+        }
+        let mut b = [0u8; 32];
+        OsRng.fill_bytes(&mut b);
+        let id = mandate_core::ids::hex(&b);
+        self.map.insert(id.clone(), owner);
+        id
+    }
+
+    /// The session's revision, if it is the caller's.
+    fn touch(
+        &mut self,
+        id: &str,
+        c: &AccessClaims,
+        tool: &str,
+        now_ms: u64,
+    ) -> Option<&'static str> {
+        let o = self.map.get_mut(id)?;
+        if o.tenant != c.tenant || o.run != c.run || o.tool != tool {
+            return None;
+        }
+        o.last_ms = now_ms;
+        Some(o.version)
+    }
+
+    /// Ends the sessions of `run` (it was revoked or ended).
+    pub fn end_run(&mut self, run: &str) {
+        self.map.retain(|_, o| o.run != run);
+    }
+}
+
+/// The caller, as its credential says, and the tool.
+pub(crate) struct Caller {
+    claims: Arc<AccessClaims>,
+    tool: Tool,
+}
+
+/// `POST /mcp/{tool}`.
+pub async fn post(
+    State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(tool): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let now = s.now_secs();
+    let caller = match identify(&s, &headers, &tool, now) {
+        Ok(c) => c,
+        Err(e) => return challenge(&s, &tool, e),
+    };
+    let body = match super::body(body, MAX_BODY) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(o) = headers.get(header::ORIGIN) {
+        // MCP 2025-11-25 transports §Security Warning: a present, invalid
+        // Origin is refused (DNS rebinding); browsers are not MCP clients
+        // of the gateway.
+        let _ = o;
+        return rpc_error(
+            StatusCode::FORBIDDEN,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "requests from browsers (with an `Origin` header) are not accepted",
+            None,
+        );
+    }
+    let msg = match jsonrpc::parse(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                e.id.as_ref(),
+                e.code,
+                &e.message,
+                None,
+            );
+        }
+    };
+    let session = headers
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let initializing = matches!(&msg, Message::Request { method, .. } if method == "initialize");
+    if let Some(id) = &session
+        && !initializing
+    {
+        let known = s
+            .mcp_gateway
+            .lock()
+            .ok()
+            .and_then(|mut m| m.touch(id, &caller.claims, &tool, s.now_ms()));
+        if known.is_none() {
+            return rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "no such session (it ended, or the broker restarted): initialize again",
+                None,
+            );
+        }
+    }
+    match msg {
+        Message::Response => rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "the gateway sends no requests, so it takes no responses",
+            None,
+        ),
+        Message::Notification { method, .. } => match method.as_str() {
+            "notifications/initialized"
+            | "notifications/cancelled"
+            | "notifications/roots/list_changed" => StatusCode::ACCEPTED.into_response(),
+            _ => rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                jsonrpc::METHOD_NOT_FOUND,
+                "the gateway does not take this notification",
+                None,
+            ),
+        },
+        Message::Request { id, method, params } => {
+            let outcome = dispatch(&s, addr, &caller, &id, &method, params, now).await;
+            match outcome {
+                Dispatched::Json(v) => json_response(StatusCode::OK, &v, None),
+                Dispatched::Opened(v, version) => {
+                    let sid = s.mcp_gateway.lock().ok().map(|mut m| {
+                        m.open(SessionOwner {
+                            tenant: caller.claims.tenant.clone(),
+                            run: caller.claims.run.clone(),
+                            tool: tool.clone(),
+                            version,
+                            last_ms: s.now_ms(),
+                        })
+                    });
+                    json_response(StatusCode::OK, &v, sid.as_deref())
+                }
+                Dispatched::NeedsScope(scope) => insufficient_scope(&s, &tool, &scope),
+            }
+        }
+    }
+}
+
+/// `GET /mcp/{tool}` (a stream of server messages) is not offered; `DELETE` ends a session.
+pub async fn other(
+    State(s): State<S>,
+    Path(tool): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    let now = s.now_secs();
+    let caller = match identify(&s, &headers, &tool, now) {
+        Ok(c) => c,
+        Err(e) => return challenge(&s, &tool, e),
+    };
+    if method == axum::http::Method::DELETE {
+        let id = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
+        let ended = id.is_some_and(|id| {
+            s.mcp_gateway.lock().ok().is_some_and(|mut m| {
+                let ours = m.touch(id, &caller.claims, &tool, s.now_ms()).is_some();
+                if ours {
+                    m.map.remove(id);
+                }
+                ours
+            })
+        });
+        return if ended {
+            StatusCode::NO_CONTENT.into_response()
+        } else {
+            StatusCode::NOT_FOUND.into_response()
+        };
+    }
+    let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+    r
+}
+
+/// `GET /.well-known/oauth-protected-resource/mcp/{tool}` (RFC 9728 §3):
+/// the gateway URL as a protected resource whose authorization server is
+/// this broker. The same document for any tool name (no tenant is named,
+/// so nothing about registered tools is revealed).
+pub async fn resource_metadata(State(s): State<S>, Path(tool): Path<String>) -> Response {
+    if mandate_core::ids::check_slug("tool", &tool).is_err() {
+        return err(Code::NotFound, "no such resource").into_response();
+    }
+    let issuer = s.config.issuer.trim_end_matches('/');
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "resource": crate::providers::mcp_url(&s, &tool),
+            "authorization_servers": [issuer],
+            "bearer_methods_supported": ["header"],
+            "resource_name": format!("Mandate MCP gateway for tool {tool}"),
+        }),
+        None,
+    )
+}
+
+enum Dispatched {
+    Json(Value),
+    /// `initialize` answered: a session is opened at this revision.
+    Opened(Value, &'static str),
+    /// The credential does not carry the called tool (RFC 6750 §3.1
+    /// `insufficient_scope`: a new exchange with this scope would).
+    NeedsScope(String),
+}
+
+async fn dispatch(
+    s: &S,
+    addr: SocketAddr,
+    c: &Caller,
+    id: &Id,
+    method: &str,
+    params: serde_json::Map<String, Value>,
+    now: u64,
+) -> Dispatched {
+    match method {
+        "initialize" => {
+            let version =
+                mandate_core::mcp::negotiate(params.get("protocolVersion").and_then(Value::as_str));
+            Dispatched::Opened(
+                jsonrpc::result(
+                    id,
+                    json!({
+                        "protocolVersion": version,
+                        "capabilities": {"tools": {"listChanged": false}},
+                        "serverInfo": {"name": format!("mandate-gateway/{}", c.tool.name), "version": env!("CARGO_PKG_VERSION")},
+                        "instructions": "Tools behind Mandate: each call is authorized on its arguments by the tenant's policies.",
+                    }),
+                ),
+                version,
+            )
+        }
+        "ping" => Dispatched::Json(jsonrpc::result(id, json!({}))),
+        "tools/list" => Dispatched::Json(jsonrpc::result(id, call::list(s, c, now))),
+        "tools/call" => call::call(s, addr, c, id, params, now).await,
+        _ => Dispatched::Json(jsonrpc::error(
+            Some(id),
+            jsonrpc::METHOD_NOT_FOUND,
+            &format!(
+                "method `{}` is not offered by the gateway (it offers initialize, ping, tools/list and tools/call)",
+                method
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(64)
+                    .collect::<String>()
+            ),
+            None,
+        )),
+    }
+}
+
+/// Who calls: a valid credential for this `mcp` tool, not revoked.
+fn identify(s: &S, headers: &HeaderMap, tool_name: &str, now: u64) -> Result<Caller, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(err(
+            Code::Unauthorized,
+            "send one `Authorization: Bearer <credential>` header with a Mandate credential for this tool (from `mandate exec` or the token endpoint, resource = this URL)",
+        ));
+    };
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(super::proxy::bearer_token)
+        .ok_or_else(|| {
+            err(
+                Code::Unauthorized,
+                "the `Authorization` header must be `Bearer <credential>`",
+            )
+        })?;
+    let claims = super::proxy::verify_credential(s, token, now)?;
+    let tool = s
+        .reg()
+        .tools
+        .get(&(claims.tenant.clone(), tool_name.to_owned()))
+        .filter(|t| t.provider == ProviderKind::Mcp)
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::Unauthorized,
+                "this credential is not for this gateway URL; ask for one for this tool",
+            )
+        })?;
+    if claims.aud != tool.audience {
+        return Err(err(
+            Code::Unauthorized,
+            format!(
+                "this credential is for `{}`, not for this gateway URL; ask for one for tool `{}`",
+                claims.aud, tool.name
+            ),
+        ));
+    }
+    if let Some(k) = s.reg().refused(&claims.revocation_keys(), claims.iat) {
+        if let Ok(mut m) = s.mcp_gateway.lock() {
+            m.end_run(&claims.run);
+        }
+        return Err(err(
+            Code::Unauthorized,
+            format!(
+                "the credential has been revoked ({}); the run must start again",
+                k.split(':').next().unwrap_or("credential")
+            ),
+        ));
+    }
+    Ok(Caller { claims, tool })
+}
+
+/// An HTTP refusal with the challenge MCP clients follow (RFC 6750 §3,
+/// RFC 9728 §5.1): where the resource's metadata is, and for a missing
+/// scope, which scope (MCP 2025-11-25 authorization §Scope Challenge
+/// Handling). Unidentified callers go through the refusal throttle.
+fn challenge(s: &S, tool: &str, e: ApiError) -> Response {
+    let tool_shown: String = tool
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(63)
+        .collect();
+    let metadata = metadata_url(s, &tool_shown);
+    let value = match e.code {
+        Code::Unauthorized => Some(format!(r#"Bearer resource_metadata="{metadata}""#)),
+        _ => None,
+    };
+    let unauthenticated = e.code == Code::Unauthorized;
+    let e = if unauthenticated {
+        e.unauthenticated(EventType::McpCall)
+    } else {
+        e
+    };
+    let mut r = e.into_response();
+    if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn metadata_url(s: &S, tool: &str) -> String {
+    let issuer = s.config.issuer.trim_end_matches('/');
+    format!("{issuer}/.well-known/oauth-protected-resource/mcp/{tool}")
+}
+
+/// 403 `insufficient_scope` naming the scope (the MCP tool) to ask for.
+fn insufficient_scope(s: &S, tool: &str, scope: &str) -> Response {
+    let mut r = json_response(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "insufficient_scope", "error_description": format!("this credential does not carry `{scope}`; ask for a credential for tool `{tool}` with scope `{scope}`")}),
+        None,
+    );
+    let v = format!(
+        r#"Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{}""#,
+        metadata_url(s, tool)
+    );
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value, session: Option<&str>) -> Response {
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response();
+    if let Some(sid) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        r.headers_mut().insert("mcp-session-id", sid);
+    }
+    r
+}
+
+fn rpc_error(
+    status: StatusCode,
+    id: Option<&Id>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
+    json_response(status, &jsonrpc::error(id, code, message, data), None)
+}

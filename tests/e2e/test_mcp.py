@@ -1,0 +1,232 @@
+"""The MCP gateway end to end: an MCP server and an MCP client from the
+official Python SDK (`mcp`), the real broker between them.
+
+The upstream logs every request it receives, so each refusal is also checked
+to have sent nothing upstream, and each call to carry the injected key and
+never the agent's credential.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from joserfc.jwk import OKPKey
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from test_story import ROOT, broker, exchange, free_port, http, start_run  # noqa: F401 (fixtures)
+
+HERE = Path(__file__).resolve().parent
+UPSTREAM_KEY = "upstream-key-7f3c9a-not-for-agents"
+
+POLICY = """
+@id("calls") permit (principal, action in Mandate::Action::"mcp_call", resource);
+@id("small-eur") forbid (principal, action == Mandate::Action::"payments:pay", resource)
+unless { context.arguments.amount <= 100 && context.arguments.currency == "EUR" };
+@id("no-secret-memos") forbid (principal, action == Mandate::Action::"payments:pay", resource)
+when { context.arguments has memo && context.arguments.memo like "*secret*" };
+"""
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    port = free_port()
+    log = tmp_path / "upstream.log"
+    log.write_text("")
+    proc = subprocess.Popen([sys.executable, str(HERE / "mcp" / "upstream.py"), "--port", str(port), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("the MCP server did not start: " + proc.stdout.read().decode())
+
+    class U:
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        def seen(self):
+            return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+        def calls(self):
+            out = []
+            for r in self.seen():
+                try:
+                    body = json.loads(r["body"] or "null")
+                except ValueError:
+                    continue
+                if isinstance(body, dict) and body.get("method") == "tools/call":
+                    out.append((r, body))
+            return out
+
+    yield U()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def setup_gateway(b, upstream, tmp_path):
+    b.cli("tenant", "create", "acme")
+    b.cli("principal", "create", "--tenant", "acme", "alice@example.com")
+    b.cli("agent", "create", "--tenant", "acme", "pay-bot", "--owner", "team-finance", "--purpose", "pays invoices",
+          "--envelope", "payments:*")
+    b.cli("tool", "create", "--tenant", "acme", "payments", "--provider", "mcp", "--upstream", upstream.url,
+          "--inject-header", "Authorization", "--inject-format", "Bearer {secret}",
+          "--action", "pay", "--action", "echo", "--action", "leak", "--action", "create_issue")
+    secret = tmp_path / "key.txt"
+    secret.write_text(UPSTREAM_KEY)
+    b.cli("tool", "set-secret", "--tenant", "acme", "payments", "--file", str(secret))
+    synced = b.cli("tool", "sync", "--tenant", "acme", "payments").stdout
+    assert "pay" in synced and "enabled" in synced, synced
+    b.cli("policy", "add", "--tenant", "acme", str(ROOT / "examples" / "policies" / "baseline.cedar"))
+    policy = tmp_path / "mcp.cedar"
+    policy.write_text(POLICY)
+    b.cli("policy", "add", "--tenant", "acme", "--name", "mcp", str(policy))
+    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
+                             "--agent", "pay-bot", "--cap", "payments:pay", "--cap", "payments:echo",
+                             "--cap", "payments:leak", "--task", "pay invoice 7").stdout)
+    key = OKPKey.generate_key("Ed25519")
+    out = b.cli("--json", "run", "start", "--tenant", "acme", "--agent", "pay-bot", "--principal", "alice@example.com",
+                "--grant", grant["id"], "--jwk", json.dumps(key.as_dict(private=False))).stdout
+    run = json.loads(out)
+    gateway = f"{b.url}/mcp/payments"
+    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, "pay echo leak")
+    assert status == 200, tok
+    assert tok["token_type"] == "Bearer" and tok["mcp_url"] == gateway
+    return gateway, tok["access_token"], run
+
+
+def with_client(url, token, fn):
+    async def main():
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http_client:
+            async with Client(streamable_http_client(url, http_client=http_client)) as client:
+                return await fn(client)
+    return anyio.run(main)
+
+
+def text_of(result):
+    return "".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+def test_an_mcp_client_calls_tools_judged_on_their_arguments(broker, upstream, tmp_path):
+    b = broker
+    gateway, token, run = setup_gateway(b, upstream, tmp_path)
+
+    async def session(client):
+        listed = sorted(t.name for t in (await client.list_tools()).tools)
+        ok = await client.call_tool("pay", {"amount": 50, "currency": "EUR"})
+        too_much = await client.call_tool("pay", {"amount": 500, "currency": "EUR"})
+        memo = await client.call_tool("pay", {"amount": 5, "currency": "EUR", "memo": "a secret plan"})
+        wrong_type = None
+        try:
+            await client.call_tool("pay", {"amount": "50", "currency": "EUR"})
+        except MCPError as e:
+            wrong_type = e
+        unknown = None
+        try:
+            await client.call_tool("create_issue", {"repo": "acme/x", "title": "t"})
+        except MCPError as e:
+            unknown = e
+        leaked = await client.call_tool("leak", {})
+        return listed, ok, too_much, memo, wrong_type, unknown, leaked
+
+    listed, ok, too_much, memo, wrong_type, unknown, leaked = with_client(gateway, token, session)
+    # Only what the run may call: create_issue is enabled but not granted.
+    assert listed == ["echo", "leak", "pay"]
+    assert not ok.is_error and text_of(ok) == "paid 50 EUR"
+    assert too_much.is_error and "small-eur" in text_of(too_much)
+    assert memo.is_error and "no-secret-memos" in text_of(memo)
+    assert wrong_type is not None and wrong_type.error.code == -32602 and "/amount" in wrong_type.error.message
+    # create_issue is not in the credential: the SDK sees the HTTP 403 as an error.
+    assert unknown is not None
+    # The key the gateway injected never comes back to the agent.
+    assert UPSTREAM_KEY not in text_of(leaked) and "[REDACTED]" in text_of(leaked)
+
+    calls = upstream.calls()
+    # Exactly the allowed calls reached the MCP server (pay 50, leak), with
+    # the injected key and never the agent's credential.
+    assert [c[1]["params"]["name"] for c in calls] == ["pay", "leak"]
+    assert calls[0][1]["params"]["arguments"] == {"amount": 50, "currency": "EUR"}
+    for r in upstream.seen():
+        assert r["headers"].get("authorization") == f"Bearer {UPSTREAM_KEY}"
+        assert token not in json.dumps(r)
+
+    # Every decision is in the audit trail, with argument keys and a digest, never values.
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"], "--limit", "100").stdout)
+    events = events.get("events", events) if isinstance(events, dict) else events
+    calls_ev = [e for e in events if e["event_type"] == "mcp.call"]
+    assert {e["decision"] for e in calls_ev} == {"allow", "deny"}
+    denied = [e for e in calls_ev if e["decision"] == "deny" and "mcp/small-eur" in e.get("policies", [])]
+    assert denied and denied[0]["details"]["arg_keys"] == ["amount", "currency"]
+    assert "500" not in json.dumps(denied[0])
+    results = [e for e in events if e["event_type"] == "mcp.result"]
+    assert {e["details"]["status"] for e in results} == {"ok"}
+    assert any(e["details"]["secret_reflected"] for e in results)
+    assert b.cli("audit", "verify").returncode == 0
+
+
+def raw(url, token, body, headers=None):
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    h.update(headers or {})
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http("POST", url, data, h)
+
+
+def test_the_gateway_refuses_what_it_cannot_judge(broker, upstream, tmp_path):
+    b = broker
+    gateway, token, run = setup_gateway(b, upstream, tmp_path)
+    call = lambda name, args, i=1: {"jsonrpc": "2.0", "id": i, "method": "tools/call",  # noqa: E731
+                                     "params": {"name": name, "arguments": args}}
+    cases = [
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":5,"amount":5000,"currency":"EUR"}}}', -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":5,"Amount":5000,"currency":"EUR"}}}', -32700),
+        (json.dumps([call("pay", {"amount": 5, "currency": "EUR"})]).encode(), -32600),
+        (json.dumps(call("pay", {"amount": 1e2, "currency": "EUR"})).encode(), -32602),
+        (json.dumps(call("pay", {"amount": 9007199254740993, "currency": "EUR"})).encode(), -32602),
+        (json.dumps(call("pay", [5, "EUR"])).encode(), -32602),
+        (json.dumps(call("pay", {"amount": 5, "currency": "EUR", "extra": 1})).encode(), -32602),
+        (json.dumps(call("Pay", {"amount": 5, "currency": "EUR"})).encode(), -32602),
+        (json.dumps(call("nope", {})).encode(), -32602),
+        (json.dumps({"jsonrpc": "2.0", "id": None, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}).encode(), -32600),
+        (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "Tools/call", "params": {"name": "echo"}}).encode(), -32601),
+        (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}).encode(), -32601),
+    ]
+    for body, code in cases:
+        status, answer = raw(gateway, token, body)
+        assert answer and answer["error"]["code"] == code, (body, status, answer)
+    # Without a credential, or with one for another tool: 401 and where to learn more.
+    status, _ = raw(gateway, None, call("echo", {"text": "x"}))
+    assert status == 401
+    status, _ = raw(gateway, "not-a-jwt", call("echo", {"text": "x"}))
+    assert status == 401
+    status, _ = raw(f"{b.url}/mcp/other", token, call("echo", {"text": "x"}))
+    assert status == 401
+    # From a browser (an Origin header): refused.
+    status, _ = raw(gateway, token, call("echo", {"text": "x"}), {"Origin": "https://evil.example"})
+    assert status == 403
+    # Too big.
+    status, _ = raw(gateway, token, json.dumps(call("echo", {"text": "x" * (2 * 1024 * 1024)})).encode())
+    assert status == 413
+    # The protected resource metadata names the broker (RFC 9728).
+    status, meta = http("GET", f"{b.url}/.well-known/oauth-protected-resource/mcp/payments")
+    assert status == 200 and meta["resource"] == gateway and meta["authorization_servers"] == [b.url]
+    # Nothing of that reached the MCP server (only the sync's requests did).
+    assert upstream.calls() == []
+    # A revoked run is cut off at once.
+    status, answer = raw(gateway, token, call("echo", {"text": "hi"}))
+    assert status == 200 and answer["result"]["content"][0]["text"] == "hi", answer
+    b.cli("revoke", "--run", run["run"])
+    status, _ = raw(gateway, token, call("echo", {"text": "hi"}))
+    assert status == 401
+    assert len(upstream.calls()) == 1
