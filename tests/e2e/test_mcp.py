@@ -230,3 +230,61 @@ def test_the_gateway_refuses_what_it_cannot_judge(broker, upstream, tmp_path):
     status, _ = raw(gateway, token, call("echo", {"text": "hi"}))
     assert status == 401
     assert len(upstream.calls()) == 1
+
+
+APPROVAL_POLICY = """
+@id("calls") permit (principal, action in Mandate::Action::"mcp_call", resource);
+@id("big-payments") @approval("principal")
+forbid (principal, action == Mandate::Action::"payments:pay", resource)
+when { context.arguments.amount > 100 } unless { context.approved };
+"""
+
+
+def test_a_call_waits_for_a_human_and_the_approval_is_for_that_call_only(broker, upstream, tmp_path):
+    b = broker
+    gateway, token, run = setup_gateway(b, upstream, tmp_path)
+    policy = tmp_path / "mcp.cedar"
+    policy.write_text(APPROVAL_POLICY)
+    b.cli("policy", "add", "--tenant", "acme", "--name", "mcp", str(policy))
+    alice = tmp_path / "alice.token"
+    b.cli("principal", "approver-token", "--tenant", "acme", "alice@example.com", "--out", str(alice))
+
+    async def pay(client, amount):
+        try:
+            r = await client.call_tool("pay", {"amount": amount, "currency": "EUR"})
+            return ("ok", text_of(r))
+        except MCPError as e:
+            return ("error", e.error)
+
+    first = with_client(gateway, token, lambda c: pay(c, 500))
+    assert first[0] == "error" and first[1].code == -31001, first
+    data = first[1].data
+    assert data["error"] == "authorization_pending" and data["interval"] > 0
+    approval = data["approvals"][0]["id"]
+    assert data["approvals"][0]["approvers"] == ["principal:alice@example.com"]
+    assert upstream.calls() == []
+    # The approver sees the call as it would go.
+    shown = json.loads(b.cli("--json", "approvals", "show", approval, "--as", str(alice)).stdout)
+    assert shown["details"]["mcp_call"] == {"name": "pay", "arguments": {"amount": 500, "currency": "EUR"}}
+    # Asking again before a decision: still waiting on the same approval.
+    again = with_client(gateway, token, lambda c: pay(c, 500))
+    assert again[1].data["approvals"][0]["id"] == approval
+    b.cli("approvals", "approve", approval, "--as", str(alice), "--comment", "invoice 7")
+    # Another amount is another call: not approved.
+    other = with_client(gateway, token, lambda c: pay(c, 501))
+    assert other[0] == "error" and other[1].data["approvals"][0]["id"] != approval
+    # The approved call goes through once; small ones need nobody.
+    assert with_client(gateway, token, lambda c: pay(c, 500)) == ("ok", "paid 500 EUR")
+    assert with_client(gateway, token, lambda c: pay(c, 50)) == ("ok", "paid 50 EUR")
+    # The approval was spent: the same call asks anew.
+    third = with_client(gateway, token, lambda c: pay(c, 500))
+    assert third[0] == "error" and third[1].data["approvals"][0]["id"] != approval
+    assert [c[1]["params"]["arguments"]["amount"] for c in upstream.calls()] == [500, 50]
+    # The audit trail names the approver of the call, and no argument values.
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"], "--limit", "100").stdout)
+    events = events.get("events", events) if isinstance(events, dict) else events
+    spent = [e for e in events if e["event_type"] == "mcp.call" and e["decision"] == "allow"
+             and e["details"].get("approvals")]
+    assert spent and spent[0]["details"]["approvals"][0]["approved_by"] == "principal:alice@example.com"
+    decided = [e for e in events if e["event_type"].startswith("approval.") and e["details"].get("details")]
+    assert decided and all("500" not in json.dumps(e["details"]["details"]) for e in decided)

@@ -261,6 +261,24 @@ pub fn digest(key: &[u8], forward: &Map<String, Value>) -> String {
     crate::jose::b64(&mac.finalize().into_bytes())
 }
 
+/// Request details as the audit trail may show them: an MCP call's
+/// arguments by their names only (values can be anything an agent sends);
+/// anything else as it is.
+pub fn audit_view(details: &Value) -> Value {
+    match details.get("mcp_call") {
+        Some(call) => {
+            let mut keys: Vec<&String> = call
+                .get("arguments")
+                .and_then(Value::as_object)
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
+            keys.sort();
+            serde_json::json!({"mcp_call": {"name": call.get("name"), "arg_keys": keys}})
+        }
+        None => details.clone(),
+    }
+}
+
 /// JSON with object keys sorted (by their UTF-8 bytes) and no spaces,
 /// whatever order the map keeps them in.
 pub fn canonical_json(v: &Value) -> Vec<u8> {
@@ -402,6 +420,17 @@ mod tests {
         assert!(check(&ty(), Some(&json!({"amount": 1, "x": deep})), Extra::Pass).is_err());
         let wide: Vec<Value> = (0..2000).map(Value::from).collect();
         assert!(check(&ty(), Some(&json!({"amount": 1, "x": wide})), Extra::Pass).is_err());
+    }
+
+    #[test]
+    fn the_audit_trail_sees_argument_names_not_values() {
+        let d = json!({"mcp_call": {"name": "pay", "arguments": {"to": "x@y", "amount": 5}}});
+        assert_eq!(
+            audit_view(&d),
+            json!({"mcp_call": {"name": "pay", "arg_keys": ["amount", "to"]}})
+        );
+        let other = json!([{"type": "payment", "amount": 5}]);
+        assert_eq!(audit_view(&other), other);
     }
 
     #[test]

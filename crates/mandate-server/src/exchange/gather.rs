@@ -220,21 +220,21 @@ pub fn pending_for_run(s: &AppState, run: &str, now: u64) -> Result<usize, ApiEr
 /// have at least one member in the tenant.
 pub fn approvers(
     s: &AppState,
-    m: &MandateClaims,
+    (tenant, principal): (&str, Option<&str>),
     wanted: &[String],
 ) -> Result<Vec<String>, ApiError> {
     let reg = s.reg();
     let mut out = Vec::new();
     for w in wanted {
         if w == "principal" {
-            if let Some(p) = &m.principal {
+            if let Some(p) = principal {
                 out.push(format!("principal:{p}"));
             }
         } else if let Some(g) = w.strip_prefix("group:")
             && reg
                 .principals
                 .iter()
-                .any(|((t, _), p)| *t == m.tenant && p.groups.iter().any(|x| x == g))
+                .any(|((t, _), p)| t == tenant && p.groups.iter().any(|x| x == g))
         {
             out.push(w.clone());
         }

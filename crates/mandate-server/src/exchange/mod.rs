@@ -332,11 +332,13 @@ fn policy(
                 }
                 let mut asked = Vec::with_capacity(missing.len());
                 for p in &missing {
-                    let approvers = gather::approvers(s, m, &p.approvers).map_err(|e| Denial {
-                        error: e,
-                        rule: None,
-                        policies: verdict.policies.clone(),
-                    })?;
+                    let approvers =
+                        gather::approvers(s, (&m.tenant, m.principal.as_deref()), &p.approvers)
+                            .map_err(|e| Denial {
+                                error: e,
+                                rule: None,
+                                policies: verdict.policies.clone(),
+                            })?;
                     asked.push(record::approval_request(
                         m,
                         req,

@@ -262,8 +262,8 @@ pub async fn decide(
     ev.tool = Some(a.tool.clone());
     ev.actions = a.actions.clone();
     ev.reason = comment.clone();
-    ev.details =
-        json!({"approval": a.id, "request_digest": a.request_digest, "details": a.details});
+    ev.details = json!({"approval": a.id, "request_digest": a.request_digest,
+            "details": mandate_core::mcp::args::audit_view(&a.details)});
     s.commit(Entry {
         mutation: Some(Mutation::DecideApproval {
             id: a.id.clone(),

@@ -15,18 +15,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use mandate_core::audit::{Decision, EventBody, EventType};
-use mandate_core::mcp::args::{self, Checked};
 use mandate_core::mcp::jsonrpc::{self, Id};
-use mandate_core::policy::Verdict;
+use mandate_store::{Entry, Mutation};
 use serde_json::{Map, Value, json};
 
+use super::judge::{self, Allowed, Refusal};
 use super::{Caller, Dispatched, S};
-use crate::error::ApiError;
-use crate::exchange::{decide, gather};
 use crate::mcp_client::Failure;
 
-/// The run is suspended (its calls wait until an admin resumes or revokes it).
-pub const SUSPENDED: i64 = -31001;
 /// The gateway could not record the decision (nothing was forwarded).
 pub const NOT_RECORDED: i64 = -31010;
 /// The MCP server could not be reached or failed.
@@ -46,60 +42,14 @@ pub(super) fn list(s: &S, c: &Caller, now: u64) -> Value {
         .tools
         .iter()
         .filter(|t| c.tool.actions.contains(&t.name) && scope.contains(&t.name.as_str()))
-        .filter(|t| exchange_question(s, c, &t.name, now).is_ok_and(|v| v.allowed))
+        .filter(|t| {
+            judge::exchange_question(s, c, &t.name, false, now)
+                .is_ok_and(|v| v.allowed || v.approval.is_some())
+        })
         .filter_map(|t| serde_json::to_value(t).ok())
         .collect();
     tools.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     json!({"tools": tools})
-}
-
-/// The exchange's policy question for MCP tool `name` (as the proxy asks it per call).
-fn exchange_question(s: &S, c: &Caller, name: &str, now: u64) -> Result<Verdict, ApiError> {
-    let claims = &c.claims;
-    let input = policy_input(s, c, now)?;
-    let details = claims
-        .declared_details()
-        .map(mandate_core::policy::Details::from_json)
-        .unwrap_or_default();
-    decide::verdict(
-        s,
-        &decide::Question {
-            subject: decide::Subject::of_credential(claims),
-            input: &input,
-            tool: &c.tool,
-            actions: &[name.to_owned()],
-            details: &details,
-            approved: false,
-        },
-        now,
-    )
-}
-
-fn policy_input(s: &S, c: &Caller, now: u64) -> Result<gather::PolicyInput, ApiError> {
-    let claims = &c.claims;
-    gather::policy_input(
-        s,
-        (&claims.tenant, &claims.agent, &claims.run),
-        claims.iat,
-        &c.tool.name,
-        now,
-    )
-    .ok_or_else(|| {
-        crate::error::err(
-            crate::error::Code::Unauthorized,
-            "the agent is no longer registered",
-        )
-    })
-}
-
-/// A refusal of a call: how it is answered.
-enum Refusal {
-    /// A JSON-RPC error.
-    Rpc(i64, String, Option<Value>),
-    /// A tool result with `isError` (a policy said no).
-    Policy(Verdict),
-    /// HTTP 403 `insufficient_scope`.
-    Scope(String),
 }
 
 /// `tools/call`.
@@ -113,21 +63,41 @@ pub(super) async fn call(
 ) -> Dispatched {
     let started = Instant::now();
     let mut ev = event(s, addr, c, id);
-    let judged = judge(s, c, &params, now, &mut ev);
-    let (name, checked) = match judged {
+    let Allowed {
+        name,
+        checked,
+        spend,
+    } = match judge::judge(s, c, &params, now, &mut ev) {
         Ok(ok) => ok,
         Err(refusal) => return refuse(s, ev, id, refusal).await,
     };
     ev.decision = Decision::Allow;
+    if !spend.is_empty() {
+        merge(
+            &mut ev.details,
+            json!({"approvals": spend.iter().map(|a| json!({"id": a.id, "approved_by": a.decided_by, "policies": a.policies})).collect::<Vec<_>>()}),
+        );
+    }
     note(s, &ev, false).await;
-    // The decision is durable before the MCP server acts on the call.
-    if s.record(vec![ev.clone()]).await.is_err() {
-        return Dispatched::Json(jsonrpc::error(
-            Some(id),
-            NOT_RECORDED,
-            "the gateway could not record the decision, so the call was not sent; try again",
-            None,
-        ));
+    // The decision is durable before the MCP server acts on the call, in
+    // one commit with the approvals it spends (each good for one call).
+    let spent: Vec<Mutation> = spend
+        .iter()
+        .map(|a| Mutation::UseApproval { id: a.id.clone() })
+        .collect();
+    let committed = s
+        .commit(Entry {
+            mutation: Mutation::all(spent),
+            events: vec![ev.clone()],
+        })
+        .await;
+    if let Err(e) = committed {
+        let message = if e.code == crate::error::Code::Conflict && !spend.is_empty() {
+            "this approval was already used for a call; send the call again to ask anew"
+        } else {
+            "the gateway could not record the decision, so the call was not sent; try again"
+        };
+        return Dispatched::Json(jsonrpc::error(Some(id), NOT_RECORDED, message, None));
     }
     let params = json!({"name": name, "arguments": Value::Object(checked.forward)});
     let outcome = crate::mcp_client::request(s, &c.tool, "tools/call", params).await;
@@ -195,190 +165,14 @@ pub(super) async fn call(
     Dispatched::Json(answer)
 }
 
-/// The checks before a call may go upstream; the audit event is filled as
-/// they go.
-fn judge(
-    s: &S,
-    c: &Caller,
-    params: &Map<String, Value>,
-    now: u64,
-    ev: &mut EventBody,
-) -> Result<(String, Checked), Refusal> {
-    let name = match params.get("name") {
-        Some(Value::String(n)) => n.clone(),
-        _ => {
-            return Err(Refusal::Rpc(
-                jsonrpc::INVALID_PARAMS,
-                "`params.name` must be the tool's name".into(),
-                None,
-            ));
-        }
-    };
-    let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
-    ev.actions = vec![shown.clone()];
-    merge(&mut ev.details, json!({"mcp_tool": shown}));
-    let spec = c.tool.mcp.as_ref();
-    let Some((_, ty)) = spec.and_then(|m| m.enabled(&c.tool.actions, &name)) else {
-        ev.reason = Some("unknown or not enabled MCP tool".into());
-        return Err(Refusal::Rpc(
-            jsonrpc::INVALID_PARAMS,
-            format!(
-                "Unknown tool: {shown} (tool `{}` does not offer it; see tools/list)",
-                c.tool.name
-            ),
-            None,
-        ));
-    };
-    if !c.claims.scope.split(' ').any(|a| a == name) {
-        ev.reason = Some("not in the credential's scope".into());
-        return Err(Refusal::Scope(name));
-    }
-    if let Some(m) = params.get("_meta")
-        && !m.is_object()
-    {
-        return Err(Refusal::Rpc(
-            jsonrpc::INVALID_PARAMS,
-            "`params._meta` must be an object".into(),
-            None,
-        ));
-    }
-    if params
-        .keys()
-        .any(|k| !["name", "arguments", "_meta"].contains(&k.as_str()))
-    {
-        ev.reason = Some("unknown members in params".into());
-        return Err(Refusal::Rpc(
-            jsonrpc::INVALID_PARAMS,
-            "`params` takes `name`, `arguments` and `_meta` only".into(),
-            None,
-        ));
-    }
-    let extra = spec.map(|m| m.extra_args).unwrap_or_default();
-    let checked = args::check(&ty, params.get("arguments"), extra).map_err(|p| {
-        ev.reason = Some(format!("arguments: {p}"));
-        Refusal::Rpc(
-            jsonrpc::INVALID_PARAMS,
-            format!("{p}"),
-            Some(json!({"pointer": p.pointer})),
-        )
-    })?;
-    let key = s.master.derive(&format!("mcp-args:{}", c.claims.tenant));
-    merge(
-        &mut ev.details,
-        json!({"arg_keys": checked.keys, "args_digest": args::digest(key.as_slice(), &checked.forward)}),
-    );
-    if let Some(why) = s.reg().suspended.get(&c.claims.run) {
-        ev.reason = Some(format!("run suspended: {why}"));
-        return Err(Refusal::Rpc(
-            SUSPENDED,
-            format!(
-                "run `{}` is suspended ({why}); its calls wait until an admin resumes it or revokes it",
-                c.claims.run
-            ),
-            Some(json!({"suspended": true})),
-        ));
-    }
-    let asked = exchange_question(s, c, &name, now)
-        .map_err(|e| Refusal::Rpc(jsonrpc::INTERNAL_ERROR, e.description, None))?;
-    ev.policies = asked.policies.clone();
-    if !asked.allowed {
-        ev.reason = asked.reason.clone();
-        return Err(Refusal::Policy(asked));
-    }
-    let verdict = call_question(s, c, &name, &checked, &ty, now)?;
-    for p in &verdict.policies {
-        if !ev.policies.contains(p) {
-            ev.policies.push(p.clone());
-        }
-    }
-    if !verdict.allowed {
-        ev.policies = verdict.policies.clone();
-        ev.reason = verdict.reason.clone();
-        return Err(Refusal::Policy(verdict));
-    }
-    Ok((name, checked))
-}
-
-/// The call action's question: `"<tool>:<name>"` with `context.arguments`.
-fn call_question(
-    s: &S,
-    c: &Caller,
-    name: &str,
-    checked: &Checked,
-    ty: &mandate_core::mcp::schema::Record,
-    now: u64,
-) -> Result<Verdict, Refusal> {
-    let internal = |e: String| {
-        Refusal::Rpc(
-            jsonrpc::INTERNAL_ERROR,
-            format!("policy evaluation failed: {e}"),
-            None,
-        )
-    };
-    let input = policy_input(s, c, now).map_err(|e| internal(e.description))?;
-    let sub = decide::Subject::of_credential(&c.claims);
-    let details = c
-        .claims
-        .declared_details()
-        .map(mandate_core::policy::Details::from_json)
-        .unwrap_or_default();
-    let actions = [name.to_owned()];
-    let facts = mandate_core::policy::ExchangeFacts {
-        tenant: sub.tenant,
-        now,
-        agent: &input.agent.name,
-        agent_owner: &input.agent.owner,
-        agent_purpose: &input.agent.purpose,
-        run: sub.run,
-        task: sub.task,
-        principal: sub.principal,
-        grant: sub.grant,
-        tool: &c.tool.name,
-        tool_audience: &c.tool.audience,
-        tool_labels: &c.tool.labels,
-        tool_risk: &c.tool.risk,
-        tool_provider: c.tool.provider.as_str(),
-        actions: &actions,
-        depth: sub.depth,
-        hops: sub.hops,
-        approved: false,
-        details: &details,
-        history: &input.history,
-    };
-    let entities = s
-        .policy_entities(input.generation, &facts)
-        .map_err(|e| internal(e.to_string()))?;
-    let call = mandate_core::mcp::call_action(&c.tool.name, name);
-    s.engine
-        .decide_call(
-            &input.policies,
-            &facts,
-            &entities,
-            &call,
-            &checked.visible,
-            ty,
-        )
-        .map_err(|e| internal(e.to_string()))
-}
-
 async fn refuse(s: &S, mut ev: EventBody, id: &Id, refusal: Refusal) -> Dispatched {
     ev.decision = Decision::Deny;
-    if ev.reason.is_none()
-        && let Refusal::Rpc(_, m, _) = &refusal
-    {
-        ev.reason = Some(m.chars().take(256).collect());
-    }
-    note(s, &ev, true).await;
-    if s.record(vec![ev]).await.is_err() {
-        return Dispatched::Json(jsonrpc::error(
-            Some(id),
-            NOT_RECORDED,
-            "the gateway could not record its decision; try again",
-            None,
-        ));
-    }
-    match refusal {
+    let answer = match refusal {
+        Refusal::Pending { asked, waiting } => return pending(s, ev, id, asked, waiting).await,
         Refusal::Rpc(code, message, data) => {
+            if ev.reason.is_none() {
+                ev.reason = Some(message.chars().take(256).collect());
+            }
             Dispatched::Json(jsonrpc::error(Some(id), code, &message, data))
         }
         Refusal::Scope(scope) => Dispatched::NeedsScope(scope),
@@ -387,21 +181,87 @@ async fn refuse(s: &S, mut ev: EventBody, id: &Id, refusal: Refusal) -> Dispatch
                 .reason
                 .clone()
                 .unwrap_or_else(|| "denied by policy".into());
-            let approval = v.approval.as_ref().map(|a| a.policies());
-            let mut text = format!("Refused by Mandate: {reason}");
-            if approval.is_some() {
-                text.push_str(" (this call needs a human's approval, which the MCP gateway cannot ask for yet; use the token endpoint for approval-gated actions)");
-            }
             Dispatched::Json(jsonrpc::result(
                 id,
                 json!({
-                    "content": [{"type": "text", "text": text}],
+                    "content": [{"type": "text", "text": format!("Refused by Mandate: {reason}")}],
                     "isError": true,
                     "_meta": {"dev.mandate/refusal": {"policies": v.policies, "reason": reason}},
                 }),
             ))
         }
+    };
+    note(s, &ev, true).await;
+    // A refusal is audited before it is answered.
+    if s.record(vec![ev]).await.is_err() {
+        return Dispatched::Json(jsonrpc::error(
+            Some(id),
+            NOT_RECORDED,
+            "the gateway could not record its decision; try again",
+            None,
+        ));
     }
+    answer
+}
+
+/// The call waits for humans: new approval requests are durable first
+/// (with their event), then announced; the agent is told which approvals
+/// it waits for and when to ask again (the same call, a new JSON-RPC id).
+async fn pending(
+    s: &S,
+    mut ev: EventBody,
+    id: &Id,
+    asked: Vec<mandate_core::model::Approval>,
+    waiting: Vec<mandate_core::model::Approval>,
+) -> Dispatched {
+    ev.decision = Decision::Pending;
+    note(s, &ev, false).await;
+    if !asked.is_empty() {
+        ev.event_type = EventType::ApprovalRequest;
+        merge(
+            &mut ev.details,
+            json!({"approval": asked[0].id, "approvals": asked.iter().map(|a| json!({"id": a.id, "policies": a.policies, "approvers": a.approvers})).collect::<Vec<_>>(),
+                   "expires_at": asked[0].expires_at}),
+        );
+    }
+    let creates: Vec<Mutation> = asked
+        .iter()
+        .cloned()
+        .map(Mutation::CreateApproval)
+        .collect();
+    if s.commit(Entry {
+        mutation: Mutation::all(creates),
+        events: vec![ev],
+    })
+    .await
+    .is_err()
+    {
+        return Dispatched::Json(jsonrpc::error(
+            Some(id),
+            NOT_RECORDED,
+            "the gateway could not record the approval request; try again",
+            None,
+        ));
+    }
+    for a in &asked {
+        crate::alerts::announce(s, "approval.requested", json!(a)).await;
+    }
+    let all: Vec<Value> = asked
+        .iter()
+        .chain(&waiting)
+        .map(|a| {
+            json!({"id": a.id, "policies": a.policies, "approvers": a.approvers,
+                   "status": a.status, "expires_at": a.expires_at})
+        })
+        .collect();
+    Dispatched::Json(jsonrpc::error(
+        Some(id),
+        judge::AUTHORIZATION_PENDING,
+        "authorization_pending: humans must approve this call; send the same call again after `interval` seconds",
+        Some(
+            json!({"error": "authorization_pending", "approvals": all, "interval": judge::INTERVAL}),
+        ),
+    ))
 }
 
 fn event(s: &S, addr: SocketAddr, c: &Caller, id: &Id) -> EventBody {
@@ -429,7 +289,7 @@ fn event(s: &S, addr: SocketAddr, c: &Caller, id: &Id) -> EventBody {
     }
 }
 
-fn merge(into: &mut Value, more: Value) {
+pub(super) fn merge(into: &mut Value, more: Value) {
     if !into.is_object() {
         *into = json!({});
     }

@@ -22,6 +22,7 @@
 //! sends no requests. `DELETE` ends the session.
 
 pub mod call;
+pub mod judge;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
