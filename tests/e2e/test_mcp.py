@@ -6,7 +6,6 @@ to have sent nothing upstream, and each call to carry the injected key and
 never the agent's credential.
 """
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from test_story import ROOT, broker, exchange, free_port, http, start_run  # noqa: F401 (fixtures)
+from test_story import BIN, ROOT, broker, exchange, free_port, http  # noqa: F401 (fixtures)
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_KEY = "upstream-key-7f3c9a-not-for-agents"
@@ -288,3 +287,22 @@ def test_a_call_waits_for_a_human_and_the_approval_is_for_that_call_only(broker,
     assert spent and spent[0]["details"]["approvals"][0]["approved_by"] == "principal:alice@example.com"
     decided = [e for e in events if e["event_type"].startswith("approval.") and e["details"].get("details")]
     assert decided and all("500" not in json.dumps(e["details"]["details"]) for e in decided)
+
+
+def test_an_agent_under_exec_reads_two_variables(broker, upstream, tmp_path):
+    b = broker
+    setup_gateway(b, upstream, tmp_path)
+    b.cli("tool", "update", "--tenant", "acme", "payments",
+          "--env", "MCP_URL={mcp_url}", "--env", "MCP_TOKEN={credential}")
+    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
+                             "--agent", "pay-bot", "--cap", "payments:pay", "--task", "pay invoice 8").stdout)
+    proc = subprocess.run(
+        [BIN, "exec", "--tenant", "acme", "--agent", "pay-bot", "--on-behalf-of", "alice@example.com",
+         "--grant", grant["id"], "--tool", "payments", "--", sys.executable, str(HERE / "mcp" / "agent.py")],
+        env=b.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["env_has_upstream_key"] is False
+    assert out["tools"] == ["pay"]
+    assert out["50"] == {"error": False, "text": "paid 50 EUR"}
+    assert out["5000"]["error"] is True and "small-eur" in out["5000"]["text"]

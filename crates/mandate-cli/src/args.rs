@@ -542,7 +542,7 @@ pub(crate) struct ToolSpec {
     /// postgres: `action=role`: a credential for the action joins the role (repeat).
     #[arg(long = "pg-role")]
     pub(crate) pg_roles: Vec<String>,
-    /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {audience}, {broker}; repeat).
+    /// `NAME=template` set by `mandate exec` ({credential}, {proxy_url}, {mcp_url}, {audience}, {broker}; repeat).
     #[arg(long = "env")]
     pub(crate) env: Vec<String>,
     /// An action the tool understands (repeat; at least one to create).

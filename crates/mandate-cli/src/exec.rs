@@ -483,6 +483,7 @@ fn env_for(
     let values = EnvValues {
         credential: &credential,
         proxy_url: tool["proxy_url"].as_str().unwrap_or(""),
+        mcp_url: tool["mcp_url"].as_str().unwrap_or(""),
         audience: tool["audience"].as_str().unwrap_or(""),
         broker,
     };

@@ -238,12 +238,19 @@ pub struct EnvSpec {
     pub name: String,
     /// Value template: `{credential}` (a fresh credential for the tool's
     /// granted actions), `{proxy_url}` (the broker's proxy for this tool),
-    /// `{audience}`, `{broker}`.
+    /// `{mcp_url}` (the broker's MCP gateway for this tool), `{audience}`,
+    /// `{broker}`.
     pub value: String,
 }
 
 /// Template placeholders an [`EnvSpec`] may use.
-pub const ENV_PLACEHOLDERS: [&str; 4] = ["{credential}", "{proxy_url}", "{audience}", "{broker}"];
+pub const ENV_PLACEHOLDERS: [&str; 5] = [
+    "{credential}",
+    "{proxy_url}",
+    "{mcp_url}",
+    "{audience}",
+    "{broker}",
+];
 
 /// Values for [`EnvSpec`] placeholders.
 #[derive(Debug, Clone, Copy)]
@@ -252,6 +259,8 @@ pub struct EnvValues<'a> {
     pub credential: &'a str,
     /// The proxy URL of the tool.
     pub proxy_url: &'a str,
+    /// The MCP gateway URL of the tool.
+    pub mcp_url: &'a str,
     /// The tool's audience.
     pub audience: &'a str,
     /// The broker's URL.
@@ -268,6 +277,7 @@ impl EnvSpec {
     pub fn render(&self, v: &EnvValues<'_>) -> String {
         self.value
             .replace("{proxy_url}", v.proxy_url)
+            .replace("{mcp_url}", v.mcp_url)
             .replace("{audience}", v.audience)
             .replace("{broker}", v.broker)
             .replace("{credential}", v.credential)
@@ -886,6 +896,7 @@ mod tests {
         let v = EnvValues {
             credential: "c",
             proxy_url: "http://b/proxy/t",
+            mcp_url: "http://b/mcp/t",
             audience: "a",
             broker: "http://b",
         };
