@@ -29,12 +29,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
-echo "==> Node test dependencies: the official Resend SDK and resend-local ($node_dir)"
+echo "==> Node test dependencies: the official Resend and MCP SDKs, resend-local ($node_dir)"
 # Pinned: the SDK an agent would use, and an emulator of the Resend API as its upstream.
-if [ ! -f "$node_dir/node_modules/resend/package.json" ] || [ ! -f "$node_dir/node_modules/resend-local/package.json" ]; then
+if [ ! -f "$node_dir/node_modules/resend/package.json" ] || [ ! -f "$node_dir/node_modules/resend-local/package.json" ] \
+  || [ ! -f "$node_dir/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
   mkdir -p "$node_dir"
   [ -f "$node_dir/package.json" ] || echo '{"name": "mandate-e2e-node", "private": true}' > "$node_dir/package.json"
-  (cd "$node_dir" && npm install --silent --no-audit --no-fund resend@6.38.0 resend-local@0.0.7)
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund resend@6.38.0 resend-local@0.0.7 @modelcontextprotocol/sdk@1.32.2)
 fi
 export MANDATE_NODE_DIR=$node_dir
 

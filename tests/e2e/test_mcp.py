@@ -6,6 +6,7 @@ to have sent nothing upstream, and each call to carry the injected key and
 never the agent's credential.
 """
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -306,3 +307,19 @@ def test_an_agent_under_exec_reads_two_variables(broker, upstream, tmp_path):
     assert out["tools"] == ["pay"]
     assert out["50"] == {"error": False, "text": "paid 50 EUR"}
     assert out["5000"]["error"] is True and "small-eur" in out["5000"]["text"]
+
+
+def test_the_typescript_sdk_is_a_client_too(broker, upstream, tmp_path):
+    node_dir = os.environ.get("MANDATE_NODE_DIR", str(Path.home() / ".cache" / "mandate-node"))
+    if not (Path(node_dir) / "node_modules" / "@modelcontextprotocol" / "sdk").exists():
+        pytest.fail(f"@modelcontextprotocol/sdk is not installed in {node_dir}; scripts/test.sh installs it")
+    gateway, token, _ = setup_gateway(broker, upstream, tmp_path)
+    proc = subprocess.run(["node", str(HERE / "mcp" / "agent.mjs"), gateway, token],
+                          env=dict(os.environ, MANDATE_NODE_DIR=node_dir), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tools"] == ["echo", "leak", "pay"]
+    assert out["50"] == {"error": False, "text": "paid 50 EUR"}
+    assert out["5000"]["error"] is True and "small-eur" in out["5000"]["text"]
+    assert out["wrongType"] == -32602
+    assert [c[1]["params"]["arguments"]["amount"] for c in upstream.calls()] == [50]
