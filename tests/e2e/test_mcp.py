@@ -81,7 +81,7 @@ def setup_gateway(b, upstream, tmp_path):
           "--envelope", "payments:*")
     b.cli("tool", "create", "--tenant", "acme", "payments", "--provider", "mcp", "--upstream", upstream.url,
           "--inject-header", "Authorization", "--inject-format", "Bearer {secret}",
-          "--action", "pay", "--action", "echo", "--action", "leak", "--action", "create_issue")
+          "--action", "pay", "--action", "echo", "--action", "leak", "--action", "create_issue", "--action", "slow")
     secret = tmp_path / "key.txt"
     secret.write_text(UPSTREAM_KEY)
     b.cli("tool", "set-secret", "--tenant", "acme", "payments", "--file", str(secret))
@@ -93,13 +93,13 @@ def setup_gateway(b, upstream, tmp_path):
     b.cli("policy", "add", "--tenant", "acme", "--name", "mcp", str(policy))
     grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
                              "--agent", "pay-bot", "--cap", "payments:pay", "--cap", "payments:echo",
-                             "--cap", "payments:leak", "--task", "pay invoice 7").stdout)
+                             "--cap", "payments:leak", "--cap", "payments:slow", "--task", "pay invoice 7").stdout)
     key = OKPKey.generate_key("Ed25519")
     out = b.cli("--json", "run", "start", "--tenant", "acme", "--agent", "pay-bot", "--principal", "alice@example.com",
                 "--grant", grant["id"], "--jwk", json.dumps(key.as_dict(private=False))).stdout
     run = json.loads(out)
     gateway = f"{b.url}/mcp/payments"
-    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, "pay echo leak")
+    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, "pay echo leak slow")
     assert status == 200, tok
     assert tok["token_type"] == "Bearer" and tok["mcp_url"] == gateway
     return gateway, tok["access_token"], run
@@ -141,7 +141,7 @@ def test_an_mcp_client_calls_tools_judged_on_their_arguments(broker, upstream, t
 
     listed, ok, too_much, memo, wrong_type, unknown, leaked = with_client(gateway, token, session)
     # Only what the run may call: create_issue is enabled but not granted.
-    assert listed == ["echo", "leak", "pay"]
+    assert listed == ["echo", "leak", "pay", "slow"]
     assert not ok.is_error and text_of(ok) == "paid 50 EUR"
     assert too_much.is_error and "small-eur" in text_of(too_much)
     assert memo.is_error and "no-secret-memos" in text_of(memo)
@@ -318,8 +318,39 @@ def test_the_typescript_sdk_is_a_client_too(broker, upstream, tmp_path):
                           env=dict(os.environ, MANDATE_NODE_DIR=node_dir), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["tools"] == ["echo", "leak", "pay"]
+    assert out["tools"] == ["echo", "leak", "pay", "slow"]
     assert out["50"] == {"error": False, "text": "paid 50 EUR"}
     assert out["5000"]["error"] is True and "small-eur" in out["5000"]["text"]
     assert out["wrongType"] == -32602
     assert [c[1]["params"]["arguments"]["amount"] for c in upstream.calls()] == [50]
+
+
+def test_revocation_cancels_a_call_in_flight(broker, upstream, tmp_path):
+    b = broker
+    gateway, token, run = setup_gateway(b, upstream, tmp_path)
+    result = {}
+
+    async def session(client):
+        async def call():
+            started = time.monotonic()
+            try:
+                await client.call_tool("slow", {"ms": 20000})
+                result["outcome"] = "finished"
+            except MCPError as e:
+                result["outcome"] = e.error.code
+            result["seconds"] = time.monotonic() - started
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await anyio.sleep(1.0)
+            await anyio.to_thread.run_sync(lambda: b.cli("revoke", "--run", run["run"]))
+
+    with_client(gateway, token, session)
+    assert result["outcome"] == -31020, result
+    assert result["seconds"] < 5, result
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"], "--limit", "50").stdout)
+    events = events.get("events", events) if isinstance(events, dict) else events
+    assert any(e["event_type"] == "mcp.result" and e["details"]["status"] == "revoked" for e in events)
+    status, _ = raw(gateway, token, {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                                     "params": {"name": "echo", "arguments": {"text": "x"}}})
+    assert status == 401

@@ -42,6 +42,8 @@ pub enum Failure {
     Unreachable(String),
     /// It answered with a JSON-RPC error (code, message).
     Rpc(i64, String),
+    /// The caller's credential was revoked while the call ran (it was cancelled).
+    Revoked,
 }
 
 impl std::fmt::Display for Failure {
@@ -50,6 +52,7 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => f.write_str("the MCP server did not answer in time"),
             Failure::Unreachable(why) => write!(f, "the MCP server cannot be used: {why}"),
             Failure::Rpc(code, m) => write!(f, "the MCP server answered error {code}: {m}"),
+            Failure::Revoked => f.write_str("the credential was revoked while the call ran"),
         }
     }
 }

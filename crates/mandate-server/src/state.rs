@@ -631,6 +631,9 @@ impl AppState {
         if let Ok(mut m) = self.policy_entities.lock() {
             m.forget(|e| e.run == run);
         }
+        if let Ok(mut m) = self.mcp_gateway.lock() {
+            m.end_run(run);
+        }
     }
 
     /// The Cedar entities of an exchange, built once per (run, tool) and

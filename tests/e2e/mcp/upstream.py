@@ -9,6 +9,8 @@ all for a call the gateway refused.
 import argparse
 import json
 
+import anyio
+
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 
@@ -33,6 +35,13 @@ def create_issue(repo: str, title: str) -> str:
 def echo(text: str) -> str:
     """Says it back."""
     return text
+
+
+@server.tool()
+async def slow(ms: int) -> str:
+    """Answers after `ms` milliseconds."""
+    await anyio.sleep(ms / 1000)
+    return "done"
 
 
 @server.tool()

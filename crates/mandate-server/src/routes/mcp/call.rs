@@ -29,6 +29,38 @@ pub const NOT_RECORDED: i64 = -31010;
 pub const UPSTREAM_FAILED: i64 = -31011;
 /// The MCP server did not answer in time.
 pub const UPSTREAM_TIMEOUT: i64 = -31012;
+/// The credential was revoked while the call ran (the call was cancelled).
+pub const REVOKED: i64 = -31020;
+
+/// Runs `call` unless the caller's credential is revoked first: then the
+/// call is dropped (its connection to the MCP server closes, which cancels
+/// it there, MCP 2026-07-28 streamable HTTP §Cancellation) and the answer
+/// is [`Failure::Revoked`]. Revocations are heard as the registry applies
+/// them (the feed's channel); a lagging listener checks again.
+async fn until_revoked<F>(s: &S, c: &Caller, call: F) -> Result<Value, Failure>
+where
+    F: std::future::Future<Output = Result<Value, Failure>>,
+{
+    let mut heard = s.revocations.subscribe();
+    let keys = c.claims.revocation_keys();
+    let revoked = async {
+        loop {
+            if s.reg().refused(&keys, c.claims.iat).is_some() {
+                return;
+            }
+            match heard.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending().await
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = call => r,
+        () = revoked => Err(Failure::Revoked),
+    }
+}
 
 /// `tools/list`: the pinned tools the caller may call now (enabled, in its
 /// credential's scope, and permitted by the exchange question); sorted by
@@ -100,7 +132,12 @@ pub(super) async fn call(
         return Dispatched::Json(jsonrpc::error(Some(id), NOT_RECORDED, message, None));
     }
     let params = json!({"name": name, "arguments": Value::Object(checked.forward)});
-    let outcome = crate::mcp_client::request(s, &c.tool, "tools/call", params).await;
+    let outcome = until_revoked(
+        s,
+        c,
+        crate::mcp_client::request(s, &c.tool, "tools/call", params),
+    )
+    .await;
     let mut result_ev = ev;
     result_ev.event_type = EventType::McpResult;
     let mut scrubber = crate::mcp_client::scrubber(s, &c.tool);
@@ -125,6 +162,15 @@ pub(super) async fn call(
                 None,
             ),
             "timeout".to_owned(),
+        ),
+        Err(Failure::Revoked) => (
+            jsonrpc::error(
+                Some(id),
+                REVOKED,
+                "the credential was revoked while the call ran; the call was cancelled",
+                None,
+            ),
+            "revoked".to_owned(),
         ),
         Err(f @ Failure::Unreachable(_)) => (
             jsonrpc::error(Some(id), UPSTREAM_FAILED, &f.to_string(), None),
