@@ -592,6 +592,10 @@ Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or 
         tenant: String,
         /// Tool name.
         name: String,
+        /// Pin the tools even if an enabled one lost an argument or had
+        /// one retyped (policies reading it would stop applying: check them).
+        #[arg(long)]
+        accept_changes: bool,
     },
     /// List tools of a tenant.
     #[command(after_help = "Example:\n  mandate tool list -t acme")]

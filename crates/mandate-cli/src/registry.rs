@@ -212,9 +212,22 @@ pub(crate) fn tool(cmd: ToolCmd, x: &Ctx) -> Result<(), CliError> {
             )?;
             x.show(&v, &["tenant", "tool", "secret_set"]);
         }
-        ToolCmd::Sync { tenant, name } => {
+        ToolCmd::Sync {
+            tenant,
+            name,
+            accept_changes,
+        } => {
             let v = c().post(
-                &format!("/v1/tenants/{}/tools/{}/sync", enc(&tenant), enc(&name)),
+                &format!(
+                    "/v1/tenants/{}/tools/{}/sync{}",
+                    enc(&tenant),
+                    enc(&name),
+                    if accept_changes {
+                        "?accept_changes=true"
+                    } else {
+                        ""
+                    }
+                ),
                 &json!({}),
             )?;
             if x.json {

@@ -377,6 +377,17 @@ fn clip(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
+/// A key as case-insensitive matchers see it: every character upper-cased,
+/// then lower-cased, so the characters Unicode folds together across case
+/// (`ſ` and `s`, the Kelvin sign and `k`, `ß` and `ss`) meet too, as they
+/// do in Go's `encoding/json` and `strings.EqualFold`.
+pub fn fold_case(k: &str) -> String {
+    k.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 /// Parses JSON, refusing an object with a key twice, also when two keys
 /// differ only in letter case (parsers disagree on which one wins).
 pub fn strict_json(body: &[u8]) -> Result<Value, String> {
@@ -437,7 +448,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut m = serde_json::Map::new();
         let mut seen = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
-            if !seen.insert(k.to_lowercase()) {
+            if !seen.insert(fold_case(&k)) {
                 return Err(de::Error::custom(format!(
                     "key `{}` appears twice in one object",
                     clip(&k)

@@ -3,9 +3,12 @@
 //! requests with `MCP-Session-Id` and `MCP-Protocol-Version`; answers read
 //! as JSON or as an SSE stream (the response is the event carrying our
 //! id; the server's notifications and requests on it are not relayed). One
-//! upstream session per tool, shared by the calls the gateway judged; a
-//! session the server forgot (404) is opened again once. The tool's key is
-//! injected here and nowhere else.
+//! upstream session per run and tool (a stateful server never carries one
+//! run's state into another's calls), dropped when the run ends. A session
+//! the server forgot (404) is opened again, except under a `tools/call`
+//! (the server may have acted: the call fails and the agent decides). The
+//! tool's key is injected here and nowhere else, and scrubbed from every
+//! answer before it is parsed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,7 +24,10 @@ use serde_json::{Value, json};
 use crate::state::AppState;
 
 /// Largest answer read from an MCP server (bytes).
-pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Most upstream sessions held (beyond it, one is forgotten per new one).
+const MAX_SESSIONS: usize = 10_000;
 
 /// An open session with one tool's MCP server.
 #[derive(Debug, Clone)]
@@ -30,8 +36,47 @@ pub struct Session {
     version: String,
 }
 
-/// Upstream sessions by (tenant, tool).
-pub type Sessions = tokio::sync::Mutex<HashMap<(String, String), Session>>;
+/// Upstream sessions by (tenant, tool, run; the run is empty for the
+/// broker's own requests, `tool sync`).
+#[derive(Debug, Default)]
+pub struct Sessions(std::sync::Mutex<HashMap<(String, String, String), Session>>);
+
+impl Sessions {
+    fn get(&self, k: &(String, String, String)) -> Option<Session> {
+        self.0.lock().ok()?.get(k).cloned()
+    }
+
+    fn put(&self, k: (String, String, String), v: Session) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= MAX_SESSIONS
+                && let Some(old) = m.keys().next().cloned()
+            {
+                m.remove(&old);
+            }
+            m.insert(k, v);
+        }
+    }
+
+    fn remove(&self, k: &(String, String, String)) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(k);
+        }
+    }
+
+    /// Forgets the sessions of `run` (it ended or was revoked).
+    pub fn end_run(&self, run: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|(_, _, r), _| r != run);
+        }
+    }
+
+    /// Forgets the sessions with `tool` of `tenant` (its registration changed).
+    pub fn forget_tool(&self, tenant: &str, tool: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|(t, n, _), _| !(t == tenant && n == tool));
+        }
+    }
+}
 
 /// Why an MCP server's answer could not be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +104,8 @@ impl std::fmt::Display for Failure {
 
 /// What one request got back.
 enum Answer {
-    Result(Value),
+    /// The result, and whether the tool's key had to be scrubbed from it.
+    Result(Value, bool),
     /// The session is gone (HTTP 404 with a session id).
     SessionGone,
 }
@@ -93,51 +139,44 @@ fn injection(
     )))
 }
 
-/// Sends `method` with `params` to the tool's MCP server in its session
-/// (opened first if needed) and returns the JSON-RPC `result`.
+/// What a request to an MCP server returned.
+#[derive(Debug)]
+pub struct Returned {
+    /// The JSON-RPC `result`.
+    pub result: Value,
+    /// The tool's key was in the answer (and was scrubbed from it).
+    pub reflected: bool,
+}
+
+/// Sends `method` with `params` to the tool's MCP server in the session of
+/// `run` (opened first if needed) and returns the JSON-RPC `result`.
 pub async fn request(
     s: &AppState,
     tool: &Tool,
+    run: &str,
     method: &str,
     params: Value,
-) -> Result<Value, Failure> {
-    let key = (tool.tenant.clone(), tool.name.clone());
-    for attempt in 0..2 {
-        let session = {
-            let known = s.mcp_sessions.lock().await.get(&key).cloned();
-            match known {
-                Some(sess) => sess,
-                None => {
-                    let sess = open(s, tool).await?;
-                    s.mcp_sessions
-                        .lock()
-                        .await
-                        .insert(key.clone(), sess.clone());
-                    sess
-                }
+) -> Result<Returned, Failure> {
+    let key = (tool.tenant.clone(), tool.name.clone(), run.to_owned());
+    // A call the server may have acted on is never sent twice.
+    let attempts = if method == "tools/call" { 1 } else { 2 };
+    for _ in 0..attempts {
+        let session = match s.mcp_sessions.get(&key) {
+            Some(sess) => sess,
+            None => {
+                let sess = open(s, tool).await?;
+                s.mcp_sessions.put(key.clone(), sess.clone());
+                sess
             }
         };
         match send(s, tool, Some(&session), method, params.clone()).await? {
-            Answer::Result(v) => return Ok(v),
-            Answer::SessionGone => {
-                s.mcp_sessions.lock().await.remove(&key);
-                if attempt == 1 {
-                    break;
-                }
-            }
+            Answer::Result(result, reflected) => return Ok(Returned { result, reflected }),
+            Answer::SessionGone => s.mcp_sessions.remove(&key),
         }
     }
     Err(Failure::Unreachable(
-        "the MCP server keeps ending its sessions".into(),
+        "the MCP server ended its session (it may have restarted); send the call again".into(),
     ))
-}
-
-/// Forgets the tool's upstream session (its registration changed).
-pub async fn forget(s: &AppState, tenant: &str, tool: &str) {
-    s.mcp_sessions
-        .lock()
-        .await
-        .remove(&(tenant.to_owned(), tool.to_owned()));
 }
 
 /// The `initialize` handshake (MCP 2025-11-25 `basic/lifecycle`).
@@ -149,7 +188,7 @@ async fn open(s: &AppState, tool: &Tool) -> Result<Session, Failure> {
         "clientInfo": {"name": "mandate-gateway", "version": env!("CARGO_PKG_VERSION")},
     });
     let (result, id) = post(s, tool, None, "initialize", Some(params)).await?;
-    let Answer::Result(result) = result else {
+    let Answer::Result(result, _) = result else {
         return Err(Failure::Unreachable(
             "the MCP server refused to open a session".into(),
         ));
@@ -296,24 +335,30 @@ async fn post(
                 ))
             })?
             .to_bytes();
+        // The key never comes back, whatever the server echoes (results,
+        // error messages), as sent or JSON-escaped.
+        let (bytes, reflected) = match scrubber(s, tool).and_then(|mut sc| sc.scrub(&bytes)) {
+            Some(clean) => (clean, true),
+            None => (bytes.to_vec(), false),
+        };
         if !status.is_success() {
             // A JSON-RPC error in an HTTP error (MCP servers answer 4xx so).
             if let Some(m) = message_for(&bytes, sse, &id) {
-                return rpc(m).map(|a| (a, session_id));
+                return rpc(m, reflected).map(|a| (a, session_id));
             }
             return Err(Failure::Unreachable(format!("it answered HTTP {status}")));
         }
         let m = message_for(&bytes, sse, &id).ok_or_else(|| {
             Failure::Unreachable("its answer holds no JSON-RPC response to the request".into())
         })?;
-        rpc(m).map(|a| (a, session_id))
+        rpc(m, reflected).map(|a| (a, session_id))
     };
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| Failure::Timeout)?
 }
 
-fn rpc(m: Value) -> Result<Answer, Failure> {
+fn rpc(m: Value, reflected: bool) -> Result<Answer, Failure> {
     if let Some(e) = m.get("error") {
         let code = e
             .get("code")
@@ -330,7 +375,7 @@ fn rpc(m: Value) -> Result<Answer, Failure> {
     }
     m.get("result")
         .cloned()
-        .map(Answer::Result)
+        .map(|r| Answer::Result(r, reflected))
         .ok_or_else(|| Failure::Unreachable("its response has neither `result` nor `error`".into()))
 }
 

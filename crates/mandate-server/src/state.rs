@@ -634,6 +634,7 @@ impl AppState {
         if let Ok(mut m) = self.mcp_gateway.lock() {
             m.end_run(run);
         }
+        self.mcp_sessions.end_run(run);
     }
 
     /// The Cedar entities of an exchange, built once per (run, tool) and

@@ -162,6 +162,22 @@ impl Checker {
                             ),
                         ));
                     }
+                    // An upstream that matches names ignoring case (Go's
+                    // encoding/json) would read `AMOUNT` as `amount`.
+                    let folded = crate::forwarding::fold_case(k);
+                    if let Some(d) = ty
+                        .attrs
+                        .keys()
+                        .chain(&ty.unmodelled)
+                        .find(|d| *d != k && crate::forwarding::fold_case(d) == folded)
+                    {
+                        return Err(problem(
+                            &p,
+                            format!(
+                                "differs from the declared argument `{d}` only in letter case, so an upstream may read it as that one; send `{d}`"
+                            ),
+                        ));
+                    }
                     self.opaque(v, &p, 0)?;
                     forward.insert(k.clone(), v.clone());
                 }
@@ -413,6 +429,16 @@ mod tests {
         let c = check(&ty(), Some(&a), Extra::Pass).unwrap();
         assert_eq!(Value::Object(c.forward), a);
         assert_eq!(Value::Object(c.visible), json!({"amount": 1}));
+        // A passed key an upstream could read as a judged one is refused.
+        for alias in ["AMOUNT", "Amount", "LABELS", "label\\u017f"] {
+            let a: Value =
+                serde_json::from_str(&format!(r#"{{"amount": 1, "repo": "x", "{alias}": 5}}"#))
+                    .unwrap();
+            let e = check(&ty(), Some(&a), Extra::Pass).unwrap_err();
+            assert!(e.message.contains("letter case"), "{alias}: {e}");
+        }
+        let a: Value = serde_json::from_str(r#"{"amount": 1, "PRICE": 5}"#).unwrap();
+        assert!(check(&ty(), Some(&a), Extra::Pass).is_err());
         let mut deep = json!(1);
         for _ in 0..20 {
             deep = json!([deep]);

@@ -219,6 +219,11 @@ mod tests {
             INVALID_REQUEST
         );
         assert_eq!(code("[]"), INVALID_REQUEST);
+        // Keys Go's encoding/json would fold together (`ſ` is `s`).
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"dest":1,"de\u017ft":2}}"#),
+            PARSE_ERROR
+        );
         assert_eq!(code(r#""x""#), INVALID_REQUEST);
         for id in [
             "null",

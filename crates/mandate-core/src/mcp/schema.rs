@@ -293,6 +293,28 @@ impl Record {
     }
 }
 
+/// The members of `old` that `new` lacks or types differently (JSON
+/// pointers): what policies written for `old` may read and `new` would
+/// no longer give them.
+pub fn narrowed(old: &Record, new: &Record) -> Vec<String> {
+    fn walk(old: &Record, new: &Record, at: &str, out: &mut Vec<String>) {
+        for (name, a) in &old.attrs {
+            let p = format!("{at}/{name}");
+            match new.attrs.get(name) {
+                None => out.push(p),
+                Some(b) => match (&a.ty, &b.ty) {
+                    (ArgType::Record(x), ArgType::Record(y)) => walk(x, y, &p, out),
+                    (x, y) if x != y => out.push(p),
+                    _ => {}
+                },
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(old, new, "", &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +358,19 @@ mod tests {
         let r = arguments_type(&s).unwrap();
         assert_eq!(r.attrs.keys().collect::<Vec<_>>(), ["ok"]);
         assert_eq!(r.unmodelled.len(), 6);
+    }
+
+    #[test]
+    fn a_narrowed_schema_names_what_it_took_away() {
+        let old = arguments_type(&json!({"type": "object", "properties": {
+            "amount": {"type": "integer"}, "to": {"type": "object", "properties": {"iban": {"type": "string"}}},
+            "memo": {"type": "string"}}})).unwrap();
+        let new = arguments_type(&json!({"type": "object", "properties": {
+            "amount": {"type": "string"}, "to": {"type": "object", "properties": {}},
+            "memo": {"type": "string"}, "more": {"type": "boolean"}}}))
+        .unwrap();
+        assert_eq!(narrowed(&old, &new), ["/amount", "/to/iban"]);
+        assert!(narrowed(&new, &new).is_empty());
     }
 
     #[test]

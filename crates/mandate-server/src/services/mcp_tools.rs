@@ -17,12 +17,13 @@ use crate::origin::Origin;
 use crate::state::AppState;
 use mandate_store::Mutation;
 
-/// The MCP call actions of a tool: its enabled, synced MCP tools.
+/// The MCP call actions of a tool: every synced MCP tool it could enable
+/// (so policies on a tool's arguments can be in place before it is enabled).
 pub fn call_actions(t: &Tool) -> Vec<CallAction> {
     let Some(m) = &t.mcp else { return Vec::new() };
     m.tools
         .iter()
-        .filter(|mt| t.actions.contains(&mt.name))
+        .filter(|mt| mandate_core::mcp::enableable(&mt.name))
         .filter_map(|mt| {
             let arguments = mandate_core::mcp::schema::arguments_type(&mt.input_schema).ok()?;
             Some(CallAction {
@@ -123,35 +124,28 @@ const MAX_PAGES: usize = 16;
 
 /// Reads the tools of `name`'s MCP server (`tools/list`, every page) and
 /// pins them in its registration; an enabled tool the server no longer
-/// offers can no longer be called.
+/// offers can no longer be called. The server is read before the
+/// registrations lock is taken (a slow server holds up nobody's policy
+/// changes); the tool must not have changed meanwhile. A new snapshot that
+/// takes an argument away from an enabled tool, or changes its type, is
+/// refused unless `accept_changes` (a policy reading it behind `has` would
+/// silently stop applying).
 pub async fn sync(
     s: &AppState,
     origin: &Origin,
     (tenant, name): (&str, &str),
+    accept_changes: bool,
 ) -> Result<Synced, ApiError> {
+    let before = mcp_tool(s, tenant, name)?;
+    s.mcp_sessions.forget_tool(tenant, name);
+    let tools = list_all(s, &before).await?;
     let _one_at_a_time = s.registrations.lock().await;
-    let before = s
-        .reg()
-        .tools
-        .get(&(tenant.to_owned(), name.to_owned()))
-        .cloned()
-        .ok_or_else(|| {
-            err(
-                Code::NotFound,
-                format!("no tool `{name}` in tenant `{tenant}`"),
-            )
-        })?;
-    if before.provider != ProviderKind::Mcp {
+    if mcp_tool(s, tenant, name)? != before {
         return Err(err(
-            Code::InvalidRequest,
-            format!(
-                "tool `{name}` is a `{}` tool; only `mcp` tools are synced",
-                before.provider
-            ),
+            Code::Conflict,
+            format!("tool `{name}` changed while its MCP server was read; sync again"),
         ));
     }
-    crate::mcp_client::forget(s, tenant, name).await;
-    let tools = list_all(s, &before).await?;
     let mut after = before.clone();
     if let Some(m) = after.mcp.as_mut() {
         m.tools = tools;
@@ -162,16 +156,93 @@ pub async fn sync(
             )
         })?;
     }
+    key_not_in_snapshot(s, &after)?;
+    let changed = narrowed(&before, &after);
+    if !changed.is_empty() && !accept_changes {
+        return Err(err(
+            Code::Conflict,
+            format!(
+                "the MCP server changed arguments of enabled tools: {}; policies reading them would stop applying. Check the tenant's policies, then sync with `accept_changes` (`mandate tool sync --accept-changes`)",
+                changed.join("; ")
+            ),
+        ));
+    }
     keeps_policies_valid(s, &after)?;
     let report = report(&after);
     let mut ev = origin.admin_event(EventType::ToolSync, Some(tenant), s.now_ms());
     ev.tool = Some(name.to_owned());
-    ev.details = json!({"tools": report.iter().map(|t| json!({"name": t.name, "enabled": t.enabled})).collect::<Vec<_>>()});
+    ev.details = json!({"tools": report.iter().map(|t| json!({"name": t.name, "enabled": t.enabled})).collect::<Vec<_>>(),
+        "changed": changed});
     super::registration::commit_created(s, Mutation::ReplaceTool(after.clone()), ev).await?;
     Ok(Synced {
         tool: after,
         tools: report,
     })
+}
+
+fn mcp_tool(s: &AppState, tenant: &str, name: &str) -> Result<Tool, ApiError> {
+    let t = s
+        .reg()
+        .tools
+        .get(&(tenant.to_owned(), name.to_owned()))
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                Code::NotFound,
+                format!("no tool `{name}` in tenant `{tenant}`"),
+            )
+        })?;
+    if t.provider != ProviderKind::Mcp {
+        return Err(err(
+            Code::InvalidRequest,
+            format!(
+                "tool `{name}` is a `{}` tool; only `mcp` tools are synced",
+                t.provider
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// An MCP server whose tool descriptions hold its own key would hand it to
+/// every agent that lists them.
+fn key_not_in_snapshot(s: &AppState, t: &Tool) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(&t.mcp.as_ref().map(|m| &m.tools)).unwrap_or_default();
+    if crate::mcp_client::scrubber(s, t).is_some_and(|mut sc| sc.scrub(&bytes).is_some()) {
+        return Err(err(
+            Code::BadGateway,
+            "the MCP server's tool descriptions contain its own key; they were not pinned",
+        ));
+    }
+    Ok(())
+}
+
+/// Arguments of enabled tools that the new snapshot takes away or retypes.
+fn narrowed(before: &Tool, after: &Tool) -> Vec<String> {
+    let types = |t: &Tool| -> Vec<(String, mandate_core::mcp::schema::Record)> {
+        t.mcp
+            .iter()
+            .flat_map(|m| m.tools.iter())
+            .filter(|mt| t.actions.contains(&mt.name))
+            .filter_map(|mt| {
+                let ty = mandate_core::mcp::schema::arguments_type(&mt.input_schema).ok()?;
+                Some((mt.name.clone(), ty))
+            })
+            .collect()
+    };
+    let new = types(after);
+    let mut out = Vec::new();
+    for (name, old) in types(before) {
+        match new.iter().find(|(n, _)| *n == name) {
+            None => out.push(format!("`{name}` is gone")),
+            Some((_, ty)) => out.extend(
+                mandate_core::mcp::schema::narrowed(&old, ty)
+                    .into_iter()
+                    .map(|p| format!("`{name}` argument `{p}`")),
+            ),
+        }
+    }
+    out
 }
 
 async fn list_all(s: &AppState, tool: &Tool) -> Result<Vec<McpTool>, ApiError> {
@@ -182,9 +253,16 @@ async fn list_all(s: &AppState, tool: &Tool) -> Result<Vec<McpTool>, ApiError> {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        let page = crate::mcp_client::request(s, tool, "tools/list", params)
+        let returned = crate::mcp_client::request(s, tool, "", "tools/list", params)
             .await
             .map_err(|e| err(Code::BadGateway, format!("`tools/list` failed: {e}")))?;
+        if returned.reflected {
+            return Err(err(
+                Code::BadGateway,
+                "the MCP server's tool descriptions contain its own key; they were not pinned",
+            ));
+        }
+        let page = returned.result;
         let tools = page.get("tools").and_then(Value::as_array).ok_or_else(|| {
             err(
                 Code::BadGateway,

@@ -601,6 +601,20 @@ fn tool_from(
         .audience(s, tenant, &req.name, req.audience.as_deref())
         .map_err(|e| err(Code::InvalidRequest, e))?;
     check_audience(&audience)?;
+    // The broker's own data paths are the audiences of its `proxy` and
+    // `mcp` tools: a `jwt` tool elsewhere may not take one (it would keep
+    // every tenant from registering that name).
+    let issuer = s.config.issuer.trim_end_matches('/');
+    if kind == ProviderKind::Jwt
+        && ["/mcp/", "/proxy/"]
+            .iter()
+            .any(|p| audience.starts_with(&format!("{issuer}{p}")))
+    {
+        return Err(err(
+            Code::InvalidRequest,
+            "this audience is the broker's own proxy or MCP gateway URL; a `jwt` tool names the service that verifies its credentials",
+        ));
+    }
     let (risk, ttl) = tool_shape(&req)?;
     provider
         .validate(&crate::providers::Settings {

@@ -152,9 +152,23 @@ pub async fn sync_tool(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((tenant, name)): Path<(String, String)>,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Q {
+        #[serde(default)]
+        accept_changes: bool,
+    }
     need_tenant(&s, &tenant)?;
-    let r = crate::services::mcp_tools::sync(&s, &origin(addr, &headers), (&tenant, &name)).await?;
+    let q: Q = crate::routes::query_of(&uri)?;
+    let r = crate::services::mcp_tools::sync(
+        &s,
+        &origin(addr, &headers),
+        (&tenant, &name),
+        q.accept_changes,
+    )
+    .await?;
     Ok(Json(
         json!({"tool": tool_view(&s, &r.tool), "tools": r.tools}),
     ))

@@ -37,9 +37,9 @@ pub const REVOKED: i64 = -31020;
 /// it there, MCP 2026-07-28 streamable HTTP §Cancellation) and the answer
 /// is [`Failure::Revoked`]. Revocations are heard as the registry applies
 /// them (the feed's channel); a lagging listener checks again.
-async fn until_revoked<F>(s: &S, c: &Caller, call: F) -> Result<Value, Failure>
+async fn until_revoked<F, T>(s: &S, c: &Caller, call: F) -> Result<T, Failure>
 where
-    F: std::future::Future<Output = Result<Value, Failure>>,
+    F: std::future::Future<Output = Result<T, Failure>>,
 {
     let mut heard = s.revocations.subscribe();
     let keys = c.claims.revocation_keys();
@@ -131,32 +131,53 @@ pub(super) async fn call(
         };
         return Dispatched::Json(jsonrpc::error(Some(id), NOT_RECORDED, message, None));
     }
-    let params = json!({"name": name, "arguments": Value::Object(checked.forward)});
-    let outcome = until_revoked(
-        s,
-        c,
-        crate::mcp_client::request(s, &c.tool, "tools/call", params),
-    )
+    // Forwarded and recorded in a task of its own: an agent that hangs up
+    // does not leave a forwarded call without its outcome.
+    let forward = tokio::spawn(forward(
+        std::sync::Arc::clone(s),
+        c.clone(),
+        id.clone(),
+        json!({"name": name, "arguments": Value::Object(checked.forward)}),
+        ev,
+        started,
+    ));
+    match forward.await {
+        Ok(answer) => Dispatched::Json(answer),
+        Err(_) => Dispatched::Json(jsonrpc::error(
+            Some(id),
+            UPSTREAM_FAILED,
+            "the call failed inside the gateway",
+            None,
+        )),
+    }
+}
+
+/// Sends the judged call upstream, records its outcome, and returns the answer.
+async fn forward(s: S, c: Caller, id: Id, params: Value, ev: EventBody, started: Instant) -> Value {
+    let outcome = until_revoked(&s, &c, async {
+        crate::mcp_client::request(&s, &c.tool, &c.claims.run, "tools/call", params).await
+    })
     .await;
     let mut result_ev = ev;
     result_ev.event_type = EventType::McpResult;
-    let mut scrubber = crate::mcp_client::scrubber(s, &c.tool);
+    let mut reflected = false;
     let (answer, status) = match outcome {
-        Ok(result) => {
-            let status = if result.get("isError") == Some(&Value::Bool(true)) {
+        Ok(r) => {
+            reflected = r.reflected;
+            let status = if r.result.get("isError") == Some(&Value::Bool(true)) {
                 "tool_error"
             } else {
                 "ok"
             };
-            (jsonrpc::result(id, result), status.to_owned())
+            (jsonrpc::result(&id, r.result), status.to_owned())
         }
         Err(Failure::Rpc(code, message)) => (
-            jsonrpc::error(Some(id), code, &message, None),
+            jsonrpc::error(Some(&id), code, &message, None),
             format!("rpc_error:{code}"),
         ),
         Err(Failure::Timeout) => (
             jsonrpc::error(
-                Some(id),
+                Some(&id),
                 UPSTREAM_TIMEOUT,
                 "the MCP server did not answer in time",
                 None,
@@ -165,7 +186,7 @@ pub(super) async fn call(
         ),
         Err(Failure::Revoked) => (
             jsonrpc::error(
-                Some(id),
+                Some(&id),
                 REVOKED,
                 "the credential was revoked while the call ran; the call was cancelled",
                 None,
@@ -173,42 +194,23 @@ pub(super) async fn call(
             "revoked".to_owned(),
         ),
         Err(f @ Failure::Unreachable(_)) => (
-            jsonrpc::error(Some(id), UPSTREAM_FAILED, &f.to_string(), None),
+            jsonrpc::error(Some(&id), UPSTREAM_FAILED, &f.to_string(), None),
             "upstream_failed".to_owned(),
         ),
     };
-    // The MCP server's key never comes back (a tool that echoes its
-    // headers or its environment).
-    let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
-    let mut reflected = false;
-    if let Some(sc) = scrubber.as_mut()
-        && let Some(clean) = sc.scrub(&bytes)
-    {
-        bytes = clean;
-        reflected = true;
-    }
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        jsonrpc::error(
-            Some(id),
-            UPSTREAM_FAILED,
-            "the MCP server's answer could not be relayed",
-            None,
-        )
-    });
     merge(
         &mut result_ev.details,
         json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64,
-               "bytes": bytes.len(), "secret_reflected": reflected}),
+               "secret_reflected": reflected}),
     );
-    // The outcome is recorded before the answer leaves; a failure to
-    // record it is logged (the decision is already durable).
+    // A failure to record the outcome is logged (the decision is durable).
     if let Err(e) = s.record(vec![result_ev]).await {
         tracing::warn!(
             "the outcome of an MCP call could not be recorded: {}",
             e.description
         );
     }
-    Dispatched::Json(answer)
+    answer
 }
 
 async fn refuse(s: &S, mut ev: EventBody, id: &Id, refusal: Refusal) -> Dispatched {

@@ -96,6 +96,17 @@ pub(super) fn judge(
         ev.reason = Some("not in the credential's scope".into());
         return Err(Refusal::Scope(name));
     }
+    // An amount declared at the exchange says nothing about the amounts in
+    // calls (a credential declaring 1 could carry calls of any size):
+    // amounts are judged per call, from the arguments.
+    if c.claims.declared_details().is_some() {
+        ev.reason = Some("credential declares authorization_details".into());
+        return Err(Refusal::Rpc(
+            jsonrpc::INVALID_REQUEST,
+            "this credential declares `authorization_details`, which the MCP gateway does not use (each call is judged on its own arguments): ask for a credential without them".into(),
+            None,
+        ));
+    }
     if params.get("_meta").is_some_and(|m| !m.is_object())
         || params
             .keys()
@@ -324,10 +335,8 @@ pub(super) fn exchange_question(
 ) -> Result<Verdict, ApiError> {
     let claims = &c.claims;
     let input = policy_input(s, c, now)?;
-    let details = claims
-        .declared_details()
-        .map(mandate_core::policy::Details::from_json)
-        .unwrap_or_default();
+    // Declared details are refused at the gateway (see `judge`): none here.
+    let details = mandate_core::policy::Details::default();
     decide::verdict(
         s,
         &decide::Question {
@@ -369,11 +378,7 @@ fn call_question(
 ) -> Result<Verdict, Refusal> {
     let input = policy_input(s, c, now).map_err(internal)?;
     let sub = decide::Subject::of_credential(&c.claims);
-    let details = c
-        .claims
-        .declared_details()
-        .map(mandate_core::policy::Details::from_json)
-        .unwrap_or_default();
+    let details = mandate_core::policy::Details::default();
     let actions = [name.to_owned()];
     let facts = mandate_core::policy::ExchangeFacts {
         tenant: sub.tenant,

@@ -50,10 +50,15 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// Most gateway sessions held; beyond it the least recently used goes.
 const MAX_SESSIONS: usize = 100_000;
 
-/// Gateway sessions: id → the run and tool it was opened for.
+/// Most gateway sessions of one run; beyond it its least recently used goes.
+const MAX_SESSIONS_PER_RUN: usize = 8;
+
+/// Gateway sessions: id → the run and tool it was opened for, and each
+/// run's sessions, oldest first.
 #[derive(Debug, Default)]
 pub struct GatewaySessions {
     map: HashMap<String, SessionOwner>,
+    by_run: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,50 +67,55 @@ struct SessionOwner {
     run: String,
     tool: String,
     version: &'static str,
-    last_ms: u64,
 }
 
 impl GatewaySessions {
     fn open(&mut self, owner: SessionOwner) -> String {
-        if self.map.len() >= MAX_SESSIONS
-            && let Some(oldest) = self
-                .map
-                .iter()
-                .min_by_key(|(_, o)| o.last_ms)
-                .map(|(k, _)| k.clone())
-        {
-            self.map.remove(&oldest);
-        }
         let mut b = [0u8; 32];
         OsRng.fill_bytes(&mut b);
         let id = mandate_core::ids::hex(&b);
+        let ids = self.by_run.entry(owner.run.clone()).or_default();
+        if ids.len() >= MAX_SESSIONS_PER_RUN {
+            let oldest = ids.remove(0);
+            self.map.remove(&oldest);
+        }
+        ids.push(id.clone());
+        if self.map.len() >= MAX_SESSIONS
+            && let Some(any) = self.map.keys().next().cloned()
+        {
+            self.close(&any);
+        }
         self.map.insert(id.clone(), owner);
         id
     }
 
     /// The session's revision, if it is the caller's.
-    fn touch(
-        &mut self,
-        id: &str,
-        c: &AccessClaims,
-        tool: &str,
-        now_ms: u64,
-    ) -> Option<&'static str> {
-        let o = self.map.get_mut(id)?;
-        if o.tenant != c.tenant || o.run != c.run || o.tool != tool {
-            return None;
+    fn check(&self, id: &str, c: &AccessClaims, tool: &str) -> Option<&'static str> {
+        let o = self.map.get(id)?;
+        (o.tenant == c.tenant && o.run == c.run && o.tool == tool).then_some(o.version)
+    }
+
+    fn close(&mut self, id: &str) {
+        if let Some(o) = self.map.remove(id)
+            && let Some(ids) = self.by_run.get_mut(&o.run)
+        {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                self.by_run.remove(&o.run);
+            }
         }
-        o.last_ms = now_ms;
-        Some(o.version)
     }
 
     /// Ends the sessions of `run` (it was revoked or ended).
     pub fn end_run(&mut self, run: &str) {
-        self.map.retain(|_, o| o.run != run);
+        for id in self.by_run.remove(run).unwrap_or_default() {
+            self.map.remove(&id);
+        }
     }
 }
 
 /// The caller, as its credential says, and the tool.
+#[derive(Clone)]
 pub(crate) struct Caller {
     claims: Arc<AccessClaims>,
     tool: Tool,
@@ -164,7 +174,7 @@ pub async fn post(
             .mcp_gateway
             .lock()
             .ok()
-            .and_then(|mut m| m.touch(id, &caller.claims, &tool, s.now_ms()));
+            .and_then(|m| m.check(id, &caller.claims, &tool));
         if known.is_none() {
             return rpc_error(
                 StatusCode::NOT_FOUND,
@@ -206,7 +216,6 @@ pub async fn post(
                             run: caller.claims.run.clone(),
                             tool: tool.clone(),
                             version,
-                            last_ms: s.now_ms(),
                         })
                     });
                     json_response(StatusCode::OK, &v, sid.as_deref())
@@ -233,9 +242,9 @@ pub async fn other(
         let id = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
         let ended = id.is_some_and(|id| {
             s.mcp_gateway.lock().ok().is_some_and(|mut m| {
-                let ours = m.touch(id, &caller.claims, &tool, s.now_ms()).is_some();
+                let ours = m.check(id, &caller.claims, &tool).is_some();
                 if ours {
-                    m.map.remove(id);
+                    m.close(id);
                 }
                 ours
             })
