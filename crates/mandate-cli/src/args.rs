@@ -300,6 +300,13 @@ pub(crate) struct ServeArgs {
     /// directory (default: beside the master key, `audit.checkpoint`).
     #[arg(long, env = "MANDATE_AUDIT_CHECKPOINT_FILE")]
     pub(crate) audit_checkpoint_file: Option<PathBuf>,
+    /// JSON file of the stdio MCP servers `mcp` tools may use, by name:
+    /// `{"github": {"command": ["github-mcp", "stdio"], "secret_env": "GITHUB_TOKEN"}}`
+    /// (also `env`, `cwd`, `tenants`, `max_processes`). A registration names
+    /// one (`mandate tool create --provider mcp --stdio github`); the broker
+    /// starts it, one process per run, with the tool's key in `secret_env`.
+    #[arg(long, env = "MANDATE_MCP_STDIO_CONFIG")]
+    pub(crate) mcp_stdio_config: Option<PathBuf>,
     /// Sign a checkpoint after this many new audit events ...
     #[arg(long, default_value_t = 1000)]
     pub(crate) audit_checkpoint_every: u64,
@@ -515,8 +522,12 @@ pub(crate) struct ToolSpec {
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
     /// proxy: the upstream base URL; mcp: the MCP server's streamable-HTTP endpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stdio")]
     pub(crate) upstream: Option<String>,
+    /// mcp: a stdio MCP server the broker starts, by the name its operator
+    /// gave it in `mandate serve --mcp-stdio-config`.
+    #[arg(long)]
+    pub(crate) stdio: Option<String>,
     /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
     /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
     #[arg(long = "route")]
@@ -571,8 +582,8 @@ pub(crate) enum ToolCmd {
         after_help = "Providers: `jwt` (default; DPoP-bound JWTs for tools that verify them), \
 `proxy` (the broker's proxy injects a stored key: --upstream, --route, --inject-header, --inject-format), \
 `postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role), \
-`mcp` (the broker's MCP gateway judges each tools/call on its arguments: --upstream, --action per MCP tool, \
---inject-header/--inject-format if the MCP server wants a key; then `mandate tool sync`). \
+`mcp` (the broker's MCP gateway judges each tools/call on its arguments: --upstream URL or --stdio NAME, \
+--action per MCP tool, --inject-header/--inject-format if an HTTP MCP server wants a key; then `mandate tool sync`). \
 Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
     )]
     Create(ToolSpec),

@@ -279,6 +279,7 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         provider,
         config,
         upstream,
+        stdio,
         routes,
         inject_header,
         inject_format,
@@ -324,6 +325,15 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         let mut mcp = body.get("mcp").cloned().unwrap_or_else(|| json!({}));
         if let Some(u) = upstream {
             mcp["upstream"] = json!(u);
+            if let Some(o) = mcp.as_object_mut() {
+                o.remove("stdio");
+            }
+        }
+        if let Some(n) = stdio {
+            mcp["stdio"] = json!(n);
+            if let Some(o) = mcp.as_object_mut() {
+                o.remove("upstream");
+            }
         }
         if let Some(t) = timeout_ms {
             mcp["timeout_ms"] = json!(t);
@@ -338,6 +348,8 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         if mcp.as_object().is_some_and(|o| !o.is_empty()) {
             body["mcp"] = mcp;
         }
+    } else if stdio.is_some() {
+        return Err(CliError::new("--stdio is for `mcp` tools (--provider mcp)"));
     } else if upstream.is_some()
         || !routes.is_empty()
         || inject_header.is_some()

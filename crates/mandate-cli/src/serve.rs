@@ -101,6 +101,9 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     if let Some(f) = a.audit_checkpoint_file {
         cfg.audit_checkpoint_file = f;
     }
+    if let Some(f) = a.mcp_stdio_config {
+        cfg.mcp_stdio = mandate_server::mcp_client::stdio::load(&f).map_err(CliError::new)?;
+    }
     cfg.audit_checkpoint_every = a.audit_checkpoint_every;
     cfg.audit_checkpoint_secs = a.audit_checkpoint_secs;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -104,6 +104,9 @@ pub struct Config {
     /// wrapper must attach again (with a fresh proof by the run key), so a
     /// stopped (SIGSTOP) wrapper loses the run too.
     pub attach_lease: std::time::Duration,
+    /// The stdio MCP servers `mcp` tools may use, by name (the operator's
+    /// `--mcp-stdio-config`; a registration names one, never a command).
+    pub mcp_stdio: crate::mcp_client::stdio::Commands,
     /// Where the broker takes the time from (a manual clock in tests).
     pub clock: std::sync::Arc<dyn mandate_core::clock::Clock>,
 }
@@ -144,6 +147,7 @@ impl Config {
             audit_checkpoint_secs: 10,
             attach_grace: std::time::Duration::from_secs(10),
             attach_lease: std::time::Duration::from_secs(30),
+            mcp_stdio: Default::default(),
             clock: std::sync::Arc::new(mandate_core::clock::SystemClock),
         }
     }

@@ -168,6 +168,8 @@ pub struct AppState {
     pub registrations: tokio::sync::Mutex<()>,
     /// Sessions with `mcp` tools' MCP servers.
     pub mcp_sessions: crate::mcp_client::Sessions,
+    /// Processes of `mcp` tools' stdio MCP servers.
+    pub mcp_stdio: crate::mcp_client::stdio::Pool,
     /// Sessions MCP clients opened at the gateway.
     pub mcp_gateway: std::sync::Mutex<crate::routes::mcp::GatewaySessions>,
     /// The proxy's upstream client.
@@ -368,6 +370,7 @@ impl AppState {
             secrets: RwLock::new(secrets),
             registrations: tokio::sync::Mutex::new(()),
             mcp_sessions: Default::default(),
+            mcp_stdio: Default::default(),
             mcp_gateway: Default::default(),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
@@ -634,7 +637,7 @@ impl AppState {
         if let Ok(mut m) = self.mcp_gateway.lock() {
             m.end_run(run);
         }
-        self.mcp_sessions.end_run(run);
+        crate::mcp_client::end_run(self, run);
     }
 
     /// The Cedar entities of an exchange, built once per (run, tool) and

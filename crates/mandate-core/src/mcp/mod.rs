@@ -10,7 +10,7 @@ pub mod jsonrpc;
 pub mod schema;
 pub mod spec;
 
-pub use spec::{McpSpec, McpTool};
+pub use spec::{McpSpec, McpTool, Upstream};
 
 /// The Cedar action group every MCP call action belongs to
 /// (`action in Mandate::Action::"mcp_call"`).

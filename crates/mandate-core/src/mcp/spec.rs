@@ -18,25 +18,113 @@ pub const MAX_TOOLS: usize = 512;
 /// Largest snapshot, serialised (bytes).
 pub const MAX_SNAPSHOT: usize = 2 * 1024 * 1024;
 
+/// Where the MCP server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// Its streamable-HTTP endpoint (`https://mcp.internal/mcp`).
+    Http(String),
+    /// A stdio server the broker starts itself, by the name its operator
+    /// gave the command (`mandate serve --mcp-stdio-config`): a registration
+    /// names a command, it never carries one (the admin API does not run
+    /// programs on the broker's host).
+    Stdio(String),
+}
+
+impl Upstream {
+    /// How the audit trail and `tool get` name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Upstream::Http(url) => url.clone(),
+            Upstream::Stdio(name) => format!("stdio:{name}"),
+        }
+    }
+}
+
 /// An MCP server behind the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSpec", into = "RawSpec")]
 pub struct McpSpec {
-    /// Its streamable-HTTP endpoint (`https://mcp.internal/mcp`).
-    pub upstream: String,
-    /// The static key the broker sends it (the tool's secret), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Where it is.
+    pub upstream: Upstream,
+    /// How the static key (the tool's secret) is sent to an HTTP server, if
+    /// at all (a stdio server gets it in the environment variable its
+    /// operator named).
     pub inject: Option<InjectSpec>,
     /// Longest wait for its answer (ms).
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Arguments no policy can read: refused (default) or passed.
-    #[serde(default)]
     pub extra_args: Extra,
     /// Its tools as last synced (what `tools/list` answers from, and what
     /// arguments are checked against). Empty until `mandate tool sync`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<McpTool>,
+}
+
+/// [`McpSpec`] as JSON: `upstream` (a URL) or `stdio` (a command's name).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stdio: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inject: Option<InjectSpec>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default)]
+    extra_args: Extra,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<McpTool>,
+}
+
+impl TryFrom<RawSpec> for McpSpec {
+    type Error = String;
+
+    fn try_from(r: RawSpec) -> std::result::Result<Self, String> {
+        let upstream = match (r.upstream, r.stdio) {
+            (Some(url), None) => Upstream::Http(url),
+            (None, Some(name)) => Upstream::Stdio(name),
+            _ => {
+                return Err(
+                    "an `mcp` tool names exactly one of `upstream` (its streamable-HTTP URL) and `stdio` (a stdio server its broker's operator defined)".into(),
+                );
+            }
+        };
+        Ok(McpSpec {
+            upstream,
+            inject: r.inject,
+            timeout_ms: r.timeout_ms,
+            extra_args: r.extra_args,
+            tools: r.tools,
+        })
+    }
+}
+
+impl From<McpSpec> for RawSpec {
+    fn from(m: McpSpec) -> Self {
+        let (upstream, stdio) = match m.upstream {
+            Upstream::Http(url) => (Some(url), None),
+            Upstream::Stdio(name) => (None, Some(name)),
+        };
+        RawSpec {
+            upstream,
+            stdio,
+            inject: m.inject,
+            timeout_ms: m.timeout_ms,
+            extra_args: m.extra_args,
+            tools: m.tools,
+        }
+    }
+}
+
+/// Whether `name` can name an operator's stdio server: 1 to 64 of
+/// `a-z 0-9 _ -`, starting with a letter.
+pub fn stdio_name_ok(name: &str) -> bool {
+    name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn default_timeout_ms() -> u64 {
@@ -68,7 +156,23 @@ pub struct McpTool {
 impl McpSpec {
     /// Checks the spec against the tool's actions (the MCP tools it enables).
     pub fn validate(&self, actions: &[String]) -> Result<()> {
-        crate::tooling::check_upstream("mcp upstream", &self.upstream)?;
+        match &self.upstream {
+            Upstream::Http(url) => crate::tooling::check_upstream("mcp upstream", url)?,
+            Upstream::Stdio(name) => {
+                if !stdio_name_ok(name) {
+                    return Err(malformed(
+                        "mcp stdio",
+                        "a stdio server's name is 1 to 64 of a-z, 0-9, `_`, `-`, starting with a letter (the name its broker's operator gave it)",
+                    ));
+                }
+                if self.inject.is_some() {
+                    return Err(malformed(
+                        "mcp inject",
+                        "a stdio server gets its key in the environment variable its operator named; `inject` is for HTTP servers",
+                    ));
+                }
+            }
+        }
         if let Some(i) = &self.inject {
             i.validate("mcp inject")?;
         }
@@ -137,4 +241,43 @@ pub fn check_snapshot(tools: &[McpTool]) -> Result<()> {
             .map_err(|e| malformed("mcp tool", format!("`{name}`: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_spec_names_one_upstream_of_one_kind() {
+        let http: McpSpec =
+            serde_json::from_value(json!({"upstream": "https://mcp.example/mcp"})).unwrap();
+        assert_eq!(
+            http.upstream,
+            Upstream::Http("https://mcp.example/mcp".into())
+        );
+        assert_eq!(http.timeout_ms, 30_000);
+        let stdio: McpSpec = serde_json::from_value(json!({"stdio": "github"})).unwrap();
+        assert_eq!(stdio.upstream, Upstream::Stdio("github".into()));
+        stdio.validate(&[]).unwrap();
+        assert_eq!(serde_json::to_value(&stdio).unwrap()["stdio"], "github");
+        for bad in [
+            json!({}),
+            json!({"upstream": "https://a.example/mcp", "stdio": "github"}),
+            json!({"stdio": "github", "command": ["sh", "-c", "id"]}),
+        ] {
+            assert!(
+                serde_json::from_value::<McpSpec>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        for name in ["GitHub", "../x", "", "a b", "sh -c id"] {
+            let s: McpSpec = serde_json::from_value(json!({"stdio": name})).unwrap();
+            assert!(s.validate(&[]).is_err(), "{name}");
+        }
+        let s: McpSpec = serde_json::from_value(json!({"stdio": "github",
+            "inject": {"header": "authorization", "format": "Bearer {secret}"}}))
+        .unwrap();
+        assert!(s.validate(&[]).is_err());
+    }
 }

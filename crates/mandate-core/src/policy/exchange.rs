@@ -49,7 +49,14 @@ impl Engine {
             // (`slice`: the others cannot be satisfied, nor fail, here).
             let sliced = policies.slices.slice(f.tool, action);
             let set = sliced.as_deref().unwrap_or(&policies.set);
-            match self.judge(&request, set, &policies.set, entities, f, action) {
+            match self.judge(
+                &request,
+                (set, &policies.set),
+                entities,
+                f,
+                action,
+                ErrorText::Shown,
+            ) {
                 Err(refused) => return Ok(refused),
                 Ok(reasons) => {
                     for r in reasons {
@@ -145,11 +152,11 @@ impl Engine {
     pub(super) fn judge(
         &self,
         request: &Request,
-        set: &PolicySet,
-        all: &PolicySet,
+        (set, all): (&PolicySet, &PolicySet),
         entities: &Entities,
         f: &ExchangeFacts<'_>,
         action: &str,
+        errors_text: ErrorText,
     ) -> std::result::Result<Vec<String>, Verdict> {
         let resp = self.authorizer.is_authorized(request, set, entities);
         let reasons: Vec<String> = resp
@@ -162,13 +169,20 @@ impl Engine {
         // missing attribute): a `forbid` that errors would not refuse.
         // Any error denies (fail closed), whatever the decision.
         if !errors.is_empty() {
+            let policies = errors_policies(&resp);
+            let detail = match errors_text {
+                ErrorText::Shown => errors.join("; "),
+                ErrorText::Withheld => format!(
+                    "policy {} (the evaluator's message may quote argument values, which are never recorded)",
+                    quoted(&policies)
+                ),
+            };
             return Err(Verdict {
                 allowed: false,
-                policies: errors_policies(&resp),
+                policies,
                 reason: Some(format!(
-                    "action `{action}` on tool `{}` is denied because a policy failed to evaluate (policies that error deny): {}",
+                    "action `{action}` on tool `{}` is denied because a policy failed to evaluate (policies that error deny): {detail}",
                     f.tool,
-                    errors.join("; ")
                 )),
                 approval: None,
             });
@@ -196,6 +210,16 @@ impl Engine {
         }
         Ok(reasons)
     }
+}
+
+/// Whether a refusal's reason quotes the evaluator's errors, which can
+/// quote the values a policy computed on (an overflow names its operands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ErrorText {
+    /// The exchange's context holds nothing secret: quote the errors.
+    Shown,
+    /// An MCP call's arguments are never recorded: name the policies only.
+    Withheld,
 }
 
 /// The `history` record of the context, for `action`.

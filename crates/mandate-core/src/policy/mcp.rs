@@ -4,6 +4,7 @@
 //! the tool it names; and a call is one Cedar request for that action with
 //! the exchange's context plus `arguments`.
 
+use super::exchange::ErrorText;
 use super::*;
 use crate::mcp::schema::{ArgType, Record};
 use serde_json::{Map, Value};
@@ -158,11 +159,11 @@ impl Engine {
         Ok(
             match self.judge(
                 &request,
-                &policies.set,
-                &policies.set,
+                (&policies.set, &policies.set),
                 &with_action,
                 f,
                 call,
+                ErrorText::Withheld,
             ) {
                 Ok(reasons) => Verdict {
                     allowed: true,
@@ -370,5 +371,156 @@ mod tests {
             .decide_call(&only_forbid, &f, &entities, "pay:transfer", &m, &ty)
             .unwrap();
         assert!(!v.allowed && v.policies.is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_errors_denies_without_quoting_the_arguments() {
+        let e = Engine::new_validating().unwrap();
+        let s = schema(&e);
+        let src = r#"@id("calls") permit (principal, action in Mandate::Action::"mcp_call", resource);
+@id("scaled") forbid (principal, action == Mandate::Action::"pay:transfer", resource)
+when { context.arguments.amount * 1000000 > 5 };"#;
+        let p = e
+            .compile(&e.parse_policies_in(&s, "p", src).unwrap())
+            .unwrap();
+        let actions = vec!["transfer".to_owned()];
+        let f = facts(&actions);
+        let entities = e.entities(&f).unwrap();
+        let m = json!({"amount": 9_007_199_254_740_991_i64, "currency": "EUR"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let v = e
+            .decide_call(&p, &f, &entities, "pay:transfer", &m, &pay_type())
+            .unwrap();
+        assert!(!v.allowed, "an overflow must deny");
+        assert_eq!(v.policies, ["p/scaled"]);
+        let reason = v.reason.unwrap();
+        assert!(reason.contains("failed to evaluate"), "{reason}");
+        assert!(!reason.contains("9007199254740991"), "{reason}");
+    }
+
+    const EXAMPLE: &str = include_str!("../../../../examples/policies/mcp-arguments.cedar");
+
+    /// `examples/policies/mcp-arguments.cedar`, call by call, with the
+    /// arguments an attacker would try.
+    #[test]
+    fn the_example_argument_policies_hold() {
+        let e = Engine::new_validating().unwrap();
+        let obj = |props: serde_json::Value, req: &[&str]| {
+            arguments_type(&json!({"type": "object", "properties": props, "required": req}))
+                .unwrap()
+        };
+        let s_ = json!({"type": "string"});
+        let tools = [
+            (
+                "payments:pay",
+                obj(
+                    json!({"amount": {"type": "integer"}, "currency": s_}),
+                    &["amount", "currency"],
+                ),
+            ),
+            (
+                "github:create_issue",
+                obj(json!({"repo": s_, "title": s_}), &["repo", "title"]),
+            ),
+            ("files:read_file", obj(json!({"path": s_}), &["path"])),
+            (
+                "mail:send_email",
+                obj(
+                    json!({"to": s_, "subject": s_, "body": s_}),
+                    &["to", "subject", "body"],
+                ),
+            ),
+        ];
+        let schema = e
+            .tenant_schema(
+                &tools
+                    .iter()
+                    .map(|(id, ty)| CallAction {
+                        id: (*id).into(),
+                        arguments: ty.clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let p = e
+            .compile(&e.parse_policies_in(&schema, "ex", EXAMPLE).unwrap())
+            .unwrap();
+        let decide = |call: &str, args: serde_json::Value| {
+            let name = call.split_once(':').unwrap().1.to_owned();
+            let actions = vec![name];
+            let f = facts(&actions);
+            let entities = e.entities(&f).unwrap();
+            let ty = &tools.iter().find(|(id, _)| *id == call).unwrap().1;
+            let v = e
+                .decide_call(&p, &f, &entities, call, args.as_object().unwrap(), ty)
+                .unwrap();
+            (v.allowed, v.policies)
+        };
+        let pay = |amount: i64, currency: &str| {
+            decide(
+                "payments:pay",
+                json!({"amount": amount, "currency": currency}),
+            )
+        };
+        assert!(pay(10_000, "EUR").0);
+        for (a, c) in [
+            (10_001, "EUR"),
+            (0, "EUR"),
+            (-500, "EUR"),
+            (5, "eur"),
+            (5, "EUR "),
+        ] {
+            assert_eq!(
+                pay(a, c),
+                (false, vec!["ex/amount-ceiling".to_owned()]),
+                "{a} {c}"
+            );
+        }
+        let repo = |r: &str| decide("github:create_issue", json!({"repo": r, "title": "t"})).0;
+        assert!(repo("acme/api"));
+        for r in [
+            "acme/api/../../globex/x",
+            "acme/API",
+            "globex/api",
+            "acme/apis",
+            "",
+        ] {
+            assert!(!repo(r), "{r}");
+        }
+        let path = |p: &str| decide("files:read_file", json!({"path": p})).0;
+        assert!(path("/srv/reports/2026/q3.csv"));
+        for x in [
+            "/srv/reports/../secrets/key",
+            "/srv/reports-old/q3.csv",
+            "/srv/reports",
+            "//srv/reports/x",
+            "/srv/reports//etc/passwd",
+            "srv/reports/x",
+            "/etc/passwd",
+        ] {
+            assert!(!path(x), "{x}");
+        }
+        let mail = |to: &str| {
+            decide(
+                "mail:send_email",
+                json!({"to": to, "subject": "s", "body": "b"}),
+            )
+            .0
+        };
+        assert!(mail("bob@example.com"));
+        for to in [
+            "eve@evil.test,bob@example.com",
+            "eve@evil.test <x@example.com",
+            "eve@evil.test;x@example.com",
+            "eve@evil.example.com",
+            "@example.com",
+            "eve@evil.test@example.com",
+            "bob@example.com.evil.test",
+            "BOB@EXAMPLE.COM",
+        ] {
+            assert!(!mail(to), "{to}");
+        }
     }
 }

@@ -2,15 +2,18 @@
 //! for this tool (its audience is the gateway URL, `<issuer>/mcp/<tool>`,
 //! the RFC 8707 resource an MCP client names). It is a bearer token, as MCP
 //! clients send one (MCP 2025-11-25 authorization §Token Requirements); the
-//! gateway judges every `tools/call` on its arguments and injects the MCP
-//! server's own key, which never reaches the agent.
+//! gateway judges every `tools/call` on its arguments and gives the MCP
+//! server its own key (in a header, or in the environment of a stdio
+//! server the broker starts), which never reaches the agent.
 
+use mandate_core::mcp::Upstream;
 use mandate_core::model::Tool;
 use mandate_core::tooling::ProviderKind;
 use serde_json::{Value, json};
 
 use super::jwt::TOKEN_TYPE_ACCESS;
 use super::{BoxFuture, Credential, Issue, IssueFailure, Pop, Provider, Settings};
+use crate::mcp_client::stdio::command_for;
 use crate::state::AppState;
 
 /// See the module documentation.
@@ -40,9 +43,15 @@ impl Provider for Mcp {
     fn validate(&self, settings: &Settings<'_>) -> Result<(), String> {
         settings.only(self.kind())?;
         match settings.mcp {
-            Some(m) => m.validate(settings.actions).map_err(|e| e.to_string()),
+            Some(m) => {
+                m.validate(settings.actions).map_err(|e| e.to_string())?;
+                if let Upstream::Stdio(name) = &m.upstream {
+                    command_for(settings.stdio, settings.tenant, name)?;
+                }
+                Ok(())
+            }
             None => Err(
-                "an `mcp` tool needs `mcp`: its MCP server's URL (`upstream`) and, if the server wants a key, how to send it (`inject`)"
+                "an `mcp` tool needs `mcp`: its MCP server's URL (`upstream`) or the name of a stdio server the broker's operator defined (`stdio`), and, for an HTTP server that wants a key, how to send it (`inject`)"
                     .into(),
             ),
         }
@@ -53,9 +62,9 @@ impl Provider for Mcp {
     }
 
     fn check_secret(&self, tool: &Tool, _: &str) -> Result<(), String> {
-        match tool.mcp.as_ref().and_then(|m| m.inject.as_ref()) {
-            Some(_) => Ok(()),
-            None => Err(format!(
+        match tool.mcp.as_ref() {
+            Some(m) if m.inject.is_some() || matches!(m.upstream, Upstream::Stdio(_)) => Ok(()),
+            _ => Err(format!(
                 "tool `{}` sends its MCP server no key (its registration has no `mcp.inject`); register it with one first",
                 tool.name
             )),

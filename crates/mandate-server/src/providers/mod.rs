@@ -65,6 +65,10 @@ pub struct Settings<'a> {
     pub postgres: Option<&'a PostgresSpec>,
     /// `mcp` settings, if given.
     pub mcp: Option<&'a mandate_core::mcp::McpSpec>,
+    /// The tenant registering it.
+    pub tenant: &'a str,
+    /// The stdio MCP servers the broker's operator allows.
+    pub stdio: &'a crate::mcp_client::stdio::Commands,
 }
 
 impl Settings<'_> {

@@ -137,8 +137,11 @@ pub async fn sync(
     accept_changes: bool,
 ) -> Result<Synced, ApiError> {
     let before = mcp_tool(s, tenant, name)?;
-    s.mcp_sessions.forget_tool(tenant, name);
-    let tools = list_all(s, &before).await?;
+    crate::mcp_client::forget_tool(s, tenant, name);
+    let tools = list_all(s, &before).await;
+    // The broker's own session (or process) served the sync only.
+    crate::mcp_client::end_run(s, "");
+    let tools = tools?;
     let _one_at_a_time = s.registrations.lock().await;
     if mcp_tool(s, tenant, name)? != before {
         return Err(err(

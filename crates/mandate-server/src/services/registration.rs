@@ -526,6 +526,8 @@ pub async fn replace_tool(
     ev.tool = Some(t.name.clone());
     ev.details = json!({"before": tool_details(&before), "after": tool_details(&t)});
     commit_created(s, Mutation::ReplaceTool(t.clone()), ev).await?;
+    // Its MCP sessions and processes were opened under the old registration.
+    crate::mcp_client::forget_tool(s, tenant, name);
     Ok(t)
 }
 
@@ -543,7 +545,7 @@ fn replacement_keeps_promises(s: &AppState, before: &Tool, after: &Tool) -> Resu
         proxy.or_else(|| {
             t.mcp
                 .as_ref()
-                .map(|m| (m.upstream.clone(), m.inject.clone()))
+                .map(|m| (m.upstream.describe(), m.inject.clone()))
         })
     };
     if destination(before) != destination(after)
@@ -568,7 +570,7 @@ fn tool_details(t: &Tool) -> serde_json::Value {
     json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
         "risk": t.risk, "max_ttl_secs": t.max_ttl_secs, "alg": t.alg.as_str(), "provider": t.provider,
         "proxy": t.proxy, "postgres": t.postgres, "env": t.env,
-        "mcp": t.mcp.as_ref().map(|m| json!({"upstream": m.upstream, "inject": m.inject,
+        "mcp": t.mcp.as_ref().map(|m| json!({"upstream": m.upstream.describe(), "inject": m.inject,
             "timeout_ms": m.timeout_ms, "extra_args": m.extra_args,
             "tools": m.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()}))})
 }
@@ -622,6 +624,8 @@ fn tool_from(
             proxy: req.proxy.as_ref(),
             postgres: req.postgres.as_ref(),
             mcp: req.mcp.as_ref(),
+            tenant,
+            stdio: &s.config.mcp_stdio,
         })
         .map_err(|e| err(Code::InvalidRequest, e))?;
     check_env(&req.env).map_err(bad)?;

@@ -32,6 +32,19 @@ pub const UPSTREAM_TIMEOUT: i64 = -31012;
 /// The credential was revoked while the call ran (the call was cancelled).
 pub const REVOKED: i64 = -31020;
 
+/// The `_meta` member of a forwarded `tools/call` that says on whose
+/// behalf it runs (MCP 2025-11-25 `basic` §General fields: `_meta`).
+pub const CALLER_META: &str = "dev.mandate/caller";
+
+/// Who a forwarded call is for: the human (`sub`), the chain of agents
+/// acting for them (`act`, RFC 8693 §4.1), the run and its tenant. The MCP
+/// server can trust it as far as it trusts the channel: only the broker
+/// holds its key (or its stdin).
+fn caller(claims: &mandate_core::credential::AccessClaims) -> Value {
+    json!({"sub": claims.sub, "act": claims.act, "tenant": claims.tenant,
+           "run": claims.run, "agent": claims.agent})
+}
+
 /// Runs `call` unless the caller's credential is revoked first: then the
 /// call is dropped (its connection to the MCP server closes, which cancels
 /// it there, MCP 2026-07-28 streamable HTTP §Cancellation) and the answer
@@ -137,7 +150,8 @@ pub(super) async fn call(
         std::sync::Arc::clone(s),
         c.clone(),
         id.clone(),
-        json!({"name": name, "arguments": Value::Object(checked.forward)}),
+        json!({"name": name, "arguments": Value::Object(checked.forward),
+               "_meta": {CALLER_META: caller(&c.claims)}}),
         ev,
         started,
     ));

@@ -133,18 +133,9 @@ pub(super) fn judge(
         &mut ev.details,
         json!({"arg_keys": checked.keys, "args_digest": args::digest(key.as_slice(), &checked.forward)}),
     );
-    if let Some(why) = s.reg().suspended.get(&c.claims.run) {
+    if let Some((why, refusal)) = suspended(s, c) {
         ev.reason = Some(format!("run suspended: {why}"));
-        return Err(Refusal::Rpc(
-            AUTHORIZATION_PENDING,
-            format!(
-                "run `{}` is suspended ({why}); its calls wait until an admin resumes it or revokes it",
-                c.claims.run
-            ),
-            Some(
-                json!({"error": "authorization_pending", "suspended": true, "interval": INTERVAL}),
-            ),
-        ));
+        return Err(refusal);
     }
     let spend = with_humans(s, c, (&name, &checked, &ty), now, ev)?;
     Ok(Allowed {
@@ -152,6 +143,21 @@ pub(super) fn judge(
         checked,
         spend,
     })
+}
+
+/// Why the caller's run is suspended, and the answer that says so: its
+/// calls (and its `tools/list`) wait until an admin resumes or revokes it.
+pub(super) fn suspended(s: &S, c: &Caller) -> Option<(String, Refusal)> {
+    let why = s.reg().suspended.get(&c.claims.run)?.clone();
+    let refusal = Refusal::Rpc(
+        AUTHORIZATION_PENDING,
+        format!(
+            "run `{}` is suspended ({why}); its calls wait until an admin resumes it or revokes it",
+            c.claims.run
+        ),
+        Some(json!({"error": "authorization_pending", "suspended": true, "interval": INTERVAL})),
+    );
+    Some((why, refusal))
 }
 
 /// The policy questions, with humans where `@approval` policies ask.

@@ -318,7 +318,12 @@ async fn dispatch(
             )
         }
         "ping" => Dispatched::Json(jsonrpc::result(id, json!({}))),
-        "tools/list" => Dispatched::Json(jsonrpc::result(id, call::list(s, c, now))),
+        "tools/list" => match judge::suspended(s, c) {
+            Some((_, judge::Refusal::Rpc(code, message, data))) => {
+                Dispatched::Json(jsonrpc::error(Some(id), code, &message, data))
+            }
+            _ => Dispatched::Json(jsonrpc::result(id, call::list(s, c, now))),
+        },
         "tools/call" => call::call(s, addr, c, id, params, now).await,
         _ => Dispatched::Json(jsonrpc::error(
             Some(id),

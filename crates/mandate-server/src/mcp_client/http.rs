@@ -1,5 +1,5 @@
-//! The broker as an MCP *client* of a tool's MCP server (streamable HTTP,
-//! MCP 2025-11-25 `basic/transports`): the `initialize` handshake, then
+//! The broker as an MCP client of a tool's MCP server over streamable
+//! HTTP (MCP 2025-11-25 `basic/transports`): the `initialize` handshake, then
 //! requests with `MCP-Session-Id` and `MCP-Protocol-Version`; answers read
 //! as JSON or as an SSE stream (the response is the event carrying our
 //! id; the server's notifications and requests on it are not relayed). One
@@ -21,10 +21,8 @@ use mandate_core::model::Tool;
 use mandate_core::scrub::Scrubber;
 use serde_json::{Value, json};
 
+use super::{Failure, MAX_ANSWER, Returned};
 use crate::state::AppState;
-
-/// Largest answer read from an MCP server (bytes).
-pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// Most upstream sessions held (beyond it, one is forgotten per new one).
 const MAX_SESSIONS: usize = 10_000;
@@ -78,30 +76,6 @@ impl Sessions {
     }
 }
 
-/// Why an MCP server's answer could not be had.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// No answer in time.
-    Timeout,
-    /// Not reachable, or not speaking MCP over HTTP.
-    Unreachable(String),
-    /// It answered with a JSON-RPC error (code, message).
-    Rpc(i64, String),
-    /// The caller's credential was revoked while the call ran (it was cancelled).
-    Revoked,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Timeout => f.write_str("the MCP server did not answer in time"),
-            Failure::Unreachable(why) => write!(f, "the MCP server cannot be used: {why}"),
-            Failure::Rpc(code, m) => write!(f, "the MCP server answered error {code}: {m}"),
-            Failure::Revoked => f.write_str("the credential was revoked while the call ran"),
-        }
-    }
-}
-
 /// What one request got back.
 enum Answer {
     /// The result, and whether the tool's key had to be scrubbed from it.
@@ -139,18 +113,9 @@ fn injection(
     )))
 }
 
-/// What a request to an MCP server returned.
-#[derive(Debug)]
-pub struct Returned {
-    /// The JSON-RPC `result`.
-    pub result: Value,
-    /// The tool's key was in the answer (and was scrubbed from it).
-    pub reflected: bool,
-}
-
 /// Sends `method` with `params` to the tool's MCP server in the session of
 /// `run` (opened first if needed) and returns the JSON-RPC `result`.
-pub async fn request(
+pub(super) async fn request(
     s: &AppState,
     tool: &Tool,
     run: &str,
@@ -258,8 +223,11 @@ fn build(
     let url = tool
         .mcp
         .as_ref()
-        .map(|m| m.upstream.clone())
-        .ok_or_else(|| Failure::Unreachable("the tool is not an `mcp` tool".into()))?;
+        .and_then(|m| match &m.upstream {
+            mandate_core::mcp::Upstream::Http(url) => Some(url.clone()),
+            mandate_core::mcp::Upstream::Stdio(_) => None,
+        })
+        .ok_or_else(|| Failure::Unreachable("the tool is not an HTTP MCP server".into()))?;
     let mut req = Request::builder()
         .method(Method::POST)
         .uri(&url)
@@ -337,7 +305,8 @@ async fn post(
             .to_bytes();
         // The key never comes back, whatever the server echoes (results,
         // error messages), as sent or JSON-escaped.
-        let (bytes, reflected) = match scrubber(s, tool).and_then(|mut sc| sc.scrub(&bytes)) {
+        let (bytes, reflected) = match super::scrubber(s, tool).and_then(|mut sc| sc.scrub(&bytes))
+        {
             Some(clean) => (clean, true),
             None => (bytes.to_vec(), false),
         };
@@ -359,24 +328,7 @@ async fn post(
 }
 
 fn rpc(m: Value, reflected: bool) -> Result<Answer, Failure> {
-    if let Some(e) = m.get("error") {
-        let code = e
-            .get("code")
-            .and_then(Value::as_i64)
-            .unwrap_or(mandate_core::mcp::jsonrpc::INTERNAL_ERROR);
-        let msg: String = e
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .chars()
-            .take(512)
-            .collect();
-        return Err(Failure::Rpc(code, msg));
-    }
-    m.get("result")
-        .cloned()
-        .map(|r| Answer::Result(r, reflected))
-        .ok_or_else(|| Failure::Unreachable("its response has neither `result` nor `error`".into()))
+    super::outcome(&m).map(|r| Answer::Result(r, reflected))
 }
 
 /// The JSON-RPC response to `id` in a JSON body or an SSE stream.
@@ -409,9 +361,8 @@ fn message_for(bytes: &[u8], sse: bool, id: &Id) -> Option<Value> {
     None
 }
 
-/// The scrubber for the tool's key (answers are cleaned of it before they
-/// reach the agent).
-pub fn scrubber(s: &AppState, tool: &Tool) -> Option<Scrubber> {
+/// The scrubber for the tool's key and its header value.
+pub(super) fn scrubber(s: &AppState, tool: &Tool) -> Option<Scrubber> {
     injection(s, tool).ok().flatten().map(|(_, _, sc)| sc)
 }
 
