@@ -66,6 +66,22 @@ impl<'a> From<&'a MandateClaims> for RunRef<'a> {
     }
 }
 
+/// [`judged`] for a call at the proxy or the MCP gateway, by its audit
+/// event (when the credential named a run).
+pub async fn judged_call(s: &AppState, ev: &EventBody, denied: bool) {
+    if let (Some(tenant), Some(agent), Some(run)) = (&ev.tenant, &ev.agent, &ev.run) {
+        let now = s.now_secs();
+        let r = RunRef {
+            tenant,
+            agent,
+            run,
+            principal: ev.principal.as_deref(),
+            issued_at: now,
+        };
+        judged(s, r, now, denied).await;
+    }
+}
+
 /// Notes a judged request of a run (an exchange or a proxied call, denied
 /// or not) and raises the alerts it calls for.
 pub async fn judged(s: &AppState, m: RunRef<'_>, now: u64, denied: bool) {

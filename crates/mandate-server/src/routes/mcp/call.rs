@@ -123,7 +123,7 @@ pub(super) async fn call(
             json!({"approvals": spend.iter().map(|a| json!({"id": a.id, "approved_by": a.decided_by, "policies": a.policies})).collect::<Vec<_>>()}),
         );
     }
-    note(s, &ev, false).await;
+    crate::alerts::judged_call(s, &ev, false).await;
     // The decision is durable before the MCP server acts on the call, in
     // one commit with the approvals it spends (each good for one call).
     let spent: Vec<Mutation> = spend
@@ -253,7 +253,7 @@ async fn refuse(s: &S, mut ev: EventBody, id: &Id, refusal: Refusal) -> Dispatch
             ))
         }
     };
-    note(s, &ev, true).await;
+    crate::alerts::judged_call(s, &ev, true).await;
     // A refusal is audited before it is answered.
     if s.record(vec![ev]).await.is_err() {
         return Dispatched::Json(jsonrpc::error(
@@ -277,7 +277,7 @@ async fn pending(
     waiting: Vec<mandate_core::model::Approval>,
 ) -> Dispatched {
     ev.decision = Decision::Pending;
-    note(s, &ev, false).await;
+    crate::alerts::judged_call(s, &ev, false).await;
     if !asked.is_empty() {
         ev.event_type = EventType::ApprovalRequest;
         merge(
@@ -360,17 +360,3 @@ pub(super) fn merge(into: &mut Value, more: Value) {
     }
 }
 
-/// Counts the call toward its run's request rate and denials.
-async fn note(s: &S, ev: &EventBody, denied: bool) {
-    if let (Some(tenant), Some(agent), Some(run)) = (&ev.tenant, &ev.agent, &ev.run) {
-        let now = s.now_secs();
-        let r = crate::alerts::RunRef {
-            tenant,
-            agent,
-            run,
-            principal: ev.principal.as_deref(),
-            issued_at: now,
-        };
-        crate::alerts::judged(s, r, now, denied).await;
-    }
-}

@@ -115,7 +115,7 @@ pub async fn forward(
         Err(e) => return denied(&s, ev, e).await,
     };
     ev.decision = mandate_core::audit::Decision::Allow;
-    note(&s, &ev, false).await;
+    crate::alerts::judged_call(&s, &ev, false).await;
     // The decision is durable before the upstream acts on the request.
     if let Err(e) = s.record(vec![ev.clone()]).await {
         return e.into_response();
@@ -142,7 +142,7 @@ async fn denied(s: &S, mut ev: EventBody, e: ApiError) -> Response {
     if ev.reason.is_none() {
         ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
     }
-    note(s, &ev, true).await;
+    crate::alerts::judged_call(s, &ev, true).await;
     audited(s, ev, e).await
 }
 
@@ -162,18 +162,3 @@ async fn audited(s: &S, ev: EventBody, e: ApiError) -> Response {
     e.into_response()
 }
 
-/// Counts a proxied call toward its run's request rate and denials (the
-/// anomaly checks), when the credential named a run.
-async fn note(s: &S, ev: &EventBody, denied: bool) {
-    if let (Some(tenant), Some(agent), Some(run)) = (&ev.tenant, &ev.agent, &ev.run) {
-        let now = s.now_secs();
-        let r = crate::alerts::RunRef {
-            tenant,
-            agent,
-            run,
-            principal: ev.principal.as_deref(),
-            issued_at: now,
-        };
-        crate::alerts::judged(s, r, now, denied).await;
-    }
-}
