@@ -354,3 +354,77 @@ def test_revocation_cancels_a_call_in_flight(broker, upstream, tmp_path):
     status, _ = raw(gateway, token, {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
                                      "params": {"name": "echo", "arguments": {"text": "x"}}})
     assert status == 401
+
+
+def test_the_mcp_server_gets_a_credential_naming_the_human(broker, upstream, tmp_path):
+    """--mint-audience: each forwarded call carries a JWT of the broker's for
+    the MCP server (aud = its identifier, sub = the human, act = the run), which
+    any JOSE library verifies with the broker's JWKS; never the agent's own."""
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    b = broker
+    audience = "https://payments.internal"
+    b.cli("tenant", "create", "acme")
+    b.cli("principal", "create", "--tenant", "acme", "alice@example.com")
+    b.cli("agent", "create", "--tenant", "acme", "pay-bot", "--owner", "team-finance", "--purpose", "pays",
+          "--envelope", "minted:*")
+    b.cli("tool", "create", "--tenant", "acme", "minted", "--provider", "mcp", "--upstream", upstream.url,
+          "--mint-audience", audience, "--action", "echo", "--action", "leak")
+    # The minted audience names the MCP server alone: no other tool may take it.
+    clash = b.cli("tool", "create", "--tenant", "acme", "lookalike", "--audience", audience, "--action", "read",
+                  check=False)
+    assert clash.returncode != 0 and "mint" in clash.stderr, clash.stderr
+    clash = b.cli("tool", "create", "--tenant", "acme", "twin", "--provider", "mcp", "--upstream", upstream.url,
+                  "--mint-audience", audience, "--action", "echo", check=False)
+    assert clash.returncode != 0, clash.stderr
+    own = b.cli("tool", "create", "--tenant", "acme", "mine", "--provider", "mcp", "--upstream", upstream.url,
+                "--mint-audience", f"{b.url}/oauth", "--action", "echo", check=False)
+    assert own.returncode != 0, own.stderr
+    b.cli("tool", "sync", "--tenant", "acme", "minted")
+    policy = tmp_path / "p.cedar"
+    policy.write_text('@id("calls") permit (principal, action in Mandate::Action::"mcp_call", resource);')
+    b.cli("policy", "add", "--tenant", "acme", str(ROOT / "examples" / "policies" / "baseline.cedar"))
+    b.cli("policy", "add", "--tenant", "acme", "--name", "mcp", str(policy))
+    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
+                             "--agent", "pay-bot", "--cap", "minted:echo", "--cap", "minted:leak",
+                             "--task", "t").stdout)
+    key = OKPKey.generate_key("Ed25519")
+    run = json.loads(b.cli("--json", "run", "start", "--tenant", "acme", "--agent", "pay-bot",
+                           "--principal", "alice@example.com", "--grant", grant["id"],
+                           "--jwk", json.dumps(key.as_dict(private=False))).stdout)
+    gateway = f"{b.url}/mcp/minted"
+    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, "echo leak")
+    assert status == 200, tok
+
+    async def session(client):
+        return (await client.call_tool("echo", {"text": "hi"}), await client.call_tool("leak", {}))
+
+    echoed, leaked = with_client(gateway, tok["access_token"], session)
+    assert text_of(echoed) == "hi"
+    jwks = KeySet.import_key_set(http("GET", b.url + "/jwks.json")[1])
+    calls = upstream.calls()
+    assert [c[1]["params"]["name"] for c in calls] == ["echo", "leak"]
+    for r, body in calls:
+        bearer = r["headers"]["authorization"].removeprefix("Bearer ")
+        assert bearer != tok["access_token"]
+        claims = jwt.decode(bearer, jwks, algorithms=["EdDSA", "ES256"]).claims
+        assert claims["iss"] == b.url and claims["aud"] == audience
+        assert claims["sub"] == "alice@example.com" and claims["run"] == run["run"]
+        assert claims["act"]["sub"].startswith("spiffe://") and claims["scope"] == body["params"]["name"]
+        assert claims["exp"] - claims["iat"] <= 60 and "cnf" not in claims
+    # The MCP server reflecting its credential does not hand it to the agent.
+    assert "[REDACTED]" in text_of(leaked) and "eyJ" not in text_of(leaked)
+    # The sync's own tools/list was sent with a credential naming the broker.
+    synced = [r for r in upstream.seen() if '"tools/list"' in (r["body"] or "")]
+    assert synced
+    claims = jwt.decode(synced[0]["headers"]["authorization"].removeprefix("Bearer "), jwks,
+                        algorithms=["EdDSA", "ES256"]).claims
+    assert claims["sub"] == b.url and claims["scope"] == "tools/list"
+    # Each call's minted credential id is in its audit event.
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"], "--limit", "50").stdout)
+    events = events.get("events", events) if isinstance(events, dict) else events
+    jtis = {e["details"].get("minted_jti") for e in events if e["event_type"] == "mcp.call"}
+    first = jwt.decode(calls[0][0]["headers"]["authorization"].removeprefix("Bearer "), jwks,
+                       algorithms=["EdDSA", "ES256"]).claims
+    assert first["jti"] in jtis

@@ -528,6 +528,11 @@ pub(crate) struct ToolSpec {
     /// gave it in `mandate serve --mcp-stdio-config`.
     #[arg(long)]
     pub(crate) stdio: Option<String>,
+    /// mcp: mint a credential per call for the MCP server, with this
+    /// audience (its identifier), `sub` = the human and `act` = the agents;
+    /// it goes as `Authorization: Bearer` (stdio: `_meta`).
+    #[arg(long)]
+    pub(crate) mint_audience: Option<String>,
     /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
     /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
     #[arg(long = "route")]
@@ -583,7 +588,8 @@ pub(crate) enum ToolCmd {
 `proxy` (the broker's proxy injects a stored key: --upstream, --route, --inject-header, --inject-format), \
 `postgres` (a database role per credential: --pg-host, --pg-port, --pg-database, --pg-role), \
 `mcp` (the broker's MCP gateway judges each tools/call on its arguments: --upstream URL or --stdio NAME, \
---action per MCP tool, --inject-header/--inject-format if an HTTP MCP server wants a key; then `mandate tool sync`). \
+--action per MCP tool, --inject-header/--inject-format if an HTTP MCP server wants a key, --mint-audience if it \
+verifies a credential naming the human; then `mandate tool sync`). \
 Or give the provider's settings as JSON with --config FILE ({\"proxy\": ...} or {\"postgres\": ...}, and \"env\")."
     )]
     Create(ToolSpec),

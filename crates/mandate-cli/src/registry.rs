@@ -280,6 +280,7 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         config,
         upstream,
         stdio,
+        mint_audience,
         routes,
         inject_header,
         inject_format,
@@ -337,6 +338,9 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         }
         if let Some(t) = timeout_ms {
             mcp["timeout_ms"] = json!(t);
+        }
+        if let Some(a) = mint_audience {
+            mcp["mint"] = json!({"audience": a});
         }
         if inject_header.is_some() || inject_format.is_some() {
             let inject = &mut mcp["inject"];

@@ -50,6 +50,9 @@ pub struct McpSpec {
     /// at all (a stdio server gets it in the environment variable its
     /// operator named).
     pub inject: Option<InjectSpec>,
+    /// A credential minted per call for the MCP server, naming the human
+    /// and the agents (instead of, or beside, a static key).
+    pub mint: Option<MintSpec>,
     /// Longest wait for its answer (ms).
     pub timeout_ms: u64,
     /// Arguments no policy can read: refused (default) or passed.
@@ -69,6 +72,8 @@ struct RawSpec {
     stdio: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inject: Option<InjectSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mint: Option<MintSpec>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default)]
@@ -93,6 +98,7 @@ impl TryFrom<RawSpec> for McpSpec {
         Ok(McpSpec {
             upstream,
             inject: r.inject,
+            mint: r.mint,
             timeout_ms: r.timeout_ms,
             extra_args: r.extra_args,
             tools: r.tools,
@@ -110,12 +116,30 @@ impl From<McpSpec> for RawSpec {
             upstream,
             stdio,
             inject: m.inject,
+            mint: m.mint,
             timeout_ms: m.timeout_ms,
             extra_args: m.extra_args,
             tools: m.tools,
         }
     }
 }
+
+/// A credential the broker mints for the MCP server with each call it
+/// forwards: an RFC 9068 JWT signed by the broker (verifiable with its
+/// JWKS) with `aud` = [`MintSpec::audience`], `sub` = the human, `act` =
+/// the chain of agents, `scope` = the MCP tool, living at most a minute.
+/// An HTTP server gets it as `Authorization: Bearer`; a stdio server in
+/// `_meta["dev.mandate/credential"]` of the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintSpec {
+    /// The MCP server's own identifier (what it checks `aud` against);
+    /// unique across the broker, like a `jwt` tool's audience.
+    pub audience: String,
+}
+
+/// Longest life of a minted credential (seconds).
+pub const MINTED_TTL: u64 = 60;
 
 /// Whether `name` can name an operator's stdio server: 1 to 64 of
 /// `a-z 0-9 _ -`, starting with a letter.
@@ -175,6 +199,19 @@ impl McpSpec {
         }
         if let Some(i) = &self.inject {
             i.validate("mcp inject")?;
+        }
+        if let Some(m) = &self.mint {
+            crate::tooling::check_upstream("mcp mint audience", &m.audience)?;
+            if self
+                .inject
+                .as_ref()
+                .is_some_and(|i| i.header.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(malformed(
+                    "mcp mint",
+                    "the minted credential goes in `Authorization`; inject the static key in another header",
+                ));
+            }
         }
         crate::tooling::check_timeout("mcp timeout", self.timeout_ms)?;
         for a in actions {
@@ -279,5 +316,20 @@ mod tests {
             "inject": {"header": "authorization", "format": "Bearer {secret}"}}))
         .unwrap();
         assert!(s.validate(&[]).is_err());
+        // A minted credential goes in Authorization: the key cannot too.
+        let minted = |inject: &str| {
+            serde_json::from_value::<McpSpec>(json!({"upstream": "https://mcp.example/mcp",
+                "mint": {"audience": "https://mcp.example"},
+                "inject": {"header": inject, "format": "{secret}"}}))
+            .unwrap()
+            .validate(&[])
+        };
+        assert!(minted("Authorization").is_err());
+        assert!(minted("x-api-key").is_ok());
+        let bad_aud: McpSpec =
+            serde_json::from_value(json!({"upstream": "https://mcp.example/mcp",
+            "mint": {"audience": "not a url"}}))
+            .unwrap();
+        assert!(bad_aud.validate(&[]).is_err());
     }
 }

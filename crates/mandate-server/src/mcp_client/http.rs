@@ -121,7 +121,9 @@ pub(super) async fn request(
     run: &str,
     method: &str,
     params: Value,
+    bearer: Option<&str>,
 ) -> Result<Returned, Failure> {
+    let target = Target { s, tool, bearer };
     let key = (tool.tenant.clone(), tool.name.clone(), run.to_owned());
     // A call the server may have acted on is never sent twice.
     let attempts = if method == "tools/call" { 1 } else { 2 };
@@ -129,12 +131,12 @@ pub(super) async fn request(
         let session = match s.mcp_sessions.get(&key) {
             Some(sess) => sess,
             None => {
-                let sess = open(s, tool).await?;
+                let sess = open(&target).await?;
                 s.mcp_sessions.put(key.clone(), sess.clone());
                 sess
             }
         };
-        match send(s, tool, Some(&session), method, params.clone()).await? {
+        match send(&target, Some(&session), method, params.clone()).await? {
             Answer::Result(result, reflected) => return Ok(Returned { result, reflected }),
             Answer::SessionGone => s.mcp_sessions.remove(&key),
         }
@@ -144,15 +146,22 @@ pub(super) async fn request(
     ))
 }
 
+/// Where a request goes, and the credential minted for it, if any.
+struct Target<'a> {
+    s: &'a AppState,
+    tool: &'a Tool,
+    bearer: Option<&'a str>,
+}
+
 /// The `initialize` handshake (MCP 2025-11-25 `basic/lifecycle`).
-async fn open(s: &AppState, tool: &Tool) -> Result<Session, Failure> {
+async fn open(t: &Target<'_>) -> Result<Session, Failure> {
     let params = json!({
         "protocolVersion": mandate_core::mcp::LATEST_HANDSHAKE,
         // No capabilities: the server has no reason to ask us anything.
         "capabilities": {},
         "clientInfo": {"name": "mandate-gateway", "version": env!("CARGO_PKG_VERSION")},
     });
-    let (result, id) = post(s, tool, None, "initialize", Some(params)).await?;
+    let (result, id) = post(t, None, "initialize", Some(params)).await?;
     let Answer::Result(result, _) = result else {
         return Err(Failure::Unreachable(
             "the MCP server refused to open a session".into(),
@@ -169,13 +178,14 @@ async fn open(s: &AppState, tool: &Tool) -> Result<Session, Failure> {
         })?
         .to_owned();
     let session = Session { id, version };
-    notify(s, tool, &session, "notifications/initialized").await?;
+    notify(t, &session, "notifications/initialized").await?;
     Ok(session)
 }
 
-async fn notify(s: &AppState, tool: &Tool, session: &Session, method: &str) -> Result<(), Failure> {
+async fn notify(t: &Target<'_>, session: &Session, method: &str) -> Result<(), Failure> {
+    let (s, tool) = (t.s, t.tool);
     let body = json!({"jsonrpc": "2.0", "method": method});
-    let req = build(s, tool, Some(session), &body)?;
+    let req = build(t, Some(session), &body)?;
     let timeout = timeout_of(tool);
     let resp = tokio::time::timeout(timeout, s.http.request(req))
         .await
@@ -203,23 +213,20 @@ fn connect_error(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 async fn send(
-    s: &AppState,
-    tool: &Tool,
+    t: &Target<'_>,
     session: Option<&Session>,
     method: &str,
     params: Value,
 ) -> Result<Answer, Failure> {
-    post(s, tool, session, method, Some(params))
-        .await
-        .map(|(a, _)| a)
+    post(t, session, method, Some(params)).await.map(|(a, _)| a)
 }
 
 fn build(
-    s: &AppState,
-    tool: &Tool,
+    t: &Target<'_>,
     session: Option<&Session>,
     body: &Value,
 ) -> Result<Request<Body>, Failure> {
+    let (s, tool) = (t.s, t.tool);
     let url = tool
         .mcp
         .as_ref()
@@ -250,17 +257,24 @@ fn build(
     if let Some((name, value, _)) = injection(s, tool)? {
         h.insert(name, value);
     }
+    if let Some(token) = t.bearer {
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            Failure::Unreachable("the minted credential is not a header value".into())
+        })?;
+        v.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, v);
+    }
     Ok(req)
 }
 
 /// One request; the answer and the session id the server gave (on `initialize`).
 async fn post(
-    s: &AppState,
-    tool: &Tool,
+    t: &Target<'_>,
     session: Option<&Session>,
     method: &str,
     params: Option<Value>,
 ) -> Result<(Answer, Option<String>), Failure> {
+    let (s, tool) = (t.s, t.tool);
     let id = Id::Str(mandate_core::ids::random_id(
         &mut rand_core::OsRng,
         "mandate",
@@ -269,7 +283,7 @@ async fn post(
     if let Some(p) = params {
         body["params"] = p;
     }
-    let req = build(s, tool, session, &body)?;
+    let req = build(t, session, &body)?;
     let timeout = timeout_of(tool);
     let read = async {
         let resp = s

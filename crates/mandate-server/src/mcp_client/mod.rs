@@ -8,10 +8,13 @@
 pub mod http;
 pub mod stdio;
 
+use mandate_core::credential::{AccessClaims, Actor};
 use mandate_core::mcp::Upstream;
+use mandate_core::mcp::spec::MINTED_TTL;
 use mandate_core::model::Tool;
 use mandate_core::scrub::Scrubber;
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use crate::state::AppState;
 
@@ -53,21 +56,108 @@ pub struct Returned {
     pub reflected: bool,
 }
 
+/// A credential minted for a tool's MCP server (see
+/// [`mandate_core::mcp::spec::MintSpec`]).
+pub struct Minted {
+    /// The signed JWT.
+    pub token: Zeroizing<String>,
+    /// Its id (in the `mcp.call` event, to match the MCP server's logs).
+    pub jti: String,
+}
+
+/// Mints the credential of one request to `tool`'s MCP server, if its
+/// registration asks for one: for `caller`'s call of MCP tool `scope`, or
+/// (no caller) for the broker's own `tools/list` at a sync, where `sub` is
+/// the broker. It lives [`MINTED_TTL`] seconds, never past the caller's.
+pub fn mint(
+    s: &AppState,
+    tool: &Tool,
+    caller: Option<&AccessClaims>,
+    scope: &str,
+) -> Result<Option<Minted>, Failure> {
+    let Some(spec) = tool.mcp.as_ref().and_then(|m| m.mint.as_ref()) else {
+        return Ok(None);
+    };
+    let now = s.now_secs();
+    let jti = mandate_core::ids::random_id(&mut rand_core::OsRng, "cred_");
+    let claims = match caller {
+        Some(c) => AccessClaims {
+            aud: spec.audience.clone(),
+            scope: scope.to_owned(),
+            jti: jti.clone(),
+            iat: now,
+            exp: c.exp.min(now + MINTED_TTL),
+            cnf: None,
+            authorization_details: None,
+            path_prefix: None,
+            ..c.clone()
+        },
+        None => {
+            let me = s.config.issuer.clone();
+            AccessClaims {
+                iss: me.clone(),
+                aud: spec.audience.clone(),
+                sub: me.clone(),
+                act: Actor {
+                    sub: me.clone(),
+                    act: None,
+                },
+                client_id: me,
+                scope: scope.to_owned(),
+                jti: jti.clone(),
+                iat: now,
+                exp: now + MINTED_TTL,
+                cnf: None,
+                tenant: tool.tenant.clone(),
+                run: String::new(),
+                agent: String::new(),
+                task: "tool sync".into(),
+                grant: None,
+                path_prefix: None,
+                authorization_details: None,
+                approval: None,
+                approvals: Vec::new(),
+                blocks: Vec::new(),
+            }
+        }
+    };
+    let token = s
+        .signer(tool.alg)
+        .sign(&claims)
+        .map_err(|_| Failure::Unreachable("the credential for it could not be signed".into()))?;
+    Ok(Some(Minted {
+        token: Zeroizing::new(token),
+        jti,
+    }))
+}
+
 /// Sends `method` with `params` to the tool's MCP server in the session of
 /// `run` (opened first if needed; `""` is the broker's own, for `tool
-/// sync`) and returns the JSON-RPC `result`.
+/// sync`) and returns the JSON-RPC `result`. `minted` goes with it (an
+/// HTTP server's `Authorization`; the caller put it in a stdio call's
+/// `_meta`) and is scrubbed from the answer like the key: whoever holds
+/// it could call the MCP server directly for a minute.
 pub async fn request(
     s: &AppState,
     tool: &Tool,
     run: &str,
-    method: &str,
-    params: Value,
+    (method, params): (&str, Value),
+    minted: Option<&Minted>,
 ) -> Result<Returned, Failure> {
-    match tool.mcp.as_ref().map(|m| &m.upstream) {
-        Some(Upstream::Http(_)) => http::request(s, tool, run, method, params).await,
+    let bearer = minted.map(|m| m.token.as_str());
+    let mut returned = match tool.mcp.as_ref().map(|m| &m.upstream) {
+        Some(Upstream::Http(_)) => http::request(s, tool, run, method, params, bearer).await,
         Some(Upstream::Stdio(name)) => stdio::request(s, tool, name, run, method, params).await,
         None => Err(Failure::Unreachable("the tool is not an `mcp` tool".into())),
+    }?;
+    if let Some(token) = bearer {
+        let raw = serde_json::to_vec(&returned.result).unwrap_or_default();
+        if let Some(clean) = Scrubber::new([token.as_bytes()]).scrub(&raw) {
+            returned.result = serde_json::from_slice(&clean).unwrap_or(Value::Null);
+            returned.reflected = true;
+        }
     }
+    Ok(returned)
 }
 
 /// Forgets the sessions and processes of `run` (it ended or was revoked).

@@ -256,7 +256,10 @@ async fn list_all(s: &AppState, tool: &Tool) -> Result<Vec<McpTool>, ApiError> {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        let returned = crate::mcp_client::request(s, tool, "", "tools/list", params)
+        let minted = crate::mcp_client::mint(s, tool, None, "tools/list")
+            .map_err(|e| err(Code::BadGateway, format!("`tools/list` failed: {e}")))?;
+        let list = ("tools/list", params);
+        let returned = crate::mcp_client::request(s, tool, "", list, minted.as_ref())
             .await
             .map_err(|e| err(Code::BadGateway, format!("`tools/list` failed: {e}")))?;
         if returned.reflected {

@@ -474,6 +474,52 @@ fn tool_fits(
     Ok(())
 }
 
+/// A credential minted for an MCP server is a bearer JWT of the broker's:
+/// its audience must name that server alone, or a `jwt` tool at the same
+/// audience would accept every credential minted for MCP calls (and the
+/// other way round). So a minted audience is no tool's audience, no other
+/// tool's minted audience, and not under the broker's own URL.
+fn audiences_free(
+    s: &AppState,
+    audience: &str,
+    mcp: Option<&mandate_core::mcp::McpSpec>,
+    replacing: Option<&Tool>,
+) -> Result<(), ApiError> {
+    let minted =
+        |t: &Tool| -> Option<String> { t.mcp.as_ref()?.mint.as_ref().map(|m| m.audience.clone()) };
+    let reg = s.reg();
+    let others = || {
+        reg.tools
+            .values()
+            .filter(|t| replacing.is_none_or(|r| !(r.tenant == t.tenant && r.name == t.name)))
+    };
+    if others().any(|t| minted(t).as_deref() == Some(audience)) {
+        return Err(err(
+            Code::Conflict,
+            format!(
+                "audience `{audience}` is the one an `mcp` tool mints credentials for; a tool's audience must name it alone"
+            ),
+        ));
+    }
+    let Some(m) = mcp.and_then(|m| m.mint.as_ref()) else {
+        return Ok(());
+    };
+    let own = format!("{}/", s.config.issuer.trim_end_matches('/'));
+    if m.audience == audience
+        || format!("{}/", m.audience.trim_end_matches('/')).starts_with(&own)
+        || others().any(|t| t.audience == m.audience || minted(t).as_deref() == Some(&m.audience))
+    {
+        return Err(err(
+            Code::Conflict,
+            format!(
+                "minted audience `{}` is already a tool's audience, another tool's minted audience, or the broker's own URL; it must name the MCP server alone",
+                m.audience
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Registers a tool of `tenant`: its provider checks its settings and sets
 /// or checks its audience.
 pub async fn create_tool(
@@ -631,6 +677,7 @@ fn tool_from(
     check_env(&req.env).map_err(bad)?;
     let alg = Alg::parse("tool credentials", req.alg.as_deref().unwrap_or("EdDSA")).map_err(bad)?;
     tool_fits(s, tenant, &req.name, &audience, provider, replacing)?;
+    audiences_free(s, &audience, req.mcp.as_ref(), replacing)?;
     let mut actions = req.actions;
     actions.dedup();
     // A replaced `mcp` tool keeps its synced tools unless the request pins others.

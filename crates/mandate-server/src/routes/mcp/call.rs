@@ -21,7 +21,8 @@ use serde_json::{Map, Value, json};
 
 use super::judge::{self, Allowed, Refusal};
 use super::{Caller, Dispatched, S};
-use crate::mcp_client::Failure;
+use crate::mcp_client::{Failure, Minted};
+use mandate_core::mcp::Upstream;
 
 /// The gateway could not record the decision (nothing was forwarded).
 pub const NOT_RECORDED: i64 = -31010;
@@ -44,6 +45,24 @@ fn caller(claims: &mandate_core::credential::AccessClaims) -> Value {
     json!({"sub": claims.sub, "act": claims.act, "tenant": claims.tenant,
            "run": claims.run, "agent": claims.agent})
 }
+
+/// The `_meta` of a forwarded call: who it is for, and the credential
+/// minted for a stdio server (an HTTP server gets it as `Authorization`).
+fn meta(c: &Caller, minted: Option<&Minted>) -> Value {
+    let mut m = json!({CALLER_META: caller(&c.claims)});
+    if let Some(token) = minted
+        && matches!(
+            c.tool.mcp.as_ref().map(|m| &m.upstream),
+            Some(Upstream::Stdio(_))
+        )
+    {
+        m[CREDENTIAL_META] = json!(token.token.as_str());
+    }
+    m
+}
+
+/// The `_meta` member carrying a minted credential to a stdio server.
+pub const CREDENTIAL_META: &str = "dev.mandate/credential";
 
 /// Runs `call` unless the caller's credential is revoked first: then the
 /// call is dropped (its connection to the MCP server closes, which cancels
@@ -124,6 +143,17 @@ pub(super) async fn call(
         );
     }
     crate::alerts::judged_call(s, &ev, false).await;
+    let Ok(minted) = crate::mcp_client::mint(s, &c.tool, Some(&c.claims), &name) else {
+        return Dispatched::Json(jsonrpc::error(
+            Some(id),
+            UPSTREAM_FAILED,
+            "the credential for the MCP server could not be made, so the call was not sent",
+            None,
+        ));
+    };
+    if let Some(m) = &minted {
+        merge(&mut ev.details, json!({"minted_jti": m.jti}));
+    }
     // The decision is durable before the MCP server acts on the call, in
     // one commit with the approvals it spends (each good for one call).
     let spent: Vec<Mutation> = spend
@@ -151,9 +181,9 @@ pub(super) async fn call(
         c.clone(),
         id.clone(),
         json!({"name": name, "arguments": Value::Object(checked.forward),
-               "_meta": {CALLER_META: caller(&c.claims)}}),
+               "_meta": meta(c, minted.as_ref())}),
         ev,
-        started,
+        (started, minted),
     ));
     match forward.await {
         Ok(answer) => Dispatched::Json(answer),
@@ -167,9 +197,17 @@ pub(super) async fn call(
 }
 
 /// Sends the judged call upstream, records its outcome, and returns the answer.
-async fn forward(s: S, c: Caller, id: Id, params: Value, ev: EventBody, started: Instant) -> Value {
+async fn forward(
+    s: S,
+    c: Caller,
+    id: Id,
+    params: Value,
+    ev: EventBody,
+    (started, minted): (Instant, Option<Minted>),
+) -> Value {
     let outcome = until_revoked(&s, &c, async {
-        crate::mcp_client::request(&s, &c.tool, &c.claims.run, "tools/call", params).await
+        let call = ("tools/call", params);
+        crate::mcp_client::request(&s, &c.tool, &c.claims.run, call, minted.as_ref()).await
     })
     .await;
     let mut result_ev = ev;
@@ -359,4 +397,3 @@ pub(super) fn merge(into: &mut Value, more: Value) {
         a.extend(b);
     }
 }
-

@@ -161,4 +161,3 @@ async fn audited(s: &S, ev: EventBody, e: ApiError) -> Response {
     }
     e.into_response()
 }
-
