@@ -156,3 +156,40 @@ def test_a_stdio_server_started_by_the_broker_behind_the_gateway(stdio_broker, t
                                      "params": {"name": "whoami", "arguments": {}}})
     assert status == 401
     assert b.cli("audit", "verify").returncode == 0
+
+
+def test_one_process_per_run_however_many_first_calls_and_it_goes_with_the_agent(stdio_broker, tmp_path):
+    b = stdio_broker
+    gateway, token, run = setup(b, tmp_path)
+
+    async def parallel(client):
+        import anyio
+        out = []
+
+        async def one():
+            out.append(json.loads(text_of(await client.call_tool("whoami", {})))["pid"])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(one)
+        return out
+
+    pids = with_client(gateway, token, parallel)
+    # Eight concurrent first calls of one run: one process started (max_processes is 4).
+    assert len(pids) == 8 and len(set(pids)) == 1, pids
+    pid = pids[0]
+    # A new key: the process holding the old one stops at once, the next call gets the new key.
+    rotated = tmp_path / "key2.txt"
+    rotated.write_text(KEY + "-rotated")
+    b.cli("tool", "set-secret", "--tenant", "acme", "ledger", "--file", str(rotated))
+    assert not alive(pid)
+    who = with_client(gateway, token, lambda c: c.call_tool("whoami", {}))
+    who = json.loads(text_of(who))
+    assert who["key_sha256"] == hashlib.sha256((KEY + "-rotated").encode()).hexdigest()
+    # Revoking the agent (not the run) stops the run's process too.
+    b.cli("revoke", "--agent", "ledger-bot", "--tenant", "acme")
+    for _ in range(50):
+        if not alive(who["pid"]):
+            break
+        time.sleep(0.1)
+    assert not alive(who["pid"])

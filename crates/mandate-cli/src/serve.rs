@@ -101,6 +101,10 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     if let Some(f) = a.audit_checkpoint_file {
         cfg.audit_checkpoint_file = f;
     }
+    // Non-dumpable: a process of the same user (an MCP server the broker
+    // started, an agent) cannot read the broker's memory or environment
+    // (the master key) through /proc, nor attach a debugger.
+    crate::exec::harden()?;
     if let Some(f) = a.mcp_stdio_config {
         cfg.mcp_stdio = mandate_server::mcp_client::stdio::load(&f).map_err(CliError::new)?;
     }

@@ -58,6 +58,7 @@ pub fn start_background(state: &Arc<AppState>) {
     tokio::spawn(pg::reaper(Arc::clone(state)));
     tokio::spawn(alerts::deliver_webhooks(Arc::clone(state)));
     tokio::spawn(refusals::flush(Arc::clone(state)));
+    tokio::spawn(mcp_client::stdio::reaper(Arc::clone(state)));
     tokio::spawn(checkpoint::periodic(
         Arc::clone(&state.checkpoints),
         state.config.audit_checkpoint_secs,

@@ -68,6 +68,11 @@ impl Sessions {
         }
     }
 
+    /// Forgets the broker's own session with `tool` of `tenant`.
+    pub fn end_own(&self, tenant: &str, tool: &str) {
+        self.remove(&(tenant.to_owned(), tool.to_owned(), String::new()));
+    }
+
     /// Forgets the sessions with `tool` of `tenant` (its registration changed).
     pub fn forget_tool(&self, tenant: &str, tool: &str) {
         if let Ok(mut m) = self.0.lock() {

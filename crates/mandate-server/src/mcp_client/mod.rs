@@ -132,38 +132,105 @@ pub fn mint(
 }
 
 /// Sends `method` with `params` to the tool's MCP server in the session of
-/// `run` (opened first if needed; `""` is the broker's own, for `tool
-/// sync`) and returns the JSON-RPC `result`. `minted` goes with it (an
+/// `caller`'s run (opened first if needed; none is the broker's own, for
+/// `tool sync`) and returns the JSON-RPC `result`. `minted` goes with it (an
 /// HTTP server's `Authorization`; the caller put it in a stdio call's
 /// `_meta`) and is scrubbed from the answer like the key: whoever holds
 /// it could call the MCP server directly for a minute.
 pub async fn request(
     s: &AppState,
     tool: &Tool,
-    run: &str,
+    caller: Option<&AccessClaims>,
     (method, params): (&str, Value),
     minted: Option<&Minted>,
 ) -> Result<Returned, Failure> {
     let bearer = minted.map(|m| m.token.as_str());
-    let mut returned = match tool.mcp.as_ref().map(|m| &m.upstream) {
+    let run = caller.map_or("", |c| c.run.as_str());
+    let returned = match tool.mcp.as_ref().map(|m| &m.upstream) {
         Some(Upstream::Http(_)) => http::request(s, tool, run, method, params, bearer).await,
-        Some(Upstream::Stdio(name)) => stdio::request(s, tool, name, run, method, params).await,
+        Some(Upstream::Stdio(name)) => stdio::request(s, tool, name, caller, method, params).await,
         None => Err(Failure::Unreachable("the tool is not an `mcp` tool".into())),
-    }?;
-    if let Some(token) = bearer {
-        let raw = serde_json::to_vec(&returned.result).unwrap_or_default();
-        if let Some(clean) = Scrubber::new([token.as_bytes()]).scrub(&raw) {
-            returned.result = serde_json::from_slice(&clean).unwrap_or(Value::Null);
-            returned.reflected = true;
-        }
+    };
+    // The raw bytes were scrubbed of the key; now every string of the
+    // parsed answer is too (a server can write the key with JSON escapes),
+    // and of the minted credential.
+    let mut needles: Vec<&[u8]> = Vec::new();
+    let secret = key_of(s, tool);
+    if let Some(k) = &secret {
+        needles.push(k.expose());
     }
-    Ok(returned)
+    if let Some(t) = bearer {
+        needles.push(t.as_bytes());
+    }
+    if needles.is_empty() {
+        return returned;
+    }
+    let mut sc = Scrubber::new(needles);
+    match returned {
+        Ok(mut r) => {
+            r.reflected |= scrub_value(&mut r.result, &mut sc);
+            Ok(r)
+        }
+        Err(Failure::Rpc(code, m)) => Err(Failure::Rpc(code, scrub_text(&m, &mut sc))),
+        Err(f) => Err(f),
+    }
+}
+
+/// The tool's key, if it has one.
+fn key_of(s: &AppState, tool: &Tool) -> Option<std::sync::Arc<mandate_core::secret::Secret>> {
+    s.tool_secret(&tool.tenant, &tool.name)
+}
+
+fn scrub_text(t: &str, sc: &mut Scrubber) -> String {
+    match sc.scrub(t.as_bytes()) {
+        Some(clean) => String::from_utf8_lossy(&clean).into_owned(),
+        None => t.to_owned(),
+    }
+}
+
+/// Scrubs every string (and member name) of `v`; whether one held a secret.
+fn scrub_value(v: &mut Value, sc: &mut Scrubber) -> bool {
+    match v {
+        Value::String(t) => match sc.scrub(t.as_bytes()) {
+            Some(clean) => {
+                *t = String::from_utf8_lossy(&clean).into_owned();
+                true
+            }
+            None => false,
+        },
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |hit, x| scrub_value(x, sc) | hit),
+        Value::Object(m) => {
+            let mut hit = false;
+            let old = std::mem::take(m);
+            for (k, mut x) in old {
+                hit |= scrub_value(&mut x, sc);
+                let k = match sc.scrub(k.as_bytes()) {
+                    Some(clean) => {
+                        hit = true;
+                        String::from_utf8_lossy(&clean).into_owned()
+                    }
+                    None => k,
+                };
+                m.insert(k, x);
+            }
+            hit
+        }
+        _ => false,
+    }
 }
 
 /// Forgets the sessions and processes of `run` (it ended or was revoked).
 pub fn end_run(s: &AppState, run: &str) {
     s.mcp_sessions.end_run(run);
     s.mcp_stdio.end_run(run);
+}
+
+/// Ends the broker's own session (or process) with `tool` of `tenant`.
+pub fn end_own(s: &AppState, tenant: &str, tool: &str) {
+    s.mcp_sessions.end_own(tenant, tool);
+    s.mcp_stdio.end_own(tenant, tool);
 }
 
 /// Forgets the sessions and processes with `tool` of `tenant` (its
@@ -204,4 +271,25 @@ pub(crate) fn outcome(m: &Value) -> Result<Value, Failure> {
     m.get("result")
         .cloned()
         .ok_or_else(|| Failure::Unreachable("its response has neither `result` nor `error`".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_string_of_an_answer_is_scrubbed() {
+        let mut sc = Scrubber::new([&b"evil-key-123"[..]]);
+        // As parsed from `"\u0065vil-key-123"`: the raw bytes never held it.
+        let mut v: Value = serde_json::from_str(
+            r#"{"content":[{"type":"text","text":"k=\u0065vil-key-123"}],"evil-key-123":1}"#,
+        )
+        .unwrap();
+        assert!(scrub_value(&mut v, &mut sc));
+        let text = v.to_string();
+        assert!(!text.contains("evil-key-123"), "{text}");
+        let mut clean = json!({"content": [{"type": "text", "text": "fine"}]});
+        assert!(!scrub_value(&mut clean, &mut sc));
+    }
 }

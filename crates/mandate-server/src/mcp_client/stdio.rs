@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mandate_core::credential::AccessClaims;
 use mandate_core::model::Tool;
 use mandate_core::scrub::Scrubber;
 use serde::Deserialize;
@@ -68,6 +69,15 @@ pub struct Command {
     /// Most processes per tool (one per run).
     #[serde(default = "default_max_processes")]
     pub max_processes: usize,
+    /// The user id it runs as (the broker must be allowed to switch to
+    /// it). Processes of one user can read each other's environment and
+    /// pipes through `/proc`: give each tenant's servers a user of their
+    /// own, and never the broker's.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The group id it runs as (with `uid`).
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 fn default_max_processes() -> usize {
@@ -86,6 +96,11 @@ pub fn load(path: &Path) -> Result<Commands, String> {
         .map_err(|e| format!("the stdio servers file {} is invalid: {e}", path.display()))?;
     for (name, c) in &commands {
         check(name, c).map_err(|e| format!("stdio server `{name}` in {}: {e}", path.display()))?;
+        if c.uid.is_none() {
+            tracing::warn!(
+                "stdio MCP server `{name}` runs as the broker's own user: its processes can read one another's environment (their keys) through /proc; give it a `uid` of its own per tenant"
+            );
+        }
     }
     Ok(commands)
 }
@@ -109,6 +124,13 @@ fn check(name: &str, c: &Command) -> Result<(), String> {
             "`secret_env` `{k}` is not an environment variable name"
         ));
     }
+    if let Some(k) = &c.secret_env
+        && steers_programs(k)
+    {
+        return Err(format!(
+            "`secret_env` `{k}` tells programs what to load or run: whoever sets the tool's key would choose code the broker starts; name the variable the server reads its key from"
+        ));
+    }
     if let Some(k) = c.env.keys().find(|k| !env_ok(k)) {
         return Err(format!("`env` `{k}` is not an environment variable name"));
     }
@@ -116,6 +138,29 @@ fn check(name: &str, c: &Command) -> Result<(), String> {
         return Err(format!("`max_processes` is 1 to {MAX_ALL}"));
     }
     Ok(())
+}
+
+/// Environment variables that make a program load or run other code (the
+/// loader's, shells', interpreters' and runtimes' own): a key the admin
+/// API sets must never land in one.
+fn steers_programs(name: &str) -> bool {
+    const EXACT: [&str; 12] = [
+        "PATH",
+        "HOME",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "RUBYOPT",
+        "RUBYLIB",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+    ];
+    const PREFIXES: [&str; 6] = ["LD_", "DYLD_", "PYTHON", "PERL", "GCONV_", "MALLOC_"];
+    let n = name.to_ascii_uppercase();
+    EXACT.contains(&n.as_str()) || PREFIXES.iter().any(|p| n.starts_with(p))
 }
 
 /// The operator's stdio server `name`, if `tenant` may use it; else why not.
@@ -145,24 +190,74 @@ pub fn command_for<'a>(
 /// (tenant, tool, run): one process each.
 type Key = (String, String, String);
 
+/// Most processes of one tenant (so no tenant can take every slot).
+const MAX_TENANT: usize = 64;
+
+/// How often idle, revoked and exited processes are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// The processes, running and starting (both count toward the limits).
+#[derive(Debug, Default)]
+struct Slots {
+    running: HashMap<Key, Arc<Process>>,
+    starting: std::collections::HashSet<Key>,
+}
+
 /// The running processes.
 #[derive(Debug, Default)]
-pub struct Pool(Mutex<HashMap<Key, Arc<Process>>>);
+pub struct Pool {
+    slots: Mutex<Slots>,
+    /// One start at a time per key: concurrent first calls of a run wait
+    /// for one process instead of each starting their own.
+    gates: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Process>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_where(&self, gone: impl Fn(&Key) -> bool) {
+        self.lock().running.retain(|k, _| !gone(k));
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !gone(k));
     }
 
     /// Stops the processes of `run` (it ended or was revoked).
     pub fn end_run(&self, run: &str) {
-        self.lock().retain(|(_, _, r), _| r != run);
+        self.stop_where(|(_, _, r)| r == run);
+    }
+
+    /// Stops the process the broker used for its own requests to `tool`
+    /// of `tenant` (a sync).
+    pub fn end_own(&self, tenant: &str, tool: &str) {
+        self.stop_where(|(t, n, r)| t == tenant && n == tool && r.is_empty());
     }
 
     /// Stops the processes of `tool` of `tenant` (its registration or key changed).
     pub fn forget_tool(&self, tenant: &str, tool: &str) {
-        self.lock()
-            .retain(|(t, n, _), _| !(t == tenant && n == tool));
+        self.stop_where(|(t, n, _)| t == tenant && n == tool);
+    }
+
+    /// Stops processes that exited, idled [`IDLE`], or whose caller was
+    /// revoked (`revoked` answers for a process's revocation keys).
+    pub fn reap(&self, revoked: impl Fn(&[String], u64) -> bool) {
+        let now = Instant::now();
+        self.lock().running.retain(|_, p| {
+            p.alive()
+                && now.duration_since(p.last_used()) < IDLE
+                && !p
+                    .caller
+                    .as_ref()
+                    .is_some_and(|(keys, iat)| revoked(keys, *iat))
+        });
+    }
+
+    fn gate(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut g = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(g.entry(key.clone()).or_default())
     }
 
     /// A live process for `key` started as `started` (the command's name
@@ -171,59 +266,112 @@ impl Pool {
     /// stopped).
     fn live(&self, key: &Key, started: &(String, u64)) -> Option<Arc<Process>> {
         let mut m = self.lock();
-        let now = Instant::now();
-        m.retain(|_, p| p.alive() && now.duration_since(p.last_used()) < IDLE);
-        let p = m.get(key)?;
-        if &p.started != started {
-            m.remove(key);
+        let p = m.running.get(key)?;
+        if &p.started != started || !p.alive() {
+            m.running.remove(key);
             return None;
         }
         Some(Arc::clone(p))
     }
 
-    /// Keeps `p` for `key`, making room (the least recently used idle
-    /// process of the tool, or of all) or refusing when all are busy.
-    fn keep(&self, key: Key, p: Arc<Process>, per_tool: usize) -> Result<Arc<Process>, Failure> {
+    /// Counts a process about to start for `key` toward the limits (of the
+    /// tool, the tenant, all), making room by stopping the least recently
+    /// used idle process in the full scope, or refusing when all are busy.
+    fn reserve(&self, key: &Key, per_tool: usize) -> Result<Reservation<'_>, Failure> {
         let mut m = self.lock();
-        if let Some(other) = m.get(&key)
-            && other.alive()
-        {
-            // Started meanwhile by a concurrent call: use it, drop ours.
-            return Ok(Arc::clone(other));
-        }
         let same_tool = |k: &Key| k.0 == key.0 && k.1 == key.1;
-        for (limit, scope) in [(per_tool, true), (MAX_ALL, false)] {
-            let n = m.keys().filter(|k| !scope || same_tool(k)).count();
+        let same_tenant = |k: &Key| k.0 == key.0;
+        let anyone = |_: &Key| true;
+        let scopes: [(usize, &str, &KeyFilter<'_>); 3] = [
+            (per_tool, "of this stdio server for this tool", &same_tool),
+            (MAX_TENANT, "of this tenant", &same_tenant),
+            (MAX_ALL, "of the broker", &anyone),
+        ];
+        for (limit, what, within) in scopes {
+            let n = m
+                .running
+                .keys()
+                .chain(m.starting.iter())
+                .filter(|k| within(k))
+                .count();
             if n < limit {
                 continue;
             }
             let idle = m
+                .running
                 .iter()
-                .filter(|(k, p)| (!scope || same_tool(k)) && p.in_flight() == 0)
+                .filter(|(k, p)| within(k) && p.in_flight() == 0)
                 .min_by_key(|(_, p)| p.last_used())
                 .map(|(k, _)| k.clone());
             match idle {
                 Some(k) => {
-                    m.remove(&k);
+                    m.running.remove(&k);
                 }
                 None => {
                     return Err(Failure::Unreachable(format!(
-                        "all {limit} processes of this stdio server are busy; try again shortly"
+                        "all {limit} stdio processes {what} are busy; try again shortly"
                     )));
                 }
             }
         }
-        m.insert(key, Arc::clone(&p));
-        Ok(p)
+        m.starting.insert(key.clone());
+        Ok(Reservation {
+            pool: self,
+            key: key.clone(),
+        })
     }
 }
 
-/// Sends `method` to the run's process of tool `tool` (stdio server `name`).
+/// A process being started, counted toward the limits until it runs or fails.
+struct Reservation<'a> {
+    pool: &'a Pool,
+    key: Key,
+}
+
+impl Reservation<'_> {
+    fn fill(self, p: &Arc<Process>) {
+        self.pool
+            .lock()
+            .running
+            .insert(self.key.clone(), Arc::clone(p));
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.pool.lock().starting.remove(&self.key);
+    }
+}
+
+/// Stops idle, revoked and exited processes: every [`REAP_EVERY`], and at
+/// once when a revocation is applied.
+pub async fn reaper(s: Arc<AppState>) {
+    let mut heard = s.revocations.subscribe();
+    loop {
+        tokio::select! {
+            r = heard.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(REAP_EVERY) => {}
+        }
+        if s.config.mcp_stdio.is_empty() {
+            continue;
+        }
+        let reg = s.reg();
+        s.mcp_stdio
+            .reap(|keys, iat| reg.refused(keys, iat).is_some());
+    }
+}
+
+/// Sends `method` to the process of `caller`'s run (the broker's own with
+/// no caller) of tool `tool` (stdio server `name`).
 pub(super) async fn request(
     s: &AppState,
     tool: &Tool,
     name: &str,
-    run: &str,
+    caller: Option<&AccessClaims>,
     method: &str,
     params: Value,
 ) -> Result<Returned, Failure> {
@@ -232,14 +380,23 @@ pub(super) async fn request(
     let secret = s.tool_secret_versioned(&tool.tenant, &tool.name);
     let started = (name.to_owned(), secret.as_ref().map_or(0, |(v, _)| *v));
     let timeout = Duration::from_millis(tool.mcp.as_ref().map_or(30_000, |m| m.timeout_ms));
+    let run = caller.map_or("", |c| c.run.as_str());
     let key = (tool.tenant.clone(), tool.name.clone(), run.to_owned());
+    let gate = s.mcp_stdio.gate(&key);
+    let one_start = gate.lock().await;
     let process = match s.mcp_stdio.live(&key, &started) {
         Some(p) => p,
         None => {
-            let p = Process::start(command, secret.map(|(_, k)| k), started, timeout).await?;
-            s.mcp_stdio.keep(key, Arc::new(p), command.max_processes)?
+            let reserved = s.mcp_stdio.reserve(&key, command.max_processes)?;
+            let who = caller.map(|c| (c.revocation_keys(), c.iat));
+            let p = Arc::new(
+                Process::start(command, secret.map(|(_, k)| k), (started, who), timeout).await?,
+            );
+            reserved.fill(&p);
+            p
         }
     };
+    drop(one_start);
     let (result, reflected) = process.call(method, params, timeout).await?;
     Ok(Returned { result, reflected })
 }
@@ -247,6 +404,15 @@ pub(super) async fn request(
 /// Where a request's outcome goes: its result and whether the key was
 /// scrubbed from it.
 type Reply = oneshot::Sender<Result<(Value, bool), Failure>>;
+
+/// What a process was started with: the command's name and the key's version.
+type Started = (String, u64);
+
+/// Which processes a limit counts.
+type KeyFilter<'a> = dyn Fn(&Key) -> bool + 'a;
+
+/// A credential's revocation keys and issue time.
+type Revocable = (Vec<String>, u64);
 
 /// What the supervisor is asked to do.
 enum Order {
@@ -266,7 +432,9 @@ enum Order {
 #[derive(Debug)]
 pub struct Process {
     orders: mpsc::Sender<Order>,
-    started: (String, u64),
+    started: Started,
+    /// The credential whose call started it (none for the broker's own).
+    caller: Option<Revocable>,
     in_flight: Arc<AtomicUsize>,
     used: Mutex<Instant>,
 }
@@ -289,7 +457,7 @@ impl Process {
     async fn start(
         c: &Command,
         secret: Option<Arc<mandate_core::secret::Secret>>,
-        started: (String, u64),
+        (started, caller): (Started, Option<Revocable>),
         timeout: Duration,
     ) -> Result<Process, Failure> {
         let mut cmd = tokio::process::Command::new(&c.command[0]);
@@ -318,6 +486,16 @@ impl Process {
         if let Some(dir) = &c.cwd {
             cmd.current_dir(dir);
         }
+        #[cfg(unix)]
+        {
+            // std drops supplementary groups when root switches user.
+            if let Some(g) = c.gid {
+                cmd.gid(g);
+            }
+            if let Some(u) = c.uid {
+                cmd.uid(u);
+            }
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -342,6 +520,7 @@ impl Process {
         let p = Process {
             orders,
             started,
+            caller,
             in_flight,
             used: Mutex::new(Instant::now()),
         };
@@ -456,7 +635,10 @@ async fn supervise(
 ) {
     let (to_stdin, lines) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(write_lines(stdin, lines));
-    let mut stdout = BufReader::new(stdout);
+    // Lines are read whole by a task of their own: a read cancelled by
+    // another branch of the select below would lose what it had read.
+    let (from_stdout, mut read) = mpsc::channel::<Vec<u8>>(16);
+    let reader = tokio::spawn(read_lines(stdout, from_stdout));
     let mut pending: HashMap<String, Reply> = HashMap::new();
     loop {
         tokio::select! {
@@ -480,8 +662,8 @@ async fn supervise(
                     break;
                 }
             }
-            read = read_line(&mut stdout, MAX_ANSWER) => {
-                let Ok(Some(raw)) = read else { break };
+            raw = read.recv() => {
+                let Some(raw) = raw else { break };
                 let (bytes, reflected) = match scrub.as_mut().and_then(|s| s.scrub(&raw)) {
                     Some(clean) => (clean, true),
                     None => (raw, false),
@@ -501,11 +683,37 @@ async fn supervise(
             }
         }
     }
-    // Pending callers learn at once (their senders drop); the process goes.
+    // Pending callers learn at once (their senders drop); the process and
+    // whatever it started (its process group) go.
     drop(pending);
     writer.abort();
+    reader.abort();
+    stop(&mut child).await;
+}
+
+/// Kills the process's group (it was made the leader of its own), then
+/// the process, and reaps it.
+async fn stop(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?))
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// Reads whole lines (at most [`MAX_ANSWER`] bytes) into `out` until the
+/// end, an over-long line, or the supervisor goes.
+async fn read_lines(stdout: tokio::process::ChildStdout, out: mpsc::Sender<Vec<u8>>) {
+    let mut r = BufReader::new(stdout);
+    while let Ok(Some(l)) = read_line(&mut r, MAX_ANSWER).await {
+        if out.send(l).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// What one line from the server was.
@@ -585,20 +793,30 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 
 async fn drain_stderr(stderr: tokio::process::ChildStderr, mut scrub: Option<Scrubber>) {
     let mut r = BufReader::new(stderr);
-    let mut buf = Vec::new();
+    let mut buf = vec![0u8; 8 * 1024];
     loop {
-        buf.clear();
-        match (&mut r).take(64 * 1024).read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let shown = match scrub.as_mut().and_then(|s| s.scrub(&buf)) {
-            Some(clean) => clean,
-            None => buf.clone(),
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
         };
-        let text = String::from_utf8_lossy(&shown[..shown.len().min(MAX_LOG_LINE)]);
-        tracing::debug!(target: "mandate::mcp_stdio", "{}", text.trim_end());
+        // Scrubbed as a stream: a key split across two reads is caught too.
+        let shown = match scrub.as_mut() {
+            Some(sc) => sc.push(&buf[..n]),
+            None => buf[..n].to_vec(),
+        };
+        log_stderr(&shown);
     }
+    if let Some(sc) = scrub.as_mut() {
+        log_stderr(&sc.finish());
+    }
+}
+
+fn log_stderr(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LINE)]);
+    tracing::debug!(target: "mandate::mcp_stdio", "{}", text.trim_end());
 }
 
 #[cfg(test)]
@@ -630,6 +848,12 @@ mod tests {
             ("x", json!({"command": ["x"], "secret_env": "A=B"})),
             ("x", json!({"command": ["x"], "env": {"1X": "y"}})),
             ("x", json!({"command": ["x"], "max_processes": 0})),
+            ("x", json!({"command": ["x"], "secret_env": "LD_PRELOAD"})),
+            ("x", json!({"command": ["x"], "secret_env": "NODE_OPTIONS"})),
+            (
+                "x",
+                json!({"command": ["x"], "secret_env": "PythonStartup"}),
+            ),
         ] {
             let c: Command = serde_json::from_value(bad).unwrap();
             assert!(check(name, &c).is_err(), "{name}");

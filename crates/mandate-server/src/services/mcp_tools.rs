@@ -140,7 +140,7 @@ pub async fn sync(
     crate::mcp_client::forget_tool(s, tenant, name);
     let tools = list_all(s, &before).await;
     // The broker's own session (or process) served the sync only.
-    crate::mcp_client::end_run(s, "");
+    crate::mcp_client::end_own(s, tenant, name);
     let tools = tools?;
     let _one_at_a_time = s.registrations.lock().await;
     if mcp_tool(s, tenant, name)? != before {
@@ -259,7 +259,7 @@ async fn list_all(s: &AppState, tool: &Tool) -> Result<Vec<McpTool>, ApiError> {
         let minted = crate::mcp_client::mint(s, tool, None, "tools/list")
             .map_err(|e| err(Code::BadGateway, format!("`tools/list` failed: {e}")))?;
         let list = ("tools/list", params);
-        let returned = crate::mcp_client::request(s, tool, "", list, minted.as_ref())
+        let returned = crate::mcp_client::request(s, tool, None, list, minted.as_ref())
             .await
             .map_err(|e| err(Code::BadGateway, format!("`tools/list` failed: {e}")))?;
         if returned.reflected {

@@ -794,6 +794,8 @@ pub async fn set_tool_secret(
     })
     .await?;
     s.set_tool_secret(tenant, name, secret);
+    // Processes started with the old key stop now, not at their next call.
+    crate::mcp_client::forget_tool(s, tenant, name);
     Ok(SecretSet {
         updated_ms,
         roles_checked: checked,

@@ -207,7 +207,7 @@ async fn forward(
 ) -> Value {
     let outcome = until_revoked(&s, &c, async {
         let call = ("tools/call", params);
-        crate::mcp_client::request(&s, &c.tool, &c.claims.run, call, minted.as_ref()).await
+        crate::mcp_client::request(&s, &c.tool, Some(&c.claims), call, minted.as_ref()).await
     })
     .await;
     let mut result_ev = ev;
