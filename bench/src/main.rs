@@ -75,7 +75,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000)]
         iterations: u32,
     },
-    /// Hello-world axum server (also the proxy benchmark's upstream: `POST /emails`).
+    /// Hello-world axum server (also the proxy benchmark's upstream: `POST
+    /// /emails`, and the MCP gateway benchmark's: `POST /mcp`).
     Ceiling {
         #[arg(long, default_value = "127.0.0.1:8499")]
         listen: std::net::SocketAddr,
@@ -323,11 +324,51 @@ fn ceiling(listen: std::net::SocketAddr) -> Result<(), String> {
                     },
                 ),
             );
+        let app = app.route("/mcp", axum::routing::post(mcp_upstream));
         let l = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| e.to_string())?;
         axum::serve(l, app).await.map_err(|e| e.to_string())
     })
+}
+
+/// The least an MCP server over streamable HTTP does (MCP 2025-11-25
+/// `basic/transports`, JSON responses): `initialize` (with a session id),
+/// notifications (202), `tools/list` with one tool, and `tools/call` of it,
+/// which takes `arguments.ms` milliseconds (the gateway benchmark's
+/// upstream, W6).
+async fn mcp_upstream(body: axum::body::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Ok(m) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let Some(id) = m.get("id").cloned() else {
+        return axum::http::StatusCode::ACCEPTED.into_response();
+    };
+    let result = match m["method"].as_str().unwrap_or("") {
+        "initialize" => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+            "serverInfo": {"name": "mandate-bench", "version": "1"}}),
+        "tools/list" => {
+            json!({"tools": [{"name": "noop", "description": "Does nothing, in `ms` ms.",
+            "inputSchema": {"type": "object", "properties": {"ms": {"type": "integer"}}}}]})
+        }
+        "tools/call" => {
+            if let Some(ms) = m["params"]["arguments"]["ms"].as_u64() {
+                tokio::time::sleep(std::time::Duration::from_millis(ms.min(10_000))).await;
+            }
+            json!({"content": [{"type": "text", "text": "ok"}], "isError": false})
+        }
+        _ => {
+            return axum::Json(json!({"jsonrpc": "2.0", "id": id,
+                "error": {"code": -32601, "message": "method not found"}}))
+            .into_response();
+        }
+    };
+    (
+        [("mcp-session-id", "bench-session")],
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})),
+    )
+        .into_response()
 }
 
 fn floor(iterations: u32) {

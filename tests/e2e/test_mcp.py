@@ -105,10 +105,12 @@ def setup_gateway(b, upstream, tmp_path):
     return gateway, tok["access_token"], run
 
 
-def with_client(url, token, fn):
+def with_client(url, token, fn, mode="auto"):
+    """`mode`: "auto" probes server/discover (2026-07-28, stateless); "legacy"
+    is the initialize handshake and a session (2025-11-25)."""
     async def main():
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http_client:
-            async with Client(streamable_http_client(url, http_client=http_client)) as client:
+            async with Client(streamable_http_client(url, http_client=http_client), mode=mode) as client:
                 return await fn(client)
     return anyio.run(main)
 
@@ -122,6 +124,8 @@ def test_an_mcp_client_calls_tools_judged_on_their_arguments(broker, upstream, t
     gateway, token, run = setup_gateway(b, upstream, tmp_path)
 
     async def session(client):
+        # The SDK probes server/discover and speaks the stateless revision.
+        assert client.protocol_version == "2026-07-28", client.protocol_version
         listed = sorted(t.name for t in (await client.list_tools()).tools)
         ok = await client.call_tool("pay", {"amount": 50, "currency": "EUR"})
         too_much = await client.call_tool("pay", {"amount": 500, "currency": "EUR"})
@@ -428,3 +432,33 @@ def test_the_mcp_server_gets_a_credential_naming_the_human(broker, upstream, tmp
     first = jwt.decode(calls[0][0]["headers"]["authorization"].removeprefix("Bearer "), jwks,
                        algorithms=["EdDSA", "ES256"]).claims
     assert first["jti"] in jtis
+
+
+def test_a_client_of_the_handshake_era_is_served_too(broker, upstream, tmp_path):
+    """The 2025-11-25 handshake (initialize, a session bound to the run) as
+    clients that do not probe server/discover speak it; and a stateless
+    request whose headers contradict its body is refused."""
+    b = broker
+    gateway, token, run = setup_gateway(b, upstream, tmp_path)
+
+    async def session(client):
+        assert client.protocol_version == "2025-11-25", client.protocol_version
+        listed = sorted(t.name for t in (await client.list_tools()).tools)
+        ok = await client.call_tool("pay", {"amount": 50, "currency": "EUR"})
+        refused = await client.call_tool("pay", {"amount": 500, "currency": "EUR"})
+        return listed, ok, refused
+
+    listed, ok, refused = with_client(gateway, token, session, mode="legacy")
+    assert listed == ["echo", "leak", "pay", "slow"]
+    assert not ok.is_error and refused.is_error and "small-eur" in text_of(refused)
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "pay", "arguments": {"amount": 5, "currency": "EUR"}, "_meta": meta}}
+    status, answer = raw(gateway, token, call, {"Mcp-Method": "tools/list", "MCP-Protocol-Version": "2026-07-28"})
+    assert status == 400 and answer["error"]["code"] == -32600, answer
+    status, answer = raw(gateway, token, dict(call, params=dict(call["params"], _meta={
+        "io.modelcontextprotocol/protocolVersion": "2099-01-01"})))
+    assert status == 400 and answer["error"]["code"] == -32022 and answer["error"]["data"]["supported"] == ["2026-07-28"]
+    status, answer = raw(gateway, token, call, {"Mcp-Method": "tools/call", "MCP-Protocol-Version": "2026-07-28"})
+    assert status == 200 and answer["result"]["resultType"] == "complete", answer
+    assert len(upstream.calls()) == 2

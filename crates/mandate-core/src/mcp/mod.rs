@@ -39,6 +39,95 @@ pub fn negotiate(requested: Option<&str>) -> &'static str {
         .unwrap_or(LATEST_HANDSHAKE)
 }
 
+/// The stateless revision (MCP 2026-07-28): no `initialize`, no session;
+/// each request names its revision in `_meta` (and the `MCP-Protocol-Version`
+/// header), and a client learns the server's with `server/discover`.
+pub const STATELESS: &str = "2026-07-28";
+
+/// The `_meta` member naming a stateless request's revision.
+pub const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// A request at a revision the server does not speak (2026-07-28).
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+
+/// Which revision's rules a request follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// 2025-11-25 and before: `initialize`, then requests in its session.
+    Handshake,
+    /// 2026-07-28: every request stands alone.
+    Stateless,
+}
+
+/// Why a request's revision or its headers cannot be served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EraRefusal {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// Message.
+    pub message: String,
+    /// `data` (the revisions supported, for [`UNSUPPORTED_VERSION`]).
+    pub data: Option<serde_json::Value>,
+}
+
+/// The era of a request `method` whose `_meta` names revision
+/// `meta_version`, sent with the `MCP-Protocol-Version` and `Mcp-Method`
+/// headers given (2026-07-28 `basic/transports`: the headers mirror the
+/// body, and a server refuses a mismatch, so no proxy routes on one value
+/// while the server acts on another).
+pub fn era(
+    meta_version: Option<&str>,
+    header_version: Option<&str>,
+    header_method: Option<&str>,
+    method: &str,
+) -> Result<Era, EraRefusal> {
+    let invalid = |message: String| EraRefusal {
+        code: jsonrpc::INVALID_REQUEST,
+        message,
+        data: None,
+    };
+    if let Some(h) = header_method
+        && h != method
+    {
+        return Err(invalid(
+            "the Mcp-Method header does not name the body's method".into(),
+        ));
+    }
+    match meta_version {
+        None if method == "server/discover" => Ok(Era::Stateless),
+        None => Ok(Era::Handshake),
+        Some(v) if v == STATELESS => match header_version {
+            Some(h) if h != v => Err(invalid(
+                "the MCP-Protocol-Version header does not match the request's `_meta` revision"
+                    .into(),
+            )),
+            _ => Ok(Era::Stateless),
+        },
+        Some(v) => Err(EraRefusal {
+            code: UNSUPPORTED_VERSION,
+            message: format!(
+                "protocol revision `{}` is not supported without `initialize`; use {STATELESS}, or initialize",
+                v.chars().take(32).collect::<String>()
+            ),
+            data: Some(serde_json::json!({"supported": [STATELESS]})),
+        }),
+    }
+}
+
+/// A result as the stateless revision wants it: `resultType` always, and
+/// caching hints on what a client may cache (`server/discover`,
+/// `tools/list`: never, since what a run may call can change any moment).
+pub fn stateless_result(method: &str, result: &mut serde_json::Value) {
+    let Some(m) = result.as_object_mut() else {
+        return;
+    };
+    m.entry("resultType").or_insert_with(|| "complete".into());
+    if matches!(method, "server/discover" | "tools/list") {
+        m.entry("ttlMs").or_insert_with(|| 0.into());
+        m.entry("cacheScope").or_insert_with(|| "private".into());
+    }
+}
+
 /// An MCP tool name Mandate can enable: it is a tool action as well
 /// (`capability::check_action`: lower-case letters, digits, `.`, `_`, `-`;
 /// at most 64), and a name MCP allows (1 to 128 of `A-Z a-z 0-9 _ - .`).
@@ -53,6 +142,46 @@ pub fn enableable(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_states_its_era_and_its_headers_agree() {
+        assert_eq!(era(None, None, None, "tools/call"), Ok(Era::Handshake));
+        assert_eq!(
+            era(None, Some("2025-11-25"), None, "tools/call"),
+            Ok(Era::Handshake)
+        );
+        assert_eq!(era(None, None, None, "server/discover"), Ok(Era::Stateless));
+        assert_eq!(
+            era(
+                Some(STATELESS),
+                Some(STATELESS),
+                Some("tools/call"),
+                "tools/call"
+            ),
+            Ok(Era::Stateless)
+        );
+        // Headers that say something else than the body are refused.
+        assert!(
+            era(
+                Some(STATELESS),
+                Some(STATELESS),
+                Some("tools/list"),
+                "tools/call"
+            )
+            .is_err()
+        );
+        assert!(era(Some(STATELESS), Some("2025-11-25"), None, "tools/call").is_err());
+        let e = era(Some("2027-01-01"), None, None, "tools/call").unwrap_err();
+        assert_eq!(e.code, UNSUPPORTED_VERSION);
+        assert_eq!(e.data.unwrap()["supported"][0], STATELESS);
+        let mut r = serde_json::json!({"tools": []});
+        stateless_result("tools/list", &mut r);
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["ttlMs"], 0);
+        let mut r = serde_json::json!({"content": [], "resultType": "complete"});
+        stateless_result("tools/call", &mut r);
+        assert!(r.get("ttlMs").is_none());
+    }
 
     #[test]
     fn negotiation_answers_a_known_revision_or_the_latest() {

@@ -36,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use mandate_core::audit::EventType;
 use mandate_core::credential::AccessClaims;
 use mandate_core::mcp::jsonrpc::{self, Id, Message};
+use mandate_core::mcp::{Era, EraRefusal};
 use mandate_core::model::Tool;
 use mandate_core::tooling::ProviderKind;
 use rand_core::{OsRng, RngCore};
@@ -163,12 +164,19 @@ pub async fn post(
             );
         }
     };
+    let era = match era_of(&headers, &msg) {
+        Ok(e) => e,
+        Err((id, r)) => {
+            return rpc_error(StatusCode::BAD_REQUEST, id, r.code, &r.message, r.data);
+        }
+    };
     let session = headers
         .get("mcp-session-id")
         .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
     let initializing = matches!(&msg, Message::Request { method, .. } if method == "initialize");
     if let Some(id) = &session
         && !initializing
+        && era == Era::Handshake
     {
         let known = s
             .mcp_gateway
@@ -208,7 +216,14 @@ pub async fn post(
         Message::Request { id, method, params } => {
             let outcome = dispatch(&s, addr, &caller, &id, &method, params, now).await;
             match outcome {
-                Dispatched::Json(v) => json_response(StatusCode::OK, &v, None),
+                Dispatched::Json(mut v) => {
+                    if era == Era::Stateless
+                        && let Some(r) = v.get_mut("result")
+                    {
+                        mandate_core::mcp::stateless_result(&method, r);
+                    }
+                    json_response(StatusCode::OK, &v, None)
+                }
                 Dispatched::Opened(v, version) => {
                     let sid = s.mcp_gateway.lock().ok().map(|mut m| {
                         m.open(SessionOwner {
@@ -282,6 +297,35 @@ pub async fn resource_metadata(State(s): State<S>, Path(tool): Path<String>) -> 
     )
 }
 
+/// What the gateway tells an MCP client about itself.
+const INSTRUCTIONS: &str =
+    "Tools behind Mandate: each call is authorized on its arguments by the tenant's policies.";
+
+fn server_info(c: &Caller) -> Value {
+    json!({"name": format!("mandate-gateway/{}", c.tool.name), "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// The revision a message follows (MCP 2026-07-28 requests name theirs in
+/// `_meta`); a request whose headers and body disagree, or at a revision
+/// the gateway does not speak, is refused (with its id).
+fn era_of<'m>(headers: &HeaderMap, msg: &'m Message) -> Result<Era, (Option<&'m Id>, EraRefusal)> {
+    let Message::Request { id, method, params } = msg else {
+        return Ok(Era::Handshake);
+    };
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let meta = params
+        .get("_meta")
+        .and_then(|m| m.get(mandate_core::mcp::VERSION_META))
+        .map(|v| v.as_str().unwrap_or("\u{0}"));
+    mandate_core::mcp::era(
+        meta,
+        header("mcp-protocol-version"),
+        header("mcp-method"),
+        method,
+    )
+    .map_err(|r| (Some(id), r))
+}
+
 enum Dispatched {
     Json(Value),
     /// `initialize` answered: a session is opened at this revision.
@@ -310,13 +354,22 @@ async fn dispatch(
                     json!({
                         "protocolVersion": version,
                         "capabilities": {"tools": {"listChanged": false}},
-                        "serverInfo": {"name": format!("mandate-gateway/{}", c.tool.name), "version": env!("CARGO_PKG_VERSION")},
-                        "instructions": "Tools behind Mandate: each call is authorized on its arguments by the tenant's policies.",
+                        "serverInfo": server_info(c),
+                        "instructions": INSTRUCTIONS,
                     }),
                 ),
                 version,
             )
         }
+        "server/discover" => Dispatched::Json(jsonrpc::result(
+            id,
+            json!({
+                "supportedVersions": [mandate_core::mcp::STATELESS],
+                "capabilities": {"tools": {"listChanged": false}},
+                "instructions": INSTRUCTIONS,
+                "_meta": {"io.modelcontextprotocol/serverInfo": server_info(c)},
+            }),
+        )),
         "ping" => Dispatched::Json(jsonrpc::result(id, json!({}))),
         "tools/list" => match judge::suspended(s, c) {
             Some((_, judge::Refusal::Rpc(code, message, data))) => {
