@@ -454,11 +454,15 @@ def test_a_client_of_the_handshake_era_is_served_too(broker, upstream, tmp_path)
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
             "params": {"name": "pay", "arguments": {"amount": 5, "currency": "EUR"}, "_meta": meta}}
-    status, answer = raw(gateway, token, call, {"Mcp-Method": "tools/list", "MCP-Protocol-Version": "2026-07-28"})
-    assert status == 400 and answer["error"]["code"] == -32600, answer
+    for headers in [{"Mcp-Method": "tools/list", "MCP-Protocol-Version": "2026-07-28", "Mcp-Name": "pay"},
+                    {"Mcp-Method": "tools/call", "MCP-Protocol-Version": "2026-07-28", "Mcp-Name": "echo"},
+                    {"Mcp-Method": "tools/call", "Mcp-Name": "pay"}]:
+        status, answer = raw(gateway, token, call, headers)
+        assert status == 400 and answer["error"]["code"] == -32020, (headers, answer)
     status, answer = raw(gateway, token, dict(call, params=dict(call["params"], _meta={
         "io.modelcontextprotocol/protocolVersion": "2099-01-01"})))
     assert status == 400 and answer["error"]["code"] == -32022 and answer["error"]["data"]["supported"] == ["2026-07-28"]
-    status, answer = raw(gateway, token, call, {"Mcp-Method": "tools/call", "MCP-Protocol-Version": "2026-07-28"})
+    status, answer = raw(gateway, token, call, {"Mcp-Method": "tools/call", "MCP-Protocol-Version": "2026-07-28",
+                                                 "Mcp-Name": "pay"})
     assert status == 200 and answer["result"]["resultType"] == "complete", answer
     assert len(upstream.calls()) == 2

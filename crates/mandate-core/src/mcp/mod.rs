@@ -50,6 +50,21 @@ pub const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
 /// A request at a revision the server does not speak (2026-07-28).
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 
+/// A request whose `Mcp-*` headers do not mirror its body (2026-07-28).
+pub const HEADER_MISMATCH: i64 = -32020;
+
+/// What a stateless request's `Mcp-*` headers say (each `None` when absent;
+/// a header sent twice is refused before).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mirrored<'a> {
+    /// `MCP-Protocol-Version`.
+    pub version: Option<&'a str>,
+    /// `Mcp-Method`.
+    pub method: Option<&'a str>,
+    /// `Mcp-Name` (the tool of a `tools/call`).
+    pub name: Option<&'a str>,
+}
+
 /// Which revision's rules a request follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Era {
@@ -70,39 +85,43 @@ pub struct EraRefusal {
     pub data: Option<serde_json::Value>,
 }
 
-/// The era of a request `method` whose `_meta` names revision
-/// `meta_version`, sent with the `MCP-Protocol-Version` and `Mcp-Method`
-/// headers given (2026-07-28 `basic/transports`: the headers mirror the
-/// body, and a server refuses a mismatch, so no proxy routes on one value
-/// while the server acts on another).
+/// The era of a request `method` (naming tool `name`, for a `tools/call`)
+/// whose `_meta` names revision `meta_version`, sent with headers `h`.
+/// A stateless request's headers must mirror its body (2026-07-28
+/// `basic/transports`: a proxy or firewall may route or filter on them, so
+/// the server refuses a request whose headers say something else than what
+/// it would act on): the version and the method always, the tool's name on
+/// a `tools/call`.
 pub fn era(
     meta_version: Option<&str>,
-    header_version: Option<&str>,
-    header_method: Option<&str>,
+    h: Mirrored<'_>,
     method: &str,
+    name: Option<&str>,
 ) -> Result<Era, EraRefusal> {
-    let invalid = |message: String| EraRefusal {
-        code: jsonrpc::INVALID_REQUEST,
-        message,
+    let mismatch = |what: &str| EraRefusal {
+        code: HEADER_MISMATCH,
+        message: format!("the {what} header does not mirror the request's body"),
         data: None,
     };
-    if let Some(h) = header_method
-        && h != method
-    {
-        return Err(invalid(
-            "the Mcp-Method header does not name the body's method".into(),
-        ));
+    if h.method.is_some_and(|m| m != method) {
+        return Err(mismatch("Mcp-Method"));
     }
     match meta_version {
         None if method == "server/discover" => Ok(Era::Stateless),
+        None if h.version == Some(STATELESS) => Err(mismatch("MCP-Protocol-Version")),
         None => Ok(Era::Handshake),
-        Some(v) if v == STATELESS => match header_version {
-            Some(h) if h != v => Err(invalid(
-                "the MCP-Protocol-Version header does not match the request's `_meta` revision"
-                    .into(),
-            )),
-            _ => Ok(Era::Stateless),
-        },
+        Some(v) if v == STATELESS => {
+            if h.version != Some(v) {
+                return Err(mismatch("MCP-Protocol-Version"));
+            }
+            if h.method.is_none() {
+                return Err(mismatch("Mcp-Method"));
+            }
+            if method == "tools/call" && h.name != name {
+                return Err(mismatch("Mcp-Name"));
+            }
+            Ok(Era::Stateless)
+        }
         Some(v) => Err(EraRefusal {
             code: UNSUPPORTED_VERSION,
             message: format!(
@@ -145,33 +164,87 @@ mod tests {
 
     #[test]
     fn a_request_states_its_era_and_its_headers_agree() {
-        assert_eq!(era(None, None, None, "tools/call"), Ok(Era::Handshake));
+        let none = Mirrored::default();
+        let all = |m, n| Mirrored {
+            version: Some(STATELESS),
+            method: Some(m),
+            name: n,
+        };
         assert_eq!(
-            era(None, Some("2025-11-25"), None, "tools/call"),
+            era(None, none, "tools/call", Some("pay")),
             Ok(Era::Handshake)
         );
-        assert_eq!(era(None, None, None, "server/discover"), Ok(Era::Stateless));
+        let old = Mirrored {
+            version: Some("2025-11-25"),
+            ..none
+        };
         assert_eq!(
-            era(
-                Some(STATELESS),
-                Some(STATELESS),
-                Some("tools/call"),
-                "tools/call"
-            ),
+            era(None, old, "tools/call", Some("pay")),
+            Ok(Era::Handshake)
+        );
+        assert_eq!(era(None, none, "server/discover", None), Ok(Era::Stateless));
+        let call = all("tools/call", Some("pay"));
+        assert_eq!(
+            era(Some(STATELESS), call, "tools/call", Some("pay")),
             Ok(Era::Stateless)
         );
-        // Headers that say something else than the body are refused.
-        assert!(
-            era(
-                Some(STATELESS),
-                Some(STATELESS),
-                Some("tools/list"),
-                "tools/call"
-            )
-            .is_err()
+        assert_eq!(
+            era(Some(STATELESS), all("tools/list", None), "tools/list", None),
+            Ok(Era::Stateless)
         );
-        assert!(era(Some(STATELESS), Some("2025-11-25"), None, "tools/call").is_err());
-        let e = era(Some("2027-01-01"), None, None, "tools/call").unwrap_err();
+        // Headers that say something else than the body, or are missing, are refused.
+        for (meta, h, method, name) in [
+            (
+                Some(STATELESS),
+                all("tools/list", Some("pay")),
+                "tools/call",
+                Some("pay"),
+            ),
+            (
+                Some(STATELESS),
+                all("tools/call", Some("echo")),
+                "tools/call",
+                Some("pay"),
+            ),
+            (
+                Some(STATELESS),
+                all("tools/call", None),
+                "tools/call",
+                Some("pay"),
+            ),
+            (
+                Some(STATELESS),
+                Mirrored {
+                    version: Some("2025-11-25"),
+                    ..call
+                },
+                "tools/call",
+                Some("pay"),
+            ),
+            (
+                Some(STATELESS),
+                Mirrored {
+                    version: None,
+                    ..call
+                },
+                "tools/call",
+                Some("pay"),
+            ),
+            (
+                Some(STATELESS),
+                Mirrored {
+                    method: None,
+                    ..call
+                },
+                "tools/call",
+                Some("pay"),
+            ),
+            (None, call, "tools/call", Some("pay")),
+        ] {
+            let e = era(meta, h, method, name).unwrap_err();
+            assert_eq!(e.code, HEADER_MISMATCH, "{h:?}");
+        }
+        let e = era(Some("2027-01-01"), none, "tools/call", None).unwrap_err();
         assert_eq!(e.code, UNSUPPORTED_VERSION);
         assert_eq!(e.data.unwrap()["supported"][0], STATELESS);
         let mut r = serde_json::json!({"tools": []});

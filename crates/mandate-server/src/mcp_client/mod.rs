@@ -162,16 +162,16 @@ pub async fn request(
     if let Some(t) = bearer {
         needles.push(t.as_bytes());
     }
-    if needles.is_empty() {
-        return returned;
-    }
     let mut sc = Scrubber::new(needles);
     match returned {
         Ok(mut r) => {
             r.reflected |= scrub_value(&mut r.result, &mut sc);
             Ok(r)
         }
-        Err(Failure::Rpc(code, m)) => Err(Failure::Rpc(code, scrub_text(&m, &mut sc))),
+        Err(Failure::Rpc(code, m)) => {
+            let clean: String = scrub_text(&m, &mut sc).chars().take(512).collect();
+            Err(Failure::Rpc(code, clean))
+        }
         Err(f) => Err(f),
     }
 }
@@ -259,14 +259,10 @@ pub(crate) fn outcome(m: &Value) -> Result<Value, Failure> {
             .get("code")
             .and_then(Value::as_i64)
             .unwrap_or(mandate_core::mcp::jsonrpc::INTERNAL_ERROR);
-        let msg: String = e
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .chars()
-            .take(512)
-            .collect();
-        return Err(Failure::Rpc(code, msg));
+        // Cut to size by `request`, after the secrets are scrubbed from it
+        // (a secret across the cut would leave its first part).
+        let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+        return Err(Failure::Rpc(code, msg.to_owned()));
     }
     m.get("result")
         .cloned()

@@ -125,14 +125,26 @@ fn check(name: &str, c: &Command) -> Result<(), String> {
         ));
     }
     if let Some(k) = &c.secret_env
-        && steers_programs(k)
+        && (steers_programs(k) || !key_shaped(k))
     {
         return Err(format!(
-            "`secret_env` `{k}` tells programs what to load or run: whoever sets the tool's key would choose code the broker starts; name the variable the server reads its key from"
+            "`secret_env` `{k}` is not a key's variable (it must end in _KEY, _TOKEN, _SECRET, _PASSWORD, _PAT or _CREDENTIALS, and not tell programs what to load or run): whoever sets the tool's key must not choose code the broker starts"
         ));
     }
     if let Some(k) = c.env.keys().find(|k| !env_ok(k)) {
         return Err(format!("`env` `{k}` is not an environment variable name"));
+    }
+    match (c.uid, c.gid) {
+        (Some(0), _) | (_, Some(0)) => {
+            return Err("`uid` and `gid` cannot be 0 (root)".into());
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(
+                "`uid` and `gid` go together (with `uid` alone the process keeps the broker's group)"
+                    .into(),
+            );
+        }
+        _ => {}
     }
     if !(1..=MAX_ALL).contains(&c.max_processes) {
         return Err(format!("`max_processes` is 1 to {MAX_ALL}"));
@@ -161,6 +173,21 @@ fn steers_programs(name: &str) -> bool {
     const PREFIXES: [&str; 6] = ["LD_", "DYLD_", "PYTHON", "PERL", "GCONV_", "MALLOC_"];
     let n = name.to_ascii_uppercase();
     EXACT.contains(&n.as_str()) || PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// A variable named as a key's (what servers read theirs from).
+fn key_shaped(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "_KEY",
+        "_TOKEN",
+        "_SECRET",
+        "_PASSWORD",
+        "_PAT",
+        "_CREDENTIALS",
+    ]
+    .iter()
+    .any(|end| n.ends_with(end))
 }
 
 /// The operator's stdio server `name`, if `tenant` may use it; else why not.
@@ -200,7 +227,9 @@ const REAP_EVERY: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 struct Slots {
     running: HashMap<Key, Arc<Process>>,
-    starting: std::collections::HashSet<Key>,
+    /// Starts in flight per key (more than one only after a stop forgot
+    /// a gate that was held).
+    starting: HashMap<Key, usize>,
 }
 
 /// The running processes.
@@ -219,10 +248,11 @@ impl Pool {
 
     fn stop_where(&self, gone: impl Fn(&Key) -> bool) {
         self.lock().running.retain(|k, _| !gone(k));
+        // A gate someone holds stays (a start is under way behind it).
         self.gates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| !gone(k));
+            .retain(|k, g| !gone(k) || Arc::strong_count(g) > 1);
     }
 
     /// Stops the processes of `run` (it ended or was revoked).
@@ -253,6 +283,11 @@ impl Pool {
                     .as_ref()
                     .is_some_and(|(keys, iat)| revoked(keys, *iat))
         });
+        let running: std::collections::HashSet<Key> = self.lock().running.keys().cloned().collect();
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, g| running.contains(k) || Arc::strong_count(g) > 1);
     }
 
     fn gate(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
@@ -291,7 +326,11 @@ impl Pool {
             let n = m
                 .running
                 .keys()
-                .chain(m.starting.iter())
+                .chain(
+                    m.starting
+                        .iter()
+                        .flat_map(|(k, n)| std::iter::repeat_n(k, *n)),
+                )
                 .filter(|k| within(k))
                 .count();
             if n < limit {
@@ -314,7 +353,7 @@ impl Pool {
                 }
             }
         }
-        m.starting.insert(key.clone());
+        *m.starting.entry(key.clone()).or_default() += 1;
         Ok(Reservation {
             pool: self,
             key: key.clone(),
@@ -339,7 +378,13 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.pool.lock().starting.remove(&self.key);
+        let mut m = self.pool.lock();
+        if let Some(n) = m.starting.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.starting.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -375,18 +420,33 @@ pub(super) async fn request(
     method: &str,
     params: Value,
 ) -> Result<Returned, Failure> {
-    let command =
-        command_for(&s.config.mcp_stdio, &tool.tenant, name).map_err(Failure::Unreachable)?;
-    let secret = s.tool_secret_versioned(&tool.tenant, &tool.name);
-    let started = (name.to_owned(), secret.as_ref().map_or(0, |(v, _)| *v));
+    let command = command_for(&s.config.mcp_stdio, &tool.tenant, name).map_err(|e| {
+        // The operator's names are for admins (`tool sync` shows it), not agents.
+        tracing::warn!("tool `{}` of tenant `{}`: {e}", tool.name, tool.tenant);
+        match caller {
+            None => Failure::Unreachable(e),
+            Some(_) => Failure::Unreachable(
+                "this tool's stdio MCP server is not available on this broker; an admin runs `mandate tool sync` to see why".into(),
+            ),
+        }
+    })?;
     let timeout = Duration::from_millis(tool.mcp.as_ref().map_or(30_000, |m| m.timeout_ms));
     let run = caller.map_or("", |c| c.run.as_str());
     let key = (tool.tenant.clone(), tool.name.clone(), run.to_owned());
     let gate = s.mcp_stdio.gate(&key);
     let one_start = gate.lock().await;
+    // Read behind the gate: a caller that waited there sees a key rotated meanwhile.
+    let secret = s.tool_secret_versioned(&tool.tenant, &tool.name);
+    let started = (name.to_owned(), secret.as_ref().map_or(0, |(v, _)| *v));
     let process = match s.mcp_stdio.live(&key, &started) {
         Some(p) => p,
         None => {
+            if command.secret_env.is_some() && secret.is_none() {
+                return Err(Failure::Unreachable(
+                    "the tool has no key yet; an admin sets it with `mandate tool set-secret`"
+                        .into(),
+                ));
+            }
             let reserved = s.mcp_stdio.reserve(&key, command.max_processes)?;
             let who = caller.map(|c| (c.revocation_keys(), c.iat));
             let p = Arc::new(
@@ -702,7 +762,14 @@ async fn stop(child: &mut tokio::process::Child) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
     let _ = child.start_kill();
-    let _ = child.wait().await;
+    // A process the broker may not signal (another user, without the
+    // capability) is not waited for forever.
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a stdio MCP server did not exit when killed; it is left running");
+    }
 }
 
 /// Reads whole lines (at most [`MAX_ANSWER`] bytes) into `out` until the
@@ -854,6 +921,13 @@ mod tests {
                 "x",
                 json!({"command": ["x"], "secret_env": "PythonStartup"}),
             ),
+            (
+                "x",
+                json!({"command": ["x"], "secret_env": "GIT_SSH_COMMAND"}),
+            ),
+            ("x", json!({"command": ["x"], "secret_env": "LUA_INIT"})),
+            ("x", json!({"command": ["x"], "uid": 1000})),
+            ("x", json!({"command": ["x"], "uid": 0, "gid": 0})),
         ] {
             let c: Command = serde_json::from_value(bad).unwrap();
             assert!(check(name, &c).is_err(), "{name}");

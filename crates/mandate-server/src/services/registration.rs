@@ -485,15 +485,21 @@ fn audiences_free(
     mcp: Option<&mandate_core::mcp::McpSpec>,
     replacing: Option<&Tool>,
 ) -> Result<(), ApiError> {
-    let minted =
-        |t: &Tool| -> Option<String> { t.mcp.as_ref()?.mint.as_ref().map(|m| m.audience.clone()) };
+    let minted = |t: &Tool| -> Option<String> {
+        t.mcp
+            .as_ref()?
+            .mint
+            .as_ref()
+            .map(|m| same_audience(&m.audience))
+    };
     let reg = s.reg();
     let others = || {
         reg.tools
             .values()
             .filter(|t| replacing.is_none_or(|r| !(r.tenant == t.tenant && r.name == t.name)))
     };
-    if others().any(|t| minted(t).as_deref() == Some(audience)) {
+    let mine = same_audience(audience);
+    if others().any(|t| minted(t).as_deref() == Some(mine.as_str())) {
         return Err(err(
             Code::Conflict,
             format!(
@@ -504,10 +510,13 @@ fn audiences_free(
     let Some(m) = mcp.and_then(|m| m.mint.as_ref()) else {
         return Ok(());
     };
-    let own = format!("{}/", s.config.issuer.trim_end_matches('/'));
-    if m.audience == audience
-        || format!("{}/", m.audience.trim_end_matches('/')).starts_with(&own)
-        || others().any(|t| t.audience == m.audience || minted(t).as_deref() == Some(&m.audience))
+    let own = format!("{}/", same_audience(&s.config.issuer));
+    let wanted = same_audience(&m.audience);
+    if wanted == mine
+        || format!("{wanted}/").starts_with(&own)
+        || others().any(|t| {
+            same_audience(&t.audience) == wanted || minted(t).as_deref() == Some(wanted.as_str())
+        })
     {
         return Err(err(
             Code::Conflict,
@@ -518,6 +527,23 @@ fn audiences_free(
         ));
     }
     Ok(())
+}
+
+/// An audience as a verifier that normalises URLs would compare it: the
+/// scheme and host in lower case, no trailing `/`.
+fn same_audience(a: &str) -> String {
+    let a = a.trim_end_matches('/');
+    match a.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            format!(
+                "{}://{}{path}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase()
+            )
+        }
+        None => a.to_owned(),
+    }
 }
 
 /// Registers a tool of `tenant`: its provider checks its settings and sets
@@ -616,7 +642,7 @@ fn tool_details(t: &Tool) -> serde_json::Value {
     json!({"audience": t.audience, "actions": t.actions, "labels": t.labels,
         "risk": t.risk, "max_ttl_secs": t.max_ttl_secs, "alg": t.alg.as_str(), "provider": t.provider,
         "proxy": t.proxy, "postgres": t.postgres, "env": t.env,
-        "mcp": t.mcp.as_ref().map(|m| json!({"upstream": m.upstream.describe(), "inject": m.inject,
+        "mcp": t.mcp.as_ref().map(|m| json!({"upstream": m.upstream.describe(), "inject": m.inject, "mint": m.mint,
             "timeout_ms": m.timeout_ms, "extra_args": m.extra_args,
             "tools": m.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()}))})
 }

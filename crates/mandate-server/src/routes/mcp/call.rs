@@ -175,17 +175,20 @@ pub(super) async fn call(
         return Dispatched::Json(jsonrpc::error(Some(id), NOT_RECORDED, message, None));
     }
     // Forwarded and recorded in a task of its own: an agent that hangs up
-    // does not leave a forwarded call without its outcome.
-    let forward = tokio::spawn(forward(
+    // does not leave a forwarded call without its outcome. The answer comes
+    // back as soon as the MCP server's does; its `mcp.result` event is
+    // committed after (the decision was durable before anything was sent).
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    tokio::spawn(forward(
         std::sync::Arc::clone(s),
         c.clone(),
-        id.clone(),
+        (id.clone(), answered),
         json!({"name": name, "arguments": Value::Object(checked.forward),
                "_meta": meta(c, minted.as_ref())}),
         ev,
         (started, minted),
     ));
-    match forward.await {
+    match answer.await {
         Ok(answer) => Dispatched::Json(answer),
         Err(_) => Dispatched::Json(jsonrpc::error(
             Some(id),
@@ -196,15 +199,16 @@ pub(super) async fn call(
     }
 }
 
-/// Sends the judged call upstream, records its outcome, and returns the answer.
+/// Sends the judged call upstream, hands its answer to `answered`, and
+/// records its outcome.
 async fn forward(
     s: S,
     c: Caller,
-    id: Id,
+    (id, answered): (Id, tokio::sync::oneshot::Sender<Value>),
     params: Value,
     ev: EventBody,
     (started, minted): (Instant, Option<Minted>),
-) -> Value {
+) {
     let outcome = until_revoked(&s, &c, async {
         let call = ("tools/call", params);
         crate::mcp_client::request(&s, &c.tool, Some(&c.claims), call, minted.as_ref()).await
@@ -255,6 +259,7 @@ async fn forward(
         json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64,
                "secret_reflected": reflected}),
     );
+    let _ = answered.send(answer);
     // A failure to record the outcome is logged (the decision is durable).
     if let Err(e) = s.record(vec![result_ev]).await {
         tracing::warn!(
@@ -262,7 +267,6 @@ async fn forward(
             e.description
         );
     }
-    answer
 }
 
 async fn refuse(s: &S, mut ev: EventBody, id: &Id, refusal: Refusal) -> Dispatched {

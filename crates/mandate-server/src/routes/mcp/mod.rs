@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use mandate_core::audit::EventType;
 use mandate_core::credential::AccessClaims;
 use mandate_core::mcp::jsonrpc::{self, Id, Message};
-use mandate_core::mcp::{Era, EraRefusal};
+use mandate_core::mcp::{Era, EraRefusal, Mirrored};
 use mandate_core::model::Tool;
 use mandate_core::tooling::ProviderKind;
 use rand_core::{OsRng, RngCore};
@@ -312,18 +312,36 @@ fn era_of<'m>(headers: &HeaderMap, msg: &'m Message) -> Result<Era, (Option<&'m 
     let Message::Request { id, method, params } = msg else {
         return Ok(Era::Handshake);
     };
-    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let mut twice = None;
+    let mut header = |name: &'static str| {
+        let mut all = headers.get_all(name).iter();
+        let first = all.next().map(|v| v.to_str().unwrap_or("\u{0}"));
+        if all.next().is_some() {
+            twice = Some(name);
+        }
+        first
+    };
+    let mirrored = Mirrored {
+        version: header("mcp-protocol-version"),
+        method: header("mcp-method"),
+        name: header("mcp-name"),
+    };
+    if let Some(name) = twice {
+        return Err((
+            Some(id),
+            EraRefusal {
+                code: mandate_core::mcp::HEADER_MISMATCH,
+                message: format!("the {name} header is sent twice"),
+                data: None,
+            },
+        ));
+    }
     let meta = params
         .get("_meta")
         .and_then(|m| m.get(mandate_core::mcp::VERSION_META))
         .map(|v| v.as_str().unwrap_or("\u{0}"));
-    mandate_core::mcp::era(
-        meta,
-        header("mcp-protocol-version"),
-        header("mcp-method"),
-        method,
-    )
-    .map_err(|r| (Some(id), r))
+    let name = params.get("name").and_then(Value::as_str);
+    mandate_core::mcp::era(meta, mirrored, method, name).map_err(|r| (Some(id), r))
 }
 
 enum Dispatched {
