@@ -213,23 +213,7 @@ mod tests {
     use crate::mcp::schema::arguments_type;
     use serde_json::json;
 
-    static NO_DETAILS: Details = Details {
-        amount: None,
-        currency: None,
-        target: None,
-    };
-    static NO_HISTORY: History = History {
-        exchanges: 0,
-        tool_exchanges: 0,
-        action_exchanges: Vec::new(),
-        labels_touched: Vec::new(),
-        amount_total: 0,
-        elapsed: 0,
-        tool_used_before: false,
-        rate_1m: 0,
-        denials_1m: 0,
-        evals_passed: Vec::new(),
-    };
+    use super::super::fixtures::{NO_DETAILS, NO_HISTORY};
 
     fn facts(actions: &[String]) -> ExchangeFacts<'_> {
         ExchangeFacts {

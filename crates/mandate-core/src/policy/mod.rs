@@ -201,17 +201,17 @@ pub use delegation::DelegationFacts;
 pub use facts::{Details, ExchangeFacts, History, MAX_AMOUNT, MAX_AMOUNT_TOTAL, add_amount};
 pub use mcp::{CallAction, TenantSchema};
 
+/// Facts of nothing yet: no declared details, no history (tests).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Details, History};
 
-    const BASELINE: &str = include_str!("../../../../examples/policies/baseline.cedar");
-    static NO_DETAILS: Details = Details {
+    pub(crate) static NO_DETAILS: Details = Details {
         amount: None,
         currency: None,
         target: None,
     };
-    static NO_HISTORY: History = History {
+    pub(crate) static NO_HISTORY: History = History {
         exchanges: 0,
         tool_exchanges: 0,
         action_exchanges: Vec::new(),
@@ -223,6 +223,14 @@ mod tests {
         denials_1m: 0,
         evals_passed: Vec::new(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASELINE: &str = include_str!("../../../../examples/policies/baseline.cedar");
+    use super::fixtures::{NO_DETAILS, NO_HISTORY};
 
     fn facts<'a>(
         labels: &'a [String],

@@ -79,32 +79,39 @@ pub struct Question<'a> {
     pub approved: bool,
 }
 
+impl Question<'_> {
+    /// The facts policies see for this question at `now` (the exchange's,
+    /// the proxy's and the MCP gateway's, built here only).
+    pub fn facts(&self, now: u64) -> ExchangeFacts<'_> {
+        let (sub, input, tool) = (&self.subject, self.input, self.tool);
+        ExchangeFacts {
+            tenant: sub.tenant,
+            now,
+            agent: &input.agent.name,
+            agent_owner: &input.agent.owner,
+            agent_purpose: &input.agent.purpose,
+            run: sub.run,
+            task: sub.task,
+            principal: sub.principal,
+            grant: sub.grant,
+            tool: &tool.name,
+            tool_audience: &tool.audience,
+            tool_labels: &tool.labels,
+            tool_risk: &tool.risk,
+            tool_provider: tool.provider.as_str(),
+            actions: self.actions,
+            depth: sub.depth,
+            hops: sub.hops,
+            approved: self.approved,
+            details: self.details,
+            history: &input.history,
+        }
+    }
+}
+
 /// Asks the tenant's policies.
 pub fn verdict(s: &AppState, q: &Question<'_>, now: u64) -> Result<Verdict, ApiError> {
-    let (sub, input, tool) = (&q.subject, q.input, q.tool);
-    let facts = ExchangeFacts {
-        tenant: sub.tenant,
-        now,
-        agent: &input.agent.name,
-        agent_owner: &input.agent.owner,
-        agent_purpose: &input.agent.purpose,
-        run: sub.run,
-        task: sub.task,
-        principal: sub.principal,
-        grant: sub.grant,
-        tool: &tool.name,
-        tool_audience: &tool.audience,
-        tool_labels: &tool.labels,
-        tool_risk: &tool.risk,
-        tool_provider: tool.provider.as_str(),
-        actions: q.actions,
-        depth: sub.depth,
-        hops: sub.hops,
-        approved: q.approved,
-        details: q.details,
-        history: &input.history,
-    };
-    s.decide(q.input.generation, &q.input.policies, &facts)
+    s.decide(q.input.generation, &q.input.policies, &q.facts(now))
 }
 
 /// The asked actions are the tool's and within the run's capabilities.

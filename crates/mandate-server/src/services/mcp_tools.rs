@@ -184,17 +184,7 @@ pub async fn sync(
 }
 
 fn mcp_tool(s: &AppState, tenant: &str, name: &str) -> Result<Tool, ApiError> {
-    let t = s
-        .reg()
-        .tools
-        .get(&(tenant.to_owned(), name.to_owned()))
-        .cloned()
-        .ok_or_else(|| {
-            err(
-                Code::NotFound,
-                format!("no tool `{name}` in tenant `{tenant}`"),
-            )
-        })?;
+    let t = super::registration::registered_tool(s, tenant, name)?;
     if t.provider != ProviderKind::Mcp {
         return Err(err(
             Code::InvalidRequest,

@@ -746,17 +746,9 @@ pub struct SecretSet {
     pub roles_checked: Option<Result<(), String>>,
 }
 
-/// Sets a tool's upstream key (proxy) or admin connection string
-/// (postgres), `raw` as sent: sealed under the master key, never returned.
-pub async fn set_tool_secret(
-    s: &AppState,
-    origin: &Origin,
-    (tenant, name): (&str, &str),
-    raw: &[u8],
-) -> Result<SecretSet, ApiError> {
-    need_tenant(s, tenant)?;
-    let tool = s
-        .reg()
+/// Tool `name` of `tenant` as registered, or why not found.
+pub(crate) fn registered_tool(s: &AppState, tenant: &str, name: &str) -> Result<Tool, ApiError> {
+    s.reg()
         .tools
         .get(&(tenant.to_owned(), name.to_owned()))
         .cloned()
@@ -765,7 +757,19 @@ pub async fn set_tool_secret(
                 Code::NotFound,
                 format!("tool `{}` not found in tenant `{tenant}`", short(name)),
             )
-        })?;
+        })
+}
+
+/// Sets a tool's upstream key (proxy, mcp) or admin connection string
+/// (postgres), `raw` as sent: sealed under the master key, never returned.
+pub async fn set_tool_secret(
+    s: &AppState,
+    origin: &Origin,
+    (tenant, name): (&str, &str),
+    raw: &[u8],
+) -> Result<SecretSet, ApiError> {
+    need_tenant(s, tenant)?;
+    let tool = registered_tool(s, tenant, name)?;
     let provider = crate::providers::of(tool.provider);
     if !provider.holds_secret() {
         return Err(err(

@@ -383,31 +383,17 @@ fn call_question(
     now: u64,
 ) -> Result<Verdict, Refusal> {
     let input = policy_input(s, c, now).map_err(internal)?;
-    let sub = decide::Subject::of_credential(&c.claims);
     let details = mandate_core::policy::Details::default();
     let actions = [name.to_owned()];
-    let facts = mandate_core::policy::ExchangeFacts {
-        tenant: sub.tenant,
-        now,
-        agent: &input.agent.name,
-        agent_owner: &input.agent.owner,
-        agent_purpose: &input.agent.purpose,
-        run: sub.run,
-        task: sub.task,
-        principal: sub.principal,
-        grant: sub.grant,
-        tool: &c.tool.name,
-        tool_audience: &c.tool.audience,
-        tool_labels: &c.tool.labels,
-        tool_risk: &c.tool.risk,
-        tool_provider: c.tool.provider.as_str(),
+    let question = decide::Question {
+        subject: decide::Subject::of_credential(&c.claims),
+        input: &input,
+        tool: &c.tool,
         actions: &actions,
-        depth: sub.depth,
-        hops: sub.hops,
-        approved,
         details: &details,
-        history: &input.history,
+        approved,
     };
+    let facts = question.facts(now);
     let failed = |e: String| {
         Refusal::Rpc(
             jsonrpc::INTERNAL_ERROR,
