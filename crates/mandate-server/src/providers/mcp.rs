@@ -11,7 +11,6 @@ use mandate_core::model::Tool;
 use mandate_core::tooling::ProviderKind;
 use serde_json::{Value, json};
 
-use super::jwt::TOKEN_TYPE_ACCESS;
 use super::{BoxFuture, Credential, Issue, IssueFailure, Pop, Provider, Settings};
 use crate::mcp_client::stdio::command_for;
 use crate::state::AppState;
@@ -81,12 +80,7 @@ impl Provider for Mcp {
         x: Issue<'a>,
     ) -> BoxFuture<'a, Result<Credential, IssueFailure>> {
         Box::pin(async move {
-            Ok(Credential {
-                access_token: super::sign(s, x.tool, x.claims)?.into(),
-                issued_token_type: TOKEN_TYPE_ACCESS,
-                token_type: "Bearer",
-                extra: vec![("mcp_url", json!(super::mcp_url(s, &x.tool.name)))],
-            })
+            super::broker_bearer(s, &x, ("mcp_url", super::mcp_url(s, &x.tool.name)))
         })
     }
 

@@ -239,6 +239,21 @@ fn sign(s: &AppState, tool: &Tool, claims: &AccessClaims) -> Result<String, Issu
     })
 }
 
+/// A bearer JWT good only at the broker's own endpoint for the tool (the
+/// proxy's or the MCP gateway's), named in the answer as `url_member`.
+fn broker_bearer(
+    s: &AppState,
+    x: &Issue<'_>,
+    (url_member, url): (&'static str, String),
+) -> Result<Credential, IssueFailure> {
+    Ok(Credential {
+        access_token: sign(s, x.tool, x.claims)?.into(),
+        issued_token_type: jwt::TOKEN_TYPE_ACCESS,
+        token_type: "Bearer",
+        extra: vec![(url_member, serde_json::json!(url))],
+    })
+}
+
 /// The broker's MCP gateway URL for a tool (its credentials' audience, and
 /// the RFC 8707 resource an MCP client names).
 pub fn mcp_url(s: &AppState, tool: &str) -> String {

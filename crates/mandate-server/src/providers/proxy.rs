@@ -8,7 +8,6 @@ use mandate_core::model::Tool;
 use mandate_core::tooling::ProviderKind;
 use serde_json::{Value, json};
 
-use super::jwt::TOKEN_TYPE_ACCESS;
 use super::{BoxFuture, Credential, Issue, IssueFailure, Pop, Provider, Settings};
 use crate::state::AppState;
 
@@ -64,12 +63,7 @@ impl Provider for Proxy {
         x: Issue<'a>,
     ) -> BoxFuture<'a, Result<Credential, IssueFailure>> {
         Box::pin(async move {
-            Ok(Credential {
-                access_token: super::sign(s, x.tool, x.claims)?.into(),
-                issued_token_type: TOKEN_TYPE_ACCESS,
-                token_type: "Bearer",
-                extra: vec![("proxy_url", json!(super::proxy_url(s, &x.tool.name)))],
-            })
+            super::broker_bearer(s, &x, ("proxy_url", super::proxy_url(s, &x.tool.name)))
         })
     }
 
