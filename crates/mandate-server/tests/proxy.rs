@@ -787,8 +787,19 @@ fn large_bodies_stream_both_ways() {
         .unwrap();
     assert_eq!(got.len(), 48 * 64 * 1024);
     assert_eq!(&got[64 * 1024..64 * 1024 + 3], b"bbb");
-    std::thread::sleep(Duration::from_millis(300));
-    let results = f.b.audit(&format!("run={run}&type=proxy.result"));
+    // The outcome event is written when the body ends: wait for it (a
+    // loaded machine takes more than a moment).
+    let mut results = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        results = f.b.audit(&format!("run={run}&type=proxy.result"));
+        if results
+            .iter()
+            .any(|e| e["details"]["response_bytes"] == got.len())
+        {
+            break;
+        }
+    }
     assert!(
         results
             .iter()
