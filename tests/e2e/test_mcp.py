@@ -373,8 +373,10 @@ def test_the_mcp_server_gets_a_credential_naming_the_human(broker, upstream, tmp
     b.cli("principal", "create", "--tenant", "acme", "alice@example.com")
     b.cli("agent", "create", "--tenant", "acme", "pay-bot", "--owner", "team-finance", "--purpose", "pays",
           "--envelope", "minted:*")
-    b.cli("tool", "create", "--tenant", "acme", "minted", "--provider", "mcp", "--upstream", upstream.url,
-          "--mint-audience", audience, "--action", "echo", "--action", "leak")
+    made = b.cli("tool", "create", "--tenant", "acme", "minted", "--provider", "mcp", "--upstream", upstream.url,
+                 "--mint-audience", audience, "--action", "echo", "--action", "leak")
+    # It sends no static key, so nobody is told to set one.
+    assert "needs a secret" not in made.stderr, made.stderr
     # The minted audience names the MCP server alone: no other tool may take it.
     clash = b.cli("tool", "create", "--tenant", "acme", "lookalike", "--audience", audience, "--action", "read",
                   check=False)

@@ -176,6 +176,23 @@ pub async fn request(
     }
 }
 
+/// Whether `tool`'s MCP server is given a key: an HTTP one when its
+/// registration says how (`inject`), a stdio one when its operator named
+/// the variable (`secret_env`).
+pub fn wants_key(s: &AppState, tool: &Tool) -> bool {
+    match tool.mcp.as_ref() {
+        Some(m) => match &m.upstream {
+            Upstream::Http(_) => m.inject.is_some(),
+            Upstream::Stdio(name) => s
+                .config
+                .mcp_stdio
+                .get(name)
+                .is_some_and(|c| c.secret_env.is_some()),
+        },
+        None => false,
+    }
+}
+
 /// The tool's key, if it has one.
 fn key_of(s: &AppState, tool: &Tool) -> Option<std::sync::Arc<mandate_core::secret::Secret>> {
     s.tool_secret(&tool.tenant, &tool.name)

@@ -202,6 +202,7 @@ fn whole(raw: &[u8], fields: &[&str]) -> Result<(), ApiError> {
 fn tool_view(s: &crate::state::AppState, t: &Tool) -> Value {
     let mut v = json!(t);
     if crate::providers::of(t.provider).holds_secret()
+        && (t.mcp.is_none() || crate::mcp_client::wants_key(s, t))
         && let Some(o) = v.as_object_mut()
     {
         o.insert(
