@@ -15,7 +15,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(mandate holder_block credential dpop jwk httpsig token_form details policy proxy_request)
+  targets=(mandate holder_block credential dpop jwk httpsig token_form details policy proxy_request mcp)
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mandate-fuzz}"

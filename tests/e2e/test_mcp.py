@@ -91,18 +91,25 @@ def setup_gateway(b, upstream, tmp_path):
     policy = tmp_path / "mcp.cedar"
     policy.write_text(POLICY)
     b.cli("policy", "add", "--tenant", "acme", "--name", "mcp", str(policy))
-    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
-                             "--agent", "pay-bot", "--cap", "payments:pay", "--cap", "payments:echo",
-                             "--cap", "payments:leak", "--cap", "payments:slow", "--task", "pay invoice 7").stdout)
-    key = OKPKey.generate_key("Ed25519")
-    out = b.cli("--json", "run", "start", "--tenant", "acme", "--agent", "pay-bot", "--principal", "alice@example.com",
-                "--grant", grant["id"], "--jwk", json.dumps(key.as_dict(private=False))).stdout
-    run = json.loads(out)
     gateway = f"{b.url}/mcp/payments"
-    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, "pay echo leak slow")
-    assert status == 200, tok
+    run, tok = start_run(b, "pay-bot", ["payments:pay", "payments:echo", "payments:leak", "payments:slow"],
+                         gateway, "pay echo leak slow", task="pay invoice 7")
     assert tok["token_type"] == "Bearer" and tok["mcp_url"] == gateway
     return gateway, tok["access_token"], run
+
+
+def start_run(b, agent, caps, audience, scope, task="t"):
+    """A run of `agent` for alice with a grant of `caps`, and its gateway
+    credential for `audience` and `scope` (the MCP tool names)."""
+    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
+                             "--agent", agent, *[x for c in caps for x in ("--cap", c)], "--task", task).stdout)
+    key = OKPKey.generate_key("Ed25519")
+    run = json.loads(b.cli("--json", "run", "start", "--tenant", "acme", "--agent", agent,
+                           "--principal", "alice@example.com", "--grant", grant["id"],
+                           "--jwk", json.dumps(key.as_dict(private=False))).stdout)
+    status, tok = exchange(b, run["mandate"], key, "EdDSA", audience, scope)
+    assert status == 200, tok
+    return run, tok
 
 
 def with_client(url, token, fn, mode="auto"):
@@ -392,16 +399,8 @@ def test_the_mcp_server_gets_a_credential_naming_the_human(broker, upstream, tmp
     policy.write_text('@id("calls") permit (principal, action in Mandate::Action::"mcp_call", resource);')
     b.cli("policy", "add", "--tenant", "acme", str(ROOT / "examples" / "policies" / "baseline.cedar"))
     b.cli("policy", "add", "--tenant", "acme", "--name", "mcp", str(policy))
-    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
-                             "--agent", "pay-bot", "--cap", "minted:echo", "--cap", "minted:leak",
-                             "--task", "t").stdout)
-    key = OKPKey.generate_key("Ed25519")
-    run = json.loads(b.cli("--json", "run", "start", "--tenant", "acme", "--agent", "pay-bot",
-                           "--principal", "alice@example.com", "--grant", grant["id"],
-                           "--jwk", json.dumps(key.as_dict(private=False))).stdout)
     gateway = f"{b.url}/mcp/minted"
-    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, "echo leak")
-    assert status == 200, tok
+    run, tok = start_run(b, "pay-bot", ["minted:echo", "minted:leak"], gateway, "echo leak")
 
     async def session(client):
         return (await client.call_tool("echo", {"text": "hi"}), await client.call_tool("leak", {}))

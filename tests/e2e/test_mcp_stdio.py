@@ -13,11 +13,10 @@ import sys
 import time
 
 import pytest
-from joserfc.jwk import OKPKey
 from mcp.shared.exceptions import MCPError
 
-from test_mcp import HERE, raw, text_of, with_client
-from test_story import ROOT, exchange, start_broker
+from test_mcp import HERE, raw, start_run, text_of, with_client
+from test_story import ROOT, start_broker
 
 KEY = "stdio-key-41c2e8-only-in-the-child"
 
@@ -69,16 +68,9 @@ unless { context.arguments.account like "acme-*" };
 """)
     b.cli("policy", "add", "--tenant", "acme", str(ROOT / "examples" / "policies" / "baseline.cedar"))
     b.cli("policy", "add", "--tenant", "acme", "--name", "ledger", str(policy))
-    grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
-                             "--agent", "ledger-bot", *[x for t in tools for x in ("--cap", f"ledger:{t}")],
-                             "--task", "reconcile").stdout)
-    key = OKPKey.generate_key("Ed25519")
-    run = json.loads(b.cli("--json", "run", "start", "--tenant", "acme", "--agent", "ledger-bot",
-                           "--principal", "alice@example.com", "--grant", grant["id"],
-                           "--jwk", json.dumps(key.as_dict(private=False))).stdout)
     gateway = f"{b.url}/mcp/ledger"
-    status, tok = exchange(b, run["mandate"], key, "EdDSA", gateway, " ".join(tools))
-    assert status == 200, tok
+    run, tok = start_run(b, "ledger-bot", [f"ledger:{t}" for t in tools], gateway, " ".join(tools),
+                         task="reconcile")
     return gateway, tok["access_token"], run
 
 
