@@ -58,7 +58,9 @@ echo "audit after load: $calls"
 if [ -n "${PROFILE:-}" ]; then
   KEY=$(cat $work/key) TARGET_PATH=/mcp/bench ARGS='{}' wrk -t2 -c16 -d12s -s bench/w6.lua http://127.0.0.1:$port > "$work/wrk.txt" & load=$!
   sleep 1
-  perf record -e cpu-clock -F 997 -g --call-graph dwarf,32768 -p $broker -o "$work/perf.data" -- sleep 8 2>/dev/null
+  # PROFILE=flat: symbols only (fast to report); otherwise call graphs.
+  graph="-g --call-graph dwarf,32768"; [ "$PROFILE" = flat ] && graph=""
+  perf record -e cpu-clock -F 997 $graph -p $broker -o "$work/perf.data" -- sleep 8 2>/dev/null
   wait $load
   perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -${TOP:-45}
 fi

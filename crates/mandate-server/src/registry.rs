@@ -65,7 +65,7 @@ pub struct Registry {
     /// Agents by (tenant, name).
     pub agents: BTreeMap<(String, String), Agent>,
     /// Tools by (tenant, name).
-    pub tools: BTreeMap<(String, String), Tool>,
+    pub tools: BTreeMap<(String, String), Arc<Tool>>,
     /// Tool names by (tenant, audience).
     pub tools_by_audience: HashMap<(String, String), String>,
     /// Grants by id.
@@ -269,11 +269,12 @@ impl Registry {
     fn add_tool(&mut self, t: Tool) {
         self.tools_by_audience
             .insert((t.tenant.clone(), t.audience.clone()), t.name.clone());
-        self.tools.insert((t.tenant.clone(), t.name.clone()), t);
+        self.tools
+            .insert((t.tenant.clone(), t.name.clone()), Arc::new(t));
     }
 
     /// A tool by name or audience URI within a tenant.
-    pub fn find_tool(&self, tenant: &str, name_or_audience: &str) -> Option<&Tool> {
+    pub fn find_tool(&self, tenant: &str, name_or_audience: &str) -> Option<&Arc<Tool>> {
         let key = (tenant.to_owned(), name_or_audience.to_owned());
         self.tools.get(&key).or_else(|| {
             let name = self.tools_by_audience.get(&key)?;

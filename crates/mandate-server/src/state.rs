@@ -670,6 +670,39 @@ impl AppState {
         Ok(e)
     }
 
+    /// The Cedar entities of an MCP call question ([`Self::policy_entities`]
+    /// plus the call action), built once per (run, tool, call) and
+    /// registry generation.
+    pub fn call_entities(
+        &self,
+        generation: u64,
+        facts: &mandate_core::policy::ExchangeFacts<'_>,
+        call: &str,
+    ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
+        let key = key_digest(&[facts.run, facts.tool, call, "call"]);
+        let now = self.now_secs();
+        if let Some(c) = self
+            .policy_entities
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key, now))
+            && c.generation == generation
+        {
+            return Ok(Arc::clone(&c.entities));
+        }
+        let base = self.policy_entities(generation, facts)?;
+        let e = Arc::new(self.engine.call_entities(&base, call)?);
+        if let Ok(mut m) = self.policy_entities.lock() {
+            let c = CachedEntities {
+                run: facts.run.to_owned(),
+                generation,
+                entities: Arc::clone(&e),
+            };
+            m.put(key, now + DERIVED_TTL, Arc::new(c), now);
+        }
+        Ok(e)
+    }
+
     /// A mandate verified before and not expired, from the cache.
     pub fn cached_mandate(&self, digest: &[u8; 32], now: u64) -> Option<Arc<MandateClaims>> {
         self.mandates.lock().ok().and_then(|m| m.get(digest, now))

@@ -28,35 +28,10 @@ impl Engine {
                 approval: None,
             });
         }
-        let principal = self.uid(&self.types.run, f.run);
-        let resource = self.uid(&self.types.tool, f.tool);
         let mut decided_by = Vec::new();
         for action in f.actions {
-            let context = Context::from_pairs(self.context_pairs(f, action)?)
-                .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
-            // Not re-validated against the schema per request: policies were
-            // validated when loaded, and `request_matches_the_schema` checks
-            // that this code builds requests of the schema's shape.
-            let request = Request::new(
-                principal.clone(),
-                self.exchange.clone(),
-                resource.clone(),
-                context,
-                self.validate_requests.then_some(&self.schema),
-            )
-            .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
-            // Only the policies that can apply to this tool and action
-            // (`slice`: the others cannot be satisfied, nor fail, here).
-            let sliced = policies.slices.slice(f.tool, action);
-            let set = sliced.as_deref().unwrap_or(&policies.set);
-            match self.judge(
-                &request,
-                (set, &policies.set),
-                entities,
-                f,
-                action,
-                ErrorText::Shown,
-            ) {
+            let pairs = self.context_pairs(f, action)?;
+            match self.exchange_action(policies, f, entities, action, pairs)? {
                 Err(refused) => return Ok(refused),
                 Ok(reasons) => {
                     for r in reasons {
@@ -73,6 +48,44 @@ impl Engine {
             reason: None,
             approval: None,
         })
+    }
+
+    /// The exchange question for one of `f`'s actions, with its context
+    /// `pairs` ([`Engine::context_pairs`]): the deciding policies, or the
+    /// refusal.
+    pub(super) fn exchange_action(
+        &self,
+        policies: &TenantPolicies,
+        f: &ExchangeFacts<'_>,
+        entities: &Entities,
+        action: &str,
+        pairs: Vec<(String, RestrictedExpression)>,
+    ) -> Result<std::result::Result<Vec<String>, Verdict>> {
+        let context = Context::from_pairs(pairs)
+            .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
+        // Not re-validated against the schema per request: policies were
+        // validated when loaded, and `request_matches_the_schema` checks
+        // that this code builds requests of the schema's shape.
+        let request = Request::new(
+            self.uid(&self.types.run, f.run),
+            self.exchange.clone(),
+            self.uid(&self.types.tool, f.tool),
+            context,
+            self.validate_requests.then_some(&self.schema),
+        )
+        .map_err(|e| Error::Policy(format!("could not build policy request: {e}")))?;
+        // Only the policies that can apply to this tool and action
+        // (`slice`: the others cannot be satisfied, nor fail, here).
+        let sliced = policies.slices.slice(f.tool, action);
+        let set = sliced.as_deref().unwrap_or(&policies.set);
+        Ok(self.judge(
+            &request,
+            (set, &policies.set),
+            entities,
+            f,
+            action,
+            ErrorText::Shown,
+        ))
     }
 
     /// The context every exchange question has, for `action`.

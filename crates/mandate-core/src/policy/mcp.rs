@@ -108,6 +108,26 @@ impl Engine {
         out
     }
 
+    /// The entities of a call question: an exchange's `entities` plus the
+    /// call action `call` in `mcp_call` (worth caching per run, tool and call).
+    pub fn call_entities(&self, entities: &Entities, call: &str) -> Result<Entities> {
+        let group = self.action_uid(crate::mcp::CALL_GROUP);
+        entities
+            .clone()
+            .add_entities(
+                [
+                    Entity::new_no_attrs(self.action_uid(call), [group.clone()].into()),
+                    Entity::new_no_attrs(group, Default::default()),
+                ],
+                None,
+            )
+            .map_err(|e| Error::Policy(format!("could not build policy entities: {e}")))
+    }
+
+    fn action_uid(&self, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.exchange.type_name().clone(), EntityId::new(id))
+    }
+
     /// Decides one MCP call: action `call` (`"<tool>:<mcp tool>"`, in
     /// `mcp_call`) with the exchange's context for `f.actions[0]` (the MCP
     /// tool's name) plus `arguments` (already checked against `ty`).
@@ -126,31 +146,69 @@ impl Engine {
         if policies.is_empty() {
             return self.decide_with(policies, f, entities);
         }
-        let mut pairs = self.context_pairs(f, action)?;
+        let pairs = self.context_pairs(f, action)?;
+        let with_action = self.call_entities(entities, call)?;
+        self.call_verdict(policies, f, &with_action, (call, arguments, ty), pairs)
+    }
+
+    /// Both questions of one MCP call, over one context: the exchange's
+    /// for the MCP tool `f.actions[0]` (with `entities`), then, unless that
+    /// refused without an `@approval` policy to lift it, the call action's
+    /// (with `call_entities`, from [`Engine::call_entities`]).
+    pub fn decide_mcp_call(
+        &self,
+        policies: &TenantPolicies,
+        f: &ExchangeFacts<'_>,
+        (entities, call_entities): (&Entities, &Entities),
+        (call, arguments, ty): (&str, &Map<String, Value>, &Record),
+    ) -> Result<CallVerdicts> {
+        let Some(action) = f.actions.first() else {
+            return Err(Error::Policy("an MCP call names its tool".into()));
+        };
+        if policies.is_empty() {
+            let v = self.decide_with(policies, f, entities)?;
+            return Ok(CallVerdicts {
+                exchange: v,
+                call: None,
+            });
+        }
+        let pairs = self.context_pairs(f, action)?;
+        let exchange = match self.exchange_action(policies, f, entities, action, pairs.clone())? {
+            Ok(reasons) => Verdict {
+                allowed: true,
+                policies: reasons,
+                reason: None,
+                approval: None,
+            },
+            Err(refused) => refused,
+        };
+        if !exchange.allowed && exchange.approval.is_none() {
+            return Ok(CallVerdicts {
+                exchange,
+                call: None,
+            });
+        }
+        let call = self.call_verdict(policies, f, call_entities, (call, arguments, ty), pairs)?;
+        Ok(CallVerdicts {
+            exchange,
+            call: Some(call),
+        })
+    }
+
+    fn call_verdict(
+        &self,
+        policies: &TenantPolicies,
+        f: &ExchangeFacts<'_>,
+        call_entities: &Entities,
+        (call, arguments, ty): (&str, &Map<String, Value>, &Record),
+        mut pairs: Vec<(String, RestrictedExpression)>,
+    ) -> Result<Verdict> {
         pairs.push(("arguments".to_owned(), record_expr(ty, arguments)?));
         let context = Context::from_pairs(pairs)
             .map_err(|e| Error::Policy(format!("could not build policy context: {e}")))?;
-        let action_uid = EntityUid::from_type_name_and_id(
-            self.exchange.type_name().clone(),
-            EntityId::new(call),
-        );
-        let group = EntityUid::from_type_name_and_id(
-            self.exchange.type_name().clone(),
-            EntityId::new(crate::mcp::CALL_GROUP),
-        );
-        let with_action = entities
-            .clone()
-            .add_entities(
-                [
-                    Entity::new_no_attrs(action_uid.clone(), [group.clone()].into()),
-                    Entity::new_no_attrs(group, Default::default()),
-                ],
-                None,
-            )
-            .map_err(|e| Error::Policy(format!("could not build policy entities: {e}")))?;
         let request = Request::new(
             self.uid(&self.types.run, f.run),
-            action_uid,
+            self.action_uid(call),
             self.uid(&self.types.tool, f.tool),
             context,
             None,
@@ -160,7 +218,7 @@ impl Engine {
             match self.judge(
                 &request,
                 (&policies.set, &policies.set),
-                &with_action,
+                call_entities,
                 f,
                 call,
                 ErrorText::Withheld,
@@ -175,6 +233,15 @@ impl Engine {
             },
         )
     }
+}
+
+/// The verdicts on one MCP call ([`Engine::decide_mcp_call`]).
+#[derive(Debug, Clone)]
+pub struct CallVerdicts {
+    /// The exchange question's, for the MCP tool.
+    pub exchange: Verdict,
+    /// The call action's, unless the exchange question refused for good.
+    pub call: Option<Verdict>,
 }
 
 /// Checked arguments as a Cedar record (types were checked against `ty`).
@@ -355,6 +422,59 @@ mod tests {
             .decide_call(&only_forbid, &f, &entities, "pay:transfer", &m, &ty)
             .unwrap();
         assert!(!v.allowed && v.policies.is_empty());
+    }
+
+    #[test]
+    fn both_questions_of_a_call_are_asked_over_one_context() {
+        let e = Engine::new_validating().unwrap();
+        let s = schema(&e);
+        let with_exchange = |extra: &str| {
+            let src = format!(
+                "{POLICIES}\n@id(\"ex\") permit (principal, action == Mandate::Action::\"exchange\", resource);\n{extra}"
+            );
+            e.compile(&e.parse_policies_in(&s, "p", &src).unwrap())
+                .unwrap()
+        };
+        let actions = vec!["transfer".to_owned()];
+        let f = facts(&actions);
+        let entities = e.entities(&f).unwrap();
+        let call_entities = e.call_entities(&entities, "pay:transfer").unwrap();
+        let ty = pay_type();
+        let ask = |p: &TenantPolicies, args: serde_json::Value| {
+            let m = args.as_object().unwrap().clone();
+            e.decide_mcp_call(
+                p,
+                &f,
+                (&entities, &call_entities),
+                ("pay:transfer", &m, &ty),
+            )
+            .unwrap()
+        };
+        let p = with_exchange("");
+        let v = ask(&p, json!({"amount": 50, "currency": "EUR"}));
+        assert!(
+            v.exchange.allowed && v.call.as_ref().unwrap().allowed,
+            "{v:?}"
+        );
+        assert_eq!(v.exchange.policies, ["p/ex"]);
+        // The call question alone refuses on the arguments.
+        let v = ask(&p, json!({"amount": 500, "currency": "EUR"}));
+        assert!(v.exchange.allowed);
+        assert_eq!(v.call.unwrap().policies, ["p/small"]);
+        // The exchange question refuses for good: the call is not asked.
+        let p = with_exchange(
+            r#"@id("late") forbid (principal, action == Mandate::Action::"exchange", resource) when { context.action == "transfer" };"#,
+        );
+        let v = ask(&p, json!({"amount": 5, "currency": "EUR"}));
+        assert!(!v.exchange.allowed && v.call.is_none());
+        assert_eq!(v.exchange.policies, ["p/late"]);
+        // An `@approval` refusal of the exchange leaves the call question asked.
+        let p = with_exchange(
+            r#"@id("ask") @approval("principal") forbid (principal, action == Mandate::Action::"exchange", resource) when { context.action == "transfer" && !context.approved };"#,
+        );
+        let v = ask(&p, json!({"amount": 500, "currency": "EUR"}));
+        assert!(!v.exchange.allowed && v.exchange.approval.is_some());
+        assert!(!v.call.unwrap().allowed);
     }
 
     #[test]

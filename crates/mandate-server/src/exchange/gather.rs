@@ -107,7 +107,7 @@ pub fn prove(
 
 /// The tool asked for, in the mandate's tenant only (tenant isolation in
 /// code, before any policy runs).
-pub fn tool(s: &AppState, m: &MandateClaims, target: &str) -> Result<Tool, Denial> {
+pub fn tool(s: &AppState, m: &MandateClaims, target: &str) -> Result<std::sync::Arc<Tool>, Denial> {
     let reg = s.reg();
     if let Some(t) = reg.find_tool(&m.tenant, target) {
         return Ok(t.clone());
@@ -132,7 +132,7 @@ pub fn tool(s: &AppState, m: &MandateClaims, target: &str) -> Result<Tool, Denia
 /// Everything else an exchange is decided on.
 pub struct Facts {
     /// The tool.
-    pub tool: Tool,
+    pub tool: std::sync::Arc<Tool>,
     /// Agent, policies and history.
     pub input: PolicyInput,
     /// Uses made of each use-limited attenuation block: (block id, limit, used).
@@ -142,7 +142,12 @@ pub struct Facts {
 }
 
 /// Reads the facts of an exchange of `m` for `tool`.
-pub fn facts(s: &AppState, m: &MandateClaims, tool: Tool, now: u64) -> Result<Facts, Denial> {
+pub fn facts(
+    s: &AppState,
+    m: &MandateClaims,
+    tool: std::sync::Arc<Tool>,
+    now: u64,
+) -> Result<Facts, Denial> {
     let input = policy_input(
         s,
         (&m.tenant, &m.agent, &m.run),

@@ -48,6 +48,7 @@ pub fn tenant_schema(
             .values()
             .filter(|t| t.tenant == tenant && t.provider == ProviderKind::Mcp)
             .filter(|t| candidate.is_none_or(|c| c.name != t.name))
+            .map(|t| &**t)
             .collect();
         tools.extend(candidate.filter(|c| c.provider == ProviderKind::Mcp));
         tools.sort_by(|a, b| a.name.cmp(&b.name));

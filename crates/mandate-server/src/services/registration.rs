@@ -449,7 +449,7 @@ fn tool_fits(
             format!("tool `{}` already exists in tenant `{tenant}`", name),
         ));
     }
-    if reg.find_tool(tenant, audience).is_some_and(&other) {
+    if reg.find_tool(tenant, audience).is_some_and(|t| other(t)) {
         return Err(err(
             Code::Conflict,
             format!("another tool of tenant `{tenant}` already has audience `{audience}`"),
@@ -751,7 +751,7 @@ pub(crate) fn registered_tool(s: &AppState, tenant: &str, name: &str) -> Result<
     s.reg()
         .tools
         .get(&(tenant.to_owned(), name.to_owned()))
-        .cloned()
+        .map(|t| (**t).clone())
         .ok_or_else(|| {
             err(
                 Code::NotFound,

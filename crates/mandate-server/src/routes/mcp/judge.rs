@@ -291,11 +291,45 @@ fn both(
     approved: bool,
     now: u64,
 ) -> Result<Verdict, Refusal> {
-    let first = exchange_question(s, c, name, approved, now).map_err(internal)?;
-    if !first.allowed && first.approval.is_none() {
+    let input = policy_input(s, c, now).map_err(internal)?;
+    let details = mandate_core::policy::Details::default();
+    let actions = [name.to_owned()];
+    let question = decide::Question {
+        subject: decide::Subject::of_credential(&c.claims),
+        input: &input,
+        tool: &c.tool,
+        actions: &actions,
+        details: &details,
+        approved,
+    };
+    let facts = question.facts(now);
+    let failed = |e: mandate_core::Error| {
+        Refusal::Rpc(
+            jsonrpc::INTERNAL_ERROR,
+            format!("policy evaluation failed: {e}"),
+            None,
+        )
+    };
+    let call = mandate_core::mcp::call_action(&c.tool.name, name);
+    let entities = s
+        .policy_entities(input.generation, &facts)
+        .map_err(failed)?;
+    let call_entities = s
+        .call_entities(input.generation, &facts, &call)
+        .map_err(failed)?;
+    let verdicts = s
+        .engine
+        .decide_mcp_call(
+            &input.policies,
+            &facts,
+            (&entities, &call_entities),
+            (&call, &checked.visible, ty),
+        )
+        .map_err(failed)?;
+    let first = verdicts.exchange;
+    let Some(second) = verdicts.call else {
         return Ok(first);
-    }
-    let second = call_question(s, c, (name, checked, ty), approved, now)?;
+    };
     if !second.allowed && second.approval.is_none() {
         return Ok(second);
     }
@@ -372,47 +406,4 @@ fn policy_input(s: &S, c: &Caller, now: u64) -> Result<gather::PolicyInput, ApiE
             "the agent is no longer registered",
         )
     })
-}
-
-/// The call action's question: `"<tool>:<name>"` with `context.arguments`.
-fn call_question(
-    s: &S,
-    c: &Caller,
-    (name, checked, ty): (&str, &Checked, &Record),
-    approved: bool,
-    now: u64,
-) -> Result<Verdict, Refusal> {
-    let input = policy_input(s, c, now).map_err(internal)?;
-    let details = mandate_core::policy::Details::default();
-    let actions = [name.to_owned()];
-    let question = decide::Question {
-        subject: decide::Subject::of_credential(&c.claims),
-        input: &input,
-        tool: &c.tool,
-        actions: &actions,
-        details: &details,
-        approved,
-    };
-    let facts = question.facts(now);
-    let failed = |e: String| {
-        Refusal::Rpc(
-            jsonrpc::INTERNAL_ERROR,
-            format!("policy evaluation failed: {e}"),
-            None,
-        )
-    };
-    let entities = s
-        .policy_entities(input.generation, &facts)
-        .map_err(|e| failed(e.to_string()))?;
-    let call = mandate_core::mcp::call_action(&c.tool.name, name);
-    s.engine
-        .decide_call(
-            &input.policies,
-            &facts,
-            &entities,
-            &call,
-            &checked.visible,
-            ty,
-        )
-        .map_err(|e| failed(e.to_string()))
 }

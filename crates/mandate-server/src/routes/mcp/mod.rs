@@ -119,7 +119,7 @@ impl GatewaySessions {
 #[derive(Clone)]
 pub(crate) struct Caller {
     claims: Arc<AccessClaims>,
-    tool: Tool,
+    tool: Arc<Tool>,
 }
 
 /// `POST /mcp/{tool}`.

@@ -163,7 +163,7 @@ pub(super) fn check_request_shape(parts: &Parts, upstream_path: &str) -> Result<
 /// Who calls: a valid credential for this tool, not revoked, its run not suspended.
 pub(super) struct Caller<'a> {
     claims: Arc<AccessClaims>,
-    tool: Tool,
+    tool: Arc<Tool>,
     spec: ProxySpec,
     token: &'a str,
     token_headers: Vec<HeaderName>,
@@ -187,7 +187,7 @@ pub(super) fn identify<'a>(
     })?;
     let claims = verify_token(s, probe, now)?;
     let reg = s.reg();
-    let tool: Tool = reg
+    let tool: Arc<Tool> = reg
         .tools
         .get(&(claims.tenant.clone(), tool_name.to_owned()))
         .filter(|t| t.provider == mandate_core::tooling::ProviderKind::Proxy)
