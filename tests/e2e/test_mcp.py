@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -98,12 +100,13 @@ def setup_gateway(b, upstream, tmp_path):
     return gateway, tok["access_token"], run
 
 
-def start_run(b, agent, caps, audience, scope, task="t"):
+def start_run(b, agent, caps, audience, scope, task="t", key=None):
     """A run of `agent` for alice with a grant of `caps`, and its gateway
-    credential for `audience` and `scope` (the MCP tool names)."""
+    credential for `audience` and `scope` (the MCP tool names), the
+    exchange proved with `key` (the run's key; a new one if none)."""
     grant = json.loads(b.cli("--json", "grant", "create", "--tenant", "acme", "--principal", "alice@example.com",
                              "--agent", agent, *[x for c in caps for x in ("--cap", c)], "--task", task).stdout)
-    key = OKPKey.generate_key("Ed25519")
+    key = key or OKPKey.generate_key("Ed25519")
     run = json.loads(b.cli("--json", "run", "start", "--tenant", "acme", "--agent", agent,
                            "--principal", "alice@example.com", "--grant", grant["id"],
                            "--jwk", json.dumps(key.as_dict(private=False))).stdout)
@@ -467,3 +470,110 @@ def test_a_client_of_the_handshake_era_is_served_too(broker, upstream, tmp_path)
                                                  "Mcp-Name": "pay"})
     assert status == 200 and answer["result"]["resultType"] == "complete", answer
     assert len(upstream.calls()) == 2
+
+
+def resource_proof(key, method, url, token, jti=None):
+    """An RFC 9449 proof for a request to a resource: htm, htu, ath."""
+    import base64
+    import hashlib
+    import uuid
+
+    from joserfc import jwt
+    ath = base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=").decode()
+    header = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": key.as_dict(private=False)}
+    claims = {"jti": jti or str(uuid.uuid4()), "htm": method, "htu": url, "iat": int(time.time()), "ath": ath}
+    return jwt.encode(header, claims, key, algorithms=["EdDSA"])
+
+
+class DPoPAuth(httpx2.Auth):
+    """What an MCP client needs for a DPoP-bound credential: `Authorization:
+    DPoP` and a fresh proof of the run's key per request (RFC 9449 §7)."""
+
+    def __init__(self, token, key):
+        self.token, self.key = token, key
+
+    def auth_flow(self, request):
+        url = str(request.url).split("?")[0]
+        request.headers["Authorization"] = f"DPoP {self.token}"
+        request.headers["DPoP"] = resource_proof(self.key, request.method, url, self.token)
+        yield request
+
+
+def test_a_tool_can_take_dpop_bound_credentials_only(broker, upstream, tmp_path):
+    """`--dpop true`: the exchange binds the credential to the run's key
+    (token_type DPoP, cnf.jkt), and the gateway takes it only with a fresh
+    proof of that key for this method and URL; a bearer one, a replayed,
+    misdirected or foreign proof is refused (401, a DPoP challenge) and
+    nothing reaches the MCP server."""
+    import base64
+
+    b = broker
+    gateway, bearer, _ = setup_gateway(b, upstream, tmp_path)
+    b.cli("tool", "update", "--tenant", "acme", "payments", "--dpop", "true")
+    meta = http("GET", f"{b.url}/.well-known/oauth-protected-resource/mcp/payments")[1]
+    assert "EdDSA" in meta["dpop_signing_alg_values_supported"]
+    key = OKPKey.generate_key("Ed25519")
+    _, tok = start_run(b, "pay-bot", ["payments:pay"], gateway, "pay", task="pay invoice 9", key=key)
+    assert tok["token_type"] == "DPoP", tok
+    token = tok["access_token"]
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["cnf"]["jkt"] == key.thumbprint()
+
+    async def use(client):
+        names = [t.name for t in (await client.list_tools()).tools]
+        paid = await client.call_tool("pay", {"amount": 50, "currency": "EUR"})
+        return names, text_of(paid)
+
+    async def main():
+        async with httpx2.AsyncClient(auth=DPoPAuth(token, key)) as http_client:
+            async with Client(streamable_http_client(gateway, http_client=http_client)) as client:
+                return await use(client)
+    names, paid = anyio.run(main)
+    assert names == ["pay"] and paid == "paid 50 EUR"
+    assert len(upstream.calls()) == 1
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "pay", "arguments": {"amount": 5, "currency": "EUR"}}}
+
+    def send(headers):
+        return _send(gateway, call, {"Authorization": f"DPoP {token}", **headers})
+
+    def refused(status, body, headers, why):
+        assert status == 401, (status, body)
+        assert headers.get("WWW-Authenticate", "").startswith("DPoP error="), headers
+        assert why in body["error_description"], body
+
+    # Sent as a bearer token, the bound credential is refused.
+    status, body, h = _send(gateway, call, {"Authorization": f"Bearer {token}"})
+    refused(status, body, h, "DPoP-bound")
+    # No proof; a proof for another URL; another key's proof; another token's.
+    refused(*_send(gateway, call, {"Authorization": f"DPoP {token}"}), "`DPoP` header")
+    refused(*send({"DPoP": resource_proof(key, "POST", gateway + "x", token)}), "htu")
+    other = OKPKey.generate_key("Ed25519")
+    refused(*send({"DPoP": resource_proof(other, "POST", gateway, token)}), "key")
+    refused(*send({"DPoP": resource_proof(key, "POST", gateway, bearer)}), "ath")
+    refused(*send({"DPoP": resource_proof(key, "GET", gateway, token)}), "htm")
+    # A proof is good once.
+    once = resource_proof(key, "POST", gateway, token)
+    status, body, _ = send({"DPoP": once})
+    assert status == 200 and body["result"]["content"][0]["text"] == "paid 5 EUR", body
+    refused(*send({"DPoP": once}), "already used")
+    # A bearer credential issued before the tool asked for DPoP is refused now.
+    status, body, h = _send(gateway, call, {"Authorization": f"Bearer {bearer}"})
+    refused(status, body, h, "DPoP-bound credentials only")
+    # Only the two proven calls reached the MCP server, without the agent's
+    # credential or its proofs.
+    calls = upstream.calls()
+    assert [c[1]["params"]["arguments"]["amount"] for c in calls] == [50, 5]
+    for r, _ in calls:
+        assert token not in json.dumps(r["headers"]) and "dpop" not in r["headers"]
+
+
+def _send(url, body, headers):
+    """POST `body`; (status, JSON body, headers) whatever the status."""
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **headers}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read()), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null"), e.headers

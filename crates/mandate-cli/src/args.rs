@@ -533,6 +533,11 @@ pub(crate) struct ToolSpec {
     /// it goes as `Authorization: Bearer` (stdio: `_meta`).
     #[arg(long)]
     pub(crate) mint_audience: Option<String>,
+    /// mcp: `true` takes only DPoP-bound credentials at the gateway (RFC
+    /// 9449: bound to the run's key at the exchange, a proof per request);
+    /// `false` (the default) takes bearer ones, as MCP client libraries send.
+    #[arg(long, value_name = "true|false")]
+    pub(crate) dpop: Option<bool>,
     /// proxy: `METHOD /path/pattern=action` (`*` one segment, final `**` the rest; repeat);
     /// add ` amount=json:/pointer` or ` amount=form:field` where the request carries an amount.
     #[arg(long = "route")]

@@ -390,7 +390,7 @@ async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply 
             "`url` is not an http(s) URL the wrapper can read: give scheme, host and path, without user info",
         );
     };
-    if a.broker_origins.contains(&o) {
+    if a.broker_origins.contains(&o) && !is_gateway_url(&req.url) {
         return refused(
             StatusCode::FORBIDDEN,
             format!(
@@ -441,6 +441,21 @@ async fn attenuate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> R
 
 /// The origin (scheme, host and port, normalised as the broker normalises
 /// DPoP `htu`) of an http(s) URL; `None` when it does not parse.
+/// Whether `url` is a tool's MCP gateway URL (`…/mcp/<tool>`): the one
+/// place at the broker where an agent itself presents a DPoP-bound
+/// credential. A proof names its URL (`htu`), so one made for a gateway
+/// URL is refused at the token endpoint and everywhere else.
+fn is_gateway_url(url: &str) -> bool {
+    let Some(n) = mandate_core::dpop::normalize_htu(url) else {
+        return false;
+    };
+    let mut back = n.rsplit('/');
+    let (Some(tool), Some("mcp")) = (back.next(), back.next()) else {
+        return false;
+    };
+    mandate_core::ids::check_slug("tool", tool).is_ok()
+}
+
 fn origin(url: &str) -> Option<String> {
     let n = mandate_core::dpop::normalize_htu(url)?;
     let (scheme, rest) = n.split_once("://")?;
@@ -933,6 +948,23 @@ async fn forward_signals_until_exit(child: &mut tokio::process::Child) -> Result
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn gateway_urls_are_the_only_broker_urls_the_socket_proves_for() {
+        assert!(is_gateway_url("http://127.0.0.1:8080/mcp/github"));
+        assert!(is_gateway_url("HTTP://127.0.0.1:80/mcp/pay-1?x=1"));
+        for url in [
+            "http://127.0.0.1:8080/oauth/token",
+            "http://127.0.0.1:8080/mcp/",
+            "http://127.0.0.1:8080/mcp",
+            "http://127.0.0.1:8080/mcp/github/",
+            "http://127.0.0.1:8080/mcp/Git%2Fhub",
+            "http://127.0.0.1:8080/v1/runs",
+            "not a url",
+        ] {
+            assert!(!is_gateway_url(url), "{url}");
+        }
+    }
 
     #[test]
     fn origins_are_normalised_as_the_broker_normalises_htu() {

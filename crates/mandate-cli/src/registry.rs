@@ -281,6 +281,7 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         upstream,
         stdio,
         mint_audience,
+        dpop,
         routes,
         inject_header,
         inject_format,
@@ -342,6 +343,9 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         if let Some(a) = mint_audience {
             mcp["mint"] = json!({"audience": a});
         }
+        if let Some(d) = dpop {
+            mcp["dpop"] = json!(d);
+        }
         if inject_header.is_some() || inject_format.is_some() {
             let inject = &mut mcp["inject"];
             let header = inject_header.or_else(|| inject["header"].as_str().map(str::to_owned));
@@ -352,8 +356,10 @@ fn tool_body(spec: crate::args::ToolSpec, base: Option<Value>) -> Result<Value, 
         if mcp.as_object().is_some_and(|o| !o.is_empty()) {
             body["mcp"] = mcp;
         }
-    } else if stdio.is_some() {
-        return Err(CliError::new("--stdio is for `mcp` tools (--provider mcp)"));
+    } else if stdio.is_some() || mint_audience.is_some() || dpop.is_some() {
+        return Err(CliError::new(
+            "--stdio, --mint-audience and --dpop are for `mcp` tools (--provider mcp)",
+        ));
     } else if upstream.is_some()
         || !routes.is_empty()
         || inject_header.is_some()

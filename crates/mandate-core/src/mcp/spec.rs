@@ -53,6 +53,11 @@ pub struct McpSpec {
     /// A credential minted per call for the MCP server, naming the human
     /// and the agents (instead of, or beside, a static key).
     pub mint: Option<MintSpec>,
+    /// Whether callers must present DPoP-bound credentials (RFC 9449) at
+    /// its gateway URL: bound to the run's key at the exchange, sent as
+    /// `Authorization: DPoP` with a fresh proof per request. Off, the
+    /// gateway takes bearer credentials (what MCP client libraries send).
+    pub dpop: bool,
     /// Longest wait for its answer (ms).
     pub timeout_ms: u64,
     /// Arguments no policy can read: refused (default) or passed.
@@ -74,6 +79,8 @@ struct RawSpec {
     inject: Option<InjectSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mint: Option<MintSpec>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dpop: bool,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default)]
@@ -99,6 +106,7 @@ impl TryFrom<RawSpec> for McpSpec {
             upstream,
             inject: r.inject,
             mint: r.mint,
+            dpop: r.dpop,
             timeout_ms: r.timeout_ms,
             extra_args: r.extra_args,
             tools: r.tools,
@@ -117,6 +125,7 @@ impl From<McpSpec> for RawSpec {
             stdio,
             inject: m.inject,
             mint: m.mint,
+            dpop: m.dpop,
             timeout_ms: m.timeout_ms,
             extra_args: m.extra_args,
             tools: m.tools,

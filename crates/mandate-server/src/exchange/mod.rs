@@ -236,7 +236,7 @@ fn decide_all(
             details: &req.details_json,
             approvals: approvals.iter().map(approval_claim).collect(),
             jti: mandate_core::ids::random_id(&mut OsRng, "cred_"),
-            bound: pop.is_some_and(|p| provider.binds(p)),
+            bound: pop.is_some_and(|p| provider.binds(tool, p)),
         },
         now,
     );

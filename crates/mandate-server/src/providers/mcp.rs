@@ -70,8 +70,10 @@ impl Provider for Mcp {
         }
     }
 
-    fn binds(&self, _: Pop) -> bool {
-        false
+    /// Bearer, as MCP client libraries send it, unless the tool asks for
+    /// DPoP (`mcp.dpop`) and the exchange proved the key with DPoP.
+    fn binds(&self, tool: &Tool, pop: Pop) -> bool {
+        pop == Pop::Dpop && tool.mcp.as_ref().is_some_and(|m| m.dpop)
     }
 
     fn issue<'a>(
@@ -80,7 +82,14 @@ impl Provider for Mcp {
         x: Issue<'a>,
     ) -> BoxFuture<'a, Result<Credential, IssueFailure>> {
         Box::pin(async move {
-            super::broker_bearer(s, &x, ("mcp_url", super::mcp_url(s, &x.tool.name)))
+            // RFC 9449 §5: a bound credential is a `DPoP` one.
+            let token_type = if x.claims.cnf.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            };
+            let url = super::mcp_url(s, &x.tool.name);
+            super::broker_bearer(s, &x, ("mcp_url", url), token_type)
         })
     }
 

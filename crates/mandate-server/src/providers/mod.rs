@@ -203,10 +203,10 @@ pub trait Provider: Send + Sync {
         Ok(Prepared::default())
     }
 
-    /// Whether the credential is bound to the run's key (`cnf`), given how
-    /// the exchange proved it.
-    fn binds(&self, pop: Pop) -> bool {
-        let _ = pop;
+    /// Whether the credential is bound to the run's key (`cnf`), given the
+    /// tool and how the exchange proved it.
+    fn binds(&self, tool: &Tool, pop: Pop) -> bool {
+        let _ = (tool, pop);
         true
     }
 
@@ -245,11 +245,12 @@ fn broker_bearer(
     s: &AppState,
     x: &Issue<'_>,
     (url_member, url): (&'static str, String),
+    token_type: &'static str,
 ) -> Result<Credential, IssueFailure> {
     Ok(Credential {
         access_token: sign(s, x.tool, x.claims)?.into(),
         issued_token_type: jwt::TOKEN_TYPE_ACCESS,
-        token_type: "Bearer",
+        token_type,
         extra: vec![(url_member, serde_json::json!(url))],
     })
 }

@@ -53,7 +53,7 @@ impl Provider for Proxy {
         Ok(())
     }
 
-    fn binds(&self, pop: Pop) -> bool {
+    fn binds(&self, _: &Tool, pop: Pop) -> bool {
         pop == Pop::MessageSignature
     }
 
@@ -63,7 +63,8 @@ impl Provider for Proxy {
         x: Issue<'a>,
     ) -> BoxFuture<'a, Result<Credential, IssueFailure>> {
         Box::pin(async move {
-            super::broker_bearer(s, &x, ("proxy_url", super::proxy_url(s, &x.tool.name)))
+            let url = super::proxy_url(s, &x.tool.name);
+            super::broker_bearer(s, &x, ("proxy_url", url), "Bearer")
         })
     }
 

@@ -131,7 +131,7 @@ pub async fn post(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let now = s.now_secs();
-    let caller = match identify(&s, &headers, &tool, now) {
+    let caller = match identify(&s, "POST", &headers, &tool, now) {
         Ok(c) => c,
         Err(e) => return challenge(&s, &tool, e),
     };
@@ -249,7 +249,7 @@ pub async fn other(
     headers: HeaderMap,
 ) -> Response {
     let now = s.now_secs();
-    let caller = match identify(&s, &headers, &tool, now) {
+    let caller = match identify(&s, method.as_str(), &headers, &tool, now) {
         Ok(c) => c,
         Err(e) => return challenge(&s, &tool, e),
     };
@@ -291,6 +291,9 @@ pub async fn resource_metadata(State(s): State<S>, Path(tool): Path<String>) -> 
             "resource": crate::providers::mcp_url(&s, &tool),
             "authorization_servers": [issuer],
             "bearer_methods_supported": ["header"],
+            // RFC 9728 §2: a tool registered with `mcp.dpop` takes only
+            // DPoP-bound credentials; any tool takes them when bound.
+            "dpop_signing_alg_values_supported": DPOP_ALGS.split(' ').collect::<Vec<_>>(),
             "resource_name": format!("Mandate MCP gateway for tool {tool}"),
         }),
         None,
@@ -412,8 +415,36 @@ async fn dispatch(
     }
 }
 
-/// Who calls: a valid credential for this `mcp` tool, not revoked.
-fn identify(s: &S, headers: &HeaderMap, tool_name: &str, now: u64) -> Result<Caller, ApiError> {
+/// How the credential is presented (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// The scheme and credential of one `Authorization` header value.
+fn authorization(v: &str) -> Option<(Scheme, &str)> {
+    let (scheme, rest) = v.split_once(' ')?;
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        return None;
+    };
+    Some((scheme, rest.trim())).filter(|(_, t)| !t.is_empty())
+}
+
+/// Who calls: a valid credential for this `mcp` tool, not revoked, and,
+/// when it is DPoP-bound (or the tool asks for DPoP), proven with a fresh
+/// proof for this request.
+fn identify(
+    s: &S,
+    method: &str,
+    headers: &HeaderMap,
+    tool_name: &str,
+    now: u64,
+) -> Result<Caller, ApiError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(v), None) = (values.next(), values.next()) else {
         return Err(err(
@@ -421,16 +452,12 @@ fn identify(s: &S, headers: &HeaderMap, tool_name: &str, now: u64) -> Result<Cal
             "send one `Authorization: Bearer <credential>` header with a Mandate credential for this tool (from `mandate exec` or the token endpoint, resource = this URL)",
         ));
     };
-    let token = v
-        .to_str()
-        .ok()
-        .and_then(super::proxy::bearer_token)
-        .ok_or_else(|| {
-            err(
-                Code::Unauthorized,
-                "the `Authorization` header must be `Bearer <credential>`",
-            )
-        })?;
+    let (scheme, token) = v.to_str().ok().and_then(authorization).ok_or_else(|| {
+        err(
+            Code::Unauthorized,
+            "the `Authorization` header must be `Bearer <credential>` (or `DPoP <credential>` for a DPoP-bound one)",
+        )
+    })?;
     let claims = super::proxy::verify_credential(s, token, now)?;
     let tool = s
         .reg()
@@ -465,7 +492,78 @@ fn identify(s: &S, headers: &HeaderMap, tool_name: &str, now: u64) -> Result<Cal
             ),
         ));
     }
+    let proven = Presented {
+        scheme,
+        token,
+        method,
+    };
+    possession(s, headers, &tool, &claims, proven, now)?;
     Ok(Caller { claims, tool })
+}
+
+/// A credential as presented with one request.
+#[derive(Debug, Clone, Copy)]
+struct Presented<'a> {
+    scheme: Scheme,
+    token: &'a str,
+    method: &'a str,
+}
+
+/// A DPoP-bound credential is taken only as `DPoP` with a fresh proof of
+/// its key for this method and URL (RFC 9449 §7.1: `htm`, `htu`, `ath`,
+/// `jkt`, replay); an unbound one only as `Bearer`, and not at all where
+/// the tool asks for DPoP (`mcp.dpop`).
+fn possession(
+    s: &S,
+    headers: &HeaderMap,
+    tool: &Tool,
+    claims: &AccessClaims,
+    p: Presented<'_>,
+    now: u64,
+) -> Result<(), ApiError> {
+    let required = tool.mcp.as_ref().is_some_and(|m| m.dpop);
+    match (&claims.cnf, p.scheme) {
+        (Some(cnf), Scheme::Dpop) => {
+            let mut proofs = headers.get_all("dpop").iter();
+            let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+                return Err(err(
+                    Code::InvalidDpopProof,
+                    "send one `DPoP` header with a proof (RFC 9449) for this request: htm = its method, htu = this URL, ath = the credential's hash",
+                ));
+            };
+            let proof = proof
+                .to_str()
+                .map_err(|_| err(Code::InvalidDpopProof, "the `DPoP` header is not text"))?;
+            let uri = crate::providers::mcp_url(s, &tool.name);
+            crate::pop::dpop::dpop_at_resource(
+                s,
+                proof,
+                crate::pop::dpop::AtResource {
+                    method: p.method,
+                    uri: &uri,
+                    access_token: p.token,
+                    jkt: &cnf.jkt,
+                },
+                now,
+            )
+        }
+        (Some(_), Scheme::Bearer) => Err(err(
+            Code::InvalidDpopProof,
+            "this credential is DPoP-bound: send it as `Authorization: DPoP <credential>` with a `DPoP` proof (RFC 9449) for this request",
+        )),
+        (None, Scheme::Dpop) => Err(err(
+            Code::Unauthorized,
+            "this credential is not DPoP-bound: send it as `Authorization: Bearer <credential>`",
+        )),
+        (None, Scheme::Bearer) if required => Err(err(
+            Code::InvalidDpopProof,
+            format!(
+                "tool `{}` takes DPoP-bound credentials only: exchange for one with a DPoP proof (RFC 9449), then send it as `Authorization: DPoP` with a proof per request",
+                tool.name
+            ),
+        )),
+        (None, Scheme::Bearer) => Ok(()),
+    }
 }
 
 /// An HTTP refusal with the challenge MCP clients follow (RFC 6750 §3,
@@ -479,22 +577,38 @@ fn challenge(s: &S, tool: &str, e: ApiError) -> Response {
         .take(63)
         .collect();
     let metadata = metadata_url(s, &tool_shown);
+    // RFC 9449 §7.1 and §9: a proof that fails, or lacks the nonce, is
+    // answered 401 with a `DPoP` challenge naming the error.
     let value = match e.code {
         Code::Unauthorized => Some(format!(r#"Bearer resource_metadata="{metadata}""#)),
+        Code::InvalidDpopProof | Code::UseDpopNonce => Some(format!(
+            r#"DPoP error="{}", algs="{DPOP_ALGS}", resource_metadata="{metadata}""#,
+            e.code.as_str()
+        )),
         _ => None,
     };
-    let unauthenticated = e.code == Code::Unauthorized;
+    let nonce = e.code == Code::UseDpopNonce;
+    let unauthenticated = value.is_some();
     let e = if unauthenticated {
         e.unauthenticated(EventType::McpCall)
     } else {
         e
     };
     let mut r = e.into_response();
+    if unauthenticated {
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+    }
     if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
+    if nonce {
+        s.add_dpop_nonce(&mut r);
+    }
     r
 }
+
+/// The DPoP proof algorithms the gateway verifies.
+const DPOP_ALGS: &str = "EdDSA ES256";
 
 fn metadata_url(s: &S, tool: &str) -> String {
     let issuer = s.config.issuer.trim_end_matches('/');

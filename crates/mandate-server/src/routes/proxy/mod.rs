@@ -49,8 +49,8 @@ mod authorize;
 pub(crate) mod body;
 mod upstream;
 
+pub(crate) use authorize::verify_token as verify_credential;
 use authorize::*;
-pub(crate) use authorize::{bearer as bearer_token, verify_token as verify_credential};
 use body::*;
 use upstream::*;
 
