@@ -577,3 +577,51 @@ def _send(url, body, headers):
             return r.status, json.loads(r.read()), r.headers
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null"), e.headers
+
+
+def _send_pairs(url, body, pairs):
+    """POST `body` with header `pairs` (a name may repeat); (status, JSON, headers)."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    data = json.dumps(body).encode()
+    c.putrequest("POST", u.path)
+    for k, v in [("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream"),
+                 ("Content-Length", str(len(data)))] + pairs:
+        c.putheader(k, v)
+    c.endheaders(data)
+    r = c.getresponse()
+    out = r.status, json.loads(r.read() or b"null"), r.headers
+    c.close()
+    return out
+
+
+def test_headers_sent_twice_are_refused(broker, upstream, tmp_path):
+    """Two `Authorization`, two `DPoP`, two `Mcp-Method` or two
+    `MCP-Protocol-Version` headers: which one would a proxy in front, or the
+    MCP server, believe? Refused, and nothing goes upstream."""
+    b = broker
+    gateway, bearer, _ = setup_gateway(b, upstream, tmp_path)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "pay", "arguments": {"amount": 5, "currency": "EUR"},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}
+    auth = ("Authorization", f"Bearer {bearer}")
+    status, body, h = _send_pairs(gateway, call, [auth, auth])
+    assert status == 401 and "send one `Authorization" in body["error_description"], body
+    for name, value in [("Mcp-Method", "tools/call"), ("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Name", "pay")]:
+        status, body, _ = _send_pairs(gateway, call, [auth, (name, value), (name, value)])
+        assert status == 400 and body["error"]["code"] == -32020 and "twice" in body["error"]["message"], body
+    b.cli("tool", "update", "--tenant", "acme", "payments", "--dpop", "true")
+    key = OKPKey.generate_key("Ed25519")
+    _, tok = start_run(b, "pay-bot", ["payments:pay"], gateway, "pay", task="pay invoice 10", key=key)
+    token = tok["access_token"]
+    first, second = (resource_proof(key, "POST", gateway, token) for _ in range(2))
+    mirrored = [("Mcp-Method", "tools/call"), ("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Name", "pay")]
+    status, body, h = _send_pairs(gateway, call, [("Authorization", f"DPoP {token}"), ("DPoP", first),
+                                                  ("DPoP", second)] + mirrored)
+    assert status == 401 and h["WWW-Authenticate"].startswith("DPoP"), (status, body)
+    # Each proof alone still works (the refused request spent neither).
+    status, body, _ = _send_pairs(gateway, call, [("Authorization", f"DPoP {token}"), ("DPoP", first)] + mirrored)
+    assert status == 200 and body["result"]["content"][0]["text"] == "paid 5 EUR", body
+    assert len(upstream.calls()) == 1
