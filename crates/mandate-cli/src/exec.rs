@@ -8,7 +8,8 @@
 //!   Workload API: `GET /v1/identity`, `POST /v1/credentials` (a fresh,
 //!   cached, refreshed credential for a tool and actions; the wrapper does
 //!   the DPoP work) and `POST /v1/dpop` (a DPoP proof signed by the run key
-//!   for a request the child makes to a `jwt` tool; the key never leaves)
+//!   for a request the child makes to a `jwt` tool, or to the broker's MCP
+//!   gateway with a DPoP-bound credential; the key never leaves)
 //!   and `POST /v1/attenuate` (the run's mandate narrowed and handed to a
 //!   sub-agent's key, signed by the run key: the sub-agent gets less, and
 //!   only it can use what it gets);
@@ -21,7 +22,8 @@
 //!
 //! Against the child (issue 10): the wrapper is non-dumpable, so a
 //! same-user, non-root child cannot read its `/proc` environment, memory or
-//! descriptors; `/v1/dpop` makes no proof for the broker's own origin; and
+//! descriptors; `/v1/dpop` makes no proof for the broker's own origin but
+//! for its MCP gateway URLs (`<broker>/mcp/<tool>`, exactly); and
 //! the run is attached at the broker (`POST /v1/runs/attach`) before the
 //! child starts, so killing the wrapper ends the run after a short grace.
 
@@ -80,8 +82,11 @@ struct RunAgent {
     held: Mutex<HashMap<(String, String), Held>>,
     identity: Value,
     /// The broker's origins (its issuer's and the `--url` one): `/v1/dpop`
-    /// signs no proof for them.
+    /// signs no proof for them, but for its gateway URLs.
     broker_origins: Vec<String>,
+    /// `<issuer>/mcp/`, normalised: the prefix of the broker's MCP gateway
+    /// URLs, for which `/v1/dpop` does sign.
+    gateway_prefix: Option<String>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -100,7 +105,22 @@ fn random_b64(n: usize) -> String {
 impl RunAgent {
     /// A DPoP proof (RFC 9449 §4.2) by the run key.
     fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
-        let nonce = self.nonce.lock().ok().and_then(|n| n.clone());
+        self.proof_with_nonce(method, url, access_token, None)
+    }
+
+    /// [`Self::proof`] with the nonce the server gave (`DPoP-Nonce`), or the
+    /// broker's last one.
+    fn proof_with_nonce(
+        &self,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        given: Option<&str>,
+    ) -> String {
+        let nonce = match given {
+            Some(n) => Some(n.to_owned()),
+            None => self.nonce.lock().ok().and_then(|n| n.clone()),
+        };
         mandate_core::client::dpop_proof(
             &self.key,
             method,
@@ -284,6 +304,9 @@ struct ProofRequest {
     url: String,
     #[serde(default)]
     access_token: Option<String>,
+    /// The nonce the server asked for (RFC 9449 §9: its `DPoP-Nonce`).
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -390,7 +413,7 @@ async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply 
             "`url` is not an http(s) URL the wrapper can read: give scheme, host and path, without user info",
         );
     };
-    if a.broker_origins.contains(&o) && !is_gateway_url(&req.url) {
+    if a.broker_origins.contains(&o) && !is_gateway_url(a.gateway_prefix.as_deref(), &req.url) {
         return refused(
             StatusCode::FORBIDDEN,
             format!(
@@ -398,7 +421,12 @@ async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply 
             ),
         );
     }
-    let proof = a.proof(&req.method, &req.url, req.access_token.as_deref());
+    let proof = a.proof_with_nonce(
+        &req.method,
+        &req.url,
+        req.access_token.as_deref(),
+        req.nonce.as_deref(),
+    );
     (StatusCode::OK, Json(json!({"dpop": proof})))
 }
 
@@ -441,26 +469,30 @@ async fn attenuate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> R
 
 /// The origin (scheme, host and port, normalised as the broker normalises
 /// DPoP `htu`) of an http(s) URL; `None` when it does not parse.
-/// Whether `url` is a tool's MCP gateway URL (`…/mcp/<tool>`): the one
-/// place at the broker where an agent itself presents a DPoP-bound
-/// credential. A proof names its URL (`htu`), so one made for a gateway
-/// URL is refused at the token endpoint and everywhere else.
-fn is_gateway_url(url: &str) -> bool {
-    let Some(n) = mandate_core::dpop::normalize_htu(url) else {
-        return false;
-    };
-    let mut back = n.rsplit('/');
-    let (Some(tool), Some("mcp")) = (back.next(), back.next()) else {
-        return false;
-    };
-    mandate_core::ids::check_slug("tool", tool).is_ok()
-}
-
 fn origin(url: &str) -> Option<String> {
     let n = mandate_core::dpop::normalize_htu(url)?;
     let (scheme, rest) = n.split_once("://")?;
     let host = rest.split('/').next().filter(|h| !h.is_empty())?;
     Some(format!("{scheme}://{host}"))
+}
+
+/// Whether `url` is exactly one of the broker's MCP gateway URLs
+/// (`prefix` = `<issuer>/mcp/`, normalised, then a tool's name): the one
+/// place at the broker where an agent itself presents a DPoP-bound
+/// credential. A proof names its URL (`htu`), so one made for a gateway
+/// URL is refused at the token endpoint and everywhere else.
+fn is_gateway_url(prefix: Option<&str>, url: &str) -> bool {
+    let (Some(prefix), Some(n)) = (prefix, mandate_core::dpop::normalize_htu(url)) else {
+        return false;
+    };
+    n.strip_prefix(prefix)
+        .is_some_and(|tool| mandate_core::ids::check_slug("tool", tool).is_ok())
+}
+
+/// `<issuer>/mcp/`, normalised, from the token endpoint `<issuer>/oauth/token`.
+fn gateway_prefix(token_endpoint: &str) -> Option<String> {
+    let issuer = token_endpoint.strip_suffix("/oauth/token")?;
+    mandate_core::dpop::normalize_htu(&format!("{issuer}/mcp/"))
 }
 
 /// A private directory for the socket: $XDG_RUNTIME_DIR or the temp dir.
@@ -589,7 +621,9 @@ fn run_agent(started: &Value, a: &ExecArgs, url: &str, key: SigningKey) -> RunAg
         .iter()
         .filter_map(|u| origin(u))
         .collect();
+    let gateway_prefix = gateway_prefix(&token_endpoint);
     RunAgent {
+        gateway_prefix,
         http: ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -951,19 +985,41 @@ mod tests {
 
     #[test]
     fn gateway_urls_are_the_only_broker_urls_the_socket_proves_for() {
-        assert!(is_gateway_url("http://127.0.0.1:8080/mcp/github"));
-        assert!(is_gateway_url("HTTP://127.0.0.1:80/mcp/pay-1?x=1"));
+        let prefix = gateway_prefix("http://127.0.0.1:8080/oauth/token");
+        let p = prefix.as_deref();
+        assert!(is_gateway_url(p, "http://127.0.0.1:8080/mcp/github"));
+        assert!(is_gateway_url(p, "HTTP://127.0.0.1:8080/mcp/pay-1?x=1"));
         for url in [
             "http://127.0.0.1:8080/oauth/token",
             "http://127.0.0.1:8080/mcp/",
             "http://127.0.0.1:8080/mcp",
             "http://127.0.0.1:8080/mcp/github/",
             "http://127.0.0.1:8080/mcp/Git%2Fhub",
+            "http://127.0.0.1:8080/mcp/..",
+            "http://127.0.0.1:8080/oauth/token/../mcp/x",
+            "http://127.0.0.1:8080/proxy/t/mcp/x",
+            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp/x",
             "http://127.0.0.1:8080/v1/runs",
+            "http://127.0.0.1:9999/mcp/github",
+            "http://user@127.0.0.1:8080/mcp/github",
             "not a url",
         ] {
-            assert!(!is_gateway_url(url), "{url}");
+            assert!(!is_gateway_url(p, url), "{url}");
         }
+        // A broker under a path prefix.
+        let prefix = gateway_prefix("https://id.example/broker/oauth/token");
+        assert!(is_gateway_url(
+            prefix.as_deref(),
+            "https://id.example:443/broker/mcp/github"
+        ));
+        assert!(!is_gateway_url(
+            prefix.as_deref(),
+            "https://id.example/mcp/github"
+        ));
+        assert!(!is_gateway_url(
+            None,
+            "https://id.example/broker/mcp/github"
+        ));
     }
 
     #[test]

@@ -182,3 +182,62 @@ fn bad_signatures_are_refused_with_reasons() {
     let h = signed(&b, &key, &body, ALL, t, &jti());
     assert_eq!(send(&b, &h, &body).0, 200);
 }
+
+/// An `mcp` tool that takes DPoP-bound credentials only: an exchange signed
+/// with RFC 9421 is refused before anything is spent (its credential would
+/// be refused at the gateway), and one proved with DPoP gets a bound one.
+#[test]
+fn a_dpop_only_mcp_tool_refuses_a_signed_exchange_first() {
+    let b = Broker::start("sig-mcp-dpop");
+    for (path, body) in [
+        ("/v1/tenants", serde_json::json!({"name": "beta"})),
+        (
+            "/v1/tenants/beta/principals",
+            serde_json::json!({"id": "alice@example.com"}),
+        ),
+        (
+            "/v1/tenants/beta/agents",
+            serde_json::json!({"name": "triage", "owner": "ops", "envelope": ["pay:*"]}),
+        ),
+        (
+            "/v1/tenants/beta/tools",
+            serde_json::json!({"name": "pay", "provider": "mcp", "actions": ["transfer"],
+            "mcp": {"upstream": "http://127.0.0.1:9/mcp", "dpop": true}}),
+        ),
+    ] {
+        let (s, v) = b.admin_post(path, body);
+        assert_eq!(s, 201, "{path}: {v}");
+    }
+    let (s, v) = b.admin_post(
+        "/v1/tenants/beta/grants",
+        serde_json::json!({"principal": "alice@example.com", "agent": "triage", "capabilities": ["pay:transfer"], "task": "pay"}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let grant = v["id"].as_str().unwrap().to_owned();
+    let (s, v) = b.admin_put_text(
+        "/v1/tenants/beta/policies/baseline",
+        include_str!("../../../examples/policies/baseline.cedar"),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (run, mandate, key) = b.start_run("beta", &grant, Alg::EdDSA);
+    let gateway = format!("{}/mcp/pay", b.url);
+    let body = form(&mandate, &gateway, "transfer");
+    let h = signed(&b, &key, &body, ALL, now(), &jti());
+    assert_refused(
+        &send(&b, &h, &body),
+        400,
+        "invalid_request",
+        "DPoP-bound credentials only",
+    );
+    let ev = b.audit(&format!("type=token.exchange&run={run}&decision=deny"));
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let (s, v) = b.exchange(&mandate, &key, &gateway, "transfer");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["token_type"], "DPoP", "{v}");
+    let cred = v["access_token"].as_str().unwrap();
+    let claims: Value = serde_json::from_slice(
+        &mandate_core::jose::unb64("c", cred.split('.').nth(1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["cnf"]["jkt"], key.kid());
+}

@@ -201,8 +201,9 @@ fn decide_all(
 ) -> Result<Decided, Denial> {
     let tool = &f.tool;
     decide::scope(m, tool, &req.actions)?;
-    let count_uses = decide::attenuation(s, req, m, f, now)?;
     let provider = providers::of(tool.provider);
+    provider.check_pop(tool, pop)?;
+    let count_uses = decide::attenuation(s, req, m, f, now)?;
     let prepared = provider.prepare(tool, &req.actions)?;
     // A suspended run waits for an admin (anomaly response).
     if let Some(why) = &f.suspended {

@@ -12,6 +12,7 @@ use mandate_core::tooling::ProviderKind;
 use serde_json::{Value, json};
 
 use super::{BoxFuture, Credential, Issue, IssueFailure, Pop, Provider, Settings};
+use crate::error::{ApiError, Code, err};
 use crate::mcp_client::stdio::command_for;
 use crate::state::AppState;
 
@@ -68,6 +69,22 @@ impl Provider for Mcp {
                 tool.name
             )),
         }
+    }
+
+    /// A tool that takes DPoP-bound credentials only (`mcp.dpop`) needs an
+    /// exchange proved with DPoP: a credential bound otherwise (or not at
+    /// all) would be refused at the gateway after spending approvals.
+    fn check_pop(&self, tool: &Tool, pop: Option<Pop>) -> Result<(), ApiError> {
+        if tool.mcp.as_ref().is_some_and(|m| m.dpop) && pop != Some(Pop::Dpop) {
+            return Err(err(
+                Code::InvalidRequest,
+                format!(
+                    "tool `{}` takes DPoP-bound credentials only: make the exchange with a DPoP proof (RFC 9449)",
+                    tool.name
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Bearer, as MCP client libraries send it, unless the tool asks for

@@ -203,6 +203,14 @@ pub trait Provider: Send + Sync {
         Ok(Prepared::default())
     }
 
+    /// Refuses an exchange whose proof of the run's key (`pop`) cannot make
+    /// a credential the tool takes; asked before anything is spent
+    /// (approvals, attenuation uses, policy history).
+    fn check_pop(&self, tool: &Tool, pop: Option<Pop>) -> Result<(), ApiError> {
+        let _ = (tool, pop);
+        Ok(())
+    }
+
     /// Whether the credential is bound to the run's key (`cnf`), given the
     /// tool and how the exchange proved it.
     fn binds(&self, tool: &Tool, pop: Pop) -> bool {

@@ -41,7 +41,13 @@ pub async fn introspect(
                 let mut v = credential::to_json(c.as_ref());
                 if let Some(o) = v.as_object_mut() {
                     o.insert("active".into(), json!(true));
-                    o.insert("token_type".into(), json!("DPoP"));
+                    // RFC 9449 §6: DPoP only when bound to a key (an
+                    // unbound gateway credential is a bearer one).
+                    let bound = c.cnf.is_some();
+                    o.insert(
+                        "token_type".into(),
+                        json!(if bound { "DPoP" } else { "Bearer" }),
+                    );
                 }
                 Json(v)
             }
