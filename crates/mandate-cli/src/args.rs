@@ -218,6 +218,12 @@ pub(crate) struct ServeArgs {
     /// Data directory (SQLite database).
     #[arg(long, env = "MANDATE_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Store everything in PostgreSQL instead of the embedded SQLite
+    /// database: `postgres://user:password@host:port/database` (prefer the
+    /// MANDATE_STORE variable: a password on the command line is visible to
+    /// other users of the host).
+    #[arg(long, env = "MANDATE_STORE", hide_env_values = true)]
+    pub(crate) store: Option<String>,
     /// Master key file (0600; created on first start). MANDATE_MASTER_KEY (base64url, 32 bytes) takes precedence.
     #[arg(long, env = "MANDATE_MASTER_KEY_FILE")]
     pub(crate) master_key_file: Option<PathBuf>,

@@ -50,6 +50,9 @@ pub(crate) fn serve(a: ServeArgs, token_file: Option<PathBuf>) -> Result<(), Cli
     let cfg_dir = config_dir();
     let mut cfg =
         mandate_server::Config::new(a.listen, a.data_dir.unwrap_or_else(data_dir), &cfg_dir);
+    cfg.store_url = a
+        .store
+        .map(|u| mandate_core::secret::Secret::new(u.into_bytes()));
     if let Some(i) = a.issuer {
         cfg.issuer = i.trim_end_matches('/').to_owned();
     }

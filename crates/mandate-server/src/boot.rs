@@ -10,9 +10,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 
+use crate::pg_guard::PgLock;
 use mandate_core::audit::EventBody;
 use mandate_core::model::AdminToken;
 use mandate_core::secret::Secret;
+use mandate_store::postgres::PgStore;
 use mandate_store::sqlite::SqliteStore;
 use mandate_store::{Entry, Mutation, Store};
 
@@ -22,6 +24,39 @@ use crate::state::AppState;
 
 /// Id prefix of feed-reader credentials in the admin credential table.
 pub const FEED_ID_PREFIX: &str = "feed_";
+
+/// The store the configuration names: PostgreSQL at `store_url`, or the
+/// embedded SQLite database in the data directory.
+fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<PgLock>), BootError> {
+    if let Some(url) = &cfg.store_url {
+        let url = std::str::from_utf8(url.expose())
+            .map_err(|_| BootError("the store URL is not text".into()))?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(BootError(
+                "--store takes a PostgreSQL URL (postgres://user:password@host:port/database); without it the broker uses SQLite in its data directory".into(),
+            ));
+        }
+        let lock = crate::pg_guard::claim(url)?;
+        // The URL holds a password: errors name the database, never the URL.
+        let store = PgStore::open(url)
+            .map_err(|e| BootError(format!("cannot open the PostgreSQL store: {e}")))?;
+        return Ok((Arc::new(store), Some(lock)));
+    }
+    let db = cfg.data_dir.join("mandate.db");
+    let store = SqliteStore::open(&db).map_err(|e| match e {
+        mandate_store::StoreError::Locked(why) => BootError(why),
+        e => BootError(format!("cannot open {}: {e}", db.display())),
+    })?;
+    // The database holds no secrets in clear, but it is nobody else's business.
+    for f in [
+        db,
+        cfg.data_dir.join("mandate.db-wal"),
+        cfg.data_dir.join("mandate.db-shm"),
+    ] {
+        let _ = fs::set_permissions(f, fs::Permissions::from_mode(0o600));
+    }
+    Ok((Arc::new(store), None))
+}
 
 /// SHA-256 of an admin token.
 pub fn token_hash(token: &str) -> Vec<u8> {
@@ -40,19 +75,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         ))
     })?;
     let _ = fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700));
-    let db = cfg.data_dir.join("mandate.db");
-    let store = SqliteStore::open(&db).map_err(|e| match e {
-        mandate_store::StoreError::Locked(why) => BootError(why),
-        e => BootError(format!("cannot open {}: {e}", db.display())),
-    })?;
-    // The database holds no secrets in clear, but it is nobody else's business.
-    for f in [
-        db,
-        cfg.data_dir.join("mandate.db-wal"),
-        cfg.data_dir.join("mandate.db-shm"),
-    ] {
-        let _ = fs::set_permissions(f, fs::Permissions::from_mode(0o600));
-    }
+    let (store, pg_lock) = open_store(&cfg)?;
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
     let first_start = snap.keys.is_empty();
     let mk = master_key(&cfg, first_start)?;
@@ -70,7 +93,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
     let (anchored, unanchored) = crate::checkpoint::at_start(
         &cfg,
         &keys.jwks(),
-        &store,
+        store.as_ref(),
         (snap.audit_head.0, &snap.audit_head.1),
         first_start,
     )?;
@@ -108,16 +131,20 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         snap.audit_head.clone(),
         anchored,
     )?;
-    AppState::new(
+    let state = AppState::new(
         cfg,
-        Arc::new(store),
+        store,
         keys,
         snap,
         admin_hashes,
         mk,
         proofs_from,
         checkpoints,
-    )
+    )?;
+    if let Ok(mut l) = state.pg_lock.lock() {
+        *l = pg_lock;
+    }
+    Ok(state)
 }
 
 /// The admin credentials' hashes. A broker that has none gets a new

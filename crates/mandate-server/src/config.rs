@@ -35,8 +35,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Public base URL (`iss`; DPoP `htu` is checked against it).
     pub issuer: String,
-    /// Directory of the SQLite database.
+    /// Directory of the SQLite database (and of the audit checkpoint).
     pub data_dir: PathBuf,
+    /// A PostgreSQL connection URL (`postgres://…`) to store everything
+    /// there instead of the embedded SQLite database; it holds a password,
+    /// so it is a secret (never in Debug output or logs).
+    pub store_url: Option<mandate_core::secret::Secret>,
     /// Master key.
     pub master_key: MasterKeySource,
     /// Where the bootstrap admin credential is written (mode 0600).
@@ -118,6 +122,7 @@ impl Config {
             listen,
             issuer: format!("http://{listen}"),
             data_dir,
+            store_url: None,
             master_key: MasterKeySource::File(config_dir.join("master.key")),
             admin_token_file: config_dir.join("admin.token"),
             trust_domain: "mandate.local".into(),

@@ -36,6 +36,7 @@ pub mod listen;
 pub mod mcp_client;
 pub mod origin;
 pub mod pg;
+pub mod pg_guard;
 pub mod pop;
 pub mod providers;
 pub mod rebuild;

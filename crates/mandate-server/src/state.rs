@@ -172,6 +172,8 @@ pub struct AppState {
     pub mcp_stdio: crate::mcp_client::stdio::Pool,
     /// Sessions MCP clients opened at the gateway.
     pub mcp_gateway: std::sync::Mutex<crate::routes::mcp::GatewaySessions>,
+    /// The one-broker lock on a PostgreSQL store, released at shutdown.
+    pub pg_lock: std::sync::Mutex<Option<crate::pg_guard::PgLock>>,
     /// The proxy's upstream client.
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
@@ -372,6 +374,7 @@ impl AppState {
             mcp_sessions: Default::default(),
             mcp_stdio: Default::default(),
             mcp_gateway: Default::default(),
+            pg_lock: Default::default(),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),
@@ -388,6 +391,9 @@ impl AppState {
     pub fn shutdown(&self) {
         self.writer.shutdown();
         self.checkpoints.flush();
+        if let Ok(mut l) = self.pg_lock.lock() {
+            l.take();
+        }
     }
 
     /// Reads the registry.

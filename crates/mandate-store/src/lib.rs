@@ -1,7 +1,8 @@
 //! # mandate-store
 //!
 //! Persistence for the Mandate broker, behind the [`Store`] trait, with the
-//! embedded SQLite (WAL) backend in [`sqlite`].
+//! embedded SQLite (WAL) backend in [`sqlite`] and a PostgreSQL backend
+//! (several brokers on one database) in [`postgres`].
 //!
 //! Writes are *entries*: an optional [`Mutation`] and the audit events that
 //! record it. A batch of entries is committed in one transaction (group
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
