@@ -654,6 +654,17 @@ impl AppState {
         facts: &mandate_core::policy::ExchangeFacts<'_>,
     ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
         let key = key_digest(&[facts.run, facts.tool]);
+        self.cached_entities(key, (facts.run, generation), || self.engine.entities(facts))
+    }
+
+    /// The entities cached under `key` for `run` at `generation`, or built
+    /// (and cached until [`DERIVED_TTL`] or the run ends).
+    fn cached_entities(
+        &self,
+        key: [u8; 32],
+        (run, generation): (&str, u64),
+        build: impl FnOnce() -> Result<mandate_core::policy::PolicyEntities, mandate_core::Error>,
+    ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
         let now = self.now_secs();
         if let Some(c) = self
             .policy_entities
@@ -664,10 +675,10 @@ impl AppState {
         {
             return Ok(Arc::clone(&c.entities));
         }
-        let e = Arc::new(self.engine.entities(facts)?);
+        let e = Arc::new(build()?);
         if let Ok(mut m) = self.policy_entities.lock() {
             let c = CachedEntities {
-                run: facts.run.to_owned(),
+                run: run.to_owned(),
                 generation,
                 entities: Arc::clone(&e),
             };
@@ -686,27 +697,10 @@ impl AppState {
         call: &str,
     ) -> Result<Arc<mandate_core::policy::PolicyEntities>, mandate_core::Error> {
         let key = key_digest(&[facts.run, facts.tool, call, "call"]);
-        let now = self.now_secs();
-        if let Some(c) = self
-            .policy_entities
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key, now))
-            && c.generation == generation
-        {
-            return Ok(Arc::clone(&c.entities));
-        }
-        let base = self.policy_entities(generation, facts)?;
-        let e = Arc::new(self.engine.call_entities(&base, call)?);
-        if let Ok(mut m) = self.policy_entities.lock() {
-            let c = CachedEntities {
-                run: facts.run.to_owned(),
-                generation,
-                entities: Arc::clone(&e),
-            };
-            m.put(key, now + DERIVED_TTL, Arc::new(c), now);
-        }
-        Ok(e)
+        self.cached_entities(key, (facts.run, generation), || {
+            let base = self.policy_entities(generation, facts)?;
+            self.engine.call_entities(&base, call)
+        })
     }
 
     /// A mandate verified before and not expired, from the cache.

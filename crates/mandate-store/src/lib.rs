@@ -18,6 +18,7 @@
 
 pub mod postgres;
 pub mod records;
+mod search;
 pub mod sqlite;
 
 pub use records::*;

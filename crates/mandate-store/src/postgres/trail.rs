@@ -108,10 +108,7 @@ fn first_at_or_after(s: &mut Session<'_>, from: u64, t: u64) -> Result<Option<u6
     let Some(head) = opt_int(&head, 0)? else {
         return Ok(None);
     };
-    if head <= from {
-        return Ok(None);
-    }
-    let mut at = |seq: u64| -> Result<i64> {
+    let at = |seq: u64| -> Result<i64> {
         let r = s.query_opt(
             "SELECT time_ms FROM audit WHERE seq >= $1 ORDER BY seq ASC LIMIT 1",
             &[&(seq as i64)],
@@ -121,20 +118,7 @@ fn first_at_or_after(s: &mut Session<'_>, from: u64, t: u64) -> Result<Option<u6
             None => i64::MAX,
         })
     };
-    let t = i64::try_from(t).unwrap_or(i64::MAX);
-    if at(head)? < t {
-        return Ok(None);
-    }
-    let (mut lo, mut hi) = (from + 1, head);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if at(mid)? >= t {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(Some(lo))
+    crate::search::first_at_or_after(from, head, t, at)
 }
 
 /// Which part of the trail a query reads (for `since`).

@@ -108,29 +108,13 @@ fn first_at_or_after(c: &Connection, from: u64, t: u64) -> Result<Option<u64>> {
     let Some(head) = head.and_then(|h| u64::try_from(h).ok()) else {
         return Ok(None);
     };
-    if head <= from {
-        return Ok(None);
-    }
     let mut time_of =
         c.prepare_cached("SELECT time_ms FROM audit WHERE seq >= ?1 ORDER BY seq ASC LIMIT 1")?;
-    let mut at = |seq: u64| -> Result<i64> {
+    let at = |seq: u64| -> Result<i64> {
         let ms: Option<i64> = time_of.query_row([seq as i64], |r| r.get(0)).optional()?;
         Ok(ms.unwrap_or(i64::MAX))
     };
-    let t = i64::try_from(t).unwrap_or(i64::MAX);
-    if at(head)? < t {
-        return Ok(None);
-    }
-    let (mut lo, mut hi) = (from + 1, head);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if at(mid)? >= t {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(Some(lo))
+    crate::search::first_at_or_after(from, head, t, at)
 }
 
 /// Which part of the trail a query reads (for `since`).
