@@ -513,7 +513,7 @@ def test_a_tool_can_take_dpop_bound_credentials_only(broker, upstream, tmp_path)
     meta = http("GET", f"{b.url}/.well-known/oauth-protected-resource/mcp/payments")[1]
     assert "EdDSA" in meta["dpop_signing_alg_values_supported"]
     key = OKPKey.generate_key("Ed25519")
-    _, tok = start_run(b, "pay-bot", ["payments:pay"], gateway, "pay", task="pay invoice 9", key=key)
+    run, tok = start_run(b, "pay-bot", ["payments:pay"], gateway, "pay", task="pay invoice 9", key=key)
     assert tok["token_type"] == "DPoP", tok
     token = tok["access_token"]
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
@@ -560,6 +560,13 @@ def test_a_tool_can_take_dpop_bound_credentials_only(broker, upstream, tmp_path)
     # A bearer credential issued before the tool asked for DPoP is refused now.
     status, body, h = _send(gateway, call, {"Authorization": f"Bearer {bearer}"})
     refused(status, body, h, "DPoP-bound credentials only")
+    # Each refusal of the bound credential is the run's, in its audit trail
+    # (a bound credential without its key is what a stolen one looks like).
+    events = json.loads(b.cli("--json", "audit", "--run", run["run"], "--limit", "100").stdout)
+    unproven = [e for e in events if e["event_type"] == "mcp.call" and e["decision"] == "deny"]
+    assert len(unproven) == 7, [e.get("reason") for e in unproven]
+    assert all(e["reason"].startswith("invalid_dpop_proof") and e["credential_id"] == claims["jti"]
+               for e in unproven), unproven
     # Only the two proven calls reached the MCP server, without the agent's
     # credential or its proofs.
     calls = upstream.calls()

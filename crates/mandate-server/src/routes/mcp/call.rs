@@ -369,13 +369,22 @@ async fn pending(
 }
 
 fn event(s: &S, addr: SocketAddr, c: &Caller, id: &Id) -> EventBody {
-    let claims = &c.claims;
     let id_shown: String = id
         .to_string()
         .chars()
         .filter(|c| !c.is_control())
         .take(64)
         .collect();
+    EventBody {
+        details: json!({"method": "tools/call", "jsonrpc_id": id_shown}),
+        ..caller_event(s, addr, c)
+    }
+}
+
+/// An `mcp.call` event naming the caller (its run, agent, human and
+/// credential) and the tool.
+pub(super) fn caller_event(s: &S, addr: SocketAddr, c: &Caller) -> EventBody {
+    let claims = &c.claims;
     EventBody {
         time_ms: s.now_ms(),
         event_type: EventType::McpCall,
@@ -388,7 +397,6 @@ fn event(s: &S, addr: SocketAddr, c: &Caller, id: &Id) -> EventBody {
         task: Some(claims.task.clone()),
         tool: Some(c.tool.name.clone()),
         credential_id: Some(claims.jti.clone()),
-        details: json!({"method": "tools/call", "jsonrpc_id": id_shown}),
         ..Default::default()
     }
 }

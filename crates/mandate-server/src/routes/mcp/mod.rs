@@ -131,9 +131,9 @@ pub async fn post(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let now = s.now_secs();
-    let caller = match identify(&s, "POST", &headers, &tool, now) {
+    let caller = match authenticate(&s, addr, "POST", &headers, &tool, now).await {
         Ok(c) => c,
-        Err(e) => return challenge(&s, &tool, e),
+        Err(r) => return r,
     };
     let body = match super::body(body, MAX_BODY) {
         Ok(b) => b,
@@ -244,14 +244,15 @@ pub async fn post(
 /// `GET /mcp/{tool}` (a stream of server messages) is not offered; `DELETE` ends a session.
 pub async fn other(
     State(s): State<S>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(tool): Path<String>,
     method: axum::http::Method,
     headers: HeaderMap,
 ) -> Response {
     let now = s.now_secs();
-    let caller = match identify(&s, method.as_str(), &headers, &tool, now) {
+    let caller = match authenticate(&s, addr, method.as_str(), &headers, &tool, now).await {
         Ok(c) => c,
-        Err(e) => return challenge(&s, &tool, e),
+        Err(r) => return r,
     };
     if method == axum::http::Method::DELETE {
         let id = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
@@ -435,6 +436,42 @@ fn authorization(v: &str) -> Option<(Scheme, &str)> {
     Some((scheme, rest.trim())).filter(|(_, t)| !t.is_empty())
 }
 
+/// Why a caller was not let in.
+enum Refused {
+    /// No valid credential for this tool: nobody we know (answered through
+    /// the refusal throttle).
+    Anonymous(ApiError),
+    /// A valid credential whose key was not proven (DPoP): the run's
+    /// refusal, audited as such (a bound credential without its key is
+    /// what a stolen one looks like).
+    Unproven(Box<Caller>, ApiError),
+}
+
+/// Who calls, or the answer that refuses them (audited).
+async fn authenticate(
+    s: &S,
+    addr: SocketAddr,
+    method: &str,
+    headers: &HeaderMap,
+    tool: &str,
+    now: u64,
+) -> Result<Caller, Response> {
+    match identify(s, method, headers, tool, now) {
+        Ok(c) => Ok(c),
+        Err(Refused::Anonymous(e)) => Err(challenge(s, tool, e, true)),
+        Err(Refused::Unproven(c, e)) => {
+            let mut ev = call::caller_event(s, addr, &c);
+            ev.decision = mandate_core::audit::Decision::Deny;
+            ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+            ev.details = json!({"method": method, "refused": "proof of possession"});
+            if let Err(we) = s.record(vec![ev]).await {
+                return Err(we.into_response());
+            }
+            Err(challenge(s, tool, e, false))
+        }
+    }
+}
+
 /// Who calls: a valid credential for this `mcp` tool, not revoked, and,
 /// when it is DPoP-bound (or the tool asks for DPoP), proven with a fresh
 /// proof for this request.
@@ -444,7 +481,25 @@ fn identify(
     headers: &HeaderMap,
     tool_name: &str,
     now: u64,
-) -> Result<Caller, ApiError> {
+) -> Result<Caller, Refused> {
+    let anonymous = Refused::Anonymous;
+    let (claims, tool, presented) =
+        credential(s, method, headers, tool_name, now).map_err(anonymous)?;
+    match possession(s, headers, &tool, &claims, presented, now) {
+        Ok(()) => Ok(Caller { claims, tool }),
+        Err(e) => Err(Refused::Unproven(Box::new(Caller { claims, tool }), e)),
+    }
+}
+
+/// The credential presented for this `mcp` tool: valid, for this gateway
+/// URL, not revoked.
+fn credential<'h>(
+    s: &S,
+    method: &'h str,
+    headers: &'h HeaderMap,
+    tool_name: &str,
+    now: u64,
+) -> Result<(Arc<AccessClaims>, Arc<Tool>, Presented<'h>), ApiError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(v), None) = (values.next(), values.next()) else {
         return Err(err(
@@ -492,13 +547,12 @@ fn identify(
             ),
         ));
     }
-    let proven = Presented {
+    let presented = Presented {
         scheme,
         token,
         method,
     };
-    possession(s, headers, &tool, &claims, proven, now)?;
-    Ok(Caller { claims, tool })
+    Ok((claims, tool, presented))
 }
 
 /// A credential as presented with one request.
@@ -570,7 +624,7 @@ fn possession(
 /// RFC 9728 §5.1): where the resource's metadata is, and for a missing
 /// scope, which scope (MCP 2025-11-25 authorization §Scope Challenge
 /// Handling). Unidentified callers go through the refusal throttle.
-fn challenge(s: &S, tool: &str, e: ApiError) -> Response {
+fn challenge(s: &S, tool: &str, e: ApiError, anonymous: bool) -> Response {
     let tool_shown: String = tool
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -589,7 +643,7 @@ fn challenge(s: &S, tool: &str, e: ApiError) -> Response {
     };
     let nonce = e.code == Code::UseDpopNonce;
     let unauthenticated = value.is_some();
-    let e = if unauthenticated {
+    let e = if unauthenticated && anonymous {
         e.unauthenticated(EventType::McpCall)
     } else {
         e
