@@ -55,21 +55,35 @@ def recording(app, log_path):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         chunks = []
+        logged = []
+
+        def log():
+            # Written once the request is read, before any answer leaves:
+            # a test that got its answer finds the request in the log.
+            if not logged:
+                logged.append(True)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers,
+                                        "body": b"".join(chunks).decode(errors="replace")}) + "\n")
 
         async def rec():
             msg = await receive()
             if msg["type"] == "http.request":
                 chunks.append(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    log()
             return msg
+
+        async def sending(msg):
+            log()
+            await send(msg)
 
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         LAST_AUTH["value"] = headers.get("authorization", "")
         try:
-            return await app(scope, rec, send)
+            return await app(scope, rec, sending)
         finally:
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers,
-                                    "body": b"".join(chunks).decode(errors="replace")}) + "\n")
+            log()
 
     return asgi
 
