@@ -120,7 +120,11 @@ fn hold(
         loop {
             tokio::select! {
                 _ = &mut released => {
-                    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+                    // Bounded: a database that hangs must not hang the
+                    // broker's shutdown (closing the connection frees the
+                    // lock anyway).
+                    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]);
+                    let _ = tokio::time::timeout(KEEPALIVE, unlock).await;
                     return;
                 }
                 _ = &mut connection => break,
