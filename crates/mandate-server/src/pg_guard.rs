@@ -85,7 +85,15 @@ fn hold(
         }
     };
     rt.block_on(async move {
-        let connected = tokio::time::timeout(CLAIM_TIMEOUT, tokio_postgres::connect(url, NoTls)).await;
+        // The parser's message may quote a character of the URL (of its
+        // password, perhaps): not repeated.
+        let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+            let _ = tx.send(Err(
+                "the PostgreSQL connection string is not valid (postgresql://user:password@host:port/database)".into(),
+            ));
+            return;
+        };
+        let connected = tokio::time::timeout(CLAIM_TIMEOUT, config.connect(NoTls)).await;
         let (client, connection) = match connected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {

@@ -112,4 +112,16 @@ fn a_store_url_that_is_not_postgres_is_refused_with_the_reason() {
     let e = mandate_server::boot::boot(cfg).err().unwrap().to_string();
     assert!(e.contains("PostgreSQL"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
+    // A URL the parser refuses: its text (the password's) is not quoted.
+    let mut cfg = mandate_server::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("data"),
+        &dir.join("config"),
+    );
+    cfg.store_url = Some(Secret::new(
+        b"postgres://u:hun\ter2@127.0.0.1:x/db".to_vec(),
+    ));
+    let e = mandate_server::boot::boot(cfg).err().unwrap().to_string();
+    assert!(e.contains("not valid"), "{e}");
+    assert!(!e.contains("hun"), "{e}");
 }
