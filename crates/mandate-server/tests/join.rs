@@ -53,7 +53,15 @@ fn a_join_token_starts_exactly_one_run_of_its_agent() {
     let evs = b.audit(&format!("run={run}"));
     assert!(evs.iter().any(|e| e["event_type"] == "join_token.use"));
     let text = serde_json::to_string(&b.audit("limit=1000")).unwrap();
-    assert!(!text.contains(t.rsplit_once('_').unwrap().1));
+    // `mandate_join_<hex id>_<base64url secret>`: the secret may itself
+    // hold `_`, so it is what follows the id's `_`, not the last one's.
+    let secret = t
+        .strip_prefix("mandate_join_")
+        .and_then(|r| r.split_once('_'))
+        .unwrap()
+        .1;
+    assert_eq!(secret.len(), 43, "{t}");
+    assert!(!text.contains(secret));
     // The token is stored as a hash only.
     let db = std::fs::read(b.dir.join("data/mandate.db")).unwrap();
     let wal = std::fs::read(b.dir.join("data/mandate.db-wal")).unwrap_or_default();
@@ -98,8 +106,11 @@ fn join_tokens_are_refused_outside_their_scope() {
     );
     assert_refused(&r, 403, "insufficient_scope", "not an admin credential");
     // Forged: a real id with another secret; garbage; expired.
-    let (id_part, _) = t.rsplit_once('_').unwrap();
-    let forged = format!("{id_part}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let (id, _) = t
+        .strip_prefix("mandate_join_")
+        .and_then(|r| r.split_once('_'))
+        .unwrap();
+    let forged = format!("mandate_join_{id}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     assert_refused(
         &start_with(&b, &forged, run_body(&grant)),
         401,
