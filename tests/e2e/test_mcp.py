@@ -557,6 +557,10 @@ def test_a_tool_can_take_dpop_bound_credentials_only(broker, upstream, tmp_path)
     status, body, _ = send({"DPoP": once})
     assert status == 200 and body["result"]["content"][0]["text"] == "paid 5 EUR", body
     refused(*send({"DPoP": once}), "already used")
+    # An unbound credential presented as DPoP (with a proof of some key) is refused.
+    status, body, h = _send(gateway, call, {"Authorization": f"DPoP {bearer}",
+                                            "DPoP": resource_proof(key, "POST", gateway, bearer)})
+    assert status == 401 and "not DPoP-bound" in body["error_description"], body
     # A bearer credential issued before the tool asked for DPoP is refused now.
     status, body, h = _send(gateway, call, {"Authorization": f"Bearer {bearer}"})
     refused(status, body, h, "DPoP-bound credentials only")

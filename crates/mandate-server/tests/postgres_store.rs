@@ -39,6 +39,15 @@ fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
+/// A broker's configuration with its directories in `dir`.
+fn config_in(dir: &std::path::Path) -> mandate_server::Config {
+    mandate_server::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("data"),
+        &dir.join("config"),
+    )
+}
+
 fn on(url: &str) -> impl FnOnce(&mut mandate_server::Config) + '_ {
     move |c| c.store_url = Some(Secret::new(url.as_bytes().to_vec()))
 }
@@ -54,11 +63,7 @@ fn a_broker_on_postgres_keeps_what_it_issued_and_revoked_across_a_restart() {
     // A second broker on the same database is refused while this one runs
     // (until brokers tell each other their changes), with the reason.
     let dir = tempdir("pgstore-second");
-    let mut cfg = mandate_server::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.join("data"),
-        &dir.join("config"),
-    );
+    let mut cfg = config_in(&dir);
     on(&url)(&mut cfg);
     let refused = mandate_server::boot::boot(cfg).err().unwrap().to_string();
     assert!(refused.contains("another broker"), "{refused}");
@@ -91,20 +96,12 @@ fn a_broker_on_postgres_keeps_what_it_issued_and_revoked_across_a_restart() {
 #[test]
 fn a_store_url_that_is_not_postgres_is_refused_with_the_reason() {
     let dir = tempdir("pgstore-bad");
-    let mut cfg = mandate_server::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.join("data"),
-        &dir.join("config"),
-    );
+    let mut cfg = config_in(&dir);
     cfg.store_url = Some(Secret::new(b"mysql://root:hunter2@db/x".to_vec()));
     let e = mandate_server::boot::boot(cfg).err().unwrap().to_string();
     assert!(e.contains("PostgreSQL URL"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
-    let mut cfg = mandate_server::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.join("data"),
-        &dir.join("config"),
-    );
+    let mut cfg = config_in(&dir);
     // Nothing listens there: refused, and the password is not repeated.
     cfg.store_url = Some(Secret::new(
         b"postgres://u:hunter2@127.0.0.1:9/x?connect_timeout=2".to_vec(),
@@ -113,11 +110,7 @@ fn a_store_url_that_is_not_postgres_is_refused_with_the_reason() {
     assert!(e.contains("PostgreSQL"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
     // A URL the parser refuses: its text (the password's) is not quoted.
-    let mut cfg = mandate_server::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.join("data"),
-        &dir.join("config"),
-    );
+    let mut cfg = config_in(&dir);
     cfg.store_url = Some(Secret::new(
         b"postgres://u:hun\ter2@127.0.0.1:x/db".to_vec(),
     ));
