@@ -290,6 +290,33 @@ pub struct ProofUse<'a> {
     pub nonce: bool,
 }
 
+impl ProofUse<'_> {
+    /// The durable form of this use, for a store shared by several
+    /// brokers (or by one across restarts): a fixed-size key, SHA-256 of
+    /// the key thumbprint and the id, so no caller's text is stored, and
+    /// the time after which it can be forgotten.
+    pub fn spent(&self) -> Spent {
+        let mut h = Sha256::new();
+        h.update(self.jkt.as_bytes());
+        h.update([0]);
+        h.update(self.id.as_bytes());
+        Spent {
+            key: format!("proof:{}", b64(&h.finalize())),
+            until: self.forget_after,
+        }
+    }
+}
+
+/// Something that may be used once (a proof's id, a single-use
+/// credential), as a store records it: refused a second time until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Spent {
+    /// What was used (`proof:<digest>`, `credential:<jti>`).
+    pub key: String,
+    /// Until when a second use must be refused (Unix seconds).
+    pub until: UnixTime,
+}
+
 /// Bounds of a [`ReplayCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayLimits {

@@ -157,6 +157,17 @@ impl RevokedSet {
         refused(keys, issued_at, &self.ids, self.before)
     }
 
+    /// Adds every id `other` holds (and its kill-switch time): revocations
+    /// only accumulate, so a set rebuilt from a store keeps what this one
+    /// learnt meanwhile.
+    pub fn absorb(&mut self, other: &RevokedSet, now: u64) {
+        self.before = self.before.max(other.before);
+        for id in &other.ids {
+            let until = other.until.get(id).copied().unwrap_or(0);
+            self.add(id, until, now);
+        }
+    }
+
     /// Forgets `id` again (its revocation was added before its commit, and
     /// the commit failed).
     pub fn remove(&mut self, id: &str) {
@@ -307,6 +318,20 @@ pub fn kind(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absorb_unites_two_sets() {
+        let mut s = RevokedSet::default();
+        s.add("run:live", 30, 20);
+        s.add("everything:5", 0, 20);
+        let mut t = RevokedSet::default();
+        t.add("agent:a/b", 0, 20);
+        t.absorb(&s, 20);
+        assert!(t.contains("run:live") && t.contains("agent:a/b"));
+        assert_eq!(t.revoked_before(), 5);
+        t.add("cred:x", 40, 31);
+        assert!(!t.contains("run:live"), "forgotten after its time");
+    }
 
     fn lineage() -> Lineage<'static> {
         Lineage {

@@ -147,7 +147,9 @@ impl Registry {
             | Mutation::DecideApproval { .. }
             | Mutation::UseApproval { .. }
             | Mutation::Enqueue { .. }
-            | Mutation::Dequeue { .. } => return,
+            | Mutation::Dequeue { .. }
+            | Mutation::Unrevoked { .. }
+            | Mutation::FirstUse { .. } => return,
             Mutation::PutApproverToken(t) => {
                 self.approvers.push(ApproverCredential::from_record(t));
                 return;
@@ -179,7 +181,9 @@ impl Registry {
             | Mutation::SuspendRun { .. }
             | Mutation::ResumeRun { .. }
             | Mutation::Enqueue { .. }
-            | Mutation::Dequeue { .. } => {}
+            | Mutation::Dequeue { .. }
+            | Mutation::Unrevoked { .. }
+            | Mutation::FirstUse { .. } => {}
             Mutation::CreateTenant(t) => {
                 self.tenants.insert(t.name.clone(), t.clone());
             }

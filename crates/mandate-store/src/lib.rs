@@ -45,6 +45,13 @@ pub enum StoreError {
     /// broker at a time).
     #[error("{0}")]
     Locked(String),
+    /// A [`Mutation::Unrevoked`] found this revocation id (or the kill
+    /// switch) in force.
+    #[error("revoked: {0}")]
+    Revoked(String),
+    /// A [`Mutation::FirstUse`] found this one-time key used before.
+    #[error("already used: {0}")]
+    Replayed(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -77,6 +84,9 @@ pub struct Committed {
     pub events: Vec<ChainedEvent>,
     /// Sequence number of a revocation this entry wrote.
     pub revocation_seq: Option<u64>,
+    /// The store's new generation, if this entry moved it
+    /// ([`Change::Registry`]).
+    pub generation: Option<u64>,
 }
 
 /// Filters for audit queries; `None` matches anything.
@@ -164,4 +174,33 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Approval>>;
     /// How many times each attenuation block has been used (0 if never).
     fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>>;
+    /// The registry's generation ([`Snapshot::generation`]) now.
+    fn generation(&self) -> Result<u64>;
+    /// Whether other processes may commit to this store, and if so, wakes
+    /// `on_change` whenever one commits a [`Change`] (and once after every
+    /// reconnection of the listening connection, since a change may have
+    /// been missed meanwhile). A store only this process uses returns
+    /// `false` and never wakes it.
+    fn watch(&self, on_change: std::sync::Arc<tokio::sync::Notify>) -> bool {
+        let _ = on_change;
+        false
+    }
+}
+
+/// Whether a token issued at `issued_at` with revocation ids `keys` is
+/// refused by revocation rows `(key, until)` read from a store: the rule of
+/// [`mandate_core::revocation::RevokedSet`], applied to what the store
+/// found for [`Mutation::Unrevoked`].
+pub(crate) fn refused_by(
+    rows: impl IntoIterator<Item = (String, u64)>,
+    keys: &[String],
+    issued_at: u64,
+    now: u64,
+) -> Option<String> {
+    let mut set = mandate_core::revocation::RevokedSet::default();
+    // As a registry loads a snapshot: what expired before now is not read.
+    for (key, until) in rows.into_iter().filter(|(_, u)| *u == 0 || *u >= now) {
+        set.add(&key, until, now);
+    }
+    set.refused(keys, issued_at).map(|k| k.into_owned())
 }

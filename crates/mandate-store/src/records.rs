@@ -191,6 +191,29 @@ pub enum Mutation {
         /// When the counts can be forgotten (the mandate's expiry).
         until: u64,
     },
+    /// Fails with [`crate::StoreError::Revoked`], changing nothing, if a
+    /// token issued at `issued_at` with these revocation ids is refused by
+    /// the revocations committed so far (by this broker or any other on the
+    /// same store): put first in the entry that issues something, so a
+    /// revocation committed a moment earlier elsewhere wins.
+    Unrevoked {
+        /// The issued token's revocation ids.
+        keys: Vec<String>,
+        /// When the token it descends from was issued (seconds).
+        issued_at: u64,
+        /// Now (seconds): revocations whose time passed are ignored.
+        now: u64,
+    },
+    /// Records one-time uses (proof ids, single-use credentials); fails
+    /// with [`crate::StoreError::Replayed`], changing nothing, if one was
+    /// recorded before and has not expired: the replay check every broker
+    /// on the store shares.
+    FirstUse {
+        /// What is used.
+        uses: Vec<mandate_core::dpop::Spent>,
+        /// Now (seconds): expired records no longer refuse.
+        now: u64,
+    },
     /// Set a metadata value.
     PutMeta {
         /// Key.
@@ -200,7 +223,59 @@ pub enum Mutation {
     },
 }
 
+/// What a committed mutation changes that other brokers on the same
+/// store must hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// Nothing any broker keeps in memory.
+    None,
+    /// A revocation: read from the revocation log, in order.
+    Revocation,
+    /// Registration, policy, keys, credentials or suspensions: the
+    /// registry is read again (the store's generation moves).
+    Registry,
+}
+
 impl Mutation {
+    /// What this mutation changes, for the brokers sharing the store.
+    pub fn change(&self) -> Change {
+        use Mutation as M;
+        match self {
+            M::Batch(all) => all.iter().map(M::change).max().unwrap_or(Change::None),
+            M::Revoke(_) | M::EndRun { .. } => Change::Revocation,
+            M::CreateTenant(_)
+            | M::CreatePrincipal(_)
+            | M::CreateAgent(_)
+            | M::CreateTool(_)
+            | M::CreateGrant(_)
+            | M::PutPolicySet(_)
+            | M::DeletePolicySet { .. }
+            | M::ReplaceAgent(_)
+            | M::ReplaceTool(_)
+            | M::PutKey(_)
+            | M::PutToolSecret(_)
+            | M::PutAdminToken(_)
+            | M::DeleteAdminToken { .. }
+            | M::PutApproverToken(_)
+            | M::SuspendRun { .. }
+            | M::ResumeRun { .. } => Change::Registry,
+            M::StartRun(_)
+            | M::CreateLease(_)
+            | M::CreateJoinToken(_)
+            | M::UseJoinToken { .. }
+            | M::DropLease { .. }
+            | M::Enqueue { .. }
+            | M::Dequeue { .. }
+            | M::CreateApproval(_)
+            | M::DecideApproval { .. }
+            | M::UseApproval { .. }
+            | M::CountUses { .. }
+            | M::PutMeta { .. }
+            | M::Unrevoked { .. }
+            | M::FirstUse { .. } => Change::None,
+        }
+    }
+
     /// Several mutations as one: none, the one, or a batch.
     pub fn all(mut v: Vec<Mutation>) -> Option<Mutation> {
         match v.len() {
@@ -241,4 +316,7 @@ pub struct Snapshot {
     pub meta: Vec<(String, String)>,
     /// Last audit event (seq, hash).
     pub audit_head: (u64, String),
+    /// The registry's generation in the store: moved by every commit whose
+    /// [`Mutation::change`] is [`Change::Registry`].
+    pub generation: u64,
 }

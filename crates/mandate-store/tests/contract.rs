@@ -7,6 +7,8 @@
 
 mod common;
 
+#[path = "contract/guards.rs"]
+mod guards;
 #[path = "contract/lifecycle.rs"]
 mod lifecycle;
 #[path = "contract/registry.rs"]

@@ -237,3 +237,98 @@ fn refusals_name_no_secret() {
         "{why}"
     );
 }
+
+/// Waits at most `secs` for `n` to be woken.
+fn woken(rt: &tokio::runtime::Runtime, n: &tokio::sync::Notify, secs: u64) -> bool {
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(secs), n.notified())
+            .await
+            .is_ok()
+    })
+}
+
+/// A broker that watches the store hears another's revocations and
+/// registry changes (not its other commits), and after its listening
+/// connection is killed it reconnects and is woken to catch up.
+#[test]
+fn a_watching_store_hears_other_brokers_changes_and_catches_up_after_a_reconnect() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = PgDb::new();
+    let (a, b) = (
+        PgStore::open(&db.url).unwrap(),
+        PgStore::open(&db.url).unwrap(),
+    );
+    let heard = Arc::new(tokio::sync::Notify::new());
+    assert!(b.watch(Arc::clone(&heard)));
+    assert!(woken(&rt, &heard, 10), "woken once listening, to catch up");
+    commit1(&a, None, vec![ev("x", "a")]).unwrap();
+    commit1(
+        &a,
+        Some(Mutation::CountUses {
+            blocks: vec![("b".into(), 9)],
+            until: 9,
+        }),
+        vec![],
+    )
+    .unwrap();
+    assert!(
+        !woken(&rt, &heard, 1),
+        "commits that change nothing in memory are not announced"
+    );
+    apply(&a, Mutation::Revoke(revocation("cred:x", None)));
+    assert!(woken(&rt, &heard, 5), "a revocation is announced");
+    assert_eq!(b.revocations_after(0, 10).unwrap().len(), 1);
+    apply(&a, Mutation::CreateTenant(tenant("acme")));
+    assert!(woken(&rt, &heard, 5), "a registry change is announced");
+    assert_eq!(b.generation().unwrap(), 1);
+    // A failed entry announces nothing.
+    assert!(commit1(&a, Some(Mutation::CreateTenant(tenant("acme"))), vec![]).is_err());
+    assert!(!woken(&rt, &heard, 1));
+    // The listening connection is killed: it comes back and wakes the
+    // broker to read what it may have missed meanwhile.
+    let kill = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    );
+    pg_exec(&admin_url(), &kill).unwrap();
+    apply(&a, Mutation::Revoke(revocation("cred:y", None)));
+    assert!(woken(&rt, &heard, 10), "woken after reconnecting");
+    assert_eq!(b.revocations_after(0, 10).unwrap().len(), 2);
+}
+
+/// A revocation committed by one broker refuses, inside the other's
+/// commit, what that one issues (whatever its memory says), and a proof
+/// used at one is refused at the other.
+#[test]
+fn one_brokers_revocation_and_proof_uses_bind_the_other_at_commit() {
+    let db = PgDb::new();
+    let (a, b) = (
+        PgStore::open(&db.url).unwrap(),
+        PgStore::open(&db.url).unwrap(),
+    );
+    let guard = || Mutation::Unrevoked {
+        keys: vec!["run:r1".into(), "tenant:acme".into()],
+        issued_at: 10,
+        now: 20,
+    };
+    commit1(&b, Some(guard()), vec![ev("x", "acme")]).unwrap();
+    apply(&a, Mutation::Revoke(revocation("tenant:acme", None)));
+    let e = commit1(&b, Some(guard()), vec![ev("x", "acme")]).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Revoked(k) if k == "tenant:acme"),
+        "{e:?}"
+    );
+    let used = || Mutation::FirstUse {
+        uses: vec![mandate_core::dpop::Spent {
+            key: "proof:p".into(),
+            until: 90,
+        }],
+        now: 20,
+    };
+    commit1(&a, Some(used()), vec![]).unwrap();
+    let e = commit1(&b, Some(used()), vec![]).unwrap_err();
+    assert!(matches!(e, StoreError::Replayed(_)), "{e:?}");
+}

@@ -33,6 +33,7 @@ use mandate_core::model::*;
 use crate::records::*;
 use crate::{AuditFilter, Committed, Entry, Result, Store, StoreError, VerifyReport};
 
+mod listen;
 mod mutate;
 mod pool;
 mod read;
@@ -52,6 +53,10 @@ pub struct PgStore {
     writer: Pool,
     /// Everything else.
     readers: Pool,
+    /// Where to connect (for the listening connection).
+    config: Config,
+    /// Dropped with the store: stops the listening threads.
+    stop: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -153,7 +158,12 @@ impl PgStore {
             schema::migrate(s)
         })?;
         let readers = Pool::start("mandate-pg-reader", &config, READERS)?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            config,
+            stop: tokio::sync::watch::channel(()).0,
+        })
     }
 }
 
@@ -249,5 +259,21 @@ impl Store for PgStore {
     fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>> {
         let blocks = blocks.to_vec();
         self.readers.run(move |s| read::block_uses(s, &blocks))
+    }
+
+    fn generation(&self) -> Result<u64> {
+        self.readers.run(read::generation)
+    }
+
+    fn watch(&self, on_change: std::sync::Arc<tokio::sync::Notify>) -> bool {
+        match listen::start(self.config.clone(), on_change, self.stop.subscribe()) {
+            Ok(()) => true,
+            Err(e) => {
+                // Without it, changes are still read by the caller's
+                // periodic catch-up; the store is shared all the same.
+                tracing::error!("cannot start the PostgreSQL listener: {e}");
+                true
+            }
+        }
     }
 }

@@ -142,6 +142,46 @@ pub(super) fn runs(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
             )?;
             found(n, || format!("suspended run `{id}`"))?;
         }
+        Mutation::Unrevoked {
+            keys,
+            issued_at,
+            now,
+        } => {
+            let rows = s.query(
+                "SELECT key, until FROM revocations WHERE key = ANY($1)
+                 UNION ALL SELECT key, until FROM revocations WHERE key LIKE 'everything:%'",
+                &[keys],
+            )?;
+            let mut found = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let key: String = r
+                    .try_get(0)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                found.push((key, i64_col(r, 1)? as u64));
+            }
+            if let Some(k) = crate::refused_by(found, keys, *issued_at, *now) {
+                return Err(StoreError::Revoked(k));
+            }
+        }
+        Mutation::FirstUse { uses, now } => {
+            // Each use clears a few expired ones first, so the table holds
+            // about what is live without a sweeper.
+            s.execute(
+                "DELETE FROM one_time_uses WHERE key IN
+                 (SELECT key FROM one_time_uses WHERE until < $1 ORDER BY until LIMIT 4)",
+                &[&(*now as i64)],
+            )?;
+            for u in uses {
+                let n = s.execute(
+                    "INSERT INTO one_time_uses (key, until) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE one_time_uses.until < $3",
+                    &[&u.key, &(u.until as i64), &(*now as i64)],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::Replayed(u.key.clone()));
+                }
+            }
+        }
         Mutation::CountUses { blocks, until } => {
             for (block, limit) in blocks {
                 let n = s.execute(

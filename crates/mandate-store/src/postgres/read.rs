@@ -76,11 +76,21 @@ pub(super) fn load(s: &mut Session<'_>) -> Result<Snapshot> {
 
 fn load_in(s: &mut Session<'_>) -> Result<Snapshot> {
     let head = read_head(s)?;
+    let generation = generation(s)?;
     let registry = load_registry(s)?;
     Ok(Snapshot {
         audit_head: (head.seq, head.hash),
+        generation,
         ..load_secrets(s, registry)?
     })
+}
+
+/// The registry's generation (`Snapshot::generation`).
+pub(super) fn generation(s: &mut Session<'_>) -> Result<u64> {
+    Ok(i64_col(
+        &s.query_one("SELECT value FROM generation WHERE id = 1", &[])?,
+        0,
+    )? as u64)
 }
 
 /// The registry: tenants, principals, agents, tools, grants, policy sets, revocations.

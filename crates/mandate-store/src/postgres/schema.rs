@@ -109,11 +109,24 @@ CREATE INDEX approvals_by_run ON approvals (run, status);
 CREATE TABLE outbox (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL, created_ms BIGINT NOT NULL);
 "#;
 
+/// v2 (issue 14, several brokers): what brokers must agree on at commit
+/// time: revocations found by id (the kill switch's few rows by a partial
+/// index), one-time uses (proof ids, single-use credentials) with their
+/// expiry, and the registry's generation (see the SQLite schema's v9).
+const SCHEMA_V2: &str = r#"
+CREATE INDEX revocations_by_key ON revocations (key);
+CREATE INDEX revocations_everything ON revocations (seq) WHERE key LIKE 'everything:%';
+CREATE TABLE one_time_uses (key TEXT PRIMARY KEY, until BIGINT NOT NULL);
+CREATE INDEX one_time_uses_by_until ON one_time_uses (until);
+CREATE TABLE generation (id INT PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL);
+INSERT INTO generation (id, value) VALUES (1, 0);
+"#;
+
 /// The schema version this code writes.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Every version's statements, in order (index 0 is version 1).
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
 
 /// The advisory lock key that serialises migrations (`MANDAT` then 1).
 const MIGRATION_LOCK: i64 = 0x4d41_4e44_4154_0001;

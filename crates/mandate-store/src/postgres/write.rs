@@ -2,10 +2,12 @@
 //! mutation and its audit events succeed or fail together), the chain's
 //! head read under a lock every committer takes.
 
+use super::listen::CHANNEL;
 use super::pool::{Pool, Session};
+use super::rows::i64_col;
 use super::trail::{append_event, read_head};
 use super::{Head, mutate};
-use crate::{Committed, Entry, Mutation, Result, StoreError};
+use crate::{Change, Committed, Entry, Mutation, Result, StoreError};
 
 /// The advisory lock key that serialises commits across brokers
 /// (`MANDAT` then 2): the chain's appends, and the revocation numbers.
@@ -69,6 +71,25 @@ fn one_entry(s: &mut Session<'_>, entry: &Entry, head: &mut Head) -> Result<Comm
         Some(m) => apply(s, m)?,
         None => None,
     };
+    let change = entry
+        .mutation
+        .as_ref()
+        .map_or(Change::None, Mutation::change);
+    let generation = match change {
+        Change::Registry => Some(i64_col(
+            &s.query_one(
+                "UPDATE generation SET value = value + 1 WHERE id = 1 RETURNING value",
+                &[],
+            )?,
+            0,
+        )? as u64),
+        Change::Revocation | Change::None => None,
+    };
+    if change != Change::None {
+        // Delivered to every listening broker when (and only if) the
+        // transaction commits; several in one transaction are one.
+        s.batch(&format!("NOTIFY {CHANNEL}"))?;
+    }
     let mut events = Vec::with_capacity(entry.events.len());
     for body in &entry.events {
         events.push(append_event(s, head, body.clone())?);
@@ -76,6 +97,7 @@ fn one_entry(s: &mut Session<'_>, entry: &Entry, head: &mut Head) -> Result<Comm
     Ok(Committed {
         events,
         revocation_seq,
+        generation,
     })
 }
 
@@ -97,7 +119,9 @@ pub(super) fn apply(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
         | M::Revoke(_)
         | M::SuspendRun { .. }
         | M::ResumeRun { .. }
-        | M::CountUses { .. } => mutate::runs(s, m),
+        | M::CountUses { .. }
+        | M::Unrevoked { .. }
+        | M::FirstUse { .. } => mutate::runs(s, m),
         M::PutKey(_)
         | M::PutToolSecret(_)
         | M::PutAdminToken(_)

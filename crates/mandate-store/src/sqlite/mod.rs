@@ -266,6 +266,10 @@ impl Store for SqliteStore {
         self.block_uses_impl(blocks)
     }
 
+    fn generation(&self) -> Result<u64> {
+        read::generation(&lock(&self.reader))
+    }
+
     fn get_run(&self, id: &str) -> Result<Option<Run>> {
         self.get_run_impl(id)
     }

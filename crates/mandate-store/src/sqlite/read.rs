@@ -44,6 +44,7 @@ impl SqliteStore {
                 let h = lock(&self.head);
                 (h.seq, h.hash.clone())
             },
+            generation: generation(&c)?,
             ..Default::default()
         };
         s.tenants = c
@@ -354,4 +355,13 @@ impl SqliteStore {
         )
         .optional()?)
     }
+}
+
+/// The registry's generation (`Snapshot::generation`).
+pub(super) fn generation(c: &Connection) -> Result<u64> {
+    Ok(
+        c.query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
 }

@@ -140,12 +140,26 @@ CREATE INDEX audit_rare_decisions ON audit (decision) WHERE decision <> 'allow';
 CREATE INDEX audit_rare_types ON audit (event_type) WHERE event_type <> 'token.exchange';
 "#;
 
+/// v9 (issue 14): what several brokers (or one across restarts) must
+/// agree on at commit time: revocations found by id (and the kill switch's
+/// few rows by a partial index), one-time uses (proof ids, single-use
+/// credentials) with their expiry, and the registry's generation.
+pub(super) const SCHEMA_V9: &str = r#"
+CREATE INDEX revocations_by_key ON revocations (key);
+CREATE INDEX revocations_everything ON revocations (seq) WHERE key LIKE 'everything:%';
+CREATE TABLE one_time_uses (key TEXT PRIMARY KEY, until INTEGER NOT NULL);
+CREATE INDEX one_time_uses_by_until ON one_time_uses (until);
+CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO generation (id, value) VALUES (1, 0);
+"#;
+
 /// The schema version this code writes.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// Every version's statements, in order (index 0 is version 1).
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
 
 /// Brings a database at `version` to [`SCHEMA_VERSION`], one version per

@@ -22,6 +22,15 @@ impl SqliteStore {
                     Some(m) => apply(&sp, m)?,
                     None => None,
                 };
+                let generation = match &entry.mutation {
+                    Some(m) if m.change() == crate::Change::Registry => Some(sp.query_row(
+                        "UPDATE generation SET value = value + 1 WHERE id = 1 RETURNING value",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )?
+                        as u64),
+                    _ => None,
+                };
                 let mut events = Vec::with_capacity(entry.events.len());
                 for body in entry.events {
                     events.push(append_event(&sp, &mut head, body)?);
@@ -29,6 +38,7 @@ impl SqliteStore {
                 Ok(Committed {
                     events,
                     revocation_seq,
+                    generation,
                 })
             })();
             match outcome {
@@ -305,6 +315,47 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                     return Err(StoreError::Conflict(format!(
                         "use limit ({limit}) of attenuation block {block}: reached"
                     )));
+                }
+            }
+        }
+        Mutation::Unrevoked {
+            keys,
+            issued_at,
+            now,
+        } => {
+            let mut rows = Vec::new();
+            let mut by_key =
+                tx.prepare_cached("SELECT key, until FROM revocations WHERE key = ?1")?;
+            for k in keys {
+                for r in by_key.query_map([k], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))? {
+                    rows.push(r?);
+                }
+            }
+            let mut kill = tx.prepare_cached(
+                "SELECT key, until FROM revocations WHERE key LIKE 'everything:%'",
+            )?;
+            for r in kill.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))? {
+                rows.push(r?);
+            }
+            if let Some(k) = crate::refused_by(rows, keys, *issued_at, *now) {
+                return Err(StoreError::Revoked(k));
+            }
+        }
+        Mutation::FirstUse { uses, now } => {
+            // Each use clears a few expired ones first, so the table holds
+            // about what is live without a sweeper.
+            tx.prepare_cached(
+                "DELETE FROM one_time_uses WHERE key IN
+                 (SELECT key FROM one_time_uses WHERE until < ?1 ORDER BY until LIMIT 4)",
+            )?
+            .execute([*now as i64])?;
+            let mut put = tx.prepare_cached(
+                "INSERT INTO one_time_uses (key, until) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE one_time_uses.until < ?3",
+            )?;
+            for u in uses {
+                if put.execute(params![u.key, u.until as i64, *now as i64])? == 0 {
+                    return Err(StoreError::Replayed(u.key.clone()));
                 }
             }
         }

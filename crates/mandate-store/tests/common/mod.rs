@@ -65,6 +65,17 @@ impl Raw {
         }
     }
 
+    /// The one number `sql` answers.
+    pub fn count(&self, sql: &str) -> i64 {
+        match self {
+            Raw::Sqlite(d) => rusqlite::Connection::open(d.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Raw::Postgres(db) => pg_count(&db.url, sql),
+        }
+    }
+
     /// Lets the audit table be edited (as an attacker with write access
     /// to the database could).
     pub fn unguard_audit(&self) {
@@ -162,6 +173,26 @@ pub fn pg_exec(url: &str, sql: &str) -> Result<(), String> {
                     Some(db) => db.message().to_owned(),
                     None => e.to_string(),
                 })
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// The one number `sql` answers at `url` (on a thread of its own).
+pub fn pg_count(url: &str, sql: &str) -> i64 {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
         })
     })
     .join()

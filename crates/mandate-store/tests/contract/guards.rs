@@ -1,0 +1,173 @@
+//! What every broker on a store agrees on at commit time: an entry that
+//! issues something is refused if a revocation of what it descends from is
+//! committed (`Unrevoked`), a one-time use is refused the second time
+//! (`FirstUse`), and the registry's generation moves with every
+//! registration change and only then.
+
+use crate::common::*;
+use mandate_core::dpop::Spent;
+use mandate_store::{Change, Mutation, Store, StoreError};
+
+fn unrevoked(keys: &[&str], issued_at: u64, now: u64) -> Mutation {
+    Mutation::Unrevoked {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        issued_at,
+        now,
+    }
+}
+
+fn first_use(key: &str, until: u64, now: u64) -> Mutation {
+    Mutation::FirstUse {
+        uses: vec![Spent {
+            key: key.into(),
+            until,
+        }],
+        now,
+    }
+}
+
+/// The refusal, and that the entry's events were not written.
+fn refused(s: &dyn Store, m: Mutation) -> StoreError {
+    let before = s.load().unwrap().audit_head;
+    let e = commit1(s, Some(m), vec![ev("x", "acme")]).unwrap_err();
+    assert_eq!(s.load().unwrap().audit_head, before, "nothing written");
+    e
+}
+
+#[test]
+fn an_entry_descending_from_a_revoked_id_is_refused_with_the_id() {
+    for b in backends() {
+        let s = &*b.store;
+        let keys = ["cred:c1", "run:r1", "agent:acme/bot", "tenant:acme"];
+        commit1(s, Some(unrevoked(&keys, 10, 50)), vec![ev("x", "acme")]).unwrap();
+        apply(s, Mutation::Revoke(revocation("run:r1", Some("acme"))));
+        let e = refused(s, unrevoked(&keys, 10, 50));
+        assert!(
+            matches!(&e, StoreError::Revoked(k) if k == "run:r1"),
+            "{}: {e:?}",
+            b.name
+        );
+        // In a batch, it refuses the whole entry (the approval is not spent).
+        apply(
+            s,
+            Mutation::CreateApproval(approval("apr_1", "r1", "d", 100)),
+        );
+        let batch = Mutation::Batch(vec![
+            unrevoked(&keys, 10, 50),
+            Mutation::CountUses {
+                blocks: vec![("blk".into(), 1)],
+                until: 100,
+            },
+        ]);
+        assert!(matches!(refused(s, batch), StoreError::Revoked(_)));
+        assert_eq!(s.block_uses(&["blk".into()]).unwrap(), [0], "{}", b.name);
+        // An id that only looks alike refuses nothing.
+        commit1(s, Some(unrevoked(&["run:r", "run:r10"], 10, 50)), vec![]).unwrap();
+        // Past its `until` (99), the revocation no longer matters: what it
+        // named has expired.
+        commit1(s, Some(unrevoked(&keys, 10, 100)), vec![]).unwrap();
+    }
+}
+
+#[test]
+fn the_kill_switch_refuses_what_was_issued_at_or_before_its_time() {
+    for b in backends() {
+        let s = &*b.store;
+        let mut kill = revocation("everything:40", None);
+        kill.until = 0;
+        apply(s, Mutation::Revoke(kill));
+        for issued_at in [1, 40] {
+            let e = refused(s, unrevoked(&["run:r1"], issued_at, 50));
+            assert!(matches!(e, StoreError::Revoked(_)), "{}: {e:?}", b.name);
+        }
+        commit1(s, Some(unrevoked(&["run:r1"], 41, 50)), vec![]).unwrap();
+    }
+}
+
+#[test]
+fn a_one_time_use_is_refused_the_second_time_until_it_expires() {
+    for b in backends() {
+        let s = &*b.store;
+        commit1(s, Some(first_use("proof:a", 60, 50)), vec![ev("x", "acme")]).unwrap();
+        let e = refused(s, first_use("proof:a", 60, 55));
+        assert!(
+            matches!(&e, StoreError::Replayed(k) if k == "proof:a"),
+            "{}: {e:?}",
+            b.name
+        );
+        // A refused use changes nothing else in its entry.
+        let batch = Mutation::Batch(vec![
+            Mutation::CreateTenant(tenant("acme")),
+            first_use("proof:a", 60, 60),
+        ]);
+        assert!(matches!(refused(s, batch), StoreError::Replayed(_)));
+        assert!(s.load().unwrap().tenants.is_empty(), "{}", b.name);
+        // Another key is its own; two of one key in one entry is a replay.
+        commit1(s, Some(first_use("proof:b", 60, 55)), vec![]).unwrap();
+        let twice = Mutation::FirstUse {
+            uses: vec![
+                Spent {
+                    key: "proof:c".into(),
+                    until: 60,
+                },
+                Spent {
+                    key: "proof:c".into(),
+                    until: 60,
+                },
+            ],
+            now: 55,
+        };
+        assert!(matches!(refused(s, twice), StoreError::Replayed(_)));
+        // Expired, it refuses nothing (the proof itself is too old by then).
+        commit1(s, Some(first_use("proof:a", 200, 61)), vec![]).unwrap();
+        assert!(matches!(
+            refused(s, first_use("proof:a", 200, 150)),
+            StoreError::Replayed(_)
+        ));
+    }
+}
+
+#[test]
+fn expired_one_time_uses_are_cleared_as_new_ones_come() {
+    for b in backends() {
+        let s = &*b.store;
+        for i in 0..20 {
+            commit1(s, Some(first_use(&format!("old:{i}"), 10, 5)), vec![]).unwrap();
+        }
+        for i in 0..10 {
+            commit1(s, Some(first_use(&format!("new:{i}"), 100, 50)), vec![]).unwrap();
+        }
+        // Four expired ones go per use: all 20 are gone after 5 uses.
+        let left = b.raw.count("SELECT count(*) FROM one_time_uses");
+        assert_eq!(left, 10, "{}", b.name);
+    }
+}
+
+#[test]
+fn the_generation_moves_with_registry_changes_only() {
+    for b in backends() {
+        let s = &*b.store;
+        assert_eq!(s.generation().unwrap(), 0);
+        let c = apply(s, Mutation::CreateTenant(tenant("acme")));
+        assert_eq!(c.generation, Some(1), "{}", b.name);
+        let c = apply(s, Mutation::Revoke(revocation("cred:x", None)));
+        assert_eq!(c.generation, None, "a revocation is read from its log");
+        commit1(s, Some(first_use("k", 9, 1)), vec![]).unwrap();
+        // A failed entry does not move it.
+        assert!(commit1(s, Some(Mutation::CreateTenant(tenant("acme"))), vec![]).is_err());
+        let c = apply(
+            s,
+            Mutation::Batch(vec![
+                Mutation::CreatePrincipal(principal("acme", "alice")),
+                Mutation::Revoke(revocation("cred:y", None)),
+            ]),
+        );
+        assert_eq!(c.generation, Some(2), "{}", b.name);
+        assert_eq!(s.generation().unwrap(), 2);
+        assert_eq!(s.load().unwrap().generation, 2, "{}", b.name);
+    }
+    assert_eq!(
+        Mutation::Batch(vec![Mutation::Revoke(revocation("cred:z", None))]).change(),
+        Change::Revocation
+    );
+}
