@@ -10,7 +10,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 
-use crate::pg_guard::PgLock;
 use mandate_core::audit::EventBody;
 use mandate_core::model::AdminToken;
 use mandate_core::secret::Secret;
@@ -27,7 +26,7 @@ pub const FEED_ID_PREFIX: &str = "feed_";
 
 /// The store the configuration names: PostgreSQL at `store_url`, or the
 /// embedded SQLite database in the data directory.
-fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<PgLock>), BootError> {
+fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, BootError> {
     if let Some(url) = &cfg.store_url {
         let url = std::str::from_utf8(url.expose())
             .map_err(|_| BootError("the store URL is not text".into()))?;
@@ -36,11 +35,10 @@ fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<PgLock>), BootErro
                 "--store takes a PostgreSQL URL (postgres://user:password@host:port/database); without it the broker uses SQLite in its data directory".into(),
             ));
         }
-        let lock = crate::pg_guard::claim(url)?;
         // The URL holds a password: errors name the database, never the URL.
         let store = PgStore::open(url)
             .map_err(|e| BootError(format!("cannot open the PostgreSQL store: {e}")))?;
-        return Ok((Arc::new(store), Some(lock)));
+        return Ok(Arc::new(store));
     }
     let db = cfg.data_dir.join("mandate.db");
     let store = SqliteStore::open(&db).map_err(|e| match e {
@@ -55,7 +53,7 @@ fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<PgLock>), BootErro
     ] {
         let _ = fs::set_permissions(f, fs::Permissions::from_mode(0o600));
     }
-    Ok((Arc::new(store), None))
+    Ok(Arc::new(store))
 }
 
 /// SHA-256 of an admin token.
@@ -75,7 +73,7 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         ))
     })?;
     let _ = fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700));
-    let (store, pg_lock) = open_store(&cfg)?;
+    let store = open_store(&cfg)?;
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
     let first_start = snap.keys.is_empty();
     let mk = master_key(&cfg, first_start)?;
@@ -141,9 +139,6 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         proofs_from,
         checkpoints,
     )?;
-    if let Ok(mut l) = state.pg_lock.lock() {
-        *l = pg_lock;
-    }
     Ok(state)
 }
 

@@ -157,6 +157,9 @@ impl IntoResponse for ApiError {
         }
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.code == Code::Unavailable {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.code == Code::Unauthorized {
             h.insert(
                 header::WWW_AUTHENTICATE,
@@ -174,6 +177,24 @@ impl From<mandate_store::StoreError> for ApiError {
                 err(Code::Conflict, format!("{m} already exists"))
             }
             mandate_store::StoreError::NotFound(m) => err(Code::NotFound, format!("{m} not found")),
+            mandate_store::StoreError::Revoked(k) => err(
+                Code::InvalidGrant,
+                format!(
+                    "revoked ({}) while the request was in flight; start a new run",
+                    mandate_core::revocation::kind(&k)
+                ),
+            ),
+            mandate_store::StoreError::Replayed(_) => err(
+                Code::InvalidDpopProof,
+                "this proof of possession was already used (here or at another broker); make a fresh one for every request",
+            ),
+            mandate_store::StoreError::Db(e) => {
+                tracing::error!("store error: {e}");
+                err(
+                    Code::Unavailable,
+                    "the broker cannot reach its database right now; nothing was issued or changed; retry shortly",
+                )
+            }
             other => {
                 tracing::error!("store error: {other}");
                 err(

@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod follow;
 pub mod form;
 pub mod gate;
 pub mod history;
@@ -36,7 +37,6 @@ pub mod listen;
 pub mod mcp_client;
 pub mod origin;
 pub mod pg;
-pub mod pg_guard;
 pub mod pop;
 pub mod providers;
 pub mod rebuild;
@@ -56,6 +56,7 @@ use std::sync::Arc;
 
 /// Starts the broker's background tasks (the lease reaper); needs a Tokio runtime.
 pub fn start_background(state: &Arc<AppState>) {
+    follow::start(state);
     tokio::spawn(pg::reaper(Arc::clone(state)));
     tokio::spawn(alerts::deliver_webhooks(Arc::clone(state)));
     tokio::spawn(refusals::flush(Arc::clone(state)));

@@ -80,6 +80,9 @@ pub struct Registry {
     pub revocation_seq: u64,
     /// Bumped by every change, so caches derived from the registry know when they are stale.
     pub generation: u64,
+    /// The store's generation this registry reflects ([`Snapshot::generation`],
+    /// then each registry change committed here).
+    pub store_generation: u64,
     /// Approver credentials.
     pub approvers: Vec<ApproverCredential>,
     /// Suspended runs → why.
@@ -89,7 +92,10 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry from a snapshot.
     pub fn from_snapshot(snap: Snapshot, engine: &Engine, now: u64) -> Result<Self, String> {
-        let mut r = Registry::default();
+        let mut r = Registry {
+            store_generation: snap.generation,
+            ..Registry::default()
+        };
         for t in snap.tenants {
             r.tenants.insert(t.name.clone(), t);
         }

@@ -172,8 +172,16 @@ pub struct AppState {
     pub mcp_stdio: crate::mcp_client::stdio::Pool,
     /// Sessions MCP clients opened at the gateway.
     pub mcp_gateway: std::sync::Mutex<crate::routes::mcp::GatewaySessions>,
-    /// The one-broker lock on a PostgreSQL store, released at shutdown.
-    pub pg_lock: std::sync::Mutex<Option<crate::pg_guard::PgLock>>,
+    /// Held while other brokers' changes are read ([`crate::follow`]).
+    pub following: Mutex<()>,
+    /// The store generation whose registry this broker last read.
+    pub followed_generation: std::sync::atomic::AtomicU64,
+    /// The last revocation number read from the store's log.
+    pub followed_revocation: std::sync::atomic::AtomicU64,
+    /// Set at shutdown: background tasks end.
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// Whether other brokers share the store (set by [`crate::follow::start`]).
+    pub shared: std::sync::atomic::AtomicBool,
     /// The proxy's upstream client.
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
@@ -190,6 +198,27 @@ pub struct AppState {
     pub gate: crate::gate::MandateGate,
     /// Runs tied to a connection (`POST /v1/runs/attach`).
     pub attachments: crate::routes::attach::Attachments,
+}
+
+/// Why [`AppState::commit_outcome`] committed nothing.
+#[derive(Debug)]
+pub enum CommitRefused {
+    /// A `Mutation::Unrevoked` found this revocation id in force.
+    Revoked(String),
+    /// A `Mutation::FirstUse` found this one-time key used before.
+    Replayed(String),
+    /// Anything else, as the API answers it.
+    Failed(ApiError),
+}
+
+impl From<CommitRefused> for ApiError {
+    fn from(r: CommitRefused) -> Self {
+        match r {
+            CommitRefused::Revoked(k) => mandate_store::StoreError::Revoked(k).into(),
+            CommitRefused::Replayed(k) => mandate_store::StoreError::Replayed(k).into(),
+            CommitRefused::Failed(e) => e,
+        }
+    }
 }
 
 /// (tenant, tool).
@@ -237,8 +266,19 @@ fn key_digest(parts: &[&str]) -> [u8; 32] {
 /// above one key's quota; beyond it the oldest are forgotten).
 const REPLAY_CAP: usize = 1_000_000;
 
+/// The feed-reader credentials among a snapshot's admin credentials.
+pub(crate) fn feed_credentials(
+    snap: &Snapshot,
+) -> Vec<crate::services::feed_tokens::FeedCredential> {
+    snap.admin_tokens
+        .iter()
+        .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
+        .map(crate::services::feed_tokens::FeedCredential::from_record)
+        .collect()
+}
+
 /// The tool secrets, opened with the master key, each with a version.
-fn open_tool_secrets(
+pub(crate) fn open_tool_secrets(
     master: &MasterKey,
     sealed: &[mandate_store::ToolSecret],
 ) -> Result<HashMap<ToolKey, (u64, Arc<Secret>)>, BootError> {
@@ -298,12 +338,8 @@ impl AppState {
         checkpoints: Arc<crate::checkpoint::Checkpointer>,
     ) -> Result<Arc<Self>, BootError> {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
-        let feed_credentials: Vec<crate::services::feed_tokens::FeedCredential> = snap
-            .admin_tokens
-            .iter()
-            .filter(|t| t.id.starts_with(crate::boot::FEED_ID_PREFIX))
-            .map(crate::services::feed_tokens::FeedCredential::from_record)
-            .collect();
+        let feed_credentials = feed_credentials(&snap);
+        let followed_generation = snap.generation;
         let secrets = open_tool_secrets(&master, &snap.tool_secrets)?;
         let registry =
             Registry::from_snapshot(snap, &engine, config.clock.now_secs()).map_err(BootError)?;
@@ -343,6 +379,7 @@ impl AppState {
             config.clock.now_ms(),
         )?;
         let config_window_ms = config.refusal_audit_window.as_millis() as u64;
+        let followed_revocation = registry.revocation_seq;
 
         Ok(Arc::new(AppState {
             config,
@@ -374,7 +411,11 @@ impl AppState {
             mcp_sessions: Default::default(),
             mcp_stdio: Default::default(),
             mcp_gateway: Default::default(),
-            pg_lock: Default::default(),
+            following: Mutex::new(()),
+            followed_generation: followed_generation.into(),
+            followed_revocation: followed_revocation.into(),
+            stopping: Default::default(),
+            shared: Default::default(),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),
@@ -389,11 +430,49 @@ impl AppState {
     /// Stops the writer (queued writes commit first), then writes a last
     /// audit checkpoint covering everything committed.
     pub fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.writer.shutdown();
         self.checkpoints.flush();
-        if let Ok(mut l) = self.pg_lock.lock() {
-            l.take();
+    }
+
+    /// Whether [`AppState::shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A revocation another broker committed (read from the store's log):
+    /// applied as this broker's own are, and passed to its feed.
+    pub fn heard_revocation(&self, r: mandate_core::model::Revocation) {
+        {
+            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            reg.add_revoked(&r.key, r.until, self.now_secs());
+            reg.revocation_seq = reg.revocation_seq.max(r.seq);
         }
+        if let Some(run) = r.key.strip_prefix("run:") {
+            self.forget_run(run);
+        }
+        let _ = self.revocations.send(r);
+    }
+
+    /// Replaces the opened tool secrets with `fresh` (read again from the
+    /// store): a secret that did not change keeps its version, one that did
+    /// gets a new one (so what was built from the old one is rebuilt).
+    pub(crate) fn replace_tool_secrets(&self, fresh: HashMap<ToolKey, (u64, Arc<Secret>)>) {
+        let mut m = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = m.values().map(|(v, _)| *v).max().unwrap_or(0);
+        let mut out = HashMap::with_capacity(fresh.len());
+        for (k, (_, secret)) in fresh {
+            let version = match m.get(&k) {
+                Some((v, old)) if old.ct_eq(secret.expose()) => *v,
+                _ => {
+                    next += 1;
+                    next
+                }
+            };
+            out.insert(k, (version, secret));
+        }
+        *m = out;
     }
 
     /// Reads the registry.
@@ -407,6 +486,13 @@ impl AppState {
     /// and forgotten again only if its commit fails; so any exchange whose
     /// event commits after a revocation's sees it when it checks again.
     pub async fn commit(&self, entry: Entry) -> Result<Committed, ApiError> {
+        self.commit_outcome(entry).await.map_err(ApiError::from)
+    }
+
+    /// [`AppState::commit`], saying why an entry that issues something was
+    /// refused at commit time (a revocation or a use committed before it,
+    /// perhaps by another broker), for callers that record the refusal.
+    pub async fn commit_outcome(&self, entry: Entry) -> Result<Committed, CommitRefused> {
         let mutation = entry.mutation.clone();
         let early = match &mutation {
             Some(Mutation::Revoke(r)) | Some(Mutation::EndRun { revocation: r, .. }) => {
@@ -423,13 +509,31 @@ impl AppState {
                     let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
                     reg.revoked.remove(&k);
                 }
-                return Err(e.into());
+                return Err(match e {
+                    crate::writer::WriteError::Store(mandate_store::StoreError::Revoked(k)) => {
+                        CommitRefused::Revoked(k)
+                    }
+                    crate::writer::WriteError::Store(mandate_store::StoreError::Replayed(k)) => {
+                        CommitRefused::Replayed(k)
+                    }
+                    e => CommitRefused::Failed(e.into()),
+                });
             }
         };
         if let Some(m) = mutation {
             {
                 let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-                reg.apply(&m, &self.engine, done.revocation_seq, self.now_secs());
+                match done.generation {
+                    // Read already with a newer snapshot (another broker's
+                    // change came after it): applying it would go back.
+                    Some(g) if g <= reg.store_generation => {}
+                    g => {
+                        reg.apply(&m, &self.engine, done.revocation_seq, self.now_secs());
+                        if let Some(g) = g {
+                            reg.store_generation = g;
+                        }
+                    }
+                }
             }
             let revoked = match m {
                 Mutation::Revoke(r) | Mutation::EndRun { revocation: r, .. } => Some(r),
@@ -545,15 +649,18 @@ impl AppState {
     /// over its quota, or if it is dated before this process could check
     /// (see [`mandate_core::dpop::ReplayCache`]). Call it only once the
     /// proof is otherwise valid and bound to the right key.
+    /// The use returned is to be committed with what the proof is for
+    /// (`Mutation::FirstUse`): every broker on the store refuses it then.
     pub fn first_use(
         &self,
         used: &mandate_core::dpop::ProofUse<'_>,
         now: u64,
-    ) -> Result<(), mandate_core::dpop::ReplayError> {
+    ) -> Result<mandate_core::dpop::Spent, mandate_core::dpop::ReplayError> {
         self.replay
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .check_and_insert(used, now)
+            .check_and_insert(used, now)?;
+        Ok(used.spent())
     }
 
     /// Refuses a DPoP proof seen before (RFC 9449 §11.1), remembering this
@@ -562,7 +669,7 @@ impl AppState {
         &self,
         proof: &mandate_core::dpop::VerifiedProof,
         now: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<mandate_core::dpop::Spent, ApiError> {
         use crate::error::{Code, err};
         use mandate_core::dpop::ReplayError;
         let used = mandate_core::dpop::ProofUse {

@@ -75,20 +75,22 @@ pub fn not_revoked(s: &AppState, m: &MandateClaims) -> Result<(), Denial> {
     }
 }
 
-/// Verifies the proof of possession of the mandate's key.
+/// Verifies the proof of possession of the mandate's key; how, and the
+/// proof's use (committed with the credential it gets, so no broker on the
+/// store accepts it again).
 pub fn prove(
     s: &AppState,
     req: &ExchangeRequest,
     m: &MandateClaims,
     now: u64,
-) -> Result<Pop, ApiError> {
+) -> Result<(Pop, mandate_core::dpop::Spent), ApiError> {
     match &req.proof {
         Proof::Dpop(proof) => {
-            crate::pop::dpop::dpop_at_token_endpoint(s, proof, &m.cnf_jkt, now)?;
-            Ok(Pop::Dpop)
+            let spent = crate::pop::dpop::dpop_at_token_endpoint(s, proof, &m.cnf_jkt, now)?;
+            Ok((Pop::Dpop, spent))
         }
         Proof::MessageSignature { headers, body } => {
-            crate::pop::httpsig::verify(
+            let signed = crate::pop::httpsig::verify(
                 s,
                 headers,
                 &crate::pop::httpsig::Expect {
@@ -100,7 +102,7 @@ pub fn prove(
                 },
                 now,
             )?;
-            Ok(Pop::MessageSignature)
+            Ok((Pop::MessageSignature, signed.spent))
         }
     }
 }

@@ -135,6 +135,8 @@ pub struct Known<'a> {
     pub tool: String,
     /// How possession was proven (`None`: nobody is authenticated yet).
     pub pop: Option<Pop>,
+    /// The proof's use, committed with the credential.
+    pub spent: Option<mandate_core::dpop::Spent>,
 }
 
 /// Exchanges a mandate for a credential (see the module documentation).
@@ -144,6 +146,7 @@ pub async fn exchange(s: &Arc<AppState>, req: ExchangeRequest, now: u64) -> Outc
         mandate: None,
         tool: req.target.clone(),
         pop: None,
+        spent: None,
     };
     // Gather.
     let m = match crate::gate::verify_mandate(s, &req.subject, now, req.client.ip()).await {
@@ -155,7 +158,10 @@ pub async fn exchange(s: &Arc<AppState>, req: ExchangeRequest, now: u64) -> Outc
         return record::refused(s, &known, d, now).await;
     }
     match gather::prove(s, &req, &m, now) {
-        Ok(pop) => known.pop = Some(pop),
+        Ok((pop, spent)) => {
+            known.pop = Some(pop);
+            known.spent = Some(spent);
+        }
         Err(e) => return record::refused(s, &known, e.into(), now).await,
     }
     let tool = match gather::tool(s, &m, &req.target) {

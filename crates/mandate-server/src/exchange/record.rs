@@ -19,7 +19,7 @@ use super::request::ExchangeRequest;
 use super::{Denial, Issued, Known, Outcome};
 use crate::error::{Code, err};
 use crate::providers::{self, Issue, Prepared};
-use crate::state::AppState;
+use crate::state::{AppState, CommitRefused};
 
 /// What the decide stage allowed, to record and issue.
 pub(super) struct Grant {
@@ -226,6 +226,27 @@ fn issue_details(k: &Known<'_>, g: &Grant, provider: &str) -> Value {
     d
 }
 
+/// What the exchange's commit must find unrevoked: the credential's
+/// lineage and the mandate's, as of the earlier of their issue times (the
+/// kill switch refuses what descends from a mandate issued before it).
+fn unrevoked(k: &Known<'_>, claims: &AccessClaims, now: u64) -> Mutation {
+    let mut keys = claims.revocation_keys();
+    let mut issued_at = claims.iat;
+    if let Some(m) = k.mandate.as_deref() {
+        for key in m.revocation_keys() {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        issued_at = issued_at.min(m.issued_at);
+    }
+    Mutation::Unrevoked {
+        keys,
+        issued_at,
+        now,
+    }
+}
+
 /// Records an allowed exchange (one commit: the event, the provider's
 /// lease, the attenuation use counts, the spent approvals), checks that no
 /// revocation won the race, and has the provider make the credential.
@@ -244,12 +265,16 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
         }
     }
     let withheld = ev.clone();
-    let mut mutations: Vec<Mutation> = recorded
-        .lease
-        .clone()
-        .map(Mutation::CreateLease)
-        .into_iter()
-        .collect();
+    // First, in the commit's own transaction: no revocation committed before
+    // it (at any broker on the store) refuses what it issues, and the proof
+    // was not used before (at any broker).
+    let mut mutations = vec![unrevoked(k, claims, now)];
+    mutations.extend(
+        k.spent
+            .clone()
+            .map(|u| Mutation::FirstUse { uses: vec![u], now }),
+    );
+    mutations.extend(recorded.lease.clone().map(Mutation::CreateLease));
     if !g.count_uses.is_empty() {
         mutations.push(Mutation::CountUses {
             blocks: g.count_uses.clone(),
@@ -260,13 +285,45 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
         // Spent with the credential they allowed: never twice.
         mutations.push(Mutation::UseApproval { id: a.id.clone() });
     }
-    if let Err(e) = s
-        .commit(Entry {
+    let committed = s
+        .commit_outcome(Entry {
             mutation: Mutation::all(mutations),
             events: vec![ev],
         })
-        .await
-    {
+        .await;
+    let e = match committed {
+        Ok(_) => None,
+        Err(CommitRefused::Revoked(key)) => {
+            return withhold(
+                s,
+                withheld,
+                mandate_core::audit::EventType::TokenWithheld,
+                format!("revoked while the exchange was in flight: {key}"),
+                err(
+                    Code::InvalidGrant,
+                    "the mandate has been revoked; start a new run",
+                ),
+            )
+            .await;
+        }
+        Err(CommitRefused::Replayed(_)) => {
+            let mut withheld = withheld;
+            withheld.credential_id = None;
+            return withhold(
+                s,
+                withheld,
+                mandate_core::audit::EventType::TokenExchange,
+                "proof of possession replayed (used before at this or another broker)".into(),
+                err(
+                    Code::InvalidDpopProof,
+                    "this proof of possession was already used; make a fresh one for every request",
+                ),
+            )
+            .await;
+        }
+        Err(CommitRefused::Failed(e)) => Some(e),
+    };
+    if let Some(e) = e {
         if e.code == Code::Conflict && !g.approvals.is_empty() {
             return Outcome::Denied(
                 err(

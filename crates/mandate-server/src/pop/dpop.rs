@@ -2,7 +2,7 @@
 //! the broker's own resources that take DPoP-bound credentials (the MCP
 //! gateway). RFC 9421 signatures are checked by [`super::httpsig`].
 
-use mandate_core::dpop::{self, ProofExpectations};
+use mandate_core::dpop::{self, ProofExpectations, Spent};
 
 use crate::error::{ApiError, Code, err};
 use crate::state::AppState;
@@ -14,7 +14,7 @@ pub fn dpop_at_token_endpoint(
     proof: &str,
     jkt: &str,
     now: u64,
-) -> Result<(), ApiError> {
+) -> Result<Spent, ApiError> {
     check(
         s,
         proof,
@@ -51,7 +51,7 @@ pub fn dpop_at_resource(
     proof: &str,
     r: AtResource<'_>,
     now: u64,
-) -> Result<(), ApiError> {
+) -> Result<Spent, ApiError> {
     check(
         s,
         proof,
@@ -72,7 +72,7 @@ struct Target<'a> {
     jkt: &'a str,
 }
 
-fn check(s: &AppState, proof: &str, t: Target<'_>, now: u64) -> Result<(), ApiError> {
+fn check(s: &AppState, proof: &str, t: Target<'_>, now: u64) -> Result<Spent, ApiError> {
     let known = s.known_run_key(t.jkt).map(|k| (*k).clone());
     let verified = dpop::verify_proof(
         proof,

@@ -25,6 +25,8 @@ pub struct Signed {
     pub jkt: String,
     /// The signature's parameters.
     pub found: httpsig::Found,
+    /// Its nonce's use, to be committed with what it is for.
+    pub spent: mandate_core::dpop::Spent,
 }
 
 /// What a signature must be over and by whom.
@@ -92,11 +94,13 @@ pub fn verify(
         forget_after: found.expires.unwrap_or(0).max(0) as u64 + s.config.dpop_max_skew,
         nonce: false,
     };
-    s.first_use(&used, now)
+    let spent = s
+        .first_use(&used, now)
         .map_err(|e| replay_refusal(e, now))?;
     Ok(Signed {
         jkt: jkt.to_owned(),
         found,
+        spent,
     })
 }
 

@@ -137,7 +137,7 @@ pub async fn log(
         q.after.unwrap_or(0),
         q.limit.unwrap_or(PAGE).clamp(1, 10 * PAGE),
     );
-    let head = s.reg().revocation_seq;
+    let head = head_at_least(&s, after).await;
     if after > head {
         return Ok(position_ahead(after, head));
     }
@@ -147,6 +147,21 @@ pub async fn log(
         .map_err(|_| err(Code::ServerError, "could not read the revocation log"))??;
     let items: Vec<Value> = items.iter().map(|r| reader.view(r)).collect();
     Ok(Json(json!({"head": head, "revocations": items})).into_response())
+}
+
+/// The log's head as this broker knows it; if a reader is past it (it saw
+/// another broker's revocation this one has not heard of yet), read the
+/// store's log first ([`crate::follow::catch_up`]).
+async fn head_at_least(s: &S, after: u64) -> u64 {
+    let head = s.reg().revocation_seq;
+    if after <= head {
+        return head;
+    }
+    let st = Arc::clone(s);
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || crate::follow::catch_up(&st)).await {
+        tracing::warn!("cannot read the revocation log: {e}");
+    }
+    s.reg().revocation_seq
 }
 
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -196,7 +211,7 @@ pub async fn feed(
     let reader = require_feed_reader(&s, &headers)?;
     let q: FeedQuery = query_of(&uri)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
-    let head = s.reg().revocation_seq;
+    let head = head_at_least(&s, after).await;
     if after > head {
         return Ok(position_ahead(after, head));
     }

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 pub struct Broker {
     pub url: String,
+    /// The URL it names itself by (its own, unless it is one of several
+    /// brokers behind one name: [`Broker::peer`]).
+    pub issuer: String,
     pub admin: String,
     pub dir: PathBuf,
     pub state: Arc<mandate_server::AppState>,
@@ -108,6 +111,7 @@ impl Broker {
         cfg.clock = Arc::clone(&clock) as Arc<dyn mandate_core::clock::Clock>;
         tweak(&mut cfg);
         let admin_file = cfg.admin_token_file.clone();
+        let issuer = cfg.issuer.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -140,6 +144,7 @@ impl Broker {
             .to_owned();
         Broker {
             url: format!("http://{addr}"),
+            issuer,
             admin,
             dir,
             state,
@@ -260,8 +265,36 @@ impl Broker {
     pub fn proof(&self, key: &SigningKey) -> String {
         proof_with(
             key,
-            json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now()}),
+            json!({"jti": jti(), "htm": "POST", "htu": self.named_token_url(), "iat": now()}),
         )
+    }
+
+    /// The token endpoint as proofs name it (the issuer's).
+    pub fn named_token_url(&self) -> String {
+        format!("{}/oauth/token", self.issuer)
+    }
+
+    /// Another broker on this one's PostgreSQL store, as an operator runs
+    /// several behind one name: the same issuer, master key and admin
+    /// credential and clock, its own port and directories.
+    pub fn peer(&self, tag: &str) -> Self {
+        let store = self
+            .state
+            .config
+            .store_url
+            .clone()
+            .expect("a broker on PostgreSQL");
+        let (issuer, config) = (self.issuer.clone(), self.dir.join("config"));
+        let clock = Arc::clone(&self.clock);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut b = Self::start_on(l, tempdir(tag), clock, move |c| {
+            c.store_url = Some(store);
+            c.issuer = issuer;
+            c.master_key = mandate_server::config::MasterKeySource::File(config.join("master.key"));
+            c.admin_token_file = config.join("admin.token");
+        });
+        b.admin = self.admin.clone();
+        b
     }
 
     /// A token exchange with a raw form body and optional DPoP header.
@@ -295,7 +328,7 @@ impl Broker {
             Some(n) if v["error"] == "use_dpop_nonce" => {
                 let proof = proof_with(
                     key,
-                    json!({"jti": jti(), "htm": "POST", "htu": self.token_url(), "iat": now(), "nonce": n}),
+                    json!({"jti": jti(), "htm": "POST", "htu": self.named_token_url(), "iat": now(), "nonce": n}),
                 );
                 self.exchange_raw(body, Some(&proof))
             }

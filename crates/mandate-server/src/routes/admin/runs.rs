@@ -284,5 +284,5 @@ pub fn prove_run_key(
         other => err(Code::InvalidDpopProof, other.to_string()),
     })?;
     // Only a proof that passed every other check is remembered.
-    s.first_use_of_proof(&verified, now)
+    s.first_use_of_proof(&verified, now).map(|_| ())
 }

@@ -600,6 +600,7 @@ fn possession(
                 },
                 now,
             )
+            .map(|_| ())
         }
         (Some(_), Scheme::Bearer) => Err(err(
             Code::InvalidDpopProof,

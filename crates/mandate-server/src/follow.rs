@@ -1,0 +1,120 @@
+//! Several brokers on one store: what one commits reaches the others'
+//! memory (issue 14).
+//!
+//! A store shared with other processes ([`mandate_store::Store::watch`])
+//! wakes this broker when another commits a change; it also wakes after
+//! every reconnection, and the broker looks anyway every [`POLL`], so a
+//! notification lost on the way costs latency, never a change. On a wake
+//! the broker reads, in order:
+//!
+//! - the registry again, if the store's generation moved (registrations,
+//!   policies, tool secrets, feed and approver credentials, suspensions),
+//!   keeping every revocation it already knew (revocations only add up);
+//! - the revocation log after the last number it read, applying each as its
+//!   own commits do (the run's caches dropped, its MCP sessions cut) and
+//!   passing it to this broker's feed subscribers.
+//!
+//! Memory is only the fast path: what must hold across brokers the moment
+//! it is committed (a revocation refusing an issuance, a proof used once,
+//! an approval or an attenuation use spent once) is checked inside the
+//! committing transaction (`Mutation::Unrevoked`, `Mutation::FirstUse`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mandate_store::StoreError;
+
+use crate::registry::Registry;
+use crate::state::AppState;
+
+/// How often a broker on a shared store looks for changes even when it
+/// heard of none.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Revocations read from the log at once.
+const PAGE: u32 = 1000;
+
+/// Starts following the store's changes, if other brokers share it.
+pub fn start(s: &Arc<AppState>) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    if !s.store.watch(Arc::clone(&wake)) {
+        return;
+    }
+    s.shared.store(true, Ordering::Release);
+    let s = Arc::clone(s);
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(POLL, wake.notified()).await;
+            if s.is_stopping() {
+                return;
+            }
+            let st = Arc::clone(&s);
+            match tokio::task::spawn_blocking(move || catch_up(&st)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot read other brokers' changes yet: {e}"),
+                Err(e) => tracing::error!("reading other brokers' changes failed: {e}"),
+            }
+        }
+    });
+}
+
+/// Reads what other brokers committed since the last call (blocking).
+pub fn catch_up(s: &AppState) -> Result<(), StoreError> {
+    if !s.shared.load(Ordering::Acquire) {
+        // Nobody else commits: this broker's memory is the store's.
+        return Ok(());
+    }
+    // One at a time: two readers would pass revocations to the feed twice.
+    let _one = s.following.lock().unwrap_or_else(|p| p.into_inner());
+    let generation = s.store.generation()?;
+    if generation != s.followed_generation.load(Ordering::Acquire) {
+        reload(s)?;
+    }
+    loop {
+        let after = s.followed_revocation.load(Ordering::Acquire);
+        let page = s.store.revocations_after(after, PAGE)?;
+        let full = page.len() == PAGE as usize;
+        for r in page {
+            s.followed_revocation.fetch_max(r.seq, Ordering::AcqRel);
+            s.heard_revocation(r);
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads the registry (and what is built from the same records) again.
+fn reload(s: &AppState) -> Result<(), StoreError> {
+    let snap = s.store.load()?;
+    let generation = snap.generation;
+    let now = s.now_secs();
+    let secrets = crate::state::open_tool_secrets(&s.master, &snap.tool_secrets)
+        .map_err(|e| StoreError::Corrupt(e.0))?;
+    let feed = crate::state::feed_credentials(&snap);
+    let mut fresh = Registry::from_snapshot(snap, &s.engine, now).map_err(StoreError::Corrupt)?;
+    {
+        let mut reg = s.registry.write().unwrap_or_else(|p| p.into_inner());
+        if generation < reg.store_generation {
+            // This broker applied a newer change of its own meanwhile; the
+            // next look reads a snapshot that has it.
+            return Ok(());
+        }
+        fresh.revoked.absorb(&reg.revoked, now);
+        fresh.revocation_seq = fresh.revocation_seq.max(reg.revocation_seq);
+        fresh.generation = reg.generation + 1;
+        fresh.store_generation = generation;
+        *reg = fresh;
+    }
+    s.replace_tool_secrets(secrets);
+    *s.feed_credentials
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = feed;
+    s.followed_generation.store(generation, Ordering::Release);
+    tracing::debug!(
+        generation,
+        "registry read again after another broker's change"
+    );
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Several brokers on one PostgreSQL store behave as one (issue 14): what
+//! one commits binds the others at once (revocations refuse issuance in the
+//! committing transaction, a proof is used once, attenuation uses are
+//! spent once), reaches their memory by notification (registry, revocation
+//! feed), and the trail they write together is one chain.
+//!
+//! `export MANDATE_TEST_PG=$(bash scripts/pg.sh 2>/dev/null)` first.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mandate_core::attenuation::{Narrowing, attenuate};
+use mandate_core::jose::Alg;
+use mandate_core::secret::Secret;
+use serde_json::json;
+
+/// A fresh database on the test server; its URL.
+fn fresh_database() -> String {
+    let dsn = std::env::var("MANDATE_TEST_PG").unwrap_or_else(|_| {
+        panic!("set MANDATE_TEST_PG: export MANDATE_TEST_PG=$(bash scripts/pg.sh 2>/dev/null)")
+    });
+    let name = format!(
+        "mbrokers_{}",
+        &mandate_core::ids::random_id(&mut rand::rngs::OsRng, "")[..10].to_lowercase()
+    );
+    sql(&dsn, &format!("CREATE DATABASE {name}"));
+    let (base, _) = dsn.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// Runs `q` at `url` on a thread of its own.
+fn sql(url: &str, q: &str) {
+    let (url, q) = (url.to_owned(), q.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(&q).await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+fn on(url: &str) -> impl FnOnce(&mut mandate_server::Config) + '_ {
+    move |c| c.store_url = Some(Secret::new(url.as_bytes().to_vec()))
+}
+
+/// Waits up to 5 s for `ok`; how long it took.
+fn within(what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{what}: not within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
+}
+
+/// Waits until `b` has read every registry change `a` made.
+fn synced(a: &Broker, b: &Broker) {
+    let g = a.state.reg().store_generation;
+    within("the other broker reads the registry", || {
+        b.state.reg().store_generation >= g
+    });
+}
+
+const CRM: &str = "https://crm.acme.example";
+
+#[test]
+fn a_revocation_at_one_broker_refuses_at_every_other_at_once() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-a", on(&url));
+    let b = a.peer("brk-b");
+    let c = a.peer("brk-c");
+    let grant = a.seed("acme");
+    // Registered at A, known at B and C by notification.
+    for x in [&b, &c] {
+        synced(&a, x);
+        assert!(x.state.reg().find_tool("acme", "crm").is_some());
+    }
+    let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    for x in [&a, &b, &c] {
+        let (s, v) = x.exchange(&mandate, &key, CRM, "read");
+        assert_eq!(s, 200, "{v}");
+    }
+    // Revoked at A: B and C refuse the very next exchange, before their
+    // memory has heard (the check is in the committing transaction).
+    let (s, v) = a.admin_post(
+        "/v1/revocations",
+        json!({"kind": "run", "id": run, "reason": "test"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    for x in [&b, &c] {
+        let (s, v) = x.exchange(&mandate, &key, CRM, "read");
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error_description"].as_str().unwrap().contains("revoked"),
+            "{v}"
+        );
+    }
+    // And their memory has it soon after (what tools' introspection and the
+    // MCP gateway read).
+    for x in [&b, &c] {
+        within("B and C hear the revocation", || {
+            x.state.reg().revoked.contains(&format!("run:{run}"))
+        });
+    }
+    // The trail the three wrote is one chain, whoever verifies it.
+    for x in [&a, &b, &c] {
+        let (s, v) = x.admin_get("/v1/audit/verify");
+        assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+    }
+    let events = c.audit("type=token.exchange");
+    assert!(events.len() >= 5, "{events:?}");
+}
+
+#[test]
+fn a_revocation_committed_between_memory_and_commit_is_caught_in_the_commit() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-race-a", on(&url));
+    let b = a.peer("brk-race-b");
+    let grant = a.seed("acme");
+    synced(&a, &b);
+    let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    // The revocation is in the store but B's memory has not heard of it (as
+    // when its notification is still on the way): written behind B's back.
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES ('run:{run}', 'race', 0, 0, 'acme')"
+        ),
+    );
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+    let withheld = b.audit("type=token.withheld");
+    assert!(
+        withheld
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("in flight")),
+        "{withheld:?}"
+    );
+}
+
+#[test]
+fn a_proof_used_at_one_broker_is_refused_at_another() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-replay-a", on(&url));
+    let b = a.peer("brk-replay-b");
+    let grant = a.seed("acme");
+    synced(&a, &b);
+    let (_, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    let body = form(&mandate, CRM, "read");
+    // B started after A: a proof dated before B started needs B's nonce
+    // (B cannot know what was used before it). With B's nonce in it, B's
+    // memory would take the proof; used at A first, the store refuses it.
+    let (s, v, nonce) = b.exchange_with_nonce(&body, &b.proof(&key));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("use_dpop_nonce")),
+        "{v}"
+    );
+    let proof = proof_with(
+        &key,
+        json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": now(), "nonce": nonce.unwrap()}),
+    );
+    let (s, v) = a.exchange_raw(&body, Some(&proof));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b.exchange_raw(&body, Some(&proof));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "already used");
+    let denied = b.audit("type=token.exchange&decision=deny");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("replayed")),
+        "{denied:?}"
+    );
+    // A fresh proof is fine at B.
+    assert_eq!(b.exchange(&mandate, &key, CRM, "read").0, 200);
+}
+
+#[test]
+fn an_attenuation_use_limit_is_spent_exactly_its_limit_across_brokers() {
+    let url = fresh_database();
+    let a = std::sync::Arc::new(Broker::start_with("brk-uses-a", on(&url)));
+    let b = std::sync::Arc::new(a.peer("brk-uses-b"));
+    let grant = a.seed("acme");
+    synced(&a, &b);
+    let (_, m0, k0) = a.start_run("acme", &grant, Alg::EdDSA);
+    let limited = attenuate(
+        &m0,
+        &k0,
+        &Narrowing {
+            max_uses: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let x = std::sync::Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let (m, k) = (limited.clone(), k0.clone());
+            std::thread::spawn(move || x.exchange(&m, &k, CRM, "read").0)
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 400),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn the_feed_at_any_broker_carries_every_brokers_revocations_in_one_sequence() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-feed-a", on(&url));
+    let b = a.peer("brk-feed-b");
+    let grant = a.seed("acme");
+    let (r1, ..) = a.start_run("acme", &grant, Alg::EdDSA);
+    let (r2, ..) = a.start_run("acme", &grant, Alg::EdDSA);
+    for (x, run) in [(&a, &r1), (&b, &r2)] {
+        let (s, v) = x.admin_post(
+            "/v1/revocations",
+            json!({"kind": "run", "id": run, "reason": "test"}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    for x in [&a, &b] {
+        within("both revocations in the log", || {
+            let (s, v) = x.admin_get("/v1/revocations/log?after=0");
+            s == 200 && v["revocations"].as_array().unwrap().len() == 2
+        });
+        let (_, v) = x.admin_get("/v1/revocations/log?after=0");
+        let keys: Vec<&str> = v["revocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, [format!("run:{r1}"), format!("run:{r2}")]);
+        assert_eq!(v["head"], v["revocations"][1]["seq"], "{v}");
+    }
+    // A reader that saw A's head may resume at B at once.
+    let (_, v) = a.admin_get("/v1/revocations/log?after=0");
+    let head = v["head"].as_u64().unwrap();
+    let (s, v) = b.admin_get(&format!("/v1/revocations/log?after={head}"));
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn a_policy_change_at_one_broker_decides_at_the_other() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-policy-a", on(&url));
+    let b = a.peer("brk-policy-b");
+    let grant = a.seed("acme");
+    let (_, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    synced(&a, &b);
+    assert_eq!(b.exchange(&mandate, &key, CRM, "read").0, 200);
+    let (s, v) = a.admin_put_text(
+        "/v1/tenants/acme/policies/no-reads",
+        r#"@id("no-reads") forbid (principal, action == Mandate::Action::"exchange", resource) when { context.action == "read" };"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let took = within("B applies A's policy", || {
+        b.exchange(&mandate, &key, CRM, "read").0 == 403
+    });
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
