@@ -286,3 +286,137 @@ fn a_policy_change_at_one_broker_decides_at_the_other() {
     });
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+/// A TCP relay in front of the database that can be cut (every connection
+/// closed, new ones closed at once) and restored.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn to(target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in l.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut g = o.lock().unwrap();
+                g.push(client.try_clone().unwrap());
+                g.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` with its host and port replaced by the relay's.
+    fn url(&self, url: &str) -> String {
+        let at = url.rfind('@').unwrap();
+        let slash = at + url[at..].find('/').unwrap();
+        format!("{}{}{}", &url[..=at], self.addr, &url[slash..])
+    }
+}
+
+#[test]
+fn a_broker_cut_from_the_database_fails_closed_and_recovers_by_itself() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-cut-a", on(&url));
+    let grant = a.seed("acme");
+    let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    // B reaches the database through a relay that will be cut.
+    let host = {
+        let at = url.rfind('@').unwrap();
+        let rest = &url[at + 1..];
+        rest[..rest.find('/').unwrap()].to_owned()
+    };
+    let relay = Relay::to(host.parse().unwrap());
+    let via = relay.url(&url);
+    let b = {
+        let (issuer, config) = (a.issuer.clone(), a.dir.join("config"));
+        let mut b = Broker::start_with("brk-cut-b", move |c| {
+            c.store_url = Some(Secret::new(via.as_bytes().to_vec()));
+            c.issuer = issuer;
+            c.master_key = mandate_server::config::MasterKeySource::File(config.join("master.key"));
+            c.admin_token_file = config.join("admin.token");
+        });
+        b.admin = a.admin.clone();
+        b
+    };
+    synced(&a, &b);
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 200, "{v}");
+    let issued = v["access_token"].as_str().unwrap().to_owned();
+    relay.cut();
+    // Nothing is issued without the database: 503, said so, retry later.
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{v}"
+    );
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("database"),
+        "{v}"
+    );
+    // What tools verify with is still served: the keys, and introspection of
+    // what was issued before.
+    let (s, _) = read(
+        Broker::agent()
+            .get(format!("{}/jwks.json", b.url))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(introspect(&b, &issued)["active"], true);
+    // Meanwhile A revokes the run.
+    let (s, v) = a.admin_post(
+        "/v1/revocations",
+        json!({"kind": "run", "id": run, "reason": "while B was cut off"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    relay.restore();
+    // B recovers by itself: it hears what it missed, and refuses the run.
+    within("B hears the revocation it missed", || {
+        b.state.reg().revoked.contains(&format!("run:{run}"))
+    });
+    assert_eq!(introspect(&b, &issued)["active"], false);
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 400, "{v}");
+    let (_, m2, k2) = b.start_run("acme", &grant, Alg::EdDSA);
+    assert_eq!(b.exchange(&m2, &k2, CRM, "read").0, 200);
+    let (s, v) = b.admin_get("/v1/audit/verify");
+    assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+}
