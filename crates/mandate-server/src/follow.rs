@@ -42,6 +42,7 @@ pub fn start(s: &Arc<AppState>) {
         return;
     }
     s.shared.store(true, Ordering::Release);
+    s.own_events.enabled.store(true, Ordering::Release);
     let s = Arc::clone(s);
     tokio::spawn(async move {
         loop {
@@ -80,6 +81,37 @@ pub fn catch_up(s: &AppState) -> Result<(), StoreError> {
             s.heard_revocation(r);
         }
         if !full {
+            break;
+        }
+    }
+    histories(s)
+}
+
+/// What other brokers' runs did (credentials issued, eval gates), from the
+/// audit trail, into this broker's run histories: rates, counts and
+/// sequences hold across brokers as soon as their events are read.
+fn histories(s: &AppState) -> Result<(), StoreError> {
+    loop {
+        let after = s.followed_audit.load(Ordering::Acquire);
+        let page = s.store.audit_query(&mandate_store::AuditFilter {
+            after_seq: Some(after),
+            limit: Some(PAGE),
+            ..Default::default()
+        })?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        {
+            let mut own = s.own_events.seqs.lock().unwrap_or_else(|p| p.into_inner());
+            let reg = s.reg();
+            let mut h = s.history.lock().unwrap_or_else(|p| p.into_inner());
+            for ev in page.iter().filter(|e| !own.contains(&e.seq)) {
+                crate::rebuild::learn(&mut h, &reg, ev);
+            }
+            *own = own.split_off(&(last + 1));
+        }
+        s.followed_audit.store(last, Ordering::Release);
+        if page.len() < PAGE as usize {
             return Ok(());
         }
     }

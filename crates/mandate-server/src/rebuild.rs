@@ -81,39 +81,7 @@ pub(crate) fn rebuild_history(
                 .map_err(e)?;
             for ev in &page {
                 after = after.max(ev.seq);
-                let b = &ev.body;
-                let (Some(run), Some(tool)) = (b.run.as_deref(), b.tool.as_deref()) else {
-                    if let (Some(run), Some(name)) = (b.run.as_deref(), b.details["eval"].as_str())
-                    {
-                        h.eval(
-                            run,
-                            name,
-                            b.decision == mandate_core::audit::Decision::Ok,
-                            b.time_ms / 1000,
-                        );
-                    }
-                    continue;
-                };
-                if b.decision != mandate_core::audit::Decision::Allow {
-                    continue;
-                }
-                let labels = reg
-                    .tools
-                    .get(&(b.tenant.clone().unwrap_or_default(), tool.to_owned()))
-                    .map(|t| t.labels.clone())
-                    .unwrap_or_default();
-                let _ = h.issued(
-                    (
-                        b.tenant.as_deref().unwrap_or_default(),
-                        b.agent.as_deref().unwrap_or_default(),
-                        tool,
-                    ),
-                    run,
-                    &b.actions,
-                    &labels,
-                    b.details["amount"].as_i64(),
-                    b.time_ms / 1000,
-                );
+                learn(&mut h, reg, ev);
             }
             if page.len() < 10_000 {
                 break;
@@ -121,6 +89,49 @@ pub(crate) fn rebuild_history(
         }
     }
     Ok(h)
+}
+
+/// What one event of the trail tells the run histories: a credential issued
+/// (`token.exchange` allowed) or an eval gate reported (`run.eval`). At
+/// start for the trail so far; on a shared store, for every event another
+/// broker commits ([`crate::follow`]).
+pub(crate) fn learn(
+    h: &mut crate::history::Histories,
+    reg: &Registry,
+    ev: &mandate_core::audit::ChainedEvent,
+) {
+    use mandate_core::audit::{Decision, EventType};
+    let b = &ev.body;
+    match b.event_type {
+        EventType::RunEval => {
+            if let (Some(run), Some(name)) = (b.run.as_deref(), b.details["eval"].as_str()) {
+                h.eval(run, name, b.decision == Decision::Ok, b.time_ms / 1000);
+            }
+        }
+        EventType::TokenExchange if b.decision == Decision::Allow => {
+            let (Some(run), Some(tool)) = (b.run.as_deref(), b.tool.as_deref()) else {
+                return;
+            };
+            let labels = reg
+                .tools
+                .get(&(b.tenant.clone().unwrap_or_default(), tool.to_owned()))
+                .map(|t| t.labels.clone())
+                .unwrap_or_default();
+            let _ = h.issued(
+                (
+                    b.tenant.as_deref().unwrap_or_default(),
+                    b.agent.as_deref().unwrap_or_default(),
+                    tool,
+                ),
+                run,
+                &b.actions,
+                &labels,
+                b.details["amount"].as_i64(),
+                b.time_ms / 1000,
+            );
+        }
+        _ => {}
+    }
 }
 
 /// Spent single-use (amount) credentials, from the audit trail: every

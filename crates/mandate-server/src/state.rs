@@ -182,6 +182,11 @@ pub struct AppState {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Whether other brokers share the store (set by [`crate::follow::start`]).
     pub shared: std::sync::atomic::AtomicBool,
+    /// This broker's own events, while the store is shared.
+    pub own_events: Arc<crate::writer::OwnEvents>,
+    /// The last audit event read for the run histories (its own, at start;
+    /// then every broker's, [`crate::follow`]).
+    pub followed_audit: std::sync::atomic::AtomicU64,
     /// The proxy's upstream client.
     pub http: crate::upstream::Upstream,
     /// The `postgres` provider's admin connections.
@@ -340,12 +345,21 @@ impl AppState {
         let engine = Engine::new().map_err(|e| BootError(e.to_string()))?;
         let feed_credentials = feed_credentials(&snap);
         let followed_generation = snap.generation;
+        // Histories are rebuilt from the trail below, a little past this
+        // head if another broker commits meanwhile: those few events may
+        // count twice (stricter limits, never looser).
+        let followed_audit = snap.audit_head.0;
         let secrets = open_tool_secrets(&master, &snap.tool_secrets)?;
         let registry =
             Registry::from_snapshot(snap, &engine, config.clock.now_secs()).map_err(BootError)?;
         let (root, roots) = root_keys(&keys)?;
         let root_public = roots.current;
-        let writer = Writer::start(Arc::clone(&store), Arc::clone(&checkpoints));
+        let own_events = Arc::new(crate::writer::OwnEvents::default());
+        let writer = Writer::start(
+            Arc::clone(&store),
+            Arc::clone(&checkpoints),
+            Arc::clone(&own_events),
+        );
         let token_endpoint = format!("{}/oauth/token", config.issuer.trim_end_matches('/'));
         let nonces = mandate_core::dpop::NonceIssuer::new(
             mandate_core::secret::Secret::random(&mut rand_core::OsRng, 32),
@@ -416,6 +430,8 @@ impl AppState {
             followed_revocation: followed_revocation.into(),
             stopping: Default::default(),
             shared: Default::default(),
+            own_events,
+            followed_audit: followed_audit.into(),
             http: crate::upstream::client(),
             pg: crate::pg::Postgres::default(),
             history: Mutex::new(history),

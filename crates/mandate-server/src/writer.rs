@@ -30,6 +30,19 @@ pub enum WriteError {
 
 type Job = (Entry, oneshot::Sender<Result<Committed, WriteError>>);
 
+/// The audit events this broker committed, while other brokers share its
+/// store: [`crate::follow`] reads the trail to learn what the others did,
+/// and skips these. Held by the writer from its commit until it has added
+/// the commit's events, so a reader that saw one of them in the store finds
+/// it here once it takes the lock.
+#[derive(Debug, Default)]
+pub struct OwnEvents {
+    /// Whether to keep them (set when the store turns out shared).
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// Their sequence numbers, until the follower has read past them.
+    pub seqs: Mutex<std::collections::BTreeSet<u64>>,
+}
+
 /// Handle to the writer thread.
 pub struct Writer {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
@@ -45,7 +58,11 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Starts the writer thread over `store`; after each commit it tells
     /// `checkpoints` the new audit head.
-    pub fn start(store: Arc<dyn Store>, checkpoints: Arc<Checkpointer>) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        checkpoints: Arc<Checkpointer>,
+        own: Arc<OwnEvents>,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(8192);
         let thread = std::thread::Builder::new()
             .name("mandate-writer".into())
@@ -64,7 +81,16 @@ impl Writer {
                     batches += 1;
                     entries += todo.len() as u64;
                     let t0 = std::time::Instant::now();
+                    let mut mine = own
+                        .enabled
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        .then(|| own.seqs.lock().unwrap_or_else(|p| p.into_inner()));
                     let result = store.commit(todo);
+                    if let (Some(mine), Ok(results)) = (mine.as_mut(), &result) {
+                        let seqs = results.iter().flatten().flat_map(|c| &c.events);
+                        mine.extend(seqs.map(|e| e.seq));
+                    }
+                    drop(mine);
                     busy += t0.elapsed();
                     if batches % 1000 == 0 {
                         tracing::debug!(

@@ -420,3 +420,39 @@ fn a_broker_cut_from_the_database_fails_closed_and_recovers_by_itself() {
     let (s, v) = b.admin_get("/v1/audit/verify");
     assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
 }
+
+#[test]
+fn a_runs_history_at_one_broker_counts_at_the_other() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-hist-a", on(&url));
+    let b = a.peer("brk-hist-b");
+    let grant = a.seed("acme");
+    let (s, v) = a.admin_put_text(
+        "/v1/tenants/acme/policies/budget",
+        r#"@id("two-per-tool") forbid (principal, action == Mandate::Action::"exchange", resource) when { context.history.tool_exchanges >= 2 };"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    for _ in 0..2 {
+        assert_eq!(a.exchange(&mandate, &key, CRM, "read").0, 200);
+    }
+    // Once B has read A's events, the run's two credentials count there too.
+    let head = a.audit("limit=1")[0]["seq"].as_u64().unwrap();
+    within("B reads A's events", || {
+        b.state
+            .followed_audit
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= head
+    });
+    synced(&a, &b);
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 403, "{v}");
+    // B's own refusal does not count as a third credential at A.
+    let (s, _) = a.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 403);
+    for x in [&a, &b] {
+        let h = x.state.history.lock().unwrap();
+        let facts = h.facts(&run, 0, ("acme", "triage", "crm"), now());
+        assert_eq!(facts.tool_exchanges, 2, "counted once at each broker");
+    }
+}

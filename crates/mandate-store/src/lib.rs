@@ -177,7 +177,7 @@ pub trait Store: Send + Sync {
     /// The registry's generation ([`Snapshot::generation`]) now.
     fn generation(&self) -> Result<u64>;
     /// Whether other processes may commit to this store, and if so, wakes
-    /// `on_change` whenever one commits a [`Change`] (and once after every
+    /// `on_change` whenever one commits (and once after every
     /// reconnection of the listening connection, since a change may have
     /// been missed meanwhile). A store only this process uses returns
     /// `false` and never wakes it.

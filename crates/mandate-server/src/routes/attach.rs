@@ -125,6 +125,9 @@ async fn attaching_run(
     let req: AttachRequest = json_body(&body(raw, s.config.max_body)?)?;
     let now = s.now_secs();
     let claims = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
+    // An attachment commits nothing it could carry the proof's use in: it
+    // is remembered here (and a replay elsewhere attaches nothing new: the
+    // attachment is this connection's).
     super::admin::prove_run_key(s, headers, "/v1/runs/attach", &claims, now, "run's")?;
     if !claims.hops.is_empty() {
         return Err(err(

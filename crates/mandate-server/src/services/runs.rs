@@ -668,7 +668,7 @@ fn delegation_policy(
 pub async fn delegate(
     s: &AppState,
     origin: &Origin,
-    parent: &MandateClaims,
+    (parent, spent): (&MandateClaims, mandate_core::dpop::Spent),
     req: NewChild,
     now: u64,
 ) -> Result<Value, ApiError> {
@@ -738,8 +738,21 @@ pub async fn delegate(
     ev.details = json!({"parent": parent.run, "ancestors": chain, "depth": depth,
         "capabilities": run.capabilities, "parent_capabilities": parent.capabilities.to_strings(),
         "policies": verdict.policies});
+    // Checked in the commit, against every broker on the store: the parent
+    // is not revoked and its proof was not used before.
     s.commit(Entry {
-        mutation: Some(Mutation::StartRun(run.clone())),
+        mutation: Mutation::all(vec![
+            Mutation::Unrevoked {
+                keys: parent.revocation_keys(),
+                issued_at: parent.issued_at,
+                now,
+            },
+            Mutation::FirstUse {
+                uses: vec![spent],
+                now,
+            },
+            Mutation::StartRun(run.clone()),
+        ]),
         events: vec![ev],
     })
     .await?;

@@ -1,12 +1,12 @@
 //! Hearing other brokers' changes: a connection of its own that `LISTEN`s
 //! on [`CHANNEL`], on a thread of its own.
 //!
-//! Every commit that changes what brokers keep in memory sends
-//! `NOTIFY mandate_changes` inside its transaction (PostgreSQL delivers it
-//! at commit, and only then). A notification carries nothing: the broker
-//! that hears one reads what changed from the store (the revocation log
-//! after the last number it applied, the registry if its generation
-//! moved), so a lost notification costs latency, never a change. The same
+//! Every commit sends `NOTIFY mandate_changes` inside its transaction
+//! (PostgreSQL delivers it at commit, and only then). A notification
+//! carries nothing: the broker that hears one reads what changed from the
+//! store (the revocation log after the last number it applied, the
+//! registry if its generation moved, the trail's new events for its run
+//! histories), so a lost notification costs latency, never a change. The same
 //! wake-up is given after every (re)connection, because notifications sent
 //! while the connection was down are lost.
 

@@ -63,6 +63,12 @@ fn entries(s: &mut Session<'_>, batch: &[Entry]) -> Result<Vec<Result<Committed>
             }
         }
     }
+    if results.iter().any(Result::is_ok) {
+        // Every commit is news to the other brokers (a revocation, a
+        // registry change, or events their run histories count). Delivered
+        // when, and only if, the transaction commits.
+        s.batch(&format!("NOTIFY {CHANNEL}"))?;
+    }
     Ok(results)
 }
 
@@ -85,11 +91,6 @@ fn one_entry(s: &mut Session<'_>, entry: &Entry, head: &mut Head) -> Result<Comm
         )? as u64),
         Change::Revocation | Change::None => None,
     };
-    if change != Change::None {
-        // Delivered to every listening broker when (and only if) the
-        // transaction commits; several in one transaction are one.
-        s.batch(&format!("NOTIFY {CHANNEL}"))?;
-    }
     let mut events = Vec::with_capacity(entry.events.len());
     for body in &entry.events {
         events.push(append_event(s, head, body.clone())?);

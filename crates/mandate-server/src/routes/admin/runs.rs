@@ -194,8 +194,8 @@ pub async fn delegate(
         Err(e) => e
             .unauthenticated(mandate_core::audit::EventType::RunDelegate)
             .into_response(),
-        Ok((parent, req, now)) => {
-            match runs::delegate(&s, &origin(addr, &headers), &parent, req, now).await {
+        Ok((parent, req, now, spent)) => {
+            match runs::delegate(&s, &origin(addr, &headers), (&parent, spent), req, now).await {
                 Ok(done) => (StatusCode::CREATED, Json(done)).into_response(),
                 Err(e) => {
                     let mut ev = Ctx::new(&s, &headers, addr).event(
@@ -228,11 +228,11 @@ async fn delegating_parent(
     addr: SocketAddr,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<(Arc<MandateClaims>, NewChild, u64), ApiError> {
+) -> Result<(Arc<MandateClaims>, NewChild, u64, mandate_core::dpop::Spent), ApiError> {
     let req: NewChild = json_body(&body(raw, s.config.max_body)?)?;
     let now = s.now_secs();
     let parent = crate::gate::verify_mandate(s, &req.mandate, now, addr.ip()).await?;
-    prove_run_key(
+    let spent = prove_run_key(
         s,
         headers,
         "/v1/runs/delegate",
@@ -240,7 +240,7 @@ async fn delegating_parent(
         now,
         "parent run's",
     )?;
-    Ok((parent, req, now))
+    Ok((parent, req, now, spent))
 }
 
 /// Checks the `DPoP` header of a request to `path` on this broker: a fresh
@@ -254,7 +254,7 @@ pub fn prove_run_key(
     claims: &MandateClaims,
     now: u64,
     whose: &str,
-) -> Result<(), ApiError> {
+) -> Result<mandate_core::dpop::Spent, ApiError> {
     let proof = headers
         .get("dpop")
         .and_then(|v| v.to_str().ok())
@@ -284,5 +284,5 @@ pub fn prove_run_key(
         other => err(Code::InvalidDpopProof, other.to_string()),
     })?;
     // Only a proof that passed every other check is remembered.
-    s.first_use_of_proof(&verified, now).map(|_| ())
+    s.first_use_of_proof(&verified, now)
 }

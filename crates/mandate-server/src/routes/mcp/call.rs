@@ -14,6 +14,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::state::CommitRefused;
 use mandate_core::audit::{Decision, EventBody, EventType};
 use mandate_core::mcp::jsonrpc::{self, Id};
 use mandate_store::{Entry, Mutation};
@@ -156,23 +157,55 @@ pub(super) async fn call(
     }
     // The decision is durable before the MCP server acts on the call, in
     // one commit with the approvals it spends (each good for one call).
-    let spent: Vec<Mutation> = spend
-        .iter()
-        .map(|a| Mutation::UseApproval { id: a.id.clone() })
-        .collect();
+    // Checked in that commit, against every broker on the store: the
+    // credential is not revoked, the request's proof was not used before.
+    let mut spent = vec![Mutation::Unrevoked {
+        keys: c.claims.revocation_keys(),
+        issued_at: c.claims.iat,
+        now,
+    }];
+    spent.extend(
+        c.spent
+            .clone()
+            .map(|u| Mutation::FirstUse { uses: vec![u], now }),
+    );
+    spent.extend(
+        spend
+            .iter()
+            .map(|a| Mutation::UseApproval { id: a.id.clone() }),
+    );
     let committed = s
-        .commit(Entry {
+        .commit_outcome(Entry {
             mutation: Mutation::all(spent),
             events: vec![ev.clone()],
         })
         .await;
-    if let Err(e) = committed {
-        let message = if e.code == crate::error::Code::Conflict && !spend.is_empty() {
-            "this approval was already used for a call; send the call again to ask anew"
-        } else {
-            "the gateway could not record the decision, so the call was not sent; try again"
-        };
-        return Dispatched::Json(jsonrpc::error(Some(id), NOT_RECORDED, message, None));
+    let refused = match committed {
+        Ok(_) => None,
+        Err(CommitRefused::Revoked(k)) => Some((
+            format!("revoked: {k}"),
+            REVOKED,
+            "the credential has been revoked, so the call was not sent",
+        )),
+        Err(CommitRefused::Replayed(_)) => Some((
+            "DPoP proof replayed (used before at this or another broker)".to_owned(),
+            NOT_RECORDED,
+            "this DPoP proof was already used; make a fresh one for every request",
+        )),
+        Err(CommitRefused::Failed(e)) => {
+            let message = if e.code == crate::error::Code::Conflict && !spend.is_empty() {
+                "this approval was already used for a call; send the call again to ask anew"
+            } else {
+                "the gateway could not record the decision, so the call was not sent; try again"
+            };
+            return Dispatched::Json(jsonrpc::error(Some(id), NOT_RECORDED, message, None));
+        }
+    };
+    if let Some((reason, code, message)) = refused {
+        ev.decision = Decision::Deny;
+        ev.reason = Some(reason);
+        let _ = s.record(vec![ev]).await;
+        return Dispatched::Json(jsonrpc::error(Some(id), code, message, None));
     }
     // Forwarded and recorded in a task of its own: an agent that hangs up
     // does not leave a forwarded call without its outcome. The answer comes

@@ -120,6 +120,9 @@ impl GatewaySessions {
 pub(crate) struct Caller {
     claims: Arc<AccessClaims>,
     tool: Arc<Tool>,
+    /// The request's DPoP proof, used once: committed with a call's
+    /// decision, so no broker on the store takes it again.
+    spent: Option<mandate_core::dpop::Spent>,
 }
 
 /// `POST /mcp/{tool}`.
@@ -486,8 +489,19 @@ fn identify(
     let (claims, tool, presented) =
         credential(s, method, headers, tool_name, now).map_err(anonymous)?;
     match possession(s, headers, &tool, &claims, presented, now) {
-        Ok(()) => Ok(Caller { claims, tool }),
-        Err(e) => Err(Refused::Unproven(Box::new(Caller { claims, tool }), e)),
+        Ok(spent) => Ok(Caller {
+            claims,
+            tool,
+            spent,
+        }),
+        Err(e) => Err(Refused::Unproven(
+            Box::new(Caller {
+                claims,
+                tool,
+                spent: None,
+            }),
+            e,
+        )),
     }
 }
 
@@ -574,7 +588,7 @@ fn possession(
     claims: &AccessClaims,
     p: Presented<'_>,
     now: u64,
-) -> Result<(), ApiError> {
+) -> Result<Option<mandate_core::dpop::Spent>, ApiError> {
     let required = tool.mcp.as_ref().is_some_and(|m| m.dpop);
     match (&claims.cnf, p.scheme) {
         (Some(cnf), Scheme::Dpop) => {
@@ -600,7 +614,7 @@ fn possession(
                 },
                 now,
             )
-            .map(|_| ())
+            .map(Some)
         }
         (Some(_), Scheme::Bearer) => Err(err(
             Code::InvalidDpopProof,
@@ -617,7 +631,7 @@ fn possession(
                 tool.name
             ),
         )),
-        (None, Scheme::Bearer) => Ok(()),
+        (None, Scheme::Bearer) => Ok(None),
     }
 }
 

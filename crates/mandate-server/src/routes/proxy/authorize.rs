@@ -114,8 +114,13 @@ pub(super) fn authorize(
     })?;
     // A bound proxy credential (the exchange was signed) needs every call
     // signed by the same key, covering the header that carries it.
+    let mut guard = vec![Mutation::Unrevoked {
+        keys: caller.claims.revocation_keys(),
+        issued_at: caller.claims.iat,
+        now,
+    }];
     if let Some(cnf) = &caller.claims.cnf {
-        verify_binding(
+        let spent = verify_binding(
             s,
             parts,
             signed_body,
@@ -124,11 +129,16 @@ pub(super) fn authorize(
             now,
             ev,
         )?;
+        guard.push(Mutation::FirstUse {
+            uses: vec![spent],
+            now,
+        });
     }
     let (action, amount) = judge(&caller, parts.method.as_str(), &upstream_path, ev)?;
     ask_policy(s, &caller, action, now, ev)?;
     let mut plan = plan(s, parts, &caller, &upstream_path)?;
     plan.amount = amount;
+    plan.guard = guard;
     Ok(plan)
 }
 
@@ -270,7 +280,7 @@ pub(super) fn verify_binding(
     token_headers: &[HeaderName],
     now: u64,
     ev: &mut EventBody,
-) -> Result<(), ApiError> {
+) -> Result<mandate_core::dpop::Spent, ApiError> {
     let Some(body) = signed_body else {
         ev.reason = Some("bound credential without a signature".into());
         return Err(err(
@@ -288,7 +298,7 @@ pub(super) fn verify_binding(
             .unwrap_or("/")
     );
     let names: Vec<&str> = token_headers.iter().map(|n| n.as_str()).collect();
-    crate::pop::httpsig::verify(
+    let signed = crate::pop::httpsig::verify(
         s,
         &parts.headers,
         &crate::pop::httpsig::Expect {
@@ -302,7 +312,7 @@ pub(super) fn verify_binding(
     )
     .inspect_err(|e| ev.reason = Some(format!("signature: {}", e.description)))?;
     merge(&mut ev.details, json!({"proof": "httpsig"}));
-    Ok(())
+    Ok(signed.spent)
 }
 
 /// What the request is: its route's action (within the credential's
@@ -554,6 +564,7 @@ pub(super) fn plan(
         timeout: Duration::from_millis(spec.timeout_ms),
         amount: None,
         scrubber: Scrubber::new([key.as_bytes(), rendered.as_bytes()]),
+        guard: Vec::new(),
     })
 }
 

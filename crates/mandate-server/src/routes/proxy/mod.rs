@@ -44,6 +44,8 @@ use mandate_core::tooling::{
 
 use super::{S, client, correlation_id};
 use crate::error::{ApiError, Code, err};
+use crate::state::CommitRefused;
+use mandate_store::{Entry, Mutation};
 
 mod authorize;
 pub(crate) mod body;
@@ -70,6 +72,9 @@ struct Plan {
     amount: Option<AmountPlan>,
     /// Scrubs the injected key from the response.
     scrubber: Scrubber,
+    /// What the decision's commit must find (the credential unrevoked, its
+    /// proof and a single-use credential not used), at every broker.
+    guard: Vec<Mutation>,
 }
 
 /// A money-moving call: where its amount is, and what the credential allows.
@@ -116,9 +121,41 @@ pub async fn forward(
     };
     ev.decision = mandate_core::audit::Decision::Allow;
     crate::alerts::judged_call(&s, &ev, false).await;
-    // The decision is durable before the upstream acts on the request.
-    if let Err(e) = s.record(vec![ev.clone()]).await {
-        return e.into_response();
+    // The decision is durable before the upstream acts on the request,
+    // and checked in its commit against every broker's revocations and uses.
+    let mut guard = std::mem::take(&mut plan.guard);
+    if let Some(a) = plan.amount.as_ref() {
+        guard.push(Mutation::FirstUse {
+            uses: vec![mandate_core::dpop::Spent {
+                key: format!("credential:{}", a.jti),
+                until: a.until,
+            }],
+            now,
+        });
+    }
+    let entry = Entry {
+        mutation: Mutation::all(guard),
+        events: vec![ev.clone()],
+    };
+    match s.commit_outcome(entry).await {
+        Ok(_) => {}
+        Err(CommitRefused::Revoked(k)) => {
+            ev.reason = Some(format!("revoked: {k}"));
+            let e = err(
+                Code::Unauthorized,
+                "the credential has been revoked; the run must start again",
+            );
+            return denied(&s, ev, e).await;
+        }
+        Err(CommitRefused::Replayed(_)) => {
+            ev.reason = Some("signature nonce or single-use credential used before".into());
+            let e = err(
+                Code::Forbidden,
+                "this signature, or this single-use credential, was already used (here or at another broker); sign afresh or ask for a new credential",
+            );
+            return denied(&s, ev, e).await;
+        }
+        Err(CommitRefused::Failed(e)) => return e.into_response(),
     }
     let mut up = axum::http::Request::new(Body::empty());
     *up.method_mut() = parts.method.clone();
