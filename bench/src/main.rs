@@ -110,6 +110,9 @@ enum Cmd {
     W3 {
         #[arg(long)]
         url: String,
+        /// Brokers the verifiers subscribe to, in turn (default: `--url`).
+        #[arg(long = "feed-url")]
+        feed_urls: Vec<String>,
         #[arg(long)]
         admin_token_file: PathBuf,
         #[arg(long, default_value_t = 100)]
@@ -152,10 +155,11 @@ fn main() -> Result<(), String> {
         } => feed(&url, &admin_token_file, subscribers, revocations),
         Cmd::W3 {
             url,
+            feed_urls,
             admin_token_file,
             verifiers,
             rounds,
-        } => w3::w3(&url, &admin_token_file, verifiers, rounds),
+        } => w3::w3(&url, &feed_urls, &admin_token_file, verifiers, rounds),
         Cmd::Verify { iterations } => {
             verify_bench(iterations);
             Ok(())

@@ -53,10 +53,18 @@ fn pct(v: &[f64], p: f64) -> f64 {
 /// Runs W3 with `verifiers` subscribers over `rounds` revocations.
 pub(crate) fn w3(
     url: &str,
+    feed_urls: &[String],
     token_file: &Path,
     verifiers: usize,
     rounds: usize,
 ) -> Result<(), String> {
+    // Verifiers subscribe to these brokers in turn (several brokers on one
+    // store: issue 14); the revocations are made at `url`.
+    let feeds: Vec<&str> = if feed_urls.is_empty() {
+        vec![url]
+    } else {
+        feed_urls.iter().map(String::as_str).collect()
+    };
     let (admin, http) = admin_client(token_file)?;
     let tenant = format!("w3-{verifiers}");
     let p =
@@ -85,9 +93,9 @@ pub(crate) fn w3(
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let lives: Vec<Arc<Live>> = rt.block_on(async {
         let mut v = Vec::new();
-        for _ in 0..verifiers {
+        for i in 0..verifiers {
             v.push(
-                Live::start(LiveConfig::new(url, AUD, &feed))
+                Live::start(LiveConfig::new(feeds[i % feeds.len()], AUD, &feed))
                     .await
                     .map_err(|e| e.to_string())?,
             );

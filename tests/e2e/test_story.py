@@ -292,13 +292,43 @@ def test_cli_errors_are_actionable(broker):
         assert subprocess.run([BIN, verb, "--help"], capture_output=True).returncode == 0
 
 
+@pytest.fixture
+def pg_broker(tmp_path):
+    """A broker on a fresh PostgreSQL database of the test server
+    (`MANDATE_TEST_PG`, which the test command sets)."""
+    admin = os.environ.get("MANDATE_TEST_PG")
+    if not admin:
+        pytest.skip("MANDATE_TEST_PG is not set (the test command sets it)")
+    name = "e2e_" + uuid.uuid4().hex[:12]
+    subprocess.run(["psql", "-q", admin, "-c", f"CREATE DATABASE {name}"], check=True)
+    os.environ["MANDATE_STORE"] = admin.rsplit("/", 1)[0] + "/" + name
+    try:
+        b = start_broker(tmp_path)
+    finally:
+        del os.environ["MANDATE_STORE"]
+    yield b
+    b.proc.terminate()
+    b.proc.wait(timeout=10)
+    subprocess.run(["psql", "-q", admin, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
+
+
 def test_kill_9_under_load_loses_no_credentials_event(broker):
     """Every credential a client received has its audit event, even when the
     broker is killed with SIGKILL in the middle of the load."""
+    kill_9_under_load(broker)
+
+
+def test_kill_9_under_load_on_postgres_loses_no_credentials_event(pg_broker):
+    """The same on a PostgreSQL store: what the broker answered was committed
+    there first."""
+    assert "MANDATE_STORE" in pg_broker.env
+    kill_9_under_load(pg_broker)
+
+
+def kill_9_under_load(b):
     import base64
     import threading
 
-    b = broker
     grant = register(b, "acme")
     key = OKPKey.generate_key("Ed25519")
     run = start_run(b, "acme", grant, key)
