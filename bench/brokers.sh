@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mandate-target}
-cargo build --release -q -p mandate-cli -p mandate-bench
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p mandate-cli -p mandate-bench
 bin=$CARGO_TARGET_DIR/release
 pg=$(bash scripts/pg.sh 2>/dev/null)
 work=$(mktemp -d /tmp/mandate-brokers.XXXXXX)
@@ -24,7 +24,7 @@ echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d
 db=0
 fresh_db() { # a new database on the test server; prints its URL
   db=$((db + 1))
-  local name="mbench_$$_$db"
+  local name="mbench_$$_$RANDOM$RANDOM"
   psql_exec "CREATE DATABASE $name"
   echo "${pg%/*}/$name"
 }
@@ -36,7 +36,8 @@ psql_exec() {
 serve() {
   local name=$1 port=$2 issuer=$3 store=${4:-}
   mkdir -p "$work/$name"
-  MANDATE_CONFIG_DIR=$work/$name/config MANDATE_DATA_DIR=$work/$name/data MANDATE_STORE=$store \
+  if [ -n "$store" ]; then export MANDATE_STORE=$store; else unset MANDATE_STORE; fi
+  MANDATE_CONFIG_DIR=$work/$name/config MANDATE_DATA_DIR=$work/$name/data \
     "$bin/mandate" serve --listen 127.0.0.1:$port --issuer "$issuer" --dpop-replay-per-key 2000000 \
     >"$work/$name.log" 2>&1 &
   pids+=($!)

@@ -231,7 +231,8 @@ pub fn webhook_headers(
     url: &str,
     body: &str,
 ) -> Result<Vec<(String, String)>, String> {
-    let key = &s.keys.jwt_eddsa;
+    let keyset = s.keyset();
+    let key = &keyset.keys.jwt_eddsa;
     let now = s.now_secs();
     let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),

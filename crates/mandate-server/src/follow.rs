@@ -125,6 +125,9 @@ fn reload(s: &AppState) -> Result<(), StoreError> {
     let secrets = crate::state::open_tool_secrets(&s.master, &snap.tool_secrets)
         .map_err(|e| StoreError::Corrupt(e.0))?;
     let feed = crate::state::feed_credentials(&snap);
+    // Keys another broker rotated to: used from now on (the ones before
+    // stay accepted and published, as after a rotation here).
+    let keys = rotated_keys(s, &snap)?;
     let mut fresh = Registry::from_snapshot(snap, &s.engine, now).map_err(StoreError::Corrupt)?;
     {
         let mut reg = s.registry.write().unwrap_or_else(|p| p.into_inner());
@@ -139,6 +142,10 @@ fn reload(s: &AppState) -> Result<(), StoreError> {
         fresh.store_generation = generation;
         *reg = fresh;
     }
+    if let Some(keys) = keys {
+        s.replace_keys(keys);
+        tracing::warn!("signing with the keys another broker rotated to");
+    }
     s.replace_tool_secrets(secrets);
     *s.feed_credentials
         .write()
@@ -149,4 +156,32 @@ fn reload(s: &AppState) -> Result<(), StoreError> {
         "registry read again after another broker's change"
     );
     Ok(())
+}
+
+/// The snapshot's key set, if its newest keys (those a broker starting now
+/// would sign with) are not the ones this broker signs with.
+fn rotated_keys(
+    s: &AppState,
+    snap: &mandate_store::Snapshot,
+) -> Result<Option<crate::state::KeySet>, StoreError> {
+    let newest = |purpose: &str, alg: &str| {
+        snap.keys
+            .iter()
+            .rev()
+            .find(|k| k.purpose == purpose && k.alg == alg)
+            .map(|k| k.kid.clone())
+    };
+    let stored = [
+        newest("mandate", "EdDSA"),
+        newest("jwt", "EdDSA"),
+        newest("jwt", "ES256"),
+    ];
+    let held = s.keyset().current_kids();
+    if stored.iter().zip(&held).all(|(s, h)| s.as_ref() == Some(h)) {
+        return Ok(None);
+    }
+    let keys = crate::keyring::stored_keys(&s.config, &s.master, &snap.keys)
+        .and_then(crate::state::KeySet::new)
+        .map_err(|e| StoreError::Corrupt(e.0))?;
+    Ok(Some(keys))
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use biscuit_auth::{KeyPair, PublicKey};
+use biscuit_auth::KeyPair;
 use mandate_core::dpop::ReplayCache;
 use mandate_core::jose::PublicJwk;
 use mandate_core::keys::BrokerKeys;
@@ -109,14 +109,9 @@ pub struct AppState {
     pub config: Config,
     /// Storage (reads; writes go through [`AppState::writer`]).
     pub store: Arc<dyn Store>,
-    /// Signing keys.
-    pub keys: BrokerKeys,
-    /// Mandate root key pair.
-    pub root: KeyPair,
-    /// Mandate root public key.
-    pub root_public: PublicKey,
-    /// Every root key mandates are accepted from (current and retired).
-    pub roots: mandate::RootKeys,
+    /// The signing keys and what is built from them; replaced when another
+    /// broker on the store rotates them ([`AppState::keyset`]).
+    keyset: RwLock<Arc<KeySet>>,
     /// Cedar.
     pub engine: Engine,
     /// In-memory registry.
@@ -147,8 +142,6 @@ pub struct AppState {
     pub token_endpoint: String,
     /// Run public keys already parsed, by thumbprint (bounded).
     pub run_keys: Mutex<VerifiedCache<PublicJwk>>,
-    /// Credential signers (EdDSA, ES256), headers encoded once.
-    pub signers: [mandate_core::credential::Signer; 2],
     /// DPoP nonces (RFC 9449 §8): required of every proof with
     /// `--dpop-nonce`, and of proofs dated before this process started
     /// (plus the skew) in any case.
@@ -301,6 +294,52 @@ pub(crate) fn open_tool_secrets(
     Ok(secrets)
 }
 
+/// The broker's signing keys, and what is built from them once.
+pub struct KeySet {
+    /// Signing keys.
+    pub keys: BrokerKeys,
+    /// Mandate root key pair.
+    pub root: KeyPair,
+    /// Every root key mandates are accepted from (current and retired).
+    pub roots: mandate::RootKeys,
+    /// Credential signers (EdDSA, ES256), headers encoded once.
+    signers: [mandate_core::credential::Signer; 2],
+}
+
+impl KeySet {
+    /// Builds the root key pair and the signers of `keys`.
+    pub fn new(keys: BrokerKeys) -> Result<Self, BootError> {
+        let (root, roots) = root_keys(&keys)?;
+        let signers = [
+            mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
+            mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
+        ];
+        Ok(Self {
+            keys,
+            root,
+            roots,
+            signers,
+        })
+    }
+
+    /// The credential signer for `alg`.
+    pub fn signer(&self, alg: mandate_core::jose::Alg) -> &mandate_core::credential::Signer {
+        match alg {
+            mandate_core::jose::Alg::EdDSA => &self.signers[0],
+            mandate_core::jose::Alg::ES256 => &self.signers[1],
+        }
+    }
+
+    /// The ids of the keys it signs with: (mandate root, EdDSA, ES256).
+    pub fn current_kids(&self) -> [String; 3] {
+        [
+            self.keys.mandate_root.kid(),
+            self.keys.jwt_eddsa.kid(),
+            self.keys.jwt_es256.kid(),
+        ]
+    }
+}
+
 /// The mandate root key pair, and every root mandates are accepted from
 /// (current and retired, each with when it was retired).
 fn root_keys(keys: &BrokerKeys) -> Result<(KeyPair, mandate::RootKeys), BootError> {
@@ -352,8 +391,7 @@ impl AppState {
         let secrets = open_tool_secrets(&master, &snap.tool_secrets)?;
         let registry =
             Registry::from_snapshot(snap, &engine, config.clock.now_secs()).map_err(BootError)?;
-        let (root, roots) = root_keys(&keys)?;
-        let root_public = roots.current;
+        let keyset = KeySet::new(keys)?;
         let own_events = Arc::new(crate::writer::OwnEvents::default());
         let writer = Writer::start(
             Arc::clone(&store),
@@ -372,10 +410,6 @@ impl AppState {
             },
             proofs_from,
         );
-        let signers = [
-            mandate_core::credential::Signer::new(keys.jwt_eddsa.clone()),
-            mandate_core::credential::Signer::new(keys.jwt_es256.clone()),
-        ];
         let history = crate::rebuild::rebuild_history(
             store.as_ref(),
             &registry,
@@ -398,10 +432,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             config,
             store,
-            keys,
-            root,
-            root_public,
-            roots,
+            keyset: RwLock::new(Arc::new(keyset)),
             engine,
             registry: RwLock::new(registry),
             writer,
@@ -414,7 +445,6 @@ impl AppState {
             admin_hashes,
             feed_credentials: RwLock::new(feed_credentials),
             token_endpoint,
-            signers,
             nonces,
             run_keys: Mutex::new(VerifiedCache::default()),
             revocations: tokio::sync::broadcast::channel(4096).0,
@@ -601,12 +631,15 @@ impl AppState {
         self.config.clock.now_ms()
     }
 
-    /// The credential signer for `alg`.
-    pub fn signer(&self, alg: mandate_core::jose::Alg) -> &mandate_core::credential::Signer {
-        match alg {
-            mandate_core::jose::Alg::EdDSA => &self.signers[0],
-            mandate_core::jose::Alg::ES256 => &self.signers[1],
-        }
+    /// The signing keys in force (held for one use: a rotation by another
+    /// broker replaces them, [`AppState::replace_keys`]).
+    pub fn keyset(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keyset.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Uses `keys` from now on (read again after another broker rotated).
+    pub fn replace_keys(&self, keys: KeySet) {
+        *self.keyset.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
     /// Asks the tenant's policies about `facts`.
@@ -867,8 +900,10 @@ impl AppState {
         token: &str,
         now: u64,
     ) -> Result<(Arc<MandateClaims>, biscuit_auth::Biscuit), mandate_core::Error> {
-        let (claims, parsed) = mandate::verify_parsed(&self.roots, token, now)?;
-        self.roots
+        let keyset = self.keyset();
+        let (claims, parsed) = mandate::verify_parsed(&keyset.roots, token, now)?;
+        keyset
+            .roots
             .check_signed_before_retirement(&parsed, claims.issued_at)?;
         if claims.expires_at.saturating_sub(claims.issued_at) > self.config.mandate_max_ttl {
             return Err(mandate_core::Error::Malformed {

@@ -135,14 +135,18 @@ fn a_revocation_committed_between_memory_and_commit_is_caught_in_the_commit() {
     synced(&a, &b);
     let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
     // The revocation is in the store but B's memory has not heard of it (as
-    // when its notification is still on the way): written behind B's back.
+    // when its notification is still on the way): written behind B's back,
+    // while B's reading of the store is held.
+    let held = b.state.following.lock().unwrap();
     sql(
         &url,
         &format!(
             "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES ('run:{run}', 'race', 0, 0, 'acme')"
         ),
     );
+    assert!(!b.state.reg().revoked.contains(&format!("run:{run}")));
     let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    drop(held);
     assert_eq!(s, 400, "{v}");
     assert!(
         v["error_description"].as_str().unwrap().contains("revoked"),
@@ -454,5 +458,54 @@ fn a_runs_history_at_one_broker_counts_at_the_other() {
         let h = x.state.history.lock().unwrap();
         let facts = h.facts(&run, 0, ("acme", "triage", "crm"), now());
         assert_eq!(facts.tool_exchanges, 2, "counted once at each broker");
+    }
+}
+
+#[test]
+fn a_key_rotation_at_one_broker_is_picked_up_by_the_others() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-keys-a", on(&url));
+    let b = a.peer("brk-keys-b");
+    let grant = a.seed("acme");
+    let before = b.state.keyset().current_kids();
+    assert_eq!(before, a.state.keyset().current_kids(), "one set of keys");
+    // A restarts with `--rotate-keys`: B signs with the new keys soon after.
+    let a = a.restart_with(|c| {
+        c.store_url = Some(Secret::new(url.as_bytes().to_vec()));
+        c.rotate_keys = true;
+    });
+    let after = a.state.keyset().current_kids();
+    assert!(after.iter().zip(&before).all(|(x, y)| x != y), "rotated");
+    within("B signs with the rotated keys", || {
+        b.state.keyset().current_kids() == after
+    });
+    synced(&a, &b);
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &mandate_core::jose::unb64("header", token.split('.').next().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], after[1].as_str(), "signed with the new key");
+    // Both brokers publish both keys (the old one until what it signed expires).
+    for x in [&a, &b] {
+        let (_, jwks) = read(
+            Broker::agent()
+                .get(format!("{}/jwks.json", x.url))
+                .call()
+                .unwrap(),
+        );
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .collect();
+        assert!(
+            kids.contains(&after[1].as_str()) && kids.contains(&before[1].as_str()),
+            "{kids:?}"
+        );
     }
 }

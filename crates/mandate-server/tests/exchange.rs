@@ -27,7 +27,7 @@ fn exchange_issues_a_bound_credential_and_audits_it_first() {
         let exp_in = v["expires_in"].as_u64().unwrap();
         assert!(exp_in > 0 && exp_in <= 300, "{exp_in}");
         let token = v["access_token"].as_str().unwrap();
-        let c = credential::verify(&b.state.keys, &b.url, token, now(), false).unwrap();
+        let c = credential::verify(&b.state.keyset().keys, &b.url, token, now(), false).unwrap();
         assert_eq!(c.aud, "https://crm.acme.example");
         assert_eq!(c.sub, "alice@example.com");
         assert!(
@@ -793,7 +793,7 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
     let cfg = mandate_server::Config::new(listen, dir.join("data"), &dir.join("config"));
     let (kid, revoked) = {
         let s = mandate_server::boot::boot(cfg.clone()).unwrap();
-        let kid = s.keys.jwt_eddsa.kid();
+        let kid = s.keyset().keys.jwt_eddsa.kid();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(s.commit(mandate_store::Entry {
             mutation: Some(mandate_store::Mutation::Revoke(
@@ -814,7 +814,7 @@ fn restart_keeps_keys_registrations_revocations_and_the_chain() {
     };
     let admin_before = std::fs::read_to_string(&cfg.admin_token_file).unwrap();
     let s = mandate_server::boot::boot(cfg.clone()).unwrap();
-    assert_eq!(s.keys.jwt_eddsa.kid(), kid);
+    assert_eq!(s.keyset().keys.jwt_eddsa.kid(), kid);
     assert!(s.reg().revoked.contains(&revoked));
     assert_eq!(
         std::fs::read_to_string(&cfg.admin_token_file).unwrap(),
@@ -966,7 +966,7 @@ fn secrets_and_data_are_private_on_disk() {
     assert_eq!(mode(&b.dir.join("data")), 0o700);
     assert_eq!(mode(&b.dir.join("data/mandate.db")), 0o600);
     // The master key is not in the data directory, and no key material is stored in clear.
-    let secret = b.state.keys.jwt_eddsa.to_secret();
+    let secret = b.state.keyset().keys.jwt_eddsa.to_secret();
     for f in ["mandate.db", "mandate.db-wal"] {
         let bytes = std::fs::read(b.dir.join("data").join(f)).unwrap_or_default();
         assert!(
@@ -998,7 +998,7 @@ fn no_credential_is_returned_after_its_revocation_committed() {
                         return;
                     }
                     let c = credential::verify(
-                        &b.state.keys,
+                        &b.state.keyset().keys,
                         &b.url,
                         v["access_token"].as_str().unwrap(),
                         now(),

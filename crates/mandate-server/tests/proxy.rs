@@ -698,7 +698,7 @@ fn expired_proxy_credentials_are_refused() {
         serde_json::from_slice(&mandate_core::jose::unb64("claims", payload).unwrap()).unwrap();
     claims.iat -= 3600;
     claims.exp = claims.iat + 60;
-    let old = mandate_core::credential::sign(&f.b.state.keys.jwt_eddsa, &claims).unwrap();
+    let old = mandate_core::credential::sign(&f.b.state.keyset().keys.jwt_eddsa, &claims).unwrap();
     let got = f.call(
         "GET",
         "/proxy/email/emails/1",

@@ -47,10 +47,10 @@ fn a_retired_key_signs_nothing_new() {
     let (s, v) = b.exchange(&m, &k, "crm", "read");
     assert_eq!(s, 200, "{v}");
     let honest = v["access_token"].as_str().unwrap().to_owned();
-    let stolen = b.state.keys.jwt_eddsa.clone();
-    let stolen_root = b.state.keys.mandate_root.clone();
+    let stolen = b.state.keyset().keys.jwt_eddsa.clone();
+    let stolen_root = b.state.keyset().keys.mandate_root.clone();
     let claims = mandate_core::credential::verify(
-        &b.state.keys,
+        &b.state.keyset().keys,
         &b.state.config.issuer,
         &honest,
         now(),
@@ -80,7 +80,7 @@ fn a_retired_key_signs_nothing_new() {
         false
     );
     // A mandate the retired root signs now is refused, with the reason.
-    let mut mc = mandate_core::mandate::verify(&b.state.roots, &m, now()).unwrap();
+    let mut mc = mandate_core::mandate::verify(&b.state.keyset().roots, &m, now()).unwrap();
     mc.issued_at = now();
     mc.expires_at = now() + 600;
     let root = mandate_core::mandate::root_keypair(&stolen_root).unwrap();

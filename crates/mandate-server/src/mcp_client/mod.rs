@@ -121,10 +121,10 @@ pub fn mint(
             }
         }
     };
-    let token = s
-        .signer(tool.alg)
-        .sign(&claims)
-        .map_err(|_| Failure::Unreachable("the credential for it could not be signed".into()))?;
+    let token =
+        s.keyset().signer(tool.alg).sign(&claims).map_err(|_| {
+            Failure::Unreachable("the credential for it could not be signed".into())
+        })?;
     Ok(Some(Minted {
         token: Zeroizing::new(token),
         jti,

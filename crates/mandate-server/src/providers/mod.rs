@@ -241,10 +241,13 @@ pub trait Provider: Send + Sync {
 
 /// Signs `claims` with the tool's algorithm.
 fn sign(s: &AppState, tool: &Tool, claims: &AccessClaims) -> Result<String, IssueFailure> {
-    s.signer(tool.alg).sign(claims).map_err(|e| IssueFailure {
-        refused: false,
-        message: format!("the credential could not be signed: {e}"),
-    })
+    s.keyset()
+        .signer(tool.alg)
+        .sign(claims)
+        .map_err(|e| IssueFailure {
+            refused: false,
+            message: format!("the credential could not be signed: {e}"),
+        })
 }
 
 /// A bearer JWT good only at the broker's own endpoint for the tool (the

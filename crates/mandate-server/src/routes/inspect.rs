@@ -31,7 +31,7 @@ pub async fn inspect(
     if token.matches('.').count() == 2 {
         // A credential: signature and issuer first, then what can change.
         return Ok(Json(
-            match credential::verify(&s.keys, &s.config.issuer, token, now, true) {
+            match credential::verify(&s.keyset().keys, &s.config.issuer, token, now, true) {
                 Err(e) => json!({"kind": "credential", "verifies": false, "reason": e.to_string()}),
                 Ok(c) => {
                     let (ok, reason) = match (c.exp < now, reg.refused(&c.revocation_keys(), c.iat))
@@ -65,7 +65,7 @@ pub async fn inspect(
     }
     // A mandate: verified at time 0 so an expired one still shows its claims
     // (its signature and checks are verified; only expiry is judged below).
-    Ok(Json(match mandate::verify(&s.roots, token, 0) {
+    Ok(Json(match mandate::verify(&s.keyset().roots, token, 0) {
         Err(e) => json!({"kind": "unknown", "verifies": false,
                          "reason": format!("neither a credential nor a mandate of this broker: {e}")}),
         Ok(m) => {

@@ -112,7 +112,7 @@ pub async fn verify(
 ) -> Result<Verification, ApiError> {
     let mut checks = Vec::new();
     if let Some(jws) = supplied {
-        match mandate_core::audit::verify_checkpoint(jws, &s.keys.jwks()) {
+        match mandate_core::audit::verify_checkpoint(jws, &s.keyset().keys.jwks()) {
             Ok(c) => checks.push((CheckpointSource::Supplied, c)),
             Err(e) => {
                 let why = format!(

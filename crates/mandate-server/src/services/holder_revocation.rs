@@ -34,7 +34,7 @@ pub async fn identify(
     client: std::net::IpAddr,
 ) -> Option<Presented> {
     if token.matches('.').count() == 2 {
-        credential::verify(&s.keys, &s.config.issuer, token, now, false)
+        credential::verify(&s.keyset().keys, &s.config.issuer, token, now, false)
             .ok()
             .map(|c| Presented::Credential(Box::new(c)))
     } else {

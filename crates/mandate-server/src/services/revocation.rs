@@ -249,13 +249,14 @@ fn credential_target(
             ..Target::default()
         }),
         (None, Some(t)) => {
-            let c = mandate_core::credential::verify(&s.keys, &s.config.issuer, t, now, true)
-                .map_err(|e| {
-                    err(
-                        Code::InvalidRequest,
-                        format!("`token` is not a credential of this broker: {e}"),
-                    )
-                })?;
+            let c =
+                mandate_core::credential::verify(&s.keyset().keys, &s.config.issuer, t, now, true)
+                    .map_err(|e| {
+                        err(
+                            Code::InvalidRequest,
+                            format!("`token` is not a credential of this broker: {e}"),
+                        )
+                    })?;
             Ok(Target {
                 key: RevocationKind::Credential.id(&c.jti),
                 tenant: Some(c.tenant),

@@ -247,7 +247,7 @@ fn issue(
     origin: &Origin,
     event_type: EventType,
 ) -> Result<(String, Run, EventBody), ApiError> {
-    let token = mandate::mint(&s.root, claims, &mut OsRng)
+    let token = mandate::mint(&s.keyset().root, claims, &mut OsRng)
         .map_err(|e| err(Code::ServerError, e.to_string()))?;
     let run = Run {
         id: claims.run.clone(),

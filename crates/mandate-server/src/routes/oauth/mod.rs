@@ -43,7 +43,7 @@ pub async fn metadata(State(s): State<S>) -> Json<Value> {
 
 /// The credential signing keys.
 pub async fn jwks(State(s): State<S>) -> Response {
-    let mut r = Json(s.keys.jwks_at(s.now_secs())).into_response();
+    let mut r = Json(s.keyset().keys.jwks_at(s.now_secs())).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

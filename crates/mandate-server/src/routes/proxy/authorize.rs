@@ -609,15 +609,17 @@ pub(crate) fn verify_token(s: &S, token: &str, now: u64) -> Result<Arc<AccessCla
         return Ok(c);
     }
     let c =
-        credential::verify(&s.keys, &s.config.issuer, token, now, false).map_err(|e| match e {
-            mandate_core::Error::Expired { .. } => err(
-                Code::Unauthorized,
-                "the proxy credential has expired; ask the agent socket for a fresh one",
-            ),
-            other => err(
-                Code::Unauthorized,
-                format!("the proxy credential is not valid: {other}"),
-            ),
+        credential::verify(&s.keyset().keys, &s.config.issuer, token, now, false).map_err(|e| {
+            match e {
+                mandate_core::Error::Expired { .. } => err(
+                    Code::Unauthorized,
+                    "the proxy credential has expired; ask the agent socket for a fresh one",
+                ),
+                other => err(
+                    Code::Unauthorized,
+                    format!("the proxy credential is not valid: {other}"),
+                ),
+            }
         })?;
     let c = Arc::new(c);
     if let Ok(mut m) = s.proxy_credentials.lock() {
