@@ -342,13 +342,11 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             }
         }
         Mutation::FirstUse { uses, now } => {
-            // Each use clears a few expired ones first, so the table holds
-            // about what is live without a sweeper.
-            tx.prepare_cached(
-                "DELETE FROM one_time_uses WHERE key IN
-                 (SELECT key FROM one_time_uses WHERE until < ?1 ORDER BY until LIMIT 4)",
-            )?
-            .execute([*now as i64])?;
+            // Each use first clears what expired (found by the index on
+            // `until`: nothing, or the uses of the seconds just past), so
+            // the table holds about what is live without a sweeper.
+            tx.prepare_cached("DELETE FROM one_time_uses WHERE until < ?1")?
+                .execute([*now as i64])?;
             let mut put = tx.prepare_cached(
                 "INSERT INTO one_time_uses (key, until) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE one_time_uses.until < ?3",

@@ -137,7 +137,7 @@ fn expired_one_time_uses_are_cleared_as_new_ones_come() {
         for i in 0..10 {
             commit1(s, Some(first_use(&format!("new:{i}"), 100, 50)), vec![]).unwrap();
         }
-        // Four expired ones go per use: all 20 are gone after 5 uses.
+        // The first new use clears every expired one.
         let left = b.raw.count("SELECT count(*) FROM one_time_uses");
         assert_eq!(left, 10, "{}", b.name);
     }
