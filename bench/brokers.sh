@@ -91,6 +91,10 @@ echo "== W1, PostgreSQL, two brokers (one issuer, the load split evenly)"
 url=$(fresh_db)
 serve pg2 18503 http://127.0.0.1:18503 "$url"
 serve pg2b 18504 http://127.0.0.1:18503 "$url"
+# A broker that joins (or restarts) asks for its DPoP nonce for proofs dated
+# up to the skew after its start (it cannot know them); the load's proofs
+# are made after that.
+sleep 7
 load pg2 http://127.0.0.1:18503 http://127.0.0.1:18504
 verify=$(curl -sf -H "Authorization: Bearer $(cat "$work/pg2/config/admin.token")" http://127.0.0.1:18504/v1/audit/verify)
 echo "audit verify at the second broker after the load: $verify"

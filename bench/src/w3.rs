@@ -17,7 +17,10 @@ use mandate_core::client::{dpop_proof, exchange_form};
 
 use super::{admin_client, post};
 
-const AUD: &str = "urn:w3:crm";
+/// The tool's audience, one per tenant (audiences are unique per broker).
+fn aud(tenant: &str) -> String {
+    format!("urn:{tenant}:crm")
+}
 const URI: &str = "https://crm.w3.example/x";
 
 fn now() -> u64 {
@@ -76,7 +79,7 @@ pub(crate) fn w3(
     )?;
     p(
         &format!("/v1/tenants/{tenant}/tools"),
-        json!({"name": "crm", "audience": AUD, "actions": ["read"]}),
+        json!({"name": "crm", "audience": aud(&tenant), "actions": ["read"]}),
     )?;
     let r = http
         .put(format!("{url}/v1/tenants/{tenant}/policies/p"))
@@ -95,9 +98,13 @@ pub(crate) fn w3(
         let mut v = Vec::new();
         for i in 0..verifiers {
             v.push(
-                Live::start(LiveConfig::new(feeds[i % feeds.len()], AUD, &feed))
-                    .await
-                    .map_err(|e| e.to_string())?,
+                Live::start(LiveConfig::new(
+                    feeds[i % feeds.len()],
+                    &aud(&tenant),
+                    &feed,
+                ))
+                .await
+                .map_err(|e| e.to_string())?,
             );
         }
         let t = Instant::now();

@@ -76,6 +76,13 @@ fn synced(a: &Broker, b: &Broker) {
     });
 }
 
+/// A fresh DPoP nonce of broker `x`.
+fn nonce_of(x: &Broker, body: &str) -> String {
+    let key = mandate_core::keys::SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let (_, _, nonce) = x.exchange_with_nonce(body, &x.proof(&key));
+    nonce.expect("a DPoP-Nonce header")
+}
+
 const CRM: &str = "https://crm.acme.example";
 
 #[test]
@@ -194,6 +201,16 @@ fn a_proof_used_at_one_broker_is_refused_at_another() {
             .any(|e| e["reason"].as_str().unwrap_or("").contains("replayed")),
         "{denied:?}"
     );
+    // A proof whose first use was refused is spent all the same: replayed
+    // at B with another request, it is refused there.
+    let proof = proof_with(
+        &key,
+        json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": now(), "nonce": nonce_of(&b, &body)}),
+    );
+    let (s, v) = a.exchange_raw(&form(&mandate, CRM, "write"), Some(&proof));
+    assert_eq!(s, 400, "refused at A: {v}");
+    let (s, v) = b.exchange_raw(&body, Some(&proof));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "already used");
     // A fresh proof is fine at B.
     assert_eq!(b.exchange(&mandate, &key, CRM, "read").0, 200);
 }
@@ -508,4 +525,50 @@ fn a_key_rotation_at_one_broker_is_picked_up_by_the_others() {
             "{kids:?}"
         );
     }
+}
+
+#[test]
+fn an_approval_approved_at_one_broker_is_used_once_at_another() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-apr-a", on(&url));
+    let b = a.peer("brk-apr-b");
+    let c = a.peer("brk-apr-c");
+    let grant = a.seed("acme");
+    let (s, v) = a.admin_put_text(
+        "/v1/tenants/acme/policies/reads-wait",
+        r#"@id("reads-wait") @approval("principal") forbid (principal, action == Mandate::Action::"exchange", resource) when { context.action == "read" } unless { context.approved };"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a.admin_post(
+        "/v1/tenants/acme/principals/alice@example.com/approver-tokens",
+        json!({}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let alice = v["token"].as_str().unwrap().to_owned();
+    let (_, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    for x in [&b, &c] {
+        synced(&a, x);
+    }
+    // Asked at C, approved at A, used at B, and then no more (at C).
+    let (s, v) = c.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{v}"
+    );
+    let id = v["approval_id"].as_str().unwrap().to_owned();
+    let (s, v) = read(
+        Broker::agent()
+            .post(format!("{}/v1/approvals/{id}/approve", a.url))
+            .header("Authorization", &format!("Bearer {alice}"))
+            .send_empty()
+            .unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["approval_id"].as_str().unwrap_or(&id), id, "{v}");
+    let (s, v) = c.exchange(&mandate, &key, CRM, "read");
+    assert_ne!(s, 200, "the approval was spent at B: {v}");
+    assert_ne!(v["approval_id"].as_str(), Some(id.as_str()), "{v}");
 }

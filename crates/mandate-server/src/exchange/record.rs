@@ -90,7 +90,18 @@ pub(super) async fn refused(s: &AppState, k: &Known<'_>, d: Denial, now: u64) ->
             .clone()
             .unwrap_or_else(|| format!("{}: {}", d.error.code.as_str(), d.error.description)),
     );
-    if let Err(e) = s.record(vec![ev]).await {
+    // The proof is spent with the refusal too: replayed at another broker
+    // later (once an approval came, say) it is refused there.
+    if let Err(e) = commit_spending(
+        s,
+        k,
+        Entry {
+            mutation: None,
+            events: vec![ev],
+        },
+    )
+    .await
+    {
         return Outcome::Denied(e.into());
     }
     // A denial counts against the run only once its key was proven: someone
@@ -113,6 +124,19 @@ pub(super) async fn waiting(
 ) -> Outcome {
     if let (Some(m), Some(_)) = (k.mandate.as_deref(), k.pop) {
         crate::alerts::judged(s, m.into(), now, false).await;
+    }
+    // Nothing else is recorded while a request waits; its proof is spent.
+    if let Err(e) = commit_spending(
+        s,
+        k,
+        Entry {
+            mutation: None,
+            events: Vec::new(),
+        },
+    )
+    .await
+    {
+        return Outcome::Denied(e.into());
     }
     Outcome::Waiting {
         approvals: approvals.iter().map(Into::into).collect(),
@@ -170,12 +194,15 @@ pub(super) async fn ask(s: &AppState, k: &Known<'_>, ask: Ask, now: u64) -> Outc
         .cloned()
         .map(Mutation::CreateApproval)
         .collect();
-    if let Err(e) = s
-        .commit(Entry {
+    if let Err(e) = commit_spending(
+        s,
+        k,
+        Entry {
             mutation: Mutation::all(creates),
             events: vec![ev],
-        })
-        .await
+        },
+    )
+    .await
     {
         return Outcome::Denied(e.into());
     }
@@ -190,6 +217,44 @@ pub(super) async fn ask(s: &AppState, k: &Known<'_>, ask: Ask, now: u64) -> Outc
             .map(Into::into)
             .collect(),
         message: ask.message,
+    }
+}
+
+/// Commits `entry` with the use of the request's proof (if it proved
+/// anything): a proof is spent whatever it obtained, at every broker on the
+/// store. A proof already spent elsewhere is refused, and the refusal is
+/// recorded instead of `entry`.
+async fn commit_spending(
+    s: &AppState,
+    k: &Known<'_>,
+    mut entry: Entry,
+) -> Result<(), crate::error::ApiError> {
+    let Some(spent) = k.spent.clone() else {
+        return s.commit(entry).await.map(|_| ());
+    };
+    let now = s.now_secs();
+    let first = Mutation::FirstUse {
+        uses: vec![spent],
+        now,
+    };
+    entry.mutation = Mutation::all(entry.mutation.into_iter().chain([first]).collect());
+    let events = entry.events.clone();
+    match s.commit_outcome(entry).await {
+        Ok(_) => Ok(()),
+        Err(CommitRefused::Replayed(key)) => {
+            let mut ev = events
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| event(s, k, &[]));
+            ev.event_type = mandate_core::audit::EventType::TokenExchange;
+            ev.decision = mandate_core::audit::Decision::Deny;
+            ev.reason =
+                Some("proof of possession replayed (used before at this or another broker)".into());
+            ev.credential_id = None;
+            s.record(vec![ev]).await?;
+            Err(CommitRefused::Replayed(key).into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -145,6 +145,9 @@ pub async fn log(
     let items = tokio::task::spawn_blocking(move || store.revocations_after(after, limit))
         .await
         .map_err(|_| err(Code::ServerError, "could not read the revocation log"))??;
+    // The log may hold what this broker has not heard of yet (another
+    // broker's revocation, a moment ago): the head is never behind it.
+    let head = items.last().map_or(head, |r| head.max(r.seq));
     let items: Vec<Value> = items.iter().map(|r| reader.view(r)).collect();
     Ok(Json(json!({"head": head, "revocations": items})).into_response())
 }
