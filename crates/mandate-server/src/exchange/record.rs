@@ -372,13 +372,10 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
             .await;
         }
         Err(CommitRefused::Replayed(_)) => {
-            let mut withheld = withheld;
-            withheld.credential_id = None;
-            return withhold(
+            return refused_at_commit(
                 s,
                 withheld,
-                mandate_core::audit::EventType::TokenExchange,
-                "proof of possession replayed (used before at this or another broker)".into(),
+                "proof of possession replayed (used before at this or another broker)",
                 err(
                     Code::InvalidDpopProof,
                     "this proof of possession was already used; make a fresh one for every request",
@@ -400,13 +397,10 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
         }
         if e.code == Code::Conflict && !g.count_uses.is_empty() {
             // Another exchange took the last use first.
-            let mut withheld = withheld;
-            withheld.credential_id = None;
-            return withhold(
+            return refused_at_commit(
                 s,
                 withheld,
-                mandate_core::audit::EventType::TokenExchange,
-                "use limit of an attenuation block reached".into(),
+                "use limit of an attenuation block reached",
                 err(
                     Code::InvalidGrant,
                     "an attenuation block's use limit was reached; ask the holder before you for a new mandate",
@@ -473,6 +467,25 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
 
 /// An allowed exchange whose credential is not returned after all: the
 /// trail says why.
+/// The exchange's commit refused it (nothing was issued): its event is
+/// recorded as a denial without a credential.
+async fn refused_at_commit(
+    s: &AppState,
+    mut ev: EventBody,
+    reason: &str,
+    error: crate::error::ApiError,
+) -> Outcome {
+    ev.credential_id = None;
+    withhold(
+        s,
+        ev,
+        mandate_core::audit::EventType::TokenExchange,
+        reason.into(),
+        error,
+    )
+    .await
+}
+
 async fn withhold(
     s: &AppState,
     mut ev: EventBody,
