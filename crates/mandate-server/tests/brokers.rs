@@ -572,3 +572,106 @@ fn an_approval_approved_at_one_broker_is_used_once_at_another() {
     assert_ne!(s, 200, "the approval was spent at B: {v}");
     assert_ne!(v["approval_id"].as_str(), Some(id.as_str()), "{v}");
 }
+
+/// The `jti` of a compact JWS credential.
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&mandate_core::jose::unb64("payload", payload).unwrap()).unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn under_load_a_cut_from_the_database_loses_no_answered_credential() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-load-a", on(&url));
+    let grant = a.seed("acme");
+    let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    let host = {
+        let at = url.rfind('@').unwrap();
+        let rest = &url[at + 1..];
+        rest[..rest.find('/').unwrap()].to_owned()
+    };
+    let relay = Relay::to(host.parse().unwrap());
+    let via = relay.url(&url);
+    let b = {
+        let (issuer, config) = (a.issuer.clone(), a.dir.join("config"));
+        let mut b = Broker::start_with("brk-load-b", move |c| {
+            c.store_url = Some(Secret::new(via.as_bytes().to_vec()));
+            c.issuer = issuer;
+            c.master_key = mandate_server::config::MasterKeySource::File(config.join("master.key"));
+            c.admin_token_file = config.join("admin.token");
+        });
+        b.admin = a.admin.clone();
+        b
+    };
+    synced(&a, &b);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answered, statuses) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut jtis, mut statuses) = (Vec::new(), Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (s, v) = b.exchange(&mandate, &key, CRM, "read");
+                        if s == 200 {
+                            jtis.push(jti_of(v["access_token"].as_str().unwrap()));
+                        }
+                        statuses.push(s);
+                    }
+                    (jtis, statuses)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        relay.cut();
+        std::thread::sleep(Duration::from_millis(700));
+        relay.restore();
+        // Recovered by itself: exchanges succeed again.
+        within("B issues again", || {
+            b.exchange(&mandate, &key, CRM, "read").0 == 200
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = (Vec::new(), Vec::new());
+        for w in workers {
+            let (j, s) = w.join().unwrap();
+            all.0.extend(j);
+            all.1.extend(s);
+        }
+        all
+    });
+    assert!(statuses.contains(&503), "the cut was felt: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "only issued or unavailable: {:?}",
+        statuses
+            .iter()
+            .filter(|s| ![200, 503].contains(*s))
+            .collect::<Vec<_>>()
+    );
+    // Every credential B answered is in the trail (read at A).
+    let events = a.audit(&format!(
+        "run={run}&type=token.exchange&decision=allow&limit=100000"
+    ));
+    let audited: std::collections::HashSet<&str> = events
+        .iter()
+        .filter_map(|e| e["credential_id"].as_str())
+        .collect();
+    let missing: Vec<_> = answered
+        .iter()
+        .filter(|j| !audited.contains(j.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered without an event",
+        missing.len()
+    );
+    assert!(
+        answered.len() > 10,
+        "the load got going: {}",
+        answered.len()
+    );
+    let (s, v) = a.admin_get("/v1/audit/verify");
+    assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+}
