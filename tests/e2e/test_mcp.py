@@ -632,6 +632,12 @@ def test_headers_sent_twice_are_refused(broker, upstream, tmp_path):
     status, body, h = _send_pairs(gateway, call, [("Authorization", f"DPoP {token}"), ("DPoP", first),
                                                   ("DPoP", second)] + mirrored)
     assert status == 401 and h["WWW-Authenticate"].startswith("DPoP"), (status, body)
+    # No credential at all: both schemes are offered (which tools take only
+    # DPoP is not said to a caller nobody authenticated).
+    status, body, h = _send_pairs(gateway, call, mirrored)
+    challenges = h.get_all("WWW-Authenticate")
+    assert status == 401 and [c.split(" ")[0] for c in challenges] == ["Bearer", "DPoP"], challenges
+    assert all("resource_metadata=" in c for c in challenges) and 'algs="EdDSA ES256"' in challenges[1]
     # Each proof alone still works (the refused request spent neither).
     status, body, _ = _send_pairs(gateway, call, [("Authorization", f"DPoP {token}"), ("DPoP", first)] + mirrored)
     assert status == 200 and body["result"]["content"][0]["text"] == "paid 5 EUR", body

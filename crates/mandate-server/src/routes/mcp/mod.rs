@@ -647,17 +647,24 @@ fn challenge(s: &S, tool: &str, e: ApiError, anonymous: bool) -> Response {
         .collect();
     let metadata = metadata_url(s, &tool_shown);
     // RFC 9449 §7.1 and §9: a proof that fails, or lacks the nonce, is
-    // answered 401 with a `DPoP` challenge naming the error.
-    let value = match e.code {
-        Code::Unauthorized => Some(format!(r#"Bearer resource_metadata="{metadata}""#)),
-        Code::InvalidDpopProof | Code::UseDpopNonce => Some(format!(
+    // answered 401 with a `DPoP` challenge naming the error. Without a
+    // (valid) credential, both schemes are offered, Bearer first (MCP
+    // clients look for `resource_metadata` there), DPoP with its algorithms
+    // (some tools take DPoP-bound credentials only; which ones is not said
+    // to a caller nobody authenticated).
+    let values = match e.code {
+        Code::Unauthorized => vec![
+            format!(r#"Bearer resource_metadata="{metadata}""#),
+            format!(r#"DPoP algs="{DPOP_ALGS}", resource_metadata="{metadata}""#),
+        ],
+        Code::InvalidDpopProof | Code::UseDpopNonce => vec![format!(
             r#"DPoP error="{}", algs="{DPOP_ALGS}", resource_metadata="{metadata}""#,
             e.code.as_str()
-        )),
-        _ => None,
+        )],
+        _ => Vec::new(),
     };
     let nonce = e.code == Code::UseDpopNonce;
-    let unauthenticated = value.is_some();
+    let unauthenticated = !values.is_empty();
     let e = if unauthenticated && anonymous {
         e.unauthenticated(EventType::McpCall)
     } else {
@@ -667,8 +674,9 @@ fn challenge(s: &S, tool: &str, e: ApiError, anonymous: bool) -> Response {
     if unauthenticated {
         *r.status_mut() = StatusCode::UNAUTHORIZED;
     }
-    if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    r.headers_mut().remove(header::WWW_AUTHENTICATE);
+    for v in values.iter().filter_map(|v| HeaderValue::from_str(v).ok()) {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, v);
     }
     if nonce {
         s.add_dpop_nonce(&mut r);
