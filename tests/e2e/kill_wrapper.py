@@ -52,6 +52,8 @@ def main():
         except OSError:
             pass  # the listing's own descriptor, closed by now
     out["credential"] = sock("POST", "/v1/credentials", {"tool": "resend"})
+    out["held"] = sock("POST", "/v1/credentials", {"tool": "resend"})
+    out["fresh"] = sock("POST", "/v1/credentials", {"tool": "resend", "fresh": True})
     out["token_proof"] = sock("POST", "/v1/dpop", {"method": "POST", "url": broker + "/oauth/token"})
     out["attach_proof"] = sock("POST", "/v1/dpop", {
         "method": "POST", "url": f"http://127.0.0.1:{port}/v1/runs/attach?x=1#y"})

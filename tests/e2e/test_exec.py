@@ -249,6 +249,9 @@ def test_a_child_that_kills_the_wrapper_loses_the_run(broker, resend_local, tmp_
         assert out["environ"] == "PermissionError" and out["mem"] == "PermissionError", out
     assert out["credential"]["status"] == 200, out
     cred = out["credential"]["body"]["access_token"]
+    # Asked again, the held credential; asked `fresh`, a new one.
+    assert out["held"]["body"]["access_token"] == cred, out["held"]
+    assert out["fresh"]["status"] == 200 and out["fresh"]["body"]["access_token"] != cred, out["fresh"]
     run_id = json.loads(broker.cli("--json", "run", "list", "--tenant", "acme").stdout)[0]["id"]
 
     # H5: nobody ended the run, yet the broker does once the wrapper's attachment is gone.

@@ -219,6 +219,15 @@ impl RunAgent {
         Ok(body)
     }
 
+    /// Drops the held credential for (tool, actions), if any.
+    fn forget(&self, tool: &str, actions: &[String]) {
+        let mut sorted = actions.to_vec();
+        sorted.sort();
+        if let Ok(mut m) = self.held.lock() {
+            m.remove(&(tool.to_owned(), sorted.join(" ")));
+        }
+    }
+
     /// Renews every held credential that is past two thirds of its life.
     fn refresh(&self) {
         let t = now();
@@ -295,6 +304,10 @@ struct CredentialRequest {
     /// target, description): sent as RFC 9396 `authorization_details`.
     #[serde(default)]
     details: Option<Value>,
+    /// Not the held credential but a new one: the one held was refused
+    /// (say, the tool now takes DPoP-bound credentials only).
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +385,9 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
     }
     let tool = req.tool.clone();
     let details = req.details;
+    if req.fresh {
+        a.forget(&tool, &actions);
+    }
     if details.as_ref().is_some_and(|d| !d.is_object()) {
         return refused(
             StatusCode::BAD_REQUEST,
