@@ -448,6 +448,26 @@ pub struct JoinToken {
     pub used_ms: Option<u64>,
 }
 
+impl JoinToken {
+    /// Every id whose revocation refuses it: itself (`cred:<id>`), its
+    /// tenant, agent, principal and grant (and the kill switch, by its
+    /// creation time).
+    pub fn revocation_keys(&self) -> Vec<String> {
+        let mut keys = vec![
+            format!("cred:{}", self.id),
+            format!("tenant:{}", self.tenant),
+            format!("agent:{}/{}", self.tenant, self.agent),
+        ];
+        keys.extend(
+            self.principal
+                .iter()
+                .map(|p| format!("principal:{}/{p}", self.tenant)),
+        );
+        keys.extend(self.grant.iter().map(|g| format!("grant:{g}")));
+        keys
+    }
+}
+
 impl std::fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JoinToken")

@@ -68,10 +68,34 @@ pub fn catch_up(s: &AppState) -> Result<(), StoreError> {
     }
     // One at a time: two readers would pass revocations to the feed twice.
     let _one = s.following.lock().unwrap_or_else(|p| p.into_inner());
+    catch_up_held(s)
+}
+
+/// [`catch_up`] unless a reading is under way already (its result comes
+/// soon enough): for requests, which must not queue up readings.
+pub fn catch_up_if_idle(s: &AppState) -> Result<(), StoreError> {
+    if !s.shared.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    match s.following.try_lock() {
+        Ok(_one) => catch_up_held(s),
+        Err(_) => Ok(()),
+    }
+}
+
+fn catch_up_held(s: &AppState) -> Result<(), StoreError> {
+    // Revocations first, and whatever happens to the registry's reload.
+    let revocations = revocations(s);
     let generation = s.store.generation()?;
     if generation != s.followed_generation.load(Ordering::Acquire) {
         reload(s)?;
     }
+    revocations?;
+    histories(s)
+}
+
+/// The revocation log after the last number read, applied in order.
+fn revocations(s: &AppState) -> Result<(), StoreError> {
     loop {
         let after = s.followed_revocation.load(Ordering::Acquire);
         let page = s.store.revocations_after(after, PAGE)?;
@@ -81,10 +105,9 @@ pub fn catch_up(s: &AppState) -> Result<(), StoreError> {
             s.heard_revocation(r);
         }
         if !full {
-            break;
+            return Ok(());
         }
     }
-    histories(s)
 }
 
 /// What other brokers' runs did (credentials issued, eval gates), from the
@@ -125,6 +148,9 @@ fn reload(s: &AppState) -> Result<(), StoreError> {
     let secrets = crate::state::open_tool_secrets(&s.master, &snap.tool_secrets)
         .map_err(|e| StoreError::Corrupt(e.0))?;
     let feed = crate::state::feed_credentials(&snap);
+    // Admin credentials replaced at another broker (`--new-admin-token`,
+    // for a leaked one) stop working here too.
+    let admins = crate::state::admin_hashes(&snap);
     // Keys another broker rotated to: used from now on (the ones before
     // stay accepted and published, as after a rotation here).
     let keys = rotated_keys(s, &snap)?;
@@ -150,6 +176,7 @@ fn reload(s: &AppState) -> Result<(), StoreError> {
     *s.feed_credentials
         .write()
         .unwrap_or_else(|p| p.into_inner()) = feed;
+    *s.admin_hashes.write().unwrap_or_else(|p| p.into_inner()) = admins;
     s.followed_generation.store(generation, Ordering::Release);
     tracing::debug!(
         generation,

@@ -318,8 +318,8 @@ impl Postgres {
     /// Drops the lease's role and everything it owns, failing closed one
     /// committed step at a time: no new logins, no memberships, no
     /// sessions; then `DROP OWNED` and `DROP ROLE` together. Never
-    /// `REASSIGN OWNED` to the admin. Missing roles are fine.
-    pub async fn drop_role(&self, s: &AppState, lease: &Lease) -> Result<(), PgError> {
+    /// `REASSIGN OWNED` to the admin. A missing role is said so.
+    pub async fn drop_role(&self, s: &AppState, lease: &Lease) -> Result<RoleGone, PgError> {
         check_pg_ident("role", &lease.role).map_err(|e| failed(e.to_string()))?;
         let c = self.admin(s, &lease.tenant, &lease.tool).await?;
         let r = lease.role.as_str();
@@ -331,7 +331,7 @@ impl Postgres {
         .map_err(|_| failed("looking up the database role timed out"))?
         .map_err(|e| failed(describe(&e)))?;
         if exists.is_none() {
-            return Ok(());
+            return Ok(RoleGone::Absent);
         }
         ddl(
             &c,
@@ -367,6 +367,7 @@ impl Postgres {
             "dropping the role and what it owns",
         )
         .await
+        .map(|()| RoleGone::Dropped)
     }
 
     /// Marks a lease whose role could not be created: the reaper drops it
@@ -498,7 +499,15 @@ pub async fn reap_once(s: &Arc<AppState>) -> usize {
             continue;
         }
         match s.pg.drop_role(s, &l).await {
-            Ok(()) => {
+            // The broker that issued it may be creating it right now (its
+            // lease commits first, the role comes after; a revocation heard
+            // in between, here or from another broker, must not mark it
+            // dropped before it exists): a later pass drops it. (One whose
+            // creation failed here is abandoned: it goes now.)
+            Ok(RoleGone::Absent)
+                if (l.created_ms / 1000).saturating_add(ROLE_CREATION_GRACE) > s.now_secs()
+                    && !s.pg.retries().abandoned.contains_key(&l.id) => {}
+            Ok(_) => {
                 if record_drop(s, &l, why).await {
                     dropped += 1;
                     s.pg.dropped(&l);
@@ -509,6 +518,18 @@ pub async fn reap_once(s: &Arc<AppState>) -> usize {
     }
     dropped
 }
+
+/// What [`Postgres::drop_role`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleGone {
+    /// It was there and is gone now.
+    Dropped,
+    /// There was no such role.
+    Absent,
+}
+
+/// How long after its lease a role may still be on its way (seconds).
+const ROLE_CREATION_GRACE: u64 = 60;
 
 /// Why `l`'s role must go now, if it must.
 fn reap_reason(s: &AppState, l: &Lease, now: u64) -> Option<String> {

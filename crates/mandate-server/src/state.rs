@@ -134,7 +134,7 @@ pub struct AppState {
     /// holding a run's key can mint narrowed mandates offline).
     pub block_revocations: Mutex<HashMap<String, u32>>,
     /// SHA-256 of each admin credential.
-    pub admin_hashes: Vec<Vec<u8>>,
+    pub admin_hashes: RwLock<Vec<Vec<u8>>>,
     /// SHA-256 of each feed-reader credential (revocation log and feed only).
     /// (id, SHA-256) of each feed-reader credential: `cred:<id>` revokes it.
     pub feed_credentials: RwLock<Vec<crate::services::feed_tokens::FeedCredential>>,
@@ -263,6 +263,15 @@ fn key_digest(parts: &[&str]) -> [u8; 32] {
 /// Upper bound on live DPoP proof ids remembered in all (a backstop far
 /// above one key's quota; beyond it the oldest are forgotten).
 const REPLAY_CAP: usize = 1_000_000;
+
+/// SHA-256 of each admin credential among a snapshot's (not feed readers').
+pub(crate) fn admin_hashes(snap: &Snapshot) -> Vec<Vec<u8>> {
+    snap.admin_tokens
+        .iter()
+        .filter(|t| !t.id.starts_with(crate::boot::FEED_ID_PREFIX))
+        .map(|t| t.hash.clone())
+        .collect()
+}
 
 /// The feed-reader credentials among a snapshot's admin credentials.
 pub(crate) fn feed_credentials(
@@ -442,7 +451,7 @@ impl AppState {
             proxy_credentials: Mutex::new(VerifiedCache::default()),
             proxy_spent: Mutex::new(proxy_spent),
             block_revocations: Mutex::new(block_revocations),
-            admin_hashes,
+            admin_hashes: RwLock::new(admin_hashes),
             feed_credentials: RwLock::new(feed_credentials),
             token_endpoint,
             nonces,
@@ -551,7 +560,11 @@ impl AppState {
         let done = match self.writer.write(entry).await {
             Ok(d) => d,
             Err(e) => {
-                if let Some(k) = early {
+                // On a shared store another broker may have committed the
+                // same revocation (heard meanwhile): it stays (fail closed).
+                if let Some(k) =
+                    early.filter(|_| !self.shared.load(std::sync::atomic::Ordering::Acquire))
+                {
                     let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
                     reg.revoked.remove(&k);
                 }

@@ -675,3 +675,75 @@ fn under_load_a_cut_from_the_database_loses_no_answered_credential() {
     let (s, v) = a.admin_get("/v1/audit/verify");
     assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
 }
+
+#[test]
+fn an_admin_credential_replaced_at_one_broker_stops_working_at_the_others() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-admin-a", on(&url));
+    let b = a.peer("brk-admin-b");
+    a.seed("acme");
+    let leaked = a.admin.clone();
+    assert_eq!(b.admin_get("/v1/tenants").0, 200);
+    // `--new-admin-token` at A (for a leaked credential): refused at B too.
+    let a = a.restart_with(|c| {
+        c.store_url = Some(Secret::new(url.as_bytes().to_vec()));
+        c.new_admin_token = true;
+    });
+    assert_ne!(a.admin, leaked);
+    within("B refuses the replaced credential", || {
+        b.admin_get("/v1/tenants").0 == 401
+    });
+    let (s, _) = read(
+        Broker::agent()
+            .get(format!("{}/v1/tenants", b.url))
+            .header("Authorization", &format!("Bearer {}", a.admin))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(s, 200, "the new one works at B");
+}
+
+#[test]
+fn a_join_token_revoked_elsewhere_starts_no_run_here() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-join-a", on(&url));
+    let b = a.peer("brk-join-b");
+    let grant = a.seed("acme");
+    let (s, v) = a.admin_post(
+        "/v1/tenants/acme/agents/triage/join-tokens",
+        json!({"principal": "alice@example.com", "grant": grant}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (token, id) = (
+        v["token"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    );
+    synced(&a, &b);
+    // Revoked in the store; B's memory has not heard (its reading held).
+    let held = b.state.following.lock().unwrap();
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES ('cred:{id}', 'leaked', 0, 0, 'acme')"
+        ),
+    );
+    let key = mandate_core::keys::SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let (s, v) = read(
+        Broker::agent()
+            .post(format!("{}/v1/runs", b.url))
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(
+                json!({"tenant": "acme", "agent": "triage", "principal": "alice@example.com",
+                              "grant": grant, "jwk": key.public().to_json()}),
+            )
+            .unwrap(),
+    );
+    drop(held);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+    let runs = b.admin_get("/v1/runs?tenant=acme").1;
+    assert_eq!(runs.as_array().unwrap().len(), 0, "no run started: {runs}");
+}

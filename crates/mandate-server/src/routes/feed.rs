@@ -161,7 +161,9 @@ async fn head_at_least(s: &S, after: u64) -> u64 {
         return head;
     }
     let st = Arc::clone(s);
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || crate::follow::catch_up(&st)).await {
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || crate::follow::catch_up_if_idle(&st)).await
+    {
         tracing::warn!("cannot read the revocation log: {e}");
     }
     s.reg().revocation_seq

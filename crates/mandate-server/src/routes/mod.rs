@@ -270,7 +270,12 @@ fn admin_credential(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
         .trim();
     let hash = crate::boot::token_hash(token);
     let mut ok = false;
-    for h in &state.admin_hashes {
+    for h in state
+        .admin_hashes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
         ok |= mandate_core::secret::ct_eq(h, &hash);
     }
     if ok {

@@ -41,6 +41,9 @@ pub enum Caller {
         tenant: String,
         /// The principal.
         principal: String,
+        /// The credential's revocation ids and when it was made (seconds):
+        /// checked again in a decision's commit.
+        revoked_by: (Vec<String>, u64),
     },
 }
 
@@ -78,6 +81,7 @@ pub fn approver(s: &AppState, token: &str) -> Result<Caller, ApiError> {
         ));
     }
     Ok(Caller::Approver {
+        revoked_by: (a.revocation_keys(), a.created),
         tenant: a.tenant,
         principal: a.principal,
     })
@@ -188,7 +192,9 @@ pub fn list(
         .into_iter()
         .filter(|a| match who {
             Caller::Admin => true,
-            Caller::Approver { tenant, principal } => may_decide(s, tenant, principal, a),
+            Caller::Approver {
+                tenant, principal, ..
+            } => may_decide(s, tenant, principal, a),
         })
         .collect())
 }
@@ -198,11 +204,12 @@ pub fn show(s: &AppState, who: &Caller, id: &str) -> Result<Approval, ApiError> 
     let a = s.store.approval(id)?;
     match (a, who) {
         (Some(a), Caller::Admin) => Ok(a),
-        (Some(a), Caller::Approver { tenant, principal })
-            if may_decide(s, tenant, principal, &a) =>
-        {
-            Ok(a)
-        }
+        (
+            Some(a),
+            Caller::Approver {
+                tenant, principal, ..
+            },
+        ) if may_decide(s, tenant, principal, &a) => Ok(a),
         (Some(_), Caller::Approver { principal, .. }) => Err(err(
             Code::Forbidden,
             format!("`{principal}` is not an approver of this request"),
@@ -223,7 +230,12 @@ pub async fn decide(
     (id, status): (&str, ApprovalStatus),
     comment: Option<String>,
 ) -> Result<Approval, ApiError> {
-    let Caller::Approver { principal, .. } = who else {
+    let Caller::Approver {
+        principal,
+        revoked_by,
+        ..
+    } = who
+    else {
         return Err(err(
             Code::Forbidden,
             "the admin credential reads approvals but does not decide them; use an approver credential (`mandate principal approver-token`)",
@@ -264,15 +276,24 @@ pub async fn decide(
     ev.reason = comment.clone();
     ev.details = json!({"approval": a.id, "request_digest": a.request_digest,
             "details": mandate_core::mcp::args::audit_view(&a.details)});
+    // The approver's credential is checked again in the commit: revoked
+    // at another broker a moment ago, it decides nothing.
     s.commit(Entry {
-        mutation: Some(Mutation::DecideApproval {
-            id: a.id.clone(),
-            status,
-            by,
-            comment,
-            decided_ms: s.now_ms(),
-            now,
-        }),
+        mutation: Mutation::all(vec![
+            Mutation::Unrevoked {
+                keys: revoked_by.0.clone(),
+                issued_at: revoked_by.1,
+                now,
+            },
+            Mutation::DecideApproval {
+                id: a.id.clone(),
+                status,
+                by,
+                comment,
+                decided_ms: s.now_ms(),
+                now,
+            },
+        ]),
         events: vec![ev],
     })
     .await

@@ -503,11 +503,20 @@ pub async fn start_run(
         ev.actor = Some(format!("join token {}", j.id));
         let mut used = ev.clone();
         used.event_type = mandate_core::audit::EventType::JoinTokenUse;
+        // Checked in the commit too: a revocation of the token (or of what
+        // it names) committed at another broker a moment ago refuses it.
         s.commit(Entry {
-            mutation: Some(Mutation::UseJoinToken {
-                id: j.id.clone(),
-                used_ms: s.now_ms(),
-            }),
+            mutation: Mutation::all(vec![
+                Mutation::Unrevoked {
+                    keys: j.revocation_keys(),
+                    issued_at: j.created_ms / 1000,
+                    now,
+                },
+                Mutation::UseJoinToken {
+                    id: j.id.clone(),
+                    used_ms: s.now_ms(),
+                },
+            ]),
             events: vec![used],
         })
         .await
@@ -517,7 +526,14 @@ pub async fn start_run(
         ))?;
     }
     s.commit(Entry {
-        mutation: Some(Mutation::StartRun(run.clone())),
+        mutation: Mutation::all(vec![
+            Mutation::Unrevoked {
+                keys: claims.revocation_keys(),
+                issued_at: claims.issued_at,
+                now,
+            },
+            Mutation::StartRun(run.clone()),
+        ]),
         events: vec![ev],
     })
     .await?;

@@ -25,7 +25,9 @@ pub(super) fn commit(pool: &Pool, batch: Vec<Entry>) -> Result<Vec<Result<Commit
                 "the connection to PostgreSQL was lost while committing: the batch may or may not be committed".into(),
             ));
         }
-        s.batch("BEGIN")?;
+        // Read committed whatever the database's default: each statement
+        // sees what other brokers committed before this one took the lock.
+        s.batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
         let results = match entries(s, &batch) {
             Ok(r) => r,
             Err(e) => {

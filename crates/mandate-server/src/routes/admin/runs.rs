@@ -55,18 +55,7 @@ fn run_starter(s: &S, headers: &HeaderMap) -> Result<Option<JoinToken>, ApiError
     }
     // Revoked by id, with what it belongs to, or by the kill switch (which
     // refuses every credential issued until then).
-    let mut keys = vec![
-        format!("cred:{}", j.id),
-        format!("tenant:{}", j.tenant),
-        format!("agent:{}/{}", j.tenant, j.agent),
-    ];
-    keys.extend(
-        j.principal
-            .iter()
-            .map(|p| format!("principal:{}/{p}", j.tenant)),
-    );
-    keys.extend(j.grant.iter().map(|g| format!("grant:{g}")));
-    if let Some(k) = s.reg().refused(&keys, j.created_ms / 1000) {
+    if let Some(k) = s.reg().refused(&j.revocation_keys(), j.created_ms / 1000) {
         return Err(err(
             Code::Unauthorized,
             format!(

@@ -158,17 +158,12 @@ pub(super) async fn call(
     // The decision is durable before the MCP server acts on the call, in
     // one commit with the approvals it spends (each good for one call).
     // Checked in that commit, against every broker on the store: the
-    // credential is not revoked, the request's proof was not used before.
+    // credential is not revoked (its proof was spent before anything else).
     let mut spent = vec![Mutation::Unrevoked {
         keys: c.claims.revocation_keys(),
         issued_at: c.claims.iat,
         now,
     }];
-    spent.extend(
-        c.spent
-            .clone()
-            .map(|u| Mutation::FirstUse { uses: vec![u], now }),
-    );
     spent.extend(
         spend
             .iter()
@@ -187,12 +182,10 @@ pub(super) async fn call(
             REVOKED,
             "the credential has been revoked, so the call was not sent",
         )),
-        Err(CommitRefused::Replayed(_)) => Some((
-            "DPoP proof replayed (used before at this or another broker)".to_owned(),
-            NOT_RECORDED,
-            "this DPoP proof was already used; make a fresh one for every request",
-        )),
-        Err(CommitRefused::Failed(e)) => {
+        // (No proof is spent in this commit: it was, before the message
+        // was read.)
+        Err(refused @ (CommitRefused::Failed(_) | CommitRefused::Replayed(_))) => {
+            let e = crate::error::ApiError::from(refused);
             let message = if e.code == crate::error::Code::Conflict && !spend.is_empty() {
                 "this approval was already used for a call; send the call again to ask anew"
             } else {

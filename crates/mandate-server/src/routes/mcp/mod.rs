@@ -138,6 +138,21 @@ pub async fn post(
         Ok(c) => c,
         Err(r) => return r,
     };
+    // A DPoP proof binds the method, the URL and the credential, not the
+    // JSON-RPC message: whatever this request is, its proof is spent at
+    // every broker on the store before anything is answered.
+    if let Some(spent) = caller.spent.clone() {
+        let entry = mandate_store::Entry {
+            mutation: Some(mandate_store::Mutation::FirstUse {
+                uses: vec![spent],
+                now,
+            }),
+            events: Vec::new(),
+        };
+        if let Err(e) = s.commit(entry).await {
+            return challenge(&s, &tool, e, false);
+        }
+    }
     let body = match super::body(body, MAX_BODY) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
