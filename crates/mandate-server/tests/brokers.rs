@@ -368,6 +368,16 @@ impl Relay {
     }
 }
 
+/// A peer of `a` that reaches the database through a relay that can be cut.
+fn behind_relay(a: &Broker, url: &str, tag: &str) -> (Relay, Broker) {
+    let at = url.rfind('@').unwrap();
+    let rest = &url[at + 1..];
+    let relay = Relay::to(rest[..rest.find('/').unwrap()].parse().unwrap());
+    let via = relay.url(url);
+    let b = a.peer_on(tag, Secret::new(via.as_bytes().to_vec()));
+    (relay, b)
+}
+
 #[test]
 fn a_broker_cut_from_the_database_fails_closed_and_recovers_by_itself() {
     let url = fresh_database();
@@ -375,24 +385,7 @@ fn a_broker_cut_from_the_database_fails_closed_and_recovers_by_itself() {
     let grant = a.seed("acme");
     let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
     // B reaches the database through a relay that will be cut.
-    let host = {
-        let at = url.rfind('@').unwrap();
-        let rest = &url[at + 1..];
-        rest[..rest.find('/').unwrap()].to_owned()
-    };
-    let relay = Relay::to(host.parse().unwrap());
-    let via = relay.url(&url);
-    let b = {
-        let (issuer, config) = (a.issuer.clone(), a.dir.join("config"));
-        let mut b = Broker::start_with("brk-cut-b", move |c| {
-            c.store_url = Some(Secret::new(via.as_bytes().to_vec()));
-            c.issuer = issuer;
-            c.master_key = mandate_server::config::MasterKeySource::File(config.join("master.key"));
-            c.admin_token_file = config.join("admin.token");
-        });
-        b.admin = a.admin.clone();
-        b
-    };
+    let (relay, b) = behind_relay(&a, &url, "brk-cut-b");
     synced(&a, &b);
     let (s, v) = b.exchange(&mandate, &key, CRM, "read");
     assert_eq!(s, 200, "{v}");
@@ -587,24 +580,7 @@ fn under_load_a_cut_from_the_database_loses_no_answered_credential() {
     let a = Broker::start_with("brk-load-a", on(&url));
     let grant = a.seed("acme");
     let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
-    let host = {
-        let at = url.rfind('@').unwrap();
-        let rest = &url[at + 1..];
-        rest[..rest.find('/').unwrap()].to_owned()
-    };
-    let relay = Relay::to(host.parse().unwrap());
-    let via = relay.url(&url);
-    let b = {
-        let (issuer, config) = (a.issuer.clone(), a.dir.join("config"));
-        let mut b = Broker::start_with("brk-load-b", move |c| {
-            c.store_url = Some(Secret::new(via.as_bytes().to_vec()));
-            c.issuer = issuer;
-            c.master_key = mandate_server::config::MasterKeySource::File(config.join("master.key"));
-            c.admin_token_file = config.join("admin.token");
-        });
-        b.admin = a.admin.clone();
-        b
-    };
+    let (relay, b) = behind_relay(&a, &url, "brk-load-b");
     synced(&a, &b);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (answered, statuses) = std::thread::scope(|scope| {

@@ -359,17 +359,7 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
     let e = match committed {
         Ok(_) => None,
         Err(CommitRefused::Revoked(key)) => {
-            return withhold(
-                s,
-                withheld,
-                mandate_core::audit::EventType::TokenWithheld,
-                format!("revoked while the exchange was in flight: {key}"),
-                err(
-                    Code::InvalidGrant,
-                    "the mandate has been revoked; start a new run",
-                ),
-            )
-            .await;
+            return revoked_in_flight(s, withheld, &key).await;
         }
         Err(CommitRefused::Replayed(_)) => {
             return refused_at_commit(
@@ -414,17 +404,7 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
     // credential is not returned, and the trail says so.
     let revoked = s.reg().refused(&claims.revocation_keys(), claims.iat);
     if let Some(key) = revoked {
-        return withhold(
-            s,
-            withheld,
-            mandate_core::audit::EventType::TokenWithheld,
-            format!("revoked while the exchange was in flight: {key}"),
-            err(
-                Code::InvalidGrant,
-                "the mandate has been revoked; start a new run",
-            ),
-        )
-        .await;
+        return revoked_in_flight(s, withheld, &key).await;
     }
     let made = provider
         .issue(
@@ -467,6 +447,23 @@ pub(super) async fn issue(s: &AppState, k: &Known<'_>, f: &Facts, g: Grant, now:
 
 /// An allowed exchange whose credential is not returned after all: the
 /// trail says why.
+/// A revocation committed while the exchange was in flight (found in its
+/// commit, or in memory after it) wins: nothing is returned, and the trail
+/// says so.
+async fn revoked_in_flight(s: &AppState, withheld: EventBody, key: &str) -> Outcome {
+    withhold(
+        s,
+        withheld,
+        mandate_core::audit::EventType::TokenWithheld,
+        format!("revoked while the exchange was in flight: {key}"),
+        err(
+            Code::InvalidGrant,
+            "the mandate has been revoked; start a new run",
+        ),
+    )
+    .await
+}
+
 /// The exchange's commit refused it (nothing was issued): its event is
 /// recorded as a denial without a credential.
 async fn refused_at_commit(

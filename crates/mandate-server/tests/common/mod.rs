@@ -284,6 +284,12 @@ impl Broker {
             .store_url
             .clone()
             .expect("a broker on PostgreSQL");
+        self.peer_on(tag, store)
+    }
+
+    /// [`Broker::peer`] reaching the database at `store` (another route to
+    /// the same database, e.g. through a relay).
+    pub fn peer_on(&self, tag: &str, store: mandate_core::secret::Secret) -> Self {
         let (issuer, config) = (self.issuer.clone(), self.dir.join("config"));
         let clock = Arc::clone(&self.clock);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
