@@ -138,21 +138,6 @@ pub async fn post(
         Ok(c) => c,
         Err(r) => return r,
     };
-    // A DPoP proof binds the method, the URL and the credential, not the
-    // JSON-RPC message: whatever this request is, its proof is spent at
-    // every broker on the store before anything is answered.
-    if let Some(spent) = caller.spent.clone() {
-        let entry = mandate_store::Entry {
-            mutation: Some(mandate_store::Mutation::FirstUse {
-                uses: vec![spent],
-                now,
-            }),
-            events: Vec::new(),
-        };
-        if let Err(e) = s.commit(entry).await {
-            return challenge(&s, &tool, e, false);
-        }
-    }
     let body = match super::body(body, MAX_BODY) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -474,20 +459,43 @@ async fn authenticate(
     tool: &str,
     now: u64,
 ) -> Result<Caller, Response> {
-    match identify(s, method, headers, tool, now) {
-        Ok(c) => Ok(c),
-        Err(Refused::Anonymous(e)) => Err(challenge(s, tool, e, true)),
-        Err(Refused::Unproven(c, e)) => {
-            let mut ev = call::caller_event(s, addr, &c);
-            ev.decision = mandate_core::audit::Decision::Deny;
-            ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
-            ev.details = json!({"method": method, "refused": "proof of possession"});
-            if let Err(we) = s.record(vec![ev]).await {
-                return Err(we.into_response());
-            }
-            Err(challenge(s, tool, e, false))
-        }
+    let (c, e) = match identify(s, method, headers, tool, now) {
+        Ok(c) => match spend(s, &c, now).await {
+            Ok(()) => return Ok(c),
+            Err(e) if e.code == Code::InvalidDpopProof => (Box::new(c), e),
+            Err(e) => return Err(challenge(s, tool, e, false)),
+        },
+        Err(Refused::Anonymous(e)) => return Err(challenge(s, tool, e, true)),
+        Err(Refused::Unproven(c, e)) => (c, e),
+    };
+    // A valid credential whose key was not proven, or whose proof was used
+    // before (here or at another broker): the run's refusal, audited.
+    let mut ev = call::caller_event(s, addr, &c);
+    ev.decision = mandate_core::audit::Decision::Deny;
+    ev.reason = Some(format!("{}: {}", e.code.as_str(), e.description));
+    ev.details = json!({"method": method, "refused": "proof of possession"});
+    if let Err(we) = s.record(vec![ev]).await {
+        return Err(we.into_response());
     }
+    Err(challenge(s, tool, e, false))
+}
+
+/// Spends the request's DPoP proof at every broker on the store. A proof
+/// binds the method, the URL and the credential, not the JSON-RPC message:
+/// whatever the request is, its proof is used once, before anything is
+/// answered.
+async fn spend(s: &S, c: &Caller, now: u64) -> Result<(), ApiError> {
+    let Some(spent) = c.spent.clone() else {
+        return Ok(());
+    };
+    let entry = mandate_store::Entry {
+        mutation: Some(mandate_store::Mutation::FirstUse {
+            uses: vec![spent],
+            now,
+        }),
+        events: Vec::new(),
+    };
+    s.commit(entry).await.map(|_| ())
 }
 
 /// Who calls: a valid credential for this `mcp` tool, not revoked, and,
