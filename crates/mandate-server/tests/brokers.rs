@@ -723,3 +723,115 @@ fn a_join_token_revoked_elsewhere_starts_no_run_here() {
     let runs = b.admin_get("/v1/runs?tenant=acme").1;
     assert_eq!(runs.as_array().unwrap().len(), 0, "no run started: {runs}");
 }
+
+#[test]
+fn an_approver_credential_revoked_elsewhere_decides_nothing_here() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-apv-a", on(&url));
+    let b = a.peer("brk-apv-b");
+    let grant = a.seed("acme");
+    let (s, v) = a.admin_put_text(
+        "/v1/tenants/acme/policies/reads-wait",
+        r#"@id("reads-wait") @approval("principal") forbid (principal, action == Mandate::Action::"exchange", resource) when { context.action == "read" } unless { context.approved };"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a.admin_post(
+        "/v1/tenants/acme/principals/alice@example.com/approver-tokens",
+        json!({}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (alice, cred) = (
+        v["token"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    );
+    let (_, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    synced(&a, &b);
+    let (s, v) = a.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{v}"
+    );
+    let id = v["approval_id"].as_str().unwrap().to_owned();
+    // The approver credential is revoked in the store; B has not heard.
+    let held = b.state.following.lock().unwrap();
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES ('cred:{cred}', 'leaked', 0, 0, 'acme')"
+        ),
+    );
+    let (s, v) = read(
+        Broker::agent()
+            .post(format!("{}/v1/approvals/{id}/approve", b.url))
+            .header("Authorization", &format!("Bearer {alice}"))
+            .send_empty()
+            .unwrap(),
+    );
+    drop(held);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+    // Still pending: the exchange keeps waiting.
+    let (s, v) = a.exchange(&mandate, &key, CRM, "read");
+    assert_eq!(
+        (s, v["approval_id"].as_str()),
+        (400, Some(id.as_str())),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_run_revoked_elsewhere_delegates_nothing_here() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-deleg-a", on(&url));
+    let b = a.peer("brk-deleg-b");
+    let grant = a.seed("acme");
+    let (s, v) = a.admin_post(
+        "/v1/tenants/acme/agents",
+        json!({"name": "researcher", "owner": "team-ops", "envelope": ["crm:*"]}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (run, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    synced(&a, &b);
+    let child = mandate_core::keys::SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+    let delegate = |x: &Broker, nonce: Option<&str>| {
+        let proof = mandate_core::client::dpop_proof(
+            &key,
+            "POST",
+            &format!("{}/v1/runs/delegate", x.issuer),
+            now(),
+            &jti(),
+            nonce,
+            None,
+        );
+        read(
+            Broker::agent()
+                .post(format!("{}/v1/runs/delegate", x.url))
+                .header("DPoP", &proof)
+                .send_json(json!({"mandate": mandate, "agent": "researcher", "jwk": child.public().to_json()}))
+                .unwrap(),
+        )
+    };
+    let (s, v) = delegate(&a, None);
+    assert_eq!(s, 201, "{v}");
+    // (B started after A: it asks for its nonce, RFC 9449 §8.)
+    let nonce = nonce_of(&b, &form(&mandate, CRM, "read"));
+    // The parent run is revoked in the store; B has not heard.
+    let held = b.state.following.lock().unwrap();
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO revocations (key, reason, time_ms, until, tenant) VALUES ('run:{run}', 'test', 0, 0, 'acme')"
+        ),
+    );
+    let (s, v) = delegate(&b, Some(&nonce));
+    drop(held);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+}
