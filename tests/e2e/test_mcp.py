@@ -23,7 +23,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from test_story import BIN, ROOT, broker, exchange, free_port, http  # noqa: F401 (fixtures)
+from test_story import BIN, ROOT, broker, exchange, free_port, http, nonce_broker  # noqa: F401 (fixtures)
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_KEY = "upstream-key-7f3c9a-not-for-agents"
@@ -472,8 +472,9 @@ def test_a_client_of_the_handshake_era_is_served_too(broker, upstream, tmp_path)
     assert len(upstream.calls()) == 2
 
 
-def resource_proof(key, method, url, token, jti=None):
-    """An RFC 9449 proof for a request to a resource: htm, htu, ath."""
+def resource_proof(key, method, url, token, jti=None, nonce=None):
+    """An RFC 9449 proof for a request to a resource: htm, htu, ath (and
+    the server's nonce, when given)."""
     import base64
     import hashlib
     import uuid
@@ -482,6 +483,8 @@ def resource_proof(key, method, url, token, jti=None):
     ath = base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=").decode()
     header = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": key.as_dict(private=False)}
     claims = {"jti": jti or str(uuid.uuid4()), "htm": method, "htu": url, "iat": int(time.time()), "ath": ath}
+    if nonce is not None:
+        claims["nonce"] = nonce
     return jwt.encode(header, claims, key, algorithms=["EdDSA"])
 
 
@@ -499,6 +502,68 @@ class DPoPAuth(httpx2.Auth):
         yield request
 
 
+class NonceDPoPAuth(httpx2.Auth):
+    """DPoPAuth as RFC 9449 §9 clients do it: asked for a nonce (401
+    `use_dpop_nonce` with `DPoP-Nonce`), retry once with it, and keep it."""
+
+    def __init__(self, token, key):
+        self.token, self.key, self.nonce, self.asked = token, key, None, 0
+
+    def auth_flow(self, request):
+        url = str(request.url).split("?")[0]
+        request.headers["Authorization"] = f"DPoP {self.token}"
+        request.headers["DPoP"] = resource_proof(self.key, request.method, url, self.token, nonce=self.nonce)
+        response = yield request
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code == 401 and 'error="use_dpop_nonce"' in challenge:
+            self.asked += 1
+            self.nonce = response.headers["DPoP-Nonce"]
+            request.headers["DPoP"] = resource_proof(self.key, request.method, url, self.token, nonce=self.nonce)
+            yield request
+
+
+def test_a_dpop_gateway_asks_for_its_nonce(nonce_broker, upstream, tmp_path):
+    """Under `--dpop-nonce` the gateway, like the token endpoint, takes a
+    proof only with the broker's current nonce (RFC 9449 §9): without it,
+    or with a made-up one, 401 `use_dpop_nonce` with a `DPoP-Nonce` to use
+    and nothing upstream; the official SDK behind an Auth that retries
+    with the nonce is served."""
+    b = nonce_broker
+    gateway, _, _ = setup_gateway(b, upstream, tmp_path)
+    b.cli("tool", "update", "--tenant", "acme", "payments", "--dpop", "true")
+    key = OKPKey.generate_key("Ed25519")
+    _, tok = start_run(b, "pay-bot", ["payments:pay"], gateway, "pay", task="pay invoice 11", key=key)
+    token = tok["access_token"]
+    assert tok["token_type"] == "DPoP", tok
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "pay", "arguments": {"amount": 5, "currency": "EUR"}}}
+
+    def asked_for_nonce(status, body, headers):
+        assert status == 401, (status, body)
+        assert body["error"] == "use_dpop_nonce", body
+        assert headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"'), headers
+        assert headers.get("DPoP-Nonce"), headers
+        return headers["DPoP-Nonce"]
+
+    auth = {"Authorization": f"DPoP {token}"}
+    nonce = asked_for_nonce(*_send(gateway, call, {**auth, "DPoP": resource_proof(key, "POST", gateway, token)}))
+    asked_for_nonce(*_send(gateway, call, {**auth, "DPoP": resource_proof(key, "POST", gateway, token,
+                                                                         nonce="made-up-" + nonce)}))
+    assert upstream.calls() == []
+    status, body, _ = _send(gateway, call, {**auth, "DPoP": resource_proof(key, "POST", gateway, token, nonce=nonce)})
+    assert status == 200 and body["result"]["content"][0]["text"] == "paid 5 EUR", body
+
+    dpop = NonceDPoPAuth(token, key)
+
+    async def main():
+        async with httpx2.AsyncClient(auth=dpop) as http_client:
+            async with Client(streamable_http_client(gateway, http_client=http_client)) as client:
+                return text_of(await client.call_tool("pay", {"amount": 7, "currency": "EUR"}))
+    assert anyio.run(main) == "paid 7 EUR"
+    assert dpop.asked == 1
+    assert [c[1]["params"]["arguments"]["amount"] for c in upstream.calls()] == [5, 7]
+
+
 def test_a_tool_can_take_dpop_bound_credentials_only(broker, upstream, tmp_path):
     """`--dpop true`: the exchange binds the credential to the run's key
     (token_type DPoP, cnf.jkt), and the gateway takes it only with a fresh
@@ -510,6 +575,10 @@ def test_a_tool_can_take_dpop_bound_credentials_only(broker, upstream, tmp_path)
     b = broker
     gateway, bearer, _ = setup_gateway(b, upstream, tmp_path)
     b.cli("tool", "update", "--tenant", "acme", "payments", "--dpop", "true")
+    # `--dpop` says how the gateway takes credentials: other providers have none.
+    nope = b.cli("tool", "create", "--tenant", "acme", "crm", "--audience", "https://crm.example",
+                 "--action", "read", "--dpop", "true", check=False)
+    assert nope.returncode != 0 and "--dpop are for `mcp` tools" in nope.stderr, nope.stderr
     meta = http("GET", f"{b.url}/.well-known/oauth-protected-resource/mcp/payments")[1]
     assert "EdDSA" in meta["dpop_signing_alg_values_supported"]
     key = OKPKey.generate_key("Ed25519")
