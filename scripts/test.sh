@@ -27,7 +27,14 @@ echo "==> Python test dependencies ($venv)"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt \
+  -r sdk/python/tests/requirements.txt
+# The Python SDK's wheel, with its dependencies' wheels: its packaging test
+# installs it from there into an empty venv, without the network.
+MANDATE_SDK_WHEELS="$CARGO_TARGET_DIR/sdk-wheels"
+rm -rf "$MANDATE_SDK_WHEELS" sdk/python/build
+"$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check -w "$MANDATE_SDK_WHEELS" ./sdk/python
+export MANDATE_SDK_WHEELS
 
 echo "==> Node test dependencies: the official Resend and MCP SDKs, resend-local ($node_dir)"
 # Pinned: the SDK an agent would use, and an emulator of the Resend API as its upstream.
@@ -70,3 +77,6 @@ MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" bash examples/quickstart.sh > /dev
 
 echo "==> end-to-end tests (real binary, independent JOSE)"
 MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/e2e
+
+echo "==> the Python SDK (sdk/python) against the real binary"
+MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p no:cacheprovider sdk/python/tests

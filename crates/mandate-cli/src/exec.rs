@@ -170,10 +170,14 @@ impl RunAgent {
                 return Err(Refusal::Pending(v));
             }
             if v["error"] != "use_dpop_nonce" {
-                return Err(Refusal::No(CliError::new(format!(
-                    "the broker refused a credential for `{tool}`: {}",
-                    v["error_description"].as_str().unwrap_or("no reason given")
-                ))));
+                let code = v["error"].as_str().unwrap_or("refused").to_owned();
+                return Err(Refusal::Broker(
+                    code,
+                    CliError::new(format!(
+                        "the broker refused a credential for `{tool}`: {}",
+                        v["error_description"].as_str().unwrap_or("no reason given")
+                    )),
+                ));
             }
         }
         Err(Refusal::No(CliError::new(
@@ -257,6 +261,9 @@ impl RunAgent {
 enum Refusal {
     /// A human must approve first (or the run is suspended): the broker's answer.
     Pending(Value),
+    /// The broker refused: its OAuth error code (`access_denied`,
+    /// `invalid_grant` for a revoked or expired run, ...) and what it said.
+    Broker(String, CliError),
     /// Refused.
     No(CliError),
 }
@@ -270,7 +277,7 @@ impl From<CliError> for Refusal {
 impl From<Refusal> for CliError {
     fn from(r: Refusal) -> Self {
         match r {
-            Refusal::No(e) => e,
+            Refusal::No(e) | Refusal::Broker(_, e) => e,
             pending => CliError::new(pending.to_string()),
         }
     }
@@ -284,7 +291,7 @@ impl std::fmt::Display for Refusal {
                 "waiting for approval: {}",
                 v["error_description"].as_str().unwrap_or("")
             ),
-            Refusal::No(e) => write!(f, "{e}"),
+            Refusal::No(e) | Refusal::Broker(_, e) => write!(f, "{e}"),
         }
     }
 }
@@ -399,6 +406,12 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
         Ok(Ok(v)) => (StatusCode::OK, Json(v)),
         // 202: not refused, not yet; poll again after `interval` seconds.
         Ok(Err(Refusal::Pending(v))) => (StatusCode::ACCEPTED, Json(v)),
+        // The broker's own error code, so a client can tell a revoked run
+        // (`invalid_grant`) from a policy refusal (`access_denied`).
+        Ok(Err(Refusal::Broker(code, e))) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": code, "error_description": e.msg})),
+        ),
         Ok(Err(Refusal::No(e))) => refused(StatusCode::FORBIDDEN, e.msg),
         Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "the wrapper failed"),
     }

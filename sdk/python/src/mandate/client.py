@@ -1,0 +1,377 @@
+"""`Mandate`: credentials for an agent run, from `mandate exec`'s socket or
+straight from the broker (standalone).
+
+Under `mandate exec` (`Mandate.from_env()`) the run key and the mandate stay
+in the wrapper: Python asks the socket for credentials and proofs. Standalone
+(`Mandate.join(...)`, `Mandate.from_mandate(...)`) this object holds the run
+key in memory and speaks RFC 8693 token exchange with RFC 9449 DPoP itself.
+
+Credentials are cached per (tool, actions) and asked anew once two thirds of
+their life has passed; a request with `details` (RFC 9396, e.g. an amount)
+is never cached: it is for one call.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from urllib.parse import urlencode
+
+from . import _http
+from .errors import (ApprovalPending, ApprovalTimeout, MandateError, NotUnderExec, Unavailable,
+                     from_answer)
+from .keys import RunKey
+
+SOCKET_ENV = "MANDATE_AGENT_SOCK"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+MANDATE_TOKEN_TYPE = "urn:mandate:params:oauth:token-type:mandate"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A credential for one tool: `access_token` (never in repr), how to
+    present it (`token_type`: `DPoP` = bound to the run key, a fresh proof
+    per request; `Bearer`), and when it dies."""
+
+    tool: str
+    token_type: str
+    scope: str
+    issued_at: float
+    expires_at: float
+    credential_id: Optional[str]
+    proxy_url: Optional[str]
+    mcp_url: Optional[str]
+    access_token: str = field(repr=False)
+    answer: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def bound(self) -> bool:
+        """True when each use needs a DPoP proof of the run key."""
+        return self.token_type.lower() == "dpop"
+
+    def fresh(self, now: Optional[float] = None) -> bool:
+        """More than a third of its life left."""
+        now = time.time() if now is None else now
+        life = self.expires_at - self.issued_at
+        return self.expires_at - now > life / 3
+
+    @classmethod
+    def from_answer(cls, tool: str, body: Mapping[str, Any], now: float) -> "Credential":
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise MandateError("server_error", "the answer carries no credential")
+        return cls(tool=tool, token_type=str(body.get("token_type", "Bearer")), scope=str(body.get("scope", "")),
+                   issued_at=now, expires_at=now + float(body.get("expires_in") or 0),
+                   credential_id=body.get("credential_id"), proxy_url=body.get("proxy_url"),
+                   mcp_url=body.get("mcp_url"), access_token=token, answer=dict(body))
+
+
+class _Socket:
+    """The `mandate exec` wrapper's socket (docs/api.md, "The agent socket")."""
+
+    def __init__(self, path: str, timeout: float):
+        self.path, self.timeout = path, timeout
+
+    def _call(self, method: str, path: str, body: Any = None) -> _http.Answer:
+        return _http.unix(self.path, method, path, body, self.timeout)
+
+    def identity(self) -> Dict[str, Any]:
+        a = self._call("GET", "/v1/identity")
+        if a.status != 200:
+            raise from_answer(a.status, a.body)
+        return dict(a.body)
+
+    def obtain(self, tool: str, actions: List[str], details: Optional[Mapping[str, Any]],
+               fresh: bool, approval_id: Optional[str]) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"tool": tool, "actions": actions}
+        if details is not None:
+            body["details"] = dict(details)
+        if fresh:
+            body["fresh"] = True
+        a = self._call("POST", "/v1/credentials", body)
+        if a.status == 200:
+            return dict(a.body)
+        if a.status == 202:
+            raise ApprovalPending(a.body or {}, a.status)
+        raise from_answer(a.status, a.body)
+
+    def proof(self, method: str, url: str, access_token: Optional[str], nonce: Optional[str]) -> str:
+        body: Dict[str, Any] = {"method": method.upper(), "url": url}
+        if access_token is not None:
+            body["access_token"] = access_token
+        if nonce is not None:
+            body["nonce"] = nonce
+        a = self._call("POST", "/v1/dpop", body)
+        if a.status != 200:
+            raise from_answer(a.status, a.body)
+        return str(a.body["dpop"])
+
+    def attenuate(self, narrowing: Dict[str, Any]) -> Dict[str, Any]:
+        a = self._call("POST", "/v1/attenuate", narrowing)
+        if a.status != 200:
+            raise from_answer(a.status, a.body)
+        return dict(a.body)
+
+
+class _Standalone:
+    """The run key and mandate held here; the broker spoken to directly."""
+
+    def __init__(self, broker: str, mandate: str, key: RunKey, started: Mapping[str, Any], timeout: float):
+        self.broker, self.mandate, self.key, self.timeout = broker.rstrip("/"), mandate, key, timeout
+        self.started = dict(started)
+        self.token_endpoint = str(started.get("token_endpoint") or f"{self.broker}/oauth/token")
+        self.nonce: Optional[str] = None
+        self.lock = threading.Lock()
+
+    def identity(self) -> Dict[str, Any]:
+        out = {k: v for k, v in self.started.items() if k != "mandate"}
+        out["key_thumbprint"] = self.key.thumbprint
+        return out
+
+    def _post_proved(self, url: str, headers: Dict[str, str], data: bytes) -> _http.Answer:
+        """POST with a DPoP proof; once more with the broker's nonce when it
+        asks for one (RFC 9449 §8)."""
+        a = None
+        for _ in range(2):
+            a = _http.request(url, "POST", {**headers, "DPoP": self.key.proof("POST", url, nonce=self.nonce)},
+                              data, self.timeout)
+            if a.headers.get("dpop-nonce"):
+                self.nonce = a.headers["dpop-nonce"]
+            if not (isinstance(a.body, dict) and a.body.get("error") == "use_dpop_nonce"):
+                break
+        assert a is not None
+        return a
+
+    def obtain(self, tool: str, actions: List[str], details: Optional[Mapping[str, Any]],
+               fresh: bool, approval_id: Optional[str]) -> Dict[str, Any]:
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": self.mandate,
+                "subject_token_type": MANDATE_TOKEN_TYPE, "audience": tool, "scope": " ".join(actions)}
+        if details is not None:
+            form["authorization_details"] = json.dumps([{**details, "type": "mandate"}])
+        if approval_id is not None:
+            form["approval_id"] = approval_id
+        a = self._post_proved(self.token_endpoint, {"Content-Type": "application/x-www-form-urlencoded"},
+                              urlencode(form).encode())
+        if a.status == 200 and isinstance(a.body, dict):
+            return dict(a.body)
+        raise from_answer(a.status, a.body)
+
+    def proof(self, method: str, url: str, access_token: Optional[str], nonce: Optional[str]) -> str:
+        return self.key.proof(method, url, access_token, nonce)
+
+    def attenuate(self, narrowing: Dict[str, Any]) -> Dict[str, Any]:
+        raise MandateError("not_supported", "attenuation is signed in Mandate's offline block format, which this "
+                           "SDK makes only under `mandate exec` (the wrapper signs); standalone, use "
+                           "`mandate token attenuate`, or `delegate()` for a sub-agent run")
+
+    def delegate(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        url = f"{self.broker}/v1/runs/delegate"
+        a = self._post_proved(url, {"Content-Type": "application/json"},
+                              json.dumps({"mandate": self.mandate, **body}).encode())
+        if a.status in (200, 201) and isinstance(a.body, dict):
+            return dict(a.body)
+        raise from_answer(a.status, a.body)
+
+
+class Mandate:
+    """Credentials for one agent run. Make one with `from_env()` (under
+    `mandate exec`), `join()` (a join token) or `from_mandate()` (a mandate
+    and key handed to this runtime, e.g. an attenuated one). Thread-safe."""
+
+    def __init__(self, backend: Any):
+        self._b = backend
+        self._held: Dict[Tuple[str, Tuple[str, ...]], Credential] = {}
+        self._lock = threading.Lock()
+        self._identity: Optional[Dict[str, Any]] = None
+
+    # -- making one ---------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, timeout: float = 30.0) -> "Mandate":
+        """Under `mandate exec`: the wrapper's socket (`MANDATE_AGENT_SOCK`)."""
+        env = os.environ if environ is None else environ
+        path = env.get(SOCKET_ENV)
+        if not path:
+            raise NotUnderExec("not_under_exec", f"{SOCKET_ENV} is not set: run the agent under "
+                               "`mandate exec --tenant T --agent A -- COMMAND`, or use Mandate.join() "
+                               "with a join token")
+        return cls(_Socket(path, timeout))
+
+    @classmethod
+    def join(cls, broker: str, join_token: str, *, tenant: str, agent: str, principal: Optional[str] = None,
+             grant: Optional[str] = None, task: Optional[str] = None, ttl_secs: Optional[int] = None,
+             key: Optional[RunKey] = None, alg: str = "EdDSA", timeout: float = 30.0) -> "Mandate":
+        """Standalone: start a run with a join token (`mandate agent join-token`,
+        good for one run). The run key is made here (`key`, else a new
+        `alg` key) and kept in memory."""
+        key = key or RunKey.generate(alg)
+        body: Dict[str, Any] = {"tenant": tenant, "agent": agent, "jwk": key.jwk}
+        for k, v in (("principal", principal), ("grant", grant), ("task", task), ("ttl_secs", ttl_secs)):
+            if v is not None:
+                body[k] = v
+        a = _http.request(broker.rstrip("/") + "/v1/runs", "POST",
+                          {"Content-Type": "application/json", "Authorization": f"Bearer {join_token}"},
+                          json.dumps(body).encode(), timeout)
+        if a.status != 201 or not isinstance(a.body, dict) or "mandate" not in a.body:
+            raise from_answer(a.status, a.body)
+        started = {"tenant": tenant, "agent": agent, "principal": principal, **a.body}
+        return cls(_Standalone(broker, a.body["mandate"], key, started, timeout))
+
+    @classmethod
+    def from_mandate(cls, broker: str, mandate: str, key: RunKey, timeout: float = 30.0) -> "Mandate":
+        """Standalone: a mandate this runtime was given with the key it names
+        as holder (e.g. one attenuated for it by a parent agent)."""
+        return cls(_Standalone(broker, mandate, key, {}, timeout))
+
+    # -- who ----------------------------------------------------------
+
+    def identity(self) -> Dict[str, Any]:
+        """The run: `run`, `run_id`, `tenant`, `agent`, `principal`,
+        `capabilities`, `tools` (what the broker said at start)."""
+        if self._identity is None:
+            self._identity = self._b.identity()
+        return dict(self._identity)
+
+    @property
+    def standalone(self) -> bool:
+        return isinstance(self._b, _Standalone)
+
+    # -- credentials --------------------------------------------------
+
+    def _actions(self, tool: str, actions: Optional[Iterable[str]]) -> List[str]:
+        if actions is not None:
+            out = sorted(set(actions))
+            if not out:
+                raise ValueError("name at least one action")
+            return out
+        me = self.identity()
+        for t in me.get("tools") or []:
+            if t.get("name") == tool and t.get("actions"):
+                return sorted(t["actions"])
+        # The run's capabilities name `tool:action` (a wildcard is not an action).
+        held = sorted({c.split(":", 1)[1] for c in me.get("capabilities") or []
+                       if isinstance(c, str) and c.startswith(tool + ":") and "*" not in c})
+        if held:
+            return held
+        raise ValueError(f"name the actions you need on `{tool}` (the run lists none for it)")
+
+    def _attempt(self, tool: str, actions: List[str], details: Optional[Mapping[str, Any]], fresh: bool,
+                 approval_id: Optional[str]) -> Credential:
+        key = (tool, tuple(actions))
+        if details is None and not fresh:
+            with self._lock:
+                held = self._held.get(key)
+            if held is not None and held.fresh():
+                return held
+        now = time.time()
+        cred = Credential.from_answer(tool, self._b.obtain(tool, actions, details, fresh, approval_id), now)
+        if details is None:
+            with self._lock:
+                self._held[key] = cred
+        return cred
+
+    def credential(self, tool: str, actions: Optional[Iterable[str]] = None, *,
+                   details: Optional[Mapping[str, Any]] = None, fresh: bool = False,
+                   wait: Optional[float] = None) -> Credential:
+        """A credential for `tool` and `actions` (default: all the run holds
+        on it). `details`: RFC 9396 fields of this one request (`amount` in
+        minor units, `currency`, `target`, `description`). `fresh`: drop
+        the held one first. A request that needs a human's approval raises
+        `ApprovalPending`; with `wait=` seconds it is asked again at the
+        broker's interval until approved, then `ApprovalTimeout`."""
+        acts = self._actions(tool, actions)
+        deadline = None if wait is None else time.monotonic() + wait
+        approval: Optional[str] = None
+        while True:
+            try:
+                return self._attempt(tool, acts, details, fresh, approval)
+            except ApprovalPending as p:
+                if deadline is None:
+                    raise
+                approval = p.approval_id or approval
+                pause = min(p.interval, deadline - time.monotonic())
+                if pause <= 0:
+                    raise ApprovalTimeout(_pending_body(p, wait), p.status) from None
+                time.sleep(pause)
+            fresh = False
+
+    async def acredential(self, tool: str, actions: Optional[Iterable[str]] = None, *,
+                          details: Optional[Mapping[str, Any]] = None, fresh: bool = False,
+                          wait: Optional[float] = None) -> Credential:
+        """`credential()` for asyncio: the waiting does not block the loop."""
+        acts = self._actions(tool, actions)
+        deadline = None if wait is None else time.monotonic() + wait
+        approval: Optional[str] = None
+        while True:
+            try:
+                return await asyncio.to_thread(self._attempt, tool, acts, details, fresh, approval)
+            except ApprovalPending as p:
+                if deadline is None:
+                    raise
+                approval = p.approval_id or approval
+                pause = min(p.interval, deadline - time.monotonic())
+                if pause <= 0:
+                    raise ApprovalTimeout(_pending_body(p, wait), p.status) from None
+                await asyncio.sleep(pause)
+            fresh = False
+
+    def forget(self, tool: str, actions: Optional[Iterable[str]] = None) -> None:
+        """Drops held credentials for `tool` (only those for `actions` if given)."""
+        with self._lock:
+            for k in [k for k in self._held if k[0] == tool and (actions is None or k[1] == tuple(sorted(set(actions))))]:
+                del self._held[k]
+
+    # -- proofs, sub-agents -------------------------------------------
+
+    def proof(self, method: str, url: str, access_token: Optional[str] = None,
+              nonce: Optional[str] = None) -> str:
+        """A DPoP proof of the run key for one request (RFC 9449): `access_token`
+        sets `ath`, `nonce` is the server's `DPoP-Nonce`."""
+        return self._b.proof(method, url, access_token, nonce)
+
+    def attenuate(self, to: str, *, only: Optional[Iterable[str]] = None, ttl_secs: Optional[int] = None,
+                  uses: Optional[int] = None, path_prefix: Optional[str] = None,
+                  to_name: Optional[str] = None) -> str:
+        """The run's mandate narrowed for a sub-agent holding the key with
+        thumbprint `to` (`RunKey.thumbprint`): only `["tool:action"]`, for
+        `ttl_secs`, `uses` exchanges, under `path_prefix`. Offline: the
+        sub-agent exchanges it with `Mandate.from_mandate(broker, m, key)`."""
+        n: Dict[str, Any] = {"to": to}
+        for k, v in (("only", list(only) if only is not None else None), ("ttl_secs", ttl_secs),
+                     ("uses", uses), ("path_prefix", path_prefix), ("to_name", to_name)):
+            if v is not None:
+                n[k] = v
+        return str(self._b.attenuate(n)["mandate"])
+
+    def delegate(self, agent: str, *, capabilities: Optional[Iterable[str]] = None,
+                 ttl_secs: Optional[int] = None, task: Optional[str] = None,
+                 key: Optional[RunKey] = None) -> "Mandate":
+        """Standalone: start a child run for `agent` (a registered agent) with
+        at most this run's capabilities; returns the child's `Mandate`
+        (its own key, `key` or a new one)."""
+        if not isinstance(self._b, _Standalone):
+            raise MandateError("not_supported", "under `mandate exec` a sub-agent gets an attenuated mandate: "
+                               "use attenuate(to=<its key thumbprint>)")
+        key = key or RunKey.generate(self._b.key.alg)
+        body: Dict[str, Any] = {"agent": agent, "jwk": key.jwk}
+        for k, v in (("capabilities", list(capabilities) if capabilities is not None else None),
+                     ("ttl_secs", ttl_secs), ("task", task)):
+            if v is not None:
+                body[k] = v
+        child = self._b.delegate(body)
+        return Mandate(_Standalone(self._b.broker, child["mandate"], key, child, self._b.timeout))
+
+    def __repr__(self) -> str:
+        return f"Mandate({'standalone' if self.standalone else 'mandate exec'})"
+
+
+def _pending_body(p: ApprovalPending, waited: Optional[float]) -> Dict[str, Any]:
+    return {"error_description": f"no approval within {waited} s: {p.description}",
+            "approval_id": p.approval_id, "interval": p.interval, "approvers": list(p.approvers)}
+
+
+__all__ = ["Credential", "Mandate", "SOCKET_ENV", "Unavailable"]

@@ -1,0 +1,75 @@
+"""The SDK's pure parts, checked against an independent JOSE implementation
+(joserfc): proofs verify, thumbprints agree, secrets stay out of reprs."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from joserfc import jws
+from joserfc.jwk import ECKey, OKPKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import mandate  # noqa: E402
+from mandate.client import Credential  # noqa: E402
+from mandate.errors import from_answer  # noqa: E402
+from mandate.keys import RunKey, ath, htu  # noqa: E402
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256"])
+def test_proofs_verify_with_joserfc_and_thumbprints_agree(alg):
+    key = RunKey.generate(alg)
+    public = (OKPKey if alg == "EdDSA" else ECKey).import_key(key.jwk)
+    assert key.thumbprint == public.thumbprint()
+    proof = key.proof("post", "https://api.example/v1/pay?x=1#f", access_token="tok", nonce="n-1")
+    obj = jws.deserialize_compact(proof, public, algorithms=[alg])
+    header, claims = obj.protected, json.loads(obj.payload)
+    assert header["typ"] == "dpop+jwt" and header["jwk"] == key.jwk and "d" not in header["jwk"]
+    assert claims["htm"] == "POST" and claims["htu"] == "https://api.example/v1/pay"
+    assert claims["ath"] == ath("tok") and claims["nonce"] == "n-1"
+    # A fresh jti every time.
+    assert json.loads(jws.deserialize_compact(key.proof("GET", "https://a.example/"), public,
+                                              algorithms=[alg]).payload)["jti"] != claims["jti"]
+
+
+def test_a_key_survives_pem_only_when_asked_and_never_shows():
+    key = RunKey.generate("ES256")
+    again = RunKey.from_pem(key.to_pem(b"pw"), b"pw")
+    assert again.thumbprint == key.thumbprint and again.alg == "ES256"
+    assert "PRIVATE" not in repr(key) and key.thumbprint in repr(key)
+    with pytest.raises(ValueError):
+        RunKey.generate("RS256")
+
+
+def test_htu_drops_query_and_fragment():
+    assert htu("https://h.example:8443/a/b?c=d#e") == "https://h.example:8443/a/b"
+    assert htu("http://h.example") == "http://h.example/"
+
+
+def test_refusals_become_exceptions_by_kind():
+    def kind(status, body):
+        return type(from_answer(status, body)).__name__
+    assert kind(400, {"error": "invalid_grant", "error_description": "the mandate has been revoked (run)"}) == "Revoked"
+    assert kind(400, {"error": "invalid_grant", "error_description": "the mandate has expired"}) == "Expired"
+    assert kind(403, {"error": "access_denied", "error_description": "policy"}) == "Denied"
+    assert kind(503, {"error": "temporarily_unavailable"}) == "Unavailable"
+    assert kind(502, "not json") == "Unavailable"
+    p = from_answer(400, {"error": "authorization_pending", "approval_id": "ap_1", "interval": 3})
+    assert isinstance(p, mandate.ApprovalPending) and p.approval_id == "ap_1" and p.interval == 3
+    # A broker asking for a zero interval is not polled in a hot loop.
+    assert from_answer(400, {"error": "authorization_pending", "interval": 0}).interval == 1
+
+
+def test_a_credential_is_renewed_after_two_thirds_of_its_life_and_hides_its_token():
+    c = Credential.from_answer("crm", {"access_token": "secret.token.value", "token_type": "DPoP",
+                                       "expires_in": 300, "scope": "read"}, now=1000.0)
+    assert c.bound and c.fresh(1000.0) and c.fresh(1199.0) and not c.fresh(1201.0)
+    assert "secret.token.value" not in repr(c)
+    with pytest.raises(mandate.MandateError):
+        Credential.from_answer("crm", {"error": "x"}, now=0)
+
+
+def test_outside_mandate_exec_the_error_says_what_to_do():
+    with pytest.raises(mandate.NotUnderExec) as e:
+        mandate.Mandate.from_env({})
+    assert "mandate exec" in str(e.value) and "join" in str(e.value)
