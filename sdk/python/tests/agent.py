@@ -84,7 +84,47 @@ def op(cmd):
                     r = await client.call_tool(cmd["name"], cmd["arguments"])
                     return {"listed": listed, "text": "".join(getattr(c, "text", "") for c in r.content)}
         return asyncio.run(session())
+    if kind in ("langchain", "openai"):
+        return framework_call(kind, cmd["arguments"])
     raise ValueError(kind)
+
+
+def transfer_claims(amount, to):
+    """What the guarded tool does with its credential: here, shows which it got."""
+    import base64
+    c = mandate.current_credential()
+    claims = json.loads(base64.urlsafe_b64decode(c.access_token.split(".")[1] + "=="))
+    return json.dumps({"to": to, "scope": claims["scope"], "aud": claims["aud"],
+                       "details": claims.get("authorization_details")})
+
+
+def framework_call(kind, arguments):
+    """A tool call through the framework's own tool-calling API (no model)."""
+    def details(amount, to):
+        return {"amount": amount, "currency": "EUR", "target": to}
+
+    if kind == "langchain":
+        from mandate.langchain import mandate_tool
+
+        @mandate_tool(m, "bank", "transfer", details=details)
+        def transfer(amount: int, to: str) -> str:
+            """Transfer `amount` euro cents to `to`."""
+            return transfer_claims(amount, to)
+        assert sorted(transfer.args) == ["amount", "to"], transfer.args
+        call = {"name": "transfer", "args": arguments, "id": "call_1", "type": "tool_call"}
+        return transfer.invoke(call).content
+
+    from agents.tool_context import ToolContext
+    from mandate.openai_agents import mandate_function_tool
+
+    @mandate_function_tool(m, "bank", "transfer", details=details)
+    def transfer(amount: int, to: str) -> str:
+        """Transfer `amount` euro cents to `to`."""
+        return transfer_claims(amount, to)
+    assert sorted(transfer.params_json_schema["properties"]) == ["amount", "to"], transfer.params_json_schema
+    raw = json.dumps(arguments)
+    ctx = ToolContext(context=None, tool_name=transfer.name, tool_call_id="call_1", tool_arguments=raw)
+    return asyncio.run(transfer.on_invoke_tool(ctx, raw))
 
 
 for line in sys.stdin:

@@ -127,6 +127,16 @@ def test_under_mandate_exec(nonce_broker, upstream, tmp_path):
         timed = a("credential", tool="bank", details=dict(big, target="invoice 8"), wait=1)
         assert timed["error"] == "ApprovalTimeout" and timed["approval_id"], timed
 
+        # Framework tools (LangChain, the OpenAI Agents SDK), called through
+        # their own tool-calling API: a credential per call, its RFC 9396
+        # details from the call's arguments; a refusal is the tool's output.
+        for fw in ("langchain", "openai"):
+            out = json.loads(a.ok(fw, arguments={"amount": 4_200, "to": "acct-9"}))
+            assert out["scope"] == "transfer" and out["aud"] == "https://bank.example", out
+            assert out["details"][0]["amount"] == 4_200 and out["details"][0]["target"] == "acct-9", out
+            waits = a.ok(fw, arguments={"amount": 90_000, "to": "acct-9"})
+            assert waits.startswith("Refused by Mandate (authorization_pending)"), waits
+
         # Attenuation for a sub-agent: its own key, only payments:echo; it
         # exchanges the narrowed mandate itself (standalone, DPoP by its key).
         sub = Agent([sys.executable, str(HERE / "agent.py")], b.env)

@@ -10,8 +10,9 @@ See docs/sdk-python.md.
 from .client import Credential, Mandate
 from .errors import (ApprovalPending, ApprovalTimeout, Denied, Expired, MandateError, NotUnderExec, Revoked,
                      Unavailable)
+from .guard import current_credential, guard
 from .keys import RunKey
 
 __all__ = ["ApprovalPending", "ApprovalTimeout", "Credential", "Denied", "Expired", "Mandate", "MandateError",
-           "NotUnderExec", "Revoked", "RunKey", "Unavailable"]
+           "NotUnderExec", "Revoked", "RunKey", "Unavailable", "current_credential", "guard"]
 __version__ = "0.1.0"
