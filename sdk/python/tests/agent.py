@@ -59,19 +59,23 @@ def op(cmd):
         # One JSON-RPC tools/call to the MCP gateway through each HTTP library's auth.
         body, lib = call_body(cmd["name"], cmd["arguments"]), cmd["lib"]
         if lib == "httpx":
-            with httpx.Client(auth=httpx_auth(m, cmd["tool"])) as c:
+            with httpx.Client(auth=httpx_auth(m, cmd.get("tool"))) as c:
                 r = c.post(cmd["url"], json=body, headers=HEADERS)
         elif lib == "httpx-async":
             async def go():
-                async with httpx.AsyncClient(auth=httpx_auth(m, cmd["tool"])) as c:
+                async with httpx.AsyncClient(auth=httpx_auth(m, cmd.get("tool"))) as c:
                     return await c.post(cmd["url"], json=body, headers=HEADERS)
             r = asyncio.run(go())
         elif lib == "httpx2":
-            with httpx2.Client(auth=httpx2_auth(m, cmd["tool"])) as c:
+            with httpx2.Client(auth=httpx2_auth(m, cmd.get("tool"))) as c:
                 r = c.post(cmd["url"], json=body, headers=HEADERS)
         else:
-            r = requests.post(cmd["url"], json=body, headers=HEADERS, auth=requests_auth(m, cmd["tool"]), timeout=10)
-        return {"status": r.status_code, "body": r.json(), "retried": len(getattr(r, "history", []) or [])}
+            r = requests.post(cmd["url"], json=body, headers=HEADERS, auth=requests_auth(m, cmd.get("tool")), timeout=10)
+        try:
+            answer = r.json()
+        except ValueError:
+            answer = r.text
+        return {"status": r.status_code, "body": answer, "retried": len(getattr(r, "history", []) or [])}
     if kind == "mcp":
         from mandate.mcp import client_auth
         from mcp.client import Client

@@ -74,7 +74,7 @@ def setup(b, upstream, tmp_path):
 
 def under_exec(b, grant, tmp_path):
     return Agent([BIN, "exec", "-q", "--tenant", "acme", "--agent", "sdk-bot", "--on-behalf-of", "alice@example.com",
-                  "--grant", grant, "--", sys.executable, str(HERE / "agent.py")], b.env)
+                  "--grant", grant, "--tool", "payments", "--", sys.executable, str(HERE / "agent.py")], b.env)
 
 
 def test_under_mandate_exec(nonce_broker, upstream, tmp_path):
@@ -104,11 +104,20 @@ def test_under_mandate_exec(nonce_broker, upstream, tmp_path):
             r = a.ok("call", lib=lib, url=gateway, tool="payments", name="pay",
                      arguments={"amount": 5, "currency": "EUR"})
             assert r["status"] == 200 and r["body"]["result"]["content"][0]["text"] == "paid 5 EUR", (lib, r)
+        # Without naming the tool: the auth finds it by URL (the run's
+        # tools' URLs, whole path segments), and sends nothing elsewhere.
+        r = a.ok("call", lib="httpx", url=gateway, name="pay", arguments={"amount": 6, "currency": "EUR"})
+        assert r["status"] == 200 and r["body"]["result"]["content"][0]["text"] == "paid 6 EUR", r
+        a("call", lib="requests", url=upstream.url, name="pay", arguments={"amount": 1, "currency": "EUR"})
+        direct = upstream.calls()[-1][0]["headers"]
+        assert "authorization" not in direct and "dpop" not in direct, direct
+        r = a.ok("call", lib="httpx2", url=gateway + "x", name="pay", arguments={"amount": 1, "currency": "EUR"})
+        assert r["status"] in (401, 404), r
         # The official MCP SDK through `mandate.mcp.client_auth`.
         r = a.ok("mcp", url=gateway, tool="payments", name="pay", arguments={"amount": 7, "currency": "EUR"})
         assert r == {"listed": ["echo", "pay"], "text": "paid 7 EUR"}, r
         amounts = [c[1]["params"]["arguments"]["amount"] for c in upstream.calls()]
-        assert amounts == [5, 5, 5, 5, 7], amounts
+        assert amounts == [5, 5, 5, 5, 6, 1, 7], amounts
         # No proof or credential of the agent reached the MCP server.
         for req, _ in upstream.calls():
             assert "dpop" not in req["headers"] and first["token"] not in json.dumps(req)

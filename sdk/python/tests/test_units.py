@@ -73,3 +73,22 @@ def test_outside_mandate_exec_the_error_says_what_to_do():
     with pytest.raises(mandate.NotUnderExec) as e:
         mandate.Mandate.from_env({})
     assert "mandate exec" in str(e.value) and "join" in str(e.value)
+
+
+def test_a_url_belongs_to_a_tool_by_origin_and_whole_path_segments():
+    from mandate.auth import tool_for, under
+    assert under("https://b.example/mcp/pay", "https://b.example/mcp/pay")
+    assert under("https://B.example:443/mcp/pay/x?y=1", "https://b.example/mcp/pay")
+    assert not under("https://b.example/mcp/payments", "https://b.example/mcp/pay")
+    assert not under("http://b.example/mcp/pay", "https://b.example/mcp/pay")
+    assert not under("https://b.example:8443/mcp/pay", "https://b.example/mcp/pay")
+    assert not under("https://b.example@evil.example/mcp/pay", "https://b.example/mcp/pay")
+    assert not under("https://evil.example/b.example/mcp/pay", "https://b.example/mcp/pay")
+    assert not under("urn:x", "https://b.example/") and not under("https://b.example/", "urn:x")
+    me = {"tools": [{"name": "pay", "mcp_url": "https://b.example/mcp/pay", "audience": "https://b.example/mcp/pay"},
+                    {"name": "mail", "proxy_url": "https://b.example/proxy/mail", "audience": "urn:mail"},
+                    {"name": "api", "audience": "https://b.example/"}]}
+    assert tool_for(me, "https://b.example/mcp/pay") == "pay"
+    assert tool_for(me, "https://b.example/proxy/mail/emails") == "mail"
+    assert tool_for(me, "https://b.example/other") == "api"  # the longest match wins, else the broadest
+    assert tool_for(me, "https://elsewhere.example/mcp/pay") is None

@@ -20,23 +20,69 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 from .client import Mandate
 
 _ERROR = re.compile(r'error="([^"]*)"')
 
 
-class Flow:
-    """The decisions, shared by every library's adapter."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    def __init__(self, mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None):
+
+def _parts(url: str) -> Optional[Tuple[str, str, int, List[str]]]:
+    u = urlsplit(url)
+    if u.scheme not in _DEFAULT_PORTS or not u.hostname:
+        return None
+    try:
+        port = u.port or _DEFAULT_PORTS[u.scheme]
+    except ValueError:
+        return None
+    return u.scheme, u.hostname.lower(), port, [seg for seg in u.path.split("/") if seg]
+
+
+def under(url: str, base: str) -> bool:
+    """`url` is at `base` or below it: same scheme, host and port, and
+    `base`'s path segments first (so `/mcp/pay` is not under `/mcp/payments`)."""
+    a, b = _parts(url), _parts(base)
+    if a is None or b is None or a[:3] != b[:3]:
+        return False
+    return a[3][: len(b[3])] == b[3]
+
+
+def tool_for(identity: Mapping[str, object], url: str) -> Optional[str]:
+    """The run's tool whose URL (`mcp_url`, `proxy_url`, or an http(s)
+    `audience`) `url` is under; the longest match; None if none is."""
+    best: Optional[Tuple[int, str]] = None
+    for t in identity.get("tools") or []:  # type: ignore[union-attr]
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            continue
+        for k in ("mcp_url", "proxy_url", "audience"):
+            base = t.get(k)
+            if isinstance(base, str) and under(url, base):
+                size = len(base)
+                if best is None or size > best[0]:
+                    best = (size, t["name"])
+    return None if best is None else best[1]
+
+
+class Flow:
+    """The decisions, shared by every library's adapter. With `tool=None`
+    the tool is the run's tool whose URL the request goes to (tools named
+    at the run's start: `mandate exec --tool`); a request to any other URL
+    goes without a credential."""
+
+    def __init__(self, mandate: Mandate, tool: Optional[str], actions: Optional[Iterable[str]] = None):
         self.mandate, self.tool = mandate, tool
         self.actions = None if actions is None else list(actions)
         self.nonce: Optional[str] = None
 
     def headers(self, method: str, url: str, fresh: bool = False) -> dict:
-        cred = self.mandate.credential(self.tool, self.actions, fresh=fresh)
+        tool = self.tool or tool_for(self.mandate.identity(), url)
+        if tool is None:
+            return {}
+        cred = self.mandate.credential(tool, self.actions, fresh=fresh)
         if not cred.bound:
             return {"Authorization": f"Bearer {cred.access_token}"}
         proof = self.mandate.proof(method, url, cred.access_token, self.nonce)
@@ -62,25 +108,26 @@ def _httpx_class(lib: Any) -> type:
 
         requires_response_body = False
 
-        def __init__(self, mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None):
+        def __init__(self, mandate: Mandate, tool: Optional[str] = None, actions: Optional[Iterable[str]] = None):
             self.flow = Flow(mandate, tool, actions)
 
-        def _set(self, request: Any, fresh: bool = False) -> None:
-            url = str(request.url)
-            request.headers.update(self.flow.headers(request.method, url, fresh))
+        def _set(self, request: Any, fresh: bool = False) -> bool:
+            added = self.flow.headers(request.method, str(request.url), fresh)
+            request.headers.update(added)
+            return bool(added)
 
         def auth_flow(self, request: Any):  # type: ignore[override]
-            self._set(request)
+            attached = self._set(request)
             response = yield request
-            again = self.flow.retry(response.status_code, response.headers)
+            again = attached and self.flow.retry(response.status_code, response.headers)
             if again:
                 self._set(request, fresh=again == "fresh")
                 yield request
 
         async def async_auth_flow(self, request: Any):  # type: ignore[override]
-            await asyncio.to_thread(self._set, request)
+            attached = await asyncio.to_thread(self._set, request)
             response = yield request
-            again = self.flow.retry(response.status_code, response.headers)
+            again = attached and self.flow.retry(response.status_code, response.headers)
             if again:
                 await asyncio.to_thread(self._set, request, again == "fresh")
                 yield request
@@ -88,14 +135,14 @@ def _httpx_class(lib: Any) -> type:
     return MandateAuth
 
 
-def httpx_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None) -> Any:
+def httpx_auth(mandate: Mandate, tool: Optional[str] = None, actions: Optional[Iterable[str]] = None) -> Any:
     """An `httpx.Auth` for `tool`'s credentials."""
     import httpx
 
     return _httpx_class(httpx)(mandate, tool, actions)
 
 
-def httpx2_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None) -> Any:
+def httpx2_auth(mandate: Mandate, tool: Optional[str] = None, actions: Optional[Iterable[str]] = None) -> Any:
     """An `httpx2.Auth` for `tool`'s credentials (e.g. for the MCP SDK's
     `streamable_http_client(url, http_client=httpx2.AsyncClient(auth=...))`)."""
     import httpx2  # type: ignore[import-not-found]
@@ -103,7 +150,7 @@ def httpx2_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = 
     return _httpx_class(httpx2)(mandate, tool, actions)
 
 
-def requests_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None) -> Any:
+def requests_auth(mandate: Mandate, tool: Optional[str] = None, actions: Optional[Iterable[str]] = None) -> Any:
     """A `requests` auth (`requests.get(url, auth=...)`) for `tool`'s credentials."""
     import requests
 
@@ -112,8 +159,10 @@ def requests_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] 
             self.flow = Flow(mandate, tool, actions)
 
         def __call__(self, r: Any) -> Any:
-            r.headers.update(self.flow.headers(r.method, r.url))
-            r.register_hook("response", self._again)
+            added = self.flow.headers(r.method, r.url)
+            if added:
+                r.headers.update(added)
+                r.register_hook("response", self._again)
             return r
 
         def _again(self, response: Any, **kwargs: Any) -> Any:
