@@ -155,7 +155,12 @@ impl RunAgent {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .header("DPoP", &self.proof("POST", &self.token_endpoint, None))
                 .send(&form)
-                .map_err(|e| CliError::new(format!("cannot reach the broker: {e}")))?;
+                .map_err(|e| {
+                    Refusal::Broker(
+                        UNAVAILABLE.into(),
+                        CliError::new(format!("cannot reach the broker: {e}")),
+                    )
+                })?;
             if let Some(n) = r.headers().get("dpop-nonce").and_then(|v| v.to_str().ok())
                 && let Ok(mut slot) = self.nonce.lock()
             {
@@ -180,9 +185,10 @@ impl RunAgent {
                 ));
             }
         }
-        Err(Refusal::No(CliError::new(
-            "the broker kept asking for a new DPoP nonce",
-        )))
+        Err(Refusal::Broker(
+            UNAVAILABLE.into(),
+            CliError::new("the broker kept asking for a new DPoP nonce"),
+        ))
     }
 
     /// A credential for (tool, actions): the held one while more than a
@@ -256,6 +262,9 @@ impl RunAgent {
         }
     }
 }
+
+/// The OAuth error code for "the broker could not be asked; try again".
+const UNAVAILABLE: &str = "temporarily_unavailable";
 
 /// Why no credential came back.
 enum Refusal {
@@ -409,7 +418,11 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
         // The broker's own error code, so a client can tell a revoked run
         // (`invalid_grant`) from a policy refusal (`access_denied`).
         Ok(Err(Refusal::Broker(code, e))) => (
-            StatusCode::FORBIDDEN,
+            if code == UNAVAILABLE {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::FORBIDDEN
+            },
             Json(json!({"error": code, "error_description": e.msg})),
         ),
         Ok(Err(Refusal::No(e))) => refused(StatusCode::FORBIDDEN, e.msg),

@@ -59,7 +59,7 @@ def op(cmd):
         # One JSON-RPC tools/call to the MCP gateway through each HTTP library's auth.
         body, lib = call_body(cmd["name"], cmd["arguments"]), cmd["lib"]
         if lib == "httpx":
-            with httpx.Client(auth=httpx_auth(m, cmd.get("tool"))) as c:
+            with httpx.Client(auth=httpx_auth(m, cmd.get("tool")), follow_redirects=cmd.get("follow", False)) as c:
                 r = c.post(cmd["url"], json=body, headers=HEADERS)
         elif lib == "httpx-async":
             async def go():

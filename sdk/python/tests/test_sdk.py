@@ -54,6 +54,52 @@ class Agent:
         self.proc.wait(timeout=20)
 
 
+@pytest.fixture
+def redirector():
+    """Two origins: A answers every request with a 307 to B; B answers 401
+    asking for a DPoP nonce. Both record the headers they got."""
+    import http.server
+    import threading
+
+    seen = {"a": [], "b": []}
+    servers = []
+
+    def handler(name, answer):
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen[name].append({k.lower(): v for k, v in self.headers.items()})
+                answer(self)
+
+            def log_message(self, *args):
+                pass
+        return H
+
+    def to_b(h):
+        h.send_response(307)
+        h.send_header("Location", f"http://127.0.0.1:{servers[1].server_port}/mcp/payments")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def nonce(h):
+        body = b'{"error":"use_dpop_nonce"}'
+        h.send_response(401)
+        h.send_header("WWW-Authenticate", 'DPoP error="use_dpop_nonce"')
+        h.send_header("DPoP-Nonce", "from-b")
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    for name, answer in (("a", to_b), ("b", nonce)):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(name, answer))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    yield f"http://127.0.0.1:{servers[0].server_port}/api", seen
+    for srv in servers:
+        srv.shutdown()
+
+
 def setup(b, upstream, tmp_path):
     """The tenant of tests/e2e/test_mcp.py (an MCP tool `payments` at the
     gateway, DPoP-bound), plus a `bank` tool whose large transfers wait for
@@ -75,6 +121,30 @@ def setup(b, upstream, tmp_path):
 def under_exec(b, grant, tmp_path):
     return Agent([BIN, "exec", "-q", "--tenant", "acme", "--agent", "sdk-bot", "--on-behalf-of", "alice@example.com",
                   "--grant", grant, "--tool", "payments", "--", sys.executable, str(HERE / "agent.py")], b.env)
+
+
+def test_credentials_never_follow_a_redirect_elsewhere(broker, upstream, redirector, tmp_path):
+    """A tool's URL redirects to another origin, which asks for a DPoP nonce:
+    no library sends the credential there (not even on the nonce retry),
+    and the other origin's nonce is not heeded. A credential the broker
+    says is for a gateway URL is not sent anywhere else."""
+    b = broker
+    gateway, grant = setup(b, upstream, tmp_path)
+    a = under_exec(b, grant, tmp_path)
+    url, seen = redirector
+    try:
+        a.ok("from_env")
+        for lib in ("requests", "httpx"):
+            r = a.ok("call", lib=lib, url=url, tool="bank", name="x", arguments={}, follow=True)
+            assert r["status"] == 401, r
+        assert len(seen["a"]) == 2 and all(h["authorization"].startswith("DPoP ") for h in seen["a"]), seen
+        assert seen["b"] and all("authorization" not in h for h in seen["b"]), seen["b"]
+        # A gateway credential is for its gateway URL only.
+        wrong = a("call", lib="httpx", url=upstream.url, tool="payments", name="pay", arguments={})
+        assert wrong["code"] == "wrong_url", wrong
+        assert upstream.calls() == []
+    finally:
+        a.close()
 
 
 def test_under_mandate_exec(nonce_broker, upstream, tmp_path):

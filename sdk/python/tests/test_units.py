@@ -92,3 +92,52 @@ def test_a_url_belongs_to_a_tool_by_origin_and_whole_path_segments():
     assert tool_for(me, "https://b.example/proxy/mail/emails") == "mail"
     assert tool_for(me, "https://b.example/other") == "api"  # the longest match wins, else the broadest
     assert tool_for(me, "https://elsewhere.example/mcp/pay") is None
+
+
+def test_secrets_with_stray_characters_are_refused_without_being_quoted():
+    from mandate.client import Mandate as M
+    for bad in ("mj_secret-join-token\nX-Evil: 1", "mj_secret join", ""):
+        with pytest.raises(ValueError) as e:
+            M.join("http://127.0.0.1:1", bad, tenant="t", agent="a")
+        assert "secret" not in str(e.value)
+    # A trailing newline (a token read from a file) is trimmed, not refused:
+    # the request then fails on the closed port, without the token.
+    with pytest.raises(mandate.Unavailable) as e:
+        M.join("http://127.0.0.1:1", "mj_token-ok\n", tenant="t", agent="a", timeout=2)
+    assert "mj_token-ok" not in str(e.value)
+
+
+def test_join_tokens_and_mandates_go_in_clear_only_on_this_host():
+    from mandate.client import Mandate as M
+    key = RunKey.generate()
+    for url in ("http://broker.example:8407", "http://10.0.0.5", "ftp://x"):
+        with pytest.raises(ValueError):
+            M.from_mandate(url, "m.a.n", key)
+    for url in ("http://127.0.0.1:8407", "http://localhost", "http://[::1]:1", "https://broker.example"):
+        M.from_mandate(url, "m.a.n", key)
+    M.from_mandate("http://broker.example", "m.a.n", key, allow_http=True)
+
+
+def test_proofs_never_carry_userinfo():
+    assert htu("https://user:pw@h.example:8443/p?q") == "https://h.example:8443/p"
+    assert htu("http://[::1]:80/x") == "http://[::1]:80/x"
+
+
+def test_malformed_answers_fail_closed_as_unavailable():
+    for body in ({"access_token": "t", "expires_in": "soon"}, {"access_token": "t", "expires_in": float("inf")},
+                 {"access_token": "t", "expires_in": -1}, {"expires_in": 60}, ["not", "an", "object"], None):
+        with pytest.raises(mandate.Unavailable):
+            Credential.from_answer("crm", body, now=0)
+    for interval in (float("inf"), float("nan"), "5", None, True):
+        assert from_answer(400, {"error": "authorization_pending", "interval": interval}).interval == 5
+    assert from_answer(400, {"error": "authorization_pending", "interval": 10**9}).interval == 300
+    assert isinstance(from_answer(429, {"error": "slow_down"}), mandate.Unavailable)
+
+
+def test_a_held_credential_is_renewed_by_its_whole_life_not_what_is_left():
+    import base64 as b64
+    claims = b64.urlsafe_b64encode(json.dumps({"iat": 1000, "exp": 1300}).encode()).rstrip(b"=").decode()
+    # Handed over by the wrapper with 120 s of its 300 left: renewed once
+    # 100 s are left (a third of 300), 20 s later; not when 40 s are left.
+    c = Credential.from_answer("crm", {"access_token": f"h.{claims}.s", "expires_in": 120}, now=5000.0)
+    assert c.fresh(5019.0) and not c.fresh(5021.0)

@@ -53,6 +53,10 @@ def _exchange(conn: http.client.HTTPConnection, method: str, path: str,
         return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, body)
     except (OSError, http.client.HTTPException) as e:
         raise Unavailable("temporarily_unavailable", f"cannot reach {conn.host}: {e.__class__.__name__}") from None
+    except (ValueError, UnicodeError):
+        # e.g. a header value with a line break: its message would quote
+        # the value, which may be a secret.
+        raise Unavailable("invalid_request", "a request header or body could not be sent as is") from None
     finally:
         conn.close()
 

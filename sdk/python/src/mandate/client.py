@@ -12,16 +12,18 @@ is never cached: it is for one call.
 """
 from __future__ import annotations
 
-import asyncio
+import base64
+import ipaddress
 import json
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
-from urllib.parse import urlencode
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from urllib.parse import urlencode, urlsplit
 
-from . import _http
+from . import _http, _compat
 from .errors import (ApprovalPending, ApprovalTimeout, MandateError, NotUnderExec, Unavailable,
                      from_answer)
 from .keys import RunKey
@@ -60,14 +62,38 @@ class Credential:
         return self.expires_at - now > life / 3
 
     @classmethod
-    def from_answer(cls, tool: str, body: Mapping[str, Any], now: float) -> "Credential":
-        token = body.get("access_token")
+    def from_answer(cls, tool: str, body: Any, now: float) -> "Credential":
+        """From the token endpoint's (or the socket's) answer. `expires_in`
+        is what is left (a held credential from the wrapper is part-used):
+        the life, for renewal at two thirds, is the JWT's `exp - iat`."""
+        if not isinstance(body, dict):
+            raise Unavailable("server_error", "the answer is not a JSON object")
+        token, left = body.get("access_token"), body.get("expires_in")
         if not isinstance(token, str) or not token:
-            raise MandateError("server_error", "the answer carries no credential")
+            raise Unavailable("server_error", "the answer carries no credential")
+        if isinstance(left, bool) or not isinstance(left, (int, float)) or not math.isfinite(left) or left < 0:
+            raise Unavailable("server_error", "the answer's `expires_in` is not a number of seconds")
+        life = _jwt_life(token) or float(left)
+        expires_at = now + float(left)
+        opt = {k: body.get(k) if isinstance(body.get(k), str) else None
+               for k in ("credential_id", "proxy_url", "mcp_url")}
         return cls(tool=tool, token_type=str(body.get("token_type", "Bearer")), scope=str(body.get("scope", "")),
-                   issued_at=now, expires_at=now + float(body.get("expires_in") or 0),
-                   credential_id=body.get("credential_id"), proxy_url=body.get("proxy_url"),
-                   mcp_url=body.get("mcp_url"), access_token=token, answer=dict(body))
+                   issued_at=expires_at - max(life, float(left)), expires_at=expires_at, access_token=token,
+                   answer=dict(body), **opt)
+
+
+def _jwt_life(token: str) -> Optional[float]:
+    """`exp - iat` of a JWT credential (read, not verified: only for when
+    to renew); None for other credentials."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        life = float(claims["exp"]) - float(claims["iat"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return life if math.isfinite(life) and life > 0 else None
 
 
 class _Socket:
@@ -83,7 +109,7 @@ class _Socket:
         a = self._call("GET", "/v1/identity")
         if a.status != 200:
             raise from_answer(a.status, a.body)
-        return dict(a.body)
+        return _object(a)
 
     def obtain(self, tool: str, actions: List[str], details: Optional[Mapping[str, Any]],
                fresh: bool, approval_id: Optional[str]) -> Dict[str, Any]:
@@ -94,7 +120,7 @@ class _Socket:
             body["fresh"] = True
         a = self._call("POST", "/v1/credentials", body)
         if a.status == 200:
-            return dict(a.body)
+            return _object(a)
         if a.status == 202:
             raise ApprovalPending(a.body or {}, a.status)
         raise from_answer(a.status, a.body)
@@ -106,15 +132,16 @@ class _Socket:
         if nonce is not None:
             body["nonce"] = nonce
         a = self._call("POST", "/v1/dpop", body)
-        if a.status != 200:
+        proof = _object(a).get("dpop") if a.status == 200 else None
+        if not isinstance(proof, str):
             raise from_answer(a.status, a.body)
-        return str(a.body["dpop"])
+        return proof
 
     def attenuate(self, narrowing: Dict[str, Any]) -> Dict[str, Any]:
         a = self._call("POST", "/v1/attenuate", narrowing)
         if a.status != 200:
             raise from_answer(a.status, a.body)
-        return dict(a.body)
+        return _object(a)
 
 
 class _Standalone:
@@ -125,7 +152,6 @@ class _Standalone:
         self.started = dict(started)
         self.token_endpoint = str(started.get("token_endpoint") or f"{self.broker}/oauth/token")
         self.nonce: Optional[str] = None
-        self.lock = threading.Lock()
 
     def identity(self) -> Dict[str, Any]:
         out = {k: v for k, v in self.started.items() if k != "mandate"}
@@ -157,7 +183,7 @@ class _Standalone:
         a = self._post_proved(self.token_endpoint, {"Content-Type": "application/x-www-form-urlencoded"},
                               urlencode(form).encode())
         if a.status == 200 and isinstance(a.body, dict):
-            return dict(a.body)
+            return _object(a)
         raise from_answer(a.status, a.body)
 
     def proof(self, method: str, url: str, access_token: Optional[str], nonce: Optional[str]) -> str:
@@ -173,7 +199,7 @@ class _Standalone:
         a = self._post_proved(url, {"Content-Type": "application/json"},
                               json.dumps({"mandate": self.mandate, **body}).encode())
         if a.status in (200, 201) and isinstance(a.body, dict):
-            return dict(a.body)
+            return _object(a)
         raise from_answer(a.status, a.body)
 
 
@@ -185,6 +211,7 @@ class Mandate:
     def __init__(self, backend: Any):
         self._b = backend
         self._held: Dict[Tuple[str, Tuple[str, ...]], Credential] = {}
+        self._stale: Set[Tuple[str, Tuple[str, ...]]] = set()
         self._lock = threading.Lock()
         self._identity: Optional[Dict[str, Any]] = None
 
@@ -204,17 +231,25 @@ class Mandate:
     @classmethod
     def join(cls, broker: str, join_token: str, *, tenant: str, agent: str, principal: Optional[str] = None,
              grant: Optional[str] = None, task: Optional[str] = None, ttl_secs: Optional[int] = None,
-             key: Optional[RunKey] = None, alg: str = "EdDSA", timeout: float = 30.0) -> "Mandate":
+             tools: Optional[Iterable[str]] = None, capabilities: Optional[Iterable[str]] = None,
+             key: Optional[RunKey] = None, alg: str = "EdDSA", timeout: float = 30.0,
+             allow_http: bool = False) -> "Mandate":
         """Standalone: start a run with a join token (`mandate agent join-token`,
         good for one run). The run key is made here (`key`, else a new
-        `alg` key) and kept in memory."""
+        `alg` key) and kept in memory. `tools`: the tools whose URLs the
+        auth adapters match requests against (as `mandate exec --tool`).
+        An `http://` broker must be on this host unless `allow_http`."""
+        _check_broker(broker, allow_http)
+        token = _header_safe(join_token, "the join token")
         key = key or RunKey.generate(alg)
         body: Dict[str, Any] = {"tenant": tenant, "agent": agent, "jwk": key.jwk}
-        for k, v in (("principal", principal), ("grant", grant), ("task", task), ("ttl_secs", ttl_secs)):
+        for k, v in (("principal", principal), ("grant", grant), ("task", task), ("ttl_secs", ttl_secs),
+                     ("tools", list(tools) if tools is not None else None),
+                     ("capabilities", list(capabilities) if capabilities is not None else None)):
             if v is not None:
                 body[k] = v
         a = _http.request(broker.rstrip("/") + "/v1/runs", "POST",
-                          {"Content-Type": "application/json", "Authorization": f"Bearer {join_token}"},
+                          {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
                           json.dumps(body).encode(), timeout)
         if a.status != 201 or not isinstance(a.body, dict) or "mandate" not in a.body:
             raise from_answer(a.status, a.body)
@@ -222,10 +257,12 @@ class Mandate:
         return cls(_Standalone(broker, a.body["mandate"], key, started, timeout))
 
     @classmethod
-    def from_mandate(cls, broker: str, mandate: str, key: RunKey, timeout: float = 30.0) -> "Mandate":
+    def from_mandate(cls, broker: str, mandate: str, key: RunKey, timeout: float = 30.0,
+                     allow_http: bool = False) -> "Mandate":
         """Standalone: a mandate this runtime was given with the key it names
         as holder (e.g. one attenuated for it by a parent agent)."""
-        return cls(_Standalone(broker, mandate, key, {}, timeout))
+        _check_broker(broker, allow_http)
+        return cls(_Standalone(broker, _header_safe(mandate, "the mandate"), key, {}, timeout))
 
     # -- who ----------------------------------------------------------
 
@@ -262,17 +299,36 @@ class Mandate:
     def _attempt(self, tool: str, actions: List[str], details: Optional[Mapping[str, Any]], fresh: bool,
                  approval_id: Optional[str]) -> Credential:
         key = (tool, tuple(actions))
-        if details is None and not fresh:
-            with self._lock:
-                held = self._held.get(key)
-            if held is not None and held.fresh():
-                return held
+        with self._lock:
+            fresh = fresh or key in self._stale
+            self._stale.discard(key)
+            held = self._held.get(key)
+        if details is None and not fresh and held is not None and held.fresh():
+            return held
         now = time.time()
         cred = Credential.from_answer(tool, self._b.obtain(tool, actions, details, fresh, approval_id), now)
         if details is None:
             with self._lock:
                 self._held[key] = cred
         return cred
+
+    @staticmethod
+    def _deadline(wait: Optional[float]) -> Optional[float]:
+        if wait is None:
+            return None
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
+            raise ValueError("`wait` is a finite number of seconds")
+        return time.monotonic() + wait
+
+    @staticmethod
+    def _pause(p: ApprovalPending, deadline: Optional[float], wait: Optional[float]) -> float:
+        """How long to wait before asking again; raises when not waiting."""
+        if deadline is None:
+            raise p
+        pause = min(p.interval, deadline - time.monotonic())
+        if pause <= 0:
+            raise ApprovalTimeout(_pending_body(p, wait), p.status) from None
+        return pause
 
     def credential(self, tool: str, actions: Optional[Iterable[str]] = None, *,
                    details: Optional[Mapping[str, Any]] = None, fresh: bool = False,
@@ -282,48 +338,44 @@ class Mandate:
         minor units, `currency`, `target`, `description`). `fresh`: drop
         the held one first. A request that needs a human's approval raises
         `ApprovalPending`; with `wait=` seconds it is asked again at the
-        broker's interval until approved, then `ApprovalTimeout`."""
+        broker's interval until approved, then `ApprovalTimeout` (one
+        request may take up to the client's `timeout` beyond `wait`)."""
+        deadline = self._deadline(wait)
         acts = self._actions(tool, actions)
-        deadline = None if wait is None else time.monotonic() + wait
         approval: Optional[str] = None
         while True:
             try:
                 return self._attempt(tool, acts, details, fresh, approval)
             except ApprovalPending as p:
-                if deadline is None:
-                    raise
                 approval = p.approval_id or approval
-                pause = min(p.interval, deadline - time.monotonic())
-                if pause <= 0:
-                    raise ApprovalTimeout(_pending_body(p, wait), p.status) from None
-                time.sleep(pause)
+                time.sleep(self._pause(p, deadline, wait))
             fresh = False
 
     async def acredential(self, tool: str, actions: Optional[Iterable[str]] = None, *,
                           details: Optional[Mapping[str, Any]] = None, fresh: bool = False,
                           wait: Optional[float] = None) -> Credential:
-        """`credential()` for asyncio: the waiting does not block the loop."""
-        acts = self._actions(tool, actions)
-        deadline = None if wait is None else time.monotonic() + wait
+        """`credential()` for async code (asyncio, or trio through anyio):
+        requests run in a thread and waits do not block the loop."""
+        deadline = self._deadline(wait)
+        acts = await _compat.to_thread(self._actions, tool, actions)
         approval: Optional[str] = None
         while True:
             try:
-                return await asyncio.to_thread(self._attempt, tool, acts, details, fresh, approval)
+                return await _compat.to_thread(self._attempt, tool, acts, details, fresh, approval)
             except ApprovalPending as p:
-                if deadline is None:
-                    raise
                 approval = p.approval_id or approval
-                pause = min(p.interval, deadline - time.monotonic())
-                if pause <= 0:
-                    raise ApprovalTimeout(_pending_body(p, wait), p.status) from None
-                await asyncio.sleep(pause)
+                await _compat.sleep(self._pause(p, deadline, wait))
             fresh = False
 
     def forget(self, tool: str, actions: Optional[Iterable[str]] = None) -> None:
-        """Drops held credentials for `tool` (only those for `actions` if given)."""
+        """Drops held credentials for `tool` (only those for `actions` if
+        given): the next request asks for a fresh one (past the wrapper's
+        cache too)."""
+        only = None if actions is None else tuple(sorted(set(actions)))
         with self._lock:
-            for k in [k for k in self._held if k[0] == tool and (actions is None or k[1] == tuple(sorted(set(actions))))]:
+            for k in [k for k in self._held if k[0] == tool and (only is None or k[1] == only)]:
                 del self._held[k]
+                self._stale.add(k)
 
     # -- proofs, sub-agents -------------------------------------------
 
@@ -345,7 +397,10 @@ class Mandate:
                      ("uses", uses), ("path_prefix", path_prefix), ("to_name", to_name)):
             if v is not None:
                 n[k] = v
-        return str(self._b.attenuate(n)["mandate"])
+        m = self._b.attenuate(n).get("mandate")
+        if not isinstance(m, str):
+            raise Unavailable("server_error", "the answer carries no mandate")
+        return m
 
     def delegate(self, agent: str, *, capabilities: Optional[Iterable[str]] = None,
                  ttl_secs: Optional[int] = None, task: Optional[str] = None,
@@ -367,6 +422,42 @@ class Mandate:
 
     def __repr__(self) -> str:
         return f"Mandate({'standalone' if self.standalone else 'mandate exec'})"
+
+
+def _object(a: _http.Answer) -> Dict[str, Any]:
+    """A success's JSON object (anything else is the server's fault)."""
+    if not isinstance(a.body, dict):
+        raise Unavailable("server_error", f"the answer (HTTP {a.status}) is not a JSON object")
+    return dict(a.body)
+
+
+def _check_broker(broker: str, allow_http: bool) -> None:
+    """An `http://` broker only on this host (loopback), unless allowed:
+    join tokens and mandates are bearer secrets to whoever reads the wire."""
+    u = urlsplit(broker)
+    if u.scheme == "https":
+        return
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError("the broker's URL is https://host[:port] (or http:// on this host)")
+    host = u.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not (loopback or allow_http):
+        raise ValueError(f"refusing to send a join token or mandate in clear to {host}: use https, "
+                         "or pass allow_http=True on a network you trust")
+
+
+def _header_safe(secret: str, what: str) -> str:
+    """`secret` trimmed; refused (without quoting it) unless it is one line
+    of printable ASCII, as an HTTP header or form value needs."""
+    if not isinstance(secret, str):
+        raise TypeError(f"{what} is a string")
+    out = secret.strip()
+    if not out or not all(33 <= ord(c) < 127 for c in out):
+        raise ValueError(f"{what} is not one word of printable ASCII (was it read with extra characters?)")
+    return out
 
 
 def _pending_body(p: ApprovalPending, waited: Optional[float]) -> Dict[str, Any]:

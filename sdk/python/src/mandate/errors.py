@@ -6,6 +6,7 @@ token, a mandate or a key.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional, Sequence
 
 
@@ -25,8 +26,9 @@ class NotUnderExec(MandateError):
 
 
 class Unavailable(MandateError):
-    """The broker (or the wrapper's socket) cannot be reached or is
-    temporarily unavailable; nothing was issued. Retry later."""
+    """The broker (or the wrapper's socket) cannot be reached, is
+    temporarily unavailable or asks to slow down (`slow_down`), or answered
+    something malformed; nothing was issued. Retry later."""
 
 
 class Denied(MandateError):
@@ -49,12 +51,16 @@ class ApprovalPending(MandateError):
 
     def __init__(self, body: Mapping[str, Any], status: Optional[int] = None):
         super().__init__("authorization_pending", str(body.get("error_description", "")), status)
-        self.approval_id: Optional[str] = body.get("approval_id")
         interval = body.get("interval")
         # At least a second: a broker saying 0 is not polled in a hot loop.
-        self.interval: int = max(1, int(interval)) if isinstance(interval, (int, float)) else 5
-        self.expires_in: Optional[int] = body.get("expires_in")
-        self.approvers: Sequence[Any] = body.get("approvers") or []
+        ok = isinstance(interval, (int, float)) and not isinstance(interval, bool) and math.isfinite(interval)
+        self.interval: int = min(max(1, int(interval)), 300) if ok else 5
+        left = body.get("expires_in")
+        self.expires_in: Optional[int] = left if isinstance(left, int) and not isinstance(left, bool) else None
+        approvers = body.get("approvers")
+        self.approvers: Sequence[Any] = list(approvers) if isinstance(approvers, list) else []
+        approval = body.get("approval_id")
+        self.approval_id = approval if isinstance(approval, str) else None
 
 
 class ApprovalTimeout(ApprovalPending):
@@ -78,6 +84,6 @@ def from_answer(status: int, body: Any) -> MandateError:
         return Expired(code, description, status)
     if code in ("access_denied", "invalid_scope", "invalid_target"):
         return Denied(code, description, status)
-    if code == "temporarily_unavailable" or status >= 500:
+    if code in ("temporarily_unavailable", "slow_down") or status == 429 or status >= 500:
         return Unavailable(code, description, status)
     return MandateError(code, description, status)

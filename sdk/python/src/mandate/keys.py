@@ -32,7 +32,11 @@ def b64url(data: bytes) -> str:
 def htu(url: str) -> str:
     """The `htu` of a proof for `url`: without query and fragment (RFC 9449 §4.2)."""
     u = urlsplit(url)
-    return urlunsplit((u.scheme, u.netloc, u.path or "/", "", ""))
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = host if u.port is None else f"{host}:{u.port}"  # never the userinfo
+    return urlunsplit((u.scheme, netloc, u.path or "/", "", ""))
 
 
 def ath(access_token: str) -> str:

@@ -19,14 +19,28 @@ from .auth import httpx2_auth, httpx_auth
 from .client import Mandate
 
 
-def client_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None) -> Any:
-    """An auth for the HTTP client the MCP SDK uses: `httpx2` (MCP SDK 2.x)
-    when installed, else `httpx` (MCP SDK 1.x)."""
-    try:
-        import httpx2  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
+def client_auth(mandate: Mandate, tool: str, actions: Optional[Iterable[str]] = None,
+                lib: Optional[str] = None) -> Any:
+    """An auth for the HTTP client the installed MCP SDK uses (`lib`:
+    "httpx2" for MCP SDK 2.x, "httpx" for 1.x; found from the SDK's
+    streamable HTTP transport when not given)."""
+    lib = lib or _sdk_http_lib()
+    if lib == "httpx2":
+        return httpx2_auth(mandate, tool, actions)
+    if lib == "httpx":
         return httpx_auth(mandate, tool, actions)
-    return httpx2_auth(mandate, tool, actions)
+    raise ValueError('`lib` is "httpx2" or "httpx"')
+
+
+def _sdk_http_lib() -> str:
+    try:
+        from mcp.client import streamable_http
+    except ImportError:
+        streamable_http = None  # type: ignore[assignment]
+    for name in ("httpx2", "httpx"):
+        if streamable_http is not None and hasattr(streamable_http, name):
+            return name
+    raise ValueError('cannot tell which HTTP client the MCP SDK uses: pass lib="httpx2" or lib="httpx"')
 
 
 def gateway_url(mandate: Mandate, tool: str) -> str:
