@@ -36,15 +36,20 @@ rm -rf "$MANDATE_SDK_WHEELS" sdk/python/build
 "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check -w "$MANDATE_SDK_WHEELS" ./sdk/python
 export MANDATE_SDK_WHEELS
 
-echo "==> Node test dependencies: the official Resend and MCP SDKs, resend-local ($node_dir)"
+echo "==> Node test dependencies: the official Resend and MCP SDKs, resend-local, TypeScript ($node_dir)"
 # Pinned: the SDK an agent would use, and an emulator of the Resend API as its upstream.
 if [ ! -f "$node_dir/node_modules/resend/package.json" ] || [ ! -f "$node_dir/node_modules/resend-local/package.json" ] \
-  || [ ! -f "$node_dir/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
+  || [ ! -f "$node_dir/node_modules/@modelcontextprotocol/sdk/package.json" ] \
+  || [ ! -f "$node_dir/node_modules/typescript/package.json" ] || [ ! -f "$node_dir/node_modules/@types/node/package.json" ]; then
   mkdir -p "$node_dir"
   [ -f "$node_dir/package.json" ] || echo '{"name": "mandate-e2e-node", "private": true}' > "$node_dir/package.json"
-  (cd "$node_dir" && npm install --silent --no-audit --no-fund resend@6.38.0 resend-local@0.0.7 @modelcontextprotocol/sdk@1.32.2)
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund resend@6.38.0 resend-local@0.0.7 @modelcontextprotocol/sdk@1.32.2 \
+    typescript@5.9.3 @types/node@20.19.0)
 fi
 export MANDATE_NODE_DIR=$node_dir
+echo "==> the TypeScript SDK (sdk/typescript), compiled with tsc"
+rm -rf sdk/typescript/dist
+"$node_dir/node_modules/.bin/tsc" -p sdk/typescript --typeRoots "$node_dir/node_modules/@types"
 
 echo "==> PostgreSQL for the postgres provider's tests"
 MANDATE_TEST_PG=$(scripts/pg.sh)
@@ -80,3 +85,6 @@ MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p
 
 echo "==> the Python SDK (sdk/python) against the real binary"
 MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p no:cacheprovider sdk/python/tests
+
+echo "==> the TypeScript SDK (sdk/typescript) against the real binary"
+MANDATE_BIN="$CARGO_TARGET_DIR/debug/mandate" "$venv/bin/python" -m pytest -q -p no:cacheprovider sdk/typescript/tests
