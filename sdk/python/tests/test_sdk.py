@@ -56,8 +56,9 @@ class Agent:
 
 @pytest.fixture
 def redirector():
-    """Two origins: A answers every request with a 307 to B; B answers 401
-    asking for a DPoP nonce. Both record the headers they got."""
+    """Two origins: A answers a request with a 307 to B (to its own
+    `/landed` for a path under `/same`); B and `/landed` answer 401 asking
+    for a DPoP nonce. Both record the headers they got."""
     import http.server
     import threading
 
@@ -68,7 +69,7 @@ def redirector():
         class H(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                seen[name].append({k.lower(): v for k, v in self.headers.items()})
+                seen[name].append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
                 answer(self)
 
             def log_message(self, *args):
@@ -76,8 +77,11 @@ def redirector():
         return H
 
     def to_b(h):
+        if h.path == "/landed":
+            return nonce(h)
         h.send_response(307)
-        h.send_header("Location", f"http://127.0.0.1:{servers[1].server_port}/mcp/payments")
+        port = servers[0 if h.path.startswith("/same") else 1].server_port
+        h.send_header("Location", f"http://127.0.0.1:{port}/{'landed' if h.path.startswith('/same') else 'mcp/payments'}")
         h.send_header("Content-Length", "0")
         h.end_headers()
 
@@ -139,6 +143,11 @@ def test_credentials_never_follow_a_redirect_elsewhere(broker, upstream, redirec
             assert r["status"] == 401, r
         assert len(seen["a"]) == 2 and all(h["authorization"].startswith("DPoP ") for h in seen["a"]), seen
         assert seen["b"] and all("authorization" not in h for h in seen["b"]), seen["b"]
+        # Nor to another path of the same origin (requests keeps Authorization there).
+        r = a.ok("call", lib="requests", url=url.replace("/api", "/same"), tool="bank", name="x", arguments={})
+        assert r["status"] == 401, r
+        landed = [h for h in seen["a"] if h["path"] == "/landed"]
+        assert len(landed) == 1 and "authorization" not in landed[0] and "dpop" not in landed[0], landed
         # A gateway credential is for its gateway URL only.
         wrong = a("call", lib="httpx", url=upstream.url, tool="payments", name="pay", arguments={})
         assert wrong["code"] == "wrong_url", wrong

@@ -29,7 +29,10 @@ export class Credential {
     readonly proxyUrl?: string,
     readonly mcpUrl?: string,
   ) {
-    Object.defineProperty(this, "accessToken", { value: accessToken, enumerable: false });
+    // Not enumerable (never in JSON, spreads or logs); frozen, since one
+    // held credential serves every caller.
+    Object.defineProperty(this, "accessToken", { value: accessToken, enumerable: false, writable: false });
+    Object.freeze(this);
   }
 
   /** Each use needs a DPoP proof of the run key. */
@@ -48,7 +51,10 @@ export class Credential {
     if (typeof body !== "object" || body === null || Array.isArray(body)) throw new Unavailable("server_error", "the answer is not a JSON object");
     const b = body as Obj;
     const left = b.expires_in;
-    if (typeof b.access_token !== "string" || !b.access_token) throw new Unavailable("server_error", "the answer carries no credential");
+    if (typeof b.access_token !== "string" || !/^[\x21-\x7e]+$/.test(b.access_token)) {
+      // (Not quoted: it would be the secret.)
+      throw new Unavailable("server_error", "the answer carries no credential that fits an HTTP header");
+    }
     if (typeof left !== "number" || !Number.isFinite(left) || left < 0) throw new Unavailable("server_error", "the answer's `expires_in` is not a number of seconds");
     const life = Math.max(jwtLife(b.access_token) ?? left, left);
     const str = (k: string) => (typeof b[k] === "string" ? (b[k] as string) : undefined);
@@ -146,9 +152,11 @@ class Socket implements Backend {
 class Standalone implements Backend {
   nonce?: string;
   readonly tokenEndpoint: string;
-  constructor(readonly broker: string, readonly mandate: string, readonly key: RunKey, readonly started: Obj, readonly timeoutMs: number) {
+  constructor(readonly broker: string, readonly mandate: string, readonly key: RunKey, readonly started: Obj, readonly timeoutMs: number, readonly allowHttp = false) {
     this.broker = broker.replace(/\/+$/, "");
     this.tokenEndpoint = typeof started.token_endpoint === "string" ? started.token_endpoint : `${this.broker}/oauth/token`;
+    // The mandate goes there: the same rule as for the broker's own URL.
+    checkBroker(this.tokenEndpoint, allowHttp);
   }
 
   async identity(): Promise<Obj> {
@@ -221,11 +229,15 @@ export interface JoinOptions {
 }
 
 export class Mandate {
-  private held = new Map<string, Credential>();
-  private stale = new Set<string>();
-  private me?: Obj;
+  readonly #b: Backend;
+  #held = new Map<string, Credential>();
+  #stale = new Set<string>();
+  #inflight = new Map<string, Promise<Credential>>();
+  #me?: Obj;
 
-  private constructor(private readonly b: Backend) {}
+  private constructor(b: Backend) {
+    this.#b = b;
+  }
 
   /** Under `mandate exec`: the wrapper's socket (`MANDATE_AGENT_SOCK`). */
   static fromEnv(env: Record<string, string | undefined> = process.env, timeoutMs = 30_000): Mandate {
@@ -246,23 +258,23 @@ export class Mandate {
     const a = await http.request(`${broker.replace(/\/+$/, "")}/v1/runs`, "POST", { "content-type": "application/json", authorization: `Bearer ${token}` }, JSON.stringify(body), o.timeoutMs);
     const started = a.status === 201 ? object(a) : undefined;
     if (!started || typeof started.mandate !== "string") throw fromAnswer(a.status, a.body);
-    return new Mandate(new Standalone(broker, started.mandate, key, { tenant: o.tenant, agent: o.agent, principal: o.principal, ...started }, o.timeoutMs ?? 30_000));
+    return new Mandate(new Standalone(broker, started.mandate, key, { tenant: o.tenant, agent: o.agent, principal: o.principal, ...started }, o.timeoutMs ?? 30_000, o.allowHttp));
   }
 
   /** Standalone: a mandate handed to this runtime with the key it names as holder. */
   static fromMandate(broker: string, mandate: string, key: RunKey, o: { timeoutMs?: number; allowHttp?: boolean } = {}): Mandate {
     checkBroker(broker, o.allowHttp ?? false);
-    return new Mandate(new Standalone(broker, headerSafe(mandate, "the mandate"), key, {}, o.timeoutMs ?? 30_000));
+    return new Mandate(new Standalone(broker, headerSafe(mandate, "the mandate"), key, {}, o.timeoutMs ?? 30_000, o.allowHttp));
   }
 
   get standalone(): boolean {
-    return this.b instanceof Standalone;
+    return this.#b instanceof Standalone;
   }
 
   /** The run: `run`, `run_id`, `tenant`, `agent`, `principal`, `capabilities`, `tools`. */
   async identity(): Promise<Obj> {
-    this.me ??= await this.b.identity();
-    return { ...this.me };
+    this.#me ??= await this.#b.identity();
+    return { ...this.#me };
   }
 
   private async actionsFor(tool: string, actions?: string[]): Promise<string[]> {
@@ -282,14 +294,26 @@ export class Mandate {
   }
 
   private async attempt(tool: string, actions: string[], details: Details | undefined, fresh: boolean, approvalId?: string): Promise<Credential> {
+    const obtain = async () => Credential.fromAnswer(tool, await this.#b.obtain(tool, actions, details, fresh, approvalId), Date.now() / 1000);
+    if (details !== undefined) return obtain(); // for one request: never cached, never shared
     const key = JSON.stringify([tool, actions]);
-    fresh = fresh || this.stale.delete(key);
-    const held = this.held.get(key);
-    if (details === undefined && !fresh && held?.fresh()) return held;
-    const now = Date.now() / 1000;
-    const cred = Credential.fromAnswer(tool, await this.b.obtain(tool, actions, details, fresh, approvalId), now);
-    if (details === undefined) this.held.set(key, cred);
-    return cred;
+    fresh = this.#stale.delete(key) || fresh;
+    const held = this.#held.get(key);
+    if (!fresh && held?.fresh()) return held;
+    // Concurrent callers of the same credential share one exchange (and
+    // one approval request).
+    const running = this.#inflight.get(key);
+    if (running && !fresh) return running;
+    const p = obtain().then((cred) => {
+      this.#held.set(key, cred);
+      return cred;
+    });
+    this.#inflight.set(key, p);
+    try {
+      return await p;
+    } finally {
+      if (this.#inflight.get(key) === p) this.#inflight.delete(key);
+    }
   }
 
   /** A credential for `tool`. A request a human must approve throws
@@ -297,7 +321,7 @@ export class Mandate {
    * broker's interval until approved, then `ApprovalTimeout`. */
   async credential(tool: string, o: CredentialOptions = {}): Promise<Credential> {
     if (o.wait !== undefined && !(Number.isFinite(o.wait) && o.wait >= 0)) throw new TypeError("`wait` is a finite number of seconds");
-    const deadline = o.wait === undefined ? undefined : Date.now() + o.wait * 1000;
+    const deadline = o.wait === undefined ? undefined : performance.now() + o.wait * 1000;
     const actions = await this.actionsFor(tool, o.actions);
     let approval: string | undefined;
     let fresh = o.fresh ?? false;
@@ -307,7 +331,7 @@ export class Mandate {
       } catch (e) {
         if (!(e instanceof ApprovalPending) || deadline === undefined) throw e;
         approval = e.approvalId ?? approval;
-        const pause = Math.min(e.interval * 1000, deadline - Date.now());
+        const pause = Math.min(e.interval * 1000, deadline - performance.now());
         if (pause <= 0) {
           throw new ApprovalTimeout({ error_description: `no approval within ${o.wait} s: ${e.description}`, approval_id: e.approvalId, interval: e.interval, approvers: e.approvers }, e.status);
         }
@@ -319,17 +343,17 @@ export class Mandate {
 
   /** Drops held credentials for `tool`: the next request gets a fresh one. */
   forget(tool: string): void {
-    for (const k of [...this.held.keys()]) {
+    for (const k of [...this.#held.keys()]) {
       if ((JSON.parse(k) as [string])[0] === tool) {
-        this.held.delete(k);
-        this.stale.add(k);
+        this.#held.delete(k);
+        this.#stale.add(k);
       }
     }
   }
 
   /** A DPoP proof of the run key for one request (RFC 9449). */
   proof(method: string, url: string, o: { accessToken?: string; nonce?: string } = {}): Promise<string> {
-    return this.b.proof(method, url, o.accessToken, o.nonce);
+    return this.#b.proof(method, url, o.accessToken, o.nonce);
   }
 
   /** Under `mandate exec`: the run's mandate narrowed for the key with
@@ -337,20 +361,20 @@ export class Mandate {
   async attenuate(to: string, o: { only?: string[]; ttlSecs?: number; uses?: number; pathPrefix?: string; toName?: string } = {}): Promise<string> {
     const n: Obj = { to, only: o.only, ttl_secs: o.ttlSecs, uses: o.uses, path_prefix: o.pathPrefix, to_name: o.toName };
     for (const k of Object.keys(n)) if (n[k] === undefined) delete n[k];
-    const m = (await this.b.attenuate(n)).mandate;
+    const m = (await this.#b.attenuate(n)).mandate;
     if (typeof m !== "string") throw new Unavailable("server_error", "the answer carries no mandate");
     return m;
   }
 
   /** Standalone: a child run for `agent` with at most this run's capabilities (its own key). */
   async delegate(agent: string, o: { capabilities?: string[]; ttlSecs?: number; task?: string; key?: RunKey } = {}): Promise<Mandate> {
-    if (!(this.b instanceof Standalone)) throw new MandateError("not_supported", "under `mandate exec` a sub-agent gets an attenuated mandate: use attenuate(<its key thumbprint>)");
-    const key = o.key ?? (await RunKey.generate(this.b.key.alg));
+    if (!(this.#b instanceof Standalone)) throw new MandateError("not_supported", "under `mandate exec` a sub-agent gets an attenuated mandate: use attenuate(<its key thumbprint>)");
+    const key = o.key ?? (await RunKey.generate(this.#b.key.alg));
     const body: Obj = { agent, jwk: key.jwk, capabilities: o.capabilities, ttl_secs: o.ttlSecs, task: o.task };
     for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
-    const child = await this.b.delegate(body);
+    const child = await this.#b.delegate(body);
     if (typeof child.mandate !== "string") throw new Unavailable("server_error", "the answer carries no mandate");
-    return new Mandate(new Standalone(this.b.broker, child.mandate, key, child, this.b.timeoutMs));
+    return new Mandate(new Standalone(this.#b.broker, child.mandate, key, child, this.#b.timeoutMs, this.#b.allowHttp));
   }
 
   toJSON(): string {

@@ -97,26 +97,41 @@ export function mandateFetch(m: Mandate, o: FetchOptions = {}): typeof fetch {
   }
 
   return async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
-    const req = new Request(input, init);
-    const again = req.clone();
+    let req = new Request(input, init);
+    // fetch upper-cases standard methods but not e.g. `patch`: what is sent
+    // and what the proof's `htm` says must be the same.
+    if (req.method !== req.method.toUpperCase()) req = new Request(req, { method: req.method.toUpperCase() });
+    // Options of Node's fetch that a Request does not keep (an undici
+    // `dispatcher`: the caller's proxy, mTLS or pinned CA) are passed on.
+    const extra = init && "dispatcher" in init ? { dispatcher: (init as { dispatcher?: unknown }).dispatcher } : undefined;
+    const send = (r: Request) => inner(r, extra as RequestInit | undefined);
     const tool = await attach(req, false);
-    const res = await inner(req);
-    if (tool === undefined || (res.url && res.url !== req.url)) return res;
-    const nonce = res.headers.get("dpop-nonce");
+    if (tool === undefined) return send(req);
+    // A request with a credential is not redirected by fetch (it would
+    // carry the credential to the new URL on the same origin): the 3xx
+    // comes back, and following it is a new request, which gets what its
+    // URL calls for.
+    if (req.redirect === "follow") req = new Request(req, { redirect: "manual" });
+    const again = req.clone();
+    const res = await send(req);
+    const heard = res.url !== "" && !res.redirected && res.url.split("#")[0] === req.url.split("#")[0];
+    const nonce = heard ? res.headers.get("dpop-nonce") : null;
     if (nonce) nonces.set(new URL(req.url).origin, nonce);
-    if (res.status !== 401) return res;
-    const errors = [...(res.headers.get("www-authenticate") ?? "").matchAll(/error="([^"]*)"/g)].map((x) => x[1]);
-    let fresh = false;
+    const errors = heard && res.status === 401
+      ? [...(res.headers.get("www-authenticate") ?? "").matchAll(/error="([^"]*)"/g)].map((x) => x[1])
+      : [];
+    let fresh: boolean;
     if (errors.includes("use_dpop_nonce") && nonce) {
       fresh = false;
     } else if (errors.includes("invalid_token") && Date.now() - (refreshed.get(tool) ?? -Infinity) >= FRESH_AT_MOST_EVERY_MS) {
       refreshed.set(tool, Date.now());
       fresh = true;
     } else {
+      await again.body?.cancel();
       return res;
     }
     await res.body?.cancel();
     await attach(again, fresh);
-    return inner(again);
+    return send(again);
   };
 }

@@ -40,6 +40,19 @@ export class RunKey {
     return new RunKey(keys, alg, jwk);
   }
 
+  /** A key saved with `exportPrivateJwk()` (of a key generated `extractable`). */
+  static async fromPrivateJwk(jwk: Record<string, unknown>, extractable = false): Promise<RunKey> {
+    const alg: Alg = jwk.kty === "OKP" && jwk.crv === "Ed25519" ? "EdDSA" : "ES256";
+    if (alg === "ES256" && !(jwk.kty === "EC" && jwk.crv === "P-256")) throw new TypeError("a run key is Ed25519 or P-256");
+    const params = alg === "EdDSA" ? { name: "Ed25519" } : { name: "ECDSA", namedCurve: "P-256" };
+    const { d: _d, key_ops: _k, ...pub } = jwk;
+    const privateKey = await subtle.importKey("jwk", jwk as webcrypto.JsonWebKey, params, extractable, ["sign"]);
+    const publicKey = await subtle.importKey("jwk", pub as webcrypto.JsonWebKey, params, true, ["verify"]);
+    const x = String(jwk.x);
+    const pubJwk: Record<string, string> = alg === "EdDSA" ? { kty: "OKP", crv: "Ed25519", x } : { kty: "EC", crv: "P-256", x, y: String(jwk.y) };
+    return new RunKey({ privateKey, publicKey }, alg, pubJwk);
+  }
+
   /** RFC 7638 SHA-256 thumbprint (`cnf.jkt`; attenuation's `to`). */
   async thumbprint(): Promise<string> {
     const members = Object.fromEntries(Object.entries(this.jwk).filter(([k]) => ["crv", "kty", "x", "y"].includes(k)).sort(([a], [b]) => (a < b ? -1 : 1)));

@@ -53,3 +53,44 @@ test("keys stay private; secrets with stray characters are refused unquoted; htt
   Mandate.fromMandate("https://broker.example", "m.a.n", key);
   assert.throws(() => Mandate.fromEnv({}), /mandate exec/);
 });
+
+test("the socket client settles when the wrapper cuts its answer, and on time", async () => {
+  const { unix } = await import(process.env.MANDATE_TS_SDK.replace(/index\.js$/, "http.js"));
+  const net = await import("node:net");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  const sock = path.join(os.tmpdir(), `mandate-cut-${process.pid}.sock`);
+  const server = net.createServer((c) => {
+    c.once("data", () => {
+      c.write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: application/json\r\n\r\n{\"a\":");
+      setTimeout(() => c.destroy(), 20);
+    });
+  });
+  await new Promise((r) => server.listen(sock, r));
+  try {
+    await assert.rejects(unix(sock, "GET", "/v1/identity", undefined, 2000), (e) => e instanceof Unavailable && /cut/.test(e.message));
+    const silent = net.createServer(() => {});
+    const sock2 = `${sock}.2`;
+    await new Promise((r) => silent.listen(sock2, r));
+    await assert.rejects(unix(sock2, "GET", "/v1/identity", undefined, 300), (e) => e instanceof Unavailable && /in time/.test(e.message));
+    silent.close();
+  } finally {
+    server.close();
+  }
+});
+
+test("a credential that cannot go in a header is refused unquoted; held ones are frozen", () => {
+  assert.throws(() => Credential.fromAnswer("crm", { access_token: "SEC\nRET", expires_in: 60 }, 0), (e) => e instanceof Unavailable && !e.message.includes("SEC"));
+  const c = Credential.fromAnswer("crm", { access_token: "tok", expires_in: 60, mcp_url: "https://b.example/mcp/crm" }, 0);
+  assert.throws(() => { c.mcpUrl = undefined; }, TypeError);
+  assert.equal(c.accessToken, "tok");
+});
+
+test("a saved key loads again and signs the same", async () => {
+  for (const alg of ["EdDSA", "ES256"]) {
+    const k = await RunKey.generate(alg, true);
+    const again = await RunKey.fromPrivateJwk(await k.exportPrivateJwk());
+    assert.equal(await again.thumbprint(), await k.thumbprint());
+    assert.equal(again.alg, alg);
+  }
+});

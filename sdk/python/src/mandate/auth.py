@@ -222,6 +222,13 @@ def requests_auth(mandate: Mandate, tool: Optional[str] = None, actions: Optiona
             return r
 
         def _again(self, sent_to: str, response: Any, **kwargs: Any) -> Any:
+            if response.is_redirect and response.request.url == sent_to:
+                # requests copies this request's headers onto the redirect
+                # (dropping Authorization only for another host): the
+                # credential stays with the URL it was made for.
+                for h in ("Authorization", "DPoP"):
+                    response.request.headers.pop(h, None)
+                return response
             again = self.flow.retry(sent_to, response.request.url, response.status_code, response.headers)
             if not again or getattr(response.request, "_mandate_retried", False):
                 return response

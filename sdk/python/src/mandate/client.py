@@ -69,8 +69,9 @@ class Credential:
         if not isinstance(body, dict):
             raise Unavailable("server_error", "the answer is not a JSON object")
         token, left = body.get("access_token"), body.get("expires_in")
-        if not isinstance(token, str) or not token:
-            raise Unavailable("server_error", "the answer carries no credential")
+        if not isinstance(token, str) or not token or not all(33 <= ord(c) < 127 for c in token):
+            # (Not quoted: it would be the secret.)
+            raise Unavailable("server_error", "the answer carries no credential that fits an HTTP header")
         if isinstance(left, bool) or not isinstance(left, (int, float)) or not math.isfinite(left) or left < 0:
             raise Unavailable("server_error", "the answer's `expires_in` is not a number of seconds")
         life = _jwt_life(token) or float(left)
@@ -147,10 +148,14 @@ class _Socket:
 class _Standalone:
     """The run key and mandate held here; the broker spoken to directly."""
 
-    def __init__(self, broker: str, mandate: str, key: RunKey, started: Mapping[str, Any], timeout: float):
+    def __init__(self, broker: str, mandate: str, key: RunKey, started: Mapping[str, Any], timeout: float,
+                 allow_http: bool = False):
         self.broker, self.mandate, self.key, self.timeout = broker.rstrip("/"), mandate, key, timeout
-        self.started = dict(started)
-        self.token_endpoint = str(started.get("token_endpoint") or f"{self.broker}/oauth/token")
+        self.started, self.allow_http = dict(started), allow_http
+        endpoint = started.get("token_endpoint")
+        self.token_endpoint = endpoint if isinstance(endpoint, str) else f"{self.broker}/oauth/token"
+        # The mandate goes there: the same rule as for the broker's own URL.
+        _check_broker(self.token_endpoint, allow_http)
         self.nonce: Optional[str] = None
 
     def identity(self) -> Dict[str, Any]:
@@ -212,6 +217,7 @@ class Mandate:
         self._b = backend
         self._held: Dict[Tuple[str, Tuple[str, ...]], Credential] = {}
         self._stale: Set[Tuple[str, Tuple[str, ...]]] = set()
+        self._inflight: Dict[Tuple[str, Tuple[str, ...]], threading.Lock] = {}
         self._lock = threading.Lock()
         self._identity: Optional[Dict[str, Any]] = None
 
@@ -254,7 +260,7 @@ class Mandate:
         if a.status != 201 or not isinstance(a.body, dict) or "mandate" not in a.body:
             raise from_answer(a.status, a.body)
         started = {"tenant": tenant, "agent": agent, "principal": principal, **a.body}
-        return cls(_Standalone(broker, a.body["mandate"], key, started, timeout))
+        return cls(_Standalone(broker, a.body["mandate"], key, started, timeout, allow_http))
 
     @classmethod
     def from_mandate(cls, broker: str, mandate: str, key: RunKey, timeout: float = 30.0,
@@ -262,7 +268,7 @@ class Mandate:
         """Standalone: a mandate this runtime was given with the key it names
         as holder (e.g. one attenuated for it by a parent agent)."""
         _check_broker(broker, allow_http)
-        return cls(_Standalone(broker, _header_safe(mandate, "the mandate"), key, {}, timeout))
+        return cls(_Standalone(broker, _header_safe(mandate, "the mandate"), key, {}, timeout, allow_http))
 
     # -- who ----------------------------------------------------------
 
@@ -298,19 +304,24 @@ class Mandate:
 
     def _attempt(self, tool: str, actions: List[str], details: Optional[Mapping[str, Any]], fresh: bool,
                  approval_id: Optional[str]) -> Credential:
+        if details is not None:  # for one request: never cached, never shared
+            return Credential.from_answer(tool, self._b.obtain(tool, actions, details, fresh, approval_id), time.time())
         key = (tool, tuple(actions))
         with self._lock:
-            fresh = fresh or key in self._stale
-            self._stale.discard(key)
-            held = self._held.get(key)
-        if details is None and not fresh and held is not None and held.fresh():
-            return held
-        now = time.time()
-        cred = Credential.from_answer(tool, self._b.obtain(tool, actions, details, fresh, approval_id), now)
-        if details is None:
+            one = self._inflight.setdefault(key, threading.Lock())
+        # Concurrent callers of the same credential share one exchange (and
+        # one approval request): the second finds the first's in the cache.
+        with one:
+            with self._lock:
+                fresh = key in self._stale or fresh
+                self._stale.discard(key)
+                held = self._held.get(key)
+            if not fresh and held is not None and held.fresh():
+                return held
+            cred = Credential.from_answer(tool, self._b.obtain(tool, actions, None, fresh, approval_id), time.time())
             with self._lock:
                 self._held[key] = cred
-        return cred
+            return cred
 
     @staticmethod
     def _deadline(wait: Optional[float]) -> Optional[float]:
@@ -418,7 +429,7 @@ class Mandate:
             if v is not None:
                 body[k] = v
         child = self._b.delegate(body)
-        return Mandate(_Standalone(self._b.broker, child["mandate"], key, child, self._b.timeout))
+        return Mandate(_Standalone(self._b.broker, child["mandate"], key, child, self._b.timeout, self._b.allow_http))
 
     def __repr__(self) -> str:
         return f"Mandate({'standalone' if self.standalone else 'mandate exec'})"
