@@ -122,6 +122,22 @@ def setup(b, upstream, tmp_path):
     return gateway, grant
 
 
+def waits_for_finance(a, b, tmp_path):
+    """A payment over 100.00 waits for finance: ApprovalPending with the
+    approval's id; waiting, it proceeds once bob approves; the next one,
+    with nobody approving, times out."""
+    big = {"amount": 25_000, "currency": "EUR", "target": "invoice 7"}
+    pending = a("credential", tool="bank", details=big)
+    assert pending["error"] == "ApprovalPending" and pending["approval_id"], pending
+    bob = tmp_path / "bob.token"
+    b.cli("principal", "approver-token", "--tenant", "acme", "bob@example.com", "--out", str(bob))
+    b.cli("approvals", "approve", pending["approval_id"], "--as", str(bob))
+    got = a.ok("credential", tool="bank", details=big, wait=30)
+    assert claims_of(got["token"])["approval"]["approver"] == "principal:bob@example.com"
+    timed = a("credential", tool="bank", details=dict(big, target="invoice 8"), wait=1)
+    assert timed["error"] == "ApprovalTimeout" and timed["approval_id"], timed
+
+
 def under_exec(b, grant, tmp_path):
     return Agent([BIN, "exec", "-q", "--tenant", "acme", "--agent", "sdk-bot", "--on-behalf-of", "alice@example.com",
                   "--grant", grant, "--tool", "payments", "--", sys.executable, str(HERE / "agent.py")], b.env)
@@ -201,19 +217,7 @@ def test_under_mandate_exec(nonce_broker, upstream, tmp_path):
         for req, _ in upstream.calls():
             assert "dpop" not in req["headers"] and first["token"] not in json.dumps(req)
 
-        # A payment over 100.00 waits for finance: ApprovalPending with the
-        # approval's id; waiting, it proceeds once bob approves.
-        big = {"amount": 25_000, "currency": "EUR", "target": "invoice 7"}
-        pending = a("credential", tool="bank", details=big)
-        assert pending["error"] == "ApprovalPending" and pending["approval_id"], pending
-        bob = tmp_path / "bob.token"
-        b.cli("principal", "approver-token", "--tenant", "acme", "bob@example.com", "--out", str(bob))
-        b.cli("approvals", "approve", pending["approval_id"], "--as", str(bob))
-        got = a.ok("credential", tool="bank", details=big, wait=30)
-        assert claims_of(got["token"])["approval"]["approver"] == "principal:bob@example.com"
-        # Asked again, the next large payment times out while nobody approves.
-        timed = a("credential", tool="bank", details=dict(big, target="invoice 8"), wait=1)
-        assert timed["error"] == "ApprovalTimeout" and timed["approval_id"], timed
+        waits_for_finance(a, b, tmp_path)
 
         # Framework tools (LangChain, the OpenAI Agents SDK), called through
         # their own tool-calling API: a credential per call, its RFC 9396

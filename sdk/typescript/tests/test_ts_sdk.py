@@ -12,7 +12,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, OKPKey
 
-from test_sdk import Agent, claims_of, setup
+from test_sdk import Agent, claims_of, setup, waits_for_finance
 from test_story import BIN
 
 HERE = Path(__file__).resolve().parent
@@ -72,16 +72,7 @@ def test_ts_under_mandate_exec(nonce_broker, upstream, tmp_path):
             assert "dpop" not in req["headers"] and first["token"] not in json.dumps(req)
 
         # Approvals: ApprovalPending, then a wait that proceeds once bob approves.
-        big = {"amount": 25_000, "currency": "EUR", "target": "invoice 7"}
-        pending = a("credential", tool="bank", details=big)
-        assert pending["error"] == "ApprovalPending" and pending["approval_id"], pending
-        bob = tmp_path / "bob.token"
-        b.cli("principal", "approver-token", "--tenant", "acme", "bob@example.com", "--out", str(bob))
-        b.cli("approvals", "approve", pending["approval_id"], "--as", str(bob))
-        got = a.ok("credential", tool="bank", details=big, wait=30)
-        assert claims_of(got["token"])["approval"]["approver"] == "principal:bob@example.com"
-        timed = a("credential", tool="bank", details=dict(big, target="invoice 8"), wait=1)
-        assert timed["error"] == "ApprovalTimeout", timed
+        waits_for_finance(a, b, tmp_path)
 
         # Attenuation for a sub-agent's WebCrypto key; used by that key only.
         sub = ts_agent([], {k: v for k, v in b.env.items() if not k.startswith("MANDATE_")} | {"PATH": os.environ["PATH"]})
