@@ -42,6 +42,8 @@ def op(cmd):
     if kind == "delegate":
         m = m.delegate(cmd["agent"], capabilities=cmd.get("capabilities"), ttl_secs=cmd.get("ttl_secs"))
         return m.identity()
+    if kind == "end":
+        return m.end()
     if kind == "identity":
         return m.identity()
     if kind == "credential":

@@ -305,6 +305,9 @@ def test_standalone_with_a_join_token(nonce_broker, upstream, tmp_path):
             r = a.ok("call", lib="requests", url=gateway, tool="payments", name="pay",
                      arguments={"amount": 900, "currency": "EUR"})
             assert r["body"]["result"]["isError"] is True and "small-eur" in json.dumps(r["body"]), r
+            # Ending the run: its credentials are refused from then on.
+            assert a("end") == {"ok": None}
+            assert a("credential", tool="bank", fresh=True)["error"] == "Revoked"
         finally:
             a.close()
 

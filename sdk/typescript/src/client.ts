@@ -192,6 +192,11 @@ class Standalone implements Backend {
     throw new MandateError("not_supported", "attenuation is signed in Mandate's offline block format, which this SDK makes only under `mandate exec` (the wrapper signs); standalone, use `mandate token attenuate`, or delegate() for a sub-agent run");
   }
 
+  async end(): Promise<void> {
+    const a = await http.request(`${this.broker}/oauth/revoke`, "POST", { "content-type": "application/x-www-form-urlencoded" }, new URLSearchParams({ token: this.mandate }).toString(), this.timeoutMs);
+    if (a.status !== 200) throw fromAnswer(a.status, a.body);
+  }
+
   async delegate(body: Obj): Promise<Obj> {
     const url = `${this.broker}/v1/runs/delegate`;
     const a = await this.postProved(url, { "content-type": "application/json" }, JSON.stringify({ mandate: this.mandate, ...body }));
@@ -375,6 +380,15 @@ export class Mandate {
     const child = await this.#b.delegate(body);
     if (typeof child.mandate !== "string") throw new Unavailable("server_error", "the answer carries no mandate");
     return new Mandate(new Standalone(this.#b.broker, child.mandate, key, child, this.#b.timeoutMs, this.#b.allowHttp));
+  }
+
+  /** Standalone: ends this run now (RFC 7009 revocation of its mandate by
+   * its holder); every credential it got is refused from here on. Under
+   * `mandate exec` the run ends when the command exits. */
+  async end(): Promise<void> {
+    if (!(this.#b instanceof Standalone)) throw new MandateError("not_supported", "under `mandate exec` the run ends when the command exits");
+    await this.#b.end();
+    this.#held.clear();
   }
 
   toJSON(): string {

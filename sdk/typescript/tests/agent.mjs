@@ -29,6 +29,9 @@ async function op(cmd) {
     case "from_mandate":
       m = Mandate.fromMandate(cmd.broker, cmd.mandate, keys[cmd.key]);
       return String(m);
+    case "end":
+      await m.end();
+      return null;
     case "identity":
       return await m.identity();
     case "credential": {

@@ -123,6 +123,11 @@ def test_ts_standalone_with_a_join_token(nonce_broker, upstream, tmp_path, alg):
         assert a.ok("credential", tool="bank")["token"] != first["token"]
         r = a.ok("call", url=gateway, name="pay", arguments={"amount": 9, "currency": "EUR"})
         assert r["status"] == 200 and pay_text(r) == "paid 9 EUR", r
+        if alg == "ES256":
+            # Ending the run: its credentials are refused from then on.
+            assert a("end") == {"ok": None}
+            assert a("credential", tool="bank", fresh=True)["error"] == "Revoked"
+            return
         child = a.ok("delegate", agent="sdk-helper", capabilities=["payments:echo"], ttl_secs=300)
         assert child["depth"] == 1, child
         assert a.ok("credential", tool="payments", actions=["echo"])["token_type"] == "DPoP"

@@ -199,6 +199,13 @@ class _Standalone:
                            "SDK makes only under `mandate exec` (the wrapper signs); standalone, use "
                            "`mandate token attenuate`, or `delegate()` for a sub-agent run")
 
+    def end(self) -> None:
+        a = _http.request(f"{self.broker}/oauth/revoke", "POST",
+                          {"Content-Type": "application/x-www-form-urlencoded"},
+                          urlencode({"token": self.mandate}).encode(), self.timeout)
+        if a.status != 200:
+            raise from_answer(a.status, a.body)
+
     def delegate(self, body: Dict[str, Any]) -> Dict[str, Any]:
         url = f"{self.broker}/v1/runs/delegate"
         a = self._post_proved(url, {"Content-Type": "application/json"},
@@ -430,6 +437,16 @@ class Mandate:
                 body[k] = v
         child = self._b.delegate(body)
         return Mandate(_Standalone(self._b.broker, child["mandate"], key, child, self._b.timeout, self._b.allow_http))
+
+    def end(self) -> None:
+        """Standalone: ends this run now (RFC 7009 revocation of its mandate
+        by its holder): every credential it got is refused from here on.
+        Under `mandate exec` the run ends when the command exits."""
+        if not isinstance(self._b, _Standalone):
+            raise MandateError("not_supported", "under `mandate exec` the run ends when the command exits")
+        self._b.end()
+        with self._lock:
+            self._held.clear()
 
     def __repr__(self) -> str:
         return f"Mandate({'standalone' if self.standalone else 'mandate exec'})"
