@@ -148,19 +148,43 @@ impl RunAgent {
             form.push_str("&authorization_details=");
             form.push_str(&mandate_core::client::form_encode(&json!([o]).to_string()));
         }
+        let (status, v) = self.post_proved(
+            &self.token_endpoint,
+            "application/x-www-form-urlencoded",
+            &form,
+        )?;
+        if status == 200 {
+            return Ok(v);
+        }
+        if v["error"] == "authorization_pending" {
+            return Err(Refusal::Pending(v));
+        }
+        Err(refused_by_broker(&v, &format!("a credential for `{tool}`")))
+    }
+
+    /// POSTs `body` to `url` with a DPoP proof of the run key, once more
+    /// with the broker's nonce when it asks for one (RFC 9449 §8); the
+    /// answer's status and JSON.
+    fn post_proved(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<(u16, Value), Refusal> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Refusal::Broker(
+                UNAVAILABLE.into(),
+                CliError::new(format!("cannot reach the broker: {e}")),
+            )
+        };
         for _ in 0..2 {
             let mut r = self
                 .http
-                .post(&self.token_endpoint)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .header("DPoP", &self.proof("POST", &self.token_endpoint, None))
-                .send(&form)
-                .map_err(|e| {
-                    Refusal::Broker(
-                        UNAVAILABLE.into(),
-                        CliError::new(format!("cannot reach the broker: {e}")),
-                    )
-                })?;
+                .post(url)
+                .header("Content-Type", content_type)
+                .header("DPoP", &self.proof("POST", url, None))
+                .send(body)
+                .map_err(|e| unreachable(&e))?;
             if let Some(n) = r.headers().get("dpop-nonce").and_then(|v| v.to_str().ok())
                 && let Ok(mut slot) = self.nonce.lock()
             {
@@ -168,27 +192,46 @@ impl RunAgent {
             }
             let status = r.status().as_u16();
             let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
-            if status == 200 {
-                return Ok(v);
-            }
-            if v["error"] == "authorization_pending" {
-                return Err(Refusal::Pending(v));
-            }
             if v["error"] != "use_dpop_nonce" {
-                let code = v["error"].as_str().unwrap_or("refused").to_owned();
-                return Err(Refusal::Broker(
-                    code,
-                    CliError::new(format!(
-                        "the broker refused a credential for `{tool}`: {}",
-                        v["error_description"].as_str().unwrap_or("no reason given")
-                    )),
-                ));
+                return Ok((status, v));
             }
         }
         Err(Refusal::Broker(
             UNAVAILABLE.into(),
             CliError::new("the broker kept asking for a new DPoP nonce"),
         ))
+    }
+
+    /// A child run for a sub-agent (`POST /v1/runs/delegate`, proved by the
+    /// run key): the broker's answer, with the child's mandate (bound to
+    /// the sub-agent's key, `jwk`).
+    fn delegate(&self, req: &DelegateRequest) -> Result<Value, Refusal> {
+        let url = format!("{}/v1/runs/delegate", self.issuer());
+        let mut body = json!({"mandate": self.mandate, "agent": req.agent, "jwk": req.jwk});
+        for (k, v) in [
+            ("capabilities", json!(req.capabilities)),
+            ("ttl_secs", json!(req.ttl_secs)),
+            ("task", json!(req.task)),
+        ] {
+            if !v.is_null() {
+                body[k] = v;
+            }
+        }
+        let (status, v) = self.post_proved(&url, "application/json", &body.to_string())?;
+        if status == 200 || status == 201 {
+            return Ok(v);
+        }
+        Err(refused_by_broker(
+            &v,
+            &format!("a run for sub-agent `{}`", req.agent),
+        ))
+    }
+
+    /// The broker's issuer URL (its token endpoint's base).
+    fn issuer(&self) -> &str {
+        self.token_endpoint
+            .strip_suffix("/oauth/token")
+            .unwrap_or(&self.token_endpoint)
     }
 
     /// A credential for (tool, actions): the held one while more than a
@@ -261,6 +304,17 @@ impl RunAgent {
             }
         }
     }
+}
+
+/// The broker's refusal `v` of `what`, with its own error code.
+fn refused_by_broker(v: &Value, what: &str) -> Refusal {
+    Refusal::Broker(
+        v["error"].as_str().unwrap_or("refused").to_owned(),
+        CliError::new(format!(
+            "the broker refused {what}: {}",
+            v["error_description"].as_str().unwrap_or("no reason given")
+        )),
+    )
 }
 
 /// The OAuth error code for "the broker could not be asked; try again".
@@ -355,6 +409,20 @@ struct AttenuateRequest {
     path_prefix: Option<String>,
 }
 
+/// `POST /v1/delegate`: a child run for a sub-agent holding `jwk`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelegateRequest {
+    agent: String,
+    jwk: Value,
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    task: Option<String>,
+}
+
 type Reply = (StatusCode, Json<Value>);
 
 fn refused(status: StatusCode, why: impl Into<String>) -> Reply {
@@ -410,8 +478,14 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
             "`details` is an object: {\"amount\": 2500, \"currency\": \"EUR\", \"target\": \"...\"}",
         );
     }
-    match tokio::task::spawn_blocking(move || a.credential(&tool, &actions, details.as_ref())).await
-    {
+    reply(
+        tokio::task::spawn_blocking(move || a.credential(&tool, &actions, details.as_ref())).await,
+    )
+}
+
+/// The socket's answer for what the wrapper got from the broker.
+fn reply(got: Result<Result<Value, Refusal>, tokio::task::JoinError>) -> Reply {
+    match got {
         Ok(Ok(v)) => (StatusCode::OK, Json(v)),
         // 202: not refused, not yet; poll again after `interval` seconds.
         Ok(Err(Refusal::Pending(v))) => (StatusCode::ACCEPTED, Json(v)),
@@ -428,6 +502,21 @@ async fn credentials(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) ->
         Ok(Err(Refusal::No(e))) => refused(StatusCode::FORBIDDEN, e.msg),
         Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "the wrapper failed"),
     }
+}
+
+async fn delegate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {
+    let req: DelegateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "send JSON {{\"agent\": ..., \"jwk\": <the sub-agent's public key>, \"capabilities\": [\"tool:action\"], \"ttl_secs\", \"task\"}}: {e}"
+                ),
+            );
+        }
+    };
+    reply(tokio::task::spawn_blocking(move || a.delegate(&req)).await)
 }
 
 async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {
@@ -664,6 +753,10 @@ fn run_agent(started: &Value, a: &ExecArgs, url: &str, key: SigningKey) -> RunAg
         .filter_map(|u| origin(u))
         .collect();
     let gateway_prefix = gateway_prefix(&token_endpoint);
+    let issuer = token_endpoint
+        .strip_suffix("/oauth/token")
+        .unwrap_or(&token_endpoint)
+        .to_owned();
     RunAgent {
         gateway_prefix,
         http: ureq::Agent::config_builder()
@@ -681,6 +774,7 @@ fn run_agent(started: &Value, a: &ExecArgs, url: &str, key: SigningKey) -> RunAg
             "tenant": a.tenant, "agent": a.agent, "principal": a.principal,
             "expires_at": started["expires_at"], "capabilities": started["capabilities"],
             "tools": started["tools"],
+            "broker": issuer,
         }),
         broker_origins,
     }
@@ -927,6 +1021,7 @@ fn serve_socket(listener: tokio::net::UnixListener, agent: &Arc<RunAgent>) {
         .route("/v1/credentials", post(credentials))
         .route("/v1/dpop", post(dpop))
         .route("/v1/attenuate", post(attenuate))
+        .route("/v1/delegate", post(delegate))
         .with_state(Arc::clone(agent));
     // Bounded like the broker's port: the child (or anything it runs)
     // cannot hold the wrapper's descriptors with stalled connections.

@@ -14,6 +14,7 @@ from mandate.auth import httpx2_auth, httpx_auth, requests_auth
 
 m = None
 keys = {}
+others = {}
 
 
 def call_body(name, arguments):
@@ -40,14 +41,18 @@ def op(cmd):
         m = mandate.Mandate.from_mandate(cmd["broker"], cmd["mandate"], keys[cmd["key"]])
         return repr(m)
     if kind == "delegate":
-        m = m.delegate(cmd["agent"], capabilities=cmd.get("capabilities"), ttl_secs=cmd.get("ttl_secs"))
-        return m.identity()
+        child = m.delegate(cmd["agent"], capabilities=cmd.get("capabilities"), ttl_secs=cmd.get("ttl_secs"))
+        if cmd.get("as"):
+            others[cmd["as"]] = child  # the parent stays `m`
+        else:
+            m = child
+        return child.identity()
     if kind == "end":
         return m.end()
     if kind == "identity":
         return m.identity()
     if kind == "credential":
-        c = m.credential(cmd["tool"], cmd.get("actions"), details=cmd.get("details"), fresh=cmd.get("fresh", False),
+        c = others.get(cmd.get("who"), m).credential(cmd["tool"], cmd.get("actions"), details=cmd.get("details"), fresh=cmd.get("fresh", False),
                          wait=cmd.get("wait"))
         return {"token": c.access_token, "token_type": c.token_type, "expires_at": c.expires_at,
                 "repr": repr(c), "credential_id": c.credential_id}

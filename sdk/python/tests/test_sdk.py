@@ -138,6 +138,18 @@ def waits_for_finance(a, b, tmp_path):
     assert timed["error"] == "ApprovalTimeout" and timed["approval_id"], timed
 
 
+def delegated(a, b):
+    """`delegate()` a child run for sdk-helper (payments:echo only), kept
+    as `child` in the agent process: echo yes, pay no."""
+    b.cli("agent", "create", "--tenant", "acme", "sdk-helper", "--owner", "team-sdk", "--envelope", "payments:echo")
+    child = a.ok("delegate", agent="sdk-helper", capabilities=["payments:echo"], ttl_secs=300, **{"as": "child"})
+    assert child["depth"] == 1, child
+    echo = a.ok("credential", who="child", tool="payments", actions=["echo"])
+    assert claims_of(echo["token"])["agent"] == "sdk-helper", claims_of(echo["token"])
+    pay = a("credential", who="child", tool="payments", actions=["pay"])
+    assert pay.get("code") in ("invalid_scope", "access_denied"), pay
+
+
 def under_exec(b, grant, tmp_path):
     return Agent([BIN, "exec", "-q", "--tenant", "acme", "--agent", "sdk-bot", "--on-behalf-of", "alice@example.com",
                   "--grant", grant, "--tool", "payments", "--", sys.executable, str(HERE / "agent.py")], b.env)
@@ -250,11 +262,17 @@ def test_under_mandate_exec(nonce_broker, upstream, tmp_path):
         finally:
             sub.close()
 
-        # Revoked: the next credential request says so, by kind.
+        # Delegation from under `mandate exec`: the wrapper proves the
+        # parent run; the child run has its own key (made here) and less.
+        delegated(a, b)
+
+        # Revoked: the next credential request says so, by kind; the child
+        # run goes with its parent.
         b.cli("revoke", "--run", run_id)
         gone = a("credential", tool="payments", fresh=True)
         assert gone["error"] == "Revoked" and gone["code"] == "invalid_grant", gone
         assert "revoked" in gone["description"]
+        assert a("credential", who="child", tool="payments", actions=["echo"], fresh=True)["error"] == "Revoked"
     finally:
         a.close()
 

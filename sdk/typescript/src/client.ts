@@ -115,6 +115,7 @@ interface Backend {
 class Socket implements Backend {
   constructor(private path: string, private timeoutMs: number) {}
 
+
   private call(method: string, path: string, body?: unknown) {
     return http.unix(this.path, method, path, body, this.timeoutMs);
   }
@@ -146,6 +147,16 @@ class Socket implements Backend {
     const a = await this.call("POST", "/v1/attenuate", n);
     if (a.status !== 200) throw fromAnswer(a.status, a.body);
     return object(a);
+  }
+
+  async delegate(body: Obj): Promise<Obj> {
+    const a = await this.call("POST", "/v1/delegate", body);
+    if (a.status !== 200) throw fromAnswer(a.status, a.body);
+    return object(a);
+  }
+
+  get timeout(): number {
+    return this.timeoutMs;
   }
 }
 
@@ -371,15 +382,20 @@ export class Mandate {
     return m;
   }
 
-  /** Standalone: a child run for `agent` with at most this run's capabilities (its own key). */
+  /** A child run for `agent` with at most this run's capabilities; the
+   * child's `Mandate`, standalone with its own key. Under `mandate exec`
+   * the wrapper proves the parent run (its key never enters this process). */
   async delegate(agent: string, o: { capabilities?: string[]; ttlSecs?: number; task?: string; key?: RunKey } = {}): Promise<Mandate> {
-    if (!(this.#b instanceof Standalone)) throw new MandateError("not_supported", "under `mandate exec` a sub-agent gets an attenuated mandate: use attenuate(<its key thumbprint>)");
-    const key = o.key ?? (await RunKey.generate(this.#b.key.alg));
+    const b = this.#b;
+    const key = o.key ?? (await RunKey.generate(b instanceof Standalone ? b.key.alg : "EdDSA"));
     const body: Obj = { agent, jwk: key.jwk, capabilities: o.capabilities, ttl_secs: o.ttlSecs, task: o.task };
     for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
-    const child = await this.#b.delegate(body);
+    const child = await (b as Socket | Standalone).delegate(body);
     if (typeof child.mandate !== "string") throw new Unavailable("server_error", "the answer carries no mandate");
-    return new Mandate(new Standalone(this.#b.broker, child.mandate, key, child, this.#b.timeoutMs, this.#b.allowHttp));
+    if (b instanceof Standalone) return new Mandate(new Standalone(b.broker, child.mandate, key, child, b.timeoutMs, b.allowHttp));
+    const broker = String((await this.identity()).broker ?? "");
+    checkBroker(broker, false);
+    return new Mandate(new Standalone(broker, child.mandate, key, child, (b as Socket).timeout));
   }
 
   /** Standalone: ends this run now (RFC 7009 revocation of its mandate by

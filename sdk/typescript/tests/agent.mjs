@@ -12,6 +12,7 @@ const require = createRequire(path.join(process.env.MANDATE_NODE_DIR, "package.j
 
 let m;
 const keys = {};
+const others = {};
 
 async function op(cmd) {
   switch (cmd.op) {
@@ -35,14 +36,17 @@ async function op(cmd) {
     case "identity":
       return await m.identity();
     case "credential": {
-      const c = await m.credential(cmd.tool, { actions: cmd.actions, details: cmd.details, fresh: cmd.fresh, wait: cmd.wait });
+      const c = await (others[cmd.who] ?? m).credential(cmd.tool, { actions: cmd.actions, details: cmd.details, fresh: cmd.fresh, wait: cmd.wait });
       return { token: c.accessToken, token_type: c.tokenType, expires_at: c.expiresAt, shown: JSON.stringify(c) + String(c) + (await import("node:util")).inspect(c) };
     }
     case "attenuate":
       return await m.attenuate(cmd.to, { only: cmd.only, ttlSecs: cmd.ttl_secs });
-    case "delegate":
-      m = await m.delegate(cmd.agent, { capabilities: cmd.capabilities, ttlSecs: cmd.ttl_secs });
-      return await m.identity();
+    case "delegate": {
+      const child = await m.delegate(cmd.agent, { capabilities: cmd.capabilities, ttlSecs: cmd.ttl_secs });
+      if (cmd.as) others[cmd.as] = child; // the parent stays `m`
+      else m = child;
+      return await child.identity();
+    }
     case "call": {
       const f = mandateFetch(m, { tool: cmd.tool });
       const r = await f(cmd.url, {

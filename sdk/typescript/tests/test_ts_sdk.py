@@ -12,7 +12,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, OKPKey
 
-from test_sdk import Agent, claims_of, setup, waits_for_finance
+from test_sdk import Agent, claims_of, delegated, setup, waits_for_finance
 from test_story import BIN
 
 HERE = Path(__file__).resolve().parent
@@ -89,10 +89,12 @@ def test_ts_under_mandate_exec(nonce_broker, upstream, tmp_path):
         finally:
             sub.close()
 
+        delegated(a, b)
         b.cli("revoke", "--run", me["run"] if me["run"].startswith("run_") else me["run_id"])
         gone = a("credential", tool="payments", fresh=True)
         assert gone["error"] == "Revoked" and "revoked" in gone["description"], gone
         assert first["token"] not in json.dumps(gone)
+        assert a("credential", who="child", tool="payments", actions=["echo"], fresh=True)["error"] == "Revoked"
     finally:
         a.close()
 

@@ -144,6 +144,12 @@ class _Socket:
             raise from_answer(a.status, a.body)
         return _object(a)
 
+    def delegate(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        a = self._call("POST", "/v1/delegate", body)
+        if a.status != 200:
+            raise from_answer(a.status, a.body)
+        return _object(a)
+
 
 class _Standalone:
     """The run key and mandate held here; the broker spoken to directly."""
@@ -423,20 +429,26 @@ class Mandate:
     def delegate(self, agent: str, *, capabilities: Optional[Iterable[str]] = None,
                  ttl_secs: Optional[int] = None, task: Optional[str] = None,
                  key: Optional[RunKey] = None) -> "Mandate":
-        """Standalone: start a child run for `agent` (a registered agent) with
-        at most this run's capabilities; returns the child's `Mandate`
-        (its own key, `key` or a new one)."""
-        if not isinstance(self._b, _Standalone):
-            raise MandateError("not_supported", "under `mandate exec` a sub-agent gets an attenuated mandate: "
-                               "use attenuate(to=<its key thumbprint>)")
-        key = key or RunKey.generate(self._b.key.alg)
+        """Start a child run for `agent` (a registered agent) with at most
+        this run's capabilities; returns the child's `Mandate`, standalone
+        with its own key (`key`, or a new one). Under `mandate exec` the
+        wrapper proves the parent run (its key never enters Python)."""
+        key = key or RunKey.generate(self._b.key.alg if isinstance(self._b, _Standalone) else "EdDSA")
         body: Dict[str, Any] = {"agent": agent, "jwk": key.jwk}
         for k, v in (("capabilities", list(capabilities) if capabilities is not None else None),
                      ("ttl_secs", ttl_secs), ("task", task)):
             if v is not None:
                 body[k] = v
         child = self._b.delegate(body)
-        return Mandate(_Standalone(self._b.broker, child["mandate"], key, child, self._b.timeout, self._b.allow_http))
+        if not isinstance(child.get("mandate"), str):
+            raise Unavailable("server_error", "the answer carries no mandate")
+        if isinstance(self._b, _Standalone):
+            broker, timeout, allow_http = self._b.broker, self._b.timeout, self._b.allow_http
+        else:
+            broker, timeout = str(self.identity().get("broker") or ""), self._b.timeout
+            allow_http = False
+        _check_broker(broker, allow_http)
+        return Mandate(_Standalone(broker, child["mandate"], key, child, timeout, allow_http))
 
     def end(self) -> None:
         """Standalone: ends this run now (RFC 7009 revocation of its mandate
