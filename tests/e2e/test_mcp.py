@@ -129,6 +129,20 @@ def text_of(result):
     return "".join(c.text for c in result.content if getattr(c, "type", "") == "text")
 
 
+def without_ids(v):
+    """An event without what may hold any digits by chance (hashes, digests,
+    ids: one word of 20+ characters; sequence numbers and times), so a test
+    can look for an argument's value in what is left."""
+    import re
+    if isinstance(v, dict):
+        return {k: without_ids(x) for k, x in v.items() if k not in ("seq", "time_ms")}
+    if isinstance(v, list):
+        return [without_ids(x) for x in v]
+    if isinstance(v, str) and re.fullmatch(r"[\w:=+/.-]{20,}", v):
+        return ""
+    return v
+
+
 def test_an_mcp_client_calls_tools_judged_on_their_arguments(broker, upstream, tmp_path):
     b = broker
     gateway, token, run = setup_gateway(b, upstream, tmp_path)
@@ -181,7 +195,7 @@ def test_an_mcp_client_calls_tools_judged_on_their_arguments(broker, upstream, t
     assert {e["decision"] for e in calls_ev} == {"allow", "deny"}
     denied = [e for e in calls_ev if e["decision"] == "deny" and "mcp/small-eur" in e.get("policies", [])]
     assert denied and denied[0]["details"]["arg_keys"] == ["amount", "currency"]
-    assert "500" not in json.dumps(denied[0])
+    assert "500" not in json.dumps(without_ids(denied[0]))
     results = [e for e in events if e["event_type"] == "mcp.result"]
     assert {e["details"]["status"] for e in results} == {"ok"}
     assert any(e["details"]["secret_reflected"] for e in results)
@@ -301,7 +315,7 @@ def test_a_call_waits_for_a_human_and_the_approval_is_for_that_call_only(broker,
              and e["details"].get("approvals")]
     assert spent and spent[0]["details"]["approvals"][0]["approved_by"] == "principal:alice@example.com"
     decided = [e for e in events if e["event_type"].startswith("approval.") and e["details"].get("details")]
-    assert decided and all("500" not in json.dumps(e["details"]["details"]) for e in decided)
+    assert decided and all("500" not in json.dumps(without_ids(e["details"]["details"])) for e in decided)
 
 
 def test_an_agent_under_exec_reads_two_variables(broker, upstream, tmp_path):
