@@ -205,25 +205,24 @@ impl RunAgent {
     /// A child run for a sub-agent (`POST /v1/runs/delegate`, proved by the
     /// run key): the broker's answer, with the child's mandate (bound to
     /// the sub-agent's key, `jwk`).
-    fn delegate(&self, req: &DelegateRequest) -> Result<Value, Refusal> {
+    /// `req` is the broker's request body but for the mandate, which the
+    /// wrapper adds (the broker checks the fields, as for any caller).
+    fn delegate(&self, mut req: serde_json::Map<String, Value>) -> Result<Value, Refusal> {
         let url = format!("{}/v1/runs/delegate", self.issuer());
-        let mut body = json!({"mandate": self.mandate, "agent": req.agent, "jwk": req.jwk});
-        for (k, v) in [
-            ("capabilities", json!(req.capabilities)),
-            ("ttl_secs", json!(req.ttl_secs)),
-            ("task", json!(req.task)),
-        ] {
-            if !v.is_null() {
-                body[k] = v;
-            }
-        }
-        let (status, v) = self.post_proved(&url, "application/json", &body.to_string())?;
+        let agent = req
+            .get("agent")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        req.insert("mandate".into(), json!(self.mandate));
+        let body = Value::Object(req).to_string();
+        let (status, v) = self.post_proved(&url, "application/json", &body)?;
         if status == 200 || status == 201 {
             return Ok(v);
         }
         Err(refused_by_broker(
             &v,
-            &format!("a run for sub-agent `{}`", req.agent),
+            &format!("a run for sub-agent `{agent}`"),
         ))
     }
 
@@ -409,20 +408,6 @@ struct AttenuateRequest {
     path_prefix: Option<String>,
 }
 
-/// `POST /v1/delegate`: a child run for a sub-agent holding `jwk`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DelegateRequest {
-    agent: String,
-    jwk: Value,
-    #[serde(default)]
-    capabilities: Option<Vec<String>>,
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-    #[serde(default)]
-    task: Option<String>,
-}
-
 type Reply = (StatusCode, Json<Value>);
 
 fn refused(status: StatusCode, why: impl Into<String>) -> Reply {
@@ -505,7 +490,7 @@ fn reply(got: Result<Result<Value, Refusal>, tokio::task::JoinError>) -> Reply {
 }
 
 async fn delegate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {
-    let req: DelegateRequest = match serde_json::from_slice(&body) {
+    let req: serde_json::Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return refused(
@@ -516,7 +501,13 @@ async fn delegate(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Re
             );
         }
     };
-    reply(tokio::task::spawn_blocking(move || a.delegate(&req)).await)
+    if req.contains_key("mandate") {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "leave `mandate` out: the wrapper delegates from the run's own mandate",
+        );
+    }
+    reply(tokio::task::spawn_blocking(move || a.delegate(req)).await)
 }
 
 async fn dpop(State(a): State<Arc<RunAgent>>, body: axum::body::Bytes) -> Reply {

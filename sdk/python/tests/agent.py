@@ -3,6 +3,7 @@ stdin, answering one JSON line each on stdout. Started under `mandate exec`
 (socket mode) or alone (standalone mode: the first command makes it join)."""
 import asyncio
 import json
+import os
 import sys
 
 import httpx
@@ -47,6 +48,11 @@ def op(cmd):
         else:
             m = child
         return child.identity()
+    if kind == "socket":
+        # A raw request to the wrapper's socket, as any child process could make.
+        from mandate import _http
+        a = _http.unix(os.environ["MANDATE_AGENT_SOCK"], "POST", cmd["path"], cmd["body"])
+        return {"status": a.status, "body": a.body}
     if kind == "end":
         return m.end()
     if kind == "identity":

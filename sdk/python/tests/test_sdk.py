@@ -142,6 +142,13 @@ def delegated(a, b):
     """`delegate()` a child run for sdk-helper (payments:echo only), kept
     as `child` in the agent process: echo yes, pay no."""
     b.cli("agent", "create", "--tenant", "acme", "sdk-helper", "--owner", "team-sdk", "--envelope", "payments:echo")
+    # The wrapper delegates from the run's own mandate only; the broker
+    # checks the rest of the body, as for any caller.
+    sub_jwk = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+    other = a.ok("socket", path="/v1/delegate", body={"agent": "sdk-helper", "jwk": sub_jwk, "mandate": "x.y.z"})
+    assert other["status"] == 400 and "leave `mandate` out" in other["body"]["error_description"], other
+    odd = a.ok("socket", path="/v1/delegate", body={"agent": "sdk-helper", "jwk": sub_jwk, "depth": 0})
+    assert odd["status"] == 403 and odd["body"]["error"] == "invalid_request", odd
     child = a.ok("delegate", agent="sdk-helper", capabilities=["payments:echo"], ttl_secs=300, **{"as": "child"})
     assert child["depth"] == 1, child
     echo = a.ok("credential", who="child", tool="payments", actions=["echo"])

@@ -30,6 +30,12 @@ async function op(cmd) {
     case "from_mandate":
       m = Mandate.fromMandate(cmd.broker, cmd.mandate, keys[cmd.key]);
       return String(m);
+    case "socket": {
+      // A raw request to the wrapper's socket, as any child process could make.
+      const { unix } = await import(process.env.MANDATE_TS_SDK.replace(/index\.js$/, "http.js"));
+      const a = await unix(process.env.MANDATE_AGENT_SOCK, "POST", cmd.path, cmd.body);
+      return { status: a.status, body: a.body };
+    }
     case "end":
       await m.end();
       return null;
