@@ -204,9 +204,9 @@ impl RunAgent {
 
     /// A child run for a sub-agent (`POST /v1/runs/delegate`, proved by the
     /// run key): the broker's answer, with the child's mandate (bound to
-    /// the sub-agent's key, `jwk`).
-    /// `req` is the broker's request body but for the mandate, which the
-    /// wrapper adds (the broker checks the fields, as for any caller).
+    /// the sub-agent's key, `jwk`). `req` is the broker's request body but
+    /// for the mandate, which the wrapper adds (the broker checks the
+    /// fields, as for any caller).
     fn delegate(&self, mut req: serde_json::Map<String, Value>) -> Result<Value, Refusal> {
         let url = format!("{}/v1/runs/delegate", self.issuer());
         let agent = req
