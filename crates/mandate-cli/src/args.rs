@@ -468,7 +468,8 @@ pub(crate) enum AgentCmd {
 #[derive(Args)]
 #[command(
     after_help = "The child gets MANDATE_AGENT_SOCK (a 0600 Unix socket: GET /v1/identity, \
-POST /v1/credentials {\"tool\",\"actions\"}, POST /v1/dpop {\"method\",\"url\",\"access_token\"}) \
+POST /v1/credentials {\"tool\",\"actions\"}, POST /v1/dpop {\"method\",\"url\",\"access_token\"}, \
+POST /v1/attenuate, and POST /v1/delegate for the agents --delegate-to names) \
 and the environment variables each --tool's registration names (/v1/dpop makes no proof for \
 the broker itself). It never sees the run key, the mandate or the admin credential's path; \
 the wrapper is non-dumpable. Exit code and signals pass through; when the child exits, the \
@@ -499,6 +500,11 @@ pub(crate) struct ExecCli {
     /// A tool the command uses; its registration's environment variables are set (repeat).
     #[arg(long = "tool")]
     pub(crate) tools: Vec<String>,
+    /// A registered agent the command may start sub-agent runs of through
+    /// the socket's /v1/delegate (repeat; none by default): each child run
+    /// has at most this run's capabilities and ends with it.
+    #[arg(long = "delegate-to")]
+    pub(crate) delegate_to: Vec<String>,
     /// Mandate lifetime (e.g. 15m; the broker's default when unset).
     #[arg(long, value_parser = crate::when::secs)]
     pub(crate) ttl: Option<u64>,

@@ -59,6 +59,8 @@ pub(crate) struct ExecArgs {
     pub grant: Option<String>,
     pub task: Option<String>,
     pub tools: Vec<String>,
+    /// The agents the child may start sub-agent runs of (`/v1/delegate`).
+    pub delegate_to: Vec<String>,
     pub ttl: Option<u64>,
     pub quiet: bool,
     pub command: Vec<String>,
@@ -87,6 +89,11 @@ struct RunAgent {
     /// `<issuer>/mcp/`, normalised: the prefix of the broker's MCP gateway
     /// URLs, for which `/v1/dpop` does sign.
     gateway_prefix: Option<String>,
+    /// The broker's issuer URL (the token endpoint's base).
+    issuer: String,
+    /// The agents `/v1/delegate` may start runs of (`--delegate-to`);
+    /// delegations go one at a time (the broker counts a run's children).
+    delegate_to: Mutex<Vec<String>>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -159,7 +166,11 @@ impl RunAgent {
         if v["error"] == "authorization_pending" {
             return Err(Refusal::Pending(v));
         }
-        Err(refused_by_broker(&v, &format!("a credential for `{tool}`")))
+        Err(refused_by_broker(
+            status,
+            &v,
+            &format!("a credential for `{tool}`"),
+        ))
     }
 
     /// POSTs `body` to `url` with a DPoP proof of the run key, once more
@@ -208,12 +219,27 @@ impl RunAgent {
     /// for the mandate, which the wrapper adds (the broker checks the
     /// fields, as for any caller).
     fn delegate(&self, mut req: serde_json::Map<String, Value>) -> Result<Value, Refusal> {
-        let url = format!("{}/v1/runs/delegate", self.issuer());
+        let url = format!("{}/v1/runs/delegate", self.issuer);
         let agent = req
             .get("agent")
             .and_then(Value::as_str)
-            .unwrap_or("?")
+            .unwrap_or_default()
             .to_owned();
+        // One at a time; and only to the agents the operator named.
+        let allowed = self
+            .delegate_to
+            .lock()
+            .map_err(|_| Refusal::No(CliError::new("the wrapper failed")))?;
+        if !allowed.contains(&agent) {
+            return Err(Refusal::No(CliError::new(if allowed.is_empty() {
+                "this run may not start sub-agent runs: `mandate exec --delegate-to AGENT` allows it for that agent".to_owned()
+            } else {
+                format!(
+                    "this run may start sub-agent runs of {} only (`mandate exec --delegate-to`)",
+                    allowed.join(", ")
+                )
+            })));
+        }
         req.insert("mandate".into(), json!(self.mandate));
         let body = Value::Object(req).to_string();
         let (status, v) = self.post_proved(&url, "application/json", &body)?;
@@ -221,16 +247,10 @@ impl RunAgent {
             return Ok(v);
         }
         Err(refused_by_broker(
+            status,
             &v,
             &format!("a run for sub-agent `{agent}`"),
         ))
-    }
-
-    /// The broker's issuer URL (its token endpoint's base).
-    fn issuer(&self) -> &str {
-        self.token_endpoint
-            .strip_suffix("/oauth/token")
-            .unwrap_or(&self.token_endpoint)
     }
 
     /// A credential for (tool, actions): the held one while more than a
@@ -305,10 +325,16 @@ impl RunAgent {
     }
 }
 
-/// The broker's refusal `v` of `what`, with its own error code.
-fn refused_by_broker(v: &Value, what: &str) -> Refusal {
+/// The broker's refusal (`status`, body `v`) of `what`, with its own error
+/// code; a server error or a 429 as `temporarily_unavailable` (try again).
+fn refused_by_broker(status: u16, v: &Value, what: &str) -> Refusal {
+    let code = match v["error"].as_str() {
+        _ if status >= 500 || status == 429 => UNAVAILABLE,
+        Some(c) => c,
+        None => "refused",
+    };
     Refusal::Broker(
-        v["error"].as_str().unwrap_or("refused").to_owned(),
+        code.to_owned(),
         CliError::new(format!(
             "the broker refused {what}: {}",
             v["error_description"].as_str().unwrap_or("no reason given")
@@ -750,6 +776,8 @@ fn run_agent(started: &Value, a: &ExecArgs, url: &str, key: SigningKey) -> RunAg
         .to_owned();
     RunAgent {
         gateway_prefix,
+        issuer: issuer.clone(),
+        delegate_to: Mutex::new(a.delegate_to.clone()),
         http: ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -936,9 +964,7 @@ async fn read_until_closed(mut body: axum::body::Body) -> Detached {
 
 /// RFC 7009 revocation of the mandate by its holder: the broker ends the run.
 fn end_run(agent: &RunAgent) -> Result<(), CliError> {
-    let revoke = agent
-        .token_endpoint
-        .replace("/oauth/token", "/oauth/revoke");
+    let revoke = format!("{}/oauth/revoke", agent.issuer);
     let r = agent
         .http
         .post(&revoke)

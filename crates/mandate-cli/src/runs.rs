@@ -179,6 +179,7 @@ pub(crate) fn exec(a: ExecCli, x: &Ctx) -> Result<(), CliError> {
             grant: a.grant,
             task: a.task,
             tools: a.tools,
+            delegate_to: a.delegate_to,
             ttl: a.ttl,
             quiet: a.quiet,
             command: a.command,

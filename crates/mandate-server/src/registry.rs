@@ -261,6 +261,23 @@ impl Registry {
         self.revoked.add(key, until, now)
     }
 
+    /// Why a token with these revocation ids waits, if it does: its run,
+    /// or a run it descends from, is suspended (a suspended run's
+    /// descendants wait with it, or a run could escape its suspension by
+    /// delegating). The reason says which run when it is an ancestor.
+    pub fn suspension(&self, run: &str, keys: &[String]) -> Option<String> {
+        keys.iter()
+            .filter_map(|k| k.strip_prefix(mandate_core::revocation::RevocationKind::Run.prefix()))
+            .find_map(|r| {
+                let why = self.suspended.get(r)?;
+                Some(if r == run {
+                    why.clone()
+                } else {
+                    format!("run `{r}`, which it descends from, is suspended: {why}")
+                })
+            })
+    }
+
     /// Why a token issued at `issued_at` with these revocation ids is
     /// refused, if it is: the first revoked id, or the kill switch.
     pub fn refused(&self, keys: &[String], issued_at: u64) -> Option<String> {

@@ -549,6 +549,66 @@ fn revoking_an_agent_cuts_the_runs_its_runs_delegated_to() {
     assert_eq!(introspect(&b, &cred)["active"], false);
 }
 
+/// A suspended run cannot escape its suspension by delegating: it starts
+/// no child, and the children it started before wait with it (their
+/// exchanges and MCP/proxy calls are judged by the whole lineage).
+#[test]
+fn a_suspended_run_delegates_nothing_and_its_children_wait_with_it() {
+    let b = Broker::start("sec-suspend-subtree");
+    let grant = b.seed("acme");
+    let (s, v) = b.admin_post(
+        "/v1/tenants/acme/agents",
+        json!({"name": "helper", "owner": "team-ops", "envelope": ["crm:read"]}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (root, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (child, m1, k1) = delegate(&b, &m0, &k0, "helper", None);
+    let (s, v) = b.exchange(&m1, &k1, "crm", "read");
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b.admin_post(
+        &format!("/v1/runs/{root}/suspend"),
+        json!({"reason": "looks odd"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    // The parent starts no child now.
+    let fresh = key();
+    let (s, v) = delegate_with(
+        &b,
+        &m0,
+        &k0,
+        json!({"agent": "helper", "jwk": fresh.public().to_json()}),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{v}"
+    );
+    // The child started before waits, naming the suspended ancestor.
+    let (s, v) = b.exchange(&m1, &k1, "crm", "read");
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"], "authorization_pending", "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains(&root),
+        "{v}"
+    );
+    // The child itself may not delegate further either.
+    let (s, v) = delegate_with(
+        &b,
+        &m1,
+        &k1,
+        json!({"agent": "helper", "jwk": key().public().to_json()}),
+    );
+    assert_eq!(s, 403, "{v}");
+    // Resumed: both work again.
+    let (s, v) = b.admin_post(&format!("/v1/runs/{root}/resume"), json!({}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(b.exchange(&m1, &k1, "crm", "read").0, 200);
+    let _ = child;
+}
+
 #[test]
 fn revoking_a_narrowed_mandate_ends_only_its_own_subtree() {
     let b = Broker::start("sec-subrevoke");

@@ -149,6 +149,9 @@ def delegated(a, b):
     assert other["status"] == 400 and "leave `mandate` out" in other["body"]["error_description"], other
     odd = a.ok("socket", path="/v1/delegate", body={"agent": "sdk-helper", "jwk": sub_jwk, "depth": 0})
     assert odd["status"] == 403 and odd["body"]["error"] == "invalid_request", odd
+    # Only to the agents `mandate exec --delegate-to` names.
+    other_agent = a("delegate", agent="pay-bot", capabilities=["payments:echo"])
+    assert other_agent.get("code") == "refused" and "sdk-helper only" in other_agent["description"], other_agent
     child = a.ok("delegate", agent="sdk-helper", capabilities=["payments:echo"], ttl_secs=300, **{"as": "child"})
     assert child["depth"] == 1, child
     echo = a.ok("credential", who="child", tool="payments", actions=["echo"])
@@ -159,7 +162,8 @@ def delegated(a, b):
 
 def under_exec(b, grant, tmp_path):
     return Agent([BIN, "exec", "-q", "--tenant", "acme", "--agent", "sdk-bot", "--on-behalf-of", "alice@example.com",
-                  "--grant", grant, "--tool", "payments", "--", sys.executable, str(HERE / "agent.py")], b.env)
+                  "--grant", grant, "--tool", "payments", "--delegate-to", "sdk-helper", "--",
+                  sys.executable, str(HERE / "agent.py")], b.env)
 
 
 def test_credentials_never_follow_a_redirect_elsewhere(broker, upstream, redirector, tmp_path):

@@ -32,7 +32,8 @@ def ts_agent(argv_prefix, env):
 
 def under_exec(b, grant):
     return ts_agent([BIN, "exec", "-q", "--tenant", "acme", "--agent", "sdk-bot", "--on-behalf-of",
-                     "alice@example.com", "--grant", grant, "--tool", "payments", "--"], b.env)
+                     "alice@example.com", "--grant", grant, "--tool", "payments", "--delegate-to", "sdk-helper",
+                     "--"], b.env)
 
 
 def pay_text(r):

@@ -179,7 +179,7 @@ pub fn facts(
             .map(|((b, n), c)| (b, n, c))
             .collect()
     };
-    let suspended = s.reg().suspended.get(&m.run).cloned();
+    let suspended = s.reg().suspension(&m.run, &m.revocation_keys());
     Ok(Facts {
         tool,
         input,

@@ -587,6 +587,17 @@ fn delegation_limits(s: &AppState, parent: &MandateClaims) -> Result<(usize, u64
             ),
         ));
     }
+    // A suspended run (or one descending from a suspended run) starts no
+    // child: the child would not be suspended, and would be the way out.
+    if let Some(why) = s.reg().suspension(&parent.run, &parent.revocation_keys()) {
+        return Err(err(
+            Code::Forbidden,
+            format!(
+                "run `{}` is suspended ({why}); it cannot delegate until an admin resumes it",
+                parent.run
+            ),
+        ));
+    }
     if !parent.hops.is_empty() {
         return Err(err(
             Code::InvalidRequest,

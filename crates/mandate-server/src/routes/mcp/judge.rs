@@ -148,7 +148,9 @@ pub(super) fn judge(
 /// Why the caller's run is suspended, and the answer that says so: its
 /// calls (and its `tools/list`) wait until an admin resumes or revokes it.
 pub(super) fn suspended(s: &S, c: &Caller) -> Option<(String, Refusal)> {
-    let why = s.reg().suspended.get(&c.claims.run)?.clone();
+    let why = s
+        .reg()
+        .suspension(&c.claims.run, &c.claims.revocation_keys())?;
     let refusal = Refusal::Rpc(
         AUTHORIZATION_PENDING,
         format!(

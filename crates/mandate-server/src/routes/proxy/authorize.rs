@@ -242,7 +242,8 @@ pub(super) fn identify<'a>(
             ),
         ));
     }
-    if let Some(why) = reg.suspended.get(&claims.run) {
+    let keys = claims.revocation_keys();
+    if let Some(why) = reg.suspension(&claims.run, &keys) {
         ev.reason = Some(format!("run suspended: {why}"));
         return Err(err(
             Code::Unavailable,
@@ -252,7 +253,7 @@ pub(super) fn identify<'a>(
             ),
         ));
     }
-    if let Some(k) = reg.refused(&claims.revocation_keys(), claims.iat) {
+    if let Some(k) = reg.refused(&keys, claims.iat) {
         ev.reason = Some(format!("revoked: {k}"));
         return Err(err(
             Code::Unauthorized,
