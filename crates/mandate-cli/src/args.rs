@@ -994,6 +994,11 @@ pub(crate) enum AuditSub {
         /// JSON `--json audit checkpoint` printed).
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// Read only the events after --checkpoint (one you verified
+        /// before): it must still match, and every later event is checked.
+        /// Fast at any size; a whole verification also checks older events.
+        #[arg(long, requires = "checkpoint")]
+        incremental: bool,
     },
     /// Print a signed checkpoint of the trail's head (a JWS the broker's
     /// JWKS verifies), to keep outside the broker.

@@ -15,7 +15,10 @@ pub(crate) fn audit(a: AuditArgs, x: &Ctx) -> Result<(), CliError> {
     let c = || x.client();
     let j = x.json;
     match a.verify {
-        Some(AuditSub::Verify { checkpoint }) => return audit_verify(&c(), j, checkpoint),
+        Some(AuditSub::Verify {
+            checkpoint,
+            incremental,
+        }) => return audit_verify(&c(), j, checkpoint, incremental),
         Some(AuditSub::Checkpoint { out }) => {
             let v = c().get("/v1/audit/checkpoint")?;
             return emit_checkpoint(x, &v, out);
@@ -60,6 +63,7 @@ pub(crate) fn audit_verify(
     c: &Client,
     j: bool,
     checkpoint: Option<PathBuf>,
+    incremental: bool,
 ) -> Result<(), CliError> {
     let v = match checkpoint {
         None => c.get("/v1/audit/verify")?,
@@ -71,7 +75,10 @@ pub(crate) fn audit_verify(
                 Ok(v) => v["checkpoint"].as_str().unwrap_or_default().to_owned(),
                 Err(_) => text.trim().to_owned(),
             };
-            c.post("/v1/audit/verify", &json!({"checkpoint": jws}))?
+            c.post(
+                "/v1/audit/verify",
+                &json!({"checkpoint": jws, "incremental": incremental}),
+            )?
         }
     };
     if j {

@@ -359,11 +359,18 @@ pub(crate) fn print_inspection(v: &Value) {
 pub(crate) fn print_verify(v: &Value) {
     let head = v["head"]["seq"].as_u64().unwrap_or(0);
     let bad = &v["first_bad"];
+    let after = v["after"].as_u64();
     if bad.is_null() {
-        if head == 0 {
-            println!("audit trail empty: nothing to verify");
-        } else {
-            println!("audit trail intact: events 1..={head} verified");
+        match after {
+            Some(a) if head == a => {
+                println!("audit trail intact after the checkpoint (event {a}): no event since")
+            }
+            Some(a) => println!(
+                "audit trail intact after the checkpoint: events {}..={head} verified, following on from event {a}",
+                a + 1
+            ),
+            None if head == 0 => println!("audit trail empty: nothing to verify"),
+            None => println!("audit trail intact: events 1..={head} verified"),
         }
     } else {
         let column = bad["column"]
@@ -378,10 +385,16 @@ pub(crate) fn print_verify(v: &Value) {
         );
         println!("  events before it verified: {}", cell(&v["verified"]));
     }
-    println!(
-        "  checked: the hash chain from event 1, and every stored column ({}) against the hashed event",
-        cell(&v["columns"])
-    );
+    match after {
+        Some(a) => println!(
+            "  checked: the hash chain after event {a} (incremental: events up to it were not read; a whole `mandate audit verify` reads them), and every stored column ({}) against the hashed event",
+            cell(&v["columns"])
+        ),
+        None => println!(
+            "  checked: the hash chain from event 1, and every stored column ({}) against the hashed event",
+            cell(&v["columns"])
+        ),
+    }
     let cps = v["checkpoints"].as_array().cloned().unwrap_or_default();
     if cps.is_empty() {
         println!(

@@ -342,6 +342,18 @@ impl ChainVerifier {
         }
     }
 
+    /// A verifier that takes the chain up after `from`, a checkpoint
+    /// verified before (its event `from.seq` had hash `from.hash`): the
+    /// rows after it must follow on from that hash (and reach each later
+    /// anchor). The rows up to it are not looked at; a whole verification
+    /// checks those (issue 12: incremental verification).
+    pub fn resumed(from: &Anchor, anchors: Vec<Anchor>) -> Self {
+        let mut v = Self::anchored(anchors.into_iter().filter(|a| a.seq > from.seq).collect());
+        v.expected_seq = from.seq + 1;
+        v.prev_hash = from.hash.clone();
+        v
+    }
+
     /// Checks the next stored row.
     pub fn next(&mut self, row: &Row) -> Result<(), ChainBreak> {
         self.link(Examined::of(row.clone()))
@@ -451,6 +463,31 @@ impl ChainVerifier {
     /// The sequence number and hash of the last event verified.
     pub fn head(&self) -> (u64, &str) {
         (self.count(), &self.prev_hash)
+    }
+}
+
+/// The break an incremental verification reports when the event its
+/// checkpoint names is gone, or no longer has the checkpoint's hash
+/// (`stored`: that event's hash column, if the event is there).
+pub fn resume_point_break(from: &Anchor, stored: Option<&str>) -> Option<ChainBreak> {
+    match stored {
+        Some(h) if h == from.hash => None,
+        Some(_) => Some(brk(
+            from.seq,
+            Some(AuditColumn::Hash),
+            format!(
+                "event {} no longer has the hash {} records: the trail was changed up to it (run a whole verification)",
+                from.seq, from.label
+            ),
+        )),
+        None => Some(brk(
+            from.seq,
+            None,
+            format!(
+                "event {}, which {} covers, is missing: the trail was cut (run a whole verification)",
+                from.seq, from.label
+            ),
+        )),
     }
 }
 

@@ -141,6 +141,11 @@ pub trait Store: Send + Sync {
     /// column of every row, and that the chain has each anchor's hash (a
     /// signed checkpoint's) at the anchor's sequence number.
     fn audit_verify(&self, anchors: Vec<Anchor>) -> Result<VerifyReport>;
+    /// [`Store::audit_verify`] from a checkpoint verified before (`from`):
+    /// the event it names must still have its hash, and every later row is
+    /// checked as a whole verification checks it; earlier rows are not
+    /// read. `verified` is the last event checked, as for a whole one.
+    fn audit_verify_after(&self, from: Anchor, anchors: Vec<Anchor>) -> Result<VerifyReport>;
     /// Runs, newest first, optionally of one tenant and/or agent.
     fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>>;
     /// One run.

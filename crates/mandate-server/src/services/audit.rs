@@ -100,15 +100,31 @@ pub struct Verification {
     pub checked: Vec<Checked>,
     /// Events after the newest checkpoint, not anchored yet (from, to).
     pub unanchored: Option<(u64, u64)>,
+    /// For an incremental verification: the checkpoint's event, after
+    /// which events were read.
+    pub after: Option<u64>,
 }
 
-/// Verifies the whole trail against the broker's latest checkpoint and, when
+/// How much of the trail a verification reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// Every event, from the first.
+    Whole,
+    /// The events after the checkpoint the caller supplies (one it verified
+    /// before and kept): that event must still have its hash; earlier
+    /// events are not read (issue 12: incremental verification).
+    AfterSupplied,
+}
+
+/// Verifies the trail against the broker's latest checkpoint and, when
 /// given, one the caller kept (a JWS, which must be signed by this broker's
-/// keys). A refused checkpoint or a broken trail is recorded as a `deny`.
+/// keys): the whole trail, or what came after that checkpoint. A refused
+/// checkpoint or a broken trail is recorded as a `deny`.
 pub async fn verify(
     s: &AppState,
     origin: &Origin,
     supplied: Option<&str>,
+    extent: Extent,
 ) -> Result<Verification, ApiError> {
     let mut checks = Vec::new();
     if let Some(jws) = supplied {
@@ -130,10 +146,29 @@ pub async fn verify(
         .iter()
         .map(|(src, c)| c.anchor(src.as_str()))
         .collect();
+    let from = match extent {
+        Extent::Whole => None,
+        Extent::AfterSupplied => Some(
+            checks
+                .iter()
+                .find(|(src, _)| *src == CheckpointSource::Supplied)
+                .map(|(src, c)| c.anchor(src.as_str()))
+                .ok_or_else(|| {
+                    err(
+                        Code::InvalidRequest,
+                        "an incremental verification starts from a checkpoint you verified before: send it as `checkpoint`",
+                    )
+                })?,
+        ),
+    };
+    let after = from.as_ref().map(|f| f.seq);
     let store = Arc::clone(&s.store);
-    let report = tokio::task::spawn_blocking(move || store.audit_verify(anchors))
-        .await
-        .map_err(|_| err(Code::ServerError, "audit verification failed"))??;
+    let report = tokio::task::spawn_blocking(move || match from {
+        None => store.audit_verify(anchors),
+        Some(f) => store.audit_verify_after(f, anchors),
+    })
+    .await
+    .map_err(|_| err(Code::ServerError, "audit verification failed"))??;
     let newest = checks
         .iter()
         .map(|(_, c)| c.checkpoint.seq)
@@ -168,6 +203,7 @@ pub async fn verify(
         report,
         checked,
         unanchored,
+        after,
     })
 }
 

@@ -187,7 +187,17 @@ impl Store for PgStore {
     }
 
     fn audit_verify(&self, anchors: Vec<audit::Anchor>) -> Result<VerifyReport> {
-        self.readers.run(move |s| trail::verify(s, anchors.clone()))
+        self.readers
+            .run(move |s| trail::verify(s, None, anchors.clone()))
+    }
+
+    fn audit_verify_after(
+        &self,
+        from: audit::Anchor,
+        anchors: Vec<audit::Anchor>,
+    ) -> Result<VerifyReport> {
+        self.readers
+            .run(move |s| trail::verify(s, Some(from.clone()), anchors.clone()))
     }
 
     fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>> {

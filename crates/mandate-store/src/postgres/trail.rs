@@ -288,14 +288,33 @@ fn examine(rows: Vec<audit::Row>) -> Result<Vec<audit::Examined>> {
 /// Verifies the whole trail in one snapshot: read in pages (keyset, by
 /// seq), examined in parallel, linked in order by one
 /// [`audit::ChainVerifier`].
-pub(super) fn verify(s: &mut Session<'_>, anchors: Vec<audit::Anchor>) -> Result<VerifyReport> {
+pub(super) fn verify(
+    s: &mut Session<'_>,
+    from: Option<audit::Anchor>,
+    anchors: Vec<audit::Anchor>,
+) -> Result<VerifyReport> {
     s.transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", |s| {
         let sql = format!(
             "SELECT {} FROM audit WHERE seq > $1 ORDER BY seq ASC LIMIT $2",
             audit_columns()
         );
-        let mut v = audit::ChainVerifier::anchored(anchors);
-        let mut after = i64::MIN;
+        let (mut v, mut after) = match &from {
+            None => (audit::ChainVerifier::anchored(anchors.clone()), i64::MIN),
+            Some(f) => {
+                let row =
+                    s.query_opt("SELECT hash FROM audit WHERE seq = $1", &[&(f.seq as i64)])?;
+                let stored = row.map(|r| text(&r, 0)).transpose()?;
+                if let Some(b) = audit::resume_point_break(f, stored.as_deref()) {
+                    return Ok(VerifyReport {
+                        verified: f.seq.saturating_sub(1),
+                        head: (f.seq.saturating_sub(1), String::new()),
+                        first_break: Some(b),
+                    });
+                }
+                let seq = i64::try_from(f.seq).map_err(|_| StoreError::Corrupt("seq".into()))?;
+                (audit::ChainVerifier::resumed(f, anchors.clone()), seq)
+            }
+        };
         let mut outcome = Ok(());
         'pages: loop {
             let rows = s.query(&sql, &[&after, &PAGE])?;

@@ -210,7 +210,15 @@ impl Store for SqliteStore {
     }
 
     fn audit_verify(&self, anchors: Vec<audit::Anchor>) -> Result<VerifyReport> {
-        self.audit_verify_impl(anchors)
+        self.audit_verify_impl(None, anchors)
+    }
+
+    fn audit_verify_after(
+        &self,
+        from: audit::Anchor,
+        anchors: Vec<audit::Anchor>,
+    ) -> Result<VerifyReport> {
+        self.audit_verify_impl(Some(from), anchors)
     }
 
     fn list_runs(&self, tenant: Option<&str>, agent: Option<&str>, limit: u32) -> Result<Vec<Run>> {

@@ -68,6 +68,94 @@ fn the_chain_continues_across_batches_and_verifies() {
     }
 }
 
+/// An incremental verification (from a checkpoint verified before) reads
+/// the events after it: an edit there is named; the checkpoint's event
+/// must still have its hash and be there; an edit before it is left to a
+/// whole verification, which names it.
+#[test]
+fn an_incremental_verification_checks_what_came_after_its_checkpoint() {
+    for b in backends() {
+        let s = &*b.store;
+        let events = (1..=10)
+            .map(|i| EventBody {
+                time_ms: i,
+                agent: Some(format!("ag{i}")),
+                ..ev("x", "a")
+            })
+            .collect();
+        let all = commit1(s, None, events).unwrap().events;
+        let from = |seq: u64, hash: &str| mandate_core::audit::Anchor {
+            seq,
+            hash: hash.into(),
+            label: "your checkpoint".into(),
+        };
+        let ok = s.audit_verify_after(from(6, &all[5].hash), vec![]).unwrap();
+        assert_eq!(ok.first_break, None, "{}", b.name);
+        assert_eq!(
+            (ok.verified, ok.head.clone()),
+            (10, (10, all[9].hash.clone()))
+        );
+        // At the head: nothing after it, still intact.
+        let at_head = s
+            .audit_verify_after(from(10, &all[9].hash), vec![])
+            .unwrap();
+        assert_eq!((at_head.verified, at_head.first_break), (10, None));
+        // Not the checkpoint's hash (or no such event): refused at it.
+        let wrong = s.audit_verify_after(from(6, &all[4].hash), vec![]).unwrap();
+        let brk = wrong.first_break.unwrap();
+        assert_eq!(
+            (brk.seq, brk.column),
+            (6, Some(AuditColumn::Hash)),
+            "{}",
+            b.name
+        );
+        let gone = s.audit_verify_after(from(12, "00"), vec![]).unwrap();
+        assert!(gone.first_break.unwrap().reason.contains("missing"));
+        // A later anchor (the broker's checkpoint) is checked too.
+        let anchored = s
+            .audit_verify_after(from(6, &all[5].hash), vec![from(8, &all[6].hash)])
+            .unwrap();
+        assert_eq!(anchored.first_break.unwrap().seq, 8, "{}", b.name);
+        b.raw.unguard_audit();
+        // An edit after the checkpoint is named.
+        b.raw
+            .exec("UPDATE audit SET agent = 'evil' WHERE seq = 8")
+            .unwrap();
+        let brk = s
+            .audit_verify_after(from(6, &all[5].hash), vec![])
+            .unwrap()
+            .first_break
+            .unwrap();
+        assert_eq!(
+            (brk.seq, brk.column),
+            (8, Some(AuditColumn::Agent)),
+            "{}",
+            b.name
+        );
+        b.raw
+            .exec("UPDATE audit SET agent = 'ag8' WHERE seq = 8")
+            .unwrap();
+        // An edit before it is not read by the incremental one; the whole one names it.
+        b.raw
+            .exec("UPDATE audit SET agent = 'evil' WHERE seq = 3")
+            .unwrap();
+        let inc = s.audit_verify_after(from(6, &all[5].hash), vec![]).unwrap();
+        assert_eq!(inc.first_break, None, "{}", b.name);
+        let whole = s.audit_verify(vec![]).unwrap().first_break.unwrap();
+        assert_eq!(whole.seq, 3, "{}", b.name);
+        // The checkpoint's own event changed: refused at it.
+        b.raw
+            .exec("UPDATE audit SET hash = 'ff' WHERE seq = 6")
+            .unwrap();
+        let brk = s
+            .audit_verify_after(from(6, &all[5].hash), vec![])
+            .unwrap()
+            .first_break
+            .unwrap();
+        assert_eq!(brk.seq, 6, "{}", b.name);
+    }
+}
+
 /// The table refuses edits; an edit that gets around that is named by
 /// verification (the row and the column).
 #[test]

@@ -2,7 +2,7 @@
 //! render.
 
 use super::*;
-use crate::services::audit::{self, AuditQuery, Verification};
+use crate::services::audit::{self, AuditQuery, Extent, Verification};
 
 /// `GET /v1/audit`
 pub async fn audit_query(
@@ -22,7 +22,9 @@ pub async fn audit_verify(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let origin = origin(addr, &headers);
-    Ok(render(audit::verify(&s, &origin, None).await?))
+    Ok(render(
+        audit::verify(&s, &origin, None, Extent::Whole).await?,
+    ))
 }
 
 /// Request body of `POST /v1/audit/verify`.
@@ -31,6 +33,10 @@ pub async fn audit_verify(
 pub struct VerifyRequest {
     /// A checkpoint exported earlier (`GET /v1/audit/checkpoint`): its JWS.
     checkpoint: String,
+    /// Read only the events after it (it was verified before): it must
+    /// still match, and every later event is checked.
+    #[serde(default)]
+    incremental: bool,
 }
 
 /// `POST /v1/audit/verify`: as `GET`, and against a checkpoint exported
@@ -44,7 +50,17 @@ pub async fn audit_verify_with(
 ) -> Result<Json<Value>, ApiError> {
     let origin = origin(addr, &headers);
     Ok(render(
-        audit::verify(&s, &origin, Some(&req.checkpoint)).await?,
+        audit::verify(
+            &s,
+            &origin,
+            Some(&req.checkpoint),
+            if req.incremental {
+                Extent::AfterSupplied
+            } else {
+                Extent::Whole
+            },
+        )
+        .await?,
     ))
 }
 
@@ -67,6 +83,8 @@ fn render(v: Verification) -> Json<Value> {
         "first_bad": rep.first_break.map(|b| json!({"seq": b.seq, "column": b.column, "reason": b.reason})),
         "checkpoints": checkpoints,
         "unanchored": v.unanchored.map(|(from, to)| json!({"from": from, "to": to})),
+        // Incremental: events up to this one were not read this time.
+        "after": v.after,
         "columns": mandate_core::audit::AuditColumn::ALL,
     }))
 }
