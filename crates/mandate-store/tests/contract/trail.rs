@@ -68,6 +68,17 @@ fn the_chain_continues_across_batches_and_verifies() {
     }
 }
 
+/// Events 1..=n of tenant `a`, agent `ag<i>`, time `i`, type by `kind(i)`.
+fn numbered(n: u64, kind: impl Fn(u64) -> &'static str) -> Vec<EventBody> {
+    (1..=n)
+        .map(|i| EventBody {
+            time_ms: i,
+            agent: Some(format!("ag{i}")),
+            ..ev(kind(i), "a")
+        })
+        .collect()
+}
+
 /// An incremental verification (from a checkpoint verified before) reads
 /// the events after it: an edit there is named; the checkpoint's event
 /// must still have its hash and be there; an edit before it is left to a
@@ -76,14 +87,7 @@ fn the_chain_continues_across_batches_and_verifies() {
 fn an_incremental_verification_checks_what_came_after_its_checkpoint() {
     for b in backends() {
         let s = &*b.store;
-        let events = (1..=10)
-            .map(|i| EventBody {
-                time_ms: i,
-                agent: Some(format!("ag{i}")),
-                ..ev("x", "a")
-            })
-            .collect();
-        let all = commit1(s, None, events).unwrap().events;
+        let all = commit1(s, None, numbered(10, |_| "x")).unwrap().events;
         let from = |seq: u64, hash: &str| mandate_core::audit::Anchor {
             seq,
             hash: hash.into(),
@@ -121,11 +125,13 @@ fn an_incremental_verification_checks_what_came_after_its_checkpoint() {
         b.raw
             .exec("UPDATE audit SET agent = 'evil' WHERE seq = 8")
             .unwrap();
-        let brk = s
-            .audit_verify_after(from(6, &all[5].hash), vec![])
-            .unwrap()
-            .first_break
-            .unwrap();
+        // From the checkpoint at event 6: the first break, if any.
+        let after6 = || {
+            s.audit_verify_after(from(6, &all[5].hash), vec![])
+                .unwrap()
+                .first_break
+        };
+        let brk = after6().unwrap();
         assert_eq!(
             (brk.seq, brk.column),
             (8, Some(AuditColumn::Agent)),
@@ -139,20 +145,14 @@ fn an_incremental_verification_checks_what_came_after_its_checkpoint() {
         b.raw
             .exec("UPDATE audit SET agent = 'evil' WHERE seq = 3")
             .unwrap();
-        let inc = s.audit_verify_after(from(6, &all[5].hash), vec![]).unwrap();
-        assert_eq!(inc.first_break, None, "{}", b.name);
+        assert_eq!(after6(), None, "{}", b.name);
         let whole = s.audit_verify(vec![]).unwrap().first_break.unwrap();
         assert_eq!(whole.seq, 3, "{}", b.name);
         // The checkpoint's own event changed: refused at it.
         b.raw
             .exec("UPDATE audit SET hash = 'ff' WHERE seq = 6")
             .unwrap();
-        let brk = s
-            .audit_verify_after(from(6, &all[5].hash), vec![])
-            .unwrap()
-            .first_break
-            .unwrap();
-        assert_eq!(brk.seq, 6, "{}", b.name);
+        assert_eq!(after6().unwrap().seq, 6, "{}", b.name);
     }
 }
 
@@ -162,14 +162,7 @@ fn an_incremental_verification_checks_what_came_after_its_checkpoint() {
 fn verification_names_a_tampered_row() {
     for b in backends() {
         let s = &*b.store;
-        let events = (1..=6)
-            .map(|i| EventBody {
-                time_ms: i,
-                agent: Some(format!("ag{i}")),
-                ..ev(if i == 4 { "y" } else { "x" }, "a")
-            })
-            .collect();
-        commit1(s, None, events).unwrap();
+        commit1(s, None, numbered(6, |i| if i == 4 { "y" } else { "x" })).unwrap();
         assert_eq!(s.audit_verify(vec![]).unwrap().verified, 6);
         assert!(
             b.raw
