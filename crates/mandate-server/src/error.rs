@@ -184,6 +184,7 @@ impl From<mandate_store::StoreError> for ApiError {
                     mandate_core::revocation::kind(&k)
                 ),
             ),
+            mandate_store::StoreError::Limit(m) => err(Code::Forbidden, m),
             mandate_store::StoreError::Replayed(_) => err(
                 Code::InvalidDpopProof,
                 "this proof of possession was already used (here or at another broker); make a fresh one for every request",

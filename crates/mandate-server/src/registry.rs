@@ -155,6 +155,7 @@ impl Registry {
             | Mutation::Enqueue { .. }
             | Mutation::Dequeue { .. }
             | Mutation::Unrevoked { .. }
+            | Mutation::FewerChildren { .. }
             | Mutation::FirstUse { .. } => return,
             Mutation::PutApproverToken(t) => {
                 self.approvers.push(ApproverCredential::from_record(t));
@@ -189,6 +190,7 @@ impl Registry {
             | Mutation::Enqueue { .. }
             | Mutation::Dequeue { .. }
             | Mutation::Unrevoked { .. }
+            | Mutation::FewerChildren { .. }
             | Mutation::FirstUse { .. } => {}
             Mutation::CreateTenant(t) => {
                 self.tenants.insert(t.name.clone(), t.clone());

@@ -126,6 +126,29 @@ fn three_levels_narrow_carry_the_chain_and_die_with_the_root() {
     );
 }
 
+/// Delegations from one run at once cannot pass its children limit
+/// together: the count is checked again in the commit.
+#[test]
+fn concurrent_delegations_stop_at_the_children_limit() {
+    let (b, grant) = setup("deleg-race", |c| c.max_children = 3);
+    let (_, m0, k0) = b.start_run("acme", &grant, Alg::EdDSA);
+    let made: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (b, m0, k0) = (&b, &m0, &k0);
+                scope.spawn(move || {
+                    let child = SigningKey::generate(Alg::EdDSA, &mut rand::rngs::OsRng);
+                    let body = json!({"agent": "researcher", "jwk": child.public().to_json()});
+                    delegate_with(b, m0, k0, body).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(made.iter().filter(|s| **s == 201).count(), 3, "{made:?}");
+    assert!(made.iter().all(|s| *s == 201 || *s == 403), "{made:?}");
+}
+
 #[test]
 fn delegation_refusals_say_why() {
     let (b, grant) = setup("deleg-refuse", |c| {

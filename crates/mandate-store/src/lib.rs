@@ -52,6 +52,16 @@ pub enum StoreError {
     /// A [`Mutation::FirstUse`] found this one-time key used before.
     #[error("already used: {0}")]
     Replayed(String),
+    /// A limit checked in the transaction was reached (what, and the limit).
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// The refusal of a child run past the delegation limit.
+pub(crate) fn limit_of_children(parent: &str, n: u64) -> StoreError {
+    StoreError::Limit(format!(
+        "run `{parent}` has already delegated {n} runs, this broker's limit"
+    ))
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -204,6 +204,16 @@ pub enum Mutation {
         /// Now (seconds): revocations whose time passed are ignored.
         now: u64,
     },
+    /// Fails with [`crate::StoreError::Limit`], changing nothing, if run
+    /// `parent` has `max` child runs already: the delegation limit,
+    /// counted in the transaction that starts the child (delegations at
+    /// once, at this broker or another, cannot pass it together).
+    FewerChildren {
+        /// The parent run's id.
+        parent: String,
+        /// The most children a run may have.
+        max: u64,
+    },
     /// Records one-time uses (proof ids, single-use credentials); fails
     /// with [`crate::StoreError::Replayed`], changing nothing, if one was
     /// recorded before and has not expired: the replay check every broker
@@ -272,6 +282,7 @@ impl Mutation {
             | M::CountUses { .. }
             | M::PutMeta { .. }
             | M::Unrevoked { .. }
+            | M::FewerChildren { .. }
             | M::FirstUse { .. } => Change::None,
         }
     }

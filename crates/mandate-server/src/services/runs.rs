@@ -778,6 +778,12 @@ pub async fn delegate(
                 uses: vec![spent],
                 now,
             },
+            // The limit read above, counted again in the commit: delegations
+            // at once (here or at another broker) cannot pass it together.
+            Mutation::FewerChildren {
+                parent: parent.run.clone(),
+                max: s.config.max_children,
+            },
             Mutation::StartRun(run.clone()),
         ]),
         events: vec![ev],

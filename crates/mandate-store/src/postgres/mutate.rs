@@ -163,6 +163,16 @@ pub(super) fn runs(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
                 return Err(StoreError::Revoked(k));
             }
         }
+        Mutation::FewerChildren { parent, max } => {
+            // The parent's row locked first: delegations from one run (at
+            // any broker) count their siblings one after the other.
+            s.query_opt("SELECT id FROM runs WHERE id = $1 FOR UPDATE", &[parent])?;
+            let row = s.query_opt("SELECT count(*) FROM runs WHERE parent = $1", &[parent])?;
+            let n = row.map(|r| i64_col(&r, 0)).transpose()?.unwrap_or(0);
+            if n as u64 >= *max {
+                return Err(crate::limit_of_children(parent, n as u64));
+            }
+        }
         Mutation::FirstUse { uses, now } => {
             // Each use first clears what expired (found by the index on
             // `until`: nothing, or the uses of the seconds just past), so

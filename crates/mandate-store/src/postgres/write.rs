@@ -124,6 +124,7 @@ pub(super) fn apply(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
         | M::ResumeRun { .. }
         | M::CountUses { .. }
         | M::Unrevoked { .. }
+        | M::FewerChildren { .. }
         | M::FirstUse { .. } => mutate::runs(s, m),
         M::PutKey(_)
         | M::PutToolSecret(_)

@@ -341,6 +341,14 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 return Err(StoreError::Revoked(k));
             }
         }
+        Mutation::FewerChildren { parent, max } => {
+            let n: i64 = tx
+                .prepare_cached("SELECT count(*) FROM runs WHERE parent = ?1")?
+                .query_row([parent], |r| r.get(0))?;
+            if n as u64 >= *max {
+                return Err(crate::limit_of_children(parent, n as u64));
+            }
+        }
         Mutation::FirstUse { uses, now } => {
             // Each use first clears what expired (found by the index on
             // `until`: nothing, or the uses of the seconds just past), so

@@ -171,3 +171,45 @@ fn the_generation_moves_with_registry_changes_only() {
         Change::Revocation
     );
 }
+
+/// The delegation limit is counted in the transaction that starts the
+/// child: the child past it is refused (`Limit`), nothing written.
+#[test]
+fn a_run_past_its_children_limit_is_refused_in_the_commit() {
+    for b in backends() {
+        let s = &*b.store;
+        registry(s);
+        commit1(s, Some(Mutation::StartRun(run("p1", 10, None))), vec![]).unwrap();
+        let child = |id: &str| {
+            Mutation::all(vec![
+                Mutation::FewerChildren {
+                    parent: "p1".into(),
+                    max: 2,
+                },
+                Mutation::StartRun(run(id, 20, Some("p1"))),
+            ])
+            .unwrap()
+        };
+        for id in ["c1", "c2"] {
+            commit1(s, Some(child(id)), vec![ev("x", "acme")]).unwrap();
+        }
+        let e = refused(s, child("c3"));
+        assert!(
+            matches!(&e, StoreError::Limit(m) if m.contains("p1") && m.contains("2 runs")),
+            "{}: {e:?}",
+            b.name
+        );
+        assert_eq!(s.count_children("p1").unwrap(), 2, "{}", b.name);
+        // Another parent's count is its own.
+        commit1(s, Some(Mutation::StartRun(run("p2", 10, None))), vec![]).unwrap();
+        let other = Mutation::all(vec![
+            Mutation::FewerChildren {
+                parent: "p2".into(),
+                max: 2,
+            },
+            Mutation::StartRun(run("c4", 20, Some("p2"))),
+        ])
+        .unwrap();
+        commit1(s, Some(other), vec![]).unwrap();
+    }
+}
