@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod audit_scale;
+mod commit_path;
 mod policy_curve;
 mod w3;
 
@@ -43,7 +44,7 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// Proofs in the warm-up pool.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 60_000)]
         warm: usize,
         /// Proofs in the counted pool.
         #[arg(long, default_value_t = 400_000)]
@@ -68,6 +69,22 @@ enum Cmd {
         db: PathBuf,
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
+    },
+    /// The durable write path alone: exchange-shaped entries committed in
+    /// batches, CPU and wall time per entry, without and with the sync.
+    CommitPath {
+        /// The database file to create (must not exist).
+        #[arg(long)]
+        db: PathBuf,
+        /// Entries per measurement.
+        #[arg(long, default_value_t = 40_000)]
+        entries: u64,
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,3,8")]
+        batch: Vec<usize>,
+        /// One-time uses live before measuring (a proof window's).
+        #[arg(long, default_value_t = 400_000)]
+        live: u64,
     },
     /// Decision cost as a tenant's policies grow (1 to 10,000), in one
     /// process: Cedar through Mandate's engine, per exchange.
@@ -145,6 +162,12 @@ fn main() -> Result<(), String> {
             Alg::parse("--alg", &alg).map_err(|e| e.to_string())?,
         ),
         Cmd::AuditScale { db, events } => audit_scale::run(&db, events),
+        Cmd::CommitPath {
+            db,
+            entries,
+            batch,
+            live,
+        } => commit_path::run(&db, entries, &batch, live),
         Cmd::PolicyCurve { iterations } => policy_curve::run(iterations),
         Cmd::Ceiling { listen } => ceiling(listen),
         Cmd::Feed {
@@ -274,23 +297,42 @@ fn prep(
         .ok_or("no token endpoint")?
         .to_owned();
     let header = json!({"typ": "dpop+jwt", "jwk": key.public().to_json()});
+    // Dated when made: making the pools takes long enough (ES256 on a slow
+    // machine) that one date for all would make the first proofs stale
+    // before the load reaches them; made on every core, in the order used.
+    let make = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let iat = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut j = [0u8; 16];
+                OsRng.fill_bytes(&mut j);
+                key.sign_jws(
+                    &header,
+                    &json!({"jti": b64(&j), "htm": "POST", "htu": htu, "iat": iat}),
+                )
+            })
+            .collect()
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     for (name, n) in [("proofs-warm.txt", warm), ("proofs-count.txt", count)] {
+        let parts: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..cores)
+                .map(|i| {
+                    let share = n / cores + usize::from(i < n % cores);
+                    scope.spawn(move || make(share))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
         let f = std::fs::File::create(out.join(name)).map_err(|e| e.to_string())?;
         let mut w = std::io::BufWriter::new(f);
-        for _ in 0..n {
-            // Dated when made: making 500,000 ES256 proofs takes longer
-            // than a proof's 60 s window, so one date for all would make
-            // the first ones stale before the load reaches them.
-            let iat = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let mut j = [0u8; 16];
-            OsRng.fill_bytes(&mut j);
-            let p = key.sign_jws(
-                &header,
-                &json!({"jti": b64(&j), "htm": "POST", "htu": htu, "iat": iat}),
-            );
+        for p in parts.iter().flatten() {
             writeln!(w, "{p}").map_err(|e| e.to_string())?;
         }
     }

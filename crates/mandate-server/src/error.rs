@@ -214,6 +214,7 @@ impl From<crate::writer::WriteError> for ApiError {
             crate::writer::WriteError::Closed => {
                 err(Code::ServerError, "the broker is shutting down; retry")
             }
+            crate::writer::WriteError::Unsynced(why) => mandate_store::StoreError::Db(why).into(),
         }
     }
 }

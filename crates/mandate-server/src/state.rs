@@ -561,10 +561,11 @@ impl AppState {
             Ok(d) => d,
             Err(e) => {
                 // On a shared store another broker may have committed the
-                // same revocation (heard meanwhile): it stays (fail closed).
-                if let Some(k) =
-                    early.filter(|_| !self.shared.load(std::sync::atomic::Ordering::Acquire))
-                {
+                // same revocation (heard meanwhile), and a commit whose sync
+                // failed may be on disk: it stays (fail closed).
+                let maybe_on_disk = matches!(e, crate::writer::WriteError::Unsynced(_))
+                    || self.shared.load(std::sync::atomic::Ordering::Acquire);
+                if let Some(k) = early.filter(|_| !maybe_on_disk) {
                     let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
                     reg.revoked.remove(&k);
                 }

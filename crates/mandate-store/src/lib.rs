@@ -145,6 +145,21 @@ pub trait Store: Send + Sync {
     /// Commits a batch in one transaction; one result per entry, in order.
     /// Only one caller (the broker's writer task) may call this at a time.
     fn commit(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>>;
+    /// [`Store::commit`], except that the batch may not be durable yet when
+    /// this returns: [`Store::sync`] makes it so. Every later reader and
+    /// commit sees it at once. The writer overlaps the two (its next batch
+    /// is written while this one syncs) and answers nobody before the sync.
+    /// By default a commit is durable when it returns.
+    fn commit_unsynced(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>> {
+        self.commit(batch)
+    }
+    /// Makes durable every commit that returned before this call began.
+    /// May run while the next [`Store::commit_unsynced`] runs. An error is
+    /// final: what was committed may or may not be durable, so the caller
+    /// must stop writing.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
     /// Audit events matching `filter`, in sequence order.
     fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedEvent>>;
     /// Recomputes the audit hash chain from the first event, checks every

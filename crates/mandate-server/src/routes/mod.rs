@@ -39,7 +39,7 @@ pub fn router(state: S) -> Router {
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
         .route(
             "/v1/tenants",
@@ -365,4 +365,21 @@ pub fn correlation_id(headers: &HeaderMap) -> String {
 /// The client address as text.
 pub fn client(addr: Option<SocketAddr>) -> Option<String> {
     addr.map(|a| a.ip().to_string())
+}
+
+/// Liveness: `ok`, or 503 once the store's sync failed (no write succeeds
+/// until the broker is restarted, so a load balancer should stop sending).
+async fn healthz(
+    axum::extract::State(s): axum::extract::State<Arc<AppState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if s.writer.failed() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the store's sync failed: restart the broker",
+        )
+            .into_response()
+    } else {
+        "ok".into_response()
+    }
 }

@@ -1,7 +1,11 @@
 //! The embedded backend: one SQLite file in WAL mode.
 //!
-//! `synchronous = FULL` makes every commit durable (the WAL is synced at
-//! commit); group commit amortises that sync over a batch. The audit table
+//! Every commit is durable before anyone hears of it: the WAL is synced
+//! after each batch (group commit amortises that sync over the batch). The
+//! writer's connection says `synchronous = NORMAL` and [`Store::sync`]
+//! syncs the WAL file itself, so the broker's writer can write its next
+//! batch while the previous one syncs (as PostgreSQL's WAL writer does);
+//! [`Store::commit`] does both. The audit table
 //! is append-only (triggers refuse UPDATE and DELETE); the hash chain makes
 //! any edit that bypasses them detectable.
 
@@ -28,6 +32,15 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     head: Mutex<Head>,
+    /// The WAL file, opened for syncing it (see the module documentation).
+    wal: Mutex<std::fs::File>,
+    wal_path: std::path::PathBuf,
+    /// The newest audit event, revocation and outbox row committed, and
+    /// those known durable: reads that hand rows out by number (the trail,
+    /// the revocation log, the webhook outbox) stop at the durable ones,
+    /// so nobody is shown a number a power cut could give to another row.
+    written: Mutex<Marks>,
+    durable: Mutex<Marks>,
     /// The exclusive lock on the database file, held while the store is
     /// open. Last: dropped after the connections, because closing any
     /// descriptor of the file drops the process's POSIX locks SQLite holds.
@@ -59,6 +72,10 @@ fn open_conn(path: &Path) -> Result<Connection> {
     // insertion points (one per agent, tool, principal, ...) stay in memory
     // as the trail grows, so an insert costs the same at 10M events as at 0.
     c.pragma_update(None, "cache_size", -65_536)?;
+    // Statement journals (each entry of a batch commits in its own
+    // savepoint, so one refused entry leaves the others) in memory, not in
+    // a temporary file: the savepoint's page copies were a write(2) each.
+    c.pragma_update(None, "temp_store", "MEMORY")?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(c)
 }
@@ -77,6 +94,34 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
     serde_json::from_str(s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
+}
+
+/// Newest row numbers (see [`SqliteStore::durable`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Marks {
+    pub audit: u64,
+    pub revocation: u64,
+    pub outbox: u64,
+}
+
+impl Marks {
+    /// Where the committed rows end now.
+    fn read(c: &Connection, audit: u64) -> rusqlite::Result<Marks> {
+        let max = |sql: &str| {
+            c.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        };
+        Ok(Marks {
+            audit,
+            // AUTOINCREMENT's counters: never lower after a delete.
+            revocation: max(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'revocations'), 0)",
+            )?,
+            outbox: max(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)",
+            )?,
+        })
+    }
 }
 
 /// A text column parsed into a kind (an enum), or a corruption error naming it.
@@ -187,12 +232,77 @@ impl SqliteStore {
                 time_ms: 0,
             });
         let reader = open_conn(path)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Db(format!(
+                "{} is not in WAL mode ({mode}); the broker needs a file system that supports it",
+                path.display()
+            )));
+        }
+        // From now on the WAL is synced by `sync` (migrations above were
+        // synced at their commits). The WAL is opened now, once: a
+        // descriptor opened later would not hear of a write-back error
+        // that came before it. And it is synced now: a broker killed
+        // between a commit and its sync left frames that recovery takes up
+        // and that no power cut spares until synced.
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal_path = std::path::PathBuf::from(wal_path);
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&wal_path)
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", wal_path.display())))?;
+        wal.sync_data()
+            .map_err(|e| StoreError::Db(format!("cannot sync {}: {e}", wal_path.display())))?;
+        let marks = Marks::read(&writer, head.seq)?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             head: Mutex::new(head),
+            wal: Mutex::new(wal),
+            wal_path,
+            written: Mutex::new(marks),
+            durable: Mutex::new(marks),
             _lock: lock,
         })
+    }
+
+    /// The newest rows known durable.
+    pub(super) fn durable(&self) -> Marks {
+        *lock(&self.durable)
+    }
+
+    /// Syncs the WAL file: every frame written before the call, so every
+    /// commit that returned before it, is durable after it; then the rows
+    /// those commits wrote may be read out. The descriptor is the one
+    /// opened with the store; if another file is at the WAL's path now (it
+    /// never is while the store is open), that is an error, not a sync of
+    /// a file SQLite no longer writes. (SQLite holds no POSIX lock on the
+    /// WAL itself, only on the database and its `-shm`.)
+    fn sync_wal(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let wal = lock(&self.wal);
+        let target = *lock(&self.written);
+        let io = |e: std::io::Error| {
+            StoreError::Db(format!("cannot sync {}: {e}", self.wal_path.display()))
+        };
+        let at_path = std::fs::metadata(&self.wal_path).map_err(io)?;
+        let ours = wal.metadata().map_err(io)?;
+        if (at_path.dev(), at_path.ino()) != (ours.dev(), ours.ino()) {
+            return Err(StoreError::Db(format!(
+                "{} was replaced while the broker had it open",
+                self.wal_path.display()
+            )));
+        }
+        wal.sync_data().map_err(io)?;
+        let mut durable = lock(&self.durable);
+        *durable = Marks {
+            audit: durable.audit.max(target.audit),
+            revocation: durable.revocation.max(target.revocation),
+            outbox: durable.outbox.max(target.outbox),
+        };
+        Ok(())
     }
 }
 
@@ -202,7 +312,17 @@ impl Store for SqliteStore {
     }
 
     fn commit(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>> {
+        let done = self.commit_impl(batch)?;
+        self.sync_wal()?;
+        Ok(done)
+    }
+
+    fn commit_unsynced(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>> {
         self.commit_impl(batch)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_wal()
     }
 
     fn audit_query(&self, f: &AuditFilter) -> Result<Vec<ChainedEvent>> {

@@ -206,8 +206,8 @@ impl SqliteStore {
     pub(super) fn revocations_after_impl(&self, after: u64, limit: u32) -> Result<Vec<Revocation>> {
         let c = lock(&self.reader);
         let out = c
-            .prepare_cached("SELECT seq, key, reason, time_ms, until, tenant FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
-            .query_map(params![after as i64, limit as i64], row_revocation)?
+            .prepare_cached("SELECT seq, key, reason, time_ms, until, tenant FROM revocations WHERE seq > ?1 AND seq <= ?3 ORDER BY seq LIMIT ?2")?
+            .query_map(params![after as i64, limit as i64, self.durable().revocation as i64], row_revocation)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(out)
     }
@@ -257,9 +257,12 @@ impl SqliteStore {
 
     pub(super) fn outbox_impl(&self, limit: u32) -> Result<Vec<(i64, String)>> {
         let c = lock(&self.reader);
-        let mut q = c.prepare("SELECT id, body FROM outbox ORDER BY id ASC LIMIT ?1")?;
+        let mut q =
+            c.prepare("SELECT id, body FROM outbox WHERE id <= ?2 ORDER BY id ASC LIMIT ?1")?;
         let rows = q
-            .query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![limit as i64, self.durable().outbox as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }

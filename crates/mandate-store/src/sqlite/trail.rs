@@ -196,7 +196,7 @@ impl SqliteStore {
         let c = lock(&self.reader);
         let limit = f.limit.unwrap_or(1000).min(100_000) as usize;
         let Some(t) = f.since_ms else {
-            return query_range(&c, f, None, limit);
+            return query_range(&c, f, None, limit).map(|v| self.durable_only(v));
         };
         // Since `t`: in time order after the last step, a sequence range
         // from the first event at or after `t`; up to the step, by time.
@@ -218,7 +218,15 @@ impl SqliteStore {
             out.extend(query_range(&c, f, Some(r), limit - out.len())?);
         }
         out.sort_by_key(|e| e.seq);
-        Ok(out)
+        Ok(self.durable_only(out))
+    }
+
+    /// Events not yet durable are left out (a page may come short by what
+    /// one sync covers; the next page has them).
+    fn durable_only(&self, mut events: Vec<ChainedEvent>) -> Vec<ChainedEvent> {
+        let durable = self.durable().audit;
+        events.retain(|e| e.seq <= durable);
+        events
     }
 
     /// Verifies the whole trail: rows are read in order here, examined in
@@ -258,10 +266,10 @@ impl SqliteStore {
         }
         let after = from.as_ref().map_or(-1, |f| f.seq as i64);
         let mut stmt = c.prepare(&format!(
-            "SELECT {} FROM audit WHERE seq > ?1 ORDER BY seq ASC",
+            "SELECT {} FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq ASC",
             audit_columns()
         ))?;
-        let mut rows = stmt.query([after])?;
+        let mut rows = stmt.query([after, self.durable().audit as i64])?;
         let stop = AtomicBool::new(false);
         let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<audit::Row>)>(workers * 2);
         let job_rx = Mutex::new(job_rx);

@@ -54,7 +54,9 @@ impl SqliteStore {
                 }
             }
         }
+        let marks = super::Marks::read(&tx, head.seq)?;
         tx.commit()?;
+        *lock(&self.written) = marks;
         *head_guard = head;
         Ok(results)
     }
