@@ -146,9 +146,11 @@ pub trait Store: Send + Sync {
     /// Only one caller (the broker's writer task) may call this at a time.
     fn commit(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>>;
     /// [`Store::commit`], except that the batch may not be durable yet when
-    /// this returns: [`Store::sync`] makes it so. Every later reader and
-    /// commit sees it at once. The writer overlaps the two (its next batch
-    /// is written while this one syncs) and answers nobody before the sync.
+    /// this returns: [`Store::sync`] makes it so. Later commits see it at
+    /// once; reads that hand rows out by number (the trail, the revocation
+    /// log, the outbox) only once it is synced. The writer overlaps the two
+    /// (its next batch is written while this one syncs) and answers nobody
+    /// before the sync.
     /// By default a commit is durable when it returns.
     fn commit_unsynced(&self, batch: Vec<Entry>) -> Result<Vec<Result<Committed>>> {
         self.commit(batch)
