@@ -522,3 +522,42 @@ fn bad_query_strings_are_refused_as_json_naming_the_parameter() {
     assert_eq!(b.admin_get("/v1/runs?tenant=acme&limit=5").0, 200);
     assert_eq!(b.admin_get("/v1/revocations/log?after=0&limit=5").0, 200);
 }
+
+/// When the WAL cannot be synced (here: another file put at its path, so
+/// the broker's sync refuses to pretend), the write whose sync failed is
+/// refused with 503 and its reason, nothing is ever answered as durable
+/// again (a later write, an exchange), `/healthz` says so, and a
+/// revocation whose sync failed stays refused in memory (it may be on
+/// disk): the credential it revokes is no longer active.
+#[test]
+fn a_failed_sync_refuses_every_write_after_it_and_keeps_the_revocation() {
+    let b = Broker::start("syncfail");
+    let grant = b.seed("acme");
+    let (run, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (_, other, other_key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let (s, v) = b.exchange(&mandate, &key, "crm", "read");
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(&b, &token)["active"], true);
+    let wal = b.dir.join("data").join("mandate.db-wal");
+    std::fs::rename(&wal, b.dir.join("data").join("moved-wal")).unwrap();
+    std::fs::write(&wal, b"").unwrap();
+
+    let revoked = b.admin_post("/v1/revocations", json!({"kind": "run", "id": run}));
+    assert_refused(&revoked, 503, "temporarily_unavailable", "retry");
+    assert_eq!(introspect(&b, &token)["active"], false, "kept refused");
+    let health = read(
+        Broker::agent()
+            .get(format!("{}/healthz", b.url))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(health.0, 503);
+    assert_refused(
+        &b.exchange(&other, &other_key, "crm", "read"),
+        503,
+        "temporarily_unavailable",
+        "nothing was issued",
+    );
+    assert!(b.state.writer.failed());
+}
