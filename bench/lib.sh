@@ -16,9 +16,10 @@ echo "work dir: $work"
 export MANDATE_CONFIG_DIR=$work/config MANDATE_DATA_DIR=$work/data RUST_LOG=${RUST_LOG:-warn}
 # One run key makes every request: it needs more than a key's default quota
 # of live DPoP proofs (10,000, ≈ 150 requests/s).
-"$bin/mandate" serve --listen 127.0.0.1:$port --dpop-replay-per-key 2000000 >"$work/broker.log" 2>&1 &
+# BROKER_WRAP: a command the broker runs under (bench/instructions.sh: valgrind).
+${BROKER_WRAP:-} "$bin/mandate" serve --listen 127.0.0.1:$port --dpop-replay-per-key 2000000 >"$work/broker.log" 2>&1 &
 broker=$!
 # The work directory (a few hundred MB of proofs and a database) goes when
 # the script ends, unless KEEP_WORK=1.
 trap 'kill ${broker:-} ${ceil:-} 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || { sleep 0.5; rm -rf "$work"; }' EXIT
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done
+for _ in $(seq ${BROKER_WAIT:-100}); do curl -sf -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done

@@ -27,7 +27,17 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn entry(i: u64, now: u64) -> Entry {
+/// Bytes this process has handed to write calls so far (/proc/self/io
+/// `wchar`): the WAL frames and checkpoint pages a commit writes.
+fn written_bytes() -> f64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+fn entry(i: u64, now: u64, until: u64) -> Entry {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     let run = format!("run_{:012}", i / 1_000);
@@ -67,7 +77,7 @@ fn entry(i: u64, now: u64) -> Entry {
             Mutation::FirstUse {
                 uses: vec![Spent {
                     key: format!("proof:{}", mandate_core::jose::b64(&key)),
-                    until: now + 65,
+                    until,
                 }],
                 now,
             },
@@ -89,10 +99,14 @@ pub(crate) fn run(db: &Path, entries: u64, batches: &[usize], live: u64) -> Resu
     let store = SqliteStore::open(db).map_err(|e| e.to_string())?;
     let mut i = 0u64;
     // The proof window's live uses (65 s at the measured rate), as a broker
-    // under load holds them.
+    // under load holds them: they expire evenly over the window, so the
+    // measured commits also clear expired ones, as in a steady state.
     while i < live {
         let batch: Vec<Entry> = (i..(i + 1_000).min(live))
-            .map(|k| entry(k, now()))
+            .map(|k| {
+                let now = now();
+                entry(k, now, now + 1 + 64 * k / live)
+            })
             .collect();
         i += batch.len() as u64;
         store.commit(batch).map_err(|e| e.to_string())?;
@@ -100,9 +114,14 @@ pub(crate) fn run(db: &Path, entries: u64, batches: &[usize], live: u64) -> Resu
     println!("commit path, exchange-shaped entries, {live} one-time uses live at the start");
     for &b in batches {
         for synced in [false, true] {
-            let (c0, t0, start) = (cpu_seconds(), Instant::now(), i);
+            let (c0, w0, t0, start) = (cpu_seconds(), written_bytes(), Instant::now(), i);
             while i < start + entries {
-                let batch: Vec<Entry> = (0..b as u64).map(|k| entry(i + k, now())).collect();
+                let batch: Vec<Entry> = (0..b as u64)
+                    .map(|k| {
+                        let now = now();
+                        entry(i + k, now, now + 65)
+                    })
+                    .collect();
                 i += b as u64;
                 let results = if synced {
                     store.commit(batch)
@@ -116,10 +135,11 @@ pub(crate) fn run(db: &Path, entries: u64, batches: &[usize], live: u64) -> Resu
             }
             let n = (i - start) as f64;
             println!(
-                "batch {b:>3}, {}: {:>6.1} us CPU and {:>6.1} us wall per entry",
+                "batch {b:>3}, {}: {:>6.1} us CPU and {:>6.1} us wall per entry, {:>6.0} bytes written",
                 if synced { "synced  " } else { "unsynced" },
                 (cpu_seconds() - c0) / n * 1e6,
                 t0.elapsed().as_secs_f64() / n * 1e6,
+                (written_bytes() - w0) / n,
             );
         }
     }

@@ -141,6 +141,9 @@ enum Cmd {
     Floor {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
+        /// One run-key algorithm only (EdDSA or ES256); both by default.
+        #[arg(long)]
+        alg: Option<String>,
     },
 }
 
@@ -188,8 +191,12 @@ fn main() -> Result<(), String> {
             Ok(())
         }
         Cmd::Attenuated { iterations } => attenuated_bench(iterations),
-        Cmd::Floor { iterations } => {
-            floor(iterations);
+        Cmd::Floor { iterations, alg } => {
+            let algs = match alg {
+                Some(a) => vec![Alg::parse("--alg", &a).map_err(|e| e.to_string())?],
+                None => vec![Alg::EdDSA, Alg::ES256],
+            };
+            floor(iterations, &algs);
             Ok(())
         }
     }
@@ -417,7 +424,7 @@ async fn mcp_upstream(body: axum::body::Bytes) -> axum::response::Response {
         .into_response()
 }
 
-fn floor(iterations: u32) {
+fn floor(iterations: u32, algs: &[Alg]) {
     // One exchange's unavoidable signature work: verify the mandate's authority
     // signature (Ed25519, the broker's key), verify the DPoP proof (with the
     // run key's algorithm, through the same verifier the broker uses), sign
@@ -432,7 +439,7 @@ fn floor(iterations: u32) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    for alg in [Alg::EdDSA, Alg::ES256] {
+    for &alg in algs {
         let run = SigningKey::generate(alg, &mut OsRng);
         let (run_pub, proof_sig) = (run.public(), run.sign(&proof_msg));
         let start = Instant::now();
