@@ -217,7 +217,10 @@ pub enum Mutation {
     /// Records one-time uses (proof ids, single-use credentials); fails
     /// with [`crate::StoreError::Replayed`], changing nothing, if one was
     /// recorded before and has not expired: the replay check every broker
-    /// on the store shares.
+    /// on the store shares. A use's `until` must be a function of what is
+    /// used (a proof's `iat` plus the window, a credential's `exp`): the
+    /// SQLite store finds a replay by `(until, key)`, which keeps its
+    /// table in expiry order (see docs/decisions.md).
     FirstUse {
         /// What is used.
         uses: Vec<mandate_core::dpop::Spent>,

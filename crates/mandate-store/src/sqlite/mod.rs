@@ -517,6 +517,61 @@ mod tests {
         );
     }
 
+    /// v10 keeps one-time uses in expiry order: a use recorded before the
+    /// migration is still refused after it, and an expired one is cleared.
+    #[test]
+    fn a_version_9_one_time_use_is_still_refused_after_the_migration() {
+        let path = tmp();
+        {
+            let c = Connection::open(&path).unwrap();
+            let all = [
+                SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+                SCHEMA_V8, SCHEMA_V9,
+            ];
+            for (v, sql) in all.iter().enumerate() {
+                c.execute_batch(&format!(
+                    "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+                    v + 1
+                ))
+                .unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO one_time_uses (key, until) VALUES ('proof:live', 200), ('proof:old', 50);",
+            )
+            .unwrap();
+        }
+        let st = SqliteStore::open(&path).unwrap();
+        let first_use = |key: &str, until: u64| {
+            st.commit(vec![Entry {
+                mutation: Some(Mutation::FirstUse {
+                    uses: vec![mandate_core::dpop::Spent {
+                        key: key.into(),
+                        until,
+                    }],
+                    now: 100,
+                }),
+                events: Vec::new(),
+            }])
+            .unwrap()
+            .remove(0)
+        };
+        assert!(matches!(
+            first_use("proof:live", 200),
+            Err(StoreError::Replayed(k)) if k == "proof:live"
+        ));
+        first_use("proof:other", 200).unwrap();
+        // The expired use was cleared by that commit (and no longer refuses).
+        let left: Vec<String> = lock(&st.reader)
+            .prepare("SELECT key FROM one_time_uses ORDER BY until, key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(left, ["proof:live", "proof:other"]);
+        first_use("proof:old", 150).unwrap();
+    }
+
     #[test]
     fn a_lease_keeps_its_credentials_revocation_ids() {
         let st = SqliteStore::open(&tmp()).unwrap();

@@ -153,13 +153,28 @@ CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NO
 INSERT INTO generation (id, value) VALUES (1, 0);
 "#;
 
+/// v10 (issue 12): one-time uses kept in expiry order. Keyed by the key
+/// alone (v9), every use wrote one random leaf of the key's index when it
+/// came and another when it was cleared, two WAL pages per exchange; in
+/// expiry order the uses of a batch share the rightmost leaf, and the
+/// cleared ones the leftmost. A use's expiry is a function of the use (a
+/// proof's `iat` plus this broker's window, a credential's `exp`), so a
+/// replay of the same proof or credential has the same key and expiry and
+/// is refused; see docs/decisions.md.
+pub(super) const SCHEMA_V10: &str = r#"
+CREATE TABLE one_time_uses_v10 (until INTEGER NOT NULL, key TEXT NOT NULL, PRIMARY KEY (until, key)) WITHOUT ROWID;
+INSERT INTO one_time_uses_v10 (until, key) SELECT until, key FROM one_time_uses;
+DROP TABLE one_time_uses;
+ALTER TABLE one_time_uses_v10 RENAME TO one_time_uses;
+"#;
+
 /// The schema version this code writes.
-pub(super) const SCHEMA_VERSION: i64 = 9;
+pub(super) const SCHEMA_VERSION: i64 = 10;
 
 /// Every version's statements, in order (index 0 is version 1).
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9,
+    SCHEMA_V9, SCHEMA_V10,
 ];
 
 /// Brings a database at `version` to [`SCHEMA_VERSION`], one version per

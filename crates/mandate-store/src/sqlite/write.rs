@@ -352,17 +352,16 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             }
         }
         Mutation::FirstUse { uses, now } => {
-            // Each use first clears what expired (found by the index on
-            // `until`: nothing, or the uses of the seconds just past), so
-            // the table holds about what is live without a sweeper.
+            // Each use first clears what expired (the leftmost rows: the
+            // table is in expiry order), so it holds about what is live
+            // without a sweeper.
             tx.prepare_cached("DELETE FROM one_time_uses WHERE until < ?1")?
                 .execute([*now as i64])?;
             let mut put = tx.prepare_cached(
-                "INSERT INTO one_time_uses (key, until) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE one_time_uses.until < ?3",
+                "INSERT INTO one_time_uses (until, key) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             )?;
             for u in uses {
-                if put.execute(params![u.key, u.until as i64, *now as i64])? == 0 {
+                if put.execute(params![u.until as i64, u.key])? == 0 {
                     return Err(StoreError::Replayed(u.key.clone()));
                 }
             }
