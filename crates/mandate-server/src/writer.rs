@@ -17,6 +17,46 @@ use crate::checkpoint::Checkpointer;
 /// Largest batch committed at once.
 const MAX_BATCH: usize = 512;
 
+/// While the syncer is busy, the writer gathers up to this many entries
+/// before it commits anyway (see [`Handover`]).
+const GATHER: usize = 64;
+
+/// The writer's view of the syncer: how many commits it was handed and has
+/// not synced yet, and the writer's thread, which it wakes after a sync.
+///
+/// An entry committed while a sync runs waits for the next sync anyway, so
+/// while one runs the writer gathers instead of committing at once: one
+/// bigger commit then shares its pages (the audit's and indexes' rightmost
+/// leaves, the WAL frame of each) among more entries. Measured (W1, 2
+/// cores): 2.0 entries per commit and 1.7 commits per sync before; the
+/// commit's CPU per entry falls with the batch (`mandate-bench
+/// commit-path`).
+#[derive(Debug, Default)]
+struct Handover {
+    pending: std::sync::atomic::AtomicUsize,
+    writer: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Handover {
+    fn busy(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    fn handed(&self) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The syncer is done with `commits`: wake the writer.
+    fn synced(&self, commits: usize) {
+        self.pending
+            .fetch_sub(commits, std::sync::atomic::Ordering::AcqRel);
+        if let Some(w) = self.writer.get() {
+            w.unpark();
+        }
+    }
+}
+
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -83,14 +123,19 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Job>(8192);
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (to_sync, synced) = std::sync::mpsc::channel::<Unsynced>();
+        let handover = Arc::new(Handover::default());
         let syncer = {
-            let (store, failed) = (Arc::clone(&store), Arc::clone(&failed));
+            let (store, failed, handover) = (
+                Arc::clone(&store),
+                Arc::clone(&failed),
+                Arc::clone(&handover),
+            );
             std::thread::Builder::new()
                 .name("mandate-syncer".into())
                 .spawn(move || {
                     // A syncer that dies (a panic) stops the writes too.
                     let _stop = StopOnPanic(&failed);
-                    sync_loop(&|| store.sync(), &checkpoints, &failed, &synced)
+                    sync_loop(&|| store.sync(), &checkpoints, &failed, &synced, &handover)
                 })
                 .ok()
         };
@@ -103,7 +148,8 @@ impl Writer {
             std::thread::Builder::new()
                 .name("mandate-writer".into())
                 .spawn(move || {
-                    commit_loop(&*store, &own, &failed, rx, &to_sync);
+                    let _ = handover.writer.set(std::thread::current());
+                    commit_loop(&*store, &own, &failed, rx, (&to_sync, &handover));
                     drop(to_sync);
                     if let Some(s) = syncer {
                         let _ = s.join();
@@ -160,19 +206,14 @@ fn commit_loop(
     own: &OwnEvents,
     failed: &std::sync::atomic::AtomicBool,
     mut rx: mpsc::Receiver<Job>,
-    to_sync: &std::sync::mpsc::Sender<Unsynced>,
+    (to_sync, handover): (&std::sync::mpsc::Sender<Unsynced>, &Handover),
 ) {
     use std::sync::atomic::Ordering;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut pace = Pace::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+        gather(&mut rx, &mut batch, handover, failed);
         let (todo, replies): (Vec<Entry>, Vec<_>) = batch.drain(..).unzip();
         if failed.load(Ordering::Acquire) {
             fail(
@@ -199,6 +240,7 @@ fn commit_loop(
         );
         match result {
             Ok(results) => {
+                handover.handed();
                 if let Err(std::sync::mpsc::SendError((_, replies))) =
                     to_sync.send((results, replies))
                 {
@@ -218,6 +260,36 @@ fn commit_loop(
     }
 }
 
+/// Adds to `batch` what is queued; while the syncer is busy, also what
+/// comes until it is done (or [`GATHER`] entries are waiting).
+fn gather(
+    rx: &mut mpsc::Receiver<Job>,
+    batch: &mut Vec<Job>,
+    handover: &Handover,
+    failed: &std::sync::atomic::AtomicBool,
+) {
+    loop {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                // Shutting down: commit what came.
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        // A failed or dead syncer never gets done: nothing to wait for.
+        if batch.len() >= GATHER
+            || !handover.busy()
+            || failed.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        // The syncer wakes this thread when it is done (the timeout only
+        // guards against a lost wake-up).
+        std::thread::park_timeout(std::time::Duration::from_millis(2));
+    }
+}
+
 /// The syncer thread: one sync for every batch committed meanwhile, then
 /// the answers.
 fn sync_loop(
@@ -225,6 +297,7 @@ fn sync_loop(
     checkpoints: &Checkpointer,
     failed: &std::sync::atomic::AtomicBool,
     synced: &std::sync::mpsc::Receiver<Unsynced>,
+    handover: &Handover,
 ) {
     let mut pace = Pace::default();
     while let Ok(first) = synced.recv() {
@@ -241,6 +314,7 @@ fn sync_loop(
             sync()
         };
         pace.record(done.len(), t0, "group sync (commits per sync, us per sync)");
+        handover.synced(done.len());
         if let Err(e) = synced {
             tracing::error!("store sync failed, no more writes: {e}");
             failed.store(true, std::sync::atomic::Ordering::Release);
@@ -341,6 +415,62 @@ mod tests {
         }
     }
 
+    fn job() -> (Job, oneshot::Receiver<Result<Committed, WriteError>>) {
+        let (reply, wait) = oneshot::channel();
+        let entry = Entry {
+            mutation: None,
+            events: Vec::new(),
+        };
+        ((entry, reply), wait)
+    }
+
+    /// While a sync runs, the writer gathers what comes (it would wait for
+    /// the next sync anyway) and commits it in one batch once the syncer is
+    /// done; with the syncer idle, or failed, it commits at once.
+    #[test]
+    fn while_a_sync_runs_the_writer_gathers_one_batch() {
+        let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let handover = Handover::default();
+        let failed = AtomicBool::new(false);
+        // Idle syncer: what is queued, at once.
+        tx.try_send(job().0).unwrap();
+        let mut batch = Vec::new();
+        gather(&mut rx, &mut batch, &handover, &failed);
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        // Busy syncer: entries arriving meanwhile join the batch, which is
+        // committed when the syncer says it is done.
+        handover.handed();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let _ = handover.writer.set(std::thread::current());
+                let mut batch = Vec::new();
+                gather(&mut rx, &mut batch, &handover, &failed);
+                batch.len()
+            });
+            for _ in 0..5 {
+                tx.try_send(job().0).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(!waiter.is_finished(), "no commit while the sync runs");
+            handover.synced(1);
+            assert_eq!(waiter.join().unwrap(), 5);
+        });
+        // A full batch is committed even while a sync runs.
+        handover.handed();
+        for _ in 0..GATHER + 3 {
+            tx.try_send(job().0).unwrap();
+        }
+        gather(&mut rx, &mut batch, &handover, &failed);
+        assert_eq!(batch.len(), GATHER + 3);
+        batch.clear();
+        // A failed syncer is waited for by nobody.
+        failed.store(true, Ordering::SeqCst);
+        tx.try_send(job().0).unwrap();
+        gather(&mut rx, &mut batch, &handover, &failed);
+        assert_eq!(batch.len(), 1);
+    }
+
     /// fsync's failure is not retried into a success: after one failed
     /// sync, a later one may report success without what the failed one
     /// lost, so nothing is answered as durable again.
@@ -357,7 +487,8 @@ mod tests {
         let (to_sync, synced) = std::sync::mpsc::channel::<Unsynced>();
         std::thread::scope(|scope| {
             let (sync, checkpoints, failed) = (&sync, &checkpoints, &failed);
-            scope.spawn(move || sync_loop(sync, checkpoints, failed, &synced));
+            scope
+                .spawn(move || sync_loop(sync, checkpoints, failed, &synced, &Handover::default()));
             let (reply, wait) = oneshot::channel();
             to_sync.send((vec![Ok(committed())], vec![reply])).unwrap();
             let first = wait.blocking_recv().unwrap();
@@ -398,7 +529,8 @@ mod tests {
         let (to_sync, synced) = std::sync::mpsc::channel::<Unsynced>();
         std::thread::scope(|scope| {
             let (sync, checkpoints, failed) = (&sync, &checkpoints, &failed);
-            scope.spawn(move || sync_loop(sync, checkpoints, failed, &synced));
+            scope
+                .spawn(move || sync_loop(sync, checkpoints, failed, &synced, &Handover::default()));
             let (ok, ok_wait) = oneshot::channel();
             let (no, mut no_wait) = oneshot::channel();
             to_sync
