@@ -324,7 +324,23 @@ fn prep(
             .collect()
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    for (name, n) in [("proofs-warm.txt", warm), ("proofs-count.txt", count)] {
+    let started = std::time::Instant::now();
+    let mut made = 0usize;
+    for (name, mut n) in [("proofs-warm.txt", warm), ("proofs-count.txt", count)] {
+        if name == "proofs-count.txt" && made > 0 {
+            // The first counted proof is used after the whole pool is made:
+            // a pool that takes longer than half the proof window (60 s) to
+            // make (ES256 signing on a slow machine) would be stale by then.
+            let rate = made as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let most = (rate * 30.0) as usize;
+            if most < n {
+                eprintln!(
+                    "making proofs at {rate:.0}/s: {most} counted proofs instead of {n}, so the first is fresh when used"
+                );
+                n = most;
+            }
+        }
+        made += n;
         let parts: Vec<Vec<String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..cores)
                 .map(|i| {
@@ -339,11 +355,16 @@ fn prep(
         });
         let f = std::fs::File::create(out.join(name)).map_err(|e| e.to_string())?;
         let mut w = std::io::BufWriter::new(f);
-        for p in parts.iter().flatten() {
-            writeln!(w, "{p}").map_err(|e| e.to_string())?;
+        // In the order made (the cores' proofs interleaved), so the load
+        // uses the oldest first.
+        let longest = parts.iter().map(Vec::len).max().unwrap_or(0);
+        for i in 0..longest {
+            for p in parts.iter().filter_map(|part| part.get(i)) {
+                writeln!(w, "{p}").map_err(|e| e.to_string())?;
+            }
         }
     }
-    eprintln!("prepared {warm} + {count} proofs in {}", out.display());
+    eprintln!("prepared {made} proofs in {}", out.display());
     Ok(())
 }
 

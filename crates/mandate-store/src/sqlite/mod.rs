@@ -77,6 +77,9 @@ fn open_conn(path: &Path) -> Result<Connection> {
     // a temporary file: the savepoint's page copies were a write(2) each.
     c.pragma_update(None, "temp_store", "MEMORY")?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement a commit runs (rusqlite keeps 16): one
+    // evicted from the cache is parsed again at its next use.
+    c.set_prepared_statement_cache_capacity(64);
     Ok(c)
 }
 
@@ -107,19 +110,20 @@ pub(super) struct Marks {
 impl Marks {
     /// Where the committed rows end now.
     fn read(c: &Connection, audit: u64) -> rusqlite::Result<Marks> {
-        let max = |sql: &str| {
-            c.query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|n| n.max(0) as u64)
-        };
+        // AUTOINCREMENT's counters: never lower after a delete. One cached
+        // statement: read at every commit (parsed each time, two queries
+        // were 6% of the commit path).
+        let (revocation, outbox) = c
+            .prepare_cached(
+                "SELECT coalesce(max(CASE WHEN name = 'revocations' THEN seq END), 0),
+                        coalesce(max(CASE WHEN name = 'outbox' THEN seq END), 0)
+                 FROM sqlite_sequence",
+            )?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
         Ok(Marks {
             audit,
-            // AUTOINCREMENT's counters: never lower after a delete.
-            revocation: max(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'revocations'), 0)",
-            )?,
-            outbox: max(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)",
-            )?,
+            revocation: revocation.max(0) as u64,
+            outbox: outbox.max(0) as u64,
         })
     }
 }

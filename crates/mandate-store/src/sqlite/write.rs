@@ -12,14 +12,17 @@ impl SqliteStore {
         let mut c = lock(&self.writer);
         let mut head_guard = lock(&self.head);
         let mut head = head_guard.clone();
-        let mut tx = c.transaction()?;
+        let tx = c.transaction()?;
         let mut results = Vec::with_capacity(batch.len());
         for entry in batch {
             let saved_head = head.clone();
-            let mut sp = tx.savepoint()?;
+            // A savepoint per entry, its statements prepared once (rusqlite's
+            // `savepoint()` parses its SQL every time: 8% of the writer).
+            tx.prepare_cached("SAVEPOINT entry")?.execute([])?;
+            let sp = &*tx;
             let outcome = (|| -> Result<Committed> {
                 let revocation_seq = match &entry.mutation {
-                    Some(m) => apply(&sp, m)?,
+                    Some(m) => apply(sp, m)?,
                     None => None,
                 };
                 let generation = match &entry.mutation {
@@ -33,7 +36,7 @@ impl SqliteStore {
                 };
                 let mut events = Vec::with_capacity(entry.events.len());
                 for body in entry.events {
-                    events.push(append_event(&sp, &mut head, body)?);
+                    events.push(append_event(sp, &mut head, body)?);
                 }
                 Ok(Committed {
                     events,
@@ -43,12 +46,12 @@ impl SqliteStore {
             })();
             match outcome {
                 Ok(done) => {
-                    sp.commit()?;
+                    tx.prepare_cached("RELEASE entry")?.execute([])?;
                     results.push(Ok(done));
                 }
                 Err(e) => {
-                    sp.rollback()?;
-                    drop(sp);
+                    tx.prepare_cached("ROLLBACK TO entry")?.execute([])?;
+                    tx.prepare_cached("RELEASE entry")?.execute([])?;
                     head = saved_head;
                     results.push(Err(e));
                 }
