@@ -61,6 +61,37 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The metadata key of the proof window (`<max age>,<max skew>` seconds)
+/// the recorded one-time uses were computed with.
+const PROOF_WINDOW: &str = "dpop_window";
+
+/// From which date (Unix seconds) a proof (DPoP, RFC 9421) is accepted
+/// without a nonce of this process (RFC 9449 §8).
+///
+/// An earlier process may have accepted proofs this one cannot remember:
+/// any dated up to its last second plus the skew, so those dated before
+/// now plus the skew need this process's nonce. The store remembers every
+/// use, as `(until, key)` where `until` is the proof's date plus the
+/// window; after the window changed (`Some(latest until)`), a proof used
+/// before gets another `until` and would not collide, so every proof dated
+/// up to the latest recorded `until` (no later than any such proof's date)
+/// needs a nonce as well. A first start has no past.
+pub(crate) fn proofs_from(
+    first_start: bool,
+    now: u64,
+    skew: u64,
+    window_changed: Option<u64>,
+) -> u64 {
+    if first_start {
+        return 0;
+    }
+    let from = now.saturating_add(skew).saturating_add(1);
+    match window_changed {
+        Some(latest_until) => from.max(latest_until.saturating_add(1)),
+        None => from,
+    }
+}
+
 /// Opens the store, loads or creates keys and the admin credential, and
 /// builds the shared state (starting the writer).
 pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
@@ -106,6 +137,21 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             .iter_mut()
             .for_each(mandate_core::audit::sanitize_event);
     }
+    // The proof window one-time uses were recorded with (see `proofs_from`).
+    let window = format!("{},{}", cfg.dpop_max_age, cfg.dpop_max_skew);
+    let window_changed = !snap
+        .meta
+        .iter()
+        .any(|(k, v)| k == PROOF_WINDOW && *v == window);
+    if window_changed {
+        boot_entries.push(Entry {
+            mutation: Some(mandate_store::Mutation::PutMeta {
+                key: PROOF_WINDOW.into(),
+                value: window,
+            }),
+            events: Vec::new(),
+        });
+    }
     if !boot_entries.is_empty() {
         for r in store
             .commit(boot_entries)
@@ -115,14 +161,19 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
     }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
-    // An earlier process may have accepted proofs this one cannot remember:
-    // any dated up to its last second plus the skew. Those need a nonce of
-    // this process (RFC 9449 §8) from now on. A first start has no past.
-    let proofs_from = if first_start {
-        0
+    let latest_use = if window_changed && !first_start {
+        store
+            .latest_one_time_use()
+            .map_err(|e| BootError(e.to_string()))?
     } else {
-        cfg.clock.now_secs() + cfg.dpop_max_skew + 1
+        0
     };
+    let proofs_from = proofs_from(
+        first_start,
+        cfg.clock.now_secs(),
+        cfg.dpop_max_skew,
+        window_changed.then_some(latest_use),
+    );
     let checkpoints = crate::checkpoint::Checkpointer::start(
         &cfg,
         keys.jwt_eddsa.clone(),
@@ -234,4 +285,19 @@ fn admin_credentials(
         }
     }
     Ok(vec![hash])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proofs_from;
+
+    #[test]
+    fn proofs_need_a_nonce_up_to_the_skew_or_the_latest_use_after_a_window_change() {
+        assert_eq!(proofs_from(true, 1_000, 5, Some(9_999)), 0);
+        assert_eq!(proofs_from(false, 1_000, 5, None), 1_006);
+        // The window changed: up to the latest recorded use, if later.
+        assert_eq!(proofs_from(false, 1_000, 5, Some(1_365)), 1_366);
+        assert_eq!(proofs_from(false, 1_000, 5, Some(0)), 1_006);
+        assert_eq!(proofs_from(false, u64::MAX, 5, Some(u64::MAX)), u64::MAX);
+    }
 }

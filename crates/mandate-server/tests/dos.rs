@@ -397,6 +397,42 @@ fn a_proof_used_before_a_restart_is_refused_after_it() {
     );
 }
 
+/// The store finds a replay by the proof's `(until, key)`, where `until`
+/// is the proof's date plus the window: after a restart with another
+/// window, a proof used before gets another `until`. Every proof dated up
+/// to the latest recorded use then needs this process's nonce.
+#[test]
+fn a_proof_used_before_the_window_changed_is_refused_after_it() {
+    let b = Broker::start_with("dos-window-replay", |c| c.dpop_max_skew = 300);
+    let grant = b.seed("acme");
+    let (_, m, k) = b.start_run("acme", &grant, Alg::EdDSA);
+    let body = form(&m, "crm", "read");
+    // A client whose clock runs 200 s ahead: inside the generous skew.
+    let ahead = proof_with(
+        &k,
+        json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now() + 200}),
+    );
+    assert_eq!(b.exchange_raw(&body, Some(&ahead)).0, 200);
+    // The operator tightens the skew; when the captured proof's date has
+    // come, it is replayed.
+    let b = b.restart_with(|c| c.dpop_max_skew = 5);
+    b.advance(200);
+    let (s, v, nonce) = b.exchange_with_nonce(&body, &ahead);
+    assert_refused(&(s, v), 400, "use_dpop_nonce", "the broker restarted");
+    // An honest client goes on with the nonce.
+    let fresh = proof_with(
+        &k,
+        json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": now() + 200,
+               "nonce": nonce.expect("a DPoP-Nonce with the refusal")}),
+    );
+    let (s, v) = b.exchange_raw(&body, Some(&fresh));
+    assert_eq!(s, 200, "{v}");
+    // After another restart (the window unchanged) it is still refused.
+    let b = b.restart();
+    let (s, v, _) = b.exchange_with_nonce(&body, &ahead);
+    assert_eq!(s, 400, "{v}");
+}
+
 #[test]
 fn a_first_start_needs_no_nonce() {
     // Nothing can have been used before a broker's first start.

@@ -208,6 +208,9 @@ pub trait Store: Send + Sync {
     fn block_uses(&self, blocks: &[String]) -> Result<Vec<u64>>;
     /// The registry's generation ([`Snapshot::generation`]) now.
     fn generation(&self) -> Result<u64>;
+    /// The latest `until` of a recorded one-time use (0: none): every
+    /// proof an earlier process accepted is dated no later.
+    fn latest_one_time_use(&self) -> Result<u64>;
     /// Whether other processes may commit to this store, and if so, wakes
     /// `on_change` whenever one commits (and once after every
     /// reconnection of the listening connection, since a change may have

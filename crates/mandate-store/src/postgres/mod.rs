@@ -275,6 +275,10 @@ impl Store for PgStore {
         self.readers.run(read::generation)
     }
 
+    fn latest_one_time_use(&self) -> Result<u64> {
+        self.readers.run(read::latest_one_time_use)
+    }
+
     fn watch(&self, on_change: std::sync::Arc<tokio::sync::Notify>) -> bool {
         match listen::start(self.config.clone(), on_change, self.stop.subscribe()) {
             Ok(()) => true,

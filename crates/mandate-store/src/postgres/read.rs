@@ -93,6 +93,17 @@ pub(super) fn generation(s: &mut Session<'_>) -> Result<u64> {
     )? as u64)
 }
 
+pub(super) fn latest_one_time_use(s: &mut Session<'_>) -> Result<u64> {
+    let until = i64_col(
+        &s.query_one(
+            "SELECT coalesce(max(until), 0)::BIGINT FROM one_time_uses",
+            &[],
+        )?,
+        0,
+    )?;
+    Ok(until.max(0) as u64)
+}
+
 /// The registry: tenants, principals, agents, tools, grants, policy sets, revocations.
 fn load_registry(s: &mut Session<'_>) -> Result<Snapshot> {
     Ok(Snapshot {

@@ -402,6 +402,10 @@ impl Store for SqliteStore {
         read::generation(&lock(&self.reader))
     }
 
+    fn latest_one_time_use(&self) -> Result<u64> {
+        read::latest_one_time_use(&lock(&self.reader))
+    }
+
     fn get_run(&self, id: &str) -> Result<Option<Run>> {
         self.get_run_impl(id)
     }

@@ -361,6 +361,15 @@ impl SqliteStore {
 }
 
 /// The registry's generation (`Snapshot::generation`).
+pub(super) fn latest_one_time_use(c: &Connection) -> Result<u64> {
+    let until: i64 = c.query_row(
+        "SELECT coalesce(max(until), 0) FROM one_time_uses",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(until.max(0) as u64)
+}
+
 pub(super) fn generation(c: &Connection) -> Result<u64> {
     Ok(
         c.query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
