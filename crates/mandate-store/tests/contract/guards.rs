@@ -127,6 +127,19 @@ fn a_one_time_use_is_refused_the_second_time_until_it_expires() {
     }
 }
 
+/// A broker that starts with another proof window asks a nonce for every
+/// proof dated up to the latest recorded use: the store names it.
+#[test]
+fn the_latest_one_time_use_is_known() {
+    for b in backends() {
+        let s = &*b.store;
+        assert_eq!(s.latest_one_time_use().unwrap(), 0, "{}", b.name);
+        commit1(s, Some(first_use("proof:a", 160, 50)), vec![]).unwrap();
+        commit1(s, Some(first_use("proof:b", 120, 55)), vec![]).unwrap();
+        assert_eq!(s.latest_one_time_use().unwrap(), 160, "{}", b.name);
+    }
+}
+
 #[test]
 fn expired_one_time_uses_are_cleared_as_new_ones_come() {
     for b in backends() {
