@@ -65,31 +65,78 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 /// the recorded one-time uses were computed with.
 const PROOF_WINDOW: &str = "dpop_window";
 
+/// The metadata key of the date up to which proofs need a nonce because
+/// the window changed (see [`nonce_until`]).
+const NONCE_UNTIL: &str = "dpop_nonce_until";
+
+/// Up to which date proofs need this process's nonce because the proof
+/// window changed, kept in the store with the window (and written in
+/// `entries`, to commit with the boot's).
+///
+/// The store remembers every use as `(until, key)`, `until` being the
+/// proof's date plus the window. After the window changed, a proof used
+/// before gets another `until` and would not collide, so every proof dated
+/// up to the latest recorded `until` (no proof used before is dated later)
+/// needs a nonce. The date is kept, so a restart soon after (the window
+/// now unchanged) still asks for it. A value that does not parse counts
+/// as a change.
+fn nonce_until(
+    cfg: &Config,
+    store: &dyn mandate_store::Store,
+    meta: &[(String, String)],
+    first_start: bool,
+    entries: &mut Vec<Entry>,
+) -> Result<u64, BootError> {
+    let get = |k: &str| {
+        meta.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let window = format!("{},{}", cfg.dpop_max_age, cfg.dpop_max_skew);
+    let stored = get(NONCE_UNTIL).map(str::parse::<u64>);
+    let until = match (
+        first_start,
+        get(PROOF_WINDOW) == Some(window.as_str()),
+        stored,
+    ) {
+        (true, _, _) => 0,
+        (false, true, Some(Ok(until))) => return Ok(until),
+        (false, true, None) => return Ok(0),
+        (false, _, stored) => store
+            .latest_one_time_use()
+            .map_err(|e| BootError(e.to_string()))?
+            .saturating_add(1)
+            .max(stored.and_then(Result::ok).unwrap_or(0)),
+    };
+    entries.push(Entry {
+        mutation: mandate_store::Mutation::all(vec![
+            mandate_store::Mutation::PutMeta {
+                key: PROOF_WINDOW.into(),
+                value: window,
+            },
+            mandate_store::Mutation::PutMeta {
+                key: NONCE_UNTIL.into(),
+                value: until.to_string(),
+            },
+        ]),
+        events: Vec::new(),
+    });
+    Ok(until)
+}
+
 /// From which date (Unix seconds) a proof (DPoP, RFC 9421) is accepted
 /// without a nonce of this process (RFC 9449 §8).
 ///
 /// An earlier process may have accepted proofs this one cannot remember:
 /// any dated up to its last second plus the skew, so those dated before
-/// now plus the skew need this process's nonce. The store remembers every
-/// use, as `(until, key)` where `until` is the proof's date plus the
-/// window; after the window changed (`Some(latest until)`), a proof used
-/// before gets another `until` and would not collide, so every proof dated
-/// up to the latest recorded `until` (no later than any such proof's date)
-/// needs a nonce as well. A first start has no past.
-pub(crate) fn proofs_from(
-    first_start: bool,
-    now: u64,
-    skew: u64,
-    window_changed: Option<u64>,
-) -> u64 {
+/// now plus the skew need this process's nonce, and those dated before
+/// [`nonce_until`] after a change of the window. A first start has no
+/// past.
+pub(crate) fn proofs_from(first_start: bool, now: u64, skew: u64, nonce_until: u64) -> u64 {
     if first_start {
         return 0;
     }
-    let from = now.saturating_add(skew).saturating_add(1);
-    match window_changed {
-        Some(latest_until) => from.max(latest_until.saturating_add(1)),
-        None => from,
-    }
+    now.saturating_add(skew).saturating_add(1).max(nonce_until)
 }
 
 /// Opens the store, loads or creates keys and the admin credential, and
@@ -137,21 +184,13 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             .iter_mut()
             .for_each(mandate_core::audit::sanitize_event);
     }
-    // The proof window one-time uses were recorded with (see `proofs_from`).
-    let window = format!("{},{}", cfg.dpop_max_age, cfg.dpop_max_skew);
-    let window_changed = !snap
-        .meta
-        .iter()
-        .any(|(k, v)| k == PROOF_WINDOW && *v == window);
-    if window_changed {
-        boot_entries.push(Entry {
-            mutation: Some(mandate_store::Mutation::PutMeta {
-                key: PROOF_WINDOW.into(),
-                value: window,
-            }),
-            events: Vec::new(),
-        });
-    }
+    let nonce_until = nonce_until(
+        &cfg,
+        store.as_ref(),
+        &snap.meta,
+        first_start,
+        &mut boot_entries,
+    )?;
     if !boot_entries.is_empty() {
         for r in store
             .commit(boot_entries)
@@ -161,18 +200,11 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
         }
     }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
-    let latest_use = if window_changed && !first_start {
-        store
-            .latest_one_time_use()
-            .map_err(|e| BootError(e.to_string()))?
-    } else {
-        0
-    };
     let proofs_from = proofs_from(
         first_start,
         cfg.clock.now_secs(),
         cfg.dpop_max_skew,
-        window_changed.then_some(latest_use),
+        nonce_until,
     );
     let checkpoints = crate::checkpoint::Checkpointer::start(
         &cfg,
@@ -292,12 +324,12 @@ mod tests {
     use super::proofs_from;
 
     #[test]
-    fn proofs_need_a_nonce_up_to_the_skew_or_the_latest_use_after_a_window_change() {
-        assert_eq!(proofs_from(true, 1_000, 5, Some(9_999)), 0);
-        assert_eq!(proofs_from(false, 1_000, 5, None), 1_006);
+    fn proofs_need_a_nonce_up_to_the_skew_or_after_a_window_change() {
+        assert_eq!(proofs_from(true, 1_000, 5, 9_999), 0);
+        assert_eq!(proofs_from(false, 1_000, 5, 0), 1_006);
         // The window changed: up to the latest recorded use, if later.
-        assert_eq!(proofs_from(false, 1_000, 5, Some(1_365)), 1_366);
-        assert_eq!(proofs_from(false, 1_000, 5, Some(0)), 1_006);
-        assert_eq!(proofs_from(false, u64::MAX, 5, Some(u64::MAX)), u64::MAX);
+        assert_eq!(proofs_from(false, 1_000, 5, 1_366), 1_366);
+        assert_eq!(proofs_from(false, 1_000, 5, 900), 1_006);
+        assert_eq!(proofs_from(false, u64::MAX, 5, u64::MAX), u64::MAX);
     }
 }

@@ -415,7 +415,9 @@ fn a_proof_used_before_the_window_changed_is_refused_after_it() {
     assert_eq!(b.exchange_raw(&body, Some(&ahead)).0, 200);
     // The operator tightens the skew; when the captured proof's date has
     // come, it is replayed.
-    let b = b.restart_with(|c| c.dpop_max_skew = 5);
+    // (Restarted twice: the second start sees the window unchanged, and
+    // must still remember the proofs recorded under the old one.)
+    let b = b.restart_with(|c| c.dpop_max_skew = 5).restart();
     b.advance(200);
     let (s, v, nonce) = b.exchange_with_nonce(&body, &ahead);
     assert_refused(&(s, v), 400, "use_dpop_nonce", "the broker restarted");
