@@ -252,10 +252,10 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) new_admin_token: bool,
     /// Refuse DPoP proofs older than this.
-    #[arg(long, default_value = "60s", value_parser = crate::when::secs)]
+    #[arg(long, default_value = "60s", value_parser = crate::when::proof_secs)]
     pub(crate) dpop_max_age: u64,
     /// Accept DPoP proofs dated up to this far in the future (clock skew).
-    #[arg(long, default_value = "5s", value_parser = crate::when::secs)]
+    #[arg(long, default_value = "5s", value_parser = crate::when::proof_secs)]
     pub(crate) dpop_skew: u64,
     /// Require server-provided DPoP nonces (RFC 9449 §8): clients retry once
     /// with the nonce from the `DPoP-Nonce` header.

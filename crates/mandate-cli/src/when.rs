@@ -61,6 +61,19 @@ pub(crate) fn secs(s: &str) -> Result<u64, String> {
     parse_duration(s).map_err(|e| e.msg)
 }
 
+/// A proof window's part (`--dpop-max-age`, `--dpop-skew`): at most a day.
+/// Proofs are meant to be fresh, and a window's seconds are added to
+/// proof dates that must stay far inside the store's integers.
+pub(crate) fn proof_secs(s: &str) -> Result<u64, String> {
+    let v = secs(s)?;
+    if v > 86_400 {
+        return Err(format!(
+            "`{s}` is more than a day; DPoP proofs are meant to be fresh (the default age is 60s, the skew 5s)"
+        ));
+    }
+    Ok(v)
+}
+
 /// Milliseconds since the epoch of `--since`: an RFC 3339 instant, or a
 /// duration before `now_ms`.
 pub(crate) fn since_ms(s: &str, now_ms: u64) -> Result<u64, CliError> {
@@ -81,6 +94,14 @@ pub(crate) fn since_ms(s: &str, now_ms: u64) -> Result<u64, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proof_window_is_at_most_a_day() {
+        assert_eq!(proof_secs("60s"), Ok(60));
+        assert_eq!(proof_secs("1d"), Ok(86_400));
+        let e = proof_secs("2d").unwrap_err();
+        assert!(e.contains("more than a day"), "{e}");
+    }
 
     #[test]
     fn durations_need_units_and_add_up() {

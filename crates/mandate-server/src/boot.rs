@@ -78,7 +78,7 @@ const NONCE_UNTIL: &str = "dpop_nonce_until";
 /// before gets another `until` and would not collide, so every proof dated
 /// up to the latest recorded `until` (no proof used before is dated later)
 /// needs a nonce. The date is kept, so a restart soon after (the window
-/// now unchanged) still asks for it. A value that does not parse counts
+/// now unchanged) still asks for it. A missing or unparsable date counts
 /// as a change.
 fn nonce_until(
     cfg: &Config,
@@ -101,7 +101,6 @@ fn nonce_until(
     ) {
         (true, _, _) => 0,
         (false, true, Some(Ok(until))) => return Ok(until),
-        (false, true, None) => return Ok(0),
         (false, _, stored) => store
             .latest_one_time_use()
             .map_err(|e| BootError(e.to_string()))?
