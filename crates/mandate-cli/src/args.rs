@@ -251,10 +251,11 @@ pub(crate) struct ServeArgs {
     /// key, as every start does; the change is in the audit trail.
     #[arg(long)]
     pub(crate) new_admin_token: bool,
-    /// Refuse DPoP proofs older than this.
+    /// Refuse DPoP proofs older than this (at most a day).
     #[arg(long, default_value = "60s", value_parser = crate::when::proof_secs)]
     pub(crate) dpop_max_age: u64,
-    /// Accept DPoP proofs dated up to this far in the future (clock skew).
+    /// Accept DPoP proofs dated up to this far in the future (clock skew; at
+    /// most a day).
     #[arg(long, default_value = "5s", value_parser = crate::when::proof_secs)]
     pub(crate) dpop_skew: u64,
     /// Require server-provided DPoP nonces (RFC 9449 §8): clients retry once

@@ -70,8 +70,8 @@ const PROOF_WINDOW: &str = "dpop_window";
 const NONCE_UNTIL: &str = "dpop_nonce_until";
 
 /// Up to which date proofs need this process's nonce because the proof
-/// window changed, kept in the store with the window (and written in
-/// `entries`, to commit with the boot's).
+/// window changed, and, when the window or that date is not in the store
+/// yet, the entry that keeps both (to commit with the boot's).
 ///
 /// The store remembers every use as `(until, key)`, `until` being the
 /// proof's date plus the window. After the window changed, a proof used
@@ -85,8 +85,7 @@ fn nonce_until(
     store: &dyn mandate_store::Store,
     meta: &[(String, String)],
     first_start: bool,
-    entries: &mut Vec<Entry>,
-) -> Result<u64, BootError> {
+) -> Result<(u64, Option<Entry>), BootError> {
     let get = |k: &str| {
         meta.iter()
             .find(|(key, _)| key == k)
@@ -100,14 +99,14 @@ fn nonce_until(
         stored,
     ) {
         (true, _, _) => 0,
-        (false, true, Some(Ok(until))) => return Ok(until),
+        (false, true, Some(Ok(until))) => return Ok((until, None)),
         (false, _, stored) => store
             .latest_one_time_use()
             .map_err(|e| BootError(e.to_string()))?
             .saturating_add(1)
             .max(stored.and_then(Result::ok).unwrap_or(0)),
     };
-    entries.push(Entry {
+    let keep = Entry {
         mutation: mandate_store::Mutation::all(vec![
             mandate_store::Mutation::PutMeta {
                 key: PROOF_WINDOW.into(),
@@ -119,8 +118,8 @@ fn nonce_until(
             },
         ]),
         events: Vec::new(),
-    });
-    Ok(until)
+    };
+    Ok((until, Some(keep)))
 }
 
 /// From which date (Unix seconds) a proof (DPoP, RFC 9421) is accepted
@@ -183,13 +182,8 @@ pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
             .iter_mut()
             .for_each(mandate_core::audit::sanitize_event);
     }
-    let nonce_until = nonce_until(
-        &cfg,
-        store.as_ref(),
-        &snap.meta,
-        first_start,
-        &mut boot_entries,
-    )?;
+    let (nonce_until, keep) = nonce_until(&cfg, store.as_ref(), &snap.meta, first_start)?;
+    boot_entries.extend(keep);
     if !boot_entries.is_empty() {
         for r in store
             .commit(boot_entries)
