@@ -139,7 +139,9 @@ pub(crate) fn proofs_from(first_start: bool, now: u64, skew: u64, nonce_until: u
 
 /// Opens the store, loads or creates keys and the admin credential, and
 /// builds the shared state (starting the writer).
-pub fn boot(cfg: Config) -> Result<Arc<AppState>, BootError> {
+pub fn boot(mut cfg: Config) -> Result<Arc<AppState>, BootError> {
+    // Its time never goes back while it runs (see `Monotone`).
+    cfg.clock = Arc::new(mandate_core::clock::Monotone::new(cfg.clock));
     mandate_core::ids::check_trust_domain(&cfg.trust_domain)
         .map_err(|e| BootError(e.to_string()))?;
     fs::create_dir_all(&cfg.data_dir).map_err(|e| {

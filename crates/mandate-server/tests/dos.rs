@@ -435,6 +435,47 @@ fn a_proof_used_before_the_window_changed_is_refused_after_it() {
     assert_eq!(s, 400, "{v}");
 }
 
+fn health_of(b: &Broker) -> String {
+    let r = Broker::agent().get(format!("{}/healthz", b.url)).call();
+    r.unwrap().into_body().read_to_string().unwrap()
+}
+
+/// A system clock set back (by hand, or NTP stepping it) while the broker
+/// runs: what the replay records forgot as expired would be fresh again.
+/// The broker's time holds instead, and `/healthz` says so.
+#[test]
+fn a_clock_set_back_makes_no_used_proof_fresh_again() {
+    let b = Broker::start("dos-clock-back");
+    let grant = b.seed("acme");
+    let (_, m, k) = b.start_run("acme", &grant, Alg::EdDSA);
+    let body = form(&m, "crm", "read");
+    let dated = |k: &SigningKey| {
+        proof_with(
+            k,
+            json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": mandate_core::clock::Clock::now_secs(b.clock.as_ref())}),
+        )
+    };
+    let captured = dated(&k);
+    assert_eq!(b.exchange_raw(&body, Some(&captured)).0, 200);
+    // Past the window (60 s + 5 s of skew), another use clears it from the
+    // replay cache and the store.
+    b.advance(70);
+    let (s, v) = b.exchange_raw(&body, Some(&dated(&k)));
+    assert_eq!(s, 200, "{v}");
+    // The clock is set back to when the captured proof was fresh.
+    b.clock.go_back_secs(70);
+    let (s, v) = b.exchange_raw(&body, Some(&captured));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "70s old");
+    let health = health_of(&b);
+    assert!(health.contains("s behind the broker's time"), "{health}");
+    // When the clock has caught up, the broker's time moves again.
+    b.advance(71);
+    let health = health_of(&b);
+    assert_eq!(health, "ok");
+    let (s, v) = b.exchange_raw(&body, Some(&dated(&k)));
+    assert_eq!(s, 200, "{v}");
+}
+
 #[test]
 fn a_first_start_needs_no_nonce() {
     // Nothing can have been used before a broker's first start.

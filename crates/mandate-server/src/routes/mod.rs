@@ -380,6 +380,12 @@ async fn healthz(
         )
             .into_response()
     } else {
-        "ok".into_response()
+        match s.config.clock.behind_ms() / 1000 {
+            0 => "ok".into_response(),
+            n => format!(
+                "ok; the system clock went back and is {n} s behind the broker's time, which holds until the clock catches up (check the clock's synchronisation)"
+            )
+            .into_response(),
+        }
     }
 }
