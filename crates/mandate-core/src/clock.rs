@@ -113,11 +113,9 @@ impl Clock for ShiftedClock {
 /// by this time; if it went back (a system clock set back, by hand or by
 /// NTP stepping it), what they forgot would be fresh again, and a proof or
 /// a single-use credential used once would be taken a second time. So
-/// while the source is behind, the time holds (and [`Monotone::behind_ms`]
-/// says by how much) until the source catches up. A restarted process
-/// starts from its source again: what an earlier process accepted is
-/// refused after a restart by other means (proofs need this process's
-/// nonce, spent credentials are read back from the audit trail).
+/// while the source is behind, the time holds (and [`Clock::behind_ms`]
+/// says by how much) until the source catches up. A restarted broker
+/// starts from the latest time its store recorded ([`Monotone::from`]).
 #[derive(Debug)]
 pub struct Monotone {
     source: Arc<dyn Clock>,
@@ -127,7 +125,13 @@ pub struct Monotone {
 impl Monotone {
     /// `source`, never going back from what it shows now.
     pub fn new(source: Arc<dyn Clock>) -> Self {
-        let high = AtomicU64::new(source.now_ms());
+        Self::from(source, 0)
+    }
+
+    /// `source`, never going back from what it shows now nor below
+    /// `floor_ms` (the latest time a store recorded, for a restart).
+    pub fn from(source: Arc<dyn Clock>, floor_ms: u64) -> Self {
+        let high = AtomicU64::new(source.now_ms().max(floor_ms));
         Self { source, high }
     }
 }

@@ -476,6 +476,36 @@ fn a_clock_set_back_makes_no_used_proof_fresh_again() {
     assert_eq!(s, 200, "{v}");
 }
 
+/// The same across a restart: the restarted broker's time starts from the
+/// latest event of its trail, not from a clock set back.
+#[test]
+fn a_clock_set_back_across_a_restart_makes_no_used_proof_fresh_again() {
+    let b = Broker::start("dos-clock-back-restart");
+    let grant = b.seed("acme");
+    let (_, m, k) = b.start_run("acme", &grant, Alg::EdDSA);
+    let body = form(&m, "crm", "read");
+    let at = |b: &Broker| mandate_core::clock::Clock::now_secs(b.clock.as_ref());
+    let captured = proof_with(
+        &k,
+        json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": at(&b)}),
+    );
+    assert_eq!(b.exchange_raw(&body, Some(&captured)).0, 200);
+    b.advance(70);
+    let later = proof_with(
+        &k,
+        json!({"jti": jti(), "htm": "POST", "htu": b.token_url(), "iat": at(&b)}),
+    );
+    assert_eq!(b.exchange_raw(&body, Some(&later)).0, 200);
+    // Set back 100 s, restarted, and 30 s later the captured proof's date
+    // has come again (dated after the restart, it needs no nonce).
+    b.clock.go_back_secs(100);
+    let b = b.restart();
+    b.advance(30);
+    let (s, v) = b.exchange_raw(&body, Some(&captured));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "s old");
+    assert!(health_of(&b).contains("behind"));
+}
+
 #[test]
 fn a_first_start_needs_no_nonce() {
     // Nothing can have been used before a broker's first start.
