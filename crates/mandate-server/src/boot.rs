@@ -214,13 +214,19 @@ pub fn boot(mut cfg: Config) -> Result<Arc<AppState>, BootError> {
     }
     let (nonce_until, keep) = nonce_until(&cfg, store.as_ref(), &snap.meta, first_start)?;
     boot_entries.extend(keep);
-    if !boot_entries.is_empty() {
-        for r in store
-            .commit(boot_entries)
-            .map_err(|e| BootError(e.to_string()))?
-        {
-            r.map_err(|e| BootError(format!("cannot store initial keys: {e}")))?;
-        }
+    // Before it takes a proof: other brokers on the store keep uses as
+    // long as this one judges them fresh.
+    boot_entries.push(Entry {
+        mutation: Some(mandate_store::Mutation::KeepUses {
+            secs: cfg.dpop_max_age.saturating_add(cfg.dpop_max_skew),
+        }),
+        events: Vec::new(),
+    });
+    for r in store
+        .commit(boot_entries)
+        .map_err(|e| BootError(e.to_string()))?
+    {
+        r.map_err(|e| BootError(format!("cannot store initial keys: {e}")))?;
     }
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
     let proofs_from = proofs_from(

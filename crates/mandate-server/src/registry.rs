@@ -253,7 +253,8 @@ impl Registry {
             | Mutation::PutKey(_)
             | Mutation::PutAdminToken(_)
             | Mutation::DeleteAdminToken { .. }
-            | Mutation::PutMeta { .. } => {}
+            | Mutation::PutMeta { .. }
+            | Mutation::KeepUses { .. } => {}
         }
     }
 

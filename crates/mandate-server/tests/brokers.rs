@@ -215,6 +215,43 @@ fn a_proof_used_at_one_broker_is_refused_at_another() {
     assert_eq!(b.exchange(&mandate, &key, CRM, "read").0, 200);
 }
 
+/// A fleet whose brokers run different proof windows (as during a rolling
+/// change of `--dpop-max-age`): a proof used at the broker with the short
+/// window, once that window has passed there, is still refused by the
+/// broker with the long one, which judges it fresh.
+#[test]
+fn a_proof_used_at_a_broker_with_a_short_window_is_refused_at_one_with_a_long_one() {
+    let url = fresh_database();
+    let a = Broker::start_with("brk-window-a", |c| {
+        on(&url)(c);
+        c.dpop_max_age = 10;
+    });
+    let b = a.peer_with("brk-window-b", |c| c.dpop_max_age = 60);
+    let grant = a.seed("acme");
+    synced(&a, &b);
+    let (_, mandate, key) = a.start_run("acme", &grant, Alg::EdDSA);
+    let body = form(&mandate, CRM, "read");
+    let at = |x: &Broker| mandate_core::clock::Clock::now_secs(x.clock.as_ref());
+    let dated = |x: &Broker, nonce: &str| {
+        proof_with(
+            &key,
+            json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": at(x), "nonce": nonce}),
+        )
+    };
+    let captured = dated(&a, &nonce_of(&b, &body));
+    let (s, v) = a.exchange_raw(&body, Some(&captured));
+    assert_eq!(s, 200, "{v}");
+    // 20 s later: stale at A (10 s + 5 s), which clears what expired for
+    // it at its next use; fresh at B (60 s + 5 s).
+    a.advance(20);
+    let (s, v) = a.exchange_raw(&body, Some(&dated(&a, &nonce_of(&a, &body))));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a.exchange_raw(&body, Some(&captured));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "old");
+    let (s, v) = b.exchange_raw(&body, Some(&captured));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "already used");
+}
+
 #[test]
 fn an_attenuation_use_limit_is_spent_exactly_its_limit_across_brokers() {
     let url = fresh_database();

@@ -227,6 +227,17 @@ pub enum Mutation {
         /// Now (seconds): expired records no longer refuse.
         now: u64,
     },
+    /// Keeps every one-time use at least `secs` past its `until` before
+    /// it is cleared: the longest window (proof age plus skew) of any
+    /// broker on the store, which only grows. A use's `until` comes from
+    /// the broker that recorded it; brokers with a longer window, or a
+    /// clock behind, judge it fresh for longer, and must still find it.
+    /// A store only one process uses may ignore it (one window at a time,
+    /// a change of it at a restart is covered by the boot's nonces).
+    KeepUses {
+        /// Seconds.
+        secs: u64,
+    },
     /// Set a metadata value.
     PutMeta {
         /// Key.
@@ -284,6 +295,7 @@ impl Mutation {
             | M::UseApproval { .. }
             | M::CountUses { .. }
             | M::PutMeta { .. }
+            | M::KeepUses { .. }
             | M::Unrevoked { .. }
             | M::FewerChildren { .. }
             | M::FirstUse { .. } => Change::None,

@@ -290,6 +290,21 @@ impl Broker {
     /// [`Broker::peer`] reaching the database at `store` (another route to
     /// the same database, e.g. through a relay).
     pub fn peer_on(&self, tag: &str, store: mandate_core::secret::Secret) -> Self {
+        self.peer_configured(tag, store, |_| {})
+    }
+
+    /// [`Broker::peer`] with more configuration (`tweak`).
+    pub fn peer_with(&self, tag: &str, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
+        let store = self.state.config.store_url.clone();
+        self.peer_configured(tag, store.expect("a broker on PostgreSQL"), tweak)
+    }
+
+    fn peer_configured(
+        &self,
+        tag: &str,
+        store: mandate_core::secret::Secret,
+        tweak: impl FnOnce(&mut mandate_server::Config),
+    ) -> Self {
         let (issuer, config) = (self.issuer.clone(), self.dir.join("config"));
         let clock = Arc::clone(&self.clock);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -298,6 +313,7 @@ impl Broker {
             c.issuer = issuer;
             c.master_key = mandate_server::config::MasterKeySource::File(config.join("master.key"));
             c.admin_token_file = config.join("admin.token");
+            tweak(c);
         });
         b.admin = self.admin.clone();
         b

@@ -9,6 +9,9 @@ use super::rows::{from_json, i64_col};
 use super::{json, now_ms};
 use crate::{Mutation, Result, StoreError, ToolConfig};
 
+/// The metadata key of [`Mutation::KeepUses`].
+const USES_KEPT: &str = "one_time_uses_kept";
+
 fn misrouted() -> StoreError {
     StoreError::Db("a mutation was sent to the wrong handler".into())
 }
@@ -174,18 +177,21 @@ pub(super) fn runs(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
             }
         }
         Mutation::FirstUse { uses, now } => {
-            // Each use first clears what expired (found by the index on
-            // `until`: nothing, or the uses of the seconds just past), so
-            // the table holds about what is live without a sweeper.
+            // Each use first clears what expired longer ago than any
+            // broker's window (`Mutation::KeepUses`, read in the statement:
+            // a broker started since with a longer one counts at once),
+            // found by the index on `until`, so the table holds about what
+            // is live without a sweeper.
             s.execute(
-                "DELETE FROM one_time_uses WHERE until < $1",
-                &[&(*now as i64)],
+                "DELETE FROM one_time_uses WHERE until < $1 - (SELECT COALESCE(max(value::bigint), 0) FROM meta WHERE key = $2)",
+                &[&(*now as i64), &USES_KEPT],
             )?;
             for u in uses {
                 let n = s.execute(
                     "INSERT INTO one_time_uses (key, until) VALUES ($1, $2)
-                     ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE one_time_uses.until < $3",
-                    &[&u.key, &(u.until as i64), &(*now as i64)],
+                     ON CONFLICT (key) DO UPDATE SET until = excluded.until
+                     WHERE one_time_uses.until < $3 - (SELECT COALESCE(max(value::bigint), 0) FROM meta WHERE key = $4)",
+                    &[&u.key, &(u.until as i64), &(*now as i64), &USES_KEPT],
                 )?;
                 if n == 0 {
                     return Err(StoreError::Replayed(u.key.clone()));
@@ -247,6 +253,13 @@ pub(super) fn secrets(s: &mut Session<'_>, m: &Mutation) -> Result<()> {
             s.execute(
                 "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[key, value],
+            )?;
+        }
+        Mutation::KeepUses { secs } => {
+            s.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key)
+                 DO UPDATE SET value = GREATEST(meta.value::bigint, excluded.value::bigint)::text",
+                &[&USES_KEPT, &secs.to_string()],
             )?;
         }
         Mutation::Enqueue { body } => {

@@ -132,6 +132,7 @@ pub(super) fn apply(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
         | M::DeleteAdminToken { .. }
         | M::PutApproverToken(_)
         | M::PutMeta { .. }
+        | M::KeepUses { .. }
         | M::Enqueue { .. }
         | M::Dequeue { .. } => mutate::secrets(s, m).map(|()| None),
         M::CreateLease(_)

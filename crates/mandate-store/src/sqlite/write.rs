@@ -369,6 +369,10 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
                 }
             }
         }
+        // One process on the file: its window is the only one (a change
+        // at a restart is covered by the boot's nonces), and its clock
+        // never goes back.
+        Mutation::KeepUses { .. } => {}
         Mutation::PutMeta { key, value } => {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

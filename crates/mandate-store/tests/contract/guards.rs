@@ -127,6 +127,33 @@ fn a_one_time_use_is_refused_the_second_time_until_it_expires() {
     }
 }
 
+/// Brokers on one PostgreSQL store with different proof windows (or
+/// clocks apart): a use recorded by a broker with a short window is kept
+/// as long as the longest window of any broker on the store
+/// (`KeepUses`, which only grows), so another broker that still judges the
+/// proof fresh finds it. A store one process uses has one window at a
+/// time and may ignore it.
+#[test]
+fn one_time_uses_are_kept_for_the_longest_window_on_the_store() {
+    for b in backends().into_iter().filter(|b| b.name == "postgres") {
+        let s = &*b.store;
+        apply(s, Mutation::KeepUses { secs: 65 });
+        apply(s, Mutation::KeepUses { secs: 10 });
+        // Recorded with a 15 s window (date 45), then presented at 100
+        // to a broker with a 65 s window (until 110): refused.
+        commit1(s, Some(first_use("proof:a", 60, 50)), vec![]).unwrap();
+        commit1(s, Some(first_use("proof:x", 90, 99)), vec![]).unwrap();
+        let e = refused(s, first_use("proof:a", 110, 100));
+        assert!(
+            matches!(&e, StoreError::Replayed(k) if k == "proof:a"),
+            "{e:?}"
+        );
+        // Past its until plus the longest window, it is cleared.
+        commit1(s, Some(first_use("proof:x2", 200, 126)), vec![]).unwrap();
+        commit1(s, Some(first_use("proof:a", 200, 126)), vec![]).unwrap();
+    }
+}
+
 /// A broker that starts with another proof window asks a nonce for every
 /// proof dated up to the latest recorded use: the store names it.
 #[test]
