@@ -114,8 +114,10 @@ impl Clock for ShiftedClock {
 /// NTP stepping it), what they forgot would be fresh again, and a proof or
 /// a single-use credential used once would be taken a second time. So
 /// while the source is behind, the time holds (and [`Clock::behind_ms`]
-/// says by how much) until the source catches up. A restarted broker
-/// starts from the latest time its store recorded ([`Monotone::from`]).
+/// says by how much) until the source catches up (or the process
+/// restarts). A restarted process starts from its source again; what an
+/// earlier one cleared is covered otherwise (the broker asks its nonce for
+/// proofs dated before the latest time uses were cleared).
 #[derive(Debug)]
 pub struct Monotone {
     source: Arc<dyn Clock>,
@@ -125,13 +127,7 @@ pub struct Monotone {
 impl Monotone {
     /// `source`, never going back from what it shows now.
     pub fn new(source: Arc<dyn Clock>) -> Self {
-        Self::from(source, 0)
-    }
-
-    /// `source`, never going back from what it shows now nor below
-    /// `floor_ms` (the latest time a store recorded, for a restart).
-    pub fn from(source: Arc<dyn Clock>, floor_ms: u64) -> Self {
-        let high = AtomicU64::new(source.now_ms().max(floor_ms));
+        let high = AtomicU64::new(source.now_ms());
         Self { source, high }
     }
 }

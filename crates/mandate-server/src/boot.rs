@@ -137,38 +137,36 @@ pub(crate) fn proofs_from(first_start: bool, now: u64, skew: u64, nonce_until: u
     now.saturating_add(skew).saturating_add(1).max(nonce_until)
 }
 
-/// The broker's clock: the configured one, never going back (see
-/// [`mandate_core::clock::Monotone`]), nor below the latest event of the
-/// trail (plus a second: a commit's `now` may be a little later than its
-/// event's time), so a clock set back across a restart makes nothing
-/// fresh again that an earlier process let expire. A broker whose clock
-/// is behind says so and holds its time until the clock catches up.
-fn never_back(
-    cfg: &Config,
-    store: &dyn mandate_store::Store,
-) -> Result<Arc<dyn mandate_core::clock::Clock>, BootError> {
-    let latest = store
-        .audit_query(&mandate_store::AuditFilter {
-            limit: Some(1),
-            ..Default::default()
-        })
-        .map_err(|e| BootError(format!("cannot read the audit trail: {e}")))?;
-    let floor = latest
-        .first()
-        .map_or(0, |e| e.body.time_ms.saturating_add(1000));
-    let clock = mandate_core::clock::Monotone::from(Arc::clone(&cfg.clock), floor);
-    let behind = mandate_core::clock::Clock::behind_ms(&clock) / 1000;
+/// The date before which a proof needs this process's nonce because the
+/// store may have cleared its use: the latest `now` with which uses were
+/// cleared. It is past unless the clock was set back (or ran ahead before
+/// the restart); then the broker says so. Its time itself starts from the
+/// clock: holding it at a date the clock once showed by mistake would
+/// refuse every proof until real time got there.
+fn uses_cleared_to(cfg: &Config, meta: &[(String, String)]) -> u64 {
+    let cleared = meta
+        .iter()
+        .find(|(k, _)| k == mandate_store::USES_CLEARED)
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let behind = cleared.saturating_sub(cfg.clock.now_secs());
     if behind > 0 {
         tracing::warn!(
-            "the system clock is {behind} s behind the latest event of the audit trail: the broker's time holds there until the clock catches up (proofs dated by the clock are too old until then); check the clock's synchronisation"
+            "the system clock is {behind} s behind the time up to which this store cleared used proofs: DPoP proofs dated before need this broker's nonce, and RFC 9421 signatures dated before are refused, until the clock passes it; check the clock's synchronisation"
         );
     }
-    Ok(Arc::new(clock))
+    cleared
 }
 
 /// Opens the store, loads or creates keys and the admin credential, and
 /// builds the shared state (starting the writer).
 pub fn boot(mut cfg: Config) -> Result<Arc<AppState>, BootError> {
+    // Dates plus a window stay far inside the stores' integers.
+    if cfg.dpop_max_age > 86_400 || cfg.dpop_max_skew > 86_400 {
+        return Err(BootError(
+            "the DPoP proof age and skew are at most a day (86400 s) each".into(),
+        ));
+    }
     mandate_core::ids::check_trust_domain(&cfg.trust_domain)
         .map_err(|e| BootError(e.to_string()))?;
     fs::create_dir_all(&cfg.data_dir).map_err(|e| {
@@ -178,8 +176,9 @@ pub fn boot(mut cfg: Config) -> Result<Arc<AppState>, BootError> {
         ))
     })?;
     let _ = fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700));
+    // Its time never goes back while it runs (see `Monotone`).
+    cfg.clock = Arc::new(mandate_core::clock::Monotone::new(cfg.clock));
     let store = open_store(&cfg)?;
-    cfg.clock = never_back(&cfg, store.as_ref())?;
     let snap = store.load().map_err(|e| BootError(e.to_string()))?;
     let first_start = snap.keys.is_empty();
     let mk = master_key(&cfg, first_start)?;
@@ -233,7 +232,7 @@ pub fn boot(mut cfg: Config) -> Result<Arc<AppState>, BootError> {
         first_start,
         cfg.clock.now_secs(),
         cfg.dpop_max_skew,
-        nonce_until,
+        nonce_until.max(uses_cleared_to(&cfg, &snap.meta)),
     );
     let checkpoints = crate::checkpoint::Checkpointer::start(
         &cfg,

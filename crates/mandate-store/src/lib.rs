@@ -138,6 +138,13 @@ pub struct VerifyReport {
     pub first_break: Option<ChainBreak>,
 }
 
+/// The metadata key of the latest `now` (seconds) with which
+/// [`Mutation::FirstUse`] cleared expired uses (kept from the first
+/// [`Mutation::KeepUses`] on): a use whose `until` is before it may have
+/// been cleared, so a broker whose clock is behind it must not take a
+/// proof dated before it on its date alone.
+pub const USES_CLEARED: &str = "one_time_uses_cleared";
+
 /// The storage backend.
 pub trait Store: Send + Sync {
     /// Everything the broker keeps in memory, read at start.

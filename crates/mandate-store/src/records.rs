@@ -232,8 +232,10 @@ pub enum Mutation {
     /// broker on the store, which only grows. A use's `until` comes from
     /// the broker that recorded it; brokers with a longer window, or a
     /// clock behind, judge it fresh for longer, and must still find it.
-    /// A store only one process uses may ignore it (one window at a time,
-    /// a change of it at a restart is covered by the boot's nonces).
+    /// A store only one process uses may ignore the seconds (one window
+    /// at a time, a change of it at a restart is covered by the boot's
+    /// nonces). It also starts [`crate::USES_CLEARED`], which `FirstUse`
+    /// keeps from then on.
     KeepUses {
         /// Seconds.
         secs: u64,

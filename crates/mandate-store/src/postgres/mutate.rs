@@ -182,15 +182,26 @@ pub(super) fn runs(s: &mut Session<'_>, m: &Mutation) -> Result<Option<u64>> {
             // a broker started since with a longer one counts at once),
             // found by the index on `until`, so the table holds about what
             // is live without a sweeper.
+            // `now` is never past the database's clock: a broker whose
+            // clock runs ahead clears nothing the others still need.
             s.execute(
-                "DELETE FROM one_time_uses WHERE until < $1 - (SELECT COALESCE(max(value::bigint), 0) FROM meta WHERE key = $2)",
+                "DELETE FROM one_time_uses WHERE until < LEAST($1, floor(extract(epoch from clock_timestamp()))::bigint)
+                   - (SELECT COALESCE(max(value::bigint), 0) FROM meta WHERE key = $2)",
                 &[&(*now as i64), &USES_KEPT],
+            )?;
+            // The latest `now` that cleared (changes once a second; a row
+            // is locked only when it changes).
+            s.execute(
+                "UPDATE meta SET value = LEAST($2, floor(extract(epoch from clock_timestamp()))::bigint)::text
+                 WHERE key = $1 AND value::bigint < LEAST($2, floor(extract(epoch from clock_timestamp()))::bigint)",
+                &[&crate::USES_CLEARED, &(*now as i64)],
             )?;
             for u in uses {
                 let n = s.execute(
                     "INSERT INTO one_time_uses (key, until) VALUES ($1, $2)
                      ON CONFLICT (key) DO UPDATE SET until = excluded.until
-                     WHERE one_time_uses.until < $3 - (SELECT COALESCE(max(value::bigint), 0) FROM meta WHERE key = $4)",
+                     WHERE one_time_uses.until < LEAST($3, floor(extract(epoch from clock_timestamp()))::bigint)
+                       - (SELECT COALESCE(max(value::bigint), 0) FROM meta WHERE key = $4)",
                     &[&u.key, &(u.until as i64), &(*now as i64), &USES_KEPT],
                 )?;
                 if n == 0 {
@@ -256,6 +267,10 @@ pub(super) fn secrets(s: &mut Session<'_>, m: &Mutation) -> Result<()> {
             )?;
         }
         Mutation::KeepUses { secs } => {
+            s.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, '0') ON CONFLICT (key) DO NOTHING",
+                &[&crate::USES_CLEARED],
+            )?;
             s.execute(
                 "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key)
                  DO UPDATE SET value = GREATEST(meta.value::bigint, excluded.value::bigint)::text",

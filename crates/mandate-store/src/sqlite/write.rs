@@ -360,6 +360,11 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             // without a sweeper.
             tx.prepare_cached("DELETE FROM one_time_uses WHERE until < ?1")?
                 .execute([*now as i64])?;
+            // The latest `now` that cleared (changes once a second).
+            tx.prepare_cached(
+                "UPDATE meta SET value = ?2 WHERE key = ?1 AND CAST(value AS INTEGER) < ?3",
+            )?
+            .execute(params![crate::USES_CLEARED, now.to_string(), *now as i64])?;
             let mut put = tx.prepare_cached(
                 "INSERT INTO one_time_uses (until, key) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             )?;
@@ -370,9 +375,14 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             }
         }
         // One process on the file: its window is the only one (a change
-        // at a restart is covered by the boot's nonces), and its clock
-        // never goes back.
-        Mutation::KeepUses { .. } => {}
+        // at a restart is covered by the boot's nonces). What `FirstUse`
+        // keeps up to date starts here.
+        Mutation::KeepUses { .. } => {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT (key) DO NOTHING",
+                [crate::USES_CLEARED],
+            )?;
+        }
         Mutation::PutMeta { key, value } => {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

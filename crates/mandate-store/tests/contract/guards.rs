@@ -154,6 +154,57 @@ fn one_time_uses_are_kept_for_the_longest_window_on_the_store() {
     }
 }
 
+/// The latest `now` that cleared uses is kept (it only grows), from the
+/// first `KeepUses` on: a broker restarted with a clock behind it asks
+/// its nonce for proofs dated before it.
+#[test]
+fn the_latest_time_uses_were_cleared_is_kept() {
+    for b in backends() {
+        let s = &*b.store;
+        let cleared = |s: &dyn Store| {
+            let meta = s.load().unwrap().meta;
+            let v = meta.iter().find(|(k, _)| k == mandate_store::USES_CLEARED);
+            v.map(|(_, v)| v.parse::<u64>().unwrap())
+        };
+        apply(s, Mutation::KeepUses { secs: 65 });
+        assert_eq!(cleared(s), Some(0), "{}", b.name);
+        commit1(s, Some(first_use("proof:a", 160, 100)), vec![]).unwrap();
+        commit1(s, Some(first_use("proof:b", 160, 50)), vec![]).unwrap();
+        assert_eq!(cleared(s), Some(100), "{}", b.name);
+        apply(s, Mutation::KeepUses { secs: 5 });
+        assert_eq!(cleared(s), Some(100), "{}", b.name);
+    }
+}
+
+/// On PostgreSQL, a broker whose clock runs ahead clears nothing past the
+/// database's clock: the others, on time, still find what they judge
+/// fresh.
+#[test]
+fn a_clock_ahead_clears_nothing_past_the_databases_clock() {
+    for b in backends().into_iter().filter(|b| b.name == "postgres") {
+        let s = &*b.store;
+        let now = mandate_core::clock::Clock::now_secs(&mandate_core::clock::SystemClock);
+        apply(s, Mutation::KeepUses { secs: 65 });
+        commit1(s, Some(first_use("proof:a", now + 30, now)), vec![]).unwrap();
+        // A broker an hour ahead uses another proof.
+        commit1(
+            s,
+            Some(first_use("proof:b", now + 3700, now + 3600)),
+            vec![],
+        )
+        .unwrap();
+        let e = refused(s, first_use("proof:a", now + 30, now + 1));
+        assert!(
+            matches!(&e, StoreError::Replayed(k) if k == "proof:a"),
+            "{e:?}"
+        );
+        let meta = s.load().unwrap().meta;
+        let v = meta.iter().find(|(k, _)| k == mandate_store::USES_CLEARED);
+        let cleared: u64 = v.unwrap().1.parse().unwrap();
+        assert!(cleared <= now + 60, "{cleared} vs {now}");
+    }
+}
+
 /// A broker that starts with another proof window asks a nonce for every
 /// proof dated up to the latest recorded use: the store names it.
 #[test]
