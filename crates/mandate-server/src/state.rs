@@ -146,6 +146,8 @@ pub struct AppState {
     /// `--dpop-nonce`, and of proofs dated before this process started
     /// (plus the skew) in any case.
     pub nonces: mandate_core::dpop::NonceIssuer,
+    /// The `DPoP-Nonce` header of the current nonce period.
+    nonce_header: Mutex<Option<(u64, axum::http::HeaderValue)>>,
     /// Live revocations, for the feed's subscribers.
     pub revocations: tokio::sync::broadcast::Sender<mandate_core::model::Revocation>,
     /// Cedar entities per (run, tool), valid for one registry generation (bounded).
@@ -455,6 +457,7 @@ impl AppState {
             feed_credentials: RwLock::new(feed_credentials),
             token_endpoint,
             nonces,
+            nonce_header: Mutex::new(None),
             run_keys: Mutex::new(VerifiedCache::default()),
             revocations: tokio::sync::broadcast::channel(4096).0,
             policy_entities: Mutex::new(VerifiedCache::default()),
@@ -696,10 +699,25 @@ impl AppState {
 
     /// Adds the DPoP nonce to use next (RFC 9449 §8.1) to an answer of an
     /// endpoint that takes DPoP proofs.
+    /// The header is made once per nonce period (an HMAC and an encoding
+    /// that every answer repeated).
     pub fn add_dpop_nonce(&self, resp: &mut axum::response::Response) {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&self.nonces.current(self.now_secs())) {
-            resp.headers_mut().insert("dpop-nonce", v);
-        }
+        let now = self.now_secs();
+        let slot = now / self.config.dpop_nonce_period.max(1);
+        let mut cached = self.nonce_header.lock().unwrap_or_else(|p| p.into_inner());
+        let v = match &*cached {
+            Some((s, v)) if *s == slot => v.clone(),
+            _ => {
+                let nonce = self.nonces.current(now);
+                let Ok(v) = axum::http::HeaderValue::from_str(&nonce) else {
+                    return;
+                };
+                *cached = Some((slot, v.clone()));
+                v
+            }
+        };
+        drop(cached);
+        resp.headers_mut().insert("dpop-nonce", v);
     }
 
     /// The nonce issuer when every proof must carry a nonce (`--dpop-nonce`).

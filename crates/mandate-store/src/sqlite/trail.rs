@@ -67,11 +67,15 @@ pub(super) fn append_event(
     let (ev, json) = audit::chain_with_body(head.seq, &head.hash, body);
     let text = String::from_utf8(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = audit::stored_row(&ev, &text);
-    tx.prepare_cached(&format!(
-        "INSERT INTO audit ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        audit_columns()
-    ))?
-    .execute(rusqlite::params_from_iter(row.into_iter().map(to_sql)))?;
+    static INSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let insert = INSERT.get_or_init(|| {
+        format!(
+            "INSERT INTO audit ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            audit_columns()
+        )
+    });
+    tx.prepare_cached(insert)?
+        .execute(rusqlite::params_from_iter(row.into_iter().map(to_sql)))?;
     head.hash = ev.hash.clone();
     head.seq = ev.seq;
     head.time_ms = ev.body.time_ms;
