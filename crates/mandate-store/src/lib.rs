@@ -6,8 +6,9 @@
 //!
 //! Writes are *entries*: an optional [`Mutation`] and the audit events that
 //! record it. A batch of entries is committed in one transaction (group
-//! commit) with a savepoint per entry, so a failed mutation leaves neither
-//! its change nor its events behind, and an event is durable before the
+//! commit), and a failed mutation leaves neither its change nor its events
+//! behind (SQLite: the batch at once, savepoints per entry only after a
+//! refusal), and an event is durable before the
 //! broker acts on it. Audit events are hash-chained here, at commit time,
 //! because only the committer knows the previous hash.
 //!

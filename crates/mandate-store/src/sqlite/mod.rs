@@ -72,9 +72,10 @@ fn open_conn(path: &Path) -> Result<Connection> {
     // insertion points (one per agent, tool, principal, ...) stay in memory
     // as the trail grows, so an insert costs the same at 10M events as at 0.
     c.pragma_update(None, "cache_size", -65_536)?;
-    // Statement journals (each entry of a batch commits in its own
-    // savepoint, so one refused entry leaves the others) in memory, not in
-    // a temporary file: the savepoint's page copies were a write(2) each.
+    // Statement journals (after a refusal, the entries of a batch commit
+    // each in its own savepoint, so one refused entry leaves the others) in
+    // memory, not in a temporary file: the savepoint's page copies were a
+    // write(2) each.
     c.pragma_update(None, "temp_store", "MEMORY")?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
     // Room for every statement a commit runs (rusqlite keeps 16): one

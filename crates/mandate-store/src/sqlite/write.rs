@@ -15,37 +15,35 @@ impl SqliteStore {
         // Most batches have no refusal: they are applied straight. A
         // savepoint per entry copies every page the entry first touches to
         // the statement journal (13% of a commit's instructions), so only a
-        // batch with a refusal in it is rolled back and applied again,
-        // entry by entry.
-        let batch = match at_once(&mut c, &head_guard, batch)? {
+        // batch with a refusal in it is rolled back and applied again: the
+        // entries before the refused one straight (they passed on the same
+        // state), the refused one not at all (its refusal is known), and
+        // those after it each in a savepoint.
+        let (batch, refused, mut refusal) = match at_once(&mut c, &head_guard, batch)? {
             AtOnce::Committed(results, head, marks) => {
                 *lock(&self.written) = marks;
                 *head_guard = head;
                 return Ok(results);
             }
-            AtOnce::Refused(batch) => batch,
+            AtOnce::Refused { batch, at, error } => (batch, at, Some(error)),
         };
         let mut head = head_guard.clone();
         let tx = c.transaction()?;
         let mut results = Vec::with_capacity(batch.len());
-        for entry in batch {
+        for (i, entry) in batch.into_iter().enumerate() {
+            if i < refused {
+                results.push(Ok(apply_entry(&tx, &mut head, entry)?));
+                continue;
+            }
+            if let Some(e) = refusal.take() {
+                results.push(Err(e));
+                continue;
+            }
             let saved_head = head.clone();
             // A savepoint per entry, its statements prepared once (rusqlite's
             // `savepoint()` parses its SQL every time: 8% of the writer).
             tx.prepare_cached("SAVEPOINT entry")?.execute([])?;
-            let outcome = (|| -> Result<Committed> {
-                let (revocation_seq, generation) = change(&tx, entry.mutation.as_ref())?;
-                let mut events = Vec::with_capacity(entry.events.len());
-                for body in entry.events {
-                    events.push(append_event(&tx, &mut head, body)?);
-                }
-                Ok(Committed {
-                    events,
-                    revocation_seq,
-                    generation,
-                })
-            })();
-            match outcome {
+            match apply_entry(&tx, &mut head, entry) {
                 Ok(done) => {
                     tx.prepare_cached("RELEASE entry")?.execute([])?;
                     results.push(Ok(done));
@@ -66,11 +64,15 @@ impl SqliteStore {
     }
 }
 
-/// A batch applied in one go, or given back whole when an entry's change
-/// failed (nothing of it is kept).
+/// A batch applied in one go, or given back whole (nothing of it kept)
+/// with where and why an entry's change failed.
 enum AtOnce {
     Committed(Vec<Result<Committed>>, Head, super::Marks),
-    Refused(Vec<Entry>),
+    Refused {
+        batch: Vec<Entry>,
+        at: usize,
+        error: StoreError,
+    },
 }
 
 /// Applies every entry of `batch` in one transaction without savepoints;
@@ -84,25 +86,29 @@ fn at_once(c: &mut Connection, start: &Head, batch: Vec<Entry>) -> Result<AtOnce
     let mut done: Vec<(Option<Mutation>, Committed)> = Vec::with_capacity(batch.len());
     let mut rest = batch.into_iter();
     while let Some(entry) = rest.next() {
-        let Ok((revocation_seq, generation)) = change(&tx, entry.mutation.as_ref()) else {
-            drop(tx);
-            let mut back: Vec<Entry> = done
-                .into_iter()
-                .map(|(mutation, c)| Entry {
-                    mutation,
-                    events: c.events.into_iter().map(|e| e.body).collect(),
-                })
-                .collect();
-            back.push(entry);
-            back.extend(rest);
-            return Ok(AtOnce::Refused(back));
+        let (revocation_seq, generation) = match change(&tx, entry.mutation.as_ref()) {
+            Ok(c) => c,
+            Err(error) => {
+                drop(tx);
+                let at = done.len();
+                let mut back: Vec<Entry> = done
+                    .into_iter()
+                    .map(|(mutation, c)| Entry {
+                        mutation,
+                        events: c.events.into_iter().map(|e| e.body).collect(),
+                    })
+                    .collect();
+                back.push(entry);
+                back.extend(rest);
+                return Ok(AtOnce::Refused {
+                    batch: back,
+                    at,
+                    error,
+                });
+            }
         };
-        let mut events = Vec::with_capacity(entry.events.len());
-        for body in entry.events {
-            events.push(append_event(&tx, &mut head, body)?);
-        }
         let committed = Committed {
-            events,
+            events: chain(&tx, &mut head, entry.events)?,
             revocation_seq,
             generation,
         };
@@ -112,6 +118,28 @@ fn at_once(c: &mut Connection, start: &Head, batch: Vec<Entry>) -> Result<AtOnce
     tx.commit()?;
     let results = done.into_iter().map(|(_, c)| Ok(c)).collect();
     Ok(AtOnce::Committed(results, head, marks))
+}
+
+/// Applies an entry: its change, then its events chained.
+fn apply_entry(tx: &Connection, head: &mut Head, entry: Entry) -> Result<Committed> {
+    let (revocation_seq, generation) = change(tx, entry.mutation.as_ref())?;
+    Ok(Committed {
+        events: chain(tx, head, entry.events)?,
+        revocation_seq,
+        generation,
+    })
+}
+
+/// Appends `events` to the chain after `head`.
+fn chain(
+    tx: &Connection,
+    head: &mut Head,
+    events: Vec<mandate_core::audit::EventBody>,
+) -> Result<Vec<mandate_core::audit::ChainedEvent>> {
+    events
+        .into_iter()
+        .map(|body| append_event(tx, head, body))
+        .collect()
 }
 
 /// Applies an entry's change: the revocation sequence number it wrote, and
