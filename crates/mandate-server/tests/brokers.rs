@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -248,6 +249,52 @@ fn a_proof_used_at_a_broker_with_a_short_window_is_refused_at_one_with_a_long_on
     assert_eq!(s, 200, "{v}");
     let (s, v) = a.exchange_raw(&body, Some(&captured));
     assert_refused(&(s, v), 400, "invalid_dpop_proof", "old");
+    let (s, v) = b.exchange_raw(&body, Some(&captured));
+    assert_refused(&(s, v), 400, "invalid_dpop_proof", "already used");
+}
+
+/// Brokers whose clocks are apart (B 30 s behind A): a proof used at A,
+/// stale there once A's window has passed, is still fresh by B's clock;
+/// A's next use must not have cleared it. (Both clocks behind the
+/// database's, which caps how far any broker clears.)
+#[test]
+fn a_proof_used_at_one_broker_is_refused_at_another_whose_clock_is_behind() {
+    let url = fresh_database();
+    let first = Broker::start_with("brk-skew", on(&url));
+    let clock = |behind: u64| {
+        let c = Arc::new(mandate_core::clock::ShiftedClock::new());
+        c.go_back_secs(behind);
+        c
+    };
+    let a = first.peer_on_clock("brk-skew-a", clock(60));
+    let b = first.peer_on_clock("brk-skew-b", clock(90));
+    let grant = first.seed("acme");
+    synced(&first, &b);
+    let (_, mandate, key) = b.start_run("acme", &grant, Alg::EdDSA);
+    let body = form(&mandate, CRM, "read");
+    let at = |x: &Broker| mandate_core::clock::Clock::now_secs(x.clock.as_ref());
+    // Later than B started (it needs no nonce of B's there), dated by B's
+    // clock: 30 s old at A, before A started (it carries A's nonce).
+    a.advance(10);
+    b.advance(10);
+    let captured = proof_with(
+        &key,
+        json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": at(&b),
+               "nonce": nonce_of(&a, &body)}),
+    );
+    let (s, v) = a.exchange_raw(&body, Some(&captured));
+    assert_eq!(s, 200, "{v}");
+    // 40 s later: 70 s old at A (stale, and cleared at A's next use
+    // without the store's margin), 40 s old at B (fresh).
+    a.advance(40);
+    b.advance(40);
+    let fresh = proof_with(
+        &key,
+        json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": at(&a),
+               "nonce": nonce_of(&a, &body)}),
+    );
+    let (s, v) = a.exchange_raw(&body, Some(&fresh));
+    assert_eq!(s, 200, "{v}");
     let (s, v) = b.exchange_raw(&body, Some(&captured));
     assert_refused(&(s, v), 400, "invalid_dpop_proof", "already used");
 }

@@ -290,23 +290,30 @@ impl Broker {
     /// [`Broker::peer`] reaching the database at `store` (another route to
     /// the same database, e.g. through a relay).
     pub fn peer_on(&self, tag: &str, store: mandate_core::secret::Secret) -> Self {
-        self.peer_configured(tag, store, |_| {})
+        self.peer_configured(tag, store, Arc::clone(&self.clock), |_| {})
     }
 
     /// [`Broker::peer`] with more configuration (`tweak`).
     pub fn peer_with(&self, tag: &str, tweak: impl FnOnce(&mut mandate_server::Config)) -> Self {
         let store = self.state.config.store_url.clone();
-        self.peer_configured(tag, store.expect("a broker on PostgreSQL"), tweak)
+        let clock = Arc::clone(&self.clock);
+        self.peer_configured(tag, store.expect("a broker on PostgreSQL"), clock, tweak)
+    }
+
+    /// [`Broker::peer`] on a clock of its own (brokers whose clocks differ).
+    pub fn peer_on_clock(&self, tag: &str, clock: Arc<ShiftedClock>) -> Self {
+        let store = self.state.config.store_url.clone();
+        self.peer_configured(tag, store.expect("a broker on PostgreSQL"), clock, |_| {})
     }
 
     fn peer_configured(
         &self,
         tag: &str,
         store: mandate_core::secret::Secret,
+        clock: Arc<ShiftedClock>,
         tweak: impl FnOnce(&mut mandate_server::Config),
     ) -> Self {
         let (issuer, config) = (self.issuer.clone(), self.dir.join("config"));
-        let clock = Arc::clone(&self.clock);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut b = Self::start_on(l, tempdir(tag), clock, move |c| {
             c.store_url = Some(store);
