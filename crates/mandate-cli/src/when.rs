@@ -61,12 +61,11 @@ pub(crate) fn secs(s: &str) -> Result<u64, String> {
     parse_duration(s).map_err(|e| e.msg)
 }
 
-/// A proof window's part (`--dpop-max-age`, `--dpop-skew`): at most a day.
-/// Proofs are meant to be fresh, and a window's seconds are added to
-/// proof dates that must stay far inside the store's integers.
+/// A proof window's part (`--dpop-max-age`, `--dpop-skew`): at most a day
+/// ([`mandate_server::config::MAX_DPOP_SECS`]).
 pub(crate) fn proof_secs(s: &str) -> Result<u64, String> {
     let v = secs(s)?;
-    if v > 86_400 {
+    if v > mandate_server::config::MAX_DPOP_SECS {
         return Err(format!(
             "`{s}` is more than a day; DPoP proofs are meant to be fresh (the default age is 60s, the skew 5s)"
         ));

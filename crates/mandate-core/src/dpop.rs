@@ -73,9 +73,14 @@ impl NonceIssuer {
         m.finalize().into_bytes().into()
     }
 
+    /// The period `now` falls in: the nonce changes with it.
+    pub fn slot(&self, now: UnixTime) -> u64 {
+        now / self.period
+    }
+
     /// The nonce to hand out now.
     pub fn current(&self, now: UnixTime) -> String {
-        let slot = now / self.period;
+        let slot = self.slot(now);
         let mut raw = slot.to_be_bytes().to_vec();
         raw.extend_from_slice(&self.mac(slot)[..16]);
         b64(&raw)
@@ -92,7 +97,7 @@ impl NonceIssuer {
         let mut slot = [0u8; 8];
         slot.copy_from_slice(&raw[..8]);
         let slot = u64::from_be_bytes(slot);
-        let cur = now / self.period;
+        let cur = self.slot(now);
         (slot == cur || cur.checked_sub(1) == Some(slot))
             && crate::secret::ct_eq(&raw[8..], &self.mac(slot)[..16])
     }

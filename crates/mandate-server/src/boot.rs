@@ -161,11 +161,11 @@ fn uses_cleared_to(cfg: &Config, meta: &[(String, String)]) -> u64 {
 /// Opens the store, loads or creates keys and the admin credential, and
 /// builds the shared state (starting the writer).
 pub fn boot(mut cfg: Config) -> Result<Arc<AppState>, BootError> {
-    // Dates plus a window stay far inside the stores' integers.
-    if cfg.dpop_max_age > 86_400 || cfg.dpop_max_skew > 86_400 {
-        return Err(BootError(
-            "the DPoP proof age and skew are at most a day (86400 s) each".into(),
-        ));
+    let most = crate::config::MAX_DPOP_SECS;
+    if cfg.dpop_max_age > most || cfg.dpop_max_skew > most {
+        return Err(BootError(format!(
+            "the DPoP proof age and skew are at most a day ({most} s) each"
+        )));
     }
     mandate_core::ids::check_trust_domain(&cfg.trust_domain)
         .map_err(|e| BootError(e.to_string()))?;

@@ -28,6 +28,11 @@ impl std::fmt::Debug for MasterKeySource {
     }
 }
 
+/// The most `dpop_max_age` and `dpop_max_skew` may each be (a day):
+/// proofs are meant to be fresh, and a window's seconds are added to proof
+/// dates that must stay far inside the stores' integers.
+pub const MAX_DPOP_SECS: u64 = 86_400;
+
 /// Broker configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

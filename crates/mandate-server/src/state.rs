@@ -703,7 +703,7 @@ impl AppState {
     /// that every answer repeated).
     pub fn add_dpop_nonce(&self, resp: &mut axum::response::Response) {
         let now = self.now_secs();
-        let slot = now / self.config.dpop_nonce_period.max(1);
+        let slot = self.nonces.slot(now);
         let mut cached = self.nonce_header.lock().unwrap_or_else(|p| p.into_inner());
         let v = match &*cached {
             Some((s, v)) if *s == slot => v.clone(),

@@ -515,6 +515,28 @@ fn a_clock_set_back_across_a_restart_makes_no_used_proof_fresh_again() {
     assert_eq!(health_of(&b), "ok", "a restart does not hold the time");
 }
 
+/// A proof window of more than a day (a `Config` built without the CLI,
+/// which checks it too) is refused at start, with the bound: its seconds
+/// are added to proof dates, and the store keeps uses that long.
+#[test]
+fn a_proof_window_over_a_day_is_refused_at_start() {
+    for (age, skew) in [(86_401, 5), (60, u64::MAX)] {
+        let dir = tempdir("dos-window-bound");
+        let mut cfg = mandate_server::Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.join("data"),
+            &dir.join("config"),
+        );
+        (cfg.dpop_max_age, cfg.dpop_max_skew) = (age, skew);
+        let why = mandate_server::boot::boot(cfg).unwrap_err().to_string();
+        assert!(why.contains("at most a day (86400 s)"), "{why}");
+        assert!(
+            !dir.join("data").exists(),
+            "refused before anything is made"
+        );
+    }
+}
+
 #[test]
 fn a_first_start_needs_no_nonce() {
     // Nothing can have been used before a broker's first start.
