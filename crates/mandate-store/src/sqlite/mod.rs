@@ -218,6 +218,7 @@ impl SqliteStore {
             )));
         }
         migrate(&writer, version)?;
+        writer.execute_batch(LIVE_USES)?;
         let head = writer
             .query_row(
                 "SELECT seq, hash, time_ms FROM audit ORDER BY seq DESC LIMIT 1",

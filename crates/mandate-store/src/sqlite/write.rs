@@ -450,23 +450,34 @@ pub(super) fn apply(tx: &Connection, m: &Mutation) -> Result<Option<u64>> {
             }
         }
         Mutation::FirstUse { uses, now } => {
-            // Each use first clears what expired (the leftmost rows: the
-            // table is in expiry order), so it holds about what is live
-            // without a sweeper.
-            tx.prepare_cached("DELETE FROM one_time_uses WHERE until < ?1")?
-                .execute([*now as i64])?;
+            // Each use first clears what expired (the leftmost rows: both
+            // tables are in expiry order), so they hold about what is
+            // live without a sweeper.
+            for clear in [
+                "DELETE FROM temp.live_uses WHERE until < ?1",
+                "DELETE FROM main.one_time_uses WHERE until < ?1",
+            ] {
+                tx.prepare_cached(clear)?.execute([*now as i64])?;
+            }
             // The latest `now` that cleared (changes once a second).
             tx.prepare_cached(
                 "UPDATE meta SET value = ?2 WHERE key = ?1 AND CAST(value AS INTEGER) < ?3",
             )?
             .execute(params![crate::USES_CLEARED, now.to_string(), *now as i64])?;
-            let mut put = tx.prepare_cached(
-                "INSERT INTO one_time_uses (until, key) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            // Used before: the key is live in memory (schema v11). Then
+            // kept on disk after the others of its expiry.
+            let mut live = tx.prepare_cached(
+                "INSERT INTO temp.live_uses (until, key) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?;
+            let mut keep = tx.prepare_cached(
+                "INSERT INTO main.one_time_uses (until, n, key) VALUES (?1, (SELECT coalesce(max(n), 0) + 1 FROM main.one_time_uses WHERE until = ?1), ?2)",
             )?;
             for u in uses {
-                if put.execute(params![u.until as i64, u.key])? == 0 {
+                let at = params![u.until as i64, u.key];
+                if live.execute(at)? == 0 {
                     return Err(StoreError::Replayed(u.key.clone()));
                 }
+                keep.execute(at)?;
             }
         }
         // One process on the file: its window is the only one (a change

@@ -54,6 +54,20 @@ pub fn postgres() -> Backend {
     }
 }
 
+impl Backend {
+    /// The same database opened again, as a restarted broker does (the
+    /// store is closed first).
+    pub fn reopened(self) -> Backend {
+        let Backend { name, store, raw } = self;
+        drop(store);
+        let store: Box<dyn Store> = match &raw {
+            Raw::Sqlite(dir) => Box::new(SqliteStore::open(&dir.db()).unwrap()),
+            Raw::Postgres(db) => Box::new(PgStore::open(&db.url).unwrap()),
+        };
+        Backend { name, store, raw }
+    }
+}
+
 impl Raw {
     /// Runs `sql` on the database directly.
     pub fn exec(&self, sql: &str) -> Result<(), String> {

@@ -127,6 +127,53 @@ fn a_one_time_use_is_refused_the_second_time_until_it_expires() {
     }
 }
 
+/// What a store knows of one-time uses outlives the process: opened again
+/// (a restarted broker), it refuses every use it recorded and not one it
+/// refused or rolled back. Many uses of one expiry, in no order of their
+/// keys (proofs of one second), are each kept.
+#[test]
+fn one_time_uses_are_refused_after_the_store_is_opened_again() {
+    for mut b in backends() {
+        let keys: Vec<String> = (0..200u32)
+            .map(|i| format!("proof:{:08x}", i.wrapping_mul(2_654_435_761)))
+            .collect();
+        for chunk in keys.chunks(7) {
+            let uses = chunk
+                .iter()
+                .map(|k| Spent {
+                    key: k.clone(),
+                    until: 60,
+                })
+                .collect();
+            commit1(&*b.store, Some(Mutation::FirstUse { uses, now: 50 }), vec![]).unwrap();
+        }
+        // Refused in a batch: its use is not kept.
+        let batch = Mutation::Batch(vec![
+            first_use("proof:rolled-back", 60, 50),
+            first_use(&keys[3], 60, 50),
+        ]);
+        assert!(matches!(refused(&*b.store, batch), StoreError::Replayed(k) if k == keys[3]));
+        b = b.reopened();
+        let s = &*b.store;
+        for k in &keys {
+            let e = refused(s, first_use(k, 60, 55));
+            assert!(
+                matches!(&e, StoreError::Replayed(r) if r == k),
+                "{}: {k} after reopening: {e:?}",
+                b.name
+            );
+        }
+        commit1(s, Some(first_use("proof:rolled-back", 60, 55)), vec![]).unwrap();
+        assert!(matches!(
+            refused(s, first_use("proof:rolled-back", 60, 56)),
+            StoreError::Replayed(_)
+        ));
+        // Expired by then, they are cleared and refuse nothing.
+        commit1(s, Some(first_use(&keys[0], 200, 61)), vec![]).unwrap();
+        assert_eq!(s.latest_one_time_use().unwrap(), 200, "{}", b.name);
+    }
+}
+
 /// Brokers on one PostgreSQL store with different proof windows (or
 /// clocks apart): a use recorded by a broker with a short window is kept
 /// as long as the longest window of any broker on the store
