@@ -174,6 +174,52 @@ fn one_time_uses_are_refused_after_the_store_is_opened_again() {
     }
 }
 
+/// In one commit of several entries, a use is kept only with its entry:
+/// an entry refused after the first (a replay) and one whose later
+/// mutation is refused (rolled back to its savepoint) keep none of their
+/// uses, the others keep theirs, before and after a restart.
+#[test]
+fn a_use_is_kept_only_with_its_entry_in_a_batch() {
+    for mut b in backends() {
+        commit1(&*b.store, Some(first_use("proof:old", 60, 50)), vec![]).unwrap();
+        let with = |k: &str| entry(Some(first_use(k, 60, 50)), vec![ev("x", "acme")]);
+        let results = b
+            .store
+            .commit(vec![
+                with("proof:1"),
+                with("proof:old"),
+                entry(
+                    Some(Mutation::Batch(vec![
+                        first_use("proof:3", 60, 50),
+                        first_use("proof:old", 60, 50),
+                    ])),
+                    vec![ev("x", "acme")],
+                ),
+                with("proof:4"),
+            ])
+            .unwrap();
+        let refused: Vec<bool> = results.iter().map(Result::is_err).collect();
+        assert_eq!(refused, [false, true, true, false], "{}", b.name);
+        for _ in 0..2 {
+            let s = &*b.store;
+            for k in ["proof:1", "proof:4", "proof:old"] {
+                assert!(
+                    matches!(refused_use(s, k), Some(StoreError::Replayed(_))),
+                    "{}: {k}",
+                    b.name
+                );
+            }
+            b = b.reopened();
+        }
+        commit1(&*b.store, Some(first_use("proof:3", 60, 55)), vec![]).unwrap();
+    }
+}
+
+/// The refusal of `key`'s use, if it is refused.
+fn refused_use(s: &dyn Store, key: &str) -> Option<StoreError> {
+    commit1(s, Some(first_use(key, 60, 55)), vec![]).err()
+}
+
 /// Brokers on one PostgreSQL store with different proof windows (or
 /// clocks apart): a use recorded by a broker with a short window is kept
 /// as long as the longest window of any broker on the store
