@@ -527,8 +527,9 @@ mod tests {
         );
     }
 
-    /// v10 keeps one-time uses in expiry order: a use recorded before the
-    /// migration is still refused after it, and an expired one is cleared.
+    /// v10 keeps one-time uses in expiry order, v11 in arrival order
+    /// within it: a use recorded before the migrations is still refused
+    /// after them, and an expired one is cleared.
     #[test]
     fn a_version_9_one_time_use_is_still_refused_after_the_migration() {
         let path = tmp();
@@ -546,7 +547,7 @@ mod tests {
                 .unwrap();
             }
             c.execute_batch(
-                "INSERT INTO one_time_uses (key, until) VALUES ('proof:live', 200), ('proof:old', 50);",
+                "INSERT INTO one_time_uses (key, until) VALUES ('proof:live', 200), ('proof:old', 50), ('proof:live2', 200), ('proof:live3', 200);",
             )
             .unwrap();
         }
@@ -565,10 +566,13 @@ mod tests {
             .unwrap()
             .remove(0)
         };
-        assert!(matches!(
-            first_use("proof:live", 200),
-            Err(StoreError::Replayed(k)) if k == "proof:live"
-        ));
+        // Three of one expiry: v11 numbers them within it (`n`).
+        for live in ["proof:live", "proof:live2", "proof:live3"] {
+            assert!(matches!(
+                first_use(live, 200),
+                Err(StoreError::Replayed(k)) if k == live
+            ));
+        }
         first_use("proof:other", 200).unwrap();
         // The expired use was cleared by that commit (and no longer refuses).
         let left: Vec<String> = lock(&st.reader)
@@ -578,7 +582,7 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(left, ["proof:live", "proof:other"]);
+        assert_eq!(left, ["proof:live", "proof:live2", "proof:live3", "proof:other"]);
         first_use("proof:old", 150).unwrap();
     }
 
