@@ -582,7 +582,10 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(left, ["proof:live", "proof:live2", "proof:live3", "proof:other"]);
+        assert_eq!(
+            left,
+            ["proof:live", "proof:live2", "proof:live3", "proof:other"]
+        );
         first_use("proof:old", 150).unwrap();
     }
 

@@ -145,7 +145,12 @@ fn one_time_uses_are_refused_after_the_store_is_opened_again() {
                     until: 60,
                 })
                 .collect();
-            commit1(&*b.store, Some(Mutation::FirstUse { uses, now: 50 }), vec![]).unwrap();
+            commit1(
+                &*b.store,
+                Some(Mutation::FirstUse { uses, now: 50 }),
+                vec![],
+            )
+            .unwrap();
         }
         // Refused in a batch: its use is not kept.
         let batch = Mutation::Batch(vec![
