@@ -275,24 +275,23 @@ fn a_proof_used_at_one_broker_is_refused_at_another_whose_clock_is_behind() {
     let at = |x: &Broker| mandate_core::clock::Clock::now_secs(x.clock.as_ref());
     // Later than B started (it needs no nonce of B's there), dated by B's
     // clock: 30 s old at A, before A started (it carries A's nonce).
+    let dated = |iat: u64| {
+        proof_with(
+            &key,
+            json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": iat,
+                   "nonce": nonce_of(&a, &body)}),
+        )
+    };
     a.advance(10);
     b.advance(10);
-    let captured = proof_with(
-        &key,
-        json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": at(&b),
-               "nonce": nonce_of(&a, &body)}),
-    );
+    let captured = dated(at(&b));
     let (s, v) = a.exchange_raw(&body, Some(&captured));
     assert_eq!(s, 200, "{v}");
     // 40 s later: 70 s old at A (stale, and cleared at A's next use
     // without the store's margin), 40 s old at B (fresh).
     a.advance(40);
     b.advance(40);
-    let fresh = proof_with(
-        &key,
-        json!({"jti": jti(), "htm": "POST", "htu": a.named_token_url(), "iat": at(&a),
-               "nonce": nonce_of(&a, &body)}),
-    );
+    let fresh = dated(at(&a));
     let (s, v) = a.exchange_raw(&body, Some(&fresh));
     assert_eq!(s, 200, "{v}");
     let (s, v) = b.exchange_raw(&body, Some(&captured));
